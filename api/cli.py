@@ -1,0 +1,189 @@
+"""The ``creditledger`` command line.
+
+Exit codes (stable, for scripts):
+
+* 0 -- success;
+* 2 -- the input is invalid (malformed JSON, unknown catalog/operation/model, a parameter
+  out of range); the error is printed as JSON on stderr;
+* 3 -- the catalogs failed to load (a broken file under ``CREDITLEDGER_CATALOG_DIR``):
+  the file, key and reason are printed;
+* 4 -- the request is valid but its operation has no configured price.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Annotated, Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from ledger.settings import get_settings
+from pricing import CatalogSet, estimate, load_catalogs
+from pricing.catalog import describe
+from pricing.errors import CatalogError, NotBillable, PricingError
+
+EXIT_INVALID = 2
+EXIT_CATALOG = 3
+EXIT_NOT_BILLABLE = 4
+
+app = typer.Typer(
+    name="creditledger",
+    help="Metering and billing ledger for AI-generation APIs.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _fail(body: dict[str, Any], code: int) -> NoReturn:
+    typer.echo(json.dumps(body, ensure_ascii=False), err=True)
+    raise typer.Exit(code)
+
+
+def _catalogs() -> CatalogSet:
+    """The shipped catalogs plus the operator's, or exit 3 naming the broken file."""
+    try:
+        return load_catalogs(get_settings().catalog_dirs())
+    except CatalogError as exc:
+        _fail(
+            {
+                "error": exc.code,
+                "message": exc.message,
+                "file": exc.file,
+                "key": exc.key,
+                "reason": exc.reason,
+            },
+            EXIT_CATALOG,
+        )
+
+
+def _reject_constant(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number")
+
+
+def _parse_json(text: str, source: str) -> Any:
+    try:
+        # Decimals, never floats; NaN and Infinity are not numbers.
+        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+    except (json.JSONDecodeError, ValueError) as exc:
+        _fail({"error": "invalid_json", "message": f"{source}: {exc}"}, EXIT_INVALID)
+
+
+def _parse_at(at: str | None) -> datetime | None:
+    if at is None:
+        return None
+    try:
+        parsed = datetime.fromisoformat(at)
+    except ValueError:
+        parsed = None
+    if parsed is None or parsed.tzinfo is None:
+        _fail(
+            {
+                "error": "invalid_request",
+                "field": "at",
+                "message": f"--at {at!r}: give an ISO 8601 instant with a timezone, "
+                "e.g. 2026-01-01T00:00:00Z",
+            },
+            EXIT_INVALID,
+        )
+    return parsed
+
+
+AtOption = Annotated[
+    str | None,
+    typer.Option("--at", help="Price with the catalog versions in force at this ISO 8601 instant."),
+]
+
+
+@app.command("estimate")
+def estimate_command(
+    file: Annotated[
+        str,
+        typer.Argument(help="A JSON file with {catalog, operation, params}; '-' reads stdin."),
+    ] = "-",
+    at: AtOption = None,
+) -> None:
+    """Quote one request: its cost, the most it can cost, and how."""
+    if file == "-":
+        text, source = sys.stdin.read(), "stdin"
+    else:
+        try:
+            text, source = Path(file).read_text(encoding="utf-8"), file
+        except (OSError, UnicodeDecodeError) as exc:
+            _fail({"error": "invalid_request", "message": f"{file}: {exc}"}, EXIT_INVALID)
+    request = _parse_json(text, source)
+    when = _parse_at(at)
+    catalogs = _catalogs()
+    try:
+        quote = estimate(request, when, catalogs=catalogs)
+    except NotBillable as exc:
+        _fail(exc.to_dict(), EXIT_NOT_BILLABLE)
+    except PricingError as exc:
+        _fail(exc.to_dict(), EXIT_INVALID)
+    typer.echo(json.dumps(quote.to_dict(), indent=2, ensure_ascii=False))
+
+
+@app.command("catalogs")
+def catalogs_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+    at: AtOption = None,
+) -> None:
+    """List catalogs, versions, operations, models and prices."""
+    when = _parse_at(at)
+    listing = describe(_catalogs(), when)
+    if as_json:
+        typer.echo(json.dumps({"catalogs": listing}, indent=2, ensure_ascii=False))
+        return
+    table = Table(title="creditledger price catalogs", show_lines=False)
+    columns = (
+        "catalog",
+        "version",
+        "effective from",
+        "in force",
+        "operation",
+        "model",
+        "variant",
+        "price",
+        "per",
+    )
+    for column in columns:
+        table.add_column(column, no_wrap=column in ("model", "variant", "effective from"))
+    for catalog in listing:
+        unit = catalog["unit"]
+        for version in catalog["versions"]:
+            in_force = "yes" if version["in_force"] else ""
+            start = (
+                datetime.fromisoformat(version["effective_from"])
+                .astimezone(UTC)
+                .strftime("%Y-%m-%d %H:%MZ")
+            )
+            for op in version["operations"]:
+                for row in op["prices"]:
+                    price = "not billable" if row["price"] is None else f"{row['price']} {unit}"
+                    table.add_row(
+                        catalog["name"],
+                        version["id"],
+                        start,
+                        in_force,
+                        op["name"],
+                        row["model"],
+                        row["variant"] or "",
+                        price,
+                        row["per"],
+                    )
+    Console(width=max(200, Console().width)).print(table)
+
+
+def main() -> None:
+    """Console-script entry point."""
+    app()
+
+
+if __name__ == "__main__":
+    main()

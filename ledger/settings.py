@@ -1,0 +1,28 @@
+"""Settings: one object, read once from the environment (prefix ``CREDITLEDGER_``)."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    """Everything the operator configures. Each field is ``CREDITLEDGER_<NAME>``."""
+
+    model_config = SettingsConfigDict(env_prefix="CREDITLEDGER_", extra="ignore")
+
+    #: A directory of operator catalogs (``*.toml``): new catalogs, or new versions of the
+    #: shipped ones (for example prices for an operation the seeds publish none for).
+    catalog_dir: Path | None = None
+
+    def catalog_dirs(self) -> list[Path]:
+        """The operator catalog directories to load after the shipped catalogs."""
+        return [self.catalog_dir] if self.catalog_dir is not None else []
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process's settings, read from the environment once."""
+    return Settings()

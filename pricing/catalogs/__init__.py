@@ -1,0 +1,1 @@
+"""The shipped price catalogs (TOML data files, one per provider API)."""

@@ -1,0 +1,1 @@
+"""The read side: monthly statements and usage reports."""
