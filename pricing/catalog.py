@@ -494,11 +494,31 @@ def _parse(file: str, text: str) -> dict[str, Any]:
         raise CatalogError(file, "", f"not valid TOML: {exc}") from None
 
 
+_RULE_TYPES = {"per_token", "fixed", "per_unit", "per_second"}
+
+
+def _key_parts(loc: Sequence[int | str]) -> list[str]:
+    """A pydantic error location as the TOML key path, without union/tag labels."""
+    parts: list[str] = []
+    for part in loc:
+        text = str(part)
+        if parts and parts[-1] == "pricing" and text in _RULE_TYPES:
+            continue  # the discriminator tag
+        if (
+            text in {"decimal", "int", "str", "bool"}
+            or "[" in text
+            or "-" in text
+            and (text.startswith(("function-", "constrained-")))
+        ):
+            continue  # the name of a union branch
+        parts.append(f"[{part}]" if isinstance(part, int) else text)
+    return parts
+
+
 def _spec_error(file: str, prefix: str, exc: ValidationError) -> CatalogError:
     err = exc.errors(include_url=False)[0]
-    key = ".".join(
-        [prefix, *(str(p) for p in err["loc"])] if prefix else [str(p) for p in err["loc"]]
-    )
+    parts = ([prefix] if prefix else []) + _key_parts(err["loc"])
+    key = ".".join(parts).replace(".[", "[")
     return CatalogError(file, key, err["msg"])
 
 

@@ -1,0 +1,151 @@
+"""The ``creditledger`` console script, run as a user runs it (a real subprocess)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests import factories as f
+
+EXE = shutil.which("creditledger", path=str(Path(sys.executable).parent)) or "creditledger"
+
+
+def run(
+    *args: str, stdin: str = "", env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [EXE, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_estimate_from_stdin_prints_the_quote() -> None:
+    result = run("estimate", stdin=json.dumps(f.veo3_video(video_model="veo3_fast")))
+    assert result.returncode == 0, result.stderr
+    quote = json.loads(result.stdout)
+    assert (quote["cost"], quote["max_cost"], quote["unit"], quote["model"]) == (
+        240,
+        240,
+        "credit",
+        "veo3_fast",
+    )
+    assert quote["catalog_version"] == "seed-003"
+
+
+def test_estimate_from_a_file_with_at(tmp_path: Path) -> None:
+    path = tmp_path / "req.json"
+    path.write_text(json.dumps(f.cosmic_image()), encoding="utf-8")
+    result = run("estimate", str(path), "--at", "2025-06-01T00:00:00Z")
+    assert result.returncode == 0, result.stderr
+    quote = json.loads(result.stdout)
+    assert (quote["catalog_version"], quote["model"], quote["cost"]) == (
+        "2024-03-14",
+        "dall-e-3",
+        4800,
+    )
+
+
+def test_decimal_parameters_are_read_as_decimals() -> None:
+    result = run("estimate", stdin=json.dumps(f.pixazo_image(guidance_scale=4.5, num_images=2)))
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cost"] == 80_000
+
+
+@pytest.mark.parametrize(
+    ("stdin", "error", "field"),
+    [
+        ("{not json", "invalid_json", None),
+        (
+            '{"catalog": "cosmic", "operation": "video", '
+            '"params": {"prompt": "x", "duration": NaN}}',
+            "invalid_json",
+            None,
+        ),
+        (json.dumps(f.cosmic_video(duration=5)), "invalid_parameter", "params.duration"),
+        (json.dumps(f.request("nope", "x", prompt="y")), "unknown_catalog", "catalog"),
+        (json.dumps(f.pixazo_image(num_images=10**30)), "invalid_parameter", "params.num_images"),
+    ],
+)
+def test_bad_input_prints_the_error_and_exits_2(stdin: str, error: str, field: str | None) -> None:
+    result = run("estimate", stdin=stdin)
+    assert result.returncode == 2
+    assert result.stdout == ""
+    body: dict[str, Any] = json.loads(result.stderr)
+    assert body["error"] == error
+    assert body.get("field") == field
+
+
+def test_naive_at_is_rejected() -> None:
+    result = run("estimate", "--at", "2026-01-01T00:00:00", stdin=json.dumps(f.veo3_video()))
+    assert result.returncode == 2
+    assert json.loads(result.stderr)["field"] == "at"
+
+
+def test_unpriced_operation_exits_4_until_an_operator_prices_it(tmp_path: Path) -> None:
+    req = json.dumps(f.fal_video())
+    result = run("estimate", stdin=req)
+    assert result.returncode == 4
+    assert "no price is configured for fal image_to_video" in json.loads(result.stderr)["message"]
+
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    result = run("estimate", stdin=req, env={"CREDITLEDGER_CATALOG_DIR": str(tmp_path)})
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout)["cost"] == 157_500
+
+
+def test_broken_operator_catalog_exits_3_naming_file_and_key(tmp_path: Path) -> None:
+    path = f.write_catalog(
+        tmp_path,
+        "fal.toml",
+        'name = "fal"\nunit = { code = "usd", scale = 6 }\n'
+        '[[versions]]\nid = "x"\neffective_from = 2026-01-01T00:00:00Z\n'
+        'source = "s"\nbased_on = "seed-004"\n'
+        '[versions.operations.image_to_video.pricing]\nprices = { "1080p" = 1 }\n',
+    )
+    for args in (("catalogs",), ("estimate",)):
+        result = run(*args, stdin="{}", env={"CREDITLEDGER_CATALOG_DIR": str(tmp_path)})
+        assert result.returncode == 3
+        body = json.loads(result.stderr)
+        assert body["file"] == str(path)
+        assert body["key"] == "versions[0].operations.image_to_video.pricing.prices.1080p"
+        assert "unknown tier" in body["reason"]
+
+
+def test_catalogs_table_and_json() -> None:
+    table = run("catalogs")
+    assert table.returncode == 0, table.stderr
+    for text in (
+        "cosmic",
+        "veo-3.1-generate-preview",
+        "768000 token",
+        "0.04 usd",
+        "240 credit",
+        "not billable",
+        "2025-12-20",
+    ):
+        assert text in table.stdout
+    listing = json.loads(run("catalogs", "--json").stdout)["catalogs"]
+    assert [c["name"] for c in listing] == ["cosmic", "fal", "pixazo", "veo3"]
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "estimate" in result.stdout
+    assert "catalogs" in result.stdout

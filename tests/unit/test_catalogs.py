@@ -1,0 +1,237 @@
+"""Catalog loading: validation with file, key and reason; operator versions; listing."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from pricing import estimate, load_catalogs
+from pricing.catalog import describe
+from pricing.errors import CatalogError, NotBillable
+from tests import factories as f
+
+MINIMAL = """
+name = "acme"
+unit = {{ code = "credit", scale = 0 }}
+
+[[versions]]
+id = "v1"
+effective_from = 2026-01-01T00:00:00Z
+source = "test"
+
+[versions.operations.video]
+body = "veo3.video"
+model_param = "video_model"
+defaults = {{ video_model = "fast" }}
+{limits}
+[versions.operations.video.models]
+fast = {{ name = "Fast" }}
+
+[versions.operations.video.pricing]
+type = "fixed"
+per = "video"
+usage_key = "videos"
+prices = {{ fast = {price} }}
+"""
+
+
+def load(tmp_path: Path, text: str, name: str = "acme.toml") -> None:
+    f.write_catalog(tmp_path, name, text)
+    load_catalogs([tmp_path])
+
+
+def test_minimal_operator_catalog_loads_and_prices(tmp_path: Path) -> None:
+    f.write_catalog(tmp_path, "acme.toml", MINIMAL.format(limits="", price=7))
+    catalogs = load_catalogs([tmp_path])
+    quote = estimate(f.request("acme", "video", prompt="x"), catalogs=catalogs)
+    assert (quote.cost, quote.unit, quote.catalog_version) == (7, "credit", "v1")
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "reason"),
+    [
+        ("name = [", "", "not valid TOML"),
+        (
+            MINIMAL.format(limits="", price=-1),
+            "versions[0].operations.video.pricing.prices.fast",
+            "greater than or equal to 0",
+        ),
+        (MINIMAL.format(limits="", price='"seven"'), "versions[0].operations.video.pricing", ""),
+        (
+            MINIMAL.format(limits="", price=7).replace('type = "fixed"', 'type = "auction"'),
+            "versions[0].operations.video.pricing",
+            "auction",
+        ),
+        (
+            MINIMAL.format(limits="", price=7).replace(
+                "2026-01-01T00:00:00Z", "2026-01-01T00:00:00"
+            ),
+            "versions[0].effective_from",
+            "timezone",
+        ),
+        (
+            MINIMAL.format(limits="", price=7).replace('"veo3.video"', '"veo9.video"'),
+            "versions[0].operations.video.body",
+            "unknown request body",
+        ),
+        (
+            MINIMAL.format(limits="", price=7).replace(
+                'video_model = "fast"', 'video_model = "slow"'
+            ),
+            "versions[0].operations.video.defaults.video_model",
+            "not one of the models",
+        ),
+        (
+            MINIMAL.format(limits="limits = { duration = { le = 3 } }", price=7),
+            "versions[0].operations.video.limits.duration",
+            "not a parameter",
+        ),
+        (
+            MINIMAL.format(
+                limits='limits = { aspect_ratio = { allowed = ["1:1"] } }', price=7
+            ).replace('video_model = "fast"', 'video_model = "fast", aspect_ratio = "16:9"'),
+            "versions[0].operations.video.defaults.aspect_ratio",
+            "not allowed",
+        ),
+        (
+            MINIMAL.format(limits="", price=7).replace('unit = { code = "credit", scale = 0 }', ""),
+            "unit",
+            "Field required",
+        ),
+        (
+            MINIMAL.format(limits="", price=7).replace(
+                'source = "test"', 'source = "test"\ncolour = 1'
+            ),
+            "versions[0].colour",
+            "Extra inputs",
+        ),
+    ],
+)
+def test_broken_catalog_fails_with_file_key_and_reason(
+    tmp_path: Path, text: str, key: str, reason: str
+) -> None:
+    with pytest.raises(CatalogError) as info:
+        load(tmp_path, text)
+    error = info.value
+    assert error.file.endswith("acme.toml")
+    assert error.key.startswith(key)
+    assert reason in error.reason
+    assert error.file in str(error)
+    assert reason in str(error)
+
+
+def test_a_shipped_version_cannot_be_redefined(tmp_path: Path) -> None:
+    text = f.FAL_PRICES.format(effective_from="2030-01-01T00:00:00Z").replace(
+        'id = "operator-1"', 'id = "seed-004"'
+    )
+    with pytest.raises(CatalogError, match="already defined in pricing/catalogs/fal.toml"):
+        load(tmp_path, text, "fal.toml")
+
+
+def test_the_unit_of_a_catalog_never_changes(tmp_path: Path) -> None:
+    text = f.FAL_PRICES.format(effective_from="2030-01-01T00:00:00Z").replace(
+        'code = "usd", scale = 6', 'code = "usd", scale = 2'
+    )
+    with pytest.raises(CatalogError) as info:
+        load(tmp_path, text, "fal.toml")
+    assert info.value.key == "unit"
+
+
+def test_based_on_unknown_version_and_cycles(tmp_path: Path) -> None:
+    text = f.FAL_PRICES.format(effective_from="2030-01-01T00:00:00Z").replace(
+        'based_on = "seed-004"', 'based_on = "nope"'
+    )
+    with pytest.raises(CatalogError, match="unknown version 'nope'"):
+        load(tmp_path, text, "fal.toml")
+
+
+def test_two_versions_at_the_same_instant_are_ambiguous(tmp_path: Path) -> None:
+    text = f.FAL_PRICES.format(effective_from="1970-01-01T00:00:00Z")
+    with pytest.raises(CatalogError, match="same instant"):
+        load(tmp_path, text, "fal.toml")
+
+
+def test_missing_directory(tmp_path: Path) -> None:
+    with pytest.raises(CatalogError, match="does not exist"):
+        load_catalogs([tmp_path / "absent"])
+
+
+def test_an_operator_price_takes_over_at_its_instant(tmp_path: Path) -> None:
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    catalogs = load_catalogs([tmp_path])
+    before = datetime(2025, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    with pytest.raises(NotBillable):
+        estimate(f.fal_video(), before, catalogs=catalogs)
+    quote = estimate(f.fal_video(), at, catalogs=catalogs)
+    # Default 832x480 snaps to 480p: $0.02/s x 189 frames / 24 fps = $0.1575.
+    assert (quote.catalog_version, quote.cost) == ("operator-1", 157_500)
+    # The earlier version stays, priced as it was.
+    assert [v.id for v in catalogs.catalogs["fal"].versions] == ["seed-004", "operator-1"]
+
+
+@pytest.mark.parametrize(
+    ("image_size", "tier_price"),
+    [
+        ("square_hd", 50_000),  # 1024 short side: clamped to 720p
+        ("square", 20_000),  # 512: nearest is 480p
+        ("landscape_16_9", 20_000),  # 576: nearer 480 than 720
+        ("portrait_4_3", 50_000),  # 768: clamped to 720p
+        ({"width": 320, "height": 240}, 10_000),  # 240: clamped up to 256p
+        ({"width": 1280, "height": 368}, 20_000),  # 368: a tie between 256 and 480 -> higher
+    ],
+)
+def test_fal_sizes_snap_to_a_resolution_tier(
+    tmp_path: Path, image_size: object, tier_price: int
+) -> None:
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    catalogs = load_catalogs([tmp_path])
+    quote = estimate(f.fal_video(image_size=image_size, num_frames=48, fps=24), catalogs=catalogs)
+    assert quote.cost == 2 * tier_price  # two seconds
+
+
+def test_agentic_video_candidates_are_full_renders(tmp_path: Path) -> None:
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    catalogs = load_catalogs([tmp_path])
+    req = f.fal_video(enable_agentic_generation=True, num_frames=24, fps=24)  # 2 x 2 renders of 1 s
+    assert estimate(req, catalogs=catalogs).max_cost == 4 * 20_000
+
+
+def test_non_terminating_seconds_round_up_once(tmp_path: Path) -> None:
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    catalogs = load_catalogs([tmp_path])
+    # 100 frames at 3 fps = 33.3... s x 20,000 = 666,666.66... -> 666,667 (ceil, once).
+    quote = estimate(f.fal_video(num_frames=100, fps=3), catalogs=catalogs)
+    assert quote.cost == 666_667
+
+
+def test_describe_lists_versions_operations_models_and_prices(catalogs: object) -> None:
+    listing = {c["name"]: c for c in describe(load_catalogs(), f.NOW)}
+    assert set(listing) == {"cosmic", "fal", "pixazo", "veo3"}
+    cosmic = listing["cosmic"]
+    assert [(v["id"], v["in_force"]) for v in cosmic["versions"]] == [
+        ("2024-03-14", False),
+        ("2025-12-20", True),
+    ]
+    video = next(o for o in cosmic["versions"][1]["operations"] if o["name"] == "video")
+    assert {
+        "model": "veo-3.1-generate-preview",
+        "variant": "duration=6",
+        "price": "576000",
+        "per": "video",
+    } in video["prices"]
+    fal = listing["fal"]["versions"][0]["operations"][0]
+    assert fal["billable"] is False
+    assert {row["price"] for row in fal["prices"]} == {None}
+    pixazo = listing["pixazo"]["versions"][0]["operations"][0]
+    assert [row["price"] for row in pixazo["prices"]] == ["0.04", "0.02"]

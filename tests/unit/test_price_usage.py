@@ -1,0 +1,147 @@
+"""Pricing what a request actually used, by outcome status."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pricing import CatalogSet, estimate, load_catalogs, price_usage
+from pricing.errors import InvalidUsage
+from tests import factories as f
+
+
+@pytest.mark.parametrize(
+    "req",
+    [f.text(), f.cosmic_video(), f.veo3_video(), f.pixazo_image(num_images=4)],
+    ids=["text", "cosmic-video", "veo3", "pixazo"],
+)
+def test_error_is_never_charged(catalogs: CatalogSet, req: dict[str, Any]) -> None:
+    charge = price_usage(req, {"input_tokens": 10, "output_tokens": 5}, "ERROR", catalogs=catalogs)
+    assert (charge.amount, charge.charged, charge.status) == (0, False, "ERROR")
+
+
+def test_failed_is_not_charged_by_default(catalogs: CatalogSet) -> None:
+    charge = price_usage(f.veo3_video(), {}, "FAILED", catalogs=catalogs)
+    assert (charge.amount, charge.charged) == (0, False)
+
+
+def test_failed_policy_charged_prices_reported_usage(tmp_path: Any) -> None:
+    f.write_catalog(
+        tmp_path,
+        "veo3-failed.toml",
+        """
+name = "veo3"
+unit = { code = "credit", scale = 0 }
+[[versions]]
+id = "charge-failures"
+effective_from = 2026-01-01T00:00:00Z
+source = "operator policy"
+based_on = "seed-003"
+failed_policy = "charged"
+""",
+    )
+    catalogs = load_catalogs([tmp_path])
+    charge = price_usage(f.veo3_video(), {}, "FAILED", catalogs=catalogs, at=f.NOW)
+    assert (charge.amount, charge.charged) == (240, True)
+    # ERROR stays free whatever the policy.
+    assert price_usage(f.veo3_video(), {}, "ERROR", catalogs=catalogs, at=f.NOW).amount == 0
+
+
+def test_unknown_status(catalogs: CatalogSet) -> None:
+    with pytest.raises(InvalidUsage) as info:
+        price_usage(f.veo3_video(), {}, "DONE", catalogs=catalogs)
+    assert info.value.allowed == ["COMPLETED", "FAILED", "ERROR"]
+
+
+def test_text_capture_may_exceed_the_estimate(catalogs: CatalogSet) -> None:
+    # The real input (say a PDF behind media_url) can exceed the estimate: it is charged.
+    req = f.text("Summarise this", media_url="https://x/report.pdf", max_tokens=100)
+    quote = estimate(req, catalogs=catalogs)
+    charge = price_usage(
+        req, {"input_tokens": 50_000, "output_tokens": 100}, "COMPLETED", catalogs=catalogs
+    )
+    assert charge.amount == 2 * 50_100 > quote.max_cost
+
+
+@pytest.mark.parametrize(
+    ("usage", "field"),
+    [
+        ({"input_tokens": 1}, "usage.output_tokens"),
+        ({"input_tokens": -1, "output_tokens": 1}, "usage.input_tokens"),
+        ({"input_tokens": 1.5, "output_tokens": 1}, "usage.input_tokens"),
+        ({"input_tokens": True, "output_tokens": 1}, "usage.input_tokens"),
+        ({"input_tokens": "10", "output_tokens": 1}, "usage.input_tokens"),
+        ({"input_tokens": 1, "output_tokens": 1, "reasoning_tokens": 9}, "usage.reasoning_tokens"),
+        ({"input_tokens": 1, "output_tokens": 1, "total_tokens": 3}, "usage.total_tokens"),
+    ],
+)
+def test_bad_text_usage(catalogs: CatalogSet, usage: dict[str, Any], field: str) -> None:
+    with pytest.raises(InvalidUsage) as info:
+        price_usage(f.text(), usage, "COMPLETED", catalogs=catalogs)
+    assert info.value.field == field
+
+
+def test_provider_usage_object_with_total(catalogs: CatalogSet) -> None:
+    usage = {"input_tokens": 10, "output_tokens": 89, "total_tokens": 99}
+    charge = price_usage(f.text(model="gpt-5-nano"), usage, "COMPLETED", catalogs=catalogs)
+    assert charge.amount == 99
+    assert charge.usage == {"input_tokens": 10, "output_tokens": 89}
+
+
+def test_media_usage_cannot_exceed_the_request(catalogs: CatalogSet) -> None:
+    with pytest.raises(InvalidUsage) as info:
+        price_usage(f.pixazo_image(num_images=2), {"images": 3}, "COMPLETED", catalogs=catalogs)
+    assert info.value.allowed == {"min": 0, "max": 2}
+    with pytest.raises(InvalidUsage):
+        price_usage(f.cosmic_video(), {"videos": 2}, "COMPLETED", catalogs=catalogs)
+
+
+def test_media_usage_defaults_to_what_was_requested(catalogs: CatalogSet) -> None:
+    assert (
+        price_usage(f.pixazo_image(num_images=3), None, "COMPLETED", catalogs=catalogs).amount
+        == 120_000
+    )
+    partial = price_usage(
+        f.pixazo_image(num_images=3), {"images": 1}, "COMPLETED", catalogs=catalogs
+    )
+    assert partial.amount == 40_000
+    assert price_usage(f.cosmic_video(), {}, "COMPLETED", catalogs=catalogs).amount == 288_000
+
+
+def test_agentic_candidates_must_be_reported_and_bounded(catalogs: CatalogSet) -> None:
+    req = f.pixazo_image(enable_agentic_generation=True, enable_prompt_expansion=True)
+    with pytest.raises(InvalidUsage, match="usage.candidates is required"):
+        price_usage(req, {}, "COMPLETED", catalogs=catalogs)
+    with pytest.raises(InvalidUsage):
+        price_usage(req, {"candidates": 5}, "COMPLETED", catalogs=catalogs)
+    charge = price_usage(req, {"candidates": 3}, "COMPLETED", catalogs=catalogs)
+    assert charge.amount == 3 * 40_000 + 20_000
+    with pytest.raises(InvalidUsage, match="only to agentic"):
+        price_usage(f.pixazo_image(), {"candidates": 1}, "COMPLETED", catalogs=catalogs)
+
+
+def test_capture_uses_the_version_the_hold_was_quoted_with(tmp_path: Any) -> None:
+    # A new price takes effect between authorization and capture: the capture is priced
+    # by the version the quote names.
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    f.write_catalog(
+        tmp_path,
+        "fal-2.toml",
+        f.FAL_PRICES.format(effective_from="2026-06-01T00:00:00Z")
+        .replace('id = "operator-1"', 'id = "operator-2"')
+        .replace('"480p" = 0.02', '"480p" = 0.03'),
+    )
+    catalogs = load_catalogs([tmp_path])
+    from datetime import UTC, datetime
+
+    quote = estimate(f.fal_video(), datetime(2026, 3, 1, tzinfo=UTC), catalogs=catalogs)
+    assert quote.catalog_version == "operator-1"
+    pinned = price_usage(
+        f.fal_video(), {}, "COMPLETED", catalog_version=quote.catalog_version, catalogs=catalogs
+    )
+    assert pinned.amount == quote.cost == 157_500  # $0.02 x 189/24 s
+    current = price_usage(f.fal_video(), {}, "COMPLETED", catalogs=catalogs)
+    assert (current.catalog_version, current.amount) == ("operator-2", 236_250)

@@ -1,0 +1,173 @@
+"""Bad requests raise typed errors naming the field and the allowed values."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from pricing import CatalogSet, estimate
+from pricing.errors import (
+    InvalidParameter,
+    InvalidRequest,
+    NoVersionInForce,
+    PricingError,
+    UnknownCatalog,
+    UnknownModel,
+    UnknownOperation,
+)
+from tests import factories as f
+
+
+def fails(catalogs: CatalogSet, req: Any, error: type[PricingError]) -> PricingError:
+    with pytest.raises(error) as info:
+        estimate(req, catalogs=catalogs)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("req", "field", "allowed"),
+    [
+        (f.cosmic_video(duration=5), "params.duration", [4, 6, 8]),
+        (f.cosmic_video(duration="8"), "params.duration", [4, 6, 8]),
+        (f.cosmic_video(duration=True), "params.duration", [4, 6, 8]),
+        (f.cosmic_video(resolution="4k"), "params.resolution", ["720p", "1080p"]),
+        (f.cosmic_video(reference_images=["a", "b"]), "params.reference_images", {"max_length": 1}),
+        (
+            f.cosmic_image(size="4096x4096", model="dall-e-3"),
+            "params.size",
+            ["1024x1024", "1024x1792", "1792x1024"],
+        ),
+        (f.cosmic_image(size="512x512"), "params.size", ["1024x1024", "2048x2048", "4096x4096"]),
+        (f.cosmic_image(quality="ultra"), "params.quality", ["standard", "hd"]),
+        (
+            f.cosmic_image(model="dall-e-3", reference_images=["https://x/r.jpg"]),
+            "params.reference_images",
+            ["gemini-3-pro-image-preview"],
+        ),
+        (f.veo3_video(prompt="x" * 1001), "params.prompt", {"max_length": 1000}),
+        (f.veo3_video(aspect_ratio="4:3"), "params.aspect_ratio", ["16:9", "9:16"]),
+        (
+            f.request("veo3", "image", prompt="c", aspect_ratio="16:9"),
+            "params.aspect_ratio",
+            ["1:1", "3:2", "2:3"],
+        ),
+        (f.pixazo_image(num_images=0), "params.num_images", {"min": 1, "max": 4}),
+        (f.pixazo_image(num_images=5), "params.num_images", {"min": 1, "max": 4}),
+        (f.pixazo_image(num_images=2**70), "params.num_images", {"min": 1, "max": 4}),
+        (
+            f.pixazo_image(agentic_max_iterations=4),
+            "params.agentic_max_iterations",
+            {"min": 1, "max": 3},
+        ),
+        (
+            f.pixazo_image(agentic_samples_per_iteration=0),
+            "params.agentic_samples_per_iteration",
+            {"min": 1, "max": 3},
+        ),
+        (f.pixazo_image(prompt=""), "params.prompt", {"min_length": 1, "max_length": 4096}),
+        (f.pixazo_image(prompt="p" * 4097), "params.prompt", {"min_length": 1, "max_length": 4096}),
+        (
+            f.pixazo_image(negative_prompt="n" * 1025),
+            "params.negative_prompt",
+            {"max_length": 1024},
+        ),
+        (f.pixazo_image(guidance_scale=21), "params.guidance_scale", {"min": 0, "max": 20}),
+        (f.pixazo_image(output_format="gif"), "params.output_format", ["jpeg", "png"]),
+        (f.text(max_tokens=0), "params.max_tokens", {"min": 1}),
+        (f.text(model="gpt-4o", max_tokens=16_385), "params.max_tokens", {"min": 1, "max": 16_384}),
+    ],
+)
+def test_parameter_out_of_range(
+    catalogs: CatalogSet, req: dict[str, Any], field: str, allowed: Any
+) -> None:
+    error = fails(catalogs, req, InvalidParameter)
+    assert error.field == field
+    assert error.allowed == allowed
+    assert field in error.message
+
+
+def test_unknown_parameter_lists_the_known_ones(catalogs: CatalogSet) -> None:
+    error = fails(catalogs, f.cosmic_image(colour="red"), InvalidParameter)
+    assert error.field == "params.colour"
+    assert "prompt" in error.allowed
+    assert "size" in error.allowed
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {},
+        {"messages": []},
+        {"messages": [{"role": "system", "content": "You are"}]},
+        {"messages": [{"role": "user"}]},
+        {"prompt": 42},
+    ],
+)
+def test_text_needs_prompt_or_user_assistant_messages(
+    catalogs: CatalogSet, params: dict[str, Any]
+) -> None:
+    error = fails(catalogs, f.request("cosmic", "text", **params), InvalidParameter)
+    assert error.field is not None
+    assert error.field.startswith("params")
+
+
+def test_message_role_error_names_the_allowed_roles(catalogs: CatalogSet) -> None:
+    req = f.request("cosmic", "text", messages=[{"role": "system", "content": "x"}])
+    error = fails(catalogs, req, InvalidParameter)
+    assert error.field == "params.messages[0].role"
+    assert "'user' or 'assistant'" in error.message
+
+
+def test_unknown_catalog_operation_and_model(catalogs: CatalogSet) -> None:
+    error = fails(catalogs, f.request("midjourney", "image", prompt="x"), UnknownCatalog)
+    assert error.allowed == ["cosmic", "fal", "pixazo", "veo3"]
+    error = fails(catalogs, f.request("cosmic", "audio", prompt="x"), UnknownOperation)
+    assert error.allowed == ["text", "image", "video", "video_extend"]
+    error = fails(catalogs, f.veo3_video(video_model="veo4"), UnknownModel)
+    assert (error.field, error.allowed) == ("params.video_model", ["veo3", "veo3_fast"])
+
+
+@pytest.mark.parametrize(
+    ("req", "field"),
+    [
+        ([], None),
+        ({"catalog": "cosmic", "operation": "text"}, "params"),
+        ({"catalog": 1, "operation": "text", "params": {}}, "catalog"),
+        ({"catalog": "cosmic", "operation": None, "params": {}}, "operation"),
+        ({"catalog": "cosmic", "operation": "text", "params": "prompt"}, "params"),
+        ({"catalog": "cosmic", "operation": "text", "params": {}, "extra": 1}, "extra"),
+    ],
+)
+def test_malformed_envelope(catalogs: CatalogSet, req: Any, field: str | None) -> None:
+    assert fails(catalogs, req, InvalidRequest).field == field
+
+
+def test_video_did_not_exist_under_the_older_docs(catalogs: CatalogSet) -> None:
+    from datetime import UTC, datetime
+
+    with pytest.raises(UnknownOperation) as info:
+        estimate(f.cosmic_video(), datetime(2025, 1, 1, tzinfo=UTC), catalogs=catalogs)
+    assert info.value.allowed == ["text", "image"]
+
+
+def test_time_before_every_version_and_naive_time(catalogs: CatalogSet) -> None:
+    from datetime import UTC, datetime
+
+    with pytest.raises(NoVersionInForce):
+        estimate(f.cosmic_image(), datetime(2020, 1, 1, tzinfo=UTC), catalogs=catalogs)
+    with pytest.raises(InvalidRequest, match="timezone-aware"):
+        estimate(f.cosmic_image(), datetime(2026, 1, 1), catalogs=catalogs)
+
+
+def test_error_to_dict_is_json_ready(catalogs: CatalogSet) -> None:
+    import json
+
+    error = fails(catalogs, f.cosmic_video(duration=5), InvalidParameter)
+    body = json.loads(json.dumps(error.to_dict()))
+    assert body == {
+        "error": "invalid_parameter",
+        "message": "params.duration: Input should be 4, 6 or 8",
+        "field": "params.duration",
+        "allowed": [4, 6, 8],
+    }
