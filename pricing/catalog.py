@@ -903,6 +903,12 @@ def _compile_operation(
     for mid, model in spec.models.items():
         for param in model.unsupported_params:
             _body_field(base, param, file, f"{prefix}.models.{mid}.unsupported_params")
+            if param in spec.defaults:
+                raise CatalogError(
+                    file,
+                    f"{prefix}.models.{mid}.unsupported_params",
+                    f"'{param}' has a default, so every request to {mid} would be refused",
+                )
     request_model = _narrow(
         base, f"{header.name}.{version.id}.{name}", spec.defaults, spec.limits, file, prefix
     )

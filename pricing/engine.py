@@ -58,19 +58,10 @@ class Quote(NamedTuple):
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready; amounts are ints, Decimals are strings."""
-        return {
-            "catalog": self.catalog,
-            "catalog_version": self.catalog_version,
-            "operation": self.operation,
-            "model": self.model,
-            "unit": self.unit,
-            "scale": self.scale,
-            "cost": self.cost,
-            "max_cost": self.max_cost,
-            "lines": [line.to_dict() for line in self.lines],
-            "defaults_applied": self.defaults_applied,
-            "estimated_usage": _quantities(self.estimated_usage),
-        }
+        body = self._asdict()
+        body["lines"] = [line.to_dict() for line in self.lines]
+        body["estimated_usage"] = _quantities(self.estimated_usage)
+        return body
 
 
 class Charge(NamedTuple):
@@ -91,20 +82,11 @@ class Charge(NamedTuple):
     reason: str
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "catalog": self.catalog,
-            "catalog_version": self.catalog_version,
-            "operation": self.operation,
-            "model": self.model,
-            "unit": self.unit,
-            "scale": self.scale,
-            "status": self.status,
-            "charged": self.charged,
-            "amount": self.amount,
-            "lines": [line.to_dict() for line in self.lines],
-            "usage": _quantities(self.usage),
-            "reason": self.reason,
-        }
+        """JSON-ready; amounts are ints, Decimals are strings."""
+        body = self._asdict()
+        body["lines"] = [line.to_dict() for line in self.lines]
+        body["usage"] = _quantities(self.usage)
+        return body
 
 
 def _quantities(values: Mapping[str, int | Decimal]) -> dict[str, int | str]:

@@ -381,9 +381,44 @@ class Agentic:
     def enabled(self, p: Params) -> bool:
         return bool(getattr(p, self.enable_param))
 
-    def renders(self, p: Params) -> tuple[int, int]:
-        """(iterations, samples per iteration) of an enabled request."""
+    def shape(self, p: Params) -> tuple[int, int]:
+        """(iterations, samples per iteration) a request asks for."""
         return int(getattr(p, self.iterations_param)), int(getattr(p, self.samples_param))
+
+    def renders(self, p: Params) -> int:
+        """The most candidates rendered per requested output: 1 when agentic is off."""
+        if not self.enabled(p):
+            return 1
+        iterations, samples = self.shape(p)
+        return iterations * samples
+
+    def reported(self, p: Params, usage: Mapping[str, Any], maximum: int) -> int | None:
+        """Candidates an agentic request reports rendering (required, at most ``maximum``).
+
+        None when agentic is off, where reporting candidates is an error.
+        """
+        if self.enabled(p):
+            return usage_count(usage, self.usage_key, maximum=maximum, default=None)
+        if self.usage_key in usage:
+            raise InvalidUsage(
+                f"usage.{self.usage_key} applies only to agentic generation",
+                field=f"usage.{self.usage_key}",
+            )
+        return None
+
+
+def _renders(agentic: Agentic | None, p: Params) -> int:
+    return 1 if agentic is None else agentic.renders(p)
+
+
+def _reported(
+    agentic: Agentic | None, p: Params, usage: Mapping[str, Any], maximum: int
+) -> int | None:
+    return None if agentic is None else agentic.reported(p, usage, maximum)
+
+
+def _usage_keys(key: str, agentic: Agentic | None) -> frozenset[str]:
+    return frozenset({key} if agentic is None else {key, agentic.usage_key})
 
 
 def _addon_lines(p: Params, addons: tuple[tuple[str, Amount, str], ...]) -> tuple[Line, ...]:
@@ -423,10 +458,7 @@ class PerUnitRule(Rule):
         self.addons = addons
         self.agentic = agentic
         self.per = per
-        keys = {usage_key}
-        if agentic is not None:
-            keys.add(agentic.usage_key)
-        self.usage_keys = frozenset(keys)
+        self.usage_keys = _usage_keys(usage_key, agentic)
 
     @property
     def billable(self) -> bool:
@@ -439,7 +471,7 @@ class PerUnitRule(Rule):
 
     def _units_line(self, p: Params, count: int, price: Amount, *, quote: bool) -> Line:
         if self.agentic is not None and self.agentic.enabled(p):
-            iterations, samples = self.agentic.renders(p)
+            iterations, samples = self.agentic.shape(p)
             text = (
                 f"candidate {self.per}s, at most {iterations} iterations x {samples} samples"
                 f" per {self.per}"
@@ -454,10 +486,8 @@ class PerUnitRule(Rule):
         price = self._unit_price(model)
         outputs = int(getattr(p, self.count_param))
         quantities: dict[str, int | Decimal] = {self.usage_key: outputs}
-        units = outputs
+        units = outputs * _renders(self.agentic, p)
         if self.agentic is not None and self.agentic.enabled(p):
-            iterations, samples = self.agentic.renders(p)
-            units = outputs * iterations * samples
             quantities[self.agentic.usage_key] = units
         lines = (self._units_line(p, units, price, quote=True), *_addon_lines(p, self.addons))
         total = _total(lines)
@@ -469,22 +499,10 @@ class PerUnitRule(Rule):
         outputs = int(getattr(p, self.count_param))
         produced = usage_count(usage, self.usage_key, maximum=outputs, default=outputs)
         quantities: dict[str, int | Decimal] = {self.usage_key: produced}
-        if self.agentic is not None and self.agentic.enabled(p):
-            iterations, samples = self.agentic.renders(p)
-            units = usage_count(
-                usage,
-                self.agentic.usage_key,
-                maximum=outputs * iterations * samples,
-                default=None,
-            )
-            quantities[self.agentic.usage_key] = units
-        else:
-            if self.agentic is not None and self.agentic.usage_key in usage:
-                raise InvalidUsage(
-                    f"usage.{self.agentic.usage_key} applies only to agentic generation",
-                    field=f"usage.{self.agentic.usage_key}",
-                )
-            units = produced
+        candidates = _reported(self.agentic, p, usage, outputs * _renders(self.agentic, p))
+        units = produced
+        if candidates is not None and self.agentic is not None:
+            units = quantities[self.agentic.usage_key] = candidates
         lines = (self._units_line(p, units, price, quote=False), *_addon_lines(p, self.addons))
         total = _total(lines)
         return Priced(total, total, lines, quantities)
@@ -535,10 +553,7 @@ class PerSecondRule(Rule):
         self.presets = dict(presets)
         self.prices = None if prices is None else dict(prices)
         self.agentic = agentic
-        keys = {usage_key}
-        if agentic is not None:
-            keys.add(agentic.usage_key)
-        self.usage_keys = frozenset(keys)
+        self.usage_keys = _usage_keys(usage_key, agentic)
 
     @property
     def billable(self) -> bool:
@@ -580,29 +595,16 @@ class PerSecondRule(Rule):
 
     def quote(self, p: Params, model: ModelInfo) -> Priced:
         tier, price = self._price(p, model)
-        renders = 1
-        if self.agentic is not None and self.agentic.enabled(p):
-            iterations, samples = self.agentic.renders(p)
-            renders = iterations * samples
-        return self._priced(p, tier, price, int(getattr(p, self.frames_param)), renders)
+        frames = int(getattr(p, self.frames_param))
+        return self._priced(p, tier, price, frames, _renders(self.agentic, p))
 
     def charge(self, p: Params, model: ModelInfo, usage: Mapping[str, Any]) -> Priced:
         self.check_usage_keys(usage)
         tier, price = self._price(p, model)
         requested = int(getattr(p, self.frames_param))
         frames = usage_count(usage, self.usage_key, maximum=requested, default=requested)
-        renders = 1
-        if self.agentic is not None and self.agentic.enabled(p):
-            iterations, samples = self.agentic.renders(p)
-            renders = usage_count(
-                usage, self.agentic.usage_key, maximum=iterations * samples, default=None
-            )
-        elif self.agentic is not None and self.agentic.usage_key in usage:
-            raise InvalidUsage(
-                f"usage.{self.agentic.usage_key} applies only to agentic generation",
-                field=f"usage.{self.agentic.usage_key}",
-            )
-        return self._priced(p, tier, price, frames, renders)
+        candidates = _reported(self.agentic, p, usage, _renders(self.agentic, p))
+        return self._priced(p, tier, price, frames, 1 if candidates is None else candidates)
 
     def price_rows(self, models: Mapping[str, ModelInfo], scale: int) -> list[PriceRow]:
         rows: list[PriceRow] = []
