@@ -60,6 +60,13 @@ def test_minimal_operator_catalog_loads_and_prices(tmp_path: Path) -> None:
         ),
         (MINIMAL.format(limits="", price='"seven"'), "versions[0].operations.video.pricing", ""),
         (
+            MINIMAL.format(limits="", price=7).replace(
+                'fast = { name = "Fast" }', 'fast = { unsupported_params = ["video_model"] }'
+            ),
+            "versions[0].operations.video.models.fast.unsupported_params",
+            "has a default",
+        ),
+        (
             MINIMAL.format(limits="", price=7).replace('type = "fixed"', 'type = "auction"'),
             "versions[0].operations.video.pricing",
             "auction",
