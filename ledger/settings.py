@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -13,9 +14,16 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="CREDITLEDGER_", extra="ignore")
 
+    #: The system of record. SQLite (a file, WAL) by default; ``postgresql+psycopg://...``
+    #: for production.
+    database_url: str = "sqlite:///./creditledger.db"
+
     #: A directory of operator catalogs (``*.toml``): new catalogs, or new versions of the
     #: shipped ones (for example prices for an operation the seeds publish none for).
     catalog_dir: Path | None = None
+
+    #: How long an authorization holds credits before the sweeper releases it.
+    hold_ttl_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
 
     def catalog_dirs(self) -> list[Path]:
         """The operator catalog directories to load after the shipped catalogs."""

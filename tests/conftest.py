@@ -2,12 +2,21 @@
 
 from __future__ import annotations
 
+import itertools
 import os
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
+import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
 
+from ledger.db import Database
+from ledger.services import Ledger
+from ledger.verify import verify
 from pricing import CatalogSet, default_catalogs
+from tests.factories import Clock
+from tests.pg import TempPostgres, find_bin
 
 # CI runs more examples, derandomized so a red run is reproducible from its log.
 settings.register_profile("dev", max_examples=100, deadline=None)
@@ -25,3 +34,82 @@ settings.load_profile("ci" if os.environ.get("CI") else "dev")
 def catalogs() -> CatalogSet:
     """The shipped catalogs."""
     return default_catalogs()
+
+
+# ------------------------------------------------------------------ databases for the ledger
+
+REQUIRE_POSTGRES = os.environ.get("CREDITLEDGER_REQUIRE_POSTGRES") == "1"
+_TEMPLATE = "creditledger_template"
+_counter = itertools.count()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[TempPostgres | None]:
+    """A PostgreSQL server for the session, with a migrated template database."""
+    bindir = find_bin()
+    if bindir is None:
+        if REQUIRE_POSTGRES:
+            pytest.fail(
+                "CREDITLEDGER_REQUIRE_POSTGRES=1 but no PostgreSQL binaries (initdb, "
+                "pg_ctl) are installed: apt-get install postgresql"
+            )
+        yield None
+        return
+    server = TempPostgres(bindir).start()
+    try:
+        admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {_TEMPLATE}")
+        admin.dispose()
+        template = Database.from_url(server.url(_TEMPLATE))
+        template.migrate()
+        template.dispose()
+        yield server
+    finally:
+        server.stop()
+
+
+def _postgres_database(server: TempPostgres) -> Database:
+    name = f"test_{os.getpid()}_{next(_counter)}"
+    admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}")
+    admin.dispose()
+    return Database.from_url(server.url(name))
+
+
+def _sqlite_database(folder: Path) -> Database:
+    db = Database.from_url(f"sqlite:///{folder / 'ledger.db'}")
+    db.migrate()
+    return db
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A migrated, empty ledger database: a SQLite file, then a real PostgreSQL database."""
+    if request.param == "sqlite":
+        database = _sqlite_database(tmp_path)
+    else:
+        server = request.getfixturevalue("postgres")
+        if server is None:
+            pytest.skip(
+                "PostgreSQL binaries not installed (apt-get install postgresql); "
+                "set CREDITLEDGER_REQUIRE_POSTGRES=1 to make this a failure"
+            )
+        database = _postgres_database(server)
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@pytest.fixture
+def clock() -> Clock:
+    return Clock()
+
+
+@pytest.fixture
+def ledger(db: Database, catalogs: CatalogSet, clock: Clock) -> Iterator[Ledger]:
+    """A ledger on each database; after the test, every invariant must still hold."""
+    yield Ledger(db, catalogs, clock=clock)
+    assert verify(db) == []

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +64,25 @@ def write_catalog(directory: Path, name: str, text: str) -> Path:
     path = directory / name
     path.write_text(text, encoding="utf-8")
     return path
+
+
+class Clock:
+    """A controllable clock for the ledger: starts at NOW, moves only when told."""
+
+    def __init__(self, start: datetime = NOW) -> None:
+        self.now = start
+
+    def __call__(self) -> datetime:
+        return self.now
+
+    def advance(self, **delta: float) -> datetime:
+        self.now += timedelta(**delta)
+        return self.now
+
+
+_keys = iter(range(10**9))
+
+
+def key(prefix: str = "k") -> str:
+    """A fresh idempotency key."""
+    return f"{prefix}-{next(_keys)}"

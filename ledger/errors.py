@@ -1,0 +1,88 @@
+"""Errors of the ledger domain, carrying the facts (only ``api/errors.py`` maps statuses)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class LedgerError(Exception):
+    """Base of every ledger error. ``code`` is a stable machine-readable name."""
+
+    code = "ledger_error"
+
+    def __init__(self, message: str, *, field: str | None = None, allowed: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.allowed = allowed
+
+    def to_dict(self) -> dict[str, Any]:
+        body: dict[str, Any] = {"error": self.code, "message": self.message}
+        if self.field is not None:
+            body["field"] = self.field
+        if self.allowed is not None:
+            body["allowed"] = self.allowed
+        return body
+
+
+class InvalidInput(LedgerError):
+    """A request to the ledger is malformed (amount out of range, unknown unit...)."""
+
+    code = "invalid_input"
+
+
+class NotFound(LedgerError):
+    code = "not_found"
+
+
+class AccountExists(LedgerError):
+    code = "account_exists"
+
+
+class InsufficientCredits(LedgerError):
+    """Available credits are short: ``needed`` and ``available`` in minor units."""
+
+    code = "insufficient_credits"
+
+    def __init__(self, needed: int, available: int, unit: str, scale: int) -> None:
+        super().__init__(f"Insufficient credits. Need {needed}, have {available}")
+        self.needed = needed
+        self.available = available
+        self.unit = unit
+        self.scale = scale
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "error": self.code,
+            "message": self.message,
+            "credits_needed": self.needed,
+            "credits_balance": self.available,
+            "unit": self.unit,
+            "scale": self.scale,
+        }
+
+
+class HoldNotPending(LedgerError):
+    """The hold was already captured, voided or expired: it resolves once."""
+
+    code = "hold_not_pending"
+
+
+class AlreadyReversed(LedgerError):
+    code = "already_reversed"
+
+
+class NotReversible(LedgerError):
+    code = "not_reversible"
+
+
+class IdempotencyConflict(LedgerError):
+    """The idempotency key was used before with a different request."""
+
+    code = "idempotency_conflict"
+
+
+class UnbalancedEntry(LedgerError):
+    """A journal entry whose postings do not sum to zero per unit: a bug, never input."""
+
+    code = "unbalanced_entry"

@@ -1,0 +1,162 @@
+"""The accounting rules, as pure functions (no database): postings, grants, balances.
+
+Invariants the use cases keep, and ``verify()`` checks:
+
+* each entry has two or more postings that sum to zero per unit;
+* an account's ``balance`` is the sum of its postings; its ``pending`` the sum of its
+  open holds; available = balance - pending + overdraft_limit;
+* the credits remaining in a wallet's grants add up to ``max(balance, 0)``: credits
+  first repay debt, debits burn grants, and whatever the grants cannot cover is debt.
+"""
+
+from __future__ import annotations
+
+import calendar
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from zoneinfo import ZoneInfo
+
+from ledger.errors import UnbalancedEntry
+
+MAX_AMOUNT = 2**63 - 1
+
+
+@dataclass(frozen=True, slots=True)
+class Leg:
+    """One posting to be written: a signed amount of minor units on an account."""
+
+    account_id: int
+    unit: str
+    amount: int
+
+
+def check_balanced(legs: Sequence[Leg]) -> None:
+    """Refuse an entry that is not two or more non-zero legs summing to zero per unit."""
+    if len(legs) < 2:
+        raise UnbalancedEntry("an entry needs two or more postings")
+    sums: dict[str, int] = defaultdict(int)
+    for leg in legs:
+        if leg.amount == 0:
+            raise UnbalancedEntry("a posting of zero")
+        if abs(leg.amount) > MAX_AMOUNT:
+            raise UnbalancedEntry("a posting beyond 64 bits")
+        sums[leg.unit] += leg.amount
+    unbalanced = {unit: total for unit, total in sums.items() if total != 0}
+    if unbalanced:
+        raise UnbalancedEntry(f"postings do not sum to zero: {unbalanced}")
+
+
+def transfer(debit: int, credit: int, unit: str, amount: int) -> list[Leg]:
+    """Move ``amount`` from account ``debit`` to account ``credit``."""
+    legs = [Leg(debit, unit, -amount), Leg(credit, unit, amount)]
+    check_balanced(legs)
+    return legs
+
+
+def available(balance: int, pending: int, overdraft_limit: int) -> int:
+    """What a new authorization may reserve."""
+    return balance - pending + overdraft_limit
+
+
+def debt(balance: int, overdraft_limit: int) -> int:
+    """Minor units posted beyond the overdraft limit (from capture overage)."""
+    return max(0, -(balance + overdraft_limit))
+
+
+@dataclass(frozen=True, slots=True)
+class GrantState:
+    """The part of a grant that decides burn order."""
+
+    id: str
+    remaining: int
+    priority: int
+    expires_at: datetime | None
+    effective_at: datetime
+
+
+def burn_order(grant: GrantState) -> tuple[int, int, datetime, datetime, str]:
+    """Lower priority first, then soonest expiry (never-expiring last), then oldest."""
+    never = grant.expires_at is None
+    expiry = grant.expires_at or grant.effective_at
+    return (grant.priority, 1 if never else 0, expiry, grant.effective_at, grant.id)
+
+
+def plan_debit(grants: Iterable[GrantState], amount: int) -> list[tuple[str, int]]:
+    """(grant id, credits taken) to spend ``amount``, in burn order.
+
+    Takes at most what the grants hold; the rest of ``amount`` is not covered by credits
+    (the wallet's balance goes below zero: overdraft or debt).
+    """
+    plan: list[tuple[str, int]] = []
+    left = amount
+    for grant in sorted(grants, key=burn_order):
+        if left <= 0:
+            break
+        take = min(grant.remaining, left)
+        if take > 0:
+            plan.append((grant.id, take))
+            left -= take
+    return plan
+
+
+@dataclass(frozen=True, slots=True)
+class CreditPlan:
+    """How credits entering a wallet are placed."""
+
+    #: Repays the part of the balance below zero first.
+    repaid: int
+    #: (grant id, credits restored) back into grants an earlier debit burned.
+    restores: list[tuple[str, int]]
+    #: Credits for a new grant (0: none).
+    new_grant: int
+
+
+def plan_credit(
+    balance_before: int, amount: int, restorable: Sequence[tuple[str, int]] = ()
+) -> CreditPlan:
+    """Place ``amount`` credits: repay debt, then restore burned grants, then a new grant.
+
+    ``restorable`` lists (grant id, at most) in the order they should be refilled.
+    """
+    repaid = min(amount, max(0, -balance_before))
+    left = amount - repaid
+    restores: list[tuple[str, int]] = []
+    for grant_id, most in restorable:
+        if left <= 0:
+            break
+        give = min(most, left)
+        if give > 0:
+            restores.append((grant_id, give))
+            left -= give
+    return CreditPlan(repaid, restores, left)
+
+
+# ------------------------------------------------------------------------------- periods
+
+
+def period_of(instant: datetime, timezone: str) -> str:
+    """The allocation period ("2026-11") an instant falls in, in ``timezone``."""
+    local = instant.astimezone(ZoneInfo(timezone))
+    return f"{local.year:04d}-{local.month:02d}"
+
+
+def period_bounds(period: str, timezone: str) -> tuple[datetime, datetime]:
+    """[start, end) of a period in UTC: local midnights of its first and next month."""
+    year, month = (int(part) for part in period.split("-"))
+    zone = ZoneInfo(timezone)
+    start = datetime(year, month, 1, tzinfo=zone)
+    next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
+    end = datetime(next_year, next_month, 1, tzinfo=zone)
+    return start.astimezone(UTC), end.astimezone(UTC)
+
+
+def day_of(instant: datetime, timezone: str) -> str:
+    """The local date ("2026-11-21") of an instant, for daily rollups."""
+    return instant.astimezone(ZoneInfo(timezone)).date().isoformat()
+
+
+def days_in(period: str) -> int:
+    year, month = (int(part) for part in period.split("-"))
+    return calendar.monthrange(year, month)[1]

@@ -1,0 +1,323 @@
+"""The ledger's tables (SQLModel). Every money column is a BIGINT of the unit's minor units.
+
+The journal (``entries`` and ``postings``) is append-only: database triggers refuse any
+UPDATE or DELETE, and refuse an entry whose postings do not sum to zero per unit (see the
+initial migration). Accounts carry materialized ``balance`` and ``pending`` columns,
+updated in the same transaction as the postings and holds they summarize; ``verify()``
+recomputes both from the journal.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator
+from sqlmodel import Field, SQLModel
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """An instant, stored in UTC, always read back timezone-aware.
+
+    SQLite has no time zones: it stores the UTC wall time, which sorts correctly as text.
+    """
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            raise ValueError("naive datetime: the ledger stores instants only")
+        value = value.astimezone(UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+
+def money(*, nullable: bool = False, default: int | None = 0, **kw: Any) -> Any:
+    """A BIGINT column of minor units."""
+    return Field(
+        default=default,
+        sa_column=sa.Column(
+            sa.BigInteger,
+            nullable=nullable,
+            server_default=None if default is None else str(default),
+        ),
+        **kw,
+    )
+
+
+def instant(*, nullable: bool = False, index: bool = False) -> Any:
+    return Field(
+        default=None if nullable else ...,
+        sa_column=sa.Column(UTCDateTime(), nullable=nullable, index=index),
+    )
+
+
+WALLET = "wallet"
+SYSTEM_KINDS = ("funding", "revenue", "expired", "promotions")
+ACCOUNT_KINDS = (WALLET, *SYSTEM_KINDS)
+GRANT_KINDS = ("allocation", "pack", "promo", "adjustment")
+HOLD_STATUSES = ("pending", "captured", "voided", "expired")
+
+
+def _in(column: str, values: tuple[str, ...]) -> str:
+    return f"{column} IN ({', '.join(repr(v) for v in values)})"
+
+
+class Unit(SQLModel, table=True):
+    """A unit of account: a code and its number of decimal places (minor units)."""
+
+    __tablename__ = "units"
+    __table_args__ = (sa.CheckConstraint("scale >= 0 AND scale <= 18", name="ck_units_scale"),)
+
+    code: str = Field(primary_key=True, max_length=16)
+    scale: int
+
+
+class Account(SQLModel, table=True):
+    """A customer wallet (``kind = 'wallet'``) or a system account of a unit."""
+
+    __tablename__ = "accounts"
+    __table_args__ = (
+        sa.CheckConstraint(_in("kind", ACCOUNT_KINDS), name="ck_accounts_kind"),
+        sa.CheckConstraint("overdraft_limit >= 0", name="ck_accounts_overdraft"),
+        sa.CheckConstraint("pending >= 0", name="ck_accounts_pending"),
+        sa.CheckConstraint(
+            "monthly_allocation IS NULL OR monthly_allocation > 0", name="ck_accounts_allocation"
+        ),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    #: The operator's id for the account (a bucket slug, a user id); system accounts are
+    #: named ``system:<kind>:<unit>``.
+    external_id: str = Field(max_length=200, sa_column_kwargs={"unique": True})
+    kind: str = Field(max_length=16)
+    unit: str = Field(foreign_key="units.code", max_length=16)
+    #: Minor units the wallet may go below zero by.
+    overdraft_limit: int = money()
+    #: Minor units granted at each period start (in ``timezone``), or NULL.
+    monthly_allocation: int | None = money(nullable=True, default=None)
+    timezone: str = Field(default="UTC", max_length=64)
+    #: Minor units: the sum of this account's postings (materialized).
+    balance: int = money()
+    #: Minor units: the sum of this account's pending holds (materialized).
+    pending: int = money()
+    created_at: datetime = instant()
+
+
+class Entry(SQLModel, table=True):
+    """A journal entry: the header of two or more postings that sum to zero per unit."""
+
+    __tablename__ = "entries"
+    __table_args__ = (sa.Index("ix_entries_account_posted", "account_id", "posted_at", "id"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    #: topup, adjustment, capture, charge, expiry, reversal, allocation.
+    kind: str = Field(max_length=16)
+    #: The customer wallet the entry concerns.
+    account_id: int = Field(foreign_key="accounts.id")
+    posted_at: datetime = instant()
+    memo: str = Field(default="", max_length=500)
+    #: The entry this one reverses; unique, so an entry is reversed at most once.
+    reverses_id: str | None = Field(
+        default=None, foreign_key="entries.id", max_length=32, sa_column_kwargs={"unique": True}
+    )
+    hold_id: str | None = Field(default=None, max_length=32)
+
+
+class Posting(SQLModel, table=True):
+    """One leg of an entry: a signed amount of minor units on one account."""
+
+    __tablename__ = "postings"
+    __table_args__ = (
+        sa.CheckConstraint("amount <> 0", name="ck_postings_amount_nonzero"),
+        sa.Index("ix_postings_account_posted", "account_id", "posted_at"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    # Deferred: postings are written before their entry, whose insert checks the sum.
+    entry_id: str = Field(
+        sa_column=sa.Column(
+            sa.String(32),
+            sa.ForeignKey("entries.id", deferrable=True, initially="DEFERRED"),
+            nullable=False,
+            index=True,
+        )
+    )
+    account_id: int = Field(foreign_key="accounts.id")
+    unit: str = Field(max_length=16)
+    #: Signed minor units: positive credits the account, negative debits it.
+    amount: int = money(default=None)
+    posted_at: datetime = instant()
+
+
+class Grant(SQLModel, table=True):
+    """Credits inside a wallet: where they came from, how many remain, when they expire."""
+
+    __tablename__ = "grants"
+    __table_args__ = (
+        sa.CheckConstraint(_in("kind", GRANT_KINDS), name="ck_grants_kind"),
+        sa.CheckConstraint("amount > 0", name="ck_grants_amount"),
+        sa.CheckConstraint("remaining >= 0 AND remaining <= amount", name="ck_grants_remaining"),
+        sa.Index("ix_grants_account_remaining", "account_id", "remaining"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    account_id: int = Field(foreign_key="accounts.id")
+    kind: str = Field(max_length=16)
+    #: Minor units granted.
+    amount: int = money(default=None)
+    #: Minor units not yet spent or expired.
+    remaining: int = money(default=None)
+    #: Lower burns first.
+    priority: int = 0
+    effective_at: datetime = instant()
+    expires_at: datetime | None = instant(nullable=True)
+    #: The allocation period ("2026-11") of an allocation grant.
+    period: str | None = Field(default=None, max_length=7)
+    reference: str | None = Field(default=None, max_length=200)
+    entry_id: str = Field(foreign_key="entries.id", max_length=32)
+
+
+class GrantMovement(SQLModel, table=True):
+    """A change of a grant's remaining credits by an entry (+ granted/restored, - spent)."""
+
+    __tablename__ = "grant_movements"
+
+    entry_id: str = Field(primary_key=True, foreign_key="entries.id", max_length=32)
+    grant_id: str = Field(primary_key=True, foreign_key="grants.id", max_length=32)
+    #: Signed minor units.
+    amount: int = money(default=None)
+
+
+class Hold(SQLModel, table=True):
+    """An authorization: credits reserved until captured, voided or expired (once)."""
+
+    __tablename__ = "holds"
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", HOLD_STATUSES), name="ck_holds_status"),
+        sa.CheckConstraint("amount >= 0", name="ck_holds_amount"),
+        sa.Index("ix_holds_status_expires", "status", "expires_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    account_id: int = Field(foreign_key="accounts.id", index=True)
+    #: Minor units reserved (the quote's max_cost).
+    amount: int = money(default=None)
+    status: str = Field(default="pending", max_length=16)
+    created_at: datetime = instant()
+    expires_at: datetime = instant()
+    resolved_at: datetime | None = instant(nullable=True)
+    #: Minor units charged at capture (may exceed ``amount``: text overage).
+    captured: int | None = money(nullable=True, default=None)
+    entry_id: str | None = Field(default=None, foreign_key="entries.id", max_length=32)
+    metering_id: str = Field(max_length=32)
+    catalog: str = Field(max_length=64)
+    catalog_version: str = Field(max_length=64)
+    operation: str = Field(max_length=64)
+    model: str = Field(max_length=200)
+    #: The pricing request ({catalog, operation, params}) the hold was quoted for.
+    request: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+
+
+class MeteringRecord(SQLModel, table=True):
+    """One authorization or immediate charge: what was asked, used and charged."""
+
+    __tablename__ = "metering_records"
+    __table_args__ = (sa.Index("ix_metering_account_created", "account_id", "created_at"),)
+
+    id: str = Field(primary_key=True, max_length=32)
+    account_id: int = Field(foreign_key="accounts.id")
+    kind: str = Field(max_length=16)  # authorization | charge
+    hold_id: str | None = Field(default=None, max_length=32)
+    entry_id: str | None = Field(default=None, max_length=32)
+    catalog: str = Field(max_length=64)
+    catalog_version: str = Field(max_length=64)
+    operation: str = Field(max_length=64)
+    model: str = Field(max_length=200)
+    unit: str = Field(max_length=16)
+    #: pending, COMPLETED, FAILED, ERROR, CHARGED, voided, expired.
+    status: str = Field(max_length=16)
+    #: Minor units held by the authorization (0 for an immediate charge).
+    held: int = money()
+    #: Minor units charged.
+    charged: int = money()
+    input_tokens: int = money()
+    output_tokens: int = money()
+    images: int = money()
+    videos: int = money()
+    candidates: int = money()
+    seconds: Decimal = Field(
+        default=Decimal(0),
+        sa_column=sa.Column(sa.Numeric(24, 6), nullable=False, server_default="0"),
+    )
+    request_id: str | None = Field(default=None, max_length=200)
+    created_at: datetime = instant()
+    completed_at: datetime | None = instant(nullable=True)
+
+
+class DailyUsage(SQLModel, table=True):
+    """Usage per account, catalog, operation, model and day (in the account's timezone)."""
+
+    __tablename__ = "daily_usage"
+
+    account_id: int = Field(primary_key=True, foreign_key="accounts.id")
+    unit: str = Field(primary_key=True, max_length=16)
+    catalog: str = Field(primary_key=True, max_length=64)
+    operation: str = Field(primary_key=True, max_length=64)
+    model: str = Field(primary_key=True, max_length=200)
+    day: str = Field(primary_key=True, max_length=10)
+    requests: int = money()
+    input_tokens: int = money()
+    output_tokens: int = money()
+    images: int = money()
+    videos: int = money()
+    candidates: int = money()
+    seconds: Decimal = Field(
+        default=Decimal(0),
+        sa_column=sa.Column(sa.Numeric(24, 6), nullable=False, server_default="0"),
+    )
+    #: Minor units charged (net of refunds of these charges).
+    amount: int = money()
+
+
+class IdempotencyKey(SQLModel, table=True):
+    """A mutating request's key, its hash and its result, written with its effects."""
+
+    __tablename__ = "idempotency_keys"
+
+    key: str = Field(primary_key=True, max_length=255)
+    operation: str = Field(max_length=32)
+    request_hash: str = Field(max_length=64)
+    response: dict[str, Any] = Field(sa_column=sa.Column(sa.JSON, nullable=False))
+    created_at: datetime = instant()
+
+
+class AllocationPeriod(SQLModel, table=True):
+    """A monthly allocation granted: one row per account and period, so at most once."""
+
+    __tablename__ = "allocation_periods"
+
+    account_id: int = Field(primary_key=True, foreign_key="accounts.id")
+    period: str = Field(primary_key=True, max_length=7)
+    grant_id: str = Field(foreign_key="grants.id", max_length=32)
+    created_at: datetime = instant()
+
+
+metadata = SQLModel.metadata
+
+
+def table_of(model: type[SQLModel]) -> sa.Table:
+    """The Core table of a model, for the statements of the hot paths."""
+    table = model.__table__  # type: ignore[attr-defined]
+    assert isinstance(table, sa.Table)
+    return table

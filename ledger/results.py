@@ -1,0 +1,144 @@
+"""What the use cases return: JSON-ready pydantic models (stored for idempotent replay).
+
+Amounts are integers of the account unit's minor units, with ``unit`` and ``scale``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+
+class GrantView(_Result):
+    id: str
+    kind: str
+    amount: int
+    remaining: int
+    priority: int
+    effective_at: datetime
+    expires_at: datetime | None
+    period: str | None = None
+    reference: str | None = None
+
+
+class BalanceView(_Result):
+    """A wallet's money. available = balance - pending + overdraft_limit."""
+
+    account_id: str
+    unit: str
+    scale: int
+    balance: int
+    pending: int
+    available: int
+    overdraft_limit: int
+    #: Posted beyond the overdraft limit (capture overage); blocks authorizations.
+    debt: int
+    as_of: datetime | None = None
+
+
+class AccountView(BalanceView):
+    monthly_allocation: int | None
+    timezone: str
+    created_at: datetime
+    grants: list[GrantView]
+
+
+class PostingView(_Result):
+    account_id: str
+    amount: int
+
+
+class EntryView(_Result):
+    id: str
+    kind: str
+    account_id: str
+    unit: str
+    posted_at: datetime
+    memo: str
+    reverses_id: str | None
+    hold_id: str | None
+    postings: list[PostingView]
+
+
+class TopUpResult(_Result):
+    entry: EntryView
+    grant: GrantView | None
+    balance: BalanceView
+
+
+class AdjustmentResult(_Result):
+    entry: EntryView
+    balance: BalanceView
+
+
+class HoldView(_Result):
+    id: str
+    account_id: str
+    status: str
+    held: int
+    unit: str
+    scale: int
+    created_at: datetime
+    expires_at: datetime
+    resolved_at: datetime | None
+    captured: int | None
+    entry_id: str | None
+    catalog: str
+    catalog_version: str
+    operation: str
+    model: str
+    metering_id: str
+    #: Available after this operation.
+    credits_remaining: int
+    quote: dict[str, Any] | None = None
+
+
+class CaptureResult(_Result):
+    id: str
+    status: str
+    outcome: str
+    charged: int
+    released: int
+    #: Charged beyond the hold (text whose real input exceeded the estimate).
+    overage: int
+    credits_used: int
+    credits_remaining: int
+    unit: str
+    scale: int
+    entry_id: str | None
+    #: The priced usage (pricing.Charge.to_dict()).
+    charge: dict[str, Any]
+
+
+class ChargeResult(_Result):
+    id: str
+    account_id: str
+    entry_id: str | None
+    credits_used: int
+    credits_remaining: int
+    unit: str
+    scale: int
+    quote: dict[str, Any]
+
+
+class ReversalResult(_Result):
+    entry: EntryView
+    balance: BalanceView
+
+
+class EntryPage(_Result):
+    items: list[EntryView]
+    next_cursor: str | None
+
+
+class Violation(_Result):
+    """One broken invariant found by ``verify()``."""
+
+    check: str
+    detail: str

@@ -1,0 +1,1550 @@
+"""The ledger's use cases. Each public method is one unit of work: it opens a transaction,
+locks what it reads (the wallet row), checks idempotency, writes, and commits once.
+
+Amounts are integers of the account unit's minor units. A rejected operation raises a
+``ledger.errors`` or ``pricing.errors`` exception and changes nothing (its transaction
+rolls back).
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import itertools
+import json
+import time
+import uuid
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from decimal import ROUND_CEILING, Decimal
+from typing import Any, TypeVar
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import sqlalchemy as sa
+from pydantic import BaseModel
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from ledger import kernel
+from ledger.db import Database
+from ledger.errors import (
+    AccountExists,
+    AlreadyReversed,
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidInput,
+    NotFound,
+    NotReversible,
+)
+from ledger.kernel import Leg
+from ledger.models import (
+    SYSTEM_KINDS,
+    WALLET,
+    Account,
+    AllocationPeriod,
+    DailyUsage,
+    Entry,
+    Grant,
+    GrantMovement,
+    Hold,
+    IdempotencyKey,
+    MeteringRecord,
+    Posting,
+    Unit,
+    table_of,
+)
+from ledger.results import (
+    AccountView,
+    AdjustmentResult,
+    BalanceView,
+    CaptureResult,
+    ChargeResult,
+    EntryPage,
+    EntryView,
+    GrantView,
+    HoldView,
+    PostingView,
+    ReversalResult,
+    TopUpResult,
+)
+from pricing import CatalogSet, estimate, price_usage
+from pricing.engine import Quote
+
+accounts = table_of(Account)
+units = table_of(Unit)
+entries = table_of(Entry)
+postings = table_of(Posting)
+grants = table_of(Grant)
+movements = table_of(GrantMovement)
+holds = table_of(Hold)
+metering = table_of(MeteringRecord)
+daily = table_of(DailyUsage)
+idem = table_of(IdempotencyKey)
+periods = table_of(AllocationPeriod)
+
+Clock = Callable[[], datetime]
+R = TypeVar("R", bound=BaseModel)
+
+TOPUP_KINDS = ("pack", "allocation", "promo")
+REVERSIBLE = ("topup", "adjustment", "capture", "charge")
+MAX_KEY = 255
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+_sequence = itertools.count()
+
+
+def new_id() -> str:
+    """A 32-hex-digit id that sorts by creation within a process (time, counter, random).
+
+    Entries of one transaction share their posting instant; the id breaks the tie.
+    """
+    return f"{time.time_ns():016x}{next(_sequence) % 0x1000000:06x}{uuid.uuid4().hex[:10]}"
+
+
+def _amount(value: Any, field: str, *, minimum: int = 1) -> int:
+    """An integer of minor units within 64 bits (bools, floats and strings refused)."""
+    if type(value) is not int or not minimum <= value <= kernel.MAX_AMOUNT:
+        raise InvalidInput(
+            f"{field} must be a whole number of minor units from {minimum} to {kernel.MAX_AMOUNT}",
+            field=field,
+            allowed={"min": minimum, "max": kernel.MAX_AMOUNT},
+        )
+    return value
+
+
+def _text(value: Any, field: str, *, required: bool = True, most: int = 200) -> str | None:
+    if value is None and not required:
+        return None
+    if not isinstance(value, str) or not value.strip() or len(value) > most:
+        raise InvalidInput(
+            f"{field} must be a non-empty string of at most {most} characters",
+            field=field,
+            allowed={"max_length": most},
+        )
+    return value
+
+
+def _aware(value: datetime | None, field: str) -> datetime | None:
+    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+        raise InvalidInput(f"{field} must carry a timezone", field=field)
+    return value
+
+
+def _hash(operation: str, payload: Mapping[str, Any]) -> str:
+    canonical = json.dumps([operation, payload], sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def _is_idempotency_race(exc: IntegrityError) -> bool:
+    return "idempotency_keys" in str(exc.orig)
+
+
+class _Work:
+    """The open unit of work of one mutating use case."""
+
+    def __init__(
+        self, conn: Connection, operation: str, key: str, request_hash: str, now: datetime
+    ):
+        self.conn = conn
+        self.operation = operation
+        self.key = key
+        self.request_hash = request_hash
+        self.now = now
+
+    def replay(self) -> dict[str, Any] | None:
+        """The stored result of this key, or None. Call after locking the wallet."""
+        row = self.conn.execute(
+            sa.select(idem.c.operation, idem.c.request_hash, idem.c.response).where(
+                idem.c.key == self.key
+            )
+        ).first()
+        if row is None:
+            return None
+        if row.operation != self.operation or row.request_hash != self.request_hash:
+            raise IdempotencyConflict(
+                f"idempotency key '{self.key}' was used for a different {row.operation} request",
+                field="idempotency_key",
+            )
+        response: dict[str, Any] = row.response
+        return response
+
+    def remember(self, result: BaseModel) -> None:
+        self.conn.execute(
+            idem.insert().values(
+                key=self.key,
+                operation=self.operation,
+                request_hash=self.request_hash,
+                response=result.model_dump(mode="json"),
+                created_at=self.now,
+            )
+        )
+
+
+@dataclass(frozen=True)
+class _Wallet:
+    id: int
+    external_id: str
+    unit: str
+    scale: int
+    overdraft_limit: int
+    timezone: str
+
+
+class Ledger:
+    """The system of record: every use case, each in its own transaction."""
+
+    def __init__(
+        self,
+        db: Database,
+        catalogs: CatalogSet,
+        *,
+        clock: Clock = utcnow,
+        hold_ttl: timedelta = timedelta(minutes=15),
+    ) -> None:
+        self.db = db
+        self.catalogs = catalogs
+        self.clock = clock
+        self.hold_ttl = hold_ttl
+        self.units = self._catalog_units(catalogs)
+        self._system: dict[tuple[str, str], int] = {}
+
+    @staticmethod
+    def _catalog_units(catalogs: CatalogSet) -> dict[str, int]:
+        found: dict[str, int] = {}
+        for catalog in catalogs:
+            if found.setdefault(catalog.unit, catalog.scale) != catalog.scale:
+                raise InvalidInput(
+                    f"unit {catalog.unit} has two scales in the catalogs", field="unit"
+                )
+        return found
+
+    # ------------------------------------------------------------------ infrastructure
+
+    def _now(self) -> datetime:
+        now = self.clock()
+        if now.tzinfo is None:
+            raise ValueError("the ledger clock must be timezone-aware")
+        return now.astimezone(UTC)
+
+    def _mutate(
+        self,
+        operation: str,
+        key: Any,
+        payload: Mapping[str, Any],
+        work: Callable[[_Work], R | dict[str, Any]],
+        result: type[R],
+    ) -> R:
+        """Run ``work`` in one transaction with the idempotency protocol around it."""
+        if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY:
+            raise InvalidInput(
+                f"an idempotency key (1 to {MAX_KEY} characters) is required",
+                field="idempotency_key",
+            )
+        request_hash = _hash(operation, payload)
+        self._ensure_system()
+        for attempt in range(3):
+            try:
+                with self.db.transaction() as conn:
+                    w = _Work(conn, operation, key, request_hash, self._now())
+                    out = work(w)
+                    if isinstance(out, dict):
+                        return result.model_validate(out)
+                    w.remember(out)
+                    return out
+            except IntegrityError as exc:
+                # Another transaction stored this key first (PostgreSQL): replay it.
+                if not _is_idempotency_race(exc) or attempt == 2:
+                    raise
+        raise AssertionError("unreachable")
+
+    def _insert_ignore(
+        self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]
+    ) -> None:
+        dialect_insert = postgresql.insert if not self.db.is_sqlite else sqlite.insert
+        conn.execute(dialect_insert(table).values(rows).on_conflict_do_nothing(index_elements=keys))
+
+    def _ensure_system(self) -> None:
+        """Create every catalog unit and its system accounts, in a committed transaction.
+
+        Done once, before the first mutation, so that no use case's rollback can take
+        with it rows that later ones rely on.
+        """
+        if len(self._system) == len(self.units) * len(SYSTEM_KINDS):
+            return
+        now = self._now()
+        with self.db.transaction() as conn:
+            self._insert_ignore(
+                conn, units, [{"code": u, "scale": s} for u, s in self.units.items()], ["code"]
+            )
+            self._insert_ignore(
+                conn,
+                accounts,
+                [
+                    {
+                        "external_id": f"system:{kind}:{unit}",
+                        "kind": kind,
+                        "unit": unit,
+                        "timezone": "UTC",
+                        "created_at": now,
+                        "overdraft_limit": 0,
+                        "balance": 0,
+                        "pending": 0,
+                    }
+                    for unit in self.units
+                    for kind in SYSTEM_KINDS
+                ],
+                ["external_id"],
+            )
+            rows = conn.execute(
+                sa.select(accounts.c.id, accounts.c.kind, accounts.c.unit).where(
+                    accounts.c.kind.in_(SYSTEM_KINDS)
+                )
+            ).all()
+        self._system = {(row.unit, row.kind): row.id for row in rows}
+
+    def _system_account(self, unit: str, kind: str) -> int:
+        return self._system[(unit, kind)]
+
+    def _lock_wallet(self, conn: Connection, external_id: Any) -> _Wallet:
+        if not isinstance(external_id, str):
+            raise InvalidInput("account_id must be a string", field="account_id")
+        stmt = (
+            sa.select(
+                accounts.c.id,
+                accounts.c.external_id,
+                accounts.c.unit,
+                accounts.c.overdraft_limit,
+                accounts.c.timezone,
+                units.c.scale,
+            )
+            .join(units, units.c.code == accounts.c.unit)
+            .where(accounts.c.external_id == external_id, accounts.c.kind == WALLET)
+        )
+        if not self.db.is_sqlite:
+            stmt = stmt.with_for_update(of=accounts)
+        row = conn.execute(stmt).first()
+        if row is None:
+            raise NotFound(f"no account '{external_id}'", field="account_id")
+        return _Wallet(
+            row.id, row.external_id, row.unit, row.scale, row.overdraft_limit, row.timezone
+        )
+
+    def _lock_wallet_by_id(self, conn: Connection, account_id: int) -> _Wallet:
+        external = conn.execute(
+            sa.select(accounts.c.external_id).where(accounts.c.id == account_id)
+        ).scalar_one()
+        return self._lock_wallet(conn, external)
+
+    def _money(self, conn: Connection, wallet: _Wallet) -> tuple[int, int]:
+        row = conn.execute(
+            sa.select(accounts.c.balance, accounts.c.pending).where(accounts.c.id == wallet.id)
+        ).one()
+        return int(row.balance), int(row.pending)
+
+    def _balance_view(self, conn: Connection, wallet: _Wallet) -> BalanceView:
+        balance, pending = self._money(conn, wallet)
+        return BalanceView(
+            account_id=wallet.external_id,
+            unit=wallet.unit,
+            scale=wallet.scale,
+            balance=balance,
+            pending=pending,
+            available=kernel.available(balance, pending, wallet.overdraft_limit),
+            overdraft_limit=wallet.overdraft_limit,
+            debt=kernel.debt(balance, wallet.overdraft_limit),
+        )
+
+    # -------------------------------------------------------------------- the journal
+
+    def _post(
+        self,
+        conn: Connection,
+        now: datetime,
+        kind: str,
+        wallet: _Wallet,
+        legs: Sequence[Leg],
+        memo: str = "",
+        *,
+        reverses_id: str | None = None,
+        hold_id: str | None = None,
+    ) -> str:
+        """Write one balanced entry and move the materialized balances."""
+        kernel.check_balanced(legs)
+        entry_id = new_id()
+        # Postings first: the entry's insert is what checks them (SQLite), and on
+        # PostgreSQL a deferred trigger checks them at commit.
+        conn.execute(
+            postings.insert(),
+            [
+                {
+                    "entry_id": entry_id,
+                    "account_id": leg.account_id,
+                    "unit": leg.unit,
+                    "amount": leg.amount,
+                    "posted_at": now,
+                }
+                for leg in legs
+            ],
+        )
+        conn.execute(
+            entries.insert().values(
+                id=entry_id,
+                kind=kind,
+                account_id=wallet.id,
+                posted_at=now,
+                memo=memo,
+                reverses_id=reverses_id,
+                hold_id=hold_id,
+            )
+        )
+        deltas: dict[int, int] = {}
+        for leg in legs:
+            deltas[leg.account_id] = deltas.get(leg.account_id, 0) + leg.amount
+        for account_id in sorted(deltas):  # one lock order for every transaction
+            conn.execute(
+                accounts.update()
+                .where(accounts.c.id == account_id)
+                .values(balance=accounts.c.balance + deltas[account_id])
+            )
+        return entry_id
+
+    def _entry_view(self, conn: Connection, entry_id: str) -> EntryView:
+        wallet_alias = accounts.alias("wallet")
+        row = conn.execute(
+            sa.select(entries, wallet_alias.c.external_id, wallet_alias.c.unit)
+            .join(wallet_alias, wallet_alias.c.id == entries.c.account_id)
+            .where(entries.c.id == entry_id)
+        ).one()
+        legs = conn.execute(
+            sa.select(accounts.c.external_id, postings.c.amount)
+            .join(accounts, accounts.c.id == postings.c.account_id)
+            .where(postings.c.entry_id == entry_id)
+            .order_by(postings.c.id)
+        ).all()
+        return EntryView(
+            id=row.id,
+            kind=row.kind,
+            account_id=row.external_id,
+            unit=row.unit,
+            posted_at=row.posted_at,
+            memo=row.memo,
+            reverses_id=row.reverses_id,
+            hold_id=row.hold_id,
+            postings=[PostingView(account_id=leg.external_id, amount=leg.amount) for leg in legs],
+        )
+
+    # ------------------------------------------------------------------------- grants
+
+    def _debit_grants(
+        self,
+        conn: Connection,
+        wallet: _Wallet,
+        entry_id: str,
+        amount: int,
+        *,
+        first: str | None = None,
+    ) -> None:
+        rows = conn.execute(
+            sa.select(
+                grants.c.id,
+                grants.c.remaining,
+                grants.c.priority,
+                grants.c.expires_at,
+                grants.c.effective_at,
+            ).where(grants.c.account_id == wallet.id, grants.c.remaining > 0)
+        ).all()
+        states = [
+            kernel.GrantState(r.id, r.remaining, r.priority, r.expires_at, r.effective_at)
+            for r in rows
+        ]
+        plan: list[tuple[str, int]] = []
+        if first is not None:
+            preferred = [s for s in states if s.id == first]
+            plan = kernel.plan_debit(preferred, amount)
+            states = [s for s in states if s.id != first]
+        taken = sum(take for _, take in plan)
+        plan += kernel.plan_debit(states, amount - taken)
+        for grant_id, take in plan:
+            conn.execute(
+                grants.update()
+                .where(grants.c.id == grant_id)
+                .values(remaining=grants.c.remaining - take)
+            )
+            conn.execute(
+                movements.insert().values(entry_id=entry_id, grant_id=grant_id, amount=-take)
+            )
+
+    def _credit_grants(
+        self,
+        conn: Connection,
+        wallet: _Wallet,
+        entry_id: str,
+        amount: int,
+        balance_before: int,
+        now: datetime,
+        *,
+        restorable: Sequence[tuple[str, int]] = (),
+        kind: str = "adjustment",
+        expires_at: datetime | None = None,
+        priority: int = 0,
+        period: str | None = None,
+        reference: str | None = None,
+        always_grant: bool = False,
+    ) -> str | None:
+        """Place credits: repay debt, refill burned grants, then one new grant."""
+        plan = kernel.plan_credit(balance_before, amount, restorable)
+        for grant_id, give in plan.restores:
+            conn.execute(
+                grants.update()
+                .where(grants.c.id == grant_id)
+                .values(remaining=grants.c.remaining + give)
+            )
+            conn.execute(
+                movements.insert().values(entry_id=entry_id, grant_id=grant_id, amount=give)
+            )
+        if plan.new_grant == 0 and not always_grant:
+            return None
+        grant_id = new_id()
+        granted = amount if always_grant else plan.new_grant
+        conn.execute(
+            grants.insert().values(
+                id=grant_id,
+                account_id=wallet.id,
+                kind=kind,
+                amount=granted,
+                remaining=plan.new_grant,
+                priority=priority,
+                effective_at=now,
+                expires_at=expires_at,
+                period=period,
+                reference=reference,
+                entry_id=entry_id,
+            )
+        )
+        if plan.new_grant:
+            conn.execute(
+                movements.insert().values(
+                    entry_id=entry_id, grant_id=grant_id, amount=plan.new_grant
+                )
+            )
+        return grant_id
+
+    def _expire_due(
+        self,
+        conn: Connection,
+        wallet: _Wallet,
+        now: datetime,
+        *,
+        also: sa.ColumnElement[bool] | None = None,
+    ) -> int:
+        """Move the remainder of grants past their expiry to the expired-credits account."""
+        due = grants.c.expires_at <= now
+        condition = due if also is None else sa.or_(due, also)
+        rows = conn.execute(
+            sa.select(grants.c.id, grants.c.remaining)
+            .where(grants.c.account_id == wallet.id, grants.c.remaining > 0, condition)
+            .order_by(grants.c.id)
+        ).all()
+        total = sum(int(r.remaining) for r in rows)
+        if total == 0:
+            return 0
+        expired = self._system_account(wallet.unit, "expired")
+        entry_id = self._post(
+            conn,
+            now,
+            "expiry",
+            wallet,
+            kernel.transfer(wallet.id, expired, wallet.unit, total),
+            f"{len(rows)} grant(s) expired",
+        )
+        for r in rows:
+            conn.execute(grants.update().where(grants.c.id == r.id).values(remaining=0))
+            conn.execute(
+                movements.insert().values(
+                    entry_id=entry_id, grant_id=r.id, amount=-int(r.remaining)
+                )
+            )
+        return len(rows)
+
+    def _grant_views(
+        self, conn: Connection, wallet_id: int, *, only_open: bool = True
+    ) -> list[GrantView]:
+        stmt = sa.select(grants).where(grants.c.account_id == wallet_id)
+        if only_open:
+            stmt = stmt.where(grants.c.remaining > 0)
+        rows = conn.execute(stmt.order_by(grants.c.priority, grants.c.effective_at)).all()
+        return [self._grant_view(r) for r in rows]
+
+    @staticmethod
+    def _grant_view(r: Row[Any]) -> GrantView:
+        return GrantView(
+            id=r.id,
+            kind=r.kind,
+            amount=r.amount,
+            remaining=r.remaining,
+            priority=r.priority,
+            effective_at=r.effective_at,
+            expires_at=r.expires_at,
+            period=r.period,
+            reference=r.reference,
+        )
+
+    # ------------------------------------------------------------------------ accounts
+
+    def open_account(
+        self,
+        account_id: str,
+        unit: str,
+        *,
+        idempotency_key: str,
+        overdraft_limit: int = 0,
+        monthly_allocation: int | None = None,
+        timezone: str = "UTC",
+    ) -> AccountView:
+        """Open a customer wallet counted in ``unit``."""
+        external = _text(account_id, "account_id")
+        assert external is not None
+        if external.startswith("system:"):
+            raise InvalidInput(
+                "account ids starting with 'system:' are reserved", field="account_id"
+            )
+        if unit not in self.units:
+            raise InvalidInput(f"unknown unit '{unit}'", field="unit", allowed=sorted(self.units))
+        _amount(overdraft_limit, "overdraft_limit", minimum=0)
+        if monthly_allocation is not None:
+            _amount(monthly_allocation, "monthly_allocation")
+        try:
+            ZoneInfo(timezone)
+        except (ZoneInfoNotFoundError, ValueError, TypeError):
+            raise InvalidInput(f"unknown timezone {timezone!r}", field="timezone") from None
+        payload = {
+            "account_id": external,
+            "unit": unit,
+            "overdraft_limit": overdraft_limit,
+            "monthly_allocation": monthly_allocation,
+            "timezone": timezone,
+        }
+
+        def work(w: _Work) -> AccountView | dict[str, Any]:
+            stored = w.replay()
+            if stored is not None:
+                return stored
+            exists = w.conn.execute(
+                sa.select(accounts.c.id).where(accounts.c.external_id == external)
+            ).first()
+            if exists is not None:
+                raise AccountExists(f"account '{external}' already exists", field="account_id")
+            try:
+                with w.conn.begin_nested():
+                    w.conn.execute(
+                        accounts.insert().values(
+                            external_id=external,
+                            kind=WALLET,
+                            unit=unit,
+                            overdraft_limit=overdraft_limit,
+                            monthly_allocation=monthly_allocation,
+                            timezone=timezone,
+                            balance=0,
+                            pending=0,
+                            created_at=w.now,
+                        )
+                    )
+            except IntegrityError:
+                raise AccountExists(
+                    f"account '{external}' already exists", field="account_id"
+                ) from None
+            return self._account_view(w.conn, self._lock_wallet(w.conn, external))
+
+        return self._mutate("open_account", idempotency_key, payload, work, AccountView)
+
+    def _account_view(self, conn: Connection, wallet: _Wallet) -> AccountView:
+        row = conn.execute(sa.select(accounts).where(accounts.c.id == wallet.id)).one()
+        money = self._balance_view(conn, wallet)
+        return AccountView(
+            **money.model_dump(),
+            monthly_allocation=row.monthly_allocation,
+            timezone=row.timezone,
+            created_at=row.created_at,
+            grants=self._grant_views(conn, wallet.id),
+        )
+
+    def account(self, account_id: str) -> AccountView:
+        """A wallet: balances and open grants."""
+        with self.db.transaction(write=False) as conn:
+            wallet = self._wallet(conn, account_id)
+            return self._account_view(conn, wallet)
+
+    def _wallet(self, conn: Connection, account_id: Any) -> _Wallet:
+        """A wallet read without a lock (read-only use cases)."""
+        if not isinstance(account_id, str):
+            raise InvalidInput("account_id must be a string", field="account_id")
+        row = conn.execute(
+            sa.select(
+                accounts.c.id,
+                accounts.c.external_id,
+                accounts.c.unit,
+                accounts.c.overdraft_limit,
+                accounts.c.timezone,
+                units.c.scale,
+            )
+            .join(units, units.c.code == accounts.c.unit)
+            .where(accounts.c.external_id == account_id, accounts.c.kind == WALLET)
+        ).first()
+        if row is None:
+            raise NotFound(f"no account '{account_id}'", field="account_id")
+        return _Wallet(
+            row.id, row.external_id, row.unit, row.scale, row.overdraft_limit, row.timezone
+        )
+
+    # --------------------------------------------------------------- top-ups, adjustments
+
+    def top_up(
+        self,
+        account_id: str,
+        amount: int,
+        *,
+        idempotency_key: str,
+        kind: str = "pack",
+        expires_at: datetime | None = None,
+        priority: int = 0,
+        reference: str | None = None,
+    ) -> TopUpResult:
+        """Add credits: a grant funded by the funding account (promotions for ``promo``)."""
+        _amount(amount, "amount")
+        if kind not in TOPUP_KINDS:
+            raise InvalidInput(
+                f"unknown top-up kind {kind!r}", field="kind", allowed=list(TOPUP_KINDS)
+            )
+        _aware(expires_at, "expires_at")
+        if type(priority) is not int or not -1_000_000 <= priority <= 1_000_000:
+            raise InvalidInput(
+                "priority must be a whole number",
+                field="priority",
+                allowed={"min": -1_000_000, "max": 1_000_000},
+            )
+        _text(reference, "reference", required=False)
+        payload = {
+            "account_id": account_id,
+            "amount": amount,
+            "kind": kind,
+            "expires_at": expires_at.isoformat() if expires_at else None,
+            "priority": priority,
+            "reference": reference,
+        }
+
+        def work(w: _Work) -> TopUpResult | dict[str, Any]:
+            wallet = self._lock_wallet(w.conn, account_id)
+            stored = w.replay()
+            if stored is not None:
+                return stored
+            if expires_at is not None and expires_at <= w.now:
+                raise InvalidInput("expires_at must be in the future", field="expires_at")
+            self._expire_due(w.conn, wallet, w.now)
+            balance_before, _ = self._money(w.conn, wallet)
+            source = self._system_account(
+                wallet.unit, "promotions" if kind == "promo" else "funding"
+            )
+            entry_id = self._post(
+                w.conn,
+                w.now,
+                "topup",
+                wallet,
+                kernel.transfer(source, wallet.id, wallet.unit, amount),
+                f"{kind} top-up" + (f" ({reference})" if reference else ""),
+            )
+            grant_id = self._credit_grants(
+                w.conn,
+                wallet,
+                entry_id,
+                amount,
+                balance_before,
+                w.now,
+                kind=kind,
+                expires_at=expires_at,
+                priority=priority,
+                reference=reference,
+                always_grant=True,
+            )
+            grant = None
+            if grant_id is not None:
+                grant = self._grant_view(
+                    w.conn.execute(sa.select(grants).where(grants.c.id == grant_id)).one()
+                )
+            return TopUpResult(
+                entry=self._entry_view(w.conn, entry_id),
+                grant=grant,
+                balance=self._balance_view(w.conn, wallet),
+            )
+
+        return self._mutate("topup", idempotency_key, payload, work, TopUpResult)
+
+    def adjust(
+        self, account_id: str, amount: int, *, reason: str, idempotency_key: str
+    ) -> AdjustmentResult:
+        """An admin correction: a signed amount against the funding account."""
+        if type(amount) is not int or amount == 0 or abs(amount) > kernel.MAX_AMOUNT:
+            raise InvalidInput(
+                "amount must be a non-zero whole number of minor units",
+                field="amount",
+                allowed={"min": -kernel.MAX_AMOUNT, "max": kernel.MAX_AMOUNT},
+            )
+        _text(reason, "reason", most=500)
+        payload = {"account_id": account_id, "amount": amount, "reason": reason}
+
+        def work(w: _Work) -> AdjustmentResult | dict[str, Any]:
+            wallet = self._lock_wallet(w.conn, account_id)
+            stored = w.replay()
+            if stored is not None:
+                return stored
+            self._expire_due(w.conn, wallet, w.now)
+            balance_before, _ = self._money(w.conn, wallet)
+            funding = self._system_account(wallet.unit, "funding")
+            if amount > 0:
+                legs = kernel.transfer(funding, wallet.id, wallet.unit, amount)
+            else:
+                legs = kernel.transfer(wallet.id, funding, wallet.unit, -amount)
+            entry_id = self._post(w.conn, w.now, "adjustment", wallet, legs, reason)
+            if amount > 0:
+                self._credit_grants(
+                    w.conn,
+                    wallet,
+                    entry_id,
+                    amount,
+                    balance_before,
+                    w.now,
+                    kind="adjustment",
+                    reference=reason[:200],
+                )
+            else:
+                self._debit_grants(w.conn, wallet, entry_id, -amount)
+            return AdjustmentResult(
+                entry=self._entry_view(w.conn, entry_id), balance=self._balance_view(w.conn, wallet)
+            )
+
+        return self._mutate("adjustment", idempotency_key, payload, work, AdjustmentResult)
+
+    # ------------------------------------------------------------------ authorizations
+
+    def _quote(self, request: Any, now: datetime) -> Quote:
+        return estimate(request, now, catalogs=self.catalogs)
+
+    @staticmethod
+    def _check_unit(quote: Quote, wallet: _Wallet) -> None:
+        if quote.unit != wallet.unit:
+            raise InvalidInput(
+                f"catalog '{quote.catalog}' bills in {quote.unit}; account '{wallet.external_id}' "
+                f"holds {wallet.unit}",
+                field="catalog",
+            )
+
+    def authorize(
+        self,
+        account_id: str,
+        request: Mapping[str, Any],
+        *,
+        idempotency_key: str,
+        request_id: str | None = None,
+        ttl: timedelta | None = None,
+    ) -> HoldView:
+        """Hold the quote's ``max_cost``, or raise InsufficientCredits (402)."""
+        _text(request_id, "request_id", required=False)
+        hold_ttl = ttl if ttl is not None else self.hold_ttl
+        if not timedelta(seconds=1) <= hold_ttl <= timedelta(days=7):
+            raise InvalidInput("ttl must be between 1 second and 7 days", field="ttl")
+        quote = self._quote(request, self._now())
+        payload = {
+            "account_id": account_id,
+            "request": request,
+            "request_id": request_id,
+            "ttl": hold_ttl.total_seconds(),
+        }
+
+        def work(w: _Work) -> HoldView | dict[str, Any]:
+            wallet = self._lock_wallet(w.conn, account_id)
+            stored = w.replay()
+            if stored is not None:
+                return stored
+            self._check_unit(quote, wallet)
+            self._expire_due(w.conn, wallet, w.now)
+            balance, pending = self._money(w.conn, wallet)
+            available = kernel.available(balance, pending, wallet.overdraft_limit)
+            needed = quote.max_cost
+            if available < needed or kernel.debt(balance, wallet.overdraft_limit) > 0:
+                raise InsufficientCredits(needed, available, wallet.unit, wallet.scale)
+            hold_id, metering_id = new_id(), new_id()
+            expires = w.now + hold_ttl
+            w.conn.execute(
+                holds.insert().values(
+                    id=hold_id,
+                    account_id=wallet.id,
+                    amount=needed,
+                    status="pending",
+                    created_at=w.now,
+                    expires_at=expires,
+                    metering_id=metering_id,
+                    catalog=quote.catalog,
+                    catalog_version=quote.catalog_version,
+                    operation=quote.operation,
+                    model=quote.model,
+                    request=dict(request),
+                )
+            )
+            w.conn.execute(
+                accounts.update()
+                .where(accounts.c.id == wallet.id)
+                .values(pending=accounts.c.pending + needed)
+            )
+            w.conn.execute(
+                metering.insert().values(
+                    id=metering_id,
+                    account_id=wallet.id,
+                    kind="authorization",
+                    hold_id=hold_id,
+                    catalog=quote.catalog,
+                    catalog_version=quote.catalog_version,
+                    operation=quote.operation,
+                    model=quote.model,
+                    unit=quote.unit,
+                    status="pending",
+                    held=needed,
+                    charged=0,
+                    request_id=request_id,
+                    created_at=w.now,
+                    **_usage_columns(quote.estimated_usage, zero=True),
+                )
+            )
+            return HoldView(
+                id=hold_id,
+                account_id=wallet.external_id,
+                status="pending",
+                held=needed,
+                unit=wallet.unit,
+                scale=wallet.scale,
+                created_at=w.now,
+                expires_at=expires,
+                resolved_at=None,
+                captured=None,
+                entry_id=None,
+                catalog=quote.catalog,
+                catalog_version=quote.catalog_version,
+                operation=quote.operation,
+                model=quote.model,
+                metering_id=metering_id,
+                credits_remaining=available - needed,
+                quote=quote.to_dict(),
+            )
+
+        return self._mutate("authorize", idempotency_key, payload, work, HoldView)
+
+    def _lock_hold(self, w: _Work, hold_id: Any) -> tuple[_Wallet, Row[Any]]:
+        if not isinstance(hold_id, str):
+            raise InvalidInput("hold id must be a string", field="id")
+        account = w.conn.execute(
+            sa.select(holds.c.account_id).where(holds.c.id == hold_id)
+        ).scalar()
+        if account is None:
+            raise NotFound(f"no authorization '{hold_id}'", field="id")
+        wallet = self._lock_wallet_by_id(w.conn, int(account))
+        hold = w.conn.execute(sa.select(holds).where(holds.c.id == hold_id)).one()
+        return wallet, hold
+
+    def _resolve(self, w: _Work, hold: Row[Any], status: str, **values: Any) -> None:
+        """Resolve a pending hold exactly once (conditional on its status)."""
+        done = w.conn.execute(
+            holds.update()
+            .where(holds.c.id == hold.id, holds.c.status == "pending")
+            .values(status=status, resolved_at=w.now, **values)
+        )
+        if done.rowcount != 1:
+            raise HoldNotPending(f"authorization '{hold.id}' is already resolved", field="id")
+        w.conn.execute(
+            accounts.update()
+            .where(accounts.c.id == hold.account_id)
+            .values(pending=accounts.c.pending - hold.amount)
+        )
+
+    @staticmethod
+    def _check_pending(hold: Row[Any], now: datetime) -> None:
+        if hold.status != "pending":
+            raise HoldNotPending(
+                f"authorization '{hold.id}' is {hold.status}", field="id", allowed=["pending"]
+            )
+        if hold.expires_at <= now:
+            raise HoldNotPending(
+                f"authorization '{hold.id}' expired at {hold.expires_at.isoformat()}",
+                field="id",
+                allowed=["pending"],
+            )
+
+    def capture(
+        self,
+        hold_id: str,
+        *,
+        status: str,
+        usage: Mapping[str, Any] | None,
+        idempotency_key: str,
+    ) -> CaptureResult:
+        """Charge what the request used, release the rest of the hold (ERROR: nothing)."""
+        payload = {"id": hold_id, "status": status, "usage": usage}
+
+        def work(w: _Work) -> CaptureResult | dict[str, Any]:
+            wallet, hold = self._lock_hold(w, hold_id)
+            stored = w.replay()
+            if stored is not None:
+                return stored
+            self._check_pending(hold, w.now)
+            charge = price_usage(
+                hold.request,
+                usage,
+                status,
+                catalog_version=hold.catalog_version,
+                catalogs=self.catalogs,
+            )
+            amount = charge.amount
+            entry_id = None
+            if amount > 0:
+                revenue = self._system_account(wallet.unit, "revenue")
+                entry_id = self._post(
+                    w.conn,
+                    w.now,
+                    "capture",
+                    wallet,
+                    kernel.transfer(wallet.id, revenue, wallet.unit, amount),
+                    f"{hold.catalog} {hold.operation} {hold.model}",
+                    hold_id=hold.id,
+                )
+                self._debit_grants(w.conn, wallet, entry_id, amount)
+            self._resolve(w, hold, "captured", captured=amount, entry_id=entry_id)
+            self._record_usage(
+                w,
+                wallet,
+                hold.metering_id,
+                charge.status,
+                amount,
+                entry_id,
+                charge.usage,
+                hold.catalog,
+                hold.operation,
+                hold.model,
+            )
+            balance, pending = self._money(w.conn, wallet)
+            return CaptureResult(
+                id=hold.id,
+                status="captured",
+                outcome=charge.status,
+                charged=amount,
+                released=max(0, hold.amount - amount),
+                overage=max(0, amount - hold.amount),
+                credits_used=amount,
+                credits_remaining=kernel.available(balance, pending, wallet.overdraft_limit),
+                unit=wallet.unit,
+                scale=wallet.scale,
+                entry_id=entry_id,
+                charge=charge.to_dict(),
+            )
+
+        return self._mutate("capture", idempotency_key, payload, work, CaptureResult)
+
+    def void(self, hold_id: str, *, idempotency_key: str) -> HoldView:
+        """Release a pending hold entirely."""
+        payload = {"id": hold_id}
+
+        def work(w: _Work) -> HoldView | dict[str, Any]:
+            wallet, hold = self._lock_hold(w, hold_id)
+            stored = w.replay()
+            if stored is not None:
+                return stored
+            if hold.status != "pending":
+                raise HoldNotPending(f"authorization '{hold.id}' is {hold.status}", field="id")
+            self._resolve(w, hold, "voided")
+            w.conn.execute(
+                metering.update()
+                .where(metering.c.id == hold.metering_id)
+                .values(status="voided", completed_at=w.now)
+            )
+            return self._hold_view(w.conn, wallet, hold.id)
+
+        return self._mutate("void", idempotency_key, payload, work, HoldView)
+
+    def _hold_view(self, conn: Connection, wallet: _Wallet, hold_id: str) -> HoldView:
+        h = conn.execute(sa.select(holds).where(holds.c.id == hold_id)).one()
+        balance, pending = self._money(conn, wallet)
+        return HoldView(
+            id=h.id,
+            account_id=wallet.external_id,
+            status=h.status,
+            held=h.amount,
+            unit=wallet.unit,
+            scale=wallet.scale,
+            created_at=h.created_at,
+            expires_at=h.expires_at,
+            resolved_at=h.resolved_at,
+            captured=h.captured,
+            entry_id=h.entry_id,
+            catalog=h.catalog,
+            catalog_version=h.catalog_version,
+            operation=h.operation,
+            model=h.model,
+            metering_id=h.metering_id,
+            credits_remaining=kernel.available(balance, pending, wallet.overdraft_limit),
+        )
+
+    def hold(self, hold_id: str) -> HoldView:
+        with self.db.transaction(write=False) as conn:
+            account = conn.execute(
+                sa.select(holds.c.account_id).where(holds.c.id == hold_id)
+            ).scalar()
+            if account is None:
+                raise NotFound(f"no authorization '{hold_id}'", field="id")
+            external = conn.execute(
+                sa.select(accounts.c.external_id).where(accounts.c.id == account)
+            ).scalar_one()
+            return self._hold_view(conn, self._wallet(conn, external), hold_id)
+
+    # ------------------------------------------------------------------------- charges
+
+    def charge(
+        self,
+        account_id: str,
+        request: Mapping[str, Any],
+        *,
+        idempotency_key: str,
+        request_id: str | None = None,
+    ) -> ChargeResult:
+        """Deduct the quote's cost at once ("credits are deducted immediately", seed 003)."""
+        _text(request_id, "request_id", required=False)
+        quote = self._quote(request, self._now())
+        payload = {"account_id": account_id, "request": request, "request_id": request_id}
+
+        def work(w: _Work) -> ChargeResult | dict[str, Any]:
+            wallet = self._lock_wallet(w.conn, account_id)
+            stored = w.replay()
+            if stored is not None:
+                return stored
+            self._check_unit(quote, wallet)
+            self._expire_due(w.conn, wallet, w.now)
+            balance, pending = self._money(w.conn, wallet)
+            available = kernel.available(balance, pending, wallet.overdraft_limit)
+            cost = quote.cost
+            if available < cost or kernel.debt(balance, wallet.overdraft_limit) > 0:
+                raise InsufficientCredits(cost, available, wallet.unit, wallet.scale)
+            metering_id = new_id()
+            entry_id = None
+            if cost > 0:
+                revenue = self._system_account(wallet.unit, "revenue")
+                entry_id = self._post(
+                    w.conn,
+                    w.now,
+                    "charge",
+                    wallet,
+                    kernel.transfer(wallet.id, revenue, wallet.unit, cost),
+                    f"{quote.catalog} {quote.operation} {quote.model}",
+                )
+                self._debit_grants(w.conn, wallet, entry_id, cost)
+            w.conn.execute(
+                metering.insert().values(
+                    id=metering_id,
+                    account_id=wallet.id,
+                    kind="charge",
+                    hold_id=None,
+                    catalog=quote.catalog,
+                    catalog_version=quote.catalog_version,
+                    operation=quote.operation,
+                    model=quote.model,
+                    unit=quote.unit,
+                    status="CHARGED",
+                    held=0,
+                    charged=0,
+                    request_id=request_id,
+                    created_at=w.now,
+                    **_usage_columns({}, zero=True),
+                )
+            )
+            self._record_usage(
+                w,
+                wallet,
+                metering_id,
+                "CHARGED",
+                cost,
+                entry_id,
+                quote.estimated_usage,
+                quote.catalog,
+                quote.operation,
+                quote.model,
+            )
+            return ChargeResult(
+                id=metering_id,
+                account_id=wallet.external_id,
+                entry_id=entry_id,
+                credits_used=cost,
+                credits_remaining=available - cost,
+                unit=wallet.unit,
+                scale=wallet.scale,
+                quote=quote.to_dict(),
+            )
+
+        return self._mutate("charge", idempotency_key, payload, work, ChargeResult)
+
+    def _record_usage(
+        self,
+        w: _Work,
+        wallet: _Wallet,
+        metering_id: str,
+        status: str,
+        amount: int,
+        entry_id: str | None,
+        usage: Mapping[str, Any],
+        catalog: str,
+        operation: str,
+        model: str,
+    ) -> None:
+        """Close the metering record and add it to the day's rollup, in this transaction."""
+        columns = _usage_columns(usage, zero=True)
+        w.conn.execute(
+            metering.update()
+            .where(metering.c.id == metering_id)
+            .values(
+                status=status,
+                charged=amount,
+                entry_id=entry_id,
+                completed_at=w.now,
+                **columns,
+            )
+        )
+        day = kernel.day_of(w.now, wallet.timezone)
+        key = {
+            "account_id": wallet.id,
+            "unit": wallet.unit,
+            "catalog": catalog,
+            "operation": operation,
+            "model": model,
+            "day": day,
+        }
+        increments = {"requests": 1, "amount": amount, **columns}
+        dialect_insert = postgresql.insert if not self.db.is_sqlite else sqlite.insert
+        stmt = dialect_insert(daily).values(**key, **increments)
+        stmt = stmt.on_conflict_do_update(
+            index_elements=list(key),
+            set_={name: daily.c[name] + stmt.excluded[name] for name in increments},
+        )
+        w.conn.execute(stmt)
+
+    # ----------------------------------------------------------------------- reversals
+
+    def reverse(self, entry_id: str, *, reason: str, idempotency_key: str) -> ReversalResult:
+        """Reverse an entry (a refund of a charge, a top-up taken back), at most once."""
+        _text(reason, "reason", most=500)
+        payload = {"entry_id": entry_id, "reason": reason}
+
+        def work(w: _Work) -> ReversalResult | dict[str, Any]:
+            if not isinstance(entry_id, str):
+                raise InvalidInput("entry id must be a string", field="id")
+            original = w.conn.execute(sa.select(entries).where(entries.c.id == entry_id)).first()
+            if original is None:
+                raise NotFound(f"no entry '{entry_id}'", field="id")
+            wallet = self._lock_wallet_by_id(w.conn, original.account_id)
+            stored = w.replay()
+            if stored is not None:
+                return stored
+            if original.kind not in REVERSIBLE:
+                raise NotReversible(
+                    f"a {original.kind} entry cannot be reversed",
+                    field="id",
+                    allowed=list(REVERSIBLE),
+                )
+            done = w.conn.execute(
+                sa.select(entries.c.id).where(entries.c.reverses_id == entry_id)
+            ).first()
+            if done is not None:
+                raise AlreadyReversed(f"entry '{entry_id}' was reversed by '{done.id}'", field="id")
+            legs = [
+                Leg(p.account_id, p.unit, -p.amount)
+                for p in w.conn.execute(
+                    sa.select(postings)
+                    .where(postings.c.entry_id == entry_id)
+                    .order_by(postings.c.id)
+                ).all()
+            ]
+            self._expire_due(w.conn, wallet, w.now)
+            balance_before, _ = self._money(w.conn, wallet)
+            reversal = self._post(
+                w.conn, w.now, "reversal", wallet, legs, reason, reverses_id=entry_id
+            )
+            delta = sum(leg.amount for leg in legs if leg.account_id == wallet.id)
+            if delta < 0:
+                created = w.conn.execute(
+                    sa.select(grants.c.id).where(grants.c.entry_id == entry_id)
+                ).scalar()
+                self._debit_grants(w.conn, wallet, reversal, -delta, first=created)
+            elif delta > 0:
+                burned = w.conn.execute(
+                    sa.select(movements.c.grant_id, movements.c.amount).where(
+                        movements.c.entry_id == entry_id, movements.c.amount < 0
+                    )
+                ).all()
+                # Refill what this entry spent, from grants that have not expired since.
+                open_ids = (
+                    {
+                        r.id
+                        for r in w.conn.execute(
+                            sa.select(grants.c.id).where(
+                                grants.c.id.in_([b.grant_id for b in burned]),
+                                sa.or_(grants.c.expires_at.is_(None), grants.c.expires_at > w.now),
+                            )
+                        ).all()
+                    }
+                    if burned
+                    else set()
+                )
+                restorable = [
+                    (b.grant_id, -int(b.amount)) for b in reversed(burned) if b.grant_id in open_ids
+                ]
+                self._credit_grants(
+                    w.conn,
+                    wallet,
+                    reversal,
+                    delta,
+                    balance_before,
+                    w.now,
+                    restorable=restorable,
+                    kind="adjustment",
+                    reference=f"reversal of {entry_id}",
+                )
+            return ReversalResult(
+                entry=self._entry_view(w.conn, reversal), balance=self._balance_view(w.conn, wallet)
+            )
+
+        try:
+            return self._mutate("reverse", idempotency_key, payload, work, ReversalResult)
+        except IntegrityError as exc:
+            if "reverses_id" in str(exc.orig):
+                raise AlreadyReversed(
+                    f"entry '{entry_id}' was already reversed", field="id"
+                ) from None
+            raise
+
+    # ------------------------------------------------------------------------ sweepers
+
+    def expire_holds(self, *, limit: int = 1000) -> int:
+        """Release every pending hold past its expiry. Returns how many."""
+        now = self._now()
+        with self.db.transaction(write=False) as conn:
+            due = (
+                conn.execute(
+                    sa.select(holds.c.id)
+                    .where(holds.c.status == "pending", holds.c.expires_at <= now)
+                    .order_by(holds.c.expires_at)
+                    .limit(limit)
+                )
+                .scalars()
+                .all()
+            )
+        expired = 0
+        for hold_id in due:
+            with self.db.transaction() as conn:
+                w = _Work(conn, "expire_hold", "", "", now)
+                _wallet, hold = self._lock_hold(w, hold_id)
+                if hold.status != "pending":
+                    continue
+                self._resolve(w, hold, "expired")
+                conn.execute(
+                    metering.update()
+                    .where(metering.c.id == hold.metering_id)
+                    .values(status="expired", completed_at=now)
+                )
+                expired += 1
+        return expired
+
+    def expire_grants(self) -> int:
+        """Expire the remainder of every grant past its expiry. Returns how many grants."""
+        self._ensure_system()
+        now = self._now()
+        with self.db.transaction(write=False) as conn:
+            wallets = (
+                conn.execute(
+                    sa.select(grants.c.account_id)
+                    .where(grants.c.remaining > 0, grants.c.expires_at <= now)
+                    .distinct()
+                )
+                .scalars()
+                .all()
+            )
+        count = 0
+        for account_id in wallets:
+            with self.db.transaction() as conn:
+                count += self._expire_due(conn, self._lock_wallet_by_id(conn, int(account_id)), now)
+        return count
+
+    def roll_allocations(self) -> int:
+        """Grant each wallet's monthly allocation for the current period, exactly once.
+
+        The previous allocations' remainder expires first. Returns how many were granted.
+        """
+        self._ensure_system()
+        now = self._now()
+        with self.db.transaction(write=False) as conn:
+            rows = (
+                conn.execute(
+                    sa.select(accounts.c.id).where(
+                        accounts.c.kind == WALLET, accounts.c.monthly_allocation.is_not(None)
+                    )
+                )
+                .scalars()
+                .all()
+            )
+        granted = 0
+        for account_id in rows:
+            with self.db.transaction() as conn:
+                wallet = self._lock_wallet_by_id(conn, int(account_id))
+                allocation = conn.execute(
+                    sa.select(accounts.c.monthly_allocation).where(accounts.c.id == wallet.id)
+                ).scalar_one()
+                period = kernel.period_of(now, wallet.timezone)
+                done = conn.execute(
+                    sa.select(periods.c.period).where(
+                        periods.c.account_id == wallet.id, periods.c.period == period
+                    )
+                ).first()
+                if done is not None or allocation is None:
+                    continue
+                self._expire_due(
+                    conn,
+                    wallet,
+                    now,
+                    also=sa.and_(grants.c.kind == "allocation", grants.c.period != period),
+                )
+                _start, end = kernel.period_bounds(period, wallet.timezone)
+                balance_before, _ = self._money(conn, wallet)
+                funding = self._system_account(wallet.unit, "funding")
+                entry_id = self._post(
+                    conn,
+                    now,
+                    "allocation",
+                    wallet,
+                    kernel.transfer(funding, wallet.id, wallet.unit, allocation),
+                    f"monthly allocation {period}",
+                )
+                grant_id = self._credit_grants(
+                    conn,
+                    wallet,
+                    entry_id,
+                    allocation,
+                    balance_before,
+                    now,
+                    kind="allocation",
+                    expires_at=end,
+                    period=period,
+                    always_grant=True,
+                )
+                conn.execute(
+                    periods.insert().values(
+                        account_id=wallet.id, period=period, grant_id=grant_id, created_at=now
+                    )
+                )
+                granted += 1
+        return granted
+
+    # -------------------------------------------------------------------------- reading
+
+    def balance(self, account_id: str, *, as_of: datetime | None = None) -> BalanceView:
+        """Balances now, or the posted balance and open holds at ``as_of``."""
+        _aware(as_of, "as_of")
+        with self.db.transaction(write=False) as conn:
+            wallet = self._wallet(conn, account_id)
+            if as_of is None:
+                return self._balance_view(conn, wallet)
+            posted = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(postings.c.amount), 0)).where(
+                    postings.c.account_id == wallet.id, postings.c.posted_at <= as_of
+                )
+            ).scalar_one()
+            pending = conn.execute(
+                sa.select(sa.func.coalesce(sa.func.sum(holds.c.amount), 0)).where(
+                    holds.c.account_id == wallet.id,
+                    holds.c.created_at <= as_of,
+                    sa.or_(holds.c.resolved_at.is_(None), holds.c.resolved_at > as_of),
+                )
+            ).scalar_one()
+            balance, held = int(posted), int(pending)
+            return BalanceView(
+                account_id=wallet.external_id,
+                unit=wallet.unit,
+                scale=wallet.scale,
+                balance=balance,
+                pending=held,
+                available=kernel.available(balance, held, wallet.overdraft_limit),
+                overdraft_limit=wallet.overdraft_limit,
+                debt=kernel.debt(balance, wallet.overdraft_limit),
+                as_of=as_of,
+            )
+
+    def entries(self, account_id: str, *, cursor: str | None = None, limit: int = 50) -> EntryPage:
+        """The wallet's entries, newest first, ``limit`` at a time."""
+        if type(limit) is not int or not 1 <= limit <= 500:
+            raise InvalidInput(
+                "limit must be from 1 to 500", field="limit", allowed={"min": 1, "max": 500}
+            )
+        with self.db.transaction(write=False) as conn:
+            wallet = self._wallet(conn, account_id)
+            stmt = sa.select(entries.c.id, entries.c.posted_at).where(
+                entries.c.account_id == wallet.id
+            )
+            if cursor is not None:
+                posted_at, last_id = _decode_cursor(cursor)
+                stmt = stmt.where(
+                    sa.or_(
+                        entries.c.posted_at < posted_at,
+                        sa.and_(entries.c.posted_at == posted_at, entries.c.id < last_id),
+                    )
+                )
+            rows = conn.execute(
+                stmt.order_by(entries.c.posted_at.desc(), entries.c.id.desc()).limit(limit + 1)
+            ).all()
+            page = rows[:limit]
+            items = [self._entry_view(conn, r.id) for r in page]
+            next_cursor = (
+                _encode_cursor(page[-1].posted_at, page[-1].id) if len(rows) > limit else None
+            )
+            return EntryPage(items=items, next_cursor=next_cursor)
+
+    def grants_of(self, account_id: str) -> list[GrantView]:
+        with self.db.transaction(write=False) as conn:
+            return self._grant_views(conn, self._wallet(conn, account_id).id, only_open=False)
+
+
+def _usage_columns(usage: Mapping[str, Any], *, zero: bool) -> dict[str, Any]:
+    columns: dict[str, Any] = {}
+    for name in ("input_tokens", "output_tokens", "images", "videos", "candidates"):
+        value = usage.get(name)
+        if value is not None or zero:
+            columns[name] = int(value or 0)
+    seconds = usage.get("seconds")
+    if seconds is not None or zero:
+        columns["seconds"] = Decimal(str(seconds or 0)).quantize(
+            Decimal("0.000001"), rounding=ROUND_CEILING
+        )
+    return columns
+
+
+def _encode_cursor(posted_at: datetime, entry_id: str) -> str:
+    raw = f"{posted_at.isoformat()}|{entry_id}".encode()
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        posted, entry_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        moment = datetime.fromisoformat(posted)
+        if moment.tzinfo is None:
+            raise ValueError
+        return moment, entry_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("cursor is not one this API returned", field="cursor") from None

@@ -1,0 +1,295 @@
+"""verify(): check every invariant of the ledger over the whole database.
+
+Returns one :class:`~ledger.results.Violation` per broken invariant (an empty list when the
+books are sound). Used by the tests, by ``creditledger verify`` and by reports.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.engine import Connection
+
+from ledger.db import Database
+from ledger.models import (
+    WALLET,
+    Account,
+    DailyUsage,
+    Entry,
+    Grant,
+    GrantMovement,
+    Hold,
+    MeteringRecord,
+    Posting,
+    table_of,
+)
+from ledger.results import Violation
+
+accounts = table_of(Account)
+entries = table_of(Entry)
+postings = table_of(Posting)
+grants = table_of(Grant)
+movements = table_of(GrantMovement)
+holds = table_of(Hold)
+metering = table_of(MeteringRecord)
+daily = table_of(DailyUsage)
+
+
+def verify(db: Database) -> list[Violation]:
+    """Every violated invariant, in one consistent read of the database."""
+    with db.transaction(write=False) as conn:
+        if not db.is_sqlite:
+            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        found: list[Violation] = []
+        for check in CHECKS:
+            found.extend(check(conn))
+        return found
+
+
+def _v(check: str, detail: str) -> Violation:
+    return Violation(check=check, detail=detail)
+
+
+def _entries_balanced(conn: Connection) -> list[Violation]:
+    out = [
+        _v("entry_balanced", f"entry {r.entry_id} {r.unit} sums to {r.total}")
+        for r in conn.execute(
+            sa.select(
+                postings.c.entry_id, postings.c.unit, sa.func.sum(postings.c.amount).label("total")
+            )
+            .group_by(postings.c.entry_id, postings.c.unit)
+            .having(sa.func.sum(postings.c.amount) != 0)
+        )
+    ]
+    counts = (
+        sa.select(postings.c.entry_id, sa.func.count().label("n"))
+        .group_by(postings.c.entry_id)
+        .subquery()
+    )
+    out += [
+        _v("entry_postings", f"entry {r.id} has {r.n or 0} posting(s)")
+        for r in conn.execute(
+            sa.select(entries.c.id, counts.c.n)
+            .outerjoin(counts, counts.c.entry_id == entries.c.id)
+            .where(sa.or_(counts.c.n.is_(None), counts.c.n < 2))
+        )
+    ]
+    out += [
+        _v("posting_entry", f"posting {r.id} belongs to no entry")
+        for r in conn.execute(
+            sa.select(postings.c.id)
+            .outerjoin(entries, entries.c.id == postings.c.entry_id)
+            .where(entries.c.id.is_(None))
+        )
+    ]
+    out += [
+        _v("posting_unit", f"posting {r.id} is in {r.unit}, its account in {r.account_unit}")
+        for r in conn.execute(
+            sa.select(postings.c.id, postings.c.unit, accounts.c.unit.label("account_unit"))
+            .join(accounts, accounts.c.id == postings.c.account_id)
+            .where(postings.c.unit != accounts.c.unit)
+        )
+    ]
+    return out
+
+
+def _balances(conn: Connection) -> list[Violation]:
+    sums = (
+        sa.select(postings.c.account_id, sa.func.sum(postings.c.amount).label("total"))
+        .group_by(postings.c.account_id)
+        .subquery()
+    )
+    open_holds = (
+        sa.select(holds.c.account_id, sa.func.sum(holds.c.amount).label("total"))
+        .where(holds.c.status == "pending")
+        .group_by(holds.c.account_id)
+        .subquery()
+    )
+    out: list[Violation] = []
+    rows = conn.execute(
+        sa.select(
+            accounts.c.external_id,
+            accounts.c.balance,
+            accounts.c.pending,
+            sums.c.total.label("posted"),
+            open_holds.c.total.label("held"),
+        )
+        .outerjoin(sums, sums.c.account_id == accounts.c.id)
+        .outerjoin(open_holds, open_holds.c.account_id == accounts.c.id)
+    )
+    for r in rows:
+        if r.balance != (r.posted or 0):
+            out.append(
+                _v(
+                    "account_balance",
+                    f"{r.external_id}: balance {r.balance}, postings sum to {r.posted or 0}",
+                )
+            )
+        if r.pending != (r.held or 0):
+            out.append(
+                _v(
+                    "account_pending",
+                    f"{r.external_id}: pending {r.pending}, open holds sum to {r.held or 0}",
+                )
+            )
+    return out
+
+
+def _grants(conn: Connection) -> list[Violation]:
+    out: list[Violation] = []
+    moved = (
+        sa.select(movements.c.grant_id, sa.func.sum(movements.c.amount).label("total"))
+        .group_by(movements.c.grant_id)
+        .subquery()
+    )
+    for r in conn.execute(
+        sa.select(grants.c.id, grants.c.remaining, moved.c.total).outerjoin(
+            moved, moved.c.grant_id == grants.c.id
+        )
+    ):
+        if r.remaining != (r.total or 0):
+            out.append(
+                _v(
+                    "grant_movements",
+                    f"grant {r.id}: remaining {r.remaining}, movements sum to {r.total or 0}",
+                )
+            )
+    remaining = (
+        sa.select(grants.c.account_id, sa.func.sum(grants.c.remaining).label("total"))
+        .group_by(grants.c.account_id)
+        .subquery()
+    )
+    for r in conn.execute(
+        sa.select(accounts.c.external_id, accounts.c.balance, remaining.c.total)
+        .outerjoin(remaining, remaining.c.account_id == accounts.c.id)
+        .where(accounts.c.kind == WALLET)
+    ):
+        expected = max(int(r.balance), 0)
+        if (r.total or 0) != expected:
+            out.append(
+                _v(
+                    "wallet_grants",
+                    f"{r.external_id}: grants hold {r.total or 0}, "
+                    f"balance above zero is {expected}",
+                )
+            )
+    return out
+
+
+def _holds(conn: Connection) -> list[Violation]:
+    out: list[Violation] = []
+    for r in conn.execute(
+        sa.select(holds).where(
+            sa.or_(
+                sa.and_(holds.c.status != "pending", holds.c.resolved_at.is_(None)),
+                sa.and_(holds.c.status == "pending", holds.c.resolved_at.is_not(None)),
+                sa.and_(holds.c.status == "captured", holds.c.captured.is_(None)),
+                sa.and_(holds.c.status != "captured", holds.c.captured.is_not(None)),
+            )
+        )
+    ):
+        out.append(
+            _v(
+                "hold_state",
+                f"hold {r.id}: status {r.status} with resolved_at "
+                f"{r.resolved_at} and captured {r.captured}",
+            )
+        )
+    captured_sum = (
+        sa.select(postings.c.entry_id, sa.func.sum(postings.c.amount).label("total"))
+        .where(postings.c.amount > 0)
+        .group_by(postings.c.entry_id)
+        .subquery()
+    )
+    for r in conn.execute(
+        sa.select(holds.c.id, holds.c.captured, captured_sum.c.total)
+        .outerjoin(captured_sum, captured_sum.c.entry_id == holds.c.entry_id)
+        .where(holds.c.status == "captured")
+    ):
+        if (r.total or 0) != r.captured:
+            out.append(
+                _v(
+                    "hold_capture",
+                    f"hold {r.id}: captured {r.captured}, entry moved {r.total or 0}",
+                )
+            )
+    for r in conn.execute(
+        sa.select(
+            holds.c.id,
+            holds.c.status,
+            metering.c.status.label("metered"),
+            holds.c.captured,
+            metering.c.charged,
+        ).join(metering, metering.c.id == holds.c.metering_id)
+    ):
+        expected = {"pending": "pending", "voided": "voided", "expired": "expired"}.get(r.status)
+        if expected is not None and r.metered != expected:
+            out.append(
+                _v("metering_status", f"hold {r.id} is {r.status}, its metering record {r.metered}")
+            )
+        if r.status == "captured" and r.charged != r.captured:
+            out.append(
+                _v("metering_charged", f"hold {r.id}: captured {r.captured}, metered {r.charged}")
+            )
+    return out
+
+
+def _rollups(conn: Connection) -> list[Violation]:
+    keys = [metering.c.account_id, metering.c.catalog, metering.c.operation, metering.c.model]
+    metered = {
+        tuple(r[:4]): (int(r.requests), int(r.amount))
+        for r in conn.execute(
+            sa.select(
+                *keys,
+                sa.func.count().label("requests"),
+                sa.func.sum(metering.c.charged).label("amount"),
+            )
+            .where(
+                metering.c.completed_at.is_not(None),
+                metering.c.status.not_in(["voided", "expired"]),
+            )
+            .group_by(*keys)
+        )
+    }
+    rolled = {
+        tuple(r[:4]): (int(r.requests), int(r.amount))
+        for r in conn.execute(
+            sa.select(
+                daily.c.account_id,
+                daily.c.catalog,
+                daily.c.operation,
+                daily.c.model,
+                sa.func.sum(daily.c.requests).label("requests"),
+                sa.func.sum(daily.c.amount).label("amount"),
+            ).group_by(daily.c.account_id, daily.c.catalog, daily.c.operation, daily.c.model)
+        )
+    }
+    out: list[Violation] = []
+    for key in sorted(set(metered) | set(rolled), key=str):
+        if metered.get(key, (0, 0)) != rolled.get(key, (0, 0)):
+            out.append(
+                _v("daily_rollup", f"{key}: metering {metered.get(key)}, rollup {rolled.get(key)}")
+            )
+    return out
+
+
+def _reversals(conn: Connection) -> list[Violation]:
+    target = entries.alias("target")
+    out: list[Violation] = []
+    for r in conn.execute(
+        sa.select(
+            entries.c.id,
+            entries.c.reverses_id,
+            target.c.account_id.label("target_account"),
+            entries.c.account_id,
+        ).join(target, target.c.id == entries.c.reverses_id)
+    ):
+        if r.target_account != r.account_id:
+            out.append(
+                _v("reversal_account", f"reversal {r.id} is on another wallet than {r.reverses_id}")
+            )
+    return out
+
+
+CHECKS: list[Any] = [_entries_balanced, _balances, _grants, _holds, _rollups, _reversals]

@@ -1,0 +1,467 @@
+"""The ledger's use cases on a real database (SQLite, then PostgreSQL)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.db import Database
+from ledger.errors import (
+    AccountExists,
+    AlreadyReversed,
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidInput,
+    NotFound,
+    NotReversible,
+)
+from ledger.services import Ledger
+from pricing.errors import InvalidParameter, InvalidUsage
+from tests import factories as f
+from tests.factories import Clock, key
+
+VEO_FAST = f.veo3_video(video_model="veo3_fast")
+
+
+def wallet(ledger: Ledger, name: str = "user-1", unit: str = "credit", **kw: Any) -> str:
+    ledger.open_account(name, unit, idempotency_key=key("open"), **kw)
+    return name
+
+
+def snapshot(ledger: Ledger, account: str) -> tuple[Any, ...]:
+    """Everything a rejected operation must leave as it was."""
+    view = ledger.account(account)
+    page = ledger.entries(account, limit=500)
+    return (view.balance, view.pending, [g.remaining for g in view.grants], len(page.items))
+
+
+# ------------------------------------------------------------------------- accounts
+
+
+def test_open_account_validates_and_is_idempotent(ledger: Ledger) -> None:
+    view = ledger.open_account(
+        "bucket",
+        "token",
+        idempotency_key="open-1",
+        overdraft_limit=10,
+        monthly_allocation=1000,
+        timezone="Europe/Berlin",
+    )
+    assert (view.balance, view.available, view.unit, view.timezone) == (
+        0,
+        10,
+        "token",
+        "Europe/Berlin",
+    )
+    again = ledger.open_account(
+        "bucket",
+        "token",
+        idempotency_key="open-1",
+        overdraft_limit=10,
+        monthly_allocation=1000,
+        timezone="Europe/Berlin",
+    )
+    assert again == view
+    with pytest.raises(AccountExists):
+        ledger.open_account("bucket", "token", idempotency_key="open-2")
+    with pytest.raises(IdempotencyConflict):
+        ledger.open_account("other", "token", idempotency_key="open-1")
+    with pytest.raises(InvalidInput) as info:
+        ledger.open_account("x", "euro", idempotency_key=key())
+    assert info.value.allowed == ["credit", "token", "usd"]
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"overdraft_limit": -1}, "overdraft_limit"),
+        ({"monthly_allocation": 0}, "monthly_allocation"),
+    ]
+    for kw, field in bad:
+        with pytest.raises(InvalidInput) as info:
+            ledger.open_account("y", "token", idempotency_key=key(), **kw)
+        assert info.value.field == field
+    with pytest.raises(InvalidInput):
+        ledger.open_account("system:funding:token", "token", idempotency_key=key())
+    with pytest.raises(NotFound):
+        ledger.account("nobody")
+
+
+# ------------------------------------------------------------------- the seed flows
+
+
+def test_veo3_user_with_100_credits_gets_the_seed_402_then_pays_240(ledger: Ledger) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 100, idempotency_key=key())
+    with pytest.raises(InsufficientCredits) as info:
+        ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    assert info.value.to_dict() == {
+        "error": "insufficient_credits",
+        "message": "Insufficient credits. Need 240, have 100",
+        "credits_needed": 240,
+        "credits_balance": 100,
+        "unit": "credit",
+        "scale": 0,
+    }
+    ledger.top_up(user, 400, idempotency_key=key())
+    hold = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    assert (hold.held, hold.status, hold.credits_remaining) == (240, "pending", 260)
+    assert ledger.balance(user).pending == 240
+    done = ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    assert (done.charged, done.released, done.credits_remaining) == (240, 0, 260)
+    assert ledger.balance(user).model_dump(include={"balance", "pending", "available"}) == {
+        "balance": 260,
+        "pending": 0,
+        "available": 260,
+    }
+
+
+def test_cosmic_text_capture_with_the_provider_usage(ledger: Ledger) -> None:
+    bucket = wallet(ledger, "bucket", "token")
+    ledger.top_up(bucket, 10_000, idempotency_key=key())
+    hold = ledger.authorize(bucket, f.text(max_tokens=500), idempotency_key=key())
+    assert hold.held == (51 + 500) * 2
+    done = ledger.capture(
+        hold.id,
+        status="COMPLETED",
+        usage={"input_tokens": 10, "output_tokens": 89},
+        idempotency_key=key(),
+    )
+    assert (done.charged, done.released, done.overage) == (198, hold.held - 198, 0)
+    assert ledger.balance(bucket).balance == 10_000 - 198
+
+
+def test_video_ending_in_error_charges_nothing_and_releases(ledger: Ledger) -> None:
+    bucket = wallet(ledger, "bucket", "token")
+    ledger.top_up(bucket, 300_000, idempotency_key=key())
+    hold = ledger.authorize(bucket, f.cosmic_video(), idempotency_key=key())
+    assert hold.held == 288_000
+    done = ledger.capture(hold.id, status="ERROR", usage=None, idempotency_key=key())
+    assert (done.charged, done.released, done.entry_id) == (0, 288_000, None)
+    assert ledger.balance(bucket).available == 300_000
+
+
+def test_pixazo_agentic_early_stop_charges_rendered_candidates(ledger: Ledger) -> None:
+    user = wallet(ledger, "pix", "usd")
+    ledger.top_up(user, 1_000_000, idempotency_key=key())  # $1
+    req = f.pixazo_image(enable_agentic_generation=True)  # up to 2 x 2 candidates
+    hold = ledger.authorize(user, req, idempotency_key=key())
+    assert hold.held == 160_000
+    done = ledger.capture(
+        hold.id, status="COMPLETED", usage={"candidates": 2}, idempotency_key=key()
+    )
+    assert (done.charged, done.released) == (80_000, 80_000)
+
+
+def test_a_hold_left_alone_expires_and_cannot_be_captured(ledger: Ledger, clock: Clock) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 500, idempotency_key=key())
+    hold = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    clock.advance(minutes=15)
+    with pytest.raises(HoldNotPending, match="expired"):
+        ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    assert ledger.expire_holds() == 1
+    assert ledger.expire_holds() == 0
+    assert ledger.hold(hold.id).status == "expired"
+    assert ledger.balance(user).model_dump(include={"pending", "available"}) == {
+        "pending": 0,
+        "available": 500,
+    }
+    with pytest.raises(HoldNotPending):
+        ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+
+
+# ------------------------------------------------------------------------- holds
+
+
+def test_capture_above_the_hold_charges_overage_and_records_debt(ledger: Ledger) -> None:
+    bucket = wallet(ledger, "bucket", "token")
+    ledger.top_up(bucket, 1_200, idempotency_key=key())
+    hold = ledger.authorize(
+        bucket, f.text("hi", model="gpt-5-nano", max_tokens=100), idempotency_key=key()
+    )
+    assert hold.held == 2 + 7 + 100
+    # A PDF behind media_url made the real input far longer than estimated.
+    done = ledger.capture(
+        hold.id,
+        status="COMPLETED",
+        usage={"input_tokens": 1_500, "output_tokens": 100},
+        idempotency_key=key(),
+    )
+    assert (done.charged, done.overage, done.credits_remaining) == (1_600, 1_600 - 109, -400)
+    view = ledger.balance(bucket)
+    assert (view.balance, view.debt) == (-400, 400)
+    with pytest.raises(InsufficientCredits):
+        ledger.authorize(
+            bucket, f.text("hi", model="gpt-5-nano", max_tokens=1), idempotency_key=key()
+        )
+    # A top-up repays the debt first; the grant keeps only what is left.
+    top = ledger.top_up(bucket, 1_000, idempotency_key=key())
+    assert top.grant is not None
+    assert (top.grant.amount, top.grant.remaining, top.balance.debt) == (1_000, 600, 0)
+
+
+def test_void_releases_and_resolves_once(ledger: Ledger) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 500, idempotency_key=key())
+    hold = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    voided = ledger.void(hold.id, idempotency_key="void-1")
+    assert (voided.status, voided.credits_remaining) == ("voided", 500)
+    assert ledger.void(hold.id, idempotency_key="void-1") == voided  # replay
+    with pytest.raises(HoldNotPending):
+        ledger.void(hold.id, idempotency_key=key())
+    with pytest.raises(HoldNotPending):
+        ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    with pytest.raises(NotFound):
+        ledger.void("no-such-hold", idempotency_key=key())
+
+
+def test_failed_outcome_is_not_charged(ledger: Ledger) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 500, idempotency_key=key())
+    hold = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    done = ledger.capture(hold.id, status="FAILED", usage={}, idempotency_key=key())
+    assert done.charged == 0
+    assert ledger.balance(user).balance == 500
+
+
+def test_overdraft_limit_extends_available(ledger: Ledger) -> None:
+    user = wallet(ledger, overdraft_limit=300)
+    hold = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    assert hold.credits_remaining == 60
+    ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    view = ledger.balance(user)
+    assert (view.balance, view.available, view.debt) == (-240, 60, 0)
+
+
+def test_rejected_operations_change_nothing(ledger: Ledger) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 300, idempotency_key=key())
+    hold = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    before = snapshot(ledger, user)
+    attempts: list[tuple[type[Exception], Any]] = [
+        (InsufficientCredits, lambda: ledger.authorize(user, VEO_FAST, idempotency_key=key())),
+        (InsufficientCredits, lambda: ledger.charge(user, VEO_FAST, idempotency_key=key())),
+        (
+            InvalidParameter,
+            lambda: ledger.authorize(user, f.veo3_video(aspect_ratio="4:3"), idempotency_key=key()),
+        ),
+        (InvalidInput, lambda: ledger.authorize(user, f.text(), idempotency_key=key())),  # tokens
+        (
+            InvalidUsage,
+            lambda: ledger.capture(
+                hold.id, status="COMPLETED", usage={"videos": 2}, idempotency_key=key()
+            ),
+        ),
+        (
+            InvalidUsage,
+            lambda: ledger.capture(hold.id, status="DONE", usage={}, idempotency_key=key()),
+        ),
+        (InvalidInput, lambda: ledger.top_up(user, 0, idempotency_key=key())),
+        (InvalidInput, lambda: ledger.top_up(user, 2**63, idempotency_key=key())),
+        (InvalidInput, lambda: ledger.top_up(user, 10.5, idempotency_key=key())),  # type: ignore[arg-type]
+        (InvalidInput, lambda: ledger.top_up(user, True, idempotency_key=key())),
+        (InvalidInput, lambda: ledger.top_up(user, 5, kind="gift", idempotency_key=key())),
+        (InvalidInput, lambda: ledger.top_up(user, 5, idempotency_key="")),
+        (InvalidInput, lambda: ledger.adjust(user, 0, reason="x", idempotency_key=key())),
+        (NotFound, lambda: ledger.top_up("ghost", 5, idempotency_key=key())),
+    ]
+    for error, attempt in attempts:
+        with pytest.raises(error):
+            attempt()
+        assert snapshot(ledger, user) == before
+
+
+def test_idempotency_replays_and_conflicts(ledger: Ledger) -> None:
+    user = wallet(ledger)
+    first = ledger.top_up(user, 500, idempotency_key="top")
+    assert ledger.top_up(user, 500, idempotency_key="top") == first
+    assert ledger.balance(user).balance == 500
+    with pytest.raises(IdempotencyConflict):
+        ledger.top_up(user, 501, idempotency_key="top")
+    with pytest.raises(IdempotencyConflict):
+        ledger.authorize(user, VEO_FAST, idempotency_key="top")
+    hold = ledger.authorize(user, VEO_FAST, idempotency_key="auth")
+    assert ledger.authorize(user, VEO_FAST, idempotency_key="auth") == hold
+    assert ledger.balance(user).pending == 240
+
+
+# ----------------------------------------------------------------------- charges
+
+
+def test_immediate_charge_and_its_refund(ledger: Ledger) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 600, idempotency_key=key())
+    charge = ledger.charge(user, f.veo3_video(video_model="veo3"), idempotency_key=key())
+    assert (charge.credits_used, charge.credits_remaining) == (500, 100)
+    with pytest.raises(InsufficientCredits) as info:
+        ledger.charge(user, VEO_FAST, idempotency_key=key())
+    assert (info.value.needed, info.value.available) == (240, 100)
+    assert charge.entry_id is not None
+    refund = ledger.reverse(charge.entry_id, reason="generation failed", idempotency_key=key())
+    assert refund.balance.balance == 600
+    assert [p.amount for p in refund.entry.postings] == [500, -500]
+    with pytest.raises(AlreadyReversed):
+        ledger.reverse(charge.entry_id, reason="again", idempotency_key=key())
+    with pytest.raises(NotReversible):
+        ledger.reverse(refund.entry.id, reason="undo", idempotency_key=key())
+
+
+# ------------------------------------------------------------------------ grants
+
+
+def test_spending_burns_priority_then_soonest_expiry_then_oldest(
+    ledger: Ledger, clock: Clock
+) -> None:
+    user = wallet(ledger)
+    soon, later = clock.now + timedelta(days=2), clock.now + timedelta(days=20)
+    ledger.top_up(user, 100, idempotency_key=key(), reference="a")
+    ledger.top_up(user, 100, idempotency_key=key(), expires_at=later, reference="b")
+    ledger.top_up(user, 100, idempotency_key=key(), expires_at=soon, reference="c")
+    ledger.top_up(user, 100, idempotency_key=key(), priority=-1, reference="d")
+    ledger.charge(user, VEO_FAST, idempotency_key=key())  # 240: d, then c, then 40 of b
+    remaining = {g.reference: g.remaining for g in ledger.grants_of(user)}
+    assert remaining == {"d": 0, "c": 0, "b": 60, "a": 100}
+
+
+def test_expired_credits_move_to_the_expired_account(ledger: Ledger, clock: Clock) -> None:
+    user = wallet(ledger)
+    ledger.top_up(
+        user, 100, idempotency_key=key(), expires_at=clock.now + timedelta(days=1), kind="promo"
+    )
+    ledger.top_up(user, 50, idempotency_key=key())
+    assert ledger.expire_grants() == 0
+    clock.advance(days=1)
+    assert ledger.expire_grants() == 1
+    assert ledger.balance(user).balance == 50
+    expiry = ledger.entries(user, limit=1).items[0]
+    assert expiry.kind == "expiry"
+    assert {p.account_id: p.amount for p in expiry.postings} == {
+        user: -100,
+        "system:expired:credit": 100,
+    }
+    with pytest.raises(NotReversible):
+        ledger.reverse(expiry.id, reason="revive", idempotency_key=key())
+
+
+def test_expired_credits_cannot_be_spent_before_the_sweeper(ledger: Ledger, clock: Clock) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 500, idempotency_key=key(), expires_at=clock.now + timedelta(hours=1))
+    clock.advance(hours=2)
+    with pytest.raises(InsufficientCredits):
+        ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    # The rejected authorization rolled back; the sweeper still finds the grant due.
+    assert ledger.balance(user).balance == 500
+    assert ledger.expire_grants() == 1
+    assert ledger.balance(user).balance == 0
+
+
+def test_reversing_a_top_up_takes_back_its_credits(ledger: Ledger) -> None:
+    user = wallet(ledger)
+    top = ledger.top_up(user, 300, idempotency_key=key())
+    ledger.top_up(user, 300, idempotency_key=key())
+    ledger.charge(user, VEO_FAST, idempotency_key=key())  # burns 240 of the first
+    back = ledger.reverse(top.entry.id, reason="chargeback", idempotency_key=key())
+    assert back.balance.balance == 60
+    assert sum(g.remaining for g in ledger.grants_of(user)) == 60
+
+
+def test_monthly_allocation_is_granted_once_per_period_in_the_account_timezone(
+    ledger: Ledger, clock: Clock
+) -> None:
+    clock.now = datetime(2026, 10, 31, 22, 30, tzinfo=UTC)  # 23:30 in Berlin (CET)
+    user = wallet(ledger, "berlin", "token", monthly_allocation=1_000, timezone="Europe/Berlin")
+    assert ledger.roll_allocations() == 1
+    assert ledger.roll_allocations() == 0
+    first = ledger.grants_of(user)[0]
+    assert (first.period, first.expires_at) == (
+        "2026-10",
+        datetime(2026, 10, 31, 23, 0, tzinfo=UTC),
+    )
+    with pytest.raises(InsufficientCredits):  # 4,800 > 1,000
+        ledger.charge(
+            user, f.request("cosmic", "image", prompt="x", model="dall-e-3"), idempotency_key=key()
+        )
+    clock.advance(minutes=30)  # 00:00 on 1 November in Berlin
+    assert ledger.roll_allocations() == 1
+    assert ledger.roll_allocations() == 0
+    view = ledger.account(user)
+    assert view.balance == 1_000
+    assert [(g.period, g.remaining) for g in view.grants] == [("2026-11", 1_000)]
+    kinds = [e.kind for e in ledger.entries(user).items]
+    assert kinds == ["allocation", "expiry", "allocation"]
+
+
+# ----------------------------------------------------------------------- reading
+
+
+def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> None:
+    user = wallet(ledger)
+    marks = []
+    for i in range(7):
+        ledger.top_up(user, 10 * (i + 1), idempotency_key=key())
+        marks.append(clock.now)
+        clock.advance(minutes=1)
+    assert ledger.balance(user, as_of=marks[2]).balance == 10 + 20 + 30
+    assert ledger.balance(user, as_of=marks[0] - timedelta(seconds=1)).balance == 0
+    seen, cursor = [], None
+    while True:
+        page = ledger.entries(user, cursor=cursor, limit=3)
+        seen += [e.postings[-1].amount for e in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == [70, 60, 50, 40, 30, 20, 10]
+    with pytest.raises(InvalidInput):
+        ledger.entries(user, cursor="garbage")
+    with pytest.raises(InvalidInput):
+        ledger.balance(user, as_of=datetime(2026, 1, 1))
+
+
+# ---------------------------------------------------------- the database guards itself
+
+
+def test_the_database_refuses_to_change_the_journal(ledger: Ledger, db: Database) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 100, idempotency_key=key())
+    for statement in (
+        "UPDATE postings SET amount = amount + 1",
+        "DELETE FROM postings",
+        "UPDATE entries SET memo = 'x'",
+        "DELETE FROM entries",
+    ):
+        with pytest.raises(sa.exc.DBAPIError), db.transaction() as conn:
+            conn.exec_driver_sql(statement)
+
+
+def test_the_database_refuses_an_unbalanced_entry(ledger: Ledger, db: Database) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 100, idempotency_key=key())
+    with db.transaction(write=False) as conn:
+        account = conn.exec_driver_sql(
+            "SELECT id FROM accounts WHERE external_id = 'user-1'"
+        ).scalar_one()
+    now = datetime.now(UTC)
+    postings = sa.table(
+        "postings", *map(sa.column, ["entry_id", "account_id", "unit", "amount", "posted_at"])
+    )
+    entries = sa.table(
+        "entries", *map(sa.column, ["id", "kind", "account_id", "posted_at", "memo"])
+    )
+
+    def write_unbalanced() -> None:
+        with db.transaction() as conn:
+            conn.execute(
+                postings.insert().values(
+                    entry_id="bad", account_id=account, unit="credit", amount=5, posted_at=now
+                )
+            )
+            conn.execute(
+                entries.insert().values(
+                    id="bad", kind="topup", account_id=account, posted_at=now, memo=""
+                )
+            )
+
+    with pytest.raises(sa.exc.DBAPIError):
+        write_unbalanced()

@@ -1,0 +1,103 @@
+"""A throwaway PostgreSQL server for the tests and benchmarks, from the installed binaries.
+
+Started with initdb/pg_ctl into a temporary directory, listening on 127.0.0.1 only, with
+trust authentication. As root (CI), the server runs as the ``postgres`` user, since
+PostgreSQL refuses to run as root.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+import pwd
+import shutil
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+
+
+def find_bin() -> Path | None:
+    """The directory of pg_ctl and initdb, newest version first, or None."""
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"), reverse=True)
+    found = shutil.which("pg_ctl")
+    if found:
+        candidates.append(found)
+    for path in candidates:
+        folder = Path(path).parent
+        if (folder / "initdb").exists():
+            return folder
+    return None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class TempPostgres:
+    """A PostgreSQL cluster in a temporary directory; ``url(db)`` gives a psycopg URL."""
+
+    def __init__(self, bindir: Path, *, durable: bool = False) -> None:
+        self.bindir = bindir
+        self.durable = durable
+        self.root = Path(tempfile.mkdtemp(prefix="creditledger-pg-"))
+        self.data = self.root / "data"
+        self.port = _free_port()
+        self.user: str | None = None
+        if os.geteuid() == 0:
+            self.user = "postgres"
+            pwd.getpwnam(self.user)  # KeyError: no such user
+            shutil.chown(self.root, self.user)
+
+    def _run(self, *args: str) -> None:
+        command = [str(self.bindir / args[0]), *args[1:]]
+        if self.user is not None:
+            command = ["runuser", "-u", self.user, "--", *command]
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=120)
+
+    def start(self) -> TempPostgres:
+        self._run(
+            "initdb",
+            "-D",
+            str(self.data),
+            "-U",
+            "postgres",
+            "--auth=trust",
+            "-E",
+            "UTF8",
+            "--no-instructions",
+        )
+        options = [
+            f"-p {self.port}",
+            f"-k {self.root}",
+            "-c listen_addresses=127.0.0.1",
+            "-c max_connections=200",
+        ]
+        if not self.durable:
+            # Test data is thrown away: skip the fsyncs that make commits durable.
+            options += ["-c fsync=off", "-c synchronous_commit=off", "-c full_page_writes=off"]
+        self._run(
+            "pg_ctl",
+            "-D",
+            str(self.data),
+            "-l",
+            str(self.root / "log"),
+            "-w",
+            "-t",
+            "60",
+            "-o",
+            " ".join(options),
+            "start",
+        )
+        return self
+
+    def url(self, database: str = "postgres") -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
+
+    def stop(self) -> None:
+        try:
+            self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
