@@ -1,0 +1,110 @@
+"""Races on one wallet, on each database: no overspend, one effect per idempotency key."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+from ledger.errors import InsufficientCredits
+from ledger.services import Ledger
+from tests import factories as f
+from tests.factories import key
+
+THREADS = 32
+VEO_FAST = f.veo3_video(video_model="veo3_fast")
+
+
+def race(calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run every call at once (released together by a barrier); results or exceptions."""
+    barrier = threading.Barrier(len(calls))
+
+    def run(call: Callable[[], Any]) -> Any:
+        barrier.wait()
+        try:
+            return call()
+        except Exception as exc:  # noqa: BLE001 - the outcome is what the test inspects
+            return exc
+
+    with ThreadPoolExecutor(max_workers=len(calls)) as pool:
+        return list(pool.map(run, calls))
+
+
+def test_racing_authorizations_never_hold_more_than_available(ledger: Ledger) -> None:
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    ledger.top_up("wallet", 240 * 10 + 100, idempotency_key=key())
+    outcomes = race(
+        [
+            (lambda: ledger.authorize("wallet", VEO_FAST, idempotency_key=key("race")))
+            for _ in range(THREADS)
+        ]
+    )
+    kinds = Counter(type(o).__name__ for o in outcomes)
+    assert kinds == {"HoldView": 10, "InsufficientCredits": THREADS - 10}, outcomes
+    assert all(o.available == 100 for o in outcomes if isinstance(o, InsufficientCredits))
+    view = ledger.balance("wallet")
+    assert (view.balance, view.pending, view.available) == (2_500, 2_400, 100)
+
+
+def test_racing_charges_and_captures_never_overspend(ledger: Ledger) -> None:
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    ledger.top_up("wallet", 240 * 8, idempotency_key=key())
+    holds = [ledger.authorize("wallet", VEO_FAST, idempotency_key=key()) for _ in range(4)]
+
+    def capture(hold_id: str) -> Callable[[], Any]:
+        return lambda: ledger.capture(hold_id, status="COMPLETED", usage={}, idempotency_key=key())
+
+    calls: list[Callable[[], Any]] = [capture(h.id) for h in holds]
+    calls += [
+        (lambda: ledger.charge("wallet", VEO_FAST, idempotency_key=key()))
+        for _ in range(THREADS - len(holds))
+    ]
+    outcomes = race(calls)
+    kinds = Counter(type(o).__name__ for o in outcomes)
+    assert kinds == {"CaptureResult": 4, "ChargeResult": 4, "InsufficientCredits": THREADS - 8}, (
+        outcomes
+    )
+    view = ledger.balance("wallet")
+    assert (view.balance, view.pending, view.available) == (0, 0, 0)
+
+
+def test_identical_idempotent_requests_have_exactly_one_effect(ledger: Ledger) -> None:
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    ledger.top_up("wallet", 10_000, idempotency_key=key())
+    outcomes = race(
+        [
+            (lambda: ledger.authorize("wallet", VEO_FAST, idempotency_key="same-key"))
+            for _ in range(THREADS)
+        ]
+    )
+    assert all(not isinstance(o, Exception) for o in outcomes), outcomes
+    assert len({o.id for o in outcomes}) == 1
+    assert ledger.balance("wallet").pending == 240
+
+    hold = outcomes[0]
+    captures = race(
+        [
+            (lambda: ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key="cap"))
+            for _ in range(THREADS)
+        ]
+    )
+    assert all(not isinstance(o, Exception) for o in captures), captures
+    assert len({(c.charged, c.entry_id) for c in captures}) == 1
+    assert ledger.balance("wallet").balance == 10_000 - 240
+
+    top_ups = race(
+        [(lambda: ledger.top_up("wallet", 7, idempotency_key="top-same")) for _ in range(THREADS)]
+    )
+    assert len({t.entry.id for t in top_ups if not isinstance(t, Exception)}) == 1
+    assert all(not isinstance(t, Exception) for t in top_ups), top_ups
+    assert ledger.balance("wallet").balance == 10_000 - 240 + 7
+
+
+def test_allocation_roll_on_many_workers_grants_once(ledger: Ledger) -> None:
+    ledger.open_account("bucket", "token", idempotency_key=key(), monthly_allocation=1_000)
+    granted = race([ledger.roll_allocations for _ in range(8)])
+    assert all(not isinstance(g, Exception) for g in granted), granted
+    assert sum(granted) == 1
+    assert ledger.balance("bucket").balance == 1_000

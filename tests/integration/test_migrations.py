@@ -1,0 +1,59 @@
+"""Migrations on each database: up from empty, down to empty, and models == migrations."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from itertools import count
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+
+from ledger.db import Database
+from ledger.models import metadata
+from tests.pg import TempPostgres
+
+_names = count()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def empty(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
+    """A database with no schema at all."""
+    if request.param == "sqlite":
+        database = Database.from_url(f"sqlite:///{tmp_path / 'empty.db'}")
+    else:
+        server: TempPostgres | None = request.getfixturevalue("postgres")
+        if server is None:
+            pytest.skip("PostgreSQL binaries not installed")
+        name = f"empty_{os.getpid()}_{next(_names)}"
+        admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {name}")
+        admin.dispose()
+        database = Database.from_url(server.url(name))
+    yield database
+    database.dispose()
+
+
+def tables(db: Database) -> set[str]:
+    return set(sa.inspect(db.engine).get_table_names()) - {"alembic_version"}
+
+
+def test_upgrade_from_empty_and_downgrade_to_empty(empty: Database) -> None:
+    assert tables(empty) == set()
+    empty.migrate()
+    assert tables(empty) == set(metadata.tables)
+    empty.downgrade("base")
+    assert tables(empty) == set()
+    empty.migrate()  # and back up again: the downgrade left nothing behind
+    assert tables(empty) == set(metadata.tables)
+
+
+def test_models_and_migrations_agree(empty: Database) -> None:
+    empty.migrate()
+    with empty.engine.connect() as conn:
+        context = MigrationContext.configure(conn, opts={"compare_type": True})
+        assert compare_metadata(context, metadata) == []

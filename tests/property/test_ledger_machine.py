@@ -1,0 +1,351 @@
+"""A state machine over the ledger, checked against a simple model after every step.
+
+The model knows only what a customer could know: what was topped up, charged, refunded,
+adjusted and is held. Grant expiry is the one place the model reads the ledger (which
+grants were due), because which credits remain in which grant is the ledger's business.
+"""
+
+from __future__ import annotations
+
+import itertools
+import os
+import tempfile
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    Bundle,
+    RuleBasedStateMachine,
+    consumes,
+    initialize,
+    invariant,
+    multiple,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from ledger.db import Database
+from ledger.errors import (
+    AlreadyReversed,
+    HoldNotPending,
+    InsufficientCredits,
+    LedgerError,
+)
+from ledger.services import Ledger
+from ledger.verify import verify
+from pricing import default_catalogs
+from pricing.errors import PricingError
+from tests import factories as f
+from tests.factories import Clock
+from tests.pg import TempPostgres
+
+W = "w"
+REQUESTS = {
+    "text": lambda n: f.text("x" * n, model="gpt-5-nano", max_tokens=max(1, n)),
+    "image": lambda n: f.request("cosmic", "image", prompt="p", model="dall-e-3"),
+    "video": lambda n: f.cosmic_video(duration=[4, 6, 8][n % 3]),
+}
+
+
+class LedgerMachine(RuleBasedStateMachine):
+    make_db: Callable[[], Database]
+
+    holds = Bundle("holds")
+    entries = Bundle("entries")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.db = self.make_db()
+        self.clock = Clock()
+        self.ledger = Ledger(self.db, default_catalogs(), clock=self.clock)
+        self.keys = itertools.count()
+        self.balance = 0
+        self.pending: dict[str, int] = {}
+        self.overdraft = 0
+        self.allocation: int | None = None
+        self.excused = False  # available may be negative (overage, or expiry under holds)
+        self.replays: list[tuple[Callable[[], Any], Any]] = []
+
+    def key(self) -> str:
+        return f"m-{next(self.keys)}"
+
+    def teardown(self) -> None:
+        self.db.dispose()
+
+    def snapshot(self) -> tuple[Any, ...]:
+        view = self.ledger.account(W)
+        with self.db.transaction(write=False) as conn:
+            counts = tuple(
+                conn.execute(sa.text(f"SELECT COUNT(*) FROM {t}")).scalar_one()
+                for t in ("entries", "holds", "grants", "idempotency_keys")
+            )
+        return view.balance, view.pending, tuple(g.remaining for g in view.grants), counts
+
+    def rejected(self, call: Callable[[], Any], *errors: type[Exception]) -> Exception:
+        before = self.snapshot()
+        try:
+            call()
+        except errors as exc:
+            assert self.snapshot() == before, "a rejected operation changed the ledger"
+            return exc
+        raise AssertionError("expected a rejection")
+
+    def remember(self, call: Callable[[], Any], result: Any) -> Any:
+        self.replays.append((call, result))
+        return result
+
+    @initialize(overdraft=st.sampled_from([0, 50_000]), allocation=st.sampled_from([None, 100_000]))
+    def open(self, overdraft: int, allocation: int | None) -> None:
+        self.overdraft, self.allocation = overdraft, allocation
+        self.ledger.open_account(
+            W,
+            "token",
+            idempotency_key=self.key(),
+            overdraft_limit=overdraft,
+            monthly_allocation=allocation,
+        )
+        if allocation is not None:
+            assert self.ledger.roll_allocations() == 1
+            self.balance += allocation
+
+    # ------------------------------------------------------------------------ rules
+
+    @rule(
+        target=entries,
+        amount=st.integers(1, 400_000),
+        expires_in=st.one_of(st.none(), st.integers(1, 72)),
+        priority=st.integers(0, 2),
+        kind=st.sampled_from(["pack", "promo"]),
+    )
+    def top_up(self, amount: int, expires_in: int | None, priority: int, kind: str) -> Any:
+        expires = None if expires_in is None else self.clock.now + timedelta(hours=expires_in)
+        key = self.key()
+
+        def call() -> Any:
+            return self.ledger.top_up(
+                W, amount, idempotency_key=key, kind=kind, expires_at=expires, priority=priority
+            )
+
+        result = self.remember(call, call())
+        self.balance += amount
+        return result.entry.id
+
+    @rule(target=holds, kind=st.sampled_from(sorted(REQUESTS)), size=st.integers(1, 3000))
+    def authorize(self, kind: str, size: int) -> Any:
+        request = REQUESTS[kind](size)
+        available = self.balance - sum(self.pending.values()) + self.overdraft
+        key = self.key()
+        try:
+            hold = self.ledger.authorize(W, request, idempotency_key=key)
+        except InsufficientCredits:
+            # Refused: the same request again is refused the same way and changes nothing.
+            exc = self.rejected(
+                lambda: self.ledger.authorize(W, request, idempotency_key=key), InsufficientCredits
+            )
+            assert isinstance(exc, InsufficientCredits)
+            assert exc.available == available
+            assert exc.needed > available or self.balance + self.overdraft < 0
+            return multiple()
+        assert hold.held <= available
+        self.pending[hold.id] = hold.held
+        return hold.id
+
+    @rule(
+        target=entries,
+        hold=consumes(holds),
+        status=st.sampled_from(["COMPLETED", "COMPLETED", "FAILED", "ERROR"]),
+        extra_input=st.integers(0, 5_000),
+        fraction=st.integers(0, 100),
+    )
+    def capture(self, hold: str, status: str, extra_input: int, fraction: int) -> Any:
+        view = self.ledger.hold(hold)
+        quote_usage: dict[str, Any] = {}
+        if view.operation == "text":
+            # Output up to about max_tokens; input from nothing to well past the estimate
+            # (the capture-overage path).
+            quote_usage = {
+                "input_tokens": extra_input,
+                "output_tokens": view.held * fraction // 200,
+            }
+        elif fraction < 20:
+            quote_usage = {"images" if view.operation == "image" else "videos": 0}
+        key = self.key()
+        if (
+            hold not in self.pending
+            or view.status != "pending"
+            or view.expires_at <= self.clock.now
+        ):
+            self.rejected(
+                lambda: self.ledger.capture(
+                    hold, status=status, usage=quote_usage, idempotency_key=key
+                ),
+                HoldNotPending,
+            )
+            return multiple()
+
+        def call() -> Any:
+            return self.ledger.capture(hold, status=status, usage=quote_usage, idempotency_key=key)
+
+        done = self.remember(call, call())
+        held = self.pending.pop(hold)
+        if status != "COMPLETED":
+            assert done.charged == 0
+        assert done.released == max(0, held - done.charged)
+        if done.overage:
+            self.excused = True
+        self.balance -= done.charged
+        return done.entry_id if done.entry_id else multiple()
+
+    @rule(hold=consumes(holds))
+    def void(self, hold: str) -> None:
+        key = self.key()
+        if hold not in self.pending:
+            self.rejected(lambda: self.ledger.void(hold, idempotency_key=key), HoldNotPending)
+            return
+
+        def call() -> Any:
+            return self.ledger.void(hold, idempotency_key=key)
+
+        self.remember(call, call())
+        self.pending.pop(hold)
+
+    @rule(target=entries, kind=st.sampled_from(sorted(REQUESTS)), size=st.integers(1, 3000))
+    def charge(self, kind: str, size: int) -> Any:
+        request = REQUESTS[kind](size)
+        key = self.key()
+        try:
+            done = self.ledger.charge(W, request, idempotency_key=key)
+        except InsufficientCredits:
+            self.rejected(
+                lambda: self.ledger.charge(W, request, idempotency_key=key), InsufficientCredits
+            )
+            return multiple()
+        self.replays.append((lambda: self.ledger.charge(W, request, idempotency_key=key), done))
+        self.balance -= done.credits_used
+        return done.entry_id if done.entry_id else multiple()
+
+    @rule(entry=entries)
+    def reverse(self, entry: str) -> None:
+        key = self.key()
+        original = next((e for e in self.ledger.entries(W, limit=500).items if e.id == entry), None)
+        assert original is not None
+        delta = sum(p.amount for p in original.postings if p.account_id == W)
+        reversed_already = any(
+            e.reverses_id == entry for e in self.ledger.entries(W, limit=500).items
+        )
+        if reversed_already:
+            self.rejected(
+                lambda: self.ledger.reverse(entry, reason="again", idempotency_key=key),
+                AlreadyReversed,
+            )
+            return
+        self.ledger.reverse(entry, reason="model refund", idempotency_key=key)
+        self.balance -= delta
+        if delta > 0:  # taking credits back can push available below zero
+            self.excused = True
+
+    @rule(amount=st.integers(-50_000, 50_000).filter(bool))
+    def adjust(self, amount: int) -> None:
+        self.ledger.adjust(W, amount, reason="model adjustment", idempotency_key=self.key())
+        self.balance += amount
+        if amount < 0:
+            self.excused = True
+
+    @rule(minutes=st.sampled_from([1, 14, 16, 90, 60 * 24, 60 * 24 * 12]))
+    def time_passes(self, minutes: int) -> None:
+        before_period = self.clock.now.strftime("%Y-%m")
+        self.clock.advance(minutes=minutes)
+        due = sum(
+            g.remaining
+            for g in self.ledger.account(W).grants
+            if g.expires_at is not None and g.expires_at <= self.clock.now
+        )
+        if due and self.pending:
+            self.excused = True
+        self.ledger.expire_grants()
+        self.balance -= due
+        expired = [h for h in self.pending if self.ledger.hold(h).expires_at <= self.clock.now]
+        assert self.ledger.expire_holds() == len(expired)
+        for h in expired:
+            self.pending.pop(h)
+        granted = self.ledger.roll_allocations()
+        if self.allocation is not None and self.clock.now.strftime("%Y-%m") != before_period:
+            assert granted == 1
+            self.balance += self.allocation
+        else:
+            assert granted == 0
+
+    @precondition(lambda self: bool(self.replays))
+    @rule(data=st.data())
+    def replay(self, data: st.DataObject) -> None:
+        call, result = data.draw(st.sampled_from(self.replays))
+        before = self.snapshot()
+        assert call() == result
+        assert self.snapshot() == before, "a replayed request changed the ledger"
+
+    @rule()
+    def bad_input_is_refused(self) -> None:
+        self.rejected(lambda: self.ledger.top_up(W, -5, idempotency_key=self.key()), LedgerError)
+        self.rejected(
+            lambda: self.ledger.authorize(
+                W, f.cosmic_video(duration=5), idempotency_key=self.key()
+            ),
+            PricingError,
+        )
+
+    # ------------------------------------------------------------------- invariants
+
+    @invariant()
+    def books_balance(self) -> None:
+        assert verify(self.db) == []
+
+    @invariant()
+    def model_agrees(self) -> None:
+        view = self.ledger.balance(W)
+        assert view.balance == self.balance
+        assert view.pending == sum(self.pending.values())
+        if view.available >= 0:
+            self.excused = False
+        assert view.available >= 0 or self.excused, view
+
+
+def _sqlite() -> Database:
+    folder = Path(tempfile.mkdtemp(prefix="creditledger-machine-"))
+    db = Database.from_url(f"sqlite:///{folder / 'ledger.db'}")
+    db.migrate()
+    return db
+
+
+MACHINE_SETTINGS = settings(
+    max_examples=25 if os.environ.get("CI") else 12,
+    stateful_step_count=30,
+    deadline=None,
+    suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
+)
+
+
+def test_ledger_state_machine_sqlite() -> None:
+    class OnSQLite(LedgerMachine):
+        make_db = staticmethod(_sqlite)
+
+    run_state_machine_as_test(OnSQLite, settings=MACHINE_SETTINGS)
+
+
+def test_ledger_state_machine_postgresql(postgres: TempPostgres | None) -> None:
+    if postgres is None:
+        pytest.skip("PostgreSQL binaries not installed")
+    from tests.conftest import _postgres_database
+
+    server = postgres
+
+    class OnPostgres(LedgerMachine):
+        make_db = staticmethod(lambda: _postgres_database(server))
+
+    run_state_machine_as_test(OnPostgres, settings=MACHINE_SETTINGS)
