@@ -7,7 +7,9 @@ Exit codes (stable, for scripts):
   out of range); the error is printed as JSON on stderr;
 * 3 -- the catalogs failed to load (a broken file under ``CREDITLEDGER_CATALOG_DIR``):
   the file, key and reason are printed;
-* 4 -- the request is valid but its operation has no configured price.
+* 4 -- the request is valid but its operation has no configured price;
+* 5 -- ``verify`` found broken ledger invariants (each is printed);
+* 6 -- the database cannot be used (unreachable, or not migrated: run ``migrate``).
 """
 
 from __future__ import annotations
@@ -19,11 +21,14 @@ from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
+import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ledger.db import Database
 from ledger.settings import get_settings
+from ledger.verify import verify
 from pricing import CatalogSet, estimate, load_catalogs
 from pricing.catalog import describe
 from pricing.errors import CatalogError, NotBillable, PricingError
@@ -31,6 +36,8 @@ from pricing.errors import CatalogError, NotBillable, PricingError
 EXIT_INVALID = 2
 EXIT_CATALOG = 3
 EXIT_NOT_BILLABLE = 4
+EXIT_VIOLATIONS = 5
+EXIT_DATABASE = 6
 
 app = typer.Typer(
     name="creditledger",
@@ -178,6 +185,63 @@ def catalogs_command(
                         row["per"],
                     )
     Console(width=max(200, Console().width)).print(table)
+
+
+def _database() -> Database:
+    return Database.from_url(get_settings().database_url)
+
+
+@app.command("migrate")
+def migrate_command() -> None:
+    """Create or upgrade the database schema (CREDITLEDGER_DATABASE_URL)."""
+    db = _database()
+    try:
+        db.migrate()
+    except sa.exc.SQLAlchemyError as exc:
+        _fail({"error": "database_error", "message": str(exc).splitlines()[0]}, EXIT_DATABASE)
+    finally:
+        db.dispose()
+    typer.echo(
+        f"database at the latest schema: {db.engine.url.render_as_string(hide_password=True)}"
+    )
+
+
+@app.command("verify")
+def verify_command(
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Check every ledger invariant over the whole database; exit 5 if any is broken."""
+    db = _database()
+    try:
+        violations = verify(db)
+    except sa.exc.SQLAlchemyError as exc:
+        _fail(
+            {
+                "error": "database_error",
+                "message": str(exc).splitlines()[0],
+                "hint": "run `creditledger migrate` first",
+            },
+            EXIT_DATABASE,
+        )
+    finally:
+        db.dispose()
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {"ok": not violations, "violations": [v.model_dump() for v in violations]}, indent=2
+            )
+        )
+    elif violations:
+        table = Table(title=f"{len(violations)} ledger invariant(s) broken")
+        table.add_column("check")
+        table.add_column("detail")
+        for v in violations:
+            table.add_row(v.check, v.detail)
+        Console(width=max(120, Console().width)).print(table)
+    else:
+        typer.echo("ok: every ledger invariant holds")
+    if violations:
+        raise typer.Exit(EXIT_VIOLATIONS)
 
 
 def main() -> None:

@@ -149,3 +149,33 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     assert "estimate" in result.stdout
     assert "catalogs" in result.stdout
+
+
+def test_migrate_then_verify_and_a_broken_invariant_exits_5(tmp_path: Path) -> None:
+    env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    unmigrated = run("verify", env=env)
+    assert unmigrated.returncode == 6
+    assert "migrate" in json.loads(unmigrated.stderr)["hint"]
+    assert run("migrate", env=env).returncode == 0
+    assert run("migrate", env=env).returncode == 0  # idempotent
+    ok = run("verify", "--json", env=env)
+    assert ok.returncode == 0, ok.stderr
+    assert json.loads(ok.stdout) == {"ok": True, "violations": []}
+
+    import sqlite3
+
+    from ledger.db import Database
+    from ledger.services import Ledger
+    from pricing import default_catalogs
+
+    db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
+    ledger = Ledger(db, default_catalogs())
+    ledger.open_account("a", "credit", idempotency_key="k1")
+    ledger.top_up("a", 100, idempotency_key="k2")
+    db.dispose()
+    with sqlite3.connect(tmp_path / "ledger.db") as conn:  # tamper behind the ledger's back
+        conn.execute("UPDATE accounts SET balance = 1000 WHERE external_id = 'a'")
+    broken = run("verify", "--json", env=env)
+    assert broken.returncode == 5
+    checks = {v["check"] for v in json.loads(broken.stdout)["violations"]}
+    assert checks == {"account_balance", "wallet_grants"}
