@@ -95,7 +95,8 @@ def raw_postgres(dsn: str) -> Callable[[int], float]:
     for statement in RAW_SCHEMA:
         conn.execute(statement)
     conn.execute("INSERT INTO raw_accounts VALUES (1, 1000000000), (2, 0) ON CONFLICT DO NOTHING")
-    counter = [int(conn.execute("SELECT COALESCE(MAX(id), 0) FROM raw_transfers").fetchone()[0])]
+    last = conn.execute("SELECT COALESCE(MAX(id), 0) FROM raw_transfers").fetchone()
+    counter = [int(last[0]) if last else 0]
     conn.autocommit = False
 
     def run(n: int) -> float:
