@@ -28,6 +28,7 @@ from sqlalchemy.engine import Connection, Row
 from sqlalchemy.exc import IntegrityError
 
 from ledger import kernel
+from ledger import store as sql
 from ledger.db import Database
 from ledger.errors import (
     AccountExists,
@@ -70,6 +71,7 @@ from ledger.results import (
     ReversalResult,
     TopUpResult,
 )
+from ledger.store import Json, Store
 from pricing import CatalogSet, estimate, price_usage
 from pricing.engine import Quote
 
@@ -150,9 +152,16 @@ class _Work:
     """The open unit of work of one mutating use case."""
 
     def __init__(
-        self, conn: Connection, operation: str, key: str, request_hash: str, now: datetime
+        self,
+        conn: Connection,
+        store: Store,
+        operation: str,
+        key: str,
+        request_hash: str,
+        now: datetime,
     ):
         self.conn = conn
+        self.store = store
         self.operation = operation
         self.key = key
         self.request_hash = request_hash
@@ -160,41 +169,58 @@ class _Work:
 
     def replay(self) -> dict[str, Any] | None:
         """The stored result of this key, or None. Call after locking the wallet."""
-        row = self.conn.execute(
-            sa.select(idem.c.operation, idem.c.request_hash, idem.c.response).where(
-                idem.c.key == self.key
-            )
-        ).first()
+        row = self.store.one(sql.REPLAY, {"key": self.key})
         if row is None:
             return None
-        if row.operation != self.operation or row.request_hash != self.request_hash:
+        operation, request_hash, response = row
+        if operation != self.operation or request_hash != self.request_hash:
             raise IdempotencyConflict(
-                f"idempotency key '{self.key}' was used for a different {row.operation} request",
+                f"idempotency key '{self.key}' was used for a different {operation} request",
                 field="idempotency_key",
             )
-        response: dict[str, Any] = row.response
-        return response
+        stored: dict[str, Any] = self.store.document(response)
+        return stored
 
     def remember(self, result: BaseModel) -> None:
-        self.conn.execute(
-            idem.insert().values(
-                key=self.key,
-                operation=self.operation,
-                request_hash=self.request_hash,
-                response=result.model_dump(mode="json"),
-                created_at=self.now,
-            )
+        self.store.run(
+            sql.REMEMBER,
+            {
+                "key": self.key,
+                "operation": self.operation,
+                "request_hash": self.request_hash,
+                "response": Json(result.model_dump(mode="json")),
+                "created_at": self.now,
+            },
         )
 
 
 @dataclass(frozen=True)
 class _Wallet:
+    """A locked wallet, with its balance and pending as read under the lock."""
+
     id: int
     external_id: str
     unit: str
     scale: int
     overdraft_limit: int
     timezone: str
+    balance: int = 0
+    pending: int = 0
+
+
+@dataclass(frozen=True)
+class _HoldRow:
+    id: str
+    account_id: int
+    amount: int
+    status: str
+    expires_at: datetime
+    metering_id: str
+    catalog: str
+    catalog_version: str
+    operation: str
+    model: str
+    request: dict[str, Any]
 
 
 class Ledger:
@@ -252,7 +278,7 @@ class Ledger:
         for attempt in range(3):
             try:
                 with self.db.transaction() as conn:
-                    w = _Work(conn, operation, key, request_hash, self._now())
+                    w = _Work(conn, self._store(conn), operation, key, request_hash, self._now())
                     out = work(w)
                     if isinstance(out, dict):
                         return result.model_validate(out)
@@ -312,35 +338,28 @@ class Ledger:
     def _system_account(self, unit: str, kind: str) -> int:
         return self._system[(unit, kind)]
 
+    def _store(self, conn: Connection) -> Store:
+        """The hot-path statement runner of this connection (one per pooled connection)."""
+        store = conn.info.get("creditledger_store")
+        if store is None:
+            store = conn.info["creditledger_store"] = Store(conn, sqlite=self.db.is_sqlite)
+        assert isinstance(store, Store)
+        return store
+
     def _lock_wallet(self, conn: Connection, external_id: Any) -> _Wallet:
+        """Lock a wallet (PostgreSQL: FOR UPDATE; SQLite: the writer lock is already held)."""
         if not isinstance(external_id, str):
             raise InvalidInput("account_id must be a string", field="account_id")
-        stmt = (
-            sa.select(
-                accounts.c.id,
-                accounts.c.external_id,
-                accounts.c.unit,
-                accounts.c.overdraft_limit,
-                accounts.c.timezone,
-                units.c.scale,
-            )
-            .join(units, units.c.code == accounts.c.unit)
-            .where(accounts.c.external_id == external_id, accounts.c.kind == WALLET)
-        )
-        if not self.db.is_sqlite:
-            stmt = stmt.with_for_update(of=accounts)
-        row = conn.execute(stmt).first()
+        row = self._store(conn).one(sql.LOCK_WALLET, {"external_id": external_id})
         if row is None:
             raise NotFound(f"no account '{external_id}'", field="account_id")
-        return _Wallet(
-            row.id, row.external_id, row.unit, row.scale, row.overdraft_limit, row.timezone
-        )
+        return _Wallet(*row)
 
     def _lock_wallet_by_id(self, conn: Connection, account_id: int) -> _Wallet:
-        external = conn.execute(
-            sa.select(accounts.c.external_id).where(accounts.c.id == account_id)
-        ).scalar_one()
-        return self._lock_wallet(conn, external)
+        row = self._store(conn).one(sql.LOCK_WALLET_BY_ID, {"id": account_id})
+        if row is None:
+            raise NotFound(f"no account {account_id}", field="account_id")
+        return _Wallet(*row)
 
     def _money(self, conn: Connection, wallet: _Wallet) -> tuple[int, int]:
         row = conn.execute(
@@ -374,14 +393,17 @@ class Ledger:
         *,
         reverses_id: str | None = None,
         hold_id: str | None = None,
+        pending: int = 0,
     ) -> str:
-        """Write one balanced entry and move the materialized balances."""
+        """Write one balanced entry and move the materialized balances (and ``pending``
+        of the wallet, when a hold resolves with it)."""
         kernel.check_balanced(legs)
+        store = self._store(conn)
         entry_id = new_id()
         # Postings first: the entry's insert is what checks them (SQLite), and on
         # PostgreSQL a deferred trigger checks them at commit.
-        conn.execute(
-            postings.insert(),
+        store.many(
+            sql.INSERT_POSTING,
             [
                 {
                     "entry_id": entry_id,
@@ -393,27 +415,32 @@ class Ledger:
                 for leg in legs
             ],
         )
-        conn.execute(
-            entries.insert().values(
-                id=entry_id,
-                kind=kind,
-                account_id=wallet.id,
-                posted_at=now,
-                memo=memo,
-                reverses_id=reverses_id,
-                hold_id=hold_id,
-            )
+        store.run(
+            sql.INSERT_ENTRY,
+            {
+                "id": entry_id,
+                "kind": kind,
+                "account_id": wallet.id,
+                "posted_at": now,
+                "memo": memo,
+                "reverses_id": reverses_id,
+                "hold_id": hold_id,
+            },
         )
-        deltas: dict[int, int] = {}
+        deltas: dict[int, int] = {wallet.id: 0}
         for leg in legs:
             deltas[leg.account_id] = deltas.get(leg.account_id, 0) + leg.amount
         for account_id in sorted(deltas):  # one lock order for every transaction
-            conn.execute(
-                accounts.update()
-                .where(accounts.c.id == account_id)
-                .values(balance=accounts.c.balance + deltas[account_id])
-            )
+            moved = pending if account_id == wallet.id else 0
+            if deltas[account_id] or moved:
+                store.run(
+                    sql.MOVE_ACCOUNT,
+                    {"balance": deltas[account_id], "pending": moved, "id": account_id},
+                )
         return entry_id
+
+    def _move_pending(self, conn: Connection, account_id: int, delta: int) -> None:
+        self._store(conn).run(sql.MOVE_ACCOUNT, {"balance": 0, "pending": delta, "id": account_id})
 
     def _entry_view(self, conn: Connection, entry_id: str) -> EntryView:
         wallet_alias = accounts.alias("wallet")
@@ -450,36 +477,56 @@ class Ledger:
         amount: int,
         *,
         first: str | None = None,
+        live: list[kernel.GrantState] | None = None,
     ) -> None:
-        rows = conn.execute(
-            sa.select(
-                grants.c.id,
-                grants.c.remaining,
-                grants.c.priority,
-                grants.c.expires_at,
-                grants.c.effective_at,
-            ).where(grants.c.account_id == wallet.id, grants.c.remaining > 0)
-        ).all()
-        states = [
-            kernel.GrantState(r.id, r.remaining, r.priority, r.expires_at, r.effective_at)
-            for r in rows
-        ]
+        """Burn ``amount`` from the wallet's grants in burn order (``first`` first)."""
+        store = self._store(conn)
+        states = live if live is not None else self._grant_states(conn, wallet)
         plan: list[tuple[str, int]] = []
         if first is not None:
-            preferred = [s for s in states if s.id == first]
-            plan = kernel.plan_debit(preferred, amount)
-            states = [s for s in states if s.id != first]
+            plan = kernel.plan_debit([g for g in states if g.id == first], amount)
+            states = [g for g in states if g.id != first]
         taken = sum(take for _, take in plan)
         plan += kernel.plan_debit(states, amount - taken)
         for grant_id, take in plan:
-            conn.execute(
-                grants.update()
-                .where(grants.c.id == grant_id)
-                .values(remaining=grants.c.remaining - take)
+            store.run(sql.MOVE_GRANT, {"delta": -take, "id": grant_id})
+        if plan:
+            store.many(
+                sql.INSERT_MOVEMENT,
+                [
+                    {"entry_id": entry_id, "grant_id": grant_id, "amount": -take}
+                    for grant_id, take in plan
+                ],
             )
-            conn.execute(
-                movements.insert().values(entry_id=entry_id, grant_id=grant_id, amount=-take)
+
+    def _grant_states(self, conn: Connection, wallet: _Wallet) -> list[kernel.GrantState]:
+        store = self._store(conn)
+        return [
+            kernel.GrantState(
+                gid,
+                int(remaining),
+                int(priority),
+                store.instant(expires),
+                store.instant(effective) or datetime.min.replace(tzinfo=UTC),
             )
+            for gid, remaining, priority, expires, effective in store.all(
+                sql.OPEN_GRANTS, {"account_id": wallet.id}
+            )
+        ]
+
+    def _live_grants(
+        self, conn: Connection, wallet: _Wallet, now: datetime
+    ) -> tuple[list[kernel.GrantState], int]:
+        """The wallet's spendable grants, after expiring those past due (one read).
+
+        Returns the live grants and the credits expired just now.
+        """
+        states = self._grant_states(conn, wallet)
+        due = [g for g in states if g.expires_at is not None and g.expires_at <= now]
+        if not due:
+            return states, 0
+        expired = self._expire(conn, wallet, now, [(g.id, g.remaining) for g in due])
+        return [g for g in states if g not in due], expired
 
     def _credit_grants(
         self,
@@ -499,62 +546,47 @@ class Ledger:
         always_grant: bool = False,
     ) -> str | None:
         """Place credits: repay debt, refill burned grants, then one new grant."""
+        store = self._store(conn)
         plan = kernel.plan_credit(balance_before, amount, restorable)
         for grant_id, give in plan.restores:
-            conn.execute(
-                grants.update()
-                .where(grants.c.id == grant_id)
-                .values(remaining=grants.c.remaining + give)
-            )
-            conn.execute(
-                movements.insert().values(entry_id=entry_id, grant_id=grant_id, amount=give)
+            store.run(sql.MOVE_GRANT, {"delta": give, "id": grant_id})
+            store.run(
+                sql.INSERT_MOVEMENT, {"entry_id": entry_id, "grant_id": grant_id, "amount": give}
             )
         if plan.new_grant == 0 and not always_grant:
             return None
         grant_id = new_id()
-        granted = amount if always_grant else plan.new_grant
-        conn.execute(
-            grants.insert().values(
-                id=grant_id,
-                account_id=wallet.id,
-                kind=kind,
-                amount=granted,
-                remaining=plan.new_grant,
-                priority=priority,
-                effective_at=now,
-                expires_at=expires_at,
-                period=period,
-                reference=reference,
-                entry_id=entry_id,
-            )
+        store.run(
+            sql.INSERT_GRANT,
+            {
+                "id": grant_id,
+                "account_id": wallet.id,
+                "kind": kind,
+                "amount": amount if always_grant else plan.new_grant,
+                "remaining": plan.new_grant,
+                "priority": priority,
+                "effective_at": now,
+                "expires_at": expires_at,
+                "period": period,
+                "reference": reference,
+                "entry_id": entry_id,
+            },
         )
         if plan.new_grant:
-            conn.execute(
-                movements.insert().values(
-                    entry_id=entry_id, grant_id=grant_id, amount=plan.new_grant
-                )
+            store.run(
+                sql.INSERT_MOVEMENT,
+                {"entry_id": entry_id, "grant_id": grant_id, "amount": plan.new_grant},
             )
         return grant_id
 
-    def _expire_due(
-        self,
-        conn: Connection,
-        wallet: _Wallet,
-        now: datetime,
-        *,
-        also: sa.ColumnElement[bool] | None = None,
+    def _expire(
+        self, conn: Connection, wallet: _Wallet, now: datetime, due: Sequence[tuple[str, int]]
     ) -> int:
-        """Move the remainder of grants past their expiry to the expired-credits account."""
-        due = grants.c.expires_at <= now
-        condition = due if also is None else sa.or_(due, also)
-        rows = conn.execute(
-            sa.select(grants.c.id, grants.c.remaining)
-            .where(grants.c.account_id == wallet.id, grants.c.remaining > 0, condition)
-            .order_by(grants.c.id)
-        ).all()
-        total = sum(int(r.remaining) for r in rows)
+        """Move the remainder of the ``due`` grants to the expired-credits account."""
+        total = sum(remaining for _, remaining in due)
         if total == 0:
             return 0
+        store = self._store(conn)
         expired = self._system_account(wallet.unit, "expired")
         entry_id = self._post(
             conn,
@@ -562,16 +594,27 @@ class Ledger:
             "expiry",
             wallet,
             kernel.transfer(wallet.id, expired, wallet.unit, total),
-            f"{len(rows)} grant(s) expired",
+            f"{len(due)} grant(s) expired",
         )
-        for r in rows:
-            conn.execute(grants.update().where(grants.c.id == r.id).values(remaining=0))
-            conn.execute(
-                movements.insert().values(
-                    entry_id=entry_id, grant_id=r.id, amount=-int(r.remaining)
-                )
-            )
-        return len(rows)
+        for grant_id, remaining in due:
+            store.run(sql.MOVE_GRANT, {"delta": -remaining, "id": grant_id})
+        store.many(
+            sql.INSERT_MOVEMENT,
+            [
+                {"entry_id": entry_id, "grant_id": grant_id, "amount": -remaining}
+                for grant_id, remaining in due
+            ],
+        )
+        return total
+
+    def _expire_due(self, conn: Connection, wallet: _Wallet, now: datetime) -> int:
+        """Expire the wallet's grants past due; how many grants."""
+        states = self._grant_states(conn, wallet)
+        due = [
+            (g.id, g.remaining) for g in states if g.expires_at is not None and g.expires_at <= now
+        ]
+        self._expire(conn, wallet, now, due)
+        return len(due)
 
     def _grant_views(
         self, conn: Connection, wallet_id: int, *, only_open: bool = True
@@ -872,53 +915,50 @@ class Ledger:
             if stored is not None:
                 return stored
             self._check_unit(quote, wallet)
-            self._expire_due(w.conn, wallet, w.now)
-            balance, pending = self._money(w.conn, wallet)
-            available = kernel.available(balance, pending, wallet.overdraft_limit)
+            _live, expired = self._live_grants(w.conn, wallet, w.now)
+            balance = wallet.balance - expired
+            available = kernel.available(balance, wallet.pending, wallet.overdraft_limit)
             needed = quote.max_cost
             if available < needed or kernel.debt(balance, wallet.overdraft_limit) > 0:
                 raise InsufficientCredits(needed, available, wallet.unit, wallet.scale)
             hold_id, metering_id = new_id(), new_id()
             expires = w.now + hold_ttl
-            w.conn.execute(
-                holds.insert().values(
-                    id=hold_id,
-                    account_id=wallet.id,
-                    amount=needed,
-                    status="pending",
-                    created_at=w.now,
-                    expires_at=expires,
-                    metering_id=metering_id,
-                    catalog=quote.catalog,
-                    catalog_version=quote.catalog_version,
-                    operation=quote.operation,
-                    model=quote.model,
-                    request=dict(request),
-                )
+            store = w.store
+            store.run(
+                sql.INSERT_HOLD,
+                {
+                    "id": hold_id,
+                    "account_id": wallet.id,
+                    "amount": needed,
+                    "created_at": w.now,
+                    "expires_at": expires,
+                    "metering_id": metering_id,
+                    "catalog": quote.catalog,
+                    "catalog_version": quote.catalog_version,
+                    "operation": quote.operation,
+                    "model": quote.model,
+                    "request": Json(dict(request)),
+                },
             )
-            w.conn.execute(
-                accounts.update()
-                .where(accounts.c.id == wallet.id)
-                .values(pending=accounts.c.pending + needed)
-            )
-            w.conn.execute(
-                metering.insert().values(
-                    id=metering_id,
-                    account_id=wallet.id,
-                    kind="authorization",
-                    hold_id=hold_id,
-                    catalog=quote.catalog,
-                    catalog_version=quote.catalog_version,
-                    operation=quote.operation,
-                    model=quote.model,
-                    unit=quote.unit,
-                    status="pending",
-                    held=needed,
-                    charged=0,
-                    request_id=request_id,
-                    created_at=w.now,
-                    **_usage_columns(quote.estimated_usage, zero=True),
-                )
+            self._move_pending(w.conn, wallet.id, needed)
+            store.run(
+                sql.INSERT_METERING,
+                {
+                    "id": metering_id,
+                    "account_id": wallet.id,
+                    "kind": "authorization",
+                    "hold_id": hold_id,
+                    "catalog": quote.catalog,
+                    "catalog_version": quote.catalog_version,
+                    "operation": quote.operation,
+                    "model": quote.model,
+                    "unit": quote.unit,
+                    "status": "pending",
+                    "held": needed,
+                    "request_id": request_id,
+                    "created_at": w.now,
+                    **sql.usage_values(quote.estimated_usage),
+                },
             )
             return HoldView(
                 id=hold_id,
@@ -943,35 +983,67 @@ class Ledger:
 
         return self._mutate("authorize", idempotency_key, payload, work, HoldView)
 
-    def _lock_hold(self, w: _Work, hold_id: Any) -> tuple[_Wallet, Row[Any]]:
+    def _lock_hold(self, w: _Work, hold_id: Any) -> tuple[_Wallet, _HoldRow]:
+        """Lock the wallet of a hold, then read the hold (under that lock)."""
         if not isinstance(hold_id, str):
             raise InvalidInput("hold id must be a string", field="id")
-        account = w.conn.execute(
-            sa.select(holds.c.account_id).where(holds.c.id == hold_id)
-        ).scalar()
-        if account is None:
+        row = w.store.one(sql.HOLD_WITH_WALLET, {"id": hold_id})
+        if row is None:
             raise NotFound(f"no authorization '{hold_id}'", field="id")
-        wallet = self._lock_wallet_by_id(w.conn, int(account))
-        hold = w.conn.execute(sa.select(holds).where(holds.c.id == hold_id)).one()
-        return wallet, hold
+        wallet = _Wallet(*row[:8])
+        (
+            hid,
+            amount,
+            status,
+            expires_at,
+            metering_id,
+            catalog,
+            version,
+            operation,
+            model,
+            request,
+        ) = row[8:]
+        expires = w.store.instant(expires_at)
+        assert expires is not None
+        return wallet, _HoldRow(
+            hid,
+            wallet.id,
+            int(amount),
+            status,
+            expires,
+            metering_id,
+            catalog,
+            version,
+            operation,
+            model,
+            w.store.document(request),
+        )
 
-    def _resolve(self, w: _Work, hold: Row[Any], status: str, **values: Any) -> None:
+    def _resolve(
+        self,
+        w: _Work,
+        hold: _HoldRow,
+        status: str,
+        *,
+        captured: int | None = None,
+        entry_id: str | None = None,
+    ) -> None:
         """Resolve a pending hold exactly once (conditional on its status)."""
-        done = w.conn.execute(
-            holds.update()
-            .where(holds.c.id == hold.id, holds.c.status == "pending")
-            .values(status=status, resolved_at=w.now, **values)
+        done = w.store.run(
+            sql.RESOLVE_HOLD,
+            {
+                "status": status,
+                "now": w.now,
+                "captured": captured,
+                "entry_id": entry_id,
+                "id": hold.id,
+            },
         )
-        if done.rowcount != 1:
+        if done != 1:
             raise HoldNotPending(f"authorization '{hold.id}' is already resolved", field="id")
-        w.conn.execute(
-            accounts.update()
-            .where(accounts.c.id == hold.account_id)
-            .values(pending=accounts.c.pending - hold.amount)
-        )
 
     @staticmethod
-    def _check_pending(hold: Row[Any], now: datetime) -> None:
+    def _check_pending(hold: _HoldRow, now: datetime) -> None:
         if hold.status != "pending":
             raise HoldNotPending(
                 f"authorization '{hold.id}' is {hold.status}", field="id", allowed=["pending"]
@@ -1008,6 +1080,7 @@ class Ledger:
                 catalogs=self.catalogs,
             )
             amount = charge.amount
+            live, expired = self._live_grants(w.conn, wallet, w.now)
             entry_id = None
             if amount > 0:
                 revenue = self._system_account(wallet.unit, "revenue")
@@ -1019,8 +1092,12 @@ class Ledger:
                     kernel.transfer(wallet.id, revenue, wallet.unit, amount),
                     f"{hold.catalog} {hold.operation} {hold.model}",
                     hold_id=hold.id,
+                    pending=-hold.amount,
                 )
-                self._debit_grants(w.conn, wallet, entry_id, amount)
+                self._debit_grants(w.conn, wallet, entry_id, amount, live=live)
+            else:
+                self._move_pending(w.conn, wallet.id, -hold.amount)
+            # Conditional on 'pending': a hold resolved meanwhile rolls all of this back.
             self._resolve(w, hold, "captured", captured=amount, entry_id=entry_id)
             self._record_usage(
                 w,
@@ -1034,7 +1111,8 @@ class Ledger:
                 hold.operation,
                 hold.model,
             )
-            balance, pending = self._money(w.conn, wallet)
+            balance = wallet.balance - expired - amount
+            pending = wallet.pending - hold.amount
             return CaptureResult(
                 id=hold.id,
                 status="captured",
@@ -1064,6 +1142,7 @@ class Ledger:
             if hold.status != "pending":
                 raise HoldNotPending(f"authorization '{hold.id}' is {hold.status}", field="id")
             self._resolve(w, hold, "voided")
+            self._move_pending(w.conn, wallet.id, -hold.amount)
             w.conn.execute(
                 metering.update()
                 .where(metering.c.id == hold.metering_id)
@@ -1129,9 +1208,9 @@ class Ledger:
             if stored is not None:
                 return stored
             self._check_unit(quote, wallet)
-            self._expire_due(w.conn, wallet, w.now)
-            balance, pending = self._money(w.conn, wallet)
-            available = kernel.available(balance, pending, wallet.overdraft_limit)
+            live, expired = self._live_grants(w.conn, wallet, w.now)
+            balance = wallet.balance - expired
+            available = kernel.available(balance, wallet.pending, wallet.overdraft_limit)
             cost = quote.cost
             if available < cost or kernel.debt(balance, wallet.overdraft_limit) > 0:
                 raise InsufficientCredits(cost, available, wallet.unit, wallet.scale)
@@ -1147,25 +1226,25 @@ class Ledger:
                     kernel.transfer(wallet.id, revenue, wallet.unit, cost),
                     f"{quote.catalog} {quote.operation} {quote.model}",
                 )
-                self._debit_grants(w.conn, wallet, entry_id, cost)
-            w.conn.execute(
-                metering.insert().values(
-                    id=metering_id,
-                    account_id=wallet.id,
-                    kind="charge",
-                    hold_id=None,
-                    catalog=quote.catalog,
-                    catalog_version=quote.catalog_version,
-                    operation=quote.operation,
-                    model=quote.model,
-                    unit=quote.unit,
-                    status="CHARGED",
-                    held=0,
-                    charged=0,
-                    request_id=request_id,
-                    created_at=w.now,
-                    **_usage_columns({}, zero=True),
-                )
+                self._debit_grants(w.conn, wallet, entry_id, cost, live=live)
+            w.store.run(
+                sql.INSERT_METERING,
+                {
+                    "id": metering_id,
+                    "account_id": wallet.id,
+                    "kind": "charge",
+                    "hold_id": None,
+                    "catalog": quote.catalog,
+                    "catalog_version": quote.catalog_version,
+                    "operation": quote.operation,
+                    "model": quote.model,
+                    "unit": quote.unit,
+                    "status": "CHARGED",
+                    "held": 0,
+                    "request_id": request_id,
+                    "created_at": w.now,
+                    **sql.usage_values({}),
+                },
             )
             self._record_usage(
                 w,
@@ -1206,35 +1285,32 @@ class Ledger:
         model: str,
     ) -> None:
         """Close the metering record and add it to the day's rollup, in this transaction."""
-        columns = _usage_columns(usage, zero=True)
-        w.conn.execute(
-            metering.update()
-            .where(metering.c.id == metering_id)
-            .values(
-                status=status,
-                charged=amount,
-                entry_id=entry_id,
-                completed_at=w.now,
-                **columns,
-            )
+        values = sql.usage_values(usage)
+        w.store.run(
+            sql.CLOSE_METERING,
+            {
+                "status": status,
+                "charged": amount,
+                "entry_id": entry_id,
+                "now": w.now,
+                "id": metering_id,
+                **values,
+            },
         )
-        day = kernel.day_of(w.now, wallet.timezone)
-        key = {
-            "account_id": wallet.id,
-            "unit": wallet.unit,
-            "catalog": catalog,
-            "operation": operation,
-            "model": model,
-            "day": day,
-        }
-        increments = {"requests": 1, "amount": amount, **columns}
-        dialect_insert = postgresql.insert if not self.db.is_sqlite else sqlite.insert
-        stmt = dialect_insert(daily).values(**key, **increments)
-        stmt = stmt.on_conflict_do_update(
-            index_elements=list(key),
-            set_={name: daily.c[name] + stmt.excluded[name] for name in increments},
+        w.store.run(
+            sql.UPSERT_DAILY,
+            {
+                "account_id": wallet.id,
+                "unit": wallet.unit,
+                "catalog": catalog,
+                "operation": operation,
+                "model": model,
+                "day": kernel.day_of(w.now, wallet.timezone),
+                "requests": 1,
+                "amount": amount,
+                **values,
+            },
         )
-        w.conn.execute(stmt)
 
     # ----------------------------------------------------------------------- reversals
 
@@ -1349,11 +1425,12 @@ class Ledger:
         expired = 0
         for hold_id in due:
             with self.db.transaction() as conn:
-                w = _Work(conn, "expire_hold", "", "", now)
-                _wallet, hold = self._lock_hold(w, hold_id)
+                w = _Work(conn, self._store(conn), "expire_hold", "", "", now)
+                wallet, hold = self._lock_hold(w, hold_id)
                 if hold.status != "pending":
                     continue
                 self._resolve(w, hold, "expired")
+                self._move_pending(conn, wallet.id, -hold.amount)
                 conn.execute(
                     metering.update()
                     .where(metering.c.id == hold.metering_id)
@@ -1414,12 +1491,17 @@ class Ledger:
                 ).first()
                 if done is not None or allocation is None:
                     continue
-                self._expire_due(
-                    conn,
-                    wallet,
-                    now,
-                    also=sa.and_(grants.c.kind == "allocation", grants.c.period != period),
-                )
+                previous = conn.execute(
+                    sa.select(grants.c.id, grants.c.remaining).where(
+                        grants.c.account_id == wallet.id,
+                        grants.c.remaining > 0,
+                        sa.or_(
+                            grants.c.expires_at <= now,
+                            sa.and_(grants.c.kind == "allocation", grants.c.period != period),
+                        ),
+                    )
+                ).all()
+                self._expire(conn, wallet, now, [(g.id, int(g.remaining)) for g in previous])
                 _start, end = kernel.period_bounds(period, wallet.timezone)
                 balance_before, _ = self._money(conn, wallet)
                 funding = self._system_account(wallet.unit, "funding")

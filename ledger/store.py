@@ -1,0 +1,200 @@
+"""The statements of the money paths, as fixed SQL run on the transaction's own cursor.
+
+Building a SQLAlchemy statement costs more than running it: on the authorize/capture path
+that construction was most of the time. These statements are written once, in both
+parameter styles, and run on the DBAPI cursor of the unit of work's connection: same
+transaction, same locks, same commit. The read side and the rare use cases keep using
+SQLAlchemy Core.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import UTC, datetime
+from decimal import Decimal
+from typing import Any
+
+from sqlalchemy.engine import Connection
+
+from ledger.db import json_dumps
+
+_PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+
+
+class Sql:
+    """One statement, written with ``:name`` parameters, in both drivers' styles."""
+
+    __slots__ = ("sqlite", "postgresql")
+
+    def __init__(self, text: str, *, postgresql_suffix: str = "") -> None:
+        self.sqlite = text
+        self.postgresql = _PARAM.sub(r"%(\1)s", text) + postgresql_suffix
+
+
+_WALLET_COLUMNS = (
+    "SELECT a.id, a.external_id, a.unit, u.scale, a.overdraft_limit, a.timezone, a.balance, "
+    "a.pending FROM accounts a JOIN units u ON u.code = a.unit "
+)
+LOCK_WALLET = Sql(
+    _WALLET_COLUMNS + "WHERE a.external_id = :external_id AND a.kind = 'wallet'",
+    postgresql_suffix=" FOR UPDATE OF a",
+)
+LOCK_WALLET_BY_ID = Sql(
+    _WALLET_COLUMNS + "WHERE a.id = :id AND a.kind = 'wallet'", postgresql_suffix=" FOR UPDATE OF a"
+)
+# A hold and its wallet, locking the wallet. The hold's columns may predate a concurrent
+# resolution (PostgreSQL re-checks only the locked row): resolving stays conditional on
+# status = 'pending', and the idempotency replay is read after this lock.
+HOLD_WITH_WALLET = Sql(
+    _WALLET_COLUMNS.replace(
+        "FROM accounts a",
+        ", h.id, h.amount, h.status, h.expires_at, "
+        "h.metering_id, h.catalog, h.catalog_version, h.operation, h.model, "
+        "h.request FROM holds h JOIN accounts a ON a.id = h.account_id",
+    )
+    + "WHERE h.id = :id AND a.kind = 'wallet'",
+    postgresql_suffix=" FOR UPDATE OF a",
+)
+REPLAY = Sql("SELECT operation, request_hash, response FROM idempotency_keys WHERE key = :key")
+REMEMBER = Sql(
+    "INSERT INTO idempotency_keys (key, operation, request_hash, response, created_at) "
+    "VALUES (:key, :operation, :request_hash, :response, :created_at)"
+)
+OPEN_GRANTS = Sql(
+    "SELECT id, remaining, priority, expires_at, effective_at FROM grants "
+    "WHERE account_id = :account_id AND remaining > 0"
+)
+INSERT_POSTING = Sql(
+    "INSERT INTO postings (entry_id, account_id, unit, amount, posted_at) "
+    "VALUES (:entry_id, :account_id, :unit, :amount, :posted_at)"
+)
+INSERT_ENTRY = Sql(
+    "INSERT INTO entries (id, kind, account_id, posted_at, memo, reverses_id, hold_id) "
+    "VALUES (:id, :kind, :account_id, :posted_at, :memo, :reverses_id, :hold_id)"
+)
+MOVE_ACCOUNT = Sql(
+    "UPDATE accounts SET balance = balance + :balance, pending = pending + :pending WHERE id = :id"
+)
+MOVE_GRANT = Sql("UPDATE grants SET remaining = remaining + :delta WHERE id = :id")
+INSERT_MOVEMENT = Sql(
+    "INSERT INTO grant_movements (entry_id, grant_id, amount) "
+    "VALUES (:entry_id, :grant_id, :amount)"
+)
+INSERT_GRANT = Sql(
+    "INSERT INTO grants (id, account_id, kind, amount, remaining, priority, effective_at, "
+    "expires_at, period, reference, entry_id) VALUES (:id, :account_id, :kind, :amount, "
+    ":remaining, :priority, :effective_at, :expires_at, :period, :reference, :entry_id)"
+)
+INSERT_HOLD = Sql(
+    "INSERT INTO holds (id, account_id, amount, status, created_at, expires_at, metering_id, "
+    "catalog, catalog_version, operation, model, request) VALUES (:id, :account_id, :amount, "
+    "'pending', :created_at, :expires_at, :metering_id, :catalog, :catalog_version, :operation, "
+    ":model, :request)"
+)
+RESOLVE_HOLD = Sql(
+    "UPDATE holds SET status = :status, resolved_at = :now, captured = :captured, "
+    "entry_id = :entry_id WHERE id = :id AND status = 'pending'"
+)
+_USAGE = ("input_tokens", "output_tokens", "images", "videos", "candidates", "seconds")
+INSERT_METERING = Sql(
+    "INSERT INTO metering_records (id, account_id, kind, hold_id, entry_id, catalog, "
+    "catalog_version, operation, model, unit, status, held, charged, request_id, created_at, "
+    f"{', '.join(_USAGE)}) VALUES (:id, :account_id, :kind, :hold_id, NULL, :catalog, "
+    ":catalog_version, :operation, :model, :unit, :status, :held, 0, :request_id, :created_at, "
+    f"{', '.join(':' + u for u in _USAGE)})"
+)
+CLOSE_METERING = Sql(
+    "UPDATE metering_records SET status = :status, charged = :charged, entry_id = :entry_id, "
+    f"completed_at = :now, {', '.join(f'{u} = :{u}' for u in _USAGE)} WHERE id = :id"
+)
+_DAILY = ("requests", "amount", *_USAGE)
+UPSERT_DAILY = Sql(
+    "INSERT INTO daily_usage (account_id, unit, catalog, operation, model, day, "
+    f"{', '.join(_DAILY)}) VALUES (:account_id, :unit, :catalog, :operation, :model, :day, "
+    f"{', '.join(':' + d for d in _DAILY)}) "
+    "ON CONFLICT (account_id, unit, catalog, operation, model, day) DO UPDATE SET "
+    + ", ".join(f"{d} = daily_usage.{d} + excluded.{d}" for d in _DAILY)
+)
+
+
+def usage_values(usage: Mapping[str, Any]) -> dict[str, Any]:
+    """The metering columns of a usage mapping (absent quantities are zero)."""
+    values: dict[str, Any] = {u: int(usage.get(u) or 0) for u in _USAGE[:-1]}
+    values["seconds"] = Decimal(str(usage.get("seconds") or 0)).quantize(Decimal("0.000001"))
+    return values
+
+
+_PLAIN = frozenset({int, str, type(None), bool})
+
+
+class Store:
+    """The unit of work's cursor, speaking its driver's dialect."""
+
+    def __init__(self, conn: Connection, *, sqlite: bool) -> None:
+        self.sqlite = sqlite
+        self.cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+
+    def _sql(self, sql: Sql) -> str:
+        return sql.sqlite if self.sqlite else sql.postgresql
+
+    def run(self, sql: Sql, params: Mapping[str, Any]) -> int:
+        """Execute; the number of rows changed."""
+        self.cursor.execute(self._sql(sql), self._bind(params))
+        return int(self.cursor.rowcount)
+
+    def one(self, sql: Sql, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        self.cursor.execute(self._sql(sql), self._bind(params))
+        row: tuple[Any, ...] | None = self.cursor.fetchone()
+        return row
+
+    def all(self, sql: Sql, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        self.cursor.execute(self._sql(sql), self._bind(params))
+        rows: list[tuple[Any, ...]] = self.cursor.fetchall()
+        return rows
+
+    def many(self, sql: Sql, rows: Iterable[Mapping[str, Any]]) -> None:
+        self.cursor.executemany(self._sql(sql), [self._bind(r) for r in rows])
+
+    def _bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
+        return {k: v if type(v) in _PLAIN else self._value(v) for k, v in params.items()}
+
+    def _value(self, value: Any) -> Any:
+        if isinstance(value, datetime):
+            # The layout SQLAlchemy's UTCDateTime stores on SQLite (UTC, microseconds).
+            return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else value
+        if isinstance(value, Decimal) and self.sqlite:
+            return str(value)
+        if isinstance(value, Json):
+            if self.sqlite:
+                return json_dumps(value.value)
+            from psycopg.types.json import Json as PgJson
+
+            return PgJson(value.value, dumps=json_dumps)
+        return value
+
+    def instant(self, value: Any) -> datetime | None:
+        """A timestamp column read back, timezone-aware."""
+        if value is None:
+            return None
+        if isinstance(value, datetime):
+            return value if value.tzinfo else value.replace(tzinfo=UTC)
+        return datetime.fromisoformat(str(value)).replace(tzinfo=UTC)
+
+    def document(self, value: Any) -> Any:
+        """A JSON column read back."""
+        return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+class Json:
+    """A value for a JSON column."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+
+def rows_of(keys: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
+    return dict(zip(keys, row, strict=True))
