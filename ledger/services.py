@@ -15,6 +15,7 @@ import json
 import time
 import uuid
 from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
@@ -144,8 +145,13 @@ def _hash(operation: str, payload: Mapping[str, Any]) -> str:
     return hashlib.sha256(canonical.encode()).hexdigest()
 
 
-def _is_idempotency_race(exc: IntegrityError) -> bool:
-    return "idempotency_keys" in str(exc.orig)
+#: A unique or foreign-key violation, from SQLAlchemy or from the store's cursor.
+INTEGRITY_ERRORS: tuple[type[Exception], ...] = (IntegrityError, *sql.DRIVER_INTEGRITY_ERRORS)
+
+
+def _violated(exc: Exception, name: str) -> bool:
+    """Whether the integrity error names ``name`` (a table or a column)."""
+    return name in str(getattr(exc, "orig", exc))
 
 
 class _Work:
@@ -266,6 +272,8 @@ class Ledger:
         payload: Mapping[str, Any],
         work: Callable[[_Work], R | dict[str, Any]],
         result: type[R],
+        *,
+        batch: bool = False,
     ) -> R:
         """Run ``work`` in one transaction with the idempotency protocol around it."""
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY:
@@ -278,15 +286,17 @@ class Ledger:
         for attempt in range(3):
             try:
                 with self.db.transaction() as conn:
-                    w = _Work(conn, self._store(conn), operation, key, request_hash, self._now())
-                    out = work(w)
-                    if isinstance(out, dict):
-                        return result.model_validate(out)
-                    w.remember(out)
+                    store = self._store(conn)
+                    w = _Work(conn, store, operation, key, request_hash, self._now())
+                    with store.batch() if batch else nullcontext():
+                        out = work(w)
+                        if isinstance(out, dict):
+                            return result.model_validate(out)
+                        w.remember(out)
                     return out
-            except IntegrityError as exc:
+            except INTEGRITY_ERRORS as exc:
                 # Another transaction stored this key first (PostgreSQL): replay it.
-                if not _is_idempotency_race(exc) or attempt == 2:
+                if not _violated(exc, "idempotency_keys") or attempt == 2:
                     raise
         raise AssertionError("unreachable")
 
@@ -679,11 +689,7 @@ class Ledger:
             stored = w.replay()
             if stored is not None:
                 return stored
-            exists = w.conn.execute(
-                sa.select(accounts.c.id).where(accounts.c.external_id == external)
-            ).first()
-            if exists is not None:
-                raise AccountExists(f"account '{external}' already exists", field="account_id")
+            # The unique external_id decides; a savepoint keeps the transaction usable.
             try:
                 with w.conn.begin_nested():
                     w.conn.execute(
@@ -700,6 +706,10 @@ class Ledger:
                         )
                     )
             except IntegrityError:
+                # An identical request may have won the race: replay what it stored.
+                stored = w.replay()
+                if stored is not None:
+                    return stored
                 raise AccountExists(
                     f"account '{external}' already exists", field="account_id"
                 ) from None
@@ -981,7 +991,7 @@ class Ledger:
                 quote=quote.to_dict(),
             )
 
-        return self._mutate("authorize", idempotency_key, payload, work, HoldView)
+        return self._mutate("authorize", idempotency_key, payload, work, HoldView, batch=True)
 
     def _lock_hold(self, w: _Work, hold_id: Any) -> tuple[_Wallet, _HoldRow]:
         """Lock the wallet of a hold, then read the hold (under that lock)."""
@@ -1029,7 +1039,7 @@ class Ledger:
         entry_id: str | None = None,
     ) -> None:
         """Resolve a pending hold exactly once (conditional on its status)."""
-        done = w.store.run(
+        done = w.store.changed(
             sql.RESOLVE_HOLD,
             {
                 "status": status,
@@ -1128,7 +1138,7 @@ class Ledger:
                 charge=charge.to_dict(),
             )
 
-        return self._mutate("capture", idempotency_key, payload, work, CaptureResult)
+        return self._mutate("capture", idempotency_key, payload, work, CaptureResult, batch=True)
 
     def void(self, hold_id: str, *, idempotency_key: str) -> HoldView:
         """Release a pending hold entirely."""
@@ -1269,7 +1279,7 @@ class Ledger:
                 quote=quote.to_dict(),
             )
 
-        return self._mutate("charge", idempotency_key, payload, work, ChargeResult)
+        return self._mutate("charge", idempotency_key, payload, work, ChargeResult, batch=True)
 
     def _record_usage(
         self,
@@ -1399,8 +1409,8 @@ class Ledger:
 
         try:
             return self._mutate("reverse", idempotency_key, payload, work, ReversalResult)
-        except IntegrityError as exc:
-            if "reverses_id" in str(exc.orig):
+        except INTEGRITY_ERRORS as exc:
+            if _violated(exc, "reverses_id"):
                 raise AlreadyReversed(
                     f"entry '{entry_id}' was already reversed", field="id"
                 ) from None

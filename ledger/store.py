@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+import sqlite3
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
 from typing import Any
 
+import psycopg
 from sqlalchemy.engine import Connection
 
 from ledger.db import json_dumps
@@ -128,13 +131,51 @@ def usage_values(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 _PLAIN = frozenset({int, str, type(None), bool})
 
+#: Constraint violations as the drivers raise them on the store's cursor.
+DRIVER_INTEGRITY_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.IntegrityError,
+    psycopg.errors.IntegrityError,
+)
+
 
 class Store:
     """The unit of work's cursor, speaking its driver's dialect."""
 
     def __init__(self, conn: Connection, *, sqlite: bool) -> None:
         self.sqlite = sqlite
-        self.cursor: Any = conn.connection.driver_connection.cursor()  # type: ignore[union-attr]
+        self.raw: Any = conn.connection.driver_connection
+        assert self.raw is not None
+        raw: Any = self.raw
+        self.cursor: Any = raw.cursor()
+        # A cursor of its own for statements whose row count decides (in a pipeline the
+        # shared cursor's count belongs to whichever statement ran last).
+        self.counted: Any = raw.cursor()
+        self._pipeline: Any = None
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """PostgreSQL: send writes in a pipeline, waiting only where a result is read.
+
+        A read (``one``, ``all``, ``changed``) syncs the pipeline; errors of queued
+        statements surface at the latest when the block ends, before the commit.
+        SQLite runs in-process: nothing to batch.
+        """
+        if self.sqlite or self._pipeline is not None:
+            yield
+            return
+        with self.raw.pipeline() as pipeline:
+            self._pipeline = pipeline
+            try:
+                yield
+            finally:
+                self._pipeline = None
+
+    def changed(self, sql: Sql, params: Mapping[str, Any]) -> int:
+        """Execute and return how many rows it changed (syncing a pipeline to know)."""
+        self.counted.execute(self._sql(sql), self._bind(params))
+        if self._pipeline is not None:
+            self._pipeline.sync()
+        return int(self.counted.rowcount)
 
     def _sql(self, sql: Sql) -> str:
         return sql.sqlite if self.sqlite else sql.postgresql

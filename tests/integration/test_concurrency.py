@@ -108,3 +108,21 @@ def test_allocation_roll_on_many_workers_grants_once(ledger: Ledger) -> None:
     assert all(not isinstance(g, Exception) for g in granted), granted
     assert sum(granted) == 1
     assert ledger.balance("bucket").balance == 1_000
+
+
+def test_identical_account_openings_create_one_account(ledger: Ledger) -> None:
+    outcomes = race(
+        [
+            (lambda: ledger.open_account("new", "credit", idempotency_key="open-same"))
+            for _ in range(THREADS)
+        ]
+    )
+    assert all(not isinstance(o, Exception) for o in outcomes), outcomes
+    assert len({o.model_dump_json() for o in outcomes}) == 1
+
+    def opening(i: int) -> Callable[[], Any]:
+        return lambda: ledger.open_account("other", "credit", idempotency_key=f"open-{i}")
+
+    different = race([opening(i) for i in range(8)])
+    kinds = Counter(type(o).__name__ for o in different)
+    assert kinds == {"AccountView": 1, "AccountExists": 7}, different
