@@ -18,7 +18,6 @@ from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from decimal import ROUND_CEILING, Decimal
 from typing import Any, TypeVar
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -47,12 +46,10 @@ from ledger.models import (
     WALLET,
     Account,
     AllocationPeriod,
-    DailyUsage,
     Entry,
     Grant,
     GrantMovement,
     Hold,
-    IdempotencyKey,
     MeteringRecord,
     Posting,
     Unit,
@@ -72,8 +69,9 @@ from ledger.results import (
     ReversalResult,
     TopUpResult,
 )
+from ledger.settings import Settings
 from ledger.store import Json, Store
-from pricing import CatalogSet, estimate, price_usage
+from pricing import CatalogSet, estimate, load_catalogs, price_usage
 from pricing.engine import Quote
 
 accounts = table_of(Account)
@@ -84,8 +82,6 @@ grants = table_of(Grant)
 movements = table_of(GrantMovement)
 holds = table_of(Hold)
 metering = table_of(MeteringRecord)
-daily = table_of(DailyUsage)
-idem = table_of(IdempotencyKey)
 periods = table_of(AllocationPeriod)
 
 Clock = Callable[[], datetime]
@@ -349,11 +345,15 @@ class Ledger:
         return self._system[(unit, kind)]
 
     def _store(self, conn: Connection) -> Store:
-        """The hot-path statement runner of this connection (one per pooled connection)."""
+        """The hot-path statement runner of this connection's DBAPI connection.
+
+        Cached in ``conn.info``, which lives as long as the DBAPI connection (SQLAlchemy
+        clears it when an invalidated or recycled connection is replaced); the identity
+        check keeps the cursors bound to the connection they came from regardless.
+        """
         store = conn.info.get("creditledger_store")
-        if store is None:
+        if not isinstance(store, Store) or store.raw is not conn.connection.driver_connection:
             store = conn.info["creditledger_store"] = Store(conn, sqlite=self.db.is_sqlite)
-        assert isinstance(store, Store)
         return store
 
     def _lock_wallet(self, conn: Connection, external_id: Any) -> _Wallet:
@@ -1611,20 +1611,6 @@ class Ledger:
             return self._grant_views(conn, self._wallet(conn, account_id).id, only_open=False)
 
 
-def _usage_columns(usage: Mapping[str, Any], *, zero: bool) -> dict[str, Any]:
-    columns: dict[str, Any] = {}
-    for name in ("input_tokens", "output_tokens", "images", "videos", "candidates"):
-        value = usage.get(name)
-        if value is not None or zero:
-            columns[name] = int(value or 0)
-    seconds = usage.get("seconds")
-    if seconds is not None or zero:
-        columns["seconds"] = Decimal(str(seconds or 0)).quantize(
-            Decimal("0.000001"), rounding=ROUND_CEILING
-        )
-    return columns
-
-
 def _encode_cursor(posted_at: datetime, entry_id: str) -> str:
     raw = f"{posted_at.isoformat()}|{entry_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -1640,3 +1626,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         return moment, entry_id
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("cursor is not one this API returned", field="cursor") from None
+
+
+def ledger_from_settings(settings: Settings) -> Ledger:
+    """The ledger the operator configured: database, catalogs and hold lifetime."""
+    return Ledger(
+        Database.from_url(settings.database_url),
+        load_catalogs(settings.catalog_dirs()),
+        hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
+    )

@@ -15,7 +15,7 @@ import sqlite3
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
-from decimal import Decimal
+from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import psycopg
@@ -125,7 +125,10 @@ UPSERT_DAILY = Sql(
 def usage_values(usage: Mapping[str, Any]) -> dict[str, Any]:
     """The metering columns of a usage mapping (absent quantities are zero)."""
     values: dict[str, Any] = {u: int(usage.get(u) or 0) for u in _USAGE[:-1]}
-    values["seconds"] = Decimal(str(usage.get("seconds") or 0)).quantize(Decimal("0.000001"))
+    # Seconds of video are a quantity, not money: kept to the microsecond, rounded up.
+    values["seconds"] = Decimal(str(usage.get("seconds") or 0)).quantize(
+        Decimal("0.000001"), rounding=ROUND_CEILING
+    )
     return values
 
 

@@ -465,3 +465,41 @@ def test_the_database_refuses_an_unbalanced_entry(ledger: Ledger, db: Database) 
 
     with pytest.raises(sa.exc.DBAPIError):
         write_unbalanced()
+
+
+def test_ledger_from_settings_reads_the_environment(
+    tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from ledger.services import ledger_from_settings
+    from ledger.settings import Settings
+
+    monkeypatch.setenv("CREDITLEDGER_DATABASE_URL", f"sqlite:///{tmp_path / 'env.db'}")
+    monkeypatch.setenv("CREDITLEDGER_HOLD_TTL_SECONDS", "60")
+    f.write_catalog(
+        tmp_path / "catalogs",
+        "fal.toml",
+        f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z"),
+    )
+    monkeypatch.setenv("CREDITLEDGER_CATALOG_DIR", str(tmp_path / "catalogs"))
+    configured = ledger_from_settings(Settings())
+    configured.db.migrate()
+    configured.open_account("u", "usd", idempotency_key="o")
+    configured.top_up("u", 1_000_000, idempotency_key="t")
+    hold = configured.authorize("u", f.fal_video(), idempotency_key="h")  # priced by the operator
+    assert hold.expires_at - hold.created_at == timedelta(seconds=60)
+    assert hold.held == 157_500
+    configured.db.dispose()
+
+
+def test_the_ledger_survives_a_reconnected_pool_connection(ledger: Ledger, db: Database) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 500, idempotency_key=key())
+    # Invalidate every pooled connection: the pool entries reconnect on next use.
+    held = [db.engine.connect() for _ in range(3)]
+    for conn in held:
+        conn.invalidate()
+        conn.close()
+    hold = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    assert (
+        ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key()).charged == 240
+    )
