@@ -4,25 +4,13 @@ from __future__ import annotations
 
 from typing import Any
 
+from pricing.errors import DomainError
 
-class LedgerError(Exception):
-    """Base of every ledger error. ``code`` is a stable machine-readable name."""
+
+class LedgerError(DomainError):
+    """Base of every ledger error."""
 
     code = "ledger_error"
-
-    def __init__(self, message: str, *, field: str | None = None, allowed: Any = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.field = field
-        self.allowed = allowed
-
-    def to_dict(self) -> dict[str, Any]:
-        body: dict[str, Any] = {"error": self.code, "message": self.message}
-        if self.field is not None:
-            body["field"] = self.field
-        if self.allowed is not None:
-            body["allowed"] = self.allowed
-        return body
 
 
 class InvalidInput(LedgerError):

@@ -321,3 +321,17 @@ def table_of(model: type[SQLModel]) -> sa.Table:
     table = model.__table__  # type: ignore[attr-defined]
     assert isinstance(table, sa.Table)
     return table
+
+
+# The Core tables, for statements written without the ORM (services, verify, reports).
+accounts = table_of(Account)
+units = table_of(Unit)
+entries = table_of(Entry)
+postings = table_of(Posting)
+grants = table_of(Grant)
+movements = table_of(GrantMovement)
+holds = table_of(Hold)
+metering = table_of(MeteringRecord)
+daily = table_of(DailyUsage)
+idempotency = table_of(IdempotencyKey)
+periods = table_of(AllocationPeriod)

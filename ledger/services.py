@@ -44,16 +44,15 @@ from ledger.kernel import Leg
 from ledger.models import (
     SYSTEM_KINDS,
     WALLET,
-    Account,
-    AllocationPeriod,
-    Entry,
-    Grant,
-    GrantMovement,
-    Hold,
-    MeteringRecord,
-    Posting,
-    Unit,
-    table_of,
+    accounts,
+    entries,
+    grants,
+    holds,
+    metering,
+    movements,
+    periods,
+    postings,
+    units,
 )
 from ledger.results import (
     AccountView,
@@ -73,16 +72,6 @@ from ledger.settings import Settings
 from ledger.store import Json, Store
 from pricing import CatalogSet, estimate, load_catalogs, price_usage
 from pricing.engine import Quote
-
-accounts = table_of(Account)
-units = table_of(Unit)
-entries = table_of(Entry)
-postings = table_of(Posting)
-grants = table_of(Grant)
-movements = table_of(GrantMovement)
-holds = table_of(Hold)
-metering = table_of(MeteringRecord)
-periods = table_of(AllocationPeriod)
 
 Clock = Callable[[], datetime]
 R = TypeVar("R", bound=BaseModel)
@@ -888,6 +877,27 @@ class Ledger:
     def _quote(self, request: Any, now: datetime) -> Quote:
         return estimate(request, now, catalogs=self.catalogs)
 
+    def _funds(
+        self, w: _Work, account_id: str, quote: Quote, needed: int
+    ) -> tuple[_Wallet, list[kernel.GrantState], int] | dict[str, Any]:
+        """Lock the wallet, replay a stored result, or check that ``needed`` is available.
+
+        Returns the stored result, or (wallet, its live grants, available). Grants past
+        due expire first: expired credits are never spendable. Raises InsufficientCredits
+        when available is short or the wallet is in debt.
+        """
+        wallet = self._lock_wallet(w.conn, account_id)
+        stored = w.replay()
+        if stored is not None:
+            return stored
+        self._check_unit(quote, wallet)
+        live, expired = self._live_grants(w.conn, wallet, w.now)
+        balance = wallet.balance - expired
+        available = kernel.available(balance, wallet.pending, wallet.overdraft_limit)
+        if available < needed or kernel.debt(balance, wallet.overdraft_limit) > 0:
+            raise InsufficientCredits(needed, available, wallet.unit, wallet.scale)
+        return wallet, live, available
+
     @staticmethod
     def _check_unit(quote: Quote, wallet: _Wallet) -> None:
         if quote.unit != wallet.unit:
@@ -920,17 +930,11 @@ class Ledger:
         }
 
         def work(w: _Work) -> HoldView | dict[str, Any]:
-            wallet = self._lock_wallet(w.conn, account_id)
-            stored = w.replay()
-            if stored is not None:
-                return stored
-            self._check_unit(quote, wallet)
-            _live, expired = self._live_grants(w.conn, wallet, w.now)
-            balance = wallet.balance - expired
-            available = kernel.available(balance, wallet.pending, wallet.overdraft_limit)
+            funds = self._funds(w, account_id, quote, quote.max_cost)
+            if isinstance(funds, dict):
+                return funds
+            wallet, _live, available = funds
             needed = quote.max_cost
-            if available < needed or kernel.debt(balance, wallet.overdraft_limit) > 0:
-                raise InsufficientCredits(needed, available, wallet.unit, wallet.scale)
             hold_id, metering_id = new_id(), new_id()
             expires = w.now + hold_ttl
             store = w.store
@@ -1213,17 +1217,11 @@ class Ledger:
         payload = {"account_id": account_id, "request": request, "request_id": request_id}
 
         def work(w: _Work) -> ChargeResult | dict[str, Any]:
-            wallet = self._lock_wallet(w.conn, account_id)
-            stored = w.replay()
-            if stored is not None:
-                return stored
-            self._check_unit(quote, wallet)
-            live, expired = self._live_grants(w.conn, wallet, w.now)
-            balance = wallet.balance - expired
-            available = kernel.available(balance, wallet.pending, wallet.overdraft_limit)
+            funds = self._funds(w, account_id, quote, quote.cost)
+            if isinstance(funds, dict):
+                return funds
+            wallet, live, available = funds
             cost = quote.cost
-            if available < cost or kernel.debt(balance, wallet.overdraft_limit) > 0:
-                raise InsufficientCredits(cost, available, wallet.unit, wallet.scale)
             metering_id = new_id()
             entry_id = None
             if cost > 0:

@@ -14,26 +14,16 @@ from sqlalchemy.engine import Connection
 from ledger.db import Database
 from ledger.models import (
     WALLET,
-    Account,
-    DailyUsage,
-    Entry,
-    Grant,
-    GrantMovement,
-    Hold,
-    MeteringRecord,
-    Posting,
-    table_of,
+    accounts,
+    daily,
+    entries,
+    grants,
+    holds,
+    metering,
+    movements,
+    postings,
 )
 from ledger.results import Violation
-
-accounts = table_of(Account)
-entries = table_of(Entry)
-postings = table_of(Posting)
-grants = table_of(Grant)
-movements = table_of(GrantMovement)
-holds = table_of(Hold)
-metering = table_of(MeteringRecord)
-daily = table_of(DailyUsage)
 
 
 def verify(db: Database) -> list[Violation]:

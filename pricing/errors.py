@@ -10,10 +10,14 @@ from collections.abc import Sequence
 from typing import Any
 
 
-class PricingError(Exception):
-    """Base of every pricing error. ``code`` is a stable machine-readable name."""
+class DomainError(Exception):
+    """Base of every error of the project's domain (pricing and ledger alike).
 
-    code = "pricing_error"
+    ``code`` is a stable machine-readable name; ``field`` and ``allowed`` say what to fix.
+    Only ``api/errors.py`` maps these to status codes.
+    """
+
+    code = "domain_error"
 
     def __init__(
         self,
@@ -36,6 +40,12 @@ class PricingError(Exception):
         if self.allowed is not None:
             body["allowed"] = self.allowed
         return body
+
+
+class PricingError(DomainError):
+    """Base of every pricing error."""
+
+    code = "pricing_error"
 
 
 class CatalogError(PricingError):
