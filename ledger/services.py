@@ -1368,9 +1368,13 @@ class Ledger:
                 ).scalar()
                 self._debit_grants(w.conn, wallet, reversal, -delta, first=created)
             elif delta > 0:
+                # In burn order; refilled last-burned first.
                 burned = w.conn.execute(
-                    sa.select(movements.c.grant_id, movements.c.amount).where(
-                        movements.c.entry_id == entry_id, movements.c.amount < 0
+                    sa.select(movements.c.grant_id, movements.c.amount)
+                    .join(grants, grants.c.id == movements.c.grant_id)
+                    .where(movements.c.entry_id == entry_id, movements.c.amount < 0)
+                    .order_by(
+                        grants.c.priority, grants.c.expires_at, grants.c.effective_at, grants.c.id
                     )
                 ).all()
                 # Refill what this entry spent, from grants that have not expired since.
