@@ -1374,7 +1374,11 @@ class Ledger:
                     .join(grants, grants.c.id == movements.c.grant_id)
                     .where(movements.c.entry_id == entry_id, movements.c.amount < 0)
                     .order_by(
-                        grants.c.priority, grants.c.expires_at, grants.c.effective_at, grants.c.id
+                        grants.c.priority,
+                        sa.case((grants.c.expires_at.is_(None), 1), else_=0),  # never: last
+                        grants.c.expires_at,
+                        grants.c.effective_at,
+                        grants.c.id,
                     )
                 ).all()
                 # Refill what this entry spent, from grants that have not expired since.
