@@ -11,7 +11,6 @@ Invariants the use cases keep, and ``verify()`` checks:
 
 from __future__ import annotations
 
-import calendar
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -155,8 +154,3 @@ def period_bounds(period: str, timezone: str) -> tuple[datetime, datetime]:
 def day_of(instant: datetime, timezone: str) -> str:
     """The local date ("2026-11-21") of an instant, for daily rollups."""
     return instant.astimezone(ZoneInfo(timezone)).date().isoformat()
-
-
-def days_in(period: str) -> int:
-    year, month = (int(part) for part in period.split("-"))
-    return calendar.monthrange(year, month)[1]

@@ -368,16 +368,7 @@ class Ledger:
 
     def _balance_view(self, conn: Connection, wallet: _Wallet) -> BalanceView:
         balance, pending = self._money(conn, wallet)
-        return BalanceView(
-            account_id=wallet.external_id,
-            unit=wallet.unit,
-            scale=wallet.scale,
-            balance=balance,
-            pending=pending,
-            available=kernel.available(balance, pending, wallet.overdraft_limit),
-            overdraft_limit=wallet.overdraft_limit,
-            debt=kernel.debt(balance, wallet.overdraft_limit),
-        )
+        return _balances(wallet, balance, pending)
 
     # -------------------------------------------------------------------- the journal
 
@@ -1570,18 +1561,7 @@ class Ledger:
                     sa.or_(holds.c.resolved_at.is_(None), holds.c.resolved_at > as_of),
                 )
             ).scalar_one()
-            balance, held = int(posted), int(pending)
-            return BalanceView(
-                account_id=wallet.external_id,
-                unit=wallet.unit,
-                scale=wallet.scale,
-                balance=balance,
-                pending=held,
-                available=kernel.available(balance, held, wallet.overdraft_limit),
-                overdraft_limit=wallet.overdraft_limit,
-                debt=kernel.debt(balance, wallet.overdraft_limit),
-                as_of=as_of,
-            )
+            return _balances(wallet, int(posted), int(pending), as_of=as_of)
 
     def entries(self, account_id: str, *, cursor: str | None = None, limit: int = 50) -> EntryPage:
         """The wallet's entries, newest first, ``limit`` at a time."""
@@ -1615,6 +1595,23 @@ class Ledger:
     def grants_of(self, account_id: str) -> list[GrantView]:
         with self.db.transaction(write=False) as conn:
             return self._grant_views(conn, self._wallet(conn, account_id).id, only_open=False)
+
+
+def _balances(
+    wallet: _Wallet, balance: int, pending: int, *, as_of: datetime | None = None
+) -> BalanceView:
+    """A wallet's money, with available and debt derived by the kernel's rules."""
+    return BalanceView(
+        account_id=wallet.external_id,
+        unit=wallet.unit,
+        scale=wallet.scale,
+        balance=balance,
+        pending=pending,
+        available=kernel.available(balance, pending, wallet.overdraft_limit),
+        overdraft_limit=wallet.overdraft_limit,
+        debt=kernel.debt(balance, wallet.overdraft_limit),
+        as_of=as_of,
+    )
 
 
 def _encode_cursor(posted_at: datetime, entry_id: str) -> str:

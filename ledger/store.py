@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
@@ -238,7 +238,3 @@ class Json:
 
     def __init__(self, value: Any) -> None:
         self.value = value
-
-
-def rows_of(keys: Sequence[str], row: Sequence[Any]) -> dict[str, Any]:
-    return dict(zip(keys, row, strict=True))

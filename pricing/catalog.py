@@ -581,9 +581,6 @@ class CatalogSet:
     def __init__(self, catalogs: Mapping[str, Catalog]) -> None:
         self.catalogs = dict(sorted(catalogs.items()))
 
-    def __contains__(self, name: object) -> bool:
-        return name in self.catalogs
-
     def __iter__(self) -> typing.Iterator[Catalog]:
         return iter(self.catalogs.values())
 
