@@ -9,35 +9,47 @@ Exit codes (stable, for scripts):
   the file, key and reason are printed;
 * 4 -- the request is valid but its operation has no configured price;
 * 5 -- ``verify`` found broken ledger invariants (each is printed);
-* 6 -- the database cannot be used (unreachable, or not migrated: run ``migrate``).
+* 6 -- the database cannot be used (unreachable, or not migrated: run ``migrate``);
+* 7 -- not found (no such account, key...);
+* 8 -- a conflict (the account exists, the idempotency key was used for another request).
 """
 
 from __future__ import annotations
 
 import json
 import sys
-from datetime import UTC, datetime
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
 import sqlalchemy as sa
 import typer
+from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from api.errors import status_of
 from ledger.db import Database
+from ledger.keys import Keys
+from ledger.results import AccountView, GrantView
+from ledger.services import Ledger
 from ledger.settings import get_settings
 from ledger.verify import verify
 from pricing import CatalogSet, estimate, load_catalogs
 from pricing.catalog import describe
-from pricing.errors import CatalogError, NotBillable, PricingError
+from pricing.errors import CatalogError, DomainError, NotBillable, PricingError
 
 EXIT_INVALID = 2
 EXIT_CATALOG = 3
 EXIT_NOT_BILLABLE = 4
 EXIT_VIOLATIONS = 5
 EXIT_DATABASE = 6
+EXIT_NOT_FOUND = 7
+EXIT_CONFLICT = 8
 
 app = typer.Typer(
     name="creditledger",
@@ -83,6 +95,10 @@ def _parse_json(text: str, source: str) -> Any:
 
 
 def _parse_at(at: str | None) -> datetime | None:
+    return _parse_instant(at, "at")
+
+
+def _parse_instant(at: str | None, option: str) -> datetime | None:
     if at is None:
         return None
     try:
@@ -93,8 +109,8 @@ def _parse_at(at: str | None) -> datetime | None:
         _fail(
             {
                 "error": "invalid_request",
-                "field": "at",
-                "message": f"--at {at!r}: give an ISO 8601 instant with a timezone, "
+                "field": option,
+                "message": f"--{option} {at!r}: give an ISO 8601 instant with a timezone, "
                 "e.g. 2026-01-01T00:00:00Z",
             },
             EXIT_INVALID,
@@ -242,6 +258,294 @@ def verify_command(
         typer.echo("ok: every ledger invariant holds")
     if violations:
         raise typer.Exit(EXIT_VIOLATIONS)
+
+
+# ------------------------------------------------------------------ the admin commands
+
+_EXIT_BY_STATUS = {404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT}
+
+
+@contextmanager
+def _domain_errors() -> Iterator[None]:
+    """Domain errors become their JSON on stderr and a meaningful exit code."""
+    try:
+        yield
+    except CatalogError as exc:
+        _fail(exc.to_dict(), EXIT_CATALOG)
+    except DomainError as exc:
+        _fail(exc.to_dict(), _EXIT_BY_STATUS.get(status_of(exc), EXIT_INVALID))
+    except sa.exc.SQLAlchemyError as exc:
+        _fail(
+            {
+                "error": "database_error",
+                "message": str(exc).splitlines()[0],
+                "hint": "is the database reachable and migrated (`creditledger migrate`)?",
+            },
+            EXIT_DATABASE,
+        )
+
+
+@contextmanager
+def _open_ledger() -> Iterator[Ledger]:
+    with _domain_errors():
+        settings = get_settings()
+        try:
+            catalogs = load_catalogs(settings.catalog_dirs())
+        except CatalogError as exc:
+            _fail(exc.to_dict(), EXIT_CATALOG)
+        ledger = Ledger(
+            Database.from_url(settings.database_url),
+            catalogs,
+            hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
+        )
+        try:
+            yield ledger
+        finally:
+            ledger.db.dispose()
+
+
+def _emit(model: BaseModel, as_json: bool, title: str, rows: list[tuple[str, Any]]) -> None:
+    if as_json:
+        typer.echo(model.model_dump_json(indent=2))
+        return
+    table = Table(title=title, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value")
+    for name, value in rows:
+        table.add_row(name, "" if value is None else str(value))
+    Console().print(table)
+
+
+def _grants_table(grants: list[GrantView]) -> Table:
+    table = Table(title="grants")
+    for column in ("id", "kind", "amount", "remaining", "priority", "expires at"):
+        table.add_column(column)
+    for g in grants:
+        table.add_row(
+            g.id,
+            g.kind,
+            str(g.amount),
+            str(g.remaining),
+            str(g.priority),
+            g.expires_at.isoformat() if g.expires_at else "never",
+        )
+    return table
+
+
+def _show_account(view: AccountView, as_json: bool, title: str) -> None:
+    _emit(
+        view,
+        as_json,
+        title,
+        [
+            ("id", view.account_id),
+            ("unit", f"{view.unit} (scale {view.scale})"),
+            ("balance", view.balance),
+            ("pending", view.pending),
+            ("available", view.available),
+            ("overdraft limit", view.overdraft_limit),
+            ("debt", view.debt),
+            ("monthly allocation", view.monthly_allocation),
+            ("timezone", view.timezone),
+        ],
+    )
+    if not as_json and view.grants:
+        Console().print(_grants_table(view.grants))
+
+
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+KeyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--idempotency-key",
+        help="Retry-safe key: running the command again with it has no second effect.",
+    ),
+]
+
+account_app = typer.Typer(help="Open and inspect wallets.", no_args_is_help=True)
+app.add_typer(account_app, name="account")
+
+
+@account_app.command("create")
+def account_create(
+    account_id: Annotated[str, typer.Argument(help="The operator's id for the wallet.")],
+    unit: Annotated[str, typer.Option(help="token, credit or usd.")],
+    overdraft_limit: Annotated[int, typer.Option(help="Minor units below zero allowed.")] = 0,
+    monthly_allocation: Annotated[
+        int | None, typer.Option(help="Minor units granted each month.")
+    ] = None,
+    timezone: Annotated[str, typer.Option(help="IANA zone of the account's months.")] = "UTC",
+    idempotency_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Open a wallet."""
+    with _open_ledger() as ledger, _domain_errors():
+        view = ledger.open_account(
+            account_id,
+            unit,
+            idempotency_key=idempotency_key or f"cli:{uuid.uuid4().hex}",
+            overdraft_limit=overdraft_limit,
+            monthly_allocation=monthly_allocation,
+            timezone=timezone,
+        )
+    _show_account(view, as_json, f"account {view.account_id} opened")
+
+
+@account_app.command("show")
+def account_show(
+    account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """Balances and grants of a wallet."""
+    with _open_ledger() as ledger, _domain_errors():
+        view = ledger.account(account_id)
+    _show_account(view, as_json, f"account {view.account_id}")
+
+
+@app.command("topup")
+def topup_command(
+    account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
+    amount: Annotated[int, typer.Argument(help="Minor units of the wallet's unit.")],
+    kind: Annotated[str, typer.Option(help="pack, allocation or promo.")] = "pack",
+    expires_at: Annotated[
+        str | None, typer.Option(help="ISO 8601 instant the credits expire.")
+    ] = None,
+    priority: Annotated[int, typer.Option(help="Lower burns first.")] = 0,
+    reference: Annotated[str | None, typer.Option(help="Your reference (an order id).")] = None,
+    idempotency_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Add credits to a wallet."""
+    expiry = _parse_instant(expires_at, "expires-at")
+    with _open_ledger() as ledger, _domain_errors():
+        result = ledger.top_up(
+            account_id,
+            amount,
+            idempotency_key=idempotency_key or f"cli:{uuid.uuid4().hex}",
+            kind=kind,
+            expires_at=expiry,
+            priority=priority,
+            reference=reference,
+        )
+    b = result.balance
+    _emit(
+        result,
+        as_json,
+        f"topped up {account_id}",
+        [
+            ("entry", result.entry.id),
+            ("grant", result.grant.id if result.grant else None),
+            ("amount", amount),
+            ("balance", b.balance),
+            ("available", b.available),
+        ],
+    )
+
+
+keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
+app.add_typer(keys_app, name="keys")
+
+
+def _keys() -> Keys:
+    return Keys(Database.from_url(get_settings().database_url))
+
+
+@keys_app.command("create")
+def keys_create(
+    role: Annotated[str, typer.Option(help="admin, service or customer.")],
+    name: Annotated[str, typer.Option(help="What the key is for.")] = "",
+    account: Annotated[str | None, typer.Option(help="The one wallet of a customer key.")] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Create a key. Its secret is printed this once: store it now."""
+    keys = _keys()
+    try:
+        with _domain_errors():
+            created = keys.create(role, name=name, account_id=account)
+    finally:
+        keys.db.dispose()
+    _emit(
+        created,
+        as_json,
+        "API key created (the key is shown this once)",
+        [
+            ("id", created.id),
+            ("role", created.role),
+            ("account", created.account_id),
+            ("key", created.key),
+        ],
+    )
+
+
+@keys_app.command("revoke")
+def keys_revoke(
+    key_id: Annotated[str, typer.Argument(help="The key's id (not its secret).")],
+    as_json: JsonOption = False,
+) -> None:
+    """Revoke a key: every later request with it gets 401."""
+    keys = _keys()
+    try:
+        with _domain_errors():
+            view = keys.revoke(key_id)
+    finally:
+        keys.db.dispose()
+    _emit(view, as_json, "API key revoked", [("id", view.id), ("revoked at", view.revoked_at)])
+
+
+@keys_app.command("list")
+def keys_list(as_json: JsonOption = False) -> None:
+    """Every key (never a secret)."""
+    keys = _keys()
+    try:
+        with _domain_errors():
+            views = keys.list()
+    finally:
+        keys.db.dispose()
+    if as_json:
+        typer.echo(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
+        return
+    table = Table(title="API keys")
+    for column in ("id", "name", "role", "account", "created", "revoked"):
+        table.add_column(column)
+    for v in views:
+        table.add_row(
+            v.id,
+            v.name,
+            v.role,
+            v.account_id or "",
+            v.created_at.isoformat(timespec="seconds"),
+            v.revoked_at.isoformat(timespec="seconds") if v.revoked_at else "",
+        )
+    Console().print(table)
+
+
+@app.command("serve")
+def serve_command(
+    host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
+    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+) -> None:
+    """Migrate the database, then serve the HTTP API and run the sweepers."""
+    import uvicorn
+
+    from api.main import app_from_settings
+
+    settings = get_settings()
+    with _domain_errors():
+        db = Database.from_url(settings.database_url)
+        try:
+            db.migrate()
+        finally:
+            db.dispose()
+        web = app_from_settings(settings)
+        created = web.state.services.keys.bootstrap_admin()
+    if created is not None:
+        typer.echo(
+            "No admin key was configured (CREDITLEDGER_ADMIN_KEY), so one was created.\n"
+            f"Admin key (shown this once, store it now): {created.key}",
+            err=True,
+        )
+    uvicorn.run(web, host=host, port=port, access_log=access_log, log_level="info")
 
 
 def main() -> None:

@@ -11,6 +11,7 @@ its balance.
 from __future__ import annotations
 
 import json
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from decimal import Decimal
@@ -83,6 +84,11 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        # SQLite has one writer at a time. Threads of this process queue here for it
+        # instead of polling SQLite's busy handler, whose back-off sleeps (up to 100 ms
+        # each) would make the tail latency of concurrent writers; other processes (the
+        # CLI) still meet the busy timeout.
+        self._writer = threading.Lock() if self.is_sqlite else None
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:
@@ -95,6 +101,15 @@ class Database:
     @contextmanager
     def transaction(self, *, write: bool = True) -> Iterator[Connection]:
         """One unit of work: commits once on success, rolls back on any exception."""
+        if write and self._writer is not None:
+            with self._writer, self._connect(write=True) as conn:
+                yield conn
+            return
+        with self._connect(write=write) as conn:
+            yield conn
+
+    @contextmanager
+    def _connect(self, *, write: bool) -> Iterator[Connection]:
         with self.engine.connect() as conn:
             if write:
                 conn.execution_options(**{_WRITE: True})

@@ -67,6 +67,7 @@ SYSTEM_KINDS = ("funding", "revenue", "expired", "promotions")
 ACCOUNT_KINDS = (WALLET, *SYSTEM_KINDS)
 GRANT_KINDS = ("allocation", "pack", "promo", "adjustment")
 HOLD_STATUSES = ("pending", "captured", "voided", "expired")
+KEY_ROLES = ("admin", "service", "customer")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -313,6 +314,32 @@ class AllocationPeriod(SQLModel, table=True):
     created_at: datetime = instant()
 
 
+class ApiKey(SQLModel, table=True):
+    """An API key: its role, and for a customer key the one wallet it may see.
+
+    Only a SHA-256 digest of the secret is stored. The secret is 256 random bits, so a
+    fast digest is enough: there is nothing to brute-force, and a dump of this table
+    holds no usable key.
+    """
+
+    __tablename__ = "api_keys"
+    __table_args__ = (
+        sa.CheckConstraint(_in("role", KEY_ROLES), name="ck_api_keys_role"),
+        sa.CheckConstraint(
+            "(role = 'customer') = (account_id IS NOT NULL)", name="ck_api_keys_customer_account"
+        ),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    name: str = Field(max_length=200)
+    role: str = Field(max_length=16)
+    account_id: int | None = Field(default=None, foreign_key="accounts.id")
+    #: Hex SHA-256 of the secret part of the key.
+    secret_sha256: str = Field(max_length=64)
+    created_at: datetime = instant()
+    revoked_at: datetime | None = instant(nullable=True)
+
+
 metadata = SQLModel.metadata
 
 
@@ -335,3 +362,4 @@ metering = table_of(MeteringRecord)
 daily = table_of(DailyUsage)
 idempotency = table_of(IdempotencyKey)
 periods = table_of(AllocationPeriod)
+api_keys = table_of(ApiKey)

@@ -865,6 +865,10 @@ class Ledger:
 
     # ------------------------------------------------------------------ authorizations
 
+    def quote(self, request: Mapping[str, Any]) -> Quote:
+        """Price a request with the catalog versions in force now; changes nothing."""
+        return self._quote(request, self._now())
+
     def _quote(self, request: Any, now: datetime) -> Quote:
         return estimate(request, now, catalogs=self.catalogs)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -24,6 +24,16 @@ class Settings(BaseSettings):
 
     #: How long an authorization holds credits before the sweeper releases it.
     hold_ttl_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
+
+    #: The admin API key. Unset: the server's first start creates one and prints it once.
+    admin_key: SecretStr | None = None
+
+    #: Seconds between two runs of the sweepers in ``creditledger serve`` (hold expiry,
+    #: grant expiry, monthly allocations).
+    sweep_interval_seconds: float = Field(default=5.0, gt=0, le=3600)
+
+    #: The largest request body the HTTP API reads, in bytes (larger: 413).
+    max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
 
     def catalog_dirs(self) -> list[Path]:
         """The operator catalog directories to load after the shipped catalogs."""

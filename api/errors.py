@@ -1,0 +1,171 @@
+"""The one place that maps errors to HTTP status codes.
+
+Every error body is JSON: ``error`` (a stable code), ``message``, and where it helps
+``field`` and ``allowed``. Domain errors come from ``pricing.errors`` and
+``ledger.errors``; request validation, authentication and routing errors are shaped the
+same way here, so a client parses one error format.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from ledger.errors import (
+    AccountExists,
+    AlreadyReversed,
+    HoldNotPending,
+    IdempotencyConflict,
+    InsufficientCredits,
+    InvalidInput,
+    NotFound,
+    NotReversible,
+)
+from pricing.errors import AmountOverflow, DomainError, InvalidRequest, NotBillable
+
+log = logging.getLogger("creditledger.api")
+
+#: Domain errors by status code (the first class that matches, in this order, wins).
+STATUS: tuple[tuple[type[DomainError], int], ...] = (
+    (InsufficientCredits, 402),
+    (NotFound, 404),
+    (AccountExists, 409),
+    (HoldNotPending, 409),
+    (AlreadyReversed, 409),
+    (NotReversible, 409),
+    (IdempotencyConflict, 409),
+    (InvalidInput, 422),
+    (InvalidRequest, 422),
+    (NotBillable, 422),
+    (AmountOverflow, 422),
+)
+
+
+class Unauthorized(Exception):
+    """No key, or a key that is unknown, malformed or revoked: 401."""
+
+
+class Forbidden(Exception):
+    """The key's role may not do this: 403."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+def status_of(exc: DomainError) -> int:
+    for cls, status in STATUS:
+        if isinstance(exc, cls):
+            return status
+    return 500
+
+
+def _domain(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DomainError)
+    status = status_of(exc)
+    if status == 500:
+        # A domain error with no status is a bug (an unbalanced entry, a broken catalog).
+        log.error("unmapped domain error", exc_info=exc)
+        return JSONResponse({"error": "internal_error", "message": "internal error"}, 500)
+    return JSONResponse(exc.to_dict(), status)
+
+
+def _location(loc: tuple[Any, ...] | list[Any]) -> str:
+    parts = [str(p) for p in loc]
+    if parts and parts[0] in ("body", "query", "path", "header"):
+        parts = parts[1:]
+    return ".".join(parts)
+
+
+def _allowed(error: dict[str, Any]) -> Any:
+    ctx = error.get("ctx") or {}
+    if "expected" in ctx:
+        return ctx["expected"]
+    bounds = {k: ctx[k] for k in ("ge", "gt", "le", "lt", "min_length", "max_length") if k in ctx}
+    return bounds or None
+
+
+def _validation(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = list(exc.errors())
+    if any(e.get("type") == "json_invalid" for e in errors):
+        first = errors[0]
+        detail = (first.get("ctx") or {}).get("error", "malformed JSON")
+        return JSONResponse(
+            {"error": "invalid_json", "message": f"the body is not valid JSON: {detail}"}, 400
+        )
+    shaped = []
+    for e in errors:
+        item: dict[str, Any] = {"field": _location(e.get("loc", ())), "message": e.get("msg", "")}
+        allowed = _allowed(e)
+        if allowed is not None:
+            item["allowed"] = allowed
+        shaped.append(item)
+    first = shaped[0]
+    body: dict[str, Any] = {
+        "error": "invalid_request",
+        "message": f"{first['field'] or 'body'}: {first['message']}",
+        "field": first["field"],
+    }
+    if "allowed" in first:
+        body["allowed"] = first["allowed"]
+    if len(shaped) > 1:
+        body["errors"] = shaped
+    return JSONResponse(_json_safe(body), 422)
+
+
+def _json_safe(value: Any) -> Any:
+    """Validation contexts may hold Decimals or exceptions: make them text."""
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    if value is None or isinstance(value, bool | int | float | str):
+        return value
+    return str(value)
+
+
+def _unauthorized(_request: Request, _exc: Exception) -> JSONResponse:
+    return JSONResponse(
+        {
+            "error": "unauthorized",
+            "message": "send a valid API key as 'Authorization: Bearer <key>'",
+        },
+        401,
+        headers={"WWW-Authenticate": "Bearer"},
+    )
+
+
+def _forbidden(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, Forbidden)
+    return JSONResponse({"error": "forbidden", "message": exc.message}, 403)
+
+
+_HTTP_CODES = {
+    400: "bad_request",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "body_too_large",
+    415: "unsupported_media_type",
+}
+
+
+def _http(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, StarletteHTTPException)
+    code = _HTTP_CODES.get(exc.status_code, "http_error")
+    message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
+    return JSONResponse({"error": code, "message": message}, exc.status_code, headers=exc.headers)
+
+
+def install(app: FastAPI) -> None:
+    """Register the handlers on ``app``."""
+    app.add_exception_handler(DomainError, _domain)
+    app.add_exception_handler(RequestValidationError, _validation)
+    app.add_exception_handler(Unauthorized, _unauthorized)
+    app.add_exception_handler(Forbidden, _forbidden)
+    app.add_exception_handler(StarletteHTTPException, _http)

@@ -1,0 +1,86 @@
+"""The FastAPI application: ``create_app()`` wires the services, routes and handlers."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import errors
+from api.deps import Services
+from api.metrics import Metrics, MetricsMiddleware
+from api.routes import accounts, gateway, meta
+from api.routes import keys as key_routes
+from api.routing import BodyLimit
+from ledger.db import Database
+from ledger.keys import Keys
+from ledger.services import Ledger, ledger_from_settings
+from ledger.settings import Settings
+from ledger.sweeper import Sweeper, Swept
+
+DESCRIPTION = """\
+Metering and billing ledger for AI-generation APIs.
+
+A gateway asks, for every request: what will it cost (`POST /v1/estimates`), can this
+customer pay (`POST /v1/authorizations`: a hold, or **402** with `credits_needed` and
+`credits_balance`), and what did it cost (`POST /v1/authorizations/{id}/capture`).
+
+Amounts are integers of the unit's minor units, with `unit` and `scale` beside them.
+Send `Authorization: Bearer <key>`; mutating requests take an `Idempotency-Key` header.
+"""
+
+
+def create_app(
+    ledger: Ledger,
+    keys: Keys,
+    *,
+    settings: Settings | None = None,
+    sweep: bool = False,
+) -> FastAPI:
+    """The API over ``ledger``; ``sweep`` runs the background jobs while the app is up."""
+    settings = settings or Settings()
+    metrics = Metrics()
+
+    def swept(result: Swept) -> None:
+        if result.holds_expired:
+            metrics.holds_resolved.labels("expired").inc(result.holds_expired)
+
+    sweeper = Sweeper(ledger, settings.sweep_interval_seconds, on_swept=swept)
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        if sweep:
+            sweeper.start()
+        try:
+            yield
+        finally:
+            if sweep:
+                sweeper.stop()
+
+    app = FastAPI(
+        title="creditledger",
+        version="0.1.0",
+        description=DESCRIPTION,
+        lifespan=lifespan,
+    )
+    app.state.services = Services(ledger=ledger, keys=keys, metrics=metrics, settings=settings)
+    app.state.sweeper = sweeper
+    errors.install(app)
+    for module in (gateway, accounts, key_routes, meta):
+        app.include_router(module.router)
+    app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(MetricsMiddleware, metrics=metrics)
+    return app
+
+
+def app_from_settings(settings: Settings, *, sweep: bool = True) -> FastAPI:
+    """The app as ``creditledger serve`` runs it: database and catalogs from ``settings``."""
+    ledger = ledger_from_settings(settings)
+    keys = keys_from_settings(ledger.db, settings)
+    return create_app(ledger, keys, settings=settings, sweep=sweep)
+
+
+def keys_from_settings(db: Database, settings: Settings) -> Keys:
+    admin = settings.admin_key.get_secret_value() if settings.admin_key else None
+    return Keys(db, admin_key=admin)

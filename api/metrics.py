@@ -1,0 +1,81 @@
+"""Prometheus metrics of the HTTP API: requests, latencies, holds and 402s.
+
+Each app has its own registry (several apps may live in one process, as in the tests).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+#: Latency buckets in seconds: fine below 25 ms, where the ledger's target lies.
+BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.requests = Counter(
+            "creditledger_http_requests_total",
+            "HTTP requests by method, route template and status code.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+        self.latency = Histogram(
+            "creditledger_http_request_duration_seconds",
+            "HTTP request latency by method and route template, in seconds.",
+            ["method", "route"],
+            buckets=BUCKETS,
+            registry=self.registry,
+        )
+        self.holds_opened = Counter(
+            "creditledger_holds_opened_total",
+            "Authorizations that opened a hold.",
+            registry=self.registry,
+        )
+        self.holds_resolved = Counter(
+            "creditledger_holds_resolved_total",
+            "Holds resolved, by outcome (captured, voided, expired).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.insufficient = Counter(
+            "creditledger_insufficient_credits_total",
+            "Requests answered 402 Insufficient credits, by route template.",
+            ["route"],
+            registry=self.registry,
+        )
+
+
+class MetricsMiddleware:
+    """Counts and times every HTTP request by its route template (not its raw path)."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status = [500]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            route: Any = scope.get("route")
+            template = getattr(route, "path", None) or "unmatched"
+            method = scope["method"]
+            self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)
+            self.metrics.requests.labels(method, template, str(status[0])).inc()
+            if status[0] == 402:
+                self.metrics.insufficient.labels(template).inc()

@@ -1,0 +1,143 @@
+"""Wallets: open, read, top up, adjust; the journal: entries and reversals."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Query
+
+from api.deps import Admin, Caller, IdempotencyKey, JournalReader, ServicesDep, ensure_own
+from api.routing import JsonRoute
+from api.schemas import (
+    AccountCreate,
+    AccountPublic,
+    AdjustmentCreate,
+    AdjustmentResult,
+    EntryPage,
+    ErrorPublic,
+    ReversalCreate,
+    ReversalResult,
+    TopUpCreate,
+    TopUpResult,
+)
+from ledger.results import AccountView
+
+router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["accounts"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "No valid API key."},
+    403: {"model": ErrorPublic, "description": "The key's role may not do this."},
+    404: {"model": ErrorPublic, "description": "No such account or entry."},
+    409: {"model": ErrorPublic, "description": "A conflict (exists, reversed, idempotency)."},
+    422: {"model": ErrorPublic, "description": "Invalid request: the field and what is allowed."},
+}
+
+
+def _public(view: AccountView) -> AccountPublic:
+    return AccountPublic(
+        id=view.account_id,
+        unit=view.unit,
+        scale=view.scale,
+        balance=view.balance,
+        pending=view.pending,
+        available=view.available,
+        overdraft_limit=view.overdraft_limit,
+        debt=view.debt,
+        monthly_allocation=view.monthly_allocation,
+        timezone=view.timezone,
+        created_at=view.created_at,
+        grants=view.grants,
+    )
+
+
+@router.post("/accounts", status_code=201, response_model=AccountPublic, responses=_ERRORS)
+def create_account(
+    body: AccountCreate, _caller: Admin, services: ServicesDep, key: IdempotencyKey
+) -> AccountPublic:
+    """Open a wallet counted in ``unit`` (409 if the id is taken)."""
+    return _public(
+        services.ledger.open_account(
+            body.id,
+            body.unit,
+            idempotency_key=key,
+            overdraft_limit=body.overdraft_limit,
+            monthly_allocation=body.monthly_allocation,
+            timezone=body.timezone,
+        )
+    )
+
+
+@router.get("/accounts/{id}", response_model=AccountPublic, responses=_ERRORS)
+def read_account(id: str, caller: Caller, services: ServicesDep) -> AccountPublic:
+    """Balances (posted, pending holds, available) and credit grants."""
+    ensure_own(caller, id)
+    return _public(services.ledger.account(id))
+
+
+@router.get("/accounts/{id}/entries", response_model=EntryPage, responses=_ERRORS)
+def list_entries(
+    id: str,
+    caller: JournalReader,
+    services: ServicesDep,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> EntryPage:
+    """The wallet's journal entries, newest first; pass ``next_cursor`` for the next page."""
+    ensure_own(caller, id)
+    return services.ledger.entries(id, cursor=cursor, limit=limit)
+
+
+@router.post(
+    "/accounts/{id}/topups", status_code=201, response_model=TopUpResult, responses=_ERRORS
+)
+def create_topup(
+    id: str,
+    body: TopUpCreate,
+    _caller: Admin,
+    services: ServicesDep,
+    key: IdempotencyKey,
+) -> TopUpResult:
+    """Add credits as a grant (a token pack, a monthly allocation, a promotion)."""
+    return services.ledger.top_up(
+        id,
+        body.amount,
+        idempotency_key=key,
+        kind=body.kind,
+        expires_at=body.expires_at,
+        priority=body.priority,
+        reference=body.reference,
+    )
+
+
+@router.post(
+    "/accounts/{id}/adjustments",
+    status_code=201,
+    response_model=AdjustmentResult,
+    responses=_ERRORS,
+)
+def create_adjustment(
+    id: str,
+    body: AdjustmentCreate,
+    _caller: Admin,
+    services: ServicesDep,
+    key: IdempotencyKey,
+) -> AdjustmentResult:
+    """An admin correction: a signed amount with its reason."""
+    return services.ledger.adjust(id, body.amount, reason=body.reason, idempotency_key=key)
+
+
+@router.post(
+    "/entries/{id}/reverse",
+    status_code=201,
+    response_model=ReversalResult,
+    responses=_ERRORS,
+)
+def reverse_entry(
+    id: str,
+    body: ReversalCreate,
+    _caller: Admin,
+    services: ServicesDep,
+    key: IdempotencyKey,
+) -> ReversalResult:
+    """Reverse an entry (refund a charge, take back a top-up), at most once."""
+    return services.ledger.reverse(id, reason=body.reason, idempotency_key=key)

@@ -1,0 +1,121 @@
+"""What a gateway calls per request: estimate, authorize, capture, void, charge."""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from fastapi import APIRouter
+
+from api.deps import Caller, Gateway, IdempotencyKey, ServicesDep, ensure_own
+from api.routing import JsonRoute
+from api.schemas import (
+    AuthorizationCreate,
+    CaptureCreate,
+    CaptureResult,
+    ChargeCreate,
+    ChargeResult,
+    ErrorPublic,
+    EstimateCreate,
+    EstimatePublic,
+    HoldView,
+    InsufficientCreditsPublic,
+)
+from ledger.errors import InvalidInput, NotFound
+
+router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["gateway"])
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "No valid API key."},
+    403: {"model": ErrorPublic, "description": "The key's role may not do this."},
+    404: {"model": ErrorPublic, "description": "No such account or authorization."},
+    409: {"model": ErrorPublic, "description": "Idempotency key reused with another body."},
+    422: {"model": ErrorPublic, "description": "Invalid request: the field and what is allowed."},
+}
+_PAYING: dict[int | str, dict[str, Any]] = {
+    **_ERRORS,
+    402: {"model": InsufficientCreditsPublic, "description": "Insufficient credits."},
+}
+
+
+@router.post("/estimates", response_model=EstimatePublic, responses=_ERRORS)
+def create_estimate(body: EstimateCreate, caller: Caller, services: ServicesDep) -> EstimatePublic:
+    """Quote a request; with ``account_id``, also whether the wallet can afford it now."""
+    ledger = services.ledger
+    quote = ledger.quote(body.envelope())
+    public = EstimatePublic.model_validate(quote.to_dict())
+    if body.account_id is None:
+        return public
+    ensure_own(caller, body.account_id)
+    balance = ledger.balance(body.account_id)
+    if balance.unit != quote.unit:
+        raise InvalidInput(
+            f"catalog '{quote.catalog}' bills in {quote.unit}; account "
+            f"'{body.account_id}' holds {balance.unit}",
+            field="catalog",
+        )
+    return public.model_copy(
+        update={
+            "affordable": balance.debt == 0 and balance.available >= quote.max_cost,
+            "credits_balance": balance.available,
+        }
+    )
+
+
+@router.post("/authorizations", status_code=201, response_model=HoldView, responses=_PAYING)
+def create_authorization(
+    body: AuthorizationCreate, _caller: Gateway, services: ServicesDep, key: IdempotencyKey
+) -> HoldView:
+    """Hold the request's worst-case cost, or 402 with ``credits_needed``/``credits_balance``."""
+    hold = services.ledger.authorize(
+        body.account_id,
+        body.envelope(),
+        idempotency_key=key,
+        request_id=body.request_id,
+        ttl=None if body.ttl_seconds is None else timedelta(seconds=body.ttl_seconds),
+    )
+    services.metrics.holds_opened.inc()
+    return hold
+
+
+@router.get("/authorizations/{id}", response_model=HoldView, responses=_ERRORS)
+def read_authorization(id: str, caller: Caller, services: ServicesDep) -> HoldView:
+    hold = services.ledger.hold(id)
+    # A customer sees its own wallet's authorizations; others do not exist for it.
+    if caller.role == "customer" and caller.account != hold.account_id:
+        raise NotFound(f"no authorization '{id}'", field="id")
+    return hold
+
+
+@router.post("/authorizations/{id}/capture", response_model=CaptureResult, responses=_ERRORS)
+def capture_authorization(
+    id: str,
+    body: CaptureCreate,
+    _caller: Gateway,
+    services: ServicesDep,
+    key: IdempotencyKey,
+) -> CaptureResult:
+    """Charge what was used (ERROR: nothing) and release the rest of the hold."""
+    result = services.ledger.capture(id, status=body.status, usage=body.usage, idempotency_key=key)
+    services.metrics.holds_resolved.labels("captured").inc()
+    return result
+
+
+@router.post("/authorizations/{id}/void", response_model=HoldView, responses=_ERRORS)
+def void_authorization(
+    id: str, _caller: Gateway, services: ServicesDep, key: IdempotencyKey
+) -> HoldView:
+    """Release the whole hold."""
+    hold = services.ledger.void(id, idempotency_key=key)
+    services.metrics.holds_resolved.labels("voided").inc()
+    return hold
+
+
+@router.post("/charges", status_code=201, response_model=ChargeResult, responses=_PAYING)
+def create_charge(
+    body: ChargeCreate, _caller: Gateway, services: ServicesDep, key: IdempotencyKey
+) -> ChargeResult:
+    """Deduct the request's cost at once (APIs that charge when generation starts)."""
+    return services.ledger.charge(
+        body.account_id, body.envelope(), idempotency_key=key, request_id=body.request_id
+    )

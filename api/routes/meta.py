@@ -1,0 +1,54 @@
+"""Catalogs, health and metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy as sa
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from api.deps import Caller, ServicesDep
+from api.routing import JsonRoute
+from api.schemas import CatalogsPublic, ErrorPublic, HealthPublic
+from ledger.errors import NotFound
+from pricing.catalog import describe
+
+router = APIRouter(route_class=JsonRoute)
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    401: {"model": ErrorPublic, "description": "No valid API key."},
+    404: {"model": ErrorPublic, "description": "No such catalog."},
+}
+
+
+@router.get("/v1/catalogs", response_model=CatalogsPublic, responses=_ERRORS, tags=["catalogs"])
+def list_catalogs(_caller: Caller, services: ServicesDep) -> CatalogsPublic:
+    """Every catalog: versions (which is in force), operations, models and prices."""
+    return CatalogsPublic(catalogs=describe(services.ledger.catalogs, services.ledger.clock()))
+
+
+@router.get(
+    "/v1/catalogs/{name}", response_model=dict[str, Any], responses=_ERRORS, tags=["catalogs"]
+)
+def read_catalog(name: str, _caller: Caller, services: ServicesDep) -> dict[str, Any]:
+    for catalog in describe(services.ledger.catalogs, services.ledger.clock()):
+        if catalog["name"] == name:
+            return catalog
+    raise NotFound(
+        f"no catalog '{name}'", field="name", allowed=sorted(services.ledger.catalogs.catalogs)
+    )
+
+
+@router.get("/healthz", response_model=HealthPublic, tags=["meta"])
+def health(services: ServicesDep) -> HealthPublic:
+    """Liveness and database reachability (no key needed)."""
+    with services.ledger.db.transaction(write=False) as conn:
+        conn.execute(sa.text("SELECT 1"))
+    return HealthPublic(status="ok", database=services.ledger.db.dialect)
+
+
+@router.get("/metrics", include_in_schema=False)
+def metrics(services: ServicesDep) -> Response:
+    """Prometheus text format (no key needed: scrape it from the private network)."""
+    return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,99 @@
+"""The route class of every JSON endpoint: exact numbers in, JSON bodies only.
+
+Request bodies are parsed with ``Decimal`` for fractions (floats never touch money or a
+price parameter) and refuse ``NaN`` and ``Infinity``, which Python's JSON parser would
+otherwise accept. A body sent with a content type other than JSON gets 415.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Coroutine
+from decimal import Decimal
+from typing import Any
+
+from fastapi import Request, Response
+from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
+from starlette.exceptions import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+
+def _constant(name: str) -> Any:
+    raise json.JSONDecodeError(f"{name} is not a number", name, 0)
+
+
+def loads(body: bytes) -> Any:
+    """JSON with exact fractions (Decimal) and no NaN/Infinity."""
+    return json.loads(body, parse_float=Decimal, parse_constant=_constant)
+
+
+class _ExactRequest(Request):
+    async def json(self) -> Any:
+        if not hasattr(self, "_json"):
+            self._json = loads(await self.body())
+        return self._json
+
+
+def _is_json(content_type: str) -> bool:
+    media = content_type.split(";", 1)[0].strip().lower()
+    return media == "application/json" or (
+        media.startswith("application/") and media.endswith("+json")
+    )
+
+
+class JsonRoute(APIRoute):
+    def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
+        handler = super().get_route_handler()
+        takes_body = self.body_field is not None
+
+        async def exact(request: Request) -> Response:
+            exact_request = _ExactRequest(request.scope, request.receive)
+            if takes_body and await exact_request.body():
+                content_type = exact_request.headers.get("content-type", "")
+                if not _is_json(content_type):
+                    raise HTTPException(
+                        415,
+                        f"send the body as application/json (got {content_type or 'no type'!r})",
+                    )
+            return await handler(exact_request)
+
+        return exact
+
+
+class BodyLimit:
+    """413, in the API's JSON error format, for a body over ``limit`` bytes.
+
+    A declared ``Content-Length`` over the limit is refused before the body is read; a
+    body sent without one (chunked) is counted as it is read and refused when it passes.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope["headers"]:
+            if name == b"content-length":
+                if not value.isdigit() or int(value) > self.limit:
+                    await JSONResponse(self._body(), 413)(scope, receive, send)
+                    return
+                break
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise HTTPException(413, self._body()["message"])
+            return message
+
+        await self.app(scope, counted, send)
+
+    def _body(self) -> dict[str, str]:
+        return {"error": "body_too_large", "message": f"the body exceeds {self.limit} bytes"}

@@ -1,0 +1,236 @@
+"""Request and response bodies of the HTTP API (the edge's schemas).
+
+Requests are strict: unknown fields are refused, amounts are JSON integers of the unit's
+minor units within 64 bits (no floats, no strings, no booleans). Responses reuse the
+ledger's result models where they already are the public shape.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+
+from ledger.keys import CreatedKey, KeyView
+from ledger.results import (
+    AdjustmentResult,
+    CaptureResult,
+    ChargeResult,
+    EntryPage,
+    GrantView,
+    HoldView,
+    ReversalResult,
+    TopUpResult,
+)
+
+MAX_AMOUNT = 2**63 - 1
+
+Amount = Annotated[
+    int,
+    Field(strict=True, ge=1, le=MAX_AMOUNT, description="Minor units of the account's unit."),
+]
+NonNegativeAmount = Annotated[int, Field(strict=True, ge=0, le=MAX_AMOUNT)]
+SignedAmount = Annotated[
+    int,
+    Field(
+        strict=True,
+        ge=-MAX_AMOUNT,
+        le=MAX_AMOUNT,
+        description="Signed minor units: positive credits the wallet, negative debits it.",
+    ),
+]
+AccountId = Annotated[
+    str,
+    Field(
+        min_length=1,
+        max_length=200,
+        description="The operator's id for the wallet (a bucket slug, a user id).",
+    ),
+]
+Name = Annotated[str, Field(min_length=1, max_length=64)]
+Reason = Annotated[str, Field(min_length=1, max_length=500)]
+
+
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class PricedRequest(_Request):
+    """The envelope a gateway sends: the provider's own request body under ``params``."""
+
+    catalog: Name = Field(description="A price catalog, e.g. cosmic, veo3, pixazo.")
+    operation: Name = Field(description="An operation of the catalog, e.g. text, video.")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="The provider's request body, as the provider takes it."
+    )
+
+    def envelope(self) -> dict[str, Any]:
+        return {"catalog": self.catalog, "operation": self.operation, "params": self.params}
+
+
+class EstimateCreate(PricedRequest):
+    account_id: AccountId | None = Field(
+        default=None, description="Also say whether this wallet can afford the request now."
+    )
+
+
+class AuthorizationCreate(PricedRequest):
+    account_id: AccountId
+    request_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None, description="The gateway's id of the request, kept on the metering record."
+    )
+    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=7 * 24 * 3600)] | None = Field(
+        default=None, description="How long to hold; default: the server's hold TTL."
+    )
+
+
+class ChargeCreate(PricedRequest):
+    account_id: AccountId
+    request_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
+class CaptureCreate(_Request):
+    status: Literal["COMPLETED", "FAILED", "ERROR"] = Field(
+        description="The provider's outcome. ERROR is never charged."
+    )
+    usage: dict[str, Any] | None = Field(
+        default=None,
+        description="What the request used: the provider's usage object (input_tokens, "
+        "output_tokens, images, videos, seconds, candidates...).",
+    )
+
+
+class AccountCreate(_Request):
+    id: AccountId
+    unit: Annotated[str, Field(min_length=1, max_length=16)] = Field(
+        description="The unit the wallet counts in: token, credit or usd."
+    )
+    overdraft_limit: NonNegativeAmount = 0
+    monthly_allocation: Amount | None = None
+    timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+
+
+class TopUpCreate(_Request):
+    amount: Amount
+    kind: Literal["pack", "allocation", "promo"] = "pack"
+    expires_at: AwareDatetime | None = None
+    priority: Annotated[int, Field(strict=True, ge=-1_000_000, le=1_000_000)] = 0
+    reference: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
+class AdjustmentCreate(_Request):
+    amount: SignedAmount
+    reason: Reason
+
+
+class ReversalCreate(_Request):
+    reason: Reason
+
+
+class KeyCreate(_Request):
+    role: Literal["admin", "service", "customer"]
+    name: Annotated[str, Field(max_length=200)] = ""
+    account_id: AccountId | None = Field(
+        default=None, description="The one wallet a customer key may see (customer keys only)."
+    )
+
+
+# ------------------------------------------------------------------------------ responses
+
+
+class LinePublic(BaseModel):
+    description: str
+    quantity: int | str
+    unit_price: str
+    amount: str
+
+
+class QuotePublic(BaseModel):
+    """A quote: ``cost`` as requested, ``max_cost`` the most it can cost (what is held)."""
+
+    catalog: str
+    catalog_version: str
+    operation: str
+    model: str
+    unit: str
+    scale: int
+    cost: int
+    max_cost: int
+    lines: list[LinePublic]
+    defaults_applied: dict[str, Any]
+    estimated_usage: dict[str, int | str]
+
+
+class EstimatePublic(QuotePublic):
+    #: With ``account_id``: whether available covers ``max_cost`` now (authorize decides).
+    affordable: bool | None = None
+    #: With ``account_id``: the wallet's available credits.
+    credits_balance: int | None = None
+
+
+class AccountPublic(BaseModel):
+    id: str
+    unit: str
+    scale: int
+    balance: int
+    pending: int
+    available: int
+    overdraft_limit: int
+    debt: int
+    monthly_allocation: int | None
+    timezone: str
+    created_at: datetime
+    grants: list[GrantView]
+
+
+class CatalogsPublic(BaseModel):
+    catalogs: list[dict[str, Any]]
+
+
+class HealthPublic(BaseModel):
+    status: Literal["ok"]
+    database: str
+
+
+class ErrorPublic(BaseModel):
+    error: str
+    message: str
+    field: str | None = None
+    allowed: Any = None
+    errors: list[dict[str, Any]] | None = None
+
+
+class InsufficientCreditsPublic(ErrorPublic):
+    credits_needed: int
+    credits_balance: int
+    unit: str
+    scale: int
+
+
+__all__ = [
+    "AccountCreate",
+    "AccountPublic",
+    "AdjustmentCreate",
+    "AdjustmentResult",
+    "AuthorizationCreate",
+    "CaptureCreate",
+    "CaptureResult",
+    "CatalogsPublic",
+    "ChargeCreate",
+    "ChargeResult",
+    "CreatedKey",
+    "EntryPage",
+    "ErrorPublic",
+    "EstimateCreate",
+    "EstimatePublic",
+    "HealthPublic",
+    "HoldView",
+    "InsufficientCreditsPublic",
+    "KeyCreate",
+    "KeyView",
+    "ReversalCreate",
+    "ReversalResult",
+    "TopUpCreate",
+    "TopUpResult",
+]

@@ -1,0 +1,219 @@
+"""API keys: who may call, in which role, for which wallet.
+
+A key reads ``clk_<id>_<secret>``. The id finds the row; the secret (256 random bits) is
+checked against the stored SHA-256 digest in constant time. Only the digest is stored, so
+a dump of the database holds no usable key, and a key is shown once, when it is created.
+
+Roles: ``admin`` may do everything; ``service`` (the gateway) estimates, authorizes,
+captures, voids and charges for any wallet and reads balances; ``customer`` is bound to one
+wallet and reads its balance, entries and usage, and estimates.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+
+from ledger.db import Database
+from ledger.errors import InvalidInput, NotFound
+from ledger.models import KEY_ROLES, WALLET, accounts, api_keys
+
+PREFIX = "clk"
+#: The id of the key given in ``CREDITLEDGER_ADMIN_KEY`` (it has no row).
+ENVIRONMENT_KEY_ID = "environment"
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _digest(secret: str) -> str:
+    return hashlib.sha256(secret.encode("utf-8")).hexdigest()
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """An authenticated caller. ``account`` is the wallet's external id for customers."""
+
+    key_id: str
+    role: str
+    account: str | None = None
+
+
+class KeyView(BaseModel):
+    """A key as listed: never its secret."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    name: str
+    role: str
+    account_id: str | None
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+class CreatedKey(KeyView):
+    #: The whole key, to send as ``Authorization: Bearer <key>``. Shown this once.
+    key: str
+
+
+class Keys:
+    """Create, revoke, list and check API keys."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        admin_key: str | None = None,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        # The operator's configured admin key, kept only as a digest.
+        self._admin_digest = _digest(admin_key) if admin_key else None
+
+    def create(self, role: str, *, name: str = "", account_id: str | None = None) -> CreatedKey:
+        """A new key; its secret is in the result and nowhere else."""
+        if role not in KEY_ROLES:
+            raise InvalidInput(f"unknown role {role!r}", field="role", allowed=list(KEY_ROLES))
+        if not isinstance(name, str) or len(name) > 200:
+            raise InvalidInput("name must be text of at most 200 characters", field="name")
+        if (role == "customer") != (account_id is not None):
+            raise InvalidInput(
+                "a customer key names exactly one account_id; other roles name none",
+                field="account_id",
+            )
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        now = self.clock()
+        with self.db.transaction() as conn:
+            internal = None
+            if account_id is not None:
+                internal = conn.execute(
+                    sa.select(accounts.c.id).where(
+                        accounts.c.external_id == account_id, accounts.c.kind == WALLET
+                    )
+                ).scalar_one_or_none()
+                if internal is None:
+                    raise NotFound(f"no account {account_id!r}", field="account_id")
+            conn.execute(
+                api_keys.insert().values(
+                    id=key_id,
+                    name=name,
+                    role=role,
+                    account_id=internal,
+                    secret_sha256=_digest(secret),
+                    created_at=now,
+                )
+            )
+        return CreatedKey(
+            id=key_id,
+            name=name,
+            role=role,
+            account_id=account_id,
+            created_at=now,
+            revoked_at=None,
+            key=f"{PREFIX}_{key_id}_{secret}",
+        )
+
+    def revoke(self, key_id: str) -> KeyView:
+        """Revoke a key (at once, for every later request). Revoking twice is harmless."""
+        with self.db.transaction() as conn:
+            conn.execute(
+                api_keys.update()
+                .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
+                .values(revoked_at=self.clock())
+            )
+            view = self._view(conn, key_id)
+        if view is None:
+            raise NotFound(f"no key {key_id!r}", field="id")
+        return view
+
+    def get(self, key_id: str) -> KeyView:
+        with self.db.transaction(write=False) as conn:
+            view = self._view(conn, key_id)
+        if view is None:
+            raise NotFound(f"no key {key_id!r}", field="id")
+        return view
+
+    def list(self) -> list[KeyView]:
+        with self.db.transaction(write=False) as conn:
+            rows = conn.execute(self._select().order_by(api_keys.c.created_at, api_keys.c.id))
+            return [self._to_view(r) for r in rows]
+
+    def authenticate(self, token: str) -> Principal | None:
+        """The caller a bearer token belongs to, or None (unknown, malformed, revoked)."""
+        if self._admin_digest is not None and hmac.compare_digest(
+            _digest(token), self._admin_digest
+        ):
+            return Principal(ENVIRONMENT_KEY_ID, "admin")
+        prefix, _, rest = token.partition("_")
+        key_id, _, secret = rest.partition("_")
+        if prefix != PREFIX or len(key_id) != 16 or not secret:
+            return None
+        with self.db.transaction(write=False) as conn:
+            row = conn.execute(
+                sa.select(
+                    api_keys.c.role,
+                    api_keys.c.secret_sha256,
+                    api_keys.c.revoked_at,
+                    accounts.c.external_id,
+                )
+                .select_from(api_keys.outerjoin(accounts, accounts.c.id == api_keys.c.account_id))
+                .where(api_keys.c.id == key_id)
+            ).first()
+        if row is None or not hmac.compare_digest(_digest(secret), row.secret_sha256):
+            return None
+        if row.revoked_at is not None:
+            return None
+        return Principal(key_id, row.role, row.external_id)
+
+    def bootstrap_admin(self) -> CreatedKey | None:
+        """A first admin key when none is configured or active; None when one exists."""
+        if self._admin_digest is not None:
+            return None
+        with self.db.transaction(write=False) as conn:
+            active = conn.execute(
+                sa.select(sa.func.count())
+                .select_from(api_keys)
+                .where(api_keys.c.role == "admin", api_keys.c.revoked_at.is_(None))
+            ).scalar_one()
+        if active:
+            return None
+        return self.create("admin", name="bootstrap admin (first start)")
+
+    @staticmethod
+    def _select() -> sa.Select[Any]:
+        return sa.select(
+            api_keys.c.id,
+            api_keys.c.name,
+            api_keys.c.role,
+            accounts.c.external_id,
+            api_keys.c.created_at,
+            api_keys.c.revoked_at,
+        ).select_from(api_keys.outerjoin(accounts, accounts.c.id == api_keys.c.account_id))
+
+    def _view(self, conn: sa.Connection, key_id: str) -> KeyView | None:
+        row = conn.execute(self._select().where(api_keys.c.id == key_id)).first()
+        return None if row is None else self._to_view(row)
+
+    @staticmethod
+    def _to_view(row: Any) -> KeyView:
+        key_id, name, role, account, created_at, revoked_at = row
+        return KeyView(
+            id=key_id,
+            name=name,
+            role=role,
+            account_id=account,
+            created_at=created_at,
+            revoked_at=revoked_at,
+        )

@@ -1,0 +1,74 @@
+"""The background jobs of a running server: hold expiry, grant expiry, monthly allocations.
+
+Each job is a ledger use case that is safe to run twice, late, or on two processes at
+once (each resolves rows with conditional updates and records allocation periods once),
+so the sweeper needs no coordination: it runs them every ``interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import NamedTuple
+
+from ledger.services import Ledger
+
+log = logging.getLogger("creditledger.sweeper")
+
+#: Holds expired per transaction; a sweep runs batches until one comes back short.
+BATCH = 1000
+
+
+class Swept(NamedTuple):
+    holds_expired: int
+    grants_expired: int
+    allocations_granted: int
+
+
+class Sweeper:
+    def __init__(
+        self,
+        ledger: Ledger,
+        interval: float,
+        *,
+        on_swept: Callable[[Swept], None] | None = None,
+    ) -> None:
+        self.ledger = ledger
+        self.interval = interval
+        self.on_swept = on_swept
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> Swept:
+        """Expire due holds and grants, grant due allocations; what each did."""
+        holds = 0
+        while True:
+            batch = self.ledger.expire_holds(limit=BATCH)
+            holds += batch
+            if batch < BATCH:
+                break
+        swept = Swept(holds, self.ledger.expire_grants(), self.ledger.roll_allocations())
+        if self.on_swept is not None:
+            self.on_swept(swept)
+        return swept
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                # The next round retries: every job is safe to run again.
+                log.exception("sweep failed; retrying in %s s", self.interval)
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="creditledger-sweeper", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

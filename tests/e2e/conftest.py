@@ -1,0 +1,89 @@
+"""The HTTP API in-process: the real app, middleware and database, through httpx."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2 as httpx
+import pytest
+from fastapi import FastAPI
+from fastapi.testclient import TestClient
+
+from api.main import create_app
+from ledger.keys import Keys
+from ledger.services import Ledger
+from ledger.settings import Settings
+
+
+@dataclass
+class Api:
+    """A client of the app with one key per role and helpers for common setup."""
+
+    app: FastAPI
+    client: TestClient
+    ledger: Ledger
+    keys: Keys
+    admin: str
+    service: str
+
+    def call(
+        self,
+        method: str,
+        path: str,
+        *,
+        as_key: str | None = "admin",
+        body: Any = None,
+        idempotency_key: str | None = None,
+        headers: dict[str, str] | None = None,
+        **kwargs: Any,
+    ) -> httpx.Response:
+        sent = dict(headers or {})
+        if as_key is not None:
+            token = {"admin": self.admin, "service": self.service}.get(as_key, as_key)
+            sent["Authorization"] = f"Bearer {token}"
+        if idempotency_key is not None:
+            sent["Idempotency-Key"] = idempotency_key
+        if body is not None:
+            kwargs["json"] = body
+        return self.client.request(method, path, headers=sent, **kwargs)
+
+    def post(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
+        return self.call("POST", path, body=body, **kwargs)
+
+    def get(self, path: str, **kwargs: Any) -> httpx.Response:
+        return self.call("GET", path, **kwargs)
+
+    def wallet(self, account_id: str, unit: str = "credit", topup: int = 0) -> str:
+        r = self.post("/v1/accounts", {"id": account_id, "unit": unit})
+        assert r.status_code == 201, r.text
+        if topup:
+            r = self.post(f"/v1/accounts/{account_id}/topups", {"amount": topup})
+            assert r.status_code == 201, r.text
+        return account_id
+
+    def customer(self, account_id: str) -> str:
+        return self.keys.create("customer", name="test", account_id=account_id).key
+
+    def balance(self, account_id: str) -> dict[str, Any]:
+        r = self.get(f"/v1/accounts/{account_id}")
+        assert r.status_code == 200, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+
+@pytest.fixture
+def api(ledger: Ledger) -> Iterator[Api]:
+    """The app over the ``ledger`` fixture (each database; invariants verified after)."""
+    keys = Keys(ledger.db)
+    app = create_app(ledger, keys, settings=Settings(max_body_bytes=64 * 1024))
+    with TestClient(app, raise_server_exceptions=False) as client:
+        yield Api(
+            app,
+            client,
+            ledger,
+            keys,
+            admin=keys.create("admin", name="test admin").key,
+            service=keys.create("service", name="test gateway").key,
+        )

@@ -1,0 +1,175 @@
+"""Access control: every endpoint x every role x own/other account, with its status.
+
+A customer key is bound to one wallet: "own" means the request names that wallet,
+"other" that it names another. A role without the right gets 403; a customer naming
+another wallet gets 404 (it cannot learn the wallet exists); no key, a malformed or
+unknown key and a revoked key all get 401.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.models import api_keys
+from tests import factories as f
+from tests.e2e.conftest import Api
+
+VEO_FAST = f.veo3_video(video_model="veo3_fast")
+ROLES = ("admin", "service", "customer_own", "customer_other")
+
+
+@dataclass
+class World:
+    hold: str
+    entry: str
+    key_id: str
+
+
+def world(api: Api) -> World:
+    api.wallet("target", "credit", topup=10_000)
+    api.wallet("elsewhere", "credit")
+    hold = api.post("/v1/authorizations", {"account_id": "target", **VEO_FAST}).json()["id"]
+    entry = api.post("/v1/accounts/target/topups", {"amount": 100}).json()["entry"]["id"]
+    key_id = api.keys.create("service", name="to revoke").id
+    return World(hold, entry, key_id)
+
+
+# (method, path, body, expected status for admin, service, customer_own, customer_other)
+MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int]]] = [
+    ("POST", "/v1/estimates", {**VEO_FAST, "account_id": "target"}, (200, 200, 200, 404)),
+    ("POST", "/v1/estimates", VEO_FAST, (200, 200, 200, 200)),
+    ("POST", "/v1/authorizations", {**VEO_FAST, "account_id": "target"}, (201, 201, 403, 403)),
+    ("GET", "/v1/authorizations/{hold}", None, (200, 200, 200, 404)),
+    (
+        "POST",
+        "/v1/authorizations/{hold}/capture",
+        {"status": "COMPLETED", "usage": {"videos": 1}},
+        (200, 200, 403, 403),
+    ),
+    ("POST", "/v1/authorizations/{hold}/void", None, (200, 200, 403, 403)),
+    ("POST", "/v1/charges", {**VEO_FAST, "account_id": "target"}, (201, 201, 403, 403)),
+    ("POST", "/v1/accounts", {"id": "new", "unit": "credit"}, (201, 403, 403, 403)),
+    ("GET", "/v1/accounts/target", None, (200, 200, 200, 404)),
+    ("GET", "/v1/accounts/target/entries", None, (200, 403, 200, 404)),
+    ("POST", "/v1/accounts/target/topups", {"amount": 5}, (201, 403, 403, 403)),
+    (
+        "POST",
+        "/v1/accounts/target/adjustments",
+        {"amount": -5, "reason": "fix"},
+        (201, 403, 403, 403),
+    ),
+    ("POST", "/v1/entries/{entry}/reverse", {"reason": "refund"}, (201, 403, 403, 403)),
+    ("POST", "/v1/keys", {"role": "service", "name": "gw"}, (201, 403, 403, 403)),
+    ("GET", "/v1/keys", None, (200, 403, 403, 403)),
+    ("DELETE", "/v1/keys/{key_id}", None, (200, 403, 403, 403)),
+    ("GET", "/v1/catalogs", None, (200, 200, 200, 200)),
+    ("GET", "/v1/catalogs/veo3", None, (200, 200, 200, 200)),
+    ("GET", "/healthz", None, (200, 200, 200, 200)),
+]
+
+
+def _key(api: Api, role: str) -> str:
+    if role == "customer_own":
+        return api.customer("target")
+    if role == "customer_other":
+        return api.customer("elsewhere")
+    return role
+
+
+@pytest.mark.parametrize("role", ROLES)
+@pytest.mark.parametrize(
+    ("method", "path", "body", "expected"), MATRIX, ids=[f"{m} {p}" for m, p, _, _ in MATRIX]
+)
+def test_every_endpoint_for_every_role(
+    api: Api,
+    role: str,
+    method: str,
+    path: str,
+    body: Any,
+    expected: tuple[int, int, int, int],
+) -> None:
+    w = world(api)
+    status = expected[ROLES.index(role)]
+    url = path.format(hold=w.hold, entry=w.entry, key_id=w.key_id)
+    before = api.ledger.balance("target")
+    r = api.call(method, url, as_key=_key(api, role), body=body)
+    assert r.status_code == status, r.text
+    if status >= 400:
+        assert r.json()["error"] in ("forbidden", "not_found")
+        # A refused request changed nothing.
+        assert api.ledger.balance("target") == before
+
+
+UNAUTHENTICATED = {
+    "no key": None,
+    "not a bearer": "Basic dXNlcjpwYXNz",
+    "garbage": "Bearer nonsense",
+    "unknown id": "Bearer clk_0123456789abcdef_secret",
+}
+
+
+def test_no_key_bad_keys_and_revoked_keys_get_401_everywhere(api: Api) -> None:
+    w = world(api)
+    revoked = api.keys.create("admin", name="leaked")
+    api.keys.revoke(revoked.id)
+    wrong_secret = api.admin.rsplit("_", 1)[0] + "_" + "A" * 43
+    headers = [
+        *UNAUTHENTICATED.values(),
+        f"Bearer {revoked.key}",
+        f"Bearer {wrong_secret}",
+    ]
+    for method, path, body, expected in MATRIX:
+        if path == "/healthz":
+            continue
+        url = path.format(hold=w.hold, entry=w.entry, key_id=w.key_id)
+        for header in headers:
+            sent = {} if header is None else {"Authorization": header}
+            r = api.call(method, url, as_key=None, body=body, headers=sent)
+            assert r.status_code == 401, (method, url, header, r.text)
+            assert r.headers["www-authenticate"] == "Bearer"
+            assert r.json()["error"] == "unauthorized"
+        assert expected  # every endpoint above was tried with every bad header
+
+
+def test_a_revoked_key_stops_working_at_once(api: Api) -> None:
+    created = api.post("/v1/keys", {"role": "service", "name": "gateway-1"}).json()
+    assert api.get("/v1/catalogs", as_key=created["key"]).status_code == 200
+    r = api.call("DELETE", f"/v1/keys/{created['id']}")
+    assert r.status_code == 200
+    assert r.json()["revoked_at"]
+    assert api.get("/v1/catalogs", as_key=created["key"]).status_code == 401
+    listed = {k["id"]: k for k in api.get("/v1/keys").json()}
+    assert listed[created["id"]]["revoked_at"]
+    assert all("key" not in k for k in listed.values())
+
+
+def test_keys_are_stored_hashed_a_dump_holds_no_usable_key(api: Api) -> None:
+    created = api.post("/v1/keys", {"role": "customer", "name": "c", "account_id": "target"})
+    api.wallet("target", "credit")
+    created = api.post("/v1/keys", {"role": "customer", "name": "c", "account_id": "target"})
+    assert created.status_code == 201, created.text
+    secret = created.json()["key"].split("_", 2)[2]
+    with api.ledger.db.engine.connect() as conn:
+        rows = [tuple(map(str, r)) for r in conn.execute(sa.select(api_keys))]
+    dump = "\n".join(" ".join(r) for r in rows)
+    assert secret not in dump
+    assert api.admin.split("_", 2)[2] not in dump
+    # What is stored (the digest) is not itself a key.
+    digest = next(r for r in rows if r[0] == created.json()["id"])[4]
+    forged = f"clk_{created.json()['id']}_{digest}"
+    assert api.get("/v1/accounts/target", as_key=forged).status_code == 401
+
+
+def test_customer_keys_need_an_existing_account_and_other_roles_none(api: Api) -> None:
+    r = api.post("/v1/keys", {"role": "customer", "account_id": "ghost"})
+    assert (r.status_code, r.json()["field"]) == (404, "account_id")
+    r = api.post("/v1/keys", {"role": "customer"})
+    assert (r.status_code, r.json()["field"]) == (422, "account_id")
+    r = api.post("/v1/keys", {"role": "service", "account_id": "ghost"})
+    assert (r.status_code, r.json()["field"]) == (422, "account_id")
+    r = api.post("/v1/keys", {"role": "root"})
+    assert (r.status_code, r.json()["field"]) == (422, "role")

@@ -1,0 +1,172 @@
+"""The admin commands (account, topup, keys) and ``serve``, run as real processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx2 as httpx
+import pytest
+
+from tests import factories as f
+from tests.e2e.test_cli import EXE, run
+
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    assert run("migrate", env=env).returncode == 0
+    return env
+
+
+def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -> None:
+    made = run("account", "create", "acme", "--unit", "credit", "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["account_id"] == "acme"
+    again = run("account", "create", "acme", "--unit", "credit", env=env)
+    assert again.returncode == 8
+    assert json.loads(again.stderr)["error"] == "account_exists"
+
+    once = ("topup", "acme", "500", "--kind", "promo", "--idempotency-key", "t1")
+    top = run(*once, "--json", env=env)
+    assert top.returncode == 0, top.stderr
+    assert json.loads(top.stdout)["balance"]["balance"] == 500
+    replay = run(*once, env=env)
+    assert replay.returncode == 0
+    shown = run("account", "show", "acme", "--json", env=env)
+    assert json.loads(shown.stdout)["balance"] == 500  # the replay added nothing
+    table = run("account", "show", "acme", env=env)
+    assert table.returncode == 0
+    assert "available" in table.stdout
+    assert "promo" in table.stdout
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "field"),
+    [
+        (["topup", "ghost", "5"], 7, "account_id"),
+        (["topup", "acme", "0"], 2, "amount"),
+        (["topup", "acme", "5", "--kind", "gift"], 2, "kind"),
+        (["topup", "acme", "5", "--expires-at", "tomorrow"], 2, "expires-at"),
+        (["account", "create", "x", "--unit", "gold"], 2, "unit"),
+        (["account", "show", "ghost"], 7, "account_id"),
+        (["keys", "create", "--role", "root"], 2, "role"),
+        (["keys", "revoke", "ghost"], 7, "id"),
+    ],
+)
+def test_admin_errors_exit_with_meaningful_codes(
+    env: dict[str, str], args: list[str], code: int, field: str
+) -> None:
+    assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
+    result = run(*args, env=env)
+    assert result.returncode == code, result.stderr
+    assert json.loads(result.stderr)["field"] == field
+
+
+def test_keys_create_list_revoke(env: dict[str, str]) -> None:
+    made = run("keys", "create", "--role", "service", "--name", "gateway", "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    created = json.loads(made.stdout)
+    assert created["key"].startswith(f"clk_{created['id']}_")
+    listed = run("keys", "list", "--json", env=env)
+    assert [k["id"] for k in json.loads(listed.stdout)] == [created["id"]]
+    assert created["key"] not in listed.stdout
+    revoked = run("keys", "revoke", created["id"], "--json", env=env)
+    assert revoked.returncode == 0
+    assert json.loads(revoked.stdout)["revoked_at"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@pytest.fixture
+def server(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
+    """``creditledger serve`` on a free port; yields its URL, admin key and process."""
+    port = _free_port()
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
+    full.update(env, CREDITLEDGER_SWEEP_INTERVAL_SECONDS="0.2", CREDITLEDGER_HOLD_TTL_SECONDS="1")
+    proc = subprocess.Popen(
+        [EXE, "serve", "--port", str(port)],
+        env=full,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stderr is not None
+    admin = None
+    deadline = time.monotonic() + 30
+    url = f"http://127.0.0.1:{port}"
+    while time.monotonic() < deadline:
+        line = proc.stderr.readline()
+        found = re.search(r"(clk_[0-9a-f]{16}_\S+)", line)
+        if found:
+            admin = found.group(1)
+        if "Application startup complete" in line:
+            break
+    assert admin is not None, "serve printed no admin key"
+    try:
+        yield url, admin, proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=30)
+        proc.stderr.close()
+
+
+def test_serve_runs_the_veo3_flow_over_real_http_and_sweeps_holds(
+    server: tuple[str, str, subprocess.Popen[str]], env: dict[str, str]
+) -> None:
+    url, admin, _ = server
+    auth = {"Authorization": f"Bearer {admin}"}
+    with httpx.Client(base_url=url, headers=auth, timeout=10) as http:
+        assert http.get("/healthz").json()["database"] == "sqlite"
+        assert http.post("/v1/accounts", json={"id": "u", "unit": "credit"}).status_code == 201
+        assert http.post("/v1/accounts/u/topups", json={"amount": 100}).status_code == 201
+        request = {"account_id": "u", **f.veo3_video(video_model="veo3_fast")}
+        short = http.post("/v1/authorizations", json=request)
+        assert short.status_code == 402
+        assert short.json()["message"] == "Insufficient credits. Need 240, have 100"
+        assert http.post("/v1/accounts/u/topups", json={"amount": 400}).status_code == 201
+        hold = http.post("/v1/authorizations", json=request).json()
+        done = http.post(
+            f"/v1/authorizations/{hold['id']}/capture",
+            json={"status": "COMPLETED", "usage": {"videos": 1}},
+        )
+        assert done.json()["charged"] == 240
+        # A hold left alone: the server's sweeper expires it (TTL 1 s, sweep every 0.2 s).
+        idle = http.post("/v1/authorizations", json=request).json()
+        deadline = time.monotonic() + 15
+        while http.get(f"/v1/authorizations/{idle['id']}").json()["status"] == "pending":
+            assert time.monotonic() < deadline, "the sweeper never expired the hold"
+            time.sleep(0.2)
+        late = http.post(
+            f"/v1/authorizations/{idle['id']}/void",
+        )
+        assert late.status_code == 409
+        assert http.get("/v1/accounts/u").json()["available"] == 260
+        assert "creditledger_holds_opened_total 2.0" in http.get("/metrics").text
+    verified = run("verify", "--json", env=env)
+    assert verified.returncode == 0, verified.stdout
+
+
+def test_serve_prints_a_generated_admin_key_only_on_the_first_start(
+    server: tuple[str, str, subprocess.Popen[str]], env: dict[str, str], tmp_path: Path
+) -> None:
+    _, admin, proc = server
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=30)
+    listed = json.loads(run("keys", "list", "--json", env=env).stdout)
+    assert [k["role"] for k in listed] == ["admin"]
+    assert admin not in json.dumps(listed)

@@ -1,0 +1,449 @@
+"""The HTTP API end to end: the seed flows, every endpoint, idempotency and errors.
+
+Each test runs on SQLite and on a real PostgreSQL; the ``ledger`` fixture verifies every
+ledger invariant afterwards.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from ledger.verify import verify
+from pricing import price_usage
+from tests import factories as f
+from tests.e2e.conftest import Api
+from tests.factories import Clock
+
+VEO_FAST = f.veo3_video(video_model="veo3_fast")
+
+
+def authorize(api: Api, account: str, request: dict[str, Any], **kw: Any) -> Any:
+    return api.post(
+        "/v1/authorizations", {"account_id": account, **request}, as_key="service", **kw
+    )
+
+
+# ----------------------------------------------------------------------------- seed flows
+
+
+def test_veo3_user_short_of_credits_gets_the_seed_402_then_pays_after_a_topup(api: Api) -> None:
+    user = api.wallet("veo-user", "credit", topup=100)
+    r = authorize(api, user, VEO_FAST)
+    assert r.status_code == 402
+    body = r.json()
+    assert {k: body[k] for k in ("error", "message", "credits_needed", "credits_balance")} == {
+        "error": "insufficient_credits",
+        "message": "Insufficient credits. Need 240, have 100",
+        "credits_needed": 240,
+        "credits_balance": 100,
+    }
+    assert body["unit"] == "credit"
+    # The refusal changed nothing.
+    assert (api.balance(user)["balance"], api.balance(user)["pending"]) == (100, 0)
+
+    assert api.post(f"/v1/accounts/{user}/topups", {"amount": 200}).status_code == 201
+    r = authorize(api, user, VEO_FAST)
+    assert r.status_code == 201, r.text
+    hold = r.json()
+    assert (hold["status"], hold["held"], hold["unit"], hold["scale"]) == (
+        "pending",
+        240,
+        "credit",
+        0,
+    )
+    assert hold["credits_remaining"] == 60
+    assert hold["quote"]["max_cost"] == 240
+    assert hold["expires_at"]
+
+    r = api.post(
+        f"/v1/authorizations/{hold['id']}/capture",
+        {"status": "COMPLETED", "usage": {"videos": 1}},
+        as_key="service",
+    )
+    assert r.status_code == 200, r.text
+    done = r.json()
+    assert (done["status"], done["charged"], done["released"], done["credits_used"]) == (
+        "captured",
+        240,
+        0,
+        240,
+    )
+    assert done["credits_remaining"] == 60
+    assert api.balance(user)["balance"] == 60
+    got = api.get(f"/v1/authorizations/{hold['id']}", as_key="service").json()
+    assert (got["status"], got["captured"]) == ("captured", 240)
+
+
+def test_cosmic_text_is_captured_with_the_providers_usage_object(api: Api) -> None:
+    bucket = api.wallet("bucket-1", "token", topup=1_000_000)
+    request = f.text(max_tokens=500)
+    hold = authorize(api, bucket, request).json()
+    usage = {"input_tokens": 10, "output_tokens": 89}
+    expected = price_usage(request, usage, "COMPLETED", catalog_version=hold["catalog_version"])
+    r = api.post(
+        f"/v1/authorizations/{hold['id']}/capture",
+        {"status": "COMPLETED", "usage": usage},
+        as_key="service",
+    )
+    assert r.status_code == 200, r.text
+    done = r.json()
+    assert done["charged"] == expected.amount > 0
+    assert done["released"] == hold["held"] - expected.amount
+    account = api.balance(bucket)
+    assert (account["balance"], account["pending"]) == (1_000_000 - expected.amount, 0)
+
+
+def test_cosmic_video_ending_in_error_charges_nothing_and_releases_the_hold(api: Api) -> None:
+    bucket = api.wallet("bucket-2", "token", topup=1_000_000)
+    hold = authorize(api, bucket, f.cosmic_video()).json()
+    assert hold["held"] > 0
+    assert api.balance(bucket)["pending"] == hold["held"]
+    r = api.post(f"/v1/authorizations/{hold['id']}/capture", {"status": "ERROR"}, as_key="service")
+    assert r.status_code == 200, r.text
+    assert (r.json()["charged"], r.json()["released"]) == (0, hold["held"])
+    account = api.balance(bucket)
+    assert (account["balance"], account["pending"], account["available"]) == (
+        1_000_000,
+        0,
+        1_000_000,
+    )
+
+
+def test_pixazo_agentic_request_stopping_early_pays_only_rendered_candidates(api: Api) -> None:
+    user = api.wallet("pix-user", "usd", topup=1_000_000)  # $1 in micro-dollars
+    hold = authorize(api, user, f.pixazo_image(enable_agentic_generation=True)).json()
+    assert hold["held"] == 160_000  # 2 x 2 candidates at $0.04
+    r = api.post(
+        f"/v1/authorizations/{hold['id']}/capture",
+        {"status": "COMPLETED", "usage": {"candidates": 2}},
+        as_key="service",
+    )
+    assert (r.json()["charged"], r.json()["released"]) == (80_000, 80_000)
+    assert api.balance(user)["balance"] == 920_000
+
+
+def test_a_hold_left_alone_expires_and_can_no_longer_be_captured(api: Api, clock: Clock) -> None:
+    user = api.wallet("idle", "credit", topup=500)
+    hold = authorize(api, user, {**VEO_FAST, "ttl_seconds": 60}).json()
+    clock.advance(seconds=61)
+    swept = api.app.state.sweeper.run_once()
+    assert swept.holds_expired == 1
+    got = api.get(f"/v1/authorizations/{hold['id']}").json()
+    assert got["status"] == "expired"
+    r = api.post(
+        f"/v1/authorizations/{hold['id']}/capture",
+        {"status": "COMPLETED", "usage": {"videos": 1}},
+        as_key="service",
+    )
+    assert r.status_code == 409
+    assert r.json()["error"] == "hold_not_pending"
+    assert api.balance(user)["available"] == 500
+    metrics = api.client.get("/metrics").text
+    assert 'creditledger_holds_resolved_total{outcome="expired"} 1.0' in metrics
+
+
+# ------------------------------------------------------------------------------ endpoints
+
+
+def test_void_releases_everything(api: Api) -> None:
+    user = api.wallet("voider", "credit", topup=500)
+    hold = authorize(api, user, VEO_FAST).json()
+    r = api.post(f"/v1/authorizations/{hold['id']}/void", as_key="service")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "voided"
+    assert api.balance(user)["available"] == 500
+    again = api.post(f"/v1/authorizations/{hold['id']}/void", as_key="service")
+    assert again.status_code == 409
+
+
+def test_charge_deducts_at_once_or_answers_402(api: Api) -> None:
+    user = api.wallet("charged", "credit", topup=300)
+    r = api.post("/v1/charges", {"account_id": user, **VEO_FAST}, as_key="service")
+    assert r.status_code == 201, r.text
+    assert (r.json()["credits_used"], r.json()["credits_remaining"]) == (240, 60)
+    r = api.post("/v1/charges", {"account_id": user, **VEO_FAST}, as_key="service")
+    assert r.status_code == 402
+    assert (r.json()["credits_needed"], r.json()["credits_balance"]) == (240, 60)
+
+
+def test_estimate_with_and_without_an_account(api: Api) -> None:
+    r = api.post("/v1/estimates", VEO_FAST, as_key="service")
+    assert r.status_code == 200, r.text
+    quote = r.json()
+    assert (quote["cost"], quote["max_cost"], quote["unit"]) == (240, 240, "credit")
+    assert "affordable" not in quote or quote["affordable"] is None
+    user = api.wallet("est", "credit", topup=100)
+    r = api.post("/v1/estimates", {**VEO_FAST, "account_id": user}, as_key="service")
+    assert (r.json()["affordable"], r.json()["credits_balance"]) == (False, 100)
+    own = api.customer(user)
+    r = api.post("/v1/estimates", {**VEO_FAST, "account_id": user}, as_key=own)
+    assert r.status_code == 200
+    tokens = api.wallet("est-tokens", "token")
+    r = api.post("/v1/estimates", {**VEO_FAST, "account_id": tokens}, as_key="service")
+    assert (r.status_code, r.json()["field"]) == (422, "catalog")
+
+
+def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
+    r = api.post(
+        "/v1/accounts",
+        {"id": "acme", "unit": "token", "overdraft_limit": 10, "timezone": "Europe/Berlin"},
+    )
+    assert r.status_code == 201, r.text
+    assert r.json()["available"] == 10
+    assert api.post("/v1/accounts", {"id": "acme", "unit": "token"}).status_code == 409
+    r = api.post(
+        "/v1/accounts/acme/topups",
+        {
+            "amount": 1000,
+            "kind": "promo",
+            "expires_at": "2027-01-01T00:00:00Z",
+            "priority": -1,
+            "reference": "order-7",
+        },
+    )
+    assert r.status_code == 201, r.text
+    topup = r.json()
+    assert (topup["grant"]["kind"], topup["grant"]["remaining"]) == ("promo", 1000)
+    r = api.post("/v1/accounts/acme/adjustments", {"amount": -100, "reason": "goodwill back"})
+    assert r.status_code == 201, r.text
+    assert r.json()["balance"]["balance"] == 900
+    account = api.balance("acme")
+    assert (account["balance"], account["available"], account["timezone"]) == (
+        900,
+        910,
+        "Europe/Berlin",
+    )
+    assert [g["kind"] for g in account["grants"]] == ["promo"]
+
+    page = api.get("/v1/accounts/acme/entries", params={"limit": 1}).json()
+    assert len(page["items"]) == 1
+    assert page["next_cursor"]
+    rest = api.get(
+        "/v1/accounts/acme/entries", params={"limit": 10, "cursor": page["next_cursor"]}
+    ).json()
+    kinds = [e["kind"] for e in page["items"] + rest["items"]]
+    assert sorted(kinds) == ["adjustment", "topup"]
+
+    r = api.post(f"/v1/entries/{topup['entry']['id']}/reverse", {"reason": "chargeback"})
+    assert r.status_code == 201, r.text
+    assert r.json()["balance"]["balance"] == -100
+    again = api.post(f"/v1/entries/{topup['entry']['id']}/reverse", {"reason": "chargeback"})
+    assert (again.status_code, again.json()["error"]) == (409, "already_reversed")
+
+
+def test_catalogs_health_and_metrics(api: Api) -> None:
+    listing = api.get("/v1/catalogs", as_key="service").json()["catalogs"]
+    assert {c["name"] for c in listing} >= {"cosmic", "veo3", "pixazo", "fal"}
+    veo = api.get("/v1/catalogs/veo3", as_key="service").json()
+    assert veo["unit"] == "credit"
+    assert veo["versions"][0]["operations"]
+    missing = api.get("/v1/catalogs/nope", as_key="service")
+    assert (missing.status_code, missing.json()["field"]) == (404, "name")
+    assert "veo3" in missing.json()["allowed"]
+    health = api.client.get("/healthz")
+    assert health.status_code == 200
+    assert health.json()["status"] == "ok"
+    user = api.wallet("metered", "credit", topup=100)
+    authorize(api, user, VEO_FAST)  # 402
+    text = api.client.get("/metrics").text
+    assert "creditledger_http_request_duration_seconds_bucket" in text
+    assert (
+        'creditledger_http_requests_total{method="POST",route="/v1/authorizations",status="402"}'
+        in text
+    )
+    assert 'creditledger_insufficient_credits_total{route="/v1/authorizations"} 1.0' in text
+
+
+def test_openapi_documents_every_endpoint(api: Api) -> None:
+    paths = api.client.get("/openapi.json").json()["paths"]
+    assert set(paths) >= {
+        "/v1/estimates",
+        "/v1/authorizations",
+        "/v1/authorizations/{id}",
+        "/v1/authorizations/{id}/capture",
+        "/v1/authorizations/{id}/void",
+        "/v1/charges",
+        "/v1/accounts",
+        "/v1/accounts/{id}",
+        "/v1/accounts/{id}/entries",
+        "/v1/accounts/{id}/topups",
+        "/v1/accounts/{id}/adjustments",
+        "/v1/entries/{id}/reverse",
+        "/v1/keys",
+        "/v1/keys/{id}",
+        "/v1/catalogs",
+        "/v1/catalogs/{name}",
+        "/healthz",
+    }
+    assert "402" in paths["/v1/authorizations"]["post"]["responses"]
+
+
+# ---------------------------------------------------------------------------- idempotency
+
+
+def test_same_idempotency_key_and_body_replays_the_original_response(api: Api) -> None:
+    user = api.wallet("idem", "credit", topup=1000)
+    first = authorize(api, user, VEO_FAST, idempotency_key="req-1")
+    second = authorize(api, user, VEO_FAST, idempotency_key="req-1")
+    assert (first.status_code, second.status_code) == (201, 201)
+    assert first.json() == second.json()
+    assert api.balance(user)["pending"] == 240
+    capture = {"status": "COMPLETED", "usage": {"videos": 1}}
+    path = f"/v1/authorizations/{first.json()['id']}/capture"
+    a = api.post(path, capture, as_key="service", idempotency_key="cap-1")
+    b = api.post(path, capture, as_key="service", idempotency_key="cap-1")
+    assert (a.status_code, b.status_code) == (200, 200)
+    assert a.json() == b.json()
+    assert api.balance(user)["balance"] == 760
+    t1 = api.post(f"/v1/accounts/{user}/topups", {"amount": 5}, idempotency_key="top-1")
+    t2 = api.post(f"/v1/accounts/{user}/topups", {"amount": 5}, idempotency_key="top-1")
+    assert t1.json() == t2.json()
+    assert api.balance(user)["balance"] == 765
+
+
+def test_same_idempotency_key_with_another_body_is_409_and_changes_nothing(api: Api) -> None:
+    user = api.wallet("idem2", "credit", topup=1000)
+    assert authorize(api, user, VEO_FAST, idempotency_key="req-9").status_code == 201
+    other = f.veo3_video(video_model="veo3")
+    r = authorize(api, user, other, idempotency_key="req-9")
+    assert (r.status_code, r.json()["error"]) == (409, "idempotency_conflict")
+    r = api.post(f"/v1/accounts/{user}/topups", {"amount": 5}, idempotency_key="req-9")
+    assert r.status_code == 409
+    assert api.balance(user)["pending"] == 240
+    assert api.balance(user)["balance"] == 1000
+
+
+# --------------------------------------------------------------------------------- errors
+
+BAD_TOPUPS = [
+    ({"amount": 0}, "amount"),
+    ({"amount": -5}, "amount"),
+    ({"amount": 2**63}, "amount"),
+    ({"amount": 10**30}, "amount"),
+    ({"amount": 1.5}, "amount"),
+    ({"amount": "10"}, "amount"),
+    ({"amount": True}, "amount"),
+    ({"amount": None}, "amount"),
+    ({}, "amount"),
+    ({"amount": 5, "kind": "gift"}, "kind"),
+    ({"amount": 5, "expires_at": "2027-01-01T00:00:00"}, "expires_at"),
+    ({"amount": 5, "priority": 10**9}, "priority"),
+    ({"amount": 5, "surprise": 1}, "surprise"),
+]
+
+
+@pytest.mark.parametrize(("body", "field"), BAD_TOPUPS)
+def test_bad_topups_are_422_naming_the_field_and_change_nothing(
+    api: Api, body: dict[str, Any], field: str
+) -> None:
+    user = api.wallet("careful", "credit", topup=50)
+    before = api.balance(user)
+    r = api.post(f"/v1/accounts/{user}/topups", body)
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == field
+    assert r.json()["message"]
+    assert api.balance(user) == before
+    assert verify(api.ledger.db) == []
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "error", "field"),
+    [
+        (
+            {"catalog": "nope", "operation": "video", "params": {}},
+            422,
+            "unknown_catalog",
+            "catalog",
+        ),
+        ({"catalog": "veo3", "operation": "nope", "params": {}}, 422, "unknown_operation", None),
+        (f.veo3_video(video_model="veo9"), 422, None, None),
+        (f.veo3_video(aspect_ratio="4:3"), 422, None, None),
+        (f.fal_video(), 422, "not_billable", None),
+        ({"catalog": "veo3", "operation": "video", "params": []}, 422, "invalid_request", "params"),
+    ],
+)
+def test_bad_priced_requests_are_4xx_with_the_reason(
+    api: Api, body: dict[str, Any], status: int, error: str | None, field: str | None
+) -> None:
+    user = api.wallet("pricer", "credit", topup=1000)
+    r = authorize(api, user, body)
+    assert r.status_code == status, r.text
+    if error is not None:
+        assert r.json()["error"] == error
+    if field is not None:
+        assert r.json()["field"] == field
+    assert "allowed" in r.json() or r.json()["error"] in ("not_billable", "invalid_request")
+    assert api.balance(user)["pending"] == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "content_type", "status", "error"),
+    [
+        (b'{"amount": ', "application/json", 400, "invalid_json"),
+        (b'{"amount": NaN}', "application/json", 400, "invalid_json"),
+        (b'{"amount": Infinity}', "application/json", 400, "invalid_json"),
+        (b"amount=5", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (b'{"amount": 5}', "text/plain", 415, "unsupported_media_type"),
+        (b'{"amount": 5}', "", 415, "unsupported_media_type"),
+        (b"[1, 2]", "application/json", 422, "invalid_request"),
+        (
+            '{"amount": 5, "reference": "\u00e9\u6f22\U0001f600"}'.encode(),
+            "application/json",
+            201,
+            None,
+        ),
+    ],
+)
+def test_malformed_bodies_get_a_clear_4xx(
+    api: Api, content: bytes, content_type: str, status: int, error: str | None
+) -> None:
+    user = api.wallet("raw", "credit", topup=10)
+    headers = {"Content-Type": content_type} if content_type else {}
+    r = api.post(f"/v1/accounts/{user}/topups", content=content, headers=headers)
+    assert r.status_code == status, r.text
+    if error is not None:
+        assert r.json()["error"] == error
+        assert api.balance(user)["balance"] == 10
+
+
+def test_an_oversized_body_is_413_declared_or_chunked(api: Api) -> None:
+    user = api.wallet("big", "token", topup=10)
+    r = authorize(api, user, f.text(prompt="x" * (70 * 1024)))
+    assert r.status_code == 413
+    assert r.json()["error"] == "body_too_large"
+
+    def chunks() -> Any:
+        yield b'{"account_id": "big", "catalog": "cosmic", "operation": "text", '
+        for _ in range(70):
+            yield b" " * 1024
+        yield b'"params": {"prompt": "x"}}'
+
+    r = api.post(
+        "/v1/authorizations",
+        content=chunks(),
+        as_key="service",
+        headers={"Content-Type": "application/json"},
+    )
+    assert r.status_code == 413
+    assert r.json()["error"] == "body_too_large"
+    assert api.balance(user)["pending"] == 0
+
+
+def test_unknown_ids_are_404(api: Api) -> None:
+    for method, path, body in [
+        ("GET", "/v1/accounts/ghost", None),
+        ("GET", "/v1/accounts/ghost/entries", None),
+        ("POST", "/v1/accounts/ghost/topups", {"amount": 1}),
+        ("GET", "/v1/authorizations/ghost", None),
+        ("POST", "/v1/authorizations/ghost/void", None),
+        ("POST", "/v1/authorizations/ghost/capture", {"status": "ERROR"}),
+        ("POST", "/v1/entries/ghost/reverse", {"reason": "x"}),
+        ("DELETE", "/v1/keys/ghost", None),
+    ]:
+        r = api.call(method, path, body=body)
+        assert r.status_code == 404, (method, path, r.text)
+        assert r.json()["error"] == "not_found"
+    r = api.post("/v1/authorizations", {"account_id": "ghost", **VEO_FAST})
+    assert r.status_code == 404
