@@ -1,0 +1,278 @@
+"""Benchmark: authorize+capture over HTTP against a no-op endpoint on the same stack.
+
+    apt-get install -y wrk
+    .venv/bin/python -m tests.benchmarks.http [--connections 32] [--duration 10] [--rounds 3]
+
+In one run, on this machine:
+
+* **creditledger** -- ``creditledger serve`` (one uvicorn worker, the embedded SQLite
+  default in a temporary folder), driven by wrk: each connection authorizes a Veo3
+  request (unique ``Idempotency-Key``) and captures it with its usage, over and over;
+* **ceiling** -- a no-op FastAPI endpoint (``tests/benchmarks/noop_app.py``) on the same
+  stack (uvicorn, one worker, synchronous route, JSON in and out), same wrk settings.
+
+Rounds alternate the two servers; the figures are medians. Reported: authorizations per
+second (captures are extra requests on top), all requests per second, and latency
+percentiles over every request. The issue's target: authorizations per second at least
+50% of the ceiling's requests per second, and p99 at most 25 ms at 32 connections.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import secrets
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+
+HERE = Path(__file__).parent
+EXE = Path(sys.executable).parent / "creditledger"
+REQUEST = {
+    "account_id": "bench",
+    "catalog": "veo3",
+    "operation": "video",
+    "params": {"prompt": "A cat playing in a garden", "video_model": "veo3_fast"},
+}
+
+CAPTURE = {"status": "COMPLETED", "usage": {"videos": 1}}
+
+# wrk's script: per thread, a queue of authorizations waiting for their capture.
+PAIRS_LUA = """
+local counter = 0
+local pending = {}
+auths, captures, errors = 0, 0, 0
+local threads = {}
+
+function setup(thread)
+  thread:set("tid", #threads + 1)
+  table.insert(threads, thread)
+end
+
+function request()
+  local id = table.remove(pending)
+  if id then
+    return wrk.format("POST", "/v1/authorizations/" .. id .. "/capture", HEADERS, CAPTURE)
+  end
+  counter = counter + 1
+  local headers = {}
+  for k, v in pairs(HEADERS) do headers[k] = v end
+  headers["Idempotency-Key"] = "bench-" .. RUN .. "-" .. tid .. "-" .. counter
+  return wrk.format("POST", "/v1/authorizations", headers, AUTHORIZE)
+end
+
+function response(status, headers, body)
+  if status == 201 then
+    auths = auths + 1
+    local id = body:match('"id":"([^"]+)"')
+    table.insert(pending, id)
+  elseif status == 200 then
+    captures = captures + 1
+  else
+    errors = errors + 1
+  end
+end
+
+function done(summary, latency, requests)
+  local a, c, e = 0, 0, 0
+  for _, t in ipairs(threads) do
+    a = a + t:get("auths"); c = c + t:get("captures"); e = e + t:get("errors")
+  end
+  io.write(string.format("RESULT auths=%d captures=%d errors=%d\\n", a, c, e))
+end
+"""
+
+NOOP_LUA = """
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = BODY
+"""
+
+
+def _port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+@contextmanager
+def _serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Iterator[None]:
+    proc = subprocess.Popen(
+        command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                httpx.get(url, timeout=1)
+                break
+            except httpx.TransportError:
+                if time.monotonic() > deadline or proc.poll() is not None:
+                    raise RuntimeError(f"{command} did not start") from None
+                time.sleep(0.2)
+        yield
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+
+
+def _wrk(url: str, script: str, connections: int, duration: int) -> dict[str, Any]:
+    with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
+        f.write(script)
+    try:
+        out = subprocess.run(
+            [
+                "wrk",
+                "-t2",
+                f"-c{connections}",
+                f"-d{duration}s",
+                "--latency",
+                "--timeout",
+                "10s",
+                "-s",
+                f.name,
+                url,
+            ],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        if out.returncode != 0:
+            raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
+        out = out.stdout
+    finally:
+        os.unlink(f.name)
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
+    latency = {}
+    for pct in ("50", "90", "99"):
+        m = re.search(rf"\s{pct}%\s+([\d.]+)(us|ms|s)\b", out)
+        assert m, out
+        scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
+        latency[f"p{pct}_ms"] = round(float(m.group(1)) * scale, 2)
+    result: dict[str, Any] = {"requests_per_s": rps, **latency}
+    m = re.search(r"RESULT auths=(\d+) captures=(\d+) errors=(\d+)", out)
+    if m:
+        result.update(
+            authorizations_per_s=round(int(m.group(1)) / duration, 1),
+            captures=int(m.group(2)),
+            errors=int(m.group(3)),
+        )
+    non2xx = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    result["non_2xx"] = int(non2xx.group(1)) if non2xx else 0
+    return result
+
+
+def _lua_string(value: str) -> str:
+    return json.dumps(value)  # a JSON string literal is a valid Lua string literal here
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--connections", type=int, default=32)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per round")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args(argv)
+    if shutil.which("wrk") is None:
+        print("wrk is not installed: apt-get install -y wrk")
+        return 2
+
+    admin = f"bench-admin-{secrets.token_urlsafe(16)}"
+    base = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
+    ledger_results, noop_results = [], []
+    with tempfile.TemporaryDirectory(prefix="creditledger-http-") as folder:
+        work = Path(folder)
+        env = {
+            **base,
+            "CREDITLEDGER_DATABASE_URL": f"sqlite:///{work / 'creditledger.db'}",
+            "CREDITLEDGER_ADMIN_KEY": admin,
+        }
+        lport, nport = _port(), _port()
+        lurl, nurl = f"http://127.0.0.1:{lport}", f"http://127.0.0.1:{nport}"
+        ledger_cmd = [str(EXE), "serve", "--port", str(lport)]
+        noop_cmd = [
+            sys.executable, "-m", "uvicorn", "tests.benchmarks.noop_app:app",
+            "--port", str(nport), "--no-access-log", "--log-level", "warning",
+        ]  # fmt: skip
+        auth = {"Authorization": f"Bearer {admin}"}
+        headers = (
+            "{"
+            + ", ".join(
+                f"[{_lua_string(k)}] = {_lua_string(v)}"
+                for k, v in {**auth, "Content-Type": "application/json"}.items()
+            )
+            + "}"
+        )
+        for round_no in range(args.rounds):
+            with _serve(ledger_cmd, env, f"{lurl}/healthz", work):
+                if round_no == 0:
+                    with httpx.Client(base_url=lurl, headers=auth) as http:
+                        http.post("/v1/accounts", json={"id": "bench", "unit": "credit"})
+                        http.post("/v1/accounts/bench/topups", json={"amount": 10**15})
+                script = (
+                    f"HEADERS = {headers}\n"
+                    f"RUN = {_lua_string(str(round_no))}\n"
+                    f"AUTHORIZE = {_lua_string(json.dumps(REQUEST))}\n"
+                    f"CAPTURE = {_lua_string(json.dumps(CAPTURE))}\n" + PAIRS_LUA
+                )
+                ledger_results.append(_wrk(lurl, script, args.connections, args.duration))
+            cwd = HERE.parent.parent
+            with _serve(noop_cmd, {**base, "PYTHONPATH": str(cwd)}, f"{nurl}/docs", cwd):
+                script = f"BODY = {_lua_string(json.dumps(REQUEST))}\n" + NOOP_LUA
+                noop_results.append(_wrk(f"{nurl}/noop", script, args.connections, args.duration))
+
+    def med(rows: list[dict[str, Any]], key: str) -> float:
+        return float(statistics.median(r[key] for r in rows))
+
+    auths = med(ledger_results, "authorizations_per_s")
+    ceiling = med(noop_results, "requests_per_s")
+    summary = {
+        "connections": args.connections,
+        "authorizations_per_s": auths,
+        "ledger_requests_per_s": med(ledger_results, "requests_per_s"),
+        "ledger_p50_ms": med(ledger_results, "p50_ms"),
+        "ledger_p99_ms": med(ledger_results, "p99_ms"),
+        "noop_requests_per_s": ceiling,
+        "noop_p99_ms": med(noop_results, "p99_ms"),
+        "ratio": round(auths / ceiling, 3),
+        "ledger_rounds": ledger_results,
+        "noop_rounds": noop_results,
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+        return 0
+    print(
+        f"{args.rounds} rounds x {args.duration} s, {args.connections} connections, medians; "
+        "target: authorizations/s >= 50% of the no-op's requests/s, p99 <= 25 ms"
+    )
+    print(f"{'':28} {'auth/s':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
+    print(
+        f"{'creditledger (auth+capture)':28} {auths:9.1f} {summary['ledger_requests_per_s']:9.1f} "
+        f"{summary['ledger_p50_ms']:8.2f} {summary['ledger_p99_ms']:8.2f}"
+    )
+    print(
+        f"{'no-op endpoint (ceiling)':28} {'':>9} {ceiling:9.1f} {'':>8} "
+        f"{summary['noop_p99_ms']:8.2f}"
+    )
+    print(f"ratio authorizations/s : ceiling = {summary['ratio']:.3f}")
+    errors = sum(r.get("errors", 0) for r in ledger_results)
+    if errors:
+        print(f"WARNING: {errors} ledger requests failed (not 200/201)")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
