@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import hashlib
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import Depends, Header, Request
+from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import Forbidden, Unauthorized
@@ -29,7 +30,12 @@ class Services:
     settings: Settings
 
 
-def get_services(request: Request) -> Services:
+# The dependencies are ``async``: a synchronous one would cost a hop through the thread
+# pool on every request. None of them blocks (the key check reads the database in the
+# thread pool only when the key is not in the keys' cache).
+
+
+async def get_services(request: Request) -> Services:
     services: Services = request.app.state.services
     return services
 
@@ -39,21 +45,24 @@ ServicesDep = Annotated[Services, Depends(get_services)]
 _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: Bearer <key>`.")
 
 
-def get_caller(
+async def get_caller(
     services: ServicesDep,
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
 ) -> Principal:
     """The authenticated caller, or 401."""
     if credentials is None or not credentials.credentials:
         raise Unauthorized
-    principal = services.keys.authenticate(credentials.credentials)
+    token = credentials.credentials
+    principal = services.keys.cached(token)
+    if principal is None:
+        principal = await run_in_threadpool(services.keys.authenticate, token)
     if principal is None:
         raise Unauthorized
     return principal
 
 
-def _role(*roles: str) -> Callable[[Principal], Principal]:
-    def check(caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
+def _role(*roles: str) -> Callable[[Principal], Coroutine[Any, Any, Principal]]:
+    async def check(caller: Annotated[Principal, Depends(get_caller)]) -> Principal:
         if caller.role not in roles:
             raise Forbidden(f"a {caller.role} key may not do this (needs: {', '.join(roles)})")
         return caller
@@ -77,7 +86,7 @@ def ensure_own(caller: Principal, account_id: str) -> None:
         raise NotFound(f"no account '{account_id}'", field="account_id")
 
 
-def get_idempotency_key(
+async def get_idempotency_key(
     caller: Caller,
     idempotency_key: Annotated[
         str | None,

@@ -87,8 +87,17 @@ class Database:
         # SQLite has one writer at a time. Threads of this process queue here for it
         # instead of polling SQLite's busy handler, whose back-off sleeps (up to 100 ms
         # each) would make the tail latency of concurrent writers; other processes (the
-        # CLI) still meet the busy timeout.
+        # CLI) still meet the busy timeout. The writers share one connection: its page
+        # cache stays warm, where a connection that did not write last must re-read every
+        # page another connection changed.
         self._writer = threading.Lock() if self.is_sqlite else None
+        self._write_engine = (
+            make_engine(
+                engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0
+            )
+            if self.is_sqlite
+            else engine
+        )
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> Database:
@@ -110,7 +119,7 @@ class Database:
 
     @contextmanager
     def _connect(self, *, write: bool) -> Iterator[Connection]:
-        with self.engine.connect() as conn:
+        with (self._write_engine if write else self.engine).connect() as conn:
             if write:
                 conn.execution_options(**{_WRITE: True})
             with conn.begin():
@@ -127,6 +136,8 @@ class Database:
 
     def dispose(self) -> None:
         self.engine.dispose()
+        if self._write_engine is not self.engine:
+            self._write_engine.dispose()
 
 
 def alembic_config(connection: Connection | None = None) -> Config:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -75,11 +76,17 @@ class Keys:
         *,
         admin_key: str | None = None,
         clock: Callable[[], datetime] = _now,
+        cache_seconds: float = 1.0,
     ) -> None:
         self.db = db
         self.clock = clock
         # The operator's configured admin key, kept only as a digest.
         self._admin_digest = _digest(admin_key) if admin_key else None
+        # Keys recently found valid, by digest of the whole token: a request need not read
+        # the database to authenticate. A revocation through this process takes effect at
+        # once; one made by another process (the CLI) within ``cache_seconds``.
+        self.cache_seconds = cache_seconds
+        self._valid: dict[str, tuple[Principal, float]] = {}
 
     def create(self, role: str, *, name: str = "", account_id: str | None = None) -> CreatedKey:
         """A new key; its secret is in the result and nowhere else."""
@@ -127,6 +134,9 @@ class Keys:
 
     def revoke(self, key_id: str) -> KeyView:
         """Revoke a key (at once, for every later request). Revoking twice is harmless."""
+        for digest, (principal, _) in list(self._valid.items()):
+            if principal.key_id == key_id:
+                self._valid.pop(digest, None)
         with self.db.transaction() as conn:
             conn.execute(
                 api_keys.update()
@@ -150,11 +160,23 @@ class Keys:
             rows = conn.execute(self._select().order_by(api_keys.c.created_at, api_keys.c.id))
             return [self._to_view(r) for r in rows]
 
+    def cached(self, token: str) -> Principal | None:
+        """The caller of a token found valid within ``cache_seconds``; None otherwise.
+
+        Never reads the database (safe on an event loop); on None, call ``authenticate``.
+        """
+        digest = _digest(token)
+        if self._admin_digest is not None and hmac.compare_digest(digest, self._admin_digest):
+            return Principal(ENVIRONMENT_KEY_ID, "admin")
+        found = self._valid.get(digest)
+        if found is None or found[1] < time.monotonic():
+            return None
+        return found[0]
+
     def authenticate(self, token: str) -> Principal | None:
         """The caller a bearer token belongs to, or None (unknown, malformed, revoked)."""
-        if self._admin_digest is not None and hmac.compare_digest(
-            _digest(token), self._admin_digest
-        ):
+        digest = _digest(token)
+        if self._admin_digest is not None and hmac.compare_digest(digest, self._admin_digest):
             return Principal(ENVIRONMENT_KEY_ID, "admin")
         prefix, _, rest = token.partition("_")
         key_id, _, secret = rest.partition("_")
@@ -175,7 +197,12 @@ class Keys:
             return None
         if row.revoked_at is not None:
             return None
-        return Principal(key_id, row.role, row.external_id)
+        principal = Principal(key_id, row.role, row.external_id)
+        if self.cache_seconds > 0:
+            if len(self._valid) > 10_000:
+                self._valid.clear()
+            self._valid[digest] = (principal, time.monotonic() + self.cache_seconds)
+        return principal
 
     def bootstrap_admin(self) -> CreatedKey | None:
         """A first admin key when none is configured or active; None when one exists."""

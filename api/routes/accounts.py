@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Query
+from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Admin, Caller, IdempotencyKey, JournalReader, ServicesDep, ensure_own
 from api.routing import JsonRoute
@@ -51,12 +52,13 @@ def _public(view: AccountView) -> AccountPublic:
 
 
 @router.post("/accounts", status_code=201, response_model=AccountPublic, responses=_ERRORS)
-def create_account(
+async def create_account(
     body: AccountCreate, _caller: Admin, services: ServicesDep, key: IdempotencyKey
 ) -> AccountPublic:
     """Open a wallet counted in ``unit`` (409 if the id is taken)."""
     return _public(
-        services.ledger.open_account(
+        await run_in_threadpool(
+            services.ledger.open_account,
             body.id,
             body.unit,
             idempotency_key=key,
@@ -68,14 +70,14 @@ def create_account(
 
 
 @router.get("/accounts/{id}", response_model=AccountPublic, responses=_ERRORS)
-def read_account(id: str, caller: Caller, services: ServicesDep) -> AccountPublic:
+async def read_account(id: str, caller: Caller, services: ServicesDep) -> AccountPublic:
     """Balances (posted, pending holds, available) and credit grants."""
     ensure_own(caller, id)
-    return _public(services.ledger.account(id))
+    return _public(await run_in_threadpool(services.ledger.account, id))
 
 
 @router.get("/accounts/{id}/entries", response_model=EntryPage, responses=_ERRORS)
-def list_entries(
+async def list_entries(
     id: str,
     caller: JournalReader,
     services: ServicesDep,
@@ -84,13 +86,13 @@ def list_entries(
 ) -> EntryPage:
     """The wallet's journal entries, newest first; pass ``next_cursor`` for the next page."""
     ensure_own(caller, id)
-    return services.ledger.entries(id, cursor=cursor, limit=limit)
+    return await run_in_threadpool(services.ledger.entries, id, cursor=cursor, limit=limit)
 
 
 @router.post(
     "/accounts/{id}/topups", status_code=201, response_model=TopUpResult, responses=_ERRORS
 )
-def create_topup(
+async def create_topup(
     id: str,
     body: TopUpCreate,
     _caller: Admin,
@@ -98,7 +100,8 @@ def create_topup(
     key: IdempotencyKey,
 ) -> TopUpResult:
     """Add credits as a grant (a token pack, a monthly allocation, a promotion)."""
-    return services.ledger.top_up(
+    return await run_in_threadpool(
+        services.ledger.top_up,
         id,
         body.amount,
         idempotency_key=key,
@@ -115,7 +118,7 @@ def create_topup(
     response_model=AdjustmentResult,
     responses=_ERRORS,
 )
-def create_adjustment(
+async def create_adjustment(
     id: str,
     body: AdjustmentCreate,
     _caller: Admin,
@@ -123,7 +126,9 @@ def create_adjustment(
     key: IdempotencyKey,
 ) -> AdjustmentResult:
     """An admin correction: a signed amount with its reason."""
-    return services.ledger.adjust(id, body.amount, reason=body.reason, idempotency_key=key)
+    return await run_in_threadpool(
+        services.ledger.adjust, id, body.amount, reason=body.reason, idempotency_key=key
+    )
 
 
 @router.post(
@@ -132,7 +137,7 @@ def create_adjustment(
     response_model=ReversalResult,
     responses=_ERRORS,
 )
-def reverse_entry(
+async def reverse_entry(
     id: str,
     body: ReversalCreate,
     _caller: Admin,
@@ -140,4 +145,6 @@ def reverse_entry(
     key: IdempotencyKey,
 ) -> ReversalResult:
     """Reverse an entry (refund a charge, take back a top-up), at most once."""
-    return services.ledger.reverse(id, reason=body.reason, idempotency_key=key)
+    return await run_in_threadpool(
+        services.ledger.reverse, id, reason=body.reason, idempotency_key=key
+    )

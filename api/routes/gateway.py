@@ -6,6 +6,7 @@ from datetime import timedelta
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Caller, Gateway, IdempotencyKey, ServicesDep, ensure_own
 from api.routing import JsonRoute
@@ -39,7 +40,9 @@ _PAYING: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/estimates", response_model=EstimatePublic, responses=_ERRORS)
-def create_estimate(body: EstimateCreate, caller: Caller, services: ServicesDep) -> EstimatePublic:
+async def create_estimate(
+    body: EstimateCreate, caller: Caller, services: ServicesDep
+) -> EstimatePublic:
     """Quote a request; with ``account_id``, also whether the wallet can afford it now."""
     ledger = services.ledger
     quote = ledger.quote(body.envelope())
@@ -47,7 +50,7 @@ def create_estimate(body: EstimateCreate, caller: Caller, services: ServicesDep)
     if body.account_id is None:
         return public
     ensure_own(caller, body.account_id)
-    balance = ledger.balance(body.account_id)
+    balance = await run_in_threadpool(ledger.balance, body.account_id)
     if balance.unit != quote.unit:
         raise InvalidInput(
             f"catalog '{quote.catalog}' bills in {quote.unit}; account "
@@ -63,11 +66,12 @@ def create_estimate(body: EstimateCreate, caller: Caller, services: ServicesDep)
 
 
 @router.post("/authorizations", status_code=201, response_model=HoldView, responses=_PAYING)
-def create_authorization(
+async def create_authorization(
     body: AuthorizationCreate, _caller: Gateway, services: ServicesDep, key: IdempotencyKey
 ) -> HoldView:
     """Hold the request's worst-case cost, or 402 with ``credits_needed``/``credits_balance``."""
-    hold = services.ledger.authorize(
+    hold = await run_in_threadpool(
+        services.ledger.authorize,
         body.account_id,
         body.envelope(),
         idempotency_key=key,
@@ -79,8 +83,8 @@ def create_authorization(
 
 
 @router.get("/authorizations/{id}", response_model=HoldView, responses=_ERRORS)
-def read_authorization(id: str, caller: Caller, services: ServicesDep) -> HoldView:
-    hold = services.ledger.hold(id)
+async def read_authorization(id: str, caller: Caller, services: ServicesDep) -> HoldView:
+    hold = await run_in_threadpool(services.ledger.hold, id)
     # A customer sees its own wallet's authorizations; others do not exist for it.
     if caller.role == "customer" and caller.account != hold.account_id:
         raise NotFound(f"no authorization '{id}'", field="id")
@@ -88,7 +92,7 @@ def read_authorization(id: str, caller: Caller, services: ServicesDep) -> HoldVi
 
 
 @router.post("/authorizations/{id}/capture", response_model=CaptureResult, responses=_ERRORS)
-def capture_authorization(
+async def capture_authorization(
     id: str,
     body: CaptureCreate,
     _caller: Gateway,
@@ -96,26 +100,32 @@ def capture_authorization(
     key: IdempotencyKey,
 ) -> CaptureResult:
     """Charge what was used (ERROR: nothing) and release the rest of the hold."""
-    result = services.ledger.capture(id, status=body.status, usage=body.usage, idempotency_key=key)
+    result = await run_in_threadpool(
+        services.ledger.capture, id, status=body.status, usage=body.usage, idempotency_key=key
+    )
     services.metrics.holds_resolved.labels("captured").inc()
     return result
 
 
 @router.post("/authorizations/{id}/void", response_model=HoldView, responses=_ERRORS)
-def void_authorization(
+async def void_authorization(
     id: str, _caller: Gateway, services: ServicesDep, key: IdempotencyKey
 ) -> HoldView:
     """Release the whole hold."""
-    hold = services.ledger.void(id, idempotency_key=key)
+    hold = await run_in_threadpool(services.ledger.void, id, idempotency_key=key)
     services.metrics.holds_resolved.labels("voided").inc()
     return hold
 
 
 @router.post("/charges", status_code=201, response_model=ChargeResult, responses=_PAYING)
-def create_charge(
+async def create_charge(
     body: ChargeCreate, _caller: Gateway, services: ServicesDep, key: IdempotencyKey
 ) -> ChargeResult:
     """Deduct the request's cost at once (APIs that charge when generation starts)."""
-    return services.ledger.charge(
-        body.account_id, body.envelope(), idempotency_key=key, request_id=body.request_id
+    return await run_in_threadpool(
+        services.ledger.charge,
+        body.account_id,
+        body.envelope(),
+        idempotency_key=key,
+        request_id=body.request_id,
     )

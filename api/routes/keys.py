@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Admin, ServicesDep
 from api.routing import JsonRoute
@@ -21,17 +22,19 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.post("/keys", status_code=201, response_model=CreatedKey, responses=_ERRORS)
-def create_key(body: KeyCreate, _caller: Admin, services: ServicesDep) -> CreatedKey:
+async def create_key(body: KeyCreate, _caller: Admin, services: ServicesDep) -> CreatedKey:
     """A new key. ``key`` is in this response only: the server keeps a digest."""
-    return services.keys.create(body.role, name=body.name, account_id=body.account_id)
+    return await run_in_threadpool(
+        services.keys.create, body.role, name=body.name, account_id=body.account_id
+    )
 
 
 @router.get("/keys", response_model=list[KeyView], responses=_ERRORS)
-def list_keys(_caller: Admin, services: ServicesDep) -> list[KeyView]:
-    return services.keys.list()
+async def list_keys(_caller: Admin, services: ServicesDep) -> list[KeyView]:
+    return await run_in_threadpool(services.keys.list)
 
 
 @router.delete("/keys/{id}", response_model=KeyView, responses=_ERRORS)
-def revoke_key(id: str, _caller: Admin, services: ServicesDep) -> KeyView:
+async def revoke_key(id: str, _caller: Admin, services: ServicesDep) -> KeyView:
     """Revoke a key: every later request with it gets 401."""
-    return services.keys.revoke(id)
+    return await run_in_threadpool(services.keys.revoke, id)

@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy as sa
 from fastapi import APIRouter, Response
+from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import Caller, ServicesDep
@@ -23,7 +24,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
 
 
 @router.get("/v1/catalogs", response_model=CatalogsPublic, responses=_ERRORS, tags=["catalogs"])
-def list_catalogs(_caller: Caller, services: ServicesDep) -> CatalogsPublic:
+async def list_catalogs(_caller: Caller, services: ServicesDep) -> CatalogsPublic:
     """Every catalog: versions (which is in force), operations, models and prices."""
     return CatalogsPublic(catalogs=describe(services.ledger.catalogs, services.ledger.clock()))
 
@@ -31,7 +32,7 @@ def list_catalogs(_caller: Caller, services: ServicesDep) -> CatalogsPublic:
 @router.get(
     "/v1/catalogs/{name}", response_model=dict[str, Any], responses=_ERRORS, tags=["catalogs"]
 )
-def read_catalog(name: str, _caller: Caller, services: ServicesDep) -> dict[str, Any]:
+async def read_catalog(name: str, _caller: Caller, services: ServicesDep) -> dict[str, Any]:
     for catalog in describe(services.ledger.catalogs, services.ledger.clock()):
         if catalog["name"] == name:
             return catalog
@@ -41,14 +42,18 @@ def read_catalog(name: str, _caller: Caller, services: ServicesDep) -> dict[str,
 
 
 @router.get("/healthz", response_model=HealthPublic, tags=["meta"])
-def health(services: ServicesDep) -> HealthPublic:
+async def health(services: ServicesDep) -> HealthPublic:
     """Liveness and database reachability (no key needed)."""
-    with services.ledger.db.transaction(write=False) as conn:
-        conn.execute(sa.text("SELECT 1"))
+
+    def ping() -> None:
+        with services.ledger.db.transaction(write=False) as conn:
+            conn.execute(sa.text("SELECT 1"))
+
+    await run_in_threadpool(ping)
     return HealthPublic(status="ok", database=services.ledger.db.dialect)
 
 
 @router.get("/metrics", include_in_schema=False)
-def metrics(services: ServicesDep) -> Response:
+async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format (no key needed: scrape it from the private network)."""
     return Response(generate_latest(services.metrics.registry), media_type=CONTENT_TYPE_LATEST)

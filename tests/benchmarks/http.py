@@ -133,7 +133,7 @@ def _wrk(url: str, script: str, connections: int, duration: int) -> dict[str, An
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
     try:
-        out = subprocess.run(
+        ran = subprocess.run(
             [
                 "wrk",
                 "-t2",
@@ -150,9 +150,9 @@ def _wrk(url: str, script: str, connections: int, duration: int) -> dict[str, An
             text=True,
             check=False,
         )
-        if out.returncode != 0:
-            raise RuntimeError(f"wrk failed: {out.stderr or out.stdout}")
-        out = out.stdout
+        if ran.returncode != 0:
+            raise RuntimeError(f"wrk failed: {ran.stderr or ran.stdout}")
+        out = ran.stdout
     finally:
         os.unlink(f.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
