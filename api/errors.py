@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -162,8 +163,23 @@ def _http(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, exc.status_code, headers=exc.headers)
 
 
+def _internal(_request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        # The database is unreachable or overloaded: nothing was committed; retry later
+        # with the same idempotency key.
+        log.error("database unavailable", exc_info=exc)
+        return JSONResponse(
+            {"error": "database_unavailable", "message": "the database is unavailable; retry"},
+            503,
+            headers={"Retry-After": "1"},
+        )
+    log.error("unhandled error", exc_info=exc)
+    return JSONResponse({"error": "internal_error", "message": "internal error"}, 500)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
+    app.add_exception_handler(Exception, _internal)
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Unauthorized, _unauthorized)

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+import sqlalchemy as sa
 
 from ledger.verify import verify
 from pricing import price_usage
@@ -447,3 +448,28 @@ def test_unknown_ids_are_404(api: Api) -> None:
         assert r.json()["error"] == "not_found"
     r = api.post("/v1/authorizations", {"account_id": "ghost", **VEO_FAST})
     assert r.status_code == 404
+
+
+def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(api: Api) -> None:
+    user = api.wallet("fragile", "credit", topup=500)
+
+    def lost(*_a: Any, **_k: Any) -> Any:
+        raise sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
+
+    def bug(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("boom")
+
+    for broken, status, error in (
+        (lost, 503, "database_unavailable"),
+        (bug, 500, "internal_error"),
+    ):
+        original = api.ledger.authorize
+        api.ledger.authorize = broken  # type: ignore[method-assign]
+        try:
+            r = authorize(api, user, VEO_FAST)
+        finally:
+            api.ledger.authorize = original  # type: ignore[method-assign]
+        assert r.status_code == status
+        assert r.json()["error"] == error
+        assert "boom" not in r.text
+    assert api.balance(user)["pending"] == 0
