@@ -21,7 +21,7 @@ import sys
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -36,7 +36,7 @@ from api.errors import status_of
 from ledger.db import Database
 from ledger.keys import Keys
 from ledger.results import AccountView, GrantView
-from ledger.services import Ledger
+from ledger.services import Ledger, ledger_from_settings
 from ledger.settings import get_settings
 from ledger.verify import verify
 from pricing import CatalogSet, estimate, load_catalogs
@@ -288,20 +288,22 @@ def _domain_errors() -> Iterator[None]:
 @contextmanager
 def _open_ledger() -> Iterator[Ledger]:
     with _domain_errors():
-        settings = get_settings()
-        try:
-            catalogs = load_catalogs(settings.catalog_dirs())
-        except CatalogError as exc:
-            _fail(exc.to_dict(), EXIT_CATALOG)
-        ledger = Ledger(
-            Database.from_url(settings.database_url),
-            catalogs,
-            hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
-        )
-        try:
+        ledger = ledger_from_settings(get_settings())
+    try:
+        with _domain_errors():
             yield ledger
-        finally:
-            ledger.db.dispose()
+    finally:
+        ledger.db.dispose()
+
+
+@contextmanager
+def _open_keys() -> Iterator[Keys]:
+    keys = Keys(Database.from_url(get_settings().database_url))
+    try:
+        with _domain_errors():
+            yield keys
+    finally:
+        keys.db.dispose()
 
 
 def _emit(model: BaseModel, as_json: bool, title: str, rows: list[tuple[str, Any]]) -> None:
@@ -379,7 +381,7 @@ def account_create(
     as_json: JsonOption = False,
 ) -> None:
     """Open a wallet."""
-    with _open_ledger() as ledger, _domain_errors():
+    with _open_ledger() as ledger:
         view = ledger.open_account(
             account_id,
             unit,
@@ -397,7 +399,7 @@ def account_show(
     as_json: JsonOption = False,
 ) -> None:
     """Balances and grants of a wallet."""
-    with _open_ledger() as ledger, _domain_errors():
+    with _open_ledger() as ledger:
         view = ledger.account(account_id)
     _show_account(view, as_json, f"account {view.account_id}")
 
@@ -417,7 +419,7 @@ def topup_command(
 ) -> None:
     """Add credits to a wallet."""
     expiry = _parse_instant(expires_at, "expires-at")
-    with _open_ledger() as ledger, _domain_errors():
+    with _open_ledger() as ledger:
         result = ledger.top_up(
             account_id,
             amount,
@@ -446,10 +448,6 @@ keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_a
 app.add_typer(keys_app, name="keys")
 
 
-def _keys() -> Keys:
-    return Keys(Database.from_url(get_settings().database_url))
-
-
 @keys_app.command("create")
 def keys_create(
     role: Annotated[str, typer.Option(help="admin, service or customer.")],
@@ -458,12 +456,8 @@ def keys_create(
     as_json: JsonOption = False,
 ) -> None:
     """Create a key. Its secret is printed this once: store it now."""
-    keys = _keys()
-    try:
-        with _domain_errors():
-            created = keys.create(role, name=name, account_id=account)
-    finally:
-        keys.db.dispose()
+    with _open_keys() as keys:
+        created = keys.create(role, name=name, account_id=account)
     _emit(
         created,
         as_json,
@@ -483,24 +477,16 @@ def keys_revoke(
     as_json: JsonOption = False,
 ) -> None:
     """Revoke a key: every later request with it gets 401."""
-    keys = _keys()
-    try:
-        with _domain_errors():
-            view = keys.revoke(key_id)
-    finally:
-        keys.db.dispose()
+    with _open_keys() as keys:
+        view = keys.revoke(key_id)
     _emit(view, as_json, "API key revoked", [("id", view.id), ("revoked at", view.revoked_at)])
 
 
 @keys_app.command("list")
 def keys_list(as_json: JsonOption = False) -> None:
     """Every key (never a secret)."""
-    keys = _keys()
-    try:
-        with _domain_errors():
-            views = keys.list()
-    finally:
-        keys.db.dispose()
+    with _open_keys() as keys:
+        views = keys.list()
     if as_json:
         typer.echo(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
         return

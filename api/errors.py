@@ -17,6 +17,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from api.schemas import ErrorPublic, InsufficientCreditsPublic
 from ledger.errors import (
     AccountExists,
     AlreadyReversed,
@@ -175,6 +176,27 @@ def _internal(_request: Request, exc: Exception) -> JSONResponse:
         )
     log.error("unhandled error", exc_info=exc)
     return JSONResponse({"error": "internal_error", "message": "internal error"}, 500)
+
+
+_DESCRIBED = {
+    401: "No valid API key.",
+    402: "Insufficient credits: credits_needed and credits_balance.",
+    403: "The key's role may not do this.",
+    404: "No such resource (or not the customer key's own).",
+    409: "A conflict: exists, already resolved or reversed, idempotency key reused.",
+    422: "Invalid request: the field and what is allowed.",
+}
+
+
+def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    """The OpenAPI ``responses`` of a route: its error statuses and their bodies."""
+    return {
+        status: {
+            "model": InsufficientCreditsPublic if status == 402 else ErrorPublic,
+            "description": _DESCRIBED[status],
+        }
+        for status in statuses
+    }
 
 
 def install(app: FastAPI) -> None:

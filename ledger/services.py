@@ -865,6 +865,17 @@ class Ledger:
 
     # ------------------------------------------------------------------ authorizations
 
+    def affordability(self, account_id: str, quote: Quote) -> tuple[bool, int]:
+        """Whether the wallet covers ``quote.max_cost`` now, and its available credits.
+
+        Advisory (no lock, nothing held): ``authorize`` decides.
+        """
+        with self.db.transaction(write=False) as conn:
+            wallet = self._wallet(conn, account_id)
+            self._check_unit(quote, wallet)
+            view = self._balance_view(conn, wallet)
+        return view.debt == 0 and view.available >= quote.max_cost, view.available
+
     def quote(self, request: Mapping[str, Any]) -> Quote:
         """Price a request with the catalog versions in force now; changes nothing."""
         return self._quote(request, self._now())
@@ -1184,16 +1195,21 @@ class Ledger:
             credits_remaining=kernel.available(balance, pending, wallet.overdraft_limit),
         )
 
-    def hold(self, hold_id: str) -> HoldView:
+    def hold(self, hold_id: str, *, owner: str | None = None) -> HoldView:
+        """An authorization; with ``owner``, only if it is that wallet's (else not found)."""
         with self.db.transaction(write=False) as conn:
             account = conn.execute(
                 sa.select(holds.c.account_id).where(holds.c.id == hold_id)
             ).scalar()
-            if account is None:
+            external = (
+                None
+                if account is None
+                else conn.execute(
+                    sa.select(accounts.c.external_id).where(accounts.c.id == account)
+                ).scalar_one()
+            )
+            if external is None or owner not in (None, external):
                 raise NotFound(f"no authorization '{hold_id}'", field="id")
-            external = conn.execute(
-                sa.select(accounts.c.external_id).where(accounts.c.id == account)
-            ).scalar_one()
             return self._hold_view(conn, self._wallet(conn, external), hold_id)
 
     # ------------------------------------------------------------------------- charges

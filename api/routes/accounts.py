@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Admin, Caller, IdempotencyKey, JournalReader, ServicesDep, ensure_own
+from api.errors import documented
 from api.routing import JsonRoute
 from api.schemas import (
     AccountCreate,
@@ -15,7 +16,6 @@ from api.schemas import (
     AdjustmentCreate,
     AdjustmentResult,
     EntryPage,
-    ErrorPublic,
     ReversalCreate,
     ReversalResult,
     TopUpCreate,
@@ -25,30 +25,11 @@ from ledger.results import AccountView
 
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["accounts"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorPublic, "description": "No valid API key."},
-    403: {"model": ErrorPublic, "description": "The key's role may not do this."},
-    404: {"model": ErrorPublic, "description": "No such account or entry."},
-    409: {"model": ErrorPublic, "description": "A conflict (exists, reversed, idempotency)."},
-    422: {"model": ErrorPublic, "description": "Invalid request: the field and what is allowed."},
-}
+_ERRORS = documented(401, 403, 404, 409, 422)
 
 
 def _public(view: AccountView) -> AccountPublic:
-    return AccountPublic(
-        id=view.account_id,
-        unit=view.unit,
-        scale=view.scale,
-        balance=view.balance,
-        pending=view.pending,
-        available=view.available,
-        overdraft_limit=view.overdraft_limit,
-        debt=view.debt,
-        monthly_allocation=view.monthly_allocation,
-        timezone=view.timezone,
-        created_at=view.created_at,
-        grants=view.grants,
-    )
+    return AccountPublic(id=view.account_id, **view.model_dump(exclude={"account_id", "as_of"}))
 
 
 @router.post("/accounts", status_code=201, response_model=AccountPublic, responses=_ERRORS)

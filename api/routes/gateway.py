@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from datetime import timedelta
-from typing import Any
 
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Caller, Gateway, IdempotencyKey, ServicesDep, ensure_own
+from api.errors import documented
 from api.routing import JsonRoute
 from api.schemas import (
     AuthorizationCreate,
@@ -16,27 +16,15 @@ from api.schemas import (
     CaptureResult,
     ChargeCreate,
     ChargeResult,
-    ErrorPublic,
     EstimateCreate,
     EstimatePublic,
     HoldView,
-    InsufficientCreditsPublic,
 )
-from ledger.errors import InvalidInput, NotFound
 
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["gateway"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorPublic, "description": "No valid API key."},
-    403: {"model": ErrorPublic, "description": "The key's role may not do this."},
-    404: {"model": ErrorPublic, "description": "No such account or authorization."},
-    409: {"model": ErrorPublic, "description": "Idempotency key reused with another body."},
-    422: {"model": ErrorPublic, "description": "Invalid request: the field and what is allowed."},
-}
-_PAYING: dict[int | str, dict[str, Any]] = {
-    **_ERRORS,
-    402: {"model": InsufficientCreditsPublic, "description": "Insufficient credits."},
-}
+_ERRORS = documented(401, 403, 404, 409, 422)
+_PAYING = documented(401, 402, 403, 404, 409, 422)
 
 
 @router.post("/estimates", response_model=EstimatePublic, responses=_ERRORS)
@@ -50,19 +38,10 @@ async def create_estimate(
     if body.account_id is None:
         return public
     ensure_own(caller, body.account_id)
-    balance = await run_in_threadpool(ledger.balance, body.account_id)
-    if balance.unit != quote.unit:
-        raise InvalidInput(
-            f"catalog '{quote.catalog}' bills in {quote.unit}; account "
-            f"'{body.account_id}' holds {balance.unit}",
-            field="catalog",
-        )
-    return public.model_copy(
-        update={
-            "affordable": balance.debt == 0 and balance.available >= quote.max_cost,
-            "credits_balance": balance.available,
-        }
+    affordable, available = await run_in_threadpool(
+        services.ledger.affordability, body.account_id, quote
     )
+    return public.model_copy(update={"affordable": affordable, "credits_balance": available})
 
 
 @router.post("/authorizations", status_code=201, response_model=HoldView, responses=_PAYING)
@@ -84,11 +63,9 @@ async def create_authorization(
 
 @router.get("/authorizations/{id}", response_model=HoldView, responses=_ERRORS)
 async def read_authorization(id: str, caller: Caller, services: ServicesDep) -> HoldView:
-    hold = await run_in_threadpool(services.ledger.hold, id)
     # A customer sees its own wallet's authorizations; others do not exist for it.
-    if caller.role == "customer" and caller.account != hold.account_id:
-        raise NotFound(f"no authorization '{id}'", field="id")
-    return hold
+    owner = caller.account if caller.role == "customer" else None
+    return await run_in_threadpool(services.ledger.hold, id, owner=owner)
 
 
 @router.post("/authorizations/{id}/capture", response_model=CaptureResult, responses=_ERRORS)

@@ -2,23 +2,17 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Admin, ServicesDep
+from api.errors import documented
 from api.routing import JsonRoute
-from api.schemas import CreatedKey, ErrorPublic, KeyCreate, KeyView
+from api.schemas import CreatedKey, KeyCreate, KeyView
 
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["keys"])
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorPublic, "description": "No valid API key."},
-    403: {"model": ErrorPublic, "description": "Only admin keys manage keys."},
-    404: {"model": ErrorPublic, "description": "No such key or account."},
-    422: {"model": ErrorPublic, "description": "Invalid request: the field and what is allowed."},
-}
+_ERRORS = documented(401, 403, 404, 422)
 
 
 @router.post("/keys", status_code=201, response_model=CreatedKey, responses=_ERRORS)

@@ -10,17 +10,15 @@ from fastapi.concurrency import run_in_threadpool
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from api.deps import Caller, ServicesDep
+from api.errors import documented
 from api.routing import JsonRoute
-from api.schemas import CatalogsPublic, ErrorPublic, HealthPublic
+from api.schemas import CatalogsPublic, HealthPublic
 from ledger.errors import NotFound
 from pricing.catalog import describe
 
 router = APIRouter(route_class=JsonRoute)
 
-_ERRORS: dict[int | str, dict[str, Any]] = {
-    401: {"model": ErrorPublic, "description": "No valid API key."},
-    404: {"model": ErrorPublic, "description": "No such catalog."},
-}
+_ERRORS = documented(401, 404)
 
 
 @router.get("/v1/catalogs", response_model=CatalogsPublic, responses=_ERRORS, tags=["catalogs"])

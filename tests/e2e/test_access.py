@@ -122,7 +122,7 @@ def test_no_key_bad_keys_and_revoked_keys_get_401_everywhere(api: Api) -> None:
         f"Bearer {revoked.key}",
         f"Bearer {wrong_secret}",
     ]
-    for method, path, body, expected in MATRIX:
+    for method, path, body, _ in MATRIX:
         if path == "/healthz":
             continue
         url = path.format(hold=w.hold, entry=w.entry, key_id=w.key_id)
@@ -132,7 +132,6 @@ def test_no_key_bad_keys_and_revoked_keys_get_401_everywhere(api: Api) -> None:
             assert r.status_code == 401, (method, url, header, r.text)
             assert r.headers["www-authenticate"] == "Bearer"
             assert r.json()["error"] == "unauthorized"
-        assert expected  # every endpoint above was tried with every bad header
 
 
 def test_a_revoked_key_stops_working_at_once(api: Api) -> None:
