@@ -68,6 +68,11 @@ ACCOUNT_KINDS = (WALLET, *SYSTEM_KINDS)
 GRANT_KINDS = ("allocation", "pack", "promo", "adjustment")
 HOLD_STATUSES = ("pending", "captured", "voided", "expired")
 KEY_ROLES = ("admin", "service", "customer")
+#: The flows of a wallet's journal: a top-up's grant kind, else the entry's kind.
+FLOWS = ("pack", "promo", "allocation", "adjustment", "capture", "charge", "expiry", "reversal")
+REPORT_STATUSES = ("queued", "running", "succeeded", "failed")
+REPORT_FORMATS = ("csv", "json", "parquet", "html")
+REPORT_ORIGINS = ("request", "month_end")
 
 
 def _in(column: str, values: tuple[str, ...]) -> str:
@@ -208,6 +213,8 @@ class Hold(SQLModel, table=True):
         sa.CheckConstraint(_in("status", HOLD_STATUSES), name="ck_holds_status"),
         sa.CheckConstraint("amount >= 0", name="ck_holds_amount"),
         sa.Index("ix_holds_status_expires", "status", "expires_at"),
+        # Holds open at an instant (reports): unresolved, or resolved after it.
+        sa.Index("ix_holds_resolved", "resolved_at"),
     )
 
     id: str = Field(primary_key=True, max_length=32)
@@ -234,7 +241,11 @@ class MeteringRecord(SQLModel, table=True):
     """One authorization or immediate charge: what was asked, used and charged."""
 
     __tablename__ = "metering_records"
-    __table_args__ = (sa.Index("ix_metering_account_created", "account_id", "created_at"),)
+    __table_args__ = (
+        sa.Index("ix_metering_account_created", "account_id", "created_at"),
+        # Usage by completion (reports for a timezone other than the wallet's).
+        sa.Index("ix_metering_account_completed", "account_id", "completed_at"),
+    )
 
     id: str = Field(primary_key=True, max_length=32)
     account_id: int = Field(foreign_key="accounts.id")
@@ -291,6 +302,31 @@ class DailyUsage(SQLModel, table=True):
     amount: int = money()
 
 
+class DailyFlow(SQLModel, table=True):
+    """A wallet's journal per day (in its timezone) and flow, updated with each entry.
+
+    The statement's opening balance and its credits and debits come from here, so a
+    monthly report reads a few rows per wallet and day instead of every posting.
+    ``verify()`` recomputes it from the postings.
+    """
+
+    __tablename__ = "daily_flows"
+    __table_args__ = (
+        sa.CheckConstraint(_in("flow", FLOWS), name="ck_daily_flows_flow"),
+        sa.CheckConstraint("credits >= 0 AND debits >= 0", name="ck_daily_flows_signs"),
+        sa.Index("ix_daily_flows_day", "day"),
+    )
+
+    account_id: int = Field(primary_key=True, foreign_key="accounts.id")
+    day: str = Field(primary_key=True, max_length=10)
+    flow: str = Field(primary_key=True, max_length=16)
+    #: Minor units credited to the wallet by entries of this flow on this day.
+    credits: int = money()
+    #: Minor units debited from the wallet (a positive number).
+    debits: int = money()
+    entries: int = money()
+
+
 class IdempotencyKey(SQLModel, table=True):
     """A mutating request's key, its hash and its result, written with its effects."""
 
@@ -340,6 +376,72 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = instant(nullable=True)
 
 
+class ReportJob(SQLModel, table=True):
+    """A monthly report: a durable job (queued -> running -> succeeded | failed).
+
+    ``dedupe`` identifies the report asked for; a partial unique index lets one identical
+    job at a time be queued or running. A running job whose heartbeat is older than the
+    lease was interrupted (a crash) and is claimed again.
+    """
+
+    __tablename__ = "report_jobs"
+    __table_args__ = (
+        sa.CheckConstraint(_in("status", REPORT_STATUSES), name="ck_report_jobs_status"),
+        sa.CheckConstraint(_in("format", REPORT_FORMATS), name="ck_report_jobs_format"),
+        sa.CheckConstraint(_in("origin", REPORT_ORIGINS), name="ck_report_jobs_origin"),
+        sa.CheckConstraint("progress >= 0 AND progress <= 100", name="ck_report_jobs_progress"),
+        sa.Index(
+            "ux_report_jobs_active",
+            "dedupe",
+            unique=True,
+            sqlite_where=sa.text("status IN ('queued', 'running')"),
+            postgresql_where=sa.text("status IN ('queued', 'running')"),
+        ),
+        sa.Index(
+            "ux_report_jobs_month_end",
+            "month",
+            "timezone",
+            unique=True,
+            sqlite_where=sa.text("origin = 'month_end'"),
+            postgresql_where=sa.text("origin = 'month_end'"),
+        ),
+        sa.Index("ix_report_jobs_status_created", "status", "created_at"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    month: str = Field(max_length=7)
+    timezone: str = Field(max_length=64)
+    #: The one wallet reported on, or NULL for all of them.
+    account_id: int | None = Field(default=None, foreign_key="accounts.id")
+    format: str = Field(max_length=8)
+    origin: str = Field(default="request", max_length=16)
+    dedupe: str = Field(max_length=64)
+    status: str = Field(default="queued", max_length=16)
+    progress: int = 0
+    stage: str = Field(default="", max_length=64)
+    error: str | None = Field(default=None, max_length=4000)
+    attempts: int = 0
+    requested_by: str | None = Field(default=None, max_length=32)
+    created_at: datetime = instant()
+    started_at: datetime | None = instant(nullable=True)
+    heartbeat_at: datetime | None = instant(nullable=True)
+    finished_at: datetime | None = instant(nullable=True)
+    #: What the finished report found: wallets, totals per unit, reconciliation.
+    summary: dict[str, Any] | None = Field(default=None, sa_column=sa.Column(sa.JSON))
+
+
+class ReportOutput(SQLModel, table=True):
+    """The rendered file of a succeeded report job, kept with the job."""
+
+    __tablename__ = "report_outputs"
+
+    job_id: str = Field(primary_key=True, foreign_key="report_jobs.id", max_length=32)
+    content_type: str = Field(max_length=100)
+    filename: str = Field(max_length=200)
+    sha256: str = Field(max_length=64)
+    content: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+
+
 metadata = SQLModel.metadata
 
 
@@ -360,6 +462,9 @@ movements = table_of(GrantMovement)
 holds = table_of(Hold)
 metering = table_of(MeteringRecord)
 daily = table_of(DailyUsage)
+flows = table_of(DailyFlow)
+report_jobs = table_of(ReportJob)
+report_outputs = table_of(ReportOutput)
 idempotency = table_of(IdempotencyKey)
 periods = table_of(AllocationPeriod)
 api_keys = table_of(ApiKey)

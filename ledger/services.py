@@ -384,9 +384,13 @@ class Ledger:
         reverses_id: str | None = None,
         hold_id: str | None = None,
         pending: int = 0,
+        flow: str | None = None,
     ) -> str:
         """Write one balanced entry and move the materialized balances (and ``pending``
-        of the wallet, when a hold resolves with it)."""
+        of the wallet, when a hold resolves with it) and the wallet's daily flows.
+
+        ``flow`` names the entry in the daily rollup of the journal; it defaults to the
+        entry's kind (a top-up passes its grant kind)."""
         kernel.check_balanced(legs)
         store = self._store(conn)
         entry_id = new_id()
@@ -427,6 +431,17 @@ class Ledger:
                     sql.MOVE_ACCOUNT,
                     {"balance": deltas[account_id], "pending": moved, "id": account_id},
                 )
+        if deltas[wallet.id]:
+            store.run(
+                sql.UPSERT_FLOW,
+                {
+                    "account_id": wallet.id,
+                    "day": kernel.day_of(now, wallet.timezone),
+                    "flow": flow or kind,
+                    "credits": max(deltas[wallet.id], 0),
+                    "debits": max(-deltas[wallet.id], 0),
+                },
+            )
         return entry_id
 
     def _move_pending(self, conn: Connection, account_id: int, delta: int) -> None:
@@ -791,6 +806,7 @@ class Ledger:
                 wallet,
                 kernel.transfer(source, wallet.id, wallet.unit, amount),
                 f"{kind} top-up" + (f" ({reference})" if reference else ""),
+                flow=kind,
             )
             grant_id = self._credit_grants(
                 w.conn,

@@ -35,6 +35,13 @@ class Settings(BaseSettings):
     #: The largest request body the HTTP API reads, in bytes (larger: 413).
     max_body_bytes: int = Field(default=1 << 20, ge=1024, le=64 << 20)
 
+    #: Seconds between two polls of the report worker in ``creditledger serve``.
+    report_poll_seconds: float = Field(default=2.0, gt=0, le=3600)
+
+    #: A running report job whose worker has not reported progress for this long is taken
+    #: to be interrupted (a crash) and is run again.
+    report_lease_seconds: float = Field(default=120.0, ge=1, le=24 * 3600)
+
     def catalog_dirs(self) -> list[Path]:
         """The operator catalog directories to load after the shipped catalogs."""
         return [self.catalog_dir] if self.catalog_dir is not None else []

@@ -121,6 +121,14 @@ UPSERT_DAILY = Sql(
     + ", ".join(f"{d} = daily_usage.{d} + excluded.{d}" for d in _DAILY)
 )
 
+UPSERT_FLOW = Sql(
+    "INSERT INTO daily_flows (account_id, day, flow, credits, debits, entries) "
+    "VALUES (:account_id, :day, :flow, :credits, :debits, 1) "
+    "ON CONFLICT (account_id, day, flow) DO UPDATE SET "
+    "credits = daily_flows.credits + excluded.credits, "
+    "debits = daily_flows.debits + excluded.debits, entries = daily_flows.entries + 1"
+)
+
 
 def usage_values(usage: Mapping[str, Any]) -> dict[str, Any]:
     """The metering columns of a usage mapping (absent quantities are zero)."""

@@ -17,6 +17,7 @@ from ledger.models import (
     accounts,
     daily,
     entries,
+    flows,
     grants,
     holds,
     metering,
@@ -282,4 +283,57 @@ def _reversals(conn: Connection) -> list[Violation]:
     return out
 
 
-CHECKS: list[Any] = [_entries_balanced, _balances, _grants, _holds, _rollups, _reversals]
+def _flows(conn: Connection) -> list[Violation]:
+    """The journal rollup holds each wallet's credits and debits per flow."""
+    grant_kind = (
+        sa.select(sa.func.min(grants.c.kind))
+        .where(grants.c.entry_id == entries.c.id)
+        .scalar_subquery()
+    )
+    flow = sa.case((entries.c.kind == "topup", grant_kind), else_=entries.c.kind)
+    journal = {
+        (r.account_id, r.flow): (int(r.credits), int(r.debits))
+        for r in conn.execute(
+            sa.select(
+                postings.c.account_id,
+                flow.label("flow"),
+                sa.func.sum(sa.case((postings.c.amount > 0, postings.c.amount), else_=0)).label(
+                    "credits"
+                ),
+                sa.func.sum(sa.case((postings.c.amount < 0, -postings.c.amount), else_=0)).label(
+                    "debits"
+                ),
+            )
+            .join(entries, entries.c.id == postings.c.entry_id)
+            .join(accounts, accounts.c.id == postings.c.account_id)
+            .where(accounts.c.kind == WALLET)
+            .group_by(postings.c.account_id, flow)
+        )
+    }
+    rolled = {
+        (r.account_id, r.flow): (int(r.credits), int(r.debits))
+        for r in conn.execute(
+            sa.select(
+                flows.c.account_id,
+                flows.c.flow,
+                sa.func.sum(flows.c.credits).label("credits"),
+                sa.func.sum(flows.c.debits).label("debits"),
+            ).group_by(flows.c.account_id, flows.c.flow)
+        )
+    }
+    return [
+        _v("daily_flows", f"{key}: journal {journal.get(key)}, rollup {rolled.get(key)}")
+        for key in sorted(set(journal) | set(rolled), key=str)
+        if journal.get(key, (0, 0)) != rolled.get(key, (0, 0))
+    ]
+
+
+CHECKS: list[Any] = [
+    _entries_balanced,
+    _balances,
+    _grants,
+    _holds,
+    _rollups,
+    _flows,
+    _reversals,
+]

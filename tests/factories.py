@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import random
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
+
+from ledger.services import Ledger
 
 #: After every shipped version took effect: quotes "now" and at this instant agree.
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -86,3 +90,111 @@ _keys = iter(range(10**9))
 def key(prefix: str = "k") -> str:
     """A fresh idempotency key."""
     return f"{prefix}-{next(_keys)}"
+
+
+@dataclass(frozen=True)
+class Traffic:
+    """What :func:`month_of_traffic` did, for the tests to check the report against."""
+
+    month: str
+    wallets: dict[str, str]  # external id -> unit
+    last_day_2330: str  # the metering record captured at 23:30 UTC on the last day
+    open_at_end: list[str]  # holds pending across the month's end (UTC)
+    refunded: str  # an entry reversed during the month
+
+
+def month_of_traffic(ledger: Ledger, clock: Clock, *, seed: int = 7) -> Traffic:
+    """October 2026 of a small gateway, in the ledger, through its use cases.
+
+    Wallets in UTC, Europe/Berlin and Asia/Tokyo; top-ups before and during the month,
+    a promo that expires mid-month, a monthly allocation, text, image and video requests
+    captured COMPLETED and ERROR, immediate charges, voids, a refund, a hold still
+    pending at the month's end, a capture at 23:30 UTC on the 31st, and traffic after the
+    month (so the month's closing balance is not today's balance).
+    """
+    rng = random.Random(seed)
+    clock.now = datetime(2026, 9, 28, 9, 0, tzinfo=UTC)
+    wallets = {"acme": "token", "berlin": "token", "tokyo": "credit", "studio": "usd"}
+    zones = {"acme": "UTC", "berlin": "Europe/Berlin", "tokyo": "Asia/Tokyo", "studio": "UTC"}
+    for name, unit in wallets.items():
+        ledger.open_account(
+            name,
+            unit,
+            timezone=zones[name],
+            monthly_allocation=50_000 if name == "acme" else None,
+            idempotency_key=key("open"),
+        )
+        amount = {"token": 5_000_000, "credit": 200_000, "usd": 20_000_000}[unit]
+        ledger.top_up(name, amount, idempotency_key=key())
+    ledger.roll_allocations()
+    requests = {
+        "acme": lambda: text(max_tokens=rng.choice([256, 512])),
+        "berlin": lambda: rng.choice([text(max_tokens=300), cosmic_image()]),
+        "tokyo": lambda: veo3_video(video_model=rng.choice(["veo3_fast", "veo3"])),
+        "studio": lambda: pixazo_image(),
+    }
+    clock.now = datetime(2026, 10, 1, 0, 30, tzinfo=UTC)
+    ledger.roll_allocations()
+    ledger.top_up(
+        "berlin",
+        4_000_000,
+        kind="promo",
+        expires_at=datetime(2026, 10, 12, tzinfo=UTC),
+        idempotency_key=key(),
+    )
+    refunded = ""
+    for day in range(1, 32):
+        for hour in (3, 11, 17, 22):
+            clock.now = datetime(2026, 10, day, hour, rng.randrange(60), tzinfo=UTC)
+            ledger.expire_grants()
+            for name in wallets:
+                body = requests[name]()
+                hold = ledger.authorize(name, body, idempotency_key=key())
+                outcome = rng.random()
+                if outcome < 0.1:
+                    ledger.void(hold.id, idempotency_key=key())
+                    continue
+                status = "ERROR" if outcome < 0.2 else "COMPLETED"
+                usage = (
+                    {"input_tokens": rng.randrange(5, 80), "output_tokens": rng.randrange(200)}
+                    if body["operation"] == "text"
+                    else {}
+                )
+                ledger.capture(hold.id, status=status, usage=usage, idempotency_key=key())
+            charge = ledger.charge(
+                "tokyo", veo3_video(video_model="veo3_fast"), idempotency_key=key()
+            )
+            if day == 14 and hour == 11:
+                assert charge.entry_id is not None
+                ledger.reverse(charge.entry_id, reason="failed render", idempotency_key=key())
+                refunded = charge.entry_id
+        if day == 20:
+            ledger.top_up("acme", 250_000, idempotency_key=key())
+            ledger.adjust("studio", -1_000, reason="goodwill clawback", idempotency_key=key())
+    clock.now = datetime(2026, 10, 31, 23, 30, tzinfo=UTC)
+    late = ledger.authorize("acme", text(max_tokens=100), idempotency_key=key())
+    ledger.capture(
+        late.id,
+        status="COMPLETED",
+        usage={"input_tokens": 9, "output_tokens": 20},
+        idempotency_key=key(),
+    )
+    clock.now = datetime(2026, 10, 31, 23, 50, tzinfo=UTC)
+    pending = ledger.authorize("tokyo", veo3_video(video_model="veo3"), idempotency_key=key())
+    clock.now = datetime(2026, 11, 1, 0, 4, tzinfo=UTC)
+    ledger.capture(pending.id, status="COMPLETED", usage={}, idempotency_key=key())
+    ledger.roll_allocations()
+    for name in wallets:
+        body = requests[name]()
+        hold = ledger.authorize(name, body, idempotency_key=key())
+        usage = {"input_tokens": 5, "output_tokens": 5} if body["operation"] == "text" else {}
+        ledger.capture(hold.id, status="COMPLETED", usage=usage, idempotency_key=key())
+    ledger.top_up("studio", 1_000_000, idempotency_key=key())
+    clock.now = datetime(2026, 11, 2, 8, 0, tzinfo=UTC)
+    return Traffic(
+        month="2026-10",
+        wallets=wallets,
+        last_day_2330=late.id,
+        open_at_end=[pending.id],
+        refunded=refunded,
+    )

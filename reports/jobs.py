@@ -1,0 +1,445 @@
+"""Report jobs: durable rows (queued -> running -> succeeded | failed) and their worker.
+
+A job is asked for once: the same report asked for while an identical one is queued or
+running returns that job (a partial unique index on ``dedupe`` makes this hold across
+processes). A worker claims a job with a conditional update and bumps ``attempts``, which
+is the job's fencing token: progress and the result are written only while the job is
+still running under that attempt. A worker that dies leaves its job running with a
+heartbeat that ages; past the lease another worker claims it again (at most
+``max_attempts`` times). After a month closes its month-end report (all wallets, UTC,
+JSON) is created once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import sqlalchemy as sa
+from pydantic import BaseModel, ConfigDict
+from sqlalchemy.engine import Connection, Row
+from sqlalchemy.exc import IntegrityError
+
+from ledger.db import Database
+from ledger.errors import InvalidInput, NotFound
+from ledger.models import WALLET, accounts, report_jobs, report_outputs
+from ledger.services import new_id, utcnow
+from reports import queries, render, statement
+from reports.errors import ReportNotReady
+
+log = logging.getLogger("creditledger.reports")
+
+Clock = Callable[[], datetime]
+#: progress(percent, stage)
+Progress = Callable[[int, str], None]
+
+
+class JobView(BaseModel):
+    """A report job as callers see it."""
+
+    model_config = ConfigDict(frozen=True)
+
+    id: str
+    status: str
+    month: str
+    timezone: str
+    account_id: str | None
+    format: str
+    origin: str
+    progress: int
+    stage: str
+    error: str | None
+    attempts: int
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    summary: dict[str, Any] | None
+
+
+@dataclass(frozen=True)
+class Output:
+    """A succeeded job's file."""
+
+    filename: str
+    content_type: str
+    sha256: str
+    content: bytes
+
+
+class _Lost(Exception):
+    """The job is no longer ours: another worker claimed it after our lease ran out."""
+
+
+def _dedupe(month: str, timezone: str, account: int | None, fmt: str) -> str:
+    key = f"monthly|{month}|{timezone}|{'*' if account is None else account}|{fmt}"
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+_VIEW = sa.select(report_jobs, accounts.c.external_id).outerjoin(
+    accounts, accounts.c.id == report_jobs.c.account_id
+)
+
+
+def _view(row: Row[Any]) -> JobView:
+    return JobView(
+        id=row.id,
+        status=row.status,
+        month=row.month,
+        timezone=row.timezone,
+        account_id=row.external_id,
+        format=row.format,
+        origin=row.origin,
+        progress=row.progress,
+        stage=row.stage,
+        error=row.error,
+        attempts=row.attempts,
+        created_at=row.created_at,
+        started_at=row.started_at,
+        finished_at=row.finished_at,
+        summary=row.summary,
+    )
+
+
+class Reports:
+    """Monthly statements as durable jobs over one database."""
+
+    def __init__(
+        self,
+        db: Database,
+        *,
+        clock: Clock = utcnow,
+        lease: timedelta = timedelta(seconds=120),
+        max_attempts: int = 3,
+    ) -> None:
+        self.db = db
+        self.clock = clock
+        self.lease = lease
+        self.max_attempts = max_attempts
+
+    def _now(self) -> datetime:
+        return self.clock().astimezone(UTC)
+
+    # ---------------------------------------------------------------------- requests
+
+    def request(
+        self,
+        month: Any,
+        fmt: Any = "json",
+        *,
+        account_id: Any = None,
+        timezone: Any = "UTC",
+        origin: str = "request",
+        requested_by: str | None = None,
+    ) -> tuple[JobView, bool]:
+        """Queue a monthly report, or return the identical one queued or running.
+
+        Returns the job and whether it was created now.
+        """
+        if fmt not in render.FORMATS:
+            raise InvalidInput(
+                f"format must be one of {', '.join(render.FORMATS)}",
+                field="format",
+                allowed=list(render.FORMATS),
+            )
+        period = queries.period(month, timezone)
+        now = self._now()
+        if period.end > now:
+            raise InvalidInput(
+                f"{period.month} has not ended in {period.timezone} "
+                f"(it ends {period.end.isoformat()}): a statement covers a closed month",
+                field="month",
+            )
+        if account_id is not None and (not isinstance(account_id, str) or not account_id):
+            raise InvalidInput("account_id must be a wallet's id", field="account_id")
+        for _attempt in range(2):
+            try:
+                with self.db.transaction() as conn:
+                    account = self._account(conn, account_id)
+                    dedupe = _dedupe(period.month, period.timezone, account, fmt)
+                    existing = conn.execute(
+                        _VIEW.where(
+                            report_jobs.c.dedupe == dedupe,
+                            report_jobs.c.status.in_(["queued", "running"]),
+                        )
+                    ).first()
+                    if existing is not None:
+                        return _view(existing), False
+                    job_id = new_id()
+                    conn.execute(
+                        report_jobs.insert().values(
+                            id=job_id,
+                            month=period.month,
+                            timezone=period.timezone,
+                            account_id=account,
+                            format=fmt,
+                            origin=origin,
+                            dedupe=dedupe,
+                            status="queued",
+                            progress=0,
+                            stage="queued",
+                            attempts=0,
+                            requested_by=requested_by,
+                            created_at=now,
+                        )
+                    )
+                    return self._get(conn, job_id), True
+            except IntegrityError:
+                # Another process queued the same report (or the month-end one) first.
+                continue
+        raise InvalidInput(f"the report for {period.month} is being created; ask again")
+
+    @staticmethod
+    def _account(conn: Connection, account_id: str | None) -> int | None:
+        if account_id is None:
+            return None
+        found = conn.execute(
+            sa.select(accounts.c.id).where(
+                accounts.c.external_id == account_id, accounts.c.kind == WALLET
+            )
+        ).scalar()
+        if found is None:
+            raise NotFound(f"no account '{account_id}'", field="account_id")
+        return int(found)
+
+    def schedule_month_end(self) -> JobView | None:
+        """Queue last month's report (all wallets, UTC, JSON) once; the job, if created."""
+        now = self._now()
+        last = (now.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
+        end = queries.period(last, "UTC").end
+        with self.db.transaction(write=False) as conn:
+            done = conn.execute(
+                sa.select(report_jobs.c.id).where(
+                    report_jobs.c.origin == "month_end",
+                    report_jobs.c.month == last,
+                    report_jobs.c.timezone == "UTC",
+                )
+            ).first()
+            wallets = conn.execute(
+                sa.select(sa.func.count()).where(
+                    accounts.c.kind == WALLET, accounts.c.created_at < end
+                )
+            ).scalar_one()
+        if done is not None or not wallets:
+            return None
+        try:
+            job, created = self.request(last, "json", origin="month_end", requested_by="system")
+        except InvalidInput:
+            return None
+        return job if created else None
+
+    # ----------------------------------------------------------------------- reading
+
+    def _get(self, conn: Connection, job_id: str) -> JobView:
+        row = conn.execute(_VIEW.where(report_jobs.c.id == job_id)).first()
+        if row is None:
+            raise NotFound(f"no report '{job_id}'", field="id")
+        return _view(row)
+
+    def get(self, job_id: str, *, owner: str | None = None) -> JobView:
+        """A job; with ``owner`` (a customer's wallet), only a job of that wallet."""
+        with self.db.transaction(write=False) as conn:
+            job = self._get(conn, job_id)
+        if owner is not None and job.account_id != owner:
+            raise NotFound(f"no report '{job_id}'", field="id")
+        return job
+
+    def output(self, job_id: str, *, owner: str | None = None) -> Output:
+        """A succeeded job's file; :class:`ReportNotReady` before that."""
+        job = self.get(job_id, owner=owner)
+        if job.status != "succeeded":
+            raise ReportNotReady(job.id, job.status, job.error)
+        with self.db.transaction(write=False) as conn:
+            row = conn.execute(
+                sa.select(report_outputs).where(report_outputs.c.job_id == job_id)
+            ).one()
+        return Output(row.filename, row.content_type, row.sha256, bytes(row.content))
+
+    # ------------------------------------------------------------------------ running
+
+    def claim(self, job_id: str | None = None) -> JobView | None:
+        """Take the oldest runnable job (or ``job_id``): queued, or running past its lease.
+
+        A job interrupted ``max_attempts`` times is failed instead of run again.
+        """
+        now = self._now()
+        stale = now - self.lease
+        runnable = sa.or_(
+            report_jobs.c.status == "queued",
+            sa.and_(report_jobs.c.status == "running", report_jobs.c.heartbeat_at < stale),
+        )
+        while True:
+            with self.db.transaction() as conn:
+                pick = sa.select(report_jobs.c.id, report_jobs.c.attempts).where(runnable)
+                if job_id is not None:
+                    pick = pick.where(report_jobs.c.id == job_id)
+                pick = pick.order_by(report_jobs.c.created_at, report_jobs.c.id).limit(1)
+                if not self.db.is_sqlite:
+                    pick = pick.with_for_update(skip_locked=True)
+                row = conn.execute(pick).first()
+                if row is None:
+                    return None
+                if row.attempts >= self.max_attempts:
+                    conn.execute(
+                        report_jobs.update()
+                        .where(report_jobs.c.id == row.id, runnable)
+                        .values(
+                            status="failed",
+                            finished_at=now,
+                            error=f"interrupted {row.attempts} times; not run again",
+                        )
+                    )
+                    continue
+                claimed = conn.execute(
+                    report_jobs.update()
+                    .where(
+                        report_jobs.c.id == row.id,
+                        report_jobs.c.attempts == row.attempts,
+                        runnable,
+                    )
+                    .values(
+                        status="running",
+                        attempts=row.attempts + 1,
+                        started_at=now,
+                        heartbeat_at=now,
+                        progress=0,
+                        stage="claimed",
+                        error=None,
+                    )
+                ).rowcount
+                if claimed:
+                    return self._get(conn, row.id)
+
+    def _progress(self, job: JobView, percent: int, stage: str) -> None:
+        with self.db.transaction() as conn:
+            moved = conn.execute(
+                report_jobs.update()
+                .where(
+                    report_jobs.c.id == job.id,
+                    report_jobs.c.status == "running",
+                    report_jobs.c.attempts == job.attempts,
+                )
+                .values(progress=percent, stage=stage, heartbeat_at=self._now())
+            ).rowcount
+        if not moved:
+            raise _Lost(job.id)
+
+    def run(self, job: JobView, progress: Progress | None = None) -> JobView:
+        """Make a claimed job's report and store it; the job as it ended."""
+
+        def step(percent: int, stage: str) -> None:
+            self._progress(job, percent, stage)
+            if progress is not None:
+                progress(percent, stage)
+
+        try:
+            step(5, "reading the ledger")
+            period = queries.period(job.month, job.timezone)
+            with self.db.transaction(write=False) as conn:
+                if not self.db.is_sqlite:
+                    # One snapshot for every read: the statement must add up.
+                    conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                frames = queries.load(conn, period, job.account_id)
+            step(50, "reconciling")
+            made = statement.build(frames, account_id=job.account_id, generated_at=self._now())
+            step(75, f"rendering {job.format}")
+            content = render.render(made, job.format)
+            step(95, "saving")
+            self._finish(job, made.summary(), content)
+        except _Lost:
+            log.warning("report %s was claimed again by another worker; dropping", job.id)
+        except Exception as exc:
+            log.exception("report %s failed", job.id)
+            self._fail(job, f"{type(exc).__name__}: {exc}")
+        if progress is not None:
+            progress(100, "done")
+        return self.get(job.id)
+
+    def _finish(self, job: JobView, summary: dict[str, Any], content: bytes) -> None:
+        now = self._now()
+        with self.db.transaction() as conn:
+            done = conn.execute(
+                report_jobs.update()
+                .where(
+                    report_jobs.c.id == job.id,
+                    report_jobs.c.status == "running",
+                    report_jobs.c.attempts == job.attempts,
+                )
+                .values(
+                    status="succeeded",
+                    progress=100,
+                    stage="done",
+                    heartbeat_at=now,
+                    finished_at=now,
+                    summary=summary,
+                )
+            ).rowcount
+            if not done:
+                raise _Lost(job.id)
+            conn.execute(
+                report_outputs.insert().values(
+                    job_id=job.id,
+                    filename=render.filename(job.month, job.format, job.account_id),
+                    content_type=render.CONTENT_TYPES[job.format],
+                    sha256=hashlib.sha256(content).hexdigest(),
+                    content=content,
+                )
+            )
+
+    def _fail(self, job: JobView, error: str) -> None:
+        with self.db.transaction() as conn:
+            conn.execute(
+                report_jobs.update()
+                .where(
+                    report_jobs.c.id == job.id,
+                    report_jobs.c.status == "running",
+                    report_jobs.c.attempts == job.attempts,
+                )
+                .values(status="failed", finished_at=self._now(), error=error[:4000])
+            )
+
+    def run_pending(self) -> int:
+        """Run every runnable job, one after the other; how many ran."""
+        ran = 0
+        while (job := self.claim()) is not None:
+            self.run(job)
+            ran += 1
+        return ran
+
+
+class ReportWorker:
+    """The report worker of ``creditledger serve``: month-end scheduling, then the queue."""
+
+    def __init__(self, reports: Reports, interval: float) -> None:
+        self.reports = reports
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> int:
+        self.reports.schedule_month_end()
+        return self.reports.run_pending()
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                # A job that failed is marked failed; this is the database being away.
+                log.exception("report worker round failed; retrying in %s s", self.interval)
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name="creditledger-reports", daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None

@@ -1,0 +1,348 @@
+"""A statement as a file: CSV, JSON, Parquet, or HTML with a chart of daily usage by model.
+
+CSV and Parquet hold one tidy table of statement lines (a ``section`` and an ``item`` per
+row) that finance can pivot; JSON nests the same facts per account; HTML is for people.
+Amounts are integers of minor units everywhere except where HTML shows them in major units.
+"""
+
+from __future__ import annotations
+
+import html
+import io
+import json
+from decimal import Decimal
+from typing import Any
+
+import pandas as pd
+
+from reports.queries import QUANTITIES, records
+from reports.statement import CREDIT_COLUMNS, DEBIT_COLUMNS, Statement
+
+FORMATS = ("csv", "json", "parquet", "html")
+CONTENT_TYPES = {
+    "csv": "text/csv; charset=utf-8",
+    "json": "application/json",
+    "parquet": "application/vnd.apache.parquet",
+    "html": "text/html; charset=utf-8",
+}
+LINE_COLUMNS = [
+    "account_id",
+    "unit",
+    "scale",
+    "section",
+    "item",
+    "day",
+    "catalog",
+    "operation",
+    "model",
+    *QUANTITIES,
+    "video_seconds",
+    "amount",
+]
+#: Models drawn separately in the chart; the rest are stacked as "other".
+CHART_MODELS = 8
+
+
+def filename(month: str, fmt: str, account_id: str | None = None) -> str:
+    """``statement-2026-10.csv``, or ``statement-2026-10-<account>.csv`` for one wallet."""
+    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in account_id or "")
+    return f"statement-{month}{'-' + safe if safe else ''}.{fmt}"
+
+
+def render(statement: Statement, fmt: str) -> bytes:
+    """The statement in ``fmt`` (one of :data:`FORMATS`)."""
+    if fmt == "csv":
+        return str(lines(statement).to_csv(index=False)).encode()
+    if fmt == "json":
+        return json.dumps(to_json(statement), indent=2, ensure_ascii=False).encode()
+    if fmt == "parquet":
+        buffer = io.BytesIO()
+        lines(statement).to_parquet(buffer, index=False, engine="pyarrow")
+        return buffer.getvalue()
+    if fmt == "html":
+        return to_html(statement).encode()
+    raise ValueError(f"unknown format {fmt!r}")
+
+
+def _seconds(value: Any) -> str:
+    """Video seconds as exact decimal text ("12.5")."""
+    number = Decimal(value)
+    return format(number.normalize(), "f") if number else "0"
+
+
+def lines(statement: Statement) -> pd.DataFrame:
+    """One row per statement line: balances, credits, debits, open holds, usage."""
+    rows: list[dict[str, Any]] = []
+    for a in records(statement.accounts):
+        # Missing quantities are nulls; seconds too (None, not NaN: the column is Decimal).
+        base = {
+            "account_id": a["account_id"],
+            "unit": a["unit"],
+            "scale": a["scale"],
+            "video_seconds": None,
+        }
+        rows.append({**base, "section": "balance", "item": "opening", "amount": a["opening"]})
+        for column in CREDIT_COLUMNS:
+            item = column.removeprefix("credit_")
+            rows.append({**base, "section": "credit", "item": item, "amount": a[column]})
+        for column in DEBIT_COLUMNS:
+            item = column.removeprefix("debit_")
+            rows.append({**base, "section": "debit", "item": item, "amount": a[column]})
+        rows.append({**base, "section": "balance", "item": "closing", "amount": a["closing"]})
+        rows.append(
+            {
+                **base,
+                "section": "open_holds",
+                "item": "pending",
+                "requests": a["open_holds"],
+                "amount": a["open_holds_amount"],
+            }
+        )
+    for section, frame in (("usage", statement.usage), ("usage_daily", statement.daily)):
+        for u in records(frame):
+            rows.append(
+                {
+                    **u,
+                    "section": section,
+                    "item": "model",
+                    "video_seconds": Decimal(u["seconds"]).quantize(Decimal("0.000001")),
+                }
+            )
+    table = pd.DataFrame(rows, columns=LINE_COLUMNS)
+    return table.astype(
+        {
+            "scale": "int64",
+            "amount": "int64",
+            **dict.fromkeys(QUANTITIES, "Int64"),
+            **dict.fromkeys(("section", "item", "day", "catalog", "operation", "model"), "string"),
+        }
+    )
+
+
+def to_json(statement: Statement) -> dict[str, Any]:
+    """The statement as nested JSON: per account its lines, usage and daily usage."""
+    usage = _records_by_account(statement.usage)
+    daily = _records_by_account(statement.daily)
+    accounts = []
+    for a in records(statement.accounts):
+        accounts.append(
+            {
+                "account_id": a["account_id"],
+                "unit": a["unit"],
+                "scale": int(a["scale"]),
+                "timezone": a["timezone"],
+                "source": a["source"],
+                "opening_balance": int(a["opening"]),
+                "credits": {
+                    **{c.removeprefix("credit_"): int(a[c]) for c in CREDIT_COLUMNS},
+                    "total": int(a["credits"]),
+                },
+                "debits": {
+                    **{c.removeprefix("debit_"): int(a[c]) for c in DEBIT_COLUMNS},
+                    "total": int(a["debits"]),
+                },
+                "closing_balance": int(a["closing"]),
+                "ledger_balance_at_end": int(a["ledger_closing"]),
+                "reconciled": a["closing"] == a["ledger_closing"],
+                "requests": int(a["requests"]),
+                "open_holds": {
+                    "count": int(a["open_holds"]),
+                    "amount": int(a["open_holds_amount"]),
+                },
+                "usage": usage.get(a["account_id"], []),
+                "usage_by_day": daily.get(a["account_id"], []),
+            }
+        )
+    p = statement.period
+    return {
+        "report": "monthly_statement",
+        "month": p.month,
+        "timezone": p.timezone,
+        "period": {"start": p.start.isoformat(), "end": p.end.isoformat()},
+        "account_id": statement.account_id,
+        "generated_at": statement.generated_at.isoformat(),
+        "reconciled": True,
+        "totals": statement.totals(),
+        "accounts": accounts,
+    }
+
+
+def _records_by_account(frame: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    out: dict[str, list[dict[str, Any]]] = {}
+    for u in records(frame):
+        record = {
+            k: (int(v) if k in QUANTITIES or k == "amount" else v)
+            for k, v in u.items()
+            if k not in ("account_id", "unit", "scale", "seconds")
+        }
+        record["video_seconds"] = _seconds(u["seconds"])
+        out.setdefault(u["account_id"], []).append(record)
+    return out
+
+
+# ---------------------------------------------------------------------------------- HTML
+
+
+def _major(amount: int, scale: int) -> str:
+    """Minor units as exact major-unit text: 123456 at scale 2 -> "1,234.56"."""
+    value = Decimal(int(amount)).scaleb(-int(scale))
+    return f"{value:,.{int(scale)}f}"
+
+
+def chart_svg(statement: Statement, unit: str, scale: int) -> str:
+    """A stacked bar chart (SVG) of daily usage by model in ``unit``, every day shown."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    days = [d.isoformat() for d in statement.period.days]
+    frame = statement.daily[statement.daily["unit"] == unit]
+    by_model = frame.pivot_table(
+        index="day", columns="model", values="amount", aggfunc="sum", fill_value=0
+    ).reindex(days, fill_value=0)
+    ranked = by_model.sum().sort_values(ascending=False).index.tolist()
+    if len(ranked) > CHART_MODELS:
+        keep = ranked[: CHART_MODELS - 1]
+        by_model["other models"] = by_model.drop(columns=keep).sum(axis=1)
+        by_model = by_model[[*keep, "other models"]]
+    else:
+        by_model = by_model[ranked]
+
+    fig = Figure(figsize=(10, 4.2), layout="constrained")
+    ax = fig.subplots()
+    bottom = [0.0] * len(days)
+    positions = list(range(len(days)))
+    for model in by_model.columns:
+        # Floats only to draw: the tables beside the chart carry the exact amounts.
+        heights = [float(Decimal(int(v)).scaleb(-scale)) for v in by_model[model]]
+        ax.bar(positions, heights, bottom=bottom, label=str(model), width=0.8)
+        bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    ax.set_xticks(positions, [d[8:] for d in days], fontsize=8)
+    ax.set_xlabel(f"day of {statement.period.month} ({statement.period.timezone})")
+    ax.set_ylabel(f"usage ({unit})")
+    ax.set_title(f"Daily usage by model, {unit}")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="y", alpha=0.3)
+    if len(by_model.columns):
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
+    else:
+        ax.text(0.5, 0.5, "no usage this month", transform=ax.transAxes, ha="center")
+    buffer = io.StringIO()
+    # Text stays text, so the chart is searchable and small.
+    with rc_context({"svg.fonttype": "none", "svg.hashsalt": "creditledger"}):
+        fig.savefig(buffer, format="svg")
+    svg = buffer.getvalue()
+    return svg[svg.index("<svg") :]
+
+
+def _table(headers: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
+    body = "".join(
+        "<tr>"
+        + "".join(
+            f'<td class="{"num" if i >= numeric_from else ""}">{html.escape(str(c))}</td>'
+            for i, c in enumerate(row)
+        )
+        + "</tr>"
+        for row in rows
+    )
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def to_html(statement: Statement) -> str:
+    """A self-contained page: totals, a chart per unit, the statement, usage by model."""
+    p = statement.period
+    title = f"Statement {p.month} ({p.timezone})" + (
+        f" for {statement.account_id}" if statement.account_id else ""
+    )
+    parts = [
+        f"<h1>{html.escape(title)}</h1>",
+        f"<p>{html.escape(p.start.isoformat())} to {html.escape(p.end.isoformat())}, "
+        f"generated {html.escape(statement.generated_at.isoformat())}. "
+        "Every account reconciles: opening + credits - debits = closing = the ledger's "
+        "balance at the month's end.</p>",
+    ]
+    totals = statement.totals()
+    for t in totals:
+        unit, scale = t["unit"], t["scale"]
+        parts.append(f"<h2>{html.escape(unit)}</h2>")
+        parts.append(f'<figure class="chart">{chart_svg(statement, unit, scale)}</figure>')
+        parts.append(
+            _table(
+                ["accounts", "opening", "credits", "debits", "closing", "requests", "usage"],
+                [
+                    [
+                        str(t["accounts"]),
+                        _major(t["opening"], scale),
+                        _major(t["credits"], scale),
+                        _major(t["debits"], scale),
+                        _major(t["closing"], scale),
+                        f"{t['requests']:,}",
+                        _major(t["usage_amount"], scale),
+                    ]
+                ],
+                numeric_from=0,
+            )
+        )
+    if not totals:
+        parts.append("<p>No accounts existed in this month.</p>")
+    parts.append("<h2>Accounts</h2>")
+    credit_items = [c.removeprefix("credit_") for c in CREDIT_COLUMNS]
+    debit_items = [c.removeprefix("debit_") for c in DEBIT_COLUMNS]
+    parts.append(
+        _table(
+            [
+                "account",
+                "unit",
+                "opening",
+                *(f"+ {i}" for i in credit_items),
+                *(f"- {i}" for i in debit_items),
+                "closing",
+                "open holds",
+            ],
+            [
+                [
+                    a["account_id"],
+                    a["unit"],
+                    _major(a["opening"], a["scale"]),
+                    *(_major(a[c], a["scale"]) for c in CREDIT_COLUMNS),
+                    *(_major(a[c], a["scale"]) for c in DEBIT_COLUMNS),
+                    _major(a["closing"], a["scale"]),
+                    f"{a['open_holds']} ({_major(a['open_holds_amount'], a['scale'])})",
+                ]
+                for a in records(statement.accounts)
+            ],
+            numeric_from=2,
+        )
+    )
+    parts.append("<h2>Usage by model</h2>")
+    parts.append(
+        _table(
+            ["account", "catalog", "operation", "model", *QUANTITIES, "video seconds", "amount"],
+            [
+                [
+                    u["account_id"],
+                    u["catalog"],
+                    u["operation"],
+                    u["model"],
+                    *(f"{int(u[q]):,}" for q in QUANTITIES),
+                    _seconds(u["seconds"]),
+                    f"{_major(u['amount'], u['scale'])} {u['unit']}",
+                ]
+                for u in records(statement.usage)
+            ],
+            numeric_from=4,
+        )
+    )
+    style = (
+        "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}"
+        "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}"
+        "th,td{border-bottom:1px solid #ddd;padding:.3rem .6rem;text-align:left}"
+        "td.num{text-align:right;font-variant-numeric:tabular-nums}"
+        "figure.chart{margin:1rem 0;max-width:100%}figure.chart svg{max-width:100%;height:auto}"
+    )
+    return (
+        '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
+        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
+        + "".join(parts)
+        + "</body></html>"
+    )

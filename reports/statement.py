@@ -1,0 +1,210 @@
+"""The monthly statement: per wallet, where its credits came from and where they went.
+
+opening + credits - debits = closing, and closing must equal the ledger's own balance at
+the month's end; the usage debited in the journal must equal the usage metered. A wallet
+that breaks either is named in a :class:`ReconciliationError`, and no statement is made.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import pandas as pd
+
+from reports.errors import Mismatch, ReconciliationError
+from reports.queries import QUANTITIES, Frames, Period, decimal_sum, records
+
+#: Where each flow's credits and debits show on the statement.
+CREDIT_ITEMS = {
+    "pack": "pack",
+    "promo": "promo",
+    "allocation": "allocation",
+    "adjustment": "adjustment",
+    "reversal": "refund",
+}
+DEBIT_ITEMS = {
+    "capture": "usage",
+    "charge": "usage",
+    "expiry": "expired",
+    "adjustment": "adjustment",
+    "reversal": "reversal",
+}
+CREDIT_COLUMNS = [f"credit_{i}" for i in dict.fromkeys(CREDIT_ITEMS.values())]
+DEBIT_COLUMNS = [f"debit_{i}" for i in dict.fromkeys(DEBIT_ITEMS.values())]
+ACCOUNT_COLUMNS = [
+    "account_id",
+    "unit",
+    "scale",
+    "timezone",
+    "source",
+    "opening",
+    *CREDIT_COLUMNS,
+    "credits",
+    *DEBIT_COLUMNS,
+    "debits",
+    "closing",
+    "ledger_closing",
+    "requests",
+    "usage_amount",
+    "open_holds",
+    "open_holds_amount",
+]
+USAGE_KEYS = ["account_id", "unit", "scale", "catalog", "operation", "model"]
+METRICS = [*QUANTITIES, "seconds", "amount"]
+
+
+@dataclass(frozen=True)
+class Statement:
+    """A reconciled month. Amounts are int64 minor units of each row's ``unit``.
+
+    ``accounts``: one row per wallet (:data:`ACCOUNT_COLUMNS`).
+    ``usage``: per wallet, catalog, operation and model, the month's quantities and amount.
+    ``daily``: the same per day of the report's timezone.
+    """
+
+    period: Period
+    account_id: str | None
+    generated_at: datetime
+    accounts: pd.DataFrame
+    usage: pd.DataFrame
+    daily: pd.DataFrame
+
+    def totals(self) -> list[dict[str, Any]]:
+        """Per unit: the wallets' opening, credits, debits, closing and usage."""
+        out = []
+        for unit, rows in self.accounts.groupby("unit", sort=True):
+            out.append(
+                {
+                    "unit": str(unit),
+                    "scale": int(rows["scale"].iloc[0]),
+                    "accounts": len(rows),
+                    **{
+                        column: int(rows[column].sum())
+                        for column in (
+                            "opening",
+                            "credits",
+                            "debits",
+                            "closing",
+                            "requests",
+                            "usage_amount",
+                            "open_holds_amount",
+                        )
+                    },
+                }
+            )
+        return out
+
+    def summary(self) -> dict[str, Any]:
+        """What a finished job records: the period, the wallets, the totals."""
+        return {
+            "month": self.period.month,
+            "timezone": self.period.timezone,
+            "start": self.period.start.isoformat(),
+            "end": self.period.end.isoformat(),
+            "accounts": len(self.accounts),
+            "reconciled": True,
+            "totals": self.totals(),
+        }
+
+
+def build(frames: Frames, *, account_id: str | None, generated_at: datetime) -> Statement:
+    """The statement of ``frames``, reconciled; :class:`ReconciliationError` otherwise."""
+    wallets = frames.wallets.set_index("account")
+    ids = wallets.index
+
+    flows = frames.flows
+    credits = _items(flows, "credits", CREDIT_ITEMS, "credit_", CREDIT_COLUMNS, ids)
+    debits = _items(flows, "debits", DEBIT_ITEMS, "debit_", DEBIT_COLUMNS, ids)
+    usage = frames.usage
+    by_wallet = (
+        usage.groupby("account")[["requests", "amount"]].sum().reindex(ids, fill_value=0)
+        if not usage.empty
+        else pd.DataFrame({"requests": 0, "amount": 0}, index=ids)
+    )
+
+    table = wallets.join(credits).join(debits)
+    table["credits"] = credits.sum(axis=1)
+    table["debits"] = debits.sum(axis=1)
+    table["closing"] = table["opening"] + table["credits"] - table["debits"]
+    table["requests"] = by_wallet["requests"].astype("int64")
+    table["usage_amount"] = by_wallet["amount"].astype("int64")
+    _reconcile(table)
+
+    names = wallets[["account_id", "unit", "scale"]]
+    daily = _named(usage, names, ["day", "catalog", "operation", "model"])
+    monthly = _named(
+        daily.drop(columns=["day"]) if not daily.empty else daily,
+        names=None,
+        keys=["catalog", "operation", "model"],
+    )
+    return Statement(
+        period=frames.period,
+        account_id=account_id,
+        generated_at=generated_at,
+        accounts=table.reset_index(drop=True).loc[:, ACCOUNT_COLUMNS],
+        usage=monthly,
+        daily=daily,
+    )
+
+
+def _items(
+    flows: pd.DataFrame,
+    side: str,
+    items: dict[str, str],
+    prefix: str,
+    columns: list[str],
+    ids: pd.Index,
+) -> pd.DataFrame:
+    """Per wallet, one column per statement item of ``side`` (credits or debits)."""
+    if flows.empty:
+        return pd.DataFrame(0, index=ids, columns=columns, dtype="int64")
+    frame = flows.assign(item=prefix + flows["flow"].map(items).fillna(flows["flow"]))
+    table = frame.pivot_table(
+        index="account", columns="item", values=side, aggfunc="sum", fill_value=0
+    )
+    unexpected = [c for c in table.columns if c not in columns and table[c].any()]
+    if unexpected:
+        # A flow the statement has no line for: never dropped silently.
+        raise ValueError(f"{side} in flows the statement does not show: {unexpected}")
+    return table.reindex(index=ids, columns=columns, fill_value=0).fillna(0).astype("int64")
+
+
+def _reconcile(table: pd.DataFrame) -> None:
+    found: list[Mismatch] = []
+    for r in records(table):
+        if r["closing"] != r["ledger_closing"]:
+            found.append(
+                Mismatch(
+                    account_id=str(r["account_id"]),
+                    check="closing_balance",
+                    detail=f"opening {r['opening']} + credits {r['credits']} - debits "
+                    f"{r['debits']} = {r['closing']}, the ledger's balance at the month's end "
+                    f"is {r['ledger_closing']}",
+                )
+            )
+        if r["debit_usage"] != r["usage_amount"]:
+            found.append(
+                Mismatch(
+                    account_id=str(r["account_id"]),
+                    check="usage",
+                    detail=f"usage debited {r['debit_usage']}, usage metered {r['usage_amount']}",
+                )
+            )
+    if found:
+        raise ReconciliationError(found)
+
+
+def _named(usage: pd.DataFrame, names: pd.DataFrame | None, keys: list[str]) -> pd.DataFrame:
+    """``usage`` summed by ``keys``, with the wallet's external id, unit and scale."""
+    if names is not None:
+        usage = usage.merge(names, left_on="account", right_index=True).drop(columns=["account"])
+    group = [*USAGE_KEYS[:3], *keys]
+    if usage.empty:
+        return pd.DataFrame(columns=[*group, *METRICS])
+    summed = usage.groupby(group, as_index=False, sort=True)[[*QUANTITIES, "amount"]].sum()
+    seconds = usage.groupby(group, sort=True)["seconds"].agg(decimal_sum)
+    summed = summed.merge(seconds.reset_index(), on=group)
+    summed = summed.astype(dict.fromkeys([*QUANTITIES, "amount"], "int64"))
+    return summed.loc[:, [*group, *METRICS]]

@@ -1,0 +1,390 @@
+"""Monthly statements over a generated month of traffic, on each database."""
+
+from __future__ import annotations
+
+import io
+import json
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from ledger.db import Database
+from ledger.errors import InvalidInput, NotFound
+from ledger.models import daily, flows, holds, metering, report_jobs
+from ledger.services import Ledger
+from pricing.catalog import CatalogSet
+from reports import queries, render, statement
+from reports.errors import ReportNotReady
+from reports.jobs import Reports
+from reports.queries import records
+from tests.factories import Clock, Traffic, month_of_traffic
+
+
+@pytest.fixture
+def traffic(ledger: Ledger, clock: Clock) -> Traffic:
+    return month_of_traffic(ledger, clock)
+
+
+@pytest.fixture
+def reports(db: Database, clock: Clock) -> Reports:
+    return Reports(db, clock=clock, lease=timedelta(seconds=60))
+
+
+def make(
+    db: Database, month: str, tz: str, account: str | None = None, *, from_journal: bool = False
+) -> statement.Statement:
+    with db.transaction(write=False) as conn:
+        frames = queries.load(conn, queries.period(month, tz), account, from_journal=from_journal)
+    return statement.build(frames, account_id=account, generated_at=datetime.now(UTC))
+
+
+def test_statement_reconciles_to_the_ledger(db: Database, ledger: Ledger, traffic: Traffic) -> None:
+    made = make(db, traffic.month, "UTC")
+    rows = {r["account_id"]: r for r in records(made.accounts)}
+    assert sorted(rows) == sorted(traffic.wallets)
+    end = queries.period(traffic.month, "UTC").end
+    start = queries.period(traffic.month, "UTC").start
+    for name in traffic.wallets:
+        row = rows[name]
+        at_end = ledger.balance(name, as_of=end - timedelta(microseconds=1))
+        at_start = ledger.balance(name, as_of=start - timedelta(microseconds=1))
+        assert row["closing"] == at_end.balance
+        assert row["opening"] == at_start.balance
+        assert row["opening"] + row["credits"] - row["debits"] == row["closing"]
+        # Not today's balance: there was traffic after the month.
+        assert row["closing"] != ledger.balance(name).balance
+    assert rows["berlin"]["debit_expired"] > 0  # the mid-month promo expired
+    assert rows["tokyo"]["credit_refund"] > 0  # the refunded charge
+    assert rows["acme"]["credit_allocation"] == 50_000  # October's allocation
+    assert rows["acme"]["credit_pack"] == 250_000
+    assert rows["studio"]["debit_adjustment"] == 1_000
+    # The veo3 hold authorized at 23:50 and captured after midnight was open at the end.
+    assert rows["tokyo"]["open_holds"] == 1
+    assert rows["tokyo"]["open_holds_amount"] == 500
+    assert rows["acme"]["open_holds"] == 0
+
+
+def test_usage_totals_equal_the_metering_records(
+    db: Database, ledger: Ledger, traffic: Traffic
+) -> None:
+    made = make(db, traffic.month, "UTC")
+    period = queries.period(traffic.month, "UTC")
+    with db.transaction(write=False) as conn:
+        metered = conn.execute(
+            sa.select(
+                metering.c.catalog,
+                metering.c.model,
+                sa.func.count().label("requests"),
+                sa.func.sum(metering.c.charged).label("amount"),
+                sa.func.sum(metering.c.input_tokens).label("input_tokens"),
+            )
+            .where(
+                metering.c.completed_at >= period.start,
+                metering.c.completed_at < period.end,
+                metering.c.status.not_in(["voided", "expired"]),
+            )
+            .group_by(metering.c.catalog, metering.c.model)
+        ).all()
+    usage = made.usage.groupby(["catalog", "model"])[["requests", "amount", "input_tokens"]].sum()
+    assert len(usage) == len(metered) > 3
+    for r in metered:
+        got = usage.loc[(r.catalog, r.model)]
+        assert (got["requests"], got["amount"], got["input_tokens"]) == (
+            r.requests,
+            r.amount,
+            r.input_tokens,
+        )
+    # The days add up to the month.
+    by_day = made.daily.groupby(["account_id", "model"])["amount"].sum()
+    by_month = made.usage.set_index(["account_id", "model"])["amount"]
+    assert by_day.sort_index().tolist() == by_month.groupby(level=[0, 1]).sum().tolist()
+
+
+def test_rollups_and_journal_give_the_same_statement(
+    db: Database, ledger: Ledger, traffic: Traffic
+) -> None:
+    # Europe/Berlin: the berlin wallet reads its rollups, the others their journal.
+    for tz in ("UTC", "Europe/Berlin", "Asia/Tokyo"):
+        fast = make(db, traffic.month, tz)
+        exact = make(db, traffic.month, tz, from_journal=True)
+        assert set(exact.accounts["source"]) == {"journal"}
+        columns = [c for c in statement.ACCOUNT_COLUMNS if c != "source"]
+        pd.testing.assert_frame_equal(fast.accounts[columns], exact.accounts[columns])
+        pd.testing.assert_frame_equal(fast.usage, exact.usage)
+        pd.testing.assert_frame_equal(fast.daily, exact.daily)
+    sources = make(db, traffic.month, "Europe/Berlin").accounts.set_index("account_id")["source"]
+    assert sources.to_dict() == {
+        "acme": "journal",
+        "berlin": "rollup",
+        "studio": "journal",
+        "tokyo": "journal",
+    }
+
+
+def test_timezone_boundaries(db: Database, ledger: Ledger, traffic: Traffic) -> None:
+    """23:30 UTC on October 31 is November 1 in Berlin (UTC+1 after the DST change)."""
+    with db.transaction(write=False) as conn:
+        late = conn.execute(
+            sa.select(metering.c.charged, metering.c.completed_at).where(
+                metering.c.hold_id == traffic.last_day_2330
+            )
+        ).one()
+    assert late.completed_at == datetime(2026, 10, 31, 23, 30, tzinfo=UTC)
+    utc = make(db, "2026-10", "UTC", "acme")
+    berlin = make(db, "2026-10", "Europe/Berlin", "acme")
+    utc_day = utc.daily.set_index("day")["amount"].groupby(level=0).sum()
+    assert utc_day.loc["2026-10-31"] >= late.charged > 0
+    assert "2026-11-01" not in utc_day.index
+    berlin_days = berlin.daily["day"].unique().tolist()
+    assert "2026-11-01" not in berlin_days
+    assert "2026-10-31" in berlin_days
+    # October in Berlin: 22:00 UTC on Sep 30 to 23:00 UTC on Oct 31; the 23:30 capture
+    # is left out, the requests of Oct 31 23:00-24:00 UTC with it.
+    assert berlin.period.end == datetime(2026, 10, 31, 23, 0, tzinfo=UTC)
+    utc_requests = int(utc.accounts["requests"].iloc[0])
+    berlin_requests = int(berlin.accounts["requests"].iloc[0])
+    assert berlin_requests == utc_requests - 1
+    # The Berlin wallet, read from its rollups in a Berlin report, ends the same way.
+    own = make(db, "2026-10", "Europe/Berlin", "berlin")
+    assert own.accounts["source"].tolist() == ["rollup"]
+    assert own.daily["day"].max() == "2026-10-31"
+
+
+def test_renders_every_format(db: Database, ledger: Ledger, traffic: Traffic) -> None:
+    made = make(db, traffic.month, "UTC")
+    csv = pd.read_csv(io.BytesIO(render.render(made, "csv")))
+    assert set(csv["section"]) == {
+        "balance",
+        "credit",
+        "debit",
+        "open_holds",
+        "usage",
+        "usage_daily",
+    }
+    closing = csv[(csv["section"] == "balance") & (csv["item"] == "closing")]
+    assert dict(zip(closing["account_id"], closing["amount"], strict=True)) == dict(
+        zip(made.accounts["account_id"], made.accounts["closing"], strict=True)
+    )
+
+    table = render.lines(made)
+    back = pd.read_parquet(io.BytesIO(render.render(made, "parquet")))
+    pd.testing.assert_frame_equal(back, table)
+    assert isinstance(back["video_seconds"].dropna().iloc[0], Decimal)
+
+    body = json.loads(render.render(made, "json"))
+    assert body["month"] == "2026-10"
+    assert body["reconciled"] is True
+    tokyo = next(a for a in body["accounts"] if a["account_id"] == "tokyo")
+    assert tokyo["open_holds"] == {"count": 1, "amount": 500}
+    assert {u["model"] for u in tokyo["usage"]} == {"veo3_fast", "veo3"}
+    assert len(tokyo["usage_by_day"]) >= 31
+
+    page = render.render(made, "html").decode()
+    assert page.startswith("<!DOCTYPE html>")
+    chart = page[page.index("<svg") : page.index("</svg>")]
+    assert "Daily usage by model" in chart
+    assert "veo3_fast" in chart
+    assert "<path" in chart
+    assert page.count("<svg") == 3  # one chart per unit: credit, token, usd
+
+
+def test_reconciliation_failure_names_the_accounts(
+    db: Database, catalogs: CatalogSet, clock: Clock
+) -> None:
+    ledger = Ledger(db, catalogs, clock=clock)
+    month_of_traffic(ledger, clock)
+    reports = Reports(db, clock=clock)
+    with db.transaction() as conn:
+        conn.execute(
+            daily.update()
+            .where(daily.c.account_id == ledger_account(db, "acme"), daily.c.day == "2026-10-05")
+            .values(amount=daily.c.amount + 7)
+        )
+        conn.execute(
+            flows.update()
+            .where(flows.c.account_id == ledger_account(db, "studio"), flows.c.day == "2026-10-09")
+            .values(debits=flows.c.debits + 1)
+        )
+    job, _ = reports.request("2026-10", "json")
+    claimed = reports.claim()
+    assert claimed is not None
+    done = reports.run(claimed)
+    assert done.status == "failed"
+    assert done.error is not None
+    assert "acme (usage)" in done.error
+    assert "studio (closing_balance)" in done.error
+    assert "[acme, studio]" in done.error
+    assert "berlin" not in done.error
+    with pytest.raises(ReportNotReady):
+        reports.output(job.id)
+
+
+def ledger_account(db: Database, external_id: str) -> int:
+    from ledger.models import accounts
+
+    with db.transaction(write=False) as conn:
+        return int(
+            conn.execute(
+                sa.select(accounts.c.id).where(accounts.c.external_id == external_id)
+            ).scalar_one()
+        )
+
+
+def test_jobs_dedupe_run_and_download(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports
+) -> None:
+    first, created = reports.request("2026-10", "csv", account_id="acme")
+    again, created_again = reports.request("2026-10", "csv", account_id="acme")
+    assert created
+    assert not created_again
+    assert again.id == first.id
+    other, created_other = reports.request("2026-10", "html", account_id="acme")
+    assert created_other
+    assert other.id != first.id
+    with pytest.raises(ReportNotReady):
+        reports.output(first.id)
+
+    seen: list[tuple[int, str]] = []
+    claimed = reports.claim(first.id)
+    assert claimed is not None
+    assert claimed.attempts == 1
+    done = reports.run(claimed, lambda pct, stage: seen.append((pct, stage)))
+    assert done.status == "succeeded"
+    assert done.progress == 100
+    assert [p for p, _ in seen] == sorted(p for p, _ in seen)
+    assert seen[-1][0] == 100
+    assert done.summary is not None
+    assert done.summary["reconciled"] is True
+    out = reports.output(first.id)
+    assert out.filename == "statement-2026-10-acme.csv"
+    assert out.content_type.startswith("text/csv")
+    assert b"closing" in out.content
+    # A finished report does not block a new one of the same kind.
+    _, created_after = reports.request("2026-10", "csv", account_id="acme")
+    assert created_after
+    assert reports.run_pending() == 2
+    # A customer asking for another wallet's job sees nothing.
+    with pytest.raises(NotFound):
+        reports.get(first.id, owner="berlin")
+    assert reports.get(first.id, owner="acme").id == first.id
+
+
+def test_an_interrupted_job_resumes(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports, clock: Clock
+) -> None:
+    job, _ = reports.request("2026-10", "parquet")
+    crashed = reports.claim()
+    assert crashed is not None
+    assert crashed.status == "running"
+    # The worker dies here. Within the lease nobody takes the job...
+    clock.advance(seconds=30)
+    assert reports.claim() is None
+    assert reports.request("2026-10", "parquet")[0].id == job.id
+    # ...after it, another worker does, and finishes it.
+    clock.advance(seconds=61)
+    resumed = reports.claim()
+    assert resumed is not None
+    assert resumed.id == job.id
+    assert resumed.attempts == 2
+    assert reports.run(resumed).status == "succeeded"
+    # The first worker's late writes are refused: the job is no longer its.
+    reports.run(crashed)
+    final = reports.get(job.id)
+    assert final.status == "succeeded"
+    assert final.attempts == 2
+    assert len(pd.read_parquet(io.BytesIO(reports.output(job.id).content))) > 100
+
+
+def test_a_job_interrupted_too_often_fails(
+    db: Database, ledger: Ledger, traffic: Traffic, clock: Clock
+) -> None:
+    reports = Reports(db, clock=clock, lease=timedelta(seconds=10), max_attempts=2)
+    job, _ = reports.request("2026-10", "json")
+    for _ in range(2):
+        assert reports.claim() is not None
+        clock.advance(seconds=11)
+    assert reports.claim() is None
+    failed = reports.get(job.id)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert "interrupted 2 times" in failed.error
+
+
+def test_month_end_report_is_created_once(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports
+) -> None:
+    job = reports.schedule_month_end()
+    assert job is not None
+    assert job.month == "2026-10"
+    assert job.origin == "month_end"
+    assert job.account_id is None
+    assert job.timezone == "UTC"
+    assert reports.schedule_month_end() is None
+    assert reports.run_pending() == 1
+    assert reports.schedule_month_end() is None
+    with db.transaction(write=False) as conn:
+        count = conn.execute(
+            sa.select(sa.func.count()).where(report_jobs.c.origin == "month_end")
+        ).scalar_one()
+    assert count == 1
+
+
+def test_nothing_to_schedule_before_any_wallet(db: Database, reports: Reports) -> None:
+    db.migrate()
+    assert reports.schedule_month_end() is None
+
+
+@pytest.mark.parametrize(
+    ("month", "fmt", "tz", "field"),
+    [
+        ("2026-13", "json", "UTC", "month"),
+        ("10-2026", "json", "UTC", "month"),
+        ("2026-11", "json", "UTC", "month"),  # not ended yet
+        ("2027-01", "json", "UTC", "month"),
+        ("2026-10", "xlsx", "UTC", "format"),
+        ("2026-10", "json", "Mars/Olympus", "timezone"),
+        ("2026-10", "json", "", "timezone"),
+    ],
+)
+def test_bad_requests_name_the_field(
+    db: Database, ledger: Ledger, reports: Reports, month: str, fmt: str, tz: str, field: str
+) -> None:
+    db.migrate()
+    with pytest.raises(InvalidInput) as caught:
+        reports.request(month, fmt, timezone=tz)
+    assert caught.value.field == field
+    with pytest.raises(NotFound):
+        reports.request("2026-10", "json", account_id="nobody")
+    with db.transaction(write=False) as conn:
+        assert conn.execute(sa.select(sa.func.count()).select_from(report_jobs)).scalar_one() == 0
+
+
+def test_holds_index_answers_open_holds(db: Database, ledger: Ledger, traffic: Traffic) -> None:
+    """Open at the end = created before it and resolved after it (or never)."""
+    end = queries.period("2026-10", "UTC").end
+    with db.transaction(write=False) as conn:
+        pending = conn.execute(
+            sa.select(holds.c.id).where(
+                holds.c.created_at < end,
+                sa.or_(holds.c.resolved_at.is_(None), holds.c.resolved_at >= end),
+            )
+        ).scalars()
+        assert sorted(pending) == sorted(traffic.open_at_end)
+
+
+def test_migration_backfills_the_journal_rollup(
+    db: Database, ledger: Ledger, traffic: Traffic
+) -> None:
+    """A database that had a journal before ``daily_flows`` existed reports the same."""
+    before = make(db, traffic.month, "UTC")
+    with db.transaction(write=False) as conn:
+        rolled = conn.execute(sa.select(flows).order_by(*flows.primary_key.columns)).all()
+    db.downgrade("0002")
+    db.migrate()
+    with db.transaction(write=False) as conn:
+        assert conn.execute(sa.select(flows).order_by(*flows.primary_key.columns)).all() == rolled
+    after = make(db, traffic.month, "UTC")
+    pd.testing.assert_frame_equal(before.accounts, after.accounts)
