@@ -11,13 +11,16 @@ Exit codes (stable, for scripts):
 * 5 -- ``verify`` found broken ledger invariants (each is printed);
 * 6 -- the database cannot be used (unreachable, or not migrated: run ``migrate``);
 * 7 -- not found (no such account, key...);
-* 8 -- a conflict (the account exists, the idempotency key was used for another request).
+* 8 -- a conflict (the account exists, the idempotency key was used for another request);
+* 9 -- a report failed (for example its statement did not reconcile: the accounts are named).
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -42,6 +45,7 @@ from ledger.verify import verify
 from pricing import CatalogSet, estimate, load_catalogs
 from pricing.catalog import describe
 from pricing.errors import CatalogError, DomainError, NotBillable, PricingError
+from reports.jobs import JobView, Reports
 
 EXIT_INVALID = 2
 EXIT_CATALOG = 3
@@ -50,6 +54,7 @@ EXIT_VIOLATIONS = 5
 EXIT_DATABASE = 6
 EXIT_NOT_FOUND = 7
 EXIT_CONFLICT = 8
+EXIT_REPORT_FAILED = 9
 
 app = typer.Typer(
     name="creditledger",
@@ -503,6 +508,122 @@ def keys_list(as_json: JsonOption = False) -> None:
             v.revoked_at.isoformat(timespec="seconds") if v.revoked_at else "",
         )
     Console().print(table)
+
+
+report_app = typer.Typer(help="Monthly statements: make, run, show.", no_args_is_help=True)
+app.add_typer(report_app, name="report")
+
+
+@contextmanager
+def _open_reports() -> Iterator[Reports]:
+    from api.main import reports_from_settings
+
+    # A failed job's error is printed as JSON (exit 9); no traceback on stderr.
+    logging.getLogger("creditledger.reports").addHandler(logging.NullHandler())
+    logging.getLogger("creditledger.reports").propagate = False
+    with _open_ledger() as ledger:
+        yield reports_from_settings(ledger, get_settings())
+
+
+def _job_rows(job: JobView) -> list[tuple[str, Any]]:
+    return [
+        ("id", job.id),
+        ("status", job.status),
+        ("month", f"{job.month} ({job.timezone})"),
+        ("account", job.account_id or "all"),
+        ("format", job.format),
+        ("progress", f"{job.progress}% {job.stage}"),
+        ("attempts", job.attempts),
+        ("error", job.error or ""),
+    ]
+
+
+@report_app.command("monthly")
+def report_monthly(
+    month: Annotated[str, typer.Argument(help="The closed month, YYYY-MM.")],
+    account: Annotated[
+        str | None, typer.Option("--account", help="One wallet (default: all).")
+    ] = None,
+    fmt: Annotated[str, typer.Option("--format", help="csv, json, parquet or html.")] = "csv",
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Where to write the file ('-' for stdout).", allow_dash=True),
+    ] = None,
+    tz: Annotated[str, typer.Option("--tz", help="IANA timezone of the month.")] = "UTC",
+    as_json: JsonOption = False,
+) -> None:
+    """Make a monthly statement now, with a progress bar, and write its file.
+
+    The report is a durable job like those of the API: an identical one already running
+    elsewhere is waited for instead of made twice.
+    """
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn
+
+    with _open_reports() as reports:
+        job, _created = reports.request(
+            month, fmt, account_id=account, timezone=tz, requested_by="cli"
+        )
+        columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
+        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+            task = bar.add_task(f"statement {job.month}", total=100)
+
+            def show(percent: int, stage: str) -> None:
+                bar.update(task, completed=percent, description=f"statement {job.month}: {stage}")
+
+            claimed = reports.claim(job.id)
+            if claimed is not None:
+                job = reports.run(claimed, show)
+            while job.status in ("queued", "running"):
+                # Another worker has it: follow its progress.
+                show(job.progress, job.stage)
+                time.sleep(0.5)
+                job = reports.get(job.id)
+        if job.status != "succeeded":
+            _fail(
+                {"error": "report_failed", "id": job.id, "message": job.error or job.status},
+                EXIT_REPORT_FAILED,
+            )
+        output = reports.output(job.id)
+    target = out or Path(output.filename)
+    if str(target) == "-":
+        sys.stdout.buffer.write(output.content)
+        sys.stdout.flush()
+        return
+    target.write_bytes(output.content)
+    if as_json:
+        typer.echo(json.dumps({**job.model_dump(mode="json"), "path": str(target)}, indent=2))
+        return
+    table = Table(title=f"statement {job.month} ({job.timezone}) -> {target}")
+    for column in ("unit", "accounts", "opening", "credits", "debits", "closing", "usage"):
+        table.add_column(column, justify="left" if column == "unit" else "right")
+    for t in (job.summary or {}).get("totals", []):
+        table.add_row(
+            t["unit"],
+            str(t["accounts"]),
+            *(f"{t[k]:,}" for k in ("opening", "credits", "debits", "closing", "usage_amount")),
+        )
+    Console().print(table)
+    typer.echo("reconciled: opening + credits - debits = closing = the ledger, for every account")
+
+
+@report_app.command("run")
+def report_run() -> None:
+    """Run the queued report jobs (and interrupted ones past their lease), then exit."""
+    with _open_reports() as reports:
+        reports.schedule_month_end()
+        ran = reports.run_pending()
+    typer.echo(f"{ran} report job(s) run")
+
+
+@report_app.command("show")
+def report_show(
+    job_id: Annotated[str, typer.Argument(help="The report job's id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """A report job's status, progress and error."""
+    with _open_reports() as reports:
+        job = reports.get(job_id)
+    _emit(job, as_json, f"report {job.id}", _job_rows(job))
 
 
 @app.command("serve")

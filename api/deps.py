@@ -18,6 +18,7 @@ from ledger.errors import NotFound
 from ledger.keys import Keys, Principal
 from ledger.services import Ledger
 from ledger.settings import Settings
+from reports.jobs import Reports
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,7 @@ class Services:
     keys: Keys
     metrics: Metrics
     settings: Settings
+    reports: Reports
 
 
 # The dependencies are ``async``: a synchronous one would cost a hop through the thread

@@ -29,6 +29,7 @@ from ledger.errors import (
     NotReversible,
 )
 from pricing.errors import AmountOverflow, DomainError, InvalidRequest, NotBillable
+from reports.errors import ReportNotReady
 
 log = logging.getLogger("creditledger.api")
 
@@ -41,6 +42,7 @@ STATUS: tuple[tuple[type[DomainError], int], ...] = (
     (AlreadyReversed, 409),
     (NotReversible, 409),
     (IdempotencyConflict, 409),
+    (ReportNotReady, 409),
     (InvalidInput, 422),
     (InvalidRequest, 422),
     (NotBillable, 422),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from datetime import timedelta
 
 from fastapi import FastAPI
 
@@ -12,12 +13,14 @@ from api.deps import Services
 from api.metrics import Metrics, MetricsMiddleware
 from api.routes import accounts, gateway, meta
 from api.routes import keys as key_routes
+from api.routes import reports as report_routes
 from api.routing import BodyLimit
 from ledger.db import Database
 from ledger.keys import Keys
 from ledger.services import Ledger, ledger_from_settings
 from ledger.settings import Settings
 from ledger.sweeper import Sweeper, Swept
+from reports.jobs import Reports, ReportWorker
 
 DESCRIPTION = """\
 Metering and billing ledger for AI-generation APIs.
@@ -37,10 +40,14 @@ def create_app(
     *,
     settings: Settings | None = None,
     sweep: bool = False,
+    reports: Reports | None = None,
 ) -> FastAPI:
-    """The API over ``ledger``; ``sweep`` runs the background jobs while the app is up."""
+    """The API over ``ledger``; ``sweep`` runs the background jobs (sweepers and the
+    report worker) while the app is up."""
     settings = settings or Settings()
     metrics = Metrics()
+    reports = reports or reports_from_settings(ledger, settings)
+    worker = ReportWorker(reports, settings.report_poll_seconds)
 
     def swept(result: Swept) -> None:
         if result.holds_expired:
@@ -52,10 +59,12 @@ def create_app(
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
         if sweep:
             sweeper.start()
+            worker.start()
         try:
             yield
         finally:
             if sweep:
+                worker.stop()
                 sweeper.stop()
 
     app = FastAPI(
@@ -64,10 +73,13 @@ def create_app(
         description=DESCRIPTION,
         lifespan=lifespan,
     )
-    app.state.services = Services(ledger=ledger, keys=keys, metrics=metrics, settings=settings)
+    app.state.services = Services(
+        ledger=ledger, keys=keys, metrics=metrics, settings=settings, reports=reports
+    )
     app.state.sweeper = sweeper
+    app.state.report_worker = worker
     errors.install(app)
-    for module in (gateway, accounts, key_routes, meta):
+    for module in (gateway, accounts, key_routes, report_routes, meta):
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
@@ -84,3 +96,10 @@ def app_from_settings(settings: Settings, *, sweep: bool = True) -> FastAPI:
 def keys_from_settings(db: Database, settings: Settings) -> Keys:
     admin = settings.admin_key.get_secret_value() if settings.admin_key else None
     return Keys(db, admin_key=admin)
+
+
+def reports_from_settings(ledger: Ledger, settings: Settings) -> Reports:
+    """Report jobs on the ledger's database, with the lease the operator configured."""
+    return Reports(
+        ledger.db, clock=ledger.clock, lease=timedelta(seconds=settings.report_lease_seconds)
+    )

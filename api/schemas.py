@@ -23,6 +23,7 @@ from ledger.results import (
     ReversalResult,
     TopUpResult,
 )
+from reports.jobs import JobView
 
 MAX_AMOUNT = 2**63 - 1
 
@@ -234,3 +235,26 @@ __all__ = [
     "TopUpCreate",
     "TopUpResult",
 ]
+
+
+class ReportCreate(_Request):
+    """A monthly statement: for one wallet or all, in a timezone, in a format."""
+
+    month: Annotated[str, Field(max_length=7, examples=["2026-10"])] = Field(
+        description="A closed calendar month, YYYY-MM."
+    )
+    format: Literal["csv", "json", "parquet", "html"] = "json"
+    account_id: AccountId | None = Field(
+        default=None, description="One wallet (a customer key: its own, the default)."
+    )
+    timezone: Annotated[str, Field(min_length=1, max_length=64)] = Field(
+        default="UTC", description="The IANA timezone the month and its days are cut in."
+    )
+
+
+class ReportPublic(JobView):
+    """A report job: queued -> running -> succeeded | failed, with progress."""
+
+    download_url: str | None = Field(
+        default=None, description="Where the file is, once the job has succeeded."
+    )

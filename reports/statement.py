@@ -115,8 +115,10 @@ def build(frames: Frames, *, account_id: str | None, generated_at: datetime) -> 
     ids = wallets.index
 
     flows = frames.flows
-    credits = _items(flows, "credits", CREDIT_ITEMS, "credit_", CREDIT_COLUMNS, ids)
-    debits = _items(flows, "debits", DEBIT_ITEMS, "debit_", DEBIT_COLUMNS, ids)
+    stray: list[Mismatch] = []
+    external = {int(k): str(v) for k, v in wallets["account_id"].items()}
+    credits = _items(flows, "credits", CREDIT_ITEMS, "credit_", CREDIT_COLUMNS, external, stray)
+    debits = _items(flows, "debits", DEBIT_ITEMS, "debit_", DEBIT_COLUMNS, external, stray)
     usage = frames.usage
     by_wallet = (
         usage.groupby("account")[["requests", "amount"]].sum().reindex(ids, fill_value=0)
@@ -130,7 +132,7 @@ def build(frames: Frames, *, account_id: str | None, generated_at: datetime) -> 
     table["closing"] = table["opening"] + table["credits"] - table["debits"]
     table["requests"] = by_wallet["requests"].astype("int64")
     table["usage_amount"] = by_wallet["amount"].astype("int64")
-    _reconcile(table)
+    _reconcile(table, stray)
 
     names = wallets[["account_id", "unit", "scale"]]
     daily = _named(usage, names, ["day", "catalog", "operation", "model"])
@@ -155,24 +157,37 @@ def _items(
     items: dict[str, str],
     prefix: str,
     columns: list[str],
-    ids: pd.Index,
+    external: dict[int, str],
+    stray: list[Mismatch],
 ) -> pd.DataFrame:
-    """Per wallet, one column per statement item of ``side`` (credits or debits)."""
+    """Per wallet, one column per statement item of ``side`` (credits or debits).
+
+    Credits or debits of a flow that cannot have them (a capture that credits) have no
+    line on the statement: each is reported in ``stray``, never dropped silently.
+    """
+    ids = pd.Index(list(external), name="account")
     if flows.empty:
         return pd.DataFrame(0, index=ids, columns=columns, dtype="int64")
     frame = flows.assign(item=prefix + flows["flow"].map(items).fillna(flows["flow"]))
     table = frame.pivot_table(
         index="account", columns="item", values=side, aggfunc="sum", fill_value=0
     )
-    unexpected = [c for c in table.columns if c not in columns and table[c].any()]
-    if unexpected:
-        # A flow the statement has no line for: never dropped silently.
-        raise ValueError(f"{side} in flows the statement does not show: {unexpected}")
+    for column in (c for c in table.columns if c not in columns):
+        for account, amount in table[column].items():
+            if amount:
+                stray.append(
+                    Mismatch(
+                        account_id=external.get(int(account), str(account)),
+                        check="flow",
+                        detail=f"{amount} {side} in {column.removeprefix(prefix)} entries, "
+                        "which cannot have them",
+                    )
+                )
     return table.reindex(index=ids, columns=columns, fill_value=0).fillna(0).astype("int64")
 
 
-def _reconcile(table: pd.DataFrame) -> None:
-    found: list[Mismatch] = []
+def _reconcile(table: pd.DataFrame, stray: list[Mismatch]) -> None:
+    found: list[Mismatch] = list(stray)
     for r in records(table):
         if r["closing"] != r["ledger_closing"]:
             found.append(

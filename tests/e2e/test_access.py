@@ -27,6 +27,7 @@ class World:
     hold: str
     entry: str
     key_id: str
+    report: str
 
 
 def world(api: Api) -> World:
@@ -35,7 +36,8 @@ def world(api: Api) -> World:
     hold = api.post("/v1/authorizations", {"account_id": "target", **VEO_FAST}).json()["id"]
     entry = api.post("/v1/accounts/target/topups", {"amount": 100}).json()["entry"]["id"]
     key_id = api.keys.create("service", name="to revoke").id
-    return World(hold, entry, key_id)
+    report = api.app.state.services.reports.request("2026-10", account_id="target")[0].id
+    return World(hold, entry, key_id, report)
 
 
 # (method, path, body, expected status for admin, service, customer_own, customer_other)
@@ -66,6 +68,11 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int]]] = [
     ("POST", "/v1/keys", {"role": "service", "name": "gw"}, (201, 403, 403, 403)),
     ("GET", "/v1/keys", None, (200, 403, 403, 403)),
     ("DELETE", "/v1/keys/{key_id}", None, (200, 403, 403, 403)),
+    ("POST", "/v1/reports", {"month": "2026-10", "account_id": "target"}, (202, 403, 202, 404)),
+    ("POST", "/v1/reports", {"month": "2026-10"}, (202, 403, 202, 202)),
+    ("GET", "/v1/reports/{report}", None, (200, 403, 200, 404)),
+    # Not run yet: 409 for whoever may see it.
+    ("GET", "/v1/reports/{report}/download", None, (409, 403, 409, 404)),
     ("GET", "/v1/catalogs", None, (200, 200, 200, 200)),
     ("GET", "/v1/catalogs/veo3", None, (200, 200, 200, 200)),
     ("GET", "/healthz", None, (200, 200, 200, 200)),
@@ -94,12 +101,12 @@ def test_every_endpoint_for_every_role(
 ) -> None:
     w = world(api)
     status = expected[ROLES.index(role)]
-    url = path.format(hold=w.hold, entry=w.entry, key_id=w.key_id)
+    url = path.format(hold=w.hold, entry=w.entry, key_id=w.key_id, report=w.report)
     before = api.ledger.balance("target")
     r = api.call(method, url, as_key=_key(api, role), body=body)
     assert r.status_code == status, r.text
     if status >= 400:
-        assert r.json()["error"] in ("forbidden", "not_found")
+        assert r.json()["error"] in ("forbidden", "not_found", "report_not_ready")
         # A refused request changed nothing.
         assert api.ledger.balance("target") == before
 
@@ -125,7 +132,7 @@ def test_no_key_bad_keys_and_revoked_keys_get_401_everywhere(api: Api) -> None:
     for method, path, body, _ in MATRIX:
         if path == "/healthz":
             continue
-        url = path.format(hold=w.hold, entry=w.entry, key_id=w.key_id)
+        url = path.format(hold=w.hold, entry=w.entry, key_id=w.key_id, report=w.report)
         for header in headers:
             sent = {} if header is None else {"Authorization": header}
             r = api.call(method, url, as_key=None, body=body, headers=sent)

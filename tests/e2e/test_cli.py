@@ -18,7 +18,7 @@ EXE = shutil.which("creditledger", path=str(Path(sys.executable).parent)) or "cr
 
 
 def run(
-    *args: str, stdin: str = "", env: dict[str, str] | None = None
+    *args: str, stdin: str = "", env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
     full_env.update(env or {})
@@ -28,6 +28,7 @@ def run(
         capture_output=True,
         text=True,
         env=full_env,
+        cwd=cwd,
         timeout=60,
         check=False,
     )

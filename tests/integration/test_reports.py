@@ -208,6 +208,11 @@ def test_reconciliation_failure_names_the_accounts(
             .where(flows.c.account_id == ledger_account(db, "studio"), flows.c.day == "2026-10-09")
             .values(debits=flows.c.debits + 1)
         )
+        conn.execute(
+            flows.update()
+            .where(flows.c.account_id == ledger_account(db, "acme"), flows.c.flow == "capture")
+            .values(credits=3)
+        )
     job, _ = reports.request("2026-10", "json")
     claimed = reports.claim()
     assert claimed is not None
@@ -216,6 +221,7 @@ def test_reconciliation_failure_names_the_accounts(
     assert done.error is not None
     assert "acme (usage)" in done.error
     assert "studio (closing_balance)" in done.error
+    assert "acme (flow): 93 credits in capture entries" in done.error
     assert "[acme, studio]" in done.error
     assert "berlin" not in done.error
     with pytest.raises(ReportNotReady):

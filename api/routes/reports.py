@@ -1,0 +1,85 @@
+"""Monthly reports: ask for one (a durable job), follow it, download its file."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request, Response
+from fastapi.concurrency import run_in_threadpool
+
+from api.deps import JournalReader, ServicesDep, ensure_own
+from api.errors import documented
+from api.routing import JsonRoute
+from api.schemas import ReportCreate, ReportPublic
+from ledger.keys import Principal
+from reports.jobs import JobView
+
+router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["reports"])
+
+_ERRORS = documented(401, 403, 404, 409, 422)
+
+
+def _public(job: JobView, request: Request) -> ReportPublic:
+    url = str(request.url_for("download_report", id=job.id)) if job.status == "succeeded" else None
+    return ReportPublic(**job.model_dump(), download_url=url)
+
+
+def _owner(caller: Principal) -> str | None:
+    return caller.account if caller.role == "customer" else None
+
+
+@router.post("/reports", status_code=202, response_model=ReportPublic, responses=_ERRORS)
+async def create_report(
+    body: ReportCreate, caller: JournalReader, services: ServicesDep, request: Request
+) -> ReportPublic:
+    """Queue a monthly statement; the identical one already queued or running is returned
+    instead. The server's report worker runs it: follow ``GET /v1/reports/{id}``."""
+    account_id = body.account_id
+    if caller.role == "customer":
+        account_id = account_id or caller.account
+        ensure_own(caller, str(account_id))
+    job, _created = await run_in_threadpool(
+        services.reports.request,
+        body.month,
+        body.format,
+        account_id=account_id,
+        timezone=body.timezone,
+        requested_by=caller.key_id,
+    )
+    return _public(job, request)
+
+
+@router.get("/reports/{id}", response_model=ReportPublic, responses=_ERRORS)
+async def read_report(
+    id: str, caller: JournalReader, services: ServicesDep, request: Request
+) -> ReportPublic:
+    """A report job: status, progress, error, and once done its summary and download URL."""
+    job = await run_in_threadpool(services.reports.get, id, owner=_owner(caller))
+    return _public(job, request)
+
+
+@router.get(
+    "/reports/{id}/download",
+    response_class=Response,
+    responses={
+        **_ERRORS,
+        200: {
+            "description": "The report file",
+            "content": {
+                "text/csv": {},
+                "application/json": {},
+                "application/vnd.apache.parquet": {},
+                "text/html": {},
+            },
+        },
+    },
+)
+async def download_report(id: str, caller: JournalReader, services: ServicesDep) -> Response:
+    """The file of a succeeded report (409 while it is queued or running, or if it failed)."""
+    out = await run_in_threadpool(services.reports.output, id, owner=_owner(caller))
+    return Response(
+        out.content,
+        media_type=out.content_type,
+        headers={
+            "Content-Disposition": f'attachment; filename="{out.filename}"',
+            "ETag": f'"{out.sha256}"',
+        },
+    )

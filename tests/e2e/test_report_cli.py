@@ -1,0 +1,152 @@
+"""``creditledger report`` as real processes, and the report worker of ``serve``."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx2 as httpx
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from ledger.db import Database
+from ledger.models import accounts, flows
+from ledger.services import Ledger
+from pricing.catalog import CatalogSet
+from reports.jobs import Reports
+from tests.e2e.test_admin_cli import server  # noqa: F401 (a fixture)
+from tests.e2e.test_cli import run
+from tests.factories import Clock, month_of_traffic
+
+
+@pytest.fixture
+def env(tmp_path: Path, catalogs: CatalogSet) -> dict[str, str]:
+    """A SQLite ledger file holding October 2026's traffic."""
+    url = f"sqlite:///{tmp_path / 'ledger.db'}"
+    db = Database.from_url(url)
+    db.migrate()
+    clock = Clock()
+    month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
+    db.dispose()
+    return {"CREDITLEDGER_DATABASE_URL": url}
+
+
+def test_monthly_report_in_every_format(env: dict[str, str], tmp_path: Path) -> None:
+    page = tmp_path / "october.html"
+    made = run("report", "monthly", "2026-10", "--format", "html", "--out", str(page), env=env)
+    assert made.returncode == 0, made.stderr
+    assert "reconciled" in made.stdout
+    assert "<svg" in page.read_text()
+
+    one = run(
+        "report",
+        "monthly",
+        "2026-10",
+        "--account",
+        "tokyo",
+        "--format",
+        "json",
+        "--out",
+        "-",
+        env=env,
+    )
+    assert one.returncode == 0, one.stderr
+    body = json.loads(one.stdout)
+    assert [a["account_id"] for a in body["accounts"]] == ["tokyo"]
+    assert body["accounts"][0]["open_holds"] == {"count": 1, "amount": 500}
+
+    berlin = run(
+        "report", "monthly", "2026-10", "--tz", "Europe/Berlin", "--format", "parquet",
+        "--json", env=env, cwd=tmp_path,
+    )  # fmt: skip
+    assert berlin.returncode == 0, berlin.stderr
+    written = Path(json.loads(berlin.stdout)["path"])
+    assert written.name == "statement-2026-10.parquet"
+    table = pd.read_parquet(tmp_path / written)
+    assert set(table["account_id"]) == {"acme", "berlin", "tokyo", "studio"}
+
+    csv = run("report", "monthly", "2026-10", "--out", "-", env=env)
+    lines = pd.read_csv(io.StringIO(csv.stdout))
+    assert set(lines["section"]) >= {"balance", "credit", "debit", "usage", "usage_daily"}
+
+
+@pytest.mark.parametrize(
+    ("args", "code", "field"),
+    [
+        (["2026-13"], 2, "month"),
+        (["2099-01"], 2, "month"),
+        (["2026-10", "--format", "xlsx"], 2, "format"),
+        (["2026-10", "--tz", "Nowhere/Special"], 2, "timezone"),
+        (["2026-10", "--account", "ghost"], 7, "account_id"),
+    ],
+)
+def test_report_errors_exit_with_meaningful_codes(
+    env: dict[str, str], args: list[str], code: int, field: str
+) -> None:
+    result = run("report", "monthly", *args, env=env)
+    assert result.returncode == code, result.stderr
+    assert json.loads(result.stderr)["field"] == field
+
+
+def test_a_statement_that_does_not_reconcile_fails_naming_the_account(
+    env: dict[str, str],
+) -> None:
+    db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
+    with db.transaction() as conn:
+        acme = conn.execute(
+            sa.select(accounts.c.id).where(accounts.c.external_id == "acme")
+        ).scalar_one()
+        conn.execute(
+            flows.update()
+            .where(
+                flows.c.account_id == acme, flows.c.day == "2026-10-03", flows.c.flow == "capture"
+            )
+            .values(debits=flows.c.debits + 5)
+        )
+    db.dispose()
+    result = run("report", "monthly", "2026-10", "--out", "-", env=env)
+    assert result.returncode == 9, result.stderr
+    failure = json.loads(result.stderr)
+    assert failure["error"] == "report_failed"
+    assert "[acme]" in failure["message"]
+    assert "closing_balance" in failure["message"]
+    assert result.stdout == ""
+
+
+def test_report_run_resumes_an_interrupted_job(env: dict[str, str]) -> None:
+    db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
+    ten_minutes_ago = datetime.now(UTC) - timedelta(minutes=10)
+    crashed = Reports(db, clock=lambda: ten_minutes_ago)
+    job, _ = crashed.request("2026-10", "json")
+    assert crashed.claim() is not None  # ...and the worker died with it
+    db.dispose()
+    done = run("report", "run", env=env)
+    assert done.returncode == 0, done.stderr
+    # October's month-end report is the very report interrupted: it is not made twice.
+    assert "1 report job(s) run" in done.stdout
+    shown = json.loads(run("report", "show", job.id, "--json", env=env).stdout)
+    assert shown["status"] == "succeeded"
+    assert shown["attempts"] == 2
+
+
+def test_serve_runs_reports_asked_for_over_http(
+    server: tuple[str, str, subprocess.Popen[str]],  # noqa: F811
+) -> None:
+    """The server runs on ``env``'s ledger file, which holds October's traffic."""
+    url, admin, _ = server
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}) as http:
+        job = http.post("/v1/reports", json={"month": "2026-10", "format": "html"}).json()
+        deadline = time.monotonic() + 60
+        while (state := http.get(f"/v1/reports/{job['id']}").json())["status"] != "succeeded":
+            assert state["status"] in ("queued", "running"), state
+            assert time.monotonic() < deadline, "the server's worker never ran the report"
+            time.sleep(0.2)
+        page = http.get(state["download_url"])
+        assert page.status_code == 200
+        assert page.headers["content-type"].startswith("text/html")
+        assert "<svg" in page.text

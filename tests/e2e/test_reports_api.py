@@ -1,0 +1,139 @@
+"""Monthly reports through the HTTP API: ask, follow, download, on each database."""
+
+from __future__ import annotations
+
+import io
+import json
+
+import pandas as pd
+import pytest
+import sqlalchemy as sa
+
+from ledger.models import report_jobs
+from tests.e2e.conftest import Api
+from tests.factories import Clock, Traffic, month_of_traffic
+
+
+@pytest.fixture
+def traffic(api: Api, clock: Clock) -> Traffic:
+    return month_of_traffic(api.ledger, clock)
+
+
+def run_worker(api: Api) -> int:
+    """One round of the report worker ``creditledger serve`` runs."""
+    ran: int = api.app.state.report_worker.run_once()
+    return ran
+
+
+def jobs(api: Api) -> int:
+    with api.ledger.db.transaction(write=False) as conn:
+        return int(conn.execute(sa.select(sa.func.count()).select_from(report_jobs)).scalar_one())
+
+
+def test_ask_follow_and_download_every_format(api: Api, traffic: Traffic) -> None:
+    ids = {}
+    for fmt in ("csv", "json", "parquet", "html"):
+        r = api.post("/v1/reports", {"month": "2026-10", "format": fmt})
+        assert r.status_code == 202, r.text
+        body = r.json()
+        assert body["status"] == "queued"
+        assert body["download_url"] is None
+        ids[fmt] = body["id"]
+        # The same report while it is queued: the same job.
+        again = api.post("/v1/reports", {"month": "2026-10", "format": fmt})
+        assert again.status_code == 202
+        assert again.json()["id"] == body["id"]
+    download = api.get(f"/v1/reports/{ids['csv']}/download")
+    assert download.status_code == 409
+    assert download.json()["error"] == "report_not_ready"
+
+    # The worker also queues October's month-end report (JSON, all wallets, UTC): that is
+    # the JSON job asked for above, so it is not made twice.
+    assert run_worker(api) == 4
+    for fmt, job_id in ids.items():
+        r = api.get(f"/v1/reports/{job_id}")
+        assert r.status_code == 200, r.text
+        job = r.json()
+        assert (job["status"], job["progress"], job["format"]) == ("succeeded", 100, fmt)
+        assert job["summary"]["reconciled"] is True
+        assert job["summary"]["accounts"] == len(traffic.wallets)
+        assert job["download_url"].endswith(f"/v1/reports/{job_id}/download")
+
+    csv = api.get(f"/v1/reports/{ids['csv']}/download")
+    assert csv.headers["content-type"].startswith("text/csv")
+    assert 'filename="statement-2026-10.csv"' in csv.headers["content-disposition"]
+    lines = pd.read_csv(io.StringIO(csv.text))
+    closing = lines[(lines["section"] == "balance") & (lines["item"] == "closing")]
+    for row in closing.itertuples():
+        assert (
+            row.amount
+            == api.ledger.balance(
+                str(row.account_id),
+                as_of=pd.Timestamp("2026-10-31T23:59:59.999999Z").to_pydatetime(),
+            ).balance
+        )
+
+    parquet = api.get(f"/v1/reports/{ids['parquet']}/download")
+    assert parquet.headers["content-type"] == "application/vnd.apache.parquet"
+    table = pd.read_parquet(io.BytesIO(parquet.content))
+    assert set(table["account_id"]) == set(traffic.wallets)
+
+    report = api.get(f"/v1/reports/{ids['json']}/download")
+    assert report.headers["content-type"] == "application/json"
+    assert json.loads(report.content)["reconciled"] is True
+
+    page = api.get(f"/v1/reports/{ids['html']}/download")
+    assert page.headers["content-type"].startswith("text/html")
+    assert "<svg" in page.text
+    assert "Daily usage by model" in page.text
+
+
+def test_a_customer_reports_on_its_own_wallet_only(api: Api, traffic: Traffic) -> None:
+    acme = api.customer("acme")
+    r = api.post("/v1/reports", {"month": "2026-10", "format": "json"}, as_key=acme)
+    assert r.status_code == 202, r.text
+    assert r.json()["account_id"] == "acme"
+    mine = r.json()["id"]
+    other = api.post("/v1/reports", {"month": "2026-10", "account_id": "tokyo"}, as_key=acme)
+    assert other.status_code == 404
+    theirs = api.post("/v1/reports", {"month": "2026-10", "account_id": "tokyo"}).json()["id"]
+    run_worker(api)
+    got = api.get(f"/v1/reports/{mine}/download", as_key=acme)
+    assert got.status_code == 200
+    body = json.loads(got.content)
+    assert [a["account_id"] for a in body["accounts"]] == ["acme"]
+    assert api.get(f"/v1/reports/{theirs}", as_key=acme).status_code == 404
+    assert api.get(f"/v1/reports/{theirs}/download", as_key=acme).status_code == 404
+    assert api.post("/v1/reports", {"month": "2026-10"}, as_key="service").status_code == 403
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "field"),
+    [
+        ({"month": "2026-13"}, 422, "month"),
+        ({"month": "Oct 2026"}, 422, "month"),
+        ({"month": "2026-11"}, 422, "month"),  # not over yet
+        ({"month": 202610}, 422, "month"),
+        ({"month": "2026-10", "format": "xlsx"}, 422, "format"),
+        ({"month": "2026-10", "timezone": "Mars/Olympus"}, 422, "timezone"),
+        ({"month": "2026-10", "timezone": "../../etc/passwd"}, 422, "timezone"),
+        ({"month": "2026-10", "account_id": "nobody"}, 404, "account_id"),
+        ({"month": "2026-10", "colour": "blue"}, 422, "colour"),
+        ({}, 422, "month"),
+    ],
+)
+def test_bad_requests_name_the_field_and_queue_nothing(
+    api: Api, body: dict[str, object], status: int, field: str
+) -> None:
+    api.wallet("acme", "credit")
+    r = api.post("/v1/reports", body)
+    assert r.status_code == status, r.text
+    assert r.json()["field"] == field
+    if field == "format":
+        assert all(f in r.json()["allowed"] for f in ("csv", "json", "parquet", "html"))
+    assert jobs(api) == 0
+
+
+def test_unknown_report_is_404(api: Api) -> None:
+    assert api.get("/v1/reports/nope").status_code == 404
+    assert api.get("/v1/reports/nope/download").status_code == 404
