@@ -116,7 +116,7 @@ def build(frames: Frames, *, account_id: str | None, generated_at: datetime) -> 
 
     flows = frames.flows
     stray: list[Mismatch] = []
-    external = {int(k): str(v) for k, v in wallets["account_id"].items()}
+    external = {int(str(k)): str(v) for k, v in wallets["account_id"].items()}
     credits = _items(flows, "credits", CREDIT_ITEMS, "credit_", CREDIT_COLUMNS, external, stray)
     debits = _items(flows, "debits", DEBIT_ITEMS, "debit_", DEBIT_COLUMNS, external, stray)
     usage = frames.usage
@@ -177,7 +177,7 @@ def _items(
             if amount:
                 stray.append(
                     Mismatch(
-                        account_id=external.get(int(account), str(account)),
+                        account_id=external.get(int(str(account)), str(account)),
                         check="flow",
                         detail=f"{amount} {side} in {column.removeprefix(prefix)} entries, "
                         "which cannot have them",
