@@ -394,3 +394,18 @@ def test_migration_backfills_the_journal_rollup(
         assert conn.execute(sa.select(flows).order_by(*flows.primary_key.columns)).all() == rolled
     after = make(db, traffic.month, "UTC")
     pd.testing.assert_frame_equal(before.accounts, after.accounts)
+
+
+def test_identical_requests_racing_make_one_job(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports
+) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(8) as pool:
+        made = list(pool.map(lambda _: reports.request("2026-10", "csv"), range(16)))
+    assert len({job.id for job, _ in made}) == 1
+    assert sum(created for _, created in made) == 1
+    # Two workers racing for the queue: the job runs once.
+    with ThreadPoolExecutor(2) as pool:
+        ran = list(pool.map(lambda _: reports.run_pending(), range(2)))
+    assert sorted(ran) == [0, 1]
