@@ -409,3 +409,24 @@ def test_identical_requests_racing_make_one_job(
     with ThreadPoolExecutor(2) as pool:
         ran = list(pool.map(lambda _: reports.run_pending(), range(2)))
     assert sorted(ran) == [0, 1]
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "parquet", "html"])
+def test_quiet_and_empty_months_render(
+    db: Database, ledger: Ledger, clock: Clock, reports: Reports, fmt: str
+) -> None:
+    """A wallet with no usage, a unit with no usage, a month before any wallet."""
+    clock.now = datetime(2026, 10, 5, tzinfo=UTC)
+    ledger.open_account("quiet", "credit", idempotency_key="q1")
+    ledger.top_up("quiet", 100, idempotency_key="q2")
+    ledger.open_account("idle", "token", idempotency_key="q3")
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    for month, wallets in (("2026-10", 2), ("2026-08", 0)):
+        job, _ = reports.request(month, fmt)
+        claimed = reports.claim(job.id)
+        assert claimed is not None
+        done = reports.run(claimed)
+        assert done.status == "succeeded", done.error
+        assert done.summary is not None
+        assert done.summary["accounts"] == wallets
+        assert reports.output(job.id).content
