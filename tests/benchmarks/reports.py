@@ -124,8 +124,11 @@ def build(path: Path, events: int, wallets: int) -> Path:
             "INSERT INTO daily_flows (account_id, day, flow, credits, debits, entries) "
             "SELECT account_id, substr(at, 1, 10), 'capture', 0, SUM(amount), COUNT(*) "
             "FROM ev GROUP BY account_id, substr(at, 1, 10)",
+            "CREATE TEMP TABLE spent AS SELECT account_id, SUM(amount) AS amount FROM ev "
+            "GROUP BY account_id",
+            "CREATE UNIQUE INDEX temp.ix_spent ON spent (account_id)",
             "UPDATE accounts SET balance = balance - "
-            "(SELECT SUM(amount) FROM ev WHERE ev.account_id = accounts.id) "
+            "COALESCE((SELECT amount FROM spent WHERE spent.account_id = accounts.id), 0) "
             "WHERE kind = 'wallet'",
             f"UPDATE accounts SET balance = balance + (SELECT SUM(amount) FROM ev) "
             f"WHERE id = {revenue}",
