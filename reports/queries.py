@@ -43,7 +43,7 @@ MONTH = re.compile(r"^(\d{4})-(0[1-9]|1[0-2])$")
 #: Usage quantities of the rollup, in the order reports show them.
 QUANTITIES = ("requests", "input_tokens", "output_tokens", "images", "videos", "candidates")
 USAGE_KEYS = ("account", "day", "catalog", "operation", "model")
-USAGE_COLUMNS = (*USAGE_KEYS, *QUANTITIES, "seconds", "amount")
+USAGE_COLUMNS = (*USAGE_KEYS, *QUANTITIES, "seconds_us", "amount")
 FLOW_COLUMNS = ("account", "day", "flow", "credits", "debits", "entries")
 
 
@@ -118,12 +118,14 @@ def aligned(timezone: str, report: Period) -> bool:
 
 @dataclass(frozen=True)
 class Frames:
-    """The month's raw material. Amounts are int64 minor units; seconds are Decimals.
+    """The month's raw material. Amounts are int64 minor units; video seconds are int64
+    microseconds (``seconds_us``: the ledger keeps them to the microsecond), so every sum
+    is an exact integer sum.
 
     ``wallets``: account (the wallet's row id), account_id, unit, scale, timezone, source
     ("rollup" or "journal"), opening, ledger_closing, open_holds, open_holds_amount.
     ``flows``: account, day, flow, credits, debits, entries.
-    ``usage``: account, day, catalog, operation, model, quantities, seconds, amount.
+    ``usage``: account, day, catalog, operation, model, quantities, seconds_us, amount.
     """
 
     period: Period
@@ -197,7 +199,7 @@ def load(
         daily.c.operation,
         daily.c.model,
         *(daily.c[q] for q in QUANTITIES),
-        daily.c.seconds,
+        _micros(daily.c.seconds),
         daily.c.amount,
     ).where(daily.c.day >= first, daily.c.day < following)
     if one is not None:
@@ -240,12 +242,9 @@ def load(
     )
 
 
-def decimal_sum(values: pd.Series) -> Decimal:
-    """The exact sum of a column of Decimals (pandas would go through floats)."""
-    total = Decimal(0)
-    for value in values:
-        total += Decimal(value)
-    return total
+def _micros(column: sa.ColumnElement[Decimal]) -> sa.Label[int]:
+    """Seconds (NUMERIC, six decimals) as whole microseconds."""
+    return sa.cast(sa.func.round(column * 1_000_000), sa.BigInteger).label("seconds_us")
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -255,7 +254,8 @@ def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
 
 def _frame(conn: Connection, stmt: sa.Select[tuple[object, ...]]) -> pd.DataFrame:
     result = conn.execute(stmt)
-    return pd.DataFrame(result.all(), columns=list(result.keys()))
+    # Plain tuples: pandas probes each row's attributes, which a Row answers slowly.
+    return pd.DataFrame([tuple(row) for row in result], columns=list(result.keys()))
 
 
 def _only(frame: pd.DataFrame, accounts_: list[int]) -> pd.DataFrame:
@@ -315,7 +315,7 @@ def _metered_usage(conn: Connection, report: Period, ids: sa.BindParameter[objec
             metering.c.operation,
             metering.c.model,
             *quantities,
-            metering.c.seconds,
+            _micros(metering.c.seconds),
             metering.c.charged.label("amount"),
         ).where(
             metering.c.account_id.in_(ids),
@@ -330,10 +330,7 @@ def _metered_usage(conn: Connection, report: Period, ids: sa.BindParameter[objec
     rows["day"] = _local_days(rows["completed_at"], report.timezone)
     rows["requests"] = 1
     keys = list(USAGE_KEYS)
-    summed = rows.groupby(keys, as_index=False)[[*QUANTITIES, "amount"]].sum()
-    # Decimal seconds: summed as Python objects, never as floats.
-    seconds = rows.groupby(keys)["seconds"].agg(decimal_sum)
-    summed = summed.merge(seconds.reset_index(), on=keys)
+    summed = rows.groupby(keys, as_index=False)[[*QUANTITIES, "seconds_us", "amount"]].sum()
     return summed.loc[:, list(USAGE_COLUMNS)]
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import html
 import io
 import json
+import re
+import secrets
 from decimal import Decimal
 from typing import Any
 
@@ -54,7 +56,7 @@ def render(statement: Statement, fmt: str) -> bytes:
     if fmt == "csv":
         return str(lines(statement).to_csv(index=False)).encode()
     if fmt == "json":
-        return json.dumps(to_json(statement), indent=2, ensure_ascii=False).encode()
+        return _json_bytes(statement)
     if fmt == "parquet":
         buffer = io.BytesIO()
         lines(statement).to_parquet(buffer, index=False, engine="pyarrow")
@@ -64,51 +66,51 @@ def render(statement: Statement, fmt: str) -> bytes:
     raise ValueError(f"unknown format {fmt!r}")
 
 
-def _seconds(value: Any) -> str:
-    """Video seconds as exact decimal text ("12.5")."""
-    number = Decimal(value)
+def _seconds(micros: Any) -> str:
+    """Video seconds (whole microseconds) as exact decimal text: 12500000 -> "12.5"."""
+    number = Decimal(int(micros)).scaleb(-6)
     return format(number.normalize(), "f") if number else "0"
 
 
 def lines(statement: Statement) -> pd.DataFrame:
     """One row per statement line: balances, credits, debits, open holds, usage."""
-    rows: list[dict[str, Any]] = []
-    for a in records(statement.accounts):
-        # Missing quantities are nulls; seconds too (None, not NaN: the column is Decimal).
-        base = {
-            "account_id": a["account_id"],
-            "unit": a["unit"],
-            "scale": a["scale"],
-            "video_seconds": None,
-        }
-        rows.append({**base, "section": "balance", "item": "opening", "amount": a["opening"]})
-        for column in CREDIT_COLUMNS:
-            item = column.removeprefix("credit_")
-            rows.append({**base, "section": "credit", "item": item, "amount": a[column]})
-        for column in DEBIT_COLUMNS:
-            item = column.removeprefix("debit_")
-            rows.append({**base, "section": "debit", "item": item, "amount": a[column]})
-        rows.append({**base, "section": "balance", "item": "closing", "amount": a["closing"]})
-        rows.append(
-            {
-                **base,
-                "section": "open_holds",
-                "item": "pending",
-                "requests": a["open_holds"],
-                "amount": a["open_holds_amount"],
-            }
-        )
+    accounts = statement.accounts
+    base = accounts[["account_id", "unit", "scale"]]
+    blocks: list[pd.DataFrame] = []
+
+    def block(section: str, item: str, amount: str, requests: str | None = None) -> None:
+        frame = base.assign(section=section, item=item, amount=accounts[amount])
+        if requests is not None:
+            frame["requests"] = accounts[requests]
+        blocks.append(frame)
+
+    block("balance", "opening", "opening")
+    for column in CREDIT_COLUMNS:
+        block("credit", column.removeprefix("credit_"), column)
+    for column in DEBIT_COLUMNS:
+        block("debit", column.removeprefix("debit_"), column)
+    block("balance", "closing", "closing")
+    block("open_holds", "pending", "open_holds_amount", requests="open_holds")
+    # Each account's statement lines together, in the order above.
+    summary = pd.concat(blocks, ignore_index=True).sort_values("account_id", kind="stable")
+    summary["video_seconds"] = None
+    usage = []
     for section, frame in (("usage", statement.usage), ("usage_daily", statement.daily)):
-        for u in records(frame):
-            rows.append(
-                {
-                    **u,
-                    "section": section,
-                    "item": "model",
-                    "video_seconds": Decimal(u["seconds"]).quantize(Decimal("0.000001")),
-                }
+        if frame.empty:
+            continue
+        usage.append(
+            frame.drop(columns=["seconds_us"]).assign(
+                section=section,
+                item="model",
+                # Exact decimals with six places: Parquet stores them as decimal(p, 6).
+                video_seconds=pd.Series(
+                    [Decimal(int(v)).scaleb(-6) for v in frame["seconds_us"]],
+                    index=frame.index,
+                    dtype=object,
+                ),
             )
-    table = pd.DataFrame(rows, columns=LINE_COLUMNS)
+        )
+    table = pd.concat([summary, *usage], ignore_index=True).reindex(columns=LINE_COLUMNS)
     return table.astype(
         {
             "scale": "int64",
@@ -119,10 +121,11 @@ def lines(statement: Statement) -> pd.DataFrame:
     )
 
 
-def to_json(statement: Statement) -> dict[str, Any]:
-    """The statement as nested JSON: per account its lines, usage and daily usage."""
-    usage = _records_by_account(statement.usage)
-    daily = _records_by_account(statement.daily)
+def to_json(statement: Statement, *, usage: bool = True) -> dict[str, Any]:
+    """The statement as nested JSON: per account its lines, usage and daily usage
+    (``usage=False``: without the usage arrays)."""
+    by_model = _records_by_account(statement.usage) if usage else {}
+    daily = _records_by_account(statement.daily) if usage else {}
     accounts = []
     for a in records(statement.accounts):
         accounts.append(
@@ -149,7 +152,7 @@ def to_json(statement: Statement) -> dict[str, Any]:
                     "count": int(a["open_holds"]),
                     "amount": int(a["open_holds_amount"]),
                 },
-                "usage": usage.get(a["account_id"], []),
+                "usage": by_model.get(a["account_id"], []),
                 "usage_by_day": daily.get(a["account_id"], []),
             }
         )
@@ -167,16 +170,43 @@ def to_json(statement: Statement) -> dict[str, Any]:
     }
 
 
+def _json_bytes(statement: Statement) -> bytes:
+    """:func:`to_json` as bytes, fast: the (large) usage arrays are written by pandas.
+
+    The document is dumped with a unique placeholder for each account's arrays, which are
+    then spliced in as written by ``DataFrame.to_json`` (C code, same JSON values).
+    """
+    nonce = secrets.token_hex(8)
+    arrays: dict[str, str] = {}
+    for kind, frame in (("usage", statement.usage), ("usage_by_day", statement.daily)):
+        if frame.empty:
+            continue
+        rows = frame.drop(columns=["unit", "scale", "seconds_us"]).assign(
+            video_seconds=[_seconds(v) for v in frame["seconds_us"]]
+        )
+        for account, group in rows.groupby("account_id", sort=False):
+            arrays[f"@@{nonce}:{kind}:{account}@@"] = str(
+                group.drop(columns=["account_id"]).to_json(orient="records", force_ascii=False)
+            )
+    doc = to_json(statement, usage=False)
+    for a in doc["accounts"]:
+        for kind in ("usage", "usage_by_day"):
+            a[kind] = f"@@{nonce}:{kind}:{a['account_id']}@@"
+    text = json.dumps(doc, ensure_ascii=False)
+    pattern = re.compile(f'"(@@{nonce}:[^"]*@@)"')
+    return pattern.sub(lambda m: arrays.get(json.loads(f'"{m.group(1)}"'), "[]"), text).encode()
+
+
 def _records_by_account(frame: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
+    """Usage rows per account, as JSON-ready dicts (pandas gives Python ints)."""
+    if frame.empty:
+        return {}
+    rows = frame.drop(columns=["unit", "scale", "seconds_us"]).assign(
+        video_seconds=[_seconds(v) for v in frame["seconds_us"]]
+    )
     out: dict[str, list[dict[str, Any]]] = {}
-    for u in records(frame):
-        record = {
-            k: (int(v) if k in QUANTITIES or k == "amount" else v)
-            for k, v in u.items()
-            if k not in ("account_id", "unit", "scale", "seconds")
-        }
-        record["video_seconds"] = _seconds(u["seconds"])
-        out.setdefault(u["account_id"], []).append(record)
+    for account, group in rows.groupby("account_id", sort=False):
+        out[str(account)] = group.drop(columns=["account_id"]).to_dict("records")  # type: ignore[assignment]
     return out
 
 
@@ -325,7 +355,7 @@ def to_html(statement: Statement) -> str:
                     u["operation"],
                     u["model"],
                     *(f"{int(u[q]):,}" for q in QUANTITIES),
-                    _seconds(u["seconds"]),
+                    _seconds(u["seconds_us"]),
                     f"{_major(u['amount'], u['scale'])} {u['unit']}",
                 ]
                 for u in records(statement.usage)

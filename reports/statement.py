@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from reports.errors import Mismatch, ReconciliationError
-from reports.queries import QUANTITIES, Frames, Period, decimal_sum, records
+from reports.queries import QUANTITIES, Frames, Period, records
 
 #: Where each flow's credits and debits show on the statement.
 CREDIT_ITEMS = {
@@ -52,7 +52,7 @@ ACCOUNT_COLUMNS = [
     "open_holds_amount",
 ]
 USAGE_KEYS = ["account_id", "unit", "scale", "catalog", "operation", "model"]
-METRICS = [*QUANTITIES, "seconds", "amount"]
+METRICS = [*QUANTITIES, "seconds_us", "amount"]
 
 
 @dataclass(frozen=True)
@@ -218,8 +218,6 @@ def _named(usage: pd.DataFrame, names: pd.DataFrame | None, keys: list[str]) -> 
     group = [*USAGE_KEYS[:3], *keys]
     if usage.empty:
         return pd.DataFrame(columns=[*group, *METRICS])
-    summed = usage.groupby(group, as_index=False, sort=True)[[*QUANTITIES, "amount"]].sum()
-    seconds = usage.groupby(group, sort=True)["seconds"].agg(decimal_sum)
-    summed = summed.merge(seconds.reset_index(), on=group)
-    summed = summed.astype(dict.fromkeys([*QUANTITIES, "amount"], "int64"))
+    summed = usage.groupby(group, as_index=False, sort=True)[METRICS].sum()
+    summed = summed.astype(dict.fromkeys(METRICS, "int64"))
     return summed.loc[:, [*group, *METRICS]]

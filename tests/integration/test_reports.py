@@ -175,6 +175,8 @@ def test_renders_every_format(db: Database, ledger: Ledger, traffic: Traffic) ->
     assert isinstance(back["video_seconds"].dropna().iloc[0], Decimal)
 
     body = json.loads(render.render(made, "json"))
+    # The fast writer gives the same document as the plain one.
+    assert body == json.loads(json.dumps(render.to_json(made)))
     assert body["month"] == "2026-10"
     assert body["reconciled"] is True
     tokyo = next(a for a in body["accounts"] if a["account_id"] == "tokyo")
