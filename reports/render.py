@@ -47,7 +47,10 @@ CHART_MODELS = 8
 
 def filename(month: str, fmt: str, account_id: str | None = None) -> str:
     """``statement-2026-10.csv``, or ``statement-2026-10-<account>.csv`` for one wallet."""
-    safe = "".join(c if c.isalnum() or c in "-_." else "_" for c in account_id or "")
+    # ASCII only: the name goes into a Content-Disposition header.
+    safe = "".join(
+        c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in account_id or ""
+    )
     return f"statement-{month}{'-' + safe if safe else ''}.{fmt}"
 
 

@@ -432,3 +432,8 @@ def test_quiet_and_empty_months_render(
         assert done.summary is not None
         assert done.summary["accounts"] == wallets
         assert reports.output(job.id).content
+
+
+def test_file_names_are_plain_ascii() -> None:
+    assert render.filename("2026-10", "csv") == "statement-2026-10.csv"
+    assert render.filename("2026-10", "html", "用户/../a b") == "statement-2026-10-___.._a_b.html"
