@@ -23,7 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import IntegrityError
+from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
@@ -352,6 +352,10 @@ class Reports:
             self._finish(job, made.summary(), content)
         except _Lost:
             log.warning("report %s was claimed again by another worker; dropping", job.id)
+        except (OperationalError, InterfaceError):
+            # The database went away: the job stays running, and is claimed again once
+            # its lease runs out. Not the report's fault, so not a failure.
+            raise
         except Exception as exc:
             log.exception("report %s failed", job.id)
             self._fail(job, f"{type(exc).__name__}: {exc}")

@@ -437,3 +437,26 @@ def test_quiet_and_empty_months_render(
 def test_file_names_are_plain_ascii() -> None:
     assert render.filename("2026-10", "csv") == "statement-2026-10.csv"
     assert render.filename("2026-10", "html", "用户/../a b") == "statement-2026-10-___.._a_b.html"
+
+
+def test_a_lost_database_leaves_the_job_to_be_retried(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports, clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    job, _ = reports.request("2026-10", "json")
+    claimed = reports.claim()
+    assert claimed is not None
+
+    def gone(*_args: object, **_kwargs: object) -> None:
+        raise sa.exc.OperationalError("SELECT", {}, Exception("connection lost"))
+
+    monkeypatch.setattr(queries, "load", gone)
+    with pytest.raises(sa.exc.OperationalError):
+        reports.run(claimed)
+    assert reports.get(job.id).status == "running"
+    monkeypatch.undo()
+    clock.advance(seconds=61)
+    again = reports.claim()
+    assert again is not None
+    assert again.attempts == 2
+    assert reports.run(again).status == "succeeded"
