@@ -118,6 +118,15 @@ class Database:
             yield conn
 
     @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """A read-only transaction that sees one consistent state of the whole database
+        (PostgreSQL: REPEATABLE READ; SQLite: a read transaction is one snapshot)."""
+        with self.transaction(write=False) as conn:
+            if not self.is_sqlite:
+                conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            yield conn
+
+    @contextmanager
     def _connect(self, *, write: bool) -> Iterator[Connection]:
         with (self._write_engine if write else self.engine).connect() as conn:
             if write:

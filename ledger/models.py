@@ -468,3 +468,14 @@ report_outputs = table_of(ReportOutput)
 idempotency = table_of(IdempotencyKey)
 periods = table_of(AllocationPeriod)
 api_keys = table_of(ApiKey)
+
+
+def entry_flow() -> sa.ColumnElement[str]:
+    """The flow of an ``entries`` row as ``daily_flows`` counts it: a top-up's grant kind,
+    otherwise the entry's kind (SQL, for reading the journal the way it was rolled up)."""
+    grant_kind = (
+        sa.select(sa.func.min(grants.c.kind))
+        .where(grants.c.entry_id == entries.c.id)
+        .scalar_subquery()
+    )
+    return sa.case((entries.c.kind == "topup", grant_kind), else_=entries.c.kind)

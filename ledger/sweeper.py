@@ -26,7 +26,46 @@ class Swept(NamedTuple):
     allocations_granted: int
 
 
-class Sweeper:
+class Periodic:
+    """A job run every ``interval`` seconds on a daemon thread until stopped.
+
+    A round that raises is logged and the next round runs as usual: every job given to
+    this is safe to run again.
+    """
+
+    name = "creditledger-periodic"
+
+    def __init__(self, interval: float) -> None:
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def run_once(self) -> object:
+        raise NotImplementedError
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.run_once()
+            except Exception:
+                log.exception("%s: round failed; retrying in %s s", self.name, self.interval)
+            self._stop.wait(self.interval)
+
+    def start(self) -> None:
+        self._stop.clear()
+        self._thread = threading.Thread(target=self._loop, name=self.name, daemon=True)
+        self._thread.start()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout)
+            self._thread = None
+
+
+class Sweeper(Periodic):
+    name = "creditledger-sweeper"
+
     def __init__(
         self,
         ledger: Ledger,
@@ -34,11 +73,9 @@ class Sweeper:
         *,
         on_swept: Callable[[Swept], None] | None = None,
     ) -> None:
+        super().__init__(interval)
         self.ledger = ledger
-        self.interval = interval
         self.on_swept = on_swept
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self) -> Swept:
         """Expire due holds and grants, grant due allocations; what each did."""
@@ -52,23 +89,3 @@ class Sweeper:
         if self.on_swept is not None:
             self.on_swept(swept)
         return swept
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:
-                # The next round retries: every job is safe to run again.
-                log.exception("sweep failed; retrying in %s s", self.interval)
-            self._stop.wait(self.interval)
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="creditledger-sweeper", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None

@@ -17,6 +17,7 @@ from ledger.models import (
     accounts,
     daily,
     entries,
+    entry_flow,
     flows,
     grants,
     holds,
@@ -29,9 +30,7 @@ from ledger.results import Violation
 
 def verify(db: Database) -> list[Violation]:
     """Every violated invariant, in one consistent read of the database."""
-    with db.transaction(write=False) as conn:
-        if not db.is_sqlite:
-            conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+    with db.snapshot() as conn:
         found: list[Violation] = []
         for check in CHECKS:
             found.extend(check(conn))
@@ -285,12 +284,7 @@ def _reversals(conn: Connection) -> list[Violation]:
 
 def _flows(conn: Connection) -> list[Violation]:
     """The journal rollup holds each wallet's credits and debits per flow."""
-    grant_kind = (
-        sa.select(sa.func.min(grants.c.kind))
-        .where(grants.c.entry_id == entries.c.id)
-        .scalar_subquery()
-    )
-    flow = sa.case((entries.c.kind == "topup", grant_kind), else_=entries.c.kind)
+    flow = entry_flow()
     journal = {
         (r.account_id, r.flow): (int(r.credits), int(r.debits))
         for r in conn.execute(

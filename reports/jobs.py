@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -29,6 +28,7 @@ from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
 from ledger.models import WALLET, accounts, report_jobs, report_outputs
 from ledger.services import new_id, utcnow
+from ledger.sweeper import Periodic
 from reports import queries, render, statement
 from reports.errors import ReportNotReady
 
@@ -314,16 +314,19 @@ class Reports:
                 if claimed:
                     return self._get(conn, row.id)
 
+    @staticmethod
+    def _fenced(job: JobView) -> sa.Update:
+        """An update of ``job`` that applies only while it is still running as ours."""
+        return report_jobs.update().where(
+            report_jobs.c.id == job.id,
+            report_jobs.c.status == "running",
+            report_jobs.c.attempts == job.attempts,
+        )
+
     def _progress(self, job: JobView, percent: int, stage: str) -> None:
         with self.db.transaction() as conn:
             moved = conn.execute(
-                report_jobs.update()
-                .where(
-                    report_jobs.c.id == job.id,
-                    report_jobs.c.status == "running",
-                    report_jobs.c.attempts == job.attempts,
-                )
-                .values(progress=percent, stage=stage, heartbeat_at=self._now())
+                self._fenced(job).values(progress=percent, stage=stage, heartbeat_at=self._now())
             ).rowcount
         if not moved:
             raise _Lost(job.id)
@@ -339,10 +342,8 @@ class Reports:
         try:
             step(5, "reading the ledger")
             period = queries.period(job.month, job.timezone)
-            with self.db.transaction(write=False) as conn:
-                if not self.db.is_sqlite:
-                    # One snapshot for every read: the statement must add up.
-                    conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+            # One snapshot for every read: the statement must add up.
+            with self.db.snapshot() as conn:
                 frames = queries.load(conn, period, job.account_id)
             step(50, "reconciling")
             made = statement.build(frames, account_id=job.account_id, generated_at=self._now())
@@ -367,13 +368,7 @@ class Reports:
         now = self._now()
         with self.db.transaction() as conn:
             done = conn.execute(
-                report_jobs.update()
-                .where(
-                    report_jobs.c.id == job.id,
-                    report_jobs.c.status == "running",
-                    report_jobs.c.attempts == job.attempts,
-                )
-                .values(
+                self._fenced(job).values(
                     status="succeeded",
                     progress=100,
                     stage="done",
@@ -397,13 +392,9 @@ class Reports:
     def _fail(self, job: JobView, error: str) -> None:
         with self.db.transaction() as conn:
             conn.execute(
-                report_jobs.update()
-                .where(
-                    report_jobs.c.id == job.id,
-                    report_jobs.c.status == "running",
-                    report_jobs.c.attempts == job.attempts,
+                self._fenced(job).values(
+                    status="failed", finished_at=self._now(), error=error[:4000]
                 )
-                .values(status="failed", finished_at=self._now(), error=error[:4000])
             )
 
     def run_pending(self) -> int:
@@ -415,35 +406,15 @@ class Reports:
         return ran
 
 
-class ReportWorker:
+class ReportWorker(Periodic):
     """The report worker of ``creditledger serve``: month-end scheduling, then the queue."""
 
+    name = "creditledger-reports"
+
     def __init__(self, reports: Reports, interval: float) -> None:
+        super().__init__(interval)
         self.reports = reports
-        self.interval = interval
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     def run_once(self) -> int:
         self.reports.schedule_month_end()
         return self.reports.run_pending()
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception:
-                # A job that failed is marked failed; this is the database being away.
-                log.exception("report worker round failed; retrying in %s s", self.interval)
-            self._stop.wait(self.interval)
-
-    def start(self) -> None:
-        self._stop.clear()
-        self._thread = threading.Thread(target=self._loop, name="creditledger-reports", daemon=True)
-        self._thread.start()
-
-    def stop(self, timeout: float = 30.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None

@@ -30,8 +30,8 @@ from ledger.models import (
     accounts,
     daily,
     entries,
+    entry_flow,
     flows,
-    grants,
     holds,
     metering,
     postings,
@@ -270,18 +270,13 @@ def _local_days(instants: pd.Series, timezone: str) -> pd.Series:
 
 def _journal_flows(conn: Connection, report: Period, ids: sa.BindParameter[object]) -> pd.DataFrame:
     """The month's wallet postings of ``ids``, rolled up by the report's days."""
-    grant_kind = (
-        sa.select(sa.func.min(grants.c.kind))
-        .where(grants.c.entry_id == entries.c.id)
-        .scalar_subquery()
-    )
     rows = _frame(
         conn,
         sa.select(
             postings.c.account_id.label("account"),
             postings.c.posted_at,
             postings.c.amount,
-            sa.case((entries.c.kind == "topup", grant_kind), else_=entries.c.kind).label("flow"),
+            entry_flow().label("flow"),
         )
         .join(entries, entries.c.id == postings.c.entry_id)
         .where(

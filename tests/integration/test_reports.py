@@ -13,7 +13,7 @@ import sqlalchemy as sa
 
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
-from ledger.models import daily, flows, holds, metering, report_jobs
+from ledger.models import daily, flows, metering, report_jobs
 from ledger.services import Ledger
 from pricing.catalog import CatalogSet
 from reports import queries, render, statement
@@ -368,19 +368,6 @@ def test_bad_requests_name_the_field(
         reports.request("2026-10", "json", account_id="nobody")
     with db.transaction(write=False) as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(report_jobs)).scalar_one() == 0
-
-
-def test_holds_index_answers_open_holds(db: Database, ledger: Ledger, traffic: Traffic) -> None:
-    """Open at the end = created before it and resolved after it (or never)."""
-    end = queries.period("2026-10", "UTC").end
-    with db.transaction(write=False) as conn:
-        pending = conn.execute(
-            sa.select(holds.c.id).where(
-                holds.c.created_at < end,
-                sa.or_(holds.c.resolved_at.is_(None), holds.c.resolved_at >= end),
-            )
-        ).scalars()
-        assert sorted(pending) == sorted(traffic.open_at_end)
 
 
 def test_migration_backfills_the_journal_rollup(
