@@ -181,12 +181,18 @@ def _internal(_request: Request, exc: Exception) -> JSONResponse:
 
 
 _DESCRIBED = {
+    400: "Malformed JSON (NaN and Infinity included) or a body that is not UTF-8.",
     401: "No valid API key.",
     402: "Insufficient credits: credits_needed and credits_balance.",
     403: "The key's role may not do this.",
     404: "No such resource (or not the customer key's own).",
     409: "A conflict: exists, already resolved or reversed, idempotency key reused.",
+    413: "The body is larger than the server reads (CREDITLEDGER_MAX_BODY_BYTES).",
+    415: "The body is not application/json.",
     422: "Invalid request: the field and what is allowed.",
+    500: "An unexpected bug; the transaction it interrupted was rolled back.",
+    503: "The database is unavailable; nothing was committed. Retry after Retry-After "
+    "seconds with the same Idempotency-Key.",
 }
 
 

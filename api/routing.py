@@ -18,14 +18,20 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.errors import documented
+
 
 def _constant(name: str) -> Any:
     raise json.JSONDecodeError(f"{name} is not a number", name, 0)
 
 
 def loads(body: bytes) -> Any:
-    """JSON with exact fractions (Decimal) and no NaN/Infinity."""
-    return json.loads(body, parse_float=Decimal, parse_constant=_constant)
+    """JSON with exact fractions (Decimal) and no NaN/Infinity; the body must be UTF-8."""
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise json.JSONDecodeError("the body is not UTF-8", repr(body[:32]), exc.start) from None
+    return json.loads(text, parse_float=Decimal, parse_constant=_constant)
 
 
 class _ExactRequest(Request):
@@ -43,6 +49,14 @@ def _is_json(content_type: str) -> bool:
 
 
 class JsonRoute(APIRoute):
+    """A JSON endpoint; its OpenAPI lists the errors any route can answer besides its own:
+    400, 413 and 415 for a route that takes a body, and 503 and 500 for every route."""
+
+    def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
+        super().__init__(path, endpoint, **kwargs)
+        statuses = [400, 413, 415] if self.body_field is not None else []
+        self.responses = {**documented(*statuses, 500, 503), **self.responses}
+
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         takes_body = self.body_field is not None

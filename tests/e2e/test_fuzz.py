@@ -1,0 +1,149 @@
+"""Fuzzing: schemathesis generates requests for every operation in ``/openapi.json``.
+
+Cases are valid by the schema and invalid by it (negative mode), sent with valid keys of
+every role through the real app and database. Each response must be no 5xx, a documented
+status, the documented content type and headers, and a body that matches the documented
+schema; a request the schema forbids must be refused with a 4xx. The path parameters and
+bodies of valid cases are steered three times in four towards things that exist (the wallets, holds,
+entries, keys, reports and catalogs set up first), so cases reach the ledger and not only
+404s. Afterwards every ledger invariant must still hold (the ``ledger`` fixture checks).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections import Counter
+from typing import Any
+
+import schemathesis
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from schemathesis.checks import not_a_server_error
+from schemathesis.generation.modes import GenerationMode
+from schemathesis.specs.openapi.checks import (
+    content_type_conformance,
+    negative_data_rejection,
+    response_headers_conformance,
+    response_schema_conformance,
+    status_code_conformance,
+)
+
+from tests import factories as f
+from tests.e2e.conftest import Api
+
+CASES = 1000  # per database
+
+CHECKS = [
+    not_a_server_error,
+    status_code_conformance,
+    content_type_conformance,
+    response_headers_conformance,
+    response_schema_conformance,
+    negative_data_rejection,
+]
+
+#: Wallets and requests the catalogs can price in their unit, for steered bodies.
+PRICED = [
+    ("fuzz", f.veo3_video(video_model="veo3_fast")),
+    ("fuzz", f.veo3_video(video_model="veo3")),
+    ("fuzz-tokens", f.text(max_tokens=100)),
+    ("fuzz-tokens", f.cosmic_image()),
+    ("fuzz-tokens", f.cosmic_video()),
+    ("fuzz-usd", f.pixazo_image()),
+    ("fuzz-usd", f.fal_video()),  # no published price: 422
+]
+#: Values of body fields that exist, for the same purpose.
+KNOWN = {
+    "unit": ["credit", "token", "usd"],
+    "timezone": ["UTC", "Europe/Berlin"],
+    "month": ["2026-10"],
+}
+
+
+def _world(api: Api) -> dict[str, list[str]]:
+    """Things that exist, by the kind of id a path names."""
+    credits = api.wallet("fuzz", "credit", topup=10_000)
+    tokens = api.wallet("fuzz-tokens", "token", topup=5_000_000)
+    usd = api.wallet("fuzz-usd", "usd", topup=1_000_000)
+    holds = []
+    for _ in range(3):
+        r = api.post(
+            "/v1/authorizations", {"account_id": credits, **f.veo3_video(video_model="veo3_fast")}
+        )
+        assert r.status_code == 201, r.text
+        holds.append(r.json()["id"])
+    entries = [e["id"] for e in api.get(f"/v1/accounts/{credits}/entries").json()["items"]]
+    spare = api.keys.create("service", name="spare").id
+    r = api.post("/v1/reports", {"month": "2026-10", "format": "csv"})
+    assert r.status_code == 202, r.text
+    return {
+        "accounts": [credits, tokens, usd],
+        "authorizations": holds,
+        "entries": entries,
+        "keys": [spare],
+        "reports": [r.json()["id"]],
+        "catalogs": ["cosmic", "veo3", "pixazo", "fal"],
+    }
+
+
+def _often(data: st.DataObject, label: str) -> bool:
+    return data.draw(st.integers(0, 3), label=label) > 0
+
+
+def _steer(case: Any, world: dict[str, list[str]], data: st.DataObject) -> None:
+    """Three times in four, point the case at things that exist."""
+    if case.path_parameters and _often(data, "existing path id"):
+        kind = case.operation.path.split("/")[2]
+        for name in case.path_parameters:
+            case.path_parameters[name] = data.draw(st.sampled_from(world[kind]), label=name)
+    headers = case.headers or {}
+    if "Idempotency-Key" in headers and _often(data, "fresh idempotency key"):
+        # Generated keys repeat ("0"), and a reused key is rightly a 409.
+        headers["Idempotency-Key"] = data.draw(st.uuids(), label="idempotency key").hex
+    body = case.body
+    if isinstance(body, dict) and _often(data, "existing body refs"):
+        if "account_id" in body:
+            body["account_id"] = data.draw(st.sampled_from(world["accounts"]), label="account")
+        if "catalog" in body:
+            account, priced = data.draw(st.sampled_from(PRICED), label="priced request")
+            body.update(copy.deepcopy(priced))
+            if "account_id" in body:
+                body["account_id"] = account
+        for name, values in KNOWN.items():
+            if name in body:
+                body[name] = data.draw(st.sampled_from(values), label=name)
+
+
+def test_schemathesis_finds_no_5xx_and_no_schema_violation(api: Api) -> None:
+    world = _world(api)
+    tokens = {
+        "admin": api.admin,
+        "service": api.service,
+        "customer": api.customer("fuzz"),
+    }
+    schema = schemathesis.openapi.from_asgi("/openapi.json", api.app)
+    modes = {mode: schema.as_strategy(mode) for mode in GenerationMode}
+    seen: Counter[tuple[str, int]] = Counter()
+
+    @given(data=st.data())
+    @settings(max_examples=CASES)
+    def fuzz(data: st.DataObject) -> None:
+        mode = data.draw(st.sampled_from(list(modes)), label="mode")
+        case = data.draw(modes[mode], label="case")
+        if mode is GenerationMode.POSITIVE:  # a negative case keeps what makes it invalid
+            _steer(case, world, data)
+        role = data.draw(st.sampled_from(sorted(tokens)), label="role")
+        response = case.call(headers={"Authorization": f"Bearer {tokens[role]}"})
+        seen[(case.operation.label, response.status_code)] += 1
+        case.validate_response(response, checks=CHECKS)
+
+    fuzz()
+
+    assert sum(seen.values()) >= CASES
+    operations = {label for label, _ in seen}
+    assert len(operations) == len(list(schema.get_all_operations())), operations
+    # The steering reached the ledger: writes that succeeded, not only refusals.
+    written = sum(
+        n for (label, status), n in seen.items() if label.startswith("POST") and status < 300
+    )
+    assert written >= 25, sorted(seen.items())
