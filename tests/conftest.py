@@ -69,34 +69,44 @@ def postgres() -> Iterator[TempPostgres | None]:
         server.stop()
 
 
-def _postgres_database(server: TempPostgres) -> Database:
+def _postgres_url(server: TempPostgres) -> str:
+    """A new, migrated database on ``server``."""
     name = f"test_{os.getpid()}_{next(_counter)}"
     admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}")
     admin.dispose()
-    return Database.from_url(server.url(name))
+    return server.url(name)
 
 
-def _sqlite_database(folder: Path) -> Database:
-    db = Database.from_url(f"sqlite:///{folder / 'ledger.db'}")
+def _sqlite_url(folder: Path) -> str:
+    """A new, migrated database file in ``folder``."""
+    url = f"sqlite:///{folder / 'ledger.db'}"
+    db = Database.from_url(url)
     db.migrate()
-    return db
+    db.dispose()
+    return url
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Database]:
-    """A migrated, empty ledger database: a SQLite file, then a real PostgreSQL database."""
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The URL of a migrated, empty ledger database: a SQLite file, then a real PostgreSQL
+    database."""
     if request.param == "sqlite":
-        database = _sqlite_database(tmp_path)
-    else:
-        server = request.getfixturevalue("postgres")
-        if server is None:
-            pytest.skip(
-                "PostgreSQL binaries not installed (apt-get install postgresql); "
-                "set CREDITLEDGER_REQUIRE_POSTGRES=1 to make this a failure"
-            )
-        database = _postgres_database(server)
+        return _sqlite_url(tmp_path)
+    server = request.getfixturevalue("postgres")
+    if server is None:
+        pytest.skip(
+            "PostgreSQL binaries not installed (apt-get install postgresql); "
+            "set CREDITLEDGER_REQUIRE_POSTGRES=1 to make this a failure"
+        )
+    return _postgres_url(server)
+
+
+@pytest.fixture
+def db(database_url: str) -> Iterator[Database]:
+    """A migrated, empty ledger database (each of ``database_url``)."""
+    database = Database.from_url(database_url)
     try:
         yield database
     finally:

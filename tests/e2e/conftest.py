@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -15,6 +16,7 @@ from api.main import create_app
 from ledger.keys import Keys
 from ledger.services import Ledger
 from ledger.settings import Settings
+from tests.e2e.served import Served
 
 
 @dataclass
@@ -87,3 +89,18 @@ def api(ledger: Ledger) -> Iterator[Api]:
             admin=keys.create("admin", name="test admin").key,
             service=keys.create("service", name="test gateway").key,
         )
+
+
+@pytest.fixture
+def serve(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Served]]:
+    """Makes ``creditledger serve`` processes (not started) in ``tmp_path``; any still
+    running after the test are stopped."""
+    made: list[Served] = []
+
+    def make(env: dict[str, str]) -> Served:
+        made.append(Served(env, tmp_path))
+        return made[-1]
+
+    yield make
+    for served in made:
+        served.stop()

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
-import re
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterator
@@ -16,7 +13,8 @@ import httpx2 as httpx
 import pytest
 
 from tests import factories as f
-from tests.e2e.test_cli import EXE, run
+from tests.e2e.served import Served
+from tests.e2e.test_cli import run
 
 
 @pytest.fixture
@@ -83,50 +81,25 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     assert json.loads(revoked.stdout)["revoked_at"]
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port: int = s.getsockname()[1]
-        return port
-
-
 @pytest.fixture
-def server(env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, str, subprocess.Popen[str]]]:
+def server(
+    env: dict[str, str], tmp_path: Path
+) -> Iterator[tuple[str, str, subprocess.Popen[bytes]]]:
     """``creditledger serve`` on a free port; yields its URL, admin key and process."""
-    port = _free_port()
-    full = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
-    full.update(env, CREDITLEDGER_SWEEP_INTERVAL_SECONDS="0.2", CREDITLEDGER_HOLD_TTL_SECONDS="1")
-    proc = subprocess.Popen(
-        [EXE, "serve", "--port", str(port)],
-        env=full,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stderr is not None
-    admin = None
-    deadline = time.monotonic() + 30
-    url = f"http://127.0.0.1:{port}"
-    while time.monotonic() < deadline:
-        line = proc.stderr.readline()
-        found = re.search(r"(clk_[0-9a-f]{16}_\S+)", line)
-        if found:
-            admin = found.group(1)
-        if "Application startup complete" in line:
-            break
-    assert admin is not None, "serve printed no admin key"
+    served = Served(
+        {**env, "CREDITLEDGER_SWEEP_INTERVAL_SECONDS": "0.2", "CREDITLEDGER_HOLD_TTL_SECONDS": "1"},
+        tmp_path,
+    ).start()
+    assert served.admin is not None, "serve printed no admin key"
+    assert served.proc is not None
     try:
-        yield url, admin, proc
+        yield served.url, served.admin, served.proc
     finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            proc.wait(timeout=30)
-        proc.stderr.close()
+        served.stop()
 
 
 def test_serve_runs_the_veo3_flow_over_real_http_and_sweeps_holds(
-    server: tuple[str, str, subprocess.Popen[str]], env: dict[str, str]
+    server: tuple[str, str, subprocess.Popen[bytes]], env: dict[str, str]
 ) -> None:
     url, admin, _ = server
     auth = {"Authorization": f"Bearer {admin}"}
@@ -162,7 +135,7 @@ def test_serve_runs_the_veo3_flow_over_real_http_and_sweeps_holds(
 
 
 def test_serve_prints_a_generated_admin_key_only_on_the_first_start(
-    server: tuple[str, str, subprocess.Popen[str]], env: dict[str, str], tmp_path: Path
+    server: tuple[str, str, subprocess.Popen[bytes]], env: dict[str, str], tmp_path: Path
 ) -> None:
     _, admin, proc = server
     proc.send_signal(signal.SIGTERM)

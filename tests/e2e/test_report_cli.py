@@ -135,7 +135,7 @@ def test_report_run_resumes_an_interrupted_job(env: dict[str, str]) -> None:
 
 
 def test_serve_runs_reports_asked_for_over_http(
-    server: tuple[str, str, subprocess.Popen[str]],  # noqa: F811
+    server: tuple[str, str, subprocess.Popen[bytes]],  # noqa: F811
 ) -> None:
     """The server runs on ``env``'s ledger file, which holds October's traffic."""
     url, admin, _ = server

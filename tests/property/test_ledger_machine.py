@@ -341,11 +341,11 @@ def test_ledger_state_machine_sqlite() -> None:
 def test_ledger_state_machine_postgresql(postgres: TempPostgres | None) -> None:
     if postgres is None:
         pytest.skip("PostgreSQL binaries not installed")
-    from tests.conftest import _postgres_database
+    from tests.conftest import _postgres_url
 
     server = postgres
 
     class OnPostgres(LedgerMachine):
-        make_db = staticmethod(lambda: _postgres_database(server))
+        make_db = staticmethod(lambda: Database.from_url(_postgres_url(server)))
 
     run_state_machine_as_test(OnPostgres, settings=MACHINE_SETTINGS)

@@ -1,0 +1,77 @@
+"""``creditledger serve`` as a real process: start, wait until it serves, stop or kill it.
+
+Each start gets a free port and its own log file (stderr), so a busy server never blocks
+on a full pipe and a crashed start can be read afterwards.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from tests.e2e.test_cli import EXE
+
+_KEY = re.compile(r"(clk_[0-9a-f]{16}_\S+)")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port: int = s.getsockname()[1]
+        return port
+
+
+class Served:
+    """One ``creditledger serve`` at a time over the same database and folder."""
+
+    def __init__(self, env: dict[str, str], folder: Path) -> None:
+        self.env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
+        self.env.update(env)
+        self.folder = folder
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.url = ""
+        #: The admin key the server printed at its first start (None when it came from the
+        #: environment).
+        self.admin: str | None = None
+        self.starts = 0
+
+    def start(self, timeout: float = 60) -> Served:
+        assert self.proc is None or self.proc.poll() is not None, "already running"
+        self.starts += 1
+        port = free_port()
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = self.folder / f"serve-{self.starts}.log"
+        with self.log.open("wb") as log:
+            self.proc = subprocess.Popen(
+                [EXE, "serve", "--port", str(port)],
+                env=self.env,
+                cwd=self.folder,
+                stdout=subprocess.DEVNULL,
+                stderr=log,
+            )
+        deadline = time.monotonic() + timeout
+        while True:
+            text = self.log.read_text(errors="replace")
+            if self.admin is None and (found := _KEY.search(text)):
+                self.admin = found.group(1)
+            if "Application startup complete" in text:
+                return self
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise AssertionError(f"serve did not start:\n{text}")
+            time.sleep(0.05)
+
+    def kill(self) -> None:
+        """SIGKILL: no shutdown, no cleanup, as a crash or an OOM kill."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(timeout=30)
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            self.proc.wait(timeout=30)
