@@ -1,0 +1,188 @@
+"""Load: 64 concurrent clients against one wallet of the real server, on each database.
+
+More than 10,000 operations mix authorizations, captures (completed and provider ERRORs),
+voids, immediate charges and top-ups, with the wallet kept short so that many requests
+are refused with 402. While it runs, a watcher reads the wallet over and over; afterwards:
+
+- the wallet was never overspent: available never went below zero, and the journal's
+  running balance never did either;
+- the final balance, pending and available are exactly the arithmetic of the answers the
+  clients got (top-ups in; captured and charged amounts out; the holds still open
+  pending), every 402 said why (needed more than it had), and ``verify`` passes.
+"""
+
+from __future__ import annotations
+
+import random
+import threading
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx2 as httpx
+
+from tests import factories as f
+from tests.e2e.served import Served
+from tests.e2e.test_cli import run
+
+CLIENTS = 64
+OPS_PER_CLIENT = 160  # 10,240 operations
+OPENING = 20_000
+WALLET = "load"
+
+#: The seed-003 prices the answers are checked against.
+VIDEO = {"veo3_fast": 240, "veo3": 500}
+
+
+@dataclass
+class Tally:
+    """What one client was told."""
+
+    statuses: Counter[tuple[str, int]] = field(default_factory=Counter)
+    topped: int = 0
+    charged: int = 0  # captures and immediate charges
+    open_holds: dict[str, int] = field(default_factory=dict)  # id -> held
+    refusals: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _client(
+    number: int, url: str, service: str, admin: str, tally: Tally, go: threading.Event
+) -> None:
+    rng = random.Random(number)
+    gateway = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {service}"})
+    operator = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"})
+    go.wait()
+    with gateway, operator:
+        for n in range(OPS_PER_CLIENT):
+            key = {"Idempotency-Key": f"load-{number}-{n}"}
+            roll = rng.random()
+            if tally.open_holds and roll < 0.4:
+                hold = rng.choice(sorted(tally.open_holds))
+                how = rng.choice(["COMPLETED", "COMPLETED", "ERROR", "void"])
+                if how == "void":
+                    op, r = "void", gateway.post(f"/v1/authorizations/{hold}/void", headers=key)
+                else:
+                    body = {"status": how, "usage": {"videos": 1}}
+                    r = gateway.post(f"/v1/authorizations/{hold}/capture", json=body, headers=key)
+                    op = "capture"
+                tally.statuses[(op, r.status_code)] += 1
+                if r.status_code == 200:
+                    held = tally.open_holds.pop(hold)
+                    if op == "capture":
+                        charged = r.json()["charged"]
+                        assert charged == (held if how == "COMPLETED" else 0), r.json()
+                        tally.charged += charged
+                continue
+            if roll < 0.9:
+                op = "authorize" if roll < 0.75 else "charge"
+                model = rng.choice(list(VIDEO))
+                body = {"account_id": WALLET, **f.veo3_video(video_model=model)}
+                path = "/v1/authorizations" if op == "authorize" else "/v1/charges"
+                r = gateway.post(path, json=body, headers=key)
+                tally.statuses[(op, r.status_code)] += 1
+                if r.status_code == 201 and op == "authorize":
+                    assert r.json()["held"] == VIDEO[model]
+                    tally.open_holds[r.json()["id"]] = VIDEO[model]
+                elif r.status_code == 201:
+                    assert r.json()["credits_used"] == VIDEO[model]
+                    tally.charged += VIDEO[model]
+                elif r.status_code == 402:
+                    tally.refusals.append(r.json())
+                continue
+            amount = rng.randrange(100, 1_000)
+            r = operator.post(f"/v1/accounts/{WALLET}/topups", json={"amount": amount}, headers=key)
+            tally.statuses[("topup", r.status_code)] += 1
+            if r.status_code == 201:
+                tally.topped += amount
+
+
+def _watch(url: str, admin: str, stop: threading.Event, seen: list[dict[str, int]]) -> None:
+    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}) as http:
+        while not stop.is_set():
+            wallet = http.get(f"/v1/accounts/{WALLET}").json()
+            seen.append({k: wallet[k] for k in ("balance", "pending", "available")})
+            stop.wait(0.02)
+
+
+def _running_balances(http: httpx.Client) -> list[int]:
+    """The wallet's balance after each journal entry, oldest first."""
+    entries: list[dict[str, Any]] = []
+    cursor = None
+    while True:
+        params = {"limit": 500, **({"cursor": cursor} if cursor else {})}
+        page = http.get(f"/v1/accounts/{WALLET}/entries", params=params).json()
+        entries.extend(page["items"])
+        if (cursor := page["next_cursor"]) is None:
+            break
+    balance, running = 0, []
+    for entry in reversed(entries):
+        balance += sum(p["amount"] for p in entry["postings"] if p["account_id"] == WALLET)
+        running.append(balance)
+    return running
+
+
+def test_64_clients_on_one_wallet_never_overspend_and_add_up(
+    database_url: str, serve: Callable[[dict[str, str]], Served]
+) -> None:
+    served = serve({"CREDITLEDGER_DATABASE_URL": database_url}).start()
+    assert served.admin is not None
+    with httpx.Client(
+        base_url=served.url, headers={"Authorization": f"Bearer {served.admin}"}, timeout=60
+    ) as http:
+        assert http.post("/v1/accounts", json={"id": WALLET, "unit": "credit"}).status_code == 201
+        r = http.post(f"/v1/accounts/{WALLET}/topups", json={"amount": OPENING})
+        assert r.status_code == 201
+        made = http.post("/v1/keys", json={"role": "service", "name": "load"})
+        service = made.json()["key"]
+
+        tallies = [Tally() for _ in range(CLIENTS)]
+        go, stop = threading.Event(), threading.Event()
+        seen: list[dict[str, int]] = []
+        clients = [
+            threading.Thread(
+                target=_client, args=(n, served.url, service, served.admin, tallies[n], go)
+            )
+            for n in range(CLIENTS)
+        ]
+        watcher = threading.Thread(target=_watch, args=(served.url, served.admin, stop, seen))
+        for t in [*clients, watcher]:
+            t.start()
+        go.set()
+        for t in clients:
+            t.join(timeout=600)
+        stop.set()
+        watcher.join(timeout=60)
+        assert not any(t.is_alive() for t in clients), "a client hung"
+
+        statuses: Counter[tuple[str, int]] = sum((t.statuses for t in tallies), Counter())
+        assert sum(statuses.values()) >= 10_000
+        # Every kind of operation succeeded, and the wallet was short often enough to refuse.
+        assert {op for (op, s) in statuses if s < 300} == {
+            "authorize",
+            "capture",
+            "void",
+            "charge",
+            "topup",
+        }, statuses
+        assert statuses[("authorize", 402)] + statuses[("charge", 402)] > 0, statuses
+        assert {s for (_, s) in statuses} <= {200, 201, 402}, statuses
+        for refusal in (r for t in tallies for r in t.refusals):
+            assert refusal["credits_needed"] > refusal["credits_balance"], refusal
+
+        # Never overspent, at any instant the watcher saw, nor after any entry.
+        assert len(seen) > 10
+        assert min(s["available"] for s in seen) >= 0
+        assert min(_running_balances(http)) >= 0
+
+        # The final state is the arithmetic of the answers.
+        wallet = http.get(f"/v1/accounts/{WALLET}").json()
+        topped = sum(t.topped for t in tallies)
+        charged = sum(t.charged for t in tallies)
+        pending = sum(sum(t.open_holds.values()) for t in tallies)
+        assert wallet["balance"] == OPENING + topped - charged
+        assert wallet["pending"] == pending
+        assert wallet["available"] == OPENING + topped - charged - pending >= 0
+    served.stop()
+    verified = run("verify", "--json", env={"CREDITLEDGER_DATABASE_URL": database_url})
+    assert verified.returncode == 0, verified.stdout
