@@ -105,7 +105,9 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
         )
     shaped = []
     for e in errors:
-        item: dict[str, Any] = {"field": _location(e.get("loc", ())), "message": e.get("msg", "")}
+        # A body of the wrong shape (a list, a number) is at fault as a whole: "body".
+        field = _location(e.get("loc", ())) or "body"
+        item: dict[str, Any] = {"field": field, "message": e.get("msg", "")}
         allowed = _allowed(e)
         if allowed is not None:
             item["allowed"] = allowed
@@ -113,7 +115,7 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
     first = shaped[0]
     body: dict[str, Any] = {
         "error": "invalid_request",
-        "message": f"{first['field'] or 'body'}: {first['message']}",
+        "message": f"{first['field']}: {first['message']}",
         "field": first["field"],
     }
     if "allowed" in first:

@@ -13,6 +13,7 @@ from decimal import Decimal
 from typing import Any
 
 from fastapi import Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
@@ -39,6 +40,44 @@ class _ExactRequest(Request):
         if not hasattr(self, "_json"):
             self._json = loads(await self.body())
         return self._json
+
+
+def _nul(value: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
+    """Where in ``value`` a text holds NUL (U+0000), or None. PostgreSQL cannot store NUL
+    in text, so both databases are refused it alike, at the edge."""
+    if isinstance(value, str):
+        return loc if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            found = _nul(key, (*loc, key)) or _nul(item, (*loc, key))
+            if found:
+                return found
+    if isinstance(value, list):
+        for index, item in enumerate(value):
+            found = _nul(item, (*loc, index))
+            if found:
+                return found
+    return None
+
+
+async def _refuse_nul(request: _ExactRequest, takes_body: bool) -> None:
+    found = _nul(request.path_params, ("path",)) or _nul(dict(request.query_params), ("query",))
+    if found is None and takes_body and await request.body():
+        try:
+            found = _nul(await request.json(), ("body",))
+        except json.JSONDecodeError:
+            return  # the route's handler answers 400 for it
+    if found is not None:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "string_pattern_mismatch",
+                    "loc": found,
+                    "msg": "text must not contain NUL (U+0000)",
+                    "input": None,
+                }
+            ]
+        )
 
 
 def _is_json(content_type: str) -> bool:
@@ -70,6 +109,7 @@ class JsonRoute(APIRoute):
                         415,
                         f"send the body as application/json (got {content_type or 'no type'!r})",
                     )
+            await _refuse_nul(exact_request, takes_body)
             return await handler(exact_request)
 
         return exact

@@ -1,0 +1,429 @@
+"""Bad input changes nothing: each bad request gets a clear 4xx and leaves the database
+exactly as it was.
+
+Every request below is sent to a ledger that already holds a funded wallet, an open hold
+and a captured one. Its answer must be the expected 4xx in the API's error format (an
+``error`` code and a ``message``; ``field`` where a field is at fault). Then the whole
+database, every row of every table, must equal what it was before, and ``verify`` must
+still find nothing wrong.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.models import metadata
+from ledger.verify import verify
+from tests import factories as f
+from tests.e2e.conftest import Api
+
+BIG = 2**63  # one past the largest amount
+VEO = f.veo3_video(video_model="veo3_fast")
+JSON = {"Content-Type": "application/json"}
+
+
+def _dump(api: Api) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of every table, in a stable order."""
+    with api.ledger.db.transaction(write=False) as conn:
+        return {
+            table.name: sorted((tuple(row) for row in conn.execute(sa.select(table))), key=repr)
+            for table in metadata.sorted_tables
+        }
+
+
+@pytest.fixture
+def world(api: Api) -> dict[str, str]:
+    api.wallet("w", "credit", topup=1_000)
+    api.wallet("t", "token", topup=1_000_000)
+    hold = api.post("/v1/authorizations", {"account_id": "w", **VEO}, as_key="service")
+    assert hold.status_code == 201, hold.text
+    done = api.post("/v1/authorizations", {"account_id": "w", **VEO}, as_key="service").json()
+    r = api.post(f"/v1/authorizations/{done['id']}/capture", {"status": "COMPLETED"})
+    assert r.status_code == 200, r.text
+    return {"hold": hold.json()["id"], "captured": done["id"], "entry": r.json()["entry_id"]}
+
+
+# (name, method, path, JSON body or raw bytes, headers, status, error, field)
+CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | None]] = [
+    # Huge and negative numbers.
+    ("topup 2^63", "POST", "/v1/accounts/w/topups", {"amount": BIG}, {}, 422, None, "amount"),
+    ("topup 10^30", "POST", "/v1/accounts/w/topups", {"amount": 10**30}, {}, 422, None, "amount"),
+    ("topup -5", "POST", "/v1/accounts/w/topups", {"amount": -5}, {}, 422, None, "amount"),
+    ("topup 0", "POST", "/v1/accounts/w/topups", {"amount": 0}, {}, 422, None, "amount"),
+    ("topup 5.5", "POST", "/v1/accounts/w/topups", {"amount": 5.5}, {}, 422, None, "amount"),
+    ("topup '5'", "POST", "/v1/accounts/w/topups", {"amount": "5"}, {}, 422, None, "amount"),
+    ("topup true", "POST", "/v1/accounts/w/topups", {"amount": True}, {}, 422, None, "amount"),
+    (
+        "topup 1e400",
+        "POST",
+        "/v1/accounts/w/topups",
+        b'{"amount": 1e400}',
+        JSON,
+        422,
+        None,
+        "amount",
+    ),
+    (
+        "adjust -2^63",
+        "POST",
+        "/v1/accounts/w/adjustments",
+        {"amount": -BIG, "reason": "x"},
+        {},
+        422,
+        None,
+        "amount",
+    ),
+    (
+        "account overdraft -1",
+        "POST",
+        "/v1/accounts",
+        {"id": "n", "unit": "credit", "overdraft_limit": -1},
+        {},
+        422,
+        None,
+        "overdraft_limit",
+    ),
+    (
+        "account allocation 2^63",
+        "POST",
+        "/v1/accounts",
+        {"id": "n", "unit": "credit", "monthly_allocation": BIG},
+        {},
+        422,
+        None,
+        "monthly_allocation",
+    ),
+    (
+        "max_tokens 10^40",
+        "POST",
+        "/v1/authorizations",
+        {"account_id": "t", **f.text(max_tokens=10**40)},
+        {},
+        422,
+        None,
+        None,
+    ),
+    (
+        "capture videos -1",
+        "POST",
+        "/v1/authorizations/{hold}/capture",
+        {"status": "COMPLETED", "usage": {"videos": -1}},
+        {},
+        422,
+        None,
+        None,
+    ),
+    (
+        "capture tokens 2^70",
+        "POST",
+        "/v1/authorizations/{hold}/capture",
+        {"status": "COMPLETED", "usage": {"videos": 2**70}},
+        {},
+        422,
+        None,
+        None,
+    ),
+    # Unicode where names are expected.
+    (
+        "unicode catalog",
+        "POST",
+        "/v1/authorizations",
+        {"account_id": "w", "catalog": "v\u00e9o3\U0001f3ac", "operation": "video", "params": {}},
+        {},
+        422,
+        "unknown_catalog",
+        "catalog",
+    ),
+    (
+        "unicode account",
+        "POST",
+        "/v1/authorizations",
+        {"account_id": "w\u202e\U0001f600", **VEO},
+        {},
+        404,
+        "not_found",
+        "account_id",
+    ),
+    (
+        "unicode unit",
+        "POST",
+        "/v1/accounts",
+        {"id": "\u6f22", "unit": "\u20ac"},
+        {},
+        422,
+        None,
+        "unit",
+    ),
+    (
+        "unicode timezone",
+        "POST",
+        "/v1/accounts",
+        {"id": "n", "unit": "credit", "timezone": "Mars/\u00d6lympus"},
+        {},
+        422,
+        None,
+        "timezone",
+    ),
+    (
+        "unicode idempotency key",
+        "POST",
+        "/v1/accounts/w/topups",
+        {"amount": 5},
+        {"Idempotency-Key": "cl\u00e9".encode()},
+        422,
+        None,
+        "Idempotency-Key",
+    ),
+    # NUL, which PostgreSQL cannot store as text: refused alike on both databases.
+    (
+        "NUL in an account id",
+        "POST",
+        "/v1/authorizations",
+        {"account_id": "w\u0000", **VEO},
+        {},
+        422,
+        "invalid_request",
+        "account_id",
+    ),
+    (
+        "NUL in a prompt",
+        "POST",
+        "/v1/authorizations",
+        {"account_id": "w", **f.veo3_video(prompt="a\u0000b")},
+        {},
+        422,
+        "invalid_request",
+        "params.prompt",
+    ),
+    ("NUL in a path", "GET", "/v1/accounts/w%00", None, {}, 422, "invalid_request", "id"),
+    (
+        "NUL in a query",
+        "GET",
+        "/v1/accounts/w/entries?cursor=%00",
+        None,
+        {},
+        422,
+        "invalid_request",
+        "cursor",
+    ),
+    # Unknown catalogs, operations and models.
+    (
+        "unknown catalog",
+        "POST",
+        "/v1/charges",
+        {"account_id": "w", "catalog": "midjourney", "operation": "image", "params": {}},
+        {},
+        422,
+        "unknown_catalog",
+        "catalog",
+    ),
+    (
+        "unknown operation",
+        "POST",
+        "/v1/charges",
+        {"account_id": "w", "catalog": "veo3", "operation": "audio", "params": {}},
+        {},
+        422,
+        "unknown_operation",
+        None,
+    ),
+    (
+        "unknown model",
+        "POST",
+        "/v1/authorizations",
+        {"account_id": "w", **f.veo3_video(video_model="veo9")},
+        {},
+        422,
+        None,
+        None,
+    ),
+    (
+        "unknown cosmic model",
+        "POST",
+        "/v1/authorizations",
+        {"account_id": "t", **f.text(model="gpt-99")},
+        {},
+        422,
+        None,
+        None,
+    ),
+    (
+        "unpriced operation",
+        "POST",
+        "/v1/charges",
+        {"account_id": "w", **f.fal_video()},
+        {},
+        422,
+        "not_billable",
+        None,
+    ),
+    (
+        "unit mismatch",
+        "POST",
+        "/v1/authorizations",
+        {"account_id": "t", **VEO},
+        {},
+        422,
+        None,
+        None,
+    ),
+    (
+        "unknown capture status",
+        "POST",
+        "/v1/authorizations/{hold}/capture",
+        {"status": "DONE"},
+        {},
+        422,
+        None,
+        "status",
+    ),
+    (
+        "unknown topup kind",
+        "POST",
+        "/v1/accounts/w/topups",
+        {"amount": 5, "kind": "gift"},
+        {},
+        422,
+        None,
+        "kind",
+    ),
+    (
+        "unknown field",
+        "POST",
+        "/v1/accounts/w/topups",
+        {"amount": 5, "bonus": 5},
+        {},
+        422,
+        None,
+        "bonus",
+    ),
+    # Malformed bodies and wrong content types.
+    (
+        "truncated JSON",
+        "POST",
+        "/v1/accounts/w/topups",
+        b'{"amount": 5',
+        JSON,
+        400,
+        "invalid_json",
+        None,
+    ),
+    ("NaN", "POST", "/v1/accounts/w/topups", b'{"amount": NaN}', JSON, 400, "invalid_json", None),
+    (
+        "not UTF-8",
+        "POST",
+        "/v1/accounts/w/topups",
+        b'{"amount": 5, "reference": "\xff\xfe"}',
+        JSON,
+        400,
+        "invalid_json",
+        None,
+    ),
+    ("JSON array", "POST", "/v1/accounts/w/topups", b"[5]", JSON, 422, "invalid_request", "body"),
+    (
+        "text/plain",
+        "POST",
+        "/v1/accounts/w/topups",
+        b'{"amount": 5}',
+        {"Content-Type": "text/plain"},
+        415,
+        "unsupported_media_type",
+        None,
+    ),
+    (
+        "form",
+        "POST",
+        "/v1/charges",
+        b"account_id=w&catalog=veo3",
+        {"Content-Type": "application/x-www-form-urlencoded"},
+        415,
+        "unsupported_media_type",
+        None,
+    ),
+    (
+        "no content type",
+        "POST",
+        "/v1/accounts/w/topups",
+        b'{"amount": 5}',
+        {},
+        415,
+        "unsupported_media_type",
+        None,
+    ),
+    (
+        "oversized",
+        "POST",
+        "/v1/authorizations",
+        {"account_id": "t", **f.text(prompt="x" * 70_000)},
+        {},
+        413,
+        "body_too_large",
+        None,
+    ),
+    # State the request may not change.
+    (
+        "capture a captured hold",
+        "POST",
+        "/v1/authorizations/{captured}/capture",
+        {"status": "COMPLETED"},
+        {},
+        409,
+        "hold_not_pending",
+        None,
+    ),
+    (
+        "void a captured hold",
+        "POST",
+        "/v1/authorizations/{captured}/void",
+        None,
+        {},
+        409,
+        "hold_not_pending",
+        None,
+    ),
+    (
+        "account exists",
+        "POST",
+        "/v1/accounts",
+        {"id": "w", "unit": "credit"},
+        {},
+        409,
+        "account_exists",
+        None,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body", "headers", "status", "error", "field"),
+    [pytest.param(*case[1:], id=case[0]) for case in CASES],
+)
+def test_bad_input_is_a_clear_4xx_and_changes_nothing(
+    api: Api,
+    world: dict[str, str],
+    method: str,
+    path: str,
+    body: Any,
+    headers: dict[str, Any],
+    status: int,
+    error: str | None,
+    field: str | None,
+) -> None:
+    before = _dump(api)
+    kwargs: dict[str, Any] = {"content": body} if isinstance(body, bytes) else {"body": body}
+    r = api.call(method, path.format(**world), headers=headers, **kwargs)
+    assert r.status_code == status, r.text
+    answer = r.json()
+    assert answer["error"]
+    assert answer["message"]
+    if error is not None:
+        assert answer["error"] == error
+    if field is not None:
+        assert answer["field"] == field
+    if status == 422 and answer["error"] == "invalid_request":
+        assert answer["field"], answer  # a validation error always names its field
+    assert _dump(api) == before
+    assert verify(api.ledger.db) == []
