@@ -116,6 +116,8 @@ def _text(value: Any, field: str, *, required: bool = True, most: int = 200) -> 
             field=field,
             allowed={"max_length": most},
         )
+    if "\x00" in value:  # PostgreSQL cannot store it; refused on SQLite alike
+        raise InvalidInput(f"{field} must not contain NUL (U+0000)", field=field)
     return value
 
 
@@ -733,6 +735,8 @@ class Ledger:
         """A wallet read without a lock (read-only use cases)."""
         if not isinstance(account_id, str):
             raise InvalidInput("account_id must be a string", field="account_id")
+        if "\x00" in account_id:  # never stored (see _text); PostgreSQL cannot compare it
+            raise NotFound(f"no account {account_id!r}", field="account_id")
         row = conn.execute(
             sa.select(
                 accounts.c.id,

@@ -73,6 +73,12 @@ def test_open_account_validates_and_is_idempotent(ledger: Ledger) -> None:
     with pytest.raises(InvalidInput) as info:
         ledger.open_account("x", "euro", idempotency_key=key())
     assert info.value.allowed == ["credit", "token", "usd"]
+    # NUL cannot be stored as text by PostgreSQL: refused alike on both databases.
+    with pytest.raises(InvalidInput) as info:
+        ledger.open_account("nul\x00", "token", idempotency_key=key())
+    assert info.value.field == "account_id"
+    with pytest.raises(NotFound):
+        ledger.balance("bucket\x00")
     bad: list[tuple[dict[str, Any], str]] = [
         ({"timezone": "Mars/Olympus"}, "timezone"),
         ({"overdraft_limit": -1}, "overdraft_limit"),
