@@ -186,18 +186,9 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
     db = Database.from_url(database_url)
     try:
         with db.transaction(write=False) as conn:
-            per_request = conn.execute(
-                sa.select(metering.c.request_id, sa.func.count())
-                .where(metering.c.request_id.is_not(None))
-                .group_by(metering.c.request_id)
-                .having(sa.func.count() > 1)
-            ).all()
-            per_reference = conn.execute(
-                sa.select(grants.c.reference, sa.func.count())
-                .where(grants.c.reference.is_not(None))
-                .group_by(grants.c.reference)
-                .having(sa.func.count() > 1)
-            ).all()
+            # Each authorization carries its key as request_id, each top-up as reference.
+            per_request = _repeated(conn, metering.c.request_id)
+            per_reference = _repeated(conn, grants.c.reference)
             in_ledger = conn.execute(sa.select(sa.func.count()).select_from(holds)).scalar()
     finally:
         db.dispose()
@@ -208,6 +199,12 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
     served.stop()
     verified = run("verify", "--json", env={"CREDITLEDGER_DATABASE_URL": database_url})
     assert verified.returncode == 0, verified.stdout
+
+
+def _repeated(conn: sa.Connection, column: sa.Column[Any]) -> list[Any]:
+    """The values of ``column`` found on more than one row."""
+    query = sa.select(column).where(column.is_not(None)).group_by(column)
+    return list(conn.execute(query.having(sa.func.count() > 1)).scalars())
 
 
 def _entry_ids(http: httpx.Client) -> set[str]:
