@@ -11,8 +11,11 @@ import re
 import signal
 import socket
 import subprocess
+import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from tests.e2e.test_cli import EXE
 
@@ -75,3 +78,31 @@ class Served:
         if self.proc is not None and self.proc.poll() is None:
             self.proc.send_signal(signal.SIGTERM)
             self.proc.wait(timeout=30)
+
+
+class Threads:
+    """Client threads whose failures fail the test: ``join`` re-raises the first error
+    (an assertion in a thread would otherwise only be printed)."""
+
+    def __init__(self) -> None:
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def start(self, target: Callable[..., None], *args: Any) -> None:
+        def guarded() -> None:
+            try:
+                target(*args)
+            except BaseException as exc:
+                self.errors.append(exc)
+
+        thread = threading.Thread(target=guarded, daemon=True)
+        self.threads.append(thread)
+        thread.start()
+
+    def join(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        for thread in self.threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+        assert not any(t.is_alive() for t in self.threads), "a client thread hung"
+        if self.errors:
+            raise self.errors[0]

@@ -30,7 +30,7 @@ import sqlalchemy as sa
 from ledger.db import Database
 from ledger.models import grants, holds, metering
 from tests import factories as f
-from tests.e2e.served import Served
+from tests.e2e.served import Served, Threads
 from tests.e2e.test_cli import run
 
 KILLS = 10
@@ -122,17 +122,13 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
             served.start()
         stop = threading.Event()
         with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
-            threads = [
-                threading.Thread(target=c.drive, args=(http, stop), daemon=True) for c in clients
-            ]
-            for t in threads:
-                t.start()
+            threads = Threads()
+            for client in clients:
+                threads.start(client.drive, http, stop)
             time.sleep(rng.uniform(0.3, 1.5))
             served.kill()
             stop.set()
-            for t in threads:
-                t.join(timeout=60)
-            assert not any(t.is_alive() for t in threads)
+            threads.join(timeout=60)
     served.start()
 
     calls = [c for client in clients for c in client.calls]

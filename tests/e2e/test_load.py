@@ -23,7 +23,7 @@ from typing import Any
 import httpx2 as httpx
 
 from tests import factories as f
-from tests.e2e.served import Served
+from tests.e2e.served import Served, Threads
 from tests.e2e.test_cli import run
 
 CLIENTS = 64
@@ -139,21 +139,16 @@ def test_64_clients_on_one_wallet_never_overspend_and_add_up(
         tallies = [Tally() for _ in range(CLIENTS)]
         go, stop = threading.Event(), threading.Event()
         seen: list[dict[str, int]] = []
-        clients = [
-            threading.Thread(
-                target=_client, args=(n, served.url, service, served.admin, tallies[n], go)
-            )
-            for n in range(CLIENTS)
-        ]
-        watcher = threading.Thread(target=_watch, args=(served.url, served.admin, stop, seen))
-        for t in [*clients, watcher]:
-            t.start()
+        clients, watcher = Threads(), Threads()
+        for n in range(CLIENTS):
+            clients.start(_client, n, served.url, service, served.admin, tallies[n], go)
+        watcher.start(_watch, served.url, served.admin, stop, seen)
         go.set()
-        for t in clients:
-            t.join(timeout=600)
-        stop.set()
-        watcher.join(timeout=60)
-        assert not any(t.is_alive() for t in clients), "a client hung"
+        try:
+            clients.join(timeout=600)
+        finally:
+            stop.set()
+            watcher.join(timeout=60)
 
         statuses: Counter[tuple[str, int]] = sum((t.statuses for t in tallies), Counter())
         assert sum(statuses.values()) >= 10_000
