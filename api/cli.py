@@ -70,6 +70,12 @@ def _fail(body: dict[str, Any], code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
+def _database_failed(exc: sa.exc.SQLAlchemyError, hint: str | None = None) -> NoReturn:
+    """Exit 6 with the driver's first line (and what to try)."""
+    body = {"error": "database_error", "message": str(exc).splitlines()[0]}
+    _fail({**body, "hint": hint} if hint else body, EXIT_DATABASE)
+
+
 def _catalogs() -> CatalogSet:
     """The shipped catalogs plus the operator's, or exit 3 naming the broken file."""
     try:
@@ -219,7 +225,7 @@ def migrate_command() -> None:
     try:
         db.migrate()
     except sa.exc.SQLAlchemyError as exc:
-        _fail({"error": "database_error", "message": str(exc).splitlines()[0]}, EXIT_DATABASE)
+        _database_failed(exc)
     finally:
         db.dispose()
     typer.echo(
@@ -236,14 +242,7 @@ def verify_command(
     try:
         violations = verify(db)
     except sa.exc.SQLAlchemyError as exc:
-        _fail(
-            {
-                "error": "database_error",
-                "message": str(exc).splitlines()[0],
-                "hint": "run `creditledger migrate` first",
-            },
-            EXIT_DATABASE,
-        )
+        _database_failed(exc, "run `creditledger migrate` first")
     finally:
         db.dispose()
     if as_json:
@@ -280,14 +279,7 @@ def _domain_errors() -> Iterator[None]:
     except DomainError as exc:
         _fail(exc.to_dict(), _EXIT_BY_STATUS.get(status_of(exc), EXIT_INVALID))
     except sa.exc.SQLAlchemyError as exc:
-        _fail(
-            {
-                "error": "database_error",
-                "message": str(exc).splitlines()[0],
-                "hint": "is the database reachable and migrated (`creditledger migrate`)?",
-            },
-            EXIT_DATABASE,
-        )
+        _database_failed(exc, "is the database reachable and migrated (`creditledger migrate`)?")
 
 
 @contextmanager
