@@ -25,7 +25,8 @@ from pydantic import BaseModel, ConfigDict
 
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
-from ledger.models import KEY_ROLES, WALLET, accounts, api_keys
+from ledger.models import KEY_ROLES, accounts, api_keys
+from ledger.services import wallet_id
 
 PREFIX = "clk"
 #: The id of the key given in ``CREDITLEDGER_ADMIN_KEY`` (it has no row).
@@ -103,15 +104,7 @@ class Keys:
         secret = secrets.token_urlsafe(32)
         now = self.clock()
         with self.db.transaction() as conn:
-            internal = None
-            if account_id is not None:
-                internal = conn.execute(
-                    sa.select(accounts.c.id).where(
-                        accounts.c.external_id == account_id, accounts.c.kind == WALLET
-                    )
-                ).scalar_one_or_none()
-                if internal is None:
-                    raise NotFound(f"no account {account_id!r}", field="account_id")
+            internal = None if account_id is None else wallet_id(conn, account_id)
             conn.execute(
                 api_keys.insert().values(
                     id=key_id,

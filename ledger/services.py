@@ -96,6 +96,20 @@ def new_id() -> str:
     return f"{time.time_ns():016x}{next(_sequence) % 0x1000000:06x}{uuid.uuid4().hex[:10]}"
 
 
+def wallet_id(conn: Connection, account_id: str) -> int:
+    """The internal id of the wallet the operator calls ``account_id``, or NotFound."""
+    if "\x00" in account_id:  # never stored (see _text); PostgreSQL cannot compare it
+        raise NotFound(f"no account {account_id!r}", field="account_id")
+    found = conn.execute(
+        sa.select(accounts.c.id).where(
+            accounts.c.external_id == account_id, accounts.c.kind == WALLET
+        )
+    ).scalar()
+    if found is None:
+        raise NotFound(f"no account {account_id!r}", field="account_id")
+    return int(found)
+
+
 def _amount(value: Any, field: str, *, minimum: int = 1) -> int:
     """An integer of minor units within 64 bits (bools, floats and strings refused)."""
     if type(value) is not int or not minimum <= value <= kernel.MAX_AMOUNT:

@@ -27,7 +27,7 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
 from ledger.models import WALLET, accounts, report_jobs, report_outputs
-from ledger.services import new_id, utcnow
+from ledger.services import new_id, utcnow, wallet_id
 from ledger.sweeper import Periodic
 from reports import queries, render, statement
 from reports.errors import ReportNotReady
@@ -195,16 +195,7 @@ class Reports:
 
     @staticmethod
     def _account(conn: Connection, account_id: str | None) -> int | None:
-        if account_id is None:
-            return None
-        found = conn.execute(
-            sa.select(accounts.c.id).where(
-                accounts.c.external_id == account_id, accounts.c.kind == WALLET
-            )
-        ).scalar()
-        if found is None:
-            raise NotFound(f"no account '{account_id}'", field="account_id")
-        return int(found)
+        return None if account_id is None else wallet_id(conn, account_id)
 
     def schedule_month_end(self) -> JobView | None:
         """Queue last month's report (all wallets, UTC, JSON) once; the job, if created."""
