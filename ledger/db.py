@@ -6,6 +6,12 @@ with ``BEGIN IMMEDIATE``: writers are serialized at the start, so a balance read
 the transaction cannot go stale before the write. PostgreSQL uses psycopg 3 at READ
 COMMITTED; the use cases lock the wallet row (``SELECT ... FOR UPDATE``) before reading
 its balance.
+
+SQLite commits writers in groups: writers of this process that queue for the one write
+connection while another runs join its transaction, each in a savepoint of its own, and
+the last of them commits for all, one fsync for the group. A writer returns only once
+the commit covering its work is durable; a write that fails rolls back its savepoint and
+nothing else; a commit that fails fails every writer of the group (none was answered).
 """
 
 from __future__ import annotations
@@ -24,6 +30,21 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 _WRITE = "creditledger_write"
+
+#: At most this many writers share one SQLite commit.
+GROUP_LIMIT = 64
+_SAVEPOINT = "creditledger_writer"
+
+
+class CommitFailed(sa.exc.OperationalError):
+    """The write group this transaction joined did not commit: nothing of it was
+    committed, so retrying with the same idempotency key is safe. A database error like
+    any other (HTTP 503, CLI exit 6); ``orig`` is the driver's error that ended the group.
+    """
+
+    def __init__(self, cause: BaseException) -> None:
+        orig = cause.orig if isinstance(cause, sa.exc.DBAPIError) else cause
+        super().__init__("COMMIT", None, orig if isinstance(orig, Exception) else cause)
 
 
 def _json_default(value: Any) -> Any:
@@ -91,6 +112,9 @@ class Database:
         # cache stays warm, where a connection that did not write last must re-read every
         # page another connection changed.
         self._writer = threading.Lock() if self.is_sqlite else None
+        self._queue = threading.Lock()
+        self._queued = 0  # writers waiting for ``_writer``
+        self._group: _Group | None = None  # the open write transaction, under ``_writer``
         self._write_engine = (
             make_engine(
                 engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0
@@ -111,11 +135,86 @@ class Database:
     def transaction(self, *, write: bool = True) -> Iterator[Connection]:
         """One unit of work: commits once on success, rolls back on any exception."""
         if write and self._writer is not None:
-            with self._writer, self._connect(write=True) as conn:
+            with self._grouped() as conn:
                 yield conn
             return
         with self._connect(write=write) as conn:
             yield conn
+
+    @contextmanager
+    def _grouped(self) -> Iterator[Connection]:
+        """A SQLite write transaction that commits together with the writers queued
+        behind it (see the module's documentation)."""
+        assert self._writer is not None
+        with self._queue:
+            self._queued += 1
+        self._writer.acquire()
+        with self._queue:
+            self._queued -= 1
+        try:
+            group = self._group or self._open_group()
+            # The first writer runs without a savepoint: when it fails, the transaction
+            # holds nothing else and is rolled back whole.
+            first = group.size == 0
+            failure: BaseException | None = None
+            try:
+                if first:
+                    yield group.conn
+                else:
+                    with group.savepoint():
+                        yield group.conn
+            except BaseException as exc:
+                failure = exc
+            if failure is None:
+                group.size += 1
+            elif first or group.broken or not group.in_transaction():
+                # Nothing to keep, or SQLite rolled the whole transaction back (I/O
+                # error, disk full): the group ends here, failing any writer in it.
+                self._close_group(group, failure)
+            if self._group is group and (group.size >= GROUP_LIMIT or self._queued == 0):
+                self._close_group(group, None)
+        finally:
+            self._writer.release()
+        if failure is not None:
+            raise failure
+        group.wait()
+
+    def _open_group(self) -> _Group:
+        conn = self._write_engine.connect()
+        try:
+            conn.execution_options(**{_WRITE: True})
+            conn.begin()
+        except BaseException:
+            conn.close()
+            raise
+        self._group = _Group(conn)
+        return self._group
+
+    def _close_group(self, group: _Group, failure: BaseException | None) -> None:
+        """Commit the group (roll it back on ``failure``) and wake its writers."""
+        self._group = None
+        conn = group.conn
+        if failure is None and not group.in_transaction():
+            # A writer ended the transaction behind the group's back (a bare ROLLBACK):
+            # committing now would commit nothing and report success.
+            failure = RuntimeError("the write transaction ended before its commit")
+        try:
+            if failure is None:
+                conn.commit()
+            else:
+                conn.rollback()
+        except Exception as exc:
+            failure = failure or exc
+            try:
+                conn.rollback()
+            except Exception:
+                pass  # the connection is closed (and invalidated) below
+        finally:
+            try:
+                conn.close()
+            except Exception:
+                pass
+            group.finish(failure)
 
     @contextmanager
     def snapshot(self) -> Iterator[Connection]:
@@ -147,6 +246,55 @@ class Database:
         self.engine.dispose()
         if self._write_engine is not self.engine:
             self._write_engine.dispose()
+
+
+class _Group:
+    """One SQLite write transaction and the writers whose work it holds."""
+
+    def __init__(self, conn: Connection) -> None:
+        self.conn = conn
+        self.size = 0  # writers whose work succeeded and awaits the commit
+        self.broken = False  # a failed writer's work could not be rolled back alone
+        self._done = threading.Event()
+        self._failure: BaseException | None = None
+
+    @contextmanager
+    def savepoint(self) -> Iterator[None]:
+        """A writer's work, undone alone when it fails. Plain SQL on the driver's
+        connection (SQLAlchemy's nested transactions cost more than the work); nested
+        ``begin_nested()`` savepoints inside it stay balanced."""
+        raw: Any = self.conn.connection.driver_connection
+        raw.execute(f"SAVEPOINT {_SAVEPOINT}")
+        try:
+            yield
+        except BaseException:
+            try:
+                raw.execute(f"ROLLBACK TO {_SAVEPOINT}")
+                raw.execute(f"RELEASE {_SAVEPOINT}")
+            except Exception:
+                # The failed work cannot be undone alone: the whole group must go.
+                self.broken = True
+            raise
+        raw.execute(f"RELEASE {_SAVEPOINT}")
+
+    def in_transaction(self) -> bool:
+        """Whether SQLite still holds the group's transaction (an I/O error, a full
+        disk or a broken connection ends it: then the whole group is lost)."""
+        try:
+            raw: Any = self.conn.connection.driver_connection
+            return bool(raw.in_transaction)
+        except Exception:
+            return False
+
+    def finish(self, failure: BaseException | None) -> None:
+        self._failure = failure
+        self._done.set()
+
+    def wait(self) -> None:
+        """Return once the group committed; raise CommitFailed if it did not."""
+        self._done.wait()
+        if self._failure is not None:
+            raise CommitFailed(self._failure) from self._failure
 
 
 def alembic_config(connection: Connection | None = None) -> Config:
