@@ -69,7 +69,7 @@ from ledger.results import (
     TopUpResult,
 )
 from ledger.settings import Settings
-from ledger.store import Json, Store
+from ledger.store import Json, Sql, Store
 from pricing import CatalogSet, estimate, load_catalogs, price_usage
 from pricing.engine import Quote
 
@@ -176,7 +176,15 @@ class _Work:
 
     def replay(self) -> dict[str, Any] | None:
         """The stored result of this key, or None. Call after locking the wallet."""
-        row = self.store.one(sql.REPLAY, {"key": self.key})
+        return self.replayed(self.store.one(sql.REPLAY, {"key": self.key}))
+
+    @property
+    def replay_query(self) -> tuple[Sql, dict[str, Any]]:
+        """The read of ``replay``, to send along with the lock (``Store.reads``)."""
+        return sql.REPLAY, {"key": self.key}
+
+    def replayed(self, row: tuple[Any, ...] | None) -> dict[str, Any] | None:
+        """The stored result in ``row`` (as ``replay_query`` reads it), or None."""
         if row is None:
             return None
         operation, request_hash, response = row
@@ -228,6 +236,18 @@ class _HoldRow:
     operation: str
     model: str
     request: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class _LockedHold:
+    """What ``_lock_hold`` read under the wallet's lock."""
+
+    wallet: _Wallet
+    hold: _HoldRow
+    #: The idempotency key's stored result (a replay), or None.
+    stored: dict[str, Any] | None
+    #: The wallet's open grants, when asked for.
+    grant_rows: list[tuple[Any, ...]] | None
 
 
 class Ledger:
@@ -520,8 +540,13 @@ class Ledger:
                 ],
             )
 
-    def _grant_states(self, conn: Connection, wallet: _Wallet) -> list[kernel.GrantState]:
+    def _grant_states(
+        self, conn: Connection, wallet: _Wallet, rows: list[tuple[Any, ...]] | None = None
+    ) -> list[kernel.GrantState]:
+        """The wallet's open grants (from ``rows`` when they were read already)."""
         store = self._store(conn)
+        if rows is None:
+            rows = store.all(sql.OPEN_GRANTS, {"account_id": wallet.id})
         return [
             kernel.GrantState(
                 gid,
@@ -530,19 +555,22 @@ class Ledger:
                 store.instant(expires),
                 store.instant(effective) or datetime.min.replace(tzinfo=UTC),
             )
-            for gid, remaining, priority, expires, effective in store.all(
-                sql.OPEN_GRANTS, {"account_id": wallet.id}
-            )
+            for gid, remaining, priority, expires, effective in rows
         ]
 
     def _live_grants(
-        self, conn: Connection, wallet: _Wallet, now: datetime
+        self,
+        conn: Connection,
+        wallet: _Wallet,
+        now: datetime,
+        rows: list[tuple[Any, ...]] | None = None,
     ) -> tuple[list[kernel.GrantState], int]:
-        """The wallet's spendable grants, after expiring those past due (one read).
+        """The wallet's spendable grants, after expiring those past due (one read, or
+        none when the open grants' ``rows`` were read with the lock).
 
         Returns the live grants and the credits expired just now.
         """
-        states = self._grant_states(conn, wallet)
+        states = self._grant_states(conn, wallet, rows)
         due = [g for g in states if g.expires_at is not None and g.expires_at <= now]
         if not due:
             return states, 0
@@ -926,12 +954,21 @@ class Ledger:
         due expire first: expired credits are never spendable. Raises InsufficientCredits
         when available is short or the wallet is in debt.
         """
-        wallet = self._lock_wallet(w.conn, account_id)
-        stored = w.replay()
+        if not isinstance(account_id, str):
+            raise InvalidInput("account_id must be a string", field="account_id")
+        locked, replay, grant_rows = w.store.reads(
+            (sql.LOCK_WALLET, {"external_id": account_id}),
+            w.replay_query,
+            (sql.OPEN_GRANTS_OF_WALLET, {"external_id": account_id}),
+        )
+        if not locked:
+            raise NotFound(f"no account '{account_id}'", field="account_id")
+        wallet = _Wallet(*locked[0])
+        stored = w.replayed(replay[0] if replay else None)
         if stored is not None:
             return stored
         self._check_unit(quote, wallet)
-        live, expired = self._live_grants(w.conn, wallet, w.now)
+        live, expired = self._live_grants(w.conn, wallet, w.now, grant_rows)
         balance = wallet.balance - expired
         available = kernel.available(balance, wallet.pending, wallet.overdraft_limit)
         if available < needed or kernel.debt(balance, wallet.overdraft_limit) > 0:
@@ -1037,14 +1074,26 @@ class Ledger:
 
         return self._mutate("authorize", idempotency_key, payload, work, HoldView, batch=True)
 
-    def _lock_hold(self, w: _Work, hold_id: Any) -> tuple[_Wallet, _HoldRow]:
-        """Lock the wallet of a hold, then read the hold (under that lock)."""
+    def _lock_hold(
+        self, w: _Work, hold_id: Any, *, replay: bool = True, grants: bool = False
+    ) -> _LockedHold:
+        """Lock the wallet of a hold and read, under that lock and in one round trip, the
+        hold, the key's stored result (``replay``) and the wallet's open grants (``grants``)."""
         if not isinstance(hold_id, str):
             raise InvalidInput("hold id must be a string", field="id")
-        row = w.store.one(sql.HOLD_WITH_WALLET, {"id": hold_id})
-        if row is None:
+        queries: list[tuple[Sql, Mapping[str, Any]]] = [
+            (sql.LOCK_WALLET_OF_HOLD, {"id": hold_id}),
+            (sql.HOLD, {"id": hold_id}),
+        ]
+        if replay:
+            queries.append(w.replay_query)
+        if grants:
+            queries.append((sql.OPEN_GRANTS_OF_HOLD, {"id": hold_id}))
+        results = w.store.reads(*queries)
+        if not results[0] or not results[1]:
             raise NotFound(f"no authorization '{hold_id}'", field="id")
-        wallet = _Wallet(*row[:8])
+        stored = w.replayed(results[2][0] if replay and results[2] else None)
+        wallet = _Wallet(*results[0][0])
         (
             hid,
             amount,
@@ -1056,10 +1105,10 @@ class Ledger:
             operation,
             model,
             request,
-        ) = row[8:]
+        ) = results[1][0]
         expires = w.store.instant(expires_at)
         assert expires is not None
-        return wallet, _HoldRow(
+        hold = _HoldRow(
             hid,
             wallet.id,
             int(amount),
@@ -1072,6 +1121,7 @@ class Ledger:
             model,
             w.store.document(request),
         )
+        return _LockedHold(wallet, hold, stored, results[-1] if grants else None)
 
     def _resolve(
         self,
@@ -1083,7 +1133,7 @@ class Ledger:
         entry_id: str | None = None,
     ) -> None:
         """Resolve a pending hold exactly once (conditional on its status)."""
-        done = w.store.changed(
+        w.store.expect(
             sql.RESOLVE_HOLD,
             {
                 "status": status,
@@ -1092,9 +1142,11 @@ class Ledger:
                 "entry_id": entry_id,
                 "id": hold.id,
             },
+            rows=1,
+            failure=lambda: HoldNotPending(
+                f"authorization '{hold.id}' is already resolved", field="id"
+            ),
         )
-        if done != 1:
-            raise HoldNotPending(f"authorization '{hold.id}' is already resolved", field="id")
 
     @staticmethod
     def _check_pending(hold: _HoldRow, now: datetime) -> None:
@@ -1121,10 +1173,10 @@ class Ledger:
         payload = {"id": hold_id, "status": status, "usage": usage}
 
         def work(w: _Work) -> CaptureResult | dict[str, Any]:
-            wallet, hold = self._lock_hold(w, hold_id)
-            stored = w.replay()
-            if stored is not None:
-                return stored
+            locked = self._lock_hold(w, hold_id, grants=True)
+            if locked.stored is not None:
+                return locked.stored
+            wallet, hold = locked.wallet, locked.hold
             self._check_pending(hold, w.now)
             charge = price_usage(
                 hold.request,
@@ -1134,7 +1186,7 @@ class Ledger:
                 catalogs=self.catalogs,
             )
             amount = charge.amount
-            live, expired = self._live_grants(w.conn, wallet, w.now)
+            live, expired = self._live_grants(w.conn, wallet, w.now, locked.grant_rows)
             entry_id = None
             if amount > 0:
                 revenue = self._system_account(wallet.unit, "revenue")
@@ -1189,10 +1241,10 @@ class Ledger:
         payload = {"id": hold_id}
 
         def work(w: _Work) -> HoldView | dict[str, Any]:
-            wallet, hold = self._lock_hold(w, hold_id)
-            stored = w.replay()
-            if stored is not None:
-                return stored
+            locked = self._lock_hold(w, hold_id)
+            if locked.stored is not None:
+                return locked.stored
+            wallet, hold = locked.wallet, locked.hold
             if hold.status != "pending":
                 raise HoldNotPending(f"authorization '{hold.id}' is {hold.status}", field="id")
             self._resolve(w, hold, "voided")
@@ -1487,7 +1539,8 @@ class Ledger:
         for hold_id in due:
             with self.db.transaction() as conn:
                 w = _Work(conn, self._store(conn), "expire_hold", "", "", now)
-                wallet, hold = self._lock_hold(w, hold_id)
+                locked = self._lock_hold(w, hold_id, replay=False)
+                wallet, hold = locked.wallet, locked.hold
                 if hold.status != "pending":
                     continue
                 self._resolve(w, hold, "expired")

@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import re
 import sqlite3
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import ROUND_CEILING, Decimal
@@ -47,27 +47,34 @@ LOCK_WALLET = Sql(
 LOCK_WALLET_BY_ID = Sql(
     _WALLET_COLUMNS + "WHERE a.id = :id AND a.kind = 'wallet'", postgresql_suffix=" FOR UPDATE OF a"
 )
-# A hold and its wallet, locking the wallet. The hold's columns may predate a concurrent
-# resolution (PostgreSQL re-checks only the locked row): resolving stays conditional on
-# status = 'pending', and the idempotency replay is read after this lock.
-HOLD_WITH_WALLET = Sql(
-    _WALLET_COLUMNS.replace(
-        "FROM accounts a",
-        ", h.id, h.amount, h.status, h.expires_at, "
-        "h.metering_id, h.catalog, h.catalog_version, h.operation, h.model, "
-        "h.request FROM holds h JOIN accounts a ON a.id = h.account_id",
-    )
-    + "WHERE h.id = :id AND a.kind = 'wallet'",
+# The wallet of a hold, locked; then the hold, read by a statement of its own. In
+# PostgreSQL's READ COMMITTED each statement sees what was committed when it began, so the
+# hold is read as the last resolver (which held this lock) left it. Resolving stays
+# conditional on status = 'pending' all the same.
+LOCK_WALLET_OF_HOLD = Sql(
+    _WALLET_COLUMNS + "JOIN holds h ON h.account_id = a.id WHERE h.id = :id AND a.kind = 'wallet'",
     postgresql_suffix=" FOR UPDATE OF a",
+)
+HOLD = Sql(
+    "SELECT id, amount, status, expires_at, metering_id, catalog, catalog_version, operation, "
+    "model, request FROM holds WHERE id = :id"
 )
 REPLAY = Sql("SELECT operation, request_hash, response FROM idempotency_keys WHERE key = :key")
 REMEMBER = Sql(
     "INSERT INTO idempotency_keys (key, operation, request_hash, response, created_at) "
     "VALUES (:key, :operation, :request_hash, :response, :created_at)"
 )
-OPEN_GRANTS = Sql(
-    "SELECT id, remaining, priority, expires_at, effective_at FROM grants "
-    "WHERE account_id = :account_id AND remaining > 0"
+_GRANT_COLUMNS = "SELECT g.id, g.remaining, g.priority, g.expires_at, g.effective_at FROM grants g "
+OPEN_GRANTS = Sql(_GRANT_COLUMNS + "WHERE g.account_id = :account_id AND g.remaining > 0")
+# The same, sent in one round trip with the lock of the wallet (by its external id, or by
+# a hold of it): the server runs them in order, so the grants are read under the lock.
+OPEN_GRANTS_OF_WALLET = Sql(
+    _GRANT_COLUMNS + "JOIN accounts a ON a.id = g.account_id "
+    "WHERE a.external_id = :external_id AND a.kind = 'wallet' AND g.remaining > 0"
+)
+OPEN_GRANTS_OF_HOLD = Sql(
+    _GRANT_COLUMNS + "JOIN holds h ON h.account_id = g.account_id "
+    "WHERE h.id = :id AND g.remaining > 0"
 )
 INSERT_POSTING = Sql(
     "INSERT INTO postings (entry_id, account_id, unit, amount, posted_at) "
@@ -161,7 +168,11 @@ class Store:
         # A cursor of its own for statements whose row count decides (in a pipeline the
         # shared cursor's count belongs to whichever statement ran last).
         self.counted: Any = raw.cursor()
+        # Cursors of ``reads``: one per statement, each keeps its own result.
+        self._readers: list[Any] = []
         self._pipeline: Any = None
+        # Row counts checked when the pipeline's last results are in (before the commit).
+        self._expected: list[tuple[Any, int, Callable[[], Exception]]] = []
 
     @contextmanager
     def batch(self) -> Iterator[None]:
@@ -174,12 +185,45 @@ class Store:
         if self.sqlite or self._pipeline is not None:
             yield
             return
+        self._expected = []
         with self.raw.pipeline() as pipeline:
             self._pipeline = pipeline
             try:
                 yield
             finally:
                 self._pipeline = None
+        # Every result is in (leaving the pipeline synced it) and none failed.
+        expected, self._expected = self._expected, []
+        for cursor, rows, failure in expected:
+            if cursor.rowcount != rows:
+                raise failure()
+
+    def expect(
+        self, sql: Sql, params: Mapping[str, Any], rows: int, failure: Callable[[], Exception]
+    ) -> None:
+        """Execute a write that must change exactly ``rows`` rows, else raise ``failure()``.
+
+        In a pipeline the count is checked when the batch ends, before the commit, without
+        a round trip of its own; the error then rolls the transaction back as it would now.
+        """
+        if self._pipeline is None:
+            if self.changed(sql, params) != rows:
+                raise failure()
+            return
+        cursor = self.raw.cursor()
+        cursor.execute(self._sql(sql), self._bind(params))
+        self._expected.append((cursor, rows, failure))
+
+    def reads(self, *queries: tuple[Sql, Mapping[str, Any]]) -> list[list[tuple[Any, ...]]]:
+        """The rows of several queries, run in order; in a pipeline one round trip for all."""
+        if self._pipeline is None:
+            return [self.all(sql, params) for sql, params in queries]
+        while len(self._readers) < len(queries):
+            self._readers.append(self.raw.cursor())
+        cursors = self._readers[: len(queries)]
+        for cursor, (sql, params) in zip(cursors, queries, strict=False):
+            cursor.execute(self._sql(sql), self._bind(params))
+        return [cursor.fetchall() for cursor in cursors]
 
     def changed(self, sql: Sql, params: Mapping[str, Any]) -> int:
         """Execute and return how many rows it changed (syncing a pipeline to know)."""

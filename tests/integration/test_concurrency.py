@@ -8,7 +8,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-from ledger.errors import InsufficientCredits
+from ledger.errors import HoldNotPending, InsufficientCredits
 from ledger.services import Ledger
 from tests import factories as f
 from tests.factories import key
@@ -100,6 +100,34 @@ def test_identical_idempotent_requests_have_exactly_one_effect(ledger: Ledger) -
     assert len({t.entry.id for t in top_ups if not isinstance(t, Exception)}) == 1
     assert all(not isinstance(t, Exception) for t in top_ups), top_ups
     assert ledger.balance("wallet").balance == 10_000 - 240 + 7
+
+
+def void(ledger: Ledger, hold_id: str) -> Callable[[], Any]:
+    return lambda: ledger.void(hold_id, idempotency_key=key())
+
+
+def capture(ledger: Ledger, hold_id: str) -> Callable[[], Any]:
+    return lambda: ledger.capture(hold_id, status="COMPLETED", usage={}, idempotency_key=key())
+
+
+def test_a_hold_raced_by_captures_and_voids_resolves_once(ledger: Ledger) -> None:
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    ledger.top_up("wallet", 1_000, idempotency_key=key())
+    for _round in range(3):
+        hold = ledger.authorize("wallet", VEO_FAST, idempotency_key=key())
+        calls: list[Callable[[], Any]] = [
+            (void if i % 2 else capture)(ledger, hold.id) for i in range(THREADS)
+        ]
+        outcomes = race(calls)
+        won = [o for o in outcomes if not isinstance(o, Exception)]
+        assert len(won) == 1, outcomes
+        assert all(isinstance(o, HoldNotPending) for o in outcomes if o not in won), outcomes
+        assert ledger.balance("wallet").pending == 0
+    view = ledger.balance("wallet")
+    charged = 1_000 - view.balance
+    assert charged % 240 == 0
+    assert 0 <= charged <= 3 * 240
+    assert len(ledger.entries("wallet", limit=50).items) == 1 + charged // 240
 
 
 def test_allocation_roll_on_many_workers_grants_once(ledger: Ledger) -> None:
