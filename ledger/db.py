@@ -268,14 +268,19 @@ class _Group:
         try:
             yield
         except BaseException:
-            try:
-                raw.execute(f"ROLLBACK TO {_SAVEPOINT}")
-                raw.execute(f"RELEASE {_SAVEPOINT}")
-            except Exception:
-                # The failed work cannot be undone alone: the whole group must go.
-                self.broken = True
+            self._end_savepoint(raw, f"ROLLBACK TO {_SAVEPOINT}", f"RELEASE {_SAVEPOINT}")
             raise
-        raw.execute(f"RELEASE {_SAVEPOINT}")
+        self._end_savepoint(raw, f"RELEASE {_SAVEPOINT}")
+
+    def _end_savepoint(self, raw: Any, *statements: str) -> None:
+        try:
+            for statement in statements:
+                raw.execute(statement)
+        except Exception:
+            # The writer's work cannot be kept or undone alone: the whole group must go
+            # (the writer itself sees this error as its failure).
+            self.broken = True
+            raise
 
     def in_transaction(self) -> bool:
         """Whether SQLite still holds the group's transaction (an I/O error, a full

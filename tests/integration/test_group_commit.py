@@ -96,15 +96,29 @@ def test_writers_queued_behind_a_writer_share_its_commit(db: Database) -> None:
     assert count[0] == 1, count
 
 
-def test_a_lone_writer_commits_at_once_without_a_savepoint(db: Database) -> None:
+def traced(db: Database) -> list[str]:
+    """Every statement the write connection runs, the driver's own included."""
     statements: list[str] = []
 
-    @sa.event.listens_for(db._write_engine, "before_cursor_execute")
-    def _seen(_c: Any, _cur: Any, statement: str, *_args: Any) -> None:
-        statements.append(statement)
+    @sa.event.listens_for(db._write_engine, "connect")
+    def _trace(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.set_trace_callback(statements.append)
 
+    return statements
+
+
+def test_a_lone_writer_commits_at_once_without_a_savepoint(db: Database) -> None:
+    statements = traced(db)
     assert writer(db, "alone")() == "alone"
-    assert not [s for s in statements if "SAVEPOINT" in s.upper()]
+    assert any(s.startswith("INSERT INTO scratch") for s in statements), statements
+    assert not [s for s in statements if "SAVEPOINT" in s.upper()], statements
+
+
+def test_followers_each_run_in_a_savepoint(db: Database) -> None:
+    statements = traced(db)
+    behind_a_slow_writer(db, [writer(db, "w0"), writer(db, "w1")])
+    assert len([s for s in statements if s.startswith("SAVEPOINT")]) == 2, statements
+    assert len([s for s in statements if s.startswith("RELEASE")]) == 2, statements
 
 
 def test_a_failing_writer_takes_back_only_its_own_work(db: Database) -> None:
