@@ -383,12 +383,20 @@ class Ledger:
 
     def _lock_wallet(self, conn: Connection, external_id: Any) -> _Wallet:
         """Lock a wallet (PostgreSQL: FOR UPDATE; SQLite: the writer lock is already held)."""
+        return self._lock_wallet_with(self._store(conn), external_id)[0]
+
+    @staticmethod
+    def _lock_wallet_with(
+        store: Store, external_id: Any, *also: tuple[Sql, Mapping[str, Any]]
+    ) -> tuple[_Wallet, list[list[tuple[Any, ...]]]]:
+        """Lock a wallet, then run the reads ``also`` under that lock (one round trip on
+        PostgreSQL); the wallet and their rows."""
         if not isinstance(external_id, str):
             raise InvalidInput("account_id must be a string", field="account_id")
-        row = self._store(conn).one(sql.LOCK_WALLET, {"external_id": external_id})
-        if row is None:
+        locked, *rows = store.reads((sql.LOCK_WALLET, {"external_id": external_id}), *also)
+        if not locked:
             raise NotFound(f"no account '{external_id}'", field="account_id")
-        return _Wallet(*row)
+        return _Wallet(*locked[0]), rows
 
     def _lock_wallet_by_id(self, conn: Connection, account_id: int) -> _Wallet:
         row = self._store(conn).one(sql.LOCK_WALLET_BY_ID, {"id": account_id})
@@ -954,16 +962,12 @@ class Ledger:
         due expire first: expired credits are never spendable. Raises InsufficientCredits
         when available is short or the wallet is in debt.
         """
-        if not isinstance(account_id, str):
-            raise InvalidInput("account_id must be a string", field="account_id")
-        locked, replay, grant_rows = w.store.reads(
-            (sql.LOCK_WALLET, {"external_id": account_id}),
+        wallet, (replay, grant_rows) = self._lock_wallet_with(
+            w.store,
+            account_id,
             w.replay_query,
             (sql.OPEN_GRANTS_OF_WALLET, {"external_id": account_id}),
         )
-        if not locked:
-            raise NotFound(f"no account '{account_id}'", field="account_id")
-        wallet = _Wallet(*locked[0])
         stored = w.replayed(replay[0] if replay else None)
         if stored is not None:
             return stored
