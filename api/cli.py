@@ -4,7 +4,8 @@ Exit codes (stable, for scripts):
 
 * 0 -- success;
 * 2 -- the input is invalid (malformed JSON, unknown catalog/operation/model, a parameter
-  out of range); the error is printed as JSON on stderr;
+  out of range, a ``CREDITLEDGER_*`` setting out of range); the error is printed as JSON
+  on stderr;
 * 3 -- the catalogs failed to load (a broken file under ``CREDITLEDGER_CATALOG_DIR``):
   the file, key and reason are printed;
 * 4 -- the request is valid but its operation has no configured price;
@@ -31,7 +32,7 @@ from typing import Annotated, Any, NoReturn
 
 import sqlalchemy as sa
 import typer
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
@@ -40,7 +41,7 @@ from ledger.db import Database
 from ledger.keys import Keys
 from ledger.results import AccountView, GrantView
 from ledger.services import Ledger, ledger_from_settings
-from ledger.settings import get_settings
+from ledger.settings import Settings, get_settings
 from ledger.verify import verify
 from pricing import CatalogSet, estimate, load_catalogs
 from pricing.catalog import describe
@@ -76,10 +77,27 @@ def _database_failed(exc: sa.exc.SQLAlchemyError, hint: str | None = None) -> No
     _fail({**body, "hint": hint} if hint else body, EXIT_DATABASE)
 
 
+def _settings() -> Settings:
+    """The environment's settings, or exit 2 naming the variable at fault."""
+    try:
+        return get_settings()
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        name = "CREDITLEDGER_" + "_".join(str(part) for part in first["loc"]).upper()
+        _fail(
+            {
+                "error": "invalid_configuration",
+                "message": f"{name}: {first['msg']}",
+                "field": name,
+            },
+            EXIT_INVALID,
+        )
+
+
 def _catalogs() -> CatalogSet:
     """The shipped catalogs plus the operator's, or exit 3 naming the broken file."""
     try:
-        return load_catalogs(get_settings().catalog_dirs())
+        return load_catalogs(_settings().catalog_dirs())
     except CatalogError as exc:
         _fail(
             {
@@ -215,7 +233,7 @@ def catalogs_command(
 
 
 def _database() -> Database:
-    return Database.from_url(get_settings().database_url)
+    return Database.from_url(_settings().database_url)
 
 
 @app.command("migrate")
@@ -285,7 +303,7 @@ def _domain_errors() -> Iterator[None]:
 @contextmanager
 def _open_ledger() -> Iterator[Ledger]:
     with _domain_errors():
-        ledger = ledger_from_settings(get_settings())
+        ledger = ledger_from_settings(_settings())
     try:
         with _domain_errors():
             yield ledger
@@ -295,7 +313,7 @@ def _open_ledger() -> Iterator[Ledger]:
 
 @contextmanager
 def _open_keys() -> Iterator[Keys]:
-    keys = Keys(Database.from_url(get_settings().database_url))
+    keys = Keys(Database.from_url(_settings().database_url))
     try:
         with _domain_errors():
             yield keys
@@ -514,7 +532,7 @@ def _open_reports() -> Iterator[Reports]:
     logging.getLogger("creditledger.reports").addHandler(logging.NullHandler())
     logging.getLogger("creditledger.reports").propagate = False
     with _open_ledger() as ledger:
-        yield reports_from_settings(ledger, get_settings())
+        yield reports_from_settings(ledger, _settings())
 
 
 def _job_rows(job: JobView) -> list[tuple[str, Any]]:
@@ -628,8 +646,9 @@ def serve_command(
     import uvicorn
 
     from api.main import app_from_settings
+    from api.runtime import tune_gc
 
-    settings = get_settings()
+    settings = _settings()
     with _domain_errors():
         db = Database.from_url(settings.database_url)
         try:
@@ -644,6 +663,7 @@ def serve_command(
             f"Admin key (shown this once, store it now): {created.key}",
             err=True,
         )
+    tune_gc(settings.gc_threshold)  # after the app is built: its heap is what is frozen
     uvicorn.run(web, host=host, port=port, access_log=access_log, log_level="info")
 
 

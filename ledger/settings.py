@@ -42,6 +42,11 @@ class Settings(BaseSettings):
     #: to be interrupted (a crash) and is run again.
     report_lease_seconds: float = Field(default=120.0, ge=1, le=24 * 3600)
 
+    #: ``creditledger serve``: net allocations between two young-generation passes of
+    #: Python's garbage collector (Python's default is 700; 0 keeps it). The start-up heap
+    #: is frozen either way. See ``api/runtime.py``.
+    gc_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
+
     def catalog_dirs(self) -> list[Path]:
         """The operator catalog directories to load after the shipped catalogs."""
         return [self.catalog_dir] if self.catalog_dir is not None else []

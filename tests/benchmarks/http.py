@@ -9,7 +9,8 @@ In one run, on this machine:
   default in a temporary folder), driven by wrk: each connection authorizes a Veo3
   request (unique ``Idempotency-Key``) and captures it with its usage, over and over;
 * **ceiling** -- a no-op FastAPI endpoint (``tests/benchmarks/noop_app.py``) on the same
-  stack (uvicorn, one worker, synchronous route, JSON in and out), same wrk settings.
+  stack (uvicorn, one worker, synchronous route, JSON in and out, the interpreter's
+  garbage collector tuned as ``serve`` tunes it), same wrk settings.
 
 Rounds alternate the two servers; the figures are medians. Reported: authorizations per
 second (captures are extra requests on top), all requests per second, and latency
@@ -203,10 +204,7 @@ def main(argv: list[str] | None = None) -> int:
         lport, nport = _port(), _port()
         lurl, nurl = f"http://127.0.0.1:{lport}", f"http://127.0.0.1:{nport}"
         ledger_cmd = [str(EXE), "serve", "--port", str(lport)]
-        noop_cmd = [
-            sys.executable, "-m", "uvicorn", "tests.benchmarks.noop_app:app",
-            "--port", str(nport), "--no-access-log", "--log-level", "warning",
-        ]  # fmt: skip
+        noop_cmd = [sys.executable, "-m", "tests.benchmarks.noop_app", "--port", str(nport)]
         auth = {"Authorization": f"Bearer {admin}"}
         headers = (
             "{"

@@ -180,3 +180,24 @@ def test_migrate_then_verify_and_a_broken_invariant_exits_5(tmp_path: Path) -> N
     assert broken.returncode == 5
     checks = {v["check"] for v in json.loads(broken.stdout)["violations"]}
     assert checks == {"account_balance", "wallet_grants"}
+
+
+@pytest.mark.parametrize(
+    ("variable", "value", "command"),
+    [
+        ("CREDITLEDGER_GC_THRESHOLD", "-1", ("serve", "--port", "0")),
+        ("CREDITLEDGER_HOLD_TTL_SECONDS", "soon", ("account", "show", "acme")),
+    ],
+)
+def test_a_setting_out_of_range_exits_2_naming_the_variable(
+    tmp_path: Path, variable: str, value: str, command: tuple[str, ...]
+) -> None:
+    db = tmp_path / "never.db"
+    result = run(*command, env={variable: value, "CREDITLEDGER_DATABASE_URL": f"sqlite:///{db}"})
+    assert result.returncode == 2, result.stderr
+    error = json.loads(result.stderr)
+    assert error["error"] == "invalid_configuration"
+    assert error["field"] == variable
+    assert error["message"].startswith(f"{variable}: ")
+    assert "Traceback" not in result.stderr
+    assert not db.exists()  # nothing was started or migrated

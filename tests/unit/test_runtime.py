@@ -1,0 +1,81 @@
+"""The serving process's garbage-collector tuning (``api/runtime.py``) and its use by
+``creditledger serve``."""
+
+from __future__ import annotations
+
+import gc
+import weakref
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from api.runtime import tune_gc
+
+
+@pytest.fixture
+def restored_gc() -> Iterator[None]:
+    threshold = gc.get_threshold()
+    yield
+    gc.unfreeze()
+    gc.set_threshold(*threshold)
+
+
+def test_tuning_freezes_the_heap_and_spaces_out_young_collections(restored_gc: None) -> None:
+    _, middle, old = gc.get_threshold()
+    tune_gc(50_000)
+    assert gc.get_freeze_count() > 0
+    assert gc.get_threshold() == (50_000, middle, old)
+    assert gc.isenabled()
+
+
+def test_threshold_zero_keeps_pythons_own(restored_gc: None) -> None:
+    before = gc.get_threshold()
+    tune_gc(0)
+    assert gc.get_threshold() == before
+    assert gc.get_freeze_count() > 0
+
+
+def test_cyclic_garbage_made_after_tuning_is_still_collected(restored_gc: None) -> None:
+    tune_gc(50_000)
+
+    class Node:
+        other: Any = None
+
+    a, b = Node(), Node()
+    a.other, b.other = b, a
+    gone = weakref.ref(a)
+    del a, b
+    gc.collect()
+    assert gone() is None
+
+
+def test_serve_tunes_the_collector_with_the_configured_threshold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, restored_gc: None
+) -> None:
+    import uvicorn
+
+    from api import cli
+    from ledger.settings import get_settings
+
+    monkeypatch.setenv("CREDITLEDGER_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
+    monkeypatch.setenv("CREDITLEDGER_ADMIN_KEY", "unit-test-admin-key")
+    monkeypatch.setenv("CREDITLEDGER_GC_THRESHOLD", "12345")
+    seen: dict[str, Any] = {}
+
+    def started(app: Any, **options: Any) -> None:
+        # The moment the server would start serving: the collector is tuned by then.
+        seen.update(threshold=gc.get_threshold()[0], frozen=gc.get_freeze_count(), **options)
+
+    monkeypatch.setattr(uvicorn, "run", started)
+    get_settings.cache_clear()
+    try:
+        result = CliRunner().invoke(cli.app, ["serve", "--port", "8123"])
+    finally:
+        get_settings.cache_clear()
+    assert result.exit_code == 0, result.output
+    assert seen["threshold"] == 12345
+    assert seen["frozen"] > 0
+    assert seen["port"] == 8123
