@@ -7,7 +7,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import Admin, Caller, IdempotencyKey, JournalReader, ServicesDep, ensure_own
+from api.deps import AdminCall, Caller, JournalReader, ServicesDep, ensure_own
 from api.errors import documented
 from api.routing import JsonRoute
 from api.schemas import (
@@ -33,16 +33,14 @@ def _public(view: AccountView) -> AccountPublic:
 
 
 @router.post("/accounts", status_code=201, response_model=AccountPublic, responses=_ERRORS)
-async def create_account(
-    body: AccountCreate, _caller: Admin, services: ServicesDep, key: IdempotencyKey
-) -> AccountPublic:
+async def create_account(body: AccountCreate, call: AdminCall) -> AccountPublic:
     """Open a wallet counted in ``unit`` (409 if the id is taken)."""
     return _public(
         await run_in_threadpool(
-            services.ledger.open_account,
+            call.services.ledger.open_account,
             body.id,
             body.unit,
-            idempotency_key=key,
+            idempotency_key=call.key,
             overdraft_limit=body.overdraft_limit,
             monthly_allocation=body.monthly_allocation,
             timezone=body.timezone,
@@ -76,16 +74,14 @@ async def list_entries(
 async def create_topup(
     id: str,
     body: TopUpCreate,
-    _caller: Admin,
-    services: ServicesDep,
-    key: IdempotencyKey,
+    call: AdminCall,
 ) -> TopUpResult:
     """Add credits as a grant (a token pack, a monthly allocation, a promotion)."""
     return await run_in_threadpool(
-        services.ledger.top_up,
+        call.services.ledger.top_up,
         id,
         body.amount,
-        idempotency_key=key,
+        idempotency_key=call.key,
         kind=body.kind,
         expires_at=body.expires_at,
         priority=body.priority,
@@ -102,13 +98,11 @@ async def create_topup(
 async def create_adjustment(
     id: str,
     body: AdjustmentCreate,
-    _caller: Admin,
-    services: ServicesDep,
-    key: IdempotencyKey,
+    call: AdminCall,
 ) -> AdjustmentResult:
     """An admin correction: a signed amount with its reason."""
     return await run_in_threadpool(
-        services.ledger.adjust, id, body.amount, reason=body.reason, idempotency_key=key
+        call.services.ledger.adjust, id, body.amount, reason=body.reason, idempotency_key=call.key
     )
 
 
@@ -121,11 +115,9 @@ async def create_adjustment(
 async def reverse_entry(
     id: str,
     body: ReversalCreate,
-    _caller: Admin,
-    services: ServicesDep,
-    key: IdempotencyKey,
+    call: AdminCall,
 ) -> ReversalResult:
     """Reverse an entry (refund a charge, take back a top-up), at most once."""
     return await run_in_threadpool(
-        services.ledger.reverse, id, reason=body.reason, idempotency_key=key
+        call.services.ledger.reverse, id, reason=body.reason, idempotency_key=call.key
     )

@@ -7,7 +7,7 @@ from datetime import timedelta
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import Caller, Gateway, IdempotencyKey, ServicesDep, ensure_own
+from api.deps import Caller, GatewayCall, ServicesDep, ensure_own
 from api.errors import documented
 from api.routing import JsonRoute
 from api.schemas import (
@@ -45,19 +45,17 @@ async def create_estimate(
 
 
 @router.post("/authorizations", status_code=201, response_model=HoldView, responses=_PAYING)
-async def create_authorization(
-    body: AuthorizationCreate, _caller: Gateway, services: ServicesDep, key: IdempotencyKey
-) -> HoldView:
+async def create_authorization(body: AuthorizationCreate, call: GatewayCall) -> HoldView:
     """Hold the request's worst-case cost, or 402 with ``credits_needed``/``credits_balance``."""
     hold = await run_in_threadpool(
-        services.ledger.authorize,
+        call.services.ledger.authorize,
         body.account_id,
         body.envelope(),
-        idempotency_key=key,
+        idempotency_key=call.key,
         request_id=body.request_id,
         ttl=None if body.ttl_seconds is None else timedelta(seconds=body.ttl_seconds),
     )
-    services.metrics.holds_opened.inc()
+    call.services.metrics.holds_opened.inc()
     return hold
 
 
@@ -69,40 +67,34 @@ async def read_authorization(id: str, caller: Caller, services: ServicesDep) -> 
 
 
 @router.post("/authorizations/{id}/capture", response_model=CaptureResult, responses=_ERRORS)
-async def capture_authorization(
-    id: str,
-    body: CaptureCreate,
-    _caller: Gateway,
-    services: ServicesDep,
-    key: IdempotencyKey,
-) -> CaptureResult:
+async def capture_authorization(id: str, body: CaptureCreate, call: GatewayCall) -> CaptureResult:
     """Charge what was used (ERROR: nothing) and release the rest of the hold."""
     result = await run_in_threadpool(
-        services.ledger.capture, id, status=body.status, usage=body.usage, idempotency_key=key
+        call.services.ledger.capture,
+        id,
+        status=body.status,
+        usage=body.usage,
+        idempotency_key=call.key,
     )
-    services.metrics.holds_resolved.labels("captured").inc()
+    call.services.metrics.holds_resolved.labels("captured").inc()
     return result
 
 
 @router.post("/authorizations/{id}/void", response_model=HoldView, responses=_ERRORS)
-async def void_authorization(
-    id: str, _caller: Gateway, services: ServicesDep, key: IdempotencyKey
-) -> HoldView:
+async def void_authorization(id: str, call: GatewayCall) -> HoldView:
     """Release the whole hold."""
-    hold = await run_in_threadpool(services.ledger.void, id, idempotency_key=key)
-    services.metrics.holds_resolved.labels("voided").inc()
+    hold = await run_in_threadpool(call.services.ledger.void, id, idempotency_key=call.key)
+    call.services.metrics.holds_resolved.labels("voided").inc()
     return hold
 
 
 @router.post("/charges", status_code=201, response_model=ChargeResult, responses=_PAYING)
-async def create_charge(
-    body: ChargeCreate, _caller: Gateway, services: ServicesDep, key: IdempotencyKey
-) -> ChargeResult:
+async def create_charge(body: ChargeCreate, call: GatewayCall) -> ChargeResult:
     """Deduct the request's cost at once (APIs that charge when generation starts)."""
     return await run_in_threadpool(
-        services.ledger.charge,
+        call.services.ledger.charge,
         body.account_id,
         body.envelope(),
-        idempotency_key=key,
+        idempotency_key=call.key,
         request_id=body.request_id,
     )
