@@ -96,10 +96,16 @@ def new_id() -> str:
     return f"{time.time_ns():016x}{next(_sequence) % 0x1000000:06x}{uuid.uuid4().hex[:10]}"
 
 
+def _refuse_nul_id(account_id: str) -> None:
+    """NotFound for an account id with NUL: never stored (see _text), and PostgreSQL
+    cannot even compare it."""
+    if "\x00" in account_id:
+        raise NotFound(f"no account {account_id!r}", field="account_id")
+
+
 def wallet_id(conn: Connection, account_id: str) -> int:
     """The internal id of the wallet the operator calls ``account_id``, or NotFound."""
-    if "\x00" in account_id:  # never stored (see _text); PostgreSQL cannot compare it
-        raise NotFound(f"no account {account_id!r}", field="account_id")
+    _refuse_nul_id(account_id)
     found = conn.execute(
         sa.select(accounts.c.id).where(
             accounts.c.external_id == account_id, accounts.c.kind == WALLET
@@ -393,6 +399,7 @@ class Ledger:
         PostgreSQL); the wallet and their rows."""
         if not isinstance(external_id, str):
             raise InvalidInput("account_id must be a string", field="account_id")
+        _refuse_nul_id(external_id)
         locked, *rows = store.reads((sql.LOCK_WALLET, {"external_id": external_id}), *also)
         if not locked:
             raise NotFound(f"no account '{external_id}'", field="account_id")
@@ -785,8 +792,7 @@ class Ledger:
         """A wallet read without a lock (read-only use cases)."""
         if not isinstance(account_id, str):
             raise InvalidInput("account_id must be a string", field="account_id")
-        if "\x00" in account_id:  # never stored (see _text); PostgreSQL cannot compare it
-            raise NotFound(f"no account {account_id!r}", field="account_id")
+        _refuse_nul_id(account_id)
         row = conn.execute(
             sa.select(
                 accounts.c.id,

@@ -79,6 +79,8 @@ def test_open_account_validates_and_is_idempotent(ledger: Ledger) -> None:
     assert info.value.field == "account_id"
     with pytest.raises(NotFound):
         ledger.balance("bucket\x00")
+    with pytest.raises(NotFound):  # the locking lookup (authorize, charge, top-up)
+        ledger.top_up("bucket\x00", 5, idempotency_key=key())
     bad: list[tuple[dict[str, Any], str]] = [
         ({"timezone": "Mars/Olympus"}, "timezone"),
         ({"overdraft_limit": -1}, "overdraft_limit"),
