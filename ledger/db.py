@@ -84,7 +84,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         @sa.event.listens_for(engine, "begin")
         def _on_begin(conn: Connection) -> None:
             immediate = conn.get_execution_options().get(_WRITE, False)
-            conn.exec_driver_sql("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            # On the driver's connection: SQLAlchemy's execution path (cursor, result,
+            # events) costs far more than the statement, on every transaction.
+            raw: Any = conn.connection.driver_connection
+            raw.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
     return sa.create_engine(
@@ -115,6 +118,11 @@ class Database:
         self._queue = threading.Lock()
         self._queued = 0  # writers waiting for ``_writer``
         self._group: _Group | None = None  # the open write transaction, under ``_writer``
+        # The write connection, kept from one group to the next (under ``_writer``):
+        # checking a connection out of the pool and back in costs more than a small
+        # transaction. Dropped (and reopened by the next group) when a commit or a
+        # rollback fails, since its state is then unknown.
+        self._writer_conn: Connection | None = None
         self._write_engine = (
             make_engine(
                 engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0
@@ -180,15 +188,25 @@ class Database:
         group.wait()
 
     def _open_group(self) -> _Group:
-        conn = self._write_engine.connect()
-        try:
+        conn = self._writer_conn
+        if conn is None or conn.closed or conn.invalidated:
+            conn = self._writer_conn = self._write_engine.connect()
             conn.execution_options(**{_WRITE: True})
+        try:
             conn.begin()
         except BaseException:
-            conn.close()
+            self._drop_writer()
             raise
         self._group = _Group(conn)
         return self._group
+
+    def _drop_writer(self) -> None:
+        conn, self._writer_conn = self._writer_conn, None
+        if conn is not None:
+            try:
+                conn.close()
+            except Exception:
+                pass  # closing a broken connection: the pool discards it
 
     def _close_group(self, group: _Group, failure: BaseException | None) -> None:
         """Commit the group (roll it back on ``failure``) and wake its writers."""
@@ -208,12 +226,13 @@ class Database:
             try:
                 conn.rollback()
             except Exception:
-                pass  # the connection is closed (and invalidated) below
+                pass  # the connection is closed below
+            self._drop_writer()
+        except BaseException as exc:
+            failure = failure or exc
+            self._drop_writer()
+            raise
         finally:
-            try:
-                conn.close()
-            except Exception:
-                pass
             group.finish(failure)
 
     @contextmanager
@@ -243,6 +262,9 @@ class Database:
             command.downgrade(alembic_config(conn), revision)
 
     def dispose(self) -> None:
+        if self._writer is not None:
+            with self._writer:
+                self._drop_writer()
         self.engine.dispose()
         if self._write_engine is not self.engine:
             self._write_engine.dispose()

@@ -184,3 +184,55 @@ def test_groups_are_bounded(db: Database, monkeypatch: pytest.MonkeyPatch) -> No
     outcomes = behind_a_slow_writer(db, followers)
     assert outcomes == ["first", *(f"w{i}" for i in range(5))]
     assert count[0] == 3, count  # six writers, two per commit
+
+
+def checkouts(db: Database) -> list[int]:
+    """A counter of the write connection's checkouts from its pool."""
+    seen = [0]
+
+    @sa.event.listens_for(db._write_engine, "checkout")
+    def _count(*_args: Any) -> None:
+        seen[0] += 1
+
+    return seen
+
+
+def test_the_write_connection_is_kept_from_one_group_to_the_next(db: Database) -> None:
+    count = checkouts(db)
+    for i in range(5):
+        assert writer(db, f"w{i}")() == f"w{i}"
+    assert count[0] == 1
+    assert committed(db) == {f"w{i}" for i in range(5)}
+
+
+def test_a_failed_commit_gives_the_write_connection_back_to_its_pool(db: Database) -> None:
+    count = checkouts(db)
+    broken = [True]
+
+    @sa.event.listens_for(db._write_engine, "commit")
+    def _disk_gone(_conn: Any) -> None:
+        if broken[0]:
+            broken[0] = False
+            raise sa.exc.OperationalError("COMMIT", None, Exception("disk I/O error"))
+
+    with pytest.raises(CommitFailed):
+        writer(db, "lost")()
+    # Its state unknown, the connection went back to the pool (which resets it); the
+    # next group checks one out afresh.
+    assert writer(db, "after")() == "after"
+    assert writer(db, "again")() == "again"
+    assert count[0] == 2
+    assert committed(db) == {"after", "again"}
+
+
+def test_dispose_closes_the_kept_write_connection(db: Database) -> None:
+    opened: list[Any] = []
+
+    @sa.event.listens_for(db._write_engine, "connect")
+    def _opened(dbapi_conn: Any, _record: Any) -> None:
+        opened.append(dbapi_conn)
+
+    assert writer(db, "w")() == "w"
+    db.dispose()
+    with pytest.raises(Exception, match="closed"):
+        opened[0].execute("SELECT 1")
