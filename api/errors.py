@@ -28,6 +28,7 @@ from ledger.errors import (
     NotFound,
     NotReversible,
 )
+from ledger.store import DRIVER_UNAVAILABLE_ERRORS
 from pricing.errors import AmountOverflow, DomainError, InvalidRequest, NotBillable
 from reports.errors import ReportNotReady
 
@@ -168,8 +169,17 @@ def _http(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, exc.status_code, headers=exc.headers)
 
 
+#: The database unreachable, overloaded or cut off, as SQLAlchemy or (on the ledger's
+#: pipelined statements) the driver raises it.
+_UNAVAILABLE: tuple[type[Exception], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    *DRIVER_UNAVAILABLE_ERRORS,
+)
+
+
 def _internal(_request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+    if isinstance(exc, _UNAVAILABLE):
         # The database is unreachable or overloaded: nothing was committed; retry later
         # with the same idempotency key.
         log.error("database unavailable", exc_info=exc)

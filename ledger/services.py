@@ -315,7 +315,7 @@ class Ledger:
                 with self.db.transaction() as conn:
                     store = self._store(conn)
                     w = _Work(conn, store, operation, key, request_hash, self._now())
-                    with store.batch() if batch else nullcontext():
+                    with store.batch(commit=True) if batch else nullcontext():
                         out = work(w)
                         if isinstance(out, dict):
                             return result.model_validate(out)

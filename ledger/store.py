@@ -154,6 +154,14 @@ DRIVER_INTEGRITY_ERRORS: tuple[type[Exception], ...] = (
     sqlite3.IntegrityError,
     psycopg.errors.IntegrityError,
 )
+#: A database gone, busy or cut off, as the drivers raise it on the store's cursor (or at
+#: a commit sent in a pipeline): nothing was committed (SQLAlchemy's own wrapping of
+#: these is ``sqlalchemy.exc.OperationalError``/``InterfaceError``).
+DRIVER_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    sqlite3.OperationalError,
+    psycopg.OperationalError,
+    psycopg.InterfaceError,
+)
 
 
 class Store:
@@ -175,11 +183,15 @@ class Store:
         self._expected: list[tuple[Any, int, Callable[[], Exception]]] = []
 
     @contextmanager
-    def batch(self) -> Iterator[None]:
+    def batch(self, *, commit: bool = False) -> Iterator[None]:
         """PostgreSQL: send writes in a pipeline, waiting only where a result is read.
 
         A read (``one``, ``all``, ``changed``) syncs the pipeline; errors of queued
         statements surface at the latest when the block ends, before the commit.
+        With ``commit``, a block that ends without an exception commits the transaction
+        there, its last writes and the COMMIT in one round trip (when a row count is
+        still to be checked, the commit waits for it); the unit of work's own commit
+        then has nothing left to do. A block that raises commits nothing.
         SQLite runs in-process: nothing to batch.
         """
         if self.sqlite or self._pipeline is not None:
@@ -190,6 +202,8 @@ class Store:
             self._pipeline = pipeline
             try:
                 yield
+                if commit and not self._expected:
+                    self.raw.commit()
             finally:
                 self._pipeline = None
         # Every result is in (leaving the pipeline synced it) and none failed.

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -456,11 +457,16 @@ def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(api: Api) -> None:
     def lost(*_a: Any, **_k: Any) -> Any:
         raise sa.exc.OperationalError("SELECT 1", {}, Exception("connection refused"))
 
+    def cut_off(*_a: Any, **_k: Any) -> Any:
+        # As psycopg raises it on a pipelined statement or commit: not wrapped by SQLAlchemy.
+        raise psycopg.OperationalError("server closed the connection unexpectedly")
+
     def bug(*_a: Any, **_k: Any) -> Any:
         raise RuntimeError("boom")
 
     for broken, status, error in (
         (lost, 503, "database_unavailable"),
+        (cut_off, 503, "database_unavailable"),
         (bug, 500, "internal_error"),
     ):
         original = api.ledger.authorize

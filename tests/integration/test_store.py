@@ -68,3 +68,70 @@ def test_an_expected_count_that_is_missed_rolls_everything_back(scratch: Databas
     with pytest.raises(Refused):
         insert_resolve_insert(scratch)
     assert states(scratch) == {1: "done"}
+
+
+def test_a_committing_batch_commits_where_it_ends(scratch: Database) -> None:
+    with scratch.transaction() as conn:
+        store = Store(conn, sqlite=scratch.is_sqlite)
+        with store.batch(commit=True):
+            store.run(INSERT, {"id": 1, "state": "open"})
+            store.run(INSERT, {"id": 2, "state": "open"})
+        if not scratch.is_sqlite:
+            # PostgreSQL: the COMMIT went with the writes; others see them already.
+            assert states(scratch) == {1: "open", 2: "open"}
+    assert states(scratch) == {1: "open", 2: "open"}
+
+
+def committing_batch(db: Database, *rows: tuple[int, str], resolve: int | None = None) -> None:
+    """Insert ``rows`` (then resolve row ``resolve``, expecting one row) in a committing
+    batch."""
+    with db.transaction() as conn:
+        store = Store(conn, sqlite=db.is_sqlite)
+        with store.batch(commit=True):
+            for id_, state in rows:
+                store.run(INSERT, {"id": id_, "state": state})
+            if resolve is not None:
+                store.expect(RESOLVE, {"id": resolve}, rows=1, failure=Refused)
+
+
+def test_a_committing_batch_checks_its_counts_before_the_commit(scratch: Database) -> None:
+    committing_batch(scratch, (1, "done"))
+    with pytest.raises(Refused):
+        committing_batch(scratch, (2, "open"), resolve=1)
+    assert states(scratch) == {1: "done"}
+
+
+def raising_batch(db: Database) -> None:
+    with db.transaction() as conn:
+        store = Store(conn, sqlite=db.is_sqlite)
+        with store.batch(commit=True):
+            store.run(INSERT, {"id": 1, "state": "open"})
+            raise Refused
+
+
+def test_a_committing_batch_that_raises_commits_nothing(scratch: Database) -> None:
+    with pytest.raises(Refused):
+        raising_batch(scratch)
+    assert states(scratch) == {}
+
+
+# PostgreSQL only: its deferred constraint triggers run at COMMIT.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_commit_refused_in_the_pipeline_leaves_nothing_and_the_next_commits(
+    scratch: Database,
+) -> None:
+    with scratch.engine.begin() as conn:
+        conn.exec_driver_sql(
+            "CREATE FUNCTION scratch_refuse() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN "
+            "IF NEW.state = 'poison' THEN RAISE EXCEPTION 'refused at commit'; END IF; "
+            "RETURN NULL; END $$"
+        )
+        conn.exec_driver_sql(
+            "CREATE CONSTRAINT TRIGGER scratch_refuse AFTER INSERT ON scratch "
+            "DEFERRABLE INITIALLY DEFERRED FOR EACH ROW EXECUTE FUNCTION scratch_refuse()"
+        )
+    with pytest.raises(Exception, match="refused at commit"):
+        committing_batch(scratch, (1, "open"), (2, "poison"))
+    assert states(scratch) == {}
+    committing_batch(scratch, (3, "open"))
+    assert states(scratch) == {3: "open"}
