@@ -315,6 +315,8 @@ class Ledger:
                 with self.db.transaction() as conn:
                     store = self._store(conn)
                     w = _Work(conn, store, operation, key, request_hash, self._now())
+                    # PostgreSQL: the batch ends with the commit, sent with its last
+                    # writes; the transaction's own commit then has nothing left to do.
                     with store.batch(commit=True) if batch else nullcontext():
                         out = work(w)
                         if isinstance(out, dict):
