@@ -120,8 +120,8 @@ class Database:
         self._group: _Group | None = None  # the open write transaction, under ``_writer``
         # The write connection, kept from one group to the next (under ``_writer``):
         # checking a connection out of the pool and back in costs more than a small
-        # transaction. Dropped (and reopened by the next group) when a commit or a
-        # rollback fails, since its state is then unknown.
+        # transaction. Discarded (the next group opens a new one) when a BEGIN, a commit
+        # or a rollback fails, since its state is then unknown.
         self._writer_conn: Connection | None = None
         self._write_engine = (
             make_engine(
@@ -201,12 +201,20 @@ class Database:
         return self._group
 
     def _drop_writer(self) -> None:
+        """Discard the write connection. Not back to the pool: it may still hold the
+        transaction whose commit failed (SQLAlchemy's reset-on-return skips the rollback
+        after a failed commit), and the next BEGIN on it would fail, group after group."""
         conn, self._writer_conn = self._writer_conn, None
-        if conn is not None:
-            try:
-                conn.close()
-            except Exception:
-                pass  # closing a broken connection: the pool discards it
+        if conn is None:
+            return
+        try:
+            conn.invalidate()
+        except Exception:
+            pass  # already unusable: closing it below is all there is to do
+        try:
+            conn.close()
+        except Exception:
+            pass
 
     def _close_group(self, group: _Group, failure: BaseException | None) -> None:
         """Commit the group (roll it back on ``failure``) and wake its writers."""
@@ -226,7 +234,7 @@ class Database:
             try:
                 conn.rollback()
             except Exception:
-                pass  # the connection is closed below
+                pass  # the connection is discarded below
             self._drop_writer()
         except BaseException as exc:
             failure = failure or exc

@@ -162,6 +162,39 @@ def test_a_commit_that_fails_fails_every_writer_of_the_group(db: Database) -> No
     assert committed(db) == {"after"}
 
 
+class Interrupted(BaseException):
+    """Not an Exception: what a KeyboardInterrupt or SystemExit is to the group."""
+
+
+def test_a_commit_interrupted_by_a_base_exception_fails_every_writer(db: Database) -> None:
+    interrupted = [True]
+
+    @sa.event.listens_for(db._write_engine, "commit")
+    def _interrupt(_conn: Any) -> None:
+        if interrupted[0]:
+            interrupted[0] = False
+            raise Interrupted("interrupted during COMMIT")
+
+    def guarded(call: Callable[[], Any]) -> Callable[[], Any]:
+        def run() -> Any:
+            try:
+                return call()
+            except Interrupted as exc:  # the writer that was committing for the group
+                return exc
+
+        return run
+
+    followers = [guarded(writer(db, f"w{i}")) for i in range(4)]
+    outcomes = behind_a_slow_writer(db, followers)
+    # Nobody is told its work is committed: the committing writer sees the interruption,
+    # every other writer of the group CommitFailed.
+    assert all(isinstance(o, CommitFailed | Interrupted) for o in outcomes), outcomes
+    assert sum(isinstance(o, Interrupted) for o in outcomes) == 1, outcomes
+    assert committed(db) == set()
+    assert writer(db, "after")() == "after"
+    assert committed(db) == {"after"}
+
+
 def test_a_writer_that_ends_the_transaction_fails_the_whole_group(db: Database) -> None:
     def rollback_everything(conn: Any) -> None:
         conn.exec_driver_sql("ROLLBACK")
@@ -205,8 +238,19 @@ def test_the_write_connection_is_kept_from_one_group_to_the_next(db: Database) -
     assert committed(db) == {f"w{i}" for i in range(5)}
 
 
-def test_a_failed_commit_gives_the_write_connection_back_to_its_pool(db: Database) -> None:
-    count = checkouts(db)
+def connections(db: Database) -> list[Any]:
+    """Every DBAPI connection the write engine opens."""
+    opened: list[Any] = []
+
+    @sa.event.listens_for(db._write_engine, "connect")
+    def _opened(dbapi_conn: Any, _record: Any) -> None:
+        opened.append(dbapi_conn)
+
+    return opened
+
+
+def test_a_failed_commit_replaces_the_write_connection(db: Database) -> None:
+    count, opened = checkouts(db), connections(db)
     broken = [True]
 
     @sa.event.listens_for(db._write_engine, "commit")
@@ -217,21 +261,16 @@ def test_a_failed_commit_gives_the_write_connection_back_to_its_pool(db: Databas
 
     with pytest.raises(CommitFailed):
         writer(db, "lost")()
-    # Its state unknown, the connection went back to the pool (which resets it); the
-    # next group checks one out afresh.
+    # Its state unknown, the connection was discarded; the next group opens another
+    # and keeps that one.
     assert writer(db, "after")() == "after"
     assert writer(db, "again")() == "again"
-    assert count[0] == 2
+    assert (count[0], len(opened)) == (2, 2)
     assert committed(db) == {"after", "again"}
 
 
 def test_dispose_closes_the_kept_write_connection(db: Database) -> None:
-    opened: list[Any] = []
-
-    @sa.event.listens_for(db._write_engine, "connect")
-    def _opened(dbapi_conn: Any, _record: Any) -> None:
-        opened.append(dbapi_conn)
-
+    opened = connections(db)
     assert writer(db, "w")() == "w"
     db.dispose()
     with pytest.raises(Exception, match="closed"):
