@@ -203,7 +203,10 @@ class Store:
             try:
                 yield
                 if commit and not self._expected:
-                    self.raw.commit()
+                    # Queued like the writes: the Sync that ends the pipeline sends it
+                    # with them, one round trip for all (``raw.commit()`` here would
+                    # sync, then leaving the pipeline would sync again).
+                    self.cursor.execute("COMMIT", prepare=False)
             finally:
                 self._pipeline = None
         # Every result is in (leaving the pipeline synced it) and none failed.
