@@ -143,14 +143,19 @@ def test_a_failing_first_writer_rolls_back_and_the_next_commits(db: Database) ->
     assert committed(db) == {"next"}
 
 
-def test_a_commit_that_fails_fails_every_writer_of_the_group(db: Database) -> None:
-    broken = [True]
+def fail_first_commit(db: Database, error: BaseException) -> None:
+    """Make the write connection's next commit raise ``error`` (before SQLite commits)."""
+    pending = [True]
 
     @sa.event.listens_for(db._write_engine, "commit")
-    def _disk_gone(_conn: Any) -> None:
-        if broken[0]:
-            broken[0] = False
-            raise sa.exc.OperationalError("COMMIT", None, Exception("disk I/O error"))
+    def _fail(_conn: Any) -> None:
+        if pending[0]:
+            pending[0] = False
+            raise error
+
+
+def test_a_commit_that_fails_fails_every_writer_of_the_group(db: Database) -> None:
+    fail_first_commit(db, sa.exc.OperationalError("COMMIT", None, Exception("disk I/O error")))
 
     followers = [writer(db, f"w{i}") for i in range(4)]
     outcomes = behind_a_slow_writer(db, followers)
@@ -167,13 +172,7 @@ class Interrupted(BaseException):
 
 
 def test_a_commit_interrupted_by_a_base_exception_fails_every_writer(db: Database) -> None:
-    interrupted = [True]
-
-    @sa.event.listens_for(db._write_engine, "commit")
-    def _interrupt(_conn: Any) -> None:
-        if interrupted[0]:
-            interrupted[0] = False
-            raise Interrupted("interrupted during COMMIT")
+    fail_first_commit(db, Interrupted("interrupted during COMMIT"))
 
     def guarded(call: Callable[[], Any]) -> Callable[[], Any]:
         def run() -> Any:
@@ -251,13 +250,7 @@ def connections(db: Database) -> list[Any]:
 
 def test_a_failed_commit_replaces_the_write_connection(db: Database) -> None:
     count, opened = checkouts(db), connections(db)
-    broken = [True]
-
-    @sa.event.listens_for(db._write_engine, "commit")
-    def _disk_gone(_conn: Any) -> None:
-        if broken[0]:
-            broken[0] = False
-            raise sa.exc.OperationalError("COMMIT", None, Exception("disk I/O error"))
+    fail_first_commit(db, sa.exc.OperationalError("COMMIT", None, Exception("disk I/O error")))
 
     with pytest.raises(CommitFailed):
         writer(db, "lost")()

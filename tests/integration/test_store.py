@@ -82,9 +82,11 @@ def test_a_committing_batch_commits_where_it_ends(scratch: Database) -> None:
     assert states(scratch) == {1: "open", 2: "open"}
 
 
-def committing_batch(db: Database, *rows: tuple[int, str], resolve: int | None = None) -> None:
-    """Insert ``rows`` (then resolve row ``resolve``, expecting one row) in a committing
-    batch."""
+def committing_batch(
+    db: Database, *rows: tuple[int, str], resolve: int | None = None, fail: bool = False
+) -> None:
+    """Insert ``rows`` (then resolve row ``resolve``, expecting one row; then raise Refused
+    when ``fail``) in a committing batch."""
     with db.transaction() as conn:
         store = Store(conn, sqlite=db.is_sqlite)
         with store.batch(commit=True):
@@ -92,6 +94,8 @@ def committing_batch(db: Database, *rows: tuple[int, str], resolve: int | None =
                 store.run(INSERT, {"id": id_, "state": state})
             if resolve is not None:
                 store.expect(RESOLVE, {"id": resolve}, rows=1, failure=Refused)
+            if fail:
+                raise Refused
 
 
 def test_a_committing_batch_checks_its_counts_before_the_commit(scratch: Database) -> None:
@@ -101,17 +105,9 @@ def test_a_committing_batch_checks_its_counts_before_the_commit(scratch: Databas
     assert states(scratch) == {1: "done"}
 
 
-def raising_batch(db: Database) -> None:
-    with db.transaction() as conn:
-        store = Store(conn, sqlite=db.is_sqlite)
-        with store.batch(commit=True):
-            store.run(INSERT, {"id": 1, "state": "open"})
-            raise Refused
-
-
 def test_a_committing_batch_that_raises_commits_nothing(scratch: Database) -> None:
     with pytest.raises(Refused):
-        raising_batch(scratch)
+        committing_batch(scratch, (1, "open"), fail=True)
     assert states(scratch) == {}
 
 
