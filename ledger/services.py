@@ -377,17 +377,10 @@ class Ledger:
     def _system_account(self, unit: str, kind: str) -> int:
         return self._system[(unit, kind)]
 
-    def _store(self, conn: Connection) -> Store:
-        """The hot-path statement runner of this connection's DBAPI connection.
-
-        Cached in ``conn.info``, which lives as long as the DBAPI connection (SQLAlchemy
-        clears it when an invalidated or recycled connection is replaced); the identity
-        check keeps the cursors bound to the connection they came from regardless.
-        """
-        store = conn.info.get("creditledger_store")
-        if not isinstance(store, Store) or store.raw is not conn.connection.driver_connection:
-            store = conn.info["creditledger_store"] = Store(conn, sqlite=self.db.is_sqlite)
-        return store
+    @staticmethod
+    def _store(conn: Connection) -> Store:
+        """The hot-path statement runner of this connection (see ``Store.of``)."""
+        return Store.of(conn)
 
     def _lock_wallet(self, conn: Connection, external_id: Any) -> _Wallet:
         """Lock a wallet (PostgreSQL: FOR UPDATE; SQLite: the writer lock is already held)."""

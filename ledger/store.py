@@ -19,21 +19,32 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import psycopg
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger.db import json_dumps
 
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
+_WRITE = re.compile(r"(INSERT INTO|UPDATE|DELETE FROM) (\w+)")
 
 
 class Sql:
     """One statement, written with ``:name`` parameters, in both drivers' styles."""
 
-    __slots__ = ("sqlite", "postgresql")
+    __slots__ = ("sqlite", "postgresql", "table")
 
     def __init__(self, text: str, *, postgresql_suffix: str = "") -> None:
         self.sqlite = text
         self.postgresql = _PARAM.sub(r"%(\1)s", text) + postgresql_suffix
+        write = _WRITE.match(text)
+        table = write[2] if write is not None else None
+        #: The table a write whose only result is its row count writes to: in a
+        #: PostgreSQL batch it may go combined with other writes (see ``Store``).
+        self.table = table if "RETURNING" not in text and not postgresql_suffix else None
+
+    def member(self, index: int) -> str:
+        """The PostgreSQL text with its parameters renamed ``p<index>_<name>``."""
+        return _PARAM.sub(rf"%(p{index}_\1)s", self.sqlite)
 
 
 _WALLET_COLUMNS = (
@@ -165,9 +176,36 @@ DRIVER_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
 
 
 class Store:
-    """The unit of work's cursor, speaking its driver's dialect."""
+    """The unit of work's cursor, speaking its driver's dialect.
+
+    In a PostgreSQL batch, writes whose only result is a row count are held back and sent
+    together as one statement (data-modifying ``WITH`` clauses, one per write): each
+    statement costs the client and the server far more than its few rows. They go when
+    something is read, when the batch ends, or before a second write to a table: the
+    writes of one statement share one snapshot and run in no stated order, so each table
+    gets at most one of them. Then no write misses rows another wrote, no row changes
+    twice in a statement, and each table's rows are written and locked in the program's
+    order. Foreign keys and triggers check the statement when it ends (the deferred ones
+    at the commit), so a row may refer to one inserted beside it.
+    """
+
+    @classmethod
+    def of(cls, conn: Connection) -> Store:
+        """The store of this connection's DBAPI connection.
+
+        Cached in ``conn.info``, which lives as long as the DBAPI connection (SQLAlchemy
+        clears it when an invalidated or recycled connection is replaced); the identity
+        check keeps the cursors bound to the connection they came from regardless.
+        """
+        store = conn.info.get(_INFO_KEY)
+        if not isinstance(store, Store) or store.raw is not conn.connection.driver_connection:
+            store = conn.info[_INFO_KEY] = cls(conn, sqlite=conn.dialect.name == "sqlite")
+        return store
 
     def __init__(self, conn: Connection, *, sqlite: bool) -> None:
+        engine, event = conn.engine, "before_cursor_execute"
+        if not sqlite and not sa.event.contains(engine, event, _send_held_first):
+            sa.event.listen(engine, event, _send_held_first)
         self.sqlite = sqlite
         self.raw: Any = conn.connection.driver_connection
         assert self.raw is not None
@@ -181,13 +219,21 @@ class Store:
         self._pipeline: Any = None
         # Row counts checked when the pipeline's last results are in (before the commit).
         self._expected: list[tuple[Any, int, Callable[[], Exception]]] = []
+        # Writes held back to go as one statement (PostgreSQL batch): the statements with
+        # their parameters, the tables they write, and the one whose row count is checked
+        # (its index, the count, the failure). The combined texts are kept by shape.
+        self._held: list[tuple[Sql, Mapping[str, Any]]] = []
+        self._held_tables: set[str] = set()
+        self._held_check: tuple[int, int, Callable[[], Exception]] | None = None
+        self._combined: dict[tuple[Any, ...], str] = {}
 
     @contextmanager
     def batch(self, *, commit: bool = False) -> Iterator[None]:
         """PostgreSQL: send writes in a pipeline, waiting only where a result is read.
 
-        A read (``one``, ``all``, ``changed``) syncs the pipeline; errors of queued
-        statements surface at the latest when the block ends, before the commit.
+        Writes are held back and sent combined (see the class). A read (``one``,
+        ``all``, ``changed``) syncs the pipeline; errors of queued statements surface at
+        the latest when the block ends, before the commit.
         With ``commit``, a block that ends without an exception commits the transaction
         there, its last writes and the COMMIT in one round trip (when a row count is
         still to be checked, the commit waits for it); the unit of work's own commit
@@ -202,6 +248,7 @@ class Store:
             self._pipeline = pipeline
             try:
                 yield
+                self._send_held()
                 if commit and not self._expected:
                     # Queued like the writes: the Sync that ends the pipeline sends it
                     # with them, one round trip for all (``raw.commit()`` here would
@@ -209,6 +256,7 @@ class Store:
                     self.cursor.execute("COMMIT", prepare=False)
             finally:
                 self._pipeline = None
+                self._drop_held()
         # Every result is in (leaving the pipeline synced it) and none failed.
         expected, self._expected = self._expected, []
         for cursor, rows, failure in expected:
@@ -227,14 +275,66 @@ class Store:
             if self.changed(sql, params) != rows:
                 raise failure()
             return
+        if sql.table is not None:
+            if self._held_check is not None:
+                self._send_held()
+            self._hold(sql, params)
+            self._held_check = (len(self._held) - 1, rows, failure)
+            return
+        self._send_held()
         cursor = self.raw.cursor()
         cursor.execute(self._sql(sql), self._bind(params))
         self._expected.append((cursor, rows, failure))
+
+    def _hold(self, sql: Sql, params: Mapping[str, Any]) -> None:
+        """Hold a write back, to go in one statement with the writes held with it."""
+        assert sql.table is not None
+        if sql.table in self._held_tables:
+            self._send_held()
+        self._held_tables.add(sql.table)
+        self._held.append((sql, params))
+
+    def _send_held(self) -> None:
+        """Send the held-back writes, as one statement (queued in the pipeline)."""
+        held, check = self._held, self._held_check
+        if not held:
+            return
+        self._drop_held()
+        if len(held) == 1:
+            text, values = held[0][0].postgresql, self._bind(held[0][1])
+        else:
+            # The write whose row count is checked is the main clause: the statement's
+            # row count is its own.
+            main = check[0] if check is not None else len(held) - 1
+            shape = (main, *(sql for sql, _ in held))
+            text = self._combined.get(shape, "")
+            if not text:
+                clauses = ", ".join(
+                    f"w{i} AS ({sql.member(i)})" for i, (sql, _) in enumerate(held) if i != main
+                )
+                text = self._combined[shape] = f"WITH {clauses} {held[main][0].member(main)}"
+            values = {
+                f"p{i}_{name}": value
+                for i, (_, params) in enumerate(held)
+                for name, value in self._bind(params).items()
+            }
+        if check is None:
+            self.cursor.execute(text, values)
+            return
+        cursor = self.raw.cursor()
+        cursor.execute(text, values)
+        self._expected.append((cursor, check[1], check[2]))
+
+    def _drop_held(self) -> None:
+        self._held = []
+        self._held_tables = set()
+        self._held_check = None
 
     def reads(self, *queries: tuple[Sql, Mapping[str, Any]]) -> list[list[tuple[Any, ...]]]:
         """The rows of several queries, run in order; in a pipeline one round trip for all."""
         if self._pipeline is None:
             return [self.all(sql, params) for sql, params in queries]
+        self._send_held()
         while len(self._readers) < len(queries):
             self._readers.append(self.raw.cursor())
         cursors = self._readers[: len(queries)]
@@ -244,6 +344,7 @@ class Store:
 
     def changed(self, sql: Sql, params: Mapping[str, Any]) -> int:
         """Execute and return how many rows it changed (syncing a pipeline to know)."""
+        self._send_held()
         self.counted.execute(self._sql(sql), self._bind(params))
         if self._pipeline is not None:
             self._pipeline.sync()
@@ -252,22 +353,32 @@ class Store:
     def _sql(self, sql: Sql) -> str:
         return sql.sqlite if self.sqlite else sql.postgresql
 
-    def run(self, sql: Sql, params: Mapping[str, Any]) -> int:
-        """Execute; the number of rows changed."""
+    def run(self, sql: Sql, params: Mapping[str, Any]) -> None:
+        """Execute a write (in a PostgreSQL batch, perhaps later: see ``Store``)."""
+        if self._pipeline is not None and sql.table is not None:
+            self._hold(sql, params)
+            return
+        self._send_held()
         self.cursor.execute(self._sql(sql), self._bind(params))
-        return int(self.cursor.rowcount)
 
     def one(self, sql: Sql, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
+        self._send_held()
         self.cursor.execute(self._sql(sql), self._bind(params))
         row: tuple[Any, ...] | None = self.cursor.fetchone()
         return row
 
     def all(self, sql: Sql, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
+        self._send_held()
         self.cursor.execute(self._sql(sql), self._bind(params))
         rows: list[tuple[Any, ...]] = self.cursor.fetchall()
         return rows
 
     def many(self, sql: Sql, rows: Iterable[Mapping[str, Any]]) -> None:
+        if self._pipeline is not None and sql.table is not None:
+            for row in rows:
+                self._hold(sql, row)
+            return
+        self._send_held()
         self.cursor.executemany(self._sql(sql), [self._bind(r) for r in rows])
 
     def _bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -298,6 +409,17 @@ class Store:
     def document(self, value: Any) -> Any:
         """A JSON column read back."""
         return json.loads(value) if isinstance(value, str | bytes) else value
+
+
+_INFO_KEY = "creditledger_store"
+
+
+def _send_held_first(conn: Connection, *_: Any) -> None:
+    """Before SQLAlchemy runs a statement: the writes a batch of the same connection
+    holds back go first, so that the statement sees them."""
+    store = conn.info.get(_INFO_KEY)
+    if isinstance(store, Store):
+        store._send_held()
 
 
 class Json:

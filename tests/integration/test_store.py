@@ -1,8 +1,11 @@
-"""The money paths' statement runner on each database: reads sent together, and row
-counts checked before the commit (PostgreSQL runs both inside a pipeline)."""
+"""The money paths' statement runner on each database: reads sent together, writes
+combined, and row counts checked before the commit (PostgreSQL runs them in a pipeline)."""
 
 from __future__ import annotations
 
+from typing import Any
+
+import psycopg
 import pytest
 
 from ledger.db import Database
@@ -10,6 +13,8 @@ from ledger.store import Sql, Store
 
 INSERT = Sql("INSERT INTO scratch (id, state) VALUES (:id, :state)")
 RESOLVE = Sql("UPDATE scratch SET state = 'done' WHERE id = :id AND state = 'open'")
+BUMP = Sql("UPDATE scratch SET hits = hits + 1 WHERE id = :id")
+LOG = Sql("INSERT INTO scratch_log (id, note) VALUES (:id, :note)")
 STATE = Sql("SELECT state FROM scratch WHERE id = :id")
 
 
@@ -20,13 +25,25 @@ class Refused(Exception):
 @pytest.fixture
 def scratch(db: Database) -> Database:
     with db.engine.begin() as conn:
-        conn.exec_driver_sql("CREATE TABLE scratch (id INTEGER PRIMARY KEY, state TEXT NOT NULL)")
+        conn.exec_driver_sql(
+            "CREATE TABLE scratch (id INTEGER PRIMARY KEY, state TEXT NOT NULL, "
+            "hits INTEGER NOT NULL DEFAULT 0)"
+        )
+        conn.exec_driver_sql(
+            "CREATE TABLE scratch_log (id INTEGER PRIMARY KEY REFERENCES scratch (id), "
+            "note TEXT NOT NULL)"
+        )
     return db
 
 
 def states(db: Database) -> dict[int, str]:
     with db.transaction(write=False) as conn:
         return dict(conn.exec_driver_sql("SELECT id, state FROM scratch").all())
+
+
+def hits(db: Database) -> dict[int, int]:
+    with db.transaction(write=False) as conn:
+        return dict(conn.exec_driver_sql("SELECT id, hits FROM scratch").all())
 
 
 def test_reads_return_each_querys_rows_in_order(scratch: Database) -> None:
@@ -131,3 +148,100 @@ def test_a_commit_refused_in_the_pipeline_leaves_nothing_and_the_next_commits(
     assert states(scratch) == {}
     committing_batch(scratch, (3, "open"))
     assert states(scratch) == {3: "open"}
+
+
+def test_a_batchs_writes_take_effect_in_program_order(scratch: Database) -> None:
+    with scratch.transaction() as conn:
+        store = Store(conn, sqlite=scratch.is_sqlite)
+        with store.batch(commit=True):
+            store.run(INSERT, {"id": 1, "state": "open"})
+            store.run(LOG, {"id": 1, "note": "refers to a row inserted just before"})
+            store.run(BUMP, {"id": 1})  # meets the row inserted before it
+            store.run(BUMP, {"id": 1})  # changes the row a second time
+            store.many(INSERT, [{"id": 2, "state": "open"}, {"id": 3, "state": "open"}])
+            store.run(BUMP, {"id": 3})
+            store.expect(RESOLVE, {"id": 2}, rows=1, failure=Refused)
+            store.run(BUMP, {"id": 2})
+    assert hits(scratch) == {1: 2, 2: 1, 3: 1}
+    assert states(scratch) == {1: "open", 2: "done", 3: "open"}
+
+
+def test_reads_in_a_batch_see_the_writes_before_them(scratch: Database) -> None:
+    with scratch.transaction() as conn:
+        store = Store.of(conn)
+        with store.batch():
+            store.run(INSERT, {"id": 1, "state": "open"})
+            assert store.one(STATE, {"id": 1}) == ("open",)
+            store.run(RESOLVE, {"id": 1})
+            assert store.reads((STATE, {"id": 1})) == [[("done",)]]
+            store.run(BUMP, {"id": 1})
+            # A write through SQLAlchemy on the same connection comes after them too.
+            conn.exec_driver_sql("UPDATE scratch SET hits = hits * 10")
+    assert hits(scratch) == {1: 10}
+
+
+def resolve_two(db: Database) -> None:
+    """Resolve row 1, insert row 3, resolve row 2, each logged, in a committing batch."""
+    with db.transaction() as conn:
+        store = Store(conn, sqlite=db.is_sqlite)
+        with store.batch(commit=True):
+            store.expect(RESOLVE, {"id": 1}, rows=1, failure=Refused)
+            store.run(LOG, {"id": 1, "note": "resolved"})
+            store.run(INSERT, {"id": 3, "state": "open"})
+            store.expect(RESOLVE, {"id": 2}, rows=1, failure=Refused)
+            store.run(LOG, {"id": 3, "note": "inserted"})
+
+
+def test_each_expected_count_of_a_batch_is_checked(scratch: Database) -> None:
+    committing_batch(scratch, (1, "open"), (2, "done"))
+    with pytest.raises(Refused):
+        resolve_two(scratch)  # row 2 is not open
+    assert states(scratch) == {1: "open", 2: "done"}
+    with scratch.transaction(write=False) as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM scratch_log").scalar_one() == 0
+
+
+def insert_then_refuse(db: Database, stores: list[Store]) -> None:
+    with db.transaction() as conn:
+        stores.append(Store.of(conn))
+        with stores[0].batch():
+            stores[0].run(INSERT, {"id": 1, "state": "open"})
+            raise Refused
+
+
+def test_writes_held_by_a_batch_that_raised_go_nowhere(scratch: Database) -> None:
+    stores: list[Store] = []
+    with pytest.raises(Refused):
+        insert_then_refuse(scratch, stores)
+    store = stores[0]
+    with scratch.transaction() as conn:
+        assert Store.of(conn) is store  # the same connection's store: nothing left in it
+        with store.batch(commit=True):
+            store.run(INSERT, {"id": 2, "state": "open"})
+    assert states(scratch) == {2: "open"}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_batch_sends_its_writes_combined(
+    scratch: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def counting(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(str(query))
+        return execute(cursor, query, *args, **kwargs)
+
+    with scratch.transaction() as conn:
+        store = Store(conn, sqlite=False)
+        monkeypatch.setattr(psycopg.Cursor, "execute", counting)
+        with store.batch(commit=True):
+            store.run(INSERT, {"id": 1, "state": "open"})
+            store.run(LOG, {"id": 1, "note": "beside the row it refers to"})
+            store.run(INSERT, {"id": 2, "state": "open"})  # the table's second write: apart
+            store.expect(RESOLVE, {"id": 1}, rows=1, failure=Refused)  # and its third
+            store.run(LOG, {"id": 2, "note": "beside the checked write"})
+        monkeypatch.undo()
+    # No COMMIT in the pipeline: a row count is still to be checked when the batch ends.
+    assert [q.split(" ", 1)[0] for q in sent] == ["WITH", "INSERT", "WITH"]
+    assert states(scratch) == {1: "done", 2: "open"}
