@@ -31,7 +31,7 @@ _WRITE = re.compile(r"(INSERT INTO|UPDATE|DELETE FROM) (\w+)")
 class Sql:
     """One statement, written with ``:name`` parameters, in both drivers' styles."""
 
-    __slots__ = ("sqlite", "postgresql", "table")
+    __slots__ = ("sqlite", "postgresql", "table", "_values")
 
     def __init__(self, text: str, *, postgresql_suffix: str = "") -> None:
         self.sqlite = text
@@ -41,10 +41,29 @@ class Sql:
         #: The table a write whose only result is its row count writes to: in a
         #: PostgreSQL batch it may go combined with other writes (see ``Store``).
         self.table = table if "RETURNING" not in text and not postgresql_suffix else None
+        # Where the row of a plain INSERT ... VALUES (...) starts (-1: not such an insert).
+        self._values = (
+            text.find(" VALUES (") + len(" VALUES ")
+            if self.table is not None
+            and text.startswith("INSERT INTO")
+            and text.endswith(")")
+            and text.count(" VALUES (") == 1
+            and "ON CONFLICT" not in text
+            else -1
+        )
 
-    def member(self, index: int) -> str:
-        """The PostgreSQL text with its parameters renamed ``p<index>_<name>``."""
-        return _PARAM.sub(rf"%(p{index}_\1)s", self.sqlite)
+    @property
+    def multirow(self) -> bool:
+        """Whether several rows can go in one statement (a plain INSERT ... VALUES)."""
+        return self._values >= 0
+
+    def member(self, index: int, rows: int = 1) -> str:
+        """The PostgreSQL text for ``rows`` rows (one, unless ``multirow``), with the
+        parameters of row ``r`` renamed ``p<index>_<r>_<name>``."""
+        if rows == 1:
+            return _PARAM.sub(rf"%(p{index}_0_\1)s", self.sqlite)
+        head, row = self.sqlite[: self._values], self.sqlite[self._values :]
+        return head + ", ".join(_PARAM.sub(rf"%(p{index}_{r}_\1)s", row) for r in range(rows))
 
 
 _WALLET_COLUMNS = (
@@ -183,7 +202,8 @@ class Store:
     statement costs the client and the server far more than its few rows. They go when
     something is read, when the batch ends, or before a second write to a table: the
     writes of one statement share one snapshot and run in no stated order, so each table
-    gets at most one of them. Then no write misses rows another wrote, no row changes
+    gets at most one of them (the rows of one ``many`` insert go as one multi-row INSERT,
+    in order). Then no write misses rows another wrote, no row changes
     twice in a statement, and each table's rows are written and locked in the program's
     order. Foreign keys and triggers check the statement when it ends (the deferred ones
     at the commit), so a row may refer to one inserted beside it.
@@ -222,7 +242,7 @@ class Store:
         # Writes held back to go as one statement (PostgreSQL batch): the statements with
         # their parameters, the tables they write, and the one whose row count is checked
         # (its index, the count, the failure). The combined texts are kept by shape.
-        self._held: list[tuple[Sql, Mapping[str, Any]]] = []
+        self._held: list[tuple[Sql, list[Mapping[str, Any]]]] = []
         self._held_tables: set[str] = set()
         self._held_check: tuple[int, int, Callable[[], Exception]] | None = None
         self._combined: dict[tuple[Any, ...], str] = {}
@@ -286,13 +306,14 @@ class Store:
         cursor.execute(self._sql(sql), self._bind(params))
         self._expected.append((cursor, rows, failure))
 
-    def _hold(self, sql: Sql, params: Mapping[str, Any]) -> None:
-        """Hold a write back, to go in one statement with the writes held with it."""
+    def _hold(self, sql: Sql, *rows: Mapping[str, Any]) -> None:
+        """Hold a write back (its ``rows``, in order: one unless ``sql.multirow``), to go
+        in one statement with the writes held with it."""
         assert sql.table is not None
         if sql.table in self._held_tables:
             self._send_held()
         self._held_tables.add(sql.table)
-        self._held.append((sql, params))
+        self._held.append((sql, list(rows)))
 
     def _send_held(self) -> None:
         """Send the held-back writes, as one statement (queued in the pipeline)."""
@@ -300,22 +321,28 @@ class Store:
         if not held:
             return
         self._drop_held()
-        if len(held) == 1:
-            text, values = held[0][0].postgresql, self._bind(held[0][1])
+        if len(held) == 1 and len(held[0][1]) == 1:
+            text, values = held[0][0].postgresql, self._bind(held[0][1][0])
         else:
             # The write whose row count is checked is the main clause: the statement's
             # row count is its own.
             main = check[0] if check is not None else len(held) - 1
-            shape = (main, *(sql for sql, _ in held))
+            shape = (main, *((sql, len(rows)) for sql, rows in held))
             text = self._combined.get(shape, "")
             if not text:
-                clauses = ", ".join(
-                    f"w{i} AS ({sql.member(i)})" for i, (sql, _) in enumerate(held) if i != main
+                clauses = [
+                    f"w{i} AS ({sql.member(i, len(rows))})"
+                    for i, (sql, rows) in enumerate(held)
+                    if i != main
+                ]
+                last = held[main][0].member(main, len(held[main][1]))
+                text = self._combined[shape] = (
+                    f"WITH {', '.join(clauses)} {last}" if clauses else last
                 )
-                text = self._combined[shape] = f"WITH {clauses} {held[main][0].member(main)}"
             values = {
-                f"p{i}_{name}": value
-                for i, (_, params) in enumerate(held)
+                f"p{i}_{r}_{name}": value
+                for i, (_, rows) in enumerate(held)
+                for r, params in enumerate(rows)
                 for name, value in self._bind(params).items()
             }
         if check is None:
@@ -375,8 +402,12 @@ class Store:
 
     def many(self, sql: Sql, rows: Iterable[Mapping[str, Any]]) -> None:
         if self._pipeline is not None and sql.table is not None:
-            for row in rows:
-                self._hold(sql, row)
+            rows = list(rows)
+            if sql.multirow and rows:
+                self._hold(sql, *rows)
+            else:
+                for row in rows:
+                    self._hold(sql, row)
             return
         self._send_held()
         self.cursor.executemany(self._sql(sql), [self._bind(r) for r in rows])

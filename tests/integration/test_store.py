@@ -236,12 +236,13 @@ def test_a_batch_sends_its_writes_combined(
         store = Store(conn, sqlite=False)
         monkeypatch.setattr(psycopg.Cursor, "execute", counting)
         with store.batch(commit=True):
-            store.run(INSERT, {"id": 1, "state": "open"})
+            store.many(INSERT, [{"id": 1, "state": "open"}, {"id": 2, "state": "open"}])
             store.run(LOG, {"id": 1, "note": "beside the row it refers to"})
-            store.run(INSERT, {"id": 2, "state": "open"})  # the table's second write: apart
+            store.run(INSERT, {"id": 3, "state": "open"})  # the table's second write: apart
             store.expect(RESOLVE, {"id": 1}, rows=1, failure=Refused)  # and its third
             store.run(LOG, {"id": 2, "note": "beside the checked write"})
         monkeypatch.undo()
     # No COMMIT in the pipeline: a row count is still to be checked when the batch ends.
     assert [q.split(" ", 1)[0] for q in sent] == ["WITH", "INSERT", "WITH"]
-    assert states(scratch) == {1: "done", 2: "open"}
+    assert "), (" in sent[0]  # the rows of ``many``: one multi-row INSERT
+    assert states(scratch) == {1: "done", 2: "open", 3: "open"}
