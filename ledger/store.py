@@ -203,11 +203,17 @@ class Store:
     something is read, when the batch ends, or before a second write to a table: the
     writes of one statement share one snapshot and run in no stated order, so each table
     gets at most one of them (the rows of one ``many`` insert go as one multi-row INSERT,
-    in order). Then no write misses rows another wrote, no row changes
-    twice in a statement, and each table's rows are written and locked in the program's
-    order. Foreign keys and triggers check the statement when it ends (the deferred ones
-    at the commit), so a row may refer to one inserted beside it.
+    in order, up to ``MULTIROW`` rows). Then no write misses rows another wrote, no row
+    changes twice in a statement, and each table's rows are written and locked in the
+    program's order. Foreign keys and triggers check the statement when it ends (the
+    deferred ones at the commit), so a row may refer to one inserted beside it.
     """
+
+    #: At most this many rows in one multi-row INSERT (more go one statement each, as
+    #: ``executemany`` sends them); the texts of at most ``SHAPES`` combined statements
+    #: are kept per connection.
+    MULTIROW = 64
+    SHAPES = 256
 
     @classmethod
     def of(cls, conn: Connection) -> Store:
@@ -330,6 +336,8 @@ class Store:
             shape = (main, *((sql, len(rows)) for sql, rows in held))
             text = self._combined.get(shape, "")
             if not text:
+                if len(self._combined) >= self.SHAPES:
+                    self._combined.clear()
                 clauses = [
                     f"w{i} AS ({sql.member(i, len(rows))})"
                     for i, (sql, rows) in enumerate(held)
@@ -403,7 +411,7 @@ class Store:
     def many(self, sql: Sql, rows: Iterable[Mapping[str, Any]]) -> None:
         if self._pipeline is not None and sql.table is not None:
             rows = list(rows)
-            if sql.multirow and rows:
+            if sql.multirow and 0 < len(rows) <= self.MULTIROW:
                 self._hold(sql, *rows)
             else:
                 for row in rows:

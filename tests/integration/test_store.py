@@ -15,6 +15,7 @@ INSERT = Sql("INSERT INTO scratch (id, state) VALUES (:id, :state)")
 RESOLVE = Sql("UPDATE scratch SET state = 'done' WHERE id = :id AND state = 'open'")
 BUMP = Sql("UPDATE scratch SET hits = hits + 1 WHERE id = :id")
 LOG = Sql("INSERT INTO scratch_log (id, note) VALUES (:id, :note)")
+LOG_FREE = Sql("INSERT INTO scratch_free (note) VALUES (:note)")
 STATE = Sql("SELECT state FROM scratch WHERE id = :id")
 
 
@@ -33,6 +34,8 @@ def scratch(db: Database) -> Database:
             "CREATE TABLE scratch_log (id INTEGER PRIMARY KEY REFERENCES scratch (id), "
             "note TEXT NOT NULL)"
         )
+        serial = "INTEGER PRIMARY KEY" if db.is_sqlite else "SERIAL PRIMARY KEY"
+        conn.exec_driver_sql(f"CREATE TABLE scratch_free (seq {serial}, note TEXT NOT NULL)")
     return db
 
 
@@ -221,10 +224,8 @@ def test_writes_held_by_a_batch_that_raised_go_nowhere(scratch: Database) -> Non
     assert states(scratch) == {2: "open"}
 
 
-@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_a_batch_sends_its_writes_combined(
-    scratch: Database, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def sending(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """From now on, the text of every statement psycopg's cursors run (PostgreSQL)."""
     sent: list[str] = []
     execute = psycopg.Cursor.execute
 
@@ -232,9 +233,17 @@ def test_a_batch_sends_its_writes_combined(
         sent.append(str(query))
         return execute(cursor, query, *args, **kwargs)
 
+    monkeypatch.setattr(psycopg.Cursor, "execute", counting)
+    return sent
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_batch_sends_its_writes_combined(
+    scratch: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with scratch.transaction() as conn:
         store = Store(conn, sqlite=False)
-        monkeypatch.setattr(psycopg.Cursor, "execute", counting)
+        sent = sending(monkeypatch)
         with store.batch(commit=True):
             store.many(INSERT, [{"id": 1, "state": "open"}, {"id": 2, "state": "open"}])
             store.run(LOG, {"id": 1, "note": "beside the row it refers to"})
@@ -246,3 +255,21 @@ def test_a_batch_sends_its_writes_combined(
     assert [q.split(" ", 1)[0] for q in sent] == ["WITH", "INSERT", "WITH"]
     assert "), (" in sent[0]  # the rows of ``many``: one multi-row INSERT
     assert states(scratch) == {1: "done", 2: "open", 3: "open"}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_more_rows_than_a_multirow_insert_holds_go_one_by_one(
+    scratch: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(Store, "MULTIROW", 2)
+    with scratch.transaction() as conn:
+        store = Store(conn, sqlite=False)
+        sent = sending(monkeypatch)
+        with store.batch(commit=True):
+            store.many(LOG_FREE, [{"note": n} for n in ("a", "b")])
+            store.many(LOG_FREE, [{"note": n} for n in ("c", "d", "e")])
+        monkeypatch.undo()
+    assert [q.split(" ", 1)[0] for q in sent] == ["INSERT"] * 4 + ["COMMIT"]
+    with scratch.transaction(write=False) as conn:
+        notes = conn.exec_driver_sql("SELECT note FROM scratch_free ORDER BY seq").scalars()
+        assert list(notes) == ["a", "b", "c", "d", "e"]
