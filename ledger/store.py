@@ -38,9 +38,14 @@ class Sql:
         self.postgresql = _PARAM.sub(r"%(\1)s", text) + postgresql_suffix
         write = _WRITE.match(text)
         table = write[2] if write is not None else None
-        #: The table a write whose only result is its row count writes to: in a
-        #: PostgreSQL batch it may go combined with other writes (see ``Store``).
-        self.table = table if "RETURNING" not in text and not postgresql_suffix else None
+        #: The table a write whose only result is its row count, and which reads no
+        #: other table, writes to: in a PostgreSQL batch it may go combined with other
+        #: writes (see ``Store``), whose effects it would not see.
+        self.table = (
+            table
+            if "RETURNING" not in text and "SELECT" not in text and not postgresql_suffix
+            else None
+        )
         # Where the row of a plain INSERT ... VALUES (...) starts (-1: not such an insert).
         self._values = (
             text.find(" VALUES (") + len(" VALUES ")

@@ -15,6 +15,7 @@ INSERT = Sql("INSERT INTO scratch (id, state) VALUES (:id, :state)")
 RESOLVE = Sql("UPDATE scratch SET state = 'done' WHERE id = :id AND state = 'open'")
 BUMP = Sql("UPDATE scratch SET hits = hits + 1 WHERE id = :id")
 LOG = Sql("INSERT INTO scratch_log (id, note) VALUES (:id, :note)")
+COPY = Sql("INSERT INTO scratch_free (note) SELECT state FROM scratch WHERE id = :id")
 LOG_FREE = Sql("INSERT INTO scratch_free (note) VALUES (:note)")
 STATE = Sql("SELECT state FROM scratch WHERE id = :id")
 
@@ -164,8 +165,11 @@ def test_a_batchs_writes_take_effect_in_program_order(scratch: Database) -> None
             store.many(INSERT, [{"id": 2, "state": "open"}, {"id": 3, "state": "open"}])
             store.run(BUMP, {"id": 3})
             store.expect(RESOLVE, {"id": 2}, rows=1, failure=Refused)
+            store.run(COPY, {"id": 2})  # reads the row resolved just before
             store.run(BUMP, {"id": 2})
     assert hits(scratch) == {1: 2, 2: 1, 3: 1}
+    with scratch.transaction(write=False) as conn:
+        assert conn.exec_driver_sql("SELECT note FROM scratch_free").scalars().all() == ["done"]
     assert states(scratch) == {1: "open", 2: "done", 3: "open"}
 
 
