@@ -313,7 +313,7 @@ class Ledger:
         for attempt in range(3):
             try:
                 with self.db.transaction() as conn:
-                    store = self._store(conn)
+                    store = Store.of(conn)
                     w = _Work(conn, store, operation, key, request_hash, self._now())
                     # PostgreSQL: the batch ends with the commit, sent with its last
                     # writes; the transaction's own commit then has nothing left to do.
@@ -377,14 +377,9 @@ class Ledger:
     def _system_account(self, unit: str, kind: str) -> int:
         return self._system[(unit, kind)]
 
-    @staticmethod
-    def _store(conn: Connection) -> Store:
-        """The hot-path statement runner of this connection (see ``Store.of``)."""
-        return Store.of(conn)
-
     def _lock_wallet(self, conn: Connection, external_id: Any) -> _Wallet:
         """Lock a wallet (PostgreSQL: FOR UPDATE; SQLite: the writer lock is already held)."""
-        return self._lock_wallet_with(self._store(conn), external_id)[0]
+        return self._lock_wallet_with(Store.of(conn), external_id)[0]
 
     @staticmethod
     def _lock_wallet_with(
@@ -401,7 +396,7 @@ class Ledger:
         return _Wallet(*locked[0]), rows
 
     def _lock_wallet_by_id(self, conn: Connection, account_id: int) -> _Wallet:
-        row = self._store(conn).one(sql.LOCK_WALLET_BY_ID, {"id": account_id})
+        row = Store.of(conn).one(sql.LOCK_WALLET_BY_ID, {"id": account_id})
         if row is None:
             raise NotFound(f"no account {account_id}", field="account_id")
         return _Wallet(*row)
@@ -438,7 +433,7 @@ class Ledger:
         ``flow`` names the entry in the daily rollup of the journal; it defaults to the
         entry's kind (a top-up passes its grant kind)."""
         kernel.check_balanced(legs)
-        store = self._store(conn)
+        store = Store.of(conn)
         entry_id = new_id()
         # Postings first: the entry's insert is what checks them (SQLite), and on
         # PostgreSQL a deferred trigger checks them at commit.
@@ -491,7 +486,7 @@ class Ledger:
         return entry_id
 
     def _move_pending(self, conn: Connection, account_id: int, delta: int) -> None:
-        self._store(conn).run(sql.MOVE_ACCOUNT, {"balance": 0, "pending": delta, "id": account_id})
+        Store.of(conn).run(sql.MOVE_ACCOUNT, {"balance": 0, "pending": delta, "id": account_id})
 
     def _entry_view(self, conn: Connection, entry_id: str) -> EntryView:
         wallet_alias = accounts.alias("wallet")
@@ -531,7 +526,7 @@ class Ledger:
         live: list[kernel.GrantState] | None = None,
     ) -> None:
         """Burn ``amount`` from the wallet's grants in burn order (``first`` first)."""
-        store = self._store(conn)
+        store = Store.of(conn)
         states = live if live is not None else self._grant_states(conn, wallet)
         plan: list[tuple[str, int]] = []
         if first is not None:
@@ -554,7 +549,7 @@ class Ledger:
         self, conn: Connection, wallet: _Wallet, rows: list[tuple[Any, ...]] | None = None
     ) -> list[kernel.GrantState]:
         """The wallet's open grants (from ``rows`` when they were read already)."""
-        store = self._store(conn)
+        store = Store.of(conn)
         if rows is None:
             rows = store.all(sql.OPEN_GRANTS, {"account_id": wallet.id})
         return [
@@ -605,7 +600,7 @@ class Ledger:
         always_grant: bool = False,
     ) -> str | None:
         """Place credits: repay debt, refill burned grants, then one new grant."""
-        store = self._store(conn)
+        store = Store.of(conn)
         plan = kernel.plan_credit(balance_before, amount, restorable)
         for grant_id, give in plan.restores:
             store.run(sql.MOVE_GRANT, {"delta": give, "id": grant_id})
@@ -645,7 +640,7 @@ class Ledger:
         total = sum(remaining for _, remaining in due)
         if total == 0:
             return 0
-        store = self._store(conn)
+        store = Store.of(conn)
         expired = self._system_account(wallet.unit, "expired")
         entry_id = self._post(
             conn,
@@ -1543,7 +1538,7 @@ class Ledger:
         expired = 0
         for hold_id in due:
             with self.db.transaction() as conn:
-                w = _Work(conn, self._store(conn), "expire_hold", "", "", now)
+                w = _Work(conn, Store.of(conn), "expire_hold", "", "", now)
                 locked = self._lock_hold(w, hold_id, replay=False)
                 wallet, hold = locked.wallet, locked.hold
                 if hold.status != "pending":
