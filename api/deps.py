@@ -146,7 +146,10 @@ class Call:
 
 
 # The caller is a dependency of its own, solved first: a request without a valid key is
-# 401 (or 403) before its Idempotency-Key header or body is looked at.
+# 401 (or 403) before its Idempotency-Key header or body is looked at. One function per
+# role rather than a factory: with postponed annotations, FastAPI resolves a parameter's
+# ``Annotated[..., Depends(role)]`` in the module's globals, where a factory's ``role``
+# is not.
 
 
 async def _gateway_call(
