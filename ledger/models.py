@@ -79,6 +79,11 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
+def _where(predicate: str) -> dict[str, Any]:
+    """The options of a partial index: keys only for the rows where ``predicate`` holds."""
+    return {"sqlite_where": sa.text(predicate), "postgresql_where": sa.text(predicate)}
+
+
 class Unit(SQLModel, table=True):
     """A unit of account: a code and its number of decimal places (minor units)."""
 
@@ -212,9 +217,11 @@ class Hold(SQLModel, table=True):
     __table_args__ = (
         sa.CheckConstraint(_in("status", HOLD_STATUSES), name="ck_holds_status"),
         sa.CheckConstraint("amount >= 0", name="ck_holds_amount"),
-        sa.Index("ix_holds_status_expires", "status", "expires_at"),
-        # Holds open at an instant (reports): unresolved, or resolved after it.
-        sa.Index("ix_holds_resolved", "resolved_at"),
+        # Partial indexes: a key only for the rows their queries read (migration 0004).
+        # The hold sweeper: pending holds by expiry.
+        sa.Index("ix_holds_pending_expires", "expires_at", **_where("status = 'pending'")),
+        # Holds open at an instant (reports): pending, or resolved after it.
+        sa.Index("ix_holds_resolved", "resolved_at", **_where("resolved_at IS NOT NULL")),
     )
 
     id: str = Field(primary_key=True, max_length=32)
@@ -244,7 +251,12 @@ class MeteringRecord(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_metering_account_created", "account_id", "created_at"),
         # Usage by completion (reports for a timezone other than the wallet's).
-        sa.Index("ix_metering_account_completed", "account_id", "completed_at"),
+        sa.Index(
+            "ix_metering_account_completed",
+            "account_id",
+            "completed_at",
+            **_where("completed_at IS NOT NULL"),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=32)
@@ -394,16 +406,14 @@ class ReportJob(SQLModel, table=True):
             "ux_report_jobs_active",
             "dedupe",
             unique=True,
-            sqlite_where=sa.text("status IN ('queued', 'running')"),
-            postgresql_where=sa.text("status IN ('queued', 'running')"),
+            **_where("status IN ('queued', 'running')"),
         ),
         sa.Index(
             "ux_report_jobs_month_end",
             "month",
             "timezone",
             unique=True,
-            sqlite_where=sa.text("origin = 'month_end'"),
-            postgresql_where=sa.text("origin = 'month_end'"),
+            **_where("origin = 'month_end'"),
         ),
         sa.Index("ix_report_jobs_status_created", "status", "created_at"),
     )

@@ -330,9 +330,13 @@ def _metered_usage(conn: Connection, report: Period, ids: sa.BindParameter[objec
 
 
 def _open_holds(conn: Connection, end: datetime) -> pd.DataFrame:
-    """Per wallet, the holds still pending at ``end``: created before, resolved after."""
+    """Per wallet, the holds still pending at ``end``: created before, resolved after.
+
+    A hold not yet resolved is a pending one (``verify()`` checks it): the partial index
+    ``ix_holds_pending_expires`` finds those, ``ix_holds_resolved`` the others.
+    """
     unresolved = sa.select(holds.c.account_id, holds.c.amount).where(
-        holds.c.resolved_at.is_(None), holds.c.created_at < end
+        holds.c.status == "pending", holds.c.created_at < end
     )
     resolved_later = sa.select(holds.c.account_id, holds.c.amount).where(
         holds.c.resolved_at >= end, holds.c.created_at < end
