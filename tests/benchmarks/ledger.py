@@ -14,6 +14,10 @@ SQLite runs in WAL mode with ``synchronous=FULL`` for both; PostgreSQL is a fres
 server with its durable defaults (fsync on), started from the installed binaries. Rounds
 alternate ledger and raw; the figures are medians. The issue's target: ledger pairs per
 second at least 25% of the raw transactions per second on each database.
+
+Beside the rates, what each writes, which timing noise does not blur: SQLite, the WAL
+pages (frames) an authorize, a capture and a raw transaction append, each a page written
+and checksummed at its commit; PostgreSQL, the WAL bytes per pair and per raw transaction.
 """
 
 from __future__ import annotations
@@ -67,6 +71,42 @@ RAW_SCHEMA = [
 ]
 
 
+def sqlite_frames(path: Path, operation: Callable[[], object], times: int) -> float:
+    """WAL frames (pages) appended per call of ``operation`` to the SQLite file ``path``.
+
+    The WAL is emptied first and counted by its size after. That count holds only while
+    no checkpoint restarted the WAL, which the writers (at SQLite's default threshold)
+    do once it reaches the threshold: a WAL that did is an error (measure fewer calls).
+    """
+    conn = sqlite3.connect(path, isolation_level=None)
+    try:
+        page = int(conn.execute("PRAGMA page_size").fetchone()[0])
+        threshold = int(conn.execute("PRAGMA wal_autocheckpoint").fetchone()[0])
+        if conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()[0]:
+            raise RuntimeError(f"{path}: the WAL could not be emptied (a transaction is open)")
+        for _ in range(times):
+            operation()
+        size = Path(f"{path}-wal").stat().st_size
+    finally:
+        conn.close()
+    frames = (size - 32) // (24 + page)  # the WAL's header, then each frame's and page
+    if frames >= threshold:
+        raise RuntimeError(f"{path}: {frames} frames reach the checkpoint threshold")
+    return frames / times
+
+
+def postgres_wal(dsn: str) -> Callable[[], int]:
+    """The server's WAL insert position in bytes (what was written so far)."""
+    conn = psycopg.connect(dsn, autocommit=True)
+
+    def position() -> int:
+        row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')").fetchone()
+        assert row is not None
+        return int(row[0])
+
+    return position
+
+
 def raw_sqlite(path: Path) -> Callable[[int], float]:
     conn = sqlite3.connect(path, isolation_level=None)
     for pragma in ("journal_mode=WAL", "synchronous=FULL", "foreign_keys=ON"):
@@ -113,8 +153,17 @@ def raw_postgres(dsn: str) -> Callable[[int], float]:
 
 
 def measure(
-    name: str, db: Database, raw: Callable[[int], float], pairs: int, rounds: int
+    name: str,
+    db: Database,
+    raw: Callable[[int], float],
+    pairs: int,
+    rounds: int,
+    *,
+    wal: Callable[[], int] | None = None,
+    frames: tuple[Path, Path] | None = None,
 ) -> dict[str, Any]:
+    """The rates; with ``wal`` (PostgreSQL's WAL position) the WAL bytes of the rounds,
+    with ``frames`` (the ledger's and the raw SQLite files) the WAL pages per operation."""
     db.migrate()
     ledger = Ledger(db, default_catalogs())
     keys = Keys()
@@ -122,13 +171,18 @@ def measure(
     ledger.top_up("bench", 10**15, idempotency_key=keys())
     ledger_round(ledger, keys, 20)  # warm-up: connections, compiled statements
     raw(50)
-    ledger_rates, raw_rates = [], []
+    ledger_rates, raw_rates, ledger_bytes, raw_bytes = [], [], [], []
     for _ in range(rounds):
+        start = wal() if wal else 0
         ledger_rates.append(ledger_round(ledger, keys, pairs))
+        middle = wal() if wal else 0
         raw_rates.append(raw(pairs * 2))
+        if wal:
+            ledger_bytes.append((middle - start) / pairs)
+            raw_bytes.append((wal() - middle) / (pairs * 2))
     pairs_per_s = statistics.median(ledger_rates)
     raw_per_s = statistics.median(raw_rates)
-    return {
+    result: dict[str, Any] = {
         "database": name,
         "ledger_pairs_per_s": round(pairs_per_s, 1),
         "raw_transactions_per_s": round(raw_per_s, 1),
@@ -136,6 +190,25 @@ def measure(
         "ledger_rounds": [round(r, 1) for r in ledger_rates],
         "raw_rounds": [round(r, 1) for r in raw_rates],
     }
+    if wal:
+        result["wal_bytes_per_pair"] = round(statistics.median(ledger_bytes))
+        result["wal_bytes_per_raw_transaction"] = round(statistics.median(raw_bytes))
+    if frames:
+        path, raw_path = frames
+        holds: list[str] = []
+
+        def authorize() -> None:
+            holds.append(ledger.authorize("bench", REQUEST, idempotency_key=keys()).id)
+
+        def capture() -> None:
+            ledger.capture(holds.pop(), status="COMPLETED", usage=USAGE, idempotency_key=keys())
+
+        result["wal_pages_per_authorize"] = round(sqlite_frames(path, authorize, 20), 1)
+        result["wal_pages_per_capture"] = round(sqlite_frames(path, capture, 20), 1)
+        result["wal_pages_per_raw_transaction"] = round(
+            sqlite_frames(raw_path, lambda: raw(1), 50), 1
+        )
+    return result
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -148,15 +221,16 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="creditledger-bench-") as folder:
         if "sqlite" in args.db:
-            path = Path(folder) / "bench.db"
+            path, raw_path = Path(folder) / "bench.db", Path(folder) / "raw.db"
             db = Database.from_url(f"sqlite:///{path}")
             results.append(
                 measure(
                     "sqlite (WAL, synchronous=FULL)",
                     db,
-                    raw_sqlite(Path(folder) / "raw.db"),
+                    raw_sqlite(raw_path),
                     args.pairs,
                     args.rounds,
+                    frames=(path, raw_path),
                 )
             )
             db.dispose()
@@ -168,9 +242,16 @@ def main(argv: list[str] | None = None) -> int:
                 server = TempPostgres(bindir, durable=True).start()
                 try:
                     db = Database.from_url(server.url())
-                    raw = raw_postgres(server.url().replace("postgresql+psycopg", "postgresql"))
+                    dsn = server.url().replace("postgresql+psycopg", "postgresql")
                     results.append(
-                        measure("postgresql (durable, local)", db, raw, args.pairs, args.rounds)
+                        measure(
+                            "postgresql (durable, local)",
+                            db,
+                            raw_postgres(dsn),
+                            args.pairs,
+                            args.rounds,
+                            wal=postgres_wal(dsn),
+                        )
                     )
                     db.dispose()
                 finally:
@@ -188,6 +269,18 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['database']:32} {r['ledger_pairs_per_s']:15.1f} "
             f"{r['raw_transactions_per_s']:12.1f} {r['ratio']:7.3f}"
         )
+    for r in results:
+        if "wal_pages_per_authorize" in r:
+            print(
+                f"{r['database']}: WAL pages per authorize {r['wal_pages_per_authorize']}, "
+                f"per capture {r['wal_pages_per_capture']}, "
+                f"per raw transaction {r['wal_pages_per_raw_transaction']}"
+            )
+        if "wal_bytes_per_pair" in r:
+            print(
+                f"{r['database']}: WAL bytes per pair {r['wal_bytes_per_pair']} (median), "
+                f"per raw transaction {r['wal_bytes_per_raw_transaction']}"
+            )
     return 0
 
 

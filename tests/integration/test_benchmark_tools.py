@@ -1,0 +1,47 @@
+"""The benchmarks' measuring tools (their figures are never asserted: only that they
+measure what they say)."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from tests.benchmarks.ledger import sqlite_frames
+
+
+def _wal_file(path: Path, tables: int) -> sqlite3.Connection:
+    conn = sqlite3.connect(path, isolation_level=None)
+    conn.execute("PRAGMA journal_mode=WAL")
+    for i in range(tables):
+        conn.execute(f"CREATE TABLE t{i} (id INTEGER PRIMARY KEY, n INTEGER)")
+        conn.execute(f"INSERT INTO t{i} VALUES (1, 0)")
+    return conn
+
+
+def test_sqlite_frames_counts_the_pages_each_commit_writes(tmp_path: Path) -> None:
+    path = tmp_path / "frames.db"
+    conn = _wal_file(path, 3)
+
+    def touch(tables: int) -> None:
+        conn.execute("BEGIN IMMEDIATE")
+        for i in range(tables):
+            conn.execute(f"UPDATE t{i} SET n = n + 1 WHERE id = 1")
+        conn.execute("COMMIT")
+
+    # Each table is a single page: a transaction writes one page per table it changes.
+    assert sqlite_frames(path, lambda: touch(1), 10) == 1
+    assert sqlite_frames(path, lambda: touch(3), 100) == 3  # 300 frames: headers count
+
+
+def test_sqlite_frames_refuses_a_count_a_checkpoint_may_have_cut(tmp_path: Path) -> None:
+    path = tmp_path / "restarted.db"
+    conn = _wal_file(path, 1)
+    conn.execute("PRAGMA synchronous=OFF")
+
+    def grow() -> None:  # a row of 4 MiB: more pages than SQLite's threshold of 1000
+        conn.execute("UPDATE t0 SET n = zeroblob(4 * 1024 * 1024) WHERE id = 1")
+
+    with pytest.raises(RuntimeError, match="checkpoint threshold"):
+        sqlite_frames(path, grow, 1)
