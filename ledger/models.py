@@ -480,6 +480,12 @@ periods = table_of(AllocationPeriod)
 api_keys = table_of(ApiKey)
 
 
+#: The pending holds, written as ``ix_holds_pending_expires`` is: the value in the SQL
+#: text, never a bound parameter, so that every plan can use that partial index (a plan
+#: PostgreSQL caches for any parameter value could not).
+PENDING_HOLD: sa.ColumnElement[bool] = holds.c.status == sa.literal_column("'pending'")
+
+
 def entry_flow() -> sa.ColumnElement[str]:
     """The flow of an ``entries`` row as ``daily_flows`` counts it: a top-up's grant kind,
     otherwise the entry's kind (SQL, for reading the journal the way it was rolled up)."""

@@ -42,6 +42,7 @@ from ledger.errors import (
 )
 from ledger.kernel import Leg
 from ledger.models import (
+    PENDING_HOLD,
     SYSTEM_KINDS,
     WALLET,
     accounts,
@@ -1528,7 +1529,7 @@ class Ledger:
             due = (
                 conn.execute(
                     sa.select(holds.c.id)
-                    .where(holds.c.status == "pending", holds.c.expires_at <= now)
+                    .where(PENDING_HOLD, holds.c.expires_at <= now)
                     .order_by(holds.c.expires_at)
                     .limit(limit)
                 )

@@ -26,6 +26,7 @@ from sqlalchemy.engine import Connection
 
 from ledger.errors import InvalidInput, NotFound
 from ledger.models import (
+    PENDING_HOLD,
     WALLET,
     accounts,
     daily,
@@ -336,7 +337,7 @@ def _open_holds(conn: Connection, end: datetime) -> pd.DataFrame:
     ``ix_holds_pending_expires`` finds those, ``ix_holds_resolved`` the others.
     """
     unresolved = sa.select(holds.c.account_id, holds.c.amount).where(
-        holds.c.status == "pending", holds.c.created_at < end
+        PENDING_HOLD, holds.c.created_at < end
     )
     resolved_later = sa.select(holds.c.account_id, holds.c.amount).where(
         holds.c.resolved_at >= end, holds.c.created_at < end

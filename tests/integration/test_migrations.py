@@ -13,7 +13,7 @@ from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
 from ledger.db import Database
-from ledger.models import metadata
+from ledger.models import PENDING_HOLD, metadata
 from tests.pg import TempPostgres
 
 _names = count()
@@ -88,3 +88,30 @@ def test_partial_indexes_agree(empty: Database) -> None:
                 assert migrated == modelled, index.name
                 partial += migrated is not None
     assert partial == 5  # holds (2), metering_records (1), report_jobs (2)
+
+
+def test_pending_holds_can_use_their_partial_index_in_any_plan(empty: Database) -> None:
+    """The sweeper and the reports select pending holds with ``PENDING_HOLD``: the value
+    in the SQL text, so that even a plan made for any parameter value (PostgreSQL's
+    generic plans of prepared statements) can use ``ix_holds_pending_expires``; with
+    ``status = $1`` such a plan scans the whole table."""
+    empty.migrate()
+    compiled = PENDING_HOLD.compile(empty.engine)
+    assert compiled.params == {}, f"pending holds selected by a bound parameter: {compiled}"
+    pending = str(compiled)
+    due = (
+        f"SELECT id FROM holds WHERE {pending} AND expires_at <= {{}} ORDER BY expires_at LIMIT 10"
+    )
+    with empty.engine.connect() as conn:
+        if empty.is_sqlite:
+            rows = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + due.format("?"), ("2026-11-22 00:00:00.000000",)
+            )
+        else:
+            conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            conn.exec_driver_sql(f"PREPARE due (timestamptz) AS {due.format('$1')}")
+            rows = conn.exec_driver_sql("EXPLAIN EXECUTE due (now())")
+        plan = " ".join(str(row[-1]) for row in rows)
+        conn.rollback()
+    assert "ix_holds_pending_expires" in plan, plan
