@@ -89,15 +89,16 @@ def sqlite_frames(path: Path, operation: Callable[[], object], times: int) -> fl
         size = Path(f"{path}-wal").stat().st_size
     finally:
         conn.close()
-    frames = (size - 32) // (24 + page)  # the WAL's header, then each frame's and page
+    # The WAL's header (none while nothing was written), then each frame's and its page.
+    frames = max(0, size - 32) // (24 + page)
     if frames >= threshold:
         raise RuntimeError(f"{path}: {frames} frames reach the checkpoint threshold")
     return frames / times
 
 
-def postgres_wal(dsn: str) -> Callable[[], int]:
-    """The server's WAL insert position in bytes (what was written so far)."""
-    conn = psycopg.connect(dsn, autocommit=True)
+def postgres_wal(conn: psycopg.Connection[Any]) -> Callable[[], int]:
+    """The server's WAL insert position in bytes (what was written so far), read on
+    ``conn`` (in autocommit mode)."""
 
     def position() -> int:
         row = conn.execute("SELECT pg_wal_lsn_diff(pg_current_wal_insert_lsn(), '0/0')").fetchone()
@@ -243,16 +244,17 @@ def main(argv: list[str] | None = None) -> int:
                 try:
                     db = Database.from_url(server.url())
                     dsn = server.url().replace("postgresql+psycopg", "postgresql")
-                    results.append(
-                        measure(
-                            "postgresql (durable, local)",
-                            db,
-                            raw_postgres(dsn),
-                            args.pairs,
-                            args.rounds,
-                            wal=postgres_wal(dsn),
+                    with psycopg.connect(dsn, autocommit=True) as wal:
+                        results.append(
+                            measure(
+                                "postgresql (durable, local)",
+                                db,
+                                raw_postgres(dsn),
+                                args.pairs,
+                                args.rounds,
+                                wal=postgres_wal(wal),
+                            )
                         )
-                    )
                     db.dispose()
                 finally:
                     server.stop()

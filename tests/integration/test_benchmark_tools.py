@@ -33,6 +33,7 @@ def test_sqlite_frames_counts_the_pages_each_commit_writes(tmp_path: Path) -> No
     # Each table is a single page: a transaction writes one page per table it changes.
     assert sqlite_frames(path, lambda: touch(1), 10) == 1
     assert sqlite_frames(path, lambda: touch(3), 100) == 3  # 300 frames: headers count
+    assert sqlite_frames(path, lambda: None, 5) == 0  # nothing written: not even a header
 
 
 def test_sqlite_frames_refuses_a_count_a_checkpoint_may_have_cut(tmp_path: Path) -> None:
