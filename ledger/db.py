@@ -12,6 +12,17 @@ connection while another runs join its transaction, each in a savepoint of its o
 the last of them commits for all, one fsync for the group. A writer returns only once
 the commit covering its work is durable; a write that fails rolls back its savepoint and
 nothing else; a commit that fails fails every writer of the group (none was answered).
+
+PostgreSQL write transactions send their own ``BEGIN``, with their first statement. The
+driver's implicit one is synced alone when a transaction starts in a pipeline (psycopg
+must see the transaction open before it queues more), a round trip of its own per
+transaction. So a write connection runs in the driver's autocommit mode, and its unit of
+work marks ``BEGIN`` as pending (``BEGIN_PENDING``): whatever sends the first statement
+sends ``BEGIN`` before it, the ledger's store (queued with its first reads) or SQLAlchemy
+(``_before_statement``). Every statement of the unit of work thus runs inside the one
+transaction that the unit of work commits or rolls back (the driver's ``commit()`` and
+``rollback()`` act on an open transaction in autocommit mode too; with nothing sent
+there is nothing to end).
 """
 
 from __future__ import annotations
@@ -30,6 +41,11 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.pool import ConnectionPoolEntry
 
 _WRITE = "creditledger_write"
+#: ``conn.info`` key: this PostgreSQL write transaction's BEGIN is still to be sent.
+BEGIN_PENDING = "creditledger_begin_pending"
+#: ``conn.info`` key: what must be sent before SQLAlchemy sends a statement on this
+#: PostgreSQL connection (a callable; the ledger's store puts its held-back writes here).
+BEFORE_STATEMENT = "creditledger_before_statement"
 
 #: At most this many writers share one SQLite commit.
 GROUP_LIMIT = 64
@@ -90,7 +106,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             raw.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         pool_size=kwargs.pop("pool_size", 16),
         max_overflow=kwargs.pop("max_overflow", 48),
@@ -100,6 +116,23 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         pool_recycle=3600,
         **kwargs,
     )
+    # Listened to from the start: adding a listener while another thread runs a
+    # statement would change the list of listeners that thread is going through.
+    sa.event.listen(engine, "before_cursor_execute", _before_statement)
+    return engine
+
+
+def _before_statement(conn: Connection, *_: Any) -> None:
+    """Before SQLAlchemy runs a statement on PostgreSQL: the BEGIN of a write transaction
+    that nothing has sent yet (see the module's documentation), then what the connection
+    asks to go first (``BEFORE_STATEMENT``)."""
+    info = conn.info
+    if info.pop(BEGIN_PENDING, False):
+        raw: Any = conn.connection.driver_connection
+        raw.execute("BEGIN", prepare=False)
+    first = info.get(BEFORE_STATEMENT)
+    if first is not None:
+        first()
 
 
 class Database:
@@ -255,10 +288,22 @@ class Database:
     @contextmanager
     def _connect(self, *, write: bool) -> Iterator[Connection]:
         with (self._write_engine if write else self.engine).connect() as conn:
-            if write:
+            lazy = write and not self.is_sqlite
+            if lazy:
+                # The BEGIN goes with the first statement (see the module's documentation).
+                conn.execution_options(isolation_level="AUTOCOMMIT", **{_WRITE: True})
+            elif write:
                 conn.execution_options(**{_WRITE: True})
             with conn.begin():
-                yield conn
+                if not lazy:
+                    yield conn
+                    return
+                conn.info[BEGIN_PENDING] = True
+                try:
+                    yield conn
+                finally:
+                    # Sent or not, it belongs to this transaction only.
+                    conn.info.pop(BEGIN_PENDING, None)
 
     def migrate(self, revision: str = "head") -> None:
         """Upgrade the schema to ``revision`` (Alembic)."""

@@ -19,10 +19,9 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import psycopg
-import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
-from ledger.db import json_dumps
+from ledger.db import BEFORE_STATEMENT, BEGIN_PENDING, json_dumps
 
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 _WRITE = re.compile(r"(INSERT INTO|UPDATE|DELETE FROM) (\w+)")
@@ -234,10 +233,11 @@ class Store:
         return store
 
     def __init__(self, conn: Connection, *, sqlite: bool) -> None:
-        engine, event = conn.engine, "before_cursor_execute"
-        if not sqlite and not sa.event.contains(engine, event, _send_held_first):
-            sa.event.listen(engine, event, _send_held_first)
         self.sqlite = sqlite
+        # The DBAPI connection's info, where a PostgreSQL write transaction marks its
+        # BEGIN as still to be sent (``ledger.db``): it goes before this store's first
+        # statement, in a pipeline queued with it.
+        self._info = conn.info
         self.raw: Any = conn.connection.driver_connection
         assert self.raw is not None
         raw: Any = self.raw
@@ -257,6 +257,9 @@ class Store:
         self._held_tables: set[str] = set()
         self._held_check: tuple[int, int, Callable[[], Exception]] | None = None
         self._combined: dict[tuple[Any, ...], str] = {}
+        if not sqlite:
+            # A statement SQLAlchemy runs on this connection sees the held-back writes.
+            self._info[BEFORE_STATEMENT] = self._send_held
 
     @contextmanager
     def batch(self, *, commit: bool = False) -> Iterator[None]:
@@ -280,7 +283,7 @@ class Store:
             try:
                 yield
                 self._send_held()
-                if commit and not self._expected:
+                if commit and not self._expected and BEGIN_PENDING not in self._info:
                     # Queued like the writes: the Sync that ends the pipeline sends it
                     # with them, one round trip for all (``raw.commit()`` here would
                     # sync, then leaving the pipeline would sync again).
@@ -312,7 +315,7 @@ class Store:
             self._hold(sql, params)
             self._held_check = (len(self._held) - 1, rows, failure)
             return
-        self._send_held()
+        self._ready()
         cursor = self.raw.cursor()
         cursor.execute(self._sql(sql), self._bind(params))
         self._expected.append((cursor, rows, failure))
@@ -332,6 +335,7 @@ class Store:
         if not held:
             return
         self._drop_held()
+        self._begin()
         if len(held) == 1 and len(held[0][1]) == 1:
             text, values = held[0][0].postgresql, self._bind(held[0][1][0])
         else:
@@ -365,6 +369,18 @@ class Store:
         cursor.execute(text, values)
         self._expected.append((cursor, check[1], check[2]))
 
+    def _ready(self) -> None:
+        """Before a statement is sent: what must go before it (the transaction's BEGIN,
+        the held-back writes)."""
+        self._send_held()
+        self._begin()
+
+    def _begin(self) -> None:
+        """The BEGIN of a PostgreSQL write transaction, if nothing has sent it yet (in a
+        pipeline it is queued, to go with the statements after it)."""
+        if self._info.pop(BEGIN_PENDING, False):
+            self.cursor.execute("BEGIN", prepare=False)
+
     def _drop_held(self) -> None:
         self._held = []
         self._held_tables = set()
@@ -374,7 +390,7 @@ class Store:
         """The rows of several queries, run in order; in a pipeline one round trip for all."""
         if self._pipeline is None:
             return [self.all(sql, params) for sql, params in queries]
-        self._send_held()
+        self._ready()
         while len(self._readers) < len(queries):
             self._readers.append(self.raw.cursor())
         cursors = self._readers[: len(queries)]
@@ -384,7 +400,7 @@ class Store:
 
     def changed(self, sql: Sql, params: Mapping[str, Any]) -> int:
         """Execute and return how many rows it changed (syncing a pipeline to know)."""
-        self._send_held()
+        self._ready()
         self.counted.execute(self._sql(sql), self._bind(params))
         if self._pipeline is not None:
             self._pipeline.sync()
@@ -398,17 +414,17 @@ class Store:
         if self._pipeline is not None and sql.table is not None:
             self._hold(sql, params)
             return
-        self._send_held()
+        self._ready()
         self.cursor.execute(self._sql(sql), self._bind(params))
 
     def one(self, sql: Sql, params: Mapping[str, Any]) -> tuple[Any, ...] | None:
-        self._send_held()
+        self._ready()
         self.cursor.execute(self._sql(sql), self._bind(params))
         row: tuple[Any, ...] | None = self.cursor.fetchone()
         return row
 
     def all(self, sql: Sql, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
-        self._send_held()
+        self._ready()
         self.cursor.execute(self._sql(sql), self._bind(params))
         rows: list[tuple[Any, ...]] = self.cursor.fetchall()
         return rows
@@ -422,7 +438,7 @@ class Store:
                 for row in rows:
                     self._hold(sql, row)
             return
-        self._send_held()
+        self._ready()
         self.cursor.executemany(self._sql(sql), [self._bind(r) for r in rows])
 
     def _bind(self, params: Mapping[str, Any]) -> dict[str, Any]:
@@ -456,14 +472,6 @@ class Store:
 
 
 _INFO_KEY = "creditledger_store"
-
-
-def _send_held_first(conn: Connection, *_: Any) -> None:
-    """Before SQLAlchemy runs a statement: the writes a batch of the same connection
-    holds back go first, so that the statement sees them."""
-    store = conn.info.get(_INFO_KEY)
-    if isinstance(store, Store):
-        store._send_held()
 
 
 class Json:

@@ -255,9 +255,10 @@ def test_a_batch_sends_its_writes_combined(
             store.expect(RESOLVE, {"id": 1}, rows=1, failure=Refused)  # and its third
             store.run(LOG, {"id": 2, "note": "beside the checked write"})
         monkeypatch.undo()
-    # No COMMIT in the pipeline: a row count is still to be checked when the batch ends.
-    assert [q.split(" ", 1)[0] for q in sent] == ["WITH", "INSERT", "WITH"]
-    assert "), (" in sent[0]  # the rows of ``many``: one multi-row INSERT
+    # The transaction's BEGIN goes with the first write. No COMMIT in the pipeline: a row
+    # count is still to be checked when the batch ends.
+    assert [q.split(" ", 1)[0] for q in sent] == ["BEGIN", "WITH", "INSERT", "WITH"]
+    assert "), (" in sent[1]  # the rows of ``many``: one multi-row INSERT
     assert states(scratch) == {1: "done", 2: "open", 3: "open"}
 
 
@@ -273,7 +274,165 @@ def test_more_rows_than_a_multirow_insert_holds_go_one_by_one(
             store.many(LOG_FREE, [{"note": n} for n in ("a", "b")])
             store.many(LOG_FREE, [{"note": n} for n in ("c", "d", "e")])
         monkeypatch.undo()
-    assert [q.split(" ", 1)[0] for q in sent] == ["INSERT"] * 4 + ["COMMIT"]
+    assert [q.split(" ", 1)[0] for q in sent] == ["BEGIN"] + ["INSERT"] * 4 + ["COMMIT"]
     with scratch.transaction(write=False) as conn:
         notes = conn.exec_driver_sql("SELECT note FROM scratch_free ORDER BY seq").scalars()
         assert list(notes) == ["a", "b", "c", "d", "e"]
+
+
+# PostgreSQL write transactions send their own BEGIN with their first statement (the
+# driver runs them in autocommit mode): whoever sends first, every statement must still
+# run in the one transaction that the unit of work commits or rolls back.
+
+TXID = Sql("SELECT txid_current()")
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("first", ["sqlalchemy", "store", "batch"])
+def test_a_write_transaction_is_one_transaction_whoever_sends_first(
+    scratch: Database, first: str
+) -> None:
+    seen: list[int] = []
+    with scratch.transaction() as conn:
+        store = Store.of(conn)
+        if first == "store":
+            seen.append(txid(store.one(TXID, {})))
+        elif first == "batch":
+            with store.batch():
+                store.run(INSERT, {"id": 1, "state": "open"})  # held back, then sent
+                [[row]] = store.reads((TXID, {}))
+                seen.append(txid(row))
+        seen.append(txid(conn.exec_driver_sql(TXID.sqlite).one()))
+        seen.append(txid(store.one(TXID, {})))
+    assert len(set(seen)) == 1, seen
+
+
+def txid(row: Any) -> int:
+    return int(row[0])
+
+
+def insert_each_way(db: Database, first: str) -> None:
+    """Insert rows 1 to 3 (the first by ``first``, then by the store, in a batch and by
+    SQLAlchemy), then fail."""
+    with db.transaction() as conn:
+        store = Store.of(conn)
+        if first == "sqlalchemy":
+            conn.exec_driver_sql("INSERT INTO scratch (id, state) VALUES (1, 'open')")
+        else:
+            store.run(INSERT, {"id": 1, "state": "open"})
+        with store.batch():
+            store.run(INSERT, {"id": 2, "state": "open"})
+            assert store.one(STATE, {"id": 2}) == ("open",)
+        conn.exec_driver_sql("INSERT INTO scratch (id, state) VALUES (3, 'open')")
+        assert states_in(conn) == {1: "open", 2: "open", 3: "open"}
+        raise Refused
+
+
+def states_in(conn: Any) -> dict[int, str]:
+    return dict(conn.exec_driver_sql("SELECT id, state FROM scratch").all())
+
+
+@pytest.mark.parametrize("first", ["sqlalchemy", "store"])
+def test_a_failed_write_transaction_leaves_nothing_whoever_sent_first(
+    scratch: Database, first: str
+) -> None:
+    with pytest.raises(Refused):
+        insert_each_way(scratch, first)
+    assert states(scratch) == {}
+
+
+def test_a_write_transaction_that_sent_nothing_commits_nothing(scratch: Database) -> None:
+    with scratch.transaction() as conn:
+        store = Store.of(conn)
+        with store.batch(commit=True):
+            pass
+    committing_batch(scratch, (1, "open"))
+    assert states(scratch) == {1: "open"}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_read_after_a_write_on_the_same_connection_is_a_transaction(
+    database_url: str,
+) -> None:
+    db = Database.from_url(database_url, pool_size=1, max_overflow=0)
+    try:
+        with db.transaction() as conn:
+            raw: Any = conn.connection.driver_connection
+            assert raw.autocommit  # the unit of work sends its own BEGIN
+            Store.of(conn).one(TXID, {})
+        with db.snapshot() as conn:
+            assert not raw.autocommit  # back to the driver's transactions
+            assert conn.connection.driver_connection is raw
+            isolation = conn.exec_driver_sql("SHOW transaction_isolation").scalar_one()
+            assert isolation == "repeatable read"
+    finally:
+        db.dispose()
+
+
+def round_trips(trace: str) -> list[str]:
+    """The client's messages of each round trip in a libpq trace (``PQtrace``), one text
+    per round trip: each run of frontend messages that the client then waits on the
+    backend's answer to."""
+    trips: list[list[str]] = []
+    sending = False
+    for line in trace.splitlines():
+        direction, _, message = line.split("\t", 2)
+        if direction == "F" and not sending:
+            trips.append([])
+        if direction == "F":
+            trips[-1].append(message)
+        sending = direction == "F"
+    return ["\n".join(trip) for trip in trips]
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_an_authorization_and_its_capture_take_five_round_trips(
+    database_url: str, tmp_path: Any
+) -> None:
+    from psycopg.pq import Trace
+
+    from ledger.services import Ledger
+    from pricing import default_catalogs
+    from tests import factories as f
+    from tests.factories import key
+
+    db = Database.from_url(database_url, pool_size=1, max_overflow=0)
+    try:
+        ledger = Ledger(db, default_catalogs())
+        ledger.open_account("traced", "token", idempotency_key=key())
+        ledger.top_up("traced", 10**9, idempotency_key=key())
+        with db.engine.connect() as conn:  # the pool's one connection
+            raw = conn.connection.driver_connection
+            assert raw is not None
+        trips: dict[str, list[str]] = {}
+        for step in ("authorize", "capture"):
+            path = tmp_path / f"{step}.trace"
+            with path.open("w") as out:
+                raw.pgconn.trace(out.fileno())
+                raw.pgconn.set_trace_flags(Trace.SUPPRESS_TIMESTAMPS | Trace.REGRESS_MODE)
+                try:
+                    if step == "authorize":
+                        hold = ledger.authorize(
+                            "traced", f.text(max_tokens=100), idempotency_key=key()
+                        )
+                    else:
+                        ledger.capture(
+                            hold.id,
+                            status="COMPLETED",
+                            usage={"input_tokens": 10, "output_tokens": 20},
+                            idempotency_key=key(),
+                        )
+                finally:
+                    raw.pgconn.untrace()
+            trips[step] = round_trips(path.read_text())
+    finally:
+        db.dispose()
+    # Authorize: BEGIN with the wallet lock and the reads under it; then the writes with
+    # the COMMIT. Capture: the same, but its writes end with a row count to check before
+    # the COMMIT. BEGIN never goes alone, and it goes first: no statement runs outside
+    # the transaction.
+    assert [len(trips["authorize"]), len(trips["capture"])] == [2, 3], trips
+    for sent in trips.values():
+        assert sent[0].startswith('Parse\t "" "BEGIN"'), sent  # before any statement
+        assert sent[0].count("Execute") > 1, sent  # and not alone
+        assert '"COMMIT"' in sent[-1], sent
