@@ -183,6 +183,10 @@ def usage_values(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 _PLAIN = frozenset({int, str, type(None), bool})
 
+#: The SQLSTATE of ``ledger_expect_rows`` (migration 0005): a write changed another
+#: number of rows than expected; the error's detail is the tag its statement gave.
+EXPECT_ROWS_FAILED = "CL001"
+
 #: Constraint violations as the drivers raise them on the store's cursor.
 DRIVER_INTEGRITY_ERRORS: tuple[type[Exception], ...] = (
     sqlite3.IntegrityError,
@@ -256,6 +260,9 @@ class Store:
         self._held: list[tuple[Sql, list[Mapping[str, Any]]]] = []
         self._held_tables: set[str] = set()
         self._held_check: tuple[int, int, Callable[[], Exception]] | None = None
+        # The failures of the batch's writes whose counts the server checks, by the tag
+        # each statement gives its check.
+        self._failures: list[Callable[[], Exception]] = []
         self._combined: dict[tuple[Any, ...], str] = {}
         if not sqlite:
             # A statement SQLAlchemy runs on this connection sees the held-back writes.
@@ -270,40 +277,62 @@ class Store:
         the latest when the block ends, before the commit.
         With ``commit``, a block that ends without an exception commits the transaction
         there, its last writes and the COMMIT in one round trip (when a row count is
-        still to be checked, the commit waits for it); the unit of work's own commit
-        then has nothing left to do. A block that raises commits nothing.
+        still to be checked here, the commit waits for it: see ``expect``); the unit of
+        work's own commit then has nothing left to do. A block that raises commits
+        nothing.
         SQLite runs in-process: nothing to batch.
         """
         if self.sqlite or self._pipeline is not None:
             yield
             return
         self._expected = []
-        with self.raw.pipeline() as pipeline:
-            self._pipeline = pipeline
-            try:
-                yield
-                self._send_held()
-                if commit and not self._expected and BEGIN_PENDING not in self._info:
-                    # Queued like the writes: the Sync that ends the pipeline sends it
-                    # with them, one round trip for all (``raw.commit()`` here would
-                    # sync, then leaving the pipeline would sync again).
-                    self.cursor.execute("COMMIT", prepare=False)
-            finally:
-                self._pipeline = None
-                self._drop_held()
+        self._failures = []
+        try:
+            with self.raw.pipeline() as pipeline:
+                self._pipeline = pipeline
+                try:
+                    yield
+                    self._send_held()
+                    if commit and not self._expected and BEGIN_PENDING not in self._info:
+                        # Queued like the writes: the Sync that ends the pipeline sends
+                        # it with them, one round trip for all (``raw.commit()`` here
+                        # would sync, then leaving the pipeline would sync again).
+                        self.cursor.execute("COMMIT", prepare=False)
+                finally:
+                    self._pipeline = None
+                    self._drop_held()
+        except Exception as exc:
+            # A count the server found wrong, wherever its error surfaced (at a later
+            # read, or when the pipeline ended): the failure of that write.
+            failure = self._failure_of(exc)
+            if failure is None:
+                raise
+            raise failure() from exc
+        finally:
+            self._failures = []
         # Every result is in (leaving the pipeline synced it) and none failed.
         expected, self._expected = self._expected, []
         for cursor, rows, failure in expected:
             if cursor.rowcount != rows:
                 raise failure()
 
+    def _failure_of(self, exc: BaseException) -> Callable[[], Exception] | None:
+        """The failure of the checked write whose count ``exc`` reports, if it does."""
+        orig = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's errors
+        if not isinstance(orig, psycopg.Error) or orig.sqlstate != EXPECT_ROWS_FAILED:
+            return None
+        return self._failures[int(orig.diag.message_detail or "")]
+
     def expect(
         self, sql: Sql, params: Mapping[str, Any], rows: int, failure: Callable[[], Exception]
     ) -> None:
         """Execute a write that must change exactly ``rows`` rows, else raise ``failure()``.
 
-        In a pipeline the count is checked when the batch ends, before the commit, without
-        a round trip of its own; the error then rolls the transaction back as it would now.
+        In a pipeline the count is checked without a round trip of its own, and the
+        failure then rolls the transaction back as it would now: a write held back has
+        its count checked by the server, inside its statement, whose error stops what
+        was queued after it, the COMMIT too (``batch`` raises the failure); another
+        has it checked when the batch ends, before the commit.
         """
         if self._pipeline is None:
             if self.changed(sql, params) != rows:
@@ -336,38 +365,42 @@ class Store:
             return
         self._drop_held()
         self._begin()
-        if len(held) == 1 and len(held[0][1]) == 1:
-            text, values = held[0][0].postgresql, self._bind(held[0][1][0])
-        else:
-            # The write whose row count is checked is the main clause: the statement's
-            # row count is its own.
-            main = check[0] if check is not None else len(held) - 1
-            shape = (main, *((sql, len(rows)) for sql, rows in held))
-            text = self._combined.get(shape, "")
-            if not text:
-                if len(self._combined) >= self.SHAPES:
-                    self._combined.clear()
-                clauses = [
-                    f"w{i} AS ({sql.member(i, len(rows))})"
-                    for i, (sql, rows) in enumerate(held)
-                    if i != main
-                ]
-                last = held[main][0].member(main, len(held[main][1]))
-                text = self._combined[shape] = (
-                    f"WITH {', '.join(clauses)} {last}" if clauses else last
-                )
-            values = {
-                f"p{i}_{r}_{name}": value
-                for i, (_, rows) in enumerate(held)
-                for r, params in enumerate(rows)
-                for name, value in self._bind(params).items()
-            }
-        if check is None:
-            self.cursor.execute(text, values)
+        if len(held) == 1 and len(held[0][1]) == 1 and check is None:
+            self.cursor.execute(held[0][0].postgresql, self._bind(held[0][1][0]))
             return
-        cursor = self.raw.cursor()
-        cursor.execute(text, values)
-        self._expected.append((cursor, check[1], check[2]))
+        # The write whose row count is checked (else the last) is the main clause; the
+        # server checks its count (``ledger_expect_rows``), so the statement fails, and
+        # the transaction with it, before the COMMIT queued after it can run.
+        main = check[0] if check is not None else len(held) - 1
+        shape = (main, check is not None, *((sql, len(rows)) for sql, rows in held))
+        text = self._combined.get(shape, "")
+        if not text:
+            if len(self._combined) >= self.SHAPES:
+                self._combined.clear()
+            clauses = [
+                f"w{i} AS ({sql.member(i, len(rows))})"
+                for i, (sql, rows) in enumerate(held)
+                if i != main
+            ]
+            last = held[main][0].member(main, len(held[main][1]))
+            if check is not None:
+                clauses.append(f"w{main} AS ({last} RETURNING 1)")
+                last = (
+                    "SELECT ledger_expect_rows(count(*), %(expect_rows)s, %(expect_tag)s) "
+                    f"FROM w{main}"
+                )
+            text = self._combined[shape] = f"WITH {', '.join(clauses)} {last}" if clauses else last
+        values = {
+            f"p{i}_{r}_{name}": value
+            for i, (_, rows) in enumerate(held)
+            for r, params in enumerate(rows)
+            for name, value in self._bind(params).items()
+        }
+        if check is not None:
+            values["expect_rows"] = check[1]
+            values["expect_tag"] = len(self._failures)
+            self._failures.append(check[2])
+        self.cursor.execute(text, values)
 
     def _ready(self) -> None:
         """Before a statement is sent: what must go before it (the transaction's BEGIN,

@@ -208,6 +208,39 @@ def test_each_expected_count_of_a_batch_is_checked(scratch: Database) -> None:
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM scratch_log").scalar_one() == 0
 
 
+class RefusedFirst(Refused):
+    pass
+
+
+class RefusedSecond(Refused):
+    pass
+
+
+@pytest.mark.parametrize("wrong", ["first", "second"])
+def test_a_count_found_wrong_raises_its_own_failure_and_commits_nothing(
+    scratch: Database, wrong: str
+) -> None:
+    committing_batch(scratch, (1, "open"), (2, "open"), (3, "done"))
+    with pytest.raises(RefusedFirst if wrong == "first" else RefusedSecond):  # noqa: PT012
+        with scratch.transaction() as conn:
+            store = Store.of(conn)
+            with store.batch(commit=True):
+                store.expect(
+                    RESOLVE, {"id": 3 if wrong == "first" else 1}, rows=1, failure=RefusedFirst
+                )
+                store.run(LOG, {"id": 1, "note": "after the first"})
+                # A read sends the writes held before it: a wrong count surfaces here
+                # (PostgreSQL: from the server), or at the end of the batch.
+                assert store.one(STATE, {"id": 1}) is not None
+                store.expect(
+                    RESOLVE, {"id": 3 if wrong == "second" else 2}, rows=1, failure=RefusedSecond
+                )
+                store.run(LOG, {"id": 2, "note": "after the second"})
+    assert states(scratch) == {1: "open", 2: "open", 3: "done"}
+    with scratch.transaction(write=False) as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM scratch_log").scalar_one() == 0
+
+
 def insert_then_refuse(db: Database, stores: list[Store]) -> None:
     with db.transaction() as conn:
         stores.append(Store.of(conn))
@@ -255,9 +288,10 @@ def test_a_batch_sends_its_writes_combined(
             store.expect(RESOLVE, {"id": 1}, rows=1, failure=Refused)  # and its third
             store.run(LOG, {"id": 2, "note": "beside the checked write"})
         monkeypatch.undo()
-    # The transaction's BEGIN goes with the first write. No COMMIT in the pipeline: a row
-    # count is still to be checked when the batch ends.
-    assert [q.split(" ", 1)[0] for q in sent] == ["BEGIN", "WITH", "INSERT", "WITH"]
+    # The transaction's BEGIN goes with the first write; the COMMIT with the last, since
+    # the server checks the row count inside its statement.
+    assert [q.split(" ", 1)[0] for q in sent] == ["BEGIN", "WITH", "INSERT", "WITH", "COMMIT"]
+    assert "ledger_expect_rows" in sent[3]
     assert "), (" in sent[1]  # the rows of ``many``: one multi-row INSERT
     assert states(scratch) == {1: "done", 2: "open", 3: "open"}
 
@@ -386,7 +420,7 @@ def round_trips(trace: str) -> list[str]:
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_an_authorization_and_its_capture_take_five_round_trips(
+def test_an_authorization_and_its_capture_take_four_round_trips(
     database_url: str, tmp_path: Any
 ) -> None:
     from psycopg.pq import Trace
@@ -427,11 +461,10 @@ def test_an_authorization_and_its_capture_take_five_round_trips(
             trips[step] = round_trips(path.read_text())
     finally:
         db.dispose()
-    # Authorize: BEGIN with the wallet lock and the reads under it; then the writes with
-    # the COMMIT. Capture: the same, but its writes end with a row count to check before
-    # the COMMIT. BEGIN never goes alone, and it goes first: no statement runs outside
-    # the transaction.
-    assert [len(trips["authorize"]), len(trips["capture"])] == [2, 3], trips
+    # Each: BEGIN with the wallet lock and the reads under it; then the writes with the
+    # COMMIT (the capture's resolving write checks its own row count). BEGIN never goes
+    # alone, and it goes first: no statement runs outside the transaction.
+    assert [len(trips["authorize"]), len(trips["capture"])] == [2, 2], trips
     for sent in trips.values():
         assert sent[0].startswith('Parse\t "" "BEGIN"'), sent  # before any statement
         assert sent[0].count("Execute") > 1, sent  # and not alone
