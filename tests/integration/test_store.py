@@ -420,7 +420,7 @@ def round_trips(trace: str) -> list[str]:
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-def test_an_authorization_and_its_capture_take_four_round_trips(
+def test_an_authorization_its_capture_and_a_charge_take_two_round_trips_each(
     database_url: str, tmp_path: Any
 ) -> None:
     from psycopg.pq import Trace
@@ -439,7 +439,7 @@ def test_an_authorization_and_its_capture_take_four_round_trips(
             raw = conn.connection.driver_connection
             assert raw is not None
         trips: dict[str, list[str]] = {}
-        for step in ("authorize", "capture"):
+        for step in ("authorize", "capture", "charge"):
             path = tmp_path / f"{step}.trace"
             with path.open("w") as out:
                 raw.pgconn.trace(out.fileno())
@@ -449,6 +449,8 @@ def test_an_authorization_and_its_capture_take_four_round_trips(
                         hold = ledger.authorize(
                             "traced", f.text(max_tokens=100), idempotency_key=key()
                         )
+                    elif step == "charge":
+                        ledger.charge("traced", f.cosmic_image(), idempotency_key=key())
                     else:
                         ledger.capture(
                             hold.id,
@@ -464,7 +466,7 @@ def test_an_authorization_and_its_capture_take_four_round_trips(
     # Each: BEGIN with the wallet lock and the reads under it; then the writes with the
     # COMMIT (the capture's resolving write checks its own row count). BEGIN never goes
     # alone, and it goes first: no statement runs outside the transaction.
-    assert [len(trips["authorize"]), len(trips["capture"])] == [2, 2], trips
+    assert {step: len(sent) for step, sent in trips.items()} == dict.fromkeys(trips, 2), trips
     for sent in trips.values():
         assert sent[0].startswith('Parse\t "" "BEGIN"'), sent  # before any statement
         assert sent[0].count("Execute") > 1, sent  # and not alone
