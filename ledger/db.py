@@ -106,7 +106,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             raw.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
 
         return engine
-    engine = sa.create_engine(
+    return sa.create_engine(
         url,
         pool_size=kwargs.pop("pool_size", 16),
         max_overflow=kwargs.pop("max_overflow", 48),
@@ -116,10 +116,6 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
         pool_recycle=3600,
         **kwargs,
     )
-    # Listened to from the start: adding a listener while another thread runs a
-    # statement would change the list of listeners that thread is going through.
-    sa.event.listen(engine, "before_cursor_execute", _before_statement)
-    return engine
 
 
 def _before_statement(conn: Connection, *_: Any) -> None:
@@ -141,6 +137,11 @@ class Database:
     def __init__(self, engine: Engine) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        event = "before_cursor_execute"
+        if not self.is_sqlite and not sa.event.contains(engine, event, _before_statement):
+            # Listened to before any use case runs: adding a listener while another
+            # thread runs a statement changes the list that thread is going through.
+            sa.event.listen(engine, event, _before_statement)
         # SQLite has one writer at a time. Threads of this process queue here for it
         # instead of polling SQLite's busy handler, whose back-off sleeps (up to 100 ms
         # each) would make the tail latency of concurrent writers; other processes (the

@@ -321,7 +321,10 @@ class Store:
         orig = getattr(exc, "orig", exc)  # SQLAlchemy wraps the driver's errors
         if not isinstance(orig, psycopg.Error) or orig.sqlstate != EXPECT_ROWS_FAILED:
             return None
-        return self._failures[int(orig.diag.message_detail or "")]
+        tag = orig.diag.message_detail or ""
+        if not tag.isdigit() or int(tag) >= len(self._failures):
+            return None  # not a check of this batch: the error as it is
+        return self._failures[int(tag)]
 
     def expect(
         self, sql: Sql, params: Mapping[str, Any], rows: int, failure: Callable[[], Exception]

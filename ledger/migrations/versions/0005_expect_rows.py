@@ -2,7 +2,7 @@
 
 A hold resolves exactly once: its resolving UPDATE is conditional on the hold's status and
 must change one row. The client learnt the count from the statement's result, so the
-COMMIT waited for that result: a round trip of its own for every capture and void. With
+COMMIT waited for that result: a round trip of its own for every capture. With
 this function the statement checks its own count (``SELECT ledger_expect_rows(count(*),
 1, tag) FROM (the write ... RETURNING 1)``) and fails when it differs, which stops the
 COMMIT queued behind it in the same pipeline. The error's SQLSTATE is ``CL001`` and its
