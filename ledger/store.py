@@ -252,8 +252,6 @@ class Store:
         # Cursors of ``reads``: one per statement, each keeps its own result.
         self._readers: list[Any] = []
         self._pipeline: Any = None
-        # Row counts checked when the pipeline's last results are in (before the commit).
-        self._expected: list[tuple[Any, int, Callable[[], Exception]]] = []
         # Writes held back to go as one statement (PostgreSQL batch): the statements with
         # their parameters, the tables they write, and the one whose row count is checked
         # (its index, the count, the failure). The combined texts are kept by shape.
@@ -276,24 +274,20 @@ class Store:
         ``all``, ``changed``) syncs the pipeline; errors of queued statements surface at
         the latest when the block ends, before the commit.
         With ``commit``, a block that ends without an exception commits the transaction
-        there, its last writes and the COMMIT in one round trip (when a row count is
-        still to be checked here, the commit waits for it: see ``expect``); the unit of
-        work's own commit then has nothing left to do. A block that raises commits
-        nothing.
+        there, its last writes and the COMMIT in one round trip; the unit of work's own
+        commit then has nothing left to do. A block that raises commits nothing.
         SQLite runs in-process: nothing to batch.
         """
         if self.sqlite or self._pipeline is not None:
             yield
             return
-        self._expected = []
-        self._failures = []
         try:
             with self.raw.pipeline() as pipeline:
                 self._pipeline = pipeline
                 try:
                     yield
                     self._send_held()
-                    if commit and not self._expected and BEGIN_PENDING not in self._info:
+                    if commit and BEGIN_PENDING not in self._info:
                         # Queued like the writes: the Sync that ends the pipeline sends
                         # it with them, one round trip for all (``raw.commit()`` here
                         # would sync, then leaving the pipeline would sync again).
@@ -310,11 +304,6 @@ class Store:
             raise failure() from exc
         finally:
             self._failures = []
-        # Every result is in (leaving the pipeline synced it) and none failed.
-        expected, self._expected = self._expected, []
-        for cursor, rows, failure in expected:
-            if cursor.rowcount != rows:
-                raise failure()
 
     def _failure_of(self, exc: BaseException) -> Callable[[], Exception] | None:
         """The failure of the checked write whose count ``exc`` reports, if it does."""
@@ -331,26 +320,20 @@ class Store:
     ) -> None:
         """Execute a write that must change exactly ``rows`` rows, else raise ``failure()``.
 
-        In a pipeline the count is checked without a round trip of its own, and the
-        failure then rolls the transaction back as it would now: a write held back has
-        its count checked by the server, inside its statement, whose error stops what
-        was queued after it, the COMMIT too (``batch`` raises the failure); another
-        has it checked when the batch ends, before the commit.
+        In a PostgreSQL batch, a write that can be held back has its count checked by
+        the server, inside its statement, without a round trip of its own: a wrong count
+        fails the statement, which stops what was queued after it, the COMMIT too, and
+        ``batch`` raises the failure. Any other write is counted here (in a pipeline,
+        after a sync).
         """
-        if self._pipeline is None:
-            if self.changed(sql, params) != rows:
-                raise failure()
-            return
-        if sql.table is not None:
+        if self._pipeline is not None and sql.table is not None:
             if self._held_check is not None:
                 self._send_held()
             self._hold(sql, params)
             self._held_check = (len(self._held) - 1, rows, failure)
             return
-        self._ready()
-        cursor = self.raw.cursor()
-        cursor.execute(self._sql(sql), self._bind(params))
-        self._expected.append((cursor, rows, failure))
+        if self.changed(sql, params) != rows:
+            raise failure()
 
     def _hold(self, sql: Sql, *rows: Mapping[str, Any]) -> None:
         """Hold a write back (its ``rows``, in order: one unless ``sql.multirow``), to go
@@ -440,6 +423,9 @@ class Store:
         self.counted.execute(self._sql(sql), self._bind(params))
         if self._pipeline is not None:
             self._pipeline.sync()
+        if self.counted.description is not None:
+            # A write with RETURNING: SQLite counts its rows as they are read.
+            self.counted.fetchall()
         return int(self.counted.rowcount)
 
     def _sql(self, sql: Sql) -> str:

@@ -241,6 +241,35 @@ def test_a_count_found_wrong_raises_its_own_failure_and_commits_nothing(
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM scratch_log").scalar_one() == 0
 
 
+RESOLVE_RETURNING = Sql(
+    "UPDATE scratch SET state = 'done' WHERE id = :id AND state = 'open' RETURNING id"
+)
+
+
+@pytest.mark.parametrize("target", [1, 2])
+def test_a_count_of_a_write_that_cannot_be_held_back_is_checked_too(
+    scratch: Database, target: int
+) -> None:
+    committing_batch(scratch, (1, "open"), (2, "done"))
+
+    def resolve() -> None:
+        with scratch.transaction() as conn:
+            store = Store.of(conn)
+            with store.batch(commit=True):
+                store.run(BUMP, {"id": 1})
+                assert RESOLVE_RETURNING.table is None  # it has a result: sent at once
+                store.expect(RESOLVE_RETURNING, {"id": target}, rows=1, failure=Refused)
+                store.run(BUMP, {"id": 2})
+
+    if target == 2:  # already done: no row changes
+        with pytest.raises(Refused):
+            resolve()
+        assert (states(scratch), hits(scratch)) == ({1: "open", 2: "done"}, {1: 0, 2: 0})
+    else:
+        resolve()
+        assert (states(scratch), hits(scratch)) == ({1: "done", 2: "done"}, {1: 1, 2: 1})
+
+
 def insert_then_refuse(db: Database, stores: list[Store]) -> None:
     with db.transaction() as conn:
         stores.append(Store.of(conn))
