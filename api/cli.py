@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api.errors import status_of
-from ledger.db import Database
+from ledger.db import Database, is_lock_timeout
 from ledger.keys import Keys
 from ledger.results import AccountView, GrantView
 from ledger.services import Ledger, ledger_from_settings
@@ -233,7 +233,7 @@ def catalogs_command(
 
 
 def _database() -> Database:
-    return Database.from_url(_settings().database_url)
+    return Database.from_settings(_settings())
 
 
 @app.command("migrate")
@@ -297,6 +297,16 @@ def _domain_errors() -> Iterator[None]:
     except DomainError as exc:
         _fail(exc.to_dict(), _EXIT_BY_STATUS.get(status_of(exc), EXIT_INVALID))
     except sa.exc.SQLAlchemyError as exc:
+        if is_lock_timeout(exc):
+            _fail(
+                {
+                    "error": "database_busy",
+                    "message": "another transaction held a lock this one needs for longer "
+                    "than CREDITLEDGER_LOCK_TIMEOUT_SECONDS; nothing was changed",
+                    "hint": "retry",
+                },
+                EXIT_DATABASE,
+            )
         _database_failed(exc, "is the database reachable and migrated (`creditledger migrate`)?")
 
 
@@ -313,7 +323,7 @@ def _open_ledger() -> Iterator[Ledger]:
 
 @contextmanager
 def _open_keys() -> Iterator[Keys]:
-    keys = Keys(Database.from_url(_settings().database_url))
+    keys = Keys(Database.from_settings(_settings()))
     try:
         with _domain_errors():
             yield keys
@@ -650,7 +660,7 @@ def serve_command(
 
     settings = _settings()
     with _domain_errors():
-        db = Database.from_url(settings.database_url)
+        db = Database.from_settings(settings)
         try:
             db.migrate()
         finally:

@@ -18,6 +18,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from api.schemas import ErrorPublic, InsufficientCreditsPublic
+from ledger.db import is_lock_timeout
 from ledger.errors import (
     AccountExists,
     AlreadyReversed,
@@ -178,16 +179,33 @@ _UNAVAILABLE: tuple[type[Exception], ...] = (
 )
 
 
-def _internal(_request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, _UNAVAILABLE):
-        # The database is unreachable or overloaded: nothing was committed; retry later
-        # with the same idempotency key.
+def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+    """503: nothing was committed; retry later with the same idempotency key.
+
+    Registered for the database's errors themselves (not through ``Exception``), so the
+    response is an ordinary one: Starlette's last-resort handler re-raises after it
+    answers, and uvicorn then drops the connection, which a client's next request on it
+    would meet as a reset.
+    """
+    if is_lock_timeout(exc):
+        # Another transaction held a lock this one needed for longer than the lock
+        # timeout (CREDITLEDGER_LOCK_TIMEOUT_SECONDS).
+        log.warning("lock wait timed out: %s", exc)
+        body = {
+            "error": "database_busy",
+            "message": "a lock this request needs was held by another transaction for "
+            "longer than the lock timeout; nothing was committed; retry",
+        }
+    else:
+        # The database is unreachable, overloaded or cut off.
         log.error("database unavailable", exc_info=exc)
-        return JSONResponse(
-            {"error": "database_unavailable", "message": "the database is unavailable; retry"},
-            503,
-            headers={"Retry-After": "1"},
-        )
+        body = {"error": "database_unavailable", "message": "the database is unavailable; retry"}
+    return JSONResponse(body, 503, headers={"Retry-After": "1"})
+
+
+def _internal(request: Request, exc: Exception) -> JSONResponse:
+    if isinstance(exc, _UNAVAILABLE):  # raised outside the routes (a middleware)
+        return _unavailable(request, exc)
     log.error("unhandled error", exc_info=exc)
     return JSONResponse({"error": "internal_error", "message": "internal error"}, 500)
 
@@ -203,8 +221,9 @@ _DESCRIBED = {
     415: "The body is not application/json.",
     422: "Invalid request: the field and what is allowed.",
     500: "An unexpected bug; the transaction it interrupted was rolled back.",
-    503: "The database is unavailable; nothing was committed. Retry after Retry-After "
-    "seconds with the same Idempotency-Key.",
+    503: "The database is unavailable (database_unavailable) or a lock the request needs "
+    "stayed taken past the lock timeout (database_busy); nothing was committed. Retry after "
+    "Retry-After seconds with the same Idempotency-Key.",
 }
 
 
@@ -222,6 +241,8 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
 def install(app: FastAPI) -> None:
     """Register the handlers on ``app``."""
     app.add_exception_handler(Exception, _internal)
+    for unavailable in _UNAVAILABLE:
+        app.add_exception_handler(unavailable, _unavailable)
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)
     app.add_exception_handler(Unauthorized, _unauthorized)

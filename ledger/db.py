@@ -23,22 +23,36 @@ sends ``BEGIN`` before it, the ledger's store (queued with its first reads) or S
 transaction that the unit of work commits or rolls back (the driver's ``commit()`` and
 ``rollback()`` act on an open transaction in autocommit mode too; with nothing sent
 there is nothing to end).
+
+No wait is unbounded (``Timeouts``). A lock held by another transaction is waited for at
+most ``lock`` seconds: on PostgreSQL a row lock (``lock_timeout``: a wallet, a key being
+written), on SQLite the database's write lock (the busy timeout for another process; the
+queue of this process's writers). Then the transaction fails with ``is_lock_timeout``
+true, having changed nothing. A PostgreSQL connection is made within ``connect`` seconds,
+and the server ends a session left idle inside a transaction for ``idle_in_transaction``
+seconds (a client that died or hung mid-transaction), releasing its locks.
 """
 
 from __future__ import annotations
 
 import json
+import sqlite3
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from decimal import Decimal
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+import psycopg
 import sqlalchemy as sa
 from alembic import command
 from alembic.config import Config
-from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
+
+if TYPE_CHECKING:
+    from ledger.settings import Settings
 
 _WRITE = "creditledger_write"
 #: ``conn.info`` key: this PostgreSQL write transaction's BEGIN is still to be sent.
@@ -63,6 +77,53 @@ class CommitFailed(sa.exc.OperationalError):
         super().__init__("COMMIT", None, orig if isinstance(orig, Exception) else cause)
 
 
+class LockTimeout(sa.exc.OperationalError):
+    """This process's SQLite writers queued longer than the lock timeout for the write
+    lock: the transaction did not start, nothing of it was written."""
+
+    def __init__(self, seconds: float) -> None:
+        super().__init__(
+            "BEGIN", None, TimeoutError(f"the write lock was not free within {seconds:g} s")
+        )
+
+
+def is_lock_timeout(exc: BaseException) -> bool:
+    """Whether ``exc`` (SQLAlchemy's or the driver's) is a lock wait that ran out
+    (``Timeouts.lock``): nothing was committed, and the request may be retried."""
+    if isinstance(exc, LockTimeout):
+        return True
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    return isinstance(orig, psycopg.errors.LockNotAvailable) or (
+        isinstance(orig, sqlite3.OperationalError)
+        # The extended code's low byte is the primary code (SQLITE_BUSY_SNAPSHOT too).
+        and getattr(orig, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
+    )
+
+
+@dataclass(frozen=True)
+class Timeouts:
+    """The bounds of the database's waits, in seconds (the settings of the same names,
+    ``CREDITLEDGER_*_TIMEOUT_SECONDS``, give them)."""
+
+    #: A lock held by another transaction (see the module's documentation).
+    lock: float = 10.0
+    #: PostgreSQL: making a connection (libpq's ``connect_timeout``, whole seconds, at
+    #: least 2).
+    connect: int = 10
+    #: PostgreSQL: a session idle inside a transaction (0: no limit).
+    idle_in_transaction: float = 300.0
+
+    def __post_init__(self) -> None:
+        if not self.lock > 0 or self.connect < 1 or not self.idle_in_transaction >= 0:
+            raise ValueError(f"invalid timeouts: {self}")
+
+    def postgresql_options(self) -> str:
+        """The server settings a PostgreSQL session starts with (libpq ``options``)."""
+        lock_ms = max(1, round(self.lock * 1000))  # 0 would be no limit
+        idle_ms = round(self.idle_in_transaction * 1000)
+        return f"-c lock_timeout={lock_ms} -c idle_in_transaction_session_timeout={idle_ms}"
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else str(value)
@@ -74,13 +135,16 @@ def json_dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"))
 
 
-def make_engine(url: str, **kwargs: Any) -> Engine:
-    """An engine for ``url`` configured for the ledger's locking and durability."""
+def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) -> Engine:
+    """An engine for ``url`` configured for the ledger's locking, durability and
+    ``timeouts``."""
+    timeouts = timeouts or Timeouts()
     kwargs.setdefault("json_serializer", json_dumps)
     if url.startswith("sqlite"):
+        busy_ms = max(1, round(timeouts.lock * 1000))  # 0 would be no wait at all
         engine = sa.create_engine(
             url,
-            connect_args={"check_same_thread": False, "timeout": 60},
+            connect_args={"check_same_thread": False, "timeout": timeouts.lock},
             pool_size=kwargs.pop("pool_size", 16),
             max_overflow=kwargs.pop("max_overflow", 48),
             **kwargs,
@@ -94,7 +158,7 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             cursor.execute("PRAGMA journal_mode=WAL")
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=60000")
+            cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
@@ -103,11 +167,28 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
             # On the driver's connection: SQLAlchemy's execution path (cursor, result,
             # events) costs far more than the statement, on every transaction.
             raw: Any = conn.connection.driver_connection
-            raw.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+            statement = "BEGIN IMMEDIATE" if immediate else "BEGIN"
+            try:
+                raw.execute(statement)
+            except sqlite3.Error as exc:
+                # Wrapped as SQLAlchemy wraps its own statements' errors (a write lock
+                # another process held past the busy timeout: OperationalError).
+                raise sa.exc.DBAPIError.instance(statement, None, exc, sqlite3.Error) from exc
 
         return engine
+    # What the URL sets itself wins: its ``options`` go after these (the server applies
+    # the last of a setting given twice), its ``connect_timeout`` is kept.
+    query = make_url(url).query
+    given = query.get("options")
+    options = timeouts.postgresql_options()
+    connect_args: dict[str, Any] = {
+        "options": f"{options} {given}" if isinstance(given, str) else options
+    }
+    if "connect_timeout" not in query:
+        connect_args["connect_timeout"] = timeouts.connect
     return sa.create_engine(
         url,
+        connect_args=connect_args,
         pool_size=kwargs.pop("pool_size", 16),
         max_overflow=kwargs.pop("max_overflow", 48),
         # No pre-ping: it costs a round trip per transaction. Connections are recycled
@@ -134,9 +215,10 @@ def _before_statement(conn: Connection, *_: Any) -> None:
 class Database:
     """An engine and the way the use cases open transactions on it."""
 
-    def __init__(self, engine: Engine) -> None:
+    def __init__(self, engine: Engine, *, timeouts: Timeouts | None = None) -> None:
         self.engine = engine
         self.dialect = engine.dialect.name
+        self.timeouts = timeouts or Timeouts()
         event = "before_cursor_execute"
         if not self.is_sqlite and not sa.event.contains(engine, event, _before_statement):
             # Listened to before any use case runs: adding a listener while another
@@ -159,15 +241,23 @@ class Database:
         self._writer_conn: Connection | None = None
         self._write_engine = (
             make_engine(
-                engine.url.render_as_string(hide_password=False), pool_size=1, max_overflow=0
+                engine.url.render_as_string(hide_password=False),
+                timeouts=self.timeouts,
+                pool_size=1,
+                max_overflow=0,
             )
             if self.is_sqlite
             else engine
         )
 
     @classmethod
-    def from_url(cls, url: str, **kwargs: Any) -> Database:
-        return cls(make_engine(url, **kwargs))
+    def from_url(cls, url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) -> Database:
+        return cls(make_engine(url, timeouts=timeouts, **kwargs), timeouts=timeouts)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Database:
+        """The database the operator configured, with the configured timeouts."""
+        return cls.from_url(settings.database_url, timeouts=settings.timeouts())
 
     @property
     def is_sqlite(self) -> bool:
@@ -190,9 +280,11 @@ class Database:
         assert self._writer is not None
         with self._queue:
             self._queued += 1
-        self._writer.acquire()
+        acquired = self._writer.acquire(timeout=self.timeouts.lock)
         with self._queue:
             self._queued -= 1
+        if not acquired:
+            raise LockTimeout(self.timeouts.lock)
         try:
             group = self._group or self._open_group()
             # The first writer runs without a savepoint: when it fails, the transaction

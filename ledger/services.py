@@ -1740,9 +1740,10 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 
 def ledger_from_settings(settings: Settings) -> Ledger:
-    """The ledger the operator configured: database, catalogs and hold lifetime."""
+    """The ledger the operator configured: database (and its timeouts), catalogs and hold
+    lifetime."""
     return Ledger(
-        Database.from_url(settings.database_url),
+        Database.from_settings(settings),
         load_catalogs(settings.catalog_dirs()),
         hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
     )

@@ -8,6 +8,8 @@ from pathlib import Path
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from ledger.db import Timeouts
+
 
 class Settings(BaseSettings):
     """Everything the operator configures. Each field is ``CREDITLEDGER_<NAME>``."""
@@ -46,6 +48,28 @@ class Settings(BaseSettings):
     #: Python's garbage collector (Python's default is 700; 0 keeps it). The start-up heap
     #: is frozen either way. See ``api/runtime.py``.
     gc_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
+
+    #: The longest a transaction waits for a lock another holds (PostgreSQL: a row lock,
+    #: such as a wallet's; SQLite: the database's write lock). Then the request fails
+    #: with 503 ``database_busy`` and changes nothing; it can be retried as it was.
+    lock_timeout_seconds: float = Field(default=Timeouts.lock, gt=0, le=3600)
+
+    #: PostgreSQL: the longest making a connection may take (at least 2 s, libpq's rule).
+    connect_timeout_seconds: int = Field(default=Timeouts.connect, ge=1, le=3600)
+
+    #: PostgreSQL: the server ends a session that stays idle inside a transaction this
+    #: long (a client that died or hung mid-transaction), releasing its locks. 0: never.
+    idle_in_transaction_timeout_seconds: float = Field(
+        default=Timeouts.idle_in_transaction, ge=0, le=24 * 3600
+    )
+
+    def timeouts(self) -> Timeouts:
+        """The database's waits, as configured."""
+        return Timeouts(
+            lock=self.lock_timeout_seconds,
+            connect=self.connect_timeout_seconds,
+            idle_in_transaction=self.idle_in_transaction_timeout_seconds,
+        )
 
     def catalog_dirs(self) -> list[Path]:
         """The operator catalog directories to load after the shipped catalogs."""

@@ -30,7 +30,8 @@ def run_migrations_online() -> None:
     from ledger.db import make_engine
     from ledger.settings import get_settings
 
-    engine = make_engine(get_settings().database_url)
+    settings = get_settings()
+    engine = make_engine(settings.database_url, timeouts=settings.timeouts())
     with engine.begin() as conn:
         _run(conn)
     engine.dispose()

@@ -1,0 +1,199 @@
+"""No wait on the database is unbounded: a lock held too long, a writer queue that does not
+move, a session left idle inside a transaction, a server that never answers."""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+from collections.abc import Iterator
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.db import Database, LockTimeout, Timeouts, is_lock_timeout
+from ledger.results import HoldView
+from ledger.services import Ledger
+from ledger.verify import verify
+from pricing.catalog import CatalogSet
+from tests import factories as f
+from tests.factories import Clock, key
+from tests.waits import timed, wallet_locked
+
+VEO_FAST = f.veo3_video(video_model="veo3_fast")
+postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@pytest.fixture
+def funded(database_url: str, catalogs: CatalogSet, clock: Clock) -> Iterator[Ledger]:
+    """A ledger whose lock waits last at most half a second, with a wallet of 1,000."""
+    db = Database.from_url(database_url, timeouts=Timeouts(lock=0.5))
+    ledger = Ledger(db, catalogs, clock=clock)
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    ledger.top_up("wallet", 1_000, idempotency_key=key())
+    try:
+        yield ledger
+    finally:
+        db.dispose()
+
+
+def test_a_lock_held_past_the_timeout_fails_the_request_and_changes_nothing(
+    funded: Ledger, database_url: str
+) -> None:
+    request_key = key("auth")
+    with wallet_locked(database_url, "wallet"):
+        failure, waited = timed(
+            lambda: funded.authorize("wallet", VEO_FAST, idempotency_key=request_key)
+        )
+    assert isinstance(failure, Exception), repr(failure)
+    assert is_lock_timeout(failure), repr(failure)
+    assert waited >= 0.4, waited
+    view = funded.balance("wallet")
+    assert (view.balance, view.pending) == (1_000, 0)
+    assert verify(funded.db) == []
+    # Retried as it was, once the lock is free: one hold, for the same key.
+    hold = funded.authorize("wallet", VEO_FAST, idempotency_key=request_key)
+    again = funded.authorize("wallet", VEO_FAST, idempotency_key=request_key)
+    assert again.id == hold.id
+    view = funded.balance("wallet")
+    assert (view.balance, view.pending) == (1_000, 240)
+    assert verify(funded.db) == []
+
+
+def test_a_lock_freed_within_the_timeout_is_waited_for(funded: Ledger, database_url: str) -> None:
+    def free_soon() -> None:
+        with wallet_locked(database_url, "wallet"):
+            locked.set()
+            time.sleep(0.15)
+
+    locked = threading.Event()
+    holder = threading.Thread(target=free_soon)
+    holder.start()
+    try:
+        assert locked.wait(10)
+        hold = funded.authorize("wallet", VEO_FAST, idempotency_key=key())
+    finally:
+        holder.join(10)
+    assert hold.held == 240
+
+
+@pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
+def test_sqlite_writers_queue_for_the_write_lock_no_longer_than_the_timeout(
+    database_url: str,
+) -> None:
+    db = Database.from_url(database_url, timeouts=Timeouts(lock=0.3))
+    inside, release = threading.Event(), threading.Event()
+
+    def stuck_writer() -> None:
+        with db.transaction() as conn:
+            conn.exec_driver_sql("CREATE TABLE scratch (n INTEGER)")
+            inside.set()
+            release.wait(10)
+
+    writer = threading.Thread(target=stuck_writer)
+    writer.start()
+    try:
+        assert inside.wait(10)
+
+        def second_writer() -> None:
+            with db.transaction():
+                pass
+
+        failure, waited = timed(second_writer)
+        assert isinstance(failure, LockTimeout), repr(failure)
+        assert is_lock_timeout(failure)
+        assert waited >= 0.25, waited
+    finally:
+        release.set()
+        writer.join(10)
+    # The writer that timed out left the queue: the stuck one committed and returned,
+    # and the next writer runs.
+    assert not writer.is_alive()
+    with db.transaction() as conn:
+        conn.exec_driver_sql("INSERT INTO scratch VALUES (1)")
+    with db.transaction(write=False) as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM scratch").scalar() == 1
+    db.dispose()
+
+
+@postgresql_only
+def test_postgresql_sessions_start_with_the_timeouts_unless_the_url_sets_them(
+    database_url: str,
+) -> None:
+    def show(db: Database) -> tuple[str, str]:
+        with db.transaction(write=False) as conn:
+            lock = conn.exec_driver_sql("SHOW lock_timeout").scalar()
+            idle = conn.exec_driver_sql("SHOW idle_in_transaction_session_timeout").scalar()
+        db.dispose()
+        return str(lock), str(idle)
+
+    assert show(Database.from_url(database_url)) == ("10s", "5min")
+    configured = Timeouts(lock=1.5, idle_in_transaction=0)
+    assert show(Database.from_url(database_url, timeouts=configured)) == ("1500ms", "0")
+    # A setting the URL gives wins; the others still apply.
+    own = database_url + "?options=-c%20lock_timeout%3D7s"
+    assert show(Database.from_url(own, timeouts=configured)) == ("7s", "0")
+
+
+@postgresql_only
+def test_a_transaction_left_idle_is_ended_by_the_server_and_its_locks_freed(
+    funded: Ledger, database_url: str
+) -> None:
+    stuck = Database.from_url(database_url, timeouts=Timeouts(idle_in_transaction=1))
+    waiting = Database.from_url(database_url, timeouts=Timeouts(lock=30))
+    ledger = Ledger(waiting, funded.catalogs, clock=funded.clock)
+    asked: list[tuple[object, float]] = []
+
+    def stop_midway() -> None:
+        with stuck.transaction() as conn:
+            # A client that stops in the middle of a transaction, holding a wallet ...
+            conn.exec_driver_sql("SELECT id FROM accounts WHERE external_id = 'wallet' FOR UPDATE")
+            # ... while another asks for the same wallet.
+            asked.append(
+                timed(lambda: ledger.authorize("wallet", VEO_FAST, idempotency_key=key()), 15)
+            )
+        # When it wakes up, its commit fails: the server ended its session.
+
+    try:
+        with pytest.raises(sa.exc.DBAPIError, match="idle-in-transaction"):
+            stop_midway()
+        hold, waited = asked[0]
+        assert isinstance(hold, HoldView), repr(hold)
+        assert hold.held == 240
+        assert waited >= 0.8, waited
+        # The ended session's connection is not handed out again.
+        with stuck.transaction(write=False) as conn:
+            assert conn.exec_driver_sql("SELECT 1").scalar() == 1
+    finally:
+        stuck.dispose()
+        waiting.dispose()
+    assert funded.balance("wallet").pending == 240
+
+
+def test_a_postgresql_server_that_never_answers_fails_the_connection_in_time() -> None:
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen()  # the kernel accepts the connection; nothing ever answers
+        port = silent.getsockname()[1]
+        db = Database.from_url(
+            f"postgresql+psycopg://postgres@127.0.0.1:{port}/ledger",
+            timeouts=Timeouts(connect=2),
+        )
+
+        def connect() -> None:
+            with db.transaction(write=False) as conn:
+                conn.exec_driver_sql("SELECT 1")
+
+        failure, waited = timed(connect, 20)
+        db.dispose()
+    assert isinstance(failure, sa.exc.OperationalError), repr(failure)
+    assert waited >= 1.5, waited
+
+
+@pytest.mark.parametrize(
+    "timeouts",
+    [{"lock": 0}, {"lock": -1}, {"connect": 0}, {"idle_in_transaction": -1}],
+)
+def test_timeouts_that_make_no_sense_are_refused(timeouts: dict[str, float]) -> None:
+    with pytest.raises(ValueError, match="invalid timeouts"):
+        Timeouts(**timeouts)  # type: ignore[arg-type]
