@@ -674,7 +674,14 @@ def serve_command(
             err=True,
         )
     tune_gc(settings.gc_threshold)  # after the app is built: its heap is what is frozen
-    uvicorn.run(web, host=host, port=port, access_log=access_log, log_level="info")
+    uvicorn.run(
+        web,
+        host=host,
+        port=port,
+        access_log=access_log,
+        log_level="info",
+        timeout_keep_alive=settings.keep_alive_seconds,
+    )
 
 
 def main() -> None:

@@ -63,6 +63,12 @@ class Settings(BaseSettings):
         default=Timeouts.idle_in_transaction, ge=0, le=24 * 3600
     )
 
+    #: ``creditledger serve``: how long an idle keep-alive connection stays open. Longer
+    #: than the idle expiry of clients' connection pools (httpx's is 5 s, a load
+    #: balancer's often 60 s): a server that closes first races the client's next
+    #: request on that connection, which then fails unanswered.
+    keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
+
     def timeouts(self) -> Timeouts:
         """The database's waits, as configured."""
         return Timeouts(

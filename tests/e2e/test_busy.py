@@ -1,12 +1,14 @@
 """A lock held past CREDITLEDGER_LOCK_TIMEOUT_SECONDS, through the real interfaces: the
 HTTP API answers 503 ``database_busy`` (nothing committed, retry with the same key), the
 CLI exits 6, and ``creditledger serve`` and the CLI take the timeout from the
-environment."""
+environment; and the keep-alive connections ``serve`` keeps open."""
 
 from __future__ import annotations
 
 import json
+import socket
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -139,3 +141,46 @@ def test_serve_takes_the_lock_timeout_from_the_environment(
         charged = post("/v1/charges", charge, "c2")
         assert charged.status_code == 201, charged.text
         assert http.get("/v1/accounts/veo").json()["balance"] == 0
+
+
+def _exchange(conn: socket.socket) -> bytes:
+    """One keep-alive request for /healthz on ``conn``: the whole response (read to its
+    Content-Length, so nothing of it is left for the next), or ``b""`` when the server
+    had closed the connection."""
+    try:
+        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: ledger\r\n\r\n")
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+        return data
+    except ConnectionError:
+        return b""
+
+
+@pytest.mark.parametrize(("setting", "idle", "kept"), [(None, 6.0, True), ("1", 2.5, False)])
+def test_serve_keeps_an_idle_connection_open_longer_than_clients_pools_do(
+    sqlite_env: dict[str, str],
+    serve: Callable[[dict[str, str]], Served],
+    setting: str | None,
+    idle: float,
+    kept: bool,
+) -> None:
+    """By default longer than httpx's 5 s (a server that closes first races the client's
+    next request on the connection); CREDITLEDGER_KEEP_ALIVE_SECONDS sets it."""
+    extra = {} if setting is None else {"CREDITLEDGER_KEEP_ALIVE_SECONDS": setting}
+    served = serve({**sqlite_env, **extra}).start()
+    host, port = served.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as conn:
+        assert _exchange(conn).startswith(b"HTTP/1.1 200")
+        time.sleep(idle)
+        assert _exchange(conn).startswith(b"HTTP/1.1 200") is kept
