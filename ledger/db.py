@@ -100,6 +100,21 @@ def is_lock_timeout(exc: BaseException) -> bool:
     )
 
 
+#: The text of the SQLite triggers that refuse a sum beyond 64 bits (migration 0006).
+OVERFLOW_TAG = "amount_overflow"
+
+
+def is_overflow(exc: BaseException) -> bool:
+    """Whether ``exc`` (SQLAlchemy's or the driver's) is a sum that left the signed 64-bit
+    range of a money or quantity column: PostgreSQL's ``bigint out of range`` (or a
+    ``numeric`` one), or on SQLite one of migration 0006's triggers (SQLite itself would
+    store the sum as an inexact float). The transaction is rolled back with nothing done."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    return isinstance(orig, psycopg.errors.NumericValueOutOfRange) or (
+        isinstance(orig, sqlite3.IntegrityError) and str(orig).startswith(OVERFLOW_TAG)
+    )
+
+
 @dataclass(frozen=True)
 class Timeouts:
     """The bounds of the database's waits, in seconds (the settings of the same names,

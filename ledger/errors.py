@@ -19,6 +19,13 @@ class InvalidInput(LedgerError):
     code = "invalid_input"
 
 
+class BalanceOverflow(InvalidInput):
+    """The operation would take a balance or a running total beyond the signed 64-bit
+    minor units every amount is kept in; nothing was changed."""
+
+    code = "amount_overflow"
+
+
 class NotFound(LedgerError):
     code = "not_found"
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
-from ledger.errors import UnbalancedEntry
+from ledger.errors import BalanceOverflow, UnbalancedEntry
 
 MAX_AMOUNT = 2**63 - 1
 
@@ -57,6 +57,23 @@ def transfer(debit: int, credit: int, unit: str, amount: int) -> list[Leg]:
 def available(balance: int, pending: int, overdraft_limit: int) -> int:
     """What a new authorization may reserve."""
     return balance - pending + overdraft_limit
+
+
+def check_room(balance: int, overdraft_limit: int, amount: int) -> None:
+    """Refuse credits that would take a wallet's available balance beyond 64 bits.
+
+    ``balance + overdraft_limit`` bounds what the wallet may ever reserve or report as
+    available; kept within :data:`MAX_AMOUNT`, every amount the ledger answers with fits
+    the signed 64-bit integers clients parse it into.
+    """
+    room = MAX_AMOUNT - overdraft_limit - balance
+    if amount > 0 and amount > room:
+        raise BalanceOverflow(
+            f"crediting {amount} would take the wallet past the largest balance the ledger "
+            f"keeps: balance plus overdraft limit ({overdraft_limit}) may be at most "
+            f"{MAX_AMOUNT}, and this wallet has room for {max(room, 0)}",
+            allowed={"max": max(room, 0)},
+        )
 
 
 def debt(balance: int, overdraft_limit: int) -> int:

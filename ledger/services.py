@@ -12,10 +12,11 @@ import base64
 import hashlib
 import itertools
 import json
+import logging
 import time
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
@@ -29,10 +30,11 @@ from sqlalchemy.exc import IntegrityError
 
 from ledger import kernel
 from ledger import store as sql
-from ledger.db import Database
+from ledger.db import Database, is_overflow
 from ledger.errors import (
     AccountExists,
     AlreadyReversed,
+    BalanceOverflow,
     HoldNotPending,
     IdempotencyConflict,
     InsufficientCredits,
@@ -148,6 +150,9 @@ def _aware(value: datetime | None, field: str) -> datetime | None:
     return value
 
 
+log = logging.getLogger("creditledger.ledger")
+
+
 def _hash(operation: str, payload: Mapping[str, Any]) -> str:
     canonical = json.dumps([operation, payload], sort_keys=True, default=str, separators=(",", ":"))
     return hashlib.sha256(canonical.encode()).hexdigest()
@@ -155,6 +160,42 @@ def _hash(operation: str, payload: Mapping[str, Any]) -> str:
 
 #: A unique or foreign-key violation, from SQLAlchemy or from the store's cursor.
 INTEGRITY_ERRORS: tuple[type[Exception], ...] = (IntegrityError, *sql.DRIVER_INTEGRITY_ERRORS)
+
+
+#: The request field that carries the amount of each use case, named when the amount
+#: would take a sum beyond 64 bits.
+_AMOUNT_FIELD = {
+    "topup": "amount",
+    "adjustment": "amount",
+    "authorize": "params",
+    "charge": "params",
+    "capture": "usage",
+    "reverse": "id",
+}
+
+
+@contextmanager
+def _refusing_overflow(operation: str) -> Iterator[None]:
+    """Turn the database's refusal of a sum beyond 64 bits (``is_overflow``) into
+    :class:`BalanceOverflow`, naming the field of ``operation`` that carried the amount.
+    The transaction it interrupted has rolled back."""
+    field = _AMOUNT_FIELD.get(operation)
+    try:
+        yield
+    except BalanceOverflow as exc:
+        if exc.field is None:
+            exc.field = field
+        raise
+    except Exception as exc:
+        if not is_overflow(exc):
+            raise
+        raise BalanceOverflow(
+            f"this {operation.replace('_', ' ')} would take a balance or a running total "
+            f"beyond the 64-bit minor units the ledger keeps (at most {kernel.MAX_AMOUNT}); "
+            "nothing was changed",
+            field=field,
+            allowed={"max": kernel.MAX_AMOUNT},
+        ) from exc
 
 
 def _violated(exc: Exception, name: str) -> bool:
@@ -313,7 +354,7 @@ class Ledger:
         self._ensure_system()
         for attempt in range(3):
             try:
-                with self.db.transaction() as conn:
+                with _refusing_overflow(operation), self.db.transaction() as conn:
                     store = Store.of(conn)
                     w = _Work(conn, store, operation, key, request_hash, self._now())
                     # PostgreSQL: the batch ends with the commit, sent with its last
@@ -847,6 +888,7 @@ class Ledger:
                 raise InvalidInput("expires_at must be in the future", field="expires_at")
             self._expire_due(w.conn, wallet, w.now)
             balance_before, _ = self._money(w.conn, wallet)
+            kernel.check_room(balance_before, wallet.overdraft_limit, amount)
             source = self._system_account(
                 wallet.unit, "promotions" if kind == "promo" else "funding"
             )
@@ -905,6 +947,7 @@ class Ledger:
                 return stored
             self._expire_due(w.conn, wallet, w.now)
             balance_before, _ = self._money(w.conn, wallet)
+            kernel.check_room(balance_before, wallet.overdraft_limit, amount)
             funding = self._system_account(wallet.unit, "funding")
             if amount > 0:
                 legs = kernel.transfer(funding, wallet.id, wallet.unit, amount)
@@ -1456,10 +1499,11 @@ class Ledger:
             ]
             self._expire_due(w.conn, wallet, w.now)
             balance_before, _ = self._money(w.conn, wallet)
+            delta = sum(leg.amount for leg in legs if leg.account_id == wallet.id)
+            kernel.check_room(balance_before, wallet.overdraft_limit, delta)
             reversal = self._post(
                 w.conn, w.now, "reversal", wallet, legs, reason, reverses_id=entry_id
             )
-            delta = sum(leg.amount for leg in legs if leg.account_id == wallet.id)
             if delta < 0:
                 created = w.conn.execute(
                     sa.select(grants.c.id).where(grants.c.entry_id == entry_id)
@@ -1578,6 +1622,8 @@ class Ledger:
         """Grant each wallet's monthly allocation for the current period, exactly once.
 
         The previous allocations' remainder expires first. Returns how many were granted.
+        A wallet whose allocation is refused (it would take the balance beyond 64 bits) is
+        logged and skipped; the others are granted, and the next round tries it again.
         """
         self._ensure_system()
         now = self._now()
@@ -1593,60 +1639,69 @@ class Ledger:
             )
         granted = 0
         for account_id in rows:
-            with self.db.transaction() as conn:
-                wallet = self._lock_wallet_by_id(conn, int(account_id))
-                allocation = conn.execute(
-                    sa.select(accounts.c.monthly_allocation).where(accounts.c.id == wallet.id)
-                ).scalar_one()
-                period = kernel.period_of(now, wallet.timezone)
-                done = conn.execute(
-                    sa.select(periods.c.period).where(
-                        periods.c.account_id == wallet.id, periods.c.period == period
-                    )
-                ).first()
-                if done is not None or allocation is None:
-                    continue
-                previous = conn.execute(
-                    sa.select(grants.c.id, grants.c.remaining).where(
-                        grants.c.account_id == wallet.id,
-                        grants.c.remaining > 0,
-                        sa.or_(
-                            grants.c.expires_at <= now,
-                            sa.and_(grants.c.kind == "allocation", grants.c.period != period),
-                        ),
-                    )
-                ).all()
-                self._expire(conn, wallet, now, [(g.id, int(g.remaining)) for g in previous])
-                _start, end = kernel.period_bounds(period, wallet.timezone)
-                balance_before, _ = self._money(conn, wallet)
-                funding = self._system_account(wallet.unit, "funding")
-                entry_id = self._post(
-                    conn,
-                    now,
-                    "allocation",
-                    wallet,
-                    kernel.transfer(funding, wallet.id, wallet.unit, allocation),
-                    f"monthly allocation {period}",
-                )
-                grant_id = self._credit_grants(
-                    conn,
-                    wallet,
-                    entry_id,
-                    allocation,
-                    balance_before,
-                    now,
-                    kind="allocation",
-                    expires_at=end,
-                    period=period,
-                    always_grant=True,
-                )
-                conn.execute(
-                    periods.insert().values(
-                        account_id=wallet.id, period=period, grant_id=grant_id, created_at=now
-                    )
-                )
-                granted += 1
+            try:
+                with _refusing_overflow("allocation"):
+                    granted += self._allocate(int(account_id), now)
+            except BalanceOverflow as exc:
+                log.error("monthly allocation of account %s refused: %s", account_id, exc)
         return granted
+
+    def _allocate(self, account_id: int, now: datetime) -> bool:
+        """Grant one wallet its allocation for the period of ``now``, unless done."""
+        with self.db.transaction() as conn:
+            wallet = self._lock_wallet_by_id(conn, account_id)
+            allocation = conn.execute(
+                sa.select(accounts.c.monthly_allocation).where(accounts.c.id == wallet.id)
+            ).scalar_one()
+            period = kernel.period_of(now, wallet.timezone)
+            done = conn.execute(
+                sa.select(periods.c.period).where(
+                    periods.c.account_id == wallet.id, periods.c.period == period
+                )
+            ).first()
+            if done is not None or allocation is None:
+                return False
+            previous = conn.execute(
+                sa.select(grants.c.id, grants.c.remaining).where(
+                    grants.c.account_id == wallet.id,
+                    grants.c.remaining > 0,
+                    sa.or_(
+                        grants.c.expires_at <= now,
+                        sa.and_(grants.c.kind == "allocation", grants.c.period != period),
+                    ),
+                )
+            ).all()
+            self._expire(conn, wallet, now, [(g.id, int(g.remaining)) for g in previous])
+            _start, end = kernel.period_bounds(period, wallet.timezone)
+            balance_before, _ = self._money(conn, wallet)
+            kernel.check_room(balance_before, wallet.overdraft_limit, allocation)
+            funding = self._system_account(wallet.unit, "funding")
+            entry_id = self._post(
+                conn,
+                now,
+                "allocation",
+                wallet,
+                kernel.transfer(funding, wallet.id, wallet.unit, allocation),
+                f"monthly allocation {period}",
+            )
+            grant_id = self._credit_grants(
+                conn,
+                wallet,
+                entry_id,
+                allocation,
+                balance_before,
+                now,
+                kind="allocation",
+                expires_at=end,
+                period=period,
+                always_grant=True,
+            )
+            conn.execute(
+                periods.insert().values(
+                    account_id=wallet.id, period=period, grant_id=grant_id, created_at=now
+                )
+            )
+            return True
 
     # -------------------------------------------------------------------------- reading
 

@@ -51,6 +51,27 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
     # Huge and negative numbers.
     ("topup 2^63", "POST", "/v1/accounts/w/topups", {"amount": BIG}, {}, 422, None, "amount"),
     ("topup 10^30", "POST", "/v1/accounts/w/topups", {"amount": 10**30}, {}, 422, None, "amount"),
+    # Each fits 64 bits; the balance it would make does not.
+    (
+        "topup past the largest balance",
+        "POST",
+        "/v1/accounts/w/topups",
+        {"amount": BIG - 1},
+        {},
+        422,
+        "amount_overflow",
+        "amount",
+    ),
+    (
+        "adjustment past the largest balance",
+        "POST",
+        "/v1/accounts/w/adjustments",
+        {"amount": BIG - 1, "reason": "oops"},
+        {},
+        422,
+        "amount_overflow",
+        "amount",
+    ),
     ("topup -5", "POST", "/v1/accounts/w/topups", {"amount": -5}, {}, 422, None, "amount"),
     ("topup 0", "POST", "/v1/accounts/w/topups", {"amount": 0}, {}, 422, None, "amount"),
     ("topup 5.5", "POST", "/v1/accounts/w/topups", {"amount": 5.5}, {}, 422, None, "amount"),

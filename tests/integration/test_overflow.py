@@ -1,0 +1,165 @@
+"""Sums beyond 64 bits are refused with nothing changed, on both databases.
+
+PostgreSQL fails a BIGINT sum out of range; SQLite would store it as an inexact float
+(the balance then stops being the sum of its postings), which migration 0006's triggers
+refuse. Either way the ledger answers ``BalanceOverflow`` naming the request's field.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.errors import BalanceOverflow
+from ledger.models import accounts
+from ledger.services import Ledger
+from tests import factories as f
+from tests.factories import key
+
+MAX = 2**63 - 1
+VEO_FAST = f.veo3_video(video_model="veo3_fast")
+
+
+def wallet(ledger: Ledger, name: str, **kw: Any) -> str:
+    ledger.open_account(name, "credit", idempotency_key=key("open"), **kw)
+    return name
+
+
+def books(ledger: Ledger, *names: str) -> list[tuple[Any, ...]]:
+    """Everything a refused operation must leave as it was, system accounts included."""
+    with ledger.db.transaction(write=False) as conn:
+        system = conn.execute(
+            sa.select(accounts.c.external_id, accounts.c.balance, accounts.c.pending)
+            .where(accounts.c.kind != "wallet")
+            .order_by(accounts.c.external_id)
+        ).all()
+    return [tuple(system)] + [
+        (
+            view.balance,
+            view.pending,
+            [(g.id, g.remaining) for g in view.grants],
+            len(ledger.entries(name, limit=500).items),
+        )
+        for name in names
+        for view in [ledger.account(name)]
+    ]
+
+
+def refused(call: Any, field: str) -> BalanceOverflow:
+    with pytest.raises(BalanceOverflow) as caught:
+        call()
+    assert caught.value.field == field
+    assert caught.value.code == "amount_overflow"
+    return caught.value
+
+
+def test_a_wallet_balance_never_leaves_64_bits(ledger: Ledger) -> None:
+    user = wallet(ledger, "rich")
+    ledger.top_up(user, 1000, idempotency_key=key())
+    before = books(ledger, user)
+    error = refused(lambda: ledger.top_up(user, MAX, idempotency_key=key()), "amount")
+    assert error.allowed == {"max": MAX - 1000}
+    refused(lambda: ledger.adjust(user, MAX, reason="x", idempotency_key=key()), "amount")
+    assert books(ledger, user) == before
+    # Exactly up to the limit is fine, and spending from there works as usual.
+    full = ledger.top_up(user, MAX - 1000, idempotency_key=key())
+    assert (full.balance.balance, full.balance.available) == (MAX, MAX)
+    refused(lambda: ledger.top_up(user, 1, idempotency_key=key()), "amount")
+    spent = ledger.charge(user, VEO_FAST, idempotency_key=key())
+    assert spent.credits_remaining == MAX - 240
+    # Reversing the charge would refill to MAX; a promotion first leaves it no room.
+    ledger.top_up(user, 240, kind="promo", idempotency_key=key())
+    before = books(ledger, user)
+    assert spent.entry_id is not None
+    entry_id = spent.entry_id
+    refused(lambda: ledger.reverse(entry_id, reason="refund", idempotency_key=key()), "id")
+    assert books(ledger, user) == before
+
+
+def test_available_stays_within_64_bits_with_an_overdraft(ledger: Ledger) -> None:
+    user = wallet(ledger, "lender", overdraft_limit=10)
+    top = ledger.top_up(user, MAX - 10, idempotency_key=key())
+    assert top.balance.available == MAX
+    before = books(ledger, user)
+    error = refused(lambda: ledger.top_up(user, 1, idempotency_key=key()), "amount")
+    assert error.allowed == {"max": 0}
+    assert books(ledger, user) == before
+
+
+def test_the_funding_account_beyond_64_bits_is_refused(ledger: Ledger) -> None:
+    # Each wallet fits; the funding account, the sum of every top-up, would not.
+    a, b = wallet(ledger, "a"), wallet(ledger, "b")
+    ledger.top_up(a, MAX, idempotency_key=key())
+    ledger.top_up(b, 1, idempotency_key=key())  # funding: -2**63, the last that fits
+    before = books(ledger, a, b)
+    refused(lambda: ledger.top_up(b, 1, idempotency_key=key()), "amount")
+    assert books(ledger, a, b) == before
+    # Spending returns credits to nobody's funding: the books still balance, and the
+    # refused key was not stored (the same key succeeds once there is room).
+    retry = key()
+    refused(lambda: ledger.top_up(b, 1, idempotency_key=retry), "amount")
+    ledger.adjust(a, -5, reason="correction", idempotency_key=key())
+    assert ledger.top_up(b, 1, idempotency_key=retry).balance.balance == 2
+
+
+def test_a_daily_rollup_beyond_64_bits_is_refused(ledger: Ledger) -> None:
+    # The balances fit all along, but the day's top-up credits would add up past 64 bits.
+    user = wallet(ledger, "churn")
+    ledger.top_up(user, MAX, idempotency_key=key())
+    ledger.adjust(user, -MAX, reason="taken back", idempotency_key=key())
+    before = books(ledger, user)
+    refused(lambda: ledger.top_up(user, 1, idempotency_key=key()), "amount")
+    assert books(ledger, user) == before
+
+
+def test_a_charge_that_would_overflow_revenue_is_refused_whole(ledger: Ledger) -> None:
+    # Revenue is the sum of every charge; put it at the edge by hand to reach its limit
+    # through a use case that writes in one batch (PostgreSQL: pipelined).
+    user = wallet(ledger, "spender")
+    ledger.top_up(user, 1000, idempotency_key=key())
+    ledger.charge(user, VEO_FAST, idempotency_key=key())  # creates the revenue account
+
+    def revenue(delta: int) -> None:
+        with ledger.db.transaction() as conn:
+            conn.execute(
+                accounts.update()
+                .where(accounts.c.external_id == "system:revenue:credit")
+                .values(balance=accounts.c.balance + delta)
+            )
+
+    revenue(MAX - 240 - 100)
+    try:
+        before = books(ledger, user)
+        refused(lambda: ledger.charge(user, VEO_FAST, idempotency_key=key()), "params")
+        hold = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+        refused(
+            lambda: ledger.capture(
+                hold.id, status="COMPLETED", usage={"videos": 1}, idempotency_key=key()
+            ),
+            "usage",
+        )
+        assert ledger.hold(hold.id).status == "pending"
+        ledger.void(hold.id, idempotency_key=key())
+        assert books(ledger, user) == before
+    finally:
+        revenue(-(MAX - 240 - 100))
+
+
+def test_a_refused_allocation_does_not_hold_up_the_others(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    full = wallet(ledger, "full", monthly_allocation=100)
+    ledger.top_up(full, MAX - 50, kind="promo", idempotency_key=key())
+    other = wallet(ledger, "other", monthly_allocation=100)
+    with caplog.at_level(logging.ERROR, logger="creditledger.ledger"):
+        assert ledger.roll_allocations() == 1
+    assert "monthly allocation of account" in caplog.text
+    assert ledger.account(other).balance == 100
+    assert ledger.account(full).balance == MAX - 50
+    # Once there is room, the next round grants it.
+    ledger.adjust(full, -100, reason="make room", idempotency_key=key())
+    assert ledger.roll_allocations() == 1
+    assert ledger.account(full).balance == MAX - 50
