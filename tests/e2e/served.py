@@ -29,6 +29,34 @@ def free_port() -> int:
         return port
 
 
+HEALTHZ = b"GET /healthz HTTP/1.1\r\nHost: ledger\r\n\r\n"
+
+
+def exchange(conn: socket.socket, request: bytes = HEALTHZ) -> bytes:
+    """One keep-alive HTTP/1.1 request on ``conn``: the whole response (read to its
+    Content-Length, so nothing of it is left for the next), or ``b""`` when the server
+    had closed the connection."""
+    try:
+        conn.sendall(request)
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = conn.recv(65536)
+            if not chunk:
+                return data
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
+        while len(body) < length:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            body += chunk
+            data += chunk
+        return data
+    except ConnectionError:
+        return b""
+
+
 class Served:
     """One ``creditledger serve`` at a time over the same database and folder."""
 
@@ -62,7 +90,9 @@ class Served:
             text = self.log.read_text(errors="replace")
             if self.admin is None and (found := _KEY.search(text)):
                 self.admin = found.group(1)
-            if "Application startup complete" in text:
+            # Not "Application startup complete": uvicorn prints that before it binds
+            # the port, and a client connecting in between is refused.
+            if "Uvicorn running on" in text:
                 return self
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 raise AssertionError(f"serve did not start:\n{text}")

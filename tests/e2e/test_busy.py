@@ -24,7 +24,7 @@ from ledger.settings import Settings
 from ledger.verify import verify
 from pricing.catalog import CatalogSet
 from tests import factories as f
-from tests.e2e.served import Served
+from tests.e2e.served import Served, exchange
 from tests.e2e.test_cli import run
 from tests.factories import Clock
 from tests.waits import timed, wallet_locked
@@ -143,30 +143,6 @@ def test_serve_takes_the_lock_timeout_from_the_environment(
         assert http.get("/v1/accounts/veo").json()["balance"] == 0
 
 
-def _exchange(conn: socket.socket) -> bytes:
-    """One keep-alive request for /healthz on ``conn``: the whole response (read to its
-    Content-Length, so nothing of it is left for the next), or ``b""`` when the server
-    had closed the connection."""
-    try:
-        conn.sendall(b"GET /healthz HTTP/1.1\r\nHost: ledger\r\n\r\n")
-        data = b""
-        while b"\r\n\r\n" not in data:
-            chunk = conn.recv(65536)
-            if not chunk:
-                return data
-            data += chunk
-        head, _, body = data.partition(b"\r\n\r\n")
-        length = int(head.lower().split(b"content-length:")[1].split(b"\r\n")[0])
-        while len(body) < length:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            body += chunk
-        return data
-    except ConnectionError:
-        return b""
-
-
 @pytest.mark.parametrize(("setting", "idle", "kept"), [(None, 6.0, True), ("1", 2.5, False)])
 def test_serve_keeps_an_idle_connection_open_longer_than_clients_pools_do(
     sqlite_env: dict[str, str],
@@ -181,6 +157,6 @@ def test_serve_keeps_an_idle_connection_open_longer_than_clients_pools_do(
     served = serve({**sqlite_env, **extra}).start()
     host, port = served.url.removeprefix("http://").split(":")
     with socket.create_connection((host, int(port)), timeout=10) as conn:
-        assert _exchange(conn).startswith(b"HTTP/1.1 200")
+        assert exchange(conn).startswith(b"HTTP/1.1 200")
         time.sleep(idle)
-        assert _exchange(conn).startswith(b"HTTP/1.1 200") is kept
+        assert exchange(conn).startswith(b"HTTP/1.1 200") is kept
