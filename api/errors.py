@@ -16,6 +16,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import ErrorPublic, InsufficientCreditsPublic
 from ledger.db import is_lock_timeout
@@ -210,6 +211,39 @@ def _internal(request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": "internal_error", "message": "internal error"}, 500)
 
 
+class Contained:
+    """Answers an error no handler took with the JSON 500 of ``_internal``, as an
+    ordinary response.
+
+    Starlette's last-resort handler (``ServerErrorMiddleware``) answers too, but then
+    re-raises, and uvicorn closes the connection: a client's next request on that
+    keep-alive connection would meet a reset, an error of its own on top of the bug's.
+    An error raised after the response started still goes on to the server (the
+    response cannot be replaced any more).
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def sending(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        except Exception as exc:
+            if started:
+                raise
+            await _internal(Request(scope), exc)(scope, receive, send)
+
+
 _DESCRIBED = {
     400: "Malformed JSON (NaN and Infinity included) or a body that is not UTF-8.",
     401: "No valid API key.",
@@ -239,7 +273,9 @@ def documented(*statuses: int) -> dict[int | str, dict[str, Any]]:
 
 
 def install(app: FastAPI) -> None:
-    """Register the handlers on ``app``."""
+    """Register the handlers on ``app`` (call before adding other middleware: the
+    last resort is the innermost)."""
+    app.add_middleware(Contained)
     app.add_exception_handler(Exception, _internal)
     for unavailable in _UNAVAILABLE:
         app.add_exception_handler(unavailable, _unavailable)

@@ -6,16 +6,22 @@ ledger invariant afterwards.
 
 from __future__ import annotations
 
+import json
+import socket
+import threading
+import time
 from typing import Any
 
 import psycopg
 import pytest
 import sqlalchemy as sa
+import uvicorn
 
 from ledger.verify import verify
 from pricing import price_usage
 from tests import factories as f
 from tests.e2e.conftest import Api
+from tests.e2e.served import exchange
 from tests.factories import Clock
 
 VEO_FAST = f.veo3_video(video_model="veo3_fast")
@@ -449,6 +455,46 @@ def test_unknown_ids_are_404(api: Api) -> None:
         assert r.json()["error"] == "not_found"
     r = api.post("/v1/authorizations", {"account_id": "ghost", **VEO_FAST})
     assert r.status_code == 404
+
+
+def test_a_bug_is_answered_without_closing_the_connection(api: Api) -> None:
+    """Through uvicorn: a 500 is an ordinary response, and the client's next request on
+    the same keep-alive connection is answered (Starlette's last resort re-raises after
+    answering, and uvicorn then closes the connection under the client)."""
+    user = api.wallet("buggy", "credit", topup=500)
+    body = json.dumps({"account_id": user, **VEO_FAST}).encode()
+    request = (
+        b"POST /v1/authorizations HTTP/1.1\r\nHost: ledger\r\n"
+        + f"Authorization: Bearer {api.service}\r\n".encode()
+        + b"Content-Type: application/json\r\nIdempotency-Key: bug-1\r\n"
+        + f"Content-Length: {len(body)}\r\n\r\n".encode()
+        + body
+    )
+
+    def bug(*_a: Any, **_k: Any) -> Any:
+        raise RuntimeError("boom")
+
+    api.ledger.authorize = bug  # type: ignore[method-assign]
+    listener = socket.socket()
+    listener.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(api.app, log_level="critical", lifespan="off"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [listener]}, daemon=True)
+    thread.start()
+    try:
+        for _ in range(500):
+            if server.started:
+                break
+            time.sleep(0.01)
+        with socket.create_connection(listener.getsockname(), timeout=10) as conn:
+            answer = exchange(conn, request)
+            assert answer.startswith(b"HTTP/1.1 500"), answer[:200]
+            assert b'"internal_error"' in answer
+            assert b"boom" not in answer
+            assert exchange(conn).startswith(b"HTTP/1.1 200")  # the same connection
+    finally:
+        server.should_exit = True
+        thread.join(10)
+        listener.close()
 
 
 def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(api: Api) -> None:
