@@ -10,8 +10,10 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
+from ledger.kernel import account_id_problem
 from ledger.keys import CreatedKey, KeyView
 from ledger.results import (
     AdjustmentResult,
@@ -50,6 +52,26 @@ AccountId = Annotated[
     ),
 ]
 Name = Annotated[str, Field(min_length=1, max_length=64)]
+
+
+def _new_account_id(value: str) -> str:
+    problem = account_id_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("account_id", problem)
+    return value
+
+
+#: A new wallet's id: also one path segment, printing as it reads (the ledger's rule).
+NewAccountId = Annotated[
+    AccountId,
+    AfterValidator(_new_account_id),
+    Field(
+        description="The operator's id for the new wallet (a user id, an e-mail, a bucket "
+        "slug): one segment of the API's paths, so no '/' and not '.' or '..'; no white "
+        "space around it, no control or invisible characters; not starting with 'system:'."
+    ),
+]
+
 Reason = Annotated[str, Field(min_length=1, max_length=500)]
 
 
@@ -103,7 +125,7 @@ class CaptureCreate(_Request):
 
 
 class AccountCreate(_Request):
-    id: AccountId
+    id: NewAccountId
     unit: Annotated[str, Field(min_length=1, max_length=16)] = Field(
         description="The unit the wallet counts in: token, credit or usd."
     )

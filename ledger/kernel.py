@@ -11,6 +11,7 @@ Invariants the use cases keep, and ``verify()`` checks:
 
 from __future__ import annotations
 
+import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
@@ -52,6 +53,30 @@ def transfer(debit: int, credit: int, unit: str, amount: int) -> list[Leg]:
     legs = [Leg(debit, unit, -amount), Leg(credit, unit, amount)]
     check_balanced(legs)
     return legs
+
+
+#: Unicode categories an account id may not contain: controls (NUL, tab, newline...),
+#: invisible formatting (bidirectional overrides, zero-width characters) and line breaks.
+_INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})
+
+
+def account_id_problem(account_id: str) -> str | None:
+    """What is wrong with ``account_id`` as a new wallet's id, or None.
+
+    The id is one segment of the API's paths (``/v1/accounts/{id}``), so it holds no
+    ``/`` and is not ``.`` or ``..`` (which clients resolve as path steps): a wallet one
+    could open but never address is refused up front. Ids that print alike must be
+    alike: no surrounding white space, no invisible characters.
+    """
+    if account_id.startswith("system:"):
+        return "account ids starting with 'system:' are reserved"
+    if "/" in account_id or account_id in (".", ".."):
+        return "an account id is one path segment: no '/', and not '.' or '..'"
+    if account_id != account_id.strip():
+        return "an account id may not start or end with white space"
+    if any(unicodedata.category(ch) in _INVISIBLE for ch in account_id):
+        return "an account id may not contain control or invisible formatting characters"
+    return None
 
 
 def available(balance: int, pending: int, overdraft_limit: int) -> int:

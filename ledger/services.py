@@ -238,7 +238,8 @@ class _Work:
         operation, request_hash, response = row
         if operation != self.operation or request_hash != self.request_hash:
             raise IdempotencyConflict(
-                f"idempotency key '{self.key}' was used for a different {operation} request",
+                f"this idempotency key was used for a different {operation} request; "
+                "a new request needs a new key",
                 field="idempotency_key",
             )
         stored: dict[str, Any] = self.store.document(response)
@@ -750,10 +751,9 @@ class Ledger:
         """Open a customer wallet counted in ``unit``."""
         external = _text(account_id, "account_id")
         assert external is not None
-        if external.startswith("system:"):
-            raise InvalidInput(
-                "account ids starting with 'system:' are reserved", field="account_id"
-            )
+        problem = kernel.account_id_problem(external)
+        if problem is not None:
+            raise InvalidInput(problem, field="account_id")
         if unit not in self.units:
             raise InvalidInput(f"unknown unit '{unit}'", field="unit", allowed=sorted(self.units))
         _amount(overdraft_limit, "overdraft_limit", minimum=0)

@@ -317,8 +317,11 @@ def test_same_idempotency_key_with_another_body_is_409_and_changes_nothing(api: 
     other = f.veo3_video(video_model="veo3")
     r = authorize(api, user, other, idempotency_key="req-9")
     assert (r.status_code, r.json()["error"]) == (409, "idempotency_conflict")
+    # Named as the client knows it: not with the scope the API prefixes it with.
+    assert "operator:" not in r.json()["message"]
     r = api.post(f"/v1/accounts/{user}/topups", {"amount": 5}, idempotency_key="req-9")
     assert r.status_code == 409
+    assert r.json()["message"].startswith("this idempotency key was used for a different auth")
     assert api.balance(user)["pending"] == 240
     assert api.balance(user)["balance"] == 1000
 

@@ -178,6 +178,11 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         None,
         "unit",
     ),
+    *(
+        (f"account id {bad!r}", "POST", "/v1/accounts", {"id": bad, "unit": "credit"}, {}, 422)
+        + (None, "id")
+        for bad in ("a/b", "..", " w", "w\u202e", "system:x")
+    ),
     (
         "unicode timezone",
         "POST",

@@ -90,10 +90,35 @@ def test_open_account_validates_and_is_idempotent(ledger: Ledger) -> None:
         with pytest.raises(InvalidInput) as info:
             ledger.open_account("y", "token", idempotency_key=key(), **kw)
         assert info.value.field == field
-    with pytest.raises(InvalidInput):
-        ledger.open_account("system:funding:token", "token", idempotency_key=key())
     with pytest.raises(NotFound):
         ledger.account("nobody")
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        "system:funding:token",  # reserved
+        "a/b",  # /v1/accounts/a/b is another path: the wallet could never be addressed
+        ".",
+        "..",
+        " padded",
+        "padded ",
+        "tab\there",
+        "new\nline",
+        "bidi\u202eoverride",
+        "zero\u200bwidth",
+    ],
+)
+def test_an_account_id_must_be_one_printable_path_segment(ledger: Ledger, bad: str) -> None:
+    with pytest.raises(InvalidInput) as info:
+        ledger.open_account(bad, "token", idempotency_key=key())
+    assert info.value.field == "account_id"
+
+
+def test_account_ids_may_be_emails_slugs_and_any_script(ledger: Ledger) -> None:
+    for good in ("user@example.com", "bucket-1.prod", "a b", "\u6f22\u5b57", "x" * 200):
+        assert ledger.open_account(good, "token", idempotency_key=key()).account_id == good
+        assert ledger.account(good).account_id == good
 
 
 # ------------------------------------------------------------------- the seed flows
