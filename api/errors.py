@@ -205,7 +205,10 @@ def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
 
 
 def _internal(request: Request, exc: Exception) -> JSONResponse:
-    if isinstance(exc, _UNAVAILABLE):  # raised outside the routes (a middleware)
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    # Raised outside the routes (a middleware), or wrapped by SQLAlchemy in a class of
+    # its own that is not all unavailability (InternalError, for an ended session).
+    if isinstance(exc, _UNAVAILABLE) or isinstance(orig, DRIVER_UNAVAILABLE_ERRORS):
         return _unavailable(request, exc)
     log.error("unhandled error", exc_info=exc)
     return JSONResponse({"error": "internal_error", "message": "internal error"}, 500)

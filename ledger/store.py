@@ -199,6 +199,9 @@ DRIVER_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     sqlite3.OperationalError,
     psycopg.OperationalError,
     psycopg.InterfaceError,
+    # The server ended the session, idle inside its transaction for longer than
+    # idle_in_transaction_session_timeout (an InternalError by its SQLSTATE class).
+    psycopg.errors.IdleInTransactionSessionTimeout,
 )
 
 

@@ -510,12 +510,22 @@ def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(api: Api) -> None:
         # As psycopg raises it on a pipelined statement or commit: not wrapped by SQLAlchemy.
         raise psycopg.OperationalError("server closed the connection unexpectedly")
 
+    def ended(*_a: Any, **_k: Any) -> Any:
+        # The server ended a session idle in its transaction past the timeout: SQLAlchemy
+        # wraps that as an InternalError (by its SQLSTATE class), raw in a pipeline.
+        raise sa.exc.InternalError("COMMIT", {}, psycopg.errors.IdleInTransactionSessionTimeout())
+
+    def ended_raw(*_a: Any, **_k: Any) -> Any:
+        raise psycopg.errors.IdleInTransactionSessionTimeout()
+
     def bug(*_a: Any, **_k: Any) -> Any:
         raise RuntimeError("boom")
 
     for broken, status, error in (
         (lost, 503, "database_unavailable"),
         (cut_off, 503, "database_unavailable"),
+        (ended, 503, "database_unavailable"),
+        (ended_raw, 503, "database_unavailable"),
         (bug, 500, "internal_error"),
     ):
         original = api.ledger.authorize
