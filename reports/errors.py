@@ -39,6 +39,20 @@ class ReconciliationError(ReportError):
         self.accounts = names
 
 
+class ReportOverflow(ReportError):
+    """A wallet's month adds up beyond the 64-bit integers a statement sums in: its sums
+    would not be exact, so no statement is made."""
+
+    code = "report_overflow"
+
+    def __init__(self, accounts: list[str]) -> None:
+        super().__init__(
+            f"the month's amounts of {len(accounts)} account(s) [{', '.join(accounts[:50])}] "
+            "add up beyond 64 bits: their statement cannot be exact"
+        )
+        self.accounts = accounts
+
+
 class ReportNotReady(ReportError):
     """The report's file was asked for before the job succeeded."""
 

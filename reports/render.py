@@ -229,6 +229,8 @@ def chart_svg(statement: Statement, unit: str, scale: int) -> str:
 
     days = [d.isoformat() for d in statement.period.days]
     frame = statement.daily[statement.daily["unit"] == unit]
+    # Drawn in floats, summed in floats: across wallets, int64 could wrap.
+    frame = frame.assign(amount=frame["amount"].astype("float64"))
     by_model = frame.pivot_table(
         index="day", columns="model", values="amount", aggfunc="sum", fill_value=0
     ).reindex(days, fill_value=0)

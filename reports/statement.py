@@ -13,7 +13,7 @@ from typing import Any
 
 import pandas as pd
 
-from reports.errors import Mismatch, ReconciliationError
+from reports.errors import Mismatch, ReconciliationError, ReportOverflow
 from reports.queries import QUANTITIES, Frames, Period, records
 
 #: Where each flow's credits and debits show on the statement.
@@ -80,8 +80,10 @@ class Statement:
                     "unit": str(unit),
                     "scale": int(rows["scale"].iloc[0]),
                     "accounts": len(rows),
+                    # Summed as Python integers: over many wallets, a total may pass
+                    # 64 bits, where numpy's sum would wrap without a word.
                     **{
-                        column: int(rows[column].sum())
+                        column: sum(int(value) for value in rows[column])
                         for column in (
                             "opening",
                             "credits",
@@ -109,8 +111,35 @@ class Statement:
         }
 
 
+#: Below this, any sum of a wallet's amounts (in magnitude) is exact in int64: 2**63
+#: less a margin far wider than float64's rounding over a month's rows.
+EXACT = 2**63 - 2**44
+
+
+def _refuse_inexact(frames: Frames) -> None:
+    """:class:`ReportOverflow` for wallets whose month could not be summed exactly.
+
+    A statement sums a wallet's opening balance, its month's flows and its usage in
+    int64, which wraps silently past 64 bits. What each wallet adds up is bounded here by
+    the sum of the magnitudes (in float64): below :data:`EXACT`, no sum of those amounts
+    can leave 64 bits.
+    """
+    size = frames.wallets.set_index("account")["opening"].abs().astype("float64")
+    if not frames.flows.empty:
+        moved = frames.flows["credits"].abs().astype("float64") + frames.flows["debits"].abs()
+        size = size.add(moved.groupby(frames.flows["account"]).sum(), fill_value=0)
+    if not frames.usage.empty:
+        metered = frames.usage[[*METRICS, "requests"]].abs().astype("float64")
+        size = size.add(metered.groupby(frames.usage["account"]).sum().max(axis=1), fill_value=0)
+    beyond = size[size >= EXACT].index
+    if len(beyond):
+        names = frames.wallets.set_index("account")["account_id"]
+        raise ReportOverflow(sorted(str(names[a]) for a in beyond))
+
+
 def build(frames: Frames, *, account_id: str | None, generated_at: datetime) -> Statement:
     """The statement of ``frames``, reconciled; :class:`ReconciliationError` otherwise."""
+    _refuse_inexact(frames)
     wallets = frames.wallets.set_index("account")
     ids = wallets.index
 

@@ -17,7 +17,7 @@ from ledger.models import daily, flows, metering, report_jobs
 from ledger.services import Ledger
 from pricing.catalog import CatalogSet
 from reports import queries, render, statement
-from reports.errors import ReportNotReady
+from reports.errors import ReportNotReady, ReportOverflow
 from reports.jobs import Reports
 from reports.queries import records
 from tests.factories import Clock, Traffic, month_of_traffic
@@ -447,3 +447,61 @@ def test_a_lost_database_leaves_the_job_to_be_retried(
     assert again is not None
     assert again.attempts == 2
     assert reports.run(again).status == "succeeded"
+
+
+def _funded(ledger: Ledger, clock: Clock, amounts: dict[str, tuple[int, str]]) -> None:
+    """Wallets topped up in October 2026 (amount, kind each); the clock then in November."""
+    clock.now = datetime(2026, 10, 5, tzinfo=UTC)
+    for name, (amount, kind) in amounts.items():
+        ledger.open_account(name, "credit", idempotency_key=f"open-{name}")
+        ledger.top_up(name, amount, kind=kind, idempotency_key=f"top-{name}")
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+
+
+def test_totals_past_64_bits_are_exact(
+    db: Database, ledger: Ledger, clock: Clock, reports: Reports
+) -> None:
+    # Each wallet fits 64 bits; what they hold together does not (int64 would wrap).
+    each = 2**62
+    _funded(ledger, clock, {"a": (each, "pack"), "b": (each, "pack"), "c": (each, "promo")})
+    made = make(db, "2026-10", "UTC")
+    (total,) = made.totals()
+    assert (total["credits"], total["closing"], total["opening"]) == (3 * each, 3 * each, 0)
+    for fmt in ("csv", "json", "parquet", "html"):
+        assert render.render(made, fmt)
+    job, _ = reports.request("2026-10", "json")
+    claimed = reports.claim(job.id)
+    assert claimed is not None
+    done = reports.run(claimed)
+    assert done.status == "succeeded", done.error
+    assert done.summary is not None
+    assert done.summary["totals"][0]["credits"] == 3 * each
+    assert json.loads(reports.output(job.id).content)["totals"][0]["closing"] == 3 * each
+
+
+def test_a_wallet_whose_month_passes_64_bits_fails_the_report_by_name(
+    db: Database, catalogs: CatalogSet, clock: Clock, reports: Reports
+) -> None:
+    # Credits, as much taken back, and the same credits again the next day: every balance
+    # and every day's rollup fits, but the month's pack credits (2 * big) would wrap.
+    # (Not the verifying ``ledger`` fixture: verify()'s all-time sums of such a wallet
+    # pass 64 bits too, which SQLite's SUM refuses.)
+    ledger = Ledger(db, catalogs, clock=clock)
+    big = 2**62 + 2**61
+    _funded(ledger, clock, {"whale": (big, "pack"), "minnow": (10, "pack")})
+    clock.now = datetime(2026, 10, 6, tzinfo=UTC)
+    ledger.adjust("whale", -big, reason="clawback", idempotency_key="claw")
+    ledger.top_up("whale", big, idempotency_key="again")
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    with pytest.raises(ReportOverflow) as caught:
+        make(db, "2026-10", "UTC")
+    assert caught.value.accounts == ["whale"]
+    assert make(db, "2026-10", "UTC", "minnow").totals()[0]["credits"] == 10
+    job, _ = reports.request("2026-10", "csv")
+    claimed = reports.claim(job.id)
+    assert claimed is not None
+    done = reports.run(claimed)
+    assert done.status == "failed"
+    assert done.error is not None
+    assert "ReportOverflow" in done.error
+    assert "[whale]" in done.error
