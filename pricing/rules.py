@@ -243,7 +243,11 @@ class PerTokenRule(Rule):
     def charge(self, p: Params, model: ModelInfo, usage: Mapping[str, Any]) -> Priced:
         self.check_usage_keys(usage)
         input_tokens = usage_count(usage, "input_tokens", maximum=None, default=None)
-        output_tokens = usage_count(usage, "output_tokens", maximum=None, default=None)
+        # The input may run past its estimate (the hold's overage), but the provider
+        # writes at most max_tokens (the model's limit without it): more than that is a
+        # misreport, never billed.
+        most = p.max_tokens if p.max_tokens is not None else model.max_output_tokens
+        output_tokens = usage_count(usage, "output_tokens", maximum=most, default=None)
         if "total_tokens" in usage and usage["total_tokens"] != input_tokens + output_tokens:
             raise InvalidUsage(
                 "usage.total_tokens must equal input_tokens + output_tokens",

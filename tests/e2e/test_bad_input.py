@@ -43,7 +43,14 @@ def world(api: Api) -> dict[str, str]:
     done = api.post("/v1/authorizations", {"account_id": "w", **VEO}, as_key="service").json()
     r = api.post(f"/v1/authorizations/{done['id']}/capture", {"status": "COMPLETED"})
     assert r.status_code == 200, r.text
-    return {"hold": hold.json()["id"], "captured": done["id"], "entry": r.json()["entry_id"]}
+    text = api.post("/v1/authorizations", {"account_id": "t", **f.text(max_tokens=100)})
+    assert text.status_code == 201, text.text
+    return {
+        "hold": hold.json()["id"],
+        "captured": done["id"],
+        "entry": r.json()["entry_id"],
+        "text": text.json()["id"],
+    }
 
 
 # (name, method, path, JSON body or raw bytes, headers, status, error, field)
@@ -388,6 +395,16 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         413,
         "body_too_large",
         None,
+    ),
+    (
+        "more output than max_tokens",
+        "POST",
+        "/v1/authorizations/{text}/capture",
+        {"status": "COMPLETED", "usage": {"input_tokens": 10, "output_tokens": 101}},
+        {},
+        422,
+        "invalid_usage",
+        "usage.output_tokens",
     ),
     # State the request may not change.
     (

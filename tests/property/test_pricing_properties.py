@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 
 from pricing import CatalogSet, default_catalogs, estimate, load_catalogs, price_usage
 from pricing.catalog import CatalogSet as _CatalogSet
+from pricing.errors import InvalidUsage
 from pricing.money import MAX_AMOUNT, to_minor_units
 from tests import factories as f
 
@@ -70,12 +71,14 @@ def test_text_cost_scales_exactly_with_the_tier_multiplier(
     assert costs["premium"] == 4 * costs["budget"]
 
 
-@given(
-    model=st.sampled_from(sorted(TEXT_MODELS)),
-    used_in=st.integers(0, 10**12),
-    used_out=st.integers(0, 10**12),
-)
-def test_text_charge_is_tokens_times_multiplier(model: str, used_in: int, used_out: int) -> None:
+@given(model=st.sampled_from(sorted(TEXT_MODELS)), used_in=st.integers(0, 10**12), data=st.data())
+def test_text_charge_is_tokens_times_multiplier(
+    model: str, used_in: int, data: st.DataObject
+) -> None:
+    # Any input (it may run past its estimate); output up to what the model can write.
+    limit = TEXT_MODELS[model].max_output_tokens
+    assert limit is not None
+    used_out = data.draw(st.integers(0, limit))
     charge = price_usage(
         f.text(model=model),
         {"input_tokens": used_in, "output_tokens": used_out},
@@ -84,6 +87,36 @@ def test_text_charge_is_tokens_times_multiplier(model: str, used_in: int, used_o
         catalogs=SHIPPED,
     )
     assert charge.amount == (used_in + used_out) * MULTIPLIER[str(TEXT_MODELS[model].tier)]
+
+
+@given(
+    model=st.sampled_from(sorted(TEXT_MODELS)),
+    max_tokens=st.integers(1, 4096) | st.none(),
+    beyond=st.integers(1, 10**12),
+)
+def test_output_tokens_beyond_max_tokens_are_refused(
+    model: str, max_tokens: int | None, beyond: int
+) -> None:
+    """The provider writes at most max_tokens (the model's limit without it)."""
+    limit = TEXT_MODELS[model].max_output_tokens
+    assert limit is not None
+    assume(max_tokens is None or max_tokens <= limit)
+    most = limit if max_tokens is None else max_tokens
+    request = (
+        f.text(model=model) if max_tokens is None else f.text(model=model, max_tokens=max_tokens)
+    )
+    with pytest.raises(InvalidUsage) as caught:
+        price_usage(
+            request,
+            {"input_tokens": 10, "output_tokens": most + beyond},
+            "COMPLETED",
+            at=f.NOW,
+            catalogs=SHIPPED,
+        )
+    assert caught.value.field == "usage.output_tokens"
+    assert caught.value.allowed == {"min": 0, "max": most}
+    exact = {"input_tokens": 10, "output_tokens": most}
+    assert price_usage(request, exact, "COMPLETED", at=f.NOW, catalogs=SHIPPED).amount > 0
 
 
 @given(text=st.text(max_size=300))
