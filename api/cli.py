@@ -429,6 +429,41 @@ def account_show(
     _show_account(view, as_json, f"account {view.account_id}")
 
 
+@account_app.command("list")
+def account_list(
+    unit: Annotated[str | None, typer.Option(help="Only wallets of this unit.")] = None,
+    limit: Annotated[int, typer.Option(help="Wallets per page (1 to 500).")] = 50,
+    cursor: Annotated[
+        str | None, typer.Option(help="Where the previous page ended (its next cursor).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Wallets in the order they were opened, with their balances, a page at a time."""
+    with _open_ledger() as ledger:
+        page = ledger.accounts(cursor=cursor, limit=limit, unit=unit)
+    if as_json:
+        typer.echo(page.model_dump_json(indent=2))
+        return
+    table = Table(title="accounts")
+    for column in ("id", "unit", "balance", "pending", "available", "debt", "timezone"):
+        # Folded, never cut short with an ellipsis: every digit of an amount shows.
+        table.add_column(column, overflow="fold")
+    for a in page.items:
+        table.add_row(
+            a.account_id,
+            a.unit,
+            str(a.balance),
+            str(a.pending),
+            str(a.available),
+            str(a.debt),
+            a.timezone,
+        )
+    console = Console()
+    console.print(table)
+    if page.next_cursor:
+        console.print(f"more: --cursor {page.next_cursor}")
+
+
 @app.command("topup")
 def topup_command(
     account_id: Annotated[str, typer.Argument(help="The wallet's id.")],

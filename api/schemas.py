@@ -192,7 +192,7 @@ class EstimatePublic(QuotePublic):
     credits_balance: int | None = None
 
 
-class AccountPublic(BaseModel):
+class AccountSummaryPublic(BaseModel):
     id: str
     unit: str
     scale: int
@@ -204,7 +204,17 @@ class AccountPublic(BaseModel):
     monthly_allocation: int | None
     timezone: str
     created_at: datetime
+
+
+class AccountPublic(AccountSummaryPublic):
     grants: list[GrantView]
+
+
+class AccountPagePublic(BaseModel):
+    """Wallets in the order they were opened; ``next_cursor`` reads on (null: no more)."""
+
+    items: list[AccountSummaryPublic]
+    next_cursor: str | None
 
 
 class CatalogsPublic(BaseModel):
@@ -233,7 +243,9 @@ class InsufficientCreditsPublic(ErrorPublic):
 
 __all__ = [
     "AccountCreate",
+    "AccountPagePublic",
     "AccountPublic",
+    "AccountSummaryPublic",
     "AdjustmentCreate",
     "AdjustmentResult",
     "AuthorizationCreate",

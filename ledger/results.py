@@ -42,11 +42,23 @@ class BalanceView(_Result):
     as_of: datetime | None = None
 
 
-class AccountView(BalanceView):
+class AccountSummary(BalanceView):
+    """A wallet without its grants (as listed)."""
+
     monthly_allocation: int | None
     timezone: str
     created_at: datetime
+
+
+class AccountView(AccountSummary):
     grants: list[GrantView]
+
+
+class AccountPage(_Result):
+    """Wallets in order of their ids; ``next_cursor`` reads on (None: no more)."""
+
+    items: list[AccountSummary]
+    next_cursor: str | None
 
 
 class PostingView(_Result):

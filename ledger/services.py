@@ -58,6 +58,8 @@ from ledger.models import (
     units,
 )
 from ledger.results import (
+    AccountPage,
+    AccountSummary,
     AccountView,
     AdjustmentResult,
     BalanceView,
@@ -812,6 +814,46 @@ class Ledger:
             timezone=row.timezone,
             created_at=row.created_at,
             grants=self._grant_views(conn, wallet.id),
+        )
+
+    def accounts(
+        self, *, cursor: str | None = None, limit: int = 50, unit: str | None = None
+    ) -> AccountPage:
+        """The wallets in the order they were opened (of one ``unit``, if given),
+        ``limit`` at a time: balances, without grants."""
+        if type(limit) is not int or not 1 <= limit <= 500:
+            raise InvalidInput(
+                "limit must be from 1 to 500", field="limit", allowed={"min": 1, "max": 500}
+            )
+        if unit is not None and unit not in self.units:
+            raise InvalidInput(f"unknown unit {unit!r}", field="unit", allowed=sorted(self.units))
+        stmt = (
+            sa.select(accounts, units.c.scale)
+            .join(units, units.c.code == accounts.c.unit)
+            .where(accounts.c.kind == WALLET)
+        )
+        if unit is not None:
+            stmt = stmt.where(accounts.c.unit == unit)
+        if cursor is not None:
+            stmt = stmt.where(accounts.c.id > _decode_account_cursor(cursor))
+        with self.db.transaction(write=False) as conn:
+            rows = conn.execute(stmt.order_by(accounts.c.id).limit(limit + 1)).all()
+        items = [
+            AccountSummary(
+                **_balances(
+                    _Wallet(r.id, r.external_id, r.unit, r.scale, r.overdraft_limit, r.timezone),
+                    int(r.balance),
+                    int(r.pending),
+                ).model_dump(),
+                monthly_allocation=r.monthly_allocation,
+                timezone=r.timezone,
+                created_at=r.created_at,
+            )
+            for r in rows[:limit]
+        ]
+        more = len(rows) > limit
+        return AccountPage(
+            items=items, next_cursor=_encode_account_cursor(rows[limit - 1].id) if more else None
         )
 
     def account(self, account_id: str) -> AccountView:
@@ -1790,6 +1832,21 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         if moment.tzinfo is None:
             raise ValueError
         return moment, entry_id
+    except (ValueError, UnicodeDecodeError):
+        raise InvalidInput("cursor is not one this API returned", field="cursor") from None
+
+
+def _encode_account_cursor(row_id: int) -> str:
+    return base64.urlsafe_b64encode(f"account|{row_id}".encode()).decode().rstrip("=")
+
+
+def _decode_account_cursor(cursor: str) -> int:
+    try:
+        padded = cursor + "=" * (-len(cursor) % 4)
+        kind, row_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        if kind != "account" or not (row_id.isascii() and row_id.isdigit() and len(row_id) < 19):
+            raise ValueError
+        return int(row_id)
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("cursor is not one this API returned", field="cursor") from None
 

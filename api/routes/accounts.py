@@ -7,12 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AdminCall, Caller, JournalReader, ServicesDep, ensure_own
+from api.deps import AdminCall, Caller, Gateway, JournalReader, ServicesDep, ensure_own
 from api.errors import documented
 from api.routing import JsonRoute
 from api.schemas import (
     AccountCreate,
+    AccountPagePublic,
     AccountPublic,
+    AccountSummaryPublic,
     AdjustmentCreate,
     AdjustmentResult,
     EntryPage,
@@ -21,7 +23,7 @@ from api.schemas import (
     TopUpCreate,
     TopUpResult,
 )
-from ledger.results import AccountView
+from ledger.results import AccountSummary, AccountView
 
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["accounts"])
 
@@ -30,6 +32,12 @@ _ERRORS = documented(401, 403, 404, 409, 422)
 
 def _public(view: AccountView) -> AccountPublic:
     return AccountPublic(id=view.account_id, **view.model_dump(exclude={"account_id", "as_of"}))
+
+
+def _summary(view: AccountSummary) -> AccountSummaryPublic:
+    return AccountSummaryPublic(
+        id=view.account_id, **view.model_dump(exclude={"account_id", "as_of"})
+    )
 
 
 @router.post("/accounts", status_code=201, response_model=AccountPublic, responses=_ERRORS)
@@ -45,6 +53,22 @@ async def create_account(body: AccountCreate, call: AdminCall) -> AccountPublic:
             monthly_allocation=body.monthly_allocation,
             timezone=body.timezone,
         )
+    )
+
+
+@router.get("/accounts", response_model=AccountPagePublic, responses=documented(401, 403, 422))
+async def list_accounts(
+    _caller: Gateway,
+    services: ServicesDep,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    unit: Annotated[str | None, Query(max_length=16)] = None,
+) -> AccountPagePublic:
+    """Every wallet (of one ``unit``, if given) in the order they were opened, with its
+    balances: pass ``next_cursor`` for the next page. Admin and service keys."""
+    page = await run_in_threadpool(services.ledger.accounts, cursor=cursor, limit=limit, unit=unit)
+    return AccountPagePublic(
+        items=[_summary(item) for item in page.items], next_cursor=page.next_cursor
     )
 
 

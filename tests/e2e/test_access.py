@@ -55,6 +55,7 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int]]] = [
     ("POST", "/v1/authorizations/{hold}/void", None, (200, 200, 403, 403)),
     ("POST", "/v1/charges", {**VEO_FAST, "account_id": "target"}, (201, 201, 403, 403)),
     ("POST", "/v1/accounts", {"id": "new", "unit": "credit"}, (201, 403, 403, 403)),
+    ("GET", "/v1/accounts", None, (200, 200, 403, 403)),
     ("GET", "/v1/accounts/target", None, (200, 200, 200, 404)),
     ("GET", "/v1/accounts/target/entries", None, (200, 403, 200, 404)),
     ("POST", "/v1/accounts/target/topups", {"amount": 5}, (201, 403, 403, 403)),

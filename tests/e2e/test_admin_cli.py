@@ -43,6 +43,20 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     table = run("account", "show", "acme", env=env)
     assert table.returncode == 0
     assert "available" in table.stdout
+
+    assert run("account", "create", "zeta", "--unit", "token", env=env).returncode == 0
+    listed = run("account", "list", "--limit", "1", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    first = json.loads(listed.stdout)
+    assert [a["account_id"] for a in first["items"]] == ["acme"]
+    assert first["items"][0]["balance"] == 500
+    rest = run("account", "list", "--cursor", first["next_cursor"], "--json", env=env)
+    assert [a["account_id"] for a in json.loads(rest.stdout)["items"]] == ["zeta"]
+    listing = run("account", "list", env=env)
+    assert listing.returncode == 0
+    assert "acme" in listing.stdout
+    assert "zeta" in listing.stdout
+    assert run("account", "list", "--unit", "gold", env=env).returncode == 2
     assert "promo" in table.stdout
 
 

@@ -193,6 +193,29 @@ def test_estimate_with_and_without_an_account(api: Api) -> None:
     assert (r.status_code, r.json()["field"]) == (422, "catalog")
 
 
+def test_wallets_are_listed_a_page_at_a_time(api: Api) -> None:
+    for name in ("alpha", "beta", "gamma"):
+        api.wallet(name, "credit", topup=100)
+    api.wallet("tokens", "token")
+    first = api.get("/v1/accounts", params={"limit": 2})
+    assert first.status_code == 200, first.text
+    body = first.json()
+    assert [a["id"] for a in body["items"]] == ["alpha", "beta"]
+    assert body["items"][0] == {k: v for k, v in api.balance("alpha").items() if k != "grants"}
+    rest = api.get("/v1/accounts", params={"limit": 10, "cursor": body["next_cursor"]}).json()
+    assert ([a["id"] for a in rest["items"]], rest["next_cursor"]) == (["gamma", "tokens"], None)
+    only = api.get("/v1/accounts", params={"unit": "token"}, as_key="service").json()
+    assert [a["id"] for a in only["items"]] == ["tokens"]
+    for params, field in (
+        ({"cursor": "x"}, "cursor"),
+        ({"limit": 0}, "limit"),
+        ({"unit": "eur"}, "unit"),
+    ):
+        r = api.get("/v1/accounts", params=params)
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == field
+
+
 def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
     r = api.post(
         "/v1/accounts",

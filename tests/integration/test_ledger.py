@@ -115,6 +115,39 @@ def test_an_account_id_must_be_one_printable_path_segment(ledger: Ledger, bad: s
     assert info.value.field == "account_id"
 
 
+def test_wallets_are_listed_in_the_order_opened_a_page_at_a_time(ledger: Ledger) -> None:
+    names = [wallet(ledger, f"w{i}", "token" if i % 2 else "credit") for i in range(7)]
+    ledger.top_up("w3", 500, idempotency_key=key())
+    ledger.authorize("w3", f.text(max_tokens=100), idempotency_key=key())
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = ledger.accounts(cursor=cursor, limit=3)
+        assert len(page.items) <= 3
+        seen += [a.account_id for a in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == names  # every wallet once, none of the system accounts
+    listed = {a.account_id: a for a in ledger.accounts(limit=500).items}
+    shown = ledger.account("w3")
+    assert listed["w3"].model_dump() == shown.model_dump(exclude={"grants"})
+    assert listed["w3"].pending > 0
+    tokens = ledger.accounts(unit="token", limit=500).items
+    assert [a.account_id for a in tokens] == ["w1", "w3", "w5"]
+    assert ledger.accounts(limit=7).next_cursor is None
+    for bad, field in (
+        ({"limit": 0}, "limit"),
+        ({"limit": 501}, "limit"),
+        ({"unit": "gold"}, "unit"),
+        ({"cursor": "nonsense"}, "cursor"),
+        ({"cursor": "YWNjb3VudHw5OTk5OTk5OTk5OTk5OTk5OTk5OTk5"}, "cursor"),  # 22 digits
+    ):
+        with pytest.raises(InvalidInput) as info:
+            ledger.accounts(**bad)
+        assert info.value.field == field
+
+
 def test_account_ids_may_be_emails_slugs_and_any_script(ledger: Ledger) -> None:
     for good in ("user@example.com", "bucket-1.prod", "a b", "\u6f22\u5b57", "x" * 200):
         assert ledger.open_account(good, "token", idempotency_key=key()).account_id == good
