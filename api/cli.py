@@ -380,6 +380,14 @@ def _show_account(view: AccountView, as_json: bool, title: str) -> None:
         Console().print(_grants_table(view.grants))
 
 
+def _print_page(table: Table, next_cursor: str | None) -> None:
+    """One page of a listing, and how to read the next."""
+    console = Console()
+    console.print(table)
+    if next_cursor:
+        console.print(f"more: --cursor {next_cursor}")
+
+
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 KeyOption = Annotated[
     str | None,
@@ -458,10 +466,41 @@ def account_list(
             str(a.debt),
             a.timezone,
         )
-    console = Console()
-    console.print(table)
-    if page.next_cursor:
-        console.print(f"more: --cursor {page.next_cursor}")
+    _print_page(table, page.next_cursor)
+
+
+@account_app.command("holds")
+def account_holds(
+    account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
+    status: Annotated[
+        str | None, typer.Option(help="Only pending, captured, voided or expired ones.")
+    ] = None,
+    limit: Annotated[int, typer.Option(help="Authorizations per page (1 to 500).")] = 50,
+    cursor: Annotated[
+        str | None, typer.Option(help="Where the previous page ended (its next cursor).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A wallet's authorizations (holds), newest first."""
+    with _open_ledger() as ledger:
+        page = ledger.holds_of(account_id, status=status, cursor=cursor, limit=limit)
+    if as_json:
+        typer.echo(page.model_dump_json(indent=2))
+        return
+    table = Table(title=f"authorizations of {account_id}")
+    for column in ("id", "status", "held", "captured", "model", "created", "expires"):
+        table.add_column(column, overflow="fold")
+    for h in page.items:
+        table.add_row(
+            h.id,
+            h.status,
+            str(h.held),
+            "" if h.captured is None else str(h.captured),
+            h.model,
+            h.created_at.isoformat(timespec="seconds"),
+            h.expires_at.isoformat(timespec="seconds"),
+        )
+    _print_page(table, page.next_cursor)
 
 
 @app.command("topup")

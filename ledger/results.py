@@ -111,6 +111,13 @@ class HoldView(_Result):
     quote: dict[str, Any] | None = None
 
 
+class HoldPage(_Result):
+    """A wallet's authorizations, newest first; ``next_cursor`` reads on (None: no more)."""
+
+    items: list[HoldView]
+    next_cursor: str | None
+
+
 class CaptureResult(_Result):
     id: str
     status: str

@@ -44,6 +44,7 @@ from ledger.errors import (
 )
 from ledger.kernel import Leg
 from ledger.models import (
+    HOLD_STATUSES,
     PENDING_HOLD,
     SYSTEM_KINDS,
     WALLET,
@@ -68,6 +69,7 @@ from ledger.results import (
     EntryPage,
     EntryView,
     GrantView,
+    HoldPage,
     HoldView,
     PostingView,
     ReversalResult,
@@ -1346,7 +1348,11 @@ class Ledger:
 
     def _hold_view(self, conn: Connection, wallet: _Wallet, hold_id: str) -> HoldView:
         h = conn.execute(sa.select(holds).where(holds.c.id == hold_id)).one()
-        balance, pending = self._money(conn, wallet)
+        return self._hold_of_row(wallet, h, self._money(conn, wallet))
+
+    @staticmethod
+    def _hold_of_row(wallet: _Wallet, h: Row[Any], money: tuple[int, int]) -> HoldView:
+        balance, pending = money
         return HoldView(
             id=h.id,
             account_id=wallet.external_id,
@@ -1365,6 +1371,50 @@ class Ledger:
             model=h.model,
             metering_id=h.metering_id,
             credits_remaining=kernel.available(balance, pending, wallet.overdraft_limit),
+        )
+
+    def holds_of(
+        self,
+        account_id: str,
+        *,
+        status: str | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> HoldPage:
+        """A wallet's authorizations (of one ``status``, if given), newest first, ``limit``
+        at a time. A pending one past its ``expires_at`` can no longer be captured, swept
+        or not."""
+        if type(limit) is not int or not 1 <= limit <= 500:
+            raise InvalidInput(
+                "limit must be from 1 to 500", field="limit", allowed={"min": 1, "max": 500}
+            )
+        if status is not None and status not in HOLD_STATUSES:
+            raise InvalidInput(
+                f"unknown status {status!r}", field="status", allowed=list(HOLD_STATUSES)
+            )
+        with self.db.transaction(write=False) as conn:
+            wallet = self._wallet(conn, account_id)
+            stmt = sa.select(holds).where(holds.c.account_id == wallet.id)
+            if status is not None:
+                stmt = stmt.where(holds.c.status == status)
+            if cursor is not None:
+                created_at, last_id = _decode_cursor(cursor)
+                stmt = stmt.where(
+                    sa.or_(
+                        holds.c.created_at < created_at,
+                        sa.and_(holds.c.created_at == created_at, holds.c.id < last_id),
+                    )
+                )
+            rows = conn.execute(
+                stmt.order_by(holds.c.created_at.desc(), holds.c.id.desc()).limit(limit + 1)
+            ).all()
+            money = self._money(conn, wallet)
+        page = rows[:limit]
+        return HoldPage(
+            items=[self._hold_of_row(wallet, h, money) for h in page],
+            next_cursor=(
+                _encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
+            ),
         )
 
     def hold(self, hold_id: str, *, owner: str | None = None) -> HoldView:
@@ -1819,19 +1869,20 @@ def _balances(
     )
 
 
-def _encode_cursor(posted_at: datetime, entry_id: str) -> str:
-    raw = f"{posted_at.isoformat()}|{entry_id}".encode()
+def _encode_cursor(instant: datetime, row_id: str) -> str:
+    """Where a newest-first page ended (entries, authorizations): an instant and an id."""
+    raw = f"{instant.isoformat()}|{row_id}".encode()
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
-        posted, entry_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
-        moment = datetime.fromisoformat(posted)
-        if moment.tzinfo is None:
+        instant, row_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        moment = datetime.fromisoformat(instant)
+        if moment.tzinfo is None or "\x00" in row_id:  # PostgreSQL cannot compare NUL
             raise ValueError
-        return moment, entry_id
+        return moment, row_id
     except (ValueError, UnicodeDecodeError):
         raise InvalidInput("cursor is not one this API returned", field="cursor") from None
 

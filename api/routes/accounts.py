@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
@@ -18,6 +18,7 @@ from api.schemas import (
     AdjustmentCreate,
     AdjustmentResult,
     EntryPage,
+    HoldPage,
     ReversalCreate,
     ReversalResult,
     TopUpCreate,
@@ -90,6 +91,23 @@ async def list_entries(
     """The wallet's journal entries, newest first; pass ``next_cursor`` for the next page."""
     ensure_own(caller, id)
     return await run_in_threadpool(services.ledger.entries, id, cursor=cursor, limit=limit)
+
+
+@router.get("/accounts/{id}/authorizations", response_model=HoldPage, responses=_ERRORS)
+async def list_authorizations(
+    id: str,
+    caller: Caller,
+    services: ServicesDep,
+    status: Annotated[Literal["pending", "captured", "voided", "expired"] | None, Query()] = None,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> HoldPage:
+    """The wallet's authorizations (holds), newest first, of one ``status`` if given: what
+    its ``pending`` is made of. Pass ``next_cursor`` for the next page."""
+    ensure_own(caller, id)
+    return await run_in_threadpool(
+        services.ledger.holds_of, id, status=status, cursor=cursor, limit=limit
+    )
 
 
 @router.post(

@@ -57,6 +57,11 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     assert "acme" in listing.stdout
     assert "zeta" in listing.stdout
     assert run("account", "list", "--unit", "gold", env=env).returncode == 2
+    holds = run("account", "holds", "acme", "--json", env=env)
+    assert holds.returncode == 0, holds.stderr
+    assert json.loads(holds.stdout) == {"items": [], "next_cursor": None}
+    assert "authorizations of acme" in run("account", "holds", "acme", env=env).stdout
+    assert run("account", "holds", "ghost", env=env).returncode == 7
     assert "promo" in table.stdout
 
 

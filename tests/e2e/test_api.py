@@ -216,6 +216,27 @@ def test_wallets_are_listed_a_page_at_a_time(api: Api) -> None:
         assert r.json()["field"] == field
 
 
+def test_a_wallets_authorizations_are_listed_for_it_and_its_customer(api: Api) -> None:
+    user = api.wallet("lister", "credit", topup=1000)
+    ids = [authorize(api, user, VEO_FAST).json()["id"] for _ in range(3)]
+    r = api.post(f"/v1/authorizations/{ids[0]}/void", None, as_key="service")
+    assert r.status_code == 200, r.text
+    customer = api.customer(user)
+    page = api.get(f"/v1/accounts/{user}/authorizations", params={"limit": 2}, as_key=customer)
+    assert page.status_code == 200, page.text
+    body = page.json()
+    assert [h["id"] for h in body["items"]] == [ids[2], ids[1]]
+    assert body["items"][0] == api.get(f"/v1/authorizations/{ids[2]}").json()
+    rest = api.get(
+        f"/v1/accounts/{user}/authorizations", params={"cursor": body["next_cursor"]}
+    ).json()
+    assert ([h["id"] for h in rest["items"]], rest["next_cursor"]) == ([ids[0]], None)
+    pending = api.get(f"/v1/accounts/{user}/authorizations", params={"status": "pending"})
+    assert sum(h["held"] for h in pending.json()["items"]) == api.balance(user)["pending"]
+    bad = api.get(f"/v1/accounts/{user}/authorizations", params={"status": "done"})
+    assert (bad.status_code, bad.json()["field"]) == (422, "status")
+
+
 def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
     r = api.post(
         "/v1/accounts",

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -146,6 +147,50 @@ def test_wallets_are_listed_in_the_order_opened_a_page_at_a_time(ledger: Ledger)
         with pytest.raises(InvalidInput) as info:
             ledger.accounts(**bad)
         assert info.value.field == field
+
+
+def test_a_wallets_authorizations_are_listed_newest_first(ledger: Ledger, clock: Clock) -> None:
+    user = wallet(ledger, "holder", "credit")
+    ledger.top_up(user, 5000, idempotency_key=key())
+    made = []
+    for _ in range(5):
+        made.append(ledger.authorize(user, VEO_FAST, idempotency_key=key()).id)
+        clock.advance(seconds=1)
+    ledger.capture(made[0], status="COMPLETED", usage={"videos": 1}, idempotency_key=key())
+    ledger.void(made[1], idempotency_key=key())
+    other = wallet(ledger, "other", "credit")
+    ledger.top_up(other, 500, idempotency_key=key())
+    ledger.authorize(other, VEO_FAST, idempotency_key=key())
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page = ledger.holds_of(user, cursor=cursor, limit=2)
+        seen += [h.id for h in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert seen == made[::-1]  # newest first, this wallet's only
+    pending = ledger.holds_of(user, status="pending").items
+    assert [h.id for h in pending] == made[:1:-1]
+    assert sum(h.held for h in pending) == ledger.account(user).pending
+    assert [h.status for h in ledger.holds_of(user, status="captured").items] == ["captured"]
+    assert ledger.holds_of(user, status="expired").items == []
+    assert ledger.holds_of(user, limit=1).items[0] == ledger.hold(made[-1])
+    nul = base64.urlsafe_b64encode(b"2026-11-21T12:00:00+00:00|a\x00b").decode()
+    for bad, field in (
+        ({"status": "done"}, "status"),
+        ({"limit": 0}, "limit"),
+        ({"cursor": "nonsense"}, "cursor"),
+        ({"cursor": nul}, "cursor"),
+    ):
+        with pytest.raises(InvalidInput) as info:
+            ledger.holds_of(user, **bad)
+        assert info.value.field == field
+    with pytest.raises(InvalidInput) as info:  # the entries' cursor, likewise
+        ledger.entries(user, cursor=nul)
+    assert info.value.field == "cursor"
+    with pytest.raises(NotFound):
+        ledger.holds_of("nobody")
 
 
 def test_account_ids_may_be_emails_slugs_and_any_script(ledger: Ledger) -> None:
