@@ -41,6 +41,27 @@ def _v(check: str, detail: str) -> Violation:
     return Violation(check=check, detail=detail)
 
 
+def _wide_sum(value: sa.ColumnElement[Any], label: str) -> list[sa.Label[Any]]:
+    """SUM(value) as the sums of its high and low 32-bit halves (read back by ``_wide``).
+
+    A sum over a wallet's whole history (its postings, its flows, its metering) may pass
+    64 bits on the way although each row and the true total fit: credits moved in and out
+    again. SQLite's SUM then fails ("integer overflow"), in whatever order it meets the
+    rows; each half's sum fits for any table of fewer than 2**31 rows, on both databases.
+    """
+    # Literals in the SQL text: PostgreSQL shifts a bigint by an integer, not a bigint.
+    return [
+        sa.func.sum(value.op(">>")(sa.literal_column("32"))).label(f"{label}_hi"),
+        sa.func.sum(value.op("&")(sa.literal_column("4294967295"))).label(f"{label}_lo"),
+    ]
+
+
+def _wide(row: Any, label: str) -> int:
+    """The exact sum ``_wide_sum`` selected as ``label`` (0 for no rows)."""
+    hi, lo = row._mapping[f"{label}_hi"], row._mapping[f"{label}_lo"]
+    return 0 if hi is None else (int(hi) << 32) + int(lo)
+
+
 def _entries_balanced(conn: Connection) -> list[Violation]:
     out = [
         _v("entry_balanced", f"entry {r.entry_id} {r.unit} sums to {r.total}")
@@ -86,7 +107,7 @@ def _entries_balanced(conn: Connection) -> list[Violation]:
 
 def _balances(conn: Connection) -> list[Violation]:
     sums = (
-        sa.select(postings.c.account_id, sa.func.sum(postings.c.amount).label("total"))
+        sa.select(postings.c.account_id, *_wide_sum(postings.c.amount, "posted"))
         .group_by(postings.c.account_id)
         .subquery()
     )
@@ -102,18 +123,20 @@ def _balances(conn: Connection) -> list[Violation]:
             accounts.c.external_id,
             accounts.c.balance,
             accounts.c.pending,
-            sums.c.total.label("posted"),
+            sums.c.posted_hi,
+            sums.c.posted_lo,
             open_holds.c.total.label("held"),
         )
         .outerjoin(sums, sums.c.account_id == accounts.c.id)
         .outerjoin(open_holds, open_holds.c.account_id == accounts.c.id)
     )
     for r in rows:
-        if r.balance != (r.posted or 0):
+        posted = _wide(r, "posted")
+        if r.balance != posted:
             out.append(
                 _v(
                     "account_balance",
-                    f"{r.external_id}: balance {r.balance}, postings sum to {r.posted or 0}",
+                    f"{r.external_id}: balance {r.balance}, postings sum to {posted}",
                 )
             )
         if r.pending != (r.held or 0):
@@ -129,39 +152,41 @@ def _balances(conn: Connection) -> list[Violation]:
 def _grants(conn: Connection) -> list[Violation]:
     out: list[Violation] = []
     moved = (
-        sa.select(movements.c.grant_id, sa.func.sum(movements.c.amount).label("total"))
+        sa.select(movements.c.grant_id, *_wide_sum(movements.c.amount, "total"))
         .group_by(movements.c.grant_id)
         .subquery()
     )
     for r in conn.execute(
-        sa.select(grants.c.id, grants.c.remaining, moved.c.total).outerjoin(
+        sa.select(grants.c.id, grants.c.remaining, moved.c.total_hi, moved.c.total_lo).outerjoin(
             moved, moved.c.grant_id == grants.c.id
         )
     ):
-        if r.remaining != (r.total or 0):
+        total = _wide(r, "total")
+        if r.remaining != total:
             out.append(
                 _v(
                     "grant_movements",
-                    f"grant {r.id}: remaining {r.remaining}, movements sum to {r.total or 0}",
+                    f"grant {r.id}: remaining {r.remaining}, movements sum to {total}",
                 )
             )
     remaining = (
-        sa.select(grants.c.account_id, sa.func.sum(grants.c.remaining).label("total"))
+        sa.select(grants.c.account_id, *_wide_sum(grants.c.remaining, "held"))
         .group_by(grants.c.account_id)
         .subquery()
     )
-    for r in conn.execute(
-        sa.select(accounts.c.external_id, accounts.c.balance, remaining.c.total)
+    for w in conn.execute(
+        sa.select(
+            accounts.c.external_id, accounts.c.balance, remaining.c.held_hi, remaining.c.held_lo
+        )
         .outerjoin(remaining, remaining.c.account_id == accounts.c.id)
         .where(accounts.c.kind == WALLET)
     ):
-        expected = max(int(r.balance), 0)
-        if (r.total or 0) != expected:
+        expected, held = max(int(w.balance), 0), _wide(w, "held")
+        if held != expected:
             out.append(
                 _v(
                     "wallet_grants",
-                    f"{r.external_id}: grants hold {r.total or 0}, "
-                    f"balance above zero is {expected}",
+                    f"{w.external_id}: grants hold {held}, balance above zero is {expected}",
                 )
             )
     return out
@@ -228,12 +253,12 @@ def _holds(conn: Connection) -> list[Violation]:
 def _rollups(conn: Connection) -> list[Violation]:
     keys = [metering.c.account_id, metering.c.catalog, metering.c.operation, metering.c.model]
     metered = {
-        tuple(r[:4]): (int(r.requests), int(r.amount))
+        tuple(r[:4]): (int(r.requests), _wide(r, "amount"))
         for r in conn.execute(
             sa.select(
                 *keys,
                 sa.func.count().label("requests"),
-                sa.func.sum(metering.c.charged).label("amount"),
+                *_wide_sum(metering.c.charged, "amount"),
             )
             .where(
                 metering.c.completed_at.is_not(None),
@@ -243,15 +268,15 @@ def _rollups(conn: Connection) -> list[Violation]:
         )
     }
     rolled = {
-        tuple(r[:4]): (int(r.requests), int(r.amount))
+        tuple(r[:4]): (_wide(r, "requests"), _wide(r, "amount"))
         for r in conn.execute(
             sa.select(
                 daily.c.account_id,
                 daily.c.catalog,
                 daily.c.operation,
                 daily.c.model,
-                sa.func.sum(daily.c.requests).label("requests"),
-                sa.func.sum(daily.c.amount).label("amount"),
+                *_wide_sum(daily.c.requests, "requests"),
+                *_wide_sum(daily.c.amount, "amount"),
             ).group_by(daily.c.account_id, daily.c.catalog, daily.c.operation, daily.c.model)
         )
     }
@@ -286,17 +311,13 @@ def _flows(conn: Connection) -> list[Violation]:
     """The journal rollup holds each wallet's credits and debits per flow."""
     flow = entry_flow()
     journal = {
-        (r.account_id, r.flow): (int(r.credits), int(r.debits))
+        (r.account_id, r.flow): (_wide(r, "credits"), _wide(r, "debits"))
         for r in conn.execute(
             sa.select(
                 postings.c.account_id,
                 flow.label("flow"),
-                sa.func.sum(sa.case((postings.c.amount > 0, postings.c.amount), else_=0)).label(
-                    "credits"
-                ),
-                sa.func.sum(sa.case((postings.c.amount < 0, -postings.c.amount), else_=0)).label(
-                    "debits"
-                ),
+                *_wide_sum(sa.case((postings.c.amount > 0, postings.c.amount), else_=0), "credits"),
+                *_wide_sum(sa.case((postings.c.amount < 0, -postings.c.amount), else_=0), "debits"),
             )
             .join(entries, entries.c.id == postings.c.entry_id)
             .join(accounts, accounts.c.id == postings.c.account_id)
@@ -305,13 +326,13 @@ def _flows(conn: Connection) -> list[Violation]:
         )
     }
     rolled = {
-        (r.account_id, r.flow): (int(r.credits), int(r.debits))
+        (r.account_id, r.flow): (_wide(r, "credits"), _wide(r, "debits"))
         for r in conn.execute(
             sa.select(
                 flows.c.account_id,
                 flows.c.flow,
-                sa.func.sum(flows.c.credits).label("credits"),
-                sa.func.sum(flows.c.debits).label("debits"),
+                *_wide_sum(flows.c.credits, "credits"),
+                *_wide_sum(flows.c.debits, "debits"),
             ).group_by(flows.c.account_id, flows.c.flow)
         )
     }

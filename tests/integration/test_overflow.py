@@ -16,8 +16,9 @@ import sqlalchemy as sa
 from ledger.errors import BalanceOverflow
 from ledger.models import accounts
 from ledger.services import Ledger
+from ledger.verify import verify
 from tests import factories as f
-from tests.factories import key
+from tests.factories import Clock, key
 
 MAX = 2**63 - 1
 VEO_FAST = f.veo3_video(video_model="veo3_fast")
@@ -163,3 +164,24 @@ def test_a_refused_allocation_does_not_hold_up_the_others(
     ledger.adjust(full, -100, reason="make room", idempotency_key=key())
     assert ledger.roll_allocations() == 1
     assert ledger.account(full).balance == MAX - 50
+
+
+def test_verify_sums_a_history_past_64_bits_exactly(ledger: Ledger, clock: Clock) -> None:
+    """Credits in and out again, a day apart: every balance and every day's rollup fits,
+    the history's sums do not. SQLite's SUM refuses those ("integer overflow"); verify()
+    must still check them, exactly."""
+    user = wallet(ledger, "churner")
+    big = 2**62 + 2**61
+    for day in range(3):
+        ledger.top_up(user, big, idempotency_key=key())
+        ledger.adjust(user, -big, reason=f"back on day {day}", idempotency_key=key())
+        clock.advance(days=1)
+    assert ledger.account(user).balance == 0
+    assert verify(ledger.db) == []
+    # And it still finds a balance that is off, in such a history.
+    with ledger.db.transaction() as conn:
+        conn.execute(accounts.update().where(accounts.c.external_id == user).values(balance=1))
+    found = verify(ledger.db)
+    assert any(v.check == "account_balance" and user in v.detail for v in found), found
+    with ledger.db.transaction() as conn:
+        conn.execute(accounts.update().where(accounts.c.external_id == user).values(balance=0))
