@@ -23,7 +23,7 @@ import logging
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -39,7 +39,7 @@ from rich.table import Table
 from api.errors import status_of
 from ledger.db import Database, is_lock_timeout
 from ledger.keys import Keys
-from ledger.results import AccountView, GrantView
+from ledger.results import AccountPage, AccountView, GrantView, HoldPage
 from ledger.services import Ledger, ledger_from_settings
 from ledger.settings import Settings, get_settings
 from ledger.verify import verify
@@ -380,12 +380,27 @@ def _show_account(view: AccountView, as_json: bool, title: str) -> None:
         Console().print(_grants_table(view.grants))
 
 
-def _print_page(table: Table, next_cursor: str | None) -> None:
-    """One page of a listing, and how to read the next."""
+def _print_page(
+    page: AccountPage | HoldPage,
+    as_json: bool,
+    title: str,
+    columns: tuple[str, ...],
+    rows: Iterable[tuple[object, ...]],
+) -> None:
+    """One page of a listing (JSON, or a table and how to read the next page)."""
+    if as_json:
+        typer.echo(page.model_dump_json(indent=2))
+        return
+    table = Table(title=title)
+    for column in columns:
+        # Folded, never cut short with an ellipsis: every digit of an amount shows.
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*("" if value is None else str(value) for value in row))
     console = Console()
     console.print(table)
-    if next_cursor:
-        console.print(f"more: --cursor {next_cursor}")
+    if page.next_cursor:
+        console.print(f"more: --cursor {page.next_cursor}")
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
@@ -395,6 +410,11 @@ KeyOption = Annotated[
         "--idempotency-key",
         help="Retry-safe key: running the command again with it has no second effect.",
     ),
+]
+
+LimitOption = Annotated[int, typer.Option(help="Rows per page (1 to 500).")]
+CursorOption = Annotated[
+    str | None, typer.Option(help="Where the previous page ended (its 'more: --cursor').")
 ]
 
 account_app = typer.Typer(help="Open and inspect wallets.", no_args_is_help=True)
@@ -440,33 +460,23 @@ def account_show(
 @account_app.command("list")
 def account_list(
     unit: Annotated[str | None, typer.Option(help="Only wallets of this unit.")] = None,
-    limit: Annotated[int, typer.Option(help="Wallets per page (1 to 500).")] = 50,
-    cursor: Annotated[
-        str | None, typer.Option(help="Where the previous page ended (its next cursor).")
-    ] = None,
+    limit: LimitOption = 50,
+    cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Wallets in the order they were opened, with their balances, a page at a time."""
     with _open_ledger() as ledger:
         page = ledger.accounts(cursor=cursor, limit=limit, unit=unit)
-    if as_json:
-        typer.echo(page.model_dump_json(indent=2))
-        return
-    table = Table(title="accounts")
-    for column in ("id", "unit", "balance", "pending", "available", "debt", "timezone"):
-        # Folded, never cut short with an ellipsis: every digit of an amount shows.
-        table.add_column(column, overflow="fold")
-    for a in page.items:
-        table.add_row(
-            a.account_id,
-            a.unit,
-            str(a.balance),
-            str(a.pending),
-            str(a.available),
-            str(a.debt),
-            a.timezone,
-        )
-    _print_page(table, page.next_cursor)
+    _print_page(
+        page,
+        as_json,
+        "accounts",
+        ("id", "unit", "balance", "pending", "available", "debt", "timezone"),
+        (
+            (a.account_id, a.unit, a.balance, a.pending, a.available, a.debt, a.timezone)
+            for a in page.items
+        ),
+    )
 
 
 @account_app.command("holds")
@@ -475,32 +485,31 @@ def account_holds(
     status: Annotated[
         str | None, typer.Option(help="Only pending, captured, voided or expired ones.")
     ] = None,
-    limit: Annotated[int, typer.Option(help="Authorizations per page (1 to 500).")] = 50,
-    cursor: Annotated[
-        str | None, typer.Option(help="Where the previous page ended (its next cursor).")
-    ] = None,
+    limit: LimitOption = 50,
+    cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """A wallet's authorizations (holds), newest first."""
     with _open_ledger() as ledger:
         page = ledger.holds_of(account_id, status=status, cursor=cursor, limit=limit)
-    if as_json:
-        typer.echo(page.model_dump_json(indent=2))
-        return
-    table = Table(title=f"authorizations of {account_id}")
-    for column in ("id", "status", "held", "captured", "model", "created", "expires"):
-        table.add_column(column, overflow="fold")
-    for h in page.items:
-        table.add_row(
-            h.id,
-            h.status,
-            str(h.held),
-            "" if h.captured is None else str(h.captured),
-            h.model,
-            h.created_at.isoformat(timespec="seconds"),
-            h.expires_at.isoformat(timespec="seconds"),
-        )
-    _print_page(table, page.next_cursor)
+    _print_page(
+        page,
+        as_json,
+        f"authorizations of {account_id}",
+        ("id", "status", "held", "captured", "model", "created", "expires"),
+        (
+            (
+                h.id,
+                h.status,
+                h.held,
+                h.captured,
+                h.model,
+                h.created_at.isoformat(timespec="seconds"),
+                h.expires_at.isoformat(timespec="seconds"),
+            )
+            for h in page.items
+        ),
+    )
 
 
 @app.command("topup")

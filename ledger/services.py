@@ -823,10 +823,7 @@ class Ledger:
     ) -> AccountPage:
         """The wallets in the order they were opened (of one ``unit``, if given),
         ``limit`` at a time: balances, without grants."""
-        if type(limit) is not int or not 1 <= limit <= 500:
-            raise InvalidInput(
-                "limit must be from 1 to 500", field="limit", allowed={"min": 1, "max": 500}
-            )
+        _page_limit(limit)
         if unit is not None and unit not in self.units:
             raise InvalidInput(f"unknown unit {unit!r}", field="unit", allowed=sorted(self.units))
         stmt = (
@@ -1384,10 +1381,7 @@ class Ledger:
         """A wallet's authorizations (of one ``status``, if given), newest first, ``limit``
         at a time. A pending one past its ``expires_at`` can no longer be captured, swept
         or not."""
-        if type(limit) is not int or not 1 <= limit <= 500:
-            raise InvalidInput(
-                "limit must be from 1 to 500", field="limit", allowed={"min": 1, "max": 500}
-            )
+        _page_limit(limit)
         if status is not None and status not in HOLD_STATUSES:
             raise InvalidInput(
                 f"unknown status {status!r}", field="status", allowed=list(HOLD_STATUSES)
@@ -1397,24 +1391,12 @@ class Ledger:
             stmt = sa.select(holds).where(holds.c.account_id == wallet.id)
             if status is not None:
                 stmt = stmt.where(holds.c.status == status)
-            if cursor is not None:
-                created_at, last_id = _decode_cursor(cursor)
-                stmt = stmt.where(
-                    sa.or_(
-                        holds.c.created_at < created_at,
-                        sa.and_(holds.c.created_at == created_at, holds.c.id < last_id),
-                    )
-                )
-            rows = conn.execute(
-                stmt.order_by(holds.c.created_at.desc(), holds.c.id.desc()).limit(limit + 1)
-            ).all()
+            page, next_cursor = _newest_first(
+                conn, stmt, holds.c.created_at, holds.c.id, cursor, limit
+            )
             money = self._money(conn, wallet)
-        page = rows[:limit]
         return HoldPage(
-            items=[self._hold_of_row(wallet, h, money) for h in page],
-            next_cursor=(
-                _encode_cursor(page[-1].created_at, page[-1].id) if len(rows) > limit else None
-            ),
+            items=[self._hold_of_row(wallet, h, money) for h in page], next_cursor=next_cursor
         )
 
     def hold(self, hold_id: str, *, owner: str | None = None) -> HoldView:
@@ -1820,31 +1802,16 @@ class Ledger:
 
     def entries(self, account_id: str, *, cursor: str | None = None, limit: int = 50) -> EntryPage:
         """The wallet's entries, newest first, ``limit`` at a time."""
-        if type(limit) is not int or not 1 <= limit <= 500:
-            raise InvalidInput(
-                "limit must be from 1 to 500", field="limit", allowed={"min": 1, "max": 500}
-            )
+        _page_limit(limit)
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
             stmt = sa.select(entries.c.id, entries.c.posted_at).where(
                 entries.c.account_id == wallet.id
             )
-            if cursor is not None:
-                posted_at, last_id = _decode_cursor(cursor)
-                stmt = stmt.where(
-                    sa.or_(
-                        entries.c.posted_at < posted_at,
-                        sa.and_(entries.c.posted_at == posted_at, entries.c.id < last_id),
-                    )
-                )
-            rows = conn.execute(
-                stmt.order_by(entries.c.posted_at.desc(), entries.c.id.desc()).limit(limit + 1)
-            ).all()
-            page = rows[:limit]
-            items = [self._entry_view(conn, r.id) for r in page]
-            next_cursor = (
-                _encode_cursor(page[-1].posted_at, page[-1].id) if len(rows) > limit else None
+            page, next_cursor = _newest_first(
+                conn, stmt, entries.c.posted_at, entries.c.id, cursor, limit
             )
+            items = [self._entry_view(conn, r.id) for r in page]
             return EntryPage(items=items, next_cursor=next_cursor)
 
     def grants_of(self, account_id: str) -> list[GrantView]:
@@ -1867,6 +1834,34 @@ def _balances(
         debt=kernel.debt(balance, wallet.overdraft_limit),
         as_of=as_of,
     )
+
+
+def _page_limit(limit: Any) -> None:
+    if type(limit) is not int or not 1 <= limit <= 500:
+        raise InvalidInput(
+            "limit must be from 1 to 500", field="limit", allowed={"min": 1, "max": 500}
+        )
+
+
+def _newest_first(
+    conn: Connection,
+    stmt: sa.Select[Any],
+    instant: sa.ColumnElement[datetime],
+    row_id: sa.ColumnElement[str],
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Row[Any]], str | None]:
+    """The page of ``stmt``'s rows, newest first by (``instant``, ``row_id``), after
+    ``cursor``; and the cursor of the next page (None: no more)."""
+    if cursor is not None:
+        at, last_id = _decode_cursor(cursor)
+        stmt = stmt.where(sa.or_(instant < at, sa.and_(instant == at, row_id < last_id)))
+    rows = conn.execute(stmt.order_by(instant.desc(), row_id.desc()).limit(limit + 1)).all()
+    page = list(rows[:limit])
+    if len(rows) <= limit:
+        return page, None
+    last = page[-1]._mapping
+    return page, _encode_cursor(last[instant], last[row_id])
 
 
 def _encode_cursor(instant: datetime, row_id: str) -> str:
