@@ -1864,37 +1864,49 @@ def _newest_first(
     return page, _encode_cursor(last[instant], last[row_id])
 
 
+def _wrap_cursor(first: str, second: str) -> str:
+    """An opaque page cursor holding two texts."""
+    return base64.urlsafe_b64encode(f"{first}|{second}".encode()).decode().rstrip("=")
+
+
+def _unwrap_cursor(cursor: str) -> tuple[str, str]:
+    """The two texts of a cursor ``_wrap_cursor`` made; ValueError for any other text."""
+    padded = cursor + "=" * (-len(cursor) % 4)
+    first, second = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+    return first, second
+
+
+_BAD_CURSOR = "cursor is not one this API returned"
+
+
 def _encode_cursor(instant: datetime, row_id: str) -> str:
     """Where a newest-first page ended (entries, authorizations): an instant and an id."""
-    raw = f"{instant.isoformat()}|{row_id}".encode()
-    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+    return _wrap_cursor(instant.isoformat(), row_id)
 
 
 def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        instant, row_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        instant, row_id = _unwrap_cursor(cursor)
         moment = datetime.fromisoformat(instant)
         if moment.tzinfo is None or "\x00" in row_id:  # PostgreSQL cannot compare NUL
             raise ValueError
         return moment, row_id
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("cursor is not one this API returned", field="cursor") from None
+    except ValueError:  # UnicodeDecodeError and binascii.Error are ValueErrors
+        raise InvalidInput(_BAD_CURSOR, field="cursor") from None
 
 
 def _encode_account_cursor(row_id: int) -> str:
-    return base64.urlsafe_b64encode(f"account|{row_id}".encode()).decode().rstrip("=")
+    return _wrap_cursor("account", str(row_id))
 
 
 def _decode_account_cursor(cursor: str) -> int:
     try:
-        padded = cursor + "=" * (-len(cursor) % 4)
-        kind, row_id = base64.urlsafe_b64decode(padded.encode()).decode().split("|", 1)
+        kind, row_id = _unwrap_cursor(cursor)
         if kind != "account" or not (row_id.isascii() and row_id.isdigit() and len(row_id) < 19):
             raise ValueError
         return int(row_id)
-    except (ValueError, UnicodeDecodeError):
-        raise InvalidInput("cursor is not one this API returned", field="cursor") from None
+    except ValueError:
+        raise InvalidInput(_BAD_CURSOR, field="cursor") from None
 
 
 def ledger_from_settings(settings: Settings) -> Ledger:
