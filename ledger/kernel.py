@@ -16,7 +16,8 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from zoneinfo import ZoneInfo
+from functools import cache
+from zoneinfo import ZoneInfo, available_timezones
 
 from ledger.errors import BalanceOverflow, UnbalancedEntry
 
@@ -76,6 +77,35 @@ def account_id_problem(account_id: str) -> str | None:
         return "an account id may not start or end with white space"
     if any(unicodedata.category(ch) in _INVISIBLE for ch in account_id):
         return "an account id may not contain control or invisible formatting characters"
+    return None
+
+
+def in_utc_range(instant: datetime) -> bool:
+    """Whether an aware instant is a datetime in UTC too (its offset may push it past the
+    years 1 to 9999)."""
+    try:
+        instant.astimezone(UTC)
+    except OverflowError:
+        return False
+    return True
+
+
+@cache
+def _zone_names() -> frozenset[str]:
+    # ``localtime`` is whatever zone the machine is set to: a wallet's months (and its
+    # allocations) would move with the server. ``right/...`` zones count leap seconds.
+    return frozenset(available_timezones() - {"localtime"})
+
+
+def timezone_problem(timezone: object) -> str | None:
+    """What is wrong with ``timezone`` as the zone of a wallet's or a report's days, or None.
+
+    It must be an IANA name (``Europe/Berlin``, ``UTC``) from the timezone database: names
+    the loader would also open but that mean different things on different machines
+    (``localtime``) or that are no zone (a path) are refused.
+    """
+    if not isinstance(timezone, str) or timezone not in _zone_names():
+        return f"unknown timezone {timezone!r}: use an IANA name such as Europe/Berlin"
     return None
 
 

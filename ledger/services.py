@@ -20,7 +20,6 @@ from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -149,8 +148,23 @@ def _text(value: Any, field: str, *, required: bool = True, most: int = 200) -> 
 
 
 def _aware(value: datetime | None, field: str) -> datetime | None:
-    if value is not None and (value.tzinfo is None or value.utcoffset() is None):
+    """An instant with a timezone that is also a date in UTC (years 1 to 9999), or an error.
+
+    ``9999-12-31T23:59:59-05:00`` is a valid local time but no UTC datetime: SQLite's
+    column could not take it, and PostgreSQL would store a year 10000 that no one can
+    read back.
+    """
+    if value is None:
+        return None
+    if value.tzinfo is None or value.utcoffset() is None:
         raise InvalidInput(f"{field} must carry a timezone", field=field)
+    if not kernel.in_utc_range(value):
+        raise InvalidInput(
+            f"{field} must fall between {datetime.min.isoformat()} and "
+            f"{datetime.max.isoformat()} in UTC",
+            field=field,
+            allowed={"min": f"{datetime.min.isoformat()}Z", "max": f"{datetime.max.isoformat()}Z"},
+        )
     return value
 
 
@@ -763,10 +777,9 @@ class Ledger:
         _amount(overdraft_limit, "overdraft_limit", minimum=0)
         if monthly_allocation is not None:
             _amount(monthly_allocation, "monthly_allocation")
-        try:
-            ZoneInfo(timezone)
-        except (ZoneInfoNotFoundError, ValueError, TypeError):
-            raise InvalidInput(f"unknown timezone {timezone!r}", field="timezone") from None
+        zone_problem = kernel.timezone_problem(timezone)
+        if zone_problem is not None:
+            raise InvalidInput(zone_problem, field="timezone")
         payload = {
             "account_id": external,
             "unit": unit,
@@ -1888,7 +1901,9 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         instant, row_id = _unwrap_cursor(cursor)
         moment = datetime.fromisoformat(instant)
-        if moment.tzinfo is None or "\x00" in row_id:  # PostgreSQL cannot compare NUL
+        if moment.tzinfo is None or not kernel.in_utc_range(moment):
+            raise ValueError
+        if "\x00" in row_id:  # PostgreSQL cannot compare NUL
             raise ValueError
         return moment, row_id
     except ValueError:  # UnicodeDecodeError and binascii.Error are ValueErrors

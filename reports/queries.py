@@ -18,12 +18,13 @@ from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
 from functools import cache
 from typing import Any
-from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+from zoneinfo import ZoneInfo
 
 import pandas as pd
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ledger import kernel
 from ledger.errors import InvalidInput, NotFound
 from ledger.models import (
     PENDING_HOLD,
@@ -78,15 +79,10 @@ def local_midnight(day: date, timezone: str) -> datetime:
 
 def check_timezone(timezone: object, field: str = "timezone") -> str:
     """An IANA timezone name, or an error naming the field."""
-    if not isinstance(timezone, str) or not timezone or len(timezone) > 64:
-        raise InvalidInput("timezone must be an IANA name such as Europe/Berlin", field=field)
-    try:
-        ZoneInfo(timezone)
-    except (ZoneInfoNotFoundError, ValueError):
-        raise InvalidInput(
-            f"unknown timezone '{timezone}': use an IANA name such as Europe/Berlin",
-            field=field,
-        ) from None
+    problem = kernel.timezone_problem(timezone)
+    if problem is not None:
+        raise InvalidInput(problem, field=field)
+    assert isinstance(timezone, str)
     return timezone
 
 

@@ -10,6 +10,7 @@ still find nothing wrong.
 
 from __future__ import annotations
 
+import base64
 from typing import Any
 
 import pytest
@@ -23,6 +24,8 @@ from tests.e2e.conftest import Api
 BIG = 2**63  # one past the largest amount
 VEO = f.veo3_video(video_model="veo3_fast")
 JSON = {"Content-Type": "application/json"}
+#: A page cursor (base64 of "instant|id") whose instant is the year 10000 in UTC.
+LATE_CURSOR = base64.urlsafe_b64encode(b"9999-12-31T23:59:59-05:00|x").decode()
 
 
 def _dump(api: Api) -> dict[str, list[tuple[Any, ...]]]:
@@ -199,6 +202,38 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         422,
         None,
         "timezone",
+    ),
+    # Zones that mean different things on different machines, or are no IANA name.
+    *(
+        (
+            f"timezone {zone!r}",
+            "POST",
+            "/v1/accounts",
+            {"id": "n", "unit": "credit", "timezone": zone},
+        )
+        + ({}, 422, None, "timezone")
+        for zone in ("localtime", "right/UTC", "Europe/../UTC", "/usr/share/zoneinfo/UTC")
+    ),
+    # Instants with an offset that no UTC date can hold (the year 10000 or 0).
+    (
+        "expiry past 9999 in UTC",
+        "POST",
+        "/v1/accounts/w/topups",
+        {"amount": 5, "expires_at": "9999-12-31T23:59:59-05:00"},
+        {},
+        422,
+        "invalid_input",
+        "expires_at",
+    ),
+    (
+        "cursor past 9999 in UTC",
+        "GET",
+        f"/v1/accounts/w/entries?cursor={LATE_CURSOR}",
+        None,
+        {},
+        422,
+        "invalid_input",
+        "cursor",
     ),
     (
         "unicode idempotency key",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
@@ -84,6 +84,8 @@ def test_open_account_validates_and_is_idempotent(ledger: Ledger) -> None:
         ledger.top_up("bucket\x00", 5, idempotency_key=key())
     bad: list[tuple[dict[str, Any], str]] = [
         ({"timezone": "Mars/Olympus"}, "timezone"),
+        ({"timezone": "localtime"}, "timezone"),  # the server's zone, whatever it is
+        ({"timezone": "right/UTC"}, "timezone"),
         ({"overdraft_limit": -1}, "overdraft_limit"),
         ({"monthly_allocation": 0}, "monthly_allocation"),
     ]
@@ -528,6 +530,21 @@ def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> N
         ledger.entries(user, cursor="garbage")
     with pytest.raises(InvalidInput):
         ledger.balance(user, as_of=datetime(2026, 1, 1))
+    # A local time no UTC date can hold: refused, where it used to fail (SQLite) or to
+    # store a year 10000 that could not be read back (PostgreSQL).
+    beyond = datetime(9999, 12, 31, 23, 0, tzinfo=timezone(timedelta(hours=-5)))
+    before = datetime(1, 1, 1, 1, 0, tzinfo=timezone(timedelta(hours=5)))
+    for instant in (beyond, before):
+        with pytest.raises(InvalidInput) as info:
+            ledger.balance(user, as_of=instant)
+        assert info.value.field == "as_of"
+        with pytest.raises(InvalidInput) as info:
+            ledger.top_up(user, 5, idempotency_key=key(), expires_at=instant)
+        assert info.value.field == "expires_at"
+    latest = datetime.max.replace(tzinfo=UTC)
+    ledger.top_up(user, 5, idempotency_key=key(), expires_at=latest)
+    assert latest in [g.expires_at for g in ledger.account(user).grants]
+    assert ledger.balance(user, as_of=latest).balance == 10 + 20 + 30 + 40 + 50 + 60 + 70 + 5
 
 
 # ---------------------------------------------------------- the database guards itself
