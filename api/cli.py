@@ -39,7 +39,7 @@ from rich.table import Table
 from api.errors import status_of
 from ledger.db import Database, is_lock_timeout
 from ledger.keys import Keys
-from ledger.results import AccountPage, AccountView, GrantView, HoldPage
+from ledger.results import AccountPage, AccountView, BalanceView, GrantView, HoldPage
 from ledger.services import Ledger, ledger_from_settings
 from ledger.settings import Settings, get_settings
 from ledger.verify import verify
@@ -359,6 +359,17 @@ def _grants_table(grants: list[GrantView]) -> Table:
     return table
 
 
+def _money_rows(view: BalanceView) -> list[tuple[str, Any]]:
+    return [
+        ("unit", f"{view.unit} (scale {view.scale})"),
+        ("balance", view.balance),
+        ("pending", view.pending),
+        ("available", view.available),
+        ("overdraft limit", view.overdraft_limit),
+        ("debt", view.debt),
+    ]
+
+
 def _show_account(view: AccountView, as_json: bool, title: str) -> None:
     _emit(
         view,
@@ -366,12 +377,7 @@ def _show_account(view: AccountView, as_json: bool, title: str) -> None:
         title,
         [
             ("id", view.account_id),
-            ("unit", f"{view.unit} (scale {view.scale})"),
-            ("balance", view.balance),
-            ("pending", view.pending),
-            ("available", view.available),
-            ("overdraft limit", view.overdraft_limit),
-            ("debt", view.debt),
+            *_money_rows(view),
             ("monthly allocation", view.monthly_allocation),
             ("timezone", view.timezone),
         ],
@@ -455,6 +461,27 @@ def account_show(
     with _open_ledger() as ledger:
         view = ledger.account(account_id)
     _show_account(view, as_json, f"account {view.account_id}")
+
+
+@account_app.command("balance")
+def account_balance(
+    account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
+    as_of: Annotated[
+        str | None,
+        typer.Option(help="An ISO 8601 instant with its timezone (default: now)."),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A wallet's balances now, or at a past instant: what was posted and held then."""
+    instant = _parse_instant(as_of, "as-of")
+    with _open_ledger() as ledger:
+        view = ledger.balance(account_id, as_of=instant)
+    _emit(
+        view,
+        as_json,
+        f"account {view.account_id}",
+        [("as of", view.as_of.isoformat() if view.as_of else "now"), *_money_rows(view)],
+    )
 
 
 @account_app.command("list")

@@ -193,7 +193,7 @@ class EstimatePublic(QuotePublic):
     credits_balance: int | None = None
 
 
-class AccountSummaryPublic(BaseModel):
+class _Money(BaseModel):
     id: str
     unit: str
     scale: int
@@ -202,6 +202,16 @@ class AccountSummaryPublic(BaseModel):
     available: int
     overdraft_limit: int
     debt: int
+
+
+class BalancePublic(_Money):
+    """A wallet's money now (``as_of`` null), or at ``as_of``: what had been posted by
+    then, and the holds open then. ``available`` and ``debt`` use today's overdraft limit."""
+
+    as_of: datetime | None
+
+
+class AccountSummaryPublic(_Money):
     monthly_allocation: int | None
     timezone: str
     created_at: datetime

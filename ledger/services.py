@@ -1793,8 +1793,10 @@ class Ledger:
     # -------------------------------------------------------------------------- reading
 
     def balance(self, account_id: str, *, as_of: datetime | None = None) -> BalanceView:
-        """Balances now, or the posted balance and open holds at ``as_of``."""
-        _aware(as_of, "as_of")
+        """Balances now, or the posted balance and open holds at ``as_of`` (given in UTC)."""
+        as_of = _aware(as_of, "as_of")
+        if as_of is not None:
+            as_of = as_of.astimezone(UTC)
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
             if as_of is None:

@@ -6,6 +6,7 @@ from typing import Annotated, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
+from pydantic import AwareDatetime
 
 from api.deps import AdminCall, Caller, Gateway, JournalReader, ServicesDep, ensure_own
 from api.errors import documented
@@ -17,6 +18,7 @@ from api.schemas import (
     AccountSummaryPublic,
     AdjustmentCreate,
     AdjustmentResult,
+    BalancePublic,
     EntryPage,
     HoldPage,
     ReversalCreate,
@@ -78,6 +80,23 @@ async def read_account(id: str, caller: Caller, services: ServicesDep) -> Accoun
     """Balances (posted, pending holds, available) and credit grants."""
     ensure_own(caller, id)
     return _public(await run_in_threadpool(services.ledger.account, id))
+
+
+@router.get("/accounts/{id}/balance", response_model=BalancePublic, responses=_ERRORS)
+async def read_balance(
+    id: str,
+    caller: Caller,
+    services: ServicesDep,
+    as_of: Annotated[
+        AwareDatetime | None,
+        Query(description="An ISO 8601 instant with its timezone; omitted: now."),
+    ] = None,
+) -> BalancePublic:
+    """The wallet's balance, pending and available now, or at a past instant (``as_of``):
+    everything posted by then, and the holds open then."""
+    ensure_own(caller, id)
+    view = await run_in_threadpool(services.ledger.balance, id, as_of=as_of)
+    return BalancePublic(id=view.account_id, **view.model_dump(exclude={"account_id"}))
 
 
 @router.get("/accounts/{id}/entries", response_model=EntryPage, responses=_ERRORS)

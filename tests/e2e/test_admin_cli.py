@@ -43,6 +43,12 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     table = run("account", "show", "acme", env=env)
     assert table.returncode == 0
     assert "available" in table.stdout
+    now = json.loads(run("account", "balance", "acme", "--json", env=env).stdout)
+    assert (now["balance"], now["available"], now["as_of"]) == (500, 500, None)
+    past = ("account", "balance", "acme", "--as-of", "2000-01-01T00:00:00+01:00")
+    then = json.loads(run(*past, "--json", env=env).stdout)
+    assert (then["balance"], then["as_of"]) == (0, "1999-12-31T23:00:00Z")
+    assert "1999-12-31T23:00:00+00:00" in run(*past, env=env).stdout
 
     assert run("account", "create", "zeta", "--unit", "token", env=env).returncode == 0
     listed = run("account", "list", "--limit", "1", "--json", env=env)
@@ -74,6 +80,9 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
         (["topup", "acme", "5", "--expires-at", "tomorrow"], 2, "expires-at"),
         (["account", "create", "x", "--unit", "gold"], 2, "unit"),
         (["account", "show", "ghost"], 7, "account_id"),
+        (["account", "balance", "ghost"], 7, "account_id"),
+        (["account", "balance", "acme", "--as-of", "yesterday"], 2, "as-of"),
+        (["account", "balance", "acme", "--as-of", "9999-12-31T23:00:00-05:00"], 2, "as_of"),
         (["keys", "create", "--role", "root"], 2, "role"),
         (["keys", "revoke", "ghost"], 7, "id"),
     ],

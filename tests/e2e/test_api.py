@@ -10,8 +10,10 @@ import json
 import socket
 import threading
 import time
+from datetime import datetime, timedelta
 from typing import Any
 
+import httpx2 as httpx
 import psycopg
 import pytest
 import sqlalchemy as sa
@@ -237,6 +239,53 @@ def test_a_wallets_authorizations_are_listed_for_it_and_its_customer(api: Api) -
     assert (bad.status_code, bad.json()["field"]) == (422, "status")
 
 
+def test_the_balance_at_any_past_instant_is_what_the_wallet_showed_then(
+    api: Api, clock: Clock
+) -> None:
+    user = api.wallet("history", "credit")
+    opened = clock.now
+    clock.advance(seconds=1)
+    seen: list[tuple[str, dict[str, Any]]] = []
+
+    def step(r: httpx.Response) -> dict[str, Any]:
+        assert r.status_code in (200, 201), r.text
+        account = api.balance(user)
+        seen.append((clock.now.isoformat(), account))
+        clock.advance(minutes=1)
+        body: dict[str, Any] = r.json()
+        return body
+
+    topup = step(api.post(f"/v1/accounts/{user}/topups", {"amount": 1000}))
+    first = step(authorize(api, user, VEO_FAST))
+    second = step(authorize(api, user, VEO_FAST))
+    step(api.post(f"/v1/authorizations/{first['id']}/capture", {"status": "COMPLETED"}))
+    step(api.post(f"/v1/authorizations/{second['id']}/void"))
+    charge = step(api.post("/v1/charges", {"account_id": user, **VEO_FAST}))
+    step(api.post(f"/v1/entries/{charge['entry_id']}/reverse", {"reason": "refund"}))
+    step(api.post(f"/v1/accounts/{user}/adjustments", {"amount": -100, "reason": "fix"}))
+    step(api.post(f"/v1/entries/{topup['entry']['id']}/reverse", {"reason": "chargeback"}))
+    assert api.balance(user)["debt"] > 0  # the last steps went below zero
+
+    customer = api.customer(user)
+    for instant, account in seen:
+        r = api.get(f"/v1/accounts/{user}/balance", params={"as_of": instant}, as_key=customer)
+        assert r.status_code == 200, r.text
+        then = r.json()
+        assert datetime.fromisoformat(then.pop("as_of")) == datetime.fromisoformat(instant)
+        money = ("id", "unit", "scale", "balance", "pending", "available", "overdraft_limit")
+        assert then == {k: account[k] for k in (*money, "debt")}
+    before = api.get(
+        f"/v1/accounts/{user}/balance", params={"as_of": (opened - timedelta(days=1)).isoformat()}
+    ).json()
+    assert (before["balance"], before["pending"], before["available"]) == (0, 0, 0)
+    now = api.get(f"/v1/accounts/{user}/balance", as_key="service").json()
+    assert now["as_of"] is None
+    assert now["available"] == api.balance(user)["available"]
+    for bad in ("2026-11-21T12:00:00", "yesterday", "9999-12-31T23:59:59-05:00"):
+        r = api.get(f"/v1/accounts/{user}/balance", params={"as_of": bad})
+        assert (r.status_code, r.json()["field"]) == (422, "as_of"), r.text
+
+
 def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
     r = api.post(
         "/v1/accounts",
@@ -319,6 +368,7 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/v1/charges",
         "/v1/accounts",
         "/v1/accounts/{id}",
+        "/v1/accounts/{id}/balance",
         "/v1/accounts/{id}/entries",
         "/v1/accounts/{id}/topups",
         "/v1/accounts/{id}/adjustments",
