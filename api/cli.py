@@ -25,7 +25,7 @@ import time
 import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime
 from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
@@ -39,7 +39,14 @@ from rich.table import Table
 from api.errors import status_of
 from ledger.db import Database, is_lock_timeout
 from ledger.keys import Keys
-from ledger.results import AccountPage, AccountView, BalanceView, GrantView, HoldPage
+from ledger.results import (
+    AccountPage,
+    AccountView,
+    BalanceView,
+    GrantView,
+    HoldPage,
+    UsageLine,
+)
 from ledger.services import Ledger, ledger_from_settings
 from ledger.settings import Settings, get_settings
 from ledger.verify import verify
@@ -481,6 +488,65 @@ def account_balance(
         as_json,
         f"account {view.account_id}",
         [("as of", view.as_of.isoformat() if view.as_of else "now"), *_money_rows(view)],
+    )
+
+
+_USAGE_QUANTITIES = ("input_tokens", "output_tokens", "images", "videos", "candidates", "seconds")
+
+
+@account_app.command("usage")
+def account_usage(
+    account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
+    from_day: Annotated[
+        str | None,
+        typer.Option("--from", help="First day, YYYY-MM-DD (default: the month's first)."),
+    ] = None,
+    to_day: Annotated[
+        str | None, typer.Option("--to", help="Last day, included (default: today).")
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """What a wallet used per day and model, and what it was charged (days in its zone)."""
+    first, last = _parse_day(from_day, "from"), _parse_day(to_day, "to")
+    with _open_ledger() as ledger:
+        view = ledger.usage(account_id, from_day=first, to_day=last)
+    if as_json:
+        typer.echo(view.model_dump_json(indent=2))
+        return
+    # Only the quantities this wallet used, so that the table fits a terminal.
+    used = [name for name in _USAGE_QUANTITIES if getattr(view.totals, name)]
+    table = Table(
+        title=f"usage of {view.account_id}, {view.first_day} to {view.last_day} "
+        f"({view.timezone}; amounts in {view.unit}, scale {view.scale})"
+    )
+    for column in ("day", "catalog", "operation", "model", "requests", *used, "amount"):
+        table.add_column(column.replace("_", " "), overflow="fold")
+    for line in [*view.items, view.totals]:
+        head = (
+            (str(line.day), line.catalog, line.operation, line.model)
+            if isinstance(line, UsageLine)
+            else ("total", "", "", "")
+        )
+        counts = [line.requests, *(getattr(line, name) for name in used), line.amount]
+        table.add_row(*head, *map(str, counts))
+    Console().print(table)
+
+
+def _parse_day(day: str | None, option: str) -> date | None:
+    if day is None:
+        return None
+    try:
+        if len(day) == 10:  # fromisoformat also reads 20261101 and 2026-W47-1
+            return date.fromisoformat(day)
+    except ValueError:
+        pass
+    _fail(
+        {
+            "error": "invalid_request",
+            "field": option,
+            "message": f"--{option} {day!r}: give a day as YYYY-MM-DD, e.g. 2026-11-01",
+        },
+        EXIT_INVALID,
     )
 
 

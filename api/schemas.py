@@ -7,10 +7,18 @@ ledger's result models where they already are the public shape.
 
 from __future__ import annotations
 
-from datetime import datetime
+import re
+from datetime import date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, AwareDatetime, BaseModel, ConfigDict, Field
+from pydantic import (
+    AfterValidator,
+    AwareDatetime,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+)
 from pydantic_core import PydanticCustomError
 
 from ledger.kernel import account_id_problem
@@ -25,6 +33,8 @@ from ledger.results import (
     HoldView,
     ReversalResult,
     TopUpResult,
+    UsageLine,
+    UsageTotals,
 )
 from reports.jobs import JobView
 
@@ -209,6 +219,38 @@ class BalancePublic(_Money):
     then, and the holds open then. ``available`` and ``debt`` use today's overdraft limit."""
 
     as_of: datetime | None
+
+
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _day_text(value: object) -> object:
+    """Only YYYY-MM-DD: not a timestamp (``0``) and not an instant with a time."""
+    if not isinstance(value, str) or not DAY.fullmatch(value):
+        raise PydanticCustomError("day", "give a day as YYYY-MM-DD, such as 2026-11-01")
+    return value
+
+
+#: A calendar day written YYYY-MM-DD (query parameters).
+Day = Annotated[date, BeforeValidator(_day_text)]
+
+
+class UsagePublic(BaseModel):
+    """A wallet's usage from ``from`` to ``to`` (days in its ``timezone``, both included):
+    one item per day, catalog, operation and model, and their totals. ``amount`` is in
+    minor units of ``unit`` as charged (refunds are reversal entries in the journal);
+    ``seconds`` are video seconds (exact)."""
+
+    model_config = ConfigDict(populate_by_name=True)
+
+    id: str
+    unit: str
+    scale: int
+    timezone: str
+    from_: date = Field(alias="from")
+    to: date
+    items: list[UsageLine]
+    totals: UsageTotals
 
 
 class AccountSummaryPublic(_Money):

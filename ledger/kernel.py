@@ -16,6 +16,7 @@ from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from functools import cache
 from zoneinfo import ZoneInfo, available_timezones
 
@@ -202,6 +203,12 @@ def plan_credit(
             restores.append((grant_id, give))
             left -= give
     return CreditPlan(repaid, restores, left)
+
+
+def exact_seconds(micros: int) -> Decimal:
+    """Whole microseconds as seconds in their shortest exact form: 12500000 -> 12.5."""
+    number = Decimal(int(micros)).scaleb(-6)
+    return Decimal(format(number.normalize(), "f")) if number else Decimal(0)
 
 
 # ------------------------------------------------------------------------------- periods

@@ -310,7 +310,7 @@ class DailyUsage(SQLModel, table=True):
         default=Decimal(0),
         sa_column=sa.Column(sa.Numeric(24, 6), nullable=False, server_default="0"),
     )
-    #: Minor units charged (net of refunds of these charges).
+    #: Minor units charged (a refund is a reversal entry in the journal, not less usage).
     amount: int = money()
 
 
@@ -495,3 +495,9 @@ def entry_flow() -> sa.ColumnElement[str]:
         .scalar_subquery()
     )
     return sa.case((entries.c.kind == "topup", grant_kind), else_=entries.c.kind)
+
+
+def seconds_micros(column: sa.ColumnElement[Decimal]) -> sa.Label[int]:
+    """Video seconds (NUMERIC, six decimals) as whole microseconds (``seconds_us``): exact
+    integers on both databases, where SQLite would sum the NUMERIC column as floats."""
+    return sa.cast(sa.func.round(column * 1_000_000), sa.BigInteger).label("seconds_us")

@@ -5,7 +5,8 @@ Amounts are integers of the account unit's minor units, with ``unit`` and ``scal
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import date, datetime
+from decimal import Decimal
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict
@@ -59,6 +60,45 @@ class AccountPage(_Result):
 
     items: list[AccountSummary]
     next_cursor: str | None
+
+
+class UsageTotals(_Result):
+    """What was metered: requests, their usage, and the minor units charged for them. A
+    refund is a credit in the journal (an entry of kind ``reversal``), not less usage."""
+
+    requests: int = 0
+    input_tokens: int = 0
+    output_tokens: int = 0
+    images: int = 0
+    videos: int = 0
+    candidates: int = 0
+    #: Video seconds, exact to the microsecond.
+    seconds: Decimal = Decimal(0)
+    amount: int = 0
+
+
+class _UsageKey(_Result):
+    day: date
+    catalog: str
+    operation: str
+    model: str
+
+
+class UsageLine(UsageTotals, _UsageKey):
+    """One day's usage of one model, by catalog and operation (the key comes first)."""
+
+
+class UsageView(_Result):
+    """A wallet's usage from ``first_day`` to ``last_day`` (days in its timezone)."""
+
+    account_id: str
+    unit: str
+    scale: int
+    timezone: str
+    first_day: date
+    last_day: date
+    items: list[UsageLine]
+    totals: UsageTotals
 
 
 class PostingView(_Result):

@@ -18,7 +18,7 @@ import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
 from typing import Any, TypeVar
 
 import sqlalchemy as sa
@@ -48,6 +48,7 @@ from ledger.models import (
     SYSTEM_KINDS,
     WALLET,
     accounts,
+    daily,
     entries,
     grants,
     holds,
@@ -55,6 +56,7 @@ from ledger.models import (
     movements,
     periods,
     postings,
+    seconds_micros,
     units,
 )
 from ledger.results import (
@@ -73,6 +75,9 @@ from ledger.results import (
     PostingView,
     ReversalResult,
     TopUpResult,
+    UsageLine,
+    UsageTotals,
+    UsageView,
 )
 from ledger.settings import Settings
 from ledger.store import Json, Sql, Store
@@ -1829,6 +1834,75 @@ class Ledger:
             items = [self._entry_view(conn, r.id) for r in page]
             return EntryPage(items=items, next_cursor=next_cursor)
 
+    def usage(
+        self,
+        account_id: str,
+        *,
+        from_day: date | None = None,
+        to_day: date | None = None,
+    ) -> UsageView:
+        """A wallet's metered usage per day, catalog, operation and model, from ``from_day``
+        to ``to_day`` (both included; days in the wallet's timezone). Without them: its
+        current month up to today. Read from the daily rollup, so it costs the same
+        whatever the traffic."""
+        for day, field in ((from_day, "from"), (to_day, "to")):
+            if day is not None and type(day) is not date:
+                raise InvalidInput(f"{field} must be a date (YYYY-MM-DD)", field=field)
+        with self.db.transaction(write=False) as conn:
+            wallet = self._wallet(conn, account_id)
+            today = date.fromisoformat(kernel.day_of(self.clock(), wallet.timezone))
+            last = to_day or max(today, from_day or today)
+            first = from_day or last.replace(day=1)
+            if first > last:
+                raise InvalidInput("from must not be after to", field="from")
+            if (last - first).days >= USAGE_DAYS:
+                raise InvalidInput(
+                    f"from and to span at most {USAGE_DAYS} days",
+                    field="to",
+                    allowed={"max_days": USAGE_DAYS},
+                )
+            rows = conn.execute(
+                sa.select(
+                    daily.c.day,
+                    daily.c.catalog,
+                    daily.c.operation,
+                    daily.c.model,
+                    *(daily.c[name] for name in _USAGE_COUNTS),
+                    seconds_micros(daily.c.seconds),
+                )
+                .where(
+                    daily.c.account_id == wallet.id,
+                    daily.c.day >= first.isoformat(),
+                    daily.c.day <= last.isoformat(),
+                )
+                .order_by(daily.c.day, daily.c.catalog, daily.c.operation, daily.c.model)
+            ).all()
+        items = [
+            UsageLine(
+                day=date.fromisoformat(r.day),
+                catalog=r.catalog,
+                operation=r.operation,
+                model=r.model,
+                seconds=kernel.exact_seconds(r.seconds_us),
+                **{name: int(r._mapping[name]) for name in _USAGE_COUNTS},
+            )
+            for r in rows
+        ]
+        totals = UsageTotals(
+            seconds=kernel.exact_seconds(sum(int(r.seconds_us) for r in rows)),
+            **{name: sum(getattr(item, name) for item in items) for name in _USAGE_COUNTS},
+        )
+        return UsageView(
+            account_id=wallet.external_id,
+            unit=wallet.unit,
+            scale=wallet.scale,
+            timezone=wallet.timezone,
+            first_day=first,
+            last_day=last,
+            items=items,
+            totals=totals,
+        )
+
     def grants_of(self, account_id: str) -> list[GrantView]:
         with self.db.transaction(write=False) as conn:
             return self._grant_views(conn, self._wallet(conn, account_id).id, only_open=False)
@@ -1849,6 +1923,20 @@ def _balances(
         debt=kernel.debt(balance, wallet.overdraft_limit),
         as_of=as_of,
     )
+
+
+#: The most days one usage read covers.
+USAGE_DAYS = 366
+#: The rollup's whole-number columns, as ``UsageTotals`` names them.
+_USAGE_COUNTS = (
+    "requests",
+    "input_tokens",
+    "output_tokens",
+    "images",
+    "videos",
+    "candidates",
+    "amount",
+)
 
 
 def _page_limit(limit: Any) -> None:

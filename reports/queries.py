@@ -15,7 +15,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
-from decimal import Decimal
 from functools import cache
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -37,6 +36,7 @@ from ledger.models import (
     holds,
     metering,
     postings,
+    seconds_micros,
     units,
 )
 
@@ -196,7 +196,7 @@ def load(
         daily.c.operation,
         daily.c.model,
         *(daily.c[q] for q in QUANTITIES),
-        _micros(daily.c.seconds),
+        seconds_micros(daily.c.seconds),
         daily.c.amount,
     ).where(daily.c.day >= first, daily.c.day < following)
     if one is not None:
@@ -237,11 +237,6 @@ def load(
         flows=month_flows.astype({"credits": "int64", "debits": "int64", "entries": "int64"}),
         usage=usage,
     )
-
-
-def _micros(column: sa.ColumnElement[Decimal]) -> sa.Label[int]:
-    """Seconds (NUMERIC, six decimals) as whole microseconds."""
-    return sa.cast(sa.func.round(column * 1_000_000), sa.BigInteger).label("seconds_us")
 
 
 def records(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -307,7 +302,7 @@ def _metered_usage(conn: Connection, report: Period, ids: sa.BindParameter[objec
             metering.c.operation,
             metering.c.model,
             *quantities,
-            _micros(metering.c.seconds),
+            seconds_micros(metering.c.seconds),
             metering.c.charged.label("amount"),
         ).where(
             metering.c.account_id.in_(ids),

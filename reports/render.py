@@ -17,6 +17,7 @@ from typing import Any
 
 import pandas as pd
 
+from ledger import kernel
 from reports.queries import QUANTITIES, records
 from reports.statement import CREDIT_COLUMNS, DEBIT_COLUMNS, Statement
 
@@ -71,8 +72,7 @@ def render(statement: Statement, fmt: str) -> bytes:
 
 def _seconds(micros: Any) -> str:
     """Video seconds (whole microseconds) as exact decimal text: 12500000 -> "12.5"."""
-    number = Decimal(int(micros)).scaleb(-6)
-    return format(number.normalize(), "f") if number else "0"
+    return str(kernel.exact_seconds(micros))
 
 
 def lines(statement: Statement) -> pd.DataFrame:

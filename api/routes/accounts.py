@@ -19,12 +19,14 @@ from api.schemas import (
     AdjustmentCreate,
     AdjustmentResult,
     BalancePublic,
+    Day,
     EntryPage,
     HoldPage,
     ReversalCreate,
     ReversalResult,
     TopUpCreate,
     TopUpResult,
+    UsagePublic,
 )
 from ledger.results import AccountSummary, AccountView
 
@@ -97,6 +99,36 @@ async def read_balance(
     ensure_own(caller, id)
     view = await run_in_threadpool(services.ledger.balance, id, as_of=as_of)
     return BalancePublic(id=view.account_id, **view.model_dump(exclude={"account_id"}))
+
+
+@router.get("/accounts/{id}/usage", response_model=UsagePublic, responses=_ERRORS)
+async def read_usage(
+    id: str,
+    caller: Caller,
+    services: ServicesDep,
+    from_day: Annotated[
+        Day | None,
+        Query(alias="from", description="First day (YYYY-MM-DD, the wallet's timezone)."),
+    ] = None,
+    to_day: Annotated[
+        Day | None, Query(alias="to", description="Last day, included (default: today).")
+    ] = None,
+) -> UsagePublic:
+    """What the wallet used, per day, catalog, operation and model, and what it was
+    charged for it (refunds are reversal entries): by default its current month up to
+    today, at most 366 days at once. Days are the wallet's (its timezone)."""
+    ensure_own(caller, id)
+    view = await run_in_threadpool(services.ledger.usage, id, from_day=from_day, to_day=to_day)
+    return UsagePublic(
+        id=view.account_id,
+        unit=view.unit,
+        scale=view.scale,
+        timezone=view.timezone,
+        from_=view.first_day,
+        to=view.last_day,
+        items=view.items,
+        totals=view.totals,
+    )
 
 
 @router.get("/accounts/{id}/entries", response_model=EntryPage, responses=_ERRORS)

@@ -10,7 +10,7 @@ import json
 import socket
 import threading
 import time
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import httpx2 as httpx
@@ -286,6 +286,86 @@ def test_the_balance_at_any_past_instant_is_what_the_wallet_showed_then(
         assert (r.status_code, r.json()["field"]) == (422, "as_of"), r.text
 
 
+def test_a_wallets_usage_by_day_and_model_is_cut_in_its_timezone(api: Api, clock: Clock) -> None:
+    r = api.post("/v1/accounts", {"id": "tokyo", "unit": "credit", "timezone": "Asia/Tokyo"})
+    assert r.status_code == 201, r.text
+    api.post("/v1/accounts/tokyo/topups", {"amount": 10_000})
+    veo3 = f.veo3_video(video_model="veo3")
+    image = f.request("veo3", "image", prompt="A lighthouse")
+
+    def charge(request: dict[str, Any]) -> dict[str, Any]:
+        r = api.post("/v1/charges", {"account_id": "tokyo", **request}, as_key="service")
+        assert r.status_code == 201, r.text
+        body: dict[str, Any] = r.json()
+        return body
+
+    def capture(request: dict[str, Any], status: str) -> None:
+        hold = authorize(api, "tokyo", request).json()["id"]
+        r = api.post(f"/v1/authorizations/{hold}/capture", {"status": status})
+        assert r.status_code == 200, r.text
+
+    clock.now = datetime(2026, 11, 10, 14, 30, tzinfo=UTC)  # 23:30 on the 10th in Tokyo
+    charge(VEO_FAST)
+    clock.now = datetime(2026, 11, 10, 15, 30, tzinfo=UTC)  # 00:30 on the 11th in Tokyo
+    charge(image)
+    capture(veo3, "COMPLETED")
+    capture(veo3, "ERROR")  # metered, never charged
+    refunded = charge(VEO_FAST)
+    r = api.post(f"/v1/entries/{refunded['entry_id']}/reverse", {"reason": "refund"})
+    assert r.status_code == 201, r.text
+    clock.now = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)  # 21:00 on the 21st
+    charge(VEO_FAST)
+
+    customer = api.customer("tokyo")
+    r = api.get("/v1/accounts/tokyo/usage", as_key=customer)
+    assert r.status_code == 200, r.text
+    month = r.json()
+    assert (month["from"], month["to"], month["timezone"]) == (
+        "2026-11-01",
+        "2026-11-21",
+        "Asia/Tokyo",
+    )
+    rows = [
+        (i["day"], i["operation"], i["model"], i["requests"], i["videos"], i["images"], i["amount"])
+        for i in month["items"]
+    ]
+    assert rows == [
+        ("2026-11-10", "video", "veo3_fast", 1, 1, 0, 240),
+        ("2026-11-11", "image", "image", 1, 0, 1, 24),
+        ("2026-11-11", "video", "veo3", 2, 1, 0, 500),  # the ERROR produced no video
+        ("2026-11-11", "video", "veo3_fast", 1, 1, 0, 240),  # refunded: a credit, not usage
+        ("2026-11-21", "video", "veo3_fast", 1, 1, 0, 240),
+    ]
+    totals = month["totals"]
+    assert (totals["requests"], totals["amount"], totals["seconds"]) == (6, 1244, "0")
+    # What was charged for usage is what the journal debited for it.
+    debited = sum(
+        -p["amount"]
+        for e in api.get("/v1/accounts/tokyo/entries", params={"limit": 500}).json()["items"]
+        if e["kind"] in ("capture", "charge")
+        for p in e["postings"]
+        if p["account_id"] == "tokyo"
+    )
+    assert debited == totals["amount"]
+
+    day = api.get("/v1/accounts/tokyo/usage", params={"from": "2026-11-11", "to": "2026-11-11"})
+    assert [i["day"] for i in day.json()["items"]] == ["2026-11-11"] * 3
+    assert day.json()["totals"]["amount"] == 24 + 500 + 240
+    assert api.get("/v1/accounts/tokyo/usage", as_key="service").status_code == 200
+    stranger = api.wallet("stranger")
+    other = api.get(f"/v1/accounts/{stranger}/usage", as_key=customer)
+    assert other.status_code == 404
+    for params, field in (
+        ({"from": "2026-11-12", "to": "2026-11-11"}, "from"),
+        ({"from": "2025-01-01", "to": "2026-11-11"}, "to"),
+        ({"from": "0"}, "from"),
+        ({"from": "2026-11-01T00:00:00"}, "from"),
+        ({"to": "2026-02-30"}, "to"),
+    ):
+        bad = api.get("/v1/accounts/tokyo/usage", params=params)
+        assert (bad.status_code, bad.json()["field"]) == (422, field), bad.text
+
+
 def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
     r = api.post(
         "/v1/accounts",
@@ -369,6 +449,7 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/v1/accounts",
         "/v1/accounts/{id}",
         "/v1/accounts/{id}/balance",
+        "/v1/accounts/{id}/usage",
         "/v1/accounts/{id}/entries",
         "/v1/accounts/{id}/topups",
         "/v1/accounts/{id}/adjustments",

@@ -75,6 +75,47 @@ def test_monthly_report_in_every_format(env: dict[str, str], tmp_path: Path) -> 
     assert set(lines["section"]) >= {"balance", "credit", "debit", "usage", "usage_daily"}
 
 
+def test_account_usage_over_a_month_is_the_reports_usage(env: dict[str, str]) -> None:
+    month = ("--from", "2026-10-01", "--to", "2026-10-31", "--json")
+    wallets = json.loads(run("account", "list", "--json", env=env).stdout)["items"]
+    assert len(wallets) == 4
+    for wallet in wallets:
+        name, zone = wallet["account_id"], wallet["timezone"]
+        # The wallet's statement in its own timezone: its month is the same days.
+        report = run(
+            "report", "monthly", "2026-10", "--account", name, "--tz", zone,
+            "--format", "json", "--out", "-", env=env,
+        )  # fmt: skip
+        assert report.returncode == 0, report.stderr
+        (statement,) = json.loads(report.stdout)["accounts"]
+        got = run("account", "usage", name, *month, env=env)
+        assert got.returncode == 0, got.stderr
+        usage = json.loads(got.stdout)
+        by_model: dict[tuple[str, str, str], list[int]] = {}
+        for item in usage["items"]:
+            sums = by_model.setdefault((item["catalog"], item["operation"], item["model"]), [0, 0])
+            sums[0] += item["requests"]
+            sums[1] += item["amount"]
+        assert by_model == {
+            (u["catalog"], u["operation"], u["model"]): [u["requests"], u["amount"]]
+            for u in statement["usage"]
+        }, name
+        assert usage["totals"]["amount"] == sum(sums[1] for sums in by_model.values())
+    table = run("account", "usage", "tokyo", "--from", "2026-10-01", "--to", "2026-10-31", env=env)
+    assert table.returncode == 0, table.stderr
+    assert "veo3_fast" in table.stdout
+    assert "total" in table.stdout
+    for args, code, field in (
+        (["tokyo", "--from", "2026-10"], 2, "from"),
+        (["tokyo", "--from", "2026-10-31", "--to", "2026-10-01"], 2, "from"),
+        (["tokyo", "--from", "2024-10-01", "--to", "2026-10-01"], 2, "to"),
+        (["ghost"], 7, "account_id"),
+    ):
+        bad = run("account", "usage", *args, env=env)
+        assert bad.returncode == code, bad.stderr
+        assert json.loads(bad.stderr)["field"] == field
+
+
 @pytest.mark.parametrize(
     ("args", "code", "field"),
     [

@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import base64
-from datetime import UTC, datetime, timedelta, timezone
+from datetime import UTC, date, datetime, timedelta, timezone
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ from ledger.errors import (
     NotFound,
     NotReversible,
 )
+from ledger.models import accounts, daily
 from ledger.services import Ledger
 from pricing.errors import InvalidParameter, InvalidUsage
 from tests import factories as f
@@ -545,6 +547,43 @@ def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> N
     ledger.top_up(user, 5, idempotency_key=key(), expires_at=latest)
     assert latest in [g.expires_at for g in ledger.account(user).grants]
     assert ledger.balance(user, as_of=latest).balance == 10 + 20 + 30 + 40 + 50 + 60 + 70 + 5
+
+
+def test_usage_reads_video_seconds_exactly(ledger: Ledger, clock: Clock) -> None:
+    """Seconds are NUMERIC, which SQLite sums as floats: they are read as microseconds."""
+    user = wallet(ledger, timezone="Asia/Tokyo")
+    with ledger.db.transaction() as conn:
+        account_id = conn.execute(
+            sa.select(accounts.c.id).where(accounts.c.external_id == user)
+        ).scalar_one()
+        row = {"account_id": account_id, "unit": "credit", "catalog": "fal", "operation": "v"}
+        conn.execute(
+            daily.insert(),
+            [
+                {**row, "model": "a", "day": "2026-11-02", "seconds": Decimal("12.5")},
+                {**row, "model": "b", "day": "2026-11-02", "seconds": Decimal("0.000001")},
+                {**row, "model": "a", "day": "2026-11-03", "seconds": Decimal("0.1")},
+            ],
+        )
+    try:
+        usage = ledger.usage(user)
+        assert [str(i.seconds) for i in usage.items] == ["12.5", "0.000001", "0.1"]
+        assert str(usage.totals.seconds) == "12.600001"
+        assert (usage.first_day.isoformat(), usage.last_day.isoformat()) == (
+            "2026-11-01",
+            "2026-11-21",  # 21:00 on the 21st in Tokyo
+        )
+        assert ledger.usage(user, from_day=date(2026, 11, 3)).totals.seconds == Decimal("0.1")
+        for bad, field in (
+            ({"from_day": "2026-11-01"}, "from"),
+            ({"to_day": datetime(2026, 11, 1, tzinfo=UTC)}, "to"),
+        ):
+            with pytest.raises(InvalidInput) as info:
+                ledger.usage(user, **bad)
+            assert info.value.field == field
+    finally:  # verify() checks the rollup against the metering records
+        with ledger.db.transaction() as conn:
+            conn.execute(daily.delete().where(daily.c.account_id == account_id))
 
 
 # ---------------------------------------------------------- the database guards itself
