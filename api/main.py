@@ -52,6 +52,8 @@ def create_app(
     def swept(result: Swept) -> None:
         if result.holds_expired:
             metrics.holds_resolved.labels("expired").inc(result.holds_expired)
+        if result.keys_pruned:
+            metrics.keys_pruned.inc(result.keys_pruned)
 
     sweeper = Sweeper(ledger, settings.sweep_interval_seconds, on_swept=swept)
 

@@ -42,6 +42,11 @@ class Metrics:
             ["outcome"],
             registry=self.registry,
         )
+        self.keys_pruned = Counter(
+            "creditledger_idempotency_keys_pruned_total",
+            "Idempotency keys deleted by the sweeper once past their retention.",
+            registry=self.registry,
+        )
         self.insufficient = Counter(
             "creditledger_insufficient_credits_total",
             "Requests answered 402 Insufficient credits, by route template.",

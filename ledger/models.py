@@ -340,9 +340,14 @@ class DailyFlow(SQLModel, table=True):
 
 
 class IdempotencyKey(SQLModel, table=True):
-    """A mutating request's key, its hash and its result, written with its effects."""
+    """A mutating request's key, its hash and its result, written with its effects.
+
+    Kept for the retention the operator sets (``idempotency_retention_hours``); the
+    sweeper deletes older ones, oldest first, by ``ix_idempotency_keys_created_at``.
+    """
 
     __tablename__ = "idempotency_keys"
+    __table_args__ = (sa.Index("ix_idempotency_keys_created_at", "created_at"),)
 
     key: str = Field(primary_key=True, max_length=255)
     operation: str = Field(max_length=32)

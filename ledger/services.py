@@ -52,6 +52,7 @@ from ledger.models import (
     entries,
     grants,
     holds,
+    idempotency,
     metering,
     movements,
     periods,
@@ -332,11 +333,14 @@ class Ledger:
         *,
         clock: Clock = utcnow,
         hold_ttl: timedelta = timedelta(minutes=15),
+        idempotency_retention: timedelta | None = None,
     ) -> None:
         self.db = db
         self.catalogs = catalogs
         self.clock = clock
         self.hold_ttl = hold_ttl
+        #: Idempotency keys older than this are deleted by the sweeper (None: never).
+        self.idempotency_retention = idempotency_retention
         self.units = self._catalog_units(catalogs)
         self._system: dict[tuple[str, str], int] = {}
 
@@ -1690,6 +1694,27 @@ class Ledger:
                 expired += 1
         return expired
 
+    def prune_idempotency_keys(self, *, limit: int = 1000) -> int:
+        """Delete up to ``limit`` idempotency keys older than the retention, oldest first,
+        with the responses they would replay. Returns how many.
+
+        Nothing else reads them: a request retried with a deleted key is a new request
+        (a hold already resolved or an entry already reversed still refuses a second
+        resolution, by its own status).
+        """
+        if self.idempotency_retention is None:
+            return 0
+        cutoff = self._now() - self.idempotency_retention
+        oldest = (
+            sa.select(idempotency.c.key)
+            .where(idempotency.c.created_at < cutoff)
+            .order_by(idempotency.c.created_at)
+            .limit(limit)
+        )
+        with self.db.transaction() as conn:
+            deleted = conn.execute(idempotency.delete().where(idempotency.c.key.in_(oldest)))
+            return int(deleted.rowcount)
+
     def expire_grants(self) -> int:
         """Expire the remainder of every grant past its expiry. Returns how many grants."""
         self._ensure_system()
@@ -2015,10 +2040,11 @@ def _decode_account_cursor(cursor: str) -> int:
 
 
 def ledger_from_settings(settings: Settings) -> Ledger:
-    """The ledger the operator configured: database (and its timeouts), catalogs and hold
-    lifetime."""
+    """The ledger the operator configured: database (and its timeouts), catalogs, hold
+    lifetime and idempotency retention."""
     return Ledger(
         Database.from_settings(settings),
         load_catalogs(settings.catalog_dirs()),
         hold_ttl=timedelta(seconds=settings.hold_ttl_seconds),
+        idempotency_retention=settings.idempotency_retention(),
     )

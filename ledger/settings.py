@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ledger.db import Timeouts
@@ -26,6 +27,18 @@ class Settings(BaseSettings):
 
     #: How long an authorization holds credits before the sweeper releases it.
     hold_ttl_seconds: int = Field(default=900, gt=0, le=7 * 24 * 3600)
+
+    #: How long an idempotency key and the response it replays are kept, in hours (30
+    #: days by default): the sweeper deletes older ones. A request retried with a key
+    #: older than this is a new request. 0: keep every key for ever.
+    idempotency_retention_hours: float = Field(default=30 * 24, ge=0, le=10 * 365 * 24)
+
+    @field_validator("idempotency_retention_hours")
+    @classmethod
+    def _an_hour_or_more(cls, hours: float) -> float:
+        if 0 < hours < 1:
+            raise ValueError("keep idempotency keys at least 1 hour (or 0: for ever)")
+        return hours
 
     #: The admin API key. Unset: the server's first start creates one and prints it once.
     admin_key: SecretStr | None = None
@@ -76,6 +89,11 @@ class Settings(BaseSettings):
             connect=self.connect_timeout_seconds,
             idle_in_transaction=self.idle_in_transaction_timeout_seconds,
         )
+
+    def idempotency_retention(self) -> timedelta | None:
+        """How long idempotency keys are kept (None: for ever)."""
+        hours = self.idempotency_retention_hours
+        return timedelta(hours=hours) if hours else None
 
     def catalog_dirs(self) -> list[Path]:
         """The operator catalog directories to load after the shipped catalogs."""

@@ -1,4 +1,5 @@
-"""The background jobs of a running server: hold expiry, grant expiry, monthly allocations.
+"""The background jobs of a running server: hold expiry, grant expiry, monthly allocations,
+and deleting idempotency keys past their retention.
 
 Each job is a ledger use case that is safe to run twice, late, or on two processes at
 once (each resolves rows with conditional updates and records allocation periods once),
@@ -16,14 +17,19 @@ from ledger.services import Ledger
 
 log = logging.getLogger("creditledger.sweeper")
 
-#: Holds expired per transaction; a sweep runs batches until one comes back short.
+#: Holds expired (or idempotency keys deleted) per transaction; a sweep runs batches
+#: until one comes back short.
 BATCH = 1000
+#: The most batches of idempotency keys a round deletes (a backlog, after the retention
+#: was shortened, is worked off over several rounds rather than delaying hold expiry).
+PRUNE_BATCHES = 20
 
 
 class Swept(NamedTuple):
     holds_expired: int
     grants_expired: int
     allocations_granted: int
+    keys_pruned: int = 0
 
 
 class Periodic:
@@ -78,14 +84,21 @@ class Sweeper(Periodic):
         self.on_swept = on_swept
 
     def run_once(self) -> Swept:
-        """Expire due holds and grants, grant due allocations; what each did."""
+        """Expire due holds and grants, grant due allocations, delete old idempotency keys;
+        what each did."""
         holds = 0
         while True:
             batch = self.ledger.expire_holds(limit=BATCH)
             holds += batch
             if batch < BATCH:
                 break
-        swept = Swept(holds, self.ledger.expire_grants(), self.ledger.roll_allocations())
+        pruned = 0
+        for _ in range(PRUNE_BATCHES):
+            batch = self.ledger.prune_idempotency_keys(limit=BATCH)
+            pruned += batch
+            if batch < BATCH:
+                break
+        swept = Swept(holds, self.ledger.expire_grants(), self.ledger.roll_allocations(), pruned)
         if self.on_swept is not None:
             self.on_swept(swept)
         return swept

@@ -19,6 +19,7 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
+from ledger.models import idempotency
 from ledger.verify import verify
 from pricing import price_usage
 from tests import factories as f
@@ -484,6 +485,35 @@ def test_same_idempotency_key_and_body_replays_the_original_response(api: Api) -
     t2 = api.post(f"/v1/accounts/{user}/topups", {"amount": 5}, idempotency_key="top-1")
     assert t1.json() == t2.json()
     assert api.balance(user)["balance"] == 765
+
+
+def test_idempotency_keys_past_their_retention_are_deleted_oldest_first(
+    api: Api, clock: Clock
+) -> None:
+    api.ledger.idempotency_retention = timedelta(hours=24)
+    user = api.wallet("kept", "credit", topup=1000)
+    old = authorize(api, user, VEO_FAST, idempotency_key="day-1")
+    clock.advance(hours=23)
+    recent = authorize(api, user, VEO_FAST, idempotency_key="day-2")
+    sweeper = api.app.state.sweeper
+    assert sweeper.run_once().keys_pruned == 0  # nothing is 24 hours old yet
+    clock.advance(hours=2)
+    with api.ledger.db.transaction(write=False) as conn:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(idempotency)).scalar_one()
+    # Every key older than 24 hours: "day-1", the wallet's opening and its top-up.
+    assert sweeper.run_once().keys_pruned == 3
+    with api.ledger.db.transaction(write=False) as conn:
+        left = conn.execute(sa.select(sa.func.count()).select_from(idempotency)).scalar_one()
+    assert left == stored - 3
+    again = authorize(api, user, VEO_FAST, idempotency_key="day-2")
+    assert again.json() == recent.json()  # still replayed
+    assert api.balance(user)["pending"] == 0  # both holds expired in the sweeps (15 min)
+    renewed = authorize(api, user, VEO_FAST, idempotency_key="day-1")
+    assert renewed.status_code == 201
+    assert renewed.json()["id"] != old.json()["id"]  # a new request: its key was deleted
+    assert api.balance(user)["pending"] == 240
+    metrics = api.client.get("/metrics").text
+    assert "creditledger_idempotency_keys_pruned_total 3.0" in metrics
 
 
 def test_same_idempotency_key_with_another_body_is_409_and_changes_nothing(api: Api) -> None:

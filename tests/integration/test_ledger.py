@@ -21,7 +21,7 @@ from ledger.errors import (
     NotFound,
     NotReversible,
 )
-from ledger.models import accounts, daily
+from ledger.models import accounts, daily, idempotency
 from ledger.services import Ledger
 from pricing.errors import InvalidParameter, InvalidUsage
 from tests import factories as f
@@ -655,7 +655,52 @@ def test_ledger_from_settings_reads_the_environment(
     hold = configured.authorize("u", f.fal_video(), idempotency_key="h")  # priced by the operator
     assert hold.expires_at - hold.created_at == timedelta(seconds=60)
     assert hold.held == 157_500
+    assert configured.idempotency_retention == timedelta(days=30)
     configured.db.dispose()
+
+
+def test_idempotency_keys_are_pruned_a_batch_at_a_time_oldest_first(
+    ledger: Ledger, clock: Clock, db: Database
+) -> None:
+    user = wallet(ledger)
+    assert ledger.prune_idempotency_keys() == 0  # no retention: every key is kept
+    ledger.idempotency_retention = timedelta(hours=1)
+    for i in range(5):
+        ledger.top_up(user, 1, idempotency_key=f"old-{i}")
+        clock.advance(seconds=1)
+    clock.advance(minutes=59, seconds=58.5)  # "old-0" to "old-3" are over an hour old
+    ledger.top_up(user, 1, idempotency_key="new")
+
+    def keys() -> list[str]:
+        with db.transaction(write=False) as conn:
+            return sorted(conn.execute(sa.select(idempotency.c.key)).scalars())
+
+    assert ledger.prune_idempotency_keys(limit=3) == 3  # the opening, "old-0", "old-1"
+    assert keys() == ["new", "old-2", "old-3", "old-4"]
+    assert ledger.prune_idempotency_keys(limit=3) == 2
+    assert keys() == ["new", "old-4"]
+    assert ledger.prune_idempotency_keys(limit=3) == 0
+    before = ledger.balance(user).balance
+    ledger.top_up(user, 1, idempotency_key="old-4")  # still kept: replayed
+    assert ledger.balance(user).balance == before
+    ledger.top_up(user, 1, idempotency_key="old-0")  # deleted: a new top-up
+    assert ledger.balance(user).balance == before + 1
+
+
+def test_idempotency_retention_is_configured_in_hours(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pydantic import ValidationError
+
+    from ledger.settings import Settings
+
+    assert Settings().idempotency_retention() == timedelta(days=30)
+    monkeypatch.setenv("CREDITLEDGER_IDEMPOTENCY_RETENTION_HOURS", "0")
+    assert Settings().idempotency_retention() is None  # for ever
+    monkeypatch.setenv("CREDITLEDGER_IDEMPOTENCY_RETENTION_HOURS", "48")
+    assert Settings().idempotency_retention() == timedelta(hours=48)
+    for bad in ("0.5", "-1", "1e9"):
+        monkeypatch.setenv("CREDITLEDGER_IDEMPOTENCY_RETENTION_HOURS", bad)
+        with pytest.raises(ValidationError, match="idempotency_retention_hours"):
+            Settings()
 
 
 def test_the_ledger_survives_a_reconnected_pool_connection(ledger: Ledger, db: Database) -> None:
