@@ -40,6 +40,7 @@ from api.errors import status_of
 from ledger.db import Database, is_lock_timeout
 from ledger.keys import Keys
 from ledger.results import (
+    AccountChangePage,
     AccountPage,
     AccountView,
     BalanceView,
@@ -47,7 +48,7 @@ from ledger.results import (
     HoldPage,
     UsageLine,
 )
-from ledger.services import Ledger, ledger_from_settings
+from ledger.services import UNSET, Ledger, Unset, ledger_from_settings
 from ledger.settings import Settings, get_settings
 from ledger.verify import verify
 from pricing import CatalogSet, estimate, load_catalogs
@@ -394,7 +395,7 @@ def _show_account(view: AccountView, as_json: bool, title: str) -> None:
 
 
 def _print_page(
-    page: AccountPage | HoldPage,
+    page: AccountPage | AccountChangePage | HoldPage,
     as_json: bool,
     title: str,
     columns: tuple[str, ...],
@@ -468,6 +469,74 @@ def account_show(
     with _open_ledger() as ledger:
         view = ledger.account(account_id)
     _show_account(view, as_json, f"account {view.account_id}")
+
+
+@account_app.command("update")
+def account_update(
+    account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
+    overdraft_limit: Annotated[
+        int | None, typer.Option(help="The new overdraft limit (minor units); at once.")
+    ] = None,
+    monthly_allocation: Annotated[
+        int | None, typer.Option(help="The new monthly allocation; from the next period.")
+    ] = None,
+    no_monthly_allocation: Annotated[
+        bool, typer.Option("--no-monthly-allocation", help="Stop the monthly allocation.")
+    ] = False,
+    reason: Annotated[str | None, typer.Option(help="Why, kept with the change.")] = None,
+    idempotency_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Change a wallet's overdraft limit or monthly allocation (each change is kept)."""
+    if no_monthly_allocation and monthly_allocation is not None:
+        _fail(
+            {
+                "error": "invalid_request",
+                "field": "monthly-allocation",
+                "message": "give --monthly-allocation or --no-monthly-allocation, not both",
+            },
+            EXIT_INVALID,
+        )
+    allocation: int | None | Unset = UNSET
+    if no_monthly_allocation or monthly_allocation is not None:
+        allocation = monthly_allocation
+    with _open_ledger() as ledger:
+        view = ledger.update_account(
+            account_id,
+            idempotency_key=idempotency_key or f"cli:{uuid.uuid4().hex}",
+            overdraft_limit=UNSET if overdraft_limit is None else overdraft_limit,
+            monthly_allocation=allocation,
+            reason=reason,
+        )
+    _show_account(view, as_json, f"account {view.account_id} updated")
+
+
+@account_app.command("changes")
+def account_changes(
+    account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
+    limit: LimitOption = 50,
+    cursor: CursorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The changes of a wallet's settings, newest first."""
+    with _open_ledger() as ledger:
+        page = ledger.account_changes(account_id, cursor=cursor, limit=limit)
+    _print_page(
+        page,
+        as_json,
+        f"changes of {account_id}",
+        ("changed", "setting", "from", "to", "reason"),
+        (
+            (
+                c.changed_at.isoformat(timespec="seconds"),
+                c.setting,
+                "none" if c.old_value is None else c.old_value,
+                "none" if c.new_value is None else c.new_value,
+                c.reason,
+            )
+            for c in page.items
+        ),
+    )
 
 
 @account_app.command("balance")

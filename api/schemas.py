@@ -24,6 +24,7 @@ from pydantic_core import PydanticCustomError
 from ledger.kernel import account_id_problem
 from ledger.keys import CreatedKey, KeyView
 from ledger.results import (
+    AccountChangeView,
     AdjustmentResult,
     CaptureResult,
     ChargeResult,
@@ -143,6 +144,27 @@ class AccountCreate(_Request):
     overdraft_limit: NonNegativeAmount = 0
     monthly_allocation: Amount | None = None
     timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+
+
+class AccountUpdate(_Request):
+    """The settings to change; those left out stay as they are. The unit and the
+    timezone are fixed at opening."""
+
+    overdraft_limit: NonNegativeAmount | None = Field(
+        default=None, description="The new overdraft limit; it applies at once."
+    )
+    monthly_allocation: Amount | None = Field(
+        default=None,
+        description="The new monthly allocation, from the next period; null stops it.",
+    )
+    reason: Reason | None = Field(default=None, description="Why, kept with the change.")
+
+
+class AccountChangesPublic(BaseModel):
+    """A wallet's setting changes, newest first; ``next_cursor`` reads on (null: no more)."""
+
+    items: list[AccountChangeView]
+    next_cursor: str | None
 
 
 class TopUpCreate(_Request):

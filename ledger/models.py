@@ -367,6 +367,31 @@ class AllocationPeriod(SQLModel, table=True):
     created_at: datetime = instant()
 
 
+#: The settings of a wallet that can change after it was opened. Its unit and timezone
+#: cannot: its amounts, periods and daily rollups are counted and cut in them.
+ACCOUNT_SETTINGS = ("overdraft_limit", "monthly_allocation")
+
+
+class AccountChange(SQLModel, table=True):
+    """A change of a wallet's setting (its overdraft limit, its monthly allocation): from
+    what to what, why, and when. Written with the change, never updated."""
+
+    __tablename__ = "account_changes"
+    __table_args__ = (
+        sa.CheckConstraint(_in("setting", ACCOUNT_SETTINGS), name="ck_account_changes_setting"),
+        sa.Index("ix_account_changes_account", "account_id", "changed_at", "id"),
+    )
+
+    id: str = Field(primary_key=True, max_length=32)
+    account_id: int = Field(foreign_key="accounts.id")
+    setting: str = Field(max_length=32)
+    #: Minor units before and after; null: no monthly allocation.
+    old_value: int | None = money(nullable=True, default=None)
+    new_value: int | None = money(nullable=True, default=None)
+    reason: str | None = Field(default=None, max_length=500)
+    changed_at: datetime = instant()
+
+
 class ApiKey(SQLModel, table=True):
     """An API key: its role, and for a customer key the one wallet it may see.
 
@@ -482,6 +507,7 @@ report_jobs = table_of(ReportJob)
 report_outputs = table_of(ReportOutput)
 idempotency = table_of(IdempotencyKey)
 periods = table_of(AllocationPeriod)
+changes = table_of(AccountChange)
 api_keys = table_of(ApiKey)
 
 

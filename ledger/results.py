@@ -62,6 +62,25 @@ class AccountPage(_Result):
     next_cursor: str | None
 
 
+class AccountChangeView(_Result):
+    """A change of a wallet's setting: from ``old_value`` to ``new_value`` (minor units;
+    null: no monthly allocation)."""
+
+    id: str
+    setting: str
+    old_value: int | None
+    new_value: int | None
+    reason: str | None
+    changed_at: datetime
+
+
+class AccountChangePage(_Result):
+    """A wallet's changes, newest first; ``next_cursor`` reads on (None: no more)."""
+
+    items: list[AccountChangeView]
+    next_cursor: str | None
+
+
 class UsageTotals(_Result):
     """What was metered: requests, their usage, and the minor units charged for them. A
     refund is a credit in the journal (an entry of kind ``reversal``), not less usage."""

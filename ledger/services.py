@@ -9,6 +9,7 @@ rolls back).
 from __future__ import annotations
 
 import base64
+import enum
 import hashlib
 import itertools
 import json
@@ -43,11 +44,13 @@ from ledger.errors import (
 )
 from ledger.kernel import Leg
 from ledger.models import (
+    ACCOUNT_SETTINGS,
     HOLD_STATUSES,
     PENDING_HOLD,
     SYSTEM_KINDS,
     WALLET,
     accounts,
+    changes,
     daily,
     entries,
     grants,
@@ -61,6 +64,8 @@ from ledger.models import (
     units,
 )
 from ledger.results import (
+    AccountChangePage,
+    AccountChangeView,
     AccountPage,
     AccountSummary,
     AccountView,
@@ -106,6 +111,15 @@ def new_id() -> str:
     Entries of one transaction share their posting instant; the id breaks the tie.
     """
     return f"{time.time_ns():016x}{next(_sequence) % 0x1000000:06x}{uuid.uuid4().hex[:10]}"
+
+
+class Unset(enum.Enum):
+    """A setting left as it is, where ``None`` is a value ("no monthly allocation")."""
+
+    UNSET = "unset"
+
+
+UNSET = Unset.UNSET
 
 
 def _refuse_nul_id(account_id: str) -> None:
@@ -828,6 +842,109 @@ class Ledger:
             return self._account_view(w.conn, self._lock_wallet(w.conn, external))
 
         return self._mutate("open_account", idempotency_key, payload, work, AccountView)
+
+    def update_account(
+        self,
+        account_id: str,
+        *,
+        idempotency_key: str,
+        overdraft_limit: int | Unset = UNSET,
+        monthly_allocation: int | None | Unset = UNSET,
+        reason: str | None = None,
+    ) -> AccountView:
+        """Change a wallet's overdraft limit or monthly allocation (None: none), and keep
+        the change. A new limit applies at once: one below what the wallet already owes
+        leaves it in debt, which blocks new authorizations until it is topped up. A new
+        allocation applies from the next period (or from the next sweep, in a period
+        that had none). The unit and the timezone are fixed at opening."""
+        _text(account_id, "account_id")
+        given = {
+            name: value
+            for name, value in (
+                ("overdraft_limit", overdraft_limit),
+                ("monthly_allocation", monthly_allocation),
+            )
+            if value is not UNSET
+        }
+        if not given:
+            raise InvalidInput(
+                "give a setting to change", allowed=list(ACCOUNT_SETTINGS), field="body"
+            )
+        if "overdraft_limit" in given:
+            _amount(overdraft_limit, "overdraft_limit", minimum=0)
+        if given.get("monthly_allocation") is not None:
+            _amount(monthly_allocation, "monthly_allocation")
+        _text(reason, "reason", required=False, most=500)
+        payload = {"account_id": account_id, **given, "reason": reason}
+
+        def work(w: _Work) -> AccountView | dict[str, Any]:
+            stored = w.replay()
+            if stored is not None:
+                return stored
+            wallet = self._lock_wallet(w.conn, account_id)
+            row = w.conn.execute(
+                sa.select(
+                    accounts.c.balance, *(accounts.c[name] for name in ACCOUNT_SETTINGS)
+                ).where(accounts.c.id == wallet.id)
+            ).one()
+            limit = wallet.overdraft_limit if overdraft_limit is UNSET else overdraft_limit
+            room = kernel.MAX_AMOUNT - int(row.balance)
+            if limit > room:
+                raise BalanceOverflow(
+                    f"balance plus overdraft limit may be at most {kernel.MAX_AMOUNT}: this "
+                    f"wallet's limit may be at most {room}",
+                    field="overdraft_limit",
+                    allowed={"max": room},
+                )
+            changed = {name: v for name, v in given.items() if v != row._mapping[name]}
+            if changed:
+                w.conn.execute(
+                    accounts.update().where(accounts.c.id == wallet.id).values(**changed)
+                )
+                w.conn.execute(
+                    changes.insert(),
+                    [
+                        {
+                            "id": new_id(),
+                            "account_id": wallet.id,
+                            "setting": name,
+                            "old_value": row._mapping[name],
+                            "new_value": value,
+                            "reason": reason,
+                            "changed_at": w.now,
+                        }
+                        for name, value in changed.items()
+                    ],
+                )
+            return self._account_view(w.conn, self._lock_wallet(w.conn, account_id))
+
+        return self._mutate("update_account", idempotency_key, payload, work, AccountView)
+
+    def account_changes(
+        self, account_id: str, *, cursor: str | None = None, limit: int = 50
+    ) -> AccountChangePage:
+        """The changes of a wallet's settings, newest first, ``limit`` at a time."""
+        _page_limit(limit)
+        with self.db.transaction(write=False) as conn:
+            wallet = self._wallet(conn, account_id)
+            stmt = sa.select(changes).where(changes.c.account_id == wallet.id)
+            page, next_cursor = _newest_first(
+                conn, stmt, changes.c.changed_at, changes.c.id, cursor, limit
+            )
+        return AccountChangePage(
+            items=[
+                AccountChangeView(
+                    id=r.id,
+                    setting=r.setting,
+                    old_value=r.old_value,
+                    new_value=r.new_value,
+                    reason=r.reason,
+                    changed_at=r.changed_at,
+                )
+                for r in page
+            ],
+            next_cursor=next_cursor,
+        )
 
     def _account_view(self, conn: Connection, wallet: _Wallet) -> AccountView:
         row = conn.execute(sa.select(accounts).where(accounts.c.id == wallet.id)).one()

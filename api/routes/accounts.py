@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
@@ -12,10 +12,12 @@ from api.deps import AdminCall, Caller, Gateway, JournalReader, ServicesDep, ens
 from api.errors import documented
 from api.routing import JsonRoute
 from api.schemas import (
+    AccountChangesPublic,
     AccountCreate,
     AccountPagePublic,
     AccountPublic,
     AccountSummaryPublic,
+    AccountUpdate,
     AdjustmentCreate,
     AdjustmentResult,
     BalancePublic,
@@ -29,6 +31,7 @@ from api.schemas import (
     UsagePublic,
 )
 from ledger.results import AccountSummary, AccountView
+from ledger.services import UNSET
 
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["accounts"])
 
@@ -82,6 +85,42 @@ async def read_account(id: str, caller: Caller, services: ServicesDep) -> Accoun
     """Balances (posted, pending holds, available) and credit grants."""
     ensure_own(caller, id)
     return _public(await run_in_threadpool(services.ledger.account, id))
+
+
+@router.patch("/accounts/{id}", response_model=AccountPublic, responses=_ERRORS)
+async def update_account(id: str, body: AccountUpdate, call: AdminCall) -> AccountPublic:
+    """Change a wallet's overdraft limit (at once) or monthly allocation (from the next
+    period; null stops it). Each change is kept: ``GET /v1/accounts/{id}/changes``."""
+    given = body.model_fields_set
+
+    def setting(name: str) -> Any:
+        return getattr(body, name) if name in given else UNSET
+
+    return _public(
+        await run_in_threadpool(
+            call.services.ledger.update_account,
+            id,
+            idempotency_key=call.key,
+            overdraft_limit=setting("overdraft_limit"),
+            monthly_allocation=setting("monthly_allocation"),
+            reason=body.reason,
+        )
+    )
+
+
+@router.get("/accounts/{id}/changes", response_model=AccountChangesPublic, responses=_ERRORS)
+async def list_account_changes(
+    id: str,
+    caller: JournalReader,
+    services: ServicesDep,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+) -> AccountChangesPublic:
+    """The changes of the wallet's settings, newest first: from what to what, why, when.
+    Admin keys, and the wallet's customer (as for its entries)."""
+    ensure_own(caller, id)
+    page = await run_in_threadpool(services.ledger.account_changes, id, cursor=cursor, limit=limit)
+    return AccountChangesPublic(items=page.items, next_cursor=page.next_cursor)
 
 
 @router.get("/accounts/{id}/balance", response_model=BalancePublic, responses=_ERRORS)

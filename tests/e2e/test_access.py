@@ -59,6 +59,8 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int]]] = [
     ("GET", "/v1/accounts/target", None, (200, 200, 200, 404)),
     ("GET", "/v1/accounts/target/balance", None, (200, 200, 200, 404)),
     ("GET", "/v1/accounts/target/usage", None, (200, 200, 200, 404)),
+    ("PATCH", "/v1/accounts/target", {"overdraft_limit": 5}, (200, 403, 403, 403)),
+    ("GET", "/v1/accounts/target/changes", None, (200, 403, 200, 404)),
     ("GET", "/v1/accounts/target/entries", None, (200, 403, 200, 404)),
     ("GET", "/v1/accounts/target/authorizations", None, (200, 200, 200, 404)),
     ("POST", "/v1/accounts/target/topups", {"amount": 5}, (201, 403, 403, 403)),

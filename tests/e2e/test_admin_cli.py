@@ -49,6 +49,22 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     then = json.loads(run(*past, "--json", env=env).stdout)
     assert (then["balance"], then["as_of"]) == (0, "1999-12-31T23:00:00Z")
     assert "1999-12-31T23:00:00+00:00" in run(*past, env=env).stdout
+    line = ("account", "update", "acme", "--overdraft-limit", "50", "--reason", "trusted")
+    updated = run(*line, "--idempotency-key", "u1", "--json", env=env)
+    assert updated.returncode == 0, updated.stderr
+    assert json.loads(updated.stdout)["available"] == 550
+    assert run(*line, "--idempotency-key", "u1", env=env).returncode == 0  # a replay
+    stop = run("account", "update", "acme", "--no-monthly-allocation", env=env)
+    assert stop.returncode == 0, stop.stderr
+    plan = run("account", "update", "acme", "--monthly-allocation", "1000", env=env)
+    assert plan.returncode == 0, plan.stderr
+    history = json.loads(run("account", "changes", "acme", "--json", env=env).stdout)
+    # The replay added nothing; stopping an allocation the wallet did not have changed nothing.
+    assert [(c["setting"], c["old_value"], c["new_value"]) for c in history["items"]] == [
+        ("monthly_allocation", None, 1000),
+        ("overdraft_limit", 0, 50),
+    ]
+    assert "trusted" in run("account", "changes", "acme", env=env).stdout
 
     assert run("account", "create", "zeta", "--unit", "token", env=env).returncode == 0
     listed = run("account", "list", "--limit", "1", "--json", env=env)
@@ -81,6 +97,15 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
         (["account", "create", "x", "--unit", "gold"], 2, "unit"),
         (["account", "show", "ghost"], 7, "account_id"),
         (["account", "balance", "ghost"], 7, "account_id"),
+        (["account", "update", "acme"], 2, "body"),
+        (["account", "update", "acme", "--overdraft-limit", "-1"], 2, "overdraft_limit"),
+        (
+            ["account", "update", "acme", "--monthly-allocation", "5", "--no-monthly-allocation"],
+            2,
+            "monthly-allocation",
+        ),
+        (["account", "update", "ghost", "--overdraft-limit", "5"], 7, "account_id"),
+        (["account", "changes", "ghost"], 7, "account_id"),
         (["account", "balance", "acme", "--as-of", "yesterday"], 2, "as-of"),
         (["account", "balance", "acme", "--as-of", "9999-12-31T23:00:00-05:00"], 2, "as_of"),
         (["keys", "create", "--role", "root"], 2, "role"),

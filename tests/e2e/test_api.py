@@ -367,6 +367,60 @@ def test_a_wallets_usage_by_day_and_model_is_cut_in_its_timezone(api: Api, clock
         assert (bad.status_code, bad.json()["field"]) == (422, field), bad.text
 
 
+def test_a_wallets_overdraft_and_allocation_change_and_each_change_is_kept(
+    api: Api, clock: Clock
+) -> None:
+    user = api.wallet("plan", "credit", topup=100)
+    assert authorize(api, user, VEO_FAST).status_code == 402  # needs 240, has 100
+    change = {"overdraft_limit": 200, "reason": "credit line approved"}
+    r = api.call("PATCH", f"/v1/accounts/{user}", body=change, idempotency_key="line-1")
+    assert r.status_code == 200, r.text
+    assert (r.json()["overdraft_limit"], r.json()["available"]) == (200, 300)
+    again = api.call("PATCH", f"/v1/accounts/{user}", body=change, idempotency_key="line-1")
+    assert again.json() == r.json()  # replayed: one change, not two
+    other = api.call(
+        "PATCH", f"/v1/accounts/{user}", body={"overdraft_limit": 5}, idempotency_key="line-1"
+    )
+    assert other.status_code == 409
+    hold = authorize(api, user, VEO_FAST)
+    assert hold.status_code == 201, hold.text
+    r = api.post(f"/v1/authorizations/{hold.json()['id']}/capture", {"status": "COMPLETED"})
+    assert r.status_code == 200, r.text
+    assert api.balance(user)["balance"] == -140  # within the credit line
+
+    # A limit below what the wallet owes leaves it in debt: no new authorization.
+    r = api.call("PATCH", f"/v1/accounts/{user}", body={"overdraft_limit": 40})
+    assert (r.json()["debt"], r.json()["available"]) == (100, -100)
+    assert authorize(api, user, f.request("veo3", "image", prompt="x")).status_code == 402
+
+    # An allocation granted by the sweeper for the period that had none, once.
+    r = api.call("PATCH", f"/v1/accounts/{user}", body={"monthly_allocation": 1000})
+    assert r.json()["monthly_allocation"] == 1000
+    assert api.app.state.sweeper.run_once().allocations_granted == 1
+    assert api.balance(user)["balance"] == 860  # the debt was repaid first
+    r = api.call("PATCH", f"/v1/accounts/{user}", body={"monthly_allocation": None})
+    assert r.json()["monthly_allocation"] is None
+    clock.advance(days=15)  # into December: no allocation any more
+    assert api.app.state.sweeper.run_once().allocations_granted == 0
+
+    history = api.get(f"/v1/accounts/{user}/changes", as_key=api.customer(user)).json()
+    assert [(c["setting"], c["old_value"], c["new_value"]) for c in history["items"]] == [
+        ("monthly_allocation", 1000, None),
+        ("monthly_allocation", None, 1000),
+        ("overdraft_limit", 200, 40),
+        ("overdraft_limit", 0, 200),
+    ]
+    assert history["items"][-1]["reason"] == "credit line approved"
+    page = api.get(f"/v1/accounts/{user}/changes", params={"limit": 3}).json()
+    rest = api.get(f"/v1/accounts/{user}/changes", params={"cursor": page["next_cursor"]})
+    assert page["items"] + rest.json()["items"] == history["items"]
+    # Nothing to change, or nothing that changes: no history.
+    assert api.call("PATCH", f"/v1/accounts/{user}", body={}).status_code == 422
+    same = api.call("PATCH", f"/v1/accounts/{user}", body={"overdraft_limit": 40})
+    assert same.status_code == 200
+    assert len(api.get(f"/v1/accounts/{user}/changes").json()["items"]) == 4
+
+
 def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
     r = api.post(
         "/v1/accounts",
@@ -451,6 +505,7 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/v1/accounts/{id}",
         "/v1/accounts/{id}/balance",
         "/v1/accounts/{id}/usage",
+        "/v1/accounts/{id}/changes",
         "/v1/accounts/{id}/entries",
         "/v1/accounts/{id}/topups",
         "/v1/accounts/{id}/adjustments",

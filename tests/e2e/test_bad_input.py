@@ -203,6 +203,32 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         None,
         "timezone",
     ),
+    # Changing a wallet's settings: nothing, a fixed one, beyond 64 bits, not a limit.
+    ("patch nothing", "PATCH", "/v1/accounts/w", {}, {}, 422, "invalid_input", "body"),
+    ("patch timezone", "PATCH", "/v1/accounts/w", {"timezone": "UTC"}, {}, 422, None, "timezone"),
+    ("patch unit", "PATCH", "/v1/accounts/w", {"unit": "token"}, {}, 422, None, "unit"),
+    *(
+        ("patch " + name, "PATCH", "/v1/accounts/w", body, {}, 422, None, field)
+        for name, body, field in (
+            ("null limit", {"overdraft_limit": None}, "overdraft_limit"),
+            ("limit 2^63", {"overdraft_limit": BIG}, "overdraft_limit"),
+            ("limit -1", {"overdraft_limit": -1}, "overdraft_limit"),
+            ("allocation 0", {"monthly_allocation": 0}, "monthly_allocation"),
+            ("empty reason", {"overdraft_limit": 1, "reason": ""}, "reason"),
+        )
+    ),
+    # The wallet holds credits: balance plus limit would pass 2^63 - 1.
+    (
+        "patch limit past 64 bits with the balance",
+        "PATCH",
+        "/v1/accounts/w",
+        {"overdraft_limit": BIG - 1},
+        {},
+        422,
+        "amount_overflow",
+        "overdraft_limit",
+    ),
+    ("patch a ghost", "PATCH", "/v1/accounts/ghost", {"overdraft_limit": 1}, {}, 404, None, None),
     # Zones that mean different things on different machines, or are no IANA name.
     *(
         (
