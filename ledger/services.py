@@ -1940,7 +1940,8 @@ class Ledger:
     # -------------------------------------------------------------------------- reading
 
     def balance(self, account_id: str, *, as_of: datetime | None = None) -> BalanceView:
-        """Balances now, or the posted balance and open holds at ``as_of`` (given in UTC)."""
+        """Balances now, or the posted balance and open holds at ``as_of`` (answered in
+        UTC)."""
         as_of = _aware(as_of, "as_of")
         if as_of is not None:
             as_of = as_of.astimezone(UTC)
@@ -1992,7 +1993,7 @@ class Ledger:
                 raise InvalidInput(f"{field} must be a date (YYYY-MM-DD)", field=field)
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
-            today = date.fromisoformat(kernel.day_of(self.clock(), wallet.timezone))
+            today = date.fromisoformat(kernel.day_of(self._now(), wallet.timezone))
             last = to_day or max(today, from_day or today)
             first = from_day or last.replace(day=1)
             if first > last:
