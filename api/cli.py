@@ -426,6 +426,12 @@ KeyOption = Annotated[
     ),
 ]
 
+
+def _key(idempotency_key: str | None) -> str:
+    """The command's idempotency key: the one given, or a fresh one (no retry intended)."""
+    return idempotency_key or f"cli:{uuid.uuid4().hex}"
+
+
 LimitOption = Annotated[int, typer.Option(help="Rows per page (1 to 500).")]
 CursorOption = Annotated[
     str | None, typer.Option(help="Where the previous page ended (its 'more: --cursor').")
@@ -452,7 +458,7 @@ def account_create(
         view = ledger.open_account(
             account_id,
             unit,
-            idempotency_key=idempotency_key or f"cli:{uuid.uuid4().hex}",
+            idempotency_key=_key(idempotency_key),
             overdraft_limit=overdraft_limit,
             monthly_allocation=monthly_allocation,
             timezone=timezone,
@@ -503,7 +509,7 @@ def account_update(
     with _open_ledger() as ledger:
         view = ledger.update_account(
             account_id,
-            idempotency_key=idempotency_key or f"cli:{uuid.uuid4().hex}",
+            idempotency_key=_key(idempotency_key),
             overdraft_limit=UNSET if overdraft_limit is None else overdraft_limit,
             monthly_allocation=allocation,
             reason=reason,
@@ -693,7 +699,7 @@ def topup_command(
         result = ledger.top_up(
             account_id,
             amount,
-            idempotency_key=idempotency_key or f"cli:{uuid.uuid4().hex}",
+            idempotency_key=_key(idempotency_key),
             kind=kind,
             expires_at=expiry,
             priority=priority,

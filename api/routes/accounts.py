@@ -36,6 +36,9 @@ from ledger.services import UNSET
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["accounts"])
 
 _ERRORS = documented(401, 403, 404, 409, 422)
+#: Where the previous page ended (its ``next_cursor``), and the rows per page.
+CursorQuery = Annotated[str | None, Query(max_length=200)]
+LimitQuery = Annotated[int, Query(ge=1, le=500)]
 
 
 def _public(view: AccountView) -> AccountPublic:
@@ -68,8 +71,8 @@ async def create_account(body: AccountCreate, call: AdminCall) -> AccountPublic:
 async def list_accounts(
     _caller: Gateway,
     services: ServicesDep,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
     unit: Annotated[str | None, Query(max_length=16)] = None,
 ) -> AccountPagePublic:
     """Every wallet (of one ``unit``, if given) in the order they were opened, with its
@@ -113,8 +116,8 @@ async def list_account_changes(
     id: str,
     caller: JournalReader,
     services: ServicesDep,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
 ) -> AccountChangesPublic:
     """The changes of the wallet's settings, newest first: from what to what, why, when.
     Admin keys, and the wallet's customer (as for its entries)."""
@@ -175,8 +178,8 @@ async def list_entries(
     id: str,
     caller: JournalReader,
     services: ServicesDep,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
 ) -> EntryPage:
     """The wallet's journal entries, newest first; pass ``next_cursor`` for the next page."""
     ensure_own(caller, id)
@@ -189,8 +192,8 @@ async def list_authorizations(
     caller: Caller,
     services: ServicesDep,
     status: Annotated[Literal["pending", "captured", "voided", "expired"] | None, Query()] = None,
-    cursor: Annotated[str | None, Query(max_length=200)] = None,
-    limit: Annotated[int, Query(ge=1, le=500)] = 50,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
 ) -> HoldPage:
     """The wallet's authorizations (holds), newest first, of one ``status`` if given: what
     its ``pending`` is made of. Pass ``next_cursor`` for the next page."""
