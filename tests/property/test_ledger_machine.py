@@ -70,6 +70,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.pending: dict[str, int] = {}
         self.overdraft = 0
         self.allocation: int | None = None
+        self.allocated: set[str] = set()  # the periods whose allocation was granted
         self.excused = False  # available may be negative (overage, or expiry under holds)
         self.replays: list[tuple[Callable[[], Any], Any]] = []
 
@@ -114,6 +115,7 @@ class LedgerMachine(RuleBasedStateMachine):
         if allocation is not None:
             assert self.ledger.roll_allocations() == 1
             self.balance += allocation
+            self.allocated.add(self.clock.now.strftime("%Y-%m"))
 
     # ------------------------------------------------------------------------ rules
 
@@ -276,11 +278,39 @@ class LedgerMachine(RuleBasedStateMachine):
         for h in expired:
             self.pending.pop(h)
         granted = self.ledger.roll_allocations()
-        if self.allocation is not None and self.clock.now.strftime("%Y-%m") != before_period:
-            assert granted == 1
+        period = self.clock.now.strftime("%Y-%m")
+        # Once per period: a period that began, or one that had none when it was set.
+        if self.allocation is not None and period not in self.allocated:
+            assert granted == 1, (before_period, period)
             self.balance += self.allocation
+            self.allocated.add(period)
         else:
             assert granted == 0
+
+    @rule(
+        overdraft=st.one_of(st.none(), st.sampled_from([0, 25_000, 50_000, 100_000])),
+        allocation=st.sampled_from(["keep", None, 50_000, 100_000]),
+    )
+    def change_settings(self, overdraft: int | None, allocation: int | str | None) -> None:
+        key = self.key()
+        changes: dict[str, Any] = {}
+        if overdraft is not None:
+            changes["overdraft_limit"] = overdraft
+        if allocation != "keep":
+            changes["monthly_allocation"] = allocation
+        if not changes:
+            self.rejected(lambda: self.ledger.update_account(W, idempotency_key=key), LedgerError)
+            return
+
+        def call() -> Any:
+            return self.ledger.update_account(W, idempotency_key=key, reason="model", **changes)
+
+        view = self.remember(call, call())
+        self.overdraft = changes.get("overdraft_limit", self.overdraft)
+        self.allocation = changes.get("monthly_allocation", self.allocation)
+        assert (view.overdraft_limit, view.monthly_allocation) == (self.overdraft, self.allocation)
+        if view.available < 0:  # a limit lowered below what is already used
+            self.excused = True
 
     @precondition(lambda self: bool(self.replays))
     @rule(data=st.data())
