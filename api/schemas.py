@@ -108,6 +108,11 @@ class EstimateCreate(PricedRequest):
     account_id: AccountId | None = Field(
         default=None, description="Also say whether this wallet can afford the request now."
     )
+    at: AwareDatetime | None = Field(
+        default=None,
+        description="Price with the catalog versions in force at this instant (default: "
+        "now); not with account_id, whose answer is for now.",
+    )
 
 
 class AuthorizationCreate(PricedRequest):

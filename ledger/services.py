@@ -1166,9 +1166,10 @@ class Ledger:
             view = self._balance_view(conn, wallet)
         return view.debt == 0 and view.available >= quote.max_cost, view.available
 
-    def quote(self, request: Mapping[str, Any]) -> Quote:
-        """Price a request with the catalog versions in force now; changes nothing."""
-        return self._quote(request, self._now())
+    def quote(self, request: Mapping[str, Any], *, at: datetime | None = None) -> Quote:
+        """Price a request with the catalog versions in force now (or at ``at``, to see
+        what it cost then); changes nothing."""
+        return self._quote(request, _aware(at, "at") or self._now())
 
     def _quote(self, request: Any, now: datetime) -> Quote:
         return estimate(request, now, catalogs=self.catalogs)

@@ -20,6 +20,7 @@ from api.schemas import (
     EstimatePublic,
     HoldView,
 )
+from ledger.errors import InvalidInput
 
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["gateway"])
 
@@ -31,9 +32,16 @@ _PAYING = documented(401, 402, 403, 404, 409, 422)
 async def create_estimate(
     body: EstimateCreate, caller: Caller, services: ServicesDep
 ) -> EstimatePublic:
-    """Quote a request; with ``account_id``, also whether the wallet can afford it now."""
+    """Quote a request; with ``account_id``, also whether the wallet can afford it now;
+    with ``at``, as the catalogs priced it at that instant."""
+    if body.at is not None and body.account_id is not None:
+        raise InvalidInput(
+            "at prices a request as it was then; account_id asks whether it is affordable "
+            "now: give one of them",
+            field="at",
+        )
     ledger = services.ledger
-    quote = ledger.quote(body.envelope())
+    quote = ledger.quote(body.envelope(), at=body.at)
     public = EstimatePublic.model_validate(quote.to_dict())
     if body.account_id is None:
         return public

@@ -21,7 +21,7 @@ import uvicorn
 
 from ledger.models import idempotency
 from ledger.verify import verify
-from pricing import price_usage
+from pricing import estimate, price_usage
 from tests import factories as f
 from tests.e2e.conftest import Api
 from tests.e2e.served import exchange
@@ -194,6 +194,27 @@ def test_estimate_with_and_without_an_account(api: Api) -> None:
     tokens = api.wallet("est-tokens", "token")
     r = api.post("/v1/estimates", {**VEO_FAST, "account_id": tokens}, as_key="service")
     assert (r.status_code, r.json()["field"]) == (422, "catalog")
+
+
+def test_an_estimate_at_a_past_instant_uses_the_catalog_versions_then(api: Api) -> None:
+    now = api.post("/v1/estimates", f.cosmic_image(), as_key="service").json()
+    then = api.post("/v1/estimates", {**f.cosmic_image(), "at": "2025-06-01T00:00:00+02:00"}).json()
+    # Seed 001's version (DALL-E 3 by default) was in force then; seed 000's is now.
+    seed_001 = ("2024-03-14", "dall-e-3", 4800)
+    assert (then["catalog_version"], then["model"], then["cost"]) == seed_001
+    assert then["catalog_version"] != now["catalog_version"]
+    assert then == estimate(
+        f.cosmic_image(), datetime(2025, 6, 1, tzinfo=UTC), catalogs=api.ledger.catalogs
+    ).to_dict() | {"affordable": None, "credits_balance": None}
+    user = api.wallet("then", "token")
+    for body, field in (
+        ({"at": "2024-01-01T00:00:00Z"}, "at"),  # before the catalog's first version
+        ({"at": "2025-06-01T00:00:00"}, "at"),  # no timezone
+        ({"at": "9999-12-31T23:59:59-05:00"}, "at"),  # no UTC date
+        ({"at": "2025-06-01T00:00:00Z", "account_id": user}, "at"),
+    ):
+        r = api.post("/v1/estimates", {**f.cosmic_image(), **body})
+        assert (r.status_code, r.json()["field"]) == (422, field), r.text
 
 
 def test_wallets_are_listed_a_page_at_a_time(api: Api) -> None:
