@@ -130,6 +130,12 @@ class ChargeCreate(PricedRequest):
     request_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
 
+class ExtensionCreate(_Request):
+    ttl_seconds: Annotated[int, Field(strict=True, ge=1, le=7 * 24 * 3600)] = Field(
+        description="Keep the hold this long from now (at most 7 days from its authorization)."
+    )
+
+
 class CaptureCreate(_Request):
     status: Literal["COMPLETED", "FAILED", "ERROR"] = Field(
         description="The provider's outcome. ERROR is never charged."

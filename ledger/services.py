@@ -1221,7 +1221,7 @@ class Ledger:
         """Hold the quote's ``max_cost``, or raise InsufficientCredits (402)."""
         _text(request_id, "request_id", required=False)
         hold_ttl = ttl if ttl is not None else self.hold_ttl
-        if not timedelta(seconds=1) <= hold_ttl <= timedelta(days=7):
+        if not timedelta(seconds=1) <= hold_ttl <= HOLD_LIFETIME:
             raise InvalidInput("ttl must be between 1 second and 7 days", field="ttl")
         quote = self._quote(request, self._now())
         payload = {
@@ -1482,6 +1482,41 @@ class Ledger:
             return self._hold_view(w.conn, wallet, hold.id)
 
         return self._mutate("void", idempotency_key, payload, work, HoldView)
+
+    def extend(self, hold_id: str, *, ttl: timedelta, idempotency_key: str) -> HoldView:
+        """Keep a pending hold for ``ttl`` from now (a provider's queue ran long), within
+        :data:`HOLD_LIFETIME` of its authorization. A hold already expired, captured or
+        voided is not revived: authorize again."""
+        if not isinstance(ttl, timedelta) or not timedelta(seconds=1) <= ttl <= HOLD_LIFETIME:
+            raise InvalidInput("ttl must be between 1 second and 7 days", field="ttl_seconds")
+        payload = {"id": hold_id, "ttl": ttl.total_seconds()}
+
+        def work(w: _Work) -> HoldView | dict[str, Any]:
+            locked = self._lock_hold(w, hold_id)
+            if locked.stored is not None:
+                return locked.stored
+            wallet, hold = locked.wallet, locked.hold
+            if hold.status != "pending" or hold.expires_at <= w.now:
+                state = hold.status if hold.status != "pending" else "expired"
+                raise HoldNotPending(f"authorization '{hold.id}' is {state}", field="id")
+            created = w.conn.execute(
+                sa.select(holds.c.created_at).where(holds.c.id == hold.id)
+            ).scalar_one()
+            expires = w.now + ttl
+            if expires > created + HOLD_LIFETIME:
+                most = int((created + HOLD_LIFETIME - w.now).total_seconds())
+                raise InvalidInput(
+                    f"a hold lives at most {HOLD_LIFETIME.days} days from its authorization: "
+                    f"this one may be kept {most} seconds more",
+                    field="ttl_seconds",
+                    allowed={"max": most},
+                )
+            w.conn.execute(
+                holds.update().where(holds.c.id == hold.id, PENDING_HOLD).values(expires_at=expires)
+            )
+            return self._hold_view(w.conn, wallet, hold.id)
+
+        return self._mutate("extend", idempotency_key, payload, work, HoldView)
 
     def _hold_view(self, conn: Connection, wallet: _Wallet, hold_id: str) -> HoldView:
         h = conn.execute(sa.select(holds).where(holds.c.id == hold_id)).one()
@@ -1800,7 +1835,8 @@ class Ledger:
                 w = _Work(conn, Store.of(conn), "expire_hold", "", "", now)
                 locked = self._lock_hold(w, hold_id, replay=False)
                 wallet, hold = locked.wallet, locked.hold
-                if hold.status != "pending":
+                # Read again under the lock: resolved, or extended, since it was listed.
+                if hold.status != "pending" or hold.expires_at > now:
                     continue
                 self._resolve(w, hold, "expired")
                 self._move_pending(conn, wallet.id, -hold.amount)
@@ -2069,6 +2105,8 @@ def _balances(
     )
 
 
+#: The longest a hold lives, from its authorization (its TTL, and any extension).
+HOLD_LIFETIME = timedelta(days=7)
 #: The most days one usage read covers.
 USAGE_DAYS = 366
 #: The rollup's whole-number columns, as ``UsageTotals`` names them.

@@ -18,6 +18,7 @@ from api.schemas import (
     ChargeResult,
     EstimateCreate,
     EstimatePublic,
+    ExtensionCreate,
     HoldView,
 )
 from ledger.errors import InvalidInput
@@ -94,6 +95,18 @@ async def void_authorization(id: str, call: GatewayCall) -> HoldView:
     hold = await run_in_threadpool(call.services.ledger.void, id, idempotency_key=call.key)
     call.services.metrics.holds_resolved.labels("voided").inc()
     return hold
+
+
+@router.post("/authorizations/{id}/extend", response_model=HoldView, responses=_ERRORS)
+async def extend_authorization(id: str, body: ExtensionCreate, call: GatewayCall) -> HoldView:
+    """Keep a pending hold longer (the provider's queue is slow): it now expires
+    ``ttl_seconds`` from now. An expired or resolved hold is 409: authorize again."""
+    return await run_in_threadpool(
+        call.services.ledger.extend,
+        id,
+        ttl=timedelta(seconds=body.ttl_seconds),
+        idempotency_key=call.key,
+    )
 
 
 @router.post("/charges", status_code=201, response_model=ChargeResult, responses=_PAYING)

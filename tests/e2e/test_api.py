@@ -155,6 +155,46 @@ def test_a_hold_left_alone_expires_and_can_no_longer_be_captured(api: Api, clock
     assert 'creditledger_holds_resolved_total{outcome="expired"} 1.0' in metrics
 
 
+def test_a_hold_kept_alive_while_the_provider_works_is_captured_after_its_first_expiry(
+    api: Api, clock: Clock
+) -> None:
+    """fal's queue (seed 004) can outlast a hold: the gateway extends it and captures."""
+    user = api.wallet("queued", "credit", topup=500)
+    hold = authorize(api, user, {**VEO_FAST, "ttl_seconds": 600}).json()
+    extend = f"/v1/authorizations/{hold['id']}/extend"
+    for _ in range(3):  # IN_QUEUE, IN_PROGRESS...: ten minutes more each time
+        clock.advance(seconds=540)
+        r = api.post(extend, {"ttl_seconds": 600}, as_key="service")
+        assert r.status_code == 200, r.text
+        assert datetime.fromisoformat(r.json()["expires_at"]) == clock.now + timedelta(seconds=600)
+        assert api.app.state.sweeper.run_once().holds_expired == 0
+    assert clock.now > datetime.fromisoformat(hold["expires_at"])  # past the first expiry
+    assert api.balance(user)["pending"] == 240
+    r = api.post(f"/v1/authorizations/{hold['id']}/capture", {"status": "COMPLETED"})
+    assert (r.status_code, r.json()["charged"]) == (200, 240)
+    # A resolved hold, or one that expired, is not revived.
+    again = api.post(extend, {"ttl_seconds": 60}, as_key="service")
+    assert (again.status_code, again.json()["error"]) == (409, "hold_not_pending")
+    late = authorize(api, user, {**VEO_FAST, "ttl_seconds": 60}).json()
+    clock.advance(seconds=61)  # not swept yet, but expired
+    r = api.post(f"/v1/authorizations/{late['id']}/extend", {"ttl_seconds": 60})
+    assert (r.status_code, r.json()["error"]) == (409, "hold_not_pending")
+    assert api.app.state.sweeper.run_once().holds_expired == 1
+    # At most seven days from the authorization, however it is extended.
+    week = authorize(api, user, {**VEO_FAST, "ttl_seconds": 6 * 24 * 3600 + 60}).json()
+    clock.advance(days=6)
+    path = f"/v1/authorizations/{week['id']}/extend"
+    r = api.post(path, {"ttl_seconds": 6 * 24 * 3600}, idempotency_key="w-1")
+    assert (r.status_code, r.json()["field"], r.json()["allowed"]["max"]) == (
+        422,
+        "ttl_seconds",
+        24 * 3600,
+    )
+    r = api.post(path, {"ttl_seconds": 3600}, idempotency_key="w-2")
+    assert r.status_code == 200, r.text
+    assert api.post(path, {"ttl_seconds": 3600}, idempotency_key="w-2").json() == r.json()
+
+
 # ------------------------------------------------------------------------------ endpoints
 
 
@@ -521,6 +561,7 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/v1/authorizations/{id}",
         "/v1/authorizations/{id}/capture",
         "/v1/authorizations/{id}/void",
+        "/v1/authorizations/{id}/extend",
         "/v1/charges",
         "/v1/accounts",
         "/v1/accounts/{id}",

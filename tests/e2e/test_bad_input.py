@@ -203,6 +203,28 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         None,
         "timezone",
     ),
+    # Extending a hold: no TTL, out of range, a fraction, a resolved hold.
+    *(
+        ("extend " + name, "POST", "/v1/authorizations/{hold}/extend", body, {}, 422, None)
+        + ("ttl_seconds",)
+        for name, body in (
+            ("without ttl", {}),
+            ("ttl 0", {"ttl_seconds": 0}),
+            ("ttl 8 days", {"ttl_seconds": 8 * 24 * 3600}),
+            ("ttl 1.5", {"ttl_seconds": 1.5}),
+            ("ttl string", {"ttl_seconds": "60"}),
+        )
+    ),
+    (
+        "extend a captured hold",
+        "POST",
+        "/v1/authorizations/{captured}/extend",
+        {"ttl_seconds": 60},
+        {},
+        409,
+        "hold_not_pending",
+        "id",
+    ),
     # Changing a wallet's settings: nothing, a fixed one, beyond 64 bits, not a limit.
     ("patch nothing", "PATCH", "/v1/accounts/w", {}, {}, 422, "invalid_input", "body"),
     ("patch timezone", "PATCH", "/v1/accounts/w", {"timezone": "UTC"}, {}, 422, None, "timezone"),
