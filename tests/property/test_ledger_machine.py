@@ -71,6 +71,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.overdraft = 0
         self.allocation: int | None = None
         self.allocated: set[str] = set()  # the periods whose allocation was granted
+        self.max_tokens: dict[str, int] = {}  # of each text hold's request
         self.excused = False  # available may be negative (overage, or expiry under holds)
         self.replays: list[tuple[Callable[[], Any], Any]] = []
 
@@ -157,6 +158,8 @@ class LedgerMachine(RuleBasedStateMachine):
             return multiple()
         assert hold.held <= available
         self.pending[hold.id] = hold.held
+        if kind == "text":
+            self.max_tokens[hold.id] = request["params"]["max_tokens"]
         return hold.id
 
     @rule(
@@ -170,11 +173,11 @@ class LedgerMachine(RuleBasedStateMachine):
         view = self.ledger.hold(hold)
         quote_usage: dict[str, Any] = {}
         if view.operation == "text":
-            # Output up to about max_tokens; input from nothing to well past the estimate
-            # (the capture-overage path).
+            # Output up to max_tokens (never past it: a capture that claims more is
+            # refused); input from nothing to well past the estimate (capture overage).
             quote_usage = {
                 "input_tokens": extra_input,
-                "output_tokens": view.held * fraction // 200,
+                "output_tokens": self.max_tokens[hold] * fraction // 100,
             }
         elif fraction < 20:
             quote_usage = {"images" if view.operation == "image" else "videos": 0}
@@ -217,6 +220,24 @@ class LedgerMachine(RuleBasedStateMachine):
 
         self.remember(call, call())
         self.pending.pop(hold)
+
+    @rule(hold=holds, minutes=st.sampled_from([1, 30, 60 * 24]))
+    def extend(self, hold: str, minutes: int) -> None:
+        view = self.ledger.hold(hold)
+        key = self.key()
+        ttl = timedelta(minutes=minutes)
+        if hold not in self.pending or view.expires_at <= self.clock.now:
+            self.rejected(
+                lambda: self.ledger.extend(hold, ttl=ttl, idempotency_key=key), HoldNotPending
+            )
+            return
+
+        def call() -> Any:
+            return self.ledger.extend(hold, ttl=ttl, idempotency_key=key)
+
+        extended = self.remember(call, call())
+        assert extended.expires_at == self.clock.now + ttl
+        assert extended.status == "pending"
 
     @rule(target=entries, kind=st.sampled_from(sorted(REQUESTS)), size=st.integers(1, 3000))
     def charge(self, kind: str, size: int) -> Any:
