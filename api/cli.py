@@ -345,7 +345,7 @@ def _emit(model: BaseModel, as_json: bool, title: str, rows: list[tuple[str, Any
         return
     table = Table(title=title, show_header=False)
     table.add_column("field", style="bold")
-    table.add_column("value")
+    table.add_column("value", overflow="fold")
     for name, value in rows:
         table.add_row(name, "" if value is None else str(value))
     Console().print(table)
@@ -354,7 +354,7 @@ def _emit(model: BaseModel, as_json: bool, title: str, rows: list[tuple[str, Any
 def _grants_table(grants: list[GrantView]) -> Table:
     table = Table(title="grants")
     for column in ("id", "kind", "amount", "remaining", "priority", "expires at"):
-        table.add_column(column)
+        table.add_column(column, overflow="fold")  # ids and amounts whole, never cut short
     for g in grants:
         table.add_row(
             g.id,
@@ -729,11 +729,16 @@ def keys_create(
     role: Annotated[str, typer.Option(help="admin, service or customer.")],
     name: Annotated[str, typer.Option(help="What the key is for.")] = "",
     account: Annotated[str | None, typer.Option(help="The one wallet of a customer key.")] = None,
+    expires_at: Annotated[
+        str | None,
+        typer.Option(help="From this ISO 8601 instant the key is refused (default: never)."),
+    ] = None,
     as_json: JsonOption = False,
 ) -> None:
     """Create a key. Its secret is printed this once: store it now."""
+    expiry = _parse_instant(expires_at, "expires-at")
     with _open_keys() as keys:
-        created = keys.create(role, name=name, account_id=account)
+        created = keys.create(role, name=name, account_id=account, expires_at=expiry)
     _emit(
         created,
         as_json,
@@ -742,6 +747,7 @@ def keys_create(
             ("id", created.id),
             ("role", created.role),
             ("account", created.account_id),
+            ("expires", created.expires_at.isoformat() if created.expires_at else "never"),
             ("key", created.key),
         ],
     )
@@ -767,8 +773,8 @@ def keys_list(as_json: JsonOption = False) -> None:
         typer.echo(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
         return
     table = Table(title="API keys")
-    for column in ("id", "name", "role", "account", "created", "revoked"):
-        table.add_column(column)
+    for column in ("id", "name", "role", "account", "created", "revoked", "expires"):
+        table.add_column(column, overflow="fold")  # every digit shows, never an ellipsis
     for v in views:
         table.add_row(
             v.id,
@@ -777,6 +783,7 @@ def keys_list(as_json: JsonOption = False) -> None:
             v.account_id or "",
             v.created_at.isoformat(timespec="seconds"),
             v.revoked_at.isoformat(timespec="seconds") if v.revoked_at else "",
+            v.expires_at.isoformat(timespec="seconds") if v.expires_at else "",
         )
     Console().print(table)
 
@@ -866,7 +873,7 @@ def report_monthly(
         return
     table = Table(title=f"statement {job.month} ({job.timezone}) -> {target}")
     for column in ("unit", "accounts", "opening", "credits", "debits", "closing", "usage"):
-        table.add_column(column, justify="left" if column == "unit" else "right")
+        table.add_column(column, justify="left" if column == "unit" else "right", overflow="fold")
     for t in (job.summary or {}).get("totals", []):
         table.add_row(
             t["unit"],

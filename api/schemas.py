@@ -201,6 +201,9 @@ class KeyCreate(_Request):
     account_id: AccountId | None = Field(
         default=None, description="The one wallet a customer key may see (customer keys only)."
     )
+    expires_at: AwareDatetime | None = Field(
+        default=None, description="From this instant the key is refused (default: never)."
+    )
 
 
 # ------------------------------------------------------------------------------ responses

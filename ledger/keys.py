@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict
 
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
+from ledger.kernel import in_utc_range
 from ledger.models import KEY_ROLES, accounts, api_keys
 from ledger.services import wallet_id
 
@@ -61,6 +62,8 @@ class KeyView(BaseModel):
     account_id: str | None
     created_at: datetime
     revoked_at: datetime | None
+    #: From then on the key is refused (null: never).
+    expires_at: datetime | None = None
 
 
 class CreatedKey(KeyView):
@@ -83,14 +86,23 @@ class Keys:
         self.clock = clock
         # The operator's configured admin key, kept only as a digest.
         self._admin_digest = _digest(admin_key) if admin_key else None
-        # Keys recently found valid, by digest of the whole token: a request need not read
-        # the database to authenticate. A revocation through this process takes effect at
-        # once; one made by another process (the CLI) within ``cache_seconds``.
+        # Keys recently found valid, by digest of the whole token, with their expiry: a
+        # request need not read the database to authenticate. A revocation through this
+        # process takes effect at once; one made by another process (the CLI) within
+        # ``cache_seconds``. An expiry takes effect at its instant.
         self.cache_seconds = cache_seconds
-        self._valid: dict[str, tuple[Principal, float]] = {}
+        self._valid: dict[str, tuple[Principal, float, datetime | None]] = {}
 
-    def create(self, role: str, *, name: str = "", account_id: str | None = None) -> CreatedKey:
-        """A new key; its secret is in the result and nowhere else."""
+    def create(
+        self,
+        role: str,
+        *,
+        name: str = "",
+        account_id: str | None = None,
+        expires_at: datetime | None = None,
+    ) -> CreatedKey:
+        """A new key (refused from ``expires_at`` on, if given); its secret is in the
+        result and nowhere else."""
         if role not in KEY_ROLES:
             raise InvalidInput(f"unknown role {role!r}", field="role", allowed=list(KEY_ROLES))
         if not isinstance(name, str) or len(name) > 200:
@@ -103,6 +115,13 @@ class Keys:
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         now = self.clock()
+        if expires_at is not None:
+            if not isinstance(expires_at, datetime) or expires_at.utcoffset() is None:
+                raise InvalidInput("expires_at must carry a timezone", field="expires_at")
+            if not in_utc_range(expires_at) or expires_at <= now:
+                raise InvalidInput(
+                    "expires_at must be in the future (and a date in UTC)", field="expires_at"
+                )
         with self.db.transaction() as conn:
             internal = None if account_id is None else wallet_id(conn, account_id)
             conn.execute(
@@ -113,6 +132,7 @@ class Keys:
                     account_id=internal,
                     secret_sha256=_digest(secret),
                     created_at=now,
+                    expires_at=expires_at,
                 )
             )
         return CreatedKey(
@@ -122,12 +142,13 @@ class Keys:
             account_id=account_id,
             created_at=now,
             revoked_at=None,
+            expires_at=expires_at,
             key=f"{PREFIX}_{key_id}_{secret}",
         )
 
     def revoke(self, key_id: str) -> KeyView:
         """Revoke a key (at once, for every later request). Revoking twice is harmless."""
-        for digest, (principal, _) in list(self._valid.items()):
+        for digest, (principal, _, _) in list(self._valid.items()):
             if principal.key_id == key_id:
                 self._valid.pop(digest, None)
         with self.db.transaction() as conn:
@@ -164,7 +185,10 @@ class Keys:
         found = self._valid.get(digest)
         if found is None or found[1] < time.monotonic():
             return None
-        return found[0]
+        principal, _, expires_at = found
+        if expires_at is not None and expires_at <= self.clock():
+            return None
+        return principal
 
     def authenticate(self, token: str) -> Principal | None:
         """The caller a bearer token belongs to, or None (unknown, malformed, revoked)."""
@@ -181,6 +205,7 @@ class Keys:
                     api_keys.c.role,
                     api_keys.c.secret_sha256,
                     api_keys.c.revoked_at,
+                    api_keys.c.expires_at,
                     accounts.c.external_id,
                 )
                 .select_from(api_keys.outerjoin(accounts, accounts.c.id == api_keys.c.account_id))
@@ -190,11 +215,14 @@ class Keys:
             return None
         if row.revoked_at is not None:
             return None
+        if row.expires_at is not None and row.expires_at <= self.clock():
+            return None
         principal = Principal(key_id, row.role, row.external_id)
         if self.cache_seconds > 0:
             if len(self._valid) > 10_000:
                 self._valid.clear()
-            self._valid[digest] = (principal, time.monotonic() + self.cache_seconds)
+            expiry = time.monotonic() + self.cache_seconds
+            self._valid[digest] = (principal, expiry, row.expires_at)
         return principal
 
     def bootstrap_admin(self) -> CreatedKey | None:
@@ -205,7 +233,11 @@ class Keys:
             active = conn.execute(
                 sa.select(sa.func.count())
                 .select_from(api_keys)
-                .where(api_keys.c.role == "admin", api_keys.c.revoked_at.is_(None))
+                .where(
+                    api_keys.c.role == "admin",
+                    api_keys.c.revoked_at.is_(None),
+                    sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > self.clock()),
+                )
             ).scalar_one()
         if active:
             return None
@@ -220,6 +252,7 @@ class Keys:
             accounts.c.external_id,
             api_keys.c.created_at,
             api_keys.c.revoked_at,
+            api_keys.c.expires_at,
         ).select_from(api_keys.outerjoin(accounts, accounts.c.id == api_keys.c.account_id))
 
     def _view(self, conn: sa.Connection, key_id: str) -> KeyView | None:
@@ -228,7 +261,7 @@ class Keys:
 
     @staticmethod
     def _to_view(row: Any) -> KeyView:
-        key_id, name, role, account, created_at, revoked_at = row
+        key_id, name, role, account, created_at, revoked_at, expires_at = row
         return KeyView(
             id=key_id,
             name=name,
@@ -236,4 +269,5 @@ class Keys:
             account_id=account,
             created_at=created_at,
             revoked_at=revoked_at,
+            expires_at=expires_at,
         )

@@ -416,6 +416,8 @@ class ApiKey(SQLModel, table=True):
     secret_sha256: str = Field(max_length=64)
     created_at: datetime = instant()
     revoked_at: datetime | None = instant(nullable=True)
+    #: From this instant the key is refused, as if revoked; null: it does not expire.
+    expires_at: datetime | None = instant(nullable=True)
 
 
 class ReportJob(SQLModel, table=True):

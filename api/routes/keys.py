@@ -19,7 +19,11 @@ _ERRORS = documented(401, 403, 404, 422)
 async def create_key(body: KeyCreate, _caller: Admin, services: ServicesDep) -> CreatedKey:
     """A new key. ``key`` is in this response only: the server keeps a digest."""
     return await run_in_threadpool(
-        services.keys.create, body.role, name=body.name, account_id=body.account_id
+        services.keys.create,
+        body.role,
+        name=body.name,
+        account_id=body.account_id,
+        expires_at=body.expires_at,
     )
 
 

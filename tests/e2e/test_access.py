@@ -9,11 +9,13 @@ unknown key and a revoked key all get 401.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from ledger.keys import Keys
 from ledger.models import api_keys
 from tests import factories as f
 from tests.e2e.conftest import Api
@@ -158,6 +160,38 @@ def test_a_revoked_key_stops_working_at_once(api: Api) -> None:
     listed = {k["id"]: k for k in api.get("/v1/keys").json()}
     assert listed[created["id"]]["revoked_at"]
     assert all("key" not in k for k in listed.values())
+
+
+def test_a_key_that_expires_is_refused_from_its_expiry_on(api: Api) -> None:
+    now = datetime.now(UTC)
+    expiry = now + timedelta(hours=1)
+    r = api.post("/v1/keys", {"role": "service", "expires_at": expiry.isoformat()})
+    assert r.status_code == 201, r.text
+    created = r.json()
+    assert datetime.fromisoformat(created["expires_at"]) == expiry
+    assert api.get("/v1/catalogs", as_key=created["key"]).status_code == 200  # and cached
+    api.keys.clock = lambda: now + timedelta(hours=1)  # the instant it expires
+    assert api.get("/v1/catalogs", as_key=created["key"]).status_code == 401
+    api.keys._valid.clear()  # and when it is not remembered either
+    assert api.get("/v1/catalogs", as_key=created["key"]).status_code == 401
+    listed = {k["id"]: k for k in api.get("/v1/keys").json()}
+    assert listed[created["id"]]["expires_at"] == created["expires_at"]
+    for bad in ((now - timedelta(seconds=1)).isoformat(), "2030-01-01T00:00:00", "soon"):
+        r = api.post("/v1/keys", {"role": "service", "expires_at": bad})
+        assert (r.status_code, r.json()["field"]) == (422, "expires_at"), r.text
+
+
+def test_a_first_start_makes_an_admin_key_when_the_others_have_expired(api: Api) -> None:
+    now = datetime.now(UTC)
+    keys = Keys(api.ledger.db, clock=lambda: now)
+    keys.revoke(api.admin.split("_")[1])  # the fixture's, which never expires
+    keys.create("admin", expires_at=now + timedelta(hours=1))
+    assert keys.bootstrap_admin() is None  # an active admin key exists
+    keys.clock = lambda: now + timedelta(hours=1)
+    made = keys.bootstrap_admin()
+    assert made is not None
+    assert made.role == "admin"
+    assert made.expires_at is None
 
 
 def test_keys_are_stored_hashed_a_dump_holds_no_usable_key(api: Api) -> None:

@@ -85,6 +85,11 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     assert "authorizations of acme" in run("account", "holds", "acme", env=env).stdout
     assert run("account", "holds", "ghost", env=env).returncode == 7
     assert "promo" in table.stdout
+    # On an 80-column terminal a long id, amount or instant folds; it is never cut short.
+    big = ("topup", "acme", str(10**17), "--expires-at", "2099-01-01T00:00:00Z")
+    assert run(*big, "--idempotency-key", "t-big", env=env).returncode == 0
+    narrow = run("account", "show", "acme", env={**env, "COLUMNS": "80"})
+    assert "…" not in narrow.stdout, narrow.stdout
 
 
 @pytest.mark.parametrize(
@@ -128,7 +133,14 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     assert created["key"].startswith(f"clk_{created['id']}_")
     listed = run("keys", "list", "--json", env=env)
     assert [k["id"] for k in json.loads(listed.stdout)] == [created["id"]]
+    assert json.loads(listed.stdout)[0]["expires_at"] is None
     assert created["key"] not in listed.stdout
+    lasting = ("keys", "create", "--role", "service", "--expires-at", "2099-01-01T00:00:00Z")
+    until = json.loads(run(*lasting, "--json", env=env).stdout)
+    assert until["expires_at"] == "2099-01-01T00:00:00Z"
+    assert "2099-01-01" in run("keys", "list", env=env).stdout
+    past = run("keys", "create", "--role", "service", "--expires-at", "2001-01-01T00:00Z", env=env)
+    assert (past.returncode, json.loads(past.stderr)["field"]) == (2, "expires_at")
     revoked = run("keys", "revoke", created["id"], "--json", env=env)
     assert revoked.returncode == 0
     assert json.loads(revoked.stdout)["revoked_at"]
