@@ -191,7 +191,8 @@ class Keys:
         return principal
 
     def authenticate(self, token: str) -> Principal | None:
-        """The caller a bearer token belongs to, or None (unknown, malformed, revoked)."""
+        """The caller a bearer token belongs to, or None (unknown, malformed, revoked or
+        expired)."""
         digest = _digest(token)
         if self._admin_digest is not None and hmac.compare_digest(digest, self._admin_digest):
             return Principal(ENVIRONMENT_KEY_ID, "admin")
@@ -226,7 +227,8 @@ class Keys:
         return principal
 
     def bootstrap_admin(self) -> CreatedKey | None:
-        """A first admin key when none is configured or active; None when one exists."""
+        """A first admin key when none is configured or active (not revoked, not expired);
+        None when one exists."""
         if self._admin_digest is not None:
             return None
         with self.db.transaction(write=False) as conn:
