@@ -252,7 +252,7 @@ class _Money(BaseModel):
 
 class BalancePublic(_Money):
     """A wallet's money now (``as_of`` null), or at ``as_of``: what had been posted by
-    then, and the holds open then. ``available`` and ``debt`` use today's overdraft limit."""
+    then, the holds open then, and the overdraft limit in force then."""
 
     as_of: datetime | None
 

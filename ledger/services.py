@@ -9,6 +9,7 @@ rolls back).
 from __future__ import annotations
 
 import base64
+import dataclasses
 import enum
 import hashlib
 import itertools
@@ -1977,8 +1978,8 @@ class Ledger:
     # -------------------------------------------------------------------------- reading
 
     def balance(self, account_id: str, *, as_of: datetime | None = None) -> BalanceView:
-        """Balances now, or the posted balance and open holds at ``as_of`` (answered in
-        UTC)."""
+        """Balances now, or at ``as_of`` (answered in UTC): what was posted by then, the
+        holds open then, and the overdraft limit in force then."""
         as_of = _aware(as_of, "as_of")
         if as_of is not None:
             as_of = as_of.astimezone(UTC)
@@ -1998,7 +1999,33 @@ class Ledger:
                     sa.or_(holds.c.resolved_at.is_(None), holds.c.resolved_at > as_of),
                 )
             ).scalar_one()
-            return _balances(wallet, int(posted), int(pending), as_of=as_of)
+            then = dataclasses.replace(
+                wallet, overdraft_limit=self._overdraft_at(conn, wallet, as_of)
+            )
+            return _balances(then, int(posted), int(pending), as_of=as_of)
+
+    @staticmethod
+    def _overdraft_at(conn: Connection, wallet: _Wallet, instant: datetime) -> int:
+        """The wallet's overdraft limit in force at ``instant``, from its kept changes: the
+        last one set by then, else the one the first later change replaced, else today's."""
+        of_limit = sa.and_(
+            changes.c.account_id == wallet.id, changes.c.setting == "overdraft_limit"
+        )
+        set_by_then = conn.execute(
+            sa.select(changes.c.new_value)
+            .where(of_limit, changes.c.changed_at <= instant)
+            .order_by(changes.c.changed_at.desc(), changes.c.id.desc())
+            .limit(1)
+        ).first()
+        if set_by_then is not None:
+            return int(set_by_then.new_value)
+        replaced_later = conn.execute(
+            sa.select(changes.c.old_value)
+            .where(of_limit, changes.c.changed_at > instant)
+            .order_by(changes.c.changed_at, changes.c.id)
+            .limit(1)
+        ).first()
+        return wallet.overdraft_limit if replaced_later is None else int(replaced_later.old_value)
 
     def entries(self, account_id: str, *, cursor: str | None = None, limit: int = 50) -> EntryPage:
         """The wallet's entries, newest first, ``limit`` at a time."""

@@ -324,7 +324,9 @@ def test_the_balance_at_any_past_instant_is_what_the_wallet_showed_then(
     step(api.post(f"/v1/authorizations/{second['id']}/void"))
     charge = step(api.post("/v1/charges", {"account_id": user, **VEO_FAST}))
     step(api.post(f"/v1/entries/{charge['entry_id']}/reverse", {"reason": "refund"}))
+    step(api.call("PATCH", f"/v1/accounts/{user}", body={"overdraft_limit": 300}))
     step(api.post(f"/v1/accounts/{user}/adjustments", {"amount": -100, "reason": "fix"}))
+    step(api.call("PATCH", f"/v1/accounts/{user}", body={"overdraft_limit": 50}))
     step(api.post(f"/v1/entries/{topup['entry']['id']}/reverse", {"reason": "chargeback"}))
     assert api.balance(user)["debt"] > 0  # the last steps went below zero
 
