@@ -132,6 +132,20 @@ def check_room(balance: int, overdraft_limit: int, amount: int) -> None:
         )
 
 
+def check_overdraft_limit(balance: int, overdraft_limit: int) -> None:
+    """Refuse an overdraft limit that would take ``balance + overdraft_limit`` (what the
+    wallet may report as available) beyond 64 bits, as :func:`check_room` does for
+    credits."""
+    room = MAX_AMOUNT - balance
+    if overdraft_limit > room:
+        raise BalanceOverflow(
+            f"balance plus overdraft limit may be at most {MAX_AMOUNT}: this wallet's limit "
+            f"may be at most {room}",
+            field="overdraft_limit",
+            allowed={"max": room},
+        )
+
+
 def debt(balance: int, overdraft_limit: int) -> int:
     """Minor units posted beyond the overdraft limit (from capture overage)."""
     return max(0, -(balance + overdraft_limit))

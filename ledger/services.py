@@ -889,14 +889,7 @@ class Ledger:
                 ).where(accounts.c.id == wallet.id)
             ).one()
             limit = wallet.overdraft_limit if overdraft_limit is UNSET else overdraft_limit
-            room = kernel.MAX_AMOUNT - int(row.balance)
-            if limit > room:
-                raise BalanceOverflow(
-                    f"balance plus overdraft limit may be at most {kernel.MAX_AMOUNT}: this "
-                    f"wallet's limit may be at most {room}",
-                    field="overdraft_limit",
-                    allowed={"max": room},
-                )
+            kernel.check_overdraft_limit(int(row.balance), limit)
             changed = {name: v for name, v in given.items() if v != row._mapping[name]}
             if changed:
                 w.conn.execute(
@@ -917,7 +910,7 @@ class Ledger:
                         for name, value in changed.items()
                     ],
                 )
-            return self._account_view(w.conn, self._lock_wallet(w.conn, account_id))
+            return self._account_view(w.conn, dataclasses.replace(wallet, overdraft_limit=limit))
 
         return self._mutate("update_account", idempotency_key, payload, work, AccountView)
 

@@ -137,7 +137,7 @@ async def read_balance(
     ] = None,
 ) -> BalancePublic:
     """The wallet's balance, pending and available now, or at a past instant (``as_of``):
-    everything posted by then, and the holds open then."""
+    everything posted by then, the holds open then and the overdraft limit in force then."""
     ensure_own(caller, id)
     view = await run_in_threadpool(services.ledger.balance, id, as_of=as_of)
     return BalancePublic(id=view.account_id, **view.model_dump(exclude={"account_id"}))
