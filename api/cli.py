@@ -388,6 +388,7 @@ def _show_account(view: AccountView, as_json: bool, title: str) -> None:
             *_money_rows(view),
             ("monthly allocation", view.monthly_allocation),
             ("timezone", view.timezone),
+            ("blocked", "yes: no new authorizations or charges" if view.blocked else "no"),
         ],
     )
     if not as_json and view.grants:
@@ -489,11 +490,20 @@ def account_update(
     no_monthly_allocation: Annotated[
         bool, typer.Option("--no-monthly-allocation", help="Stop the monthly allocation.")
     ] = False,
+    block: Annotated[
+        bool | None,
+        typer.Option(
+            "--block/--unblock",
+            help="Refuse new authorizations and charges (pending holds still resolve), "
+            "or allow them again; at once.",
+        ),
+    ] = None,
     reason: Annotated[str | None, typer.Option(help="Why, kept with the change.")] = None,
     idempotency_key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a wallet's overdraft limit or monthly allocation (each change is kept)."""
+    """Change a wallet's overdraft limit or monthly allocation, or block or unblock it
+    (each change is kept)."""
     if no_monthly_allocation and monthly_allocation is not None:
         _fail(
             {
@@ -512,6 +522,7 @@ def account_update(
             idempotency_key=_key(idempotency_key),
             overdraft_limit=UNSET if overdraft_limit is None else overdraft_limit,
             monthly_allocation=allocation,
+            blocked=UNSET if block is None else block,
             reason=reason,
         )
     _show_account(view, as_json, f"account {view.account_id} updated")
@@ -536,13 +547,21 @@ def account_changes(
             (
                 c.changed_at.isoformat(timespec="seconds"),
                 c.setting,
-                "none" if c.old_value is None else c.old_value,
-                "none" if c.new_value is None else c.new_value,
+                _setting_text(c.old_value),
+                _setting_text(c.new_value),
                 c.reason,
             )
             for c in page.items
         ),
     )
+
+
+def _setting_text(value: bool | int | None) -> str:
+    if value is None:
+        return "none"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    return str(value)
 
 
 @account_app.command("balance")
@@ -628,20 +647,33 @@ def _parse_day(day: str | None, option: str) -> date | None:
 @account_app.command("list")
 def account_list(
     unit: Annotated[str | None, typer.Option(help="Only wallets of this unit.")] = None,
+    blocked: Annotated[
+        bool | None,
+        typer.Option("--blocked/--unblocked", help="Only the blocked, or the unblocked, ones."),
+    ] = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Wallets in the order they were opened, with their balances, a page at a time."""
     with _open_ledger() as ledger:
-        page = ledger.accounts(cursor=cursor, limit=limit, unit=unit)
+        page = ledger.accounts(cursor=cursor, limit=limit, unit=unit, blocked=blocked)
     _print_page(
         page,
         as_json,
         "accounts",
-        ("id", "unit", "balance", "pending", "available", "debt", "timezone"),
+        ("id", "unit", "balance", "pending", "available", "debt", "timezone", "blocked"),
         (
-            (a.account_id, a.unit, a.balance, a.pending, a.available, a.debt, a.timezone)
+            (
+                a.account_id,
+                a.unit,
+                a.balance,
+                a.pending,
+                a.available,
+                a.debt,
+                a.timezone,
+                "yes" if a.blocked else "",
+            )
             for a in page.items
         ),
     )

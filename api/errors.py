@@ -21,6 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.schemas import ErrorPublic, InsufficientCreditsPublic
 from ledger.db import is_lock_timeout
 from ledger.errors import (
+    AccountBlocked,
     AccountExists,
     AlreadyReversed,
     HoldNotPending,
@@ -39,6 +40,7 @@ log = logging.getLogger("creditledger.api")
 #: Domain errors by status code (the first class that matches, in this order, wins).
 STATUS: tuple[tuple[type[DomainError], int], ...] = (
     (InsufficientCredits, 402),
+    (AccountBlocked, 403),
     (NotFound, 404),
     (AccountExists, 409),
     (HoldNotPending, 409),
@@ -251,7 +253,7 @@ _DESCRIBED = {
     400: "Malformed JSON (NaN and Infinity included) or a body that is not UTF-8.",
     401: "No valid API key.",
     402: "Insufficient credits: credits_needed and credits_balance.",
-    403: "The key's role may not do this.",
+    403: "The key's role may not do this (forbidden), or the wallet is blocked (account_blocked).",
     404: "No such resource (or not the customer key's own).",
     409: "A conflict: exists, already resolved or reversed, idempotency key reused.",
     413: "The body is larger than the server reads (CREDITLEDGER_MAX_BODY_BYTES).",

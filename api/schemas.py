@@ -18,6 +18,7 @@ from pydantic import (
     BeforeValidator,
     ConfigDict,
     Field,
+    StrictBool,
 )
 from pydantic_core import PydanticCustomError
 
@@ -168,6 +169,11 @@ class AccountUpdate(_Request):
         default=None,
         description="The new monthly allocation, from the next period; null stops it.",
     )
+    blocked: StrictBool | None = Field(
+        default=None,
+        description="true: refuse new authorizations and charges at once (403 "
+        "account_blocked); false: allow them again.",
+    )
     reason: Reason | None = Field(default=None, description="Why, kept with the change.")
 
 
@@ -237,6 +243,8 @@ class EstimatePublic(QuotePublic):
     affordable: bool | None = None
     #: With ``account_id``: the wallet's available credits.
     credits_balance: int | None = None
+    #: With ``account_id``: the wallet is blocked (then nothing is affordable).
+    blocked: bool | None = None
 
 
 class _Money(BaseModel):
@@ -292,6 +300,8 @@ class UsagePublic(BaseModel):
 class AccountSummaryPublic(_Money):
     monthly_allocation: int | None
     timezone: str
+    #: Refused new authorizations and charges (403 account_blocked).
+    blocked: bool
     created_at: datetime
 
 

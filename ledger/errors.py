@@ -57,6 +57,12 @@ class InsufficientCredits(LedgerError):
         }
 
 
+class AccountBlocked(LedgerError):
+    """The wallet is blocked: no new authorization or charge until it is unblocked."""
+
+    code = "account_blocked"
+
+
 class HoldNotPending(LedgerError):
     """The hold was already captured, voided or expired: it resolves once."""
 

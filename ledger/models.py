@@ -118,6 +118,11 @@ class Account(SQLModel, table=True):
     #: Minor units granted at each period start (in ``timezone``), or NULL.
     monthly_allocation: int | None = money(nullable=True, default=None)
     timezone: str = Field(default="UTC", max_length=64)
+    #: A blocked wallet is refused new authorizations and charges (403); what it already
+    #: holds can still be captured or voided, and it can still be topped up.
+    blocked: bool = Field(
+        default=False, sa_column=sa.Column(sa.Boolean(), nullable=False, server_default=sa.false())
+    )
     #: Minor units: the sum of this account's postings (materialized).
     balance: int = money()
     #: Minor units: the sum of this account's pending holds (materialized).
@@ -369,12 +374,13 @@ class AllocationPeriod(SQLModel, table=True):
 
 #: The settings of a wallet that can change after it was opened. Its unit and timezone
 #: cannot: its amounts, periods and daily rollups are counted and cut in them.
-ACCOUNT_SETTINGS = ("overdraft_limit", "monthly_allocation")
+ACCOUNT_SETTINGS = ("overdraft_limit", "monthly_allocation", "blocked")
 
 
 class AccountChange(SQLModel, table=True):
-    """A change of a wallet's setting (its overdraft limit, its monthly allocation): from
-    what to what, why, and when. Written with the change, never updated."""
+    """A change of a wallet's setting (its overdraft limit, its monthly allocation, whether
+    it is blocked): from what to what, why, and when. Written with the change, never
+    updated."""
 
     __tablename__ = "account_changes"
     __table_args__ = (
@@ -385,7 +391,7 @@ class AccountChange(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     account_id: int = Field(foreign_key="accounts.id")
     setting: str = Field(max_length=32)
-    #: Minor units before and after; null: no monthly allocation.
+    #: Minor units before and after; null: no monthly allocation; ``blocked``: 0 or 1.
     old_value: int | None = money(nullable=True, default=None)
     new_value: int | None = money(nullable=True, default=None)
     reason: str | None = Field(default=None, max_length=500)

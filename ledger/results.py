@@ -48,6 +48,9 @@ class AccountSummary(BalanceView):
 
     monthly_allocation: int | None
     timezone: str
+    #: Refused new authorizations and charges (403 account_blocked). Default: results
+    #: stored for replay before wallets could be blocked.
+    blocked: bool = False
     created_at: datetime
 
 
@@ -64,12 +67,12 @@ class AccountPage(_Result):
 
 class AccountChangeView(_Result):
     """A change of a wallet's setting: from ``old_value`` to ``new_value`` (minor units;
-    null: no monthly allocation)."""
+    null: no monthly allocation; ``blocked``: true or false)."""
 
     id: str
     setting: str
-    old_value: int | None
-    new_value: int | None
+    old_value: bool | int | None
+    new_value: bool | int | None
     reason: str | None
     changed_at: datetime
 

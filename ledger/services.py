@@ -33,6 +33,7 @@ from ledger import kernel
 from ledger import store as sql
 from ledger.db import Database, is_overflow
 from ledger.errors import (
+    AccountBlocked,
     AccountExists,
     AlreadyReversed,
     BalanceOverflow,
@@ -121,6 +122,16 @@ class Unset(enum.Enum):
 
 
 UNSET = Unset.UNSET
+
+
+def _setting_value(value: int | bool | None) -> int | None:
+    """A setting's value as the change log keeps it: minor units, None, or 0/1 for a flag."""
+    return int(value) if isinstance(value, bool) else value
+
+
+def _setting_read(setting: str, value: int | None) -> int | bool | None:
+    """A kept value as the setting's own type (``blocked``: true or false)."""
+    return bool(value) if setting == "blocked" and value is not None else value
 
 
 def _refuse_nul_id(account_id: str) -> None:
@@ -309,6 +320,8 @@ class _Wallet:
     timezone: str
     balance: int = 0
     pending: int = 0
+    #: Refused new authorizations and charges (SQLite reads it as 0 or 1).
+    blocked: bool = False
 
 
 @dataclass(frozen=True)
@@ -851,19 +864,23 @@ class Ledger:
         idempotency_key: str,
         overdraft_limit: int | Unset = UNSET,
         monthly_allocation: int | None | Unset = UNSET,
+        blocked: bool | Unset = UNSET,
         reason: str | None = None,
     ) -> AccountView:
-        """Change a wallet's overdraft limit or monthly allocation (None: none), and keep
-        the change. A new limit applies at once: one below what the wallet already owes
-        leaves it in debt, which blocks new authorizations until it is topped up. A new
-        allocation applies from the next period (or from the next sweep, in a period
-        that had none). The unit and the timezone are fixed at opening."""
+        """Change a wallet's overdraft limit, monthly allocation (None: none) or whether it
+        is blocked, and keep the change. A new limit applies at once: one below what the
+        wallet already owes leaves it in debt, which blocks new authorizations until it is
+        topped up. A new allocation applies from the next period (or from the next sweep,
+        in a period that had none). A blocked wallet is refused new authorizations and
+        charges at once; its pending holds can still be captured, voided or extended, and
+        it can still be topped up. The unit and the timezone are fixed at opening."""
         _text(account_id, "account_id")
         given = {
             name: value
             for name, value in (
                 ("overdraft_limit", overdraft_limit),
                 ("monthly_allocation", monthly_allocation),
+                ("blocked", blocked),
             )
             if value is not UNSET
         }
@@ -875,6 +892,10 @@ class Ledger:
             _amount(overdraft_limit, "overdraft_limit", minimum=0)
         if given.get("monthly_allocation") is not None:
             _amount(monthly_allocation, "monthly_allocation")
+        if "blocked" in given and not isinstance(blocked, bool):
+            raise InvalidInput(
+                "blocked must be true or false", field="blocked", allowed=[True, False]
+            )
         _text(reason, "reason", required=False, most=500)
         payload = {"account_id": account_id, **given, "reason": reason}
 
@@ -902,8 +923,8 @@ class Ledger:
                             "id": new_id(),
                             "account_id": wallet.id,
                             "setting": name,
-                            "old_value": row._mapping[name],
-                            "new_value": value,
+                            "old_value": _setting_value(row._mapping[name]),
+                            "new_value": _setting_value(value),
                             "reason": reason,
                             "changed_at": w.now,
                         }
@@ -930,8 +951,8 @@ class Ledger:
                 AccountChangeView(
                     id=r.id,
                     setting=r.setting,
-                    old_value=r.old_value,
-                    new_value=r.new_value,
+                    old_value=_setting_read(r.setting, r.old_value),
+                    new_value=_setting_read(r.setting, r.new_value),
                     reason=r.reason,
                     changed_at=r.changed_at,
                 )
@@ -947,15 +968,21 @@ class Ledger:
             **money.model_dump(),
             monthly_allocation=row.monthly_allocation,
             timezone=row.timezone,
+            blocked=bool(row.blocked),
             created_at=row.created_at,
             grants=self._grant_views(conn, wallet.id),
         )
 
     def accounts(
-        self, *, cursor: str | None = None, limit: int = 50, unit: str | None = None
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        unit: str | None = None,
+        blocked: bool | None = None,
     ) -> AccountPage:
-        """The wallets in the order they were opened (of one ``unit``, if given),
-        ``limit`` at a time: balances, without grants."""
+        """The wallets in the order they were opened (of one ``unit``, only the blocked
+        or the unblocked ones, if given), ``limit`` at a time: balances, without grants."""
         _page_limit(limit)
         if unit is not None and unit not in self.units:
             raise InvalidInput(f"unknown unit {unit!r}", field="unit", allowed=sorted(self.units))
@@ -966,6 +993,10 @@ class Ledger:
         )
         if unit is not None:
             stmt = stmt.where(accounts.c.unit == unit)
+        if blocked is not None:
+            if not isinstance(blocked, bool):
+                raise InvalidInput("blocked must be true or false", field="blocked")
+            stmt = stmt.where(accounts.c.blocked == blocked)
         if cursor is not None:
             stmt = stmt.where(accounts.c.id > _decode_account_cursor(cursor))
         with self.db.transaction(write=False) as conn:
@@ -979,6 +1010,7 @@ class Ledger:
                 ).model_dump(),
                 monthly_allocation=r.monthly_allocation,
                 timezone=r.timezone,
+                blocked=bool(r.blocked),
                 created_at=r.created_at,
             )
             for r in rows[:limit]
@@ -1006,6 +1038,7 @@ class Ledger:
                 accounts.c.unit,
                 accounts.c.overdraft_limit,
                 accounts.c.timezone,
+                accounts.c.blocked,
                 units.c.scale,
             )
             .join(units, units.c.code == accounts.c.unit)
@@ -1014,7 +1047,13 @@ class Ledger:
         if row is None:
             raise NotFound(f"no account '{account_id}'", field="account_id")
         return _Wallet(
-            row.id, row.external_id, row.unit, row.scale, row.overdraft_limit, row.timezone
+            row.id,
+            row.external_id,
+            row.unit,
+            row.scale,
+            row.overdraft_limit,
+            row.timezone,
+            blocked=bool(row.blocked),
         )
 
     # --------------------------------------------------------------- top-ups, adjustments
@@ -1149,8 +1188,9 @@ class Ledger:
 
     # ------------------------------------------------------------------ authorizations
 
-    def affordability(self, account_id: str, quote: Quote) -> tuple[bool, int]:
-        """Whether the wallet covers ``quote.max_cost`` now, and its available credits.
+    def affordability(self, account_id: str, quote: Quote) -> tuple[bool, int, bool]:
+        """Whether the wallet covers ``quote.max_cost`` now, its available credits, and
+        whether it is blocked (then nothing is affordable).
 
         Advisory (no lock, nothing held): ``authorize`` decides.
         """
@@ -1158,7 +1198,8 @@ class Ledger:
             wallet = self._wallet(conn, account_id)
             self._check_unit(quote, wallet)
             view = self._balance_view(conn, wallet)
-        return view.debt == 0 and view.available >= quote.max_cost, view.available
+        covered = view.debt == 0 and view.available >= quote.max_cost
+        return covered and not wallet.blocked, view.available, wallet.blocked
 
     def quote(self, request: Mapping[str, Any], *, at: datetime | None = None) -> Quote:
         """Price a request with the catalog versions in force now (or at ``at``, to see
@@ -1174,8 +1215,9 @@ class Ledger:
         """Lock the wallet, replay a stored result, or check that ``needed`` is available.
 
         Returns the stored result, or (wallet, its live grants, available). Grants past
-        due expire first: expired credits are never spendable. Raises InsufficientCredits
-        when available is short or the wallet is in debt.
+        due expire first: expired credits are never spendable. Raises AccountBlocked when
+        the wallet is blocked, InsufficientCredits when available is short or the wallet
+        is in debt.
         """
         wallet, (replay, grant_rows) = self._lock_wallet_with(
             w.store,
@@ -1187,6 +1229,11 @@ class Ledger:
         if stored is not None:
             return stored
         self._check_unit(quote, wallet)
+        if wallet.blocked:
+            raise AccountBlocked(
+                f"account '{wallet.external_id}' is blocked: no new authorizations or charges",
+                field="account_id",
+            )
         live, expired = self._live_grants(w.conn, wallet, w.now, grant_rows)
         balance = wallet.balance - expired
         available = kernel.available(balance, wallet.pending, wallet.overdraft_limit)

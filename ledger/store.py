@@ -72,7 +72,7 @@ class Sql:
 
 _WALLET_COLUMNS = (
     "SELECT a.id, a.external_id, a.unit, u.scale, a.overdraft_limit, a.timezone, a.balance, "
-    "a.pending FROM accounts a JOIN units u ON u.code = a.unit "
+    "a.pending, a.blocked FROM accounts a JOIN units u ON u.code = a.unit "
 )
 LOCK_WALLET = Sql(
     _WALLET_COLUMNS + "WHERE a.external_id = :external_id AND a.kind = 'wallet'",

@@ -74,10 +74,14 @@ async def list_accounts(
     cursor: CursorQuery = None,
     limit: LimitQuery = 50,
     unit: Annotated[str | None, Query(max_length=16)] = None,
+    blocked: bool | None = None,
 ) -> AccountPagePublic:
-    """Every wallet (of one ``unit``, if given) in the order they were opened, with its
-    balances: pass ``next_cursor`` for the next page. Admin and service keys."""
-    page = await run_in_threadpool(services.ledger.accounts, cursor=cursor, limit=limit, unit=unit)
+    """Every wallet (of one ``unit``, only the blocked or the unblocked ones, if given) in
+    the order they were opened, with its balances: pass ``next_cursor`` for the next page.
+    Admin and service keys."""
+    page = await run_in_threadpool(
+        services.ledger.accounts, cursor=cursor, limit=limit, unit=unit, blocked=blocked
+    )
     return AccountPagePublic(
         items=[_summary(item) for item in page.items], next_cursor=page.next_cursor
     )
@@ -92,8 +96,10 @@ async def read_account(id: str, caller: Caller, services: ServicesDep) -> Accoun
 
 @router.patch("/accounts/{id}", response_model=AccountPublic, responses=_ERRORS)
 async def update_account(id: str, body: AccountUpdate, call: AdminCall) -> AccountPublic:
-    """Change a wallet's overdraft limit (at once) or monthly allocation (from the next
-    period; null stops it). Each change is kept: ``GET /v1/accounts/{id}/changes``."""
+    """Change a wallet's overdraft limit (at once), monthly allocation (from the next
+    period; null stops it), or block it (at once: new authorizations and charges are 403
+    ``account_blocked``; its pending holds still capture, void and extend; it can still be
+    topped up) and unblock it. Each change is kept: ``GET /v1/accounts/{id}/changes``."""
     given = body.model_fields_set
 
     def setting(name: str) -> Any:
@@ -106,6 +112,7 @@ async def update_account(id: str, body: AccountUpdate, call: AdminCall) -> Accou
             idempotency_key=call.key,
             overdraft_limit=setting("overdraft_limit"),
             monthly_allocation=setting("monthly_allocation"),
+            blocked=setting("blocked"),
             reason=body.reason,
         )
     )

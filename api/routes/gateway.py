@@ -47,10 +47,12 @@ async def create_estimate(
     if body.account_id is None:
         return public
     ensure_own(caller, body.account_id)
-    affordable, available = await run_in_threadpool(
+    affordable, available, blocked = await run_in_threadpool(
         services.ledger.affordability, body.account_id, quote
     )
-    return public.model_copy(update={"affordable": affordable, "credits_balance": available})
+    return public.model_copy(
+        update={"affordable": affordable, "credits_balance": available, "blocked": blocked}
+    )
 
 
 @router.post("/authorizations", status_code=201, response_model=HoldView, responses=_PAYING)

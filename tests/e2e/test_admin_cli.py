@@ -92,6 +92,27 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     assert "…" not in narrow.stdout, narrow.stdout
 
 
+def test_account_block_and_unblock(env: dict[str, str]) -> None:
+    for wallet in ("acme", "zeta"):
+        assert run("account", "create", wallet, "--unit", "credit", env=env).returncode == 0
+    blocked = run("account", "update", "acme", "--block", "--reason", "fraud", env=env)
+    assert blocked.returncode == 0, blocked.stderr
+    assert "no new authorizations or charges" in blocked.stdout
+    listed = json.loads(run("account", "list", "--blocked", "--json", env=env).stdout)
+    assert [(a["account_id"], a["blocked"]) for a in listed["items"]] == [("acme", True)]
+    table = run("account", "list", "--unblocked", env=env).stdout
+    assert "zeta" in table
+    assert "acme" not in table
+    unblocked = run("account", "update", "acme", "--unblock", "--json", env=env)
+    assert json.loads(unblocked.stdout)["blocked"] is False
+    history = run("account", "changes", "acme", env=env).stdout
+    rows = [[c.strip() for c in line.split("│")] for line in history.splitlines()]
+    assert [row[2:5] for row in rows if "blocked" in row] == [
+        ["blocked", "yes", "no"],
+        ["blocked", "no", "yes"],
+    ]
+
+
 @pytest.mark.parametrize(
     ("args", "code", "field"),
     [

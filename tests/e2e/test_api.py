@@ -245,7 +245,7 @@ def test_an_estimate_at_a_past_instant_uses_the_catalog_versions_then(api: Api) 
     assert then["catalog_version"] != now["catalog_version"]
     assert then == estimate(
         f.cosmic_image(), datetime(2025, 6, 1, tzinfo=UTC), catalogs=api.ledger.catalogs
-    ).to_dict() | {"affordable": None, "credits_balance": None}
+    ).to_dict() | {"affordable": None, "credits_balance": None, "blocked": None}
     user = api.wallet("then", "token")
     for body, field in (
         ({"at": "2024-01-01T00:00:00Z"}, "at"),  # before the catalog's first version
@@ -482,6 +482,74 @@ def test_a_wallets_overdraft_and_allocation_change_and_each_change_is_kept(
     same = api.call("PATCH", f"/v1/accounts/{user}", body={"overdraft_limit": 40})
     assert same.status_code == 200
     assert len(api.get(f"/v1/accounts/{user}/changes").json()["items"]) == 4
+
+
+def test_a_blocked_wallet_is_refused_new_spending_but_settles_what_it_holds(api: Api) -> None:
+    user = api.wallet("abuser", "credit", topup=1000)
+    other = api.wallet("bystander", "credit", topup=1000)
+    held = [authorize(api, user, VEO_FAST, idempotency_key=f"before-{n}") for n in range(3)]
+    assert [h.status_code for h in held] == [201, 201, 201]
+    block = {"blocked": True, "reason": "chargeback"}
+    r = api.call("PATCH", f"/v1/accounts/{user}", body=block, idempotency_key="block-1")
+    assert r.status_code == 200, r.text
+    assert (r.json()["blocked"], r.json()["pending"], r.json()["available"]) == (True, 720, 280)
+    again = api.call("PATCH", f"/v1/accounts/{user}", body=block, idempotency_key="block-1")
+    assert again.json() == r.json()
+
+    # New spending is refused, and the refusal changes nothing.
+    before = api.balance(user)
+    image = f.request("veo3", "image", prompt="x")
+    for refused in (
+        authorize(api, user, image),
+        api.post("/v1/charges", {"account_id": user, **image}, as_key="service"),
+    ):
+        assert refused.status_code == 403, refused.text
+        assert (refused.json()["error"], refused.json()["field"]) == (
+            "account_blocked",
+            "account_id",
+        )
+    assert api.balance(user) == before
+    assert authorize(api, other, image).status_code == 201  # only this wallet
+    # A request made before the block replays as it was; it is not a new one.
+    replay = authorize(api, user, VEO_FAST, idempotency_key="before-0")
+    assert (replay.status_code, replay.json()["id"]) == (201, held[0].json()["id"])
+    quote = api.post("/v1/estimates", {**image, "account_id": user}, as_key="service").json()
+    assert (quote["affordable"], quote["blocked"], quote["credits_balance"]) == (False, True, 280)
+    fine = api.post("/v1/estimates", {**image, "account_id": other}, as_key="service").json()
+    assert (fine["affordable"], fine["blocked"]) == (True, False)
+
+    # What it already holds still settles: the provider did the work.
+    first, second, third = (h.json()["id"] for h in held)
+    r = api.post(f"/v1/authorizations/{first}/capture", {"status": "COMPLETED"}, as_key="service")
+    assert (r.status_code, r.json()["charged"]) == (200, 240), r.text
+    r = api.post(f"/v1/authorizations/{second}/extend", {"ttl_seconds": 600}, as_key="service")
+    assert r.status_code == 200, r.text
+    assert api.post(f"/v1/authorizations/{third}/void", as_key="service").status_code == 200
+    assert api.post(f"/v1/accounts/{user}/topups", {"amount": 100}).status_code == 201
+    mine = api.get(f"/v1/accounts/{user}", as_key=api.customer(user)).json()
+    assert (mine["blocked"], mine["balance"], mine["pending"]) == (True, 860, 240)
+
+    listed = api.get("/v1/accounts", params={"blocked": "true"}, as_key="service").json()
+    assert [a["id"] for a in listed["items"]] == [user]
+    assert [a["blocked"] for a in listed["items"]] == [True]
+    unblocked = api.get("/v1/accounts", params={"blocked": "false"}).json()["items"]
+    assert user not in [a["id"] for a in unblocked]
+    assert other in [a["id"] for a in unblocked]
+    bad = api.get("/v1/accounts", params={"blocked": "maybe"})
+    assert (bad.status_code, bad.json()["field"]) == (422, "blocked"), bad.text
+
+    assert (
+        api.call("PATCH", f"/v1/accounts/{user}", body=block, as_key="service").status_code == 403
+    )
+
+    r = api.call("PATCH", f"/v1/accounts/{user}", body={"blocked": False, "reason": "paid"})
+    assert (r.status_code, r.json()["blocked"]) == (200, False)
+    assert authorize(api, user, image).status_code == 201
+    history = api.get(f"/v1/accounts/{user}/changes", as_key=api.customer(user)).json()["items"]
+    assert [(c["setting"], c["old_value"], c["new_value"], c["reason"]) for c in history] == [
+        ("blocked", True, False, "paid"),
+        ("blocked", False, True, "chargeback"),
+    ]
 
 
 def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:

@@ -237,6 +237,9 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
             ("limit -1", {"overdraft_limit": -1}, "overdraft_limit"),
             ("allocation 0", {"monthly_allocation": 0}, "monthly_allocation"),
             ("empty reason", {"overdraft_limit": 1, "reason": ""}, "reason"),
+            ("null blocked", {"blocked": None}, "blocked"),
+            ("blocked as text", {"blocked": "true"}, "blocked"),
+            ("blocked as 0", {"blocked": 0}, "blocked"),
         )
     ),
     # The wallet holds credits: balance plus limit would pass 2^63 - 1.

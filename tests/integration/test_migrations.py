@@ -115,3 +115,69 @@ def test_pending_holds_can_use_their_partial_index_in_any_plan(empty: Database) 
         plan = " ".join(str(row[-1]) for row in rows)
         conn.rollback()
     assert "ix_holds_pending_expires" in plan, plan
+
+
+def test_blocked_wallets_migrate_up_and_down_keeping_the_rest(empty: Database) -> None:
+    """0010 adds ``accounts.blocked`` (false for the wallets already there) and ``blocked``
+    to the settings whose changes are kept; down again it forgets only those changes.
+    SQLite copies ``account_changes`` to change its CHECK: its index must come along, and
+    the triggers of ``accounts`` (0006) must survive both ways."""
+    empty.migrate("0009")
+    now = "2026-11-22 10:00:00"
+    change = (
+        "INSERT INTO account_changes (id, account_id, setting, old_value, new_value, changed_at) "
+        "VALUES (:id, 1, :setting, 0, 1, :now)"
+    )
+    with empty.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO units (code, scale) VALUES ('credit', 0)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO accounts (id, external_id, kind, unit, overdraft_limit, timezone, "
+                "balance, pending, created_at) VALUES (1, 'old', 'wallet', 'credit', 0, 'UTC', "
+                "0, 0, :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(sa.text(change), {"id": "c1", "setting": "overdraft_limit", "now": now})
+
+    def refused(setting: str) -> bool:
+        try:
+            with empty.engine.begin() as conn:
+                conn.execute(
+                    sa.text(change), {"id": f"x-{setting}", "setting": setting, "now": now}
+                )
+        except sa.exc.IntegrityError:
+            return True
+        with empty.engine.begin() as conn:
+            conn.execute(sa.text("DELETE FROM account_changes WHERE id LIKE 'x-%'"))
+        return False
+
+    def triggers() -> set[str]:
+        if not empty.is_sqlite:
+            return set()
+        with empty.engine.connect() as conn:
+            rows = conn.exec_driver_sql(
+                "SELECT name FROM sqlite_master WHERE type = 'trigger' AND tbl_name = 'accounts'"
+            )
+            return {str(r[0]) for r in rows}
+
+    before = triggers()
+    assert refused("blocked")
+    empty.migrate()
+    with empty.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT blocked FROM accounts")).scalar_one() in (False, 0)
+        indexes = {i["name"] for i in sa.inspect(conn).get_indexes("account_changes")}
+    assert "ix_account_changes_account" in indexes
+    assert triggers() == before
+    assert not refused("blocked")
+    assert refused("bogus")
+    with empty.engine.begin() as conn:
+        conn.execute(sa.text(change), {"id": "c2", "setting": "blocked", "now": now})
+    empty.downgrade("0009")
+    with empty.engine.connect() as conn:
+        kept = conn.execute(sa.text("SELECT id FROM account_changes")).scalars().all()
+        columns = {c["name"] for c in sa.inspect(conn).get_columns("accounts")}
+    assert kept == ["c1"]
+    assert "blocked" not in columns
+    assert triggers() == before
+    assert refused("blocked")

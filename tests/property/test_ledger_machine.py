@@ -33,6 +33,7 @@ from hypothesis.stateful import (
 
 from ledger.db import Database
 from ledger.errors import (
+    AccountBlocked,
     AlreadyReversed,
     HoldNotPending,
     InsufficientCredits,
@@ -70,6 +71,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.pending: dict[str, int] = {}
         self.overdraft = 0
         self.allocation: int | None = None
+        self.blocked = False
         self.allocated: set[str] = set()  # the periods whose allocation was granted
         self.max_tokens: dict[str, int] = {}  # of each text hold's request
         self.excused = False  # available may be negative (overage, or expiry under holds)
@@ -145,6 +147,11 @@ class LedgerMachine(RuleBasedStateMachine):
         request = REQUESTS[kind](size)
         available = self.balance - sum(self.pending.values()) + self.overdraft
         key = self.key()
+        if self.blocked:
+            self.rejected(
+                lambda: self.ledger.authorize(W, request, idempotency_key=key), AccountBlocked
+            )
+            return multiple()
         try:
             hold = self.ledger.authorize(W, request, idempotency_key=key)
         except InsufficientCredits:
@@ -243,6 +250,11 @@ class LedgerMachine(RuleBasedStateMachine):
     def charge(self, kind: str, size: int) -> Any:
         request = REQUESTS[kind](size)
         key = self.key()
+        if self.blocked:
+            self.rejected(
+                lambda: self.ledger.charge(W, request, idempotency_key=key), AccountBlocked
+            )
+            return multiple()
         try:
             done = self.ledger.charge(W, request, idempotency_key=key)
         except InsufficientCredits:
@@ -332,6 +344,19 @@ class LedgerMachine(RuleBasedStateMachine):
         assert (view.overdraft_limit, view.monthly_allocation) == (self.overdraft, self.allocation)
         if view.available < 0:  # a limit lowered below what is already used
             self.excused = True
+
+    @rule(blocked=st.sampled_from([False, False, True]))
+    def block(self, blocked: bool) -> None:
+        """Block or unblock: new authorizations and charges are refused while blocked;
+        holds already open still capture, void and extend."""
+        key = self.key()
+
+        def call() -> Any:
+            return self.ledger.update_account(W, idempotency_key=key, blocked=blocked)
+
+        view = self.remember(call, call())
+        self.blocked = blocked
+        assert view.blocked is blocked
 
     @precondition(lambda self: bool(self.replays))
     @rule(data=st.data())
