@@ -387,6 +387,9 @@ def _show_account(view: AccountView, as_json: bool, title: str) -> None:
             ("id", view.account_id),
             *_money_rows(view),
             ("monthly allocation", view.monthly_allocation),
+            ("monthly spend limit", view.monthly_spend_limit),
+            ("spent this month", view.spent_this_month),
+            ("spend remaining", view.spend_remaining),
             ("timezone", view.timezone),
             ("blocked", "yes: no new authorizations or charges" if view.blocked else "no"),
         ],
@@ -451,6 +454,10 @@ def account_create(
         int | None, typer.Option(help="Minor units granted each month.")
     ] = None,
     timezone: Annotated[str, typer.Option(help="IANA zone of the account's months.")] = "UTC",
+    monthly_spend_limit: Annotated[
+        int | None,
+        typer.Option(help="Minor units it may spend per month (charged and held)."),
+    ] = None,
     idempotency_key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
@@ -463,6 +470,7 @@ def account_create(
             overdraft_limit=overdraft_limit,
             monthly_allocation=monthly_allocation,
             timezone=timezone,
+            monthly_spend_limit=monthly_spend_limit,
         )
     _show_account(view, as_json, f"account {view.account_id} opened")
 
@@ -490,6 +498,12 @@ def account_update(
     no_monthly_allocation: Annotated[
         bool, typer.Option("--no-monthly-allocation", help="Stop the monthly allocation.")
     ] = False,
+    monthly_spend_limit: Annotated[
+        int | None, typer.Option(help="The new monthly spend limit; at once.")
+    ] = None,
+    no_monthly_spend_limit: Annotated[
+        bool, typer.Option("--no-monthly-spend-limit", help="Remove the monthly spend limit.")
+    ] = False,
     block: Annotated[
         bool | None,
         typer.Option(
@@ -502,26 +516,17 @@ def account_update(
     idempotency_key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a wallet's overdraft limit or monthly allocation, or block or unblock it
-    (each change is kept)."""
-    if no_monthly_allocation and monthly_allocation is not None:
-        _fail(
-            {
-                "error": "invalid_request",
-                "field": "monthly-allocation",
-                "message": "give --monthly-allocation or --no-monthly-allocation, not both",
-            },
-            EXIT_INVALID,
-        )
-    allocation: int | None | Unset = UNSET
-    if no_monthly_allocation or monthly_allocation is not None:
-        allocation = monthly_allocation
+    """Change a wallet's overdraft limit, monthly allocation or monthly spend limit, or
+    block or unblock it (each change is kept)."""
+    allocation = _either(monthly_allocation, no_monthly_allocation, "monthly-allocation")
+    spend_limit = _either(monthly_spend_limit, no_monthly_spend_limit, "monthly-spend-limit")
     with _open_ledger() as ledger:
         view = ledger.update_account(
             account_id,
             idempotency_key=_key(idempotency_key),
             overdraft_limit=UNSET if overdraft_limit is None else overdraft_limit,
             monthly_allocation=allocation,
+            monthly_spend_limit=spend_limit,
             blocked=UNSET if block is None else block,
             reason=reason,
         )
@@ -554,6 +559,20 @@ def account_changes(
             for c in page.items
         ),
     )
+
+
+def _either(value: int | None, remove: bool, option: str) -> int | None | Unset:
+    """A setting from ``--option N`` or ``--no-option`` (None: remove it), or UNSET."""
+    if remove and value is not None:
+        _fail(
+            {
+                "error": "invalid_request",
+                "field": option,
+                "message": f"give --{option} or --no-{option}, not both",
+            },
+            EXIT_INVALID,
+        )
+    return value if remove or value is not None else UNSET
 
 
 def _setting_text(value: bool | int | None) -> str:

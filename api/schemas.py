@@ -156,6 +156,11 @@ class AccountCreate(_Request):
     overdraft_limit: NonNegativeAmount = 0
     monthly_allocation: Amount | None = None
     timezone: Annotated[str, Field(min_length=1, max_length=64)] = "UTC"
+    monthly_spend_limit: NonNegativeAmount | None = Field(
+        default=None,
+        description="The most the wallet may spend per month (in its timezone): what "
+        "captures and charges debited plus its open holds; null: no limit.",
+    )
 
 
 class AccountUpdate(_Request):
@@ -173,6 +178,11 @@ class AccountUpdate(_Request):
         default=None,
         description="true: refuse new authorizations and charges at once (403 "
         "account_blocked); false: allow them again.",
+    )
+    monthly_spend_limit: NonNegativeAmount | None = Field(
+        default=None,
+        description="The new monthly spend limit, at once (this month's spending counts); "
+        "null removes it.",
     )
     reason: Reason | None = Field(default=None, description="Why, kept with the change.")
 
@@ -245,6 +255,9 @@ class EstimatePublic(QuotePublic):
     credits_balance: int | None = None
     #: With ``account_id``: the wallet is blocked (then nothing is affordable).
     blocked: bool | None = None
+    #: With ``account_id``: what the wallet's monthly spend limit leaves this period
+    #: (null: no limit).
+    spend_remaining: int | None = None
 
 
 class _Money(BaseModel):
@@ -299,6 +312,8 @@ class UsagePublic(BaseModel):
 
 class AccountSummaryPublic(_Money):
     monthly_allocation: int | None
+    #: The most it may spend per month (captures, charges, open holds); null: no limit.
+    monthly_spend_limit: int | None
     timezone: str
     #: Refused new authorizations and charges (403 account_blocked).
     blocked: bool
@@ -306,6 +321,11 @@ class AccountSummaryPublic(_Money):
 
 
 class AccountPublic(AccountSummaryPublic):
+    #: What captures and charges debited it this month (in its timezone); null only in
+    #: a response replayed from before spend limits.
+    spent_this_month: int | None
+    #: What its spend limit leaves this month after its open holds; null: no limit.
+    spend_remaining: int | None
     grants: list[GrantView]
 
 
@@ -334,10 +354,17 @@ class ErrorPublic(BaseModel):
 
 
 class InsufficientCreditsPublic(ErrorPublic):
+    """402: ``insufficient_credits``, or ``spend_limit_reached`` with the spend fields."""
+
     credits_needed: int
     credits_balance: int
     unit: str
     scale: int
+    #: spend_limit_reached: the wallet's monthly spend limit, what it leaves, and when
+    #: the month ends (the next starts).
+    spend_limit: int | None = None
+    spend_remaining: int | None = None
+    resets_at: datetime | None = None
 
 
 __all__ = [

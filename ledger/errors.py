@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from pricing.errors import DomainError
@@ -54,6 +55,43 @@ class InsufficientCredits(LedgerError):
             "credits_balance": self.available,
             "unit": self.unit,
             "scale": self.scale,
+        }
+
+
+class SpendLimitReached(InsufficientCredits):
+    """The wallet's monthly spend limit would be passed: of ``limit``, ``remaining`` is
+    left until ``resets_at`` (the next period's start), and ``needed`` is more. A 402
+    like insufficient credits, told apart by its code."""
+
+    code = "spend_limit_reached"
+
+    def __init__(
+        self,
+        needed: int,
+        available: int,
+        unit: str,
+        scale: int,
+        *,
+        limit: int,
+        remaining: int,
+        resets_at: datetime,
+    ) -> None:
+        super().__init__(needed, available, unit, scale)
+        self.message = (
+            f"Monthly spend limit reached. Need {needed}, {remaining} of {limit} left "
+            f"until {resets_at.isoformat().replace('+00:00', 'Z')}"
+        )
+        self.args = (self.message,)
+        self.limit = limit
+        self.remaining = remaining
+        self.resets_at = resets_at
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "spend_limit": self.limit,
+            "spend_remaining": self.remaining,
+            "resets_at": self.resets_at.isoformat().replace("+00:00", "Z"),
         }
 
 

@@ -244,6 +244,14 @@ def period_bounds(period: str, timezone: str) -> tuple[datetime, datetime]:
     return start.astimezone(UTC), end.astimezone(UTC)
 
 
+def period_days(period: str) -> tuple[str, str]:
+    """The local dates of a period's first day and of the next period's first day, as the
+    daily rollups name days: a period's days are ``first <= day < after``."""
+    year, month = (int(part) for part in period.split("-"))
+    next_year, next_month = (year + 1, 1) if month == 12 else (year, month + 1)
+    return f"{year:04d}-{month:02d}-01", f"{next_year:04d}-{next_month:02d}-01"
+
+
 def day_of(instant: datetime, timezone: str) -> str:
     """The local date ("2026-11-21") of an instant, for daily rollups."""
     return instant.astimezone(ZoneInfo(timezone)).date().isoformat()

@@ -105,6 +105,10 @@ class Account(SQLModel, table=True):
         sa.CheckConstraint(
             "monthly_allocation IS NULL OR monthly_allocation > 0", name="ck_accounts_allocation"
         ),
+        sa.CheckConstraint(
+            "monthly_spend_limit IS NULL OR monthly_spend_limit >= 0",
+            name="ck_accounts_spend_limit",
+        ),
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -117,6 +121,9 @@ class Account(SQLModel, table=True):
     overdraft_limit: int = money()
     #: Minor units granted at each period start (in ``timezone``), or NULL.
     monthly_allocation: int | None = money(nullable=True, default=None)
+    #: Minor units the wallet may spend per period (in ``timezone``): what captures and
+    #: charges debited this period plus its open holds; NULL: no limit.
+    monthly_spend_limit: int | None = money(nullable=True, default=None)
     timezone: str = Field(default="UTC", max_length=64)
     #: A blocked wallet is refused new authorizations and charges (403); what it already
     #: holds can still be captured or voided, and it can still be topped up.
@@ -374,13 +381,13 @@ class AllocationPeriod(SQLModel, table=True):
 
 #: The settings of a wallet that can change after it was opened. Its unit and timezone
 #: cannot: its amounts, periods and daily rollups are counted and cut in them.
-ACCOUNT_SETTINGS = ("overdraft_limit", "monthly_allocation", "blocked")
+ACCOUNT_SETTINGS = ("overdraft_limit", "monthly_allocation", "blocked", "monthly_spend_limit")
 
 
 class AccountChange(SQLModel, table=True):
     """A change of a wallet's setting (its overdraft limit, its monthly allocation, whether
-    it is blocked): from what to what, why, and when. Written with the change, never
-    updated."""
+    it is blocked, its monthly spend limit): from what to what, why, and when. Written with
+    the change, never updated."""
 
     __tablename__ = "account_changes"
     __table_args__ = (
@@ -391,7 +398,8 @@ class AccountChange(SQLModel, table=True):
     id: str = Field(primary_key=True, max_length=32)
     account_id: int = Field(foreign_key="accounts.id")
     setting: str = Field(max_length=32)
-    #: Minor units before and after; null: no monthly allocation; ``blocked``: 0 or 1.
+    #: Minor units before and after; null: no monthly allocation or spend limit;
+    #: ``blocked``: 0 or 1.
     old_value: int | None = money(nullable=True, default=None)
     new_value: int | None = money(nullable=True, default=None)
     reason: str | None = Field(default=None, max_length=500)

@@ -47,6 +47,9 @@ class AccountSummary(BalanceView):
     """A wallet without its grants (as listed)."""
 
     monthly_allocation: int | None
+    #: Minor units it may spend per period (captures, charges, open holds); None: no
+    #: limit. Default: results stored for replay before wallets had spend limits.
+    monthly_spend_limit: int | None = None
     timezone: str
     #: Refused new authorizations and charges (403 account_blocked). Default: results
     #: stored for replay before wallets could be blocked.
@@ -55,6 +58,10 @@ class AccountSummary(BalanceView):
 
 
 class AccountView(AccountSummary):
+    #: What captures and charges debited it this period (its month, in its timezone).
+    spent_this_month: int | None = None
+    #: What its spend limit leaves this period, after open holds; None: no limit.
+    spend_remaining: int | None = None
     grants: list[GrantView]
 
 

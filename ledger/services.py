@@ -43,6 +43,7 @@ from ledger.errors import (
     InvalidInput,
     NotFound,
     NotReversible,
+    SpendLimitReached,
 )
 from ledger.kernel import Leg
 from ledger.models import (
@@ -322,6 +323,19 @@ class _Wallet:
     pending: int = 0
     #: Refused new authorizations and charges (SQLite reads it as 0 or 1).
     blocked: bool = False
+    #: Minor units it may spend per period (captures, charges and open holds), or None.
+    spend_limit: int | None = None
+
+
+@dataclass(frozen=True)
+class Affordability:
+    """What an estimate tells of a wallet: whether it could pay ``max_cost`` now."""
+
+    affordable: bool
+    available: int
+    blocked: bool
+    #: What the monthly spend limit leaves this period; None: no limit.
+    spend_remaining: int | None
 
 
 @dataclass(frozen=True)
@@ -802,6 +816,7 @@ class Ledger:
         overdraft_limit: int = 0,
         monthly_allocation: int | None = None,
         timezone: str = "UTC",
+        monthly_spend_limit: int | None = None,
     ) -> AccountView:
         """Open a customer wallet counted in ``unit``."""
         external = _text(account_id, "account_id")
@@ -814,6 +829,8 @@ class Ledger:
         _amount(overdraft_limit, "overdraft_limit", minimum=0)
         if monthly_allocation is not None:
             _amount(monthly_allocation, "monthly_allocation")
+        if monthly_spend_limit is not None:
+            _amount(monthly_spend_limit, "monthly_spend_limit", minimum=0)
         zone_problem = kernel.timezone_problem(timezone)
         if zone_problem is not None:
             raise InvalidInput(zone_problem, field="timezone")
@@ -824,6 +841,8 @@ class Ledger:
             "monthly_allocation": monthly_allocation,
             "timezone": timezone,
         }
+        if monthly_spend_limit is not None:  # a key used before spend limits still replays
+            payload["monthly_spend_limit"] = monthly_spend_limit
 
         def work(w: _Work) -> AccountView | dict[str, Any]:
             stored = w.replay()
@@ -839,6 +858,7 @@ class Ledger:
                             unit=unit,
                             overdraft_limit=overdraft_limit,
                             monthly_allocation=monthly_allocation,
+                            monthly_spend_limit=monthly_spend_limit,
                             timezone=timezone,
                             balance=0,
                             pending=0,
@@ -865,15 +885,19 @@ class Ledger:
         overdraft_limit: int | Unset = UNSET,
         monthly_allocation: int | None | Unset = UNSET,
         blocked: bool | Unset = UNSET,
+        monthly_spend_limit: int | None | Unset = UNSET,
         reason: str | None = None,
     ) -> AccountView:
-        """Change a wallet's overdraft limit, monthly allocation (None: none) or whether it
-        is blocked, and keep the change. A new limit applies at once: one below what the
-        wallet already owes leaves it in debt, which blocks new authorizations until it is
-        topped up. A new allocation applies from the next period (or from the next sweep,
-        in a period that had none). A blocked wallet is refused new authorizations and
-        charges at once; its pending holds can still be captured, voided or extended, and
-        it can still be topped up. The unit and the timezone are fixed at opening."""
+        """Change a wallet's overdraft limit, monthly allocation (None: none), whether it
+        is blocked or its monthly spend limit (None: none), and keep the change. A new
+        limit applies at once: one below what the wallet already owes leaves it in debt,
+        which blocks new authorizations until it is topped up. A new allocation applies
+        from the next period (or from the next sweep, in a period that had none). A
+        blocked wallet is refused new authorizations and charges at once; its pending
+        holds can still be captured, voided or extended, and it can still be topped up. A
+        new spend limit applies at once, to this period's spending too: one below what
+        was spent refuses new authorizations and charges until the next period. The unit
+        and the timezone are fixed at opening."""
         _text(account_id, "account_id")
         given = {
             name: value
@@ -881,6 +905,7 @@ class Ledger:
                 ("overdraft_limit", overdraft_limit),
                 ("monthly_allocation", monthly_allocation),
                 ("blocked", blocked),
+                ("monthly_spend_limit", monthly_spend_limit),
             )
             if value is not UNSET
         }
@@ -892,6 +917,8 @@ class Ledger:
             _amount(overdraft_limit, "overdraft_limit", minimum=0)
         if given.get("monthly_allocation") is not None:
             _amount(monthly_allocation, "monthly_allocation")
+        if given.get("monthly_spend_limit") is not None:
+            _amount(monthly_spend_limit, "monthly_spend_limit", minimum=0)
         if "blocked" in given and not isinstance(blocked, bool):
             raise InvalidInput(
                 "blocked must be true or false", field="blocked", allowed=[True, False]
@@ -964,9 +991,14 @@ class Ledger:
     def _account_view(self, conn: Connection, wallet: _Wallet) -> AccountView:
         row = conn.execute(sa.select(accounts).where(accounts.c.id == wallet.id)).one()
         money = self._balance_view(conn, wallet)
+        spent = self._spent(conn, wallet, self._now())[0]
+        limit = row.monthly_spend_limit
         return AccountView(
             **money.model_dump(),
             monthly_allocation=row.monthly_allocation,
+            monthly_spend_limit=limit,
+            spent_this_month=spent,
+            spend_remaining=None if limit is None else max(0, limit - spent - money.pending),
             timezone=row.timezone,
             blocked=bool(row.blocked),
             created_at=row.created_at,
@@ -1009,6 +1041,7 @@ class Ledger:
                     int(r.pending),
                 ).model_dump(),
                 monthly_allocation=r.monthly_allocation,
+                monthly_spend_limit=r.monthly_spend_limit,
                 timezone=r.timezone,
                 blocked=bool(r.blocked),
                 created_at=r.created_at,
@@ -1039,6 +1072,7 @@ class Ledger:
                 accounts.c.overdraft_limit,
                 accounts.c.timezone,
                 accounts.c.blocked,
+                accounts.c.monthly_spend_limit,
                 units.c.scale,
             )
             .join(units, units.c.code == accounts.c.unit)
@@ -1054,6 +1088,7 @@ class Ledger:
             row.overdraft_limit,
             row.timezone,
             blocked=bool(row.blocked),
+            spend_limit=row.monthly_spend_limit,
         )
 
     # --------------------------------------------------------------- top-ups, adjustments
@@ -1188,9 +1223,9 @@ class Ledger:
 
     # ------------------------------------------------------------------ authorizations
 
-    def affordability(self, account_id: str, quote: Quote) -> tuple[bool, int, bool]:
-        """Whether the wallet covers ``quote.max_cost`` now, its available credits, and
-        whether it is blocked (then nothing is affordable).
+    def affordability(self, account_id: str, quote: Quote) -> Affordability:
+        """Whether the wallet covers ``quote.max_cost`` now: its available credits, whether
+        it is blocked, and what its spend limit leaves this period.
 
         Advisory (no lock, nothing held): ``authorize`` decides.
         """
@@ -1198,8 +1233,22 @@ class Ledger:
             wallet = self._wallet(conn, account_id)
             self._check_unit(quote, wallet)
             view = self._balance_view(conn, wallet)
-        covered = view.debt == 0 and view.available >= quote.max_cost
-        return covered and not wallet.blocked, view.available, wallet.blocked
+            room = None
+            if wallet.spend_limit is not None:
+                wallet = dataclasses.replace(wallet, pending=view.pending)
+                room = self._spend_room(conn, wallet, self._now())[0]
+        affordable = (
+            view.debt == 0
+            and view.available >= quote.max_cost
+            and not wallet.blocked
+            and (room is None or room >= quote.max_cost)
+        )
+        return Affordability(
+            affordable=affordable,
+            available=view.available,
+            blocked=wallet.blocked,
+            spend_remaining=None if room is None else max(0, room),
+        )
 
     def quote(self, request: Mapping[str, Any], *, at: datetime | None = None) -> Quote:
         """Price a request with the catalog versions in force now (or at ``at``, to see
@@ -1217,7 +1266,8 @@ class Ledger:
         Returns the stored result, or (wallet, its live grants, available). Grants past
         due expire first: expired credits are never spendable. Raises AccountBlocked when
         the wallet is blocked, InsufficientCredits when available is short or the wallet
-        is in debt.
+        is in debt, SpendLimitReached when ``needed`` is more than its spend limit leaves
+        this period.
         """
         wallet, (replay, grant_rows) = self._lock_wallet_with(
             w.store,
@@ -1239,7 +1289,39 @@ class Ledger:
         available = kernel.available(balance, wallet.pending, wallet.overdraft_limit)
         if available < needed or kernel.debt(balance, wallet.overdraft_limit) > 0:
             raise InsufficientCredits(needed, available, wallet.unit, wallet.scale)
+        if wallet.spend_limit is not None:
+            room, resets_at = self._spend_room(w.conn, wallet, w.now)
+            if needed > room:
+                raise SpendLimitReached(
+                    needed,
+                    available,
+                    wallet.unit,
+                    wallet.scale,
+                    limit=wallet.spend_limit,
+                    remaining=max(0, room),
+                    resets_at=resets_at,
+                )
         return wallet, live, available
+
+    @staticmethod
+    def _spent(conn: Connection, wallet: _Wallet, now: datetime) -> tuple[int, datetime]:
+        """What captures and charges debited the wallet in the period of ``now`` (its
+        calendar month, in its timezone), and when that period ends."""
+        period = kernel.period_of(now, wallet.timezone)
+        first, after = kernel.period_days(period)
+        row = Store.of(conn).one(
+            sql.SPENT, {"account_id": wallet.id, "first": first, "after": after}
+        )
+        assert row is not None
+        return int(row[0]), kernel.period_bounds(period, wallet.timezone)[1]
+
+    def _spend_room(self, conn: Connection, wallet: _Wallet, now: datetime) -> tuple[int, datetime]:
+        """What the wallet may still hold or spend this period under its spend limit (its
+        limit less what it spent this period and its open holds; below zero after a
+        capture's overage), and when the period ends. Read under the wallet's lock."""
+        assert wallet.spend_limit is not None
+        spent, resets_at = self._spent(conn, wallet, now)
+        return wallet.spend_limit - spent - wallet.pending, resets_at
 
     @staticmethod
     def _check_unit(quote: Quote, wallet: _Wallet) -> None:

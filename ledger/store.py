@@ -72,7 +72,7 @@ class Sql:
 
 _WALLET_COLUMNS = (
     "SELECT a.id, a.external_id, a.unit, u.scale, a.overdraft_limit, a.timezone, a.balance, "
-    "a.pending, a.blocked FROM accounts a JOIN units u ON u.code = a.unit "
+    "a.pending, a.blocked, a.monthly_spend_limit FROM accounts a JOIN units u ON u.code = a.unit "
 )
 LOCK_WALLET = Sql(
     _WALLET_COLUMNS + "WHERE a.external_id = :external_id AND a.kind = 'wallet'",
@@ -168,6 +168,13 @@ UPSERT_FLOW = Sql(
     "ON CONFLICT (account_id, day, flow) DO UPDATE SET "
     "credits = daily_flows.credits + excluded.credits, "
     "debits = daily_flows.debits + excluded.debits, entries = daily_flows.entries + 1"
+)
+
+
+#: What captures and charges debited a wallet on the days ``first <= day < after``.
+SPENT = Sql(
+    "SELECT COALESCE(SUM(debits), 0) FROM daily_flows WHERE account_id = :account_id "
+    "AND day >= :first AND day < :after AND flow IN ('capture', 'charge')"
 )
 
 

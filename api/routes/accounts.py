@@ -63,6 +63,7 @@ async def create_account(body: AccountCreate, call: AdminCall) -> AccountPublic:
             overdraft_limit=body.overdraft_limit,
             monthly_allocation=body.monthly_allocation,
             timezone=body.timezone,
+            monthly_spend_limit=body.monthly_spend_limit,
         )
     )
 
@@ -97,7 +98,8 @@ async def read_account(id: str, caller: Caller, services: ServicesDep) -> Accoun
 @router.patch("/accounts/{id}", response_model=AccountPublic, responses=_ERRORS)
 async def update_account(id: str, body: AccountUpdate, call: AdminCall) -> AccountPublic:
     """Change a wallet's overdraft limit (at once), monthly allocation (from the next
-    period; null stops it), or block it (at once: new authorizations and charges are 403
+    period; null stops it), monthly spend limit (at once, this month's spending counts;
+    null removes it), or block it (at once: new authorizations and charges are 403
     ``account_blocked``; its pending holds still capture, void and extend; it can still be
     topped up) and unblock it. Each change is kept: ``GET /v1/accounts/{id}/changes``."""
     given = body.model_fields_set
@@ -113,6 +115,7 @@ async def update_account(id: str, body: AccountUpdate, call: AdminCall) -> Accou
             overdraft_limit=setting("overdraft_limit"),
             monthly_allocation=setting("monthly_allocation"),
             blocked=setting("blocked"),
+            monthly_spend_limit=setting("monthly_spend_limit"),
             reason=body.reason,
         )
     )

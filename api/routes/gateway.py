@@ -47,11 +47,14 @@ async def create_estimate(
     if body.account_id is None:
         return public
     ensure_own(caller, body.account_id)
-    affordable, available, blocked = await run_in_threadpool(
-        services.ledger.affordability, body.account_id, quote
-    )
+    wallet = await run_in_threadpool(services.ledger.affordability, body.account_id, quote)
     return public.model_copy(
-        update={"affordable": affordable, "credits_balance": available, "blocked": blocked}
+        update={
+            "affordable": wallet.affordable,
+            "credits_balance": wallet.available,
+            "blocked": wallet.blocked,
+            "spend_remaining": wallet.spend_remaining,
+        }
     )
 
 

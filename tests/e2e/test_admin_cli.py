@@ -92,9 +92,13 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     assert "…" not in narrow.stdout, narrow.stdout
 
 
-def test_account_block_and_unblock(env: dict[str, str]) -> None:
-    for wallet in ("acme", "zeta"):
-        assert run("account", "create", wallet, "--unit", "credit", env=env).returncode == 0
+def test_account_block_unblock_and_spend_limit(env: dict[str, str]) -> None:
+    assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
+    capped = ("account", "create", "zeta", "--unit", "credit", "--monthly-spend-limit", "500")
+    made = json.loads(run(*capped, "--json", env=env).stdout)
+    assert (made["monthly_spend_limit"], made["spend_remaining"]) == (500, 500)
+    lifted = run("account", "update", "zeta", "--no-monthly-spend-limit", "--json", env=env)
+    assert json.loads(lifted.stdout)["monthly_spend_limit"] is None
     blocked = run("account", "update", "acme", "--block", "--reason", "fraud", env=env)
     assert blocked.returncode == 0, blocked.stderr
     assert "no new authorizations or charges" in blocked.stdout
@@ -125,6 +129,11 @@ def test_account_block_and_unblock(env: dict[str, str]) -> None:
         (["account", "balance", "ghost"], 7, "account_id"),
         (["account", "update", "acme"], 2, "body"),
         (["account", "update", "acme", "--overdraft-limit", "-1"], 2, "overdraft_limit"),
+        (
+            ["account", "update", "acme", "--monthly-spend-limit", "5", "--no-monthly-spend-limit"],
+            2,
+            "monthly-spend-limit",
+        ),
         (
             ["account", "update", "acme", "--monthly-allocation", "5", "--no-monthly-allocation"],
             2,

@@ -245,7 +245,7 @@ def test_an_estimate_at_a_past_instant_uses_the_catalog_versions_then(api: Api) 
     assert then["catalog_version"] != now["catalog_version"]
     assert then == estimate(
         f.cosmic_image(), datetime(2025, 6, 1, tzinfo=UTC), catalogs=api.ledger.catalogs
-    ).to_dict() | {"affordable": None, "credits_balance": None, "blocked": None}
+    ).to_dict() | dict.fromkeys(("affordable", "credits_balance", "blocked", "spend_remaining"))
     user = api.wallet("then", "token")
     for body, field in (
         ({"at": "2024-01-01T00:00:00Z"}, "at"),  # before the catalog's first version
@@ -265,7 +265,9 @@ def test_wallets_are_listed_a_page_at_a_time(api: Api) -> None:
     assert first.status_code == 200, first.text
     body = first.json()
     assert [a["id"] for a in body["items"]] == ["alpha", "beta"]
-    assert body["items"][0] == {k: v for k, v in api.balance("alpha").items() if k != "grants"}
+    # A listed wallet is the wallet without its grants and this month's spending.
+    only_one = ("grants", "spent_this_month", "spend_remaining")
+    assert body["items"][0] == {k: v for k, v in api.balance("alpha").items() if k not in only_one}
     rest = api.get("/v1/accounts", params={"limit": 10, "cursor": body["next_cursor"]}).json()
     assert ([a["id"] for a in rest["items"]], rest["next_cursor"]) == (["gamma", "tokens"], None)
     only = api.get("/v1/accounts", params={"unit": "token"}, as_key="service").json()
@@ -550,6 +552,78 @@ def test_a_blocked_wallet_is_refused_new_spending_but_settles_what_it_holds(api:
         ("blocked", True, False, "paid"),
         ("blocked", False, True, "chargeback"),
     ]
+
+
+def test_a_monthly_spend_limit_caps_holds_and_charges_until_the_wallets_month_ends(
+    api: Api, clock: Clock
+) -> None:
+    body = {"id": "capped", "unit": "credit", "timezone": "Asia/Tokyo", "monthly_spend_limit": 1000}
+    r = api.post("/v1/accounts", body)
+    assert r.status_code == 201, r.text
+    assert (r.json()["monthly_spend_limit"], r.json()["spend_remaining"]) == (1000, 1000)
+    user = "capped"
+    assert api.post(f"/v1/accounts/{user}/topups", {"amount": 10_000}).status_code == 201
+    holds = [authorize(api, user, VEO_FAST).json()["id"] for _ in range(4)]  # 960 held
+
+    before = api.balance(user)
+    refused = authorize(api, user, VEO_FAST)
+    assert refused.status_code == 402, refused.text
+    assert refused.json() == {
+        "error": "spend_limit_reached",
+        "message": "Monthly spend limit reached. Need 240, 40 of 1000 left "
+        "until 2026-11-30T15:00:00Z",
+        "credits_needed": 240,
+        "credits_balance": 9_040,
+        "unit": "credit",
+        "scale": 0,
+        "spend_limit": 1000,
+        "spend_remaining": 40,
+        "resets_at": "2026-11-30T15:00:00Z",  # midnight of December 1 in Tokyo
+    }
+    assert api.balance(user) == before  # the refusal changed nothing
+    quote = api.post("/v1/estimates", {**VEO_FAST, "account_id": user}, as_key="service").json()
+    assert (quote["affordable"], quote["spend_remaining"]) == (False, 40)
+    image = f.request("veo3", "image", prompt="x")
+    assert authorize(api, user, image).status_code == 201  # 24 fits in 40
+
+    r = api.post(f"/v1/authorizations/{holds[0]}/capture", {"status": "COMPLETED"})
+    assert r.status_code == 200, r.text
+    assert api.post(f"/v1/authorizations/{holds[1]}/void").status_code == 200
+    charged = api.post("/v1/charges", {"account_id": user, **VEO_FAST}, as_key="service")
+    assert charged.status_code == 201, charged.text
+    again = api.post("/v1/charges", {"account_id": user, **VEO_FAST}, as_key="service")
+    assert (again.status_code, again.json()["error"]) == (402, "spend_limit_reached")
+    account = api.balance(user)
+    assert (account["spent_this_month"], account["pending"], account["spend_remaining"]) == (
+        480,
+        504,
+        16,
+    )
+
+    r = api.call("PATCH", f"/v1/accounts/{user}", body={"monthly_spend_limit": 2000})
+    assert (r.status_code, r.json()["spend_remaining"]) == (200, 1016)
+    assert authorize(api, user, VEO_FAST).status_code == 201
+    # The month ends at midnight in the wallet's timezone, not in UTC.
+    clock.advance(days=9, hours=2, minutes=59, seconds=59)
+    assert api.app.state.sweeper.run_once().holds_expired == 4  # 240 * 3 and 24
+    assert api.balance(user)["spent_this_month"] == 480
+    clock.advance(seconds=1)
+    december = api.balance(user)
+    assert (december["spent_this_month"], december["spend_remaining"]) == (0, 2000)
+    r = api.call("PATCH", f"/v1/accounts/{user}", body={"monthly_spend_limit": None})
+    assert (r.json()["monthly_spend_limit"], r.json()["spend_remaining"]) == (None, None)
+    history = api.get(f"/v1/accounts/{user}/changes").json()["items"]
+    assert [(c["setting"], c["old_value"], c["new_value"]) for c in history] == [
+        ("monthly_spend_limit", 2000, None),
+        ("monthly_spend_limit", 1000, 2000),
+    ]
+    for method, path, bad in (
+        ("POST", "/v1/accounts", {"id": "neg", "unit": "credit", "monthly_spend_limit": -1}),
+        ("PATCH", f"/v1/accounts/{user}", {"monthly_spend_limit": "100"}),
+        ("PATCH", f"/v1/accounts/{user}", {"monthly_spend_limit": 2**63}),
+    ):
+        r = api.call(method, path, body=bad)
+        assert (r.status_code, r.json()["field"]) == (422, "monthly_spend_limit"), r.text
 
 
 def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:

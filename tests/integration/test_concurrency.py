@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import threading
 from collections import Counter
 from collections.abc import Callable
@@ -68,6 +69,30 @@ def test_racing_charges_and_captures_never_overspend(ledger: Ledger) -> None:
     )
     view = ledger.balance("wallet")
     assert (view.balance, view.pending, view.available) == (0, 0, 0)
+
+
+def test_racing_spending_never_passes_the_monthly_spend_limit(ledger: Ledger) -> None:
+    """Plenty of credits, a limit of 7 videos a month: 2 captured, 2 held, and 28
+    authorizations and charges racing the 2 captures for the 3 that are left."""
+    ledger.open_account("capped", "credit", idempotency_key=key(), monthly_spend_limit=240 * 7)
+    ledger.top_up("capped", 100_000, idempotency_key=key())
+    holds = [ledger.authorize("capped", VEO_FAST, idempotency_key=key()) for _ in range(4)]
+    calls: list[Callable[[], Any]] = [capture(ledger, h.id) for h in holds[:2]]
+    spend: list[Callable[..., Any]] = [ledger.authorize, ledger.charge]
+    calls += [
+        functools.partial(spend[n % 2], "capped", VEO_FAST, idempotency_key=key("race"))
+        for n in range(THREADS - 2)
+    ]
+    outcomes = race(calls)
+    kinds = Counter(type(o).__name__ for o in outcomes)
+    assert kinds["CaptureResult"] == 2, outcomes
+    assert kinds["HoldView"] + kinds["ChargeResult"] == 3, outcomes
+    assert kinds["SpendLimitReached"] == THREADS - 5, outcomes
+    view = ledger.account("capped")
+    assert view.spent_this_month is not None
+    assert view.spent_this_month + view.pending == 240 * 7
+    assert view.spend_remaining == 0
+    assert view.balance == 100_000 - view.spent_this_month
 
 
 def test_identical_idempotent_requests_have_exactly_one_effect(ledger: Ledger) -> None:

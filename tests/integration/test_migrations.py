@@ -117,12 +117,19 @@ def test_pending_holds_can_use_their_partial_index_in_any_plan(empty: Database) 
     assert "ix_holds_pending_expires" in plan, plan
 
 
-def test_blocked_wallets_migrate_up_and_down_keeping_the_rest(empty: Database) -> None:
-    """0010 adds ``accounts.blocked`` (false for the wallets already there) and ``blocked``
-    to the settings whose changes are kept; down again it forgets only those changes.
-    SQLite copies ``account_changes`` to change its CHECK: its index must come along, and
-    the triggers of ``accounts`` (0006) must survive both ways."""
-    empty.migrate("0009")
+@pytest.mark.parametrize(
+    ("before", "after", "column", "fresh"),
+    [("0009", "0010", "blocked", (False, 0)), ("0010", "0011", "monthly_spend_limit", (None,))],
+)
+def test_new_wallet_settings_migrate_up_and_down_keeping_the_rest(
+    empty: Database, before: str, after: str, column: str, fresh: tuple[object, ...]
+) -> None:
+    """0010 and 0011 each add a column to ``accounts`` (what it holds for the wallets
+    already there: ``fresh``) and a setting, named as the column, to those whose changes
+    are kept; down again they forget only those changes. SQLite copies
+    ``account_changes`` to change its CHECK: its index must come along, and the triggers
+    of ``accounts`` (0006) must survive both ways."""
+    empty.migrate(before)
     now = "2026-11-22 10:00:00"
     change = (
         "INSERT INTO account_changes (id, account_id, setting, old_value, new_value, changed_at) "
@@ -140,16 +147,15 @@ def test_blocked_wallets_migrate_up_and_down_keeping_the_rest(empty: Database) -
         )
         conn.execute(sa.text(change), {"id": "c1", "setting": "overdraft_limit", "now": now})
 
-    def refused(setting: str) -> bool:
-        try:
-            with empty.engine.begin() as conn:
-                conn.execute(
-                    sa.text(change), {"id": f"x-{setting}", "setting": setting, "now": now}
-                )
-        except sa.exc.IntegrityError:
-            return True
-        with empty.engine.begin() as conn:
-            conn.execute(sa.text("DELETE FROM account_changes WHERE id LIKE 'x-%'"))
+    def refused(statement: str, **params: str) -> bool:
+        """Whether the database refuses the statement (it is rolled back either way)."""
+        with empty.engine.connect() as conn:
+            try:
+                conn.execute(sa.text(statement), params)
+            except sa.exc.IntegrityError:
+                return True
+            finally:
+                conn.rollback()
         return False
 
     def triggers() -> set[str]:
@@ -161,23 +167,26 @@ def test_blocked_wallets_migrate_up_and_down_keeping_the_rest(empty: Database) -
             )
             return {str(r[0]) for r in rows}
 
-    before = triggers()
-    assert refused("blocked")
-    empty.migrate()
+    kept = triggers()
+    assert refused(change, id="x", setting=column, now=now)
+    empty.migrate(after)
     with empty.engine.connect() as conn:
-        assert conn.execute(sa.text("SELECT blocked FROM accounts")).scalar_one() in (False, 0)
+        assert conn.execute(sa.text(f"SELECT {column} FROM accounts")).scalar_one() in fresh
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("account_changes")}
     assert "ix_account_changes_account" in indexes
-    assert triggers() == before
-    assert not refused("blocked")
-    assert refused("bogus")
+    assert triggers() == kept
+    assert not refused(change, id="x", setting=column, now=now)
+    assert refused(change, id="y", setting="bogus", now=now)
+    if column == "monthly_spend_limit":
+        assert refused("UPDATE accounts SET monthly_spend_limit = -1")
+        assert not refused("UPDATE accounts SET monthly_spend_limit = 0")
     with empty.engine.begin() as conn:
-        conn.execute(sa.text(change), {"id": "c2", "setting": "blocked", "now": now})
-    empty.downgrade("0009")
+        conn.execute(sa.text(change), {"id": "c2", "setting": column, "now": now})
+    empty.downgrade(before)
     with empty.engine.connect() as conn:
-        kept = conn.execute(sa.text("SELECT id FROM account_changes")).scalars().all()
+        rows = conn.execute(sa.text("SELECT id FROM account_changes")).scalars().all()
         columns = {c["name"] for c in sa.inspect(conn).get_columns("accounts")}
-    assert kept == ["c1"]
-    assert "blocked" not in columns
-    assert triggers() == before
-    assert refused("blocked")
+    assert rows == ["c1"]
+    assert column not in columns
+    assert triggers() == kept
+    assert refused(change, id="x", setting=column, now=now)

@@ -38,6 +38,7 @@ from ledger.errors import (
     HoldNotPending,
     InsufficientCredits,
     LedgerError,
+    SpendLimitReached,
 )
 from ledger.services import Ledger
 from ledger.verify import verify
@@ -72,10 +73,33 @@ class LedgerMachine(RuleBasedStateMachine):
         self.overdraft = 0
         self.allocation: int | None = None
         self.blocked = False
+        self.spend_limit: int | None = None
+        self.spent: dict[str, int] = {}  # what captures and charges debited, by period
         self.allocated: set[str] = set()  # the periods whose allocation was granted
         self.max_tokens: dict[str, int] = {}  # of each text hold's request
         self.excused = False  # available may be negative (overage, or expiry under holds)
         self.replays: list[tuple[Callable[[], Any], Any]] = []
+
+    def room(self) -> int | None:
+        """What the spend limit leaves this period (None: no limit)."""
+        if self.spend_limit is None:
+            return None
+        period = self.clock.now.strftime("%Y-%m")
+        return self.spend_limit - self.spent.get(period, 0) - sum(self.pending.values())
+
+    def spend(self, amount: int) -> None:
+        period = self.clock.now.strftime("%Y-%m")
+        self.spent[period] = self.spent.get(period, 0) + amount
+
+    def refused_by_limit(self, exc: InsufficientCredits) -> bool:
+        """Whether ``exc`` is the spend limit's refusal, checked against the model."""
+        if not isinstance(exc, SpendLimitReached):
+            return False
+        room = self.room()
+        assert room is not None, "a spend limit refused a wallet without one"
+        assert exc.needed > room
+        assert (exc.limit, exc.remaining) == (self.spend_limit, max(0, room))
+        return True
 
     def key(self) -> str:
         return f"m-{next(self.keys)}"
@@ -152,6 +176,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 lambda: self.ledger.authorize(W, request, idempotency_key=key), AccountBlocked
             )
             return multiple()
+        room = self.room()
         try:
             hold = self.ledger.authorize(W, request, idempotency_key=key)
         except InsufficientCredits:
@@ -161,9 +186,11 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             assert isinstance(exc, InsufficientCredits)
             assert exc.available == available
-            assert exc.needed > available or self.balance + self.overdraft < 0
+            if not self.refused_by_limit(exc):
+                assert exc.needed > available or self.balance + self.overdraft < 0
             return multiple()
         assert hold.held <= available
+        assert room is None or hold.held <= room
         self.pending[hold.id] = hold.held
         if kind == "text":
             self.max_tokens[hold.id] = request["params"]["max_tokens"]
@@ -207,6 +234,7 @@ class LedgerMachine(RuleBasedStateMachine):
 
         done = self.remember(call, call())
         held = self.pending.pop(hold)
+        self.spend(done.charged)
         if status != "COMPLETED":
             assert done.charged == 0
         assert done.released == max(0, held - done.charged)
@@ -255,15 +283,20 @@ class LedgerMachine(RuleBasedStateMachine):
                 lambda: self.ledger.charge(W, request, idempotency_key=key), AccountBlocked
             )
             return multiple()
+        room = self.room()
         try:
             done = self.ledger.charge(W, request, idempotency_key=key)
         except InsufficientCredits:
-            self.rejected(
+            exc = self.rejected(
                 lambda: self.ledger.charge(W, request, idempotency_key=key), InsufficientCredits
             )
+            assert isinstance(exc, InsufficientCredits)
+            self.refused_by_limit(exc)
             return multiple()
         self.replays.append((lambda: self.ledger.charge(W, request, idempotency_key=key), done))
+        assert room is None or done.credits_used <= room
         self.balance -= done.credits_used
+        self.spend(done.credits_used)
         return done.entry_id if done.entry_id else multiple()
 
     @rule(entry=entries)
@@ -344,6 +377,22 @@ class LedgerMachine(RuleBasedStateMachine):
         assert (view.overdraft_limit, view.monthly_allocation) == (self.overdraft, self.allocation)
         if view.available < 0:  # a limit lowered below what is already used
             self.excused = True
+
+    @rule(limit=st.sampled_from([None, 0, 2_000, 20_000, 200_000]))
+    def set_spend_limit(self, limit: int | None) -> None:
+        """A monthly spend limit: what captures and charges debit this period plus the
+        open holds never pass it, except by a capture's overage."""
+        key = self.key()
+
+        def call() -> Any:
+            return self.ledger.update_account(W, idempotency_key=key, monthly_spend_limit=limit)
+
+        view = self.remember(call, call())
+        self.spend_limit = limit
+        room = self.room()
+        assert view.monthly_spend_limit == limit
+        assert view.spent_this_month == self.spent.get(self.clock.now.strftime("%Y-%m"), 0)
+        assert view.spend_remaining == (None if room is None else max(0, room))
 
     @rule(blocked=st.sampled_from([False, False, True]))
     def block(self, blocked: bool) -> None:
