@@ -771,6 +771,34 @@ def topup_command(
     )
 
 
+@account_app.command("revoke-grant")
+def account_revoke_grant(
+    grant_id: Annotated[str, typer.Argument(help="The grant's id (see 'account show').")],
+    reason: Annotated[str, typer.Option(help="Why, kept in the entry's memo.")],
+    idempotency_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Take back what is left of a grant: it expires now (what was spent stays spent)."""
+    with _open_ledger() as ledger:
+        result = ledger.revoke_grant(grant_id, reason=reason, idempotency_key=_key(idempotency_key))
+    b = result.balance
+    _emit(
+        result,
+        as_json,
+        f"grant {grant_id} revoked",
+        [
+            ("account", b.account_id),
+            ("entry", result.entry.id),
+            (
+                "taken back",
+                -sum(p.amount for p in result.entry.postings if p.account_id == b.account_id),
+            ),
+            ("balance", b.balance),
+            ("available", b.available),
+        ],
+    )
+
+
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)
 app.add_typer(keys_app, name="keys")
 

@@ -34,6 +34,7 @@ from ledger.results import (
     HoldPage,
     HoldView,
     ReversalResult,
+    RevocationResult,
     TopUpResult,
     UsageLine,
     UsageTotals,
@@ -209,6 +210,10 @@ class AdjustmentCreate(_Request):
 
 class ReversalCreate(_Request):
     reason: Reason
+
+
+class RevocationCreate(_Request):
+    reason: Reason = Field(description="Why the grant is taken back, kept in the entry's memo.")
 
 
 class KeyCreate(_Request):
@@ -393,6 +398,8 @@ __all__ = [
     "KeyView",
     "ReversalCreate",
     "ReversalResult",
+    "RevocationCreate",
+    "RevocationResult",
     "TopUpCreate",
     "TopUpResult",
 ]

@@ -107,6 +107,12 @@ class HoldNotPending(LedgerError):
     code = "hold_not_pending"
 
 
+class GrantNotOpen(LedgerError):
+    """The grant has nothing left to revoke: spent, expired or revoked already."""
+
+    code = "grant_not_open"
+
+
 class AlreadyReversed(LedgerError):
     code = "already_reversed"
 

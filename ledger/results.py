@@ -220,6 +220,15 @@ class ReversalResult(_Result):
     balance: BalanceView
 
 
+class RevocationResult(_Result):
+    """A grant revoked: the grant (nothing left; it expired at the revocation), the
+    expiry entry that moved its remainder out, and the wallet's money after."""
+
+    grant: GrantView
+    entry: EntryView
+    balance: BalanceView
+
+
 class EntryPage(_Result):
     items: list[EntryView]
     next_cursor: str | None

@@ -37,6 +37,7 @@ from ledger.errors import (
     AccountExists,
     AlreadyReversed,
     BalanceOverflow,
+    GrantNotOpen,
     HoldNotPending,
     IdempotencyConflict,
     InsufficientCredits,
@@ -83,6 +84,7 @@ from ledger.results import (
     HoldView,
     PostingView,
     ReversalResult,
+    RevocationResult,
     TopUpResult,
     UsageLine,
     UsageTotals,
@@ -748,10 +750,23 @@ class Ledger:
     def _expire(
         self, conn: Connection, wallet: _Wallet, now: datetime, due: Sequence[tuple[str, int]]
     ) -> int:
-        """Move the remainder of the ``due`` grants to the expired-credits account."""
+        """Move the remainder of the ``due`` grants to the expired-credits account; how
+        many credits."""
+        self._expiry_entry(conn, wallet, now, due)
+        return sum(remaining for _, remaining in due)
+
+    def _expiry_entry(
+        self,
+        conn: Connection,
+        wallet: _Wallet,
+        now: datetime,
+        due: Sequence[tuple[str, int]],
+        memo: str | None = None,
+    ) -> str | None:
+        """The entry of ``_expire`` (None: nothing to move)."""
         total = sum(remaining for _, remaining in due)
         if total == 0:
-            return 0
+            return None
         store = Store.of(conn)
         expired = self._system_account(wallet.unit, "expired")
         entry_id = self._post(
@@ -760,7 +775,7 @@ class Ledger:
             "expiry",
             wallet,
             kernel.transfer(wallet.id, expired, wallet.unit, total),
-            f"{len(due)} grant(s) expired",
+            memo or f"{len(due)} grant(s) expired",
         )
         for grant_id, remaining in due:
             store.run(sql.MOVE_GRANT, {"delta": -remaining, "id": grant_id})
@@ -771,7 +786,7 @@ class Ledger:
                 for grant_id, remaining in due
             ],
         )
-        return total
+        return entry_id
 
     def _expire_due(self, conn: Connection, wallet: _Wallet, now: datetime) -> int:
         """Expire the wallet's grants past due; how many grants."""
@@ -1935,6 +1950,56 @@ class Ledger:
                     f"entry '{entry_id}' was already reversed", field="id"
                 ) from None
             raise
+
+    # --------------------------------------------------------------------- revocations
+
+    def revoke_grant(self, grant_id: str, *, reason: str, idempotency_key: str) -> RevocationResult:
+        """Take back what is left of a grant (a promotion withdrawn, credits granted by
+        mistake): it expires now, and its remainder moves to the expired-credits account
+        by an expiry entry, as at its expiry. Credits already spent from it stay spent; a
+        later refund of them does not refill it. GrantNotOpen (409) when nothing is
+        left: spent, expired or revoked already."""
+        _text(reason, "reason", most=500)
+        payload = {"grant_id": grant_id, "reason": reason}
+
+        def work(w: _Work) -> RevocationResult | dict[str, Any]:
+            if not isinstance(grant_id, str) or "\x00" in grant_id:
+                raise NotFound(f"no grant {grant_id!r}", field="id")
+            owner = w.conn.execute(
+                sa.select(grants.c.account_id).where(grants.c.id == grant_id)
+            ).scalar()
+            if owner is None:
+                raise NotFound(f"no grant '{grant_id}'", field="id")
+            wallet = self._lock_wallet_by_id(w.conn, int(owner))
+            stored = w.replay()
+            if stored is not None:
+                return stored
+            self._expire_due(w.conn, wallet, w.now)
+            remaining = w.conn.execute(
+                sa.select(grants.c.remaining).where(grants.c.id == grant_id)
+            ).scalar_one()
+            if remaining == 0:
+                raise GrantNotOpen(
+                    f"grant '{grant_id}' has nothing left: spent, expired or revoked",
+                    field="id",
+                )
+            w.conn.execute(grants.update().where(grants.c.id == grant_id).values(expires_at=w.now))
+            entry_id = self._expiry_entry(
+                w.conn,
+                wallet,
+                w.now,
+                [(grant_id, int(remaining))],
+                memo=f"grant {grant_id} revoked: {reason}"[:500],
+            )
+            assert entry_id is not None
+            row = w.conn.execute(sa.select(grants).where(grants.c.id == grant_id)).one()
+            return RevocationResult(
+                grant=self._grant_view(row),
+                entry=self._entry_view(w.conn, entry_id),
+                balance=self._balance_view(w.conn, wallet),
+            )
+
+        return self._mutate("revoke_grant", idempotency_key, payload, work, RevocationResult)
 
     # ------------------------------------------------------------------------ sweepers
 

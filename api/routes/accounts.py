@@ -26,6 +26,8 @@ from api.schemas import (
     HoldPage,
     ReversalCreate,
     ReversalResult,
+    RevocationCreate,
+    RevocationResult,
     TopUpCreate,
     TopUpResult,
     UsagePublic,
@@ -265,4 +267,19 @@ async def reverse_entry(
     """Reverse an entry (refund a charge, take back a top-up), at most once."""
     return await run_in_threadpool(
         call.services.ledger.reverse, id, reason=body.reason, idempotency_key=call.key
+    )
+
+
+@router.post(
+    "/grants/{id}/revoke",
+    status_code=201,
+    response_model=RevocationResult,
+    responses=_ERRORS,
+)
+async def revoke_grant(id: str, body: RevocationCreate, call: AdminCall) -> RevocationResult:
+    """Take back what is left of a grant (a promotion withdrawn, credits granted by
+    mistake): it expires now, its remainder moves out by an expiry entry. What was spent
+    from it stays spent. 409 ``grant_not_open`` when nothing is left."""
+    return await run_in_threadpool(
+        call.services.ledger.revoke_grant, id, reason=body.reason, idempotency_key=call.key
     )

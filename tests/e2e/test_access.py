@@ -8,7 +8,7 @@ unknown key and a revoked key all get 401.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -28,6 +28,7 @@ ROLES = ("admin", "service", "customer_own", "customer_other")
 class World:
     hold: str
     entry: str
+    grant: str
     key_id: str
     report: str
 
@@ -36,10 +37,11 @@ def world(api: Api) -> World:
     api.wallet("target", "credit", topup=10_000)
     api.wallet("elsewhere", "credit")
     hold = api.post("/v1/authorizations", {"account_id": "target", **VEO_FAST}).json()["id"]
-    entry = api.post("/v1/accounts/target/topups", {"amount": 100}).json()["entry"]["id"]
+    topup = api.post("/v1/accounts/target/topups", {"amount": 100}).json()
+    entry, grant = topup["entry"]["id"], topup["grant"]["id"]
     key_id = api.keys.create("service", name="to revoke").id
     report = api.app.state.services.reports.request("2026-10", account_id="target")[0].id
-    return World(hold, entry, key_id, report)
+    return World(hold, entry, grant, key_id, report)
 
 
 # (method, path, body, expected status for admin, service, customer_own, customer_other)
@@ -74,6 +76,7 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int]]] = [
         (201, 403, 403, 403),
     ),
     ("POST", "/v1/entries/{entry}/reverse", {"reason": "refund"}, (201, 403, 403, 403)),
+    ("POST", "/v1/grants/{grant}/revoke", {"reason": "withdrawn"}, (201, 403, 403, 403)),
     ("POST", "/v1/keys", {"role": "service", "name": "gw"}, (201, 403, 403, 403)),
     ("GET", "/v1/keys", None, (200, 403, 403, 403)),
     ("DELETE", "/v1/keys/{key_id}", None, (200, 403, 403, 403)),
@@ -110,7 +113,7 @@ def test_every_endpoint_for_every_role(
 ) -> None:
     w = world(api)
     status = expected[ROLES.index(role)]
-    url = path.format(hold=w.hold, entry=w.entry, key_id=w.key_id, report=w.report)
+    url = path.format(**asdict(w))
     before = api.ledger.balance("target")
     r = api.call(method, url, as_key=_key(api, role), body=body)
     assert r.status_code == status, r.text
@@ -141,7 +144,7 @@ def test_no_key_bad_keys_and_revoked_keys_get_401_everywhere(api: Api) -> None:
     for method, path, body, _ in MATRIX:
         if path == "/healthz":
             continue
-        url = path.format(hold=w.hold, entry=w.entry, key_id=w.key_id, report=w.report)
+        url = path.format(**asdict(w))
         for header in headers:
             sent = {} if header is None else {"Authorization": header}
             r = api.call(method, url, as_key=None, body=body, headers=sent)

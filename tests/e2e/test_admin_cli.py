@@ -117,6 +117,19 @@ def test_account_block_unblock_and_spend_limit(env: dict[str, str]) -> None:
     ]
 
 
+def test_account_revoke_grant(env: dict[str, str]) -> None:
+    assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
+    top = run("topup", "acme", "500", "--kind", "promo", "--json", env=env)
+    grant = json.loads(top.stdout)["grant"]["id"]
+    revoked = run("account", "revoke-grant", grant, "--reason", "withdrawn", env=env)
+    assert revoked.returncode == 0, revoked.stderr
+    assert "taken back" in revoked.stdout
+    assert "500" in revoked.stdout
+    again = run("account", "revoke-grant", grant, "--reason", "withdrawn", env=env)
+    assert (again.returncode, json.loads(again.stderr)["error"]) == (8, "grant_not_open")
+    assert run("account", "revoke-grant", "ghost", "--reason", "x", env=env).returncode == 7
+
+
 @pytest.mark.parametrize(
     ("args", "code", "field"),
     [

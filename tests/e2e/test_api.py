@@ -626,6 +626,56 @@ def test_a_monthly_spend_limit_caps_holds_and_charges_until_the_wallets_month_en
         assert (r.status_code, r.json()["field"]) == (422, "monthly_spend_limit"), r.text
 
 
+def test_a_revoked_grant_gives_up_only_what_is_left_and_is_never_refilled(
+    api: Api, clock: Clock
+) -> None:
+    user = api.wallet("promo-user", "credit", topup=1000)
+    promo = api.post(
+        f"/v1/accounts/{user}/topups",
+        {"amount": 500, "kind": "promo", "priority": -1, "expires_at": "2027-01-01T00:00:00Z"},
+    ).json()
+    grant = promo["grant"]["id"]
+    charge = api.post("/v1/charges", {"account_id": user, **VEO_FAST}, as_key="service").json()
+    clock.advance(minutes=5)
+
+    body = {"reason": "campaign withdrawn"}
+    r = api.post(f"/v1/grants/{grant}/revoke", body, idempotency_key="revoke-1")
+    assert r.status_code == 201, r.text
+    done = r.json()
+    assert (done["grant"]["remaining"], done["grant"]["amount"]) == (0, 500)
+    assert done["grant"]["expires_at"] == "2026-11-21T12:05:00Z"  # it expired when revoked
+    assert (done["entry"]["kind"], done["entry"]["memo"]) == (
+        "expiry",
+        f"grant {grant} revoked: campaign withdrawn",
+    )
+    taken = [p["amount"] for p in done["entry"]["postings"] if p["account_id"] == user]
+    assert taken == [-260]  # 240 of the promotion was spent first (priority -1): it stays spent
+    assert (done["balance"]["balance"], done["balance"]["available"]) == (1000, 1000)
+    again = api.post(f"/v1/grants/{grant}/revoke", body, idempotency_key="revoke-1")
+    assert again.json() == done
+    twice = api.post(f"/v1/grants/{grant}/revoke", body)
+    assert (twice.status_code, twice.json()["error"]) == (409, "grant_not_open")
+    assert [g["kind"] for g in api.balance(user)["grants"]] == ["pack"]
+
+    # Refunding what the promotion paid for does not bring the promotion back.
+    r = api.post(f"/v1/entries/{charge['entry_id']}/reverse", {"reason": "bad render"})
+    assert r.status_code == 201, r.text
+    account = api.balance(user)
+    assert account["balance"] == 1240
+    assert sorted((g["kind"], g["remaining"]) for g in account["grants"]) == [
+        ("adjustment", 240),
+        ("pack", 1000),
+    ]
+    for path, key, code, field in (
+        ("/v1/grants/nope/revoke", "admin", 404, "id"),
+        (f"/v1/grants/{grant}/revoke", "service", 403, None),
+    ):
+        r = api.post(path, body, as_key=key)
+        assert (r.status_code, r.json().get("field")) == (code, field), r.text
+    r = api.post(f"/v1/grants/{grant}/revoke", {})
+    assert (r.status_code, r.json()["field"]) == (422, "reason")
+
+
 def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
     r = api.post(
         "/v1/accounts",
@@ -716,6 +766,7 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/v1/accounts/{id}/topups",
         "/v1/accounts/{id}/adjustments",
         "/v1/entries/{id}/reverse",
+        "/v1/grants/{id}/revoke",
         "/v1/keys",
         "/v1/keys/{id}",
         "/v1/catalogs",

@@ -35,6 +35,7 @@ from ledger.db import Database
 from ledger.errors import (
     AccountBlocked,
     AlreadyReversed,
+    GrantNotOpen,
     HoldNotPending,
     InsufficientCredits,
     LedgerError,
@@ -318,6 +319,34 @@ class LedgerMachine(RuleBasedStateMachine):
         self.balance -= delta
         if delta > 0:  # taking credits back can push available below zero
             self.excused = True
+
+    @rule(data=st.data())
+    def revoke_grant(self, data: st.DataObject) -> None:
+        """Take back what is left of a grant; one already empty (or past due: the revoke
+        expires it first, then finds nothing left) is refused and nothing changes."""
+        grants = self.ledger.account(W).grants
+        if not grants:
+            return
+        grant = data.draw(st.sampled_from(grants))
+        now = self.clock.now
+        due = [g for g in grants if g.expires_at is not None and g.expires_at <= now]
+        key = self.key()
+        if grant in due:
+            self.rejected(
+                lambda: self.ledger.revoke_grant(grant.id, reason="model", idempotency_key=key),
+                GrantNotOpen,
+            )
+            return
+        done = self.ledger.revoke_grant(grant.id, reason="model", idempotency_key=key)
+        assert (done.grant.remaining, done.grant.expires_at) == (0, now)
+        self.balance -= grant.remaining + sum(g.remaining for g in due)
+        if self.pending:  # credits held may be among those taken back
+            self.excused = True
+        again = self.key()
+        self.rejected(
+            lambda: self.ledger.revoke_grant(grant.id, reason="again", idempotency_key=again),
+            GrantNotOpen,
+        )
 
     @rule(amount=st.integers(-50_000, 50_000).filter(bool))
     def adjust(self, amount: int) -> None:
