@@ -1333,7 +1333,8 @@ class Ledger:
     def _spend_room(self, conn: Connection, wallet: _Wallet, now: datetime) -> tuple[int, datetime]:
         """What the wallet may still hold or spend this period under its spend limit (its
         limit less what it spent this period and its open holds; below zero after a
-        capture's overage), and when the period ends. Read under the wallet's lock."""
+        capture's overage), and when the period ends. Exact only under the wallet's lock
+        (``_funds``); an estimate's read is advisory."""
         assert wallet.spend_limit is not None
         spent, resets_at = self._spent(conn, wallet, now)
         return wallet.spend_limit - spent - wallet.pending, resets_at
