@@ -5,7 +5,7 @@ every role through the real app and database. Each response must be no 5xx, a do
 status, the documented content type and headers, and a body that matches the documented
 schema; a request the schema forbids must be refused with a 4xx. The path parameters and
 bodies of valid cases are steered three times in four towards things that exist (the wallets, holds,
-entries, keys, reports and catalogs set up first), so cases reach the ledger and not only
+entries, grants, keys, reports and catalogs set up first), so cases reach the ledger and not only
 404s. Afterwards every ledger invariant must still hold (the ``ledger`` fixture checks).
 """
 
@@ -75,6 +75,7 @@ def _world(api: Api) -> dict[str, list[str]]:
         assert r.status_code == 201, r.text
         holds.append(r.json()["id"])
     entries = [e["id"] for e in api.get(f"/v1/accounts/{credits}/entries").json()["items"]]
+    grants = [g["id"] for w in (credits, tokens, usd) for g in api.balance(w)["grants"]]
     spare = api.keys.create("service", name="spare").id
     r = api.post("/v1/reports", {"month": "2026-10", "format": "csv"})
     assert r.status_code == 202, r.text
@@ -82,6 +83,7 @@ def _world(api: Api) -> dict[str, list[str]]:
         "accounts": [credits, tokens, usd],
         "authorizations": holds,
         "entries": entries,
+        "grants": grants,
         "keys": [spare],
         "reports": [r.json()["id"]],
         "catalogs": ["cosmic", "veo3", "pixazo", "fal"],
