@@ -44,6 +44,7 @@ from ledger.results import (
     AccountPage,
     AccountView,
     BalanceView,
+    EntryPage,
     GrantView,
     HoldPage,
     UsageLine,
@@ -399,7 +400,7 @@ def _show_account(view: AccountView, as_json: bool, title: str) -> None:
 
 
 def _print_page(
-    page: AccountPage | AccountChangePage | HoldPage,
+    page: AccountPage | AccountChangePage | EntryPage | HoldPage,
     as_json: bool,
     title: str,
     columns: tuple[str, ...],
@@ -727,6 +728,47 @@ def account_holds(
                 h.expires_at.isoformat(timespec="seconds"),
             )
             for h in page.items
+        ),
+    )
+
+
+@account_app.command("entries")
+def account_entries(
+    account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            help="Only topup, adjustment, capture, charge, expiry, reversal or allocation."
+        ),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Posted at or after this ISO 8601 instant.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Posted before this ISO 8601 instant.")] = None,
+    limit: LimitOption = 50,
+    cursor: CursorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A wallet's journal entries, newest first: what moved its balance, and why."""
+    first, last = _parse_instant(since, "since"), _parse_instant(until, "until")
+    with _open_ledger() as ledger:
+        page = ledger.entries(
+            account_id, cursor=cursor, limit=limit, kind=kind, since=first, until=last
+        )
+    _print_page(
+        page,
+        as_json,
+        f"entries of {account_id}",
+        ("posted", "kind", "amount", "memo", "id"),
+        (
+            (
+                e.posted_at.isoformat(timespec="seconds"),
+                e.kind,
+                sum(p.amount for p in e.postings if p.account_id == account_id),
+                e.memo,
+                e.id,
+            )
+            for e in page.items
         ),
     )
 

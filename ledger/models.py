@@ -67,6 +67,7 @@ SYSTEM_KINDS = ("funding", "revenue", "expired", "promotions")
 ACCOUNT_KINDS = (WALLET, *SYSTEM_KINDS)
 GRANT_KINDS = ("allocation", "pack", "promo", "adjustment")
 HOLD_STATUSES = ("pending", "captured", "voided", "expired")
+ENTRY_KINDS = ("topup", "adjustment", "capture", "charge", "expiry", "reversal", "allocation")
 KEY_ROLES = ("admin", "service", "customer")
 #: The flows of a wallet's journal: a top-up's grant kind, else the entry's kind.
 FLOWS = ("pack", "promo", "allocation", "adjustment", "capture", "charge", "expiry", "reversal")

@@ -49,6 +49,7 @@ from ledger.errors import (
 from ledger.kernel import Leg
 from ledger.models import (
     ACCOUNT_SETTINGS,
+    ENTRY_KINDS,
     HOLD_STATUSES,
     PENDING_HOLD,
     SYSTEM_KINDS,
@@ -2215,14 +2216,36 @@ class Ledger:
         ).first()
         return wallet.overdraft_limit if replaced_later is None else int(replaced_later.old_value)
 
-    def entries(self, account_id: str, *, cursor: str | None = None, limit: int = 50) -> EntryPage:
-        """The wallet's entries, newest first, ``limit`` at a time."""
+    def entries(
+        self,
+        account_id: str,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        kind: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+    ) -> EntryPage:
+        """The wallet's entries, newest first, ``limit`` at a time: of one ``kind``, and
+        posted at or after ``since`` and before ``until``, if given (pass the same with
+        the next page's cursor)."""
         _page_limit(limit)
+        if kind is not None and kind not in ENTRY_KINDS:
+            raise InvalidInput(f"unknown kind {kind!r}", field="kind", allowed=list(ENTRY_KINDS))
+        since, until = _aware(since, "since"), _aware(until, "until")
+        if since is not None and until is not None and since >= until:
+            raise InvalidInput("since must be before until", field="since")
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
             stmt = sa.select(entries.c.id, entries.c.posted_at).where(
                 entries.c.account_id == wallet.id
             )
+            if kind is not None:
+                stmt = stmt.where(entries.c.kind == kind)
+            if since is not None:
+                stmt = stmt.where(entries.c.posted_at >= since)
+            if until is not None:
+                stmt = stmt.where(entries.c.posted_at < until)
             page, next_cursor = _newest_first(
                 conn, stmt, entries.c.posted_at, entries.c.id, cursor, limit
             )

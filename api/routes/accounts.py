@@ -192,10 +192,29 @@ async def list_entries(
     services: ServicesDep,
     cursor: CursorQuery = None,
     limit: LimitQuery = 50,
+    kind: Annotated[
+        Literal["topup", "adjustment", "capture", "charge", "expiry", "reversal", "allocation"]
+        | None,
+        Query(),
+    ] = None,
+    since: Annotated[
+        AwareDatetime | None, Query(description="Posted at or after this instant.")
+    ] = None,
+    until: Annotated[AwareDatetime | None, Query(description="Posted before this instant.")] = None,
 ) -> EntryPage:
-    """The wallet's journal entries, newest first; pass ``next_cursor`` for the next page."""
+    """The wallet's journal entries, newest first, of one ``kind`` and posted from
+    ``since`` to before ``until`` if given; pass ``next_cursor`` (with the same filters)
+    for the next page."""
     ensure_own(caller, id)
-    return await run_in_threadpool(services.ledger.entries, id, cursor=cursor, limit=limit)
+    return await run_in_threadpool(
+        services.ledger.entries,
+        id,
+        cursor=cursor,
+        limit=limit,
+        kind=kind,
+        since=since,
+        until=until,
+    )
 
 
 @router.get("/accounts/{id}/authorizations", response_model=HoldPage, responses=_ERRORS)

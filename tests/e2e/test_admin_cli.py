@@ -117,7 +117,7 @@ def test_account_block_unblock_and_spend_limit(env: dict[str, str]) -> None:
     ]
 
 
-def test_account_revoke_grant(env: dict[str, str]) -> None:
+def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
     assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
     top = run("topup", "acme", "500", "--kind", "promo", "--json", env=env)
     grant = json.loads(top.stdout)["grant"]["id"]
@@ -128,6 +128,14 @@ def test_account_revoke_grant(env: dict[str, str]) -> None:
     again = run("account", "revoke-grant", grant, "--reason", "withdrawn", env=env)
     assert (again.returncode, json.loads(again.stderr)["error"]) == (8, "grant_not_open")
     assert run("account", "revoke-grant", "ghost", "--reason", "x", env=env).returncode == 7
+    expiries = run("account", "entries", "acme", "--kind", "expiry", "--json", env=env)
+    assert [e["memo"] for e in json.loads(expiries.stdout)["items"]] == [
+        f"grant {grant} revoked: withdrawn"
+    ]
+    table = run("account", "entries", "acme", "--since", "2000-01-01T00:00:00Z", env=env)
+    assert "expiry" in table.stdout
+    assert "-500" in table.stdout
+    assert "topup" in table.stdout
 
 
 @pytest.mark.parametrize(
@@ -140,6 +148,7 @@ def test_account_revoke_grant(env: dict[str, str]) -> None:
         (["account", "create", "x", "--unit", "gold"], 2, "unit"),
         (["account", "show", "ghost"], 7, "account_id"),
         (["account", "balance", "ghost"], 7, "account_id"),
+        (["account", "entries", "acme", "--kind", "refund"], 2, "kind"),
         (["account", "update", "acme"], 2, "body"),
         (["account", "update", "acme", "--overdraft-limit", "-1"], 2, "overdraft_limit"),
         (

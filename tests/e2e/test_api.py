@@ -724,6 +724,48 @@ def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
     assert (again.status_code, again.json()["error"]) == (409, "already_reversed")
 
 
+def test_entries_filter_by_kind_and_time(api: Api, clock: Clock) -> None:
+    user = api.wallet("journal", "credit", topup=1000)  # 12:00
+    clock.advance(hours=1)
+    charge = api.post("/v1/charges", {"account_id": user, **VEO_FAST}, as_key="service").json()
+    clock.advance(hours=1)
+    api.post(f"/v1/accounts/{user}/adjustments", {"amount": -10, "reason": "fix"})
+    api.post(f"/v1/entries/{charge['entry_id']}/reverse", {"reason": "refund"})
+    customer = api.customer(user)
+
+    def kinds(**params: str) -> list[str]:
+        r = api.get(f"/v1/accounts/{user}/entries", params=params, as_key=customer)
+        assert r.status_code == 200, r.text
+        return [e["kind"] for e in r.json()["items"]]
+
+    assert kinds() == ["reversal", "adjustment", "charge", "topup"]
+    assert kinds(kind="charge") == ["charge"]
+    assert kinds(since="2026-11-21T13:00:00Z") == ["reversal", "adjustment", "charge"]
+    assert kinds(until="2026-11-21T13:00:00Z") == ["topup"]
+    window = {"since": "2026-11-21T22:00:00+09:00", "until": "2026-11-21T14:00:00Z"}
+    assert kinds(**window) == ["charge"]  # 13:00 UTC, in Tokyo's 22:00
+    first = api.get(
+        f"/v1/accounts/{user}/entries", params={"since": "2026-11-21T12:30:00Z", "limit": "2"}
+    ).json()
+    rest = api.get(
+        f"/v1/accounts/{user}/entries",
+        params={"since": "2026-11-21T12:30:00Z", "cursor": first["next_cursor"]},
+    ).json()
+    assert [e["kind"] for e in first["items"] + rest["items"]] == [
+        "reversal",
+        "adjustment",
+        "charge",
+    ]
+    for params, field in (
+        ({"kind": "refund"}, "kind"),
+        ({"since": "2026-11-21T13:00:00Z", "until": "2026-11-21T13:00:00Z"}, "since"),
+        ({"since": "2026-11-21T13:00:00"}, "since"),
+        ({"until": "tomorrow"}, "until"),
+    ):
+        r = api.get(f"/v1/accounts/{user}/entries", params=params)
+        assert (r.status_code, r.json()["field"]) == (422, field), r.text
+
+
 def test_catalogs_health_and_metrics(api: Api) -> None:
     listing = api.get("/v1/catalogs", as_key="service").json()["catalogs"]
     assert {c["name"] for c in listing} >= {"cosmic", "veo3", "pixazo", "fal"}
