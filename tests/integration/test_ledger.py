@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from typing import Any
@@ -287,6 +289,47 @@ def test_a_hold_left_alone_expires_and_cannot_be_captured(ledger: Ledger, clock:
     }
     with pytest.raises(HoldNotPending):
         ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+
+
+def test_the_hold_sweeper_reads_a_listed_hold_again_under_its_lock(
+    ledger: Ledger, database_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sweeper lists due holds, then expires each in a transaction of its own under
+    its wallet's lock. Between the two, another server (whose clock is behind) can
+    extend or capture a listed hold: read again under the lock, it is left alone."""
+    user = wallet(ledger)
+    ledger.top_up(user, 1_000, idempotency_key=key())
+    extended, captured, due = (
+        ledger.authorize(user, VEO_FAST, idempotency_key=key()).id for _ in range(3)
+    )
+    other = Database.from_url(database_url)
+    behind = Ledger(other, ledger.catalogs, clock=Clock(clock.now + timedelta(minutes=10)))
+    clock.advance(minutes=20)  # the sweeper's now: all three are past their 15 minutes
+    transaction = ledger.db.transaction
+    raced: list[bool] = []
+
+    @contextmanager
+    def racing(*, write: bool = True) -> Iterator[Any]:
+        if write and not raced:  # after the listing, before the first hold's transaction
+            raced.append(True)
+            behind.extend(extended, ttl=timedelta(hours=1), idempotency_key=key())
+            behind.capture(captured, status="COMPLETED", usage={}, idempotency_key=key())
+        with transaction(write=write) as conn:
+            yield conn
+
+    monkeypatch.setattr(ledger.db, "transaction", racing)
+    try:
+        assert ledger.expire_holds() == 1
+    finally:
+        other.dispose()
+    assert raced
+    assert [ledger.hold(h).status for h in (extended, captured, due)] == [
+        "pending",
+        "captured",
+        "expired",
+    ]
+    view = ledger.balance(user)
+    assert (view.balance, view.pending) == (1_000 - 240, 240)
 
 
 # ------------------------------------------------------------------------- holds
