@@ -29,8 +29,11 @@ from ledger.errors import InvalidInput, NotFound
 from ledger.models import WALLET, accounts, report_jobs, report_outputs
 from ledger.services import new_id, utcnow, wallet_id
 from ledger.sweeper import Periodic
-from reports import queries, render, statement
 from reports.errors import ReportNotReady
+
+# ``queries``, ``statement`` and ``render`` (pandas, pyarrow) are imported where a report
+# is requested or made: every CLI command imports this module for JobView, and most of
+# them never make a report (pandas alone is a third of the CLI's start-up).
 
 log = logging.getLogger("creditledger.reports")
 
@@ -140,6 +143,8 @@ class Reports:
 
         Returns the job and whether it was created now.
         """
+        from reports import queries, render
+
         if fmt not in render.FORMATS:
             raise InvalidInput(
                 f"format must be one of {', '.join(render.FORMATS)}",
@@ -199,6 +204,8 @@ class Reports:
 
     def schedule_month_end(self) -> JobView | None:
         """Queue last month's report (all wallets, UTC, JSON) once; the job, if created."""
+        from reports import queries
+
         now = self._now()
         last = (now.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
         end = queries.period(last, "UTC").end
@@ -324,6 +331,7 @@ class Reports:
 
     def run(self, job: JobView, progress: Progress | None = None) -> JobView:
         """Make a claimed job's report and store it; the job as it ended."""
+        from reports import queries, render, statement
 
         def step(percent: int, stage: str) -> None:
             self._progress(job, percent, stage)
@@ -356,6 +364,8 @@ class Reports:
         return self.get(job.id)
 
     def _finish(self, job: JobView, summary: dict[str, Any], content: bytes) -> None:
+        from reports import render
+
         now = self._now()
         with self.db.transaction() as conn:
             done = conn.execute(

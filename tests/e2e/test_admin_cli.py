@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import signal
 import subprocess
 import time
@@ -17,11 +18,27 @@ from tests.e2e.served import Served
 from tests.e2e.test_cli import run
 
 
+def _url(path: Path) -> dict[str, str]:
+    return {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{path}"}
+
+
+@pytest.fixture(scope="module")
+def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A ledger file migrated by the CLI once, for each test to copy (each CLI process
+    costs a second or more, mostly imports)."""
+    path = tmp_path_factory.mktemp("migrated") / "ledger.db"
+    assert run("migrate", env=_url(path)).returncode == 0
+    # The process closed the file: SQLite checkpointed and removed its WAL.
+    assert not path.with_name("ledger.db-wal").exists()
+    return path
+
+
 @pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
-    assert run("migrate", env=env).returncode == 0
-    return env
+def env(tmp_path: Path, migrated: Path) -> dict[str, str]:
+    """A migrated ledger file of the test's own."""
+    path = tmp_path / "ledger.db"
+    shutil.copyfile(migrated, path)
+    return _url(path)
 
 
 def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -> None:
@@ -138,6 +155,16 @@ def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
     assert "topup" in table.stdout
 
 
+@pytest.fixture(scope="module")
+def migrated_with_acme(migrated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The migrated file with the wallet ``acme`` (credits) opened by the CLI."""
+    path = tmp_path_factory.mktemp("acme") / "ledger.db"
+    shutil.copyfile(migrated, path)
+    assert run("account", "create", "acme", "--unit", "credit", env=_url(path)).returncode == 0
+    assert not path.with_name("ledger.db-wal").exists()
+    return path
+
+
 @pytest.mark.parametrize(
     ("args", "code", "field"),
     [
@@ -170,10 +197,11 @@ def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
     ],
 )
 def test_admin_errors_exit_with_meaningful_codes(
-    env: dict[str, str], args: list[str], code: int, field: str
+    migrated_with_acme: Path, tmp_path: Path, args: list[str], code: int, field: str
 ) -> None:
-    assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
-    result = run(*args, env=env)
+    path = tmp_path / "ledger.db"
+    shutil.copyfile(migrated_with_acme, path)
+    result = run(*args, env=_url(path))
     assert result.returncode == code, result.stderr
     assert json.loads(result.stderr)["field"] == field
 

@@ -201,3 +201,16 @@ def test_a_setting_out_of_range_exits_2_naming_the_variable(
     assert error["message"].startswith(f"{variable}: ")
     assert "Traceback" not in result.stderr
     assert not db.exists()  # nothing was started or migrated
+
+
+def test_the_cli_starts_without_the_report_stack() -> None:
+    """Every command imports the CLI module; only a report needs pandas and pyarrow (a
+    third of the start-up of every other command). They load when a report is made."""
+    probe = (
+        "import sys, api.cli, api.main; "
+        "print(sorted(m for m in ('pandas', 'pyarrow', 'numpy') if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert found.stdout.strip() == "[]", found.stdout
