@@ -25,9 +25,8 @@ from pydantic import BaseModel, ConfigDict
 
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
-from ledger.kernel import in_utc_range
 from ledger.models import KEY_ROLES, accounts, api_keys
-from ledger.services import wallet_id
+from ledger.services import aware_instant, wallet_id
 
 PREFIX = "clk"
 #: The id of the key given in ``CREDITLEDGER_ADMIN_KEY`` (it has no row).
@@ -115,13 +114,9 @@ class Keys:
         key_id = secrets.token_hex(8)
         secret = secrets.token_urlsafe(32)
         now = self.clock()
-        if expires_at is not None:
-            if not isinstance(expires_at, datetime) or expires_at.utcoffset() is None:
-                raise InvalidInput("expires_at must carry a timezone", field="expires_at")
-            if not in_utc_range(expires_at) or expires_at <= now:
-                raise InvalidInput(
-                    "expires_at must be in the future (and a date in UTC)", field="expires_at"
-                )
+        expires_at = aware_instant(expires_at, "expires_at")
+        if expires_at is not None and expires_at <= now:
+            raise InvalidInput("expires_at must be in the future", field="expires_at")
         with self.db.transaction() as conn:
             internal = None if account_id is None else wallet_id(conn, account_id)
             conn.execute(

@@ -183,7 +183,7 @@ def _text(value: Any, field: str, *, required: bool = True, most: int = 200) -> 
     return value
 
 
-def _aware(value: datetime | None, field: str) -> datetime | None:
+def aware_instant(value: datetime | None, field: str) -> datetime | None:
     """An instant with a timezone that is also a date in UTC (years 1 to 9999), or an error.
 
     ``9999-12-31T23:59:59-05:00`` is a valid local time but no UTC datetime: SQLite's
@@ -192,8 +192,8 @@ def _aware(value: datetime | None, field: str) -> datetime | None:
     """
     if value is None:
         return None
-    if value.tzinfo is None or value.utcoffset() is None:
-        raise InvalidInput(f"{field} must carry a timezone", field=field)
+    if not isinstance(value, datetime) or value.utcoffset() is None:
+        raise InvalidInput(f"{field} must be an instant with a timezone", field=field)
     if not kernel.in_utc_range(value):
         raise InvalidInput(
             f"{field} must fall between {datetime.min.isoformat()} and "
@@ -1126,7 +1126,7 @@ class Ledger:
             raise InvalidInput(
                 f"unknown top-up kind {kind!r}", field="kind", allowed=list(TOPUP_KINDS)
             )
-        _aware(expires_at, "expires_at")
+        aware_instant(expires_at, "expires_at")
         if type(priority) is not int or not -1_000_000 <= priority <= 1_000_000:
             raise InvalidInput(
                 "priority must be a whole number",
@@ -1269,7 +1269,7 @@ class Ledger:
     def quote(self, request: Mapping[str, Any], *, at: datetime | None = None) -> Quote:
         """Price a request with the catalog versions in force now (or at ``at``, to see
         what it cost then); changes nothing."""
-        return self._quote(request, _aware(at, "at") or self._now())
+        return self._quote(request, aware_instant(at, "at") or self._now())
 
     def _quote(self, request: Any, now: datetime) -> Quote:
         return estimate(request, now, catalogs=self.catalogs)
@@ -2169,7 +2169,7 @@ class Ledger:
     def balance(self, account_id: str, *, as_of: datetime | None = None) -> BalanceView:
         """Balances now, or at ``as_of`` (answered in UTC): what was posted by then, the
         holds open then, and the overdraft limit in force then."""
-        as_of = _aware(as_of, "as_of")
+        as_of = aware_instant(as_of, "as_of")
         if as_of is not None:
             as_of = as_of.astimezone(UTC)
         with self.db.transaction(write=False) as conn:
@@ -2232,7 +2232,7 @@ class Ledger:
         _page_limit(limit)
         if kind is not None and kind not in ENTRY_KINDS:
             raise InvalidInput(f"unknown kind {kind!r}", field="kind", allowed=list(ENTRY_KINDS))
-        since, until = _aware(since, "since"), _aware(until, "until")
+        since, until = aware_instant(since, "since"), aware_instant(until, "until")
         if since is not None and until is not None and since >= until:
             raise InvalidInput("since must be before until", field="since")
         with self.db.transaction(write=False) as conn:
