@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from ledger.models import idempotency
+from ledger.models import ENTRY_KINDS, HOLD_STATUSES, idempotency
 from ledger.verify import verify
 from pricing import estimate, price_usage
 from tests import factories as f
@@ -816,6 +816,15 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/healthz",
     }
     assert "402" in paths["/v1/authorizations"]["post"]["responses"]
+
+    def choices(path: str, name: str) -> list[str]:
+        (param,) = (p for p in paths[path]["get"]["parameters"] if p["name"] == name)
+        (listed,) = (s for s in param["schema"]["anyOf"] if "enum" in s)
+        return list(listed["enum"])
+
+    # The routes spell out the ledger's values for the documentation: the same ones.
+    assert choices("/v1/accounts/{id}/entries", "kind") == list(ENTRY_KINDS)
+    assert choices("/v1/accounts/{id}/authorizations", "status") == list(HOLD_STATUSES)
 
 
 # ---------------------------------------------------------------------------- idempotency
