@@ -48,6 +48,7 @@ from ledger.results import (
     GrantView,
     HoldPage,
     UsageLine,
+    UsageRecordPage,
 )
 from ledger.services import UNSET, Ledger, Unset, ledger_from_settings
 from ledger.settings import Settings, get_settings
@@ -400,7 +401,7 @@ def _show_account(view: AccountView, as_json: bool, title: str) -> None:
 
 
 def _print_page(
-    page: AccountPage | AccountChangePage | EntryPage | HoldPage,
+    page: AccountPage | AccountChangePage | EntryPage | HoldPage | UsageRecordPage,
     as_json: bool,
     title: str,
     columns: tuple[str, ...],
@@ -769,6 +770,66 @@ def account_entries(
                 e.id,
             )
             for e in page.items
+        ),
+    )
+
+
+@account_app.command("usage-records")
+def account_usage_records(
+    account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
+    status: Annotated[
+        str | None,
+        typer.Option(
+            help="Only pending, COMPLETED, FAILED, ERROR, CHARGED, voided or expired ones."
+        ),
+    ] = None,
+    catalog: Annotated[str | None, typer.Option(help="Only this catalog's.")] = None,
+    operation: Annotated[str | None, typer.Option(help="Only this operation's.")] = None,
+    model: Annotated[str | None, typer.Option(help="Only this model's.")] = None,
+    request_id: Annotated[
+        str | None, typer.Option(help="Only the request the gateway gave this id.")
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Made at or after this ISO 8601 instant.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Made before this ISO 8601 instant.")] = None,
+    limit: LimitOption = 50,
+    cursor: CursorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """A wallet's requests as metered (one per authorization or charge), newest first:
+    what each held, used and was charged, and its refund if one was made."""
+    first, last = _parse_instant(since, "since"), _parse_instant(until, "until")
+    with _open_ledger() as ledger:
+        page = ledger.usage_records(
+            account_id,
+            status=status,
+            catalog=catalog,
+            operation=operation,
+            model=model,
+            request_id=request_id,
+            since=first,
+            until=last,
+            cursor=cursor,
+            limit=limit,
+        )
+    _print_page(
+        page,
+        as_json,
+        f"usage records of {account_id}",
+        ("created", "status", "model", "held", "charged", "refunded by", "request", "id"),
+        (
+            (
+                r.created_at.isoformat(timespec="seconds"),
+                r.status,
+                r.model,
+                r.held,
+                r.charged,
+                r.reversed_by,
+                r.request_id,
+                r.id,
+            )
+            for r in page.items
         ),
     )
 

@@ -37,6 +37,8 @@ from ledger.results import (
     RevocationResult,
     TopUpResult,
     UsageLine,
+    UsageRecordPage,
+    UsageRecordView,
     UsageTotals,
 )
 from reports.jobs import JobView
@@ -57,6 +59,39 @@ SignedAmount = Annotated[
         description="Signed minor units: positive credits the wallet, negative debits it.",
     ),
 ]
+
+
+DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
+
+
+def _day_text(value: object) -> object:
+    """Only YYYY-MM-DD: not a timestamp (``0``) and not an instant with a time."""
+    if not isinstance(value, str) or not DAY.fullmatch(value):
+        raise PydanticCustomError("day", "give a day as YYYY-MM-DD, such as 2026-11-01")
+    return value
+
+
+#: A calendar day written YYYY-MM-DD (query parameters).
+Day = Annotated[date, BeforeValidator(_day_text)]
+
+
+INSTANT = re.compile(r"\d{4}-\d{2}-\d{2}[Tt ]\d{2}:\d{2}")
+
+
+def _instant_text(value: object) -> object:
+    """Only an ISO 8601 date and time: not a Unix timestamp (``-1515``, ``1.5e9``), which
+    pydantic would otherwise read as seconds or milliseconds since 1970."""
+    if isinstance(value, str) and INSTANT.match(value):
+        return value
+    raise PydanticCustomError(
+        "instant", "give an ISO 8601 instant with a timezone, such as 2026-11-01T00:00:00Z"
+    )
+
+
+#: An instant written in ISO 8601 with a timezone (bodies and query parameters).
+Instant = Annotated[AwareDatetime, BeforeValidator(_instant_text)]
+
+
 AccountId = Annotated[
     str,
     Field(
@@ -110,7 +145,7 @@ class EstimateCreate(PricedRequest):
     account_id: AccountId | None = Field(
         default=None, description="Also say whether this wallet can afford the request now."
     )
-    at: AwareDatetime | None = Field(
+    at: Instant | None = Field(
         default=None,
         description="Price with the catalog versions in force at this instant (default: "
         "now); not with account_id, whose answer is for now.",
@@ -198,7 +233,7 @@ class AccountChangesPublic(BaseModel):
 class TopUpCreate(_Request):
     amount: Amount
     kind: Literal["pack", "allocation", "promo"] = "pack"
-    expires_at: AwareDatetime | None = None
+    expires_at: Instant | None = None
     priority: Annotated[int, Field(strict=True, ge=-1_000_000, le=1_000_000)] = 0
     reference: Annotated[str, Field(min_length=1, max_length=200)] | None = None
 
@@ -222,7 +257,7 @@ class KeyCreate(_Request):
     account_id: AccountId | None = Field(
         default=None, description="The one wallet a customer key may see (customer keys only)."
     )
-    expires_at: AwareDatetime | None = Field(
+    expires_at: Instant | None = Field(
         default=None, description="From this instant the key is refused (default: never)."
     )
 
@@ -281,20 +316,6 @@ class BalancePublic(_Money):
     then, the holds open then, and the overdraft limit in force then."""
 
     as_of: datetime | None
-
-
-DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
-
-
-def _day_text(value: object) -> object:
-    """Only YYYY-MM-DD: not a timestamp (``0``) and not an instant with a time."""
-    if not isinstance(value, str) or not DAY.fullmatch(value):
-        raise PydanticCustomError("day", "give a day as YYYY-MM-DD, such as 2026-11-01")
-    return value
-
-
-#: A calendar day written YYYY-MM-DD (query parameters).
-Day = Annotated[date, BeforeValidator(_day_text)]
 
 
 class UsagePublic(BaseModel):
@@ -402,6 +423,8 @@ __all__ = [
     "RevocationResult",
     "TopUpCreate",
     "TopUpResult",
+    "UsageRecordPage",
+    "UsageRecordView",
 ]
 
 

@@ -68,6 +68,9 @@ ACCOUNT_KINDS = (WALLET, *SYSTEM_KINDS)
 GRANT_KINDS = ("allocation", "pack", "promo", "adjustment")
 HOLD_STATUSES = ("pending", "captured", "voided", "expired")
 ENTRY_KINDS = ("topup", "adjustment", "capture", "charge", "expiry", "reversal", "allocation")
+#: A metering record's status: its hold's outcome (the capture's provider status), or
+#: CHARGED for an immediate charge.
+METERING_STATUSES = ("pending", "COMPLETED", "FAILED", "ERROR", "CHARGED", "voided", "expired")
 KEY_ROLES = ("admin", "service", "customer")
 #: The flows of a wallet's journal: a top-up's grant kind, else the entry's kind.
 FLOWS = ("pack", "promo", "allocation", "adjustment", "capture", "charge", "expiry", "reversal")
@@ -282,7 +285,7 @@ class MeteringRecord(SQLModel, table=True):
     operation: str = Field(max_length=64)
     model: str = Field(max_length=200)
     unit: str = Field(max_length=16)
-    #: pending, COMPLETED, FAILED, ERROR, CHARGED, voided, expired.
+    #: One of METERING_STATUSES.
     status: str = Field(max_length=16)
     #: Minor units held by the authorization (0 for an immediate charge).
     held: int = money()

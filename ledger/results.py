@@ -147,6 +147,54 @@ class EntryView(_Result):
     postings: list[PostingView]
 
 
+class RecordedUsage(_Result):
+    """The usage a metering record holds: what the provider reported at the capture; for
+    an immediate charge, what it was priced on; while pending, and after a void or an
+    expiry, the estimate the hold was sized on."""
+
+    input_tokens: int
+    output_tokens: int
+    images: int
+    videos: int
+    candidates: int
+    #: Video seconds, exact to the microsecond.
+    seconds: Decimal
+
+
+class UsageRecordView(_Result):
+    """One authorization or immediate charge (``kind``), as metered: what was asked
+    (catalog, version, operation, model), held and charged, its usage, and the gateway's
+    ``request_id``. ``entry_id`` is the capture or charge entry (None when nothing was
+    charged); ``reversed_by`` the entry that refunded it, if one did."""
+
+    id: str
+    account_id: str
+    kind: str
+    status: str
+    catalog: str
+    catalog_version: str
+    operation: str
+    model: str
+    unit: str
+    scale: int
+    held: int
+    charged: int
+    usage: RecordedUsage
+    request_id: str | None
+    hold_id: str | None
+    entry_id: str | None
+    reversed_by: str | None
+    created_at: datetime
+    completed_at: datetime | None
+
+
+class UsageRecordPage(_Result):
+    """A wallet's usage records, newest first; ``next_cursor`` reads on (None: no more)."""
+
+    items: list[UsageRecordView]
+    next_cursor: str | None
+
+
 class TopUpResult(_Result):
     entry: EntryView
     grant: GrantView | None

@@ -51,6 +51,7 @@ from ledger.models import (
     ACCOUNT_SETTINGS,
     ENTRY_KINDS,
     HOLD_STATUSES,
+    METERING_STATUSES,
     PENDING_HOLD,
     SYSTEM_KINDS,
     WALLET,
@@ -84,10 +85,13 @@ from ledger.results import (
     HoldPage,
     HoldView,
     PostingView,
+    RecordedUsage,
     ReversalResult,
     RevocationResult,
     TopUpResult,
     UsageLine,
+    UsageRecordPage,
+    UsageRecordView,
     UsageTotals,
     UsageView,
 )
@@ -1731,6 +1735,115 @@ class Ledger:
                 raise NotFound(f"no authorization '{hold_id}'", field="id")
             return self._hold_view(conn, self._wallet(conn, external), hold_id)
 
+    # -------------------------------------------------------------------- usage records
+
+    def usage_records(
+        self,
+        account_id: str,
+        *,
+        status: str | None = None,
+        catalog: str | None = None,
+        operation: str | None = None,
+        model: str | None = None,
+        request_id: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        cursor: str | None = None,
+        limit: int = 50,
+    ) -> UsageRecordPage:
+        """A wallet's metering records (one per authorization or immediate charge), newest
+        first, ``limit`` at a time: of one ``status``, catalog, operation, model or
+        gateway ``request_id``, and made at or after ``since`` and before ``until``, if
+        given (pass the same with the next page's cursor)."""
+        _page_limit(limit)
+        if status is not None and status not in METERING_STATUSES:
+            raise InvalidInput(
+                f"unknown status {status!r}", field="status", allowed=list(METERING_STATUSES)
+            )
+        wanted = {
+            metering.c.catalog: _text(catalog, "catalog", required=False, most=64),
+            metering.c.operation: _text(operation, "operation", required=False, most=64),
+            metering.c.model: _text(model, "model", required=False, most=200),
+            metering.c.request_id: _text(request_id, "request_id", required=False, most=200),
+            metering.c.status: status,
+        }
+        since, until = _window(since, until)
+        with self.db.transaction(write=False) as conn:
+            wallet = self._wallet(conn, account_id)
+            stmt = self._usage_records().where(metering.c.account_id == wallet.id)
+            for column, value in wanted.items():
+                if value is not None:
+                    stmt = stmt.where(column == value)
+            if since is not None:
+                stmt = stmt.where(metering.c.created_at >= since)
+            if until is not None:
+                stmt = stmt.where(metering.c.created_at < until)
+            page, next_cursor = _newest_first(
+                conn, stmt, metering.c.created_at, metering.c.id, cursor, limit
+            )
+        return UsageRecordPage(
+            items=[self._usage_record_view(wallet, r) for r in page], next_cursor=next_cursor
+        )
+
+    def usage_record(self, record_id: str, *, owner: str | None = None) -> UsageRecordView:
+        """One metering record (a charge's id, or an authorization's ``metering_id``);
+        with ``owner``, only if it is that wallet's (else not found)."""
+        if not isinstance(record_id, str) or "\x00" in record_id:
+            raise NotFound(f"no usage record {record_id!r}", field="id")
+        with self.db.transaction(write=False) as conn:
+            external = conn.execute(
+                sa.select(accounts.c.external_id)
+                .join(metering, metering.c.account_id == accounts.c.id)
+                .where(metering.c.id == record_id)
+            ).scalar()
+            if external is None or owner not in (None, external):
+                raise NotFound(f"no usage record '{record_id}'", field="id")
+            wallet = self._wallet(conn, external)
+            row = conn.execute(self._usage_records().where(metering.c.id == record_id)).one()
+        return self._usage_record_view(wallet, row)
+
+    @staticmethod
+    def _usage_records() -> sa.Select[Any]:
+        """Metering records, each with the entry that reversed its charge (if any)."""
+        refund = entries.alias("refund")
+        return sa.select(
+            metering, seconds_micros(metering.c.seconds), refund.c.id.label("reversed_by")
+        ).outerjoin(
+            refund,
+            sa.and_(metering.c.entry_id.is_not(None), refund.c.reverses_id == metering.c.entry_id),
+        )
+
+    @staticmethod
+    def _usage_record_view(wallet: _Wallet, r: Row[Any]) -> UsageRecordView:
+        return UsageRecordView(
+            id=r.id,
+            account_id=wallet.external_id,
+            kind=r.kind,
+            status=r.status,
+            catalog=r.catalog,
+            catalog_version=r.catalog_version,
+            operation=r.operation,
+            model=r.model,
+            unit=wallet.unit,
+            scale=wallet.scale,
+            held=r.held,
+            charged=r.charged,
+            usage=RecordedUsage(
+                input_tokens=r.input_tokens,
+                output_tokens=r.output_tokens,
+                images=r.images,
+                videos=r.videos,
+                candidates=r.candidates,
+                seconds=kernel.exact_seconds(r.seconds_us),
+            ),
+            request_id=r.request_id,
+            hold_id=r.hold_id,
+            entry_id=r.entry_id,
+            reversed_by=r.reversed_by,
+            created_at=r.created_at,
+            completed_at=r.completed_at,
+        )
+
     # ------------------------------------------------------------------------- charges
 
     def charge(
@@ -2232,9 +2345,7 @@ class Ledger:
         _page_limit(limit)
         if kind is not None and kind not in ENTRY_KINDS:
             raise InvalidInput(f"unknown kind {kind!r}", field="kind", allowed=list(ENTRY_KINDS))
-        since, until = aware_instant(since, "since"), aware_instant(until, "until")
-        if since is not None and until is not None and since >= until:
-            raise InvalidInput("since must be before until", field="since")
+        since, until = _window(since, until)
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
             stmt = sa.select(entries.c.id, entries.c.posted_at).where(
@@ -2357,6 +2468,16 @@ _USAGE_COUNTS = (
     "candidates",
     "amount",
 )
+
+
+def _window(
+    since: datetime | None, until: datetime | None
+) -> tuple[datetime | None, datetime | None]:
+    """A listing's time window (either end may be open), or InvalidInput."""
+    since, until = aware_instant(since, "since"), aware_instant(until, "until")
+    if since is not None and until is not None and since >= until:
+        raise InvalidInput("since must be before until", field="since")
+    return since, until
 
 
 def _page_limit(limit: Any) -> None:

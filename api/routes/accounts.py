@@ -6,7 +6,6 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
-from pydantic import AwareDatetime
 
 from api.deps import AdminCall, Caller, Gateway, JournalReader, ServicesDep, ensure_own
 from api.errors import documented
@@ -24,6 +23,7 @@ from api.schemas import (
     Day,
     EntryPage,
     HoldPage,
+    Instant,
     ReversalCreate,
     ReversalResult,
     RevocationCreate,
@@ -31,6 +31,8 @@ from api.schemas import (
     TopUpCreate,
     TopUpResult,
     UsagePublic,
+    UsageRecordPage,
+    UsageRecordView,
 )
 from ledger.results import AccountSummary, AccountView
 from ledger.services import UNSET
@@ -144,7 +146,7 @@ async def read_balance(
     caller: Caller,
     services: ServicesDep,
     as_of: Annotated[
-        AwareDatetime | None,
+        Instant | None,
         Query(description="An ISO 8601 instant with its timezone; omitted: now."),
     ] = None,
 ) -> BalancePublic:
@@ -197,10 +199,8 @@ async def list_entries(
         | None,
         Query(),
     ] = None,
-    since: Annotated[
-        AwareDatetime | None, Query(description="Posted at or after this instant.")
-    ] = None,
-    until: Annotated[AwareDatetime | None, Query(description="Posted before this instant.")] = None,
+    since: Annotated[Instant | None, Query(description="Posted at or after this instant.")] = None,
+    until: Annotated[Instant | None, Query(description="Posted before this instant.")] = None,
 ) -> EntryPage:
     """The wallet's journal entries, newest first, of one ``kind`` and posted from
     ``since`` to before ``until`` if given; pass ``next_cursor`` (with the same filters)
@@ -232,6 +232,53 @@ async def list_authorizations(
     return await run_in_threadpool(
         services.ledger.holds_of, id, status=status, cursor=cursor, limit=limit
     )
+
+
+@router.get("/accounts/{id}/usage-records", response_model=UsageRecordPage, responses=_ERRORS)
+async def list_usage_records(
+    id: str,
+    caller: Caller,
+    services: ServicesDep,
+    status: Annotated[
+        Literal["pending", "COMPLETED", "FAILED", "ERROR", "CHARGED", "voided", "expired"] | None,
+        Query(description="The outcome: a capture's provider status, CHARGED, or the hold's."),
+    ] = None,
+    catalog: Annotated[str | None, Query(max_length=64)] = None,
+    operation: Annotated[str | None, Query(max_length=64)] = None,
+    model: Annotated[str | None, Query(max_length=200)] = None,
+    request_id: Annotated[
+        str | None, Query(max_length=200, description="The gateway's id of the request.")
+    ] = None,
+    since: Annotated[Instant | None, Query(description="Made at or after this instant.")] = None,
+    until: Annotated[Instant | None, Query(description="Made before this instant.")] = None,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
+) -> UsageRecordPage:
+    """The wallet's requests as metered, one record per authorization or immediate
+    charge, newest first: what was asked, held, used and charged, and the refund if one
+    was made. Filter by outcome, catalog, operation, model, the gateway's ``request_id``
+    and time; pass ``next_cursor`` (with the same filters) for the next page."""
+    ensure_own(caller, id)
+    return await run_in_threadpool(
+        services.ledger.usage_records,
+        id,
+        status=status,
+        catalog=catalog,
+        operation=operation,
+        model=model,
+        request_id=request_id,
+        since=since,
+        until=until,
+        cursor=cursor,
+        limit=limit,
+    )
+
+
+@router.get("/usage-records/{id}", response_model=UsageRecordView, responses=_ERRORS)
+async def read_usage_record(id: str, caller: Caller, services: ServicesDep) -> UsageRecordView:
+    """One request as metered: a charge's ``id``, or an authorization's ``metering_id``."""
+    owner = caller.account if caller.role == "customer" else None
+    return await run_in_threadpool(services.ledger.usage_record, id, owner=owner)
 
 
 @router.post(

@@ -27,6 +27,7 @@ ROLES = ("admin", "service", "customer_own", "customer_other")
 @dataclass
 class World:
     hold: str
+    record: str
     entry: str
     grant: str
     key_id: str
@@ -36,12 +37,13 @@ class World:
 def world(api: Api) -> World:
     api.wallet("target", "credit", topup=10_000)
     api.wallet("elsewhere", "credit")
-    hold = api.post("/v1/authorizations", {"account_id": "target", **VEO_FAST}).json()["id"]
+    held = api.post("/v1/authorizations", {"account_id": "target", **VEO_FAST}).json()
+    hold, record = held["id"], held["metering_id"]
     topup = api.post("/v1/accounts/target/topups", {"amount": 100}).json()
     entry, grant = topup["entry"]["id"], topup["grant"]["id"]
     key_id = api.keys.create("service", name="to revoke").id
     report = api.app.state.services.reports.request("2026-10", account_id="target")[0].id
-    return World(hold, entry, grant, key_id, report)
+    return World(hold, record, entry, grant, key_id, report)
 
 
 # (method, path, body, expected status for admin, service, customer_own, customer_other)
@@ -68,6 +70,8 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int]]] = [
     ("GET", "/v1/accounts/target/changes", None, (200, 403, 200, 404)),
     ("GET", "/v1/accounts/target/entries", None, (200, 403, 200, 404)),
     ("GET", "/v1/accounts/target/authorizations", None, (200, 200, 200, 404)),
+    ("GET", "/v1/accounts/target/usage-records", None, (200, 200, 200, 404)),
+    ("GET", "/v1/usage-records/{record}", None, (200, 200, 200, 404)),
     ("POST", "/v1/accounts/target/topups", {"amount": 5}, (201, 403, 403, 403)),
     (
         "POST",

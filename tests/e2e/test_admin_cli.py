@@ -13,6 +13,9 @@ from pathlib import Path
 import httpx2 as httpx
 import pytest
 
+from ledger.db import Database
+from ledger.services import Ledger
+from pricing import default_catalogs
 from tests import factories as f
 from tests.e2e.served import Served
 from tests.e2e.test_cli import run
@@ -155,6 +158,35 @@ def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
     assert "topup" in table.stdout
 
 
+def test_account_usage_records(env: dict[str, str]) -> None:
+    assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
+    assert run("topup", "acme", "1000", env=env).returncode == 0
+    db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])  # the gateway's traffic
+    try:
+        ledger = Ledger(db, default_catalogs())
+        veo = f.veo3_video(video_model="veo3_fast")
+        charged = ledger.charge("acme", veo, idempotency_key="c1", request_id="req-1")
+        hold = ledger.authorize("acme", veo, idempotency_key="a1", request_id="req-2")
+        ledger.capture(hold.id, status="ERROR", usage={}, idempotency_key="x1")
+    finally:
+        db.dispose()
+    listed = run("account", "usage-records", "acme", "--json", env=env)
+    assert listed.returncode == 0, listed.stderr
+    items = json.loads(listed.stdout)["items"]
+    assert [(r["request_id"], r["status"], r["charged"]) for r in items] == [
+        ("req-2", "ERROR", 0),
+        ("req-1", "CHARGED", 240),
+    ]
+    assert items[1]["id"] == charged.id
+    one = run("account", "usage-records", "acme", "--request-id", "req-1", "--json", env=env)
+    assert [r["id"] for r in json.loads(one.stdout)["items"]] == [charged.id]
+    table = run("account", "usage-records", "acme", "--status", "CHARGED", env=env)
+    assert "usage records of acme" in table.stdout
+    assert "req-1" in table.stdout
+    assert "req-2" not in table.stdout
+    assert "240" in table.stdout
+
+
 @pytest.fixture(scope="module")
 def migrated_with_acme(migrated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The migrated file with the wallet ``acme`` (credits) opened by the CLI."""
@@ -176,6 +208,9 @@ def migrated_with_acme(migrated: Path, tmp_path_factory: pytest.TempPathFactory)
         (["account", "show", "ghost"], 7, "account_id"),
         (["account", "balance", "ghost"], 7, "account_id"),
         (["account", "entries", "acme", "--kind", "refund"], 2, "kind"),
+        (["account", "usage-records", "acme", "--status", "done"], 2, "status"),
+        (["account", "usage-records", "acme", "--since", "yesterday"], 2, "since"),
+        (["account", "usage-records", "ghost"], 7, "account_id"),
         (["account", "update", "acme"], 2, "body"),
         (["account", "update", "acme", "--overdraft-limit", "-1"], 2, "overdraft_limit"),
         (

@@ -19,7 +19,7 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from ledger.models import ENTRY_KINDS, HOLD_STATUSES, idempotency
+from ledger.models import ENTRY_KINDS, HOLD_STATUSES, METERING_STATUSES, idempotency
 from ledger.verify import verify
 from pricing import estimate, price_usage
 from tests import factories as f
@@ -766,6 +766,97 @@ def test_entries_filter_by_kind_and_time(api: Api, clock: Clock) -> None:
         assert (r.status_code, r.json()["field"]) == (422, field), r.text
 
 
+def test_usage_records_show_each_request_as_metered(api: Api, clock: Clock) -> None:
+    user = api.wallet("metered-user", "token", topup=10_000_000)  # 12:00
+    api.wallet("someone-else", "token")
+
+    def hold(request: dict[str, Any], request_id: str) -> dict[str, Any]:
+        r = authorize(api, user, {**request, "request_id": request_id})
+        assert r.status_code == 201, r.text
+        clock.advance(minutes=1)
+        body: dict[str, Any] = r.json()
+        return body
+
+    text = hold(f.text(max_tokens=500), "req-text")
+    usage = {"input_tokens": 10, "output_tokens": 89}
+    captured = api.post(
+        f"/v1/authorizations/{text['id']}/capture", {"status": "COMPLETED", "usage": usage}
+    ).json()
+    video = hold(f.cosmic_video(), "req-video")
+    api.post(f"/v1/authorizations/{video['id']}/capture", {"status": "ERROR"})
+    voided = hold(f.text(), "req-void")
+    api.post(f"/v1/authorizations/{voided['id']}/void")
+    pending = hold(f.text(), "req-pending")
+    charge = api.post(
+        "/v1/charges", {"account_id": user, **f.cosmic_image(), "request_id": "req-image"}
+    ).json()
+    refund = api.post(f"/v1/entries/{charge['entry_id']}/reverse", {"reason": "refund"}).json()
+    customer = api.customer(user)
+
+    def listed(**params: str) -> list[dict[str, Any]]:
+        r = api.get(f"/v1/accounts/{user}/usage-records", params=params, as_key=customer)
+        assert r.status_code == 200, r.text
+        items: list[dict[str, Any]] = r.json()["items"]
+        return items
+
+    records = listed()
+    assert [(r["request_id"], r["kind"], r["status"]) for r in records] == [
+        ("req-image", "charge", "CHARGED"),
+        ("req-pending", "authorization", "pending"),
+        ("req-void", "authorization", "voided"),
+        ("req-video", "authorization", "ERROR"),
+        ("req-text", "authorization", "COMPLETED"),
+    ]
+    image, _, _, failed, done = records
+    assert done["id"] == text["metering_id"]
+    assert done["hold_id"] == text["id"]
+    assert (done["held"], done["charged"]) == (text["held"], captured["charged"])
+    assert done["entry_id"] == captured["entry_id"]
+    assert done["reversed_by"] is None
+    assert {k: done["usage"][k] for k in usage} == usage  # the provider's, not the estimate
+    assert (done["catalog"], done["operation"], done["unit"]) == ("cosmic", "text", "token")
+    assert done["catalog_version"] == text["catalog_version"]
+    assert done["completed_at"]
+    assert (failed["charged"], failed["entry_id"]) == (0, None)  # ERROR is never charged
+    assert image["id"] == charge["id"]
+    assert image["charged"] == charge["credits_used"]
+    assert (image["hold_id"], image["reversed_by"]) == (None, refund["entry"]["id"])
+    assert image["usage"]["images"] == 1
+    assert listed(status="pending")[0]["id"] == pending["metering_id"]
+    assert [r["request_id"] for r in listed(request_id="req-video")] == ["req-video"]
+    assert [r["operation"] for r in listed(catalog="cosmic", operation="image")] == ["image"]
+    assert listed(model=done["model"], status="COMPLETED") == [done]
+    assert listed(catalog="veo3") == []
+    window = {"since": "2026-11-21T21:01:00+09:00", "until": "2026-11-21T12:03:00Z"}
+    assert [r["request_id"] for r in listed(**window)] == ["req-void", "req-video"]
+    first = api.get(f"/v1/accounts/{user}/usage-records", params={"limit": "3"}).json()
+    rest = api.get(
+        f"/v1/accounts/{user}/usage-records", params={"cursor": first["next_cursor"]}
+    ).json()
+    assert first["items"] + rest["items"] == records
+    assert rest["next_cursor"] is None
+
+    one = api.get(f"/v1/usage-records/{done['id']}", as_key=customer)
+    assert (one.status_code, one.json()) == (200, done)
+    assert api.get(f"/v1/usage-records/{image['id']}", as_key="service").json() == image
+    other = api.customer("someone-else")
+    for path in (f"/v1/usage-records/{done['id']}", f"/v1/accounts/{user}/usage-records"):
+        r = api.get(path, as_key=other)
+        assert r.status_code == 404, r.text
+    missing = api.get("/v1/usage-records/nope")
+    assert (missing.status_code, missing.json()["field"]) == (404, "id")
+    for params, field in (
+        ({"status": "captured"}, "status"),
+        ({"since": "2026-11-21T13:00:00Z", "until": "2026-11-21T13:00:00Z"}, "since"),
+        ({"until": "2026-11-21T13:00:00"}, "until"),
+        ({"model": "m" * 201}, "model"),
+        ({"cursor": "not-ours"}, "cursor"),
+        ({"limit": "0"}, "limit"),
+    ):
+        r = api.get(f"/v1/accounts/{user}/usage-records", params=params)
+        assert (r.status_code, r.json()["field"]) == (422, field), r.text
+
+
 def test_catalogs_health_and_metrics(api: Api) -> None:
     listing = api.get("/v1/catalogs", as_key="service").json()["catalogs"]
     assert {c["name"] for c in listing} >= {"cosmic", "veo3", "pixazo", "fal"}
@@ -805,6 +896,8 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/v1/accounts/{id}/usage",
         "/v1/accounts/{id}/changes",
         "/v1/accounts/{id}/entries",
+        "/v1/accounts/{id}/usage-records",
+        "/v1/usage-records/{id}",
         "/v1/accounts/{id}/topups",
         "/v1/accounts/{id}/adjustments",
         "/v1/entries/{id}/reverse",
@@ -825,6 +918,7 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
     # The routes spell out the ledger's values for the documentation: the same ones.
     assert choices("/v1/accounts/{id}/entries", "kind") == list(ENTRY_KINDS)
     assert choices("/v1/accounts/{id}/authorizations", "status") == list(HOLD_STATUSES)
+    assert choices("/v1/accounts/{id}/usage-records", "status") == list(METERING_STATUSES)
 
 
 # ---------------------------------------------------------------------------- idempotency

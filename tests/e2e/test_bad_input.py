@@ -276,6 +276,38 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         "invalid_input",
         "expires_at",
     ),
+    # Instants are ISO 8601 text: a number is no Unix timestamp (pydantic would read one).
+    *(
+        (f"instant {name}", method, path, body, {}, 422, "invalid_request", field)
+        for name, method, path, body, field in (
+            (
+                "expiry 1700000000",
+                "POST",
+                "/v1/accounts/w/topups",
+                {"amount": 5, "expires_at": 1700000000},
+                "expires_at",
+            ),
+            (
+                "expiry '1700000000'",
+                "POST",
+                "/v1/accounts/w/topups",
+                {"amount": 5, "expires_at": "1700000000"},
+                "expires_at",
+            ),
+            (
+                "key expiry 1.5e9",
+                "POST",
+                "/v1/keys",
+                {"role": "service", "expires_at": 1.5e9},
+                "expires_at",
+            ),
+            ("estimate at 0", "POST", "/v1/estimates", {**VEO, "at": 0}, "at"),
+            ("as_of -1515", "GET", "/v1/accounts/w/balance?as_of=-1515", None, "as_of"),
+            ("since 0", "GET", "/v1/accounts/w/entries?since=0", None, "since"),
+            ("until 1e9", "GET", "/v1/accounts/w/usage-records?until=1e9", None, "until"),
+            ("since a day", "GET", "/v1/accounts/w/usage-records?since=2026-11-01", None, "since"),
+        )
+    ),
     (
         "cursor past 9999 in UTC",
         "GET",

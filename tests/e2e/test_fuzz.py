@@ -4,9 +4,10 @@ Cases are valid by the schema and invalid by it (negative mode), sent with valid
 every role through the real app and database. Each response must be no 5xx, a documented
 status, the documented content type and headers, and a body that matches the documented
 schema; a request the schema forbids must be refused with a 4xx. The path parameters and
-bodies of valid cases are steered three times in four towards things that exist (the wallets, holds,
-entries, grants, keys, reports and catalogs set up first), so cases reach the ledger and not only
-404s. Afterwards every ledger invariant must still hold (the ``ledger`` fixture checks).
+bodies of valid cases are steered three times in four towards things that exist (the
+wallets, holds, usage records, entries, grants, keys, reports and catalogs set up first),
+so cases reach the ledger and not only 404s. Afterwards every ledger invariant must still
+hold (the ``ledger`` fixture checks).
 """
 
 from __future__ import annotations
@@ -67,13 +68,14 @@ def _world(api: Api) -> dict[str, list[str]]:
     credits = api.wallet("fuzz", "credit", topup=10_000)
     tokens = api.wallet("fuzz-tokens", "token", topup=5_000_000)
     usd = api.wallet("fuzz-usd", "usd", topup=1_000_000)
-    holds = []
+    holds, records = [], []
     for _ in range(3):
         r = api.post(
             "/v1/authorizations", {"account_id": credits, **f.veo3_video(video_model="veo3_fast")}
         )
         assert r.status_code == 201, r.text
         holds.append(r.json()["id"])
+        records.append(r.json()["metering_id"])
     entries = [e["id"] for e in api.get(f"/v1/accounts/{credits}/entries").json()["items"]]
     grants = [g["id"] for w in (credits, tokens, usd) for g in api.balance(w)["grants"]]
     spare = api.keys.create("service", name="spare").id
@@ -82,6 +84,7 @@ def _world(api: Api) -> dict[str, list[str]]:
     return {
         "accounts": [credits, tokens, usd],
         "authorizations": holds,
+        "usage-records": records,
         "entries": entries,
         "grants": grants,
         "keys": [spare],
