@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
 from datetime import timedelta
@@ -488,6 +489,11 @@ MACHINE_SETTINGS = settings(
 def test_ledger_state_machine_sqlite() -> None:
     class OnSQLite(LedgerMachine):
         make_db = staticmethod(_sqlite)
+
+        def teardown(self) -> None:
+            super().teardown()
+            folder = Path(str(self.db.engine.url.database)).parent
+            shutil.rmtree(folder, ignore_errors=True)  # one per example
 
     run_state_machine_as_test(OnSQLite, settings=MACHINE_SETTINGS)
 
