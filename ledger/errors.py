@@ -131,3 +131,15 @@ class UnbalancedEntry(LedgerError):
     """A journal entry whose postings do not sum to zero per unit: a bug, never input."""
 
     code = "unbalanced_entry"
+
+
+class BackupExists(LedgerError):
+    """The backup's destination exists; nothing was written (choose another, or replace)."""
+
+    code = "backup_exists"
+
+
+class BackupFailed(LedgerError):
+    """The copy did not pass SQLite's integrity check and was deleted."""
+
+    code = "backup_failed"

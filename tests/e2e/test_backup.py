@@ -1,0 +1,189 @@
+"""``creditledger backup``: an online copy of the SQLite ledger, taken by the real CLI
+process while another process keeps writing, proven whole and consistent, and usable as
+the database it copies."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sqlite3
+import threading
+from pathlib import Path
+
+import pytest
+
+from ledger import backup as backup_module
+from ledger.db import Database
+from ledger.errors import BackupFailed
+from ledger.services import Ledger
+from ledger.verify import verify
+from pricing import default_catalogs
+from tests.e2e.test_cli import run
+
+TOPUP = 7
+
+
+def _url(path: Path) -> dict[str, str]:
+    return {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{path}"}
+
+
+@pytest.fixture
+def ledger_file(tmp_path: Path) -> Path:
+    """A migrated ledger file with the wallet ``acme`` and 300 top-ups of 7 credits."""
+    path = tmp_path / "live" / "ledger.db"
+    path.parent.mkdir()
+    db = Database.from_url(f"sqlite:///{path}")
+    db.migrate()
+    ledger = Ledger(db, default_catalogs())
+    ledger.open_account("acme", "credit", idempotency_key="open")
+    for n in range(300):
+        ledger.top_up("acme", TOPUP, idempotency_key=f"seed-{n}")
+    db.dispose()
+    return path
+
+
+def test_a_backup_taken_while_another_process_writes_is_one_consistent_state(
+    ledger_file: Path, tmp_path: Path
+) -> None:
+    db = Database.from_url(f"sqlite:///{ledger_file}")
+    ledger = Ledger(db, default_catalogs())
+    stop = threading.Event()
+    written: list[int] = []
+
+    def write() -> None:  # the server's traffic, meanwhile
+        n = 0
+        while not stop.is_set() or n < 20:
+            ledger.top_up("acme", TOPUP, idempotency_key=f"live-{n}")
+            n += 1
+        written.append(n)
+
+    writer = threading.Thread(target=write)
+    writer.start()
+    try:
+        copy = tmp_path / "backups" / "ledger-copy.db"
+        copy.parent.mkdir()
+        made = run("backup", str(copy), "--json", env=_url(ledger_file))
+    finally:
+        stop.set()
+        writer.join()
+    final = ledger.account("acme").balance
+    db.dispose()
+    assert made.returncode == 0, made.stderr
+    view = json.loads(made.stdout)
+    assert (view["integrity"], view["violations"]) == ("ok", [])
+    assert view["path"] == str(copy)
+    assert view["bytes"] == copy.stat().st_size
+    assert view["revision"]
+    # One self-contained file: no WAL beside it, no partial file left.
+    assert sorted(p.name for p in copy.parent.iterdir()) == ["ledger-copy.db"]
+
+    restored = Database.from_url(f"sqlite:///{copy}")
+    try:
+        assert verify(restored) == []
+        balance = Ledger(restored, default_catalogs()).account("acme").balance
+        with restored.transaction(write=False) as conn:
+            topups = conn.exec_driver_sql(
+                "SELECT COUNT(*) FROM entries WHERE kind = 'topup'"
+            ).scalar_one()
+    finally:
+        restored.dispose()
+    # A state that existed: every top-up up to some instant, and its balance.
+    assert balance == topups * TOPUP
+    assert 300 * TOPUP <= balance <= final == (300 + written[0]) * TOPUP
+
+    # Restored in the database's place, the ledger runs on it.
+    place = tmp_path / "restored" / "ledger.db"
+    place.parent.mkdir()
+    shutil.copyfile(copy, place)
+    assert run("verify", env=_url(place)).returncode == 0
+    shown = run("account", "show", "acme", "--json", env=_url(place))
+    assert json.loads(shown.stdout)["balance"] == balance
+
+
+def test_a_backup_never_overwrites_by_accident(ledger_file: Path, tmp_path: Path) -> None:
+    copy = tmp_path / "copy.db"
+    assert run("backup", str(copy), env=_url(ledger_file)).returncode == 0
+    first = copy.read_bytes()
+    again = run("backup", str(copy), env=_url(ledger_file))
+    assert again.returncode == 8
+    assert json.loads(again.stderr)["error"] == "backup_exists"
+    assert copy.read_bytes() == first
+    replaced = run("backup", str(copy), "--replace", env=_url(ledger_file))
+    assert replaced.returncode == 0, replaced.stderr
+    assert "integrity ok" in replaced.stdout
+    # A destination that a process has open as a database (its WAL would be replayed).
+    copy.with_name("copy.db-wal").write_bytes(b"")
+    busy = run("backup", str(copy), "--replace", env=_url(ledger_file))
+    assert (busy.returncode, json.loads(busy.stderr)["field"]) == (2, "destination")
+    # A -wal left where the copy would go, with no file of that name (yet).
+    copy.unlink()
+    stale = run("backup", str(copy), env=_url(ledger_file))
+    assert (stale.returncode, json.loads(stale.stderr)["field"]) == (2, "destination")
+    assert not copy.exists()
+
+
+@pytest.mark.parametrize(
+    ("url", "destination", "field"),
+    [
+        ("postgresql+psycopg://ledger@localhost/ledger", "copy.db", "CREDITLEDGER_DATABASE_URL"),
+        (None, "missing-folder/copy.db", "destination"),
+        (None, ".", "destination"),
+        (None, "live/ledger.db", "destination"),  # the database itself
+    ],
+)
+def test_a_backup_that_cannot_be_taken_is_refused_with_the_field(
+    ledger_file: Path, tmp_path: Path, url: str | None, destination: str, field: str
+) -> None:
+    env = {"CREDITLEDGER_DATABASE_URL": url} if url else _url(ledger_file)
+    before = ledger_file.read_bytes()
+    r = run("backup", str(tmp_path / destination), env=env)
+    assert r.returncode == 2, r.stderr
+    assert json.loads(r.stderr)["field"] == field
+    assert ledger_file.read_bytes() == before
+
+
+def test_a_backup_of_a_ledger_that_breaks_an_invariant_is_kept_and_says_so(
+    ledger_file: Path, tmp_path: Path
+) -> None:
+    conn = sqlite3.connect(ledger_file)
+    with conn:  # a balance edited behind the ledger's back
+        conn.execute("UPDATE accounts SET balance = balance + 1 WHERE external_id = 'acme'")
+    conn.close()
+    copy = tmp_path / "copy.db"
+    r = run("backup", str(copy), "--json", env=_url(ledger_file))
+    assert r.returncode == 5, r.stderr
+    checks = {v["check"] for v in json.loads(r.stdout)["violations"]}
+    assert checks == {"account_balance", "wallet_grants"}
+    assert copy.exists()
+
+
+def test_a_copy_that_fails_the_integrity_check_is_deleted(
+    ledger_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    copy_pages = backup_module._copy
+
+    def torn(source: Path, target: Path, *, timeout: float) -> None:
+        copy_pages(source, target, timeout=timeout)
+        _zero_an_index_root(target)
+
+    monkeypatch.setattr(backup_module, "_copy", torn)
+    db = Database.from_url(f"sqlite:///{ledger_file}")
+    try:
+        with pytest.raises(BackupFailed, match="integrity"):
+            backup_module.backup(db, tmp_path / "copy.db")
+    finally:
+        db.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
+
+
+def _zero_an_index_root(path: Path) -> None:
+    """Zero the root page of one of the journal's indexes, as a torn write would."""
+    conn = sqlite3.connect(path)
+    root = conn.execute(
+        "SELECT rootpage FROM sqlite_master WHERE type = 'index' AND tbl_name = 'entries'"
+    ).fetchone()[0]
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    conn.close()
+    with path.open("r+b") as file:
+        file.seek((root - 1) * page_size)
+        file.write(b"\x00" * page_size)
