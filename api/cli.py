@@ -37,6 +37,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from api.batch import BATCH_ID, Problem, default_batch_id, read_rows
 from api.errors import status_of
 from ledger.backup import backup
 from ledger.db import Database, is_lock_timeout
@@ -915,6 +916,127 @@ def topup_command(
             ("available", b.available),
         ],
     )
+
+
+@app.command("topup-batch")
+def topup_batch_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with a header: account_id, amount, and optionally kind, expires_at, "
+            "priority, reference."
+        ),
+    ],
+    batch_id: Annotated[
+        str | None,
+        typer.Option(
+            help="Names the batch in every row's idempotency key (default: the file's "
+            "SHA-256). Give one to correct a row the ledger refused and run the file again."
+        ),
+    ] = None,
+    check: Annotated[
+        bool, typer.Option("--check", help="Check the file against the ledger; write nothing.")
+    ] = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Top up many wallets from a CSV file (a promotion, a grant to every customer).
+
+    The whole file is checked first (each row's values, its wallet, its expiry): one bad
+    row and nothing is written (exit 2, every problem listed with its line). Then each row
+    is one top-up whose idempotency key is the batch id and the row's line, so a run cut
+    short is finished by running the same file again: the rows done are not done twice.
+    """
+    try:
+        text = file.read_text(encoding="utf-8-sig")
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail({"error": "invalid_request", "field": "file", "message": str(exc)}, EXIT_INVALID)
+    if batch_id is not None and not BATCH_ID.fullmatch(batch_id):
+        _fail(
+            {
+                "error": "invalid_request",
+                "field": "batch-id",
+                "message": "--batch-id: 1 to 100 letters, digits or . _ : -",
+            },
+            EXIT_INVALID,
+        )
+    rows, problems = read_rows(text)
+    with _open_ledger() as ledger:
+        units: dict[int, str] = {}
+        for row in rows:
+            try:
+                units[row.line] = ledger.check_top_up(
+                    row.account_id,
+                    row.amount,
+                    kind=row.kind,
+                    expires_at=row.expires_at,
+                    priority=row.priority,
+                    reference=row.reference,
+                )
+            except DomainError as exc:
+                problems.append(Problem(row.line, exc.field or "row", exc.message))
+        if problems:
+            problems.sort(key=lambda p: p.line or 0)
+            _fail(
+                {
+                    "error": "invalid_batch",
+                    "message": f"{len(problems)} problem(s) in {file}; nothing was written",
+                    "problems": [p.to_dict() for p in problems],
+                },
+                EXIT_INVALID,
+            )
+        batch = batch_id or default_batch_id(text)
+        done: list[dict[str, Any]] = []
+        for row in [] if check else rows:
+            try:
+                result = ledger.top_up(
+                    row.account_id,
+                    row.amount,
+                    idempotency_key=row.key(batch),
+                    kind=row.kind,
+                    expires_at=row.expires_at,
+                    priority=row.priority,
+                    reference=row.reference,
+                )
+            except DomainError as exc:
+                _fail(
+                    {
+                        **exc.to_dict(),
+                        "line": row.line,
+                        "done": len(done),
+                        "hint": f"the rows before line {row.line} are done; correct this "
+                        f"one and run the file again with --batch-id {batch}",
+                    },
+                    _EXIT_BY_STATUS.get(status_of(exc), EXIT_INVALID),
+                )
+            done.append(
+                {
+                    "line": row.line,
+                    "account_id": row.account_id,
+                    "amount": row.amount,
+                    "unit": units[row.line],
+                    "kind": row.kind,
+                    "entry_id": result.entry.id,
+                    "balance": result.balance.balance,
+                }
+            )
+    totals: dict[str, int] = {}
+    for row in rows:
+        totals[units[row.line]] = totals.get(units[row.line], 0) + row.amount
+    summary = {"batch_id": batch, "checked": check, "rows": len(rows), "totals": totals}
+    if as_json:
+        typer.echo(json.dumps({**summary, "done": done}, indent=2))
+        return
+    if done:
+        table = Table(title=f"batch {batch}")
+        for column in ("line", "account", "amount", "kind", "entry", "balance"):
+            table.add_column(column, overflow="fold")
+        fields = ("line", "account_id", "amount", "kind", "entry_id", "balance")
+        for d in done:
+            table.add_row(*(str(d[name]) for name in fields))
+        Console().print(table)
+    verb = "would top up" if check else "topped up"
+    amounts = ", ".join(f"{amount} {unit}" for unit, amount in sorted(totals.items()))
+    typer.echo(f"{verb} {len(rows)} row(s): {amounts}")
 
 
 @account_app.command("revoke-grant")

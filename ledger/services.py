@@ -1125,19 +1125,7 @@ class Ledger:
         reference: str | None = None,
     ) -> TopUpResult:
         """Add credits: a grant funded by the funding account (promotions for ``promo``)."""
-        _amount(amount, "amount")
-        if kind not in TOPUP_KINDS:
-            raise InvalidInput(
-                f"unknown top-up kind {kind!r}", field="kind", allowed=list(TOPUP_KINDS)
-            )
-        aware_instant(expires_at, "expires_at")
-        if type(priority) is not int or not -1_000_000 <= priority <= 1_000_000:
-            raise InvalidInput(
-                "priority must be a whole number",
-                field="priority",
-                allowed={"min": -1_000_000, "max": 1_000_000},
-            )
-        _text(reference, "reference", required=False)
+        _top_up_arguments(amount, kind, expires_at, priority, reference)
         payload = {
             "account_id": account_id,
             "amount": amount,
@@ -1194,6 +1182,27 @@ class Ledger:
             )
 
         return self._mutate("topup", idempotency_key, payload, work, TopUpResult)
+
+    def check_top_up(
+        self,
+        account_id: str,
+        amount: int,
+        *,
+        kind: str = "pack",
+        expires_at: datetime | None = None,
+        priority: int = 0,
+        reference: str | None = None,
+    ) -> str:
+        """What ``top_up`` with these arguments would refuse now, raised without a change:
+        its arguments, an unknown wallet, an expiry already past. Returns the wallet's
+        unit. (What depends on the balance when it runs, such as 64-bit room, is left to
+        ``top_up``.)"""
+        _top_up_arguments(amount, kind, expires_at, priority, reference)
+        with self.db.transaction(write=False) as conn:
+            wallet = self._wallet(conn, account_id)
+        if expires_at is not None and expires_at <= self._now():
+            raise InvalidInput("expires_at must be in the future", field="expires_at")
+        return wallet.unit
 
     def adjust(
         self, account_id: str, amount: int, *, reason: str, idempotency_key: str
@@ -2468,6 +2477,23 @@ _USAGE_COUNTS = (
     "candidates",
     "amount",
 )
+
+
+def _top_up_arguments(
+    amount: Any, kind: Any, expires_at: Any, priority: Any, reference: Any
+) -> None:
+    """A top-up's arguments, or InvalidInput naming the first that is wrong."""
+    _amount(amount, "amount")
+    if kind not in TOPUP_KINDS:
+        raise InvalidInput(f"unknown top-up kind {kind!r}", field="kind", allowed=list(TOPUP_KINDS))
+    aware_instant(expires_at, "expires_at")
+    if type(priority) is not int or not -1_000_000 <= priority <= 1_000_000:
+        raise InvalidInput(
+            "priority must be a whole number",
+            field="priority",
+            allowed={"min": -1_000_000, "max": 1_000_000},
+        )
+    _text(reference, "reference", required=False)
 
 
 def _window(

@@ -323,3 +323,114 @@ def test_serve_prints_a_generated_admin_key_only_on_the_first_start(
     listed = json.loads(run("keys", "list", "--json", env=env).stdout)
     assert [k["role"] for k in listed] == ["admin"]
     assert admin not in json.dumps(listed)
+
+
+def _ledger_at(env: dict[str, str]) -> tuple[Database, Ledger]:
+    db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
+    return db, Ledger(db, default_catalogs())
+
+
+def _balances(env: dict[str, str], *ids: str) -> list[int]:
+    db, ledger = _ledger_at(env)
+    try:
+        return [ledger.account(i).balance for i in ids]
+    finally:
+        db.dispose()
+
+
+def test_topup_batch_grants_each_row_once_even_run_again(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    db, ledger = _ledger_at(env)
+    for wallet in ("acme", "zeta"):
+        ledger.open_account(wallet, "credit", idempotency_key=f"open-{wallet}")
+    db.dispose()
+    batch = tmp_path / "spring.csv"
+    batch.write_text(
+        "account_id,amount,kind,expires_at,reference\n"
+        "acme,100,promo,2099-01-01T00:00:00Z,spring\n"
+        "zeta,250,,,\n"
+        "\n"
+        "acme,100,promo,2099-01-01T00:00:00Z,spring\n"  # a second grant, not a repeat
+    )
+    checked = run("topup-batch", str(batch), "--check", env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "would top up 3 row(s): 450 credit" in checked.stdout
+    assert _balances(env, "acme", "zeta") == [0, 0]
+    first = run("topup-batch", str(batch), "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert (report["rows"], report["totals"]) == (3, {"credit": 450})
+    assert [(d["line"], d["account_id"], d["balance"]) for d in report["done"]] == [
+        (2, "acme", 100),
+        (3, "zeta", 250),
+        (5, "acme", 200),
+    ]
+    assert _balances(env, "acme", "zeta") == [200, 250]
+    again = run("topup-batch", str(batch), env=env)
+    assert again.returncode == 0, again.stderr
+    assert "topped up 3 row(s): 450 credit" in again.stdout
+    assert _balances(env, "acme", "zeta") == [200, 250]  # replayed, not granted twice
+    shown = json.loads(run("account", "show", "acme", "--json", env=env).stdout)
+    assert [(g["kind"], g["reference"]) for g in shown["grants"]] == [("promo", "spring")] * 2
+
+
+def test_topup_batch_with_any_bad_row_writes_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    db, ledger = _ledger_at(env)
+    ledger.open_account("acme", "credit", idempotency_key="open")
+    db.dispose()
+    columns = tmp_path / "columns.csv"
+    columns.write_text("account,amount,note\nacme,5,x\n")
+    r = run("topup-batch", str(columns), env=env)
+    assert r.returncode == 2
+    assert {p["field"] for p in json.loads(r.stderr)["problems"]} == {
+        "account",
+        "note",
+        "account_id",
+    }
+    rows = tmp_path / "rows.csv"
+    rows.write_text(
+        "account_id,amount,kind,expires_at\n"
+        "ghost,5,,\n"
+        "acme,1.5,,\n"
+        "acme,5,gift,\n"
+        "acme,5,promo,2020-01-01T00:00:00Z\n"
+        "acme,5,promo,2027-01-01\n"
+        "acme,5\n"
+        "acme,5,pack,\n"
+    )
+    r = run("topup-batch", str(rows), env=env)
+    assert r.returncode == 2
+    body = json.loads(r.stderr)
+    assert body["error"] == "invalid_batch"
+    assert [(p["line"], p["field"]) for p in body["problems"]] == [
+        (2, "account_id"),
+        (3, "amount"),
+        (4, "kind"),
+        (5, "expires_at"),
+        (6, "expires_at"),
+        (7, "file"),
+    ]
+    assert _balances(env, "acme") == [0]
+
+
+def test_a_batch_cut_short_is_finished_by_running_it_again(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    db, ledger = _ledger_at(env)
+    for wallet in ("acme", "zeta"):
+        ledger.open_account(wallet, "credit", idempotency_key=f"open-{wallet}")
+    ledger.top_up("acme", 2**63 - 1 - 60, idempotency_key="nearly-full")
+    db.dispose()
+    batch = tmp_path / "batch.csv"
+    batch.write_text("account_id,amount\nzeta,10\nacme,100\n")
+    cut = run("topup-batch", str(batch), env=env)
+    assert cut.returncode == 2  # the ledger refused line 3 when it ran: beyond 64 bits
+    refused = json.loads(cut.stderr)
+    assert (refused["error"], refused["line"], refused["done"]) == ("amount_overflow", 3, 1)
+    batch_id = refused["hint"].split("--batch-id ")[1]
+    assert _balances(env, "zeta") == [10]
+    batch.write_text("account_id,amount\nzeta,10\nacme,50\n")  # line 3 corrected
+    finished = run("topup-batch", str(batch), "--batch-id", batch_id, "--json", env=env)
+    assert finished.returncode == 0, finished.stderr
+    assert _balances(env, "zeta", "acme") == [10, 2**63 - 1 - 10]  # line 2 not again
