@@ -18,6 +18,7 @@ Exit codes (stable, for scripts):
 
 from __future__ import annotations
 
+import getpass
 import json
 import logging
 import sqlite3
@@ -442,6 +443,15 @@ def _key(idempotency_key: str | None) -> str:
     return idempotency_key or f"cli:{uuid.uuid4().hex}"
 
 
+def _actor() -> str:
+    """What the ledger records as having made a change from the CLI: ``cli:<user>``."""
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no login name and no entry in the password database
+        return "cli"
+    return f"cli:{user}"[:80]
+
+
 LimitOption = Annotated[int, typer.Option(help="Rows per page (1 to 500).")]
 CursorOption = Annotated[
     str | None, typer.Option(help="Where the previous page ended (its 'more: --cursor').")
@@ -530,6 +540,7 @@ def account_update(
         view = ledger.update_account(
             account_id,
             idempotency_key=_key(idempotency_key),
+            actor=_actor(),
             overdraft_limit=UNSET if overdraft_limit is None else overdraft_limit,
             monthly_allocation=allocation,
             monthly_spend_limit=spend_limit,
@@ -898,6 +909,7 @@ def topup_command(
             account_id,
             amount,
             idempotency_key=_key(idempotency_key),
+            actor=_actor(),
             kind=kind,
             expires_at=expiry,
             priority=priority,
@@ -992,6 +1004,7 @@ def topup_batch_command(
                     row.account_id,
                     row.amount,
                     idempotency_key=row.key(batch),
+                    actor=_actor(),
                     kind=row.kind,
                     expires_at=row.expires_at,
                     priority=row.priority,
@@ -1048,7 +1061,9 @@ def account_revoke_grant(
 ) -> None:
     """Take back what is left of a grant: it expires now (what was spent stays spent)."""
     with _open_ledger() as ledger:
-        result = ledger.revoke_grant(grant_id, reason=reason, idempotency_key=_key(idempotency_key))
+        result = ledger.revoke_grant(
+            grant_id, reason=reason, idempotency_key=_key(idempotency_key), actor=_actor()
+        )
     b = result.balance
     _emit(
         result,

@@ -144,6 +144,11 @@ class Call:
     caller: Principal
     key: str
 
+    @property
+    def actor(self) -> str:
+        """What the ledger records as having made the change: the caller's API key."""
+        return f"key:{self.caller.key_id}"
+
 
 # The caller is a dependency of its own, solved first: a request without a valid key is
 # 401 (or 403) before its Idempotency-Key header or body is looked at. One function per

@@ -159,6 +159,9 @@ class Entry(SQLModel, table=True):
         default=None, foreign_key="entries.id", max_length=32, sa_column_kwargs={"unique": True}
     )
     hold_id: str | None = Field(default=None, max_length=32)
+    #: What made it: ``key:<api key id>``, ``cli:<user>`` or ``system`` (null: unknown:
+    #: written before migration 0012, or by a caller that named none).
+    actor: str | None = Field(default=None, max_length=80)
 
 
 class Posting(SQLModel, table=True):
@@ -408,6 +411,8 @@ class AccountChange(SQLModel, table=True):
     new_value: int | None = money(nullable=True, default=None)
     reason: str | None = Field(default=None, max_length=500)
     changed_at: datetime = instant()
+    #: Who changed it, as ``Entry.actor``.
+    actor: str | None = Field(default=None, max_length=80)
 
 
 class ApiKey(SQLModel, table=True):

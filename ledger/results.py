@@ -82,6 +82,8 @@ class AccountChangeView(_Result):
     new_value: bool | int | None
     reason: str | None
     changed_at: datetime
+    #: Who changed it, as ``EntryView.actor``.
+    actor: str | None = None
 
 
 class AccountChangePage(_Result):
@@ -144,6 +146,10 @@ class EntryView(_Result):
     memo: str
     reverses_id: str | None
     hold_id: str | None
+    #: What made it: ``key:<api key id>``, ``cli:<user>`` or ``system`` (expiries,
+    #: allocations); null when unknown (before migration 0012, or a caller that named
+    #: none), and as customer keys see it.
+    actor: str | None = None
     postings: list[PostingView]
 
 

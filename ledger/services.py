@@ -106,6 +106,8 @@ R = TypeVar("R", bound=BaseModel)
 TOPUP_KINDS = ("pack", "allocation", "promo")
 REVERSIBLE = ("topup", "adjustment", "capture", "charge")
 MAX_KEY = 255
+#: The actor of what the ledger does by itself (expiries, monthly allocations).
+SYSTEM_ACTOR = "system"
 
 
 def utcnow() -> datetime:
@@ -272,6 +274,7 @@ class _Work:
         key: str,
         request_hash: str,
         now: datetime,
+        actor: str | None = None,
     ):
         self.conn = conn
         self.store = store
@@ -279,6 +282,9 @@ class _Work:
         self.key = key
         self.request_hash = request_hash
         self.now = now
+        #: Who asked (``Entry.actor``): not part of the request, so a retry by another
+        #: key of the same scope replays the first answer, which names the first actor.
+        self.actor = actor
 
     def replay(self) -> dict[str, Any] | None:
         """The stored result of this key, or None. Call after locking the wallet."""
@@ -420,6 +426,7 @@ class Ledger:
         result: type[R],
         *,
         batch: bool = False,
+        actor: str | None = None,
     ) -> R:
         """Run ``work`` in one transaction with the idempotency protocol around it."""
         if not isinstance(key, str) or not 1 <= len(key) <= MAX_KEY:
@@ -433,7 +440,7 @@ class Ledger:
             try:
                 with _refusing_overflow(operation), self.db.transaction() as conn:
                     store = Store.of(conn)
-                    w = _Work(conn, store, operation, key, request_hash, self._now())
+                    w = _Work(conn, store, operation, key, request_hash, self._now(), actor)
                     # PostgreSQL: the batch ends with the commit, sent with its last
                     # writes; the transaction's own commit then has nothing left to do.
                     with store.batch(commit=True) if batch else nullcontext():
@@ -541,6 +548,7 @@ class Ledger:
         legs: Sequence[Leg],
         memo: str = "",
         *,
+        actor: str | None,
         reverses_id: str | None = None,
         hold_id: str | None = None,
         pending: int = 0,
@@ -579,6 +587,7 @@ class Ledger:
                 "memo": memo,
                 "reverses_id": reverses_id,
                 "hold_id": hold_id,
+                "actor": actor,
             },
         )
         deltas: dict[int, int] = {wallet.id: 0}
@@ -629,6 +638,7 @@ class Ledger:
             memo=row.memo,
             reverses_id=row.reverses_id,
             hold_id=row.hold_id,
+            actor=row.actor,
             postings=[PostingView(account_id=leg.external_id, amount=leg.amount) for leg in legs],
         )
 
@@ -757,7 +767,7 @@ class Ledger:
     ) -> int:
         """Move the remainder of the ``due`` grants to the expired-credits account; how
         many credits."""
-        self._expiry_entry(conn, wallet, now, due)
+        self._expiry_entry(conn, wallet, now, due, actor=SYSTEM_ACTOR)
         return sum(remaining for _, remaining in due)
 
     def _expiry_entry(
@@ -767,6 +777,8 @@ class Ledger:
         now: datetime,
         due: Sequence[tuple[str, int]],
         memo: str | None = None,
+        *,
+        actor: str | None,
     ) -> str | None:
         """The entry of ``_expire`` (None: nothing to move)."""
         total = sum(remaining for _, remaining in due)
@@ -781,6 +793,7 @@ class Ledger:
             wallet,
             kernel.transfer(wallet.id, expired, wallet.unit, total),
             memo or f"{len(due)} grant(s) expired",
+            actor=actor,
         )
         for grant_id, remaining in due:
             store.run(sql.MOVE_GRANT, {"delta": -remaining, "id": grant_id})
@@ -902,6 +915,7 @@ class Ledger:
         account_id: str,
         *,
         idempotency_key: str,
+        actor: str | None = None,
         overdraft_limit: int | Unset = UNSET,
         monthly_allocation: int | None | Unset = UNSET,
         blocked: bool | Unset = UNSET,
@@ -974,13 +988,16 @@ class Ledger:
                             "new_value": _setting_value(value),
                             "reason": reason,
                             "changed_at": w.now,
+                            "actor": w.actor,
                         }
                         for name, value in changed.items()
                     ],
                 )
             return self._account_view(w.conn, dataclasses.replace(wallet, overdraft_limit=limit))
 
-        return self._mutate("update_account", idempotency_key, payload, work, AccountView)
+        return self._mutate(
+            "update_account", idempotency_key, payload, work, AccountView, actor=actor
+        )
 
     def account_changes(
         self, account_id: str, *, cursor: str | None = None, limit: int = 50
@@ -1002,6 +1019,7 @@ class Ledger:
                     new_value=_setting_read(r.setting, r.new_value),
                     reason=r.reason,
                     changed_at=r.changed_at,
+                    actor=r.actor,
                 )
                 for r in page
             ],
@@ -1119,6 +1137,7 @@ class Ledger:
         amount: int,
         *,
         idempotency_key: str,
+        actor: str | None = None,
         kind: str = "pack",
         expires_at: datetime | None = None,
         priority: int = 0,
@@ -1155,6 +1174,7 @@ class Ledger:
                 wallet,
                 kernel.transfer(source, wallet.id, wallet.unit, amount),
                 f"{kind} top-up" + (f" ({reference})" if reference else ""),
+                actor=w.actor,
                 flow=kind,
             )
             grant_id = self._credit_grants(
@@ -1181,7 +1201,7 @@ class Ledger:
                 balance=self._balance_view(w.conn, wallet),
             )
 
-        return self._mutate("topup", idempotency_key, payload, work, TopUpResult)
+        return self._mutate("topup", idempotency_key, payload, work, TopUpResult, actor=actor)
 
     def check_top_up(
         self,
@@ -1205,7 +1225,13 @@ class Ledger:
         return wallet.unit
 
     def adjust(
-        self, account_id: str, amount: int, *, reason: str, idempotency_key: str
+        self,
+        account_id: str,
+        amount: int,
+        *,
+        reason: str,
+        idempotency_key: str,
+        actor: str | None = None,
     ) -> AdjustmentResult:
         """An admin correction: a signed amount against the funding account."""
         if type(amount) is not int or amount == 0 or abs(amount) > kernel.MAX_AMOUNT:
@@ -1230,7 +1256,7 @@ class Ledger:
                 legs = kernel.transfer(funding, wallet.id, wallet.unit, amount)
             else:
                 legs = kernel.transfer(wallet.id, funding, wallet.unit, -amount)
-            entry_id = self._post(w.conn, w.now, "adjustment", wallet, legs, reason)
+            entry_id = self._post(w.conn, w.now, "adjustment", wallet, legs, reason, actor=w.actor)
             if amount > 0:
                 self._credit_grants(
                     w.conn,
@@ -1248,7 +1274,9 @@ class Ledger:
                 entry=self._entry_view(w.conn, entry_id), balance=self._balance_view(w.conn, wallet)
             )
 
-        return self._mutate("adjustment", idempotency_key, payload, work, AdjustmentResult)
+        return self._mutate(
+            "adjustment", idempotency_key, payload, work, AdjustmentResult, actor=actor
+        )
 
     # ------------------------------------------------------------------ authorizations
 
@@ -1546,6 +1574,7 @@ class Ledger:
         status: str,
         usage: Mapping[str, Any] | None,
         idempotency_key: str,
+        actor: str | None = None,
     ) -> CaptureResult:
         """Charge what the request used, release the rest of the hold (ERROR: nothing)."""
         payload = {"id": hold_id, "status": status, "usage": usage}
@@ -1575,6 +1604,7 @@ class Ledger:
                     wallet,
                     kernel.transfer(wallet.id, revenue, wallet.unit, amount),
                     f"{hold.catalog} {hold.operation} {hold.model}",
+                    actor=w.actor,
                     hold_id=hold.id,
                     pending=-hold.amount,
                 )
@@ -1612,7 +1642,9 @@ class Ledger:
                 charge=charge.to_dict(),
             )
 
-        return self._mutate("capture", idempotency_key, payload, work, CaptureResult, batch=True)
+        return self._mutate(
+            "capture", idempotency_key, payload, work, CaptureResult, batch=True, actor=actor
+        )
 
     def void(self, hold_id: str, *, idempotency_key: str) -> HoldView:
         """Release a pending hold entirely."""
@@ -1861,6 +1893,7 @@ class Ledger:
         request: Mapping[str, Any],
         *,
         idempotency_key: str,
+        actor: str | None = None,
         request_id: str | None = None,
     ) -> ChargeResult:
         """Deduct the quote's cost at once ("credits are deducted immediately", seed 003)."""
@@ -1885,6 +1918,7 @@ class Ledger:
                     wallet,
                     kernel.transfer(wallet.id, revenue, wallet.unit, cost),
                     f"{quote.catalog} {quote.operation} {quote.model}",
+                    actor=w.actor,
                 )
                 self._debit_grants(w.conn, wallet, entry_id, cost, live=live)
             w.store.run(
@@ -1929,7 +1963,9 @@ class Ledger:
                 quote=quote.to_dict(),
             )
 
-        return self._mutate("charge", idempotency_key, payload, work, ChargeResult, batch=True)
+        return self._mutate(
+            "charge", idempotency_key, payload, work, ChargeResult, batch=True, actor=actor
+        )
 
     def _record_usage(
         self,
@@ -1974,7 +2010,9 @@ class Ledger:
 
     # ----------------------------------------------------------------------- reversals
 
-    def reverse(self, entry_id: str, *, reason: str, idempotency_key: str) -> ReversalResult:
+    def reverse(
+        self, entry_id: str, *, reason: str, idempotency_key: str, actor: str | None = None
+    ) -> ReversalResult:
         """Reverse an entry (a refund of a charge, a top-up taken back), at most once."""
         _text(reason, "reason", most=500)
         payload = {"entry_id": entry_id, "reason": reason}
@@ -2013,7 +2051,14 @@ class Ledger:
             delta = sum(leg.amount for leg in legs if leg.account_id == wallet.id)
             kernel.check_room(balance_before, wallet.overdraft_limit, delta)
             reversal = self._post(
-                w.conn, w.now, "reversal", wallet, legs, reason, reverses_id=entry_id
+                w.conn,
+                w.now,
+                "reversal",
+                wallet,
+                legs,
+                reason,
+                actor=w.actor,
+                reverses_id=entry_id,
             )
             if delta < 0:
                 created = w.conn.execute(
@@ -2067,7 +2112,9 @@ class Ledger:
             )
 
         try:
-            return self._mutate("reverse", idempotency_key, payload, work, ReversalResult)
+            return self._mutate(
+                "reverse", idempotency_key, payload, work, ReversalResult, actor=actor
+            )
         except INTEGRITY_ERRORS as exc:
             if _violated(exc, "reverses_id"):
                 raise AlreadyReversed(
@@ -2077,7 +2124,9 @@ class Ledger:
 
     # --------------------------------------------------------------------- revocations
 
-    def revoke_grant(self, grant_id: str, *, reason: str, idempotency_key: str) -> RevocationResult:
+    def revoke_grant(
+        self, grant_id: str, *, reason: str, idempotency_key: str, actor: str | None = None
+    ) -> RevocationResult:
         """Take back what is left of a grant (a promotion withdrawn, credits granted by
         mistake): it expires now, and its remainder moves to the expired-credits account
         by an expiry entry, as at its expiry. Credits already spent from it stay spent; a
@@ -2114,6 +2163,7 @@ class Ledger:
                 w.now,
                 [(grant_id, int(remaining))],
                 memo=f"grant {grant_id} revoked: {reason}"[:500],
+                actor=w.actor,
             )
             assert entry_id is not None
             row = w.conn.execute(sa.select(grants).where(grants.c.id == grant_id)).one()
@@ -2123,7 +2173,9 @@ class Ledger:
                 balance=self._balance_view(w.conn, wallet),
             )
 
-        return self._mutate("revoke_grant", idempotency_key, payload, work, RevocationResult)
+        return self._mutate(
+            "revoke_grant", idempotency_key, payload, work, RevocationResult, actor=actor
+        )
 
     # ------------------------------------------------------------------------ sweepers
 
@@ -2266,6 +2318,7 @@ class Ledger:
                 wallet,
                 kernel.transfer(funding, wallet.id, wallet.unit, allocation),
                 f"monthly allocation {period}",
+                actor=SYSTEM_ACTOR,
             )
             grant_id = self._credit_grants(
                 conn,

@@ -115,8 +115,8 @@ INSERT_POSTING = Sql(
     "VALUES (:entry_id, :account_id, :unit, :amount, :posted_at)"
 )
 INSERT_ENTRY = Sql(
-    "INSERT INTO entries (id, kind, account_id, posted_at, memo, reverses_id, hold_id) "
-    "VALUES (:id, :kind, :account_id, :posted_at, :memo, :reverses_id, :hold_id)"
+    "INSERT INTO entries (id, kind, account_id, posted_at, memo, reverses_id, hold_id, actor) "
+    "VALUES (:id, :kind, :account_id, :posted_at, :memo, :reverses_id, :hold_id, :actor)"
 )
 MOVE_ACCOUNT = Sql(
     "UPDATE accounts SET balance = balance + :balance, pending = pending + :pending WHERE id = :id"

@@ -116,6 +116,7 @@ async def update_account(id: str, body: AccountUpdate, call: AdminCall) -> Accou
             call.services.ledger.update_account,
             id,
             idempotency_key=call.key,
+            actor=call.actor,
             overdraft_limit=setting("overdraft_limit"),
             monthly_allocation=setting("monthly_allocation"),
             blocked=setting("blocked"),
@@ -137,7 +138,10 @@ async def list_account_changes(
     Admin keys, and the wallet's customer (as for its entries)."""
     ensure_own(caller, id)
     page = await run_in_threadpool(services.ledger.account_changes, id, cursor=cursor, limit=limit)
-    return AccountChangesPublic(items=page.items, next_cursor=page.next_cursor)
+    items = page.items
+    if caller.role == "customer":
+        items = [change.model_copy(update={"actor": None}) for change in items]
+    return AccountChangesPublic(items=items, next_cursor=page.next_cursor)
 
 
 @router.get("/accounts/{id}/balance", response_model=BalancePublic, responses=_ERRORS)
@@ -206,7 +210,7 @@ async def list_entries(
     ``since`` to before ``until`` if given; pass ``next_cursor`` (with the same filters)
     for the next page."""
     ensure_own(caller, id)
-    return await run_in_threadpool(
+    page = await run_in_threadpool(
         services.ledger.entries,
         id,
         cursor=cursor,
@@ -215,6 +219,11 @@ async def list_entries(
         since=since,
         until=until,
     )
+    if caller.role == "customer":
+        # Who made each entry (the operator's keys and users) is the operator's to see.
+        hidden = [entry.model_copy(update={"actor": None}) for entry in page.items]
+        page = page.model_copy(update={"items": hidden})
+    return page
 
 
 @router.get("/accounts/{id}/authorizations", response_model=HoldPage, responses=_ERRORS)
@@ -295,6 +304,7 @@ async def create_topup(
         id,
         body.amount,
         idempotency_key=call.key,
+        actor=call.actor,
         kind=body.kind,
         expires_at=body.expires_at,
         priority=body.priority,
@@ -315,7 +325,12 @@ async def create_adjustment(
 ) -> AdjustmentResult:
     """An admin correction: a signed amount with its reason."""
     return await run_in_threadpool(
-        call.services.ledger.adjust, id, body.amount, reason=body.reason, idempotency_key=call.key
+        call.services.ledger.adjust,
+        id,
+        body.amount,
+        reason=body.reason,
+        idempotency_key=call.key,
+        actor=call.actor,
     )
 
 
@@ -332,7 +347,11 @@ async def reverse_entry(
 ) -> ReversalResult:
     """Reverse an entry (refund a charge, take back a top-up), at most once."""
     return await run_in_threadpool(
-        call.services.ledger.reverse, id, reason=body.reason, idempotency_key=call.key
+        call.services.ledger.reverse,
+        id,
+        reason=body.reason,
+        idempotency_key=call.key,
+        actor=call.actor,
     )
 
 
@@ -347,5 +366,9 @@ async def revoke_grant(id: str, body: RevocationCreate, call: AdminCall) -> Revo
     mistake): it expires now, its remainder moves out by an expiry entry. What was spent
     from it stays spent. 409 ``grant_not_open`` when nothing is left."""
     return await run_in_threadpool(
-        call.services.ledger.revoke_grant, id, reason=body.reason, idempotency_key=call.key
+        call.services.ledger.revoke_grant,
+        id,
+        reason=body.reason,
+        idempotency_key=call.key,
+        actor=call.actor,
     )

@@ -89,6 +89,7 @@ async def capture_authorization(id: str, body: CaptureCreate, call: GatewayCall)
         status=body.status,
         usage=body.usage,
         idempotency_key=call.key,
+        actor=call.actor,
     )
     call.services.metrics.holds_resolved.labels("captured").inc()
     return result
@@ -122,5 +123,6 @@ async def create_charge(body: ChargeCreate, call: GatewayCall) -> ChargeResult:
         body.account_id,
         body.envelope(),
         idempotency_key=call.key,
+        actor=call.actor,
         request_id=body.request_id,
     )

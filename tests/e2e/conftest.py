@@ -51,6 +51,13 @@ class Api:
             kwargs["json"] = body
         return self.client.request(method, path, headers=sent, **kwargs)
 
+    def actor(self, as_key: str) -> str:
+        """What the ledger records as made by the key ``as_key`` (a role or a token)."""
+        token = {"admin": self.admin, "service": self.service}.get(as_key, as_key)
+        principal = self.keys.authenticate(token)
+        assert principal is not None
+        return f"key:{principal.key_id}"
+
     def post(self, path: str, body: Any = None, **kwargs: Any) -> httpx.Response:
         return self.call("POST", path, body=body, **kwargs)
 

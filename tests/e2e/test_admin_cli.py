@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import getpass
 import json
 import shutil
 import signal
@@ -151,6 +152,12 @@ def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
     expiries = run("account", "entries", "acme", "--kind", "expiry", "--json", env=env)
     assert [e["memo"] for e in json.loads(expiries.stdout)["items"]] == [
         f"grant {grant} revoked: withdrawn"
+    ]
+    journal = json.loads(run("account", "entries", "acme", "--json", env=env).stdout)["items"]
+    # Each names who made it: the CLI and the user running it.
+    assert [(e["kind"], e["actor"]) for e in journal] == [
+        ("expiry", f"cli:{getpass.getuser()}"),
+        ("topup", f"cli:{getpass.getuser()}"),
     ]
     table = run("account", "entries", "acme", "--since", "2000-01-01T00:00:00Z", env=env)
     assert "expiry" in table.stdout

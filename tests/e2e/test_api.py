@@ -478,7 +478,10 @@ def test_a_wallets_overdraft_and_allocation_change_and_each_change_is_kept(
     assert history["items"][-1]["reason"] == "credit line approved"
     page = api.get(f"/v1/accounts/{user}/changes", params={"limit": 3}).json()
     rest = api.get(f"/v1/accounts/{user}/changes", params={"cursor": page["next_cursor"]})
-    assert page["items"] + rest.json()["items"] == history["items"]
+    # The admin's pages hold the same changes, and who made them (hidden from customers).
+    paged = page["items"] + rest.json()["items"]
+    assert [{**c, "actor": None} for c in paged] == history["items"]
+    assert {c["actor"] for c in paged} == {api.actor("admin")}
     # Nothing to change, or nothing that changes: no history.
     assert api.call("PATCH", f"/v1/accounts/{user}", body={}).status_code == 422
     same = api.call("PATCH", f"/v1/accounts/{user}", body={"overdraft_limit": 40})
@@ -855,6 +858,53 @@ def test_usage_records_show_each_request_as_metered(api: Api, clock: Clock) -> N
     ):
         r = api.get(f"/v1/accounts/{user}/usage-records", params=params)
         assert (r.status_code, r.json()["field"]) == (422, field), r.text
+
+
+def test_each_entry_and_change_names_the_key_that_made_it(api: Api, clock: Clock) -> None:
+    admin, service = api.actor("admin"), api.actor("service")
+    user = api.wallet("audited", "credit")
+    promo = api.post(
+        f"/v1/accounts/{user}/topups",
+        {"amount": 1000, "kind": "promo", "expires_at": "2026-11-21T13:00:00Z"},
+        headers={"Idempotency-Key": "top-1"},
+    ).json()
+    assert promo["entry"]["actor"] == admin
+    hold = authorize(api, user, VEO_FAST).json()
+    capture = (f"/v1/authorizations/{hold['id']}/capture", {"status": "COMPLETED"})
+    once = {"Idempotency-Key": "cap-1"}
+    captured = api.post(*capture, headers=once, as_key="service").json()
+    # A retry by another key of the operator's scope replays the first answer: the
+    # entry stays the first caller's.
+    retried = api.post(*capture, headers=once, as_key="admin")
+    assert (retried.status_code, retried.json()) == (200, captured)
+    charge = api.post("/v1/charges", {"account_id": user, **VEO_FAST}, as_key="service").json()
+    api.post(f"/v1/entries/{charge['entry_id']}/reverse", {"reason": "refund"})
+    api.post(f"/v1/accounts/{user}/adjustments", {"amount": 5, "reason": "goodwill"})
+    api.call("PATCH", f"/v1/accounts/{user}", body={"overdraft_limit": 10, "reason": "vip"})
+    clock.advance(hours=2)
+    assert api.ledger.expire_grants() == 1  # the sweeper: the promo's rest expires
+
+    journal = api.get(f"/v1/accounts/{user}/entries").json()["items"]
+    by_id = {e["id"]: e["actor"] for e in journal}
+    assert by_id[captured["entry_id"]] == service
+    assert by_id[charge["entry_id"]] == service
+    assert [(e["kind"], e["actor"]) for e in journal] == [
+        ("expiry", "system"),
+        ("adjustment", admin),
+        ("reversal", admin),
+        ("charge", service),
+        ("capture", service),
+        ("topup", admin),
+    ]
+    changes = api.get(f"/v1/accounts/{user}/changes").json()["items"]
+    assert [(c["setting"], c["actor"]) for c in changes] == [("overdraft_limit", admin)]
+    # Customers see their journal and changes, not the operator's keys.
+    customer = api.customer(user)
+    seen = api.get(f"/v1/accounts/{user}/entries", as_key=customer).json()["items"]
+    assert [e["id"] for e in seen] == [e["id"] for e in journal]
+    assert {e["actor"] for e in seen} == {None}
+    changed = api.get(f"/v1/accounts/{user}/changes", as_key=customer).json()["items"]
+    assert [c["actor"] for c in changed] == [None]
 
 
 def test_catalogs_health_and_metrics(api: Api) -> None:

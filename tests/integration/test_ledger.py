@@ -549,8 +549,8 @@ def test_monthly_allocation_is_granted_once_per_period_in_the_account_timezone(
     view = ledger.account(user)
     assert view.balance == 1_000
     assert [(g.period, g.remaining) for g in view.grants] == [("2026-11", 1_000)]
-    kinds = [e.kind for e in ledger.entries(user).items]
-    assert kinds == ["allocation", "expiry", "allocation"]
+    made = [(e.kind, e.actor) for e in ledger.entries(user).items]
+    assert made == [("allocation", "system"), ("expiry", "system"), ("allocation", "system")]
 
 
 # ----------------------------------------------------------------------- reading

@@ -190,3 +190,57 @@ def test_new_wallet_settings_migrate_up_and_down_keeping_the_rest(
     assert column not in columns
     assert triggers() == kept
     assert refused(change, id="x", setting=column, now=now)
+
+
+def test_actors_migrate_up_and_down_in_place(empty: Database) -> None:
+    """0012 adds ``actor`` to ``entries`` and ``account_changes`` (null for the rows
+    already there) without copying either table: on SQLite a copy of ``entries`` would
+    drop the triggers that keep the journal immutable. Down again, the columns go and
+    the rows and triggers stay."""
+    empty.migrate("0011")
+    now = "2026-11-22 10:00:00"
+    with empty.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO units (code, scale) VALUES ('credit', 0)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO accounts (id, external_id, kind, unit, overdraft_limit, timezone, "
+                "balance, pending, created_at) VALUES (1, 'old', 'wallet', 'credit', 0, 'UTC', "
+                "0, 0, :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(
+            sa.text(
+                "INSERT INTO account_changes (id, account_id, setting, old_value, new_value, "
+                "changed_at) VALUES ('c1', 1, 'overdraft_limit', 0, 1, :now)"
+            ),
+            {"now": now},
+        )
+
+    def triggers() -> set[str]:
+        if not empty.is_sqlite:
+            with empty.engine.connect() as conn:
+                rows = conn.exec_driver_sql("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+                return {str(r[0]) for r in rows}
+        with empty.engine.connect() as conn:
+            rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+            return {str(r[0]) for r in rows}
+
+    def columns(table: str) -> set[str]:
+        with empty.engine.connect() as conn:
+            return {c["name"] for c in sa.inspect(conn).get_columns(table)}
+
+    kept = triggers()
+    assert any("entries" in name or "postings" in name for name in kept)
+    empty.migrate("0012")
+    assert "actor" in columns("entries")
+    assert "actor" in columns("account_changes")
+    with empty.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT actor FROM account_changes")).scalar_one() is None
+    assert triggers() == kept
+    empty.downgrade("0011")
+    assert "actor" not in columns("entries")
+    assert "actor" not in columns("account_changes")
+    with empty.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT id FROM account_changes")).scalar_one() == "c1"
+    assert triggers() == kept
