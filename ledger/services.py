@@ -2258,7 +2258,9 @@ class Ledger:
 
         The previous allocations' remainder expires first. Returns how many were granted.
         A wallet whose allocation is refused (it would take the balance beyond 64 bits) is
-        logged and skipped; the others are granted, and the next round tries it again.
+        logged and skipped; the others are granted, and the next round tries it again. A
+        blocked wallet is granted nothing; once unblocked, the next round grants it the
+        period it is then in (not the periods it missed).
         """
         self._ensure_system()
         now = self._now()
@@ -2266,7 +2268,9 @@ class Ledger:
             rows = (
                 conn.execute(
                     sa.select(accounts.c.id).where(
-                        accounts.c.kind == WALLET, accounts.c.monthly_allocation.is_not(None)
+                        accounts.c.kind == WALLET,
+                        accounts.c.monthly_allocation.is_not(None),
+                        accounts.c.blocked.is_(False),
                     )
                 )
                 .scalars()
@@ -2294,8 +2298,8 @@ class Ledger:
                     periods.c.account_id == wallet.id, periods.c.period == period
                 )
             ).first()
-            if done is not None or allocation is None:
-                return False
+            if done is not None or allocation is None or wallet.blocked:
+                return False  # blocked: read again under the lock (blocked meanwhile)
             previous = conn.execute(
                 sa.select(grants.c.id, grants.c.remaining).where(
                     grants.c.account_id == wallet.id,

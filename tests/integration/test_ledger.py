@@ -553,6 +553,26 @@ def test_monthly_allocation_is_granted_once_per_period_in_the_account_timezone(
     assert made == [("allocation", "system"), ("expiry", "system"), ("allocation", "system")]
 
 
+def test_a_blocked_wallet_is_granted_no_allocation_until_unblocked(
+    ledger: Ledger, clock: Clock
+) -> None:
+    clock.now = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
+    user = wallet(ledger, "paused", "token", monthly_allocation=1_000)
+    assert ledger.roll_allocations() == 1  # October
+    ledger.update_account(user, idempotency_key=key(), blocked=True)
+    clock.now = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
+    assert ledger.roll_allocations() == 0  # November: blocked, nothing granted
+    assert ledger.expire_grants() == 1  # October's rest expires all the same
+    assert ledger.account(user).balance == 0
+    clock.now = datetime(2026, 11, 10, 9, 0, tzinfo=UTC)
+    ledger.update_account(user, idempotency_key=key(), blocked=False)
+    assert ledger.roll_allocations() == 1  # unblocked: November's, not October's again
+    assert ledger.roll_allocations() == 0
+    view = ledger.account(user)
+    assert view.balance == 1_000
+    assert [(g.period, g.remaining) for g in view.grants] == [("2026-11", 1_000)]
+
+
 # ----------------------------------------------------------------------- reading
 
 

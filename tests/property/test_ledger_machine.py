@@ -375,8 +375,9 @@ class LedgerMachine(RuleBasedStateMachine):
             self.pending.pop(h)
         granted = self.ledger.roll_allocations()
         period = self.clock.now.strftime("%Y-%m")
-        # Once per period: a period that began, or one that had none when it was set.
-        if self.allocation is not None and period not in self.allocated:
+        # Once per period: a period that began, or one that had none when it was set or
+        # when the wallet was unblocked. A blocked wallet is granted nothing.
+        if self.allocation is not None and period not in self.allocated and not self.blocked:
             assert granted == 1, (before_period, period)
             self.balance += self.allocation
             self.allocated.add(period)
