@@ -453,6 +453,14 @@ def _actor() -> str:
 
 
 LimitOption = Annotated[int, typer.Option(help="Rows per page (1 to 500).")]
+EntryKindOption = Annotated[
+    str | None,
+    typer.Option(help="Only topup, adjustment, capture, charge, expiry, reversal or allocation."),
+]
+ActorOption = Annotated[
+    str | None,
+    typer.Option(help="Only what this actor made: key:<id>, cli:<user> or system."),
+]
 CursorOption = Annotated[
     str | None, typer.Option(help="Where the previous page ended (its 'more: --cursor').")
 ]
@@ -751,37 +759,67 @@ def account_holds(
 @account_app.command("entries")
 def account_entries(
     account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
-    kind: Annotated[
-        str | None,
-        typer.Option(
-            help="Only topup, adjustment, capture, charge, expiry, reversal or allocation."
-        ),
-    ] = None,
+    kind: EntryKindOption = None,
     since: Annotated[
         str | None, typer.Option(help="Posted at or after this ISO 8601 instant.")
     ] = None,
     until: Annotated[str | None, typer.Option(help="Posted before this ISO 8601 instant.")] = None,
+    actor: ActorOption = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A wallet's journal entries, newest first: what moved its balance, and why."""
+    """A wallet's journal entries, newest first: what moved its balance, why, and who."""
     first, last = _parse_instant(since, "since"), _parse_instant(until, "until")
     with _open_ledger() as ledger:
         page = ledger.entries(
-            account_id, cursor=cursor, limit=limit, kind=kind, since=first, until=last
+            account_id,
+            cursor=cursor,
+            limit=limit,
+            kind=kind,
+            since=first,
+            until=last,
+            actor=actor,
         )
+    _print_entries(page, as_json, f"entries of {account_id}")
+
+
+@app.command("journal")
+def journal_command(
+    kind: EntryKindOption = None,
+    since: Annotated[
+        str | None, typer.Option(help="Posted at or after this ISO 8601 instant.")
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Posted before this ISO 8601 instant.")] = None,
+    actor: ActorOption = None,
+    limit: LimitOption = 50,
+    cursor: CursorOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Every wallet's journal entries, newest first: what one key or user did (--actor,
+    such as after a key leaked), or what was posted in a window. Reads the whole journal."""
+    first, last = _parse_instant(since, "since"), _parse_instant(until, "until")
+    with _open_ledger() as ledger:
+        page = ledger.journal(
+            cursor=cursor, limit=limit, kind=kind, since=first, until=last, actor=actor
+        )
+    _print_entries(page, as_json, "journal")
+
+
+def _print_entries(page: EntryPage, as_json: bool, title: str) -> None:
     _print_page(
         page,
         as_json,
-        f"entries of {account_id}",
-        ("posted", "kind", "amount", "memo", "id"),
+        title,
+        ("posted", "kind", "wallet", "amount", "memo", "actor", "id"),
         (
             (
                 e.posted_at.isoformat(timespec="seconds"),
                 e.kind,
-                sum(p.amount for p in e.postings if p.account_id == account_id),
+                e.account_id,
+                sum(p.amount for p in e.postings if p.account_id == e.account_id),
                 e.memo,
+                e.actor,
                 e.id,
             )
             for e in page.items

@@ -2404,30 +2404,48 @@ class Ledger:
         kind: str | None = None,
         since: datetime | None = None,
         until: datetime | None = None,
+        actor: str | None = None,
     ) -> EntryPage:
-        """The wallet's entries, newest first, ``limit`` at a time: of one ``kind``, and
-        posted at or after ``since`` and before ``until``, if given (pass the same with
-        the next page's cursor)."""
-        _page_limit(limit)
-        if kind is not None and kind not in ENTRY_KINDS:
-            raise InvalidInput(f"unknown kind {kind!r}", field="kind", allowed=list(ENTRY_KINDS))
-        since, until = _window(since, until)
+        """The wallet's entries, newest first, ``limit`` at a time: of one ``kind``, made
+        by one ``actor``, and posted at or after ``since`` and before ``until``, if given
+        (pass the same with the next page's cursor)."""
+        wanted = _entry_filters(limit, kind, since, until, actor)
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
-            stmt = sa.select(entries.c.id, entries.c.posted_at).where(
-                entries.c.account_id == wallet.id
+            return self._entry_page(
+                conn, [entries.c.account_id == wallet.id, *wanted], cursor, limit
             )
-            if kind is not None:
-                stmt = stmt.where(entries.c.kind == kind)
-            if since is not None:
-                stmt = stmt.where(entries.c.posted_at >= since)
-            if until is not None:
-                stmt = stmt.where(entries.c.posted_at < until)
-            page, next_cursor = _newest_first(
-                conn, stmt, entries.c.posted_at, entries.c.id, cursor, limit
-            )
-            items = [self._entry_view(conn, r.id) for r in page]
-            return EntryPage(items=items, next_cursor=next_cursor)
+
+    def journal(
+        self,
+        *,
+        cursor: str | None = None,
+        limit: int = 50,
+        kind: str | None = None,
+        since: datetime | None = None,
+        until: datetime | None = None,
+        actor: str | None = None,
+    ) -> EntryPage:
+        """Every wallet's entries, newest first, filtered as ``entries``: what one key or
+        user did (``actor``), or what was posted in a window. It reads the whole journal
+        (no index serves it): an audit, not a request path."""
+        wanted = _entry_filters(limit, kind, since, until, actor)
+        with self.db.transaction(write=False) as conn:
+            return self._entry_page(conn, wanted, cursor, limit)
+
+    def _entry_page(
+        self,
+        conn: Connection,
+        conditions: Sequence[sa.ColumnElement[bool]],
+        cursor: str | None,
+        limit: int,
+    ) -> EntryPage:
+        stmt = sa.select(entries.c.id, entries.c.posted_at).where(sa.true(), *conditions)
+        page, next_cursor = _newest_first(
+            conn, stmt, entries.c.posted_at, entries.c.id, cursor, limit
+        )
+        items = [self._entry_view(conn, r.id) for r in page]
+        return EntryPage(items=items, next_cursor=next_cursor)
 
     def usage(
         self,
@@ -2551,6 +2569,30 @@ def _top_up_arguments(
             allowed={"min": -1_000_000, "max": 1_000_000},
         )
     _text(reference, "reference", required=False)
+
+
+def _entry_filters(
+    limit: Any,
+    kind: str | None,
+    since: datetime | None,
+    until: datetime | None,
+    actor: str | None,
+) -> list[sa.ColumnElement[bool]]:
+    """The conditions of an entry listing, or InvalidInput naming the wrong argument."""
+    _page_limit(limit)
+    if kind is not None and kind not in ENTRY_KINDS:
+        raise InvalidInput(f"unknown kind {kind!r}", field="kind", allowed=list(ENTRY_KINDS))
+    since, until = _window(since, until)
+    wanted = []
+    if kind is not None:
+        wanted.append(entries.c.kind == kind)
+    if since is not None:
+        wanted.append(entries.c.posted_at >= since)
+    if until is not None:
+        wanted.append(entries.c.posted_at < until)
+    if actor is not None:
+        wanted.append(entries.c.actor == _text(actor, "actor", most=80))
+    return wanted
 
 
 def _window(

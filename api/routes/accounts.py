@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import AdminCall, Caller, Gateway, JournalReader, ServicesDep, ensure_own
-from api.errors import documented
+from api.deps import Admin, AdminCall, Caller, Gateway, JournalReader, ServicesDep, ensure_own
+from api.errors import Forbidden, documented
 from api.routing import JsonRoute
 from api.schemas import (
     AccountChangesPublic,
@@ -43,6 +43,18 @@ _ERRORS = documented(401, 403, 404, 409, 422)
 #: Where the previous page ended (its ``next_cursor``), and the rows per page.
 CursorQuery = Annotated[str | None, Query(max_length=200)]
 LimitQuery = Annotated[int, Query(ge=1, le=500)]
+EntryKindQuery = Annotated[
+    Literal["topup", "adjustment", "capture", "charge", "expiry", "reversal", "allocation"] | None,
+    Query(),
+]
+ActorQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=80,
+        description="Who made it: key:<id> (an API key), cli:<user> or system.",
+    ),
+]
 
 
 def _public(view: AccountView) -> AccountPublic:
@@ -198,18 +210,17 @@ async def list_entries(
     services: ServicesDep,
     cursor: CursorQuery = None,
     limit: LimitQuery = 50,
-    kind: Annotated[
-        Literal["topup", "adjustment", "capture", "charge", "expiry", "reversal", "allocation"]
-        | None,
-        Query(),
-    ] = None,
+    kind: EntryKindQuery = None,
     since: Annotated[Instant | None, Query(description="Posted at or after this instant.")] = None,
     until: Annotated[Instant | None, Query(description="Posted before this instant.")] = None,
+    actor: ActorQuery = None,
 ) -> EntryPage:
-    """The wallet's journal entries, newest first, of one ``kind`` and posted from
-    ``since`` to before ``until`` if given; pass ``next_cursor`` (with the same filters)
-    for the next page."""
+    """The wallet's journal entries, newest first, of one ``kind``, made by one ``actor``
+    (admin keys) and posted from ``since`` to before ``until`` if given; pass
+    ``next_cursor`` (with the same filters) for the next page."""
     ensure_own(caller, id)
+    if actor is not None and caller.role != "admin":
+        raise Forbidden("only admin keys see, and filter by, who made an entry")
     page = await run_in_threadpool(
         services.ledger.entries,
         id,
@@ -218,12 +229,38 @@ async def list_entries(
         kind=kind,
         since=since,
         until=until,
+        actor=actor,
     )
     if caller.role == "customer":
         # Who made each entry (the operator's keys and users) is the operator's to see.
         hidden = [entry.model_copy(update={"actor": None}) for entry in page.items]
         page = page.model_copy(update={"items": hidden})
     return page
+
+
+@router.get("/entries", response_model=EntryPage, responses=documented(401, 403, 422))
+async def list_journal(
+    _caller: Admin,
+    services: ServicesDep,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
+    kind: EntryKindQuery = None,
+    since: Annotated[Instant | None, Query(description="Posted at or after this instant.")] = None,
+    until: Annotated[Instant | None, Query(description="Posted before this instant.")] = None,
+    actor: ActorQuery = None,
+) -> EntryPage:
+    """Every wallet's journal entries, newest first, filtered as a wallet's are: what one
+    API key or user did (``actor``, such as after a key leaked), or what was posted in a
+    window. It reads the whole journal: an audit, not a request path."""
+    return await run_in_threadpool(
+        services.ledger.journal,
+        cursor=cursor,
+        limit=limit,
+        kind=kind,
+        since=since,
+        until=until,
+        actor=actor,
+    )
 
 
 @router.get("/accounts/{id}/authorizations", response_model=HoldPage, responses=_ERRORS)

@@ -79,6 +79,7 @@ MATRIX: list[tuple[str, str, Any, tuple[int, int, int, int]]] = [
         {"amount": -5, "reason": "fix"},
         (201, 403, 403, 403),
     ),
+    ("GET", "/v1/entries", None, (200, 403, 403, 403)),
     ("POST", "/v1/entries/{entry}/reverse", {"reason": "refund"}, (201, 403, 403, 403)),
     ("POST", "/v1/grants/{grant}/revoke", {"reason": "withdrawn"}, (201, 403, 403, 403)),
     ("POST", "/v1/keys", {"role": "service", "name": "gw"}, (201, 403, 403, 403)),

@@ -155,10 +155,11 @@ def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
     ]
     journal = json.loads(run("account", "entries", "acme", "--json", env=env).stdout)["items"]
     # Each names who made it: the CLI and the user running it.
-    assert [(e["kind"], e["actor"]) for e in journal] == [
-        ("expiry", f"cli:{getpass.getuser()}"),
-        ("topup", f"cli:{getpass.getuser()}"),
-    ]
+    me = f"cli:{getpass.getuser()}"
+    assert [(e["kind"], e["actor"]) for e in journal] == [("expiry", me), ("topup", me)]
+    mine = run("journal", "--actor", me, "--kind", "topup", "--json", env=env)
+    assert [e["id"] for e in json.loads(mine.stdout)["items"]] == [journal[1]["id"]]
+    assert "acme" in run("journal", "--actor", me, env=env).stdout
     table = run("account", "entries", "acme", "--since", "2000-01-01T00:00:00Z", env=env)
     assert "expiry" in table.stdout
     assert "-500" in table.stdout

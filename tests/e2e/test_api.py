@@ -906,6 +906,30 @@ def test_each_entry_and_change_names_the_key_that_made_it(api: Api, clock: Clock
     changed = api.get(f"/v1/accounts/{user}/changes", as_key=customer).json()["items"]
     assert [c["actor"] for c in changed] == [None]
 
+    # What one key did: in one wallet, and across the journal (an audit after a leak).
+    other = api.wallet("elsewhere", "credit", topup=1000)
+    elsewhere = api.post("/v1/charges", {"account_id": other, **VEO_FAST}, as_key="service")
+    by_service = api.get(f"/v1/accounts/{user}/entries", params={"actor": service}).json()
+    assert [e["kind"] for e in by_service["items"]] == ["charge", "capture"]
+    journal_page = api.get("/v1/entries", params={"actor": service, "limit": 2}).json()
+    rest = api.get(
+        "/v1/entries", params={"actor": service, "cursor": journal_page["next_cursor"]}
+    ).json()
+    assert [e["id"] for e in journal_page["items"] + rest["items"]] == [
+        elsewhere.json()["entry_id"],
+        charge["entry_id"],
+        captured["entry_id"],
+    ]
+    expired = api.get("/v1/entries", params={"actor": "system", "kind": "expiry"}).json()
+    assert [(e["account_id"], e["kind"]) for e in expired["items"]] == [(user, "expiry")]
+    assert api.get("/v1/entries", params={"since": "2026-11-22T00:00:00Z"}).json()["items"] == []
+    for as_key, path in ((customer, f"/v1/accounts/{user}/entries"), ("service", "/v1/entries")):
+        r = api.get(path, params={"actor": service}, as_key=as_key)
+        assert r.status_code == 403, r.text
+    for params in ({"actor": ""}, {"actor": "k" * 81}, {"kind": "refund"}):
+        r = api.get("/v1/entries", params=params)
+        assert (r.status_code, r.json()["field"]) == (422, next(iter(params))), r.text
+
 
 def test_catalogs_health_and_metrics(api: Api) -> None:
     listing = api.get("/v1/catalogs", as_key="service").json()["catalogs"]
@@ -950,6 +974,7 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/v1/usage-records/{id}",
         "/v1/accounts/{id}/topups",
         "/v1/accounts/{id}/adjustments",
+        "/v1/entries",
         "/v1/entries/{id}/reverse",
         "/v1/grants/{id}/revoke",
         "/v1/keys",
@@ -967,6 +992,7 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
 
     # The routes spell out the ledger's values for the documentation: the same ones.
     assert choices("/v1/accounts/{id}/entries", "kind") == list(ENTRY_KINDS)
+    assert choices("/v1/entries", "kind") == list(ENTRY_KINDS)
     assert choices("/v1/accounts/{id}/authorizations", "status") == list(HOLD_STATUSES)
     assert choices("/v1/accounts/{id}/usage-records", "status") == list(METERING_STATUSES)
 
