@@ -434,6 +434,8 @@ class Ledger:
                 f"an idempotency key (1 to {MAX_KEY} characters) is required",
                 field="idempotency_key",
             )
+        if actor is not None:
+            _text(actor, "actor", most=80)
         request_hash = _hash(operation, payload)
         self._ensure_system()
         for attempt in range(3):

@@ -553,6 +553,19 @@ def test_monthly_allocation_is_granted_once_per_period_in_the_account_timezone(
     assert made == [("allocation", "system"), ("expiry", "system"), ("allocation", "system")]
 
 
+def test_an_actor_longer_than_its_column_is_refused_before_anything_is_written(
+    ledger: Ledger,
+) -> None:
+    user = wallet(ledger)
+    for actor in ("k" * 81, "", "key:\x00"):
+        with pytest.raises(InvalidInput) as refused:
+            ledger.top_up(user, 5, idempotency_key=key(), actor=actor)
+        assert refused.value.field == "actor"
+    assert ledger.account(user).balance == 0
+    done = ledger.top_up(user, 5, idempotency_key=key(), actor="k" * 80)
+    assert done.entry.actor == "k" * 80
+
+
 def test_a_blocked_wallet_is_granted_no_allocation_until_unblocked(
     ledger: Ledger, clock: Clock
 ) -> None:
