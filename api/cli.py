@@ -1165,10 +1165,22 @@ def keys_revoke(
 
 
 @keys_app.command("list")
-def keys_list(as_json: JsonOption = False) -> None:
-    """Every key (never a secret)."""
+def keys_list(
+    role: Annotated[str | None, typer.Option(help="Only admin, service or customer keys.")] = None,
+    account: Annotated[
+        str | None, typer.Option("--account", help="Only this wallet's customer keys.")
+    ] = None,
+    active: Annotated[
+        bool | None,
+        typer.Option(
+            "--active/--inactive", help="Only keys accepted now, or only revoked or expired ones."
+        ),
+    ] = None,
+    as_json: JsonOption = False,
+) -> None:
+    """The keys (never a secret), in the order they were made."""
     with _open_keys() as keys:
-        views = keys.list()
+        views = keys.list(role=role, account_id=account, active=active)
     if as_json:
         typer.echo(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
         return

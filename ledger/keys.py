@@ -164,9 +164,33 @@ class Keys:
             raise NotFound(f"no key {key_id!r}", field="id")
         return view
 
-    def list(self) -> list[KeyView]:
+    def list(
+        self,
+        *,
+        role: str | None = None,
+        account_id: str | None = None,
+        active: bool | None = None,
+    ) -> list[KeyView]:
+        """The keys in the order they were made: of one ``role``, of one wallet's
+        customers (``account_id``), and only those accepted now (``active``: not revoked
+        and not expired) or only those refused, if given."""
+        if role is not None and role not in KEY_ROLES:
+            raise InvalidInput(f"unknown role {role!r}", field="role", allowed=list(KEY_ROLES))
+        stmt = self._select()
+        if role is not None:
+            stmt = stmt.where(api_keys.c.role == role)
+        if account_id is not None:
+            if not isinstance(account_id, str) or "\x00" in account_id:
+                raise InvalidInput("account_id must be text without NUL", field="account_id")
+            stmt = stmt.where(accounts.c.external_id == account_id)
+        if active is not None:
+            accepted = sa.and_(
+                api_keys.c.revoked_at.is_(None),
+                sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > self.clock()),
+            )
+            stmt = stmt.where(accepted if active else sa.not_(accepted))
         with self.db.transaction(write=False) as conn:
-            rows = conn.execute(self._select().order_by(api_keys.c.created_at, api_keys.c.id))
+            rows = conn.execute(stmt.order_by(api_keys.c.created_at, api_keys.c.id))
             return [self._to_view(r) for r in rows]
 
     def cached(self, token: str) -> Principal | None:

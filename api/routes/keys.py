@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated, Literal
+
+from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Admin, ServicesDep
@@ -28,8 +30,23 @@ async def create_key(body: KeyCreate, _caller: Admin, services: ServicesDep) -> 
 
 
 @router.get("/keys", response_model=list[KeyView], responses=_ERRORS)
-async def list_keys(_caller: Admin, services: ServicesDep) -> list[KeyView]:
-    return await run_in_threadpool(services.keys.list)
+async def list_keys(
+    _caller: Admin,
+    services: ServicesDep,
+    role: Annotated[Literal["admin", "service", "customer"] | None, Query()] = None,
+    account_id: Annotated[
+        str | None, Query(min_length=1, max_length=200, description="One wallet's customer keys.")
+    ] = None,
+    active: Annotated[
+        bool | None,
+        Query(description="true: only keys accepted now; false: only revoked or expired ones."),
+    ] = None,
+) -> list[KeyView]:
+    """The keys (never a secret), in the order they were made; filtered by role, wallet
+    and whether they are accepted now (such as a customer's live keys, to revoke)."""
+    return await run_in_threadpool(
+        services.keys.list, role=role, account_id=account_id, active=active
+    )
 
 
 @router.delete("/keys/{id}", response_model=KeyView, responses=_ERRORS)

@@ -170,6 +170,48 @@ def test_a_revoked_key_stops_working_at_once(api: Api) -> None:
     assert all("key" not in k for k in listed.values())
 
 
+def test_keys_are_listed_by_role_wallet_and_whether_they_are_accepted_now(api: Api) -> None:
+    api.wallet("target", "credit")
+    api.wallet("other", "credit")
+    now = datetime.now(UTC)
+
+    def made(body: dict[str, Any]) -> str:
+        r = api.post("/v1/keys", body)
+        assert r.status_code == 201, r.text
+        key_id: str = r.json()["id"]
+        return key_id
+
+    live = made({"role": "customer", "account_id": "target"})
+    revoked = made({"role": "customer", "account_id": "target"})
+    api.call("DELETE", f"/v1/keys/{revoked}")
+    expiring = made(
+        {
+            "role": "customer",
+            "account_id": "target",
+            "expires_at": (now + timedelta(hours=1)).isoformat(),
+        }
+    )
+    made({"role": "customer", "account_id": "other"})
+
+    def listed(**params: str) -> list[str]:
+        r = api.get("/v1/keys", params=params)
+        assert r.status_code == 200, r.text
+        return [k["id"] for k in r.json()]
+
+    assert listed(account_id="target") == [live, revoked, expiring]
+    assert listed(account_id="target", active="true") == [live, expiring]
+    assert listed(account_id="target", active="false") == [revoked]
+    api.keys.clock = lambda: now + timedelta(hours=1)
+    assert listed(account_id="target", active="true") == [live]
+    assert listed(account_id="ghost") == []
+    services = listed(role="service")
+    assert api.actor("service").removeprefix("key:") in services
+    assert live not in services
+    for params, field in (({"role": "root"}, "role"), ({"active": "maybe"}, "active")):
+        r = api.get("/v1/keys", params=params)
+        assert (r.status_code, r.json()["field"]) == (422, field), r.text
+
+
 def test_a_key_that_expires_is_refused_from_its_expiry_on(api: Api) -> None:
     now = datetime.now(UTC)
     expiry = now + timedelta(hours=1)

@@ -267,6 +267,11 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     revoked = run("keys", "revoke", created["id"], "--json", env=env)
     assert revoked.returncode == 0
     assert json.loads(revoked.stdout)["revoked_at"]
+    live = run("keys", "list", "--role", "service", "--active", "--json", env=env)
+    assert [k["id"] for k in json.loads(live.stdout)] == [until["id"]]
+    gone = run("keys", "list", "--inactive", "--json", env=env)
+    assert [k["id"] for k in json.loads(gone.stdout)] == [created["id"]]
+    assert json.loads(run("keys", "list", "--account", "acme", "--json", env=env).stdout) == []
 
 
 @pytest.fixture
