@@ -359,8 +359,8 @@ def test_topup_batch_grants_each_row_once_even_run_again(
         ledger.open_account(wallet, "credit", idempotency_key=f"open-{wallet}")
     db.dispose()
     batch = tmp_path / "spring.csv"
-    batch.write_text(
-        "account_id,amount,kind,expires_at,reference\n"
+    batch.write_text(  # as a spreadsheet saves it: with a byte order mark
+        "\ufeffaccount_id,amount,kind,expires_at,reference\n"
         "acme,100,promo,2099-01-01T00:00:00Z,spring\n"
         "zeta,250,,,\n"
         "\n"
