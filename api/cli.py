@@ -457,6 +457,10 @@ EntryKindOption = Annotated[
     str | None,
     typer.Option(help="Only topup, adjustment, capture, charge, expiry, reversal or allocation."),
 ]
+SinceOption = Annotated[
+    str | None, typer.Option(help="Only from this ISO 8601 instant on (included).")
+]
+UntilOption = Annotated[str | None, typer.Option(help="Only before this ISO 8601 instant.")]
 ActorOption = Annotated[
     str | None,
     typer.Option(help="Only what this actor made: key:<id>, cli:<user> or system."),
@@ -760,10 +764,8 @@ def account_holds(
 def account_entries(
     account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
     kind: EntryKindOption = None,
-    since: Annotated[
-        str | None, typer.Option(help="Posted at or after this ISO 8601 instant.")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="Posted before this ISO 8601 instant.")] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     actor: ActorOption = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
@@ -787,10 +789,8 @@ def account_entries(
 @app.command("journal")
 def journal_command(
     kind: EntryKindOption = None,
-    since: Annotated[
-        str | None, typer.Option(help="Posted at or after this ISO 8601 instant.")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="Posted before this ISO 8601 instant.")] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     actor: ActorOption = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
@@ -842,10 +842,8 @@ def account_usage_records(
     request_id: Annotated[
         str | None, typer.Option(help="Only the request the gateway gave this id.")
     ] = None,
-    since: Annotated[
-        str | None, typer.Option(help="Made at or after this ISO 8601 instant.")
-    ] = None,
-    until: Annotated[str | None, typer.Option(help="Made before this ISO 8601 instant.")] = None,
+    since: SinceOption = None,
+    until: UntilOption = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
     as_json: JsonOption = False,
