@@ -117,6 +117,30 @@ def test_pending_holds_can_use_their_partial_index_in_any_plan(empty: Database) 
     assert "ix_holds_pending_expires" in plan, plan
 
 
+_CHANGE = (
+    "INSERT INTO account_changes (id, account_id, setting, old_value, new_value, changed_at) "
+    "VALUES (:id, 1, :setting, 0, 1, :now)"
+)
+
+
+def _an_old_wallet_with_a_change(db: Database) -> str:
+    """Wallet 1 ('old', credits) and its change 'c1' of the overdraft limit, written as
+    rows at an earlier revision; the instant they were written at."""
+    now = "2026-11-22 10:00:00"
+    with db.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO units (code, scale) VALUES ('credit', 0)"))
+        conn.execute(
+            sa.text(
+                "INSERT INTO accounts (id, external_id, kind, unit, overdraft_limit, timezone, "
+                "balance, pending, created_at) VALUES (1, 'old', 'wallet', 'credit', 0, 'UTC', "
+                "0, 0, :now)"
+            ),
+            {"now": now},
+        )
+        conn.execute(sa.text(_CHANGE), {"id": "c1", "setting": "overdraft_limit", "now": now})
+    return now
+
+
 @pytest.mark.parametrize(
     ("before", "after", "column", "fresh"),
     [("0009", "0010", "blocked", (False, 0)), ("0010", "0011", "monthly_spend_limit", (None,))],
@@ -130,22 +154,8 @@ def test_new_wallet_settings_migrate_up_and_down_keeping_the_rest(
     ``account_changes`` to change its CHECK: its index must come along, and the triggers
     of ``accounts`` (0006) must survive both ways."""
     empty.migrate(before)
-    now = "2026-11-22 10:00:00"
-    change = (
-        "INSERT INTO account_changes (id, account_id, setting, old_value, new_value, changed_at) "
-        "VALUES (:id, 1, :setting, 0, 1, :now)"
-    )
-    with empty.engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO units (code, scale) VALUES ('credit', 0)"))
-        conn.execute(
-            sa.text(
-                "INSERT INTO accounts (id, external_id, kind, unit, overdraft_limit, timezone, "
-                "balance, pending, created_at) VALUES (1, 'old', 'wallet', 'credit', 0, 'UTC', "
-                "0, 0, :now)"
-            ),
-            {"now": now},
-        )
-        conn.execute(sa.text(change), {"id": "c1", "setting": "overdraft_limit", "now": now})
+    now = _an_old_wallet_with_a_change(empty)
+    change = _CHANGE
 
     def refused(statement: str, **params: str) -> bool:
         """Whether the database refuses the statement (it is rolled back either way)."""
@@ -198,24 +208,7 @@ def test_actors_migrate_up_and_down_in_place(empty: Database) -> None:
     drop the triggers that keep the journal immutable. Down again, the columns go and
     the rows and triggers stay."""
     empty.migrate("0011")
-    now = "2026-11-22 10:00:00"
-    with empty.engine.begin() as conn:
-        conn.execute(sa.text("INSERT INTO units (code, scale) VALUES ('credit', 0)"))
-        conn.execute(
-            sa.text(
-                "INSERT INTO accounts (id, external_id, kind, unit, overdraft_limit, timezone, "
-                "balance, pending, created_at) VALUES (1, 'old', 'wallet', 'credit', 0, 'UTC', "
-                "0, 0, :now)"
-            ),
-            {"now": now},
-        )
-        conn.execute(
-            sa.text(
-                "INSERT INTO account_changes (id, account_id, setting, old_value, new_value, "
-                "changed_at) VALUES ('c1', 1, 'overdraft_limit', 0, 1, :now)"
-            ),
-            {"now": now},
-        )
+    _an_old_wallet_with_a_change(empty)
 
     def triggers() -> set[str]:
         if not empty.is_sqlite:
