@@ -155,7 +155,6 @@ def test_new_wallet_settings_migrate_up_and_down_keeping_the_rest(
     of ``accounts`` (0006) must survive both ways."""
     empty.migrate(before)
     now = _an_old_wallet_with_a_change(empty)
-    change = _CHANGE
 
     def refused(statement: str, **params: str) -> bool:
         """Whether the database refuses the statement (it is rolled back either way)."""
@@ -178,20 +177,20 @@ def test_new_wallet_settings_migrate_up_and_down_keeping_the_rest(
             return {str(r[0]) for r in rows}
 
     kept = triggers()
-    assert refused(change, id="x", setting=column, now=now)
+    assert refused(_CHANGE, id="x", setting=column, now=now)
     empty.migrate(after)
     with empty.engine.connect() as conn:
         assert conn.execute(sa.text(f"SELECT {column} FROM accounts")).scalar_one() in fresh
         indexes = {i["name"] for i in sa.inspect(conn).get_indexes("account_changes")}
     assert "ix_account_changes_account" in indexes
     assert triggers() == kept
-    assert not refused(change, id="x", setting=column, now=now)
-    assert refused(change, id="y", setting="bogus", now=now)
+    assert not refused(_CHANGE, id="x", setting=column, now=now)
+    assert refused(_CHANGE, id="y", setting="bogus", now=now)
     if column == "monthly_spend_limit":
         assert refused("UPDATE accounts SET monthly_spend_limit = -1")
         assert not refused("UPDATE accounts SET monthly_spend_limit = 0")
     with empty.engine.begin() as conn:
-        conn.execute(sa.text(change), {"id": "c2", "setting": column, "now": now})
+        conn.execute(sa.text(_CHANGE), {"id": "c2", "setting": column, "now": now})
     empty.downgrade(before)
     with empty.engine.connect() as conn:
         rows = conn.execute(sa.text("SELECT id FROM account_changes")).scalars().all()
@@ -199,7 +198,7 @@ def test_new_wallet_settings_migrate_up_and_down_keeping_the_rest(
     assert rows == ["c1"]
     assert column not in columns
     assert triggers() == kept
-    assert refused(change, id="x", setting=column, now=now)
+    assert refused(_CHANGE, id="x", setting=column, now=now)
 
 
 def test_actors_migrate_up_and_down_in_place(empty: Database) -> None:
