@@ -9,6 +9,7 @@ import signal
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx2 as httpx
@@ -169,15 +170,11 @@ def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
 def test_account_usage_records(env: dict[str, str]) -> None:
     assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
     assert run("topup", "acme", "1000", env=env).returncode == 0
-    db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])  # the gateway's traffic
-    try:
-        ledger = Ledger(db, default_catalogs())
+    with _ledger_at(env) as ledger:  # the gateway's traffic
         veo = f.veo3_video(video_model="veo3_fast")
         charged = ledger.charge("acme", veo, idempotency_key="c1", request_id="req-1")
         hold = ledger.authorize("acme", veo, idempotency_key="a1", request_id="req-2")
         ledger.capture(hold.id, status="ERROR", usage={}, idempotency_key="x1")
-    finally:
-        db.dispose()
     listed = run("account", "usage-records", "acme", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     items = json.loads(listed.stdout)["items"]
@@ -338,26 +335,31 @@ def test_serve_prints_a_generated_admin_key_only_on_the_first_start(
     assert admin not in json.dumps(listed)
 
 
-def _ledger_at(env: dict[str, str]) -> tuple[Database, Ledger]:
+@contextmanager
+def _ledger_at(env: dict[str, str]) -> Iterator[Ledger]:
+    """The ledger in ``env``'s file, in this process (closed after)."""
     db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
-    return db, Ledger(db, default_catalogs())
+    try:
+        yield Ledger(db, default_catalogs())
+    finally:
+        db.dispose()
+
+
+def _open_wallets(env: dict[str, str], *ids: str) -> None:
+    with _ledger_at(env) as ledger:
+        for wallet in ids:
+            ledger.open_account(wallet, "credit", idempotency_key=f"open-{wallet}")
 
 
 def _balances(env: dict[str, str], *ids: str) -> list[int]:
-    db, ledger = _ledger_at(env)
-    try:
+    with _ledger_at(env) as ledger:
         return [ledger.account(i).balance for i in ids]
-    finally:
-        db.dispose()
 
 
 def test_topup_batch_grants_each_row_once_even_run_again(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    db, ledger = _ledger_at(env)
-    for wallet in ("acme", "zeta"):
-        ledger.open_account(wallet, "credit", idempotency_key=f"open-{wallet}")
-    db.dispose()
+    _open_wallets(env, "acme", "zeta")
     batch = tmp_path / "spring.csv"
     batch.write_text(  # as a spreadsheet saves it: with a byte order mark
         "\ufeffaccount_id,amount,kind,expires_at,reference\n"
@@ -389,9 +391,7 @@ def test_topup_batch_grants_each_row_once_even_run_again(
 
 
 def test_topup_batch_with_any_bad_row_writes_nothing(env: dict[str, str], tmp_path: Path) -> None:
-    db, ledger = _ledger_at(env)
-    ledger.open_account("acme", "credit", idempotency_key="open")
-    db.dispose()
+    _open_wallets(env, "acme")
     columns = tmp_path / "columns.csv"
     columns.write_text("account,amount,note\nacme,5,x\n")
     r = run("topup-batch", str(columns), env=env)
@@ -430,11 +430,9 @@ def test_topup_batch_with_any_bad_row_writes_nothing(env: dict[str, str], tmp_pa
 def test_a_batch_cut_short_is_finished_by_running_it_again(
     env: dict[str, str], tmp_path: Path
 ) -> None:
-    db, ledger = _ledger_at(env)
-    for wallet in ("acme", "zeta"):
-        ledger.open_account(wallet, "credit", idempotency_key=f"open-{wallet}")
-    ledger.top_up("acme", 2**63 - 1 - 60, idempotency_key="nearly-full")
-    db.dispose()
+    _open_wallets(env, "acme", "zeta")
+    with _ledger_at(env) as ledger:
+        ledger.top_up("acme", 2**63 - 1 - 60, idempotency_key="nearly-full")
     batch = tmp_path / "batch.csv"
     batch.write_text("account_id,amount\nzeta,10\nacme,100\n")
     cut = run("topup-batch", str(batch), env=env)
