@@ -161,14 +161,18 @@ def test_a_statement_that_does_not_reconcile_fails_naming_the_account(
 
 def test_report_run_resumes_an_interrupted_job(env: dict[str, str]) -> None:
     db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
-    ten_minutes_ago = datetime.now(UTC) - timedelta(minutes=10)
+    now = datetime.now(UTC)
+    ten_minutes_ago = now - timedelta(minutes=10)
+    # The last closed month by the real clock (the command's), whatever day the tests run.
+    last_month = (now.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
     crashed = Reports(db, clock=lambda: ten_minutes_ago)
-    job, _ = crashed.request("2026-10", "json")
+    job, _ = crashed.request(last_month, "json")
     assert crashed.claim() is not None  # ...and the worker died with it
     db.dispose()
     done = run("report", "run", env=env)
     assert done.returncode == 0, done.stderr
-    # October's month-end report is the very report interrupted: it is not made twice.
+    # The month-end report 'report run' queues is the very report interrupted: it is not
+    # made twice.
     assert "1 report job(s) run" in done.stdout
     shown = json.loads(run("report", "show", job.id, "--json", env=env).stdout)
     assert shown["status"] == "succeeded"
