@@ -1,4 +1,4 @@
-"""Prometheus metrics of the HTTP API: requests, latencies, holds and 402s.
+"""Prometheus metrics of the HTTP API: requests, latencies, holds, reported usage and 402s.
 
 Each app has its own registry (several apps may live in one process, as in the tests).
 """
@@ -39,6 +39,12 @@ class Metrics:
         self.holds_resolved = Counter(
             "creditledger_holds_resolved_total",
             "Holds resolved, by outcome (captured, voided, expired).",
+            ["outcome"],
+            registry=self.registry,
+        )
+        self.usage_reported = Counter(
+            "creditledger_usage_reported_total",
+            "Usage reported after the fact (POST /v1/usage-records), by the provider's outcome.",
             ["outcome"],
             registry=self.registry,
         )

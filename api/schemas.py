@@ -39,6 +39,7 @@ from ledger.results import (
     UsageLine,
     UsageRecordPage,
     UsageRecordView,
+    UsageReportResult,
     UsageTotals,
 )
 from reports.jobs import JobView
@@ -165,6 +166,29 @@ class AuthorizationCreate(PricedRequest):
 class ChargeCreate(PricedRequest):
     account_id: AccountId
     request_id: Annotated[str, Field(min_length=1, max_length=200)] | None = None
+
+
+class UsageReportCreate(PricedRequest):
+    """Usage reported after the request ran (post-paid: no authorization before it)."""
+
+    account_id: AccountId
+    status: Literal["COMPLETED", "FAILED", "ERROR"] = Field(
+        description="The provider's outcome. ERROR is never charged; FAILED follows the "
+        "catalog version's policy."
+    )
+    usage: dict[str, Any] | None = Field(
+        default=None,
+        description="What the request used: the provider's usage object (input_tokens, "
+        "output_tokens, images, videos, seconds, candidates...).",
+    )
+    request_id: Annotated[str, Field(min_length=1, max_length=200)] | None = Field(
+        default=None, description="The gateway's id of the request, kept on the usage record."
+    )
+    occurred_at: Instant | None = Field(
+        default=None,
+        description="When the request ran (default: now; not later than now): it is priced "
+        "with the catalog versions in force then.",
+    )
 
 
 class ExtensionCreate(_Request):
@@ -425,6 +449,8 @@ __all__ = [
     "TopUpResult",
     "UsageRecordPage",
     "UsageRecordView",
+    "UsageReportCreate",
+    "UsageReportResult",
 ]
 
 

@@ -264,7 +264,8 @@ class Hold(SQLModel, table=True):
 
 
 class MeteringRecord(SQLModel, table=True):
-    """One authorization or immediate charge: what was asked, used and charged."""
+    """One authorization, immediate charge or usage reported after the fact: what was
+    asked, used and charged."""
 
     __tablename__ = "metering_records"
     __table_args__ = (
@@ -280,7 +281,7 @@ class MeteringRecord(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=32)
     account_id: int = Field(foreign_key="accounts.id")
-    kind: str = Field(max_length=16)  # authorization | charge
+    kind: str = Field(max_length=16)  # authorization | charge | usage (reported after)
     hold_id: str | None = Field(default=None, max_length=32)
     entry_id: str | None = Field(default=None, max_length=32)
     catalog: str = Field(max_length=64)

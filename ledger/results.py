@@ -168,10 +168,11 @@ class RecordedUsage(_Result):
 
 
 class UsageRecordView(_Result):
-    """One authorization or immediate charge (``kind``), as metered: what was asked
-    (catalog, version, operation, model), held and charged, its usage, and the gateway's
-    ``request_id``. ``entry_id`` is the capture or charge entry (None when nothing was
-    charged); ``reversed_by`` the entry that refunded it, if one did."""
+    """One authorization, immediate charge or usage reported after the fact (``kind``:
+    authorization, charge, usage), as metered: what was asked (catalog, version,
+    operation, model), held and charged, its usage, and the gateway's ``request_id``.
+    ``entry_id`` is the capture or charge entry (None when nothing was charged);
+    ``reversed_by`` the entry that refunded it, if one did."""
 
     id: str
     account_id: str
@@ -267,6 +268,32 @@ class ChargeResult(_Result):
     unit: str
     scale: int
     quote: dict[str, Any]
+
+
+class UsageReportResult(_Result):
+    """Usage reported after the fact (post-paid), priced and charged: ``id`` is its
+    usage record. What the wallet could not cover is owed as ``debt``, which blocks its
+    new authorizations and charges until a top-up repays it."""
+
+    id: str
+    account_id: str
+    #: The provider's outcome: COMPLETED, FAILED or ERROR (ERROR is never charged).
+    status: str
+    catalog: str
+    catalog_version: str
+    operation: str
+    model: str
+    charged: int
+    credits_used: int
+    #: Available after the charge: balance - pending + overdraft limit (negative in debt).
+    credits_remaining: int
+    #: What the wallet owes beyond its overdraft limit after the charge (0: none).
+    debt: int
+    unit: str
+    scale: int
+    entry_id: str | None
+    #: The priced usage (pricing.Charge.to_dict()).
+    charge: dict[str, Any]
 
 
 class ReversalResult(_Result):

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 import sqlalchemy as sa
 from pydantic import BaseModel
@@ -92,13 +92,15 @@ from ledger.results import (
     UsageLine,
     UsageRecordPage,
     UsageRecordView,
+    UsageReportResult,
     UsageTotals,
     UsageView,
 )
 from ledger.settings import Settings
 from ledger.store import Json, Sql, Store
 from pricing import CatalogSet, estimate, load_catalogs, price_usage
-from pricing.engine import Quote
+from pricing.engine import Charge, Quote
+from pricing.errors import NoVersionInForce
 
 Clock = Callable[[], datetime]
 R = TypeVar("R", bound=BaseModel)
@@ -230,6 +232,7 @@ _AMOUNT_FIELD = {
     "authorize": "params",
     "charge": "params",
     "capture": "usage",
+    "report_usage": "usage",
     "reverse": "id",
 }
 
@@ -338,6 +341,21 @@ class _Wallet:
     blocked: bool = False
     #: Minor units it may spend per period (captures, charges and open holds), or None.
     spend_limit: int | None = None
+
+
+class _Priced(Protocol):
+    """What a quote and a priced charge both tell: where the price came from."""
+
+    @property
+    def catalog(self) -> str: ...
+    @property
+    def catalog_version(self) -> str: ...
+    @property
+    def operation(self) -> str: ...
+    @property
+    def model(self) -> str: ...
+    @property
+    def unit(self) -> str: ...
 
 
 @dataclass(frozen=True)
@@ -1317,6 +1335,24 @@ class Ledger:
     def _quote(self, request: Any, now: datetime) -> Quote:
         return estimate(request, now, catalogs=self.catalogs)
 
+    def _lock_payer(
+        self, w: _Work, account_id: str, priced: _Priced
+    ) -> tuple[_Wallet, list[tuple[Any, ...]]] | dict[str, Any]:
+        """Lock the wallet that pays for ``priced`` and read, under that lock and in one
+        round trip, the key's stored result and the wallet's open grants. Returns the
+        stored result (a replay), or the wallet (its unit checked) and its grants' rows."""
+        wallet, (replay, grant_rows) = self._lock_wallet_with(
+            w.store,
+            account_id,
+            w.replay_query,
+            (sql.OPEN_GRANTS_OF_WALLET, {"external_id": account_id}),
+        )
+        stored = w.replayed(replay[0] if replay else None)
+        if stored is not None:
+            return stored
+        self._check_unit(priced, wallet)
+        return wallet, grant_rows
+
     def _funds(
         self, w: _Work, account_id: str, quote: Quote, needed: int
     ) -> tuple[_Wallet, list[kernel.GrantState], int] | dict[str, Any]:
@@ -1328,16 +1364,10 @@ class Ledger:
         is in debt, SpendLimitReached when ``needed`` is more than its spend limit leaves
         this period.
         """
-        wallet, (replay, grant_rows) = self._lock_wallet_with(
-            w.store,
-            account_id,
-            w.replay_query,
-            (sql.OPEN_GRANTS_OF_WALLET, {"external_id": account_id}),
-        )
-        stored = w.replayed(replay[0] if replay else None)
-        if stored is not None:
-            return stored
-        self._check_unit(quote, wallet)
+        locked = self._lock_payer(w, account_id, quote)
+        if isinstance(locked, dict):
+            return locked
+        wallet, grant_rows = locked
         if wallet.blocked:
             raise AccountBlocked(
                 f"account '{wallet.external_id}' is blocked: no new authorizations or charges",
@@ -1384,7 +1414,7 @@ class Ledger:
         return wallet.spend_limit - spent - wallet.pending, resets_at
 
     @staticmethod
-    def _check_unit(quote: Quote, wallet: _Wallet) -> None:
+    def _check_unit(quote: _Priced, wallet: _Wallet) -> None:
         if quote.unit != wallet.unit:
             raise InvalidInput(
                 f"catalog '{quote.catalog}' bills in {quote.unit}; account '{wallet.external_id}' "
@@ -1598,19 +1628,16 @@ class Ledger:
             live, expired = self._live_grants(w.conn, wallet, w.now, locked.grant_rows)
             entry_id = None
             if amount > 0:
-                revenue = self._system_account(wallet.unit, "revenue")
-                entry_id = self._post(
-                    w.conn,
-                    w.now,
-                    "capture",
+                entry_id = self._spend(
+                    w,
                     wallet,
-                    kernel.transfer(wallet.id, revenue, wallet.unit, amount),
+                    "capture",
+                    amount,
                     f"{hold.catalog} {hold.operation} {hold.model}",
-                    actor=w.actor,
+                    live,
                     hold_id=hold.id,
                     pending=-hold.amount,
                 )
-                self._debit_grants(w.conn, wallet, entry_id, amount, live=live)
             else:
                 self._move_pending(w.conn, wallet.id, -hold.amount)
             # Conditional on 'pending': a hold resolved meanwhile rolls all of this back.
@@ -1794,10 +1821,11 @@ class Ledger:
         cursor: str | None = None,
         limit: int = 50,
     ) -> UsageRecordPage:
-        """A wallet's metering records (one per authorization or immediate charge), newest
-        first, ``limit`` at a time: of one ``status``, catalog, operation, model or
-        gateway ``request_id``, and made at or after ``since`` and before ``until``, if
-        given (pass the same with the next page's cursor)."""
+        """A wallet's metering records (one per authorization, immediate charge or usage
+        reported after the fact), newest first, ``limit`` at a time: of one ``status``,
+        catalog, operation, model or gateway ``request_id``, and made at or after
+        ``since`` and before ``until``, if given (pass the same with the next page's
+        cursor)."""
         _page_limit(limit)
         if status is not None and status not in METERING_STATUSES:
             raise InvalidInput(
@@ -1909,50 +1937,16 @@ class Ledger:
                 return funds
             wallet, live, available = funds
             cost = quote.cost
-            metering_id = new_id()
-            entry_id = None
-            if cost > 0:
-                revenue = self._system_account(wallet.unit, "revenue")
-                entry_id = self._post(
-                    w.conn,
-                    w.now,
-                    "charge",
-                    wallet,
-                    kernel.transfer(wallet.id, revenue, wallet.unit, cost),
-                    f"{quote.catalog} {quote.operation} {quote.model}",
-                    actor=w.actor,
-                )
-                self._debit_grants(w.conn, wallet, entry_id, cost, live=live)
-            w.store.run(
-                sql.INSERT_METERING,
-                {
-                    "id": metering_id,
-                    "account_id": wallet.id,
-                    "kind": "charge",
-                    "hold_id": None,
-                    "catalog": quote.catalog,
-                    "catalog_version": quote.catalog_version,
-                    "operation": quote.operation,
-                    "model": quote.model,
-                    "unit": quote.unit,
-                    "status": "CHARGED",
-                    "held": 0,
-                    "request_id": request_id,
-                    "created_at": w.now,
-                    **sql.usage_values({}),
-                },
-            )
-            self._record_usage(
+            metering_id, entry_id = self._debit_at_once(
                 w,
                 wallet,
-                metering_id,
-                "CHARGED",
-                cost,
-                entry_id,
-                quote.estimated_usage,
-                quote.catalog,
-                quote.operation,
-                quote.model,
+                live,
+                quote,
+                kind="charge",
+                status="CHARGED",
+                amount=cost,
+                usage=quote.estimated_usage,
+                request_id=request_id,
             )
             return ChargeResult(
                 id=metering_id,
@@ -1968,6 +1962,215 @@ class Ledger:
         return self._mutate(
             "charge", idempotency_key, payload, work, ChargeResult, batch=True, actor=actor
         )
+
+    def report_usage(
+        self,
+        account_id: str,
+        request: Mapping[str, Any],
+        *,
+        status: str,
+        usage: Mapping[str, Any] | None,
+        idempotency_key: str,
+        actor: str | None = None,
+        request_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> UsageReportResult:
+        """Charge what a request used, reported after it ran (post-paid: no hold before).
+
+        Priced like a capture (``price_usage``: ERROR is never charged, FAILED by the
+        catalog's policy, usage held to what the request allowed), with the catalog
+        version in force at ``occurred_at`` (default: now; never later than now). The
+        provider has done the work, so neither a short balance, a blocked wallet nor the
+        spend limit refuses it: what available does not cover becomes recorded debt, as
+        a capture's overage does, and the spend limit counts it.
+        """
+        charge, at = self._price_reported(request, status, usage, request_id, occurred_at)
+        payload = {
+            "account_id": account_id,
+            "request": request,
+            "status": status,
+            "usage": usage,
+            "request_id": request_id,
+            "occurred_at": None if at is None else at.astimezone(UTC).isoformat(),
+        }
+
+        def work(w: _Work) -> UsageReportResult | dict[str, Any]:
+            locked = self._lock_payer(w, account_id, charge)
+            if isinstance(locked, dict):
+                return locked
+            wallet, grant_rows = locked
+            live, expired = self._live_grants(w.conn, wallet, w.now, grant_rows)
+            amount = charge.amount
+            metering_id, entry_id = self._debit_at_once(
+                w,
+                wallet,
+                live,
+                charge,
+                kind="usage",
+                status=charge.status,
+                amount=amount,
+                usage=charge.usage,
+                request_id=request_id,
+            )
+            balance = wallet.balance - expired - amount
+            return UsageReportResult(
+                id=metering_id,
+                account_id=wallet.external_id,
+                status=charge.status,
+                catalog=charge.catalog,
+                catalog_version=charge.catalog_version,
+                operation=charge.operation,
+                model=charge.model,
+                charged=amount,
+                credits_used=amount,
+                credits_remaining=kernel.available(balance, wallet.pending, wallet.overdraft_limit),
+                debt=kernel.debt(balance, wallet.overdraft_limit),
+                unit=wallet.unit,
+                scale=wallet.scale,
+                entry_id=entry_id,
+                charge=charge.to_dict(),
+            )
+
+        return self._mutate(
+            "report_usage",
+            idempotency_key,
+            payload,
+            work,
+            UsageReportResult,
+            batch=True,
+            actor=actor,
+        )
+
+    def check_usage_report(
+        self,
+        account_id: str,
+        request: Mapping[str, Any],
+        *,
+        status: str,
+        usage: Mapping[str, Any] | None,
+        request_id: str | None = None,
+        occurred_at: datetime | None = None,
+    ) -> Charge:
+        """What ``report_usage`` with these arguments would refuse now, raised without a
+        change: the request, its usage and outcome, an unknown wallet, another unit.
+        Returns what it would charge (64-bit room is left to ``report_usage``)."""
+        charge, _ = self._price_reported(request, status, usage, request_id, occurred_at)
+        with self.db.transaction(write=False) as conn:
+            wallet = self._wallet(conn, account_id)
+        self._check_unit(charge, wallet)
+        return charge
+
+    def _price_reported(
+        self,
+        request: Mapping[str, Any],
+        status: str,
+        usage: Mapping[str, Any] | None,
+        request_id: str | None,
+        occurred_at: datetime | None,
+    ) -> tuple[Charge, datetime | None]:
+        """The price of reported usage, by the catalog version in force at ``occurred_at``
+        (checked: an instant, not later than now; default now), and that instant."""
+        _text(request_id, "request_id", required=False)
+        now = self._now()
+        at = aware_instant(occurred_at, "occurred_at")
+        if at is not None and at > now:
+            raise InvalidInput(
+                f"occurred_at {at.isoformat()} is in the future: report usage once the "
+                "request has run",
+                field="occurred_at",
+                allowed={"max": now.isoformat()},
+            )
+        try:
+            return price_usage(request, usage, status, at=at or now, catalogs=self.catalogs), at
+        except NoVersionInForce as exc:
+            exc.field = "occurred_at"
+            raise
+
+    def _debit_at_once(
+        self,
+        w: _Work,
+        wallet: _Wallet,
+        live: list[kernel.GrantState],
+        priced: _Priced,
+        *,
+        kind: str,
+        status: str,
+        amount: int,
+        usage: Mapping[str, Any],
+        request_id: str | None,
+    ) -> tuple[str, str | None]:
+        """Charge ``amount`` without a hold and meter it, in ``w``'s transaction: a
+        ``charge`` entry (none for 0) burning the ``live`` grants, a usage record of
+        ``kind`` with ``status`` and ``usage``, and the day's rollup. Returns the usage
+        record's id and the entry's."""
+        metering_id = new_id()
+        entry_id = None
+        if amount > 0:
+            memo = f"{priced.catalog} {priced.operation} {priced.model}"
+            entry_id = self._spend(w, wallet, "charge", amount, memo, live)
+        w.store.run(
+            sql.INSERT_METERING,
+            {
+                "id": metering_id,
+                "account_id": wallet.id,
+                "kind": kind,
+                "hold_id": None,
+                "catalog": priced.catalog,
+                "catalog_version": priced.catalog_version,
+                "operation": priced.operation,
+                "model": priced.model,
+                "unit": priced.unit,
+                "status": status,
+                "held": 0,
+                "request_id": request_id,
+                "created_at": w.now,
+                **sql.usage_values({}),
+            },
+        )
+        self._record_usage(
+            w,
+            wallet,
+            metering_id,
+            status,
+            amount,
+            entry_id,
+            usage,
+            priced.catalog,
+            priced.operation,
+            priced.model,
+        )
+        return metering_id, entry_id
+
+    def _spend(
+        self,
+        w: _Work,
+        wallet: _Wallet,
+        kind: str,
+        amount: int,
+        memo: str,
+        live: list[kernel.GrantState],
+        *,
+        hold_id: str | None = None,
+        pending: int = 0,
+    ) -> str:
+        """Move ``amount`` (> 0) of what a request used from the wallet to usage revenue
+        by an entry of ``kind`` (capture or charge) burning its ``live`` grants; a
+        capture also releases its hold's ``pending``. What the grants do not cover takes
+        the balance below zero (overdraft or debt). Returns the entry's id."""
+        revenue = self._system_account(wallet.unit, "revenue")
+        entry_id = self._post(
+            w.conn,
+            w.now,
+            kind,
+            wallet,
+            kernel.transfer(wallet.id, revenue, wallet.unit, amount),
+            memo,
+            actor=w.actor,
+            hold_id=hold_id,
+            pending=pending,
+        )
+        self._debit_grants(w.conn, wallet, entry_id, amount, live=live)
+        return entry_id
 
     def _record_usage(
         self,

@@ -108,7 +108,8 @@ def month_of_traffic(ledger: Ledger, clock: Clock, *, seed: int = 7) -> Traffic:
 
     Wallets in UTC, Europe/Berlin and Asia/Tokyo; top-ups before and during the month,
     a promo that expires mid-month, a monthly allocation, text, image and video requests
-    captured COMPLETED and ERROR, immediate charges, voids, a refund, a hold still
+    captured COMPLETED and ERROR, immediate charges, usage reported after the fact (post-
+    paid), voids, a refund, a hold still
     pending at the month's end, a capture at 23:30 UTC on the 31st, and traffic after the
     month (so the month's closing balance is not today's balance).
     """
@@ -164,6 +165,14 @@ def month_of_traffic(ledger: Ledger, clock: Clock, *, seed: int = 7) -> Traffic:
             charge = ledger.charge(
                 "tokyo", veo3_video(video_model="veo3_fast"), idempotency_key=key()
             )
+            if hour == 22:  # agentic renders the studio's gateway reports once they ran
+                ledger.report_usage(
+                    "studio",
+                    pixazo_image(enable_agentic_generation=True),
+                    status=rng.choice(["COMPLETED", "COMPLETED", "ERROR"]),
+                    usage={"candidates": rng.randrange(1, 5)},
+                    idempotency_key=key(),
+                )
             if day == 14 and hour == 11:
                 assert charge.entry_id is not None
                 ledger.reverse(charge.entry_id, reason="failed render", idempotency_key=key())

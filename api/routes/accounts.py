@@ -300,10 +300,11 @@ async def list_usage_records(
     cursor: CursorQuery = None,
     limit: LimitQuery = 50,
 ) -> UsageRecordPage:
-    """The wallet's requests as metered, one record per authorization or immediate
-    charge, newest first: what was asked, held, used and charged, and the refund if one
-    was made. Filter by outcome, catalog, operation, model, the gateway's ``request_id``
-    and time; pass ``next_cursor`` (with the same filters) for the next page."""
+    """The wallet's requests as metered, one record per authorization, immediate charge
+    or usage reported after the fact (``kind``), newest first: what was asked, held,
+    used and charged, and the refund if one was made. Filter by outcome, catalog,
+    operation, model, the gateway's ``request_id`` and time; pass ``next_cursor`` (with
+    the same filters) for the next page."""
     ensure_own(caller, id)
     return await run_in_threadpool(
         services.ledger.usage_records,
@@ -322,7 +323,8 @@ async def list_usage_records(
 
 @router.get("/usage-records/{id}", response_model=UsageRecordView, responses=_ERRORS)
 async def read_usage_record(id: str, caller: Caller, services: ServicesDep) -> UsageRecordView:
-    """One request as metered: a charge's ``id``, or an authorization's ``metering_id``."""
+    """One request as metered: a charge's or a usage report's ``id``, or an
+    authorization's ``metering_id``."""
     owner = caller.account if caller.role == "customer" else None
     return await run_in_threadpool(services.ledger.usage_record, id, owner=owner)
 

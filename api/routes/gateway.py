@@ -1,4 +1,5 @@
-"""What a gateway calls per request: estimate, authorize, capture, void, charge."""
+"""What a gateway calls per request: estimate, authorize, capture, void, charge, and
+report usage after the fact."""
 
 from __future__ import annotations
 
@@ -20,6 +21,8 @@ from api.schemas import (
     EstimatePublic,
     ExtensionCreate,
     HoldView,
+    UsageReportCreate,
+    UsageReportResult,
 )
 from ledger.errors import InvalidInput
 
@@ -126,3 +129,23 @@ async def create_charge(body: ChargeCreate, call: GatewayCall) -> ChargeResult:
         actor=call.actor,
         request_id=body.request_id,
     )
+
+
+@router.post("/usage-records", status_code=201, response_model=UsageReportResult, responses=_ERRORS)
+async def report_usage(body: UsageReportCreate, call: GatewayCall) -> UsageReportResult:
+    """Charge a request's usage reported after it ran (post-paid, no authorization before):
+    priced like a capture, never refused for want of credits (the provider did the work;
+    a shortfall is recorded as debt, which blocks new authorizations until a top-up)."""
+    result = await run_in_threadpool(
+        call.services.ledger.report_usage,
+        body.account_id,
+        body.envelope(),
+        status=body.status,
+        usage=body.usage,
+        idempotency_key=call.key,
+        actor=call.actor,
+        request_id=body.request_id,
+        occurred_at=body.occurred_at,
+    )
+    call.services.metrics.usage_reported.labels(result.status).inc()
+    return result

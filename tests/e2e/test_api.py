@@ -971,6 +971,7 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/v1/accounts/{id}/changes",
         "/v1/accounts/{id}/entries",
         "/v1/accounts/{id}/usage-records",
+        "/v1/usage-records",
         "/v1/usage-records/{id}",
         "/v1/accounts/{id}/topups",
         "/v1/accounts/{id}/adjustments",
@@ -984,6 +985,8 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/healthz",
     }
     assert "402" in paths["/v1/authorizations"]["post"]["responses"]
+    # Usage that already ran is never refused for want of credits.
+    assert "402" not in paths["/v1/usage-records"]["post"]["responses"]
 
     def choices(path: str, name: str) -> list[str]:
         (param,) = (p for p in paths[path]["get"]["parameters"] if p["name"] == name)

@@ -127,6 +127,41 @@ def test_identical_idempotent_requests_have_exactly_one_effect(ledger: Ledger) -
     assert ledger.balance("wallet").balance == 10_000 - 240 + 7
 
 
+def test_racing_usage_reports_are_each_charged_once_in_full(ledger: Ledger) -> None:
+    """Usage reported after the fact, racing authorizations on a short wallet: every
+    report is charged (the work was done), each retried report once, and no
+    authorization is granted against credits the reports took."""
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    ledger.top_up("wallet", 240 * 10, idempotency_key=key())
+
+    def reported(n: int) -> Callable[[], Any]:
+        return lambda: ledger.report_usage(
+            "wallet", VEO_FAST, status="COMPLETED", usage={}, idempotency_key=f"usage-{n % 12}"
+        )
+
+    calls: list[Callable[[], Any]] = [reported(n) for n in range(24)]
+    calls += [
+        (lambda: ledger.authorize("wallet", VEO_FAST, idempotency_key=key("race")))
+        for _ in range(THREADS - 24)
+    ]
+    outcomes = race(calls)
+    reports = [o for o in outcomes[:24] if not isinstance(o, Exception)]
+    assert len(reports) == 24, outcomes
+    # 12 keys, each sent twice: 12 charges, each retry answered with the first's result.
+    assert len({r.id for r in reports}) == 12
+    assert all(r.charged == 240 for r in reports)
+    held = [o for o in outcomes[24:] if not isinstance(o, InsufficientCredits)]
+    assert all(type(h).__name__ == "HoldView" for h in held), outcomes
+    # Each hold was taken against what was there then: the reports that came after it
+    # may take the wallet below zero (debt), a hold never does.
+    assert all(h.credits_remaining >= 0 for h in held), held
+    view = ledger.balance("wallet")
+    assert view.balance == 240 * 10 - 12 * 240
+    assert view.pending == 240 * len(held)
+    records = ledger.usage_records("wallet", limit=100).items
+    assert sum(r.kind == "usage" for r in records) == 12
+
+
 def void(ledger: Ledger, hold_id: str) -> Callable[[], Any]:
     return lambda: ledger.void(hold_id, idempotency_key=key())
 

@@ -44,7 +44,7 @@ from ledger.errors import (
 )
 from ledger.services import Ledger
 from ledger.verify import verify
-from pricing import default_catalogs
+from pricing import default_catalogs, price_usage
 from pricing.errors import PricingError
 from tests import factories as f
 from tests.factories import Clock
@@ -299,6 +299,45 @@ class LedgerMachine(RuleBasedStateMachine):
         assert room is None or done.credits_used <= room
         self.balance -= done.credits_used
         self.spend(done.credits_used)
+        return done.entry_id if done.entry_id else multiple()
+
+    @rule(
+        target=entries,
+        kind=st.sampled_from(sorted(REQUESTS)),
+        size=st.integers(1, 3000),
+        status=st.sampled_from(["COMPLETED", "COMPLETED", "FAILED", "ERROR"]),
+        input_tokens=st.integers(0, 5_000),
+        fraction=st.integers(0, 100),
+    )
+    def report_usage(
+        self, kind: str, size: int, status: str, input_tokens: int, fraction: int
+    ) -> Any:
+        """Usage reported after it ran: charged at its price whatever the wallet holds,
+        however it is blocked or limited (the provider did the work); a shortfall is debt."""
+        request = REQUESTS[kind](size)
+        usage: dict[str, Any] = {}
+        if kind == "text":
+            usage = {"input_tokens": input_tokens, "output_tokens": size * fraction // 100}
+        key = self.key()
+
+        def call() -> Any:
+            return self.ledger.report_usage(
+                W, request, status=status, usage=usage, idempotency_key=key
+            )
+
+        done = self.remember(call, call())
+        assert done.charged == price_usage(request, usage, status, at=self.clock.now).amount
+        if status != "COMPLETED":
+            assert done.charged == 0
+        self.balance -= done.charged
+        self.spend(done.charged)
+        available = self.balance - sum(self.pending.values()) + self.overdraft
+        assert (done.credits_remaining, done.debt) == (
+            available,
+            max(0, -(self.balance + self.overdraft)),
+        )
+        if available < 0:
+            self.excused = True
         return done.entry_id if done.entry_id else multiple()
 
     @rule(entry=entries)
