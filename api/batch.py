@@ -1,10 +1,11 @@
-"""Top-ups from a CSV file: a promotion or a grant to many wallets at once.
+"""Batch files of the CLI: top-ups from a CSV file (a promotion, a grant to many wallets
+at once) and usage reported after the fact from a JSON Lines file (a gateway's log).
 
 The whole file is read and checked before anything is written, so a file with one bad
-row changes nothing. Then each row is one top-up with its own idempotency key, made of
-the batch's id and the row's line: a run cut short (a crash, a busy database, a row the
-ledger refused when it ran) is finished by running the same file again, and the rows
-already done are replayed, never granted twice.
+row changes nothing. Then each row is one ledger call with its own idempotency key, made
+of the batch's id and the row's line: a run cut short (a crash, a busy database, a row
+the ledger refused when it ran) is finished by running the same file again, and the rows
+already done are replayed, never done twice.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
+import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from decimal import Decimal
+from typing import Any, NoReturn
 
 #: The columns a batch file may have; the first two are required.
 COLUMNS = ("account_id", "amount", "kind", "expires_at", "priority", "reference")
@@ -123,23 +126,127 @@ def _row(line: int, cells: dict[str, str]) -> tuple[Row | None, list[Problem]]:
     amount = whole("amount", None)
     priority = whole("priority", 0)
     kind = cells.get("kind", "").strip() or "pack"
-    expires_at = None
-    expiry = cells.get("expires_at", "").strip()
-    if expiry:
-        try:
-            expires_at = datetime.fromisoformat(expiry)
-        except ValueError:
-            expires_at = None
-        if expires_at is None or expires_at.tzinfo is None:
-            problems.append(
-                Problem(
-                    line,
-                    "expires_at",
-                    f"expires_at {expiry!r}: give an ISO 8601 instant with a timezone, "
-                    "such as 2027-01-01T00:00:00Z",
-                )
-            )
+    expires_at = _instant(line, "expires_at", cells.get("expires_at", "").strip(), problems)
     reference = cells.get("reference", "").strip() or None
     if problems or amount is None or priority is None:
         return None, problems
     return Row(line, account_id, amount, kind, expires_at, priority, reference), []
+
+
+#: The fields of a usage line: the body of ``POST /v1/usage-records``.
+USAGE_FIELDS = (
+    "account_id",
+    "catalog",
+    "operation",
+    "params",
+    "status",
+    "usage",
+    "request_id",
+    "occurred_at",
+)
+USAGE_REQUIRED = ("account_id", "catalog", "operation", "status")
+
+
+@dataclass(frozen=True)
+class UsageRow:
+    """One request's usage, reported after it ran, at ``line`` of the file (from 1)."""
+
+    line: int
+    account_id: str
+    #: The envelope the gateway priced: ``{catalog, operation, params}``.
+    request: dict[str, Any]
+    status: str
+    usage: dict[str, Any] | None
+    request_id: str | None
+    occurred_at: datetime | None
+
+    def key(self, batch_id: str) -> str:
+        return f"usage:{batch_id}:{self.line}"
+
+
+def _instant(line: int, name: str, text: str, problems: list[Problem]) -> datetime | None:
+    """The ISO 8601 instant with a timezone ``text`` (None when blank), or a problem."""
+    if not text:
+        return None
+    try:
+        found: datetime | None = datetime.fromisoformat(text)
+    except ValueError:
+        found = None
+    if found is None or found.tzinfo is None:
+        problems.append(
+            Problem(
+                line,
+                name,
+                f"{name} {text!r}: give an ISO 8601 instant with a timezone, "
+                "such as 2027-01-01T00:00:00Z",
+            )
+        )
+        return None
+    return found
+
+
+def _not_a_number(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number")
+
+
+def read_usage(text: str) -> tuple[list[UsageRow], list[Problem]]:
+    """The rows of a JSON Lines usage file (one object per line, blank lines skipped),
+    and every problem found in it (none: all rows are well formed; whether the ledger
+    takes them is checked against it). Fractions are exact decimals, never floats."""
+    rows: list[UsageRow] = []
+    problems: list[Problem] = []
+    for line, raw in enumerate(text.split("\n"), start=1):
+        if not raw.strip():
+            continue
+        try:
+            value = json.loads(raw, parse_float=Decimal, parse_constant=_not_a_number)
+        except ValueError as exc:  # JSONDecodeError too
+            problems.append(Problem(line, "line", f"not JSON: {exc}"))
+            continue
+        if not isinstance(value, dict):
+            problems.append(Problem(line, "line", "each line must be a JSON object"))
+            continue
+        row, found = _usage_row(line, value)
+        problems += found
+        if row is not None:
+            rows.append(row)
+    if not rows and not problems:
+        problems.append(Problem(None, "file", "the file has no rows"))
+    return rows, problems
+
+
+def _usage_row(line: int, value: dict[str, Any]) -> tuple[UsageRow | None, list[Problem]]:
+    problems = [
+        Problem(line, name, f"unknown field {name!r}; fields: {', '.join(USAGE_FIELDS)}")
+        for name in value
+        if name not in USAGE_FIELDS
+    ]
+    problems += [
+        Problem(line, name, f"the line has no {name!r}")
+        for name in USAGE_REQUIRED
+        if name not in value
+    ]
+    if problems:
+        return None, problems
+
+    def typed(name: str, kind: type, what: str, *, optional: bool = False) -> Any:
+        found = value.get(name)
+        if found is None and optional:
+            return None
+        if not isinstance(found, kind) or (isinstance(found, str) and not found):
+            problems.append(Problem(line, name, f"{name} must be {what}"))
+        return found
+
+    account_id = typed("account_id", str, "a wallet's id (text)")
+    catalog = typed("catalog", str, "a catalog's name (text)")
+    operation = typed("operation", str, "an operation's name (text)")
+    params = typed("params", dict, "an object (the provider's request body)", optional=True)
+    status = typed("status", str, "COMPLETED, FAILED or ERROR")
+    usage = typed("usage", dict, "an object (the provider's usage)", optional=True)
+    request_id = typed("request_id", str, "text (the gateway's id of the request)", optional=True)
+    when = typed("occurred_at", str, "an ISO 8601 instant with a timezone", optional=True)
+    occurred_at = _instant(line, "occurred_at", when, problems) if isinstance(when, str) else None
+    if problems:
+        return None, problems
+    request = {"catalog": catalog, "operation": operation, "params": params or {}}
+    return UsageRow(line, account_id, request, status, usage, request_id, occurred_at), []

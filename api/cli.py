@@ -38,7 +38,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
-from api.batch import BATCH_ID, Problem, default_batch_id, read_rows
+from api.batch import BATCH_ID, Problem, default_batch_id, read_rows, read_usage
 from api.errors import status_of
 from ledger.backup import backup
 from ledger.db import Database, is_lock_timeout
@@ -848,7 +848,7 @@ def account_usage_records(
     cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A wallet's requests as metered (one per authorization or charge), newest first:
+    """A wallet's requests as metered (one per authorization, charge or usage report), newest first:
     what each held, used and was charged, and its refund if one was made."""
     first, last = _parse_instant(since, "since"), _parse_instant(until, "until")
     with _open_ledger() as ledger:
@@ -966,34 +966,21 @@ def topup_command(
     )
 
 
-@app.command("topup-batch")
-def topup_batch_command(
-    file: Annotated[
-        Path,
-        typer.Argument(
-            help="CSV with a header: account_id, amount, and optionally kind, expires_at, "
-            "priority, reference."
-        ),
-    ],
-    batch_id: Annotated[
-        str | None,
-        typer.Option(
-            help="Names the batch in every row's idempotency key (default: the file's "
-            "SHA-256). Give one to correct a row the ledger refused and run the file again."
-        ),
-    ] = None,
-    check: Annotated[
-        bool, typer.Option("--check", help="Check the file against the ledger; write nothing.")
-    ] = False,
-    as_json: JsonOption = False,
-) -> None:
-    """Top up many wallets from a CSV file (a promotion, a grant to every customer).
+BatchIdOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Names the batch in every row's idempotency key (default: the file's "
+        "SHA-256). Give one to correct a row the ledger refused and run the file again."
+    ),
+]
+CheckOption = Annotated[
+    bool, typer.Option("--check", help="Check the file against the ledger; write nothing.")
+]
 
-    The whole file is checked first (each row's values, its wallet, its expiry): one bad
-    row and nothing is written (exit 2, every problem listed with its line). Then each row
-    is one top-up whose idempotency key is the batch id and the row's line, so a run cut
-    short is finished by running the same file again: the rows done are not done twice.
-    """
+
+def _batch_text(file: Path, batch_id: str | None) -> str:
+    """The text of a batch file (a byte order mark, as spreadsheets save, is dropped),
+    after checking ``--batch-id``; exit 2 for an unreadable file or a bad id."""
     try:
         text = file.read_text(encoding="utf-8-sig")
     except (OSError, UnicodeDecodeError) as exc:
@@ -1007,6 +994,59 @@ def topup_batch_command(
             },
             EXIT_INVALID,
         )
+    return text
+
+
+def _refuse_problems(problems: list[Problem], file: Path) -> None:
+    """Exit 2 listing every problem of a batch file by line, if it has any."""
+    if problems:
+        problems.sort(key=lambda p: p.line or 0)
+        _fail(
+            {
+                "error": "invalid_batch",
+                "message": f"{len(problems)} problem(s) in {file}; nothing was written",
+                "problems": [p.to_dict() for p in problems],
+            },
+            EXIT_INVALID,
+        )
+
+
+def _row_refused(exc: DomainError, line: int, done: int, batch: str) -> NoReturn:
+    """A batch row the ledger refused when it ran: its error, where the run stopped and
+    how to finish it (the rows done are replayed, not done again)."""
+    _fail(
+        {
+            **exc.to_dict(),
+            "line": line,
+            "done": done,
+            "hint": f"the rows before line {line} are done; correct this "
+            f"one and run the file again with --batch-id {batch}",
+        },
+        _EXIT_BY_STATUS.get(status_of(exc), EXIT_INVALID),
+    )
+
+
+@app.command("topup-batch")
+def topup_batch_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="CSV with a header: account_id, amount, and optionally kind, expires_at, "
+            "priority, reference."
+        ),
+    ],
+    batch_id: BatchIdOption = None,
+    check: CheckOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Top up many wallets from a CSV file (a promotion, a grant to every customer).
+
+    The whole file is checked first (each row's values, its wallet, its expiry): one bad
+    row and nothing is written (exit 2, every problem listed with its line). Then each row
+    is one top-up whose idempotency key is the batch id and the row's line, so a run cut
+    short is finished by running the same file again: the rows done are not done twice.
+    """
+    text = _batch_text(file, batch_id)
     rows, problems = read_rows(text)
     with _open_ledger() as ledger:
         units: dict[int, str] = {}
@@ -1022,16 +1062,7 @@ def topup_batch_command(
                 )
             except DomainError as exc:
                 problems.append(Problem(row.line, exc.field or "row", exc.message))
-        if problems:
-            problems.sort(key=lambda p: p.line or 0)
-            _fail(
-                {
-                    "error": "invalid_batch",
-                    "message": f"{len(problems)} problem(s) in {file}; nothing was written",
-                    "problems": [p.to_dict() for p in problems],
-                },
-                EXIT_INVALID,
-            )
+        _refuse_problems(problems, file)
         batch = batch_id or default_batch_id(text)
         done: list[dict[str, Any]] = []
         for row in [] if check else rows:
@@ -1047,16 +1078,7 @@ def topup_batch_command(
                     reference=row.reference,
                 )
             except DomainError as exc:
-                _fail(
-                    {
-                        **exc.to_dict(),
-                        "line": row.line,
-                        "done": len(done),
-                        "hint": f"the rows before line {row.line} are done; correct this "
-                        f"one and run the file again with --batch-id {batch}",
-                    },
-                    _EXIT_BY_STATUS.get(status_of(exc), EXIT_INVALID),
-                )
+                _row_refused(exc, row.line, len(done), batch)
             done.append(
                 {
                     "line": row.line,
@@ -1086,6 +1108,86 @@ def topup_batch_command(
     verb = "would top up" if check else "topped up"
     amounts = ", ".join(f"{amount} {unit}" for unit, amount in sorted(totals.items()))
     typer.echo(f"{verb} {len(rows)} row(s): {amounts}")
+
+
+@app.command("usage-import")
+def usage_import_command(
+    file: Annotated[
+        Path,
+        typer.Argument(
+            help="JSON Lines: one object per line, as POST /v1/usage-records takes it "
+            "(account_id, catalog, operation, params, status, usage, request_id, occurred_at)."
+        ),
+    ],
+    batch_id: BatchIdOption = None,
+    check: CheckOption = False,
+    as_json: JsonOption = False,
+) -> None:
+    """Charge usage reported after it ran, from a file (a gateway's log, a backfill).
+
+    Each line is priced like a capture (ERROR is never charged) and charged to its wallet
+    whatever it holds: a shortfall is recorded as debt. The whole file is checked first
+    (each line's fields, its price, its wallet and unit): one bad line and nothing is
+    written (exit 2, every problem listed with its line). Then each line is charged with
+    the batch id and its line as idempotency key, so a run cut short is finished by
+    running the same file again: the lines done are not charged twice.
+    """
+    text = _batch_text(file, batch_id)
+    rows, problems = read_usage(text)
+    with _open_ledger() as ledger:
+        units: dict[int, tuple[str, int]] = {}
+        for row in rows:
+            try:
+                charge = ledger.check_usage_report(
+                    row.account_id,
+                    row.request,
+                    status=row.status,
+                    usage=row.usage,
+                    request_id=row.request_id,
+                    occurred_at=row.occurred_at,
+                )
+            except DomainError as exc:
+                problems.append(Problem(row.line, exc.field or "line", exc.message))
+                continue
+            units[row.line] = (charge.unit, charge.amount)
+        _refuse_problems(problems, file)
+        batch = batch_id or default_batch_id(text)
+        done: list[dict[str, Any]] = []
+        for row in [] if check else rows:
+            try:
+                result = ledger.report_usage(
+                    row.account_id,
+                    row.request,
+                    status=row.status,
+                    usage=row.usage,
+                    idempotency_key=row.key(batch),
+                    actor=_actor(),
+                    request_id=row.request_id,
+                    occurred_at=row.occurred_at,
+                )
+            except DomainError as exc:
+                _row_refused(exc, row.line, len(done), batch)
+            done.append({"line": row.line, **result.model_dump(mode="json", exclude={"charge"})})
+    # Checked: what the lines would cost now; run: what was charged (replays included).
+    amounts = units.values() if check else [(d["unit"], d["charged"]) for d in done]
+    totals: dict[str, int] = {}
+    for unit, amount in amounts:
+        totals[unit] = totals.get(unit, 0) + amount
+    summary = {"batch_id": batch, "checked": check, "rows": len(rows), "totals": totals}
+    if as_json:
+        typer.echo(json.dumps({**summary, "done": done}, indent=2))
+        return
+    if done:
+        table = Table(title=f"batch {batch}")
+        fields = ("line", "account_id", "status", "model", "charged", "debt", "id")
+        for column in ("line", "account", "status", "model", "charged", "debt", "usage record"):
+            table.add_column(column, overflow="fold")
+        for d in done:
+            table.add_row(*(str(d[name]) for name in fields))
+        Console().print(table)
+    verb = "would charge" if check else "charged"
+    total = ", ".join(f"{amount} {unit}" for unit, amount in sorted(totals.items())) or "nothing"
+    typer.echo(f"{verb} {len(rows)} line(s): {total}")
 
 
 @account_app.command("revoke-grant")

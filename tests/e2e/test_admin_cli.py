@@ -427,6 +427,111 @@ def test_topup_batch_with_any_bad_row_writes_nothing(env: dict[str, str], tmp_pa
     assert _balances(env, "acme") == [0]
 
 
+def _usage_line(account: str, model: str = "veo3_fast", **fields: object) -> str:
+    return json.dumps(
+        {
+            "account_id": account,
+            **f.veo3_video(video_model=model),
+            "status": "COMPLETED",
+            **fields,
+        }
+    )
+
+
+def test_usage_import_charges_each_line_once_even_run_again(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    _open_wallets(env, "acme", "zeta")
+    with _ledger_at(env) as ledger:
+        ledger.top_up("acme", 300, idempotency_key="acme-300")
+    log = tmp_path / "gateway.jsonl"
+    log.write_text(
+        _usage_line("acme", request_id="r-1")
+        + "\n"
+        + _usage_line("zeta", "veo3", status="ERROR")
+        + "\n\n"
+        + _usage_line("acme", occurred_at="2026-11-01T00:00:00+01:00")
+        + "\n"
+    )
+    checked = run("usage-import", str(log), "--check", env=env)
+    assert checked.returncode == 0, checked.stderr
+    assert "would charge 3 line(s): 480 credit" in checked.stdout
+    assert _balances(env, "acme", "zeta") == [300, 0]
+    first = run("usage-import", str(log), "--json", env=env)
+    assert first.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert (report["rows"], report["totals"]) == (3, {"credit": 480})
+    # A provider ERROR is never charged; what the wallet cannot cover is owed.
+    assert [(d["line"], d["account_id"], d["charged"], d["debt"]) for d in report["done"]] == [
+        (1, "acme", 240, 0),
+        (2, "zeta", 0, 0),
+        (4, "acme", 240, 180),
+    ]
+    assert _balances(env, "acme", "zeta") == [-180, 0]
+    again = run("usage-import", str(log), env=env)
+    assert again.returncode == 0, again.stderr
+    assert "charged 3 line(s): 480 credit" in again.stdout
+    assert _balances(env, "acme", "zeta") == [-180, 0]  # replayed, not charged twice
+    with _ledger_at(env) as ledger:
+        records = ledger.usage_records("acme").items
+        assert [(r.kind, r.request_id, r.charged) for r in records] == [
+            ("usage", None, 240),
+            ("usage", "r-1", 240),
+        ]
+        entries = ledger.entries("acme", kind="charge").items
+        assert {e.actor for e in entries} == {f"cli:{getpass.getuser()}"}
+
+
+def test_usage_import_with_any_bad_line_writes_nothing(env: dict[str, str], tmp_path: Path) -> None:
+    _open_wallets(env, "acme")
+    with _ledger_at(env) as ledger:
+        ledger.open_account("tokens", "token", idempotency_key="open-tokens")
+    log = tmp_path / "bad.jsonl"
+    log.write_text(
+        "\n".join(
+            [
+                _usage_line("acme"),  # fine, but not written: the file has bad lines
+                "{not json",
+                "[1, 2]",
+                _usage_line("acme", note="x"),
+                json.dumps({"account_id": "acme", **f.veo3_video()}),  # no status
+                _usage_line("acme", occurred_at="2026-11-01"),  # no time zone
+                _usage_line("acme", occurred_at="2099-01-01T00:00:00Z"),  # not yet
+                _usage_line("ghost"),
+                _usage_line("tokens"),  # credits into a token wallet
+                _usage_line("acme", status="DONE"),
+                _usage_line("acme", usage={"videos": 2}),  # more than was asked for
+                _usage_line("acme", request_id=7),
+            ]
+        )
+    )
+    r = run("usage-import", str(log), env=env)
+    assert r.returncode == 2, r.stderr
+    body = json.loads(r.stderr)
+    assert body["error"] == "invalid_batch"
+    assert [(p["line"], p["field"]) for p in body["problems"]] == [
+        (2, "line"),
+        (3, "line"),
+        (4, "note"),
+        (5, "status"),
+        (6, "occurred_at"),
+        (7, "occurred_at"),
+        (8, "account_id"),
+        (9, "catalog"),
+        (10, "status"),
+        (11, "usage.videos"),
+        (12, "request_id"),
+    ]
+    assert _balances(env, "acme") == [0]
+    with _ledger_at(env) as ledger:
+        assert ledger.usage_records("acme").items == []
+    assert run("usage-import", str(tmp_path / "missing.jsonl"), env=env).returncode == 2
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("\n\n")
+    r = run("usage-import", str(empty), env=env)
+    assert (r.returncode, json.loads(r.stderr)["problems"][0]["field"]) == (2, "file")
+
+
 def test_a_batch_cut_short_is_finished_by_running_it_again(
     env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -1,10 +1,12 @@
-"""The CSV reader of ``creditledger topup-batch`` (the command itself: tests/e2e)."""
+"""The file readers of ``creditledger topup-batch`` (CSV) and ``usage-import`` (JSON Lines);
+the commands themselves: tests/e2e."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 
-from api.batch import Row, default_batch_id, read_rows
+from api.batch import Row, UsageRow, default_batch_id, read_rows, read_usage
 
 
 def test_rows_read_from_a_spreadsheet_export() -> None:
@@ -44,4 +46,71 @@ def test_every_problem_is_named_with_its_line_and_field() -> None:
         (4, "amount"),
         (5, "priority"),
         (6, "file"),  # a quote never closed
+    ]
+
+
+def test_usage_lines_keep_fractions_exact_and_skip_blank_lines() -> None:
+    text = (
+        '{"account_id": "acme", "catalog": "fal", "operation": "image_to_video", '
+        '"params": {"image_url": "u", "fps": 24}, "status": "COMPLETED", '
+        '"usage": {"seconds": 5.125}, "occurred_at": "2026-11-01T00:00:00+01:00"}\r\n'
+        "\r\n"
+        '{"account_id": "zeta", "catalog": "veo3", "operation": "video", "status": "ERROR",'
+        ' "params": null, "usage": null, "request_id": "r-9"}\n'
+    )
+    rows, problems = read_usage(text)
+    assert problems == []
+    assert rows == [
+        UsageRow(
+            1,
+            "acme",
+            {
+                "catalog": "fal",
+                "operation": "image_to_video",
+                "params": {"image_url": "u", "fps": 24},
+            },
+            "COMPLETED",
+            {"seconds": Decimal("5.125")},
+            None,
+            datetime(2026, 10, 31, 23, 0, tzinfo=UTC),
+        ),
+        UsageRow(
+            3,
+            "zeta",
+            {"catalog": "veo3", "operation": "video", "params": {}},
+            "ERROR",
+            None,
+            "r-9",
+            None,
+        ),
+    ]
+    assert type(rows[0].usage["seconds"]) is Decimal  # type: ignore[index]
+    assert rows[1].key("b1") == "usage:b1:3"
+
+
+def test_every_usage_line_problem_is_named_with_its_line_and_field() -> None:
+    assert [(p.line, p.field) for p in read_usage("\n \n")[1]] == [(None, "file")]
+    good = '"account_id": "a", "catalog": "veo3", "operation": "video", "status": "COMPLETED"'
+    rows, problems = read_usage(
+        "\n".join(
+            [
+                "{" + good + "}",
+                '{"account_id": "a", "usage": {"seconds": NaN}}',
+                '"a line"',
+                "{" + good + ', "extra": 1}',
+                '{"account_id": "", "catalog": 5, "operation": "video", "status": "COMPLETED"}',
+                "{" + good + ', "params": [], "usage": "all", "occurred_at": "yesterday"}',
+            ]
+        )
+    )
+    assert [r.line for r in rows] == [1]
+    assert [(p.line, p.field) for p in problems] == [
+        (2, "line"),
+        (3, "line"),
+        (4, "extra"),
+        (5, "account_id"),
+        (5, "catalog"),
+        (6, "params"),
+        (6, "usage"),
+        (6, "occurred_at"),
     ]
