@@ -836,6 +836,12 @@ def account_usage_records(
             help="Only pending, COMPLETED, FAILED, ERROR, CHARGED, voided or expired ones."
         ),
     ] = None,
+    kind: Annotated[
+        str | None,
+        typer.Option(
+            help="Only authorizations, charges or usage reported: authorization, charge or usage."
+        ),
+    ] = None,
     catalog: Annotated[str | None, typer.Option(help="Only this catalog's.")] = None,
     operation: Annotated[str | None, typer.Option(help="Only this operation's.")] = None,
     model: Annotated[str | None, typer.Option(help="Only this model's.")] = None,
@@ -855,6 +861,7 @@ def account_usage_records(
         page = ledger.usage_records(
             account_id,
             status=status,
+            kind=kind,
             catalog=catalog,
             operation=operation,
             model=model,
@@ -868,10 +875,11 @@ def account_usage_records(
         page,
         as_json,
         f"usage records of {account_id}",
-        ("created", "status", "model", "held", "charged", "refunded by", "request", "id"),
+        ("created", "kind", "status", "model", "held", "charged", "refunded by", "request", "id"),
         (
             (
                 r.created_at.isoformat(timespec="seconds"),
+                r.kind,
                 r.status,
                 r.model,
                 r.held,

@@ -44,7 +44,8 @@ class Metrics:
         )
         self.usage_reported = Counter(
             "creditledger_usage_reported_total",
-            "Usage reported after the fact (POST /v1/usage-records), by the provider's outcome.",
+            "Usage reports answered 201 (POST /v1/usage-records; a replayed retry counts "
+            "again), by the provider's outcome.",
             ["outcome"],
             registry=self.registry,
         )

@@ -68,9 +68,12 @@ ACCOUNT_KINDS = (WALLET, *SYSTEM_KINDS)
 GRANT_KINDS = ("allocation", "pack", "promo", "adjustment")
 HOLD_STATUSES = ("pending", "captured", "voided", "expired")
 ENTRY_KINDS = ("topup", "adjustment", "capture", "charge", "expiry", "reversal", "allocation")
-#: A metering record's status: its hold's outcome (the capture's provider status), or
-#: CHARGED for an immediate charge.
+#: A metering record's status: its hold's outcome (the capture's provider status), the
+#: provider status of usage reported after the fact, or CHARGED for an immediate charge.
 METERING_STATUSES = ("pending", "COMPLETED", "FAILED", "ERROR", "CHARGED", "voided", "expired")
+#: What a metering record meters: an authorization (and its capture), an immediate
+#: charge, or usage reported after the fact.
+METERING_KINDS = ("authorization", "charge", "usage")
 KEY_ROLES = ("admin", "service", "customer")
 #: The flows of a wallet's journal: a top-up's grant kind, else the entry's kind.
 FLOWS = ("pack", "promo", "allocation", "adjustment", "capture", "charge", "expiry", "reversal")
@@ -281,7 +284,8 @@ class MeteringRecord(SQLModel, table=True):
 
     id: str = Field(primary_key=True, max_length=32)
     account_id: int = Field(foreign_key="accounts.id")
-    kind: str = Field(max_length=16)  # authorization | charge | usage (reported after)
+    #: One of METERING_KINDS.
+    kind: str = Field(max_length=16)
     hold_id: str | None = Field(default=None, max_length=32)
     entry_id: str | None = Field(default=None, max_length=32)
     catalog: str = Field(max_length=64)

@@ -51,6 +51,7 @@ from ledger.models import (
     ACCOUNT_SETTINGS,
     ENTRY_KINDS,
     HOLD_STATUSES,
+    METERING_KINDS,
     METERING_STATUSES,
     PENDING_HOLD,
     SYSTEM_KINDS,
@@ -1812,6 +1813,7 @@ class Ledger:
         account_id: str,
         *,
         status: str | None = None,
+        kind: str | None = None,
         catalog: str | None = None,
         operation: str | None = None,
         model: str | None = None,
@@ -1823,7 +1825,7 @@ class Ledger:
     ) -> UsageRecordPage:
         """A wallet's metering records (one per authorization, immediate charge or usage
         reported after the fact), newest first, ``limit`` at a time: of one ``status``,
-        catalog, operation, model or gateway ``request_id``, and made at or after
+        ``kind``, catalog, operation, model or gateway ``request_id``, and made at or after
         ``since`` and before ``until``, if given (pass the same with the next page's
         cursor)."""
         _page_limit(limit)
@@ -1831,12 +1833,15 @@ class Ledger:
             raise InvalidInput(
                 f"unknown status {status!r}", field="status", allowed=list(METERING_STATUSES)
             )
+        if kind is not None and kind not in METERING_KINDS:
+            raise InvalidInput(f"unknown kind {kind!r}", field="kind", allowed=list(METERING_KINDS))
         wanted = {
             metering.c.catalog: _text(catalog, "catalog", required=False, most=64),
             metering.c.operation: _text(operation, "operation", required=False, most=64),
             metering.c.model: _text(model, "model", required=False, most=200),
             metering.c.request_id: _text(request_id, "request_id", required=False, most=200),
             metering.c.status: status,
+            metering.c.kind: kind,
         }
         since, until = _window(since, until)
         with self.db.transaction(write=False) as conn:

@@ -289,6 +289,10 @@ async def list_usage_records(
         Literal["pending", "COMPLETED", "FAILED", "ERROR", "CHARGED", "voided", "expired"] | None,
         Query(description="The outcome: a capture's provider status, CHARGED, or the hold's."),
     ] = None,
+    kind: Annotated[
+        Literal["authorization", "charge", "usage"] | None,
+        Query(description="What was metered: an authorization, a charge, or usage reported."),
+    ] = None,
     catalog: Annotated[str | None, Query(max_length=64)] = None,
     operation: Annotated[str | None, Query(max_length=64)] = None,
     model: Annotated[str | None, Query(max_length=200)] = None,
@@ -310,6 +314,7 @@ async def list_usage_records(
         services.ledger.usage_records,
         id,
         status=status,
+        kind=kind,
         catalog=catalog,
         operation=operation,
         model=model,

@@ -472,12 +472,13 @@ def test_usage_import_charges_each_line_once_even_run_again(
     assert again.returncode == 0, again.stderr
     assert "charged 3 line(s): 480 credit" in again.stdout
     assert _balances(env, "acme", "zeta") == [-180, 0]  # replayed, not charged twice
+    listed = run("account", "usage-records", "acme", "--kind", "usage", "--json", env=env)
+    records = json.loads(listed.stdout)["items"]
+    assert [(r["kind"], r["request_id"], r["charged"]) for r in records] == [
+        ("usage", None, 240),
+        ("usage", "r-1", 240),
+    ]
     with _ledger_at(env) as ledger:
-        records = ledger.usage_records("acme").items
-        assert [(r.kind, r.request_id, r.charged) for r in records] == [
-            ("usage", None, 240),
-            ("usage", "r-1", 240),
-        ]
         entries = ledger.entries("acme", kind="charge").items
         assert {e.actor for e in entries} == {f"cli:{getpass.getuser()}"}
 

@@ -19,7 +19,13 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
-from ledger.models import ENTRY_KINDS, HOLD_STATUSES, METERING_STATUSES, idempotency
+from ledger.models import (
+    ENTRY_KINDS,
+    HOLD_STATUSES,
+    METERING_KINDS,
+    METERING_STATUSES,
+    idempotency,
+)
 from ledger.verify import verify
 from pricing import estimate, price_usage
 from tests import factories as f
@@ -998,6 +1004,7 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
     assert choices("/v1/entries", "kind") == list(ENTRY_KINDS)
     assert choices("/v1/accounts/{id}/authorizations", "status") == list(HOLD_STATUSES)
     assert choices("/v1/accounts/{id}/usage-records", "status") == list(METERING_STATUSES)
+    assert choices("/v1/accounts/{id}/usage-records", "kind") == list(METERING_KINDS)
 
 
 # ---------------------------------------------------------------------------- idempotency

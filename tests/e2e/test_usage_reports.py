@@ -79,6 +79,22 @@ def test_text_usage_reported_after_the_fact_is_priced_charged_and_metered(api: A
     metrics = api.get("/metrics").text
     assert 'creditledger_usage_reported_total{outcome="COMPLETED"} 1.0' in metrics
 
+    # Listed by kind among the wallet's other records.
+    held = api.post("/v1/authorizations", {"account_id": bucket, **request}, as_key="service")
+    assert held.status_code == 201, held.text
+    path = f"/v1/accounts/{bucket}/usage-records"
+    by_kind = {
+        kind: [i["id"] for i in api.get(f"{path}?kind={kind}").json()["items"]]
+        for kind in ("usage", "authorization", "charge")
+    }
+    assert by_kind == {
+        "usage": [done["id"]],
+        "authorization": [held.json()["metering_id"]],
+        "charge": [],
+    }
+    r = api.get(f"{path}?kind=refund")
+    assert (r.status_code, r.json()["field"]) == (422, "kind")
+
 
 def test_a_provider_error_reported_after_the_fact_is_metered_and_never_charged(
     api: Api,
