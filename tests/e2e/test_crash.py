@@ -1,17 +1,18 @@
 """Crash recovery: the real server, killed with SIGKILL in the middle of traffic.
 
 On each database, eight clients drive authorizations, captures (completed and provider
-ERRORs) and top-ups against ``creditledger serve`` while it is killed at a random moment,
-ten times, and restarted. Every request carries an idempotency key. Afterwards, on a
-restarted server:
+ERRORs), usage reported after the fact and top-ups against ``creditledger serve`` while
+it is killed at a random moment, ten times, and restarted. Every request carries an
+idempotency key. Afterwards, on a restarted server:
 
 - every request that was answered 2xx is in the ledger, and replaying it gives back the
   very answer the client got;
 - every request that was cut off is replayed twice with its key: both replays answer the
-  same, and no request id has more than one effect (one hold, one top-up);
+  same, and no request id has more than one effect (one hold, one usage report, one
+  top-up);
 - ``creditledger verify`` finds every invariant intact (no half-written entry);
 - the sweeper expires the holds left open, and the wallet's balance is exactly the
-  arithmetic of the answers: top-ups in, captured charges out.
+  arithmetic of the answers: top-ups in, captured and reported charges out.
 """
 
 from __future__ import annotations
@@ -72,10 +73,14 @@ class Client:
                 {"status": "ERROR"} if error else {"status": "COMPLETED", "usage": {"videos": 1}}
             )
             return Call("capture", key, f"/v1/authorizations/{hold}/capture", body)
-        if roll < 0.8:
+        if roll < 0.9:
             model = self.rng.choice(["veo3_fast", "veo3"])
             body = {"account_id": WALLET, "request_id": key, **f.veo3_video(video_model=model)}
-            return Call("authorize", key, "/v1/authorizations", body)
+            if roll < 0.75:
+                return Call("authorize", key, "/v1/authorizations", body)
+            # Post-paid: never refused for want of credits (a shortfall is debt).
+            body["status"] = "ERROR" if self.rng.random() < 0.25 else "COMPLETED"
+            return Call("usage", key, "/v1/usage-records", body)
         amount = self.rng.randrange(100, 1_000)
         return Call(
             "topup", key, f"/v1/accounts/{WALLET}/topups", {"amount": amount, "reference": key}
@@ -136,7 +141,12 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
     cut_off = [c for c in calls if c.status is None]
     statuses = Counter(c.status or 0 for c in answered)
     # The traffic was real: every kind of call succeeded, and some were cut off.
-    assert {c.op for c in answered if (c.status or 0) < 300} == {"authorize", "capture", "topup"}
+    assert {c.op for c in answered if (c.status or 0) < 300} == {
+        "authorize",
+        "capture",
+        "usage",
+        "topup",
+    }
     assert cut_off, "no request was in flight at a kill"
     assert set(statuses) <= {200, 201, 402, 409}, statuses
 
@@ -173,16 +183,20 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
 
     topped = [a for (s, a) in outcome.values() if s == 201 and "grant" in a]
     captured = [a for (s, a) in outcome.values() if s == 200 and "charged" in a]
-    for answer in topped:
-        assert answer["entry"]["id"] in entries
-    charged = sum(a["charged"] for a in captured)
+    reported = [a for (s, a) in outcome.values() if s == 201 and "debt" in a]
+    assert reported
+    for answer in topped + reported:
+        entry = answer["entry"]["id"] if "entry" in answer else answer["entry_id"]
+        assert entry is None or entry in entries
+    charged = sum(a["charged"] for a in captured + reported)
     assert wallet["balance"] == OPENING + sum(a["grant"]["amount"] for a in topped) - charged
     assert wallet["available"] == wallet["balance"]
 
     db = Database.from_url(database_url)
     try:
         with db.transaction(write=False) as conn:
-            # Each authorization carries its key as request_id, each top-up as reference.
+            # Each authorization and usage report carries its key as request_id, each
+            # top-up as reference.
             per_request = _repeated(conn, metering.c.request_id)
             per_reference = _repeated(conn, grants.c.reference)
             in_ledger = conn.execute(sa.select(sa.func.count()).select_from(holds)).scalar()
