@@ -39,7 +39,7 @@ from rich.console import Console
 from rich.table import Table
 
 from api.batch import BATCH_ID, Problem, default_batch_id, read_rows, read_usage
-from api.errors import status_of
+from api.status import status_of
 from ledger.backup import backup
 from ledger.db import Database, is_lock_timeout
 from ledger.errors import BackupFailed

@@ -1,9 +1,10 @@
-"""The one place that maps errors to HTTP status codes.
+"""The one place that maps errors to HTTP responses.
 
 Every error body is JSON: ``error`` (a stable code), ``message``, and where it helps
 ``field`` and ``allowed``. Domain errors come from ``pricing.errors`` and
-``ledger.errors``; request validation, authentication and routing errors are shaped the
-same way here, so a client parses one error format.
+``ledger.errors``, with the status ``api.status`` gives each; request validation,
+authentication and routing errors are shaped the same way here, so a client parses one
+error format.
 """
 
 from __future__ import annotations
@@ -19,44 +20,12 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import ErrorPublic, InsufficientCreditsPublic
+from api.status import status_of
 from ledger.db import is_lock_timeout
-from ledger.errors import (
-    AccountBlocked,
-    AccountExists,
-    AlreadyReversed,
-    BackupExists,
-    GrantNotOpen,
-    HoldNotPending,
-    IdempotencyConflict,
-    InsufficientCredits,
-    InvalidInput,
-    NotFound,
-    NotReversible,
-)
 from ledger.store import DRIVER_UNAVAILABLE_ERRORS
-from pricing.errors import AmountOverflow, DomainError, InvalidRequest, NotBillable
-from reports.errors import ReportNotReady
+from pricing.errors import DomainError
 
 log = logging.getLogger("creditledger.api")
-
-#: Domain errors by status code (the first class that matches, in this order, wins).
-STATUS: tuple[tuple[type[DomainError], int], ...] = (
-    (InsufficientCredits, 402),
-    (AccountBlocked, 403),
-    (NotFound, 404),
-    (AccountExists, 409),
-    (HoldNotPending, 409),
-    (AlreadyReversed, 409),
-    (GrantNotOpen, 409),
-    (NotReversible, 409),
-    (IdempotencyConflict, 409),
-    (ReportNotReady, 409),
-    (BackupExists, 409),
-    (InvalidInput, 422),
-    (InvalidRequest, 422),
-    (NotBillable, 422),
-    (AmountOverflow, 422),
-)
 
 
 class Unauthorized(Exception):
@@ -69,13 +38,6 @@ class Forbidden(Exception):
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
-
-
-def status_of(exc: DomainError) -> int:
-    for cls, status in STATUS:
-        if isinstance(exc, cls):
-            return status
-    return 500
 
 
 def _domain(_request: Request, exc: Exception) -> JSONResponse:

@@ -214,3 +214,17 @@ def test_the_cli_starts_without_the_report_stack() -> None:
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
     assert found.stdout.strip() == "[]", found.stdout
+
+
+def test_the_cli_starts_without_the_web_framework() -> None:
+    """The CLI maps domain errors to exit codes by their HTTP status (``api.status``),
+    not through the app's error handlers: FastAPI is a fifth of its start-up. ``serve``
+    loads it when it starts the app."""
+    probe = (
+        "import sys, api.cli; "
+        "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn') if m in sys.modules))"
+    )
+    found = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert found.stdout.strip() == "[]", found.stdout
