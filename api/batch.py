@@ -161,6 +161,11 @@ class UsageRow:
     occurred_at: datetime | None
 
     def key(self, batch_id: str) -> str:
+        """Its idempotency key: the request's own id when the line gives one (the same
+        request in another file, or in a log that grew since, is charged once), else the
+        batch's id and the line."""
+        if self.request_id is not None:
+            return f"usage:request:{self.request_id}"
         return f"usage:{batch_id}:{self.line}"
 
 
@@ -195,6 +200,7 @@ def read_usage(text: str) -> tuple[list[UsageRow], list[Problem]]:
     takes them is checked against it). Fractions are exact decimals, never floats."""
     rows: list[UsageRow] = []
     problems: list[Problem] = []
+    lines_of: dict[str, int] = {}  # the line of each request_id
     for line, raw in enumerate(text.split("\n"), start=1):
         if not raw.strip():
             continue
@@ -208,8 +214,21 @@ def read_usage(text: str) -> tuple[list[UsageRow], list[Problem]]:
             continue
         row, found = _usage_row(line, value)
         problems += found
-        if row is not None:
-            rows.append(row)
+        if row is None:
+            continue
+        if row.request_id is not None:
+            first = lines_of.setdefault(row.request_id, line)
+            if first != line:
+                problems.append(
+                    Problem(
+                        line,
+                        "request_id",
+                        f"request_id {row.request_id!r} is on line {first} too: a request "
+                        "is reported once",
+                    )
+                )
+                continue
+        rows.append(row)
     if not rows and not problems:
         problems.append(Problem(None, "file", "the file has no rows"))
     return rows, problems

@@ -42,7 +42,7 @@ from api.batch import BATCH_ID, Problem, default_batch_id, read_rows, read_usage
 from api.status import status_of
 from ledger.backup import backup
 from ledger.db import Database, is_lock_timeout
-from ledger.errors import BackupFailed
+from ledger.errors import BackupFailed, IdempotencyConflict
 from ledger.keys import Keys
 from ledger.results import (
     AccountChangePage,
@@ -854,8 +854,8 @@ def account_usage_records(
     cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A wallet's requests as metered (one per authorization, charge or usage report), newest first:
-    what each held, used and was charged, and its refund if one was made."""
+    """A wallet's requests as metered (one per authorization, charge or usage report),
+    newest first: what each held, used and was charged, and its refund if one was made."""
     first, last = _parse_instant(since, "since"), _parse_instant(until, "until")
     with _open_ledger() as ledger:
         page = ledger.usage_records(
@@ -1019,7 +1019,9 @@ def _refuse_problems(problems: list[Problem], file: Path) -> None:
         )
 
 
-def _row_refused(exc: DomainError, line: int, done: int, batch: str) -> NoReturn:
+def _row_refused(
+    exc: DomainError, line: int, done: int, batch: str, hint: str | None = None
+) -> NoReturn:
     """A batch row the ledger refused when it ran: its error, where the run stopped and
     how to finish it (the rows done are replayed, not done again)."""
     _fail(
@@ -1027,7 +1029,8 @@ def _row_refused(exc: DomainError, line: int, done: int, batch: str) -> NoReturn
             **exc.to_dict(),
             "line": line,
             "done": done,
-            "hint": f"the rows before line {line} are done; correct this "
+            "hint": hint
+            or f"the rows before line {line} are done; correct this "
             f"one and run the file again with --batch-id {batch}",
         },
         _EXIT_BY_STATUS.get(status_of(exc), EXIT_INVALID),
@@ -1137,8 +1140,9 @@ def usage_import_command(
     whatever it holds: a shortfall is recorded as debt. The whole file is checked first
     (each line's fields, its price, its wallet and unit): one bad line and nothing is
     written (exit 2, every problem listed with its line). Then each line is charged with
-    the batch id and its line as idempotency key, so a run cut short is finished by
-    running the same file again: the lines done are not charged twice.
+    its request_id as idempotency key (without one: the batch id and its line), so a run
+    cut short is finished by running the same file again, and a log that grew since is
+    imported again charging only its new lines: no line is charged twice.
     """
     text = _batch_text(file, batch_id)
     rows, problems = read_usage(text)
@@ -1174,7 +1178,16 @@ def usage_import_command(
                     occurred_at=row.occurred_at,
                 )
             except DomainError as exc:
-                _row_refused(exc, row.line, len(done), batch)
+                _row_refused(
+                    exc,
+                    row.line,
+                    len(done),
+                    batch,
+                    f"request_id {row.request_id!r} was reported before with another body and "
+                    "charged once: refund that charge's entry to correct it"
+                    if isinstance(exc, IdempotencyConflict) and row.request_id is not None
+                    else None,
+                )
             done.append({"line": row.line, **result.model_dump(mode="json", exclude={"charge"})})
     # Checked: what the lines would cost now; run: what was charged (replays included).
     amounts = units.values() if check else [(d["unit"], d["charged"]) for d in done]

@@ -483,6 +483,42 @@ def test_usage_import_charges_each_line_once_even_run_again(
         assert {e.actor for e in entries} == {f"cli:{getpass.getuser()}"}
 
 
+def test_usage_import_charges_a_request_once_across_files_by_its_request_id(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    _open_wallets(env, "acme")
+    log = tmp_path / "gateway.jsonl"
+    log.write_text(_usage_line("acme", request_id="r-1") + "\n")
+    assert run("usage-import", str(log), env=env).returncode == 0
+    # The log grew: imported again, only its new lines are charged (the first is keyed
+    # by its request_id, not by this file's new batch id).
+    log.write_text(
+        _usage_line("acme", request_id="r-1") + "\n" + _usage_line("acme", request_id="r-2")
+    )
+    grown = run("usage-import", str(log), "--json", env=env)
+    assert grown.returncode == 0, grown.stderr
+    assert [d["debt"] for d in json.loads(grown.stdout)["done"]] == [240, 480]
+    assert _balances(env, "acme") == [-480]
+    # A request reported again with another body is a conflict, not a second charge.
+    log.write_text(_usage_line("acme", request_id="r-2", status="ERROR"))
+    conflict = run("usage-import", str(log), env=env)
+    assert conflict.returncode == 8, conflict.stderr
+    refused = json.loads(conflict.stderr)
+    assert (refused["error"], refused["line"]) == ("idempotency_conflict", 1)
+    assert "refund" in refused["hint"]
+    assert _balances(env, "acme") == [-480]
+    # The same request twice in one file is a problem of the file.
+    log.write_text(
+        _usage_line("acme", request_id="r-3") + "\n" + _usage_line("acme", request_id="r-3")
+    )
+    twice = run("usage-import", str(log), env=env)
+    assert twice.returncode == 2
+    assert [(p["line"], p["field"]) for p in json.loads(twice.stderr)["problems"]] == [
+        (2, "request_id")
+    ]
+    assert _balances(env, "acme") == [-480]
+
+
 def test_usage_import_with_any_bad_line_writes_nothing(env: dict[str, str], tmp_path: Path) -> None:
     _open_wallets(env, "acme")
     with _ledger_at(env) as ledger:

@@ -85,7 +85,8 @@ def test_usage_lines_keep_fractions_exact_and_skip_blank_lines() -> None:
         ),
     ]
     assert type(rows[0].usage["seconds"]) is Decimal  # type: ignore[index]
-    assert rows[1].key("b1") == "usage:b1:3"
+    assert rows[0].key("b1") == "usage:b1:1"
+    assert rows[1].key("b1") == "usage:request:r-9"  # the request's own id, in any batch
 
 
 def test_every_usage_line_problem_is_named_with_its_line_and_field() -> None:
