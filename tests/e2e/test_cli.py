@@ -203,28 +203,27 @@ def test_a_setting_out_of_range_exits_2_naming_the_variable(
     assert not db.exists()  # nothing was started or migrated
 
 
-def test_the_cli_starts_without_the_report_stack() -> None:
-    """Every command imports the CLI module; only a report needs pandas and pyarrow (a
-    third of the start-up of every other command). They load when a report is made."""
+def _loaded(imports: str, modules: tuple[str, ...]) -> list[str]:
+    """Which of ``modules`` a fresh interpreter has loaded after ``import <imports>``."""
     probe = (
-        "import sys, api.cli, api.main; "
-        "print(sorted(m for m in ('pandas', 'pyarrow', 'numpy') if m in sys.modules))"
+        f"import json, sys, {imports}; "
+        f"print(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)))"
     )
     found = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
-    assert found.stdout.strip() == "[]", found.stdout
+    loaded: list[str] = json.loads(found.stdout)
+    return loaded
+
+
+def test_the_cli_starts_without_the_report_stack() -> None:
+    """Every command imports the CLI module; only a report needs pandas and pyarrow (a
+    third of the start-up of every other command). They load when a report is made."""
+    assert _loaded("api.cli, api.main", ("pandas", "pyarrow", "numpy")) == []
 
 
 def test_the_cli_starts_without_the_web_framework() -> None:
     """The CLI maps domain errors to exit codes by their HTTP status (``api.status``),
     not through the app's error handlers: FastAPI is a fifth of its start-up. ``serve``
     loads it when it starts the app."""
-    probe = (
-        "import sys, api.cli; "
-        "print(sorted(m for m in ('fastapi', 'starlette', 'uvicorn') if m in sys.modules))"
-    )
-    found = subprocess.run(
-        [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
-    )
-    assert found.stdout.strip() == "[]", found.stdout
+    assert _loaded("api.cli", ("fastapi", "starlette", "uvicorn")) == []
