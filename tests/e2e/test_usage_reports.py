@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from ledger.errors import InvalidInput
 from ledger.models import metadata
 from pricing import price_usage
 from tests import factories as f
@@ -274,7 +275,7 @@ def test_the_ledger_use_case_refuses_what_the_http_edge_would(api: Api) -> None:
     """The Python API checks its own arguments (the CLI and scripts call it directly)."""
     api.wallet("py", "token", topup=1_000)
     ledger = api.ledger
-    with pytest.raises(Exception, match="occurred_at") as caught:
+    with pytest.raises(InvalidInput, match="occurred_at") as caught:
         ledger.report_usage(
             "py",
             f.text(),
@@ -283,7 +284,7 @@ def test_the_ledger_use_case_refuses_what_the_http_edge_would(api: Api) -> None:
             idempotency_key=f.key(),
             occurred_at=datetime(2026, 1, 1),  # naive
         )
-    assert getattr(caught.value, "field", None) == "occurred_at"
+    assert caught.value.field == "occurred_at"
     done = ledger.report_usage(
         "py",
         f.text(),
