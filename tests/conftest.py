@@ -5,11 +5,13 @@ from __future__ import annotations
 import itertools
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
+from sqlalchemy.pool import NullPool
 
 from ledger.db import Database
 from ledger.services import Ledger
@@ -69,14 +71,19 @@ def postgres() -> Iterator[TempPostgres | None]:
         server.stop()
 
 
-def _postgres_url(server: TempPostgres) -> str:
-    """A new, migrated database on ``server``."""
+@contextmanager
+def _postgres_database(server: TempPostgres) -> Iterator[str]:
+    """The URL of a new, migrated database on ``server``, dropped afterwards (the
+    connections a test left open closed with it), so that the cluster stays small."""
     name = f"test_{os.getpid()}_{next(_counter)}"
-    admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
         conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}")
-    admin.dispose()
-    return server.url(name)
+    try:
+        yield server.url(name)
+    finally:
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
 
 
 def _sqlite_url(folder: Path) -> str:
@@ -89,18 +96,20 @@ def _sqlite_url(folder: Path) -> str:
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a migrated, empty ledger database: a SQLite file, then a real PostgreSQL
     database."""
     if request.param == "sqlite":
-        return _sqlite_url(tmp_path)
+        yield _sqlite_url(tmp_path)
+        return
     server = request.getfixturevalue("postgres")
     if server is None:
         pytest.skip(
             "PostgreSQL binaries not installed (apt-get install postgresql); "
             "set CREDITLEDGER_REQUIRE_POSTGRES=1 to make this a failure"
         )
-    return _postgres_url(server)
+    with _postgres_database(server) as url:
+        yield url
 
 
 @pytest.fixture

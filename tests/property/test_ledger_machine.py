@@ -12,6 +12,7 @@ import os
 import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import ExitStack
 from datetime import timedelta
 from pathlib import Path
 from typing import Any
@@ -541,11 +542,17 @@ def test_ledger_state_machine_sqlite() -> None:
 def test_ledger_state_machine_postgresql(postgres: TempPostgres | None) -> None:
     if postgres is None:
         pytest.skip("PostgreSQL binaries not installed")
-    from tests.conftest import _postgres_url
+    from tests.conftest import _postgres_database
 
     server = postgres
 
     class OnPostgres(LedgerMachine):
-        make_db = staticmethod(lambda: Database.from_url(_postgres_url(server)))
+        def make_db(self) -> Database:
+            self.dropping = ExitStack()  # one database per example, dropped after it
+            return Database.from_url(self.dropping.enter_context(_postgres_database(server)))
+
+        def teardown(self) -> None:
+            super().teardown()
+            self.dropping.close()
 
     run_state_machine_as_test(OnPostgres, settings=MACHINE_SETTINGS)
