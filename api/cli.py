@@ -48,10 +48,12 @@ from ledger.results import (
     AccountChangePage,
     AccountPage,
     AccountView,
+    AdjustmentResult,
     BalanceView,
     EntryPage,
     GrantView,
     HoldPage,
+    ReversalResult,
     UsageLine,
     UsageRecordPage,
 )
@@ -1184,7 +1186,9 @@ def usage_import_command(
                     len(done),
                     batch,
                     f"request_id {row.request_id!r} was reported before with another body and "
-                    "charged once: refund that charge's entry to correct it"
+                    "charged once: to correct it, refund that charge's entry (its entry_id: "
+                    f"creditledger account usage-records {row.account_id} --request-id "
+                    f"{row.request_id} --json), with creditledger reverse ENTRY_ID --reason TEXT"
                     if isinstance(exc, IdempotencyConflict) and row.request_id is not None
                     else None,
                 )
@@ -1239,6 +1243,70 @@ def account_revoke_grant(
             ("available", b.available),
         ],
     )
+
+
+def _show_correction(result: AdjustmentResult | ReversalResult, as_json: bool, title: str) -> None:
+    """An entry that corrected a wallet (an adjustment, a reversal) and its money after."""
+    entry, account_id = result.entry, result.balance.account_id
+    _emit(
+        result,
+        as_json,
+        title,
+        [
+            ("account", account_id),
+            ("entry", entry.id),
+            ("kind", entry.kind),
+            ("reverses", entry.reverses_id),
+            ("amount", sum(p.amount for p in entry.postings if p.account_id == account_id)),
+            ("memo", entry.memo),
+            *_money_rows(result.balance),
+        ],
+    )
+
+
+# A negative amount ("-500") is the amount, not an unknown option.
+@account_app.command("adjust", context_settings={"ignore_unknown_options": True})
+def account_adjust(
+    account_id: Annotated[str, typer.Argument(help="The wallet's id.")],
+    amount: Annotated[
+        int,
+        typer.Argument(help="Signed minor units: positive credits the wallet, negative debits it."),
+    ],
+    reason: Annotated[str, typer.Option(help="Why, kept as the entry's memo.")],
+    idempotency_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Correct a wallet by a signed amount against the funding account (a credit becomes
+    an adjustment grant; a debit burns grants in order)."""
+    with _open_ledger() as ledger:
+        result = ledger.adjust(
+            account_id,
+            amount,
+            reason=reason,
+            idempotency_key=_key(idempotency_key),
+            actor=_actor(),
+        )
+    _show_correction(result, as_json, f"adjusted {account_id}")
+
+
+@app.command("reverse")
+def reverse_command(
+    entry_id: Annotated[
+        str,
+        typer.Argument(help="The entry's id ('account entries', or a usage record's entry_id)."),
+    ],
+    reason: Annotated[str, typer.Option(help="Why, kept as the reversal's memo.")],
+    idempotency_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Reverse an entry, at most once: refund a capture or charge (what it burned goes back
+    to the grants it came from, unless they expired since), or take back a top-up or an
+    adjustment."""
+    with _open_ledger() as ledger:
+        result = ledger.reverse(
+            entry_id, reason=reason, idempotency_key=_key(idempotency_key), actor=_actor()
+        )
+    _show_correction(result, as_json, f"reversed {entry_id}")
 
 
 keys_app = typer.Typer(help="API keys: create (shown once), list, revoke.", no_args_is_help=True)

@@ -192,6 +192,75 @@ def test_account_usage_records(env: dict[str, str]) -> None:
     assert "240" in table.stdout
 
 
+def test_adjust_and_reverse_correct_a_wallet_from_the_cli(database_url: str) -> None:
+    """An admin's corrections without curl, on SQLite and on PostgreSQL: an adjustment
+    either way, a refund of a charge, each retry-safe and each refused whole."""
+    env = {"CREDITLEDGER_DATABASE_URL": database_url}
+    assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
+    assert run("topup", "acme", "1000", env=env).returncode == 0
+    with _ledger_at(env) as ledger:  # the gateway's traffic
+        charged = ledger.charge("acme", f.veo3_video(video_model="veo3_fast"), idempotency_key="c")
+    charge_entry = charged.entry_id
+    assert charge_entry is not None
+
+    credit = run("account", "adjust", "acme", "50", "--reason", "goodwill", "--json", env=env)
+    assert credit.returncode == 0, credit.stderr
+    body = json.loads(credit.stdout)
+    assert (body["entry"]["kind"], body["entry"]["memo"]) == ("adjustment", "goodwill")
+    assert body["balance"]["balance"] == 1000 - 240 + 50
+    # A negative amount is the amount, not an option; with a key, a retry does nothing more.
+    debit = ("account", "adjust", "acme", "-100", "--reason", "granted twice")
+    first = run(*debit, "--idempotency-key", "fix-1", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "adjusted acme" in first.stdout
+    assert "-100" in first.stdout
+    again = run(*debit, "--idempotency-key", "fix-1", "--json", env=env)
+    assert again.returncode == 0, again.stderr
+    assert json.loads(again.stdout)["balance"]["balance"] == 710
+    assert _balances(env, "acme") == [710]
+
+    refund = run("reverse", charge_entry, "--reason", "blank video", env=env)
+    assert refund.returncode == 0, refund.stderr
+    assert "reversed " + charge_entry in refund.stdout
+    assert "240" in refund.stdout
+    assert _balances(env, "acme") == [950]
+    records = run("account", "usage-records", "acme", "--json", env=env)
+    (record,) = json.loads(records.stdout)["items"]
+    assert record["reversed_by"] is not None
+    with _ledger_at(env) as ledger:
+        (reversal,) = ledger.entries("acme", kind="reversal").items
+        assert (reversal.id, reversal.reverses_id) == (record["reversed_by"], charge_entry)
+        assert reversal.actor == f"cli:{getpass.getuser()}"
+        adjustments = ledger.entries("acme", kind="adjustment").items
+        moved = [p.amount for e in adjustments for p in e.postings if p.account_id == "acme"]
+        assert sorted(moved) == [-100, 50]
+
+    refused = [
+        (("reverse", charge_entry, "--reason", "twice"), 8, "already_reversed"),
+        (("reverse", reversal.id, "--reason", "undo"), 8, "not_reversible"),
+        (("reverse", "ghost", "--reason", "x"), 7, "not_found"),
+        (("account", "adjust", "ghost", "5", "--reason", "x"), 7, "not_found"),
+        (("account", "adjust", "acme", "0", "--reason", "x"), 2, "amount"),
+        (("account", "adjust", "acme", str(2**63), "--reason", "x"), 2, "amount"),
+        (("account", "adjust", "acme", "5", "--reason", ""), 2, "reason"),
+        (
+            ("account", "adjust", "acme", "-99", "--reason", "x", "--idempotency-key", "fix-1"),
+            8,
+            "idempotency_conflict",
+        ),
+    ]
+    for args, code, what in refused:
+        out = run(*args, env=env)
+        assert out.returncode == code, (args, out.stderr)
+        error = json.loads(out.stderr)
+        assert what in (error["error"], error.get("field")), (args, error)
+    # Without a reason, or with an amount that is no number: the usage error, exit 2.
+    assert run("account", "adjust", "acme", "5", env=env).returncode == 2
+    assert run("account", "adjust", "acme", "lots", "--reason", "x", env=env).returncode == 2
+    assert _balances(env, "acme") == [950]  # none of them changed anything
+    assert run("verify", env=env).returncode == 0
+
+
 @pytest.fixture(scope="module")
 def migrated_with_acme(migrated: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The migrated file with the wallet ``acme`` (credits) opened by the CLI."""
@@ -505,8 +574,17 @@ def test_usage_import_charges_a_request_once_across_files_by_its_request_id(
     assert conflict.returncode == 8, conflict.stderr
     refused = json.loads(conflict.stderr)
     assert (refused["error"], refused["line"]) == ("idempotency_conflict", 1)
-    assert "refund" in refused["hint"]
     assert _balances(env, "acme") == [-480]
+    # The hint's two commands find that charge's entry and refund it.
+    lookup = refused["hint"].split("(its entry_id: creditledger ")[1].split(")")[0]
+    found = run(*lookup.split(), env=env)
+    assert found.returncode == 0, found.stderr
+    (record,) = json.loads(found.stdout)["items"]
+    assert (record["request_id"], record["charged"]) == ("r-2", 240)
+    assert "creditledger reverse ENTRY_ID --reason" in refused["hint"]
+    refund = run("reverse", record["entry_id"], "--reason", "it was an ERROR", env=env)
+    assert refund.returncode == 0, refund.stderr
+    assert _balances(env, "acme") == [-240]
     # The same request twice in one file is a problem of the file.
     log.write_text(
         _usage_line("acme", request_id="r-3") + "\n" + _usage_line("acme", request_id="r-3")
@@ -516,7 +594,7 @@ def test_usage_import_charges_a_request_once_across_files_by_its_request_id(
     assert [(p["line"], p["field"]) for p in json.loads(twice.stderr)["problems"]] == [
         (2, "request_id")
     ]
-    assert _balances(env, "acme") == [-480]
+    assert _balances(env, "acme") == [-240]
 
 
 def test_usage_import_with_any_bad_line_writes_nothing(env: dict[str, str], tmp_path: Path) -> None:
