@@ -102,14 +102,19 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     if request.param == "sqlite":
         yield _sqlite_url(tmp_path)
         return
-    server = request.getfixturevalue("postgres")
+    with _postgres_database(postgres_or_skip(request)) as url:
+        yield url
+
+
+def postgres_or_skip(request: pytest.FixtureRequest) -> TempPostgres:
+    """The session's PostgreSQL server, or skip the test where none is installed."""
+    server: TempPostgres | None = request.getfixturevalue("postgres")
     if server is None:
         pytest.skip(
             "PostgreSQL binaries not installed (apt-get install postgresql); "
             "set CREDITLEDGER_REQUIRE_POSTGRES=1 to make this a failure"
         )
-    with _postgres_database(server) as url:
-        yield url
+    return server
 
 
 @pytest.fixture

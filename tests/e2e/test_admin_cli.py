@@ -19,6 +19,7 @@ from ledger.db import Database
 from ledger.services import Ledger
 from pricing import default_catalogs
 from tests import factories as f
+from tests.conftest import _postgres_database, postgres_or_skip
 from tests.e2e.served import Served
 from tests.e2e.test_cli import run
 
@@ -38,12 +39,17 @@ def migrated(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-@pytest.fixture
-def env(tmp_path: Path, migrated: Path) -> dict[str, str]:
-    """A migrated ledger file of the test's own."""
-    path = tmp_path / "ledger.db"
-    shutil.copyfile(migrated, path)
-    return _url(path)
+@pytest.fixture(params=["sqlite", "postgresql"])
+def env(request: pytest.FixtureRequest, tmp_path: Path, migrated: Path) -> Iterator[dict[str, str]]:
+    """The environment of a migrated ledger of the test's own: a copy of the migrated
+    SQLite file, then a real PostgreSQL database (the same commands run on both)."""
+    if request.param == "sqlite":
+        path = tmp_path / "ledger.db"
+        shutil.copyfile(migrated, path)
+        yield _url(path)
+        return
+    with _postgres_database(postgres_or_skip(request)) as url:
+        yield {"CREDITLEDGER_DATABASE_URL": url}
 
 
 def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -> None:
@@ -192,10 +198,9 @@ def test_account_usage_records(env: dict[str, str]) -> None:
     assert "240" in table.stdout
 
 
-def test_adjust_and_reverse_correct_a_wallet_from_the_cli(database_url: str) -> None:
-    """An admin's corrections without curl, on SQLite and on PostgreSQL: an adjustment
-    either way, a refund of a charge, each retry-safe and each refused whole."""
-    env = {"CREDITLEDGER_DATABASE_URL": database_url}
+def test_adjust_and_reverse_correct_a_wallet_from_the_cli(env: dict[str, str]) -> None:
+    """An admin's corrections without curl: an adjustment either way, a refund of a
+    charge, each retry-safe and each refused whole."""
     assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
     assert run("topup", "acme", "1000", env=env).returncode == 0
     with _ledger_at(env) as ledger:  # the gateway's traffic
@@ -363,7 +368,8 @@ def test_serve_runs_the_veo3_flow_over_real_http_and_sweeps_holds(
     url, admin, _ = server
     auth = {"Authorization": f"Bearer {admin}"}
     with httpx.Client(base_url=url, headers=auth, timeout=10) as http:
-        assert http.get("/healthz").json()["database"] == "sqlite"
+        dialect = env["CREDITLEDGER_DATABASE_URL"].split(":")[0].split("+")[0]
+        assert http.get("/healthz").json()["database"] == dialect
         assert http.post("/v1/accounts", json={"id": "u", "unit": "credit"}).status_code == 201
         assert http.post("/v1/accounts/u/topups", json={"amount": 100}).status_code == 201
         request = {"account_id": "u", **f.veo3_video(video_model="veo3_fast")}

@@ -25,15 +25,13 @@ from tests.factories import Clock, month_of_traffic
 
 
 @pytest.fixture
-def env(tmp_path: Path, catalogs: CatalogSet) -> dict[str, str]:
-    """A SQLite ledger file holding October 2026's traffic."""
-    url = f"sqlite:///{tmp_path / 'ledger.db'}"
-    db = Database.from_url(url)
-    db.migrate()
+def env(database_url: str, catalogs: CatalogSet) -> dict[str, str]:
+    """A ledger holding October 2026's traffic (a SQLite file, then PostgreSQL)."""
+    db = Database.from_url(database_url)
     clock = Clock()
     month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
     db.dispose()
-    return {"CREDITLEDGER_DATABASE_URL": url}
+    return {"CREDITLEDGER_DATABASE_URL": database_url}
 
 
 def test_monthly_report_in_every_format(env: dict[str, str], tmp_path: Path) -> None:
