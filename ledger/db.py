@@ -46,12 +46,12 @@ from typing import TYPE_CHECKING, Any
 
 import psycopg
 import sqlalchemy as sa
-from alembic import command
-from alembic.config import Config
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
 if TYPE_CHECKING:
+    from alembic.config import Config
+
     from ledger.settings import Settings
 
 _WRITE = "creditledger_write"
@@ -415,10 +415,14 @@ class Database:
 
     def migrate(self, revision: str = "head") -> None:
         """Upgrade the schema to ``revision`` (Alembic)."""
+        from alembic import command  # only here: most processes never migrate
+
         with self.engine.begin() as conn:
             command.upgrade(alembic_config(conn), revision)
 
     def downgrade(self, revision: str = "base") -> None:
+        from alembic import command
+
         with self.engine.begin() as conn:
             command.downgrade(alembic_config(conn), revision)
 
@@ -487,6 +491,8 @@ class _Group:
 
 def alembic_config(connection: Connection | None = None) -> Config:
     """Alembic's configuration, pointing at ``ledger/migrations`` inside the package."""
+    from alembic.config import Config
+
     config = Config()
     config.set_main_option("script_location", "ledger:migrations")
     if connection is not None:

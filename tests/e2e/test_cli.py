@@ -227,3 +227,9 @@ def test_the_cli_starts_without_the_web_framework() -> None:
     not through the app's error handlers: FastAPI is a fifth of its start-up. ``serve``
     loads it when it starts the app."""
     assert _loaded("api.cli", ("fastapi", "starlette", "uvicorn")) == []
+
+
+def test_the_cli_starts_without_the_migration_tool() -> None:
+    """Alembic is a seventh of the CLI's start-up and only ``migrate`` and ``serve`` (which
+    migrates) use it: it loads when a database is migrated."""
+    assert _loaded("api.cli, api.main", ("alembic",)) == []
