@@ -75,8 +75,21 @@ METERING_STATUSES = ("pending", "COMPLETED", "FAILED", "ERROR", "CHARGED", "void
 #: charge, or usage reported after the fact.
 METERING_KINDS = ("authorization", "charge", "usage")
 KEY_ROLES = ("admin", "service", "customer")
-#: The flows of a wallet's journal: a top-up's grant kind, else the entry's kind.
-FLOWS = ("pack", "promo", "allocation", "adjustment", "capture", "charge", "expiry", "reversal")
+#: The flows of a wallet's journal: a top-up's grant kind, ``refund`` for a reversal of a
+#: capture or charge, else the entry's kind.
+FLOWS = (
+    "pack",
+    "promo",
+    "allocation",
+    "adjustment",
+    "capture",
+    "charge",
+    "expiry",
+    "reversal",
+    "refund",
+)
+#: The entry kinds whose reversal is a refund (flow ``refund``).
+REFUNDABLE = ("capture", "charge")
 REPORT_STATUSES = ("queued", "running", "succeeded", "failed")
 REPORT_FORMATS = ("csv", "json", "parquet", "html")
 REPORT_ORIGINS = ("request", "month_end")
@@ -549,13 +562,24 @@ PENDING_HOLD: sa.ColumnElement[bool] = holds.c.status == sa.literal_column("'pen
 
 def entry_flow() -> sa.ColumnElement[str]:
     """The flow of an ``entries`` row as ``daily_flows`` counts it: a top-up's grant kind,
-    otherwise the entry's kind (SQL, for reading the journal the way it was rolled up)."""
+    ``refund`` for a reversal of a capture or charge, otherwise the entry's kind (SQL, for
+    reading the journal the way it was rolled up)."""
     grant_kind = (
         sa.select(sa.func.min(grants.c.kind))
         .where(grants.c.entry_id == entries.c.id)
         .scalar_subquery()
     )
-    return sa.case((entries.c.kind == "topup", grant_kind), else_=entries.c.kind)
+    original = entries.alias("reversed")
+    refunds = (
+        sa.select(original.c.id)
+        .where(original.c.id == entries.c.reverses_id, original.c.kind.in_(REFUNDABLE))
+        .exists()
+    )
+    return sa.case(
+        (entries.c.kind == "topup", grant_kind),
+        (sa.and_(entries.c.kind == "reversal", refunds), sa.literal("refund")),
+        else_=entries.c.kind,
+    )
 
 
 def seconds_micros(column: sa.ColumnElement[Decimal]) -> sa.Label[int]:

@@ -54,6 +54,7 @@ from ledger.models import (
     METERING_KINDS,
     METERING_STATUSES,
     PENDING_HOLD,
+    REFUNDABLE,
     SYSTEM_KINDS,
     WALLET,
     accounts,
@@ -1395,15 +1396,17 @@ class Ledger:
 
     @staticmethod
     def _spent(conn: Connection, wallet: _Wallet, now: datetime) -> tuple[int, datetime]:
-        """What captures and charges debited the wallet in the period of ``now`` (its
-        calendar month, in its timezone), and when that period ends."""
+        """What the wallet spent in the period of ``now`` (its calendar month, in its
+        timezone): what captures and charges debited it less what refunds gave back in the
+        period, never below zero (a refund of an earlier period's charge gives back no
+        more than this period spent), and when that period ends."""
         period = kernel.period_of(now, wallet.timezone)
         first, after = kernel.period_days(period)
         row = Store.of(conn).one(
             sql.SPENT, {"account_id": wallet.id, "first": first, "after": after}
         )
         assert row is not None
-        return int(row[0]), kernel.period_bounds(period, wallet.timezone)[1]
+        return max(0, int(row[0])), kernel.period_bounds(period, wallet.timezone)[1]
 
     def _spend_room(self, conn: Connection, wallet: _Wallet, now: datetime) -> tuple[int, datetime]:
         """What the wallet may still hold or spend this period under its spend limit (its
@@ -2269,6 +2272,8 @@ class Ledger:
                 reason,
                 actor=w.actor,
                 reverses_id=entry_id,
+                # A refund gives its spend back (the spend limit's period total).
+                flow="refund" if original.kind in REFUNDABLE else None,
             )
             if delta < 0:
                 created = w.conn.execute(

@@ -171,10 +171,12 @@ UPSERT_FLOW = Sql(
 )
 
 
-#: What captures and charges debited a wallet on the days ``first <= day < after``.
+#: What captures and charges debited a wallet on the days ``first <= day < after``, less
+#: what refunds (their reversals) credited it on those days.
 SPENT = Sql(
-    "SELECT COALESCE(SUM(debits), 0) FROM daily_flows WHERE account_id = :account_id "
-    "AND day >= :first AND day < :after AND flow IN ('capture', 'charge')"
+    "SELECT COALESCE(SUM(CASE WHEN flow = 'refund' THEN -credits ELSE debits END), 0) "
+    "FROM daily_flows WHERE account_id = :account_id "
+    "AND day >= :first AND day < :after AND flow IN ('capture', 'charge', 'refund')"
 )
 
 

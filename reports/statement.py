@@ -22,6 +22,7 @@ CREDIT_ITEMS = {
     "promo": "promo",
     "allocation": "allocation",
     "adjustment": "adjustment",
+    "refund": "refund",
     "reversal": "refund",
 }
 DEBIT_ITEMS = {

@@ -635,6 +635,61 @@ def test_a_monthly_spend_limit_caps_holds_and_charges_until_the_wallets_month_en
         assert (r.status_code, r.json()["field"]) == (422, "monthly_spend_limit"), r.text
 
 
+def test_a_refund_gives_its_spend_back_in_the_month_it_is_made(api: Api, clock: Clock) -> None:
+    """The spend limit counts what the month spent net of its refunds: a refunded charge
+    or capture makes room again; a refund of last month's spend makes no more room than
+    this month used; taking back a top-up or an adjustment is no refund."""
+    body = {"id": "capped", "unit": "credit", "monthly_spend_limit": 500}
+    assert api.post("/v1/accounts", body).status_code == 201
+    user = "capped"
+    assert api.post(f"/v1/accounts/{user}/topups", {"amount": 10_000}).status_code == 201
+    charged = api.post("/v1/charges", {"account_id": user, **VEO_FAST}, as_key="service")
+    assert charged.status_code == 201, charged.text
+    hold = authorize(api, user, VEO_FAST).json()["id"]
+    captured = api.post(f"/v1/authorizations/{hold}/capture", {"status": "COMPLETED"})
+    assert captured.status_code == 200, captured.text
+    full = authorize(api, user, VEO_FAST)
+    assert (full.status_code, full.json()["spend_remaining"]) == (402, 20)
+
+    charge_entry = api.get(f"/v1/usage-records/{charged.json()['id']}").json()["entry_id"]
+    refund = api.post(f"/v1/entries/{charge_entry}/reverse", {"reason": "blank video"})
+    assert refund.status_code == 201, refund.text
+    account = api.balance(user)
+    assert (account["spent_this_month"], account["spend_remaining"]) == (240, 260)
+    again = authorize(api, user, VEO_FAST)  # the refund made room for it
+    assert again.status_code == 201, again.text
+    assert api.post(f"/v1/authorizations/{again.json()['id']}/void").status_code == 200
+
+    # Taking back credits is no refund: the month's spend stays as it was.
+    adjusted = api.post(f"/v1/accounts/{user}/adjustments", {"amount": 100, "reason": "gift"})
+    assert adjusted.status_code == 201, adjusted.text
+    assert (
+        api.post(
+            f"/v1/entries/{adjusted.json()['entry']['id']}/reverse", {"reason": "no gift"}
+        ).status_code
+        == 201
+    )
+    assert api.balance(user)["spent_this_month"] == 240
+
+    # Next month, refunding November's capture gives back what December spent, no more.
+    clock.advance(days=30)
+    assert api.balance(user)["spent_this_month"] == 0
+    image = api.post(
+        "/v1/charges", {"account_id": user, **f.request("veo3", "image", prompt="x")},
+        as_key="service",
+    )  # fmt: skip
+    assert image.status_code == 201, image.text
+    assert api.balance(user)["spent_this_month"] == 24
+    capture_entry = captured.json()["entry_id"]
+    assert (
+        api.post(f"/v1/entries/{capture_entry}/reverse", {"reason": "late refund"}).status_code
+        == 201
+    )
+    account = api.balance(user)
+    assert (account["spent_this_month"], account["spend_remaining"]) == (0, 500)
+    assert account["balance"] == 10_000 - 24  # both refunds came back to the balance
+
+
 def test_a_revoked_grant_gives_up_only_what_is_left_and_is_never_refilled(
     api: Api, clock: Clock
 ) -> None:

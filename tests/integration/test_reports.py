@@ -15,6 +15,7 @@ from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
 from ledger.models import daily, flows, metering, report_jobs
 from ledger.services import Ledger
+from ledger.verify import verify
 from pricing.catalog import CatalogSet
 from reports import queries, render, statement
 from reports.errors import ReportNotReady, ReportOverflow
@@ -383,6 +384,32 @@ def test_migration_backfills_the_journal_rollup(
         assert conn.execute(sa.select(flows).order_by(*flows.primary_key.columns)).all() == rolled
     after = make(db, traffic.month, "UTC")
     pd.testing.assert_frame_equal(before.accounts, after.accounts)
+
+
+def test_migration_0013_rolls_refunds_up_as_their_own_flow(
+    db: Database, ledger: Ledger, traffic: Traffic
+) -> None:
+    """Refunds rolled up as reversals (before 0013) move to the flow ``refund`` on the
+    day they were posted, and back on a downgrade."""
+
+    def rollup() -> dict[tuple[int, str, str], tuple[int, int, int]]:
+        with db.transaction(write=False) as conn:
+            rows = conn.execute(sa.select(flows)).all()
+        return {(r.account_id, r.day, r.flow): (r.credits, r.debits, r.entries) for r in rows}
+
+    rolled = rollup()
+    refunds = {(a, d): moved for (a, d, flow), moved in rolled.items() if flow == "refund"}
+    assert refunds, "the month's traffic has a refund"
+    db.downgrade("0012")
+    older = rollup()
+    assert not [key for key in older if key[2] == "refund"]
+    for (account, day), moved in refunds.items():
+        others = rolled.get((account, day, "reversal"), (0, 0, 0))
+        merged = tuple(a + b for a, b in zip(moved, others, strict=True))
+        assert older[(account, day, "reversal")] == merged
+    db.migrate()
+    assert rollup() == rolled
+    assert verify(db) == []
 
 
 def test_identical_requests_racing_make_one_job(

@@ -78,6 +78,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.blocked = False
         self.spend_limit: int | None = None
         self.spent: dict[str, int] = {}  # what captures and charges debited, by period
+        self.refunded: dict[str, int] = {}  # what refunds gave back, by period
         self.allocated: set[str] = set()  # the periods whose allocation was granted
         self.max_tokens: dict[str, int] = {}  # of each text hold's request
         self.excused = False  # available may be negative (overage, or expiry under holds)
@@ -87,8 +88,13 @@ class LedgerMachine(RuleBasedStateMachine):
         """What the spend limit leaves this period (None: no limit)."""
         if self.spend_limit is None:
             return None
+        return self.spend_limit - self.spent_now() - sum(self.pending.values())
+
+    def spent_now(self) -> int:
+        """What this period spent: its captures and charges less its refunds, never below
+        zero (a refund of an earlier period's charge gives back no more than that)."""
         period = self.clock.now.strftime("%Y-%m")
-        return self.spend_limit - self.spent.get(period, 0) - sum(self.pending.values())
+        return max(0, self.spent.get(period, 0) - self.refunded.get(period, 0))
 
     def spend(self, amount: int) -> None:
         period = self.clock.now.strftime("%Y-%m")
@@ -358,6 +364,9 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         self.ledger.reverse(entry, reason="model refund", idempotency_key=key)
         self.balance -= delta
+        if original.kind in ("capture", "charge"):  # a refund: its spend is given back
+            period = self.clock.now.strftime("%Y-%m")
+            self.refunded[period] = self.refunded.get(period, 0) - delta
         if delta > 0:  # taking credits back can push available below zero
             self.excused = True
 
@@ -462,7 +471,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.spend_limit = limit
         room = self.room()
         assert view.monthly_spend_limit == limit
-        assert view.spent_this_month == self.spent.get(self.clock.now.strftime("%Y-%m"), 0)
+        assert view.spent_this_month == self.spent_now()
         assert view.spend_remaining == (None if room is None else max(0, room))
 
     @rule(blocked=st.sampled_from([False, False, True]))
@@ -507,6 +516,7 @@ class LedgerMachine(RuleBasedStateMachine):
         view = self.ledger.balance(W)
         assert view.balance == self.balance
         assert view.pending == sum(self.pending.values())
+        assert self.ledger.account(W).spent_this_month == self.spent_now()
         if view.available >= 0:
             self.excused = False
         assert view.available >= 0 or self.excused, view
