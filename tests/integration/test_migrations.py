@@ -210,13 +210,7 @@ def test_actors_migrate_up_and_down_in_place(empty: Database) -> None:
     _an_old_wallet_with_a_change(empty)
 
     def triggers() -> set[str]:
-        if not empty.is_sqlite:
-            with empty.engine.connect() as conn:
-                rows = conn.exec_driver_sql("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
-                return {str(r[0]) for r in rows}
-        with empty.engine.connect() as conn:
-            rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")
-            return {str(r[0]) for r in rows}
+        return _triggers(empty)
 
     def columns(table: str) -> set[str]:
         with empty.engine.connect() as conn:
@@ -236,3 +230,41 @@ def test_actors_migrate_up_and_down_in_place(empty: Database) -> None:
     with empty.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT id FROM account_changes")).scalar_one() == "c1"
     assert triggers() == kept
+
+
+def _triggers(db: Database) -> set[str]:
+    """The names of the database's own triggers."""
+    with db.engine.connect() as conn:
+        if not db.is_sqlite:
+            rows = conn.exec_driver_sql("SELECT tgname FROM pg_trigger WHERE NOT tgisinternal")
+        else:
+            rows = conn.exec_driver_sql("SELECT name FROM sqlite_master WHERE type = 'trigger'")
+        return {str(r[0]) for r in rows}
+
+
+def test_the_refund_flow_migrates_up_and_down_keeping_the_guards(empty: Database) -> None:
+    """0013 changes the CHECK on ``daily_flows.flow`` (SQLite: by copying the table) and
+    keeps every trigger, the 64-bit guard on the rollup's sums included."""
+    empty.migrate("0012")
+    kept = _triggers(empty)
+    _an_old_wallet_with_a_change(empty)
+    flow = (
+        "INSERT INTO daily_flows (account_id, day, flow, credits, debits, entries) "
+        "VALUES (1, '2026-11-22', :flow, 5, 0, 1)"
+    )
+    with pytest.raises(sa.exc.IntegrityError), empty.engine.begin() as conn:
+        conn.execute(sa.text(flow), {"flow": "refund"})  # not a flow before 0013
+    empty.migrate("0013")
+    assert _triggers(empty) == kept
+    with empty.engine.begin() as conn:
+        conn.execute(sa.text(flow), {"flow": "refund"})
+    beyond = "UPDATE daily_flows SET credits = credits + 9223372036854775807"
+    with pytest.raises(sa.exc.DatabaseError, match="out of range|amount_overflow"):
+        with empty.engine.begin() as conn:
+            conn.execute(sa.text(beyond))
+    empty.downgrade("0012")
+    assert _triggers(empty) == kept
+    with empty.engine.connect() as conn:  # the refund is a reversal again
+        assert conn.execute(sa.text("SELECT flow, credits FROM daily_flows")).all() == [
+            ("reversal", 5)
+        ]
