@@ -69,6 +69,25 @@ class TempPostgres:
             "UTF8",
             "--no-instructions",
         )
+        # The port was free when picked, but another process (a parallel test worker
+        # starting its own cluster, say) may bind it first: then pick another and retry.
+        for attempt in range(3):
+            try:
+                self._start_server()
+                return self
+            except subprocess.CalledProcessError:
+                if attempt == 2 or not self._port_was_taken():
+                    raise
+                self.port = _free_port()
+        raise AssertionError("unreachable")
+
+    def _port_was_taken(self) -> bool:
+        log = self.root / "log"
+        return log.exists() and "already in use" in log.read_text(errors="replace")
+
+    def _start_server(self) -> None:
+        # A fresh log per attempt: what it says is about this attempt only.
+        (self.root / "log").unlink(missing_ok=True)
         options = [
             f"-p {self.port}",
             f"-k {self.root}",
@@ -91,7 +110,6 @@ class TempPostgres:
             " ".join(options),
             "start",
         )
-        return self
 
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"

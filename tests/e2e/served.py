@@ -73,8 +73,26 @@ class Served:
 
     def start(self, timeout: float = 60) -> Served:
         assert self.proc is None or self.proc.poll() is not None, "already running"
+        # The port was free when picked, but another process (a parallel test worker's
+        # server, say) may bind it first: then the server exits, and starts again on
+        # another port.
+        for attempt in range(3):
+            if self._start(free_port(), timeout):
+                return self
+            if attempt == 2 or "address already in use" not in self._logged().lower():
+                raise AssertionError(f"serve did not start:\n{self._logged()}")
+        raise AssertionError("unreachable")
+
+    def _logged(self) -> str:
+        """The log of the latest start so far; the admin key, if it shows one, noted."""
+        text = self.log.read_text(errors="replace")
+        if self.admin is None and (found := _KEY.search(text)):
+            self.admin = found.group(1)
+        return text
+
+    def _start(self, port: int, timeout: float) -> bool:
+        """Start on ``port``: True once it serves, False when it exited first."""
         self.starts += 1
-        port = free_port()
         self.url = f"http://127.0.0.1:{port}"
         self.log = self.folder / f"serve-{self.starts}.log"
         with self.log.open("wb") as log:
@@ -87,14 +105,16 @@ class Served:
             )
         deadline = time.monotonic() + timeout
         while True:
-            text = self.log.read_text(errors="replace")
-            if self.admin is None and (found := _KEY.search(text)):
-                self.admin = found.group(1)
+            exited = self.proc.poll() is not None
+            # Read after the exit check: an exited server's log is complete.
+            text = self._logged()
             # Not "Application startup complete": uvicorn prints that before it binds
             # the port, and a client connecting in between is refused.
             if "Uvicorn running on" in text:
-                return self
-            if self.proc.poll() is not None or time.monotonic() > deadline:
+                return True
+            if exited:
+                return False
+            if time.monotonic() > deadline:
                 raise AssertionError(f"serve did not start:\n{text}")
             time.sleep(0.05)
 
