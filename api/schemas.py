@@ -372,8 +372,8 @@ class AccountSummaryPublic(_Money):
 
 class AccountPublic(AccountSummaryPublic):
     #: What captures and charges debited it this month (in its timezone), less what
-    #: refunds gave back this month (never below zero); null only in a response replayed
-    #: from before spend limits.
+    #: refunds of those gave back (a refund counts in its charge's month); null only in a
+    #: response replayed from before spend limits.
     spent_this_month: int | None
     #: What its spend limit leaves this month after its open holds; null: no limit.
     spend_remaining: int | None

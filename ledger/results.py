@@ -59,7 +59,7 @@ class AccountSummary(BalanceView):
 
 class AccountView(AccountSummary):
     #: What captures and charges debited it this period (its month, in its timezone),
-    #: less what refunds gave back this period (never below zero).
+    #: less what refunds of those gave back (a refund counts in its charge's period).
     spent_this_month: int | None = None
     #: What its spend limit leaves this period, after open holds; None: no limit.
     spend_remaining: int | None = None

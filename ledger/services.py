@@ -1397,16 +1397,20 @@ class Ledger:
     @staticmethod
     def _spent(conn: Connection, wallet: _Wallet, now: datetime) -> tuple[int, datetime]:
         """What the wallet spent in the period of ``now`` (its calendar month, in its
-        timezone): what captures and charges debited it less what refunds gave back in the
-        period, never below zero (a refund of an earlier period's charge gives back no
-        more than this period spent), and when that period ends."""
+        timezone): what captures and charges debited it in the period less what refunds of
+        those gave back (a refund of an earlier period's charge counts in that period, not
+        this one), and when the period ends."""
         period = kernel.period_of(now, wallet.timezone)
         first, after = kernel.period_days(period)
+        start, end = kernel.period_bounds(period, wallet.timezone)
         row = Store.of(conn).one(
-            sql.SPENT, {"account_id": wallet.id, "first": first, "after": after}
+            sql.SPENT,
+            {"account_id": wallet.id, "first": first, "after": after, "start": start},
         )
         assert row is not None
-        return max(0, int(row[0])), kernel.period_bounds(period, wallet.timezone)[1]
+        # Never below zero: a wallet whose timezone changed this month may have a refund
+        # here whose charge the rollup put on a day of another month.
+        return max(0, int(row[0])), end
 
     def _spend_room(self, conn: Connection, wallet: _Wallet, now: datetime) -> tuple[int, datetime]:
         """What the wallet may still hold or spend this period under its spend limit (its
@@ -2272,7 +2276,7 @@ class Ledger:
                 reason,
                 actor=w.actor,
                 reverses_id=entry_id,
-                # A refund gives its spend back (the spend limit's period total).
+                # Rolled up apart from other reversals: the statement shows refunds.
                 flow="refund" if original.kind in REFUNDABLE else None,
             )
             if delta < 0:

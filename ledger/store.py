@@ -171,12 +171,19 @@ UPSERT_FLOW = Sql(
 )
 
 
-#: What captures and charges debited a wallet on the days ``first <= day < after``, less
-#: what refunds (their reversals) credited it on those days.
+#: What a wallet spent in a period: what captures and charges debited it on the period's
+#: days (``first <= day < after``, local dates as the rollup names them), less what refunds
+#: of the period's own captures and charges (entries posted from ``start`` on) gave back.
+#: A refund counts in the period of the charge it undoes: refunding an earlier period's
+#: charge makes no room in this one, so the period's usage never passes its limit.
 SPENT = Sql(
-    "SELECT COALESCE(SUM(CASE WHEN flow = 'refund' THEN -credits ELSE debits END), 0) "
-    "FROM daily_flows WHERE account_id = :account_id "
-    "AND day >= :first AND day < :after AND flow IN ('capture', 'charge', 'refund')"
+    "SELECT (SELECT COALESCE(SUM(debits), 0) FROM daily_flows WHERE account_id = :account_id "
+    "AND day >= :first AND day < :after AND flow IN ('capture', 'charge')) - "
+    "(SELECT COALESCE(SUM(p.amount), 0) FROM entries r "
+    "JOIN entries o ON o.id = r.reverses_id "
+    "JOIN postings p ON p.entry_id = r.id AND p.account_id = :account_id "
+    "WHERE r.account_id = :account_id AND r.kind = 'reversal' AND r.posted_at >= :start "
+    "AND o.kind IN ('capture', 'charge') AND o.posted_at >= :start)"
 )
 
 

@@ -635,10 +635,11 @@ def test_a_monthly_spend_limit_caps_holds_and_charges_until_the_wallets_month_en
         assert (r.status_code, r.json()["field"]) == (422, "monthly_spend_limit"), r.text
 
 
-def test_a_refund_gives_its_spend_back_in_the_month_it_is_made(api: Api, clock: Clock) -> None:
-    """The spend limit counts what the month spent net of its refunds: a refunded charge
-    or capture makes room again; a refund of last month's spend makes no more room than
-    this month used; taking back a top-up or an adjustment is no refund."""
+def test_a_refund_gives_its_spend_back_to_the_month_of_its_charge(api: Api, clock: Clock) -> None:
+    """The spend limit counts what the month spent net of refunds of that spend: a
+    refunded charge or capture of this month makes room again; a refund of last month's
+    spend makes none this month (the month could otherwise use more than its limit);
+    taking back a top-up or an adjustment is no refund."""
     body = {"id": "capped", "unit": "credit", "monthly_spend_limit": 500}
     assert api.post("/v1/accounts", body).status_code == 201
     user = "capped"
@@ -671,7 +672,7 @@ def test_a_refund_gives_its_spend_back_in_the_month_it_is_made(api: Api, clock: 
     )
     assert api.balance(user)["spent_this_month"] == 240
 
-    # Next month, refunding November's capture gives back what December spent, no more.
+    # Next month, refunding November's capture makes no room in December ...
     clock.advance(days=30)
     assert api.balance(user)["spent_this_month"] == 0
     image = api.post(
@@ -686,8 +687,16 @@ def test_a_refund_gives_its_spend_back_in_the_month_it_is_made(api: Api, clock: 
         == 201
     )
     account = api.balance(user)
-    assert (account["spent_this_month"], account["spend_remaining"]) == (0, 500)
+    assert (account["spent_this_month"], account["spend_remaining"]) == (24, 476)
     assert account["balance"] == 10_000 - 24  # both refunds came back to the balance
+    # ... so December can still use only its own 500, the refunded 240 not on top of it.
+    assert authorize(api, user, VEO_FAST).status_code == 201
+    refused = authorize(api, user, VEO_FAST)
+    assert (refused.status_code, refused.json()["spend_remaining"]) == (402, 236), refused.text
+    # A refund of December's own charge gives its room back.
+    image_entry = api.get(f"/v1/usage-records/{image.json()['id']}").json()["entry_id"]
+    assert api.post(f"/v1/entries/{image_entry}/reverse", {"reason": "blurry"}).status_code == 201
+    assert api.balance(user)["spent_this_month"] == 0
 
 
 def test_a_revoked_grant_gives_up_only_what_is_left_and_is_never_refilled(

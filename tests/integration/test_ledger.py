@@ -793,3 +793,25 @@ def test_the_ledger_survives_a_reconnected_pool_connection(ledger: Ledger, db: D
     assert (
         ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key()).charged == 240
     )
+
+
+def test_a_refund_counts_in_the_month_of_its_charge_in_the_wallets_timezone(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Tokyo's December begins while UTC's November goes on: a charge of Tokyo's
+    November refunded in its December makes no room in December, though both instants
+    fall in the same UTC month."""
+    user = wallet(ledger, "tokyo", timezone="Asia/Tokyo", monthly_spend_limit=500)
+    ledger.top_up(user, 10_000, idempotency_key=key())
+    clock.now = datetime(2026, 11, 30, 14, 30, tzinfo=UTC)  # 23:30 on the 30th in Tokyo
+    november = ledger.charge(user, f.veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    clock.advance(hours=1)  # 00:30 on 1 December in Tokyo
+    december = ledger.charge(user, f.request("veo3", "image", prompt="x"), idempotency_key=key())
+    assert (november.credits_used, december.credits_used) == (240, 24)
+    assert november.entry_id is not None
+    assert december.entry_id is not None
+    ledger.reverse(november.entry_id, reason="blank video", idempotency_key=key())
+    view = ledger.account(user)
+    assert (view.spent_this_month, view.spend_remaining, view.balance) == (24, 476, 10_000 - 24)
+    ledger.reverse(december.entry_id, reason="blurry", idempotency_key=key())
+    assert (ledger.account(user).spent_this_month, ledger.account(user).spend_remaining) == (0, 500)

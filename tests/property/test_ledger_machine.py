@@ -13,7 +13,7 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import timedelta
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -78,7 +78,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.blocked = False
         self.spend_limit: int | None = None
         self.spent: dict[str, int] = {}  # what captures and charges debited, by period
-        self.refunded: dict[str, int] = {}  # what refunds gave back, by period
+        self.refunded: dict[str, int] = {}  # what refunds gave back, by their charge's period
         self.allocated: set[str] = set()  # the periods whose allocation was granted
         self.max_tokens: dict[str, int] = {}  # of each text hold's request
         self.excused = False  # available may be negative (overage, or expiry under holds)
@@ -91,10 +91,10 @@ class LedgerMachine(RuleBasedStateMachine):
         return self.spend_limit - self.spent_now() - sum(self.pending.values())
 
     def spent_now(self) -> int:
-        """What this period spent: its captures and charges less its refunds, never below
-        zero (a refund of an earlier period's charge gives back no more than that)."""
+        """What this period spent: its captures and charges less refunds of those (a
+        refund of an earlier period's charge counts in that period)."""
         period = self.clock.now.strftime("%Y-%m")
-        return max(0, self.spent.get(period, 0) - self.refunded.get(period, 0))
+        return self.spent.get(period, 0) - self.refunded.get(period, 0)
 
     def spend(self, amount: int) -> None:
         period = self.clock.now.strftime("%Y-%m")
@@ -364,8 +364,8 @@ class LedgerMachine(RuleBasedStateMachine):
             return
         self.ledger.reverse(entry, reason="model refund", idempotency_key=key)
         self.balance -= delta
-        if original.kind in ("capture", "charge"):  # a refund: its spend is given back
-            period = self.clock.now.strftime("%Y-%m")
+        if original.kind in ("capture", "charge"):  # a refund: its charge's period gets it
+            period = original.posted_at.astimezone(UTC).strftime("%Y-%m")  # W is in UTC
             self.refunded[period] = self.refunded.get(period, 0) - delta
         if delta > 0:  # taking credits back can push available below zero
             self.excused = True
