@@ -1,8 +1,10 @@
 """Refunds in the journal rollup: the flow ``refund``.
 
 A reversal of a capture or a charge (a refund) is rolled up in ``daily_flows`` as the flow
-``refund`` instead of ``reversal``, so that a wallet's spend this period is what captures
-and charges debited less what was refunded, read from a few rows per day. Existing refunds
+``refund`` instead of ``reversal``, so that refunds are told apart from other reversals
+in the rollup (the statement shows them; a wallet's spend this period, which first read
+them from here, now counts only refunds of the period's own charges, from the journal,
+so that a refund makes room in the month of its charge). Existing refunds
 move from ``reversal`` to ``refund`` on the day (in the wallet's timezone) they were posted.
 
 Revision ID: 0013
