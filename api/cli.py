@@ -53,6 +53,7 @@ from ledger.results import (
     EntryPage,
     GrantView,
     HoldPage,
+    Result,
     ReversalResult,
     UsageLine,
     UsageRecordPage,
@@ -349,6 +350,13 @@ def _open_keys() -> Iterator[Keys]:
 
 
 def _emit(model: BaseModel, as_json: bool, title: str, rows: list[tuple[str, Any]]) -> None:
+    if isinstance(model, Result) and model.replayed:
+        # On stderr: the answer itself (and --json's document) is the one first given.
+        typer.echo(
+            "already done: this is the answer the same --idempotency-key was given before; "
+            "nothing was done again",
+            err=True,
+        )
     if as_json:
         typer.echo(model.model_dump_json(indent=2))
         return

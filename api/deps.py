@@ -6,9 +6,9 @@ import hashlib
 import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Header, Request
+from fastapi import Depends, Header, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -16,6 +16,7 @@ from api.errors import Forbidden, Unauthorized
 from api.metrics import Metrics
 from ledger.errors import NotFound
 from ledger.keys import Keys, Principal
+from ledger.results import Result
 from ledger.services import Ledger
 from ledger.settings import Settings
 from reports.jobs import Reports
@@ -113,7 +114,9 @@ IdempotencyHeader = Annotated[
         max_length=200,
         pattern=r"^[\x21-\x7e]+$",
         description="Retry-safe key (printable ASCII, at most 200 characters): the same key "
-        "and body return the original response; the same key with another body is 409.",
+        "and body return the original response, marked with the header "
+        "'Idempotent-Replayed: true' (nothing was done again); the same key with another "
+        "body is 409.",
     ),
 ]
 
@@ -135,19 +138,36 @@ def scoped_key(caller: Principal, idempotency_key: str | None) -> str:
     return f"{scope}:{idempotency_key}"
 
 
+#: The response header that marks an answer given back for an idempotency key already
+#: answered (the request had no effect of its own), as payment APIs name it.
+REPLAYED_HEADER = "Idempotent-Replayed"
+
+R = TypeVar("R", bound=Result)
+
+
 @dataclass(frozen=True)
 class Call:
-    """A mutating request's context: the services, the caller (its role checked) and the
-    scoped idempotency key. One dependency, so the route does not pay for three."""
+    """A mutating request's context: the services, the caller (its role checked), the
+    scoped idempotency key and the response's headers. One dependency, so the route does
+    not pay for four."""
 
     services: Services
     caller: Principal
     key: str
+    response: Response
 
     @property
     def actor(self) -> str:
         """What the ledger records as having made the change: the caller's API key."""
         return f"key:{self.caller.key_id}"
+
+    async def run(self, use_case: Callable[..., R], *args: Any, **kwargs: Any) -> R:
+        """Run a ledger use case in the thread pool with this call's idempotency key. A
+        replayed answer says so in a response header (``Idempotent-Replayed: true``)."""
+        result = await run_in_threadpool(use_case, *args, idempotency_key=self.key, **kwargs)
+        if result.replayed:
+            self.response.headers[REPLAYED_HEADER] = "true"
+        return result
 
 
 # The caller is a dependency of its own, solved first: a request without a valid key is
@@ -158,15 +178,15 @@ class Call:
 
 
 async def _gateway_call(
-    request: Request, caller: Gateway, idempotency_key: IdempotencyHeader = None
+    request: Request, response: Response, caller: Gateway, idempotency_key: IdempotencyHeader = None
 ) -> Call:
-    return Call(_services(request), caller, scoped_key(caller, idempotency_key))
+    return Call(_services(request), caller, scoped_key(caller, idempotency_key), response)
 
 
 async def _admin_call(
-    request: Request, caller: Admin, idempotency_key: IdempotencyHeader = None
+    request: Request, response: Response, caller: Admin, idempotency_key: IdempotencyHeader = None
 ) -> Call:
-    return Call(_services(request), caller, scoped_key(caller, idempotency_key))
+    return Call(_services(request), caller, scoped_key(caller, idempotency_key), response)
 
 
 #: A gateway operation (admin and service keys) with its idempotency key.

@@ -33,19 +33,20 @@ class Metrics:
         )
         self.holds_opened = Counter(
             "creditledger_holds_opened_total",
-            "Authorizations that opened a hold.",
+            "Authorizations that opened a hold (a replayed retry does not count).",
             registry=self.registry,
         )
         self.holds_resolved = Counter(
             "creditledger_holds_resolved_total",
-            "Holds resolved, by outcome (captured, voided, expired).",
+            "Holds resolved, by outcome (captured, voided, expired; a replayed retry does "
+            "not count).",
             ["outcome"],
             registry=self.registry,
         )
         self.usage_reported = Counter(
             "creditledger_usage_reported_total",
-            "Usage reports answered 201 (POST /v1/usage-records; a replayed retry counts "
-            "again), by the provider's outcome.",
+            "Usage reports charged (POST /v1/usage-records; a replayed retry does not "
+            "count), by the provider's outcome.",
             ["outcome"],
             registry=self.registry,
         )

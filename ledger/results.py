@@ -9,14 +9,33 @@ from datetime import date, datetime
 from decimal import Decimal
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 
-class _Result(BaseModel):
+class Result(BaseModel):
     model_config = ConfigDict(frozen=True)
 
+    # Set on the answer a use case gives back for an idempotency key it already answered.
+    _replayed: bool = PrivateAttr(default=False)
 
-class GrantView(_Result):
+    @property
+    def replayed(self) -> bool:
+        """Whether this is the stored answer of an earlier request with the same
+        idempotency key, given back again: this request had no effect of its own. Not
+        part of the answer: a replay equals the answer it replays."""
+        return self._replayed
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Result):
+            return NotImplemented
+        return (
+            type(self) is type(other)
+            and self.__dict__ == other.__dict__
+            and self.__pydantic_extra__ == other.__pydantic_extra__
+        )
+
+
+class GrantView(Result):
     id: str
     kind: str
     amount: int
@@ -28,7 +47,7 @@ class GrantView(_Result):
     reference: str | None = None
 
 
-class BalanceView(_Result):
+class BalanceView(Result):
     """A wallet's money. available = balance - pending + overdraft_limit."""
 
     account_id: str
@@ -66,14 +85,14 @@ class AccountView(AccountSummary):
     grants: list[GrantView]
 
 
-class AccountPage(_Result):
+class AccountPage(Result):
     """Wallets in order of their ids; ``next_cursor`` reads on (None: no more)."""
 
     items: list[AccountSummary]
     next_cursor: str | None
 
 
-class AccountChangeView(_Result):
+class AccountChangeView(Result):
     """A change of a wallet's setting: from ``old_value`` to ``new_value`` (minor units;
     null: no monthly allocation; ``blocked``: true or false)."""
 
@@ -87,14 +106,14 @@ class AccountChangeView(_Result):
     actor: str | None = None
 
 
-class AccountChangePage(_Result):
+class AccountChangePage(Result):
     """A wallet's changes, newest first; ``next_cursor`` reads on (None: no more)."""
 
     items: list[AccountChangeView]
     next_cursor: str | None
 
 
-class UsageTotals(_Result):
+class UsageTotals(Result):
     """What was metered: requests, their usage, and the minor units charged for them. A
     refund is a credit in the journal (an entry of kind ``reversal``), not less usage."""
 
@@ -109,7 +128,7 @@ class UsageTotals(_Result):
     amount: int = 0
 
 
-class _UsageKey(_Result):
+class _UsageKey(Result):
     day: date
     catalog: str
     operation: str
@@ -120,7 +139,7 @@ class UsageLine(UsageTotals, _UsageKey):
     """One day's usage of one model, by catalog and operation (the key comes first)."""
 
 
-class UsageView(_Result):
+class UsageView(Result):
     """A wallet's usage from ``first_day`` to ``last_day`` (days in its timezone)."""
 
     account_id: str
@@ -133,12 +152,12 @@ class UsageView(_Result):
     totals: UsageTotals
 
 
-class PostingView(_Result):
+class PostingView(Result):
     account_id: str
     amount: int
 
 
-class EntryView(_Result):
+class EntryView(Result):
     id: str
     kind: str
     account_id: str
@@ -154,7 +173,7 @@ class EntryView(_Result):
     postings: list[PostingView]
 
 
-class RecordedUsage(_Result):
+class RecordedUsage(Result):
     """The usage a metering record holds: what the provider reported at the capture; for
     an immediate charge, what it was priced on; while pending, and after a void or an
     expiry, the estimate the hold was sized on."""
@@ -168,7 +187,7 @@ class RecordedUsage(_Result):
     seconds: Decimal
 
 
-class UsageRecordView(_Result):
+class UsageRecordView(Result):
     """One authorization, immediate charge or usage reported after the fact (``kind``:
     authorization, charge, usage), as metered: what was asked (catalog, version,
     operation, model), held and charged, its usage, and the gateway's ``request_id``.
@@ -196,25 +215,25 @@ class UsageRecordView(_Result):
     completed_at: datetime | None
 
 
-class UsageRecordPage(_Result):
+class UsageRecordPage(Result):
     """A wallet's usage records, newest first; ``next_cursor`` reads on (None: no more)."""
 
     items: list[UsageRecordView]
     next_cursor: str | None
 
 
-class TopUpResult(_Result):
+class TopUpResult(Result):
     entry: EntryView
     grant: GrantView | None
     balance: BalanceView
 
 
-class AdjustmentResult(_Result):
+class AdjustmentResult(Result):
     entry: EntryView
     balance: BalanceView
 
 
-class HoldView(_Result):
+class HoldView(Result):
     id: str
     account_id: str
     status: str
@@ -236,14 +255,14 @@ class HoldView(_Result):
     quote: dict[str, Any] | None = None
 
 
-class HoldPage(_Result):
+class HoldPage(Result):
     """A wallet's authorizations, newest first; ``next_cursor`` reads on (None: no more)."""
 
     items: list[HoldView]
     next_cursor: str | None
 
 
-class CaptureResult(_Result):
+class CaptureResult(Result):
     id: str
     status: str
     outcome: str
@@ -260,7 +279,7 @@ class CaptureResult(_Result):
     charge: dict[str, Any]
 
 
-class ChargeResult(_Result):
+class ChargeResult(Result):
     id: str
     account_id: str
     entry_id: str | None
@@ -271,7 +290,7 @@ class ChargeResult(_Result):
     quote: dict[str, Any]
 
 
-class UsageReportResult(_Result):
+class UsageReportResult(Result):
     """Usage reported after the fact (post-paid), priced and charged: ``id`` is its
     usage record. What the wallet could not cover is owed as ``debt``, which blocks its
     new authorizations and charges until a top-up repays it."""
@@ -297,12 +316,12 @@ class UsageReportResult(_Result):
     charge: dict[str, Any]
 
 
-class ReversalResult(_Result):
+class ReversalResult(Result):
     entry: EntryView
     balance: BalanceView
 
 
-class RevocationResult(_Result):
+class RevocationResult(Result):
     """A grant revoked: the grant (nothing left; it expired at the revocation), the
     expiry entry that moved its remainder out, and the wallet's money after."""
 
@@ -311,12 +330,12 @@ class RevocationResult(_Result):
     balance: BalanceView
 
 
-class EntryPage(_Result):
+class EntryPage(Result):
     items: list[EntryView]
     next_cursor: str | None
 
 
-class Violation(_Result):
+class Violation(Result):
     """One broken invariant found by ``verify()``."""
 
     check: str

@@ -88,6 +88,7 @@ from ledger.results import (
     HoldView,
     PostingView,
     RecordedUsage,
+    Result,
     ReversalResult,
     RevocationResult,
     TopUpResult,
@@ -105,7 +106,7 @@ from pricing.engine import Charge, Quote
 from pricing.errors import NoVersionInForce
 
 Clock = Callable[[], datetime]
-R = TypeVar("R", bound=BaseModel)
+R = TypeVar("R", bound=Result)
 
 TOPUP_KINDS = ("pack", "allocation", "promo")
 REVERSIBLE = ("topup", "adjustment", "capture", "charge")
@@ -468,7 +469,9 @@ class Ledger:
                     with store.batch(commit=True) if batch else nullcontext():
                         out = work(w)
                         if isinstance(out, dict):
-                            return result.model_validate(out)
+                            replay = result.model_validate(out)
+                            replay._replayed = True
+                            return replay
                         w.remember(out)
                     return out
             except INTEGRITY_ERRORS as exc:

@@ -71,11 +71,10 @@ def _summary(view: AccountSummary) -> AccountSummaryPublic:
 async def create_account(body: AccountCreate, call: AdminCall) -> AccountPublic:
     """Open a wallet counted in ``unit`` (409 if the id is taken)."""
     return _public(
-        await run_in_threadpool(
+        await call.run(
             call.services.ledger.open_account,
             body.id,
             body.unit,
-            idempotency_key=call.key,
             overdraft_limit=body.overdraft_limit,
             monthly_allocation=body.monthly_allocation,
             timezone=body.timezone,
@@ -124,10 +123,9 @@ async def update_account(id: str, body: AccountUpdate, call: AdminCall) -> Accou
         return getattr(body, name) if name in given else UNSET
 
     return _public(
-        await run_in_threadpool(
+        await call.run(
             call.services.ledger.update_account,
             id,
-            idempotency_key=call.key,
             actor=call.actor,
             overdraft_limit=setting("overdraft_limit"),
             monthly_allocation=setting("monthly_allocation"),
@@ -343,11 +341,10 @@ async def create_topup(
     call: AdminCall,
 ) -> TopUpResult:
     """Add credits as a grant (a token pack, a monthly allocation, a promotion)."""
-    return await run_in_threadpool(
+    return await call.run(
         call.services.ledger.top_up,
         id,
         body.amount,
-        idempotency_key=call.key,
         actor=call.actor,
         kind=body.kind,
         expires_at=body.expires_at,
@@ -368,12 +365,11 @@ async def create_adjustment(
     call: AdminCall,
 ) -> AdjustmentResult:
     """An admin correction: a signed amount with its reason."""
-    return await run_in_threadpool(
+    return await call.run(
         call.services.ledger.adjust,
         id,
         body.amount,
         reason=body.reason,
-        idempotency_key=call.key,
         actor=call.actor,
     )
 
@@ -390,11 +386,10 @@ async def reverse_entry(
     call: AdminCall,
 ) -> ReversalResult:
     """Reverse an entry (refund a charge, take back a top-up), at most once."""
-    return await run_in_threadpool(
+    return await call.run(
         call.services.ledger.reverse,
         id,
         reason=body.reason,
-        idempotency_key=call.key,
         actor=call.actor,
     )
 
@@ -409,10 +404,9 @@ async def revoke_grant(id: str, body: RevocationCreate, call: AdminCall) -> Revo
     """Take back what is left of a grant (a promotion withdrawn, credits granted by
     mistake): it expires now, its remainder moves out by an expiry entry. What was spent
     from it stays spent. 409 ``grant_not_open`` when nothing is left."""
-    return await run_in_threadpool(
+    return await call.run(
         call.services.ledger.revoke_grant,
         id,
         reason=body.reason,
-        idempotency_key=call.key,
         actor=call.actor,
     )

@@ -64,15 +64,15 @@ async def create_estimate(
 @router.post("/authorizations", status_code=201, response_model=HoldView, responses=_PAYING)
 async def create_authorization(body: AuthorizationCreate, call: GatewayCall) -> HoldView:
     """Hold the request's worst-case cost, or 402 with ``credits_needed``/``credits_balance``."""
-    hold = await run_in_threadpool(
+    hold = await call.run(
         call.services.ledger.authorize,
         body.account_id,
         body.envelope(),
-        idempotency_key=call.key,
         request_id=body.request_id,
         ttl=None if body.ttl_seconds is None else timedelta(seconds=body.ttl_seconds),
     )
-    call.services.metrics.holds_opened.inc()
+    if not hold.replayed:  # a retry answered again opened no second hold
+        call.services.metrics.holds_opened.inc()
     return hold
 
 
@@ -86,23 +86,24 @@ async def read_authorization(id: str, caller: Caller, services: ServicesDep) -> 
 @router.post("/authorizations/{id}/capture", response_model=CaptureResult, responses=_ERRORS)
 async def capture_authorization(id: str, body: CaptureCreate, call: GatewayCall) -> CaptureResult:
     """Charge what was used (ERROR: nothing) and release the rest of the hold."""
-    result = await run_in_threadpool(
+    result = await call.run(
         call.services.ledger.capture,
         id,
         status=body.status,
         usage=body.usage,
-        idempotency_key=call.key,
         actor=call.actor,
     )
-    call.services.metrics.holds_resolved.labels("captured").inc()
+    if not result.replayed:
+        call.services.metrics.holds_resolved.labels("captured").inc()
     return result
 
 
 @router.post("/authorizations/{id}/void", response_model=HoldView, responses=_ERRORS)
 async def void_authorization(id: str, call: GatewayCall) -> HoldView:
     """Release the whole hold."""
-    hold = await run_in_threadpool(call.services.ledger.void, id, idempotency_key=call.key)
-    call.services.metrics.holds_resolved.labels("voided").inc()
+    hold = await call.run(call.services.ledger.void, id)
+    if not hold.replayed:
+        call.services.metrics.holds_resolved.labels("voided").inc()
     return hold
 
 
@@ -110,22 +111,20 @@ async def void_authorization(id: str, call: GatewayCall) -> HoldView:
 async def extend_authorization(id: str, body: ExtensionCreate, call: GatewayCall) -> HoldView:
     """Keep a pending hold longer (the provider's queue is slow): it now expires
     ``ttl_seconds`` from now. An expired or resolved hold is 409: authorize again."""
-    return await run_in_threadpool(
+    return await call.run(
         call.services.ledger.extend,
         id,
         ttl=timedelta(seconds=body.ttl_seconds),
-        idempotency_key=call.key,
     )
 
 
 @router.post("/charges", status_code=201, response_model=ChargeResult, responses=_PAYING)
 async def create_charge(body: ChargeCreate, call: GatewayCall) -> ChargeResult:
     """Deduct the request's cost at once (APIs that charge when generation starts)."""
-    return await run_in_threadpool(
+    return await call.run(
         call.services.ledger.charge,
         body.account_id,
         body.envelope(),
-        idempotency_key=call.key,
         actor=call.actor,
         request_id=body.request_id,
     )
@@ -136,16 +135,16 @@ async def report_usage(body: UsageReportCreate, call: GatewayCall) -> UsageRepor
     """Charge a request's usage reported after it ran (post-paid, no authorization before):
     priced like a capture, never refused for want of credits (the provider did the work;
     a shortfall is recorded as debt, which blocks new authorizations until a top-up)."""
-    result = await run_in_threadpool(
+    result = await call.run(
         call.services.ledger.report_usage,
         body.account_id,
         body.envelope(),
         status=body.status,
         usage=body.usage,
-        idempotency_key=call.key,
         actor=call.actor,
         request_id=body.request_id,
         occurred_at=body.occurred_at,
     )
-    call.services.metrics.usage_reported.labels(result.status).inc()
+    if not result.replayed:
+        call.services.metrics.usage_reported.labels(result.status).inc()
     return result

@@ -64,8 +64,11 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     top = run(*once, "--json", env=env)
     assert top.returncode == 0, top.stderr
     assert json.loads(top.stdout)["balance"]["balance"] == 500
-    replay = run(*once, env=env)
+    assert "already done" not in top.stderr
+    replay = run(*once, "--json", env=env)
     assert replay.returncode == 0
+    assert json.loads(replay.stdout) == json.loads(top.stdout)  # the first answer, as it was
+    assert "already done" in replay.stderr  # ... said to be one
     shown = run("account", "show", "acme", "--json", env=env)
     assert json.loads(shown.stdout)["balance"] == 500  # the replay added nothing
     table = run("account", "show", "acme", env=env)

@@ -1094,6 +1094,44 @@ def test_same_idempotency_key_and_body_replays_the_original_response(api: Api) -
     assert api.balance(user)["balance"] == 765
 
 
+def test_a_replayed_answer_says_so_and_the_metrics_count_each_effect_once(api: Api) -> None:
+    """A retry answered from its key's stored result carries ``Idempotent-Replayed:
+    true`` (the first answer does not), and the hold and usage counters count what was
+    done, not how often it was asked."""
+    user = api.wallet("retry", "credit", topup=1000)
+
+    def twice(
+        path: str, body: Any, key: str, as_key: str = "service"
+    ) -> tuple[httpx.Response, httpx.Response]:
+        first = api.post(path, body, as_key=as_key, idempotency_key=key)
+        again = api.post(path, body, as_key=as_key, idempotency_key=key)
+        assert first.status_code == again.status_code < 300, (first.text, again.text)
+        assert first.json() == again.json()
+        assert "idempotent-replayed" not in first.headers
+        assert again.headers["idempotent-replayed"] == "true"
+        return first, again
+
+    held = twice("/v1/authorizations", {"account_id": user, **VEO_FAST}, "a1")[0].json()
+    twice(f"/v1/authorizations/{held['id']}/capture", {"status": "COMPLETED"}, "c1")
+    voided = twice("/v1/authorizations", {"account_id": user, **VEO_FAST}, "a2")[0].json()
+    twice(f"/v1/authorizations/{voided['id']}/void", None, "v1")
+    twice("/v1/charges", {"account_id": user, **f.request("veo3", "image", prompt="x")}, "ch1")
+    reported = {"account_id": user, **VEO_FAST, "status": "ERROR"}
+    twice("/v1/usage-records", reported, "u1")
+    twice(f"/v1/accounts/{user}/topups", {"amount": 5}, "t1", as_key="admin")
+    # Without a key every request is new: nothing to replay, no header.
+    plain = api.post(f"/v1/accounts/{user}/topups", {"amount": 5})
+    assert plain.status_code == 201
+    assert "idempotent-replayed" not in plain.headers
+    assert api.balance(user)["balance"] == 1000 - 240 - 24 + 5 + 5
+
+    metrics = api.get("/metrics").text
+    assert "creditledger_holds_opened_total 2.0" in metrics
+    assert 'creditledger_holds_resolved_total{outcome="captured"} 1.0' in metrics
+    assert 'creditledger_holds_resolved_total{outcome="voided"} 1.0' in metrics
+    assert 'creditledger_usage_reported_total{outcome="ERROR"} 1.0' in metrics
+
+
 def test_idempotency_keys_past_their_retention_are_deleted_oldest_first(
     api: Api, clock: Clock
 ) -> None:

@@ -436,7 +436,9 @@ def test_rejected_operations_change_nothing(ledger: Ledger) -> None:
 def test_idempotency_replays_and_conflicts(ledger: Ledger) -> None:
     user = wallet(ledger)
     first = ledger.top_up(user, 500, idempotency_key="top")
-    assert ledger.top_up(user, 500, idempotency_key="top") == first
+    again = ledger.top_up(user, 500, idempotency_key="top")
+    assert again == first  # the same answer, which says it is given back again
+    assert (first.replayed, again.replayed) == (False, True)
     assert ledger.balance(user).balance == 500
     with pytest.raises(IdempotencyConflict):
         ledger.top_up(user, 501, idempotency_key="top")
