@@ -1109,6 +1109,8 @@ def topup_batch_command(
                     "kind": row.kind,
                     "entry_id": result.entry.id,
                     "balance": result.balance.balance,
+                    # Done by an earlier run of this batch (its answer, given again).
+                    "already_done": result.replayed,
                 }
             )
     totals: dict[str, int] = {}
@@ -1128,7 +1130,13 @@ def topup_batch_command(
         Console().print(table)
     verb = "would top up" if check else "topped up"
     amounts = ", ".join(f"{amount} {unit}" for unit, amount in sorted(totals.items()))
-    typer.echo(f"{verb} {len(rows)} row(s): {amounts}")
+    typer.echo(f"{verb} {len(rows)} row(s): {amounts}{_already_done(done)}")
+
+
+def _already_done(done: list[dict[str, Any]]) -> str:
+    """The summary's note of the rows an earlier run of the batch had done."""
+    again = sum(1 for d in done if d["already_done"])
+    return f" ({again} of them done by an earlier run, not again)" if again else ""
 
 
 @app.command("usage-import")
@@ -1200,7 +1208,13 @@ def usage_import_command(
                     if isinstance(exc, IdempotencyConflict) and row.request_id is not None
                     else None,
                 )
-            done.append({"line": row.line, **result.model_dump(mode="json", exclude={"charge"})})
+            done.append(
+                {
+                    "line": row.line,
+                    **result.model_dump(mode="json", exclude={"charge"}),
+                    "already_done": result.replayed,
+                }
+            )
     # Checked: what the lines would cost now; run: what was charged (replays included).
     amounts = units.values() if check else [(d["unit"], d["charged"]) for d in done]
     totals: dict[str, int] = {}
@@ -1220,7 +1234,7 @@ def usage_import_command(
         Console().print(table)
     verb = "would charge" if check else "charged"
     total = ", ".join(f"{amount} {unit}" for unit, amount in sorted(totals.items())) or "nothing"
-    typer.echo(f"{verb} {len(rows)} line(s): {total}")
+    typer.echo(f"{verb} {len(rows)} line(s): {total}{_already_done(done)}")
 
 
 @account_app.command("revoke-grant")

@@ -454,15 +454,14 @@ def test_topup_batch_grants_each_row_once_even_run_again(
     assert first.returncode == 0, first.stderr
     report = json.loads(first.stdout)
     assert (report["rows"], report["totals"]) == (3, {"credit": 450})
-    assert [(d["line"], d["account_id"], d["balance"]) for d in report["done"]] == [
-        (2, "acme", 100),
-        (3, "zeta", 250),
-        (5, "acme", 200),
-    ]
+    assert [
+        (d["line"], d["account_id"], d["balance"], d["already_done"]) for d in report["done"]
+    ] == [(2, "acme", 100, False), (3, "zeta", 250, False), (5, "acme", 200, False)]
+    assert "earlier run" not in run("topup-batch", str(batch), "--check", env=env).stdout
     assert _balances(env, "acme", "zeta") == [200, 250]
     again = run("topup-batch", str(batch), env=env)
     assert again.returncode == 0, again.stderr
-    assert "topped up 3 row(s): 450 credit" in again.stdout
+    assert "topped up 3 row(s): 450 credit (3 of them done by an earlier run" in again.stdout
     assert _balances(env, "acme", "zeta") == [200, 250]  # replayed, not granted twice
     shown = json.loads(run("account", "show", "acme", "--json", env=env).stdout)
     assert [(g["kind"], g["reference"]) for g in shown["grants"]] == [("promo", "spring")] * 2
@@ -545,10 +544,15 @@ def test_usage_import_charges_each_line_once_even_run_again(
         (2, "zeta", 0, 0),
         (4, "acme", 240, 180),
     ]
+    assert not any(d["already_done"] for d in report["done"])
     assert _balances(env, "acme", "zeta") == [-180, 0]
-    again = run("usage-import", str(log), env=env)
+    again = run("usage-import", str(log), "--json", env=env)
     assert again.returncode == 0, again.stderr
-    assert "charged 3 line(s): 480 credit" in again.stdout
+    replayed = json.loads(again.stdout)
+    assert replayed["totals"] == {"credit": 480}
+    assert all(d["already_done"] for d in replayed["done"])
+    table = run("usage-import", str(log), env=env).stdout
+    assert "charged 3 line(s): 480 credit (3 of them done by an earlier run" in table
     assert _balances(env, "acme", "zeta") == [-180, 0]  # replayed, not charged twice
     listed = run("account", "usage-records", "acme", "--kind", "usage", "--json", env=env)
     records = json.loads(listed.stdout)["items"]
