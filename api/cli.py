@@ -19,6 +19,7 @@ Exit codes (stable, for scripts):
 from __future__ import annotations
 
 import getpass
+import inspect
 import json
 import logging
 import sqlite3
@@ -554,8 +555,10 @@ def account_update(
     idempotency_key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Change a wallet's overdraft limit, monthly allocation or monthly spend limit, or
-    block or unblock it (each change is kept)."""
+    """Change a wallet's limits and allocation, or block it (each change is kept).
+
+    Its overdraft limit, monthly allocation or monthly spend limit; or block or unblock
+    it."""
     allocation = _either(monthly_allocation, no_monthly_allocation, "monthly-allocation")
     spend_limit = _either(monthly_spend_limit, no_monthly_spend_limit, "monthly-spend-limit")
     with _open_ledger() as ledger:
@@ -806,8 +809,10 @@ def journal_command(
     cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Every wallet's journal entries, newest first: what one key or user did (--actor,
-    such as after a key leaked), or what was posted in a window. Reads the whole journal."""
+    """Every wallet's journal entries, newest first, across the whole journal.
+
+    What one key or user did (--actor, such as after a key leaked), or what was posted in
+    a window."""
     first, last = _parse_instant(since, "since"), _parse_instant(until, "until")
     with _open_ledger() as ledger:
         page = ledger.journal(
@@ -864,8 +869,10 @@ def account_usage_records(
     cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """A wallet's requests as metered (one per authorization, charge or usage report),
-    newest first: what each held, used and was charged, and its refund if one was made."""
+    """A wallet's requests as metered, newest first, with their refunds.
+
+    One per authorization, charge or usage report: what each held, used and was charged,
+    and its refund if one was made."""
     first, last = _parse_instant(since, "since"), _parse_instant(until, "until")
     with _open_ledger() as ledger:
         page = ledger.usage_records(
@@ -1298,8 +1305,9 @@ def account_adjust(
     idempotency_key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Correct a wallet by a signed amount against the funding account (a credit becomes
-    an adjustment grant; a debit burns grants in order)."""
+    """Correct a wallet by a signed amount against the funding account.
+
+    A credit becomes an adjustment grant; a debit burns grants in order."""
     with _open_ledger() as ledger:
         result = ledger.adjust(
             account_id,
@@ -1321,9 +1329,10 @@ def reverse_command(
     idempotency_key: KeyOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Reverse an entry, at most once: refund a capture or charge (what it burned goes back
-    to the grants it came from, unless they expired since), or take back a top-up or an
-    adjustment."""
+    """Reverse an entry, at most once: a refund, or a top-up taken back.
+
+    Refund a capture or charge (what it burned goes back to the grants it came from,
+    unless they expired since), or take back a top-up or an adjustment."""
     with _open_ledger() as ledger:
         result = ledger.reverse(
             entry_id, reason=reason, idempotency_key=_key(idempotency_key), actor=_actor()
@@ -1563,6 +1572,20 @@ def serve_command(
         log_level="info",
         timeout_keep_alive=settings.keep_alive_seconds,
     )
+
+
+def _flowing_help(*apps: typer.Typer) -> None:
+    """Give each command its docstring as flowing paragraphs. Rich help keeps a
+    docstring's line breaks, which the source wraps at its own width, so a help page read
+    ragged; joined, the terminal wraps them."""
+    for group in apps:
+        for command in group.registered_commands:
+            if command.help is None and command.callback is not None:
+                doc = inspect.cleandoc(command.callback.__doc__ or "")
+                command.help = "\n\n".join(" ".join(p.split()) for p in doc.split("\n\n"))
+
+
+_flowing_help(app, account_app, keys_app, report_app)
 
 
 def main() -> None:

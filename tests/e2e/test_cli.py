@@ -152,6 +152,17 @@ def test_help_lists_the_commands() -> None:
     assert "catalogs" in result.stdout
 
 
+def test_help_text_flows_as_the_terminal_wraps_it() -> None:
+    """A docstring's line breaks (the source's width) are not the terminal's: a help
+    page joins them, and a command list shows each summary as one paragraph."""
+    wide = {"COLUMNS": "200"}
+    page = run("topup-batch", "--help", env=wide).stdout
+    assert "its expiry): one bad row and nothing is written (exit 2, every problem" in page
+    listing = run("account", "--help", env=wide).stdout
+    line = next(x for x in listing.splitlines() if "usage-records" in x)
+    assert "A wallet's requests as metered, newest first, with their refunds." in line
+
+
 def test_migrate_then_verify_and_a_broken_invariant_exits_5(tmp_path: Path) -> None:
     env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
     unmigrated = run("verify", env=env)
