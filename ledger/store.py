@@ -176,12 +176,15 @@ UPSERT_FLOW = Sql(
 #: of the period's own captures and charges (entries posted from ``start`` on) gave back.
 #: A refund counts in the period of the charge it undoes: refunding an earlier period's
 #: charge makes no room in this one, so the period's usage never passes its limit.
+#: The reversals come from their own index (``ix_entries_account_reversals``); each one's
+#: postings by their entry: the unary ``+`` keeps SQLite, which has no statistics to tell,
+#: from reading them by the wallet's index, through every posting the wallet ever had.
 SPENT = Sql(
     "SELECT (SELECT COALESCE(SUM(debits), 0) FROM daily_flows WHERE account_id = :account_id "
     "AND day >= :first AND day < :after AND flow IN ('capture', 'charge')) - "
     "(SELECT COALESCE(SUM(p.amount), 0) FROM entries r "
     "JOIN entries o ON o.id = r.reverses_id "
-    "JOIN postings p ON p.entry_id = r.id AND p.account_id = :account_id "
+    "JOIN postings p ON p.entry_id = r.id AND +p.account_id = :account_id "
     "WHERE r.account_id = :account_id AND r.kind = 'reversal' AND r.posted_at >= :start "
     "AND o.kind IN ('capture', 'charge') AND o.posted_at >= :start)"
 )

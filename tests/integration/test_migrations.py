@@ -14,6 +14,7 @@ from alembic.migration import MigrationContext
 
 from ledger.db import Database
 from ledger.models import PENDING_HOLD, metadata
+from ledger.store import SPENT
 from tests.pg import TempPostgres
 
 _names = count()
@@ -87,7 +88,37 @@ def test_partial_indexes_agree(empty: Database) -> None:
                 conn.rollback()
                 assert migrated == modelled, index.name
                 partial += migrated is not None
-    assert partial == 5  # holds (2), metering_records (1), report_jobs (2)
+    assert partial == 6  # holds (2), metering_records (1), report_jobs (2), entries (1)
+
+
+def test_a_periods_refunds_are_read_from_the_reversals_index(empty: Database) -> None:
+    """The spend a wallet's refunds gave back is read under its spend limit on every
+    authorization and charge: by ``ix_entries_account_reversals``, which holds its
+    reversals alone, not by stepping over every entry it posted in the period."""
+    empty.migrate()
+    with empty.engine.connect() as conn:
+        if empty.is_sqlite:
+            rows = conn.exec_driver_sql(
+                "EXPLAIN QUERY PLAN " + SPENT.sqlite,
+                {"account_id": 1, "first": "2026-11-01", "after": "2026-12-01",
+                 "start": "2026-11-01 00:00:00.000000"},
+            )  # fmt: skip
+        else:
+            conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
+            conn.exec_driver_sql("SET enable_seqscan = off")
+            text = SPENT.sqlite
+            for number, name in enumerate(("account_id", "first", "after", "start"), 1):
+                text = text.replace(f":{name}", f"${number}")
+            conn.exec_driver_sql(f"PREPARE spent (bigint, varchar, varchar, timestamptz) AS {text}")
+            rows = conn.exec_driver_sql(
+                "EXPLAIN EXECUTE spent (1, '2026-11-01', '2026-12-01', now())"
+            )
+        plan = " ".join(str(row[-1]) for row in rows)
+        conn.rollback()
+    assert "ix_entries_account_reversals" in plan, plan
+    # Each reversal's postings by its entry, never by the wallet's index of all of them.
+    assert "ix_postings_entry_id" in plan, plan
+    assert "ix_postings_account_posted" not in plan, plan
 
 
 def test_pending_holds_can_use_their_partial_index_in_any_plan(empty: Database) -> None:
