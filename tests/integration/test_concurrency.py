@@ -107,6 +107,8 @@ def test_identical_idempotent_requests_have_exactly_one_effect(ledger: Ledger) -
     assert all(not isinstance(o, Exception) for o in outcomes), outcomes
     assert len({o.id for o in outcomes}) == 1
     assert ledger.balance("wallet").pending == 240
+    # One answer is the effect; every other says it is that answer given again.
+    assert sorted(o.replayed for o in outcomes) == [False] + [True] * (THREADS - 1)
 
     hold = outcomes[0]
     captures = race(
@@ -117,6 +119,7 @@ def test_identical_idempotent_requests_have_exactly_one_effect(ledger: Ledger) -
     )
     assert all(not isinstance(o, Exception) for o in captures), captures
     assert len({(c.charged, c.entry_id) for c in captures}) == 1
+    assert sorted(c.replayed for c in captures) == [False] + [True] * (THREADS - 1)
     assert ledger.balance("wallet").balance == 10_000 - 240
 
     top_ups = race(
@@ -124,6 +127,7 @@ def test_identical_idempotent_requests_have_exactly_one_effect(ledger: Ledger) -
     )
     assert len({t.entry.id for t in top_ups if not isinstance(t, Exception)}) == 1
     assert all(not isinstance(t, Exception) for t in top_ups), top_ups
+    assert sorted(t.replayed for t in top_ups) == [False] + [True] * (THREADS - 1)
     assert ledger.balance("wallet").balance == 10_000 - 240 + 7
 
 
@@ -207,6 +211,7 @@ def test_identical_account_openings_create_one_account(ledger: Ledger) -> None:
     )
     assert all(not isinstance(o, Exception) for o in outcomes), outcomes
     assert len({o.model_dump_json() for o in outcomes}) == 1
+    assert sorted(o.replayed for o in outcomes) == [False] + [True] * (THREADS - 1)
 
     def opening(i: int) -> Callable[[], Any]:
         return lambda: ledger.open_account("other", "credit", idempotency_key=f"open-{i}")

@@ -135,6 +135,7 @@ class LedgerMachine(RuleBasedStateMachine):
         raise AssertionError("expected a rejection")
 
     def remember(self, call: Callable[[], Any], result: Any) -> Any:
+        assert not result.replayed, "a first answer said it was given again"
         self.replays.append((call, result))
         return result
 
@@ -492,7 +493,9 @@ class LedgerMachine(RuleBasedStateMachine):
     def replay(self, data: st.DataObject) -> None:
         call, result = data.draw(st.sampled_from(self.replays))
         before = self.snapshot()
-        assert call() == result
+        again = call()
+        assert again == result
+        assert again.replayed, "an answer given again did not say so"
         assert self.snapshot() == before, "a replayed request changed the ledger"
 
     @rule()
