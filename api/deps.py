@@ -145,6 +145,19 @@ REPLAYED_HEADER = "Idempotent-Replayed"
 R = TypeVar("R", bound=Result)
 
 
+def replayable(status: int, responses: dict[int | str, Any]) -> dict[int | str, Any]:
+    """The OpenAPI ``responses`` of a mutating route: ``responses``, and on its success
+    (``status``) the header a replayed answer carries."""
+    header = {
+        REPLAYED_HEADER: {
+            "description": "Present on an answer given back for an Idempotency-Key already "
+            "answered: nothing was done again.",
+            "schema": {"type": "string", "enum": ["true"]},
+        }
+    }
+    return {**responses, status: {"headers": header}}
+
+
 @dataclass(frozen=True)
 class Call:
     """A mutating request's context: the services, the caller (its role checked), the

@@ -7,7 +7,16 @@ from typing import Annotated, Any, Literal
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import Admin, AdminCall, Caller, Gateway, JournalReader, ServicesDep, ensure_own
+from api.deps import (
+    Admin,
+    AdminCall,
+    Caller,
+    Gateway,
+    JournalReader,
+    ServicesDep,
+    ensure_own,
+    replayable,
+)
 from api.errors import Forbidden, documented
 from api.routing import JsonRoute
 from api.schemas import (
@@ -40,6 +49,9 @@ from ledger.services import UNSET
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["accounts"])
 
 _ERRORS = documented(401, 403, 404, 409, 422)
+#: A change's responses, with the header of a replayed answer on its 201 or 200.
+_CREATED = replayable(201, _ERRORS)
+_CHANGED = replayable(200, _ERRORS)
 #: Where the previous page ended (its ``next_cursor``), and the rows per page.
 CursorQuery = Annotated[str | None, Query(max_length=200)]
 LimitQuery = Annotated[int, Query(ge=1, le=500)]
@@ -67,7 +79,7 @@ def _summary(view: AccountSummary) -> AccountSummaryPublic:
     )
 
 
-@router.post("/accounts", status_code=201, response_model=AccountPublic, responses=_ERRORS)
+@router.post("/accounts", status_code=201, response_model=AccountPublic, responses=_CREATED)
 async def create_account(body: AccountCreate, call: AdminCall) -> AccountPublic:
     """Open a wallet counted in ``unit`` (409 if the id is taken)."""
     return _public(
@@ -110,7 +122,7 @@ async def read_account(id: str, caller: Caller, services: ServicesDep) -> Accoun
     return _public(await run_in_threadpool(services.ledger.account, id))
 
 
-@router.patch("/accounts/{id}", response_model=AccountPublic, responses=_ERRORS)
+@router.patch("/accounts/{id}", response_model=AccountPublic, responses=_CHANGED)
 async def update_account(id: str, body: AccountUpdate, call: AdminCall) -> AccountPublic:
     """Change a wallet's overdraft limit (at once), monthly allocation (from the next
     period; null stops it), monthly spend limit (at once, this month's spending counts;
@@ -333,7 +345,7 @@ async def read_usage_record(id: str, caller: Caller, services: ServicesDep) -> U
 
 
 @router.post(
-    "/accounts/{id}/topups", status_code=201, response_model=TopUpResult, responses=_ERRORS
+    "/accounts/{id}/topups", status_code=201, response_model=TopUpResult, responses=_CREATED
 )
 async def create_topup(
     id: str,
@@ -357,7 +369,7 @@ async def create_topup(
     "/accounts/{id}/adjustments",
     status_code=201,
     response_model=AdjustmentResult,
-    responses=_ERRORS,
+    responses=_CREATED,
 )
 async def create_adjustment(
     id: str,
@@ -378,7 +390,7 @@ async def create_adjustment(
     "/entries/{id}/reverse",
     status_code=201,
     response_model=ReversalResult,
-    responses=_ERRORS,
+    responses=_CREATED,
 )
 async def reverse_entry(
     id: str,
@@ -398,7 +410,7 @@ async def reverse_entry(
     "/grants/{id}/revoke",
     status_code=201,
     response_model=RevocationResult,
-    responses=_ERRORS,
+    responses=_CREATED,
 )
 async def revoke_grant(id: str, body: RevocationCreate, call: AdminCall) -> RevocationResult:
     """Take back what is left of a grant (a promotion withdrawn, credits granted by

@@ -8,7 +8,7 @@ from datetime import timedelta
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import Caller, GatewayCall, ServicesDep, ensure_own
+from api.deps import Caller, GatewayCall, ServicesDep, ensure_own, replayable
 from api.errors import documented
 from api.routing import JsonRoute
 from api.schemas import (
@@ -30,6 +30,10 @@ router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["gateway"])
 
 _ERRORS = documented(401, 403, 404, 409, 422)
 _PAYING = documented(401, 402, 403, 404, 409, 422)
+#: A change's responses, with the header of a replayed answer on its 201 or 200.
+_PAID = replayable(201, _PAYING)
+_CHANGED = replayable(200, _ERRORS)
+_CREATED = replayable(201, _ERRORS)
 
 
 @router.post("/estimates", response_model=EstimatePublic, responses=_ERRORS)
@@ -61,7 +65,7 @@ async def create_estimate(
     )
 
 
-@router.post("/authorizations", status_code=201, response_model=HoldView, responses=_PAYING)
+@router.post("/authorizations", status_code=201, response_model=HoldView, responses=_PAID)
 async def create_authorization(body: AuthorizationCreate, call: GatewayCall) -> HoldView:
     """Hold the request's worst-case cost, or 402 with ``credits_needed``/``credits_balance``."""
     hold = await call.run(
@@ -83,7 +87,7 @@ async def read_authorization(id: str, caller: Caller, services: ServicesDep) -> 
     return await run_in_threadpool(services.ledger.hold, id, owner=owner)
 
 
-@router.post("/authorizations/{id}/capture", response_model=CaptureResult, responses=_ERRORS)
+@router.post("/authorizations/{id}/capture", response_model=CaptureResult, responses=_CHANGED)
 async def capture_authorization(id: str, body: CaptureCreate, call: GatewayCall) -> CaptureResult:
     """Charge what was used (ERROR: nothing) and release the rest of the hold."""
     result = await call.run(
@@ -98,7 +102,7 @@ async def capture_authorization(id: str, body: CaptureCreate, call: GatewayCall)
     return result
 
 
-@router.post("/authorizations/{id}/void", response_model=HoldView, responses=_ERRORS)
+@router.post("/authorizations/{id}/void", response_model=HoldView, responses=_CHANGED)
 async def void_authorization(id: str, call: GatewayCall) -> HoldView:
     """Release the whole hold."""
     hold = await call.run(call.services.ledger.void, id)
@@ -107,7 +111,7 @@ async def void_authorization(id: str, call: GatewayCall) -> HoldView:
     return hold
 
 
-@router.post("/authorizations/{id}/extend", response_model=HoldView, responses=_ERRORS)
+@router.post("/authorizations/{id}/extend", response_model=HoldView, responses=_CHANGED)
 async def extend_authorization(id: str, body: ExtensionCreate, call: GatewayCall) -> HoldView:
     """Keep a pending hold longer (the provider's queue is slow): it now expires
     ``ttl_seconds`` from now. An expired or resolved hold is 409: authorize again."""
@@ -118,7 +122,7 @@ async def extend_authorization(id: str, body: ExtensionCreate, call: GatewayCall
     )
 
 
-@router.post("/charges", status_code=201, response_model=ChargeResult, responses=_PAYING)
+@router.post("/charges", status_code=201, response_model=ChargeResult, responses=_PAID)
 async def create_charge(body: ChargeCreate, call: GatewayCall) -> ChargeResult:
     """Deduct the request's cost at once (APIs that charge when generation starts)."""
     return await call.run(
@@ -130,7 +134,9 @@ async def create_charge(body: ChargeCreate, call: GatewayCall) -> ChargeResult:
     )
 
 
-@router.post("/usage-records", status_code=201, response_model=UsageReportResult, responses=_ERRORS)
+@router.post(
+    "/usage-records", status_code=201, response_model=UsageReportResult, responses=_CREATED
+)
 async def report_usage(body: UsageReportCreate, call: GatewayCall) -> UsageReportResult:
     """Charge a request's usage reported after it ran (post-paid, no authorization before):
     priced like a capture, never refused for want of credits (the provider did the work;

@@ -1055,6 +1055,17 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/healthz",
     }
     assert "402" in paths["/v1/authorizations"]["post"]["responses"]
+    # Each operation that takes an Idempotency-Key documents the header of a replay.
+    keyed = [
+        (method, path, operation["responses"])
+        for path, operations in paths.items()
+        for method, operation in operations.items()
+        if any(p["name"] == "Idempotency-Key" for p in operation.get("parameters", []))
+    ]
+    assert len(keyed) == 12, [(m, p) for m, p, _ in keyed]
+    for method, path, responses in keyed:
+        (success,) = (r for status, r in responses.items() if status.startswith("2"))
+        assert "Idempotent-Replayed" in success.get("headers", {}), (method, path)
     # Usage that already ran is never refused for want of credits.
     assert "402" not in paths["/v1/usage-records"]["post"]["responses"]
 
