@@ -45,8 +45,8 @@ class Metrics:
         )
         self.usage_reported = Counter(
             "creditledger_usage_reported_total",
-            "Usage reports charged (POST /v1/usage-records; a replayed retry does not "
-            "count), by the provider's outcome.",
+            "Usage reports recorded (POST /v1/usage-records; a replayed retry does not "
+            "count), by the provider's outcome (an ERROR is recorded, never charged).",
             ["outcome"],
             registry=self.registry,
         )
