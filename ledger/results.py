@@ -13,6 +13,8 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr
 
 
 class Result(BaseModel):
+    """An answer of the ledger: immutable; a use case's may be a replay (``replayed``)."""
+
     model_config = ConfigDict(frozen=True)
 
     # Set on the answer a use case gives back for an idempotency key it already answered.
