@@ -99,10 +99,6 @@ def _in(column: str, values: tuple[str, ...]) -> str:
     return f"{column} IN ({', '.join(repr(v) for v in values)})"
 
 
-#: The predicate of ``ix_entries_account_reversals``, as the queries it serves spell it.
-REVERSAL = "kind = 'reversal'"
-
-
 def _where(predicate: str) -> dict[str, Any]:
     """The options of a partial index: keys only for the rows where ``predicate`` holds."""
     return {"sqlite_where": sa.text(predicate), "postgresql_where": sa.text(predicate)}
@@ -168,7 +164,9 @@ class Entry(SQLModel, table=True):
     __table_args__ = (
         sa.Index("ix_entries_account_posted", "account_id", "posted_at", "id"),
         # A wallet's reversals alone: the refunds a period's spend counts (``store.SPENT``).
-        sa.Index("ix_entries_account_reversals", "account_id", "posted_at", **_where(REVERSAL)),
+        sa.Index(
+            "ix_entries_account_reversals", "account_id", "posted_at", **_where("kind = 'reversal'")
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=32)
