@@ -20,8 +20,8 @@ from ledger.services import Ledger
 from pricing import default_catalogs
 from tests import factories as f
 from tests.conftest import _postgres_database, postgres_or_skip
+from tests.e2e.forked import run
 from tests.e2e.served import Served
-from tests.e2e.test_cli import run
 
 
 def _url(path: Path) -> dict[str, str]:

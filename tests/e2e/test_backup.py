@@ -18,7 +18,7 @@ from ledger.errors import BackupFailed
 from ledger.services import Ledger
 from ledger.verify import verify
 from pricing import default_catalogs
-from tests.e2e.test_cli import run
+from tests.e2e.forked import run
 
 TOPUP = 7
 

@@ -24,8 +24,8 @@ from ledger.settings import Settings
 from ledger.verify import verify
 from pricing.catalog import CatalogSet
 from tests import factories as f
+from tests.e2e.forked import run
 from tests.e2e.served import Served, exchange
-from tests.e2e.test_cli import run
 from tests.factories import Clock
 from tests.waits import timed, wallet_locked
 

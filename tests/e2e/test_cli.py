@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -244,3 +245,45 @@ def test_the_cli_starts_without_the_migration_tool() -> None:
     """Alembic is a seventh of the CLI's start-up and only ``migrate`` and ``serve`` (which
     migrates) use it: it loads when a database is migrated."""
     assert _loaded("api.cli, api.main", ("alembic",)) == []
+
+
+def test_the_forked_runner_answers_as_the_console_script(tmp_path: Path) -> None:
+    """The other CLI tests run commands forked from a process that has imported the CLI
+    (``tests.e2e.forked``). Whatever a command prints and exits with must be what the
+    installed script gives: help, an estimate read from stdin, database work in a
+    working directory, and refusals on stderr with their exit codes."""
+    from tests.e2e import forked
+
+    quote = json.dumps(f.veo3_video(video_model="veo3"))
+    commands: list[tuple[str, ...]] = [
+        ("--help",),
+        ("topup", "--help"),
+        ("estimate",),
+        ("migrate",),
+        ("account", "create", "acme", "--unit", "credit", "--json"),
+        ("topup", "acme", "250", "--idempotency-key", "t1", "--json"),
+        ("topup", "acme", "250", "--idempotency-key", "t1"),
+        ("account", "show", "nobody", "--json"),
+        ("topup", "acme", "0"),
+        ("verify",),
+    ]
+    answers: dict[str, list[tuple[int, str, str]]] = {}
+    for name, runner in (("script", run), ("forked", forked.run)):
+        home = tmp_path / name
+        home.mkdir()
+        env = {"CREDITLEDGER_DATABASE_URL": "sqlite:///ledger.db", "COLUMNS": "100"}
+        answers[name] = []
+        for command in commands:
+            done = runner(*command, stdin=quote, env=env, cwd=home)
+            answers[name].append(
+                (done.returncode, _unstamped(done.stdout), _unstamped(done.stderr))
+            )
+    assert answers["forked"] == answers["script"]
+    codes = [code for code, _, _ in answers["script"]]
+    assert codes == [0, 0, 0, 0, 0, 0, 0, 7, 2, 0]
+
+
+def _unstamped(text: str) -> str:
+    """``text`` without what differs between two runs: instants and generated ids."""
+    text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+(\+00:00|Z)?", "<instant>", text)
+    return re.sub(r"\b[0-9a-f]{32}\b", "<id>", text)

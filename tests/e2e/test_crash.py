@@ -31,8 +31,8 @@ import sqlalchemy as sa
 from ledger.db import Database
 from ledger.models import grants, holds, metering
 from tests import factories as f
+from tests.e2e.forked import run
 from tests.e2e.served import Served, Threads
-from tests.e2e.test_cli import run
 
 KILLS = 10
 CLIENTS = 8

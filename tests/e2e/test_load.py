@@ -23,13 +23,18 @@ from typing import Any
 import httpx2 as httpx
 
 from tests import factories as f
+from tests.e2e.forked import run
 from tests.e2e.served import Served, Threads
-from tests.e2e.test_cli import run
 
 CLIENTS = 64
 OPS_PER_CLIENT = 160  # 10,240 operations
 OPENING = 20_000
 WALLET = "load"
+#: Seconds a client waits for an answer. 64 clients queue for one wallet on a shared
+#: 2-core machine that runs another test worker meanwhile: a second's wait is normal,
+#: several happen (httpx's default of 5 s failed a CI run). Latency is the benchmark's
+#: business; this test is about the arithmetic.
+PATIENCE = 120
 
 #: The seed-003 prices the answers are checked against.
 VIDEO = {"veo3_fast": 240, "veo3": 500}
@@ -50,8 +55,12 @@ def _client(
     number: int, url: str, service: str, admin: str, tally: Tally, go: threading.Event
 ) -> None:
     rng = random.Random(number)
-    gateway = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {service}"})
-    operator = httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"})
+    gateway = httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {service}"}, timeout=PATIENCE
+    )
+    operator = httpx.Client(
+        base_url=url, headers={"Authorization": f"Bearer {admin}"}, timeout=PATIENCE
+    )
     go.wait()
     with gateway, operator:
         for n in range(OPS_PER_CLIENT):
@@ -98,7 +107,8 @@ def _client(
 
 
 def _watch(url: str, admin: str, stop: threading.Event, seen: list[dict[str, int]]) -> None:
-    with httpx.Client(base_url=url, headers={"Authorization": f"Bearer {admin}"}) as http:
+    auth = {"Authorization": f"Bearer {admin}"}
+    with httpx.Client(base_url=url, headers=auth, timeout=PATIENCE) as http:
         while not stop.is_set():
             wallet = http.get(f"/v1/accounts/{WALLET}").json()
             seen.append({k: wallet[k] for k in ("balance", "pending", "available")})
@@ -128,7 +138,7 @@ def test_64_clients_on_one_wallet_never_overspend_and_add_up(
     served = serve({"CREDITLEDGER_DATABASE_URL": database_url}).start()
     assert served.admin is not None
     with httpx.Client(
-        base_url=served.url, headers={"Authorization": f"Bearer {served.admin}"}, timeout=60
+        base_url=served.url, headers={"Authorization": f"Bearer {served.admin}"}, timeout=PATIENCE
     ) as http:
         assert http.post("/v1/accounts", json={"id": WALLET, "unit": "credit"}).status_code == 201
         r = http.post(f"/v1/accounts/{WALLET}/topups", json={"amount": OPENING})

@@ -19,8 +19,8 @@ from ledger.models import accounts, flows
 from ledger.services import Ledger
 from pricing.catalog import CatalogSet
 from reports.jobs import Reports
+from tests.e2e.forked import run
 from tests.e2e.test_admin_cli import server  # noqa: F401 (a fixture)
-from tests.e2e.test_cli import run
 from tests.factories import Clock, month_of_traffic
 
 
