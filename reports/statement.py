@@ -16,14 +16,16 @@ import pandas as pd
 from reports.errors import Mismatch, ReconciliationError, ReportOverflow
 from reports.queries import QUANTITIES, Frames, Period, records
 
-#: Where each flow's credits and debits show on the statement.
+#: Where each flow's credits and debits show on the statement. A refund (the reversal of
+#: a capture or charge) gives usage back; any other reversal that credits the wallet undid
+#: a debit (an adjustment, an expiry) and shows as a reversal.
 CREDIT_ITEMS = {
     "pack": "pack",
     "promo": "promo",
     "allocation": "allocation",
     "adjustment": "adjustment",
     "refund": "refund",
-    "reversal": "refund",
+    "reversal": "reversal",
 }
 DEBIT_ITEMS = {
     "capture": "usage",

@@ -21,7 +21,7 @@ from reports import queries, render, statement
 from reports.errors import ReportNotReady, ReportOverflow
 from reports.jobs import Reports
 from reports.queries import records
-from tests.factories import Clock, Traffic, month_of_traffic
+from tests.factories import Clock, Traffic, key, month_of_traffic, veo3_video
 
 
 @pytest.fixture
@@ -66,6 +66,36 @@ def test_statement_reconciles_to_the_ledger(db: Database, ledger: Ledger, traffi
     assert rows["tokyo"]["open_holds"] == 1
     assert rows["tokyo"]["open_holds_amount"] == 500
     assert rows["acme"]["open_holds"] == 0
+
+
+def test_a_refund_and_the_reversal_of_a_clawback_are_told_apart(
+    db: Database, ledger: Ledger, clock: Clock
+) -> None:
+    """Both credit the wallet by a reversal; only the first gave back usage (a refund),
+    the second undid a debit adjustment. Taking back a top-up is a debit."""
+    ledger.open_account("w", "credit", idempotency_key=key())
+    topped = ledger.top_up("w", 2_000, idempotency_key=key())
+    extra = ledger.top_up("w", 300, idempotency_key=key())
+    charged = ledger.charge("w", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    clawed = ledger.adjust("w", -100, reason="clawback", idempotency_key=key())
+    clock.advance(hours=1)
+    assert charged.entry_id is not None
+    ledger.reverse(charged.entry_id, reason="blank video", idempotency_key=key())
+    ledger.reverse(clawed.entry.id, reason="clawback in error", idempotency_key=key())
+    ledger.reverse(extra.entry.id, reason="paid by mistake", idempotency_key=key())
+    for from_journal in (False, True):
+        (row,) = records(make(db, "2026-11", "UTC", "w", from_journal=from_journal).accounts)
+        assert (row["credit_pack"], row["credit_refund"], row["credit_reversal"]) == (
+            topped.grant.amount + extra.grant.amount,
+            240,
+            100,
+        )
+        assert (row["debit_usage"], row["debit_adjustment"], row["debit_reversal"]) == (
+            240,
+            100,
+            300,
+        )
+        assert row["closing"] == ledger.balance("w").balance == 2_000
 
 
 def test_usage_totals_equal_the_metering_records(
