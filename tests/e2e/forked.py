@@ -94,6 +94,11 @@ def zygote() -> None:
     """Import the CLI once, then fork one child per request read on stdin."""
     import api.cli  # noqa: F401  (the import every child shares)
 
+    # Forking copies only the calling thread: with another one running, a child could
+    # inherit a lock it holds, held forever. The import starts none; keep it so.
+    if threading.active_count() != 1:
+        raise RuntimeError(f"the CLI's import started threads: {threading.enumerate()}")
+
     pending = b""
     while True:
         while b"\n" not in pending:
