@@ -190,6 +190,14 @@ class _Zygote:
 _ZYGOTE = _Zygote()
 
 
+def environment(env: dict[str, str] | None) -> dict[str, str]:
+    """A command's environment: the test's without its ``CREDITLEDGER_*`` variables (the
+    command gets only the settings the test gives it), plus ``env``."""
+    full = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
+    full.update(env or {})
+    return full
+
+
 def run(
     *args: str,
     stdin: str = "",
@@ -197,12 +205,8 @@ def run(
     cwd: Path | None = None,
     timeout: float = 60,
 ) -> subprocess.CompletedProcess[str]:
-    """``creditledger *args`` in a process of its own, as ``tests.e2e.test_cli.run``.
-
-    The environment is the test's without its ``CREDITLEDGER_*`` variables, plus ``env``.
-    """
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
-    full_env.update(env or {})
+    """``creditledger *args`` in a process of its own, as ``tests.e2e.test_cli.run``
+    runs the installed script, in the environment ``environment(env)``."""
     with tempfile.TemporaryDirectory(prefix="creditledger-cli-") as tmp:
         streams = {name: Path(tmp) / name for name in ("stdin", "stdout", "stderr")}
         streams["stdin"].write_text(stdin)
@@ -210,7 +214,7 @@ def run(
         streams["stderr"].touch()
         request = {
             "args": list(args),
-            "env": full_env,
+            "env": environment(env),
             "cwd": str(cwd if cwd is not None else Path.cwd()),
             **{name: str(path) for name, path in streams.items()},
         }

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -14,6 +13,8 @@ from typing import Any
 import pytest
 
 from tests import factories as f
+from tests.e2e import forked
+from tests.e2e.forked import environment
 
 EXE = shutil.which("creditledger", path=str(Path(sys.executable).parent)) or "creditledger"
 
@@ -21,14 +22,12 @@ EXE = shutil.which("creditledger", path=str(Path(sys.executable).parent)) or "cr
 def run(
     *args: str, stdin: str = "", env: dict[str, str] | None = None, cwd: Path | None = None
 ) -> subprocess.CompletedProcess[str]:
-    full_env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
-    full_env.update(env or {})
     return subprocess.run(
         [EXE, *args],
         input=stdin,
         capture_output=True,
         text=True,
-        env=full_env,
+        env=environment(env),
         cwd=cwd,
         timeout=60,
         check=False,
@@ -252,8 +251,6 @@ def test_the_forked_runner_answers_as_the_console_script(tmp_path: Path) -> None
     (``tests.e2e.forked``). Whatever a command prints and exits with must be what the
     installed script gives: help, an estimate read from stdin, database work in a
     working directory, and refusals on stderr with their exit codes."""
-    from tests.e2e import forked
-
     quote = json.dumps(f.veo3_video(video_model="veo3"))
     commands: list[tuple[str, ...]] = [
         ("--help",),
