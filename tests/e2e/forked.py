@@ -8,17 +8,18 @@ command; the child takes the command's arguments, environment, working directory
 standard streams (files, as pipes to a real subprocess would be), runs the console
 script's entry point, and exits with its exit code. Every command thus runs in a fresh
 process of its own, as the user's does: its settings read from its own environment, its
-own database connections, its exit status the one the shell would see; only the import
-is shared, and it reads nothing from the environment (a test checks that nothing
-cached at import differs from a fresh process).
+own database connections, its exit status the one the shell would see. Only the import is
+shared, and the CLI reads nothing from the environment at import (settings are read on
+first use); a test in ``tests/e2e/test_cli.py`` checks that commands run this way answer
+exactly as the installed script does. Commands of one test process run one at a time: a
+test that races CLI processes against each other starts the script itself.
 
 ``tests/e2e/test_cli.py`` runs the installed console script itself (``EXE``), so the
 entry point a user types stays under test as it is.
 
-The zygote (``zygote()``) reads one JSON
-request per line on stdin, answers ``{"pid": ...}`` once the child is forked and
-``{"returncode": ...}`` when it has exited (negative: killed by that signal, as
-``subprocess`` says).
+The zygote (``zygote()``) reads one JSON request per line on stdin, answers ``{"pid":
+...}`` once the child is forked and ``{"returncode": ...}`` when it has exited (negative:
+killed by that signal, as ``subprocess`` says).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import atexit
 import json
 import os
 import select
+import signal
 import subprocess
 import sys
 import tempfile
@@ -182,7 +184,7 @@ class _Zygote:
             try:
                 return int(self._read(proc, timeout)["returncode"])
             except TimeoutError:
-                os.kill(pid, 9)
+                os.kill(pid, signal.SIGKILL)
                 self._read(proc, 60)
                 raise
 
