@@ -14,7 +14,6 @@ import pytest
 
 from tests import factories as f
 from tests.e2e import forked
-from tests.e2e.forked import environment
 
 EXE = shutil.which("creditledger", path=str(Path(sys.executable).parent)) or "creditledger"
 
@@ -27,7 +26,7 @@ def run(
         input=stdin,
         capture_output=True,
         text=True,
-        env=environment(env),
+        env=forked.environment(env),
         cwd=cwd,
         timeout=60,
         check=False,

@@ -1,6 +1,6 @@
 """Load: 64 concurrent clients against one wallet of the real server, on each database.
 
-More than 6,000 operations mix authorizations, captures (completed and provider ERRORs),
+6,400 operations mix authorizations, captures (completed and provider ERRORs),
 voids, immediate charges and top-ups, with the wallet kept short so that many requests
 are refused with 402. While it runs, a watcher reads the wallet over and over; afterwards:
 
