@@ -13,9 +13,12 @@ In one run, on this machine:
   garbage collector tuned as ``serve`` tunes it), same wrk settings.
 
 Rounds alternate the two servers; the figures are medians. Reported: authorizations per
-second (captures are extra requests on top), all requests per second, and latency
-percentiles over every request. The issue's target: authorizations per second at least
-50% of the ceiling's requests per second, and p99 at most 25 ms at 32 connections.
+second (captures are extra requests on top), all requests per second, latency
+percentiles over every request, and the CPU time each server process spent per request
+while wrk ran (all its threads, from ``/proc``), with the share of it spent in the kernel:
+where the time goes when a server is CPU-bound, which a rate alone does not say. The
+issue's target: authorizations per second at least 50% of the ceiling's requests per
+second, and p99 at most 25 ms at 32 connections.
 """
 
 from __future__ import annotations
@@ -109,8 +112,20 @@ def _port() -> int:
         return port
 
 
+def process_cpu(pid: int) -> tuple[float, float]:
+    """The user and system CPU seconds process ``pid`` has used so far, all its threads
+    (Linux: ``/proc/<pid>/stat``)."""
+    text = Path(f"/proc/{pid}/stat").read_text()
+    # After the command's name, which is in parentheses and may hold spaces: the state
+    # is field 3, utime and stime are fields 14 and 15, in clock ticks.
+    fields = text[text.rindex(")") + 2 :].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    return int(fields[11]) / tick, int(fields[12]) / tick
+
+
 @contextmanager
-def _serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Iterator[None]:
+def _serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Iterator[int]:
+    """The server ``command`` running, answering ``url``; yields its process id."""
     proc = subprocess.Popen(
         command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
     )
@@ -124,15 +139,18 @@ def _serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Iter
                 if time.monotonic() > deadline or proc.poll() is not None:
                     raise RuntimeError(f"{command} did not start") from None
                 time.sleep(0.2)
-        yield
+        yield proc.pid
     finally:
         proc.terminate()
         proc.wait(timeout=30)
 
 
-def _wrk(url: str, script: str, connections: int, duration: int) -> dict[str, Any]:
+def _wrk(url: str, script: str, connections: int, duration: int, server: int) -> dict[str, Any]:
+    """wrk's figures for ``script`` against ``url``, with the CPU time the server process
+    (``server``, a pid) spent per request meanwhile, and the share of it in the kernel."""
     with tempfile.NamedTemporaryFile("w", suffix=".lua", delete=False) as f:
         f.write(script)
+    user, system = process_cpu(server)
     try:
         ran = subprocess.run(
             [
@@ -154,6 +172,8 @@ def _wrk(url: str, script: str, connections: int, duration: int) -> dict[str, An
         if ran.returncode != 0:
             raise RuntimeError(f"wrk failed: {ran.stderr or ran.stdout}")
         out = ran.stdout
+        user_after, system_after = process_cpu(server)
+        used = (user_after - user, system_after - system)
     finally:
         os.unlink(f.name)
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))  # type: ignore[union-attr]
@@ -164,6 +184,10 @@ def _wrk(url: str, script: str, connections: int, duration: int) -> dict[str, An
         scale = {"us": 0.001, "ms": 1.0, "s": 1000.0}[m.group(2)]
         latency[f"p{pct}_ms"] = round(float(m.group(1)) * scale, 2)
     result: dict[str, Any] = {"requests_per_s": rps, **latency}
+    done = re.search(r"(\d+) requests in", out)
+    if done and int(done.group(1)):
+        result["server_cpu_ms_per_request"] = round(sum(used) * 1000 / int(done.group(1)), 3)
+        result["server_cpu_system_share"] = round(used[1] / sum(used), 3) if sum(used) else 0.0
     m = re.search(r"RESULT auths=(\d+) captures=(\d+) errors=(\d+)", out)
     if m:
         result.update(
@@ -215,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
             + "}"
         )
         for round_no in range(args.rounds):
-            with _serve(ledger_cmd, env, f"{lurl}/healthz", work):
+            with _serve(ledger_cmd, env, f"{lurl}/healthz", work) as pid:
                 if round_no == 0:
                     with httpx.Client(base_url=lurl, headers=auth) as http:
                         http.post("/v1/accounts", json={"id": "bench", "unit": "credit"})
@@ -226,14 +250,20 @@ def main(argv: list[str] | None = None) -> int:
                     f"AUTHORIZE = {_lua_string(json.dumps(REQUEST))}\n"
                     f"CAPTURE = {_lua_string(json.dumps(CAPTURE))}\n" + PAIRS_LUA
                 )
-                ledger_results.append(_wrk(lurl, script, args.connections, args.duration))
+                ledger_results.append(_wrk(lurl, script, args.connections, args.duration, pid))
             cwd = HERE.parent.parent
-            with _serve(noop_cmd, {**base, "PYTHONPATH": str(cwd)}, f"{nurl}/docs", cwd):
+            with _serve(noop_cmd, {**base, "PYTHONPATH": str(cwd)}, f"{nurl}/docs", cwd) as pid:
                 script = f"BODY = {_lua_string(json.dumps(REQUEST))}\n" + NOOP_LUA
-                noop_results.append(_wrk(f"{nurl}/noop", script, args.connections, args.duration))
+                noop_results.append(
+                    _wrk(f"{nurl}/noop", script, args.connections, args.duration, pid)
+                )
 
     def med(rows: list[dict[str, Any]], key: str) -> float:
         return float(statistics.median(r[key] for r in rows))
+
+    def cpu(rows: list[dict[str, Any]], key: str) -> float | None:
+        values = [r[key] for r in rows if key in r]
+        return round(statistics.median(values), 3) if values else None
 
     auths = med(ledger_results, "authorizations_per_s")
     ceiling = med(noop_results, "requests_per_s")
@@ -245,6 +275,10 @@ def main(argv: list[str] | None = None) -> int:
         "ledger_p99_ms": med(ledger_results, "p99_ms"),
         "noop_requests_per_s": ceiling,
         "noop_p99_ms": med(noop_results, "p99_ms"),
+        "ledger_cpu_ms_per_request": cpu(ledger_results, "server_cpu_ms_per_request"),
+        "ledger_cpu_system_share": cpu(ledger_results, "server_cpu_system_share"),
+        "noop_cpu_ms_per_request": cpu(noop_results, "server_cpu_ms_per_request"),
+        "noop_cpu_system_share": cpu(noop_results, "server_cpu_system_share"),
         "ratio": round(auths / ceiling, 3),
         "ledger_rounds": ledger_results,
         "noop_rounds": noop_results,
@@ -266,6 +300,14 @@ def main(argv: list[str] | None = None) -> int:
         f"{summary['noop_p99_ms']:8.2f}"
     )
     print(f"ratio authorizations/s : ceiling = {summary['ratio']:.3f}")
+    for name, who in (("creditledger", "ledger"), ("no-op", "noop")):
+        per_request = summary[f"{who}_cpu_ms_per_request"]
+        system = summary[f"{who}_cpu_system_share"]
+        if per_request is not None and system is not None:
+            print(
+                f"{name} server CPU per request: {per_request:.3f} ms, "
+                f"{system * 100:.0f}% of it in the kernel"
+            )
     errors = sum(r.get("errors", 0) for r in ledger_results)
     if errors:
         print(f"WARNING: {errors} ledger requests failed (not 200/201)")

@@ -4,10 +4,13 @@ measure what they say)."""
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.benchmarks.http import process_cpu
 from tests.benchmarks.ledger import sqlite_frames
 
 
@@ -46,3 +49,35 @@ def test_sqlite_frames_refuses_a_count_a_checkpoint_may_have_cut(tmp_path: Path)
 
     with pytest.raises(RuntimeError, match="checkpoint threshold"):
         sqlite_frames(path, grow, 1)
+
+
+def test_process_cpu_reads_what_a_process_spent_whatever_its_name() -> None:
+    # A child named with a parenthesis and spaces (the name comes before the counters in
+    # /proc/<pid>/stat) spins for 0.5 s of CPU, then waits to be read.
+    child = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time\n"
+            "open('/proc/self/comm', 'w').write('a) (b c')\n"
+            "start = time.process_time()\n"
+            "while time.process_time() - start < 0.5: sum(range(100000))\n"
+            "print('spun', flush=True)\n"
+            "sys.stdin.read()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout is not None
+        assert child.stdout.readline() == "spun\n"
+        assert Path(f"/proc/{child.pid}/comm").read_text() == "a) (b c\n"
+        user, system = process_cpu(child.pid)
+        assert 0.5 <= user + system < 5
+        assert user > system
+        user_later, system_later = process_cpu(child.pid)  # counters only grow
+        assert user_later >= user
+        assert system_later >= system
+    finally:
+        child.communicate("")
