@@ -495,7 +495,9 @@ class Ledger:
         if len(self._system) == len(self.units) * len(SYSTEM_KINDS):
             return
         now = self._now()
-        with self.db.transaction() as conn:
+        # Settled: committed before the accounts are remembered below, on the write
+        # thread too (``Database.submit``), where a transaction may return before it.
+        with self.db.transaction(settle=True) as conn:
             self._insert_ignore(
                 conn, units, [{"code": u, "scale": s} for u, s in self.units.items()], ["code"]
             )

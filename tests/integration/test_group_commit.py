@@ -10,14 +10,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
-from ledger.db import CommitFailed, Database
+from ledger.db import CommitFailed, Database, LockTimeout, Timeouts
 
 
 @pytest.fixture
@@ -268,3 +268,127 @@ def test_dispose_closes_the_kept_write_connection(db: Database) -> None:
     db.dispose()
     with pytest.raises(Exception, match="closed"):
         opened[0].execute("SELECT 1")
+
+
+# The write thread (``Database.submit``): whole use cases queued for one thread, whose
+# transactions share a group while more wait, each answered once its commit is durable.
+
+
+def inserting(db: Database, who: str, then: Callable[[Any], object] = lambda conn: None) -> Any:
+    """A use case for the write thread: insert ``who`` in a transaction, then ``then``."""
+
+    def use_case() -> str:
+        with db.transaction() as conn:
+            conn.exec_driver_sql("INSERT INTO scratch (who) VALUES (?)", (who,))
+            then(conn)
+        return who
+
+    return use_case
+
+
+def queued_behind(db: Database, use_cases: list[Callable[[], Any]]) -> list[Future[Any]]:
+    """Queue ``use_cases`` on the write thread while a first use case holds it, then let
+    that one finish; the futures of the first ("first") and of ``use_cases``."""
+    release = threading.Event()
+
+    def hold(_conn: Any) -> None:
+        assert release.wait(30)
+
+    futures = [db.submit(inserting(db, "first", hold))]
+    futures += [db.submit(use_case) for use_case in use_cases]
+    release.set()
+    return futures
+
+
+def outcomes_of(futures: list[Future[Any]]) -> list[Any]:
+    return [f.exception(30) or f.result() for f in futures]
+
+
+def test_the_write_thread_answers_use_cases_once_their_shared_commit_is_durable(
+    db: Database,
+) -> None:
+    count = commits(db)
+    seen_at_answer: list[set[str]] = []
+    futures = queued_behind(db, [inserting(db, f"q{i}") for i in range(8)])
+    for future in futures:
+        future.add_done_callback(lambda _f: seen_at_answer.append(committed(db)))
+    assert outcomes_of(futures) == ["first", *(f"q{i}" for i in range(8))]
+    # One commit for the nine, and none of them answered before it.
+    assert count[0] == 1, count
+    everyone = {"first", *(f"q{i}" for i in range(8))}
+    assert seen_at_answer == [everyone] * 9
+
+
+def test_a_use_case_failing_on_the_write_thread_takes_back_only_its_own_work(
+    db: Database,
+) -> None:
+    def fail(_conn: Any) -> None:
+        raise ValueError("this use case's own failure")
+
+    futures = queued_behind(db, [inserting(db, "ok-1"), inserting(db, "bad", fail)])
+    futures.append(db.submit(lambda: (_ for _ in ()).throw(KeyError("before any write"))))
+    futures.append(db.submit(inserting(db, "ok-2")))
+    first, ok1, bad, early, ok2 = outcomes_of(futures)
+    assert (first, ok1, ok2) == ("first", "ok-1", "ok-2")
+    assert isinstance(bad, ValueError)
+    assert isinstance(early, KeyError)
+    assert committed(db) == {"first", "ok-1", "ok-2"}
+
+
+def test_a_failed_commit_fails_every_use_case_of_the_write_threads_group(db: Database) -> None:
+    fail_first_commit(db, sa.exc.OperationalError("COMMIT", None, Exception("disk I/O error")))
+    outcomes = outcomes_of(queued_behind(db, [inserting(db, f"q{i}") for i in range(4)]))
+    assert all(isinstance(o, CommitFailed) for o in outcomes), outcomes
+    assert "disk I/O error" in str(outcomes[0])
+    assert committed(db) == set()
+    assert db.submit(inserting(db, "after")).result(30) == "after"
+    assert committed(db) == {"after"}
+
+
+def test_a_settled_transaction_commits_before_it_returns_on_the_write_thread(
+    db: Database,
+) -> None:
+    def use_case() -> tuple[set[str], set[str]]:
+        with db.transaction() as conn:
+            conn.exec_driver_sql("INSERT INTO scratch (who) VALUES ('deferred')")
+        deferred = committed(db)
+        with db.transaction(settle=True) as conn:
+            conn.exec_driver_sql("INSERT INTO scratch (who) VALUES ('settled')")
+        return deferred, committed(db)
+
+    release = threading.Event()
+    blocker = db.submit(inserting(db, "first", lambda _conn: release.wait(30)))
+    future = db.submit(use_case)
+    db.submit(inserting(db, "later"))  # queued: the group would stay open for it
+    release.set()
+    assert blocker.result(30) == "first"
+    deferred, settled = future.result(30)
+    assert "deferred" not in deferred  # returned before its group committed...
+    assert {"deferred", "settled"} <= settled  # ...which the settled one committed
+
+
+def test_a_use_case_queued_past_the_lock_timeout_is_not_run(tmp_path: Path) -> None:
+    db = Database.from_url(f"sqlite:///{tmp_path / 'slow.db'}", timeouts=Timeouts(lock=0.2))
+    with db.engine.begin() as conn:
+        conn.exec_driver_sql("CREATE TABLE scratch (id INTEGER PRIMARY KEY, who TEXT NOT NULL)")
+    try:
+        slow = db.submit(inserting(db, "slow", lambda _conn: time.sleep(0.5)))
+        late = db.submit(inserting(db, "late"))
+        assert slow.result(30) == "slow"
+        assert isinstance(late.exception(30), LockTimeout)
+        assert committed(db) == {"slow"}
+    finally:
+        db.dispose()
+
+
+def test_dispose_answers_what_is_queued_and_stops_the_write_thread(db: Database) -> None:
+    release = threading.Event()
+    futures = [db.submit(inserting(db, "first", lambda _conn: release.wait(30)))]
+    futures += [db.submit(inserting(db, f"q{i}")) for i in range(3)]
+    threading.Timer(0.2, release.set).start()
+    db.dispose()
+    assert outcomes_of(futures) == ["first", "q0", "q1", "q2"]
+    assert not [t for t in threading.enumerate() if t.name == "creditledger-writer"]
+    # Disposed, the database can still be used: a new write thread starts.
+    assert db.submit(inserting(db, "again")).result(30) == "again"
+    assert committed(db) == {"first", "q0", "q1", "q2", "again"}
