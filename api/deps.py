@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import uuid
 from collections.abc import Callable, Coroutine
@@ -168,6 +169,9 @@ class Call:
     caller: Principal
     key: str
     response: Response
+    #: Whether the use case may run on the database's write thread (SQLite): one
+    #: transaction, nothing read after it elsewhere (``Database.submit``).
+    queued: bool = False
 
     @property
     def actor(self) -> str:
@@ -175,9 +179,15 @@ class Call:
         return f"key:{self.caller.key_id}"
 
     async def run(self, use_case: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        """Run a ledger use case in the thread pool with this call's idempotency key. A
-        replayed answer says so in a response header (``Idempotent-Replayed: true``)."""
-        result = await run_in_threadpool(use_case, *args, idempotency_key=self.key, **kwargs)
+        """Run a ledger use case with this call's idempotency key: on SQLite's write
+        thread when ``queued``, otherwise in the thread pool. A replayed answer says so in
+        a response header (``Idempotent-Replayed: true``)."""
+        db = self.services.ledger.db
+        if self.queued and db.is_sqlite:
+            future = db.submit(use_case, *args, idempotency_key=self.key, **kwargs)
+            result = await asyncio.wrap_future(future)
+        else:
+            result = await run_in_threadpool(use_case, *args, idempotency_key=self.key, **kwargs)
         if result.replayed:
             self.response.headers[REPLAYED_HEADER] = "true"
         return result
@@ -193,7 +203,10 @@ class Call:
 async def _gateway_call(
     request: Request, response: Response, caller: Gateway, idempotency_key: IdempotencyHeader = None
 ) -> Call:
-    return Call(_services(request), caller, scoped_key(caller, idempotency_key), response)
+    # The gateway's use cases (authorize, capture, void, extend, charge, usage records)
+    # are each one ledger transaction: they may be queued for the write thread.
+    key = scoped_key(caller, idempotency_key)
+    return Call(_services(request), caller, key, response, queued=True)
 
 
 async def _admin_call(

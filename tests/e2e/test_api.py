@@ -26,6 +26,7 @@ from ledger.models import (
     METERING_STATUSES,
     idempotency,
 )
+from ledger.services import Ledger
 from ledger.verify import verify
 from pricing import estimate, price_usage
 from tests import factories as f
@@ -202,6 +203,37 @@ def test_a_hold_kept_alive_while_the_provider_works_is_captured_after_its_first_
 
 
 # ------------------------------------------------------------------------------ endpoints
+
+
+def test_on_sqlite_the_gateway_writes_run_on_the_write_thread(
+    api: Api, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Authorize, capture and the like go to the database's write thread on SQLite (one
+    thread for the writes, see ``Database.submit``); an admin's top-up and PostgreSQL's
+    writes go to the thread pool."""
+    ran_on: dict[str, str] = {}
+    for name in ("authorize", "capture", "top_up"):
+        original = getattr(ledger, name)
+
+        def recorded(
+            *args: Any, _name: str = name, _original: Any = original, **kwargs: Any
+        ) -> Any:
+            ran_on[_name] = threading.current_thread().name
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(ledger, name, recorded)
+    account = api.wallet("threads", topup=1_000)
+    r = api.post("/v1/authorizations", {"account_id": account, **f.veo3_video()})
+    assert r.status_code == 201, r.text
+    r = api.post(f"/v1/authorizations/{r.json()['id']}/capture", {"status": "COMPLETED"})
+    assert r.status_code == 200, r.text
+    writer = "creditledger-writer"
+    assert ran_on["top_up"] != writer
+    if ledger.db.is_sqlite:
+        assert (ran_on["authorize"], ran_on["capture"]) == (writer, writer)
+    else:
+        assert writer not in (ran_on["authorize"], ran_on["capture"])
+    assert api.balance(account)["balance"] == 1_000 - 240
 
 
 def test_void_releases_everything(api: Api) -> None:
