@@ -144,6 +144,7 @@ def scoped_key(caller: Principal, idempotency_key: str | None) -> str:
 REPLAYED_HEADER = "Idempotent-Replayed"
 
 R = TypeVar("R", bound=Result)
+T = TypeVar("T")
 
 
 def replayable(status: int, responses: dict[int | str, Any]) -> dict[int | str, Any]:
@@ -191,6 +192,16 @@ class Call:
         if result.replayed:
             self.response.headers[REPLAYED_HEADER] = "true"
         return result
+
+
+async def read(services: Services, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a ledger read off the event loop: on SQLite one of the database's few read
+    threads (``Database.submit_read``), on PostgreSQL the thread pool (its reads wait on
+    the network, so more of them at once help)."""
+    db = services.ledger.db
+    if db.is_sqlite:
+        return await asyncio.wrap_future(db.submit_read(query, *args, **kwargs))
+    return await run_in_threadpool(query, *args, **kwargs)
 
 
 # The caller is a dependency of its own, solved first: a request without a valid key is

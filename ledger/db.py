@@ -14,12 +14,14 @@ the commit covering its work is durable; a write that fails rolls back its savep
 nothing else; a commit that fails fails every writer of the group (none was answered).
 
 A serving process can hand whole use cases to the database's write thread instead
-(``Database.submit``, SQLite only). It runs them one after another, each transaction
+(``Database.submit``, SQLite only), and its reads to a couple of read threads
+(``Database.submit_read``). It runs them one after another, each transaction
 joining the open group while more use cases wait in its queue, and answers each (a
 ``Future``) only once the commit covering its work is durable, as above. One thread doing
 the writes spares the hand-offs of the one write lock, and of the interpreter's lock at
 every SQLite call, between dozens of request threads: authorize+capture pairs over HTTP
-cost about a quarter less CPU per request that way (``tests/benchmarks/http.py``).
+cost about a quarter less CPU per request that way (``tests/benchmarks/http.py``), and a
+wallet's balance read at 32 connections about half.
 
 PostgreSQL write transactions send their own ``BEGIN``, with their first statement. The
 driver's implicit one is synced alone when a transaction starts in a pipeline (psycopg
@@ -49,7 +51,7 @@ import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import Future
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from decimal import Decimal
@@ -74,6 +76,8 @@ BEFORE_STATEMENT = "creditledger_before_statement"
 
 #: At most this many writers share one SQLite commit.
 GROUP_LIMIT = 64
+#: The threads of a SQLite database's reads in a serving process (``submit_read``).
+READ_THREADS = 2
 T = TypeVar("T")
 _SAVEPOINT = "creditledger_writer"
 
@@ -268,6 +272,7 @@ class Database:
         self._writer_conn: Connection | None = None
         self._local = threading.local()  # the write thread's groups (``_grouped``)
         self._thread: _WriteThread | None = None  # started by the first ``submit``
+        self._readers: ThreadPoolExecutor | None = None  # by the first ``submit_read``
         self._write_engine = (
             make_engine(
                 engine.url.render_as_string(hide_password=False),
@@ -366,6 +371,18 @@ class Database:
             if self._thread is None:
                 self._thread = _WriteThread(self)
             return self._thread.submit(use_case, args, kwargs)
+
+    def submit_read(self, read: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
+        """Run ``read(*args, **kwargs)`` on one of the read threads (SQLite only;
+        ``READ_THREADS`` of them): reads queue for a few threads rather than each taking
+        one of many, whose hand-offs of Python's interpreter lock at every SQLite call
+        would cost more than the reads."""
+        if self._writer is None:
+            raise RuntimeError("only a SQLite database has read threads")
+        with self._queue:  # queued before any shutdown that ``dispose`` starts
+            if self._readers is None:
+                self._readers = ThreadPoolExecutor(READ_THREADS, "creditledger-reader")
+            return self._readers.submit(read, *args, **kwargs)
 
     def _settle(self) -> None:
         """Commit the open group, if any (the write thread, its queue empty)."""
@@ -473,14 +490,19 @@ class Database:
             command.downgrade(alembic_config(conn), revision)
 
     def dispose(self) -> None:
-        # The write thread answers what was queued, then ends (a later ``submit`` starts
-        # another).
+        # The write and read threads answer what was queued, then end (a later
+        # ``submit`` or ``submit_read`` starts others).
         with self._queue:
             thread, self._thread = self._thread, None
+            readers, self._readers = self._readers, None
             if thread is not None:
                 thread.stop()
+            if readers is not None:
+                readers.shutdown(wait=False)  # what is queued still runs
         if thread is not None:
             thread.join()
+        if readers is not None:
+            readers.shutdown(wait=True)
         if self._writer is not None:
             with self._writer:
                 self._drop_writer()

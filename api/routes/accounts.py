@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Query
-from fastapi.concurrency import run_in_threadpool
 
 from api.deps import (
     Admin,
@@ -15,6 +14,7 @@ from api.deps import (
     JournalReader,
     ServicesDep,
     ensure_own,
+    read,
     replayable,
 )
 from api.errors import Forbidden, documented
@@ -107,8 +107,8 @@ async def list_accounts(
     """Every wallet (of one ``unit``, only the blocked or the unblocked ones, if given) in
     the order they were opened, with its balances: pass ``next_cursor`` for the next page.
     Admin and service keys."""
-    page = await run_in_threadpool(
-        services.ledger.accounts, cursor=cursor, limit=limit, unit=unit, blocked=blocked
+    page = await read(
+        services, services.ledger.accounts, cursor=cursor, limit=limit, unit=unit, blocked=blocked
     )
     return AccountPagePublic(
         items=[_summary(item) for item in page.items], next_cursor=page.next_cursor
@@ -119,7 +119,7 @@ async def list_accounts(
 async def read_account(id: str, caller: Caller, services: ServicesDep) -> AccountPublic:
     """Balances (posted, pending holds, available) and credit grants."""
     ensure_own(caller, id)
-    return _public(await run_in_threadpool(services.ledger.account, id))
+    return _public(await read(services, services.ledger.account, id))
 
 
 @router.patch("/accounts/{id}", response_model=AccountPublic, responses=_CHANGED)
@@ -159,7 +159,7 @@ async def list_account_changes(
     """The changes of the wallet's settings, newest first: from what to what, why, when.
     Admin keys, and the wallet's customer (as for its entries)."""
     ensure_own(caller, id)
-    page = await run_in_threadpool(services.ledger.account_changes, id, cursor=cursor, limit=limit)
+    page = await read(services, services.ledger.account_changes, id, cursor=cursor, limit=limit)
     items = page.items
     if caller.role == "customer":
         items = [change.model_copy(update={"actor": None}) for change in items]
@@ -179,7 +179,7 @@ async def read_balance(
     """The wallet's balance, pending and available now, or at a past instant (``as_of``):
     everything posted by then, the holds open then and the overdraft limit in force then."""
     ensure_own(caller, id)
-    view = await run_in_threadpool(services.ledger.balance, id, as_of=as_of)
+    view = await read(services, services.ledger.balance, id, as_of=as_of)
     return BalancePublic(id=view.account_id, **view.model_dump(exclude={"account_id"}))
 
 
@@ -200,7 +200,7 @@ async def read_usage(
     charged for it (refunds are reversal entries): by default its current month up to
     today, at most 366 days at once. Days are the wallet's (its timezone)."""
     ensure_own(caller, id)
-    view = await run_in_threadpool(services.ledger.usage, id, from_day=from_day, to_day=to_day)
+    view = await read(services, services.ledger.usage, id, from_day=from_day, to_day=to_day)
     return UsagePublic(
         id=view.account_id,
         unit=view.unit,
@@ -231,7 +231,8 @@ async def list_entries(
     ensure_own(caller, id)
     if actor is not None and caller.role != "admin":
         raise Forbidden("only admin keys see, and filter by, who made an entry")
-    page = await run_in_threadpool(
+    page = await read(
+        services,
         services.ledger.entries,
         id,
         cursor=cursor,
@@ -262,7 +263,8 @@ async def list_journal(
     """Every wallet's journal entries, newest first, filtered as a wallet's are: what one
     API key or user did (``actor``, such as after a key leaked), or what was posted in a
     window. It reads the whole journal: an audit, not a request path."""
-    return await run_in_threadpool(
+    return await read(
+        services,
         services.ledger.journal,
         cursor=cursor,
         limit=limit,
@@ -285,8 +287,8 @@ async def list_authorizations(
     """The wallet's authorizations (holds), newest first, of one ``status`` if given: what
     its ``pending`` is made of. Pass ``next_cursor`` for the next page."""
     ensure_own(caller, id)
-    return await run_in_threadpool(
-        services.ledger.holds_of, id, status=status, cursor=cursor, limit=limit
+    return await read(
+        services, services.ledger.holds_of, id, status=status, cursor=cursor, limit=limit
     )
 
 
@@ -320,7 +322,8 @@ async def list_usage_records(
     operation, model, the gateway's ``request_id`` and time; pass ``next_cursor`` (with
     the same filters) for the next page."""
     ensure_own(caller, id)
-    return await run_in_threadpool(
+    return await read(
+        services,
         services.ledger.usage_records,
         id,
         status=status,
@@ -341,7 +344,7 @@ async def read_usage_record(id: str, caller: Caller, services: ServicesDep) -> U
     """One request as metered: a charge's or a usage report's ``id``, or an
     authorization's ``metering_id``."""
     owner = caller.account if caller.role == "customer" else None
-    return await run_in_threadpool(services.ledger.usage_record, id, owner=owner)
+    return await read(services, services.ledger.usage_record, id, owner=owner)
 
 
 @router.post(

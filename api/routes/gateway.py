@@ -6,9 +6,8 @@ from __future__ import annotations
 from datetime import timedelta
 
 from fastapi import APIRouter
-from fastapi.concurrency import run_in_threadpool
 
-from api.deps import Caller, GatewayCall, ServicesDep, ensure_own, replayable
+from api.deps import Caller, GatewayCall, ServicesDep, ensure_own, read, replayable
 from api.errors import documented
 from api.routing import JsonRoute
 from api.schemas import (
@@ -54,7 +53,7 @@ async def create_estimate(
     if body.account_id is None:
         return public
     ensure_own(caller, body.account_id)
-    wallet = await run_in_threadpool(services.ledger.affordability, body.account_id, quote)
+    wallet = await read(services, services.ledger.affordability, body.account_id, quote)
     return public.model_copy(
         update={
             "affordable": wallet.affordable,
@@ -84,7 +83,7 @@ async def create_authorization(body: AuthorizationCreate, call: GatewayCall) -> 
 async def read_authorization(id: str, caller: Caller, services: ServicesDep) -> HoldView:
     # A customer sees its own wallet's authorizations; others do not exist for it.
     owner = caller.account if caller.role == "customer" else None
-    return await run_in_threadpool(services.ledger.hold, id, owner=owner)
+    return await read(services, services.ledger.hold, id, owner=owner)
 
 
 @router.post("/authorizations/{id}/capture", response_model=CaptureResult, responses=_CHANGED)

@@ -205,14 +205,14 @@ def test_a_hold_kept_alive_while_the_provider_works_is_captured_after_its_first_
 # ------------------------------------------------------------------------------ endpoints
 
 
-def test_on_sqlite_the_gateway_writes_run_on_the_write_thread(
+def test_on_sqlite_the_gateway_writes_run_on_the_write_thread_and_reads_on_read_threads(
     api: Api, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Authorize, capture and the like go to the database's write thread on SQLite (one
-    thread for the writes, see ``Database.submit``); an admin's top-up and PostgreSQL's
-    writes go to the thread pool."""
+    thread for the writes, see ``Database.submit``), reads to its read threads; an admin's
+    top-up, and PostgreSQL's writes and reads, go to the thread pool."""
     ran_on: dict[str, str] = {}
-    for name in ("authorize", "capture", "top_up"):
+    for name in ("authorize", "capture", "top_up", "account", "hold"):
         original = getattr(ledger, name)
 
         def recorded(
@@ -225,14 +225,20 @@ def test_on_sqlite_the_gateway_writes_run_on_the_write_thread(
     account = api.wallet("threads", topup=1_000)
     r = api.post("/v1/authorizations", {"account_id": account, **f.veo3_video()})
     assert r.status_code == 201, r.text
-    r = api.post(f"/v1/authorizations/{r.json()['id']}/capture", {"status": "COMPLETED"})
+    hold = r.json()["id"]
+    r = api.post(f"/v1/authorizations/{hold}/capture", {"status": "COMPLETED"})
     assert r.status_code == 200, r.text
-    writer = "creditledger-writer"
+    assert api.get(f"/v1/authorizations/{hold}").status_code == 200
+    assert api.get(f"/v1/accounts/{account}").status_code == 200
+    writer, reader = "creditledger-writer", "creditledger-reader"
     assert ran_on["top_up"] != writer
     if ledger.db.is_sqlite:
         assert (ran_on["authorize"], ran_on["capture"]) == (writer, writer)
+        assert ran_on["hold"].startswith(reader)
+        assert ran_on["account"].startswith(reader)
     else:
         assert writer not in (ran_on["authorize"], ran_on["capture"])
+        assert not ran_on["account"].startswith(reader)
     assert api.balance(account)["balance"] == 1_000 - 240
 
 
