@@ -15,13 +15,13 @@ nothing else; a commit that fails fails every writer of the group (none was answ
 
 A serving process can hand whole use cases to the database's write thread instead
 (``Database.submit``, SQLite only), and its reads to a couple of read threads
-(``Database.submit_read``). It runs them one after another, each transaction
-joining the open group while more use cases wait in its queue, and answers each (a
-``Future``) only once the commit covering its work is durable, as above. One thread doing
-the writes spares the hand-offs of the one write lock, and of the interpreter's lock at
-every SQLite call, between dozens of request threads: authorize+capture pairs over HTTP
-cost about a quarter less CPU per request that way (``tests/benchmarks/http.py``), and a
-wallet's balance read at 32 connections about half.
+(``Database.submit_read``). The write thread runs the use cases one after another,
+each transaction joining the open group while more use cases wait in its queue, and
+answers each (a ``Future``) only once the commit covering its work is durable, as above.
+One thread doing the writes spares the hand-offs of the one write lock, and of the
+interpreter's lock at every SQLite call, between dozens of request threads:
+authorize+capture pairs over HTTP cost about a quarter less CPU per request that way
+(``tests/benchmarks/http.py``), and a wallet's balance read at 32 connections about half.
 
 PostgreSQL write transactions send their own ``BEGIN``, with their first statement. The
 driver's implicit one is synced alone when a transaction starts in a pipeline (psycopg
@@ -346,10 +346,11 @@ class Database:
                 # Nothing to keep, or SQLite rolled the whole transaction back (I/O
                 # error, disk full): the group ends here, failing any writer in it.
                 self._close_group(group, failure)
+            thread = self._thread  # read once: ``dispose`` may drop it meanwhile
             if self._group is group and (
                 group.size >= GROUP_LIMIT
                 or settle
-                or (self._queued == 0 and (self._thread is None or self._thread.idle()))
+                or (self._queued == 0 and (thread is None or thread.idle()))
             ):
                 self._close_group(group, None)
         finally:
@@ -656,7 +657,8 @@ class _WriteThread:
         still: list[_Waiting] = []
         for future, result, error, groups in self._waiting:
             if error is not None:
-                # Its own failure: its work was rolled back whatever its group does.
+                # Its own failure, answered at once: a failure inside its transaction
+                # took back that transaction's work, whatever its group does.
                 future.set_exception(error)
             elif all(group.done() for group in groups):
                 failed = next((g.failure for g in groups if g.failure is not None), None)
