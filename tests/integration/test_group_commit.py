@@ -313,6 +313,10 @@ def test_the_write_thread_answers_use_cases_once_their_shared_commit_is_durable(
     for future in futures:
         future.add_done_callback(lambda _f: seen_at_answer.append(committed(db)))
     assert outcomes_of(futures) == ["first", *(f"q{i}" for i in range(8))]
+    # A future's callbacks run just after its result is set: wait for the last ones.
+    deadline = time.monotonic() + 30
+    while len(seen_at_answer) < 9 and time.monotonic() < deadline:
+        time.sleep(0.001)
     # One commit for the nine, and none of them answered before it.
     assert count[0] == 1, count
     everyone = {"first", *(f"q{i}" for i in range(8))}
@@ -368,11 +372,18 @@ def test_a_settled_transaction_commits_before_it_returns_on_the_write_thread(
 
 
 def test_a_use_case_queued_past_the_lock_timeout_is_not_run(tmp_path: Path) -> None:
-    db = Database.from_url(f"sqlite:///{tmp_path / 'slow.db'}", timeouts=Timeouts(lock=0.2))
+    db = Database.from_url(f"sqlite:///{tmp_path / 'slow.db'}", timeouts=Timeouts(lock=1.0))
     with db.engine.begin() as conn:
         conn.exec_driver_sql("CREATE TABLE scratch (id INTEGER PRIMARY KEY, who TEXT NOT NULL)")
     try:
-        slow = db.submit(inserting(db, "slow", lambda _conn: time.sleep(0.5)))
+        started = threading.Event()
+
+        def hold(_conn: Any) -> None:  # until "late" has waited past the timeout
+            started.set()
+            time.sleep(1.5)
+
+        slow = db.submit(inserting(db, "slow", hold))
+        assert started.wait(30)
         late = db.submit(inserting(db, "late"))
         assert slow.result(30) == "slow"
         assert isinstance(late.exception(30), LockTimeout)
