@@ -2,12 +2,15 @@
 
     apt-get install -y wrk
     .venv/bin/python -m tests.benchmarks.http [--connections 32] [--duration 10] [--rounds 3]
+        [--database sqlite|postgresql] [--accounts 1] [--database-threads N]
 
 In one run, on this machine:
 
 * **creditledger** -- ``creditledger serve`` (one uvicorn worker, the embedded SQLite
-  default in a temporary folder), driven by wrk: each connection authorizes a Veo3
-  request (unique ``Idempotency-Key``) and captures it with its usage, over and over;
+  default in a temporary folder; with ``--database postgresql`` a fresh local PostgreSQL
+  with its durable defaults, started from the installed binaries), driven by wrk: each
+  connection authorizes a Veo3 request (unique ``Idempotency-Key``) and captures it with
+  its usage, over and over, on one wallet (``--accounts N``: round robin over N wallets);
 * **ceiling** -- a no-op FastAPI endpoint (``tests/benchmarks/noop_app.py``) on the same
   stack (uvicorn, one worker, synchronous route, JSON in and out, the interpreter's
   garbage collector tuned as ``serve`` tunes it), same wrk settings.
@@ -42,10 +45,14 @@ from typing import Any
 
 import httpx2 as httpx
 
+from tests.pg import TempPostgres, find_bin
+
 HERE = Path(__file__).parent
 EXE = Path(sys.executable).parent / "creditledger"
+#: The wallets' ids: ``bench-0``, ``bench-1``, ...
+ACCOUNT = "bench-{}"
 REQUEST = {
-    "account_id": "bench",
+    "account_id": ACCOUNT.format(0),
     "catalog": "veo3",
     "operation": "video",
     "params": {"prompt": "A cat playing in a garden", "video_model": "veo3_fast"},
@@ -74,7 +81,9 @@ function request()
   local headers = {}
   for k, v in pairs(HEADERS) do headers[k] = v end
   headers["Idempotency-Key"] = "bench-" .. RUN .. "-" .. tid .. "-" .. counter
-  return wrk.format("POST", "/v1/authorizations", headers, AUTHORIZE)
+  local account = (tid + counter) % ACCOUNTS
+  local body = AUTHORIZE_HEAD .. account .. AUTHORIZE_TAIL
+  return wrk.format("POST", "/v1/authorizations", headers, body)
 end
 
 function response(status, headers, body)
@@ -209,11 +218,44 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--connections", type=int, default=32)
     parser.add_argument("--duration", type=int, default=10, help="seconds per round")
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument(
+        "--database",
+        choices=("sqlite", "postgresql"),
+        default="sqlite",
+        help="the ledger's database (default: the embedded SQLite)",
+    )
+    parser.add_argument(
+        "--accounts", type=int, default=1, help="wallets the authorizations go round (default 1)"
+    )
+    parser.add_argument(
+        "--database-threads",
+        type=int,
+        default=None,
+        help="the server's CREDITLEDGER_DATABASE_THREADS (default: its own default)",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
+    if args.accounts < 1:
+        parser.error("--accounts must be at least 1")
     if shutil.which("wrk") is None:
         print("wrk is not installed: apt-get install -y wrk")
         return 2
+    if args.database == "sqlite":
+        return _run(args, None)
+    bindir = find_bin()
+    if bindir is None:
+        print("postgresql: no server binaries installed (apt-get install postgresql)")
+        return 2
+    server = TempPostgres(bindir, durable=True).start()
+    try:
+        return _run(args, server.url())
+    finally:
+        server.stop()
+
+
+def _run(args: argparse.Namespace, database_url: str | None) -> int:
+    """The rounds against the ledger on ``database_url`` (None: a SQLite file in the
+    run's temporary folder) and the no-op, then the summary."""
 
     admin = f"bench-admin-{secrets.token_urlsafe(16)}"
     base = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
@@ -222,9 +264,11 @@ def main(argv: list[str] | None = None) -> int:
         work = Path(folder)
         env = {
             **base,
-            "CREDITLEDGER_DATABASE_URL": f"sqlite:///{work / 'creditledger.db'}",
+            "CREDITLEDGER_DATABASE_URL": database_url or f"sqlite:///{work / 'creditledger.db'}",
             "CREDITLEDGER_ADMIN_KEY": admin,
         }
+        if args.database_threads is not None:
+            env["CREDITLEDGER_DATABASE_THREADS"] = str(args.database_threads)
         lport, nport = _port(), _port()
         lurl, nurl = f"http://127.0.0.1:{lport}", f"http://127.0.0.1:{nport}"
         ledger_cmd = [str(EXE), "serve", "--port", str(lport)]
@@ -238,16 +282,22 @@ def main(argv: list[str] | None = None) -> int:
             )
             + "}"
         )
+        # The authorization's body around its wallet's number (ACCOUNT's ``{}``).
+        head, tail = json.dumps({**REQUEST, "account_id": ACCOUNT}).split("{}")
         for round_no in range(args.rounds):
             with _serve(ledger_cmd, env, f"{lurl}/healthz", work) as pid:
                 if round_no == 0:
                     with httpx.Client(base_url=lurl, headers=auth) as http:
-                        http.post("/v1/accounts", json={"id": "bench", "unit": "credit"})
-                        http.post("/v1/accounts/bench/topups", json={"amount": 10**15})
+                        for n in range(args.accounts):
+                            account = ACCOUNT.format(n)
+                            http.post("/v1/accounts", json={"id": account, "unit": "credit"})
+                            http.post(f"/v1/accounts/{account}/topups", json={"amount": 10**15})
                 script = (
                     f"HEADERS = {headers}\n"
                     f"RUN = {_lua_string(str(round_no))}\n"
-                    f"AUTHORIZE = {_lua_string(json.dumps(REQUEST))}\n"
+                    f"ACCOUNTS = {args.accounts}\n"
+                    f"AUTHORIZE_HEAD = {_lua_string(head)}\n"
+                    f"AUTHORIZE_TAIL = {_lua_string(tail)}\n"
                     f"CAPTURE = {_lua_string(json.dumps(CAPTURE))}\n" + PAIRS_LUA
                 )
                 ledger_results.append(_wrk(lurl, script, args.connections, args.duration, pid))
@@ -268,6 +318,9 @@ def main(argv: list[str] | None = None) -> int:
     auths = med(ledger_results, "authorizations_per_s")
     ceiling = med(noop_results, "requests_per_s")
     summary = {
+        "database": args.database,
+        "database_threads": args.database_threads,
+        "accounts": args.accounts,
         "connections": args.connections,
         "authorizations_per_s": auths,
         "ledger_requests_per_s": med(ledger_results, "requests_per_s"),
@@ -287,7 +340,8 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(summary, indent=2))
         return 0
     print(
-        f"{args.rounds} rounds x {args.duration} s, {args.connections} connections, medians; "
+        f"{args.rounds} rounds x {args.duration} s, {args.connections} connections, "
+        f"{args.database}, {args.accounts} wallet(s), medians; "
         "target: authorizations/s >= 50% of the no-op's requests/s, p99 <= 25 ms"
     )
     print(f"{'':28} {'auth/s':>9} {'req/s':>9} {'p50 ms':>8} {'p99 ms':>8}")
