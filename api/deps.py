@@ -170,8 +170,9 @@ class Call:
     caller: Principal
     key: str
     response: Response
-    #: Whether the use case may run on the database's write thread (SQLite): one
-    #: transaction, nothing read after it elsewhere (``Database.submit``).
+    #: Whether the use case may be handed to the database (``Database.submit``: on
+    #: SQLite its write thread, on PostgreSQL a worker thread): one transaction, nothing
+    #: read after it elsewhere.
     queued: bool = False
 
     @property
@@ -180,11 +181,11 @@ class Call:
         return f"key:{self.caller.key_id}"
 
     async def run(self, use_case: Callable[..., R], *args: Any, **kwargs: Any) -> R:
-        """Run a ledger use case with this call's idempotency key: on SQLite's write
-        thread when ``queued``, otherwise in the thread pool. A replayed answer says so in
-        a response header (``Idempotent-Replayed: true``)."""
+        """Run a ledger use case with this call's idempotency key: handed to the
+        database when ``queued``, otherwise in the thread pool. A replayed answer says so
+        in a response header (``Idempotent-Replayed: true``)."""
         db = self.services.ledger.db
-        if self.queued and db.is_sqlite:
+        if self.queued:
             future = db.submit(use_case, *args, idempotency_key=self.key, **kwargs)
             result = await asyncio.wrap_future(future)
         else:
@@ -195,13 +196,10 @@ class Call:
 
 
 async def read(services: Services, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a ledger read off the event loop: on SQLite one of the database's few read
-    threads (``Database.submit_read``), on PostgreSQL the thread pool (its reads wait on
-    the network, so more of them at once help)."""
-    db = services.ledger.db
-    if db.is_sqlite:
-        return await asyncio.wrap_future(db.submit_read(query, *args, **kwargs))
-    return await run_in_threadpool(query, *args, **kwargs)
+    """Run a ledger read off the event loop, on one of the database's few worker
+    threads (``Database.submit_read``)."""
+    future = services.ledger.db.submit_read(query, *args, **kwargs)
+    return await asyncio.wrap_future(future)
 
 
 # The caller is a dependency of its own, solved first: a request without a valid key is

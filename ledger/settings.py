@@ -9,7 +9,7 @@ from pathlib import Path
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-from ledger.db import Timeouts
+from ledger.db import THREADS, Timeouts
 
 
 class Settings(BaseSettings):
@@ -81,6 +81,13 @@ class Settings(BaseSettings):
     #: balancer's often 60 s): a server that closes first races the client's next
     #: request on that connection, which then fails unanswered.
     keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
+
+    #: ``creditledger serve``: the threads that run the ledger work of the HTTP API's
+    #: gateway calls and reads. On PostgreSQL, the most transactions the server runs at
+    #: once; more help where the database is far (each waits longer on the network), few
+    #: spare the hand-offs of Python's interpreter lock. On SQLite, the read threads (its
+    #: writes have one thread of their own).
+    database_threads: int = Field(default=THREADS, ge=1, le=256)
 
     def timeouts(self) -> Timeouts:
         """The database's waits, as configured."""

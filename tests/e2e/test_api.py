@@ -205,12 +205,12 @@ def test_a_hold_kept_alive_while_the_provider_works_is_captured_after_its_first_
 # ------------------------------------------------------------------------------ endpoints
 
 
-def test_on_sqlite_the_gateway_writes_run_on_the_write_thread_and_reads_on_read_threads(
+def test_the_gateway_writes_and_the_reads_run_on_the_databases_own_threads(
     api: Api, ledger: Ledger, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Authorize, capture and the like go to the database's write thread on SQLite (one
-    thread for the writes, see ``Database.submit``), reads to its read threads; an admin's
-    top-up, and PostgreSQL's writes and reads, go to the thread pool."""
+    """Authorize, capture and the like go to the database (``Database.submit``): on SQLite
+    its write thread, on PostgreSQL its worker threads; reads go to the worker threads
+    (SQLite's read threads); an admin's top-up goes to the thread pool."""
     ran_on: dict[str, str] = {}
     for name in ("authorize", "capture", "top_up", "account", "hold"):
         original = getattr(ledger, name)
@@ -230,15 +230,16 @@ def test_on_sqlite_the_gateway_writes_run_on_the_write_thread_and_reads_on_read_
     assert r.status_code == 200, r.text
     assert api.get(f"/v1/authorizations/{hold}").status_code == 200
     assert api.get(f"/v1/accounts/{account}").status_code == 200
-    writer, reader = "creditledger-writer", "creditledger-reader"
-    assert ran_on["top_up"] != writer
+    writer = "creditledger-writer"
+    worker = "creditledger-reader" if ledger.db.is_sqlite else "creditledger-worker"
+    assert not ran_on["top_up"].startswith(("creditledger-", "MainThread"))
     if ledger.db.is_sqlite:
         assert (ran_on["authorize"], ran_on["capture"]) == (writer, writer)
-        assert ran_on["hold"].startswith(reader)
-        assert ran_on["account"].startswith(reader)
     else:
-        assert writer not in (ran_on["authorize"], ran_on["capture"])
-        assert not ran_on["account"].startswith(reader)
+        assert ran_on["authorize"].startswith(worker)
+        assert ran_on["capture"].startswith(worker)
+    assert ran_on["hold"].startswith(worker)
+    assert ran_on["account"].startswith(worker)
     assert api.balance(account)["balance"] == 1_000 - 240
 
 

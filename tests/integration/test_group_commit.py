@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger.db import READ_THREADS, CommitFailed, Database, LockTimeout, Timeouts
+from ledger.db import CommitFailed, Database, LockTimeout, Timeouts
 
 
 @pytest.fixture
@@ -403,25 +403,3 @@ def test_dispose_answers_what_is_queued_and_stops_the_write_thread(db: Database)
     # Disposed, the database can still be used: a new write thread starts.
     assert db.submit(inserting(db, "again")).result(30) == "again"
     assert committed(db) == {"first", "q0", "q1", "q2", "again"}
-
-
-def test_reads_run_on_a_few_read_threads_which_dispose_ends(db: Database) -> None:
-    assert db.submit(inserting(db, "row")).result(30) == "row"
-    started = threading.Barrier(READ_THREADS, timeout=30)
-    names: list[str] = []
-
-    def read(fail: bool = False) -> set[str]:
-        names.append(threading.current_thread().name)
-        if fail:
-            raise LookupError("a read's own failure")
-        started.wait()  # every read thread busy at once: there are READ_THREADS of them
-        return committed(db)
-
-    futures = [db.submit_read(read) for _ in range(READ_THREADS * 3)]
-    assert [f.result(30) for f in futures] == [{"row"}] * (READ_THREADS * 3)
-    assert isinstance(db.submit_read(read, fail=True).exception(30), LookupError)
-    assert len(set(names)) == READ_THREADS
-    assert all(name.startswith("creditledger-reader") for name in names)
-    db.dispose()
-    assert not [t for t in threading.enumerate() if t.name.startswith("creditledger-reader")]
-    assert db.submit_read(committed, db).result(30) == {"row"}  # others start
