@@ -20,7 +20,7 @@ from ledger.keys import Keys
 from ledger.services import Ledger, ledger_from_settings
 from ledger.settings import Settings
 from ledger.sweeper import Sweeper, Swept
-from reports.jobs import Reports, ReportWorker
+from reports.jobs import Reports, ReportWorker, preload
 
 DESCRIPTION = """\
 Metering and billing ledger for AI-generation APIs.
@@ -48,6 +48,8 @@ def create_app(
     metrics = Metrics()
     reports = reports or reports_from_settings(ledger, settings)
     worker = ReportWorker(reports, settings.report_poll_seconds)
+    if sweep:
+        preload()  # now, not in the worker's first round, while requests are served
 
     def swept(result: Swept) -> None:
         if result.holds_expired:

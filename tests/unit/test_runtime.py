@@ -1,9 +1,13 @@
 """The serving process's garbage-collector tuning (``api/runtime.py``) and its use by
-``creditledger serve``."""
+``creditledger serve``; what the process imports before it serves."""
 
 from __future__ import annotations
 
 import gc
+import json
+import os
+import subprocess
+import sys
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -79,3 +83,31 @@ def test_serve_tunes_the_collector_with_the_configured_threshold(
     assert seen["threshold"] == 12345
     assert seen["frozen"] > 0
     assert seen["port"] == 8123
+
+
+def test_an_app_that_runs_the_background_jobs_has_imported_the_report_workers_modules(
+    tmp_path: Path,
+) -> None:
+    """Built as ``serve`` builds it, before it serves: the modules of the report worker's
+    rounds (pandas among them) are loaded, not imported by its first round while requests
+    are served. An app without the background jobs does not load them."""
+    code = f"""
+import json, sys
+from api.main import app_from_settings
+from ledger.settings import Settings
+from reports.jobs import WORKER_MODULES
+loaded = lambda: [m for m in (*WORKER_MODULES, "pandas") if m in sys.modules]
+settings = Settings(database_url="sqlite:///{tmp_path / "app.db"}")
+app_from_settings(settings, sweep=False)
+without = loaded()
+app_from_settings(settings, sweep=True)
+print(json.dumps([without, loaded()]))
+"""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
+    ran = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=120
+    )
+    assert ran.returncode == 0, ran.stderr
+    without, with_jobs = json.loads(ran.stdout.strip().splitlines()[-1])
+    assert without == []
+    assert with_jobs == ["reports.queries", "reports.render", "reports.statement", "pandas"]
