@@ -415,9 +415,9 @@ WORKER_MODULES = ("reports.queries", "reports.render", "reports.statement")
 
 def preload() -> None:
     """Import the report worker's modules now, while a serving process starts. Imported
-    by the worker's first round instead, they would hold Python's interpreter lock for
-    about a second against the requests being served: after each start of ``serve``,
-    the first seconds' p99 was 120-140 ms against 33-38 ms later."""
+    by the worker's first round instead, they held Python's interpreter lock for a good
+    part of a second against the requests being served: over the first seconds after a
+    start of ``serve`` the p99 reached 120-140 ms, against 33-38 ms later."""
     for module in WORKER_MODULES:
         importlib.import_module(module)
 
