@@ -100,12 +100,13 @@ class CommitFailed(sa.exc.OperationalError):
 
 
 class LockTimeout(sa.exc.OperationalError):
-    """This process's SQLite writers queued longer than the lock timeout for the write
-    lock: the transaction did not start, nothing of it was written."""
+    """A transaction of this process queued longer than the lock timeout, for SQLite's
+    write lock or for a thread of the database (``Database.submit``): it did not start,
+    nothing of it was written."""
 
-    def __init__(self, seconds: float) -> None:
+    def __init__(self, seconds: float, waited_for: str = "the write lock") -> None:
         super().__init__(
-            "BEGIN", None, TimeoutError(f"the write lock was not free within {seconds:g} s")
+            "BEGIN", None, TimeoutError(f"{waited_for} was not free within {seconds:g} s")
         )
 
 
@@ -421,7 +422,7 @@ class Database:
         lock = self.timeouts.lock
         if time.monotonic() - queued_at > lock:
             # As a transaction waiting for a row lock that long: refused, nothing done.
-            raise LockTimeout(lock)
+            raise LockTimeout(lock, "a database thread")
         return use_case(*args, **kwargs)
 
     def _settle(self) -> None:

@@ -139,7 +139,9 @@ def test_on_postgresql_a_use_case_queued_past_the_lock_timeout_is_not_run(
         time.sleep(1.2)
         release.set()
         assert slow.result(30) == "slow"
-        assert isinstance(late.exception(30), LockTimeout)
+        error = late.exception(30)
+        assert isinstance(error, LockTimeout)
+        assert "a database thread was not free within 1 s" in str(error)
         assert committed(db) == {"slow"}
         assert db.submit(inserting(db, "on time")).result(30) == "on time"
     finally:
