@@ -26,7 +26,7 @@ transactions take: on SQLite authorize+capture pairs over HTTP cost about a quar
 CPU per request that way (``tests/benchmarks/http.py``), and a wallet's balance read at
 32 connections about half; on PostgreSQL, where 32 connections on one wallet otherwise
 queue on its row lock while the transaction holding it waits for its thread's turn at
-the interpreter, the pairs went from about 190 to about 300 a second.
+the interpreter, the pairs went from about 130-200 to about 290-360 a second.
 
 PostgreSQL write transactions send their own ``BEGIN``, with their first statement. The
 driver's implicit one is synced alone when a transaction starts in a pipeline (psycopg
