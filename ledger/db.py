@@ -416,13 +416,19 @@ class Database:
             self._workers = ThreadPoolExecutor(self.threads, name)
         return self._workers
 
+    def _late(self, queued_at: float, waited_for: str) -> LockTimeout | None:
+        """The refusal of a use case queued since ``queued_at`` (``time.monotonic()``)
+        longer than the lock timeout, as a transaction waiting for a lock that long: not
+        run, nothing done. None while it is in time."""
+        lock = self.timeouts.lock
+        return LockTimeout(lock, waited_for) if time.monotonic() - queued_at > lock else None
+
     def _unless_late(
         self, queued_at: float, use_case: Callable[..., T], args: Any, kwargs: Any
     ) -> T:
-        lock = self.timeouts.lock
-        if time.monotonic() - queued_at > lock:
-            # As a transaction waiting for a row lock that long: refused, nothing done.
-            raise LockTimeout(lock, "a database thread")
+        late = self._late(queued_at, "a database thread")
+        if late is not None:
+            raise late
         return use_case(*args, **kwargs)
 
     def _settle(self) -> None:
@@ -675,10 +681,9 @@ class _WriteThread:
     ) -> None:
         if not future.set_running_or_notify_cancel():
             return  # its caller gave up before it started
-        lock = self.db.timeouts.lock
-        if time.monotonic() - queued_at > lock:
-            # As a writer waiting for the write lock that long: refused, nothing done.
-            future.set_exception(LockTimeout(lock))
+        late = self.db._late(queued_at, "the write lock")
+        if late is not None:
+            future.set_exception(late)
             return
         groups: list[_Group] = []
         self.db._local.groups = groups
