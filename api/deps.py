@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import uuid
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
@@ -16,6 +15,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from api.errors import Forbidden, Unauthorized
 from api.metrics import Metrics
 from ledger.errors import NotFound
+from ledger.ids import random_hex
 from ledger.keys import Keys, Principal
 from ledger.results import Result
 from ledger.services import Ledger
@@ -130,7 +130,7 @@ def scoped_key(caller: Principal, idempotency_key: str | None) -> str:
     the header every request is new.
     """
     if idempotency_key is None:
-        return f"auto:{uuid.uuid4().hex}"
+        return f"auto:{random_hex(16)}"
     if caller.role == "customer":
         account = hashlib.sha256(str(caller.account).encode()).hexdigest()[:16]
         scope = f"customer:{account}"

@@ -12,11 +12,8 @@ import base64
 import dataclasses
 import enum
 import hashlib
-import itertools
 import json
 import logging
-import time
-import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
@@ -46,6 +43,7 @@ from ledger.errors import (
     NotReversible,
     SpendLimitReached,
 )
+from ledger.ids import new_id
 from ledger.kernel import Leg
 from ledger.models import (
     ACCOUNT_SETTINGS,
@@ -100,7 +98,7 @@ from ledger.results import (
     UsageView,
 )
 from ledger.settings import Settings
-from ledger.store import Json, Sql, Store
+from ledger.store import Json, JsonText, Sql, Store
 from pricing import CatalogSet, estimate, load_catalogs, price_usage
 from pricing.engine import Charge, Quote
 from pricing.errors import NoVersionInForce
@@ -117,17 +115,6 @@ SYSTEM_ACTOR = "system"
 
 def utcnow() -> datetime:
     return datetime.now(UTC)
-
-
-_sequence = itertools.count()
-
-
-def new_id() -> str:
-    """A 32-hex-digit id that sorts by creation within a process (time, counter, random).
-
-    Entries of one transaction share their posting instant; the id breaks the tie.
-    """
-    return f"{time.time_ns():016x}{next(_sequence) % 0x1000000:06x}{uuid.uuid4().hex[:10]}"
 
 
 class Unset(enum.Enum):
@@ -322,7 +309,7 @@ class _Work:
                 "key": self.key,
                 "operation": self.operation,
                 "request_hash": self.request_hash,
-                "response": Json(result.model_dump(mode="json")),
+                "response": JsonText(result.model_dump_json()),
                 "created_at": self.now,
             },
         )

@@ -202,6 +202,23 @@ def usage_values(usage: Mapping[str, Any]) -> dict[str, Any]:
 
 _PLAIN = frozenset({int, str, type(None), bool})
 
+
+def sqlite_instant(value: datetime) -> str:
+    """An instant as SQLAlchemy's ``UTCDateTime`` stores it on SQLite: the UTC wall time,
+    ``YYYY-MM-DD HH:MM:SS.ffffff``, four-digit years included (text that sorts as time).
+    Of a use case's instants most are its ``now``, bound again and again: the last one
+    formatted is kept (one tuple, replaced whole, so threads never mix two)."""
+    global _last_instant
+    last = _last_instant
+    if last[0] is value:
+        return last[1]
+    text = value.astimezone(UTC).replace(tzinfo=None).isoformat(" ", "microseconds")
+    _last_instant = (value, text)
+    return text
+
+
+_last_instant: tuple[datetime | None, str] = (None, "")
+
 #: The SQLSTATE of ``ledger_expect_rows`` (migration 0005): a write changed another
 #: number of rows than expected; the error's detail is the tag its statement gave.
 EXPECT_ROWS_FAILED = "CL001"
@@ -490,8 +507,7 @@ class Store:
 
     def _value(self, value: Any) -> Any:
         if isinstance(value, datetime):
-            # The layout SQLAlchemy's UTCDateTime stores on SQLite (UTC, microseconds).
-            return value.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S.%f") if self.sqlite else value
+            return sqlite_instant(value) if self.sqlite else value
         if isinstance(value, Decimal) and self.sqlite:
             return str(value)
         if isinstance(value, Json):
@@ -500,6 +516,12 @@ class Store:
             from psycopg.types.json import Json as PgJson
 
             return PgJson(value.value, dumps=json_dumps)
+        if isinstance(value, JsonText):
+            if self.sqlite:
+                return value.text
+            from psycopg.types.json import Json as PgJson
+
+            return PgJson(value.text, dumps=_as_is)
         return value
 
     def instant(self, value: Any) -> datetime | None:
@@ -525,3 +547,17 @@ class Json:
 
     def __init__(self, value: Any) -> None:
         self.value = value
+
+
+class JsonText:
+    """A value for a JSON column that is already JSON text (a pydantic model's
+    ``model_dump_json``, which serializes in Rust at a fraction of ``json.dumps``' cost)."""
+
+    __slots__ = ("text",)
+
+    def __init__(self, text: str) -> None:
+        self.text = text
+
+
+def _as_is(text: str) -> str:
+    return text

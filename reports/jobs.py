@@ -27,8 +27,9 @@ from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
 
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
+from ledger.ids import new_id
 from ledger.models import WALLET, accounts, report_jobs, report_outputs
-from ledger.services import new_id, utcnow, wallet_id
+from ledger.services import utcnow, wallet_id
 from ledger.sweeper import Periodic
 from reports.errors import ReportNotReady
 
