@@ -111,6 +111,11 @@ class TempPostgres:
             "start",
         )
 
+    def pid(self) -> int:
+        """The server's main process (the postmaster; each connection's backend and the
+        background writers are its children)."""
+        return int((self.data / "postmaster.pid").read_text().split("\n", 1)[0])
+
     def url(self, database: str = "postgres") -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{database}"
 

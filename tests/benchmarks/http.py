@@ -45,6 +45,7 @@ from typing import Any
 
 import httpx2 as httpx
 
+from tests.benchmarks.proc import process_cpu
 from tests.pg import TempPostgres, find_bin
 
 HERE = Path(__file__).parent
@@ -119,17 +120,6 @@ def _port() -> int:
         s.bind(("127.0.0.1", 0))
         port: int = s.getsockname()[1]
         return port
-
-
-def process_cpu(pid: int) -> tuple[float, float]:
-    """The user and system CPU seconds process ``pid`` has used so far, all its threads
-    (Linux: ``/proc/<pid>/stat``)."""
-    text = Path(f"/proc/{pid}/stat").read_text()
-    # After the command's name, which is in parentheses and may hold spaces: the state
-    # is field 3, utime and stime are fields 14 and 15, in clock ticks.
-    fields = text[text.rindex(")") + 2 :].split()
-    tick = os.sysconf("SC_CLK_TCK")
-    return int(fields[11]) / tick, int(fields[12]) / tick
 
 
 @contextmanager

@@ -18,6 +18,11 @@ second at least 25% of the raw transactions per second on each database.
 Beside the rates, what each writes, which timing noise does not blur: SQLite, the WAL
 pages (frames) an authorize, a capture and a raw transaction append, each a page written
 and checksummed at its commit; PostgreSQL, the WAL bytes per pair and per raw transaction.
+And where the time goes: the CPU time this process spent per pair and per raw
+transaction (on SQLite, the database's own work included), and on PostgreSQL the CPU
+time the server's processes spent. Both sides are CPU-bound here, so a pair's CPU time
+against four raw transactions' says how far the ratio is from its target, and which
+side (client or server) stands in the way.
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ import psycopg
 from ledger.db import Database
 from ledger.services import Ledger
 from pricing import default_catalogs
+from tests.benchmarks.proc import tree_cpu
 from tests.pg import TempPostgres, find_bin
 
 REQUEST = {
@@ -166,9 +172,13 @@ def measure(
     *,
     wal: Callable[[], int] | None = None,
     frames: tuple[Path, Path] | None = None,
+    server_cpu: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
-    """The rates; with ``wal`` (PostgreSQL's WAL position) the WAL bytes of the rounds,
-    with ``frames`` (the ledger's and the raw SQLite files) the WAL pages per operation."""
+    """The rates and this process's CPU time per pair and per raw transaction; with
+    ``wal`` (PostgreSQL's WAL position) the WAL bytes of the rounds, with ``frames`` (the
+    ledger's and the raw SQLite files) the WAL pages per operation, with ``server_cpu``
+    (the CPU seconds a database server's processes used so far) the server's CPU time
+    per pair and per raw transaction."""
     db.migrate()
     ledger = Ledger(db, default_catalogs())
     keys = Keys()
@@ -177,11 +187,22 @@ def measure(
     ledger_round(ledger, keys, 20)  # warm-up: connections, compiled statements
     raw(50)
     ledger_rates, raw_rates, ledger_bytes, raw_bytes = [], [], [], []
+    # CPU milliseconds per pair and per raw transaction: this process's, the server's.
+    cpu: dict[str, list[float]] = {"pair": [], "raw": [], "server_pair": [], "server_raw": []}
+
+    def spent() -> tuple[float, float]:
+        return time.process_time(), server_cpu() if server_cpu else 0.0
+
     for _ in range(rounds):
-        start = wal() if wal else 0
+        start, (client, server) = wal() if wal else 0, spent()
         ledger_rates.append(ledger_round(ledger, keys, pairs))
-        middle = wal() if wal else 0
+        middle, (client_middle, server_middle) = wal() if wal else 0, spent()
         raw_rates.append(raw(pairs * 2))
+        client_end, server_end = spent()
+        cpu["pair"].append((client_middle - client) * 1000 / pairs)
+        cpu["raw"].append((client_end - client_middle) * 1000 / (pairs * 2))
+        cpu["server_pair"].append((server_middle - server) * 1000 / pairs)
+        cpu["server_raw"].append((server_end - server_middle) * 1000 / (pairs * 2))
         if wal:
             ledger_bytes.append((middle - start) / pairs)
             raw_bytes.append((wal() - middle) / (pairs * 2))
@@ -194,7 +215,12 @@ def measure(
         "ratio": round(pairs_per_s / raw_per_s, 3),
         "ledger_rounds": [round(r, 1) for r in ledger_rates],
         "raw_rounds": [round(r, 1) for r in raw_rates],
+        "cpu_ms_per_pair": round(statistics.median(cpu["pair"]), 3),
+        "cpu_ms_per_raw_transaction": round(statistics.median(cpu["raw"]), 3),
     }
+    if server_cpu:
+        result["server_cpu_ms_per_pair"] = round(statistics.median(cpu["server_pair"]), 3)
+        result["server_cpu_ms_per_raw_transaction"] = round(statistics.median(cpu["server_raw"]), 3)
     if wal:
         result["wal_bytes_per_pair"] = round(statistics.median(ledger_bytes))
         result["wal_bytes_per_raw_transaction"] = round(statistics.median(raw_bytes))
@@ -259,6 +285,7 @@ def main(argv: list[str] | None = None) -> int:
                                 args.pairs,
                                 args.rounds,
                                 wal=postgres_wal(wal),
+                                server_cpu=lambda: tree_cpu(server.pid()),
                             )
                         )
                     db.dispose()
@@ -278,6 +305,16 @@ def main(argv: list[str] | None = None) -> int:
             f"{r['raw_transactions_per_s']:12.1f} {r['ratio']:7.3f}"
         )
     for r in results:
+        line = (
+            f"{r['database']}: CPU ms per pair {r['cpu_ms_per_pair']:.3f}, "
+            f"per raw transaction {r['cpu_ms_per_raw_transaction']:.3f} (this process)"
+        )
+        if "server_cpu_ms_per_pair" in r:
+            line += (
+                f"; the server's: per pair {r['server_cpu_ms_per_pair']:.3f}, "
+                f"per raw transaction {r['server_cpu_ms_per_raw_transaction']:.3f}"
+            )
+        print(line)
         if "wal_pages_per_authorize" in r:
             print(
                 f"{r['database']}: WAL pages per authorize {r['wal_pages_per_authorize']}, "

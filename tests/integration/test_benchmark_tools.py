@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.benchmarks.http import process_cpu
 from tests.benchmarks.ledger import sqlite_frames
+from tests.benchmarks.proc import process_cpu, tree_cpu
 
 
 def _wal_file(path: Path, tables: int) -> sqlite3.Connection:
@@ -81,3 +81,34 @@ def test_process_cpu_reads_what_a_process_spent_whatever_its_name() -> None:
         assert system_later >= system
     finally:
         child.communicate("")
+
+
+def test_tree_cpu_counts_the_children_a_server_process_started() -> None:
+    # A parent that spends almost nothing starts a child that spins for 0.5 s of CPU and
+    # then waits, alive, to be read: the parent alone shows little, its tree the child's.
+    spin = (
+        "import sys, time\n"
+        "start = time.process_time()\n"
+        "while time.process_time() - start < 0.5: sum(range(100000))\n"
+        "print('spun', flush=True)\n"
+        "sys.stdin.read()"
+    )
+    parent = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import subprocess, sys\n"
+            f"child = subprocess.Popen([sys.executable, '-c', {spin!r}])\n"
+            "child.wait()",
+        ],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert parent.stdout is not None
+        assert parent.stdout.readline() == "spun\n"  # the child inherited the pipes
+        assert sum(process_cpu(parent.pid)) < 0.5
+        assert 0.5 <= tree_cpu(parent.pid) < 5
+    finally:
+        parent.communicate("")

@@ -7,6 +7,7 @@ import socket
 import psycopg
 import pytest
 
+from tests.benchmarks.proc import parent, tree_cpu
 from tests.conftest import postgres_or_skip
 from tests.pg import TempPostgres, find_bin
 
@@ -32,3 +33,26 @@ def test_a_cluster_whose_port_was_taken_meanwhile_starts_on_another(
                 assert conn.execute("SELECT 1").fetchone() == (1,)
         finally:
             server.stop()
+
+
+def test_the_server_process_is_the_one_whose_tree_does_the_work(
+    request: pytest.FixtureRequest,
+) -> None:
+    """``pid()`` names the postmaster: a connection's backend is below it, so the CPU a
+    query burns shows in the tree's time (what the ledger benchmark reports)."""
+    postgres_or_skip(request)
+    bindir = find_bin()
+    assert bindir is not None
+    server = TempPostgres(bindir).start()
+    try:
+        pid = server.pid()
+        dsn = server.url().replace("postgresql+psycopg", "postgresql")
+        with psycopg.connect(dsn) as conn:
+            backend = conn.execute("SELECT pg_backend_pid()").fetchone()
+            assert backend is not None
+            assert parent(backend[0]) == pid
+            before = tree_cpu(pid)
+            conn.execute("SELECT count(*) FROM generate_series(1, 3000000)").fetchone()
+            assert tree_cpu(pid) - before >= 0.05
+    finally:
+        server.stop()
