@@ -51,27 +51,31 @@ def test_sqlite_frames_refuses_a_count_a_checkpoint_may_have_cut(tmp_path: Path)
         sqlite_frames(path, grow, 1)
 
 
-def test_process_cpu_reads_what_a_process_spent_whatever_its_name() -> None:
-    # A child named with a parenthesis and spaces (the name comes before the counters in
-    # /proc/<pid>/stat) spins for 0.5 s of CPU, then waits to be read.
-    child = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time\n"
-            "open('/proc/self/comm', 'w').write('a) (b c')\n"
-            "start = time.process_time()\n"
-            "while time.process_time() - start < 0.5: sum(range(100000))\n"
-            "print('spun', flush=True)\n"
-            "sys.stdin.read()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+#: Spins for 0.5 s of CPU, says so, then waits (alive, to be read) until its input ends.
+_SPIN = (
+    "import sys, time\n"
+    "start = time.process_time()\n"
+    "while time.process_time() - start < 0.5: sum(range(100000))\n"
+    "print('spun', flush=True)\n"
+    "sys.stdin.read()"
+)
+
+
+def _spun(code: str) -> subprocess.Popen[str]:
+    """``python -c code``, once it said it spun."""
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
+    assert proc.stdout is not None
+    assert proc.stdout.readline() == "spun\n"
+    return proc
+
+
+def test_process_cpu_reads_what_a_process_spent_whatever_its_name() -> None:
+    # Named with a parenthesis and spaces: the name comes before the counters in
+    # /proc/<pid>/stat.
+    child = _spun("open('/proc/self/comm', 'w').write('a) (b c')\n" + _SPIN)
     try:
-        assert child.stdout is not None
-        assert child.stdout.readline() == "spun\n"
         assert Path(f"/proc/{child.pid}/comm").read_text() == "a) (b c\n"
         user, system = process_cpu(child.pid)
         assert 0.5 <= user + system < 5
@@ -84,30 +88,12 @@ def test_process_cpu_reads_what_a_process_spent_whatever_its_name() -> None:
 
 
 def test_tree_cpu_counts_the_children_a_server_process_started() -> None:
-    # A parent that spends almost nothing starts a child that spins for 0.5 s of CPU and
-    # then waits, alive, to be read: the parent alone shows little, its tree the child's.
-    spin = (
-        "import sys, time\n"
-        "start = time.process_time()\n"
-        "while time.process_time() - start < 0.5: sum(range(100000))\n"
-        "print('spun', flush=True)\n"
-        "sys.stdin.read()"
-    )
-    parent = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import subprocess, sys\n"
-            f"child = subprocess.Popen([sys.executable, '-c', {spin!r}])\n"
-            "child.wait()",
-        ],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
+    # A parent that spends almost nothing starts the spinning child (which inherits its
+    # pipes): the parent alone shows little, its tree the child's time.
+    parent = _spun(
+        f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', {_SPIN!r}]).wait()"
     )
     try:
-        assert parent.stdout is not None
-        assert parent.stdout.readline() == "spun\n"  # the child inherited the pipes
         assert sum(process_cpu(parent.pid)) < 0.5
         assert 0.5 <= tree_cpu(parent.pid) < 5
     finally:
