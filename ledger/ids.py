@@ -1,9 +1,10 @@
 """Identifiers: the ledger's row ids and the random tokens the API makes up.
 
 Their randomness is the operating system's (``os.urandom``), read a block at a time: one
-``getrandom`` call per block rather than per id. Besides the call, each read lets go of
-Python's interpreter lock, and a busy server's other thread then takes it, so a write
-that made three ids waited three times for the lock to come back.
+``getrandom`` call per block rather than per id (``uuid4`` made one per id). Each call also
+lets go of Python's interpreter lock, which on a busy server another thread then holds
+until it lets go in turn: under load, py-spy found the event loop in ``uuid4`` in 4-12% of
+its samples, for one call per capture.
 """
 
 from __future__ import annotations
