@@ -190,22 +190,26 @@ def measure(
     # CPU milliseconds per pair and per raw transaction: this process's, the server's.
     cpu: dict[str, list[float]] = {"pair": [], "raw": [], "server_pair": [], "server_raw": []}
 
-    def spent() -> tuple[float, float]:
-        return time.process_time(), server_cpu() if server_cpu else 0.0
+    def mark() -> tuple[float, float, int, float]:
+        """This process's CPU time, the server's, the WAL position, then this process's
+        CPU time again: what lies between the two is the marking's own cost."""
+        before = time.process_time()
+        server = server_cpu() if server_cpu else 0.0
+        position = wal() if wal else 0
+        return before, server, position, time.process_time()
 
     for _ in range(rounds):
-        start, (client, server) = wal() if wal else 0, spent()
+        start = mark()
         ledger_rates.append(ledger_round(ledger, keys, pairs))
-        middle, (client_middle, server_middle) = wal() if wal else 0, spent()
+        middle = mark()
         raw_rates.append(raw(pairs * 2))
-        client_end, server_end = spent()
-        cpu["pair"].append((client_middle - client) * 1000 / pairs)
-        cpu["raw"].append((client_end - client_middle) * 1000 / (pairs * 2))
-        cpu["server_pair"].append((server_middle - server) * 1000 / pairs)
-        cpu["server_raw"].append((server_end - server_middle) * 1000 / (pairs * 2))
-        if wal:
-            ledger_bytes.append((middle - start) / pairs)
-            raw_bytes.append((wal() - middle) / (pairs * 2))
+        end = mark()
+        cpu["pair"].append((middle[0] - start[3]) * 1000 / pairs)
+        cpu["raw"].append((end[0] - middle[3]) * 1000 / (pairs * 2))
+        cpu["server_pair"].append((middle[1] - start[1]) * 1000 / pairs)
+        cpu["server_raw"].append((end[1] - middle[1]) * 1000 / (pairs * 2))
+        ledger_bytes.append((middle[2] - start[2]) / pairs)
+        raw_bytes.append((end[2] - middle[2]) / (pairs * 2))
     pairs_per_s = statistics.median(ledger_rates)
     raw_per_s = statistics.median(raw_rates)
     result: dict[str, Any] = {

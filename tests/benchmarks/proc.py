@@ -41,7 +41,7 @@ def tree_cpu(pid: int) -> float:
                 continue  # ended while listed
     tree, grew = {pid}, True
     while grew:
-        below = {child for child, parent in parents.items() if parent in tree} - tree
+        below = {child for child, up in parents.items() if up in tree} - tree
         tree |= below
         grew = bool(below)
     total = 0.0
