@@ -40,19 +40,13 @@ def test_the_server_process_is_the_one_whose_tree_does_the_work(
 ) -> None:
     """``pid()`` names the postmaster: a connection's backend is below it, so the CPU a
     query burns shows in the tree's time (what the ledger benchmark reports)."""
-    postgres_or_skip(request)
-    bindir = find_bin()
-    assert bindir is not None
-    server = TempPostgres(bindir).start()
-    try:
-        pid = server.pid()
-        dsn = server.url().replace("postgresql+psycopg", "postgresql")
-        with psycopg.connect(dsn) as conn:
-            backend = conn.execute("SELECT pg_backend_pid()").fetchone()
-            assert backend is not None
-            assert parent(backend[0]) == pid
-            before = tree_cpu(pid)
-            conn.execute("SELECT count(*) FROM generate_series(1, 3000000)").fetchone()
-            assert tree_cpu(pid) - before >= 0.05
-    finally:
-        server.stop()
+    server = postgres_or_skip(request)  # the session's server
+    pid = server.pid()
+    dsn = server.url().replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(dsn) as conn:
+        backend = conn.execute("SELECT pg_backend_pid()").fetchone()
+        assert backend is not None
+        assert parent(backend[0]) == pid
+        before = tree_cpu(pid)
+        conn.execute("SELECT count(*) FROM generate_series(1, 3000000)").fetchone()
+        assert tree_cpu(pid) - before >= 0.05
