@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import os
 import re
+import subprocess
+import sys
 import threading
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
 import sqlalchemy as sa
 
-from ledger.ids import Entropy, new_id, random_hex
+from ledger.ids import Entropy, new_id
 from ledger.models import UTCDateTime
 from ledger.store import sqlite_instant
 
@@ -48,22 +50,27 @@ def test_entropy_never_gives_two_threads_the_same_bytes() -> None:
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="fork is POSIX only")
 def test_a_forked_child_does_not_hand_out_its_parents_bytes() -> None:
-    random_hex(1)  # the parent holds a block with bytes left
-    read, write = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child
-        try:
-            os.write(write, random_hex(16).encode())
-        finally:
-            os._exit(0)
-    os.close(write)
-    child = b""
-    while chunk := os.read(read, 64):
-        child += chunk
-    os.close(read)
-    os.waitpid(pid, 0)
-    assert len(child) == 32
-    assert child.decode() != random_hex(16)
+    # In a fresh interpreter, single-threaded (forking this multi-threaded test process
+    # is what Python 3.12+ warns against): the parent holds a block with bytes left,
+    # forks, and each side then takes 16 bytes.
+    script = (
+        "import os\n"
+        "from ledger.ids import random_hex\n"
+        "random_hex(1)\n"
+        "pid = os.fork()\n"
+        "if pid == 0:\n"
+        "    print('child', random_hex(16), flush=True)\n"
+        "    os._exit(0)\n"
+        "os.waitpid(pid, 0)  # one line after the other\n"
+        "print('parent', random_hex(16), flush=True)\n"
+    )
+    ran = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    taken = dict(line.split() for line in ran.stdout.splitlines())
+    assert set(taken) == {"parent", "child"}
+    assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in taken.values())
+    assert taken["parent"] != taken["child"]
 
 
 def test_new_ids_are_32_hex_digits_unique_and_sorted_by_creation() -> None:
