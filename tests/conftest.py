@@ -20,11 +20,32 @@ from pricing import CatalogSet, default_catalogs
 from tests.factories import Clock
 from tests.pg import TempPostgres, find_bin
 
+
+def _scale() -> int:
+    """``CREDITLEDGER_TEST_SCALE``: how many times their usual number of examples the
+    property and fuzz tests run (default 1). A soak runs them longer, outside CI so that
+    each run draws new examples."""
+    raw = os.environ.get("CREDITLEDGER_TEST_SCALE", "1")
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= 1000):
+        raise ValueError(
+            f"CREDITLEDGER_TEST_SCALE must be a whole number from 1 to 1000, not {raw!r}"
+        )
+    return int(raw)
+
+
+SCALE = _scale()
+
+
+def examples(n: int) -> int:
+    """``n`` examples, times ``CREDITLEDGER_TEST_SCALE``."""
+    return n * SCALE
+
+
 # CI runs more examples, derandomized so a red run is reproducible from its log.
-settings.register_profile("dev", max_examples=100, deadline=None)
+settings.register_profile("dev", max_examples=examples(100), deadline=None)
 settings.register_profile(
     "ci",
-    max_examples=300,
+    max_examples=examples(300),
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow],

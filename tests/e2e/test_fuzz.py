@@ -32,9 +32,10 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from tests import factories as f
+from tests.conftest import examples
 from tests.e2e.conftest import Api
 
-CASES = 1200  # per database (about 40 per operation)
+CASES = examples(1200)  # per database (about 40 per operation)
 
 CHECKS = [
     not_a_server_error,

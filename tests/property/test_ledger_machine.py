@@ -48,6 +48,7 @@ from ledger.verify import verify
 from pricing import default_catalogs, price_usage
 from pricing.errors import PricingError
 from tests import factories as f
+from tests.conftest import examples
 from tests.factories import Clock
 from tests.pg import TempPostgres
 
@@ -533,7 +534,7 @@ def _sqlite() -> Database:
 
 
 MACHINE_SETTINGS = settings(
-    max_examples=25 if os.environ.get("CI") else 12,
+    max_examples=examples(25 if os.environ.get("CI") else 12),
     stateful_step_count=30,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
