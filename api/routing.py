@@ -2,17 +2,22 @@
 
 Request bodies are parsed with ``Decimal`` for fractions (floats never touch money or a
 price parameter) and refuse ``NaN`` and ``Infinity``, which Python's JSON parser would
-otherwise accept. A body sent with a content type other than JSON gets 415.
+otherwise accept. A body sent with a content type other than JSON gets 415. A query
+parameter or header of one value given twice gets 422, rather than one of them chosen.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Coroutine
+import types
+from collections import Counter
+from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Set as AbstractSet
 from decimal import Decimal
-from typing import Any
+from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import Request, Response
+from fastapi.dependencies.models import Dependant
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.routing import APIRoute
@@ -80,6 +85,58 @@ async def _refuse_nul(request: _ExactRequest, takes_body: bool) -> None:
         )
 
 
+def _many(annotation: Any) -> bool:
+    """Whether a parameter of this type takes several values (``list[str]``...)."""
+    origin = get_origin(annotation)
+    if origin is Annotated:
+        return _many(get_args(annotation)[0])
+    if origin is Union or origin is types.UnionType:
+        return any(_many(arg) for arg in get_args(annotation))
+    return origin in (list, set, frozenset, tuple, Sequence, AbstractSet)
+
+
+def _single(dependant: Dependant) -> tuple[frozenset[str], dict[bytes, str]]:
+    """The query parameters and the headers of which a route, with its dependencies, reads
+    one value; the headers by their lower-case name (as ASGI gives them) to their name."""
+    queries = {f.alias for f in dependant.query_params if not _many(f.field_info.annotation)}
+    headers = {
+        f.alias.lower().encode("latin-1"): f.alias
+        for f in dependant.header_params
+        if not _many(f.field_info.annotation)
+    }
+    for sub in dependant.dependencies:
+        more_queries, more_headers = _single(sub)
+        queries |= more_queries
+        headers.update(more_headers)
+    return frozenset(queries), headers
+
+
+def _refuse_repeated(request: Request, queries: frozenset[str], headers: dict[bytes, str]) -> None:
+    """422 for a parameter of one value given more than once (``?limit=5&limit=500``, two
+    ``Idempotency-Key`` headers): which of them was meant is not for the server to guess,
+    and FastAPI would take one and drop the rest unseen, invalid or not."""
+    counts: Counter[tuple[str, str]] = Counter()
+    if queries and request.scope.get("query_string"):
+        counts.update(("query", k) for k, _ in request.query_params.multi_items() if k in queries)
+    if headers:
+        counts.update(
+            ("header", headers[name]) for name, _ in request.scope["headers"] if name in headers
+        )
+    repeated = [(where, name, n) for (where, name), n in counts.items() if n > 1]
+    if repeated:
+        raise RequestValidationError(
+            [
+                {
+                    "type": "repeated_parameter",
+                    "loc": (where, name),
+                    "msg": f"given {n} times: give it once",
+                    "input": None,
+                }
+                for where, name, n in repeated
+            ]
+        )
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
@@ -99,6 +156,8 @@ class JsonRoute(APIRoute):
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()
         takes_body = self.body_field is not None
+        queries, headers = _single(self.dependant)
+        headers[b"authorization"] = "Authorization"  # whose key acts: not to be guessed either
 
         async def exact(request: Request) -> Response:
             exact_request = _ExactRequest(request.scope, request.receive)
@@ -109,6 +168,7 @@ class JsonRoute(APIRoute):
                         415,
                         f"send the body as application/json (got {content_type or 'no type'!r})",
                     )
+            _refuse_repeated(exact_request, queries, headers)
             await _refuse_nul(exact_request, takes_body)
             return await handler(exact_request)
 

@@ -11,6 +11,7 @@ still find nothing wrong.
 from __future__ import annotations
 
 import base64
+import json
 from typing import Any
 
 import pytest
@@ -524,6 +525,27 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         "invalid_usage",
         "usage.output_tokens",
     ),
+    # A parameter of one value given twice: which was meant is not for the server to guess.
+    (
+        "query parameter twice",
+        "GET",
+        "/v1/keys?active=maybe&active=true",
+        None,
+        {},
+        422,
+        "invalid_request",
+        "active",
+    ),
+    (
+        "page size twice",
+        "GET",
+        "/v1/accounts/w/entries?limit=5&limit=500",
+        None,
+        {},
+        422,
+        "invalid_request",
+        "limit",
+    ),
     # State the request may not change.
     (
         "capture a captured hold",
@@ -588,3 +610,36 @@ def test_bad_input_is_a_clear_4xx_and_changes_nothing(
         assert answer["field"], answer  # a validation error always names its field
     assert _dump(api) == before
     assert verify(api.ledger.db) == []
+
+
+@pytest.mark.parametrize(
+    ("header", "values"),
+    [
+        ("Idempotency-Key", ["first-try", "second-try"]),
+        ("Idempotency-Key", ["same", "same"]),
+        ("Authorization", ["Bearer {service}", "Bearer {admin}"]),
+    ],
+)
+def test_a_header_of_one_value_given_twice_is_refused_and_changes_nothing(
+    api: Api, world: dict[str, str], header: str, values: list[str]
+) -> None:
+    before = _dump(api)
+    tokens = {"service": api.service, "admin": api.admin}
+    sent = [("Content-Type", "application/json")]
+    if header != "Authorization":
+        sent.append(("Authorization", f"Bearer {api.service}"))
+    sent += [(header, value.format(**tokens)) for value in values]
+    r = api.client.post(
+        "/v1/authorizations",
+        headers=sent,
+        content=json.dumps({"account_id": "w", **VEO}),
+    )
+    assert r.status_code == 422, r.text
+    answer = r.json()
+    assert answer["error"] == "invalid_request"
+    assert answer["field"] == header
+    assert answer["message"] == f"{header}: given 2 times: give it once"
+    assert _dump(api) == before
+    # Given once, the same request goes through.
+    r = api.post("/v1/authorizations", {"account_id": "w", **VEO}, idempotency_key="once")
+    assert r.status_code == 201, r.text
