@@ -13,12 +13,12 @@ from __future__ import annotations
 import csv
 import hashlib
 import io
-import json
 import re
 from dataclasses import dataclass
 from datetime import datetime
-from decimal import Decimal
 from typing import Any, NoReturn
+
+from api import jsonin
 
 #: The columns a batch file may have; the first two are required.
 COLUMNS = ("account_id", "amount", "kind", "expires_at", "priority", "reference")
@@ -205,7 +205,10 @@ def read_usage(text: str) -> tuple[list[UsageRow], list[Problem]]:
         if not raw.strip():
             continue
         try:
-            value = json.loads(raw, parse_float=Decimal, parse_constant=_not_a_number)
+            value = jsonin.loads(raw, constant=_not_a_number)
+        except jsonin.RepeatedKey as exc:
+            problems.append(Problem(line, exc.field, exc.reason))
+            continue
         except ValueError as exc:  # JSONDecodeError too
             problems.append(Problem(line, "line", f"not JSON: {exc}"))
             continue

@@ -29,7 +29,6 @@ import uuid
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime
-from decimal import Decimal
 from pathlib import Path
 from typing import Annotated, Any, NoReturn
 
@@ -39,6 +38,7 @@ from pydantic import BaseModel, ValidationError
 from rich.console import Console
 from rich.table import Table
 
+from api import jsonin
 from api.batch import BATCH_ID, Problem, default_batch_id, read_rows, read_usage
 from api.status import status_of
 from ledger.backup import backup
@@ -137,7 +137,12 @@ def _reject_constant(name: str) -> NoReturn:
 def _parse_json(text: str, source: str) -> Any:
     try:
         # Decimals, never floats; NaN and Infinity are not numbers.
-        return json.loads(text, parse_float=Decimal, parse_constant=_reject_constant)
+        return jsonin.loads(text, constant=_reject_constant)
+    except jsonin.RepeatedKey as exc:
+        _fail(
+            {"error": "invalid_request", "message": f"{source}: {exc}", "field": exc.field},
+            EXIT_INVALID,
+        )
     except (json.JSONDecodeError, ValueError) as exc:
         _fail({"error": "invalid_json", "message": f"{source}: {exc}"}, EXIT_INVALID)
 

@@ -13,7 +13,6 @@ import types
 from collections import Counter
 from collections.abc import Callable, Coroutine, Sequence
 from collections.abc import Set as AbstractSet
-from decimal import Decimal
 from typing import Annotated, Any, Union, get_args, get_origin
 
 from fastapi import Request, Response
@@ -24,6 +23,7 @@ from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import jsonin
 from api.errors import documented
 
 
@@ -32,12 +32,13 @@ def _constant(name: str) -> Any:
 
 
 def loads(body: bytes) -> Any:
-    """JSON with exact fractions (Decimal) and no NaN/Infinity; the body must be UTF-8."""
+    """JSON with exact fractions (Decimal), no NaN/Infinity and no key given twice in an
+    object (``jsonin.RepeatedKey``); the body must be UTF-8."""
     try:
         text = body.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise json.JSONDecodeError("the body is not UTF-8", repr(body[:32]), exc.start) from None
-    return json.loads(text, parse_float=Decimal, parse_constant=_constant)
+    return jsonin.loads(text, constant=_constant)
 
 
 class _ExactRequest(Request):
@@ -66,12 +67,26 @@ def _nul(value: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...] | None
 
 
 async def _refuse_nul(request: _ExactRequest, takes_body: bool) -> None:
+    """422 for NUL in the path, the query or the body. The body is parsed here, so a key
+    it gives twice in one object (``jsonin.RepeatedKey``) is refused here too: 422 naming
+    it. Malformed JSON is left to the route's handler (400)."""
     found = _nul(request.path_params, ("path",)) or _nul(dict(request.query_params), ("query",))
     if found is None and takes_body and await request.body():
         try:
             found = _nul(await request.json(), ("body",))
         except json.JSONDecodeError:
             return  # the route's handler answers 400 for it
+        except jsonin.RepeatedKey as exc:
+            raise RequestValidationError(
+                [
+                    {
+                        "type": "repeated_key",
+                        "loc": ("body", *exc.loc),
+                        "msg": exc.reason,
+                        "input": None,
+                    }
+                ]
+            ) from None
     if found is not None:
         raise RequestValidationError(
             [

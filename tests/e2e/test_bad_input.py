@@ -525,6 +525,49 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         "invalid_usage",
         "usage.output_tokens",
     ),
+    # A key given twice in a body: Python's parser would keep the last value unseen.
+    (
+        "amount twice",
+        "POST",
+        "/v1/accounts/w/topups",
+        b'{"amount": 1, "amount": 1000000}',
+        JSON,
+        422,
+        "invalid_request",
+        "amount",
+    ),
+    (
+        "nested key twice",
+        "POST",
+        "/v1/authorizations",
+        b'{"account_id": "w", "catalog": "veo3", "operation": "video", "params":'
+        b' {"prompt": "a cat", "video_model": "veo3", "video_model": "veo3_fast"}}',
+        JSON,
+        422,
+        "invalid_request",
+        "params.video_model",
+    ),
+    (
+        "usage key twice",
+        "POST",
+        "/v1/authorizations/{text}/capture",
+        b'{"status": "COMPLETED", "usage": {"input_tokens": 10, "input_tokens": 0}}',
+        JSON,
+        422,
+        "invalid_request",
+        "usage.input_tokens",
+    ),
+    (
+        "account twice",
+        "POST",
+        "/v1/charges",
+        b'{"account_id": "t", "account_id": "w", "catalog": "veo3", "operation": "video",'
+        b' "params": {"prompt": "a cat", "video_model": "veo3_fast"}}',
+        JSON,
+        422,
+        "invalid_request",
+        "account_id",
+    ),
     # A parameter of one value given twice: which was meant is not for the server to guess.
     (
         "query parameter twice",

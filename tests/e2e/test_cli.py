@@ -76,6 +76,18 @@ def test_decimal_parameters_are_read_as_decimals() -> None:
             None,
         ),
         (json.dumps(f.cosmic_video(duration=5)), "invalid_parameter", "params.duration"),
+        (
+            '{"catalog": "veo3", "operation": "video", "catalog": "cosmic", '
+            '"params": {"prompt": "x"}}',
+            "invalid_request",
+            "catalog",
+        ),
+        (
+            '{"catalog": "veo3", "operation": "video", '
+            '"params": {"prompt": "x", "video_model": "veo3", "video_model": "veo3_fast"}}',
+            "invalid_request",
+            "params.video_model",
+        ),
         (json.dumps(f.request("nope", "x", prompt="y")), "unknown_catalog", "catalog"),
         (json.dumps(f.pixazo_image(num_images=10**30)), "invalid_parameter", "params.num_images"),
     ],

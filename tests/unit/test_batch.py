@@ -101,6 +101,8 @@ def test_every_usage_line_problem_is_named_with_its_line_and_field() -> None:
                 "{" + good + ', "extra": 1}',
                 '{"account_id": "", "catalog": 5, "operation": "video", "status": "COMPLETED"}',
                 "{" + good + ', "params": [], "usage": "all", "occurred_at": "yesterday"}',
+                "{" + good + ', "usage": {"seconds": 5, "seconds": 500}}',
+                "{" + good + ', "status": "ERROR"}',
             ]
         )
     )
@@ -114,4 +116,7 @@ def test_every_usage_line_problem_is_named_with_its_line_and_field() -> None:
         (6, "params"),
         (6, "usage"),
         (6, "occurred_at"),
+        (7, "usage.seconds"),
+        (8, "status"),
     ]
+    assert problems[-2].message == "given 2 times: give it once"

@@ -1,0 +1,78 @@
+"""JSON from clients (request bodies, the CLI's options, batch files), read exactly.
+
+Fractions are ``Decimal`` (floats never touch money or a price parameter), ``NaN`` and
+``Infinity`` are refused (``constant`` raises), and so is an object that gives a key
+twice (``{"amount": 1, "amount": 1000}``): Python's parser would keep the last value and
+drop the first unseen, and which one was meant is not for the ledger to guess.
+"""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+from collections.abc import Callable
+from decimal import Decimal
+from typing import Any, NoReturn
+
+
+class RepeatedKey(ValueError):
+    """An object of the document gives a key ``times`` times; ``loc`` is the key's
+    place (object keys and array indexes from the top)."""
+
+    def __init__(self, loc: tuple[str | int, ...], times: int) -> None:
+        self.loc = loc
+        self.times = times
+        self.field = ".".join(str(part) for part in loc)
+        self.reason = f"given {times} times: give it once"
+        super().__init__(f"{self.field}: {self.reason}")
+
+
+def loads(text: str, *, constant: Callable[[str], NoReturn]) -> Any:
+    """The JSON document ``text``, fractions as Decimals; ``constant`` is called with
+    ``NaN``, ``Infinity`` or ``-Infinity`` and raises. RepeatedKey for a key given twice
+    in one object (a ValueError, as ``json.JSONDecodeError`` is)."""
+    # By the object's id, the object itself (kept, so that no other object takes its id
+    # while the document is read: a value dropped for a later one is freed), the first
+    # key it gives twice or more, and how many times.
+    repeated: dict[int, tuple[dict[str, Any], str, int]] = {}
+
+    def pairs(items: list[tuple[str, Any]]) -> dict[str, Any]:
+        obj = dict(items)
+        if len(obj) != len(items):
+            key, times = next((k, n) for k, n in Counter(k for k, _ in items).items() if n > 1)
+            repeated[id(obj)] = (obj, key, times)
+        return obj
+
+    document = json.loads(
+        text, parse_float=Decimal, parse_constant=constant, object_pairs_hook=pairs
+    )
+    if repeated:
+        # An object of the document holds the first of them: a value is only ever
+        # dropped for a key given again, by an object that is then in ``repeated``.
+        found = _first(document, repeated, ())
+        assert found is not None
+        loc, (key, times) = found
+        raise RepeatedKey((*loc, key), times)
+    return document
+
+
+def _first(
+    value: Any, repeated: dict[int, tuple[dict[str, Any], str, int]], loc: tuple[str | int, ...]
+) -> tuple[tuple[str | int, ...], tuple[str, int]] | None:
+    """The place of the first object of ``repeated`` within ``value`` (in document
+    order, an object before those within it), with its key and count; None when there is
+    none."""
+    if isinstance(value, dict):
+        if id(value) in repeated:
+            _, key, times = repeated[id(value)]
+            return loc, (key, times)
+        items: Any = value.items()
+    elif isinstance(value, list):
+        items = enumerate(value)
+    else:
+        return None
+    for key, item in items:
+        found = _first(item, repeated, (*loc, key))
+        if found is not None:
+            return found
+    return None

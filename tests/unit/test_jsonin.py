@@ -1,0 +1,64 @@
+"""Reading clients' JSON exactly: Decimals, no NaN, no key given twice."""
+
+from __future__ import annotations
+
+from decimal import Decimal
+from typing import Any, NoReturn
+
+import pytest
+
+from api.jsonin import RepeatedKey, loads
+
+
+def _refuse(name: str) -> NoReturn:
+    raise ValueError(f"{name} is not a number")
+
+
+def test_a_document_without_repeated_keys_is_read_with_decimals() -> None:
+    value = loads('{"a": 1, "b": [1.5, {"c": null}], "d": "x"}', constant=_refuse)
+    assert value == {"a": 1, "b": [Decimal("1.5"), {"c": None}], "d": "x"}
+    assert type(value["b"][0]) is Decimal
+
+
+@pytest.mark.parametrize("text", ['{"a": NaN}', "[Infinity]", "-Infinity"])
+def test_nan_and_infinity_are_refused(text: str) -> None:
+    with pytest.raises(ValueError, match="is not a number"):
+        loads(text, constant=_refuse)
+
+
+@pytest.mark.parametrize(
+    ("text", "loc", "times"),
+    [
+        ('{"amount": 1, "amount": 1000}', ("amount",), 2),
+        ('{"a": 1, "b": 2, "a": 3, "a": 4}', ("a",), 3),
+        ('{"params": {"x": [1, {"k": 1, "k": 2}]}}', ("params", "x", 1, "k"), 2),
+        ('[{"z": 1}, {"b": 1, "b": 1}]', (1, "b"), 2),
+        # The first object in document order, however deep; an object before those
+        # within it.
+        ('{"a": {"x": 1, "x": 2}, "b": {"y": 1, "y": 1}}', ("a", "x"), 2),
+        ('{"a": {"b": {"c": {"d": 1, "d": 2}}}, "e": {"f": 1, "f": 2}}', ("a", "b", "c", "d"), 2),
+        ('{"a": {"b": {"c": {"d": 1, "d": 2}}}, "e": 1, "e": 2}', ("e",), 2),
+        # A value dropped for the key's later one is itself not in the document: the
+        # object that gives the key twice is named.
+        ('{"a": {"x": 1, "x": 2}, "a": 5}', ("a",), 2),
+        ('{"a": [{"x": 1, "x": 2}], "a": [{"y": 1}]}', ("a",), 2),
+    ],
+)
+def test_a_key_given_twice_is_named_with_its_place(
+    text: str, loc: tuple[Any, ...], times: int
+) -> None:
+    with pytest.raises(RepeatedKey) as raised:
+        loads(text, constant=_refuse)
+    assert raised.value.loc == loc
+    assert raised.value.times == times
+    assert raised.value.field == ".".join(str(p) for p in loc)
+    assert str(raised.value) == f"{raised.value.field}: given {times} times: give it once"
+    assert isinstance(raised.value, ValueError)
+
+
+def test_the_same_key_in_two_objects_is_no_repetition() -> None:
+    assert loads('[{"a": 1}, {"a": 2}, {"b": {"a": 3}}]', constant=_refuse) == [
+        {"a": 1},
+        {"a": 2},
+        {"b": {"a": 3}},
+    ]
