@@ -130,26 +130,23 @@ def _refuse_repeated(request: Request, queries: frozenset[str], headers: dict[by
     """422 for a parameter of one value given more than once (``?limit=5&limit=500``, two
     ``Idempotency-Key`` headers): which of them was meant is not for the server to guess,
     and FastAPI would take one and drop the rest unseen, invalid or not."""
-    counts: Counter[tuple[str, str]] = Counter()
+    given = [("header", headers[name]) for name, _ in request.scope["headers"] if name in headers]
     if queries and request.scope.get("query_string"):
-        counts.update(("query", k) for k, _ in request.query_params.multi_items() if k in queries)
-    if headers:
-        counts.update(
-            ("header", headers[name]) for name, _ in request.scope["headers"] if name in headers
-        )
-    repeated = [(where, name, n) for (where, name), n in counts.items() if n > 1]
-    if repeated:
-        raise RequestValidationError(
-            [
-                {
-                    "type": "repeated_parameter",
-                    "loc": (where, name),
-                    "msg": f"given {n} times: give it once",
-                    "input": None,
-                }
-                for where, name, n in repeated
-            ]
-        )
+        given += [("query", k) for k, _ in request.query_params.multi_items() if k in queries]
+    if len(given) < 2 or len(set(given)) == len(given):
+        return
+    raise RequestValidationError(
+        [
+            {
+                "type": "repeated_parameter",
+                "loc": (where, name),
+                "msg": f"given {n} times: give it once",
+                "input": None,
+            }
+            for (where, name), n in Counter(given).items()
+            if n > 1
+        ]
+    )
 
 
 def _is_json(content_type: str) -> bool:

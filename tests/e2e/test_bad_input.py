@@ -580,6 +580,16 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         "active",
     ),
     (
+        "two parameters twice",
+        "GET",
+        "/v1/keys?role=admin&active=true&role=service&active=false",
+        None,
+        {},
+        422,
+        "invalid_request",
+        "role",
+    ),
+    (
         "page size twice",
         "GET",
         "/v1/accounts/w/entries?limit=5&limit=500",
