@@ -2,8 +2,9 @@
 
 Request bodies are parsed with ``Decimal`` for fractions (floats never touch money or a
 price parameter) and refuse ``NaN`` and ``Infinity``, which Python's JSON parser would
-otherwise accept. A body sent with a content type other than JSON gets 415. A query
-parameter or header of one value given twice gets 422, rather than one of them chosen.
+otherwise accept. A body sent with a content type other than JSON gets 415. A key given
+twice in one JSON object, or a query parameter or header of one value given twice, gets
+422 naming it, rather than one of them chosen.
 """
 
 from __future__ import annotations
