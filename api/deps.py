@@ -203,10 +203,13 @@ async def read(services: Services, query: Callable[..., T], *args: Any, **kwargs
 
 
 # The caller is a dependency of its own, solved first: a request without a valid key is
-# 401 (or 403) before its Idempotency-Key header or body is looked at. One function per
-# role rather than a factory: with postponed annotations, FastAPI resolves a parameter's
-# ``Annotated[..., Depends(role)]`` in the module's globals, where a factory's ``role``
-# is not.
+# 401 (or 403) before its Idempotency-Key header or body is validated. Only what the route
+# class and FastAPI refuse before any dependency runs comes earlier, whoever sends it
+# (``api/routing.py``): a body that is not JSON (415) or malformed (400), NUL in any text,
+# and a key, parameter or header given twice (422). One function per role rather than a
+# factory: with postponed annotations, FastAPI resolves a parameter's
+# ``Annotated[..., Depends(role)]`` in the module's globals, where a factory's ``role`` is
+# not.
 
 
 async def _gateway_call(
