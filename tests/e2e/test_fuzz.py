@@ -122,14 +122,28 @@ def _steer(case: Any, world: dict[str, list[str]], data: st.DataObject) -> None:
                 body[name] = data.draw(st.sampled_from(values), label=name)
 
 
+def _one_item(case: Any, name: str) -> bool:
+    """Whether the query parameter ``name`` of ``case`` is a list of one plain value: sent
+    as ``name=value``, the very request its value alone makes."""
+    value = (case.query or {}).get(name)
+    return (
+        isinstance(value, list | tuple)
+        and len(value) == 1
+        and not isinstance(value[0], list | tuple | dict)
+    )
+
+
 def _checks(case: Any) -> list[Any]:
     """The checks for ``case``, which is sent with a valid key of its own.
 
-    A negative case whose named mutation is only its Authorization header (replaced by
-    that valid key) and whose other mutation is only extra query parameters is no longer
-    negative where it counts: an API ignores unknown query parameters, and schemathesis
-    itself accepts a 2xx when they are a case's only mutation. For such a case the
-    "negative data is rejected" check is left out; every other check still runs.
+    A negative case whose named mutations are only undone on the way is no longer negative
+    where it counts: its Authorization header (replaced by that valid key), and a query
+    parameter made a list of one value (``?actor=false`` whether ``"false"`` or
+    ``["false"]`` was meant: the server cannot tell, and refuses two values or more). Nor
+    are extra query parameters besides them: an API ignores unknown query parameters,
+    and schemathesis itself accepts a 2xx when they are a case's only mutation. For such
+    a case the "negative data is rejected" check is left out; every other check still
+    runs.
     """
     meta = case._meta
     if meta is None or not meta.generation.mode.is_negative:
@@ -137,7 +151,9 @@ def _checks(case: Any) -> list[Any]:
     named = list(negated_parameters(meta))
     negative = {where for where, info in meta.components.items() if info.mode.is_negative}
     undone = bool(named) and all(
-        (name, where) == ("Authorization", ParameterLocation.HEADER) for name, where in named
+        (name, where) == ("Authorization", ParameterLocation.HEADER)
+        or (where == ParameterLocation.QUERY and _one_item(case, name))
+        for name, where in named
     )
     if undone and negative <= {ParameterLocation.HEADER, ParameterLocation.QUERY}:
         return [check for check in CHECKS if check is not negative_data_rejection]
