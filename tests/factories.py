@@ -8,7 +8,9 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from ledger.db import Database
 from ledger.services import Ledger
+from reports import queries, statement
 
 #: After every shipped version took effect: quotes "now" and at this instant agree.
 NOW = datetime(2026, 11, 21, 12, 0, tzinfo=UTC)
@@ -82,6 +84,25 @@ class Clock:
     def advance(self, **delta: float) -> datetime:
         self.now += timedelta(**delta)
         return self.now
+
+
+def make_statement(
+    db: Database,
+    month: str,
+    timezone: str,
+    account: str | None = None,
+    *,
+    from_journal: bool = False,
+    generated_at: datetime = NOW,
+) -> statement.Statement:
+    """The statement of ``month`` in ``timezone`` as a report job makes it (reconciled, or
+    :class:`reports.errors.ReconciliationError`); ``from_journal`` reads every wallet the
+    exact way instead of from its rollups."""
+    with db.transaction(write=False) as conn:
+        frames = queries.load(
+            conn, queries.period(month, timezone), account, from_journal=from_journal
+        )
+    return statement.build(frames, account_id=account, generated_at=generated_at)
 
 
 _keys = iter(range(10**9))

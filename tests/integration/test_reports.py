@@ -21,7 +21,7 @@ from reports import queries, render, statement
 from reports.errors import ReportNotReady, ReportOverflow
 from reports.jobs import Reports
 from reports.queries import records
-from tests.factories import Clock, Traffic, key, month_of_traffic, veo3_video
+from tests.factories import Clock, Traffic, key, make_statement, month_of_traffic, veo3_video
 
 
 @pytest.fixture
@@ -37,9 +37,7 @@ def reports(db: Database, clock: Clock) -> Reports:
 def make(
     db: Database, month: str, tz: str, account: str | None = None, *, from_journal: bool = False
 ) -> statement.Statement:
-    with db.transaction(write=False) as conn:
-        frames = queries.load(conn, queries.period(month, tz), account, from_journal=from_journal)
-    return statement.build(frames, account_id=account, generated_at=datetime.now(UTC))
+    return make_statement(db, month, tz, account, from_journal=from_journal)
 
 
 def test_statement_reconciles_to_the_ledger(db: Database, ledger: Ledger, traffic: Traffic) -> None:

@@ -3,6 +3,11 @@
 The model knows only what a customer could know: what was topped up, charged, refunded,
 adjusted and is held. Grant expiry is the one place the model reads the ledger (which
 grants were due), because which credits remain in which grant is the ledger's business.
+
+The wallet lives in a timezone drawn per example: its months (allocations, spend limits,
+daily rollups) are local ones. Each month that closes is reported, in the wallet's
+timezone and in UTC, from the rollups and from the journal: the two agree, the statement
+reconciles and says what the model says of that month, and it never changes afterwards.
 """
 
 from __future__ import annotations
@@ -13,10 +18,12 @@ import shutil
 import tempfile
 from collections.abc import Callable
 from contextlib import ExitStack
-from datetime import UTC, timedelta
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
+import pandas as pd
 import pytest
 import sqlalchemy as sa
 from hypothesis import HealthCheck, settings
@@ -47,9 +54,11 @@ from ledger.services import Ledger
 from ledger.verify import verify
 from pricing import default_catalogs, price_usage
 from pricing.errors import PricingError
+from reports.queries import records
+from reports.statement import ACCOUNT_COLUMNS, Statement
 from tests import factories as f
 from tests.conftest import examples
-from tests.factories import Clock
+from tests.factories import Clock, make_statement
 from tests.pg import TempPostgres
 
 W = "w"
@@ -58,6 +67,14 @@ REQUESTS = {
     "image": lambda n: f.request("cosmic", "image", prompt="p", model="dall-e-3"),
     "video": lambda n: f.cosmic_video(duration=[4, 6, 8][n % 3]),
 }
+#: The wallet's timezone: whole hours behind UTC with DST, half an hour ahead, 13:45
+#: ahead (its months begin on the previous UTC day), and UTC itself.
+TIMEZONES = ["UTC", "America/Los_Angeles", "Asia/Kolkata", "Pacific/Chatham"]
+#: How long after ``f.NOW`` (November 21, 12:00 UTC) the wallet opens: then, or hours
+#: before the end of November in Chatham (November 30, 10:15 UTC) or in UTC, so that
+#: months close within an example's few steps. At each start, some of the timezones are
+#: on another day than UTC.
+STARTS = [timedelta(0), timedelta(days=8, hours=18, minutes=15), timedelta(days=9, hours=10)]
 
 
 class LedgerMachine(RuleBasedStateMachine):
@@ -84,6 +101,20 @@ class LedgerMachine(RuleBasedStateMachine):
         self.max_tokens: dict[str, int] = {}  # of each text hold's request
         self.excused = False  # available may be negative (overage, or expiry under holds)
         self.replays: list[tuple[Callable[[], Any], Any]] = []
+        self.timezone = "UTC"
+        self.refunds_posted: dict[str, int] = {}  # what refunds gave back, by their period
+        # Per report timezone: the month the wallet was opened in, and for each month
+        # that closed since, the balance and the open holds (count, amount) at its end.
+        self.first_month: dict[str, str] = {}
+        self.month_ends: dict[tuple[str, str], tuple[int, int, int]] = {}
+        self.statements: dict[tuple[str, str], Statement] = {}  # as first reported
+
+    def period(self, timezone: str | None = None) -> str:
+        """The month it is now in ``timezone`` (default: the wallet's)."""
+        return self.clock.now.astimezone(ZoneInfo(timezone or self.timezone)).strftime("%Y-%m")
+
+    def report_zones(self) -> list[str]:
+        return sorted({self.timezone, "UTC"})
 
     def room(self) -> int | None:
         """What the spend limit leaves this period (None: no limit)."""
@@ -94,11 +125,11 @@ class LedgerMachine(RuleBasedStateMachine):
     def spent_now(self) -> int:
         """What this period spent: its captures and charges less refunds of those (a
         refund of an earlier period's charge counts in that period)."""
-        period = self.clock.now.strftime("%Y-%m")
+        period = self.period()
         return self.spent.get(period, 0) - self.refunded.get(period, 0)
 
     def spend(self, amount: int) -> None:
-        period = self.clock.now.strftime("%Y-%m")
+        period = self.period()
         self.spent[period] = self.spent.get(period, 0) + amount
 
     def refused_by_limit(self, exc: InsufficientCredits) -> bool:
@@ -140,20 +171,28 @@ class LedgerMachine(RuleBasedStateMachine):
         self.replays.append((call, result))
         return result
 
-    @initialize(overdraft=st.sampled_from([0, 50_000]), allocation=st.sampled_from([None, 100_000]))
-    def open(self, overdraft: int, allocation: int | None) -> None:
-        self.overdraft, self.allocation = overdraft, allocation
+    @initialize(
+        overdraft=st.sampled_from([0, 50_000]),
+        allocation=st.sampled_from([None, 100_000]),
+        timezone=st.sampled_from(TIMEZONES),
+        start=st.sampled_from(STARTS),
+    )
+    def open(self, overdraft: int, allocation: int | None, timezone: str, start: timedelta) -> None:
+        self.overdraft, self.allocation, self.timezone = overdraft, allocation, timezone
+        self.clock.advance(seconds=start.total_seconds())
         self.ledger.open_account(
             W,
             "token",
             idempotency_key=self.key(),
             overdraft_limit=overdraft,
             monthly_allocation=allocation,
+            timezone=timezone,
         )
+        self.first_month = {zone: self.period(zone) for zone in self.report_zones()}
         if allocation is not None:
             assert self.ledger.roll_allocations() == 1
             self.balance += allocation
-            self.allocated.add(self.clock.now.strftime("%Y-%m"))
+            self.allocated.add(self.period())
 
     # ------------------------------------------------------------------------ rules
 
@@ -367,8 +406,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.ledger.reverse(entry, reason="model refund", idempotency_key=key)
         self.balance -= delta
         if original.kind in ("capture", "charge"):  # a refund: its charge's period gets it
-            period = original.posted_at.astimezone(UTC).strftime("%Y-%m")  # W is in UTC
+            period = original.posted_at.astimezone(ZoneInfo(self.timezone)).strftime("%Y-%m")
             self.refunded[period] = self.refunded.get(period, 0) - delta
+            now = self.period()
+            self.refunds_posted[now] = self.refunds_posted.get(now, 0) - delta
         if delta > 0:  # taking credits back can push available below zero
             self.excused = True
 
@@ -409,8 +450,13 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(minutes=st.sampled_from([1, 14, 16, 90, 60 * 24, 60 * 24 * 12]))
     def time_passes(self, minutes: int) -> None:
-        before_period = self.clock.now.strftime("%Y-%m")
+        before = {zone: self.period(zone) for zone in self.report_zones()}
+        before_period = before[self.timezone]
         self.clock.advance(minutes=minutes)
+        for zone, month in before.items():  # nothing was posted between: a month's end
+            if self.period(zone) != month:
+                held = self.pending.values()  # expired ones too, until the sweep below
+                self.month_ends[(zone, month)] = (self.balance, len(held), sum(held))
         due = sum(
             g.remaining
             for g in self.ledger.account(W).grants
@@ -425,7 +471,7 @@ class LedgerMachine(RuleBasedStateMachine):
         for h in expired:
             self.pending.pop(h)
         granted = self.ledger.roll_allocations()
-        period = self.clock.now.strftime("%Y-%m")
+        period = self.period()
         # Once per period: a period that began, or one that had none when it was set or
         # when the wallet was unblocked. A blocked wallet is granted nothing.
         if self.allocation is not None and period not in self.allocated and not self.blocked:
@@ -434,6 +480,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self.allocated.add(period)
         else:
             assert granted == 0
+        if any(self.period(zone) != month for zone, month in before.items()):
+            self.books_close()
 
     @rule(
         overdraft=st.one_of(st.none(), st.sampled_from([0, 25_000, 50_000, 100_000])),
@@ -488,6 +536,53 @@ class LedgerMachine(RuleBasedStateMachine):
         view = self.remember(call, call())
         self.blocked = blocked
         assert view.blocked is blocked
+
+    @rule()
+    def books_agree(self) -> None:
+        """The month so far and every closed month, reported again after more traffic:
+        the rollups and the journal still agree, and a closed month says what it said."""
+        self.books_close(so_far=True)
+
+    def books_close(self, *, so_far: bool = False) -> None:
+        """Every month closed so far (and with ``so_far`` the current one), reported in
+        each timezone from the rollups and from the journal: the two agree, reconcile,
+        chain, match the model, and a closed month never changes."""
+        for zone in self.report_zones():
+            months = sorted(m for z, m in self.month_ends if z == zone)
+            assert months[:1] in ([], [self.first_month[zone]])
+            opening = 0
+            for month in [*months, self.period(zone)] if so_far else months:
+                ended = self.month_ends.get((zone, month))
+                held = self.pending.values()
+                closing, holds, amount = ended or (self.balance, len(held), sum(held))
+                made = self.statement(month, zone)
+                row = records(made.accounts)[0]
+                assert (row["opening"], row["closing"]) == (opening, closing), (zone, month)
+                assert (row["open_holds"], row["open_holds_amount"]) == (holds, amount)
+                if zone == self.timezone:  # the wallet's own months: its rollups' days
+                    assert row["source"] == "rollup"
+                    spent = self.spent.get(month, 0)
+                    assert (row["usage_amount"], row["debit_usage"]) == (spent, spent)
+                    assert row["credit_refund"] == self.refunds_posted.get(month, 0)
+                if ended is not None:  # a closed month stays closed
+                    first = self.statements.setdefault((zone, month), made)
+                    for frame in ("accounts", "usage", "daily"):
+                        pd.testing.assert_frame_equal(getattr(made, frame), getattr(first, frame))
+                opening = closing
+
+    def statement(self, month: str, zone: str) -> Statement:
+        """The wallet's statement of ``month`` in ``zone``, read from the rollups where
+        they serve (the wallet's timezone), checked against the one read from the
+        journal."""
+        made = make_statement(self.db, month, zone, W, generated_at=self.clock.now)
+        exact = make_statement(
+            self.db, month, zone, W, from_journal=True, generated_at=self.clock.now
+        )
+        same = [c for c in ACCOUNT_COLUMNS if c != "source"]
+        pd.testing.assert_frame_equal(made.accounts[same], exact.accounts[same])
+        pd.testing.assert_frame_equal(made.usage, exact.usage)
+        pd.testing.assert_frame_equal(made.daily, exact.daily)
+        return made
 
     @precondition(lambda self: bool(self.replays))
     @rule(data=st.data())
