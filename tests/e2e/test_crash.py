@@ -2,8 +2,9 @@
 
 On each database, eight clients drive authorizations, captures (completed and provider
 ERRORs), usage reported after the fact and top-ups against ``creditledger serve`` while
-it is killed at a random moment, ten times, and restarted. Every request carries an
-idempotency key. Afterwards, on a restarted server:
+it is killed at a random moment, ten times (times ``CREDITLEDGER_TEST_SCALE`` in a soak),
+and restarted. Every request carries an idempotency key. Afterwards, on a restarted
+server:
 
 - every request that was answered 2xx is in the ledger, and replaying it gives back the
   very answer the client got;
@@ -31,10 +32,11 @@ import sqlalchemy as sa
 from ledger.db import Database
 from ledger.models import grants, holds, metering
 from tests import factories as f
+from tests.conftest import examples
 from tests.e2e.forked import run
 from tests.e2e.served import Served, Threads
 
-KILLS = 10
+KILLS = examples(10)  # times CREDITLEDGER_TEST_SCALE, for a soak
 CLIENTS = 8
 OPENING = 5_000
 WALLET = "crash"

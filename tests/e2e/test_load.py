@@ -1,8 +1,9 @@
 """Load: 64 concurrent clients against one wallet of the real server, on each database.
 
-6,400 operations mix authorizations, captures (completed and provider ERRORs),
-voids, immediate charges and top-ups, with the wallet kept short so that many requests
-are refused with 402. While it runs, a watcher reads the wallet over and over; afterwards:
+6,400 operations (times ``CREDITLEDGER_TEST_SCALE`` in a soak) mix authorizations,
+captures (completed and provider ERRORs), voids, immediate charges and top-ups, with the
+wallet kept short so that many requests are refused with 402. While it runs, a watcher
+reads the wallet over and over; afterwards:
 
 - the wallet was never overspent: available never went below zero, and the journal's
   running balance never did either;
@@ -23,11 +24,12 @@ from typing import Any
 import httpx2 as httpx
 
 from tests import factories as f
+from tests.conftest import examples
 from tests.e2e.forked import run
 from tests.e2e.served import Served, Threads
 
 CLIENTS = 64
-OPS_PER_CLIENT = 100  # 6,400 operations
+OPS_PER_CLIENT = examples(100)  # 6,400 operations (times CREDITLEDGER_TEST_SCALE)
 OPENING = 20_000
 WALLET = "load"
 #: Seconds a client waits for an answer. 64 clients queue for one wallet on a shared
