@@ -556,7 +556,7 @@ class LedgerMachine(RuleBasedStateMachine):
                 held = self.pending.values()
                 closing, holds, amount = ended or (self.balance, len(held), sum(held))
                 made = self.statement(month, zone)
-                row = records(made.accounts)[0]
+                (row,) = records(made.accounts)
                 assert (row["opening"], row["closing"]) == (opening, closing), (zone, month)
                 assert (row["open_holds"], row["open_holds_amount"]) == (holds, amount)
                 if zone == self.timezone:  # the wallet's own months: its rollups' days
