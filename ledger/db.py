@@ -520,8 +520,11 @@ class Database:
                 try:
                     yield conn
                 finally:
-                    # Sent or not, it belongs to this transaction only.
-                    conn.info.pop(BEGIN_PENDING, None)
+                    # Sent or not, it belongs to this transaction only. A connection the
+                    # server cut off is invalidated, its DBAPI connection and info gone
+                    # (and asking for them would raise over the disconnect error).
+                    if not conn.invalidated:
+                        conn.info.pop(BEGIN_PENDING, None)
 
     def migrate(self, revision: str = "head") -> None:
         """Upgrade the schema to ``revision`` (Alembic)."""

@@ -170,6 +170,39 @@ def test_a_transaction_left_idle_is_ended_by_the_server_and_its_locks_freed(
     assert funded.balance("wallet").pending == 240
 
 
+@postgresql_only
+@pytest.mark.parametrize("write", [True, False])
+def test_a_session_the_server_ends_is_the_database_gone_not_a_bug(
+    funded: Ledger, database_url: str, write: bool
+) -> None:
+    """A session ended under a transaction (a restart, a failover, an operator's
+    ``pg_terminate_backend``) fails it with the driver's disconnect error, which the API
+    answers 503 and the CLI exit 6: not with SQLAlchemy's refusal to touch the invalidated
+    connection (``PendingRollbackError``, a 500) on the way out. Nothing is kept, and the
+    next transaction gets a new connection."""
+    admin = sa.create_engine(database_url, poolclass=sa.pool.NullPool)
+
+    def ended_midway() -> None:
+        with funded.db.transaction(write=write) as conn:
+            conn.exec_driver_sql(
+                "UPDATE accounts SET overdraft_limit = 5 WHERE external_id = 'wallet'"
+                if write
+                else "SELECT 1"
+            )
+            pid = conn.exec_driver_sql("SELECT pg_backend_pid()").scalar()
+            with admin.connect() as other:
+                other.exec_driver_sql(f"SELECT pg_terminate_backend({int(str(pid))})")
+            conn.exec_driver_sql("SELECT 1")
+
+    try:
+        with pytest.raises(sa.exc.OperationalError, match="terminating connection"):
+            ended_midway()
+    finally:
+        admin.dispose()
+    assert funded.account("wallet").overdraft_limit == 0
+    assert funded.balance("wallet").balance == 1_000
+
+
 def test_a_postgresql_server_that_never_answers_fails_the_connection_in_time() -> None:
     with socket.socket() as silent:
         silent.bind(("127.0.0.1", 0))
