@@ -111,6 +111,13 @@ class TempPostgres:
             "start",
         )
 
+    def restart(self, mode: str = "fast") -> None:
+        """Stop the server (``pg_ctl`` mode ``smart``, ``fast`` or ``immediate``: the last
+        is a crash, recovered from the WAL at the start) and start it again, on the same
+        port and data."""
+        self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+        self._start_server()
+
     def pid(self) -> int:
         """The server's main process (the postmaster; each connection's backend and the
         background writers are its children)."""

@@ -27,19 +27,23 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2 as httpx
+import psycopg
+import pytest
 import sqlalchemy as sa
 
 from ledger.db import Database
 from ledger.models import grants, holds, metering
 from tests import factories as f
-from tests.conftest import examples
+from tests.conftest import examples, postgres_or_skip
 from tests.e2e.forked import run
 from tests.e2e.served import Served, Threads
+from tests.pg import TempPostgres
 
 KILLS = examples(10)  # times CREDITLEDGER_TEST_SCALE, for a soak
 CLIENTS = 8
 OPENING = 5_000
 WALLET = "crash"
+NONE: frozenset[int] = frozenset()
 
 
 @dataclass
@@ -137,20 +141,31 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
             stop.set()
             threads.join(timeout=60)
     served.start()
+    _settle(served, clients, database_url)
 
+
+def _settle(
+    served: Served, clients: list[Client], database_url: str, *, unknown: frozenset[int] = NONE
+) -> None:
+    """What the clients were told, checked against the ledger of a serving ``served``.
+
+    Calls that got no answer (cut off), or one of the ``unknown`` statuses, are sent
+    again, twice, with their keys: whatever their fate was, they take effect once at most.
+    """
+    auth = {"Authorization": f"Bearer {served.admin}"}
     calls = [c for client in clients for c in client.calls]
     answered = [c for c in calls if c.status is not None]
-    cut_off = [c for c in calls if c.status is None]
+    retried = [c for c in calls if c.status is None or c.status in unknown]
     statuses = Counter(c.status or 0 for c in answered)
-    # The traffic was real: every kind of call succeeded, and some were cut off.
+    # The traffic was real: every kind of call succeeded, and some were caught by an outage.
     assert {c.op for c in answered if (c.status or 0) < 300} == {
         "authorize",
         "capture",
         "usage",
         "topup",
     }
-    assert cut_off, "no request was in flight at a kill"
-    assert set(statuses) <= {200, 201, 402, 409}, statuses
+    assert retried, "no request was caught by an outage"
+    assert set(statuses) <= {200, 201, 402, 409} | unknown, statuses
 
     outcome: dict[str, tuple[int, Any]] = {}
     with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
@@ -170,7 +185,7 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
                 hold = http.get(f"/v1/authorizations/{call.answer['id']}").json()
                 assert (hold["status"], hold["captured"]) == ("captured", call.answer["charged"])
         # Cut off: replaying has one effect at most, and twice is the same as once.
-        for call in cut_off:
+        for call in retried:
             first = _post(http, call)
             assert first[0] in (200, 201, 402, 409), (call, first)
             assert _post(http, call) == first, call
@@ -229,3 +244,75 @@ def _entry_ids(http: httpx.Client) -> set[str]:
         cursor = page["next_cursor"]
         if cursor is None:
             return ids
+
+
+def test_postgresql_going_away_under_traffic_loses_nothing_and_doubles_nothing(
+    request: pytest.FixtureRequest, serve: Callable[[dict[str, str]], Served]
+) -> None:
+    """The database goes away under a running server, which is not restarted: a
+    PostgreSQL of its own is restarted (``fast``), crashed and recovered (``immediate``),
+    and has its sessions ended (``pg_terminate_backend``), while eight clients drive
+    traffic. A call in flight is answered 503 (or cut off), never 500; the server serves
+    again once the database is back, without a restart; and, as after a crash, every
+    answer replays, every 503 sent again takes effect once at most, the money adds up
+    and ``verify`` passes."""
+    # Durable (the suite's shared server is not): an immediate stop is a crash, and a
+    # commit it acknowledged must be in the WAL that recovery replays.
+    server = TempPostgres(postgres_or_skip(request).bindir, durable=True).start()
+    try:
+        rng = random.Random(20261203)
+        env = {
+            "CREDITLEDGER_DATABASE_URL": server.url(),
+            "CREDITLEDGER_SWEEP_INTERVAL_SECONDS": "0.2",
+            "CREDITLEDGER_HOLD_TTL_SECONDS": "5",
+        }
+        served = serve(env).start()
+        auth = {"Authorization": f"Bearer {served.admin}"}
+        clients = [Client(n, random.Random(rng.random())) for n in range(CLIENTS)]
+        with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+            assert http.post("/v1/accounts", json={"id": WALLET, "unit": "credit"}).is_success
+            assert http.post(f"/v1/accounts/{WALLET}/topups", json={"amount": OPENING}).is_success
+            stop = threading.Event()
+            threads = Threads()
+            for client in clients:
+                threads.start(client.drive, http, stop)
+            for outage in ["fast", "immediate", "terminate"] * examples(1):
+                time.sleep(rng.uniform(0.3, 1.0))
+                if outage == "terminate":
+                    _end_sessions(server)
+                else:
+                    server.restart(outage)
+                # The server serves again: each client has a call answered 2xx after
+                # those it had sent by now.
+                sent = [len(c.calls) for c in clients]
+                deadline = time.monotonic() + 30
+                while not all(
+                    any(c.status in (200, 201) for c in client.calls[n:])
+                    for client, n in zip(clients, sent, strict=True)
+                ):
+                    assert time.monotonic() < deadline, "the server did not come back"
+                    time.sleep(0.1)
+            stop.set()
+            threads.join(timeout=60)
+        assert served.starts == 1  # the server was never restarted
+        assert served.proc is not None
+        assert served.proc.poll() is None
+        calls = [c for client in clients for c in client.calls]
+        assert any(c.status == 503 for c in calls), "no call was caught by an outage"
+        for call in calls:
+            if call.status == 503:
+                assert call.answer["error"] == "database_unavailable", call
+        _settle(served, clients, server.url(), unknown=frozenset({503}))
+    finally:
+        server.stop()
+
+
+def _end_sessions(server: TempPostgres) -> None:
+    """End every client session of ``server`` but this one (a failover, an operator's
+    ``pg_terminate_backend``)."""
+    dsn = server.url().replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+            "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        )
