@@ -184,7 +184,8 @@ def _settle(
             if call.op == "capture" and call.status == 200:
                 hold = http.get(f"/v1/authorizations/{call.answer['id']}").json()
                 assert (hold["status"], hold["captured"]) == ("captured", call.answer["charged"])
-        # Cut off: replaying has one effect at most, and twice is the same as once.
+        # Cut off, or of unknown outcome: replaying has one effect at most, and twice is
+        # the same as once.
         for call in retried:
             first = _post(http, call)
             assert first[0] in (200, 201, 402, 409), (call, first)
