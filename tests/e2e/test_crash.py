@@ -19,11 +19,13 @@ server:
 from __future__ import annotations
 
 import random
+import subprocess
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
@@ -317,3 +319,82 @@ def _end_sessions(server: TempPostgres) -> None:
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
             "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
         )
+
+
+def test_sqlite_disk_full_under_traffic_loses_nothing_and_doubles_nothing(
+    serve: Callable[[dict[str, str]], Served], tmp_path: Path
+) -> None:
+    """The disk of the SQLite file fills up under a running server (another file takes
+    every byte left on a small tmpfs), then is freed, while eight clients drive traffic.
+    Writes caught by it are answered 503 ``database_unavailable`` (their transactions
+    rolled back whole), never a 500; the same server writes again once there is room;
+    and, as after a crash, every answer replays, every 503 sent again takes effect once at
+    most, the money adds up and ``verify`` passes."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", "size=64m", "tmpfs", str(disk)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"a small tmpfs cannot be mounted here (needs root): {mounted.stderr}")
+    try:
+        url = f"sqlite:///{disk / 'ledger.db'}"
+        env = {
+            "CREDITLEDGER_DATABASE_URL": url,
+            "CREDITLEDGER_SWEEP_INTERVAL_SECONDS": "0.2",
+            "CREDITLEDGER_HOLD_TTL_SECONDS": "5",
+        }
+        served = serve(env).start()
+        auth = {"Authorization": f"Bearer {served.admin}"}
+        rng = random.Random(20261204)
+        clients = [Client(n, random.Random(rng.random())) for n in range(CLIENTS)]
+        with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+            assert http.post("/v1/accounts", json={"id": WALLET, "unit": "credit"}).is_success
+            assert http.post(f"/v1/accounts/{WALLET}/topups", json={"amount": OPENING}).is_success
+            stop = threading.Event()
+            threads = Threads()
+            for client in clients:
+                threads.start(client.drive, http, stop)
+            for _ in range(examples(1)):
+                time.sleep(rng.uniform(0.2, 0.5))  # early: the WAL still grows
+                filler = _fill(disk)
+                _wait(clients, lambda call: call.status == 503, "no write met the full disk")
+                filler.unlink()  # room again
+                _wait(clients, lambda call: call.status in (200, 201), "writes did not resume")
+            time.sleep(0.5)
+            stop.set()
+            threads.join(timeout=60)
+        assert served.starts == 1  # the server was never restarted
+        for call in (c for client in clients for c in client.calls):
+            if call.status == 503:
+                assert call.answer["error"] == "database_unavailable", call
+        _settle(served, clients, url, unknown=frozenset({503}))
+    finally:
+        subprocess.run(["umount", "--lazy", str(disk)], check=False)
+
+
+def _fill(disk: Path) -> Path:
+    """A file taking every byte left on ``disk``."""
+    filler = disk / "filler"
+    with filler.open("wb") as out:
+        try:
+            while True:
+                out.write(b"\0" * (1 << 16))
+                out.flush()
+        except OSError:
+            pass  # ENOSPC: full
+    return filler
+
+
+def _wait(clients: list[Client], seen: Callable[[Call], bool], failure: str) -> None:
+    """Wait until some client has a call, sent from now on, that ``seen`` accepts."""
+    sent = [len(c.calls) for c in clients]
+    deadline = time.monotonic() + 30
+    while not any(
+        seen(call) for client, n in zip(clients, sent, strict=True) for call in client.calls[n:]
+    ):
+        assert time.monotonic() < deadline, failure
+        time.sleep(0.05)
