@@ -327,7 +327,8 @@ def test_sqlite_disk_full_under_traffic_loses_nothing_and_doubles_nothing(
     """The disk of the SQLite file fills up under a running server (another file takes
     every byte left on a small tmpfs), then is freed, while eight clients drive traffic.
     Writes caught by it are answered 503 ``database_unavailable`` (their transactions
-    rolled back whole), never a 500; the same server writes again once there is room;
+    rolled back whole), never a 500, while reads are answered; the same server writes
+    again once there is room;
     and, as after a crash, every answer replays, every 503 sent again takes effect once at
     most, the money adds up and ``verify`` passes."""
     disk = tmp_path / "disk"
