@@ -328,9 +328,8 @@ def test_sqlite_disk_full_under_traffic_loses_nothing_and_doubles_nothing(
     every byte left on a small tmpfs), then is freed, while eight clients drive traffic.
     Writes caught by it are answered 503 ``database_unavailable`` (their transactions
     rolled back whole), never a 500, while reads are answered; the same server writes
-    again once there is room;
-    and, as after a crash, every answer replays, every 503 sent again takes effect once at
-    most, the money adds up and ``verify`` passes."""
+    again once there is room; and, as after a crash, every answer replays, every 503 sent
+    again takes effect once at most, the money adds up and ``verify`` passes."""
     disk = tmp_path / "disk"
     disk.mkdir()
     mounted = subprocess.run(
