@@ -51,6 +51,7 @@ seconds (a client that died or hung mid-transaction), releasing its locks.
 from __future__ import annotations
 
 import json
+import logging
 import queue
 import sqlite3
 import threading
@@ -86,6 +87,11 @@ GROUP_LIMIT = 64
 THREADS = 2
 T = TypeVar("T")
 _SAVEPOINT = "creditledger_writer"
+#: Times a PostgreSQL use case or read runs again after its connection was lost
+#: (``Database.lost``).
+RECONNECTS = 1
+
+log = logging.getLogger("creditledger.db")
 
 
 class CommitFailed(sa.exc.OperationalError):
@@ -121,6 +127,16 @@ def is_lock_timeout(exc: BaseException) -> bool:
         # The extended code's low byte is the primary code (SQLITE_BUSY_SNAPSHOT too).
         and getattr(orig, "sqlite_errorcode", 0) & 0xFF == sqlite3.SQLITE_BUSY
     )
+
+
+def connection_lost(exc: BaseException) -> bool:
+    """Whether ``exc`` ended a transaction because its connection was lost: the server
+    restarted, crashed or ended the session, or the network cut it. SQLAlchemy found the
+    connection gone and invalidated it, and with it every connection its pool had handed
+    out by then, so the next transaction connects anew. Nothing of the transaction was
+    committed, unless the loss came while its COMMIT was in flight: then the server may
+    have committed it, and no client can tell which."""
+    return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
 #: The text of the SQLite triggers that refuse a sum beyond 64 bits (migration 0006).
@@ -403,11 +419,32 @@ class Database:
 
     def submit_read(self, read: Callable[..., T], /, *args: Any, **kwargs: Any) -> Future[T]:
         """Run ``read(*args, **kwargs)`` on one of the worker threads (``threads`` of
-        them): reads queue for a few threads rather than each taking one of many, whose
-        hand-offs of Python's interpreter lock at every statement would cost more than
-        the reads."""
+        them), as ``reading`` does: reads queue for a few threads rather than each taking
+        one of many, whose hand-offs of Python's interpreter lock at every statement would
+        cost more than the reads."""
         with self._queue:  # queued before any shutdown that ``dispose`` starts
-            return self._pool().submit(read, *args, **kwargs)
+            return self._pool().submit(self.reading, read, *args, **kwargs)
+
+    def lost(self, exc: BaseException) -> bool:
+        """Whether ``exc`` is a PostgreSQL connection lost under a transaction
+        (``connection_lost``), after which the work may run again on a new connection: a
+        read at any rate, a write when an idempotency key makes a second run replay what
+        a first one committed. On SQLite nothing is ever run again: its connection is a
+        file, and a commit that failed fails its whole group (``CommitFailed``)."""
+        return not self.is_sqlite and connection_lost(exc)
+
+    def reading(self, read: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``read(*args, **kwargs)``, which only reads; on PostgreSQL run again on a new
+        connection when its connection was lost (a restart or failover of the server
+        finds the pool's connections dead: the first read after it need not fail)."""
+        for again in range(RECONNECTS + 1):
+            try:
+                return read(*args, **kwargs)
+            except sa.exc.DBAPIError as exc:
+                if again == RECONNECTS or not self.lost(exc):
+                    raise
+                log.warning("connection to the database lost; reading again: %s", exc.orig)
+        raise AssertionError("unreachable")
 
     def _pool(self) -> ThreadPoolExecutor:
         """The worker threads (under ``_queue``): on SQLite they only read."""

@@ -28,7 +28,7 @@ from sqlalchemy.exc import IntegrityError
 
 from ledger import kernel
 from ledger import store as sql
-from ledger.db import Database, is_overflow
+from ledger.db import RECONNECTS, Database, is_overflow
 from ledger.errors import (
     AccountBlocked,
     AccountExists,
@@ -446,7 +446,8 @@ class Ledger:
             _text(actor, "actor", most=80)
         request_hash = _hash(operation, payload)
         self._ensure_system()
-        for attempt in range(3):
+        conflicts = reconnects = 0
+        while True:
             try:
                 with _refusing_overflow(operation), self.db.transaction() as conn:
                     store = Store.of(conn)
@@ -463,9 +464,22 @@ class Ledger:
                     return out
             except INTEGRITY_ERRORS as exc:
                 # Another transaction stored this key first (PostgreSQL): replay it.
-                if not _violated(exc, "idempotency_keys") or attempt == 2:
+                conflicts += 1
+                if not _violated(exc, "idempotency_keys") or conflicts == 3:
                     raise
-        raise AssertionError("unreachable")
+            except sa.exc.DBAPIError as exc:
+                # The PostgreSQL connection was lost (a restart, a failover, a session
+                # ended, the network): run again on a new one. The key makes it safe
+                # even when the loss came during the COMMIT and the server did commit:
+                # the second run then replays the first's answer.
+                if reconnects == RECONNECTS or not self.db.lost(exc):
+                    raise
+                reconnects += 1
+                log.warning(
+                    "connection to the database lost during %s; running it again: %s",
+                    operation,
+                    exc.orig,
+                )
 
     def _insert_ignore(
         self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]

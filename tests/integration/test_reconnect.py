@@ -1,0 +1,188 @@
+"""A PostgreSQL connection lost under a use case (the server restarted, crashed or ended
+the session, or the network cut it) does not fail the call when the database is there
+again: the use case runs once more on a new connection, its idempotency key making that
+safe even when the loss came while its COMMIT was in flight and the server had
+committed. The losses are real: sessions ended by the server, and a proxy that closes
+the connection after the server reported the COMMIT done, before the client heard it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+import sqlalchemy as sa
+
+from ledger.db import Database, connection_lost
+from ledger.keys import Keys
+from ledger.services import Ledger
+from ledger.verify import verify
+from pricing.catalog import CatalogSet
+from tests import factories as f
+from tests.factories import Clock, key
+from tests.netcut import CuttingProxy
+
+VEO_FAST = f.veo3_video(video_model="veo3_fast")  # 240 credits
+VEO_USAGE = {"videos": 1}
+postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@pytest.fixture
+def proxy(database_url: str) -> Iterator[CuttingProxy]:
+    cutter = CuttingProxy(sa.engine.make_url(database_url).port or 5432)
+    try:
+        yield cutter
+    finally:
+        cutter.close()
+
+
+@pytest.fixture
+def cut(proxy: CuttingProxy, database_url: str, catalogs: CatalogSet) -> Iterator[Ledger]:
+    """A ledger whose connections go through ``proxy``, with a wallet of 1,000 credits."""
+    db = Database.from_url(proxy.url(database_url))
+    ledger = Ledger(db, catalogs, clock=Clock())
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    ledger.top_up("wallet", 1_000, idempotency_key=key())
+    try:
+        yield ledger
+        assert verify(db) == []
+    finally:
+        db.dispose()
+
+
+def _end_sessions(database_url: str) -> int:
+    """End every other session on the database of ``database_url``, waiting (up to 5 s
+    each) until they are gone; how many."""
+    dsn = sa.engine.make_url(database_url).set(drivername="postgresql").render_as_string(False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    assert ended is not None
+    return int(ended[0])
+
+
+def _money(ledger: Ledger) -> tuple[int, int]:
+    view = ledger.balance("wallet")
+    return view.balance, view.pending
+
+
+def _held(ledger: Ledger) -> str:
+    return ledger.authorize("wallet", VEO_FAST, idempotency_key=key()).id
+
+
+#: A use case of the wallet, made ready on a ledger: called with an idempotency key.
+UseCase = Callable[[str], Any]
+
+
+def _top_up(ledger: Ledger) -> UseCase:
+    return lambda k: ledger.top_up("wallet", 5, idempotency_key=k)
+
+
+def _authorize(ledger: Ledger) -> UseCase:
+    return lambda k: ledger.authorize("wallet", VEO_FAST, idempotency_key=k)
+
+
+def _capture(ledger: Ledger) -> UseCase:
+    hold = _held(ledger)
+    return lambda k: ledger.capture(hold, status="COMPLETED", usage=VEO_USAGE, idempotency_key=k)
+
+
+def _charge(ledger: Ledger) -> UseCase:
+    return lambda k: ledger.charge("wallet", VEO_FAST, idempotency_key=k)
+
+
+#: Each use case and the (balance, pending) it leaves, run once.
+CASES: dict[str, tuple[Callable[[Ledger], UseCase], tuple[int, int]]] = {
+    "top-up": (_top_up, (1_005, 0)),
+    "authorize": (_authorize, (1_000, 240)),
+    "capture": (_capture, (760, 0)),
+    "charge": (_charge, (760, 0)),
+}
+
+
+@postgresql_only
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_commit_whose_answer_was_lost_is_answered_by_running_again(
+    cut: Ledger, proxy: CuttingProxy, case: str
+) -> None:
+    """The server commits; the connection is cut before the client hears it (where a
+    client of any database cannot tell whether it committed). The use case runs again on
+    a new connection and finds its own commit: the caller gets that answer, once."""
+    ready, after = CASES[case]
+    use_case = ready(cut)
+    request_key = key(case)
+    proxy.arm()
+    answer = use_case(request_key)
+    assert proxy.cuts == 1
+    assert answer.replayed  # the second run found the first one's commit
+    assert use_case(request_key).model_dump() == answer.model_dump()
+    assert _money(cut) == after
+
+
+@postgresql_only
+def test_a_connection_lost_on_the_second_run_too_is_an_error_the_same_key_settles(
+    cut: Ledger, proxy: CuttingProxy
+) -> None:
+    """Lost twice in a row: the database is really going away, and the caller is told
+    (a 503 over HTTP), as before. The first run had committed; the caller's retry with the
+    same key gets its answer, and the hold is there once."""
+    request_key = key("auth")
+    proxy.arm(2)
+    with pytest.raises(sa.exc.OperationalError) as failure:
+        cut.authorize("wallet", VEO_FAST, idempotency_key=request_key)
+    assert connection_lost(failure.value)
+    assert proxy.cuts == 2
+    answer = cut.authorize("wallet", VEO_FAST, idempotency_key=request_key)
+    assert answer.replayed
+    assert _money(cut) == (1_000, 240)
+
+
+@postgresql_only
+@pytest.mark.parametrize("call", ["write", "read", "key check"])
+def test_sessions_the_server_ended_do_not_fail_the_call_after_it(
+    database_url: str, catalogs: CatalogSet, call: str
+) -> None:
+    """Every pooled connection dead (a restart, a failover, ``pg_terminate_backend``):
+    the next write, read or key check finds its connection lost before anything was sent
+    to commit, and runs again on a new one, from scratch."""
+    db = Database.from_url(database_url)
+    ledger = Ledger(db, catalogs, clock=Clock())
+    keys = Keys(db, cache_seconds=0)
+    try:
+        token = keys.create("service", name="gateway").key
+        ledger.open_account("wallet", "credit", idempotency_key=key())
+        ledger.top_up("wallet", 1_000, idempotency_key=key())
+        warm = [db.submit_read(ledger.balance, "wallet") for _ in range(8)]
+        assert all(f.result().balance == 1_000 for f in warm)
+        assert _end_sessions(database_url) >= 1
+        if call == "write":
+            hold = db.submit(ledger.authorize, "wallet", VEO_FAST, idempotency_key=key())
+            assert not hold.result().replayed  # run afresh
+            assert _money(ledger) == (1_000, 240)
+        elif call == "read":
+            assert db.submit_read(ledger.balance, "wallet").result().balance == 1_000
+        else:
+            assert keys.authenticate(token) is not None
+        assert verify(db) == []
+    finally:
+        db.dispose()
+
+
+def test_sqlite_never_runs_a_use_case_again(tmp_path: Any) -> None:
+    """On SQLite, whose connection is a file, no error counts as a lost connection: a
+    commit that failed fails its whole group (``CommitFailed``), never run again."""
+    lost = sa.exc.OperationalError("COMMIT", None, Exception("gone"), connection_invalidated=True)
+    sqlite = Database.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
+    postgres = Database.from_url("postgresql+psycopg://nobody@127.0.0.1:9/none")
+    try:
+        assert connection_lost(lost)
+        assert not sqlite.lost(lost)
+        assert postgres.lost(lost)
+        assert not postgres.lost(sa.exc.OperationalError("COMMIT", None, Exception("busy")))
+    finally:
+        sqlite.dispose()
+        postgres.dispose()
