@@ -18,6 +18,7 @@ from ledger.services import Ledger
 from ledger.verify import verify
 from pricing import CatalogSet, default_catalogs
 from tests.factories import Clock
+from tests.netcut import CuttingProxy
 from tests.pg import TempPostgres, find_bin
 
 
@@ -136,6 +137,17 @@ def postgres_or_skip(request: pytest.FixtureRequest) -> TempPostgres:
             "set CREDITLEDGER_REQUIRE_POSTGRES=1 to make this a failure"
         )
     return server
+
+
+@pytest.fixture
+def proxy(database_url: str) -> Iterator[CuttingProxy]:
+    """A proxy in front of the PostgreSQL server of ``database_url`` that cuts a
+    connection when told (``tests/netcut.py``)."""
+    cutter = CuttingProxy(sa.engine.make_url(database_url).port or 5432)
+    try:
+        yield cutter
+    finally:
+        cutter.close()
 
 
 @pytest.fixture

@@ -16,6 +16,9 @@ import subprocess
 import tempfile
 from pathlib import Path
 
+import psycopg
+from sqlalchemy.engine import make_url
+
 
 def find_bin() -> Path | None:
     """The directory of pg_ctl and initdb, newest version first, or None."""
@@ -131,3 +134,18 @@ class TempPostgres:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def end_sessions(url: str) -> int:
+    """End every other client session on the database of ``url`` (as a restart, a
+    failover or an operator's ``pg_terminate_backend`` does), waiting up to 5 s for each
+    to be gone; how many were ended."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        ended = conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) "
+            "FROM pg_stat_activity WHERE datname = current_database() "
+            "AND pid <> pg_backend_pid() AND backend_type = 'client backend'"
+        ).fetchone()
+    assert ended is not None
+    return int(ended[0])

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import httpx2 as httpx
-import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -40,7 +39,7 @@ from tests import factories as f
 from tests.conftest import examples, postgres_or_skip
 from tests.e2e.forked import run
 from tests.e2e.served import Served, Threads
-from tests.pg import TempPostgres
+from tests.pg import TempPostgres, end_sessions
 
 KILLS = examples(10)  # times CREDITLEDGER_TEST_SCALE, for a soak
 CLIENTS = 8
@@ -260,10 +259,11 @@ def test_postgresql_going_away_under_traffic_loses_nothing_and_doubles_nothing(
     """The database goes away under a running server, which is not restarted: a
     PostgreSQL of its own is restarted (``fast``), crashed and recovered (``immediate``),
     and has its sessions ended (``pg_terminate_backend``), while eight clients drive
-    traffic. A call in flight is answered 503 (or cut off), never 500; the server serves
-    again once the database is back, without a restart; and, as after a crash, every
-    answer replays, every 503 sent again takes effect once at most, the money adds up
-    and ``verify`` passes."""
+    traffic. A call in flight is answered 503 (or cut off), never 500, unless the database
+    is back by the time it runs again on a new connection (sessions ended: no 503 at all);
+    the server serves again once the database is back, without a restart; and, as after
+    a crash, every answer replays, every 503 sent again takes effect once at most, the
+    money adds up and ``verify`` passes."""
     # Durable (the suite's shared server is not): an immediate stop is a crash, and a
     # commit it acknowledged must be in the WAL that recovery replays.
     server = TempPostgres(postgres_or_skip(request).bindir, durable=True).start()
@@ -271,25 +271,26 @@ def test_postgresql_going_away_under_traffic_loses_nothing_and_doubles_nothing(
         with _driven(serve, server.url(), seed=20261203) as (served, clients, _, rng):
             for outage in ["fast", "immediate", "terminate"] * examples(1):
                 time.sleep(rng.uniform(0.3, 1.0))
+                # From each client's call in flight on.
+                since = [max(len(c.calls) - 1, 0) for c in clients]
                 if outage == "terminate":
-                    _end_sessions(server)
+                    end_sessions(server.url())
                 else:
                     server.restart(outage)
                 _wait(clients, _served, "the server did not come back", every=True)
+                if outage == "terminate":
+                    # The database itself stayed up: a request that met its session ended
+                    # ran again on a new one, and none was refused.
+                    refused = [
+                        call
+                        for client, n in zip(clients, since, strict=True)
+                        for call in client.calls[n:]
+                        if call.status == 503
+                    ]
+                    assert refused == [], refused
         _outage_settled(served, clients, server.url())
     finally:
         server.stop()
-
-
-def _end_sessions(server: TempPostgres) -> None:
-    """End every client session of ``server`` but this one (a failover, an operator's
-    ``pg_terminate_backend``)."""
-    dsn = server.url().replace("postgresql+psycopg://", "postgresql://")
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
-            "WHERE pid <> pg_backend_pid() AND backend_type = 'client backend'"
-        )
 
 
 def test_sqlite_disk_full_under_traffic_loses_nothing_and_doubles_nothing(

@@ -11,7 +11,6 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import psycopg
 import pytest
 import sqlalchemy as sa
 
@@ -23,19 +22,11 @@ from pricing.catalog import CatalogSet
 from tests import factories as f
 from tests.factories import Clock, key
 from tests.netcut import CuttingProxy
+from tests.pg import end_sessions
 
 VEO_FAST = f.veo3_video(video_model="veo3_fast")  # 240 credits
 VEO_USAGE = {"videos": 1}
 postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
-
-
-@pytest.fixture
-def proxy(database_url: str) -> Iterator[CuttingProxy]:
-    cutter = CuttingProxy(sa.engine.make_url(database_url).port or 5432)
-    try:
-        yield cutter
-    finally:
-        cutter.close()
 
 
 @pytest.fixture
@@ -50,19 +41,6 @@ def cut(proxy: CuttingProxy, database_url: str, catalogs: CatalogSet) -> Iterato
         assert verify(db) == []
     finally:
         db.dispose()
-
-
-def _end_sessions(database_url: str) -> int:
-    """End every other session on the database of ``database_url``, waiting (up to 5 s
-    each) until they are gone; how many."""
-    dsn = sa.engine.make_url(database_url).set(drivername="postgresql").render_as_string(False)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        ended = conn.execute(
-            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 5000)) FROM pg_stat_activity "
-            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
-        ).fetchone()
-    assert ended is not None
-    return int(ended[0])
 
 
 def _money(ledger: Ledger) -> tuple[int, int]:
@@ -158,7 +136,7 @@ def test_sessions_the_server_ended_do_not_fail_the_call_after_it(
         ledger.top_up("wallet", 1_000, idempotency_key=key())
         warm = [db.submit_read(ledger.balance, "wallet") for _ in range(8)]
         assert all(f.result().balance == 1_000 for f in warm)
-        assert _end_sessions(database_url) >= 1
+        assert end_sessions(database_url) >= 1
         if call == "write":
             hold = db.submit(ledger.authorize, "wallet", VEO_FAST, idempotency_key=key())
             assert not hold.result().replayed  # run afresh

@@ -1,0 +1,97 @@
+"""Over HTTP, a PostgreSQL connection lost under a request is not the gateway's problem
+when the database is there again: the request runs once more on a new connection. A
+commit whose answer the network lost is answered with what was committed, once (and says
+it was replayed); sessions the server ended fail no request after them."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+
+from api.deps import REPLAYED_HEADER
+from api.main import create_app
+from ledger.db import Database
+from ledger.keys import Keys
+from ledger.services import Ledger
+from ledger.settings import Settings
+from ledger.verify import verify
+from pricing.catalog import CatalogSet
+from tests import factories as f
+from tests.e2e.conftest import Api
+from tests.factories import Clock
+from tests.netcut import CuttingProxy
+from tests.pg import end_sessions
+
+VEO_FAST = f.veo3_video(video_model="veo3_fast")  # 240 credits
+postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+
+
+@pytest.fixture
+def cut_api(proxy: CuttingProxy, database_url: str, catalogs: CatalogSet) -> Iterator[Api]:
+    """The app on a PostgreSQL reached through ``proxy``, with a wallet of 1,000."""
+    db = Database.from_url(proxy.url(database_url))
+    ledger = Ledger(db, catalogs, clock=Clock())
+    # Keys found valid stay so for the test: a key check's read (which commits too)
+    # is not the COMMIT the proxy cuts.
+    keys = Keys(db, cache_seconds=600)
+    app = create_app(ledger, keys, settings=Settings())
+    try:
+        with TestClient(app, raise_server_exceptions=False) as client:
+            api = Api(
+                app,
+                client,
+                ledger,
+                keys,
+                admin=keys.create("admin", name="test admin").key,
+                service=keys.create("service", name="test gateway").key,
+            )
+            api.wallet("wallet", topup=1_000)
+            assert api.get("/v1/accounts/wallet", as_key="service").status_code == 200
+            yield api
+        assert verify(db) == []
+    finally:
+        db.dispose()
+
+
+@postgresql_only
+def test_an_authorization_whose_commit_answer_was_lost_is_answered_201_once(
+    cut_api: Api, proxy: CuttingProxy
+) -> None:
+    body = {"account_id": "wallet", **VEO_FAST}
+    proxy.arm()
+    first = cut_api.post("/v1/authorizations", body, as_key="service", idempotency_key="a-1")
+    assert proxy.cuts == 1
+    assert first.status_code == 201, first.text
+    assert first.headers[REPLAYED_HEADER] == "true"  # the committed answer, not a 2nd hold
+    again = cut_api.post("/v1/authorizations", body, as_key="service", idempotency_key="a-1")
+    assert again.json() == first.json()
+    wallet = cut_api.balance("wallet")
+    assert (wallet["balance"], wallet["pending"]) == (1_000, 240)
+
+
+@postgresql_only
+def test_no_request_fails_after_the_server_ended_every_session(
+    cut_api: Api, database_url: str
+) -> None:
+    authorized = cut_api.post(
+        "/v1/authorizations", {"account_id": "wallet", **VEO_FAST}, as_key="service"
+    )
+    assert authorized.status_code == 201, authorized.text
+    hold = authorized.json()
+    assert end_sessions(database_url) >= 1
+    read = cut_api.get("/v1/accounts/wallet", as_key="service")
+    assert read.status_code == 200, read.text
+    assert end_sessions(database_url) >= 1
+    captured = cut_api.post(
+        f"/v1/authorizations/{hold['id']}/capture",
+        {"status": "COMPLETED", "usage": {"videos": 1}},
+        as_key="service",
+        idempotency_key="c-1",
+    )
+    assert captured.status_code == 200, captured.text
+    assert REPLAYED_HEADER not in captured.headers
+    assert captured.json()["charged"] == 240
+    wallet = cut_api.balance("wallet")
+    assert (wallet["balance"], wallet["pending"]) == (760, 0)
