@@ -4,7 +4,8 @@ Request bodies are parsed with ``Decimal`` for fractions (floats never touch mon
 price parameter) and refuse ``NaN`` and ``Infinity``, which Python's JSON parser would
 otherwise accept. A body sent with a content type other than JSON gets 415. A key given
 twice in one JSON object, or a query parameter or header of one value given twice, gets
-422 naming it, rather than one of them chosen.
+422 naming it, rather than one of them chosen; so does a query parameter the route does
+not take, rather than ignored.
 """
 
 from __future__ import annotations
@@ -150,6 +151,38 @@ def _refuse_repeated(request: Request, queries: frozenset[str], headers: dict[by
     )
 
 
+def _queries(dependant: Dependant) -> frozenset[str]:
+    """Every query parameter a route, with its dependencies, reads."""
+    names = {f.alias for f in dependant.query_params}
+    for sub in dependant.dependencies:
+        names |= _queries(sub)
+    return frozenset(names)
+
+
+def _refuse_unknown(request: Request, known: frozenset[str]) -> None:
+    """422 for a query parameter the route does not take (``?limt=10``): ignored, the
+    caller's typo would silently mean the default. Each is named, with the route's own
+    parameters as the allowed ones (as a body's unknown field is refused)."""
+    if not request.scope.get("query_string"):
+        return
+    unknown = sorted({k for k in request.query_params if k not in known})
+    if not unknown:
+        return
+    takes = ", ".join(sorted(known)) or "none"
+    raise RequestValidationError(
+        [
+            {
+                "type": "unknown_parameter",
+                "loc": ("query", name),
+                "msg": f"unknown query parameter (this route takes: {takes})",
+                "input": None,
+                "ctx": {"expected": sorted(known)},
+            }
+            for name in unknown
+        ]
+    )
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
@@ -170,6 +203,7 @@ class JsonRoute(APIRoute):
         handler = super().get_route_handler()
         takes_body = self.body_field is not None
         queries, headers = _single(self.dependant)
+        known = _queries(self.dependant)
         headers[b"authorization"] = "Authorization"  # whose key acts: not to be guessed either
 
         async def exact(request: Request) -> Response:
@@ -181,6 +215,7 @@ class JsonRoute(APIRoute):
                         415,
                         f"send the body as application/json (got {content_type or 'no type'!r})",
                     )
+            _refuse_unknown(exact_request, known)
             _refuse_repeated(exact_request, queries, headers)
             await _refuse_nul(exact_request, takes_body)
             return await handler(exact_request)

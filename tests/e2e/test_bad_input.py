@@ -599,6 +599,37 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         "invalid_request",
         "limit",
     ),
+    # A query parameter the route does not take: ignored, a typo would mean the default.
+    (
+        "query parameter misspelt",
+        "GET",
+        "/v1/accounts/w/entries?limt=5",
+        None,
+        {},
+        422,
+        "invalid_request",
+        "limt",
+    ),
+    (
+        "query parameter where none is taken",
+        "GET",
+        "/v1/accounts/w?x=1",
+        None,
+        {},
+        422,
+        "invalid_request",
+        "x",
+    ),
+    (
+        "query parameter on a write",
+        "POST",
+        "/v1/accounts/w/topups?dry_run=true",
+        {"amount": 5},
+        {},
+        422,
+        "invalid_request",
+        "dry_run",
+    ),
     # State the request may not change.
     (
         "capture a captured hold",
@@ -696,3 +727,27 @@ def test_a_header_of_one_value_given_twice_is_refused_and_changes_nothing(
     # Given once, the same request goes through.
     r = api.post("/v1/authorizations", {"account_id": "w", **VEO}, idempotency_key="once")
     assert r.status_code == 201, r.text
+
+
+def _declared_queries(api: Api, path: str) -> list[str]:
+    """The query parameters OpenAPI documents for ``GET path``."""
+    operation = api.app.openapi()["paths"][path]["get"]
+    return sorted(p["name"] for p in operation.get("parameters", []) if p["in"] == "query")
+
+
+def test_an_unknown_query_parameter_is_named_with_those_the_route_takes(api: Api) -> None:
+    takes = _declared_queries(api, "/v1/accounts/{id}/entries")
+    assert {"cursor", "limit"} <= set(takes)
+    r = api.get("/v1/accounts/w/entries?limt=5&cursor=&zz=1")
+    assert r.status_code == 422, r.text
+    answer = r.json()
+    assert (answer["field"], answer["allowed"]) == ("limt", takes)
+    assert (
+        answer["message"] == f"limt: unknown query parameter (this route takes: {', '.join(takes)})"
+    )
+    assert [e["field"] for e in answer["errors"]] == ["limt", "zz"]
+    assert _declared_queries(api, "/v1/accounts/{id}") == []
+    r = api.get("/v1/accounts/w?as_of=now")
+    assert r.status_code == 422, r.text
+    assert (r.json()["field"], r.json()["allowed"]) == ("as_of", [])
+    assert r.json()["message"] == "as_of: unknown query parameter (this route takes: none)"
