@@ -46,6 +46,7 @@ def create_app(
     report worker) while the app is up."""
     settings = settings or Settings()
     metrics = Metrics()
+    metrics.watch(ledger.db)
     reports = reports or reports_from_settings(ledger, settings)
     worker = ReportWorker(reports, settings.report_poll_seconds)
     if sweep:

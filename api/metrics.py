@@ -1,4 +1,5 @@
-"""Prometheus metrics of the HTTP API: requests, latencies, holds, reported usage and 402s.
+"""Prometheus metrics of the HTTP API: requests, latencies, holds, reported usage, 402s,
+and the database's work run again after a lost connection.
 
 Each app has its own registry (several apps may live in one process, as in the tests).
 """
@@ -6,10 +7,15 @@ Each app has its own registry (several apps may live in one process, as in the t
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ledger.db import Database
 
 #: Latency buckets in seconds: fine below 25 ms, where the ledger's target lies.
 BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
@@ -61,6 +67,30 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+
+    def watch(self, db: Database) -> None:
+        """Expose what ``db`` counts itself: the reads and writes run again after their
+        connection was lost (PostgreSQL restarted, failed over, ended a session)."""
+        self.registry.register(_Reruns(db))
+
+
+class _Reruns(Collector):
+    """``creditledger_database_reruns_total``, read from the database at each scrape."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily(
+            "creditledger_database_reruns",
+            "Reads and writes run once more on a new connection after theirs was lost "
+            "(PostgreSQL restarted, failed over or ended the session; a write under its "
+            "idempotency key), by work.",
+            labels=["work"],
+        )
+        for work, count in self.db.reruns().items():
+            family.add_metric([work], count)
+        yield family
 
 
 class MetricsMiddleware:

@@ -56,6 +56,7 @@ import queue
 import sqlite3
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
@@ -299,6 +300,9 @@ class Database:
         # transaction. Discarded (the next group opens a new one) when a BEGIN, a commit
         # or a rollback fails, since its state is then unknown.
         self._writer_conn: Connection | None = None
+        # Work run again after its connection was lost (``rerun``), by kind.
+        self._reruns: Counter[str] = Counter()
+        self._reruns_lock = threading.Lock()
         self._local = threading.local()  # the write thread's groups (``_grouped``)
         self._thread: _WriteThread | None = None  # started by the first ``submit``
         self._workers: ThreadPoolExecutor | None = None  # started by the first use
@@ -433,6 +437,19 @@ class Database:
         file, and a commit that failed fails its whole group (``CommitFailed``)."""
         return not self.is_sqlite and connection_lost(exc)
 
+    def rerun(self, work: str, what: str, exc: sa.exc.DBAPIError) -> None:
+        """Count (``reruns``) and log one more run of ``what``, a ``work`` ("read" or
+        "write"), after ``exc`` lost its connection."""
+        with self._reruns_lock:
+            self._reruns[work] += 1
+        log.warning("connection to the database lost; %s runs again: %s", what, exc.orig)
+
+    def reruns(self) -> dict[str, int]:
+        """How many reads and writes ran again after their connection was lost, since
+        this database was opened (the metric ``creditledger_database_reruns_total``)."""
+        with self._reruns_lock:
+            return {work: self._reruns[work] for work in ("read", "write")}
+
     def reading(self, read: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         """``read(*args, **kwargs)``, which only reads; on PostgreSQL run again on a new
         connection when its connection was lost (a restart or failover of the server
@@ -443,7 +460,7 @@ class Database:
             except sa.exc.DBAPIError as exc:
                 if again == RECONNECTS or not self.lost(exc):
                     raise
-                log.warning("connection to the database lost; reading again: %s", exc.orig)
+                self.rerun("read", getattr(read, "__name__", "a read"), exc)
         raise AssertionError("unreachable")
 
     def _pool(self) -> ThreadPoolExecutor:

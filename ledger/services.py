@@ -475,11 +475,7 @@ class Ledger:
                 if reconnects == RECONNECTS or not self.db.lost(exc):
                     raise
                 reconnects += 1
-                log.warning(
-                    "connection to the database lost during %s; running it again: %s",
-                    operation,
-                    exc.orig,
-                )
+                self.db.rerun("write", operation, exc)
 
     def _insert_ignore(
         self, conn: Connection, table: sa.Table, rows: list[dict[str, Any]], keys: list[str]

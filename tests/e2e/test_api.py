@@ -1061,6 +1061,9 @@ def test_catalogs_health_and_metrics(api: Api) -> None:
         in text
     )
     assert 'creditledger_insufficient_credits_total{route="/v1/authorizations"} 1.0' in text
+    # Nothing lost a connection (tests/e2e/test_reconnect.py counts some that did).
+    assert 'creditledger_database_reruns_total{work="read"} 0.0' in text
+    assert 'creditledger_database_reruns_total{work="write"} 0.0' in text
 
 
 def test_openapi_documents_every_endpoint(api: Api) -> None:

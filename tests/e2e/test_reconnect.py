@@ -69,6 +69,7 @@ def test_an_authorization_whose_commit_answer_was_lost_is_answered_201_once(
     assert again.json() == first.json()
     wallet = cut_api.balance("wallet")
     assert (wallet["balance"], wallet["pending"]) == (1_000, 240)
+    assert _reruns(cut_api) == {"read": 0, "write": 1}
 
 
 @postgresql_only
@@ -95,3 +96,14 @@ def test_no_request_fails_after_the_server_ended_every_session(
     assert captured.json()["charged"] == 240
     wallet = cut_api.balance("wallet")
     assert (wallet["balance"], wallet["pending"]) == (760, 0)
+    assert _reruns(cut_api) == {"read": 1, "write": 1}
+
+
+def _reruns(api: Api) -> dict[str, int]:
+    """``creditledger_database_reruns_total`` by work, as ``/metrics`` shows it."""
+    found = {}
+    for line in api.client.get("/metrics").text.splitlines():
+        name, _, value = line.partition(" ")
+        if name.startswith("creditledger_database_reruns_total{"):
+            found[name.split('"')[1]] = int(float(value))
+    return found
