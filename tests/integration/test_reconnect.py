@@ -3,7 +3,8 @@ the session, or the network cut it) does not fail the call when the database is 
 again: the use case runs once more on a new connection, its idempotency key making that
 safe even when the loss came while its COMMIT was in flight and the server had
 committed. The losses are real: sessions ended by the server, and a proxy that closes
-the connection after the server reported the COMMIT done, before the client heard it.
+the connection at the COMMIT (``tests/netcut.py``), after the server reported it done or
+before the server got it.
 """
 
 from __future__ import annotations
@@ -97,6 +98,25 @@ def test_a_commit_whose_answer_was_lost_is_answered_by_running_again(
     answer = use_case(request_key)
     assert proxy.cuts == 1
     assert answer.replayed  # the second run found the first one's commit
+    assert use_case(request_key).model_dump() == answer.model_dump()
+    assert _money(cut) == after
+
+
+@postgresql_only
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_a_commit_the_server_never_got_runs_again_afresh(
+    cut: Ledger, proxy: CuttingProxy, case: str
+) -> None:
+    """The other side of the same uncertainty: the connection is cut as the COMMIT is
+    sent, the server never gets it and rolls back. The second run does the work anew,
+    once."""
+    ready, after = CASES[case]
+    use_case = ready(cut)
+    request_key = key(case)
+    proxy.arm(before=True)
+    answer = use_case(request_key)
+    assert proxy.cuts == 1
+    assert not answer.replayed  # nothing had committed: this run did the work
     assert use_case(request_key).model_dump() == answer.model_dump()
     assert _money(cut) == after
 
