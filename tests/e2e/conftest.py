@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,11 +83,10 @@ class Api:
         return body
 
 
-@pytest.fixture
-def api(ledger: Ledger) -> Iterator[Api]:
-    """The app over the ``ledger`` fixture (each database; invariants verified after)."""
-    keys = Keys(ledger.db)
-    app = create_app(ledger, keys, settings=Settings(max_body_bytes=64 * 1024))
+@contextmanager
+def api_over(ledger: Ledger, keys: Keys, settings: Settings) -> Iterator[Api]:
+    """The app over ``ledger`` through a test client, with an admin and a service key."""
+    app = create_app(ledger, keys, settings=settings)
     with TestClient(app, raise_server_exceptions=False) as client:
         yield Api(
             app,
@@ -96,6 +96,13 @@ def api(ledger: Ledger) -> Iterator[Api]:
             admin=keys.create("admin", name="test admin").key,
             service=keys.create("service", name="test gateway").key,
         )
+
+
+@pytest.fixture
+def api(ledger: Ledger) -> Iterator[Api]:
+    """The app over the ``ledger`` fixture (each database; invariants verified after)."""
+    with api_over(ledger, Keys(ledger.db), Settings(max_body_bytes=64 * 1024)) as made:
+        yield made
 
 
 @pytest.fixture

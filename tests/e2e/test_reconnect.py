@@ -8,10 +8,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from fastapi.testclient import TestClient
 
 from api.deps import REPLAYED_HEADER
-from api.main import create_app
 from ledger.db import Database
 from ledger.keys import Keys
 from ledger.services import Ledger
@@ -19,7 +17,7 @@ from ledger.settings import Settings
 from ledger.verify import verify
 from pricing.catalog import CatalogSet
 from tests import factories as f
-from tests.e2e.conftest import Api
+from tests.e2e.conftest import Api, api_over
 from tests.factories import Clock
 from tests.netcut import CuttingProxy
 from tests.pg import end_sessions
@@ -36,17 +34,8 @@ def cut_api(proxy: CuttingProxy, database_url: str, catalogs: CatalogSet) -> Ite
     # Keys found valid stay so for the test: a key check's read (which commits too)
     # is not the COMMIT the proxy cuts.
     keys = Keys(db, cache_seconds=600)
-    app = create_app(ledger, keys, settings=Settings())
     try:
-        with TestClient(app, raise_server_exceptions=False) as client:
-            api = Api(
-                app,
-                client,
-                ledger,
-                keys,
-                admin=keys.create("admin", name="test admin").key,
-                service=keys.create("service", name="test gateway").key,
-            )
+        with api_over(ledger, keys, Settings()) as api:
             api.wallet("wallet", topup=1_000)
             assert api.get("/v1/accounts/wallet", as_key="service").status_code == 200
             yield api
