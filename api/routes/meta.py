@@ -41,13 +41,14 @@ async def read_catalog(name: str, _caller: Caller, services: ServicesDep) -> dic
 
 @router.get("/healthz", response_model=HealthPublic, tags=["meta"])
 async def health(services: ServicesDep) -> HealthPublic:
-    """Liveness and database reachability (no key needed)."""
+    """Liveness and database reachability (no key needed): a pooled connection the
+    database dropped (a restart) is not unreachability, so it is tried on a new one."""
 
     def ping() -> None:
         with services.ledger.db.transaction(write=False) as conn:
             conn.execute(sa.text("SELECT 1"))
 
-    await run_in_threadpool(ping)
+    await run_in_threadpool(services.ledger.db.reading, ping)
     return HealthPublic(status="ok", database=services.ledger.db.dialect)
 
 
