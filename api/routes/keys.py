@@ -45,7 +45,11 @@ async def list_keys(
     """The keys (never a secret), in the order they were made; filtered by role, wallet
     and whether they are accepted now (such as a customer's live keys, to revoke)."""
     return await run_in_threadpool(
-        services.keys.list, role=role, account_id=account_id, active=active
+        services.keys.db.reading,
+        services.keys.list,
+        role=role,
+        account_id=account_id,
+        active=active,
     )
 
 

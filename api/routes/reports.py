@@ -52,7 +52,9 @@ async def read_report(
     id: str, caller: JournalReader, services: ServicesDep, request: Request
 ) -> ReportPublic:
     """A report job: status, progress, error, and once done its summary and download URL."""
-    job = await run_in_threadpool(services.reports.get, id, owner=_owner(caller))
+    job = await run_in_threadpool(
+        services.reports.db.reading, services.reports.get, id, owner=_owner(caller)
+    )
     return _public(job, request)
 
 
@@ -74,7 +76,9 @@ async def read_report(
 )
 async def download_report(id: str, caller: JournalReader, services: ServicesDep) -> Response:
     """The file of a succeeded report (409 while it is queued or running, or if it failed)."""
-    out = await run_in_threadpool(services.reports.output, id, owner=_owner(caller))
+    out = await run_in_threadpool(
+        services.reports.db.reading, services.reports.output, id, owner=_owner(caller)
+    )
     return Response(
         out.content,
         media_type=out.content_type,

@@ -91,6 +91,19 @@ def test_no_request_fails_after_the_server_ended_every_session(
     assert _reruns(cut_api) == {"read": 2, "write": 1}  # the health check, the wallet
 
 
+@postgresql_only
+def test_the_admin_reads_do_not_fail_after_the_server_ended_every_session(
+    cut_api: Api, database_url: str
+) -> None:
+    report = cut_api.post("/v1/reports", {"month": "2026-10"})
+    assert report.status_code in (200, 201, 202), report.text
+    for path in ("/v1/keys", f"/v1/reports/{report.json()['id']}"):
+        assert end_sessions(database_url) >= 1
+        read = cut_api.get(path)
+        assert read.status_code == 200, (path, read.text)
+    assert _reruns(cut_api) == {"read": 2, "write": 0}
+
+
 def _reruns(api: Api) -> dict[str, int]:
     """``creditledger_database_reruns_total`` by work, as ``/metrics`` shows it."""
     found = {}
