@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-import sqlalchemy as sa
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -22,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api.schemas import ErrorPublic, InsufficientCreditsPublic
 from api.status import status_of
 from ledger.db import is_lock_timeout
-from ledger.store import DRIVER_UNAVAILABLE_ERRORS
+from ledger.store import UNAVAILABLE_ERRORS, first_line, is_unavailable
 from pricing.errors import DomainError
 
 log = logging.getLogger("creditledger.api")
@@ -141,11 +140,7 @@ def _http(_request: Request, exc: Exception) -> JSONResponse:
 
 #: The database unreachable, overloaded or cut off, as SQLAlchemy or (on the ledger's
 #: pipelined statements) the driver raises it.
-_UNAVAILABLE: tuple[type[Exception], ...] = (
-    sa.exc.OperationalError,
-    sa.exc.InterfaceError,
-    *DRIVER_UNAVAILABLE_ERRORS,
-)
+_UNAVAILABLE = UNAVAILABLE_ERRORS
 
 
 def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
@@ -166,17 +161,17 @@ def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
             "longer than the lock timeout; nothing was committed; retry",
         }
     else:
-        # The database is unreachable, overloaded or cut off.
-        log.error("database unavailable", exc_info=exc)
+        # The database is unreachable, overloaded or cut off: a line per request (during
+        # an outage, a traceback each would bury the log), the driver's own words.
+        log.warning("database unavailable: %s", first_line(exc))
         body = {"error": "database_unavailable", "message": "the database is unavailable; retry"}
     return JSONResponse(body, 503, headers={"Retry-After": "1"})
 
 
 def _internal(request: Request, exc: Exception) -> JSONResponse:
-    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
     # Raised outside the routes (a middleware), or wrapped by SQLAlchemy in a class of
     # its own that is not all unavailability (InternalError, for an ended session).
-    if isinstance(exc, _UNAVAILABLE) or isinstance(orig, DRIVER_UNAVAILABLE_ERRORS):
+    if is_unavailable(exc):
         return _unavailable(request, exc)
     log.error("unhandled error", exc_info=exc)
     return JSONResponse({"error": "internal_error", "message": "internal error"}, 500)

@@ -19,6 +19,7 @@ from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
 import psycopg
+import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger.db import BEFORE_STATEMENT, BEGIN_PENDING, json_dumps
@@ -239,6 +240,31 @@ DRIVER_UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
     # idle_in_transaction_session_timeout (an InternalError by its SQLSTATE class).
     psycopg.errors.IdleInTransactionSessionTimeout,
 )
+
+
+#: The same as SQLAlchemy raises them, or the driver on the store's cursor.
+UNAVAILABLE_ERRORS: tuple[type[Exception], ...] = (
+    sa.exc.OperationalError,
+    sa.exc.InterfaceError,
+    *DRIVER_UNAVAILABLE_ERRORS,
+)
+
+
+def is_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` is the database unreachable, busy or cut off, whatever class
+    SQLAlchemy wrapped the driver's error in (an ended session is an ``InternalError``):
+    nothing of the transaction it ended was committed (but for a connection lost during
+    the COMMIT, ``ledger.db.connection_lost``), and the work may be retried."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    return isinstance(exc, UNAVAILABLE_ERRORS) or isinstance(orig, DRIVER_UNAVAILABLE_ERRORS)
+
+
+def first_line(exc: BaseException) -> str:
+    """What the driver said, first line only (SQLAlchemy adds the statement and its
+    parameters after it): for a log line about a database that is away."""
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
 
 
 class Store:

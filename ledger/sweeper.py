@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 from ledger.services import Ledger
+from ledger.store import first_line, is_unavailable
 
 log = logging.getLogger("creditledger.sweeper")
 
@@ -53,8 +54,18 @@ class Periodic:
         while not self._stop.is_set():
             try:
                 self.run_once()
-            except Exception:
-                log.exception("%s: round failed; retrying in %s s", self.name, self.interval)
+            except Exception as exc:
+                if is_unavailable(exc):
+                    # The database is away (a restart, an outage): a line per round, not
+                    # a traceback; requests meanwhile are answered 503.
+                    log.warning(
+                        "%s: round failed, the database is unavailable (%s); retrying in %s s",
+                        self.name,
+                        first_line(exc),
+                        self.interval,
+                    )
+                else:
+                    log.exception("%s: round failed; retrying in %s s", self.name, self.interval)
             self._stop.wait(self.interval)
 
     def start(self) -> None:

@@ -7,6 +7,7 @@ ledger invariant afterwards.
 from __future__ import annotations
 
 import json
+import logging
 import socket
 import threading
 import time
@@ -1403,7 +1404,9 @@ def test_a_bug_is_answered_without_closing_the_connection(api: Api) -> None:
         listener.close()
 
 
-def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(api: Api) -> None:
+def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(
+    api: Api, caplog: pytest.LogCaptureFixture
+) -> None:
     user = api.wallet("fragile", "credit", topup=500)
 
     def lost(*_a: Any, **_k: Any) -> Any:
@@ -1433,11 +1436,23 @@ def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(api: Api) -> None:
     ):
         original = api.ledger.authorize
         api.ledger.authorize = broken  # type: ignore[method-assign]
+        caplog.clear()
         try:
-            r = authorize(api, user, VEO_FAST)
+            with caplog.at_level(logging.WARNING, logger="creditledger.api"):
+                r = authorize(api, user, VEO_FAST)
         finally:
             api.ledger.authorize = original  # type: ignore[method-assign]
         assert r.status_code == status
         assert r.json()["error"] == error
         assert "boom" not in r.text
+        # The log: a line for a database that is away (an outage would bury a log in
+        # tracebacks), the traceback for a bug.
+        [logged] = [rec for rec in caplog.records if rec.name == "creditledger.api"]
+        if status == 503:
+            assert (logged.levelno, logged.exc_info) == (logging.WARNING, None)
+            assert logged.getMessage().startswith("database unavailable: ")
+            assert "\n" not in logged.getMessage()
+        else:
+            assert logged.levelno == logging.ERROR
+            assert logged.exc_info is not None
     assert api.balance(user)["pending"] == 0
