@@ -67,7 +67,8 @@ async def _authenticate(
     token = credentials.credentials
     principal = keys.cached(token)
     if principal is None:
-        principal = await run_in_threadpool(keys.authenticate, token)
+        # A read: run again on a new connection if its own was lost (a restart).
+        principal = await run_in_threadpool(keys.db.reading, keys.authenticate, token)
     if principal is None:
         raise Unauthorized
     return principal

@@ -138,11 +138,6 @@ def _http(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, exc.status_code, headers=exc.headers)
 
 
-#: The database unreachable, overloaded or cut off, as SQLAlchemy or (on the ledger's
-#: pipelined statements) the driver raises it.
-_UNAVAILABLE = UNAVAILABLE_ERRORS
-
-
 def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
     """503: nothing was committed; retry later with the same idempotency key.
 
@@ -243,7 +238,9 @@ def install(app: FastAPI) -> None:
     last resort is the innermost)."""
     app.add_middleware(Contained)
     app.add_exception_handler(Exception, _internal)
-    for unavailable in _UNAVAILABLE:
+    # The database unreachable, overloaded or cut off, as SQLAlchemy or (on the
+    # ledger's pipelined statements) the driver raises it.
+    for unavailable in UNAVAILABLE_ERRORS:
         app.add_exception_handler(unavailable, _unavailable)
     app.add_exception_handler(DomainError, _domain)
     app.add_exception_handler(RequestValidationError, _validation)

@@ -219,7 +219,18 @@ class Keys:
         key_id, _, secret = rest.partition("_")
         if prefix != PREFIX or len(key_id) != 16 or not secret:
             return None
-        row = self.db.reading(self._key_row, key_id)
+        with self.db.transaction(write=False) as conn:
+            row = conn.execute(
+                sa.select(
+                    api_keys.c.role,
+                    api_keys.c.secret_sha256,
+                    api_keys.c.revoked_at,
+                    api_keys.c.expires_at,
+                    accounts.c.external_id,
+                )
+                .select_from(api_keys.outerjoin(accounts, accounts.c.id == api_keys.c.account_id))
+                .where(api_keys.c.id == key_id)
+            ).first()
         if row is None or not hmac.compare_digest(_digest(secret), row.secret_sha256):
             return None
         if row.revoked_at is not None:
@@ -233,22 +244,6 @@ class Keys:
             expiry = time.monotonic() + self.cache_seconds
             self._valid[digest] = (principal, expiry, row.expires_at)
         return principal
-
-    def _key_row(self, key_id: str) -> Any:
-        """What ``authenticate`` checks of a key: its role, secret, revocation, expiry
-        and wallet."""
-        with self.db.transaction(write=False) as conn:
-            return conn.execute(
-                sa.select(
-                    api_keys.c.role,
-                    api_keys.c.secret_sha256,
-                    api_keys.c.revoked_at,
-                    api_keys.c.expires_at,
-                    accounts.c.external_id,
-                )
-                .select_from(api_keys.outerjoin(accounts, accounts.c.id == api_keys.c.account_id))
-                .where(api_keys.c.id == key_id)
-            ).first()
 
     def bootstrap_admin(self) -> CreatedKey | None:
         """A first admin key when none is configured or active (not revoked, not expired);

@@ -92,7 +92,7 @@ def test_no_request_fails_after_the_server_ended_every_session(
 
 
 @postgresql_only
-def test_the_admin_reads_do_not_fail_after_the_server_ended_every_session(
+def test_admin_reads_and_key_checks_do_not_fail_after_the_server_ended_every_session(
     cut_api: Api, database_url: str
 ) -> None:
     report = cut_api.post("/v1/reports", {"month": "2026-10"})
@@ -101,7 +101,12 @@ def test_the_admin_reads_do_not_fail_after_the_server_ended_every_session(
         assert end_sessions(database_url) >= 1
         read = cut_api.get(path)
         assert read.status_code == 200, (path, read.text)
-    assert _reruns(cut_api) == {"read": 2, "write": 0}
+    # A key not checked yet (none is remembered for it): its check reads the database.
+    fresh = cut_api.keys.create("service", name="fresh gateway").key
+    assert end_sessions(database_url) >= 1
+    read = cut_api.get("/v1/accounts/wallet", as_key=fresh)
+    assert read.status_code == 200, read.text
+    assert _reruns(cut_api) == {"read": 3, "write": 0}
 
 
 def _reruns(api: Api) -> dict[str, int]:
