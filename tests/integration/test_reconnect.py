@@ -10,6 +10,7 @@ before the server got it.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -165,9 +166,9 @@ def test_sessions_the_server_ended_do_not_fail_the_call_after_it(
         db.dispose()
 
 
-def test_sqlite_never_runs_a_use_case_again(tmp_path: Any) -> None:
-    """On SQLite, whose connection is a file, no error counts as a lost connection: a
-    commit that failed fails its whole group (``CommitFailed``), never run again."""
+def test_only_a_postgresql_connection_counts_as_lost(tmp_path: Path) -> None:
+    """On SQLite, whose connection is a file, no error counts as a lost connection, so no
+    use case runs again: a commit that failed fails its whole group (``CommitFailed``)."""
     lost = sa.exc.OperationalError("COMMIT", None, Exception("gone"), connection_invalidated=True)
     sqlite = Database.from_url(f"sqlite:///{tmp_path / 'ledger.db'}")
     postgres = Database.from_url("postgresql+psycopg://nobody@127.0.0.1:9/none")
