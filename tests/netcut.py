@@ -72,7 +72,11 @@ class CuttingProxy:
                 client, _ = self._listener.accept()
             except OSError:
                 return  # closed
-            server = socket.create_connection(("127.0.0.1", self.target))
+            try:
+                server = socket.create_connection(("127.0.0.1", self.target))
+            except OSError:
+                _close(client)  # the server is down: so is the connection through here
+                continue
             with self._lock:
                 if self._closed:
                     _close(client)
