@@ -108,6 +108,23 @@ class Client:
                 self.holds.append(call.answer["id"])
 
 
+def _env(url: str) -> dict[str, str]:
+    """A server on the database ``url`` whose holds last five seconds and whose sweeper
+    runs five times a second: holds left open expire within the test."""
+    return {
+        "CREDITLEDGER_DATABASE_URL": url,
+        "CREDITLEDGER_SWEEP_INTERVAL_SECONDS": "0.2",
+        "CREDITLEDGER_HOLD_TTL_SECONDS": "5",
+    }
+
+
+def _fund(http: httpx.Client) -> None:
+    """Open the wallet the clients drive, with ``OPENING`` credits."""
+    assert http.post("/v1/accounts", json={"id": WALLET, "unit": "credit"}).status_code == 201
+    opened = http.post(f"/v1/accounts/{WALLET}/topups", json={"amount": OPENING})
+    assert opened.status_code == 201, opened.text
+
+
 def _post(http: httpx.Client, call: Call) -> tuple[int, Any]:
     r = http.post(call.path, json=call.body, headers={"Idempotency-Key": call.key})
     return r.status_code, r.json()
@@ -117,17 +134,10 @@ def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
     database_url: str, serve: Callable[[dict[str, str]], Served]
 ) -> None:
     rng = random.Random(20261121)
-    env = {
-        "CREDITLEDGER_DATABASE_URL": database_url,
-        "CREDITLEDGER_SWEEP_INTERVAL_SECONDS": "0.2",
-        "CREDITLEDGER_HOLD_TTL_SECONDS": "5",
-    }
-    served = serve(env).start()
+    served = serve(_env(database_url)).start()
     auth = {"Authorization": f"Bearer {served.admin}"}
     with httpx.Client(base_url=served.url, headers=auth) as http:
-        assert http.post("/v1/accounts", json={"id": WALLET, "unit": "credit"}).status_code == 201
-        opened = http.post(f"/v1/accounts/{WALLET}/topups", json={"amount": OPENING})
-        assert opened.status_code == 201
+        _fund(http)
     clients = [Client(n, random.Random(rng.random())) for n in range(CLIENTS)]
 
     for _ in range(KILLS):
@@ -334,18 +344,12 @@ def _driven(
 ) -> Iterator[tuple[Served, list[Client], httpx.Client, random.Random]]:
     """A server on ``url`` with a funded wallet, and eight clients driving traffic at it
     until the block ends."""
-    env = {
-        "CREDITLEDGER_DATABASE_URL": url,
-        "CREDITLEDGER_SWEEP_INTERVAL_SECONDS": "0.2",
-        "CREDITLEDGER_HOLD_TTL_SECONDS": "5",
-    }
-    served = serve(env).start()
+    served = serve(_env(url)).start()
     auth = {"Authorization": f"Bearer {served.admin}"}
     rng = random.Random(seed)
     clients = [Client(n, random.Random(rng.random())) for n in range(CLIENTS)]
     with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
-        assert http.post("/v1/accounts", json={"id": WALLET, "unit": "credit"}).is_success
-        assert http.post(f"/v1/accounts/{WALLET}/topups", json={"amount": OPENING}).is_success
+        _fund(http)
         stop = threading.Event()
         threads = Threads()
         for client in clients:
