@@ -2486,17 +2486,7 @@ class Ledger:
         self._ensure_system()
         now = self._now()
         with self.db.transaction(write=False) as conn:
-            rows = (
-                conn.execute(
-                    sa.select(accounts.c.id).where(
-                        accounts.c.kind == WALLET,
-                        accounts.c.monthly_allocation.is_not(None),
-                        accounts.c.blocked.is_(False),
-                    )
-                )
-                .scalars()
-                .all()
-            )
+            rows = self._allocations_due(conn, now)
         granted = 0
         for account_id in rows:
             try:
@@ -2505,6 +2495,35 @@ class Ledger:
             except BalanceOverflow as exc:
                 log.error("monthly allocation of account %s refused: %s", account_id, exc)
         return granted
+
+    @staticmethod
+    def _allocations_due(conn: Connection, now: datetime) -> list[int]:
+        """The wallets whose allocation for the period of ``now`` is not granted yet.
+
+        Read in one go, so that a round with nothing to grant writes nothing: the sweeper
+        runs every few seconds, and a write transaction per wallet with an allocation
+        (thousands of them) would take the write lock that often for nothing. A period is
+        a month of the wallet's timezone, so the wallets are read a timezone at a time.
+        ``_allocate`` checks it all again under the wallet's lock.
+        """
+        allocating = sa.and_(
+            accounts.c.kind == WALLET,
+            accounts.c.monthly_allocation.is_not(None),
+            accounts.c.blocked.is_(False),
+        )
+        zones = conn.execute(sa.select(accounts.c.timezone).where(allocating).distinct())
+        due: list[int] = []
+        for zone in sorted(zones.scalars()):
+            granted = sa.select(periods.c.account_id).where(
+                periods.c.account_id == accounts.c.id,
+                periods.c.period == kernel.period_of(now, zone),
+            )
+            due += conn.execute(
+                sa.select(accounts.c.id).where(
+                    allocating, accounts.c.timezone == zone, ~granted.exists()
+                )
+            ).scalars()
+        return sorted(due)
 
     def _allocate(self, account_id: int, now: datetime) -> bool:
         """Grant one wallet its allocation for the period of ``now``, unless done."""

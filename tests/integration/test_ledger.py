@@ -588,6 +588,38 @@ def test_a_blocked_wallet_is_granted_no_allocation_until_unblocked(
     assert [(g.period, g.remaining) for g in view.grants] == [("2026-11", 1_000)]
 
 
+def test_an_allocation_round_opens_a_write_transaction_only_for_wallets_due(
+    ledger: Ledger, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # 22:30 UTC on 31 October: 23:30 in Berlin, already 04:00 on 1 November in Kolkata.
+    clock.now = datetime(2026, 10, 31, 22, 30, tzinfo=UTC)
+    for name, zone in (("utc", "UTC"), ("berlin", "Europe/Berlin"), ("kolkata", "Asia/Kolkata")):
+        wallet(ledger, name, "token", monthly_allocation=100, timezone=zone)
+    wallet(ledger, "no-allocation", "token")
+    paused = wallet(ledger, "paused", "token", monthly_allocation=100)
+    ledger.update_account(paused, idempotency_key=key(), blocked=True)
+    assert ledger.roll_allocations() == 3
+    writes: list[str] = []
+    opened = ledger.db.transaction
+
+    def counted(*, write: bool = True, settle: bool = False) -> Any:
+        if write:
+            writes.append(clock.now.isoformat())
+        return opened(write=write, settle=settle)
+
+    monkeypatch.setattr(ledger.db, "transaction", counted)
+    # Every wallet has its period: the sweeper's next rounds write nothing at all.
+    assert [ledger.roll_allocations(), ledger.roll_allocations()] == [0, 0]
+    assert writes == []
+    clock.advance(minutes=30)  # midnight in Berlin: its November begins, not UTC's
+    assert ledger.roll_allocations() == 1
+    assert len(writes) == 1
+    assert [g.period for g in ledger.account("berlin").grants] == ["2026-11"]
+    assert [g.period for g in ledger.account("utc").grants] == ["2026-10"]
+    assert [g.period for g in ledger.account("kolkata").grants] == ["2026-11"]
+    assert ledger.account(paused).grants == []
+
+
 # ----------------------------------------------------------------------- reading
 
 
