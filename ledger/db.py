@@ -454,13 +454,23 @@ class Database:
         """``read(*args, **kwargs)``, which only reads; on PostgreSQL run again on a new
         connection when its connection was lost (a restart or failover of the server
         finds the pool's connections dead: the first read after it need not fail)."""
+        return self._again("read", read, *args, **kwargs)
+
+    def repeatable(self, write: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
+        """``write(*args, **kwargs)``, a write that leaves things as they were the first
+        time when it runs twice (revoking a key revokes it once; asking again for a report
+        returns the job the first asking queued), run again as ``reading`` runs a read.
+        A connection lost during its commit then gives the caller what was committed."""
+        return self._again("write", write, *args, **kwargs)
+
+    def _again(self, work: str, run: Callable[..., T], /, *args: Any, **kwargs: Any) -> T:
         for again in range(RECONNECTS + 1):
             try:
-                return read(*args, **kwargs)
+                return run(*args, **kwargs)
             except sa.exc.DBAPIError as exc:
                 if again == RECONNECTS or not self.lost(exc):
                     raise
-                self.rerun("read", getattr(read, "__name__", "a read"), exc)
+                self.rerun(work, getattr(run, "__name__", f"a {work}"), exc)
         raise AssertionError("unreachable")
 
     def _pool(self) -> ThreadPoolExecutor:

@@ -37,6 +37,7 @@ async def create_report(
         account_id = account_id or caller.account
         ensure_own(caller, str(account_id))
     job, _created = await run_in_threadpool(
+        services.reports.db.repeatable,
         services.reports.request,
         body.month,
         body.format,

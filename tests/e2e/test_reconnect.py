@@ -109,6 +109,42 @@ def test_admin_reads_and_key_checks_do_not_fail_after_the_server_ended_every_ses
     assert _reruns(cut_api) == {"read": 3, "write": 0}
 
 
+@postgresql_only
+@pytest.mark.parametrize("lost", ["commit answer", "sessions"])
+def test_a_key_revocation_and_a_report_request_do_not_fail_on_a_lost_connection(
+    cut_api: Api, proxy: CuttingProxy, database_url: str, lost: str
+) -> None:
+    """Neither takes an idempotency key, but each is harmless twice: a second run after
+    a lost commit answer finds the key revoked (at the first run's instant) and the
+    report queued, and answers with them."""
+    leaked = cut_api.keys.create("service", name="leaked").key
+    leaked_id = cut_api.actor(leaked).removeprefix("key:")
+    assert cut_api.get("/v1/accounts/wallet", as_key=leaked).status_code == 200
+
+    def lose() -> None:
+        if lost == "sessions":
+            assert end_sessions(database_url) >= 1
+        else:
+            proxy.arm()
+
+    lose()
+    revoked = cut_api.call("DELETE", f"/v1/keys/{leaked_id}")
+    assert revoked.status_code == 200, revoked.text
+    assert revoked.json()["revoked_at"] is not None
+    listed = cut_api.get("/v1/keys", params={"active": "false"}).json()
+    assert [(k["id"], k["revoked_at"]) for k in listed] == [
+        (leaked_id, revoked.json()["revoked_at"])
+    ]
+    assert cut_api.get("/v1/accounts/wallet", as_key=leaked).status_code == 401
+    lose()
+    report = cut_api.post("/v1/reports", {"month": "2026-10"})
+    assert report.status_code == 202, report.text
+    again = cut_api.post("/v1/reports", {"month": "2026-10"})
+    assert again.json()["id"] == report.json()["id"]  # one job, queued once
+    assert proxy.cuts == (2 if lost == "commit answer" else 0)
+    assert _reruns(cut_api) == {"read": 0, "write": 2}
+
+
 def _reruns(api: Api) -> dict[str, int]:
     """``creditledger_database_reruns_total`` by work, as ``/metrics`` shows it."""
     found = {}
