@@ -13,13 +13,15 @@ import json
 import re
 import secrets
 from decimal import Decimal
-from typing import Any
+from typing import Any, TypeVar
 
 import pandas as pd
 
 from ledger import kernel
 from reports.queries import QUANTITIES, records
 from reports.statement import CREDIT_COLUMNS, DEBIT_COLUMNS, Statement
+
+T = TypeVar("T")
 
 FORMATS = ("csv", "json", "parquet", "html")
 CONTENT_TYPES = {
@@ -177,40 +179,58 @@ def _json_bytes(statement: Statement) -> bytes:
     """:func:`to_json` as bytes, fast: the (large) usage arrays are written by pandas.
 
     The document is dumped with a unique placeholder for each account's arrays, which are
-    then spliced in as written by ``DataFrame.to_json`` (C code, same JSON values).
+    then spliced in as written by ``DataFrame.to_json`` (C code, same JSON values), once
+    for all of a frame's rows: a call per account would cost about a millisecond each.
     """
-    nonce = secrets.token_hex(8)
-    arrays: dict[str, str] = {}
-    for kind, frame in (("usage", statement.usage), ("usage_by_day", statement.daily)):
+    kinds = {"usage": statement.usage, "usage_by_day": statement.daily}
+    arrays: dict[tuple[str, str], str] = {}
+    for kind, frame in kinds.items():
         if frame.empty:
             continue
-        rows = frame.drop(columns=["unit", "scale", "seconds_us"]).assign(
-            video_seconds=[_seconds(v) for v in frame["seconds_us"]]
-        )
-        for account, group in rows.groupby("account_id", sort=False):
-            arrays[f"@@{nonce}:{kind}:{account}@@"] = str(
-                group.drop(columns=["account_id"]).to_json(orient="records", force_ascii=False)
-            )
+        owners, rows = _usage_rows(frame)
+        # One record a line; a newline inside a value is written escaped, as "\n".
+        written = str(rows.to_json(orient="records", lines=True, force_ascii=False))
+        records = written.split("\n")[: len(rows)]
+        for account, items in _by_account(owners, records).items():
+            arrays[kind, account] = f"[{','.join(items)}]"
     doc = to_json(statement, usage=False)
-    for a in doc["accounts"]:
-        for kind in ("usage", "usage_by_day"):
-            a[kind] = f"@@{nonce}:{kind}:{a['account_id']}@@"
+    # A placeholder names the account by its place, not its id: an id is the operator's
+    # text, which JSON may escape (a quote, a backslash).
+    nonce = secrets.token_hex(8)
+    owner = [str(a["account_id"]) for a in doc["accounts"]]
+    for place, a in enumerate(doc["accounts"]):
+        for kind in kinds:
+            a[kind] = f"@@{nonce}:{kind}:{place}@@"
     text = json.dumps(doc, ensure_ascii=False)
-    pattern = re.compile(f'"(@@{nonce}:[^"]*@@)"')
-    return pattern.sub(lambda m: arrays.get(json.loads(f'"{m.group(1)}"'), "[]"), text).encode()
+    pattern = re.compile(f'"@@{nonce}:([a-z_]+):([0-9]+)@@"')
+    return pattern.sub(
+        lambda m: arrays.get((m.group(1), owner[int(m.group(2))]), "[]"), text
+    ).encode()
+
+
+def _usage_rows(frame: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:
+    """The account of each usage row, and the rows as the JSON shows them: video seconds
+    as exact decimal text, without the account, unit and scale (its account's)."""
+    rows = frame.drop(columns=["account_id", "unit", "scale", "seconds_us"]).assign(
+        video_seconds=[_seconds(v) for v in frame["seconds_us"]]
+    )
+    return [str(a) for a in frame["account_id"]], rows
+
+
+def _by_account(owners: list[str], items: list[T]) -> dict[str, list[T]]:
+    """``items`` (one per row) gathered by the account of their row, in row order."""
+    out: dict[str, list[T]] = {}
+    for account, item in zip(owners, items, strict=True):
+        out.setdefault(account, []).append(item)
+    return out
 
 
 def _records_by_account(frame: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
     """Usage rows per account, as JSON-ready dicts (pandas gives Python ints)."""
     if frame.empty:
         return {}
-    rows = frame.drop(columns=["unit", "scale", "seconds_us"]).assign(
-        video_seconds=[_seconds(v) for v in frame["seconds_us"]]
-    )
-    out: dict[str, list[dict[str, Any]]] = {}
-    for account, group in rows.groupby("account_id", sort=False):
-        out[str(account)] = group.drop(columns=["account_id"]).to_dict("records")  # type: ignore[assignment]
-    return out
+    owners, rows = _usage_rows(frame)
+    return _by_account(owners, rows.to_dict("records"))  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------- HTML

@@ -476,6 +476,33 @@ def test_quiet_and_empty_months_render(
         assert reports.output(job.id).content
 
 
+def test_the_json_statement_carries_the_usage_of_wallets_whose_ids_json_escapes(
+    db: Database, ledger: Ledger, clock: Clock
+) -> None:
+    """A wallet id is the operator's text: a quote or a backslash in it is escaped in
+    JSON, and the wallet's usage arrays are still its own (they were left a placeholder
+    string for an id with a quote)."""
+    clock.now = datetime(2026, 10, 5, tzinfo=UTC)
+    names = ['say "cheese"', "back\\slash", "ünïcødé 🎬", "plain"]
+    for n, name in enumerate(names):
+        ledger.open_account(name, "credit", idempotency_key=key())
+        ledger.top_up(name, 10_000, idempotency_key=key())
+        for _ in range(n + 1):
+            ledger.charge(name, veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    made = make(db, "2026-10", "UTC")
+    body = json.loads(render.render(made, "json"))
+    assert body == json.loads(json.dumps(render.to_json(made)))
+    usage = {a["account_id"]: a["usage"] for a in body["accounts"]}
+    daily = {a["account_id"]: a["usage_by_day"] for a in body["accounts"]}
+    assert sorted(usage) == sorted(names)
+    for n, name in enumerate(names):
+        assert [(u["model"], u["requests"], u["amount"]) for u in usage[name]] == [
+            ("veo3_fast", n + 1, 240 * (n + 1))
+        ]
+        assert [(d["day"], d["requests"]) for d in daily[name]] == [("2026-10-05", n + 1)]
+
+
 def test_file_names_are_plain_ascii() -> None:
     assert render.filename("2026-10", "csv") == "statement-2026-10.csv"
     assert render.filename("2026-10", "html", "用户/../a b") == "statement-2026-10-___.._a_b.html"
