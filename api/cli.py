@@ -85,6 +85,13 @@ app = typer.Typer(
 )
 
 
+def _console(*, width: int | None = None, stderr: bool = False) -> Console:
+    """A console that prints text as it is: a wallet id, a key's name or a reason is the
+    operator's text, and rich would read ``[bold]`` in it as markup (or fail on ``[/]``)
+    and ``:rocket:`` as an emoji, showing an id that is not the wallet's."""
+    return Console(width=width, stderr=stderr, markup=False, emoji=False)
+
+
 def _fail(body: dict[str, Any], code: int) -> NoReturn:
     typer.echo(json.dumps(body, ensure_ascii=False), err=True)
     raise typer.Exit(code)
@@ -253,7 +260,7 @@ def catalogs_command(
                         price,
                         row["per"],
                     )
-    Console(width=max(200, Console().width)).print(table)
+    _console(width=max(200, Console().width)).print(table)
 
 
 def _database() -> Database:
@@ -299,7 +306,7 @@ def verify_command(
         table.add_column("detail")
         for v in violations:
             table.add_row(v.check, v.detail)
-        Console(width=max(120, Console().width)).print(table)
+        _console(width=max(120, Console().width)).print(table)
     else:
         typer.echo("ok: every ledger invariant holds")
     if violations:
@@ -371,7 +378,7 @@ def _emit(model: BaseModel, as_json: bool, title: str, rows: list[tuple[str, Any
     table.add_column("value", overflow="fold")
     for name, value in rows:
         table.add_row(name, "" if value is None else str(value))
-    Console().print(table)
+    _console().print(table)
 
 
 def _grants_table(grants: list[GrantView]) -> Table:
@@ -418,7 +425,7 @@ def _show_account(view: AccountView, as_json: bool, title: str) -> None:
         ],
     )
     if not as_json and view.grants:
-        Console().print(_grants_table(view.grants))
+        _console().print(_grants_table(view.grants))
 
 
 def _print_page(
@@ -438,7 +445,7 @@ def _print_page(
         table.add_column(column, overflow="fold")
     for row in rows:
         table.add_row(*("" if value is None else str(value) for value in row))
-    console = Console()
+    console = _console()
     console.print(table)
     if page.next_cursor:
         console.print(f"more: --cursor {page.next_cursor}")
@@ -689,7 +696,7 @@ def account_usage(
         )
         counts = [line.requests, *(getattr(line, name) for name in used), line.amount]
         table.add_row(*head, *map(str, counts))
-    Console().print(table)
+    _console().print(table)
 
 
 def _parse_day(day: str | None, option: str) -> date | None:
@@ -1139,7 +1146,7 @@ def topup_batch_command(
         fields = ("line", "account_id", "amount", "kind", "entry_id", "balance")
         for d in done:
             table.add_row(*(str(d[name]) for name in fields))
-        Console().print(table)
+        _console().print(table)
     verb = "would top up" if check else "topped up"
     amounts = ", ".join(f"{amount} {unit}" for unit, amount in sorted(totals.items()))
     typer.echo(f"{verb} {len(rows)} row(s): {amounts}{_already_done(done)}")
@@ -1243,7 +1250,7 @@ def usage_import_command(
             table.add_column(column, overflow="fold")
         for d in done:
             table.add_row(*(str(d[name]) for name in fields))
-        Console().print(table)
+        _console().print(table)
     verb = "would charge" if check else "charged"
     total = ", ".join(f"{amount} {unit}" for unit, amount in sorted(totals.items())) or "nothing"
     typer.echo(f"{verb} {len(rows)} line(s): {total}{_already_done(done)}")
@@ -1422,7 +1429,7 @@ def keys_list(
             v.revoked_at.isoformat(timespec="seconds") if v.revoked_at else "",
             v.expires_at.isoformat(timespec="seconds") if v.expires_at else "",
         )
-    Console().print(table)
+    _console().print(table)
 
 
 report_app = typer.Typer(help="Monthly statements: make, run, show.", no_args_is_help=True)
@@ -1479,7 +1486,7 @@ def report_monthly(
             month, fmt, account_id=account, timezone=tz, requested_by="cli"
         )
         columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn())
-        with Progress(*columns, console=Console(stderr=True), transient=True) as bar:
+        with Progress(*columns, console=_console(stderr=True), transient=True) as bar:
             task = bar.add_task(f"statement {job.month}", total=100)
 
             def show(percent: int, stage: str) -> None:
@@ -1517,7 +1524,7 @@ def report_monthly(
             str(t["accounts"]),
             *(f"{t[k]:,}" for k in ("opening", "credits", "debits", "closing", "usage_amount")),
         )
-    Console().print(table)
+    _console().print(table)
     typer.echo("reconciled: opening + credits - debits = closing = the ledger, for every account")
 
 

@@ -348,6 +348,33 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     assert json.loads(run("keys", "list", "--account", "acme", "--json", env=env).stdout) == []
 
 
+def test_tables_show_the_operators_text_as_it_is(migrated: Path, tmp_path: Path) -> None:
+    """Rich reads ``[bold]`` in printed text as markup, fails on ``[/]``, and turns
+    ``:rocket:`` into an emoji: a table showed ``[bold red]loud`` as ``loud``, a wallet
+    that ``account show loud`` then does not find."""
+    path = tmp_path / "ledger.db"
+    shutil.copyfile(migrated, path)
+    env = {**_url(path), "COLUMNS": "250"}
+    names = ["[bold red]loud", "team:rocket:", "50%[link=mailto:x]x[dim]"]
+    for name in names:
+        made = run("account", "create", name, "--unit", "credit", env=env)
+        assert made.returncode == 0, made.stderr
+        shown = run("account", "show", name, env=env)
+        assert (shown.returncode, shown.stderr) == (0, "")
+        assert f"│ {name} " in shown.stdout
+        entries = run("account", "entries", name, env=env)
+        assert (entries.returncode, entries.stderr) == (0, "")
+    listed = run("account", "list", env=env)
+    assert listed.returncode == 0, listed.stderr
+    rows = [line.split("│")[1].strip() for line in listed.stdout.splitlines() if "│" in line]
+    assert rows == names  # each wallet, in the order they were opened
+    made = run("keys", "create", "--role", "service", "--name", "[/]gateway :key:", env=env)
+    assert made.returncode == 0, made.stderr
+    keys = run("keys", "list", env=env)
+    assert (keys.returncode, keys.stderr) == (0, "")
+    assert "│ [/]gateway :key: " in keys.stdout
+
+
 @pytest.fixture
 def server(
     env: dict[str, str], tmp_path: Path
