@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -108,13 +109,18 @@ def _postgres_database(server: TempPostgres) -> Iterator[str]:
             conn.exec_driver_sql(f"DROP DATABASE {name} WITH (FORCE)")
 
 
-def _sqlite_url(folder: Path) -> str:
-    """A new, migrated database file in ``folder``."""
-    url = f"sqlite:///{folder / 'ledger.db'}"
-    db = Database.from_url(url)
+@pytest.fixture(scope="session")
+def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A SQLite ledger file migrated once per test process, for each test to copy, as
+    PostgreSQL's tests start from a template database (migrating a file costs about
+    0.15 s, copying it a millisecond, and about 500 tests take one)."""
+    path = tmp_path_factory.mktemp("sqlite-template") / "ledger.db"
+    db = Database.from_url(f"sqlite:///{path}")
     db.migrate()
     db.dispose()
-    return url
+    # Closed: SQLite checkpointed the WAL into the file and removed it.
+    assert not path.with_name(f"{path.name}-wal").exists()
+    return path
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -122,7 +128,9 @@ def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str
     """The URL of a migrated, empty ledger database: a SQLite file, then a real PostgreSQL
     database."""
     if request.param == "sqlite":
-        yield _sqlite_url(tmp_path)
+        path = tmp_path / "ledger.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        yield f"sqlite:///{path}"
         return
     with _postgres_database(postgres_or_skip(request)) as url:
         yield url

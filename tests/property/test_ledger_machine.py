@@ -621,11 +621,11 @@ class LedgerMachine(RuleBasedStateMachine):
         assert view.available >= 0 or self.excused, view
 
 
-def _sqlite() -> Database:
-    folder = Path(tempfile.mkdtemp(prefix="creditledger-machine-"))
-    db = Database.from_url(f"sqlite:///{folder / 'ledger.db'}")
-    db.migrate()
-    return db
+def _sqlite(template: Path) -> Database:
+    """A new ledger file, a copy of the migrated ``template``."""
+    path = Path(tempfile.mkdtemp(prefix="creditledger-machine-")) / "ledger.db"
+    shutil.copyfile(template, path)
+    return Database.from_url(f"sqlite:///{path}")
 
 
 MACHINE_SETTINGS = settings(
@@ -636,9 +636,10 @@ MACHINE_SETTINGS = settings(
 )
 
 
-def test_ledger_state_machine_sqlite() -> None:
+def test_ledger_state_machine_sqlite(sqlite_template: Path) -> None:
     class OnSQLite(LedgerMachine):
-        make_db = staticmethod(_sqlite)
+        def make_db(self) -> Database:
+            return _sqlite(sqlite_template)
 
         def teardown(self) -> None:
             super().teardown()
