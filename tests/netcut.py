@@ -77,6 +77,11 @@ class CuttingProxy:
             except OSError:
                 _close(client)  # the server is down: so is the connection through here
                 continue
+            for sock in (client, server):
+                # Each message is sent on its own: without this, Nagle's algorithm holds
+                # a message back until the last is acknowledged, which the other side
+                # delays (40 ms a round trip, a second or more a test).
+                sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             with self._lock:
                 if self._closed:
                     _close(client)
