@@ -27,11 +27,11 @@ def _url(path: Path) -> dict[str, str]:
     return {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{path}"}
 
 
-@pytest.fixture
-def ledger_file(tmp_path: Path) -> Path:
-    """A migrated ledger file with the wallet ``acme`` and 300 top-ups of 7 credits."""
-    path = tmp_path / "live" / "ledger.db"
-    path.parent.mkdir()
+@pytest.fixture(scope="module")
+def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A migrated ledger file with the wallet ``acme`` and 300 top-ups of 7 credits, made
+    once (300 durable commits take seconds) for each test to copy."""
+    path = tmp_path_factory.mktemp("seeded") / "ledger.db"
     db = Database.from_url(f"sqlite:///{path}")
     db.migrate()
     ledger = Ledger(db, default_catalogs())
@@ -39,6 +39,17 @@ def ledger_file(tmp_path: Path) -> Path:
     for n in range(300):
         ledger.top_up("acme", TOPUP, idempotency_key=f"seed-{n}")
     db.dispose()
+    # Closed: SQLite checkpointed the WAL into the file and removed it.
+    assert not path.with_name(f"{path.name}-wal").exists()
+    return path
+
+
+@pytest.fixture
+def ledger_file(seeded: Path, tmp_path: Path) -> Path:
+    """A copy of ``seeded`` of the test's own."""
+    path = tmp_path / "live" / "ledger.db"
+    path.parent.mkdir()
+    shutil.copyfile(seeded, path)
     return path
 
 
