@@ -527,8 +527,11 @@ class ReportOutput(SQLModel, table=True):
     job_id: str = Field(primary_key=True, foreign_key="report_jobs.id", max_length=32)
     content_type: str = Field(max_length=100)
     filename: str = Field(max_length=200)
+    #: SHA-256 of the file (as rendered, not as stored).
     sha256: str = Field(max_length=64)
     content: bytes = Field(sa_column=sa.Column(sa.LargeBinary, nullable=False))
+    #: How ``content`` is stored: "gzip", or NULL for the file as rendered.
+    content_encoding: str | None = Field(default=None, max_length=16)
 
 
 metadata = SQLModel.metadata

@@ -12,12 +12,14 @@ JSON) is created once.
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import importlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import cached_property
 from typing import Any
 
 import sqlalchemy as sa
@@ -66,14 +68,26 @@ class JobView(BaseModel):
     summary: dict[str, Any] | None
 
 
+#: The formats whose files are stored gzip-compressed (Parquet compresses its own).
+GZIPPED = frozenset({"csv", "json", "html"})
+
+
 @dataclass(frozen=True)
 class Output:
-    """A succeeded job's file."""
+    """A succeeded job's file, as stored: ``data`` in ``encoding`` ("gzip", or None for
+    the file as rendered)."""
 
     filename: str
     content_type: str
+    #: SHA-256 of the file as rendered.
     sha256: str
-    content: bytes
+    data: bytes
+    encoding: str | None = None
+
+    @cached_property
+    def content(self) -> bytes:
+        """The file as rendered."""
+        return gzip.decompress(self.data) if self.encoding == "gzip" else self.data
 
 
 class _Lost(Exception):
@@ -257,7 +271,9 @@ class Reports:
             row = conn.execute(
                 sa.select(report_outputs).where(report_outputs.c.job_id == job_id)
             ).one()
-        return Output(row.filename, row.content_type, row.sha256, bytes(row.content))
+        return Output(
+            row.filename, row.content_type, row.sha256, bytes(row.content), row.content_encoding
+        )
 
     # ------------------------------------------------------------------------ running
 
@@ -369,6 +385,11 @@ class Reports:
         from reports import render
 
         now = self._now()
+        digest = hashlib.sha256(content).hexdigest()
+        encoding = None
+        if job.format in GZIPPED:
+            # mtime 0: the same file is stored as the same bytes.
+            content, encoding = gzip.compress(content, compresslevel=6, mtime=0), "gzip"
         with self.db.transaction() as conn:
             done = conn.execute(
                 self._fenced(job).values(
@@ -387,8 +408,9 @@ class Reports:
                     job_id=job.id,
                     filename=render.filename(job.month, job.format, job.account_id),
                     content_type=render.CONTENT_TYPES[job.format],
-                    sha256=hashlib.sha256(content).hexdigest(),
+                    sha256=digest,
                     content=content,
+                    content_encoding=encoding,
                 )
             )
 

@@ -75,16 +75,48 @@ async def read_report(
         },
     },
 )
-async def download_report(id: str, caller: JournalReader, services: ServicesDep) -> Response:
-    """The file of a succeeded report (409 while it is queued or running, or if it failed)."""
+async def download_report(
+    id: str, caller: JournalReader, services: ServicesDep, request: Request
+) -> Response:
+    """The file of a succeeded report (409 while it is queued or running, or if it failed).
+    CSV, JSON and HTML files are sent gzip-compressed (``Content-Encoding: gzip``) to a
+    client whose ``Accept-Encoding`` takes gzip, as they are stored."""
     out = await run_in_threadpool(
         services.reports.db.reading, services.reports.output, id, owner=_owner(caller)
     )
+    headers = {"Content-Disposition": f'attachment; filename="{out.filename}"'}
+    if out.encoding is None:
+        return Response(
+            out.data, media_type=out.content_type, headers={**headers, "ETag": f'"{out.sha256}"'}
+        )
+    headers["Vary"] = "Accept-Encoding"
+    if accepts(request.headers.get("accept-encoding", ""), out.encoding):
+        # Each representation its own strong validator.
+        sent = {**headers, "Content-Encoding": out.encoding, "ETag": f'"{out.sha256}-gzip"'}
+        return Response(out.data, media_type=out.content_type, headers=sent)
+    body = await run_in_threadpool(lambda: out.content)
     return Response(
-        out.content,
-        media_type=out.content_type,
-        headers={
-            "Content-Disposition": f'attachment; filename="{out.filename}"',
-            "ETag": f'"{out.sha256}"',
-        },
+        body, media_type=out.content_type, headers={**headers, "ETag": f'"{out.sha256}"'}
     )
+
+
+def accepts(header: str, coding: str) -> bool:
+    """Whether an ``Accept-Encoding`` header takes ``coding``: named, or by ``*``, with a
+    weight above 0 (RFC 9110, 12.5.3; ``gzip;q=0`` refuses it)."""
+    weights: dict[str, float] = {}
+    for item in header.split(","):
+        name, *params = (part.strip() for part in item.split(";"))
+        weight = 1.0
+        for param in params:
+            key, _, value = param.partition("=")
+            if key.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        if name:
+            weights[name.lower()] = weight
+    aliases = (coding, "x-gzip") if coding == "gzip" else (coding,)
+    named = [weights[a] for a in aliases if a in weights]
+    weight = named[0] if named else weights.get("*", 0.0)
+    return weight > 0

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 
@@ -86,6 +87,43 @@ def test_ask_follow_and_download_every_format(api: Api, traffic: Traffic) -> Non
     assert page.headers["content-type"].startswith("text/html")
     assert "<svg" in page.text
     assert "Daily usage by model" in page.text
+
+
+def test_a_file_is_sent_gzip_compressed_to_a_client_that_takes_it(
+    api: Api, traffic: Traffic
+) -> None:
+    """CSV, JSON and HTML are stored compressed and sent so where ``Accept-Encoding``
+    takes gzip (the body then decodes to the same file); otherwise, and for Parquet, the
+    file as rendered. Each representation has its own ETag."""
+    ids = {}
+    for fmt in ("json", "parquet"):
+        ids[fmt] = api.post("/v1/reports", {"month": "2026-10", "format": fmt}).json()["id"]
+    assert run_worker(api) == 2
+    path = f"/v1/reports/{ids['json']}/download"
+    plain = api.get(path, headers={"Accept-Encoding": "identity"})
+    assert plain.status_code == 200, plain.text
+    assert "content-encoding" not in plain.headers
+    assert int(plain.headers["content-length"]) == len(plain.content)
+    assert json.loads(plain.content)["reconciled"] is True
+    assert plain.headers["vary"] == "Accept-Encoding"
+    sha = plain.headers["etag"].strip('"')
+    for accepted in ("gzip", "br;q=1.0, *;q=0.5", "x-gzip", "deflate, GZIP;q=0.2"):
+        packed = api.get(path, headers={"Accept-Encoding": accepted})
+        assert packed.status_code == 200, packed.text
+        assert packed.headers["content-encoding"] == "gzip", accepted
+        assert packed.headers["etag"] == f'"{sha}-gzip"'
+        assert packed.content == plain.content  # decoded by the client
+        assert int(packed.headers["content-length"]) * 5 < len(plain.content)
+    for refused in ("gzip;q=0, *", "br", "*;q=0", "gzip;q=zero", ""):
+        sent = api.get(path, headers={"Accept-Encoding": refused})
+        assert "content-encoding" not in sent.headers, refused
+        assert sent.content == plain.content
+        assert sent.headers["etag"] == f'"{sha}"'
+    parquet = api.get(f"/v1/reports/{ids['parquet']}/download", headers={"Accept-Encoding": "gzip"})
+    assert parquet.status_code == 200
+    assert "content-encoding" not in parquet.headers
+    assert "vary" not in parquet.headers
+    assert parquet.headers["etag"] == f'"{hashlib.sha256(parquet.content).hexdigest()}"'
 
 
 def test_a_customer_reports_on_its_own_wallet_only(api: Api, traffic: Traffic) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import io
 import json
 from datetime import UTC, datetime, timedelta
@@ -13,7 +15,7 @@ import sqlalchemy as sa
 
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
-from ledger.models import daily, flows, metering, report_jobs
+from ledger.models import daily, flows, metering, report_jobs, report_outputs
 from ledger.services import Ledger
 from ledger.verify import verify
 from pricing.catalog import CatalogSet
@@ -438,6 +440,48 @@ def test_migration_0013_rolls_refunds_up_as_their_own_flow(
     db.migrate()
     assert rollup() == rolled
     assert verify(db) == []
+
+
+def test_files_are_stored_compressed_and_read_back_as_rendered(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports
+) -> None:
+    """CSV, JSON and HTML are kept gzip-compressed (Parquet compresses its own); what
+    ``output`` gives back is the file as rendered, whose SHA-256 the job keeps. A
+    downgrade past 0015 stores them as rendered again, for the code before it."""
+    jobs = {fmt: reports.request(traffic.month, fmt)[0] for fmt in ("csv", "json", "parquet")}
+    assert reports.run_pending() == 3
+    made = make(db, traffic.month, "UTC")
+
+    def stored() -> dict[str, tuple[bytes, str | None]]:
+        with db.transaction(write=False) as conn:
+            rows = conn.execute(sa.select(report_outputs)).all()
+        return {r.job_id: (bytes(r.content), r.content_encoding) for r in rows}
+
+    rows = stored()
+    files = {}
+    for fmt, job in jobs.items():
+        out = reports.output(job.id)
+        files[fmt] = out.content
+        assert out.sha256 == hashlib.sha256(out.content).hexdigest()
+        data, encoding = rows[job.id]
+        if fmt == "parquet":
+            assert (encoding, data) == (None, out.content)
+            continue
+        assert encoding == "gzip"
+        assert gzip.decompress(data) == out.content
+        assert len(data) * 5 < len(out.content)
+    stamped = json.loads(files["json"]), json.loads(render.render(made, "json"))
+    for doc in stamped:
+        doc.pop("generated_at")
+    assert stamped[0] == stamped[1]
+    assert files["csv"] == render.render(made, "csv")
+    db.downgrade("0014")
+    with db.transaction(write=False) as conn:
+        rendered = sa.select(report_outputs.c.job_id, report_outputs.c.content)
+        plain = {r.job_id: bytes(r.content) for r in conn.execute(rendered)}
+    assert plain == {job.id: files[fmt] for fmt, job in jobs.items()}
+    db.migrate()
+    assert {job.id: reports.output(job.id).content for job in jobs.values()} == plain
 
 
 def test_identical_requests_racing_make_one_job(
