@@ -85,19 +85,17 @@ async def download_report(
         services.reports.db.reading, services.reports.output, id, owner=_owner(caller)
     )
     headers = {"Content-Disposition": f'attachment; filename="{out.filename}"'}
-    if out.encoding is None:
-        return Response(
-            out.data, media_type=out.content_type, headers={**headers, "ETag": f'"{out.sha256}"'}
-        )
-    headers["Vary"] = "Accept-Encoding"
-    if accepts(request.headers.get("accept-encoding", ""), out.encoding):
-        # Each representation its own strong validator.
-        sent = {**headers, "Content-Encoding": out.encoding, "ETag": f'"{out.sha256}-gzip"'}
-        return Response(out.data, media_type=out.content_type, headers=sent)
-    body = await run_in_threadpool(lambda: out.content)
-    return Response(
-        body, media_type=out.content_type, headers={**headers, "ETag": f'"{out.sha256}"'}
-    )
+    body, etag = out.data, out.sha256
+    if out.encoding is not None:
+        headers["Vary"] = "Accept-Encoding"
+        if accepts(request.headers.get("accept-encoding", ""), out.encoding):
+            # Sent as stored: the representation has its own strong validator.
+            headers["Content-Encoding"] = out.encoding
+            etag = f"{out.sha256}-{out.encoding}"
+        else:
+            body = await run_in_threadpool(lambda: out.content)
+    headers["ETag"] = f'"{etag}"'
+    return Response(body, media_type=out.content_type, headers=headers)
 
 
 def accepts(header: str, coding: str) -> bool:
