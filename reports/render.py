@@ -60,7 +60,7 @@ def filename(month: str, fmt: str, account_id: str | None = None) -> str:
 def render(statement: Statement, fmt: str) -> bytes:
     """The statement in ``fmt`` (one of :data:`FORMATS`)."""
     if fmt == "csv":
-        return str(lines(statement).to_csv(index=False)).encode()
+        return str(_inert(lines(statement)).to_csv(index=False)).encode()
     if fmt == "json":
         return _json_bytes(statement)
     if fmt == "parquet":
@@ -70,6 +70,28 @@ def render(statement: Statement, fmt: str) -> bytes:
     if fmt == "html":
         return to_html(statement).encode()
     raise ValueError(f"unknown format {fmt!r}")
+
+
+#: How a spreadsheet (Excel, LibreOffice, Google Sheets) tells a formula from text when it
+#: opens a CSV file: by the cell's first character. Tab and carriage return lead into one.
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+#: The CSV's text columns. Wallet ids are the operator's (an e-mail, a phone number, a
+#: slug their users may pick); the others come from the catalogs, and are guarded alike.
+TEXT_COLUMNS = ("account_id", "unit", "section", "item", "day", "catalog", "operation", "model")
+
+
+def _inert(table: pd.DataFrame) -> pd.DataFrame:
+    """``table`` with each text cell a spreadsheet would run as a formula (``=HYPERLINK(...)``,
+    ``+1-555-0100``, ``@SUM(...)``) written with a leading apostrophe, which spreadsheets
+    show as text (OWASP's guard against CSV injection). Numbers are left as they are:
+    a negative amount is a number, not a formula."""
+    guarded = table.copy()
+    for column in TEXT_COLUMNS:
+        cells = guarded[column]
+        risky = cells.str.startswith(FORMULA_START, na=False)
+        if risky.any():
+            guarded[column] = cells.where(~risky, "'" + cells)
+    return guarded
 
 
 def _seconds(micros: Any) -> str:

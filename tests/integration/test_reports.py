@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import gzip
 import hashlib
 import io
@@ -184,10 +185,44 @@ def test_timezone_boundaries(db: Database, ledger: Ledger, traffic: Traffic) -> 
     assert own.daily["day"].max() == "2026-10-31"
 
 
+def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text(
+    db: Database, ledger: Ledger
+) -> None:
+    """Wallet ids are the operator's, and may be picked by their users: an id that a
+    spreadsheet would read as a formula (CSV injection) is written with a leading
+    apostrophe. Amounts stay numbers, and JSON and Parquet keep every id as it is."""
+    hostile = ['=HYPERLINK("evil.example","refund")', "+1-555-0100", "@SUM(1+1)", "-2+3"]
+    for name in [*hostile, "acme"]:
+        ledger.open_account(name, "credit", idempotency_key=key())
+        ledger.top_up(name, 1_000, idempotency_key=key())
+        ledger.charge(name, veo3_video(video_model="veo3_fast"), idempotency_key=key())
+        ledger.adjust(name, -7, reason="clawback", idempotency_key=key())
+    made = make(db, "2026-11", "UTC")
+    text = render.render(made, "csv").decode()
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert rows
+    text_columns = ["account_id", "unit", "section", "item", "day", "catalog", "operation", "model"]
+    for row in rows:
+        for column in text_columns:
+            assert not row[column].startswith(("=", "+", "-", "@")), (column, row[column])
+    assert {r["account_id"] for r in rows} == {*("'" + h for h in hostile), "acme"}
+    closing = {
+        r["account_id"]: int(r["amount"])
+        for r in rows
+        if (r["section"], r["item"]) == ("balance", "closing")
+    }
+    assert closing == {"'" + h: 1_000 - 240 - 7 for h in hostile} | {"acme": 753}
+    # The same statement in the other formats: ids as they are.
+    parquet = pd.read_parquet(io.BytesIO(render.render(made, "parquet")))
+    assert set(parquet["account_id"]) == {*hostile, "acme"}
+    body = json.loads(render.render(made, "json"))
+    assert {a["account_id"] for a in body["accounts"]} == {*hostile, "acme"}
+
+
 def test_renders_every_format(db: Database, ledger: Ledger, traffic: Traffic) -> None:
     made = make(db, traffic.month, "UTC")
-    csv = pd.read_csv(io.BytesIO(render.render(made, "csv")))
-    assert set(csv["section"]) == {
+    from_csv = pd.read_csv(io.BytesIO(render.render(made, "csv")))
+    assert set(from_csv["section"]) == {
         "balance",
         "credit",
         "debit",
@@ -195,7 +230,7 @@ def test_renders_every_format(db: Database, ledger: Ledger, traffic: Traffic) ->
         "usage",
         "usage_daily",
     }
-    closing = csv[(csv["section"] == "balance") & (csv["item"] == "closing")]
+    closing = from_csv[(from_csv["section"] == "balance") & (from_csv["item"] == "closing")]
     assert dict(zip(closing["account_id"], closing["amount"], strict=True)) == dict(
         zip(made.accounts["account_id"], made.accounts["closing"], strict=True)
     )
