@@ -68,6 +68,11 @@ ACCOUNT_KINDS = (WALLET, *SYSTEM_KINDS)
 GRANT_KINDS = ("allocation", "pack", "promo", "adjustment")
 HOLD_STATUSES = ("pending", "captured", "voided", "expired")
 ENTRY_KINDS = ("topup", "adjustment", "capture", "charge", "expiry", "reversal", "allocation")
+#: The kinds of entry a request makes, many per wallet; the others (top-ups, allocations,
+#: expiries, adjustments, reversals) are a handful a month.
+REQUEST_ENTRY_KINDS = ("capture", "charge")
+#: What ``ix_entries_account_occasional`` holds: the entries of the few kinds.
+OCCASIONAL_ENTRY = "kind NOT IN ({})".format(", ".join(f"'{k}'" for k in REQUEST_ENTRY_KINDS))
 #: A metering record's status: its hold's outcome (the capture's provider status), the
 #: provider status of usage reported after the fact, or CHARGED for an immediate charge.
 METERING_STATUSES = ("pending", "COMPLETED", "FAILED", "ERROR", "CHARGED", "voided", "expired")
@@ -166,6 +171,15 @@ class Entry(SQLModel, table=True):
         # A wallet's reversals alone: the refunds a period's spend counts (``store.SPENT``).
         sa.Index(
             "ix_entries_account_reversals", "account_id", "posted_at", **_where("kind = 'reversal'")
+        ),
+        # A wallet's entries of one of the few kinds (its top-ups: a billing page's list),
+        # without stepping over the captures and charges of every request it made.
+        sa.Index(
+            "ix_entries_account_occasional",
+            "account_id",
+            "posted_at",
+            "id",
+            **_where(OCCASIONAL_ENTRY),
         ),
     )
 
@@ -567,6 +581,11 @@ api_keys = table_of(ApiKey)
 #: text, never a bound parameter, so that every plan can use that partial index (a plan
 #: PostgreSQL caches for any parameter value could not).
 PENDING_HOLD: sa.ColumnElement[bool] = holds.c.status == sa.literal_column("'pending'")
+#: The entries of the few kinds, written as ``ix_entries_account_occasional`` is (values in
+#: the SQL text), so that every plan can use that partial index.
+OCCASIONAL: sa.ColumnElement[bool] = entries.c.kind.not_in(
+    [sa.literal_column(f"'{k}'") for k in REQUEST_ENTRY_KINDS]
+)
 
 
 def entry_flow() -> sa.ColumnElement[str]:

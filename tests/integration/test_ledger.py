@@ -623,6 +623,63 @@ def test_an_allocation_round_opens_a_write_transaction_only_for_wallets_due(
 # ----------------------------------------------------------------------- reading
 
 
+def test_entries_of_one_kind_page_alike_and_the_few_kinds_are_read_from_their_index(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A wallet's top-ups (adjustments, reversals...) are a few among its requests'
+    captures and charges: listed by kind, page by page, they are read from
+    ``ix_entries_account_occasional``, not found by stepping over every request."""
+    user = wallet(ledger)
+    ledger.top_up(user, 10_000, idempotency_key=key())
+    for i in range(12):
+        clock.advance(minutes=1)
+        ledger.charge(user, VEO_FAST, idempotency_key=key())
+        if i % 4 == 0:
+            ledger.top_up(user, 100 + i, idempotency_key=key())
+        if i == 5:
+            ledger.adjust(user, -3, reason="clawback", idempotency_key=key())
+    everything = [(e.kind, e.id) for e in ledger.entries(user, limit=500).items]
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "ORDER BY entries.posted_at DESC" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(ledger.db.engine, "before_cursor_execute", seen)
+    try:
+        for kind in ("topup", "charge", "adjustment", "reversal"):
+            listed, cursor = [], None
+            while True:
+                page = ledger.entries(user, kind=kind, cursor=cursor, limit=2)
+                listed += [(e.kind, e.id) for e in page.items]
+                if (cursor := page.next_cursor) is None:
+                    break
+            assert listed == [(k, i) for k, i in everything if k == kind]
+    finally:
+        sa.event.remove(ledger.db.engine, "before_cursor_execute", seen)
+    assert [k for k, _ in everything].count("topup") == 4
+
+    def plan(statement: str, parameters: Any) -> str:
+        with ledger.db.engine.connect() as conn:
+            raw: Any = conn.connection.driver_connection
+            if ledger.db.is_sqlite:
+                rows = raw.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+            else:
+                raw.execute("SET enable_seqscan = off")
+                rows = raw.execute("EXPLAIN " + statement, parameters).fetchall()
+            conn.rollback()
+        return " ".join(str(row[-1]) for row in rows)
+
+    # The first page of top-ups, then a page after a cursor; charges by the wallet's index.
+    topups = [plan(*s) for s in statements if "'charge'" in s[0]]
+    assert len(topups) == 2 + 1 + 1  # topup (2 pages), adjustment, reversal
+    for text in topups:
+        assert "ix_entries_account_occasional" in text, text
+    charges = [plan(*s) for s in statements if "'charge'" not in s[0]]
+    assert len(charges) == 6
+    assert all("ix_entries_account_occasional" not in t for t in charges)
+
+
 def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> None:
     user = wallet(ledger)
     marks = []
