@@ -643,30 +643,46 @@ class Ledger:
         Store.of(conn).run(sql.MOVE_ACCOUNT, {"balance": 0, "pending": delta, "id": account_id})
 
     def _entry_view(self, conn: Connection, entry_id: str) -> EntryView:
+        (view,) = self._entry_views(conn, [entry_id])
+        return view
+
+    def _entry_views(self, conn: Connection, entry_ids: Sequence[str]) -> list[EntryView]:
+        """The entries ``entry_ids``, in that order, with their postings: two queries for
+        a page of them, not two per entry."""
+        if not entry_ids:
+            return []
         wallet_alias = accounts.alias("wallet")
-        row = conn.execute(
-            sa.select(entries, wallet_alias.c.external_id, wallet_alias.c.unit)
-            .join(wallet_alias, wallet_alias.c.id == entries.c.account_id)
-            .where(entries.c.id == entry_id)
-        ).one()
-        legs = conn.execute(
-            sa.select(accounts.c.external_id, postings.c.amount)
+        rows = {
+            row.id: row
+            for row in conn.execute(
+                sa.select(entries, wallet_alias.c.external_id, wallet_alias.c.unit)
+                .join(wallet_alias, wallet_alias.c.id == entries.c.account_id)
+                .where(entries.c.id.in_(entry_ids))
+            )
+        }
+        legs: dict[str, list[PostingView]] = {entry_id: [] for entry_id in entry_ids}
+        for leg in conn.execute(
+            sa.select(postings.c.entry_id, accounts.c.external_id, postings.c.amount)
             .join(accounts, accounts.c.id == postings.c.account_id)
-            .where(postings.c.entry_id == entry_id)
+            .where(postings.c.entry_id.in_(entry_ids))
             .order_by(postings.c.id)
-        ).all()
-        return EntryView(
-            id=row.id,
-            kind=row.kind,
-            account_id=row.external_id,
-            unit=row.unit,
-            posted_at=row.posted_at,
-            memo=row.memo,
-            reverses_id=row.reverses_id,
-            hold_id=row.hold_id,
-            actor=row.actor,
-            postings=[PostingView(account_id=leg.external_id, amount=leg.amount) for leg in legs],
-        )
+        ):
+            legs[leg.entry_id].append(PostingView(account_id=leg.external_id, amount=leg.amount))
+        return [
+            EntryView(
+                id=row.id,
+                kind=row.kind,
+                account_id=row.external_id,
+                unit=row.unit,
+                posted_at=row.posted_at,
+                memo=row.memo,
+                reverses_id=row.reverses_id,
+                hold_id=row.hold_id,
+                actor=row.actor,
+                postings=legs[row.id],
+            )
+            for row in (rows[entry_id] for entry_id in entry_ids)
+        ]
 
     # ------------------------------------------------------------------------- grants
 
@@ -2689,7 +2705,7 @@ class Ledger:
         page, next_cursor = _newest_first(
             conn, stmt, entries.c.posted_at, entries.c.id, cursor, limit
         )
-        items = [self._entry_view(conn, r.id) for r in page]
+        items = self._entry_views(conn, [r.id for r in page])
         return EntryPage(items=items, next_cursor=next_cursor)
 
     def usage(

@@ -680,6 +680,45 @@ def test_entries_of_one_kind_page_alike_and_the_few_kinds_are_read_from_their_in
     assert all("ix_entries_account_occasional" not in t for t in charges)
 
 
+def test_a_page_of_entries_is_read_in_as_many_queries_whatever_its_length(
+    ledger: Ledger,
+) -> None:
+    """Each entry of a page with its postings, in a few queries for the whole page (a
+    customer's billing page, ``GET /v1/entries``), not two per entry."""
+    user = wallet(ledger)
+    reversed_ = ledger.top_up(user, 10_000, idempotency_key=key())
+    for _ in range(30):
+        ledger.charge(user, VEO_FAST, idempotency_key=key())
+    ledger.reverse(reversed_.entry.id, reason="paid twice", idempotency_key=key())
+    counted: list[str] = []
+
+    def count(_c: Any, _cur: Any, statement: str, *_: Any) -> None:
+        counted.append(statement)
+
+    queries = {}
+    sa.event.listen(ledger.db.engine, "before_cursor_execute", count)
+    try:
+        for limit in (1, 32):
+            counted.clear()
+            page = ledger.entries(user, limit=limit)
+            queries[limit] = len(counted)
+    finally:
+        sa.event.remove(ledger.db.engine, "before_cursor_execute", count)
+    assert queries[32] == queries[1] <= 6, queries
+    kinds = [e.kind for e in page.items]
+    assert kinds == ["reversal", *["charge"] * 30, "topup"]
+    # Each with its own postings, the wallet's leg where the entry put it.
+    assert [(p.account_id, p.amount) for p in page.items[0].postings] == [
+        ("system:funding:credit", 10_000),
+        (user, -10_000),
+    ]
+    for charge in page.items[1:31]:
+        assert [p.amount for p in charge.postings] == [-240, 240]
+        assert charge.postings[0].account_id == user
+    assert page.items[31].id == reversed_.entry.id
+    assert page.items[31].postings == reversed_.entry.postings
+
+
 def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> None:
     user = wallet(ledger)
     marks = []
