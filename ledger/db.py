@@ -92,6 +92,12 @@ _SAVEPOINT = "creditledger_writer"
 #: (``Database.lost``).
 RECONNECTS = 1
 
+#: The PostgreSQL advisory lock a migration holds (``Database.migrate``): any constant
+#: no other advisory lock of the database uses ("clmigrat").
+MIGRATION_LOCK = 0x636C6D6967726174
+#: How long a migration waits for another process's migration, or for locks, in seconds.
+MIGRATION_WAIT = 600.0
+
 log = logging.getLogger("creditledger.db")
 
 
@@ -590,18 +596,47 @@ class Database:
                     if not conn.invalidated:
                         conn.info.pop(BEGIN_PENDING, None)
 
-    def migrate(self, revision: str = "head") -> None:
-        """Upgrade the schema to ``revision`` (Alembic)."""
+    def migrate(self, revision: str = "head", *, wait: float = MIGRATION_WAIT) -> None:
+        """Upgrade the schema to ``revision`` (Alembic), one process at a time (see
+        ``_migrating``)."""
         from alembic import command  # only here: most processes never migrate
 
-        with self.engine.begin() as conn:
-            command.upgrade(alembic_config(conn), revision)
+        self._migrating(lambda conn: command.upgrade(alembic_config(conn), revision), wait)
 
-    def downgrade(self, revision: str = "base") -> None:
+    def downgrade(self, revision: str = "base", *, wait: float = MIGRATION_WAIT) -> None:
         from alembic import command
 
-        with self.engine.begin() as conn:
-            command.downgrade(alembic_config(conn), revision)
+        self._migrating(lambda conn: command.downgrade(alembic_config(conn), revision), wait)
+
+    def _migrating(self, run: Callable[[Connection], object], wait: float) -> None:
+        """Run a migration in one transaction that holds the migration lock from its
+        start: on SQLite the write lock (``BEGIN IMMEDIATE``), on PostgreSQL an advisory
+        lock (``MIGRATION_LOCK``). Processes that migrate together (replicas of ``serve``
+        started at once) thus run one after another; the later ones then find the schema
+        at its revision and do nothing, where they used to fail on tables another was
+        creating. A lock wait that runs out (another process's long migration, a table a
+        running server holds) rolls the whole migration back, DDL included, and it runs
+        again, for up to ``wait`` seconds in all."""
+        deadline = time.monotonic() + wait
+        waiting = False
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    conn.execution_options(**{_WRITE: True})  # SQLite: BEGIN IMMEDIATE
+                    with conn.begin():
+                        if not self.is_sqlite:
+                            conn.exec_driver_sql(
+                                "SELECT pg_advisory_xact_lock(%(key)s)", {"key": MIGRATION_LOCK}
+                            )
+                        run(conn)
+                return
+            except sa.exc.OperationalError as exc:
+                if not is_lock_timeout(exc) or time.monotonic() >= deadline:
+                    raise
+                if not waiting:
+                    waiting = True
+                    log.warning("migration: waiting for a lock another process holds")
+                time.sleep(0.1)
 
     def dispose(self) -> None:
         # The write and worker threads answer what was queued, then end (a later

@@ -3,16 +3,23 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from itertools import count
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 
-from ledger.db import Database
+from ledger.db import MIGRATION_LOCK, Database, Timeouts, is_lock_timeout
 from ledger.models import PENDING_HOLD, metadata
 from ledger.store import SPENT
 from tests.pg import TempPostgres
@@ -299,3 +306,97 @@ def test_the_refund_flow_migrates_up_and_down_keeping_the_guards(empty: Database
         assert conn.execute(sa.text("SELECT flow, credits FROM daily_flows")).all() == [
             ("reversal", 5)
         ]
+
+
+def _url(database: Database) -> str:
+    return database.engine.url.render_as_string(hide_password=False)
+
+
+def _revision(database: Database) -> str | None:
+    with database.engine.connect() as conn:
+        return MigrationContext.configure(conn).get_current_revision()
+
+
+HEAD = "0016"
+
+#: A process that migrates ``sys.argv[1]`` at the instant ``sys.argv[2]`` (so that all
+#: start together, whatever their start-up took).
+MIGRATE_AT = textwrap.dedent(
+    """
+    import sys, time
+    from ledger.db import Database
+    database = Database.from_url(sys.argv[1])
+    time.sleep(max(0.0, float(sys.argv[2]) - time.time()))
+    database.migrate()
+    """
+)
+
+
+def test_processes_that_migrate_at_once_run_one_after_another(empty: Database) -> None:
+    """Replicas of ``serve`` started together on a new database each migrate it: one
+    creates the schema while the others wait for it, then find nothing to do. Without the
+    migration lock all but one failed (tables that another was creating)."""
+    at = time.time() + 4
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", MIGRATE_AT, _url(empty), str(at)],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1] for p in processes]
+    failures = [e for p, e in zip(processes, errors, strict=True) if p.returncode != 0]
+    assert failures == []
+    assert _revision(empty) == HEAD
+    with empty.engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT count(*) FROM alembic_version").scalar() == 1
+
+
+@contextmanager
+def _migration_lock(database: Database) -> Iterator[None]:
+    """Hold what a migration takes first, as another process's migration would."""
+    with database.engine.connect() as conn:
+        raw: Any = conn.connection.driver_connection
+        if database.is_sqlite:
+            raw.execute("BEGIN IMMEDIATE")
+        else:
+            raw.execute("SELECT pg_advisory_lock(%s)", (MIGRATION_LOCK,))
+        try:
+            yield
+        finally:
+            if database.is_sqlite:
+                raw.execute("ROLLBACK")
+            else:
+                raw.execute("SELECT pg_advisory_unlock(%s)", (MIGRATION_LOCK,))
+
+
+def test_a_migration_waits_for_one_in_progress_and_gives_up_after_its_wait(
+    empty: Database,
+) -> None:
+    """Lock waits shorter than another process's migration are waited out, up to the
+    migration's ``wait``; past it, the migration fails as a lock timeout, having done
+    nothing."""
+    quick = Database.from_url(_url(empty), timeouts=Timeouts(lock=0.2))
+    try:
+        with _migration_lock(empty):
+            with pytest.raises(sa.exc.OperationalError) as refused:
+                quick.migrate(wait=0.5)
+            assert is_lock_timeout(refused.value)
+            assert _revision(empty) is None
+            done = threading.Event()
+
+            def migrate() -> None:
+                quick.migrate(wait=60)
+                done.set()
+
+            waiter = threading.Thread(target=migrate)
+            waiter.start()
+            # Several of its lock timeouts go by: it is still waiting, nothing migrated.
+            assert not done.wait(1.5)
+            assert _revision(empty) is None
+        waiter.join(timeout=60)
+        assert done.is_set()
+        assert _revision(empty) == HEAD
+    finally:
+        quick.dispose()
