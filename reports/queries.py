@@ -13,6 +13,7 @@ materialized balance less what was posted since the month ended.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from functools import cache
@@ -131,17 +132,38 @@ class Frames:
     usage: pd.DataFrame
 
 
+def wallet_batches(conn: Connection, report: Period, size: int) -> Iterator[list[int]]:
+    """The row ids of the wallets that existed in ``report``, in the statement's order
+    (by external id), ``size`` at a time: for a statement of every wallet made a batch
+    after another (:func:`load` with ``among``)."""
+    ids = (
+        conn.execute(
+            sa.select(accounts.c.id)
+            .where(accounts.c.kind == WALLET, accounts.c.created_at < report.end)
+            .order_by(accounts.c.external_id)
+        )
+        .scalars()
+        .all()
+    )
+    for at in range(0, len(ids), size):
+        yield list(ids[at : at + size])
+
+
 def load(
     conn: Connection,
     report: Period,
     account_id: str | None = None,
     *,
     from_journal: bool = False,
+    among: list[int] | None = None,
+    holds_open: pd.DataFrame | None = None,
 ) -> Frames:
-    """Read everything the statement of ``report`` needs, for one wallet or all.
+    """Read everything the statement of ``report`` needs, for one wallet or all, or for
+    the wallets ``among`` (row ids, from :func:`wallet_batches`).
 
     ``from_journal`` reads every wallet the exact way (journal and metering records), as a
-    check of the rollups.
+    check of the rollups. ``holds_open``: :func:`open_holds` at the report's end, read
+    once for all the batches of a statement.
     """
     start, end = report.start, report.end
     first, following = report.first_day.isoformat(), report.next_first_day.isoformat()
@@ -165,6 +187,8 @@ def load(
     )
     if account_id is not None:
         stmt = stmt.where(accounts.c.external_id == account_id)
+    if among is not None:
+        stmt = stmt.where(accounts.c.id.in_(among))
     wallets = _frame(conn, stmt)
     if account_id is not None and wallets.empty:
         raise NotFound(f"no account '{account_id}' existed in {report.month}", field="account_id")
@@ -174,7 +198,8 @@ def load(
     ]
     rolled = wallets.loc[wallets["source"] == "rollup", "account"].tolist()
     exact = wallets.loc[wallets["source"] == "journal", "account"].tolist()
-    one = int(wallets["account"].iloc[0]) if account_id is not None else None
+    # The wallets read: one, a batch, or (None) all.
+    chosen = [int(wallets["account"].iloc[0])] if account_id is not None else among
 
     # From the rollups: the month's days, and every earlier day for the opening balance.
     flow_rows = sa.select(
@@ -199,10 +224,10 @@ def load(
         seconds_micros(daily.c.seconds),
         daily.c.amount,
     ).where(daily.c.day >= first, daily.c.day < following)
-    if one is not None:
-        flow_rows = flow_rows.where(flows.c.account_id == one)
-        opening_rows = opening_rows.where(flows.c.account_id == one)
-        usage_rows = usage_rows.where(daily.c.account_id == one)
+    if chosen is not None:
+        flow_rows = flow_rows.where(flows.c.account_id.in_(chosen))
+        opening_rows = opening_rows.where(flows.c.account_id.in_(chosen))
+        usage_rows = usage_rows.where(daily.c.account_id.in_(chosen))
     month_flows = _only(_frame(conn, flow_rows), rolled)
     opening = _only(_frame(conn, opening_rows.group_by(flows.c.account_id)), rolled)
     usage = _only(_frame(conn, usage_rows), rolled)
@@ -228,7 +253,8 @@ def load(
         )
 
     wallets = wallets.merge(opening, on="account", how="left")
-    wallets = wallets.merge(_open_holds(conn, end), on="account", how="left")
+    held = open_holds(conn, end) if holds_open is None else holds_open
+    wallets = wallets.merge(held, on="account", how="left")
     for column in ("opening", "open_holds", "open_holds_amount", "ledger_closing"):
         wallets[column] = wallets[column].fillna(0).astype("int64")
     return Frames(
@@ -321,7 +347,7 @@ def _metered_usage(conn: Connection, report: Period, ids: sa.BindParameter[objec
     return summed.loc[:, list(USAGE_COLUMNS)]
 
 
-def _open_holds(conn: Connection, end: datetime) -> pd.DataFrame:
+def open_holds(conn: Connection, end: datetime) -> pd.DataFrame:
     """Per wallet, the holds still pending at ``end``: created before, resolved after.
 
     A hold not yet resolved is a pending one (``verify()`` checks it): the partial index

@@ -12,13 +12,14 @@ import io
 import json
 import re
 import secrets
+from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
 
 import pandas as pd
 
 from ledger import kernel
-from reports.queries import QUANTITIES, records
+from reports.queries import QUANTITIES, Period, records
 from reports.statement import CREDIT_COLUMNS, DEBIT_COLUMNS, Statement
 
 T = TypeVar("T")
@@ -151,6 +152,36 @@ def lines(statement: Statement) -> pd.DataFrame:
 def to_json(statement: Statement, *, usage: bool = True) -> dict[str, Any]:
     """The statement as nested JSON: per account its lines, usage and daily usage
     (``usage=False``: without the usage arrays)."""
+    return _document(
+        statement.period,
+        statement.account_id,
+        statement.generated_at,
+        statement.totals(),
+        _account_documents(statement, usage=usage),
+    )
+
+
+def _document(
+    period: Period,
+    account_id: str | None,
+    generated_at: datetime,
+    totals: list[dict[str, Any]],
+    accounts: list[dict[str, Any]],
+) -> dict[str, Any]:
+    return {
+        "report": "monthly_statement",
+        "month": period.month,
+        "timezone": period.timezone,
+        "period": {"start": period.start.isoformat(), "end": period.end.isoformat()},
+        "account_id": account_id,
+        "generated_at": generated_at.isoformat(),
+        "reconciled": True,
+        "totals": totals,
+        "accounts": accounts,
+    }
+
+
+def _account_documents(statement: Statement, *, usage: bool) -> list[dict[str, Any]]:
     by_model = _records_by_account(statement.usage) if usage else {}
     daily = _records_by_account(statement.daily) if usage else {}
     accounts = []
@@ -183,24 +214,31 @@ def to_json(statement: Statement, *, usage: bool = True) -> dict[str, Any]:
                 "usage_by_day": daily.get(a["account_id"], []),
             }
         )
-    p = statement.period
-    return {
-        "report": "monthly_statement",
-        "month": p.month,
-        "timezone": p.timezone,
-        "period": {"start": p.start.isoformat(), "end": p.end.isoformat()},
-        "account_id": statement.account_id,
-        "generated_at": statement.generated_at.isoformat(),
-        "reconciled": True,
-        "totals": statement.totals(),
-        "accounts": accounts,
-    }
+    return accounts
+
+
+def json_frame(
+    period: Period, account_id: str | None, generated_at: datetime, totals: list[dict[str, Any]]
+) -> tuple[str, str]:
+    """The JSON statement's text before its accounts and after them: what goes around
+    :func:`json_accounts` of the statement (or of its batches, joined by ``", "``)."""
+    text = json.dumps(_document(period, account_id, generated_at, totals, []), ensure_ascii=False)
+    assert text.endswith("[]}"), "the accounts are the document's last member"
+    return text[: -len("[]}")] + "[", "]}"
 
 
 def _json_bytes(statement: Statement) -> bytes:
-    """:func:`to_json` as bytes, fast: the (large) usage arrays are written by pandas.
+    head, tail = json_frame(
+        statement.period, statement.account_id, statement.generated_at, statement.totals()
+    )
+    return (head + json_accounts(statement) + tail).encode()
 
-    The document is dumped with a unique placeholder for each account's arrays, which are
+
+def json_accounts(statement: Statement) -> str:
+    """The items of the JSON statement's ``accounts`` array, as text ("" for none):
+    written fast, the (large) usage arrays by pandas.
+
+    The accounts are dumped with a unique placeholder for each one's arrays, which are
     then spliced in as written by ``DataFrame.to_json`` (C code, same JSON values), once
     for all of a frame's rows: a call per account would cost about a millisecond each.
     """
@@ -215,19 +253,17 @@ def _json_bytes(statement: Statement) -> bytes:
         records = written.split("\n")[: len(rows)]
         for account, items in _by_account(owners, records).items():
             arrays[kind, account] = f"[{','.join(items)}]"
-    doc = to_json(statement, usage=False)
+    accounts = _account_documents(statement, usage=False)
     # A placeholder names the account by its place, not its id: an id is the operator's
     # text, which JSON may escape (a quote, a backslash).
     nonce = secrets.token_hex(8)
-    owner = [str(a["account_id"]) for a in doc["accounts"]]
-    for place, a in enumerate(doc["accounts"]):
+    owner = [str(a["account_id"]) for a in accounts]
+    for place, a in enumerate(accounts):
         for kind in kinds:
             a[kind] = f"@@{nonce}:{kind}:{place}@@"
-    text = json.dumps(doc, ensure_ascii=False)
+    text = json.dumps(accounts, ensure_ascii=False)[1:-1]
     pattern = re.compile(f'"@@{nonce}:([a-z_]+):([0-9]+)@@"')
-    return pattern.sub(
-        lambda m: arrays.get((m.group(1), owner[int(m.group(2))]), "[]"), text
-    ).encode()
+    return pattern.sub(lambda m: arrays.get((m.group(1), owner[int(m.group(2))]), "[]"), text)
 
 
 def _usage_rows(frame: pd.DataFrame) -> tuple[list[str], pd.DataFrame]:

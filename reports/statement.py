@@ -103,15 +103,36 @@ class Statement:
 
     def summary(self) -> dict[str, Any]:
         """What a finished job records: the period, the wallets, the totals."""
-        return {
-            "month": self.period.month,
-            "timezone": self.period.timezone,
-            "start": self.period.start.isoformat(),
-            "end": self.period.end.isoformat(),
-            "accounts": len(self.accounts),
-            "reconciled": True,
-            "totals": self.totals(),
-        }
+        return summary(self.period, len(self.accounts), self.totals())
+
+
+def summary(period: Period, accounts: int, totals: list[dict[str, Any]]) -> dict[str, Any]:
+    """What a finished job records of a statement of ``accounts`` wallets."""
+    return {
+        "month": period.month,
+        "timezone": period.timezone,
+        "start": period.start.isoformat(),
+        "end": period.end.isoformat(),
+        "accounts": accounts,
+        "reconciled": True,
+        "totals": totals,
+    }
+
+
+def merge_totals(parts: list[list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The totals (:meth:`Statement.totals`) of a statement made in parts, one batch of
+    wallets after another: the same per unit as the whole statement's."""
+    merged: dict[str, dict[str, Any]] = {}
+    for totals in parts:
+        for line in totals:
+            into = merged.get(line["unit"])
+            if into is None:
+                merged[line["unit"]] = dict(line)
+                continue
+            for key, value in line.items():
+                if key not in ("unit", "scale"):
+                    into[key] += value
+    return [merged[unit] for unit in sorted(merged)]
 
 
 #: Below this, any sum of a wallet's amounts (in magnitude) is exact in int64: 2**63

@@ -9,6 +9,7 @@ import io
 import json
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -20,7 +21,7 @@ from ledger.models import daily, flows, metering, report_jobs, report_outputs
 from ledger.services import Ledger
 from ledger.verify import verify
 from pricing.catalog import CatalogSet
-from reports import queries, render, statement
+from reports import jobs, queries, render, statement
 from reports.errors import ReportNotReady, ReportOverflow
 from reports.jobs import Reports
 from reports.queries import records
@@ -185,6 +186,66 @@ def test_timezone_boundaries(db: Database, ledger: Ledger, traffic: Traffic) -> 
     assert own.daily["day"].max() == "2026-10-31"
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_json_statement_made_in_batches_of_wallets_is_the_whole_statements_file(
+    db: Database,
+    traffic: Traffic,
+    clock: Clock,
+    reports: Reports,
+    batch: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The JSON statement of every wallet (the month-end report) is read, reconciled and
+    rendered a batch of wallets at a time, so that its memory is a batch's: the file and
+    the summary are byte for byte those of the statement made whole."""
+    monkeypatch.setattr(jobs, "JSON_BATCH", batch)
+    read: list[int] = []
+    load = queries.load
+
+    def counted(*args: Any, **kwargs: Any) -> queries.Frames:
+        frames = load(*args, **kwargs)
+        read.append(len(frames.wallets))
+        return frames
+
+    monkeypatch.setattr(queries, "load", counted)
+    job, _ = reports.request(traffic.month, "json")
+    seen: list[tuple[int, str]] = []
+    claimed = reports.claim(job.id)
+    assert claimed is not None
+    done = reports.run(claimed, progress=lambda percent, stage: seen.append((percent, stage)))
+    assert done.status == "succeeded", done.error
+    monkeypatch.setattr(queries, "load", load)
+    whole = make_statement(db, traffic.month, "UTC", generated_at=clock())
+    rendered = render.render(whole, "json")
+    output = reports.output(job.id)
+    assert output.content == rendered
+    assert output.sha256 == hashlib.sha256(rendered).hexdigest()
+    assert output.encoding == "gzip"
+    assert done.summary == json.loads(json.dumps(whole.summary()))
+    assert len(json.loads(output.content)["accounts"]) == len(traffic.wallets) == 4
+    # Read a batch at a time; progress per batch, rising.
+    batches = -(-len(traffic.wallets) // batch)
+    assert sum(read) == 4
+    assert len(read) == batches
+    assert max(read) <= batch
+    rendered_stages = [p for p, stage in seen if stage.startswith("read and rendered")]
+    assert len(rendered_stages) == (batches if batches > 1 else 0)
+    assert rendered_stages == sorted(rendered_stages)
+
+
+def test_a_json_statement_of_no_wallet_is_the_whole_statements_file(
+    db: Database, clock: Clock, reports: Reports
+) -> None:
+    job, _ = reports.request("2026-10", "json")
+    claimed = reports.claim(job.id)
+    assert claimed is not None
+    done = reports.run(claimed)
+    assert done.status == "succeeded", done.error
+    whole = make_statement(db, "2026-10", "UTC", generated_at=clock())
+    assert reports.output(job.id).content == render.render(whole, "json")
+    assert json.loads(reports.output(job.id).content)["accounts"] == []
+
+
 def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text(
     db: Database, ledger: Ledger
 ) -> None:
@@ -259,9 +320,13 @@ def test_renders_every_format(db: Database, ledger: Ledger, traffic: Traffic) ->
     assert page.count("<svg") == 3  # one chart per unit: credit, token, usd
 
 
+@pytest.mark.parametrize("batch", [500, 1])
 def test_reconciliation_failure_names_the_accounts(
-    db: Database, catalogs: CatalogSet, clock: Clock
+    db: Database, catalogs: CatalogSet, clock: Clock, batch: int, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """Every wallet that does not reconcile is named, whichever batch of the JSON
+    statement it fell in."""
+    monkeypatch.setattr(jobs, "JSON_BATCH", batch)
     ledger = Ledger(db, catalogs, clock=clock)
     month_of_traffic(ledger, clock)
     reports = Reports(db, clock=clock)
@@ -619,9 +684,16 @@ def _funded(ledger: Ledger, clock: Clock, amounts: dict[str, tuple[int, str]]) -
     clock.now = datetime(2026, 11, 2, tzinfo=UTC)
 
 
+@pytest.mark.parametrize("batch", [500, 1])
 def test_totals_past_64_bits_are_exact(
-    db: Database, ledger: Ledger, clock: Clock, reports: Reports
+    db: Database,
+    ledger: Ledger,
+    clock: Clock,
+    reports: Reports,
+    batch: int,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setattr(jobs, "JSON_BATCH", batch)
     # Each wallet fits 64 bits; what they hold together does not (int64 would wrap).
     each = 2**62
     _funded(ledger, clock, {"a": (each, "pack"), "b": (each, "pack"), "c": (each, "promo")})
@@ -641,7 +713,7 @@ def test_totals_past_64_bits_are_exact(
 
 
 def test_a_wallet_whose_month_passes_64_bits_fails_the_report_by_name(
-    db: Database, ledger: Ledger, clock: Clock, reports: Reports
+    db: Database, ledger: Ledger, clock: Clock, reports: Reports, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Credits, as much taken back, and the same credits again the next day: every balance
     # and every day's rollup fits, but the month's pack credits (2 * big) would wrap.
@@ -656,11 +728,13 @@ def test_a_wallet_whose_month_passes_64_bits_fails_the_report_by_name(
         make(db, "2026-10", "UTC")
     assert caught.value.accounts == ["whale"]
     assert make(db, "2026-10", "UTC", "minnow").totals()[0]["credits"] == 10
-    job, _ = reports.request("2026-10", "csv")
-    claimed = reports.claim(job.id)
-    assert claimed is not None
-    done = reports.run(claimed)
-    assert done.status == "failed"
-    assert done.error is not None
-    assert "ReportOverflow" in done.error
-    assert "[whale]" in done.error
+    for fmt, batch in (("csv", jobs.JSON_BATCH), ("json", jobs.JSON_BATCH), ("json", 1)):
+        monkeypatch.setattr(jobs, "JSON_BATCH", batch)
+        job, _ = reports.request("2026-10", fmt)
+        claimed = reports.claim(job.id)
+        assert claimed is not None
+        done = reports.run(claimed)
+        assert done.status == "failed"
+        assert done.error is not None
+        assert "ReportOverflow" in done.error
+        assert "[whale]" in done.error
