@@ -132,21 +132,25 @@ class Frames:
     usage: pd.DataFrame
 
 
-def wallet_batches(conn: Connection, report: Period, size: int) -> Iterator[list[int]]:
-    """The row ids of the wallets that existed in ``report``, in the statement's order
-    (by external id), ``size`` at a time: for a statement of every wallet made a batch
-    after another (:func:`load` with ``among``)."""
-    ids = (
+def wallet_batches(
+    conn: Connection, report: Period, size: int, *, by_code_point: bool = False
+) -> Iterator[list[int]]:
+    """The row ids of the wallets that existed in ``report``, ``size`` at a time, in the
+    statement's order: by external id as the database orders it (:func:`load`), or
+    ``by_code_point`` as Python does (pandas, the CSV's lines). For a statement of every
+    wallet made a batch after another (:func:`load` with ``among``)."""
+    rows = list(
         conn.execute(
-            sa.select(accounts.c.id)
+            sa.select(accounts.c.id, accounts.c.external_id)
             .where(accounts.c.kind == WALLET, accounts.c.created_at < report.end)
             .order_by(accounts.c.external_id)
         )
-        .scalars()
-        .all()
     )
+    if by_code_point:
+        rows.sort(key=lambda row: str(row.external_id))
+    ids = [int(row.id) for row in rows]
     for at in range(0, len(ids), size):
-        yield list(ids[at : at + size])
+        yield ids[at : at + size]
 
 
 def load(

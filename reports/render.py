@@ -12,6 +12,7 @@ import io
 import json
 import re
 import secrets
+from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
 from typing import Any, TypeVar
@@ -58,12 +59,25 @@ def filename(month: str, fmt: str, account_id: str | None = None) -> str:
     return f"statement-{month}{'-' + safe if safe else ''}.{fmt}"
 
 
+#: The formats whose file can be made a batch of wallets at a time (``batch_parts``,
+#: ``assemble``): a statement of every wallet then takes a batch's memory.
+BATCHED = ("csv", "json")
+#: The usage sections of the CSV's lines, after the statement lines of every wallet.
+USAGE_SECTIONS = ("usage", "usage_daily")
+#: How many parts :func:`batch_parts` gives in each format.
+PARTS = {"json": 1, "csv": 1 + len(USAGE_SECTIONS)}
+
+
 def render(statement: Statement, fmt: str) -> bytes:
     """The statement in ``fmt`` (one of :data:`FORMATS`)."""
-    if fmt == "csv":
-        return str(_inert(lines(statement)).to_csv(index=False)).encode()
-    if fmt == "json":
-        return _json_bytes(statement)
+    if fmt in BATCHED:
+        # The whole statement as one batch: a file made in batches is the same file.
+        parts = [[text] for text in batch_parts(statement, fmt)]
+        totals = statement.totals()
+        pieces = assemble(
+            fmt, statement.period, statement.account_id, statement.generated_at, totals, parts
+        )
+        return "".join(pieces).encode()
     if fmt == "parquet":
         buffer = io.BytesIO()
         lines(statement).to_parquet(buffer, index=False, engine="pyarrow")
@@ -227,11 +241,49 @@ def json_frame(
     return text[: -len("[]}")] + "[", "]}"
 
 
-def _json_bytes(statement: Statement) -> bytes:
-    head, tail = json_frame(
-        statement.period, statement.account_id, statement.generated_at, statement.totals()
-    )
-    return (head + json_accounts(statement) + tail).encode()
+def batch_parts(statement: Statement, fmt: str) -> list[str]:
+    """What the statement of a batch of wallets adds to each part of the file in ``fmt``
+    (one of :data:`BATCHED`): in JSON, its accounts (:func:`json_accounts`); in CSV, its
+    lines of each section in turn: the statement lines, the usage, the daily usage."""
+    if fmt == "json":
+        return [json_accounts(statement)]
+    if fmt == "csv":
+        table = _inert(lines(statement))
+        kept = [~table["section"].isin(USAGE_SECTIONS)]
+        kept += [table["section"] == section for section in USAGE_SECTIONS]
+        return [str(table[rows].to_csv(index=False, header=False)) for rows in kept]
+    raise ValueError(f"{fmt!r} is not made in batches")
+
+
+def assemble(
+    fmt: str,
+    period: Period,
+    account_id: str | None,
+    generated_at: datetime,
+    totals: list[dict[str, Any]],
+    parts: Sequence[Iterable[str]],
+) -> Iterator[str]:
+    """The file in ``fmt`` as pieces of text: each part of :func:`batch_parts`, batch
+    after batch (the batches in the statement's order of wallets), in what goes around
+    them. ``totals``: of every batch (``statement.merge_totals``)."""
+    if fmt == "json":
+        head, tail = json_frame(period, account_id, generated_at, totals)
+        yield head
+        first = True
+        for text in parts[0]:
+            if text:
+                if not first:
+                    yield ", "
+                yield text
+                first = False
+        yield tail
+        return
+    if fmt == "csv":
+        yield str(pd.DataFrame(columns=LINE_COLUMNS).to_csv(index=False))
+        for section in parts:
+            yield from section
+        return
+    raise ValueError(f"{fmt!r} is not made in batches")
 
 
 def json_accounts(statement: Statement) -> str:

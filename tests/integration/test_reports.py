@@ -7,6 +7,7 @@ import gzip
 import hashlib
 import io
 import json
+import os
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -25,6 +26,7 @@ from reports import jobs, queries, render, statement
 from reports.errors import ReportNotReady, ReportOverflow
 from reports.jobs import Reports
 from reports.queries import records
+from tests.conftest import postgres_or_skip
 from tests.factories import Clock, Traffic, key, make_statement, month_of_traffic, veo3_video
 
 
@@ -186,19 +188,19 @@ def test_timezone_boundaries(db: Database, ledger: Ledger, traffic: Traffic) -> 
     assert own.daily["day"].max() == "2026-10-31"
 
 
-@pytest.mark.parametrize("batch", [1, 3])
-def test_a_json_statement_made_in_batches_of_wallets_is_the_whole_statements_file(
+def _made_in_batches(
     db: Database,
-    traffic: Traffic,
-    clock: Clock,
     reports: Reports,
-    batch: int,
+    clock: Clock,
     monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The JSON statement of every wallet (the month-end report) is read, reconciled and
-    rendered a batch of wallets at a time, so that its memory is a batch's: the file and
-    the summary are byte for byte those of the statement made whole."""
-    monkeypatch.setattr(jobs, "JSON_BATCH", batch)
+    month: str,
+    fmt: str,
+    batch: int,
+) -> tuple[list[int], list[tuple[int, str]]]:
+    """Run the statement of every wallet in ``fmt`` made ``batch`` wallets at a time, and
+    check its file and summary against the statement made whole; the number of wallets
+    each read took, and the progress reported."""
+    monkeypatch.setattr(jobs, "BATCH", batch)
     read: list[int] = []
     load = queries.load
 
@@ -208,24 +210,42 @@ def test_a_json_statement_made_in_batches_of_wallets_is_the_whole_statements_fil
         return frames
 
     monkeypatch.setattr(queries, "load", counted)
-    job, _ = reports.request(traffic.month, "json")
+    job, _ = reports.request(month, fmt)
     seen: list[tuple[int, str]] = []
     claimed = reports.claim(job.id)
     assert claimed is not None
     done = reports.run(claimed, progress=lambda percent, stage: seen.append((percent, stage)))
     assert done.status == "succeeded", done.error
     monkeypatch.setattr(queries, "load", load)
-    whole = make_statement(db, traffic.month, "UTC", generated_at=clock())
-    rendered = render.render(whole, "json")
+    whole = make_statement(db, month, "UTC", generated_at=clock())
+    rendered = render.render(whole, fmt)
     output = reports.output(job.id)
     assert output.content == rendered
     assert output.sha256 == hashlib.sha256(rendered).hexdigest()
     assert output.encoding == "gzip"
     assert done.summary == json.loads(json.dumps(whole.summary()))
-    assert len(json.loads(output.content)["accounts"]) == len(traffic.wallets) == 4
+    return read, seen
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+@pytest.mark.parametrize("batch", [1, 3])
+def test_a_statement_made_in_batches_of_wallets_is_the_whole_statements_file(
+    db: Database,
+    traffic: Traffic,
+    clock: Clock,
+    reports: Reports,
+    fmt: str,
+    batch: int,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The JSON or CSV statement of every wallet (the month-end report, finance's CSV) is
+    read, reconciled and rendered a batch of wallets at a time, so that its memory is a
+    batch's: the file and the summary are byte for byte those of the statement made
+    whole."""
+    read, seen = _made_in_batches(db, reports, clock, monkeypatch, traffic.month, fmt, batch)
     # Read a batch at a time; progress per batch, rising.
     batches = -(-len(traffic.wallets) // batch)
-    assert sum(read) == 4
+    assert sum(read) == len(traffic.wallets) == 4
     assert len(read) == batches
     assert max(read) <= batch
     rendered_stages = [p for p, stage in seen if stage.startswith("read and rendered")]
@@ -233,17 +253,85 @@ def test_a_json_statement_made_in_batches_of_wallets_is_the_whole_statements_fil
     assert rendered_stages == sorted(rendered_stages)
 
 
-def test_a_json_statement_of_no_wallet_is_the_whole_statements_file(
-    db: Database, clock: Clock, reports: Reports
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_batches_follow_the_order_of_wallet_ids_each_format_keeps(
+    db: Database,
+    ledger: Ledger,
+    clock: Clock,
+    reports: Reports,
+    fmt: str,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    job, _ = reports.request("2026-10", "json")
+    """The CSV sorts its lines by wallet id in code points, the JSON keeps the database's
+    order of ids: in batches of two, each is the whole statement's file."""
+    _odd_ids(ledger, clock)
+    read, _ = _made_in_batches(db, reports, clock, monkeypatch, "2026-10", fmt, 2)
+    assert read == [2, 2, 2, 2, 1]
+
+
+def _odd_ids(ledger: Ledger, clock: Clock) -> list[str]:
+    """Wallets with a charge in October 2026 whose ids a collation and code points order
+    differently; the clock then in November."""
+    names = ["Zed", "alpha", "émile", "_x", "Alpha", "beta", "10", "9", "zz"]
+    clock.now = datetime(2026, 10, 5, tzinfo=UTC)
+    for name in names:
+        ledger.open_account(name, "credit", idempotency_key=key())
+        ledger.top_up(name, 1_000, idempotency_key=key())
+        ledger.charge(name, veo3_video(video_model="veo3_fast"), idempotency_key=key())
+        clock.advance(hours=1)
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    return names
+
+
+def test_batches_follow_each_formats_order_under_a_collation_other_than_code_points(
+    request: pytest.FixtureRequest,
+    catalogs: CatalogSet,
+    clock: Clock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On a PostgreSQL database whose collation is not code points (ICU English: "_x",
+    "10", "9", "alpha", "Alpha", "émile", "Zed"), the JSON lists wallets in that order and
+    the CSV in code points, made whole or in batches alike."""
+    server = postgres_or_skip(request)
+    name = f"icu_{os.getpid()}"
+    admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(
+            f"CREATE DATABASE {name} TEMPLATE template0 LOCALE_PROVIDER icu "
+            "ICU_LOCALE 'en' LOCALE 'C.UTF-8'"
+        )
+    db = Database.from_url(server.url(name))
+    try:
+        db.migrate()
+        names = _odd_ids(Ledger(db, catalogs, clock=clock), clock)
+        reports = Reports(db, clock=clock, lease=timedelta(seconds=60))
+        for fmt in ("json", "csv"):
+            _made_in_batches(db, reports, clock, monkeypatch, "2026-10", fmt, 2)
+        whole = make_statement(db, "2026-10", "UTC", generated_at=clock())
+        listed = [a["account_id"] for a in json.loads(render.render(whole, "json"))["accounts"]]
+        assert listed == ["_x", "10", "9", "alpha", "Alpha", "beta", "émile", "Zed", "zz"]
+        lines = pd.read_csv(io.BytesIO(render.render(whole, "csv")), dtype={"account_id": str})
+        assert list(dict.fromkeys(lines["account_id"])) == sorted(names)
+    finally:
+        db.dispose()
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"DROP DATABASE {name}")
+        admin.dispose()
+
+
+@pytest.mark.parametrize("fmt", ["json", "csv"])
+def test_a_statement_of_no_wallet_is_the_whole_statements_file(
+    db: Database, clock: Clock, reports: Reports, fmt: str
+) -> None:
+    job, _ = reports.request("2026-10", fmt)
     claimed = reports.claim(job.id)
     assert claimed is not None
     done = reports.run(claimed)
     assert done.status == "succeeded", done.error
     whole = make_statement(db, "2026-10", "UTC", generated_at=clock())
-    assert reports.output(job.id).content == render.render(whole, "json")
-    assert json.loads(reports.output(job.id).content)["accounts"] == []
+    assert reports.output(job.id).content == render.render(whole, fmt)
+    assert done.summary is not None
+    assert done.summary["accounts"] == 0
 
 
 def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text(
@@ -326,7 +414,7 @@ def test_reconciliation_failure_names_the_accounts(
 ) -> None:
     """Every wallet that does not reconcile is named, whichever batch of the JSON
     statement it fell in."""
-    monkeypatch.setattr(jobs, "JSON_BATCH", batch)
+    monkeypatch.setattr(jobs, "BATCH", batch)
     ledger = Ledger(db, catalogs, clock=clock)
     month_of_traffic(ledger, clock)
     reports = Reports(db, clock=clock)
@@ -693,7 +781,7 @@ def test_totals_past_64_bits_are_exact(
     batch: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(jobs, "JSON_BATCH", batch)
+    monkeypatch.setattr(jobs, "BATCH", batch)
     # Each wallet fits 64 bits; what they hold together does not (int64 would wrap).
     each = 2**62
     _funded(ledger, clock, {"a": (each, "pack"), "b": (each, "pack"), "c": (each, "promo")})
@@ -728,8 +816,8 @@ def test_a_wallet_whose_month_passes_64_bits_fails_the_report_by_name(
         make(db, "2026-10", "UTC")
     assert caught.value.accounts == ["whale"]
     assert make(db, "2026-10", "UTC", "minnow").totals()[0]["credits"] == 10
-    for fmt, batch in (("csv", jobs.JSON_BATCH), ("json", jobs.JSON_BATCH), ("json", 1)):
-        monkeypatch.setattr(jobs, "JSON_BATCH", batch)
+    for fmt, batch in (("csv", jobs.BATCH), ("json", jobs.BATCH), ("json", 1)):
+        monkeypatch.setattr(jobs, "BATCH", batch)
         job, _ = reports.request("2026-10", fmt)
         claimed = reports.claim(job.id)
         assert claimed is not None
