@@ -1508,10 +1508,13 @@ def report_monthly(
         output = reports.output(job.id)
     target = out or Path(output.filename)
     if str(target) == "-":
-        sys.stdout.buffer.write(output.content)
+        for chunk in output.chunks():
+            sys.stdout.buffer.write(chunk)
         sys.stdout.flush()
         return
-    target.write_bytes(output.content)
+    with target.open("wb") as file:
+        for chunk in output.chunks():
+            file.write(chunk)
     if as_json:
         typer.echo(json.dumps({**job.model_dump(mode="json"), "path": str(target)}, indent=2))
         return

@@ -18,7 +18,7 @@ import importlib
 import io
 import logging
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
@@ -93,6 +93,29 @@ class Output:
     def content(self) -> bytes:
         """The file as rendered."""
         return gzip.decompress(self.data) if self.encoding == "gzip" else self.data
+
+    def chunks(self, most: int = 1 << 20) -> Iterator[bytes]:
+        """The file as rendered, ``most`` bytes at a time at most: a month-end JSON of
+        10,000 wallets is about 20 MB stored and 490 MB rendered, which a download sent
+        plain (or the CLI writing it out) need never hold whole."""
+        if self.encoding != "gzip":
+            for at in range(0, len(self.data), most):
+                yield self.data[at : at + most]
+            return
+        inflater = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)  # gzip
+        # The input a slice at a time: what is left of it is copied at every step.
+        for at in range(0, len(self.data), 1 << 16):
+            pending = self.data[at : at + (1 << 16)]
+            while pending:
+                out = inflater.decompress(pending, most)
+                if out:
+                    yield out
+                pending = inflater.unconsumed_tail
+        rest = inflater.flush()
+        if not inflater.eof:
+            raise ValueError("the stored file ends before its gzip stream does")
+        if rest:
+            yield rest
 
 
 #: Wallets read, reconciled and rendered at a time in a CSV or JSON statement of every

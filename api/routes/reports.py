@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter, Request, Response
 from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import StreamingResponse
 
 from api.deps import JournalReader, ServicesDep, ensure_own
 from api.errors import documented
@@ -85,17 +86,19 @@ async def download_report(
         services.reports.db.reading, services.reports.output, id, owner=_owner(caller)
     )
     headers = {"Content-Disposition": f'attachment; filename="{out.filename}"'}
-    body, etag = out.data, out.sha256
+    etag = out.sha256
     if out.encoding is not None:
         headers["Vary"] = "Accept-Encoding"
-        if accepts(request.headers.get("accept-encoding", ""), out.encoding):
-            # Sent as stored: the representation has its own strong validator.
-            headers["Content-Encoding"] = out.encoding
-            etag = f"{out.sha256}-{out.encoding}"
-        else:
-            body = await run_in_threadpool(lambda: out.content)
+        if not accepts(request.headers.get("accept-encoding", ""), out.encoding):
+            # Decompressed as it is sent, a chunk at a time (no Content-Length: the size
+            # is known only once sent): never the whole file in memory.
+            headers["ETag"] = f'"{etag}"'
+            return StreamingResponse(out.chunks(), media_type=out.content_type, headers=headers)
+        # Sent as stored: the representation has its own strong validator.
+        headers["Content-Encoding"] = out.encoding
+        etag = f"{out.sha256}-{out.encoding}"
     headers["ETag"] = f'"{etag}"'
-    return Response(body, media_type=out.content_type, headers=headers)
+    return Response(out.data, media_type=out.content_type, headers=headers)
 
 
 def accepts(header: str, coding: str) -> bool:
