@@ -324,14 +324,19 @@ def test_sqlite_disk_full_under_traffic_loses_nothing_and_doubles_nothing(
         pytest.skip(f"a small tmpfs cannot be mounted here (needs root): {mounted.stderr}")
     try:
         url = f"sqlite:///{disk / 'ledger.db'}"
+        # Room held back before the traffic: the WAL can grow at tens of MB a second (on
+        # a loaded machine its checkpoints fall behind), and may fill the disk before the
+        # test does, but not this.
+        filler = _reserve(disk / "filler")
         with _driven(serve, url, seed=20261204) as (served, clients, http, rng):
             for _ in range(examples(1)):
                 time.sleep(rng.uniform(0.2, 0.5))  # early: the WAL still grows
-                filler = _fill(disk)
+                _fill(filler)
                 _wait(clients, lambda call: call.status == 503, "no write met the full disk")
                 assert http.get(f"/v1/accounts/{WALLET}").status_code == 200  # reads go on
                 filler.unlink()  # room again
                 _wait(clients, _served, "writes did not resume")
+                filler = _reserve(filler)
             time.sleep(0.5)
         _outage_settled(served, clients, url)
     finally:
@@ -375,17 +380,25 @@ def _served(call: Call) -> bool:
     return call.status in (200, 201)
 
 
-def _fill(disk: Path) -> Path:
-    """A file taking every byte left on ``disk``."""
-    filler = disk / "filler"
-    with filler.open("wb") as out:
+def _reserve(filler: Path, size: int = 16 << 20) -> Path:
+    """``filler``, holding ``size`` bytes of its disk (or what there is)."""
+    _grow(filler, size)
+    return filler
+
+
+def _fill(filler: Path) -> None:
+    """``filler`` grown to take every byte left on its disk."""
+    _grow(filler, None)
+
+
+def _grow(filler: Path, size: int | None) -> None:
+    with filler.open("ab") as out:
         try:
-            while True:
+            while size is None or out.tell() < size:
                 out.write(b"\0" * (1 << 16))
                 out.flush()
         except OSError:
             pass  # ENOSPC: full
-    return filler
 
 
 def _wait(
