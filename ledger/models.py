@@ -71,7 +71,8 @@ ENTRY_KINDS = ("topup", "adjustment", "capture", "charge", "expiry", "reversal",
 #: The kinds of entry a request makes, many per wallet; the others (top-ups, allocations,
 #: expiries, adjustments, reversals) are a handful a month.
 REQUEST_ENTRY_KINDS = ("capture", "charge")
-#: What ``ix_entries_account_occasional`` holds: the entries of the few kinds.
+#: What ``ix_entries_account_occasional`` and ``ix_entries_occasional`` hold: the entries
+#: of the few kinds.
 OCCASIONAL_ENTRY = "kind NOT IN ({})".format(", ".join(f"'{k}'" for k in REQUEST_ENTRY_KINDS))
 #: A metering record's status: its hold's outcome (the capture's provider status), the
 #: provider status of usage reported after the fact, or CHARGED for an immediate charge.
@@ -181,6 +182,8 @@ class Entry(SQLModel, table=True):
             "id",
             **_where(OCCASIONAL_ENTRY),
         ),
+        # Every wallet's entries of one of those kinds (the month's top-ups, for finance).
+        sa.Index("ix_entries_occasional", "posted_at", "id", **_where(OCCASIONAL_ENTRY)),
     )
 
     id: str = Field(primary_key=True, max_length=32)
@@ -581,8 +584,8 @@ api_keys = table_of(ApiKey)
 #: text, never a bound parameter, so that every plan can use that partial index (a plan
 #: PostgreSQL caches for any parameter value could not).
 PENDING_HOLD: sa.ColumnElement[bool] = holds.c.status == sa.literal_column("'pending'")
-#: The entries of the few kinds, written as ``ix_entries_account_occasional`` is (values in
-#: the SQL text), so that every plan can use that partial index.
+#: The entries of the few kinds, written as ``ix_entries_account_occasional`` and
+#: ``ix_entries_occasional`` are (values in the SQL text), so that every plan can use them.
 OCCASIONAL: sa.ColumnElement[bool] = entries.c.kind.not_in(
     [sa.literal_column(f"'{k}'") for k in REQUEST_ENTRY_KINDS]
 )

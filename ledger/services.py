@@ -2688,9 +2688,12 @@ class Ledger:
         actor: str | None = None,
     ) -> EntryPage:
         """Every wallet's entries, newest first, filtered as ``entries``: what one key or
-        user did (``actor``), or what was posted in a window. It reads the whole journal
-        (no index serves it): an audit, not a request path."""
+        user did (``actor``), or what was posted in a window. Of one of the few kinds (the
+        month's top-ups) it reads those alone (``ix_entries_occasional``); otherwise it
+        reads the whole journal (no index serves it): an audit, not a request path."""
         wanted = _entry_filters(limit, kind, since, until, actor)
+        if kind is not None and kind not in REQUEST_ENTRY_KINDS:
+            wanted.append(OCCASIONAL)  # read from ``ix_entries_occasional``
         with self.db.transaction(write=False) as conn:
             return self._entry_page(conn, wanted, cursor, limit)
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
@@ -628,36 +628,45 @@ def test_entries_of_one_kind_page_alike_and_the_few_kinds_are_read_from_their_in
 ) -> None:
     """A wallet's top-ups (adjustments, reversals...) are a few among its requests'
     captures and charges: listed by kind, page by page, they are read from
-    ``ix_entries_account_occasional``, not found by stepping over every request."""
-    user = wallet(ledger)
+    ``ix_entries_account_occasional``, and every wallet's (the journal) from
+    ``ix_entries_occasional``, not found by stepping over every request."""
+    user, other = wallet(ledger), wallet(ledger, "user-2")
     ledger.top_up(user, 10_000, idempotency_key=key())
+    ledger.top_up(other, 1_000, idempotency_key=key())
     for i in range(12):
         clock.advance(minutes=1)
         ledger.charge(user, VEO_FAST, idempotency_key=key())
         if i % 4 == 0:
             ledger.top_up(user, 100 + i, idempotency_key=key())
+            ledger.charge(other, VEO_FAST, idempotency_key=key())
         if i == 5:
             ledger.adjust(user, -3, reason="clawback", idempotency_key=key())
     everything = [(e.kind, e.id) for e in ledger.entries(user, limit=500).items]
+    journal = [(e.kind, e.id) for e in ledger.journal(limit=500).items]
     statements: list[tuple[str, Any]] = []
 
     def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
         if "ORDER BY entries.posted_at DESC" in statement:
             statements.append((statement, parameters))
 
+    def listed(read: Callable[..., Any], kind: str) -> list[tuple[str, str]]:
+        found, cursor = [], None
+        while True:
+            page = read(kind=kind, cursor=cursor, limit=2)
+            found += [(e.kind, e.id) for e in page.items]
+            if (cursor := page.next_cursor) is None:
+                return found
+
     sa.event.listen(ledger.db.engine, "before_cursor_execute", seen)
     try:
         for kind in ("topup", "charge", "adjustment", "reversal"):
-            listed, cursor = [], None
-            while True:
-                page = ledger.entries(user, kind=kind, cursor=cursor, limit=2)
-                listed += [(e.kind, e.id) for e in page.items]
-                if (cursor := page.next_cursor) is None:
-                    break
-            assert listed == [(k, i) for k, i in everything if k == kind]
+            mine = listed(lambda **kw: ledger.entries(user, **kw), kind)
+            assert mine == [(k, i) for k, i in everything if k == kind]
+            assert listed(ledger.journal, kind) == [(k, i) for k, i in journal if k == kind]
     finally:
         sa.event.remove(ledger.db.engine, "before_cursor_execute", seen)
     assert [k for k, _ in everything].count("topup") == 4
+    assert [k for k, _ in journal].count("topup") == 5
 
     def plan(statement: str, parameters: Any) -> str:
         with ledger.db.engine.connect() as conn:
@@ -670,14 +679,29 @@ def test_entries_of_one_kind_page_alike_and_the_few_kinds_are_read_from_their_in
             conn.rollback()
         return " ".join(str(row[-1]) for row in rows)
 
-    # The first page of top-ups, then a page after a cursor; charges by the wallet's index.
-    topups = [plan(*s) for s in statements if "'charge'" in s[0]]
-    assert len(topups) == 2 + 1 + 1  # topup (2 pages), adjustment, reversal
-    for text in topups:
-        assert "ix_entries_account_occasional" in text, text
-    charges = [plan(*s) for s in statements if "'charge'" not in s[0]]
+    def partial(text: str) -> bool:
+        """Whether a plan reads the entries of the few kinds alone: from one of the
+        partial indexes that hold only those, never a scan of every entry."""
+        few = ("ix_entries_occasional", "ix_entries_account_occasional", "reversals")
+        return any(name in text for name in few) and "ix_entries_account_posted" not in text
+
+    wallets = [s for s in statements if "entries.account_id =" in s[0]]
+    every = [s for s in statements if "entries.account_id =" not in s[0]]
+    # The wallet's: the first page of top-ups, then a page after a cursor; the
+    # adjustments; the reversals. Its charges by the wallet's index of every entry.
+    occasional = [plan(*s) for s in wallets if "'charge'" in s[0]]
+    assert len(occasional) == 2 + 1 + 1
+    assert all(partial(text) for text in occasional), occasional
+    charges = [plan(*s) for s in wallets if "'charge'" not in s[0]]
     assert len(charges) == 6
-    assert all("ix_entries_account_occasional" not in t for t in charges)
+    assert all("ix_entries_account_posted" in text for text in charges), charges
+    # The journal's: top-ups (3 pages), adjustments, reversals (SQLite: by the index in
+    # the order of the pages).
+    occasional = [plan(*s) for s in every if "'charge'" in s[0]]
+    assert len(occasional) == 3 + 1 + 1
+    assert all(partial(text) for text in occasional), occasional
+    if ledger.db.is_sqlite:
+        assert all("ix_entries_occasional" in text for text in occasional), occasional
 
 
 def test_a_page_of_entries_is_read_in_as_many_queries_whatever_its_length(

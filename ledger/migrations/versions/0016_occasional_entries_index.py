@@ -1,5 +1,5 @@
-"""An index of each wallet's entries of the few kinds: top-ups, allocations, expiries,
-adjustments and reversals.
+"""Indexes of the entries of the few kinds (top-ups, allocations, expiries, adjustments
+and reversals): each wallet's, and every wallet's.
 
 ``GET /v1/accounts/{id}/entries?kind=topup`` (a billing page's list of purchases) read
 the wallet's entries newest first by ``ix_entries_account_posted`` and kept the top-ups:
@@ -7,6 +7,8 @@ on a wallet of 300,000 captures and 3 top-ups, 170 ms on SQLite to step over all
 growing with every request the wallet makes. This partial index holds the entries other
 than captures and charges, a handful per wallet and month, so such a listing reads those
 alone; the entries of requests, nearly all of them, write no key to it.
+``ix_entries_occasional`` does the same for ``GET /v1/entries?kind=topup`` (finance's
+list of a month's top-ups), which read the whole journal.
 
 Revision ID: 0016
 Revises: 0015
@@ -37,7 +39,15 @@ def upgrade() -> None:
         sqlite_where=sa.text(OCCASIONAL),
         postgresql_where=sa.text(OCCASIONAL),
     )
+    op.create_index(
+        "ix_entries_occasional",
+        "entries",
+        ["posted_at", "id"],
+        sqlite_where=sa.text(OCCASIONAL),
+        postgresql_where=sa.text(OCCASIONAL),
+    )
 
 
 def downgrade() -> None:
+    op.drop_index("ix_entries_occasional", table_name="entries")
     op.drop_index("ix_entries_account_occasional", table_name="entries")
