@@ -35,7 +35,7 @@ from ledger.ids import new_id
 from ledger.models import WALLET, accounts, report_jobs, report_outputs
 from ledger.services import utcnow, wallet_id
 from ledger.sweeper import Periodic
-from reports.errors import ReportNotReady
+from reports.errors import Mismatch, ReconciliationError, ReportNotReady, ReportOverflow
 
 if TYPE_CHECKING:
     from reports.queries import Period
@@ -451,12 +451,11 @@ class Reports:
         are made and the totals known; the file is then the whole statement's, byte for
         byte."""
         from reports import queries, render, statement
-        from reports.errors import ReconciliationError, ReportOverflow
 
         generated_at = self._now()
         parts: list[list[bytes]] = [[] for _ in range(render.PARTS[job.format])]
         totals: list[list[dict[str, Any]]] = []
-        mismatches: list[Any] = []
+        mismatches: list[Mismatch] = []
         beyond: list[str] = []
         wallets = 0
         with self.db.snapshot() as conn:
@@ -508,6 +507,7 @@ class Reports:
                 data = piece.encode()
                 digest.update(data)
                 file.write(data)
+        # Stored as ``_stored`` stores these formats (both are in GZIPPED).
         stored = _Stored(out.getvalue(), digest.hexdigest(), "gzip")
         return statement.summary(period, wallets, merged), stored
 
