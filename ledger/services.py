@@ -2667,10 +2667,6 @@ class Ledger:
         by one ``actor``, and posted at or after ``since`` and before ``until``, if given
         (pass the same with the next page's cursor)."""
         wanted = _entry_filters(limit, kind, since, until, actor)
-        if kind is not None and kind not in REQUEST_ENTRY_KINDS:
-            # As ``ix_entries_account_occasional`` is written: the wallet's few entries of
-            # that kind are read from it, not found among all its requests' entries.
-            wanted.append(OCCASIONAL)
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
             return self._entry_page(
@@ -2692,8 +2688,6 @@ class Ledger:
         month's top-ups) it reads those alone (``ix_entries_occasional``); otherwise it
         reads the whole journal (no index serves it): an audit, not a request path."""
         wanted = _entry_filters(limit, kind, since, until, actor)
-        if kind is not None and kind not in REQUEST_ENTRY_KINDS:
-            wanted.append(OCCASIONAL)  # read from ``ix_entries_occasional``
         with self.db.transaction(write=False) as conn:
             return self._entry_page(conn, wanted, cursor, limit)
 
@@ -2850,6 +2844,11 @@ def _entry_filters(
     wanted = []
     if kind is not None:
         wanted.append(entries.c.kind == kind)
+        if kind not in REQUEST_ENTRY_KINDS:
+            # As the partial indexes of the few kinds are written (one per wallet, one of
+            # every wallet): their entries are read from those, not found among every
+            # request's entry.
+            wanted.append(OCCASIONAL)
     if since is not None:
         wanted.append(entries.c.posted_at >= since)
     if until is not None:
