@@ -270,8 +270,10 @@ def _database() -> Database:
 @app.command("migrate")
 def migrate_command() -> None:
     """Create or upgrade the database schema (CREDITLEDGER_DATABASE_URL)."""
-    db = _database()
+    settings = _settings()
+    db = Database.from_settings(settings)
     try:
+        db.reach(settings.startup_wait_seconds)
         db.migrate()
     except sa.exc.SQLAlchemyError as exc:
         _database_failed(exc)
@@ -1567,6 +1569,7 @@ def serve_command(
     with _domain_errors():
         db = Database.from_settings(settings)
         try:
+            db.reach(settings.startup_wait_seconds)
             db.migrate()
         finally:
             db.dispose()

@@ -20,8 +20,8 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.schemas import ErrorPublic, InsufficientCreditsPublic
 from api.status import status_of
-from ledger.db import is_lock_timeout
-from ledger.store import UNAVAILABLE_ERRORS, first_line, is_unavailable
+from ledger.db import first_line, is_lock_timeout
+from ledger.store import UNAVAILABLE_ERRORS, is_unavailable
 from pricing.errors import DomainError
 
 log = logging.getLogger("creditledger.api")

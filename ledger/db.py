@@ -146,6 +146,14 @@ def connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
+def first_line(exc: BaseException) -> str:
+    """What the driver said, first line only (SQLAlchemy adds the statement and its
+    parameters after it): for a log line about a database that is away."""
+    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    text = str(cause).strip()
+    return text.splitlines()[0] if text else type(cause).__name__
+
+
 #: The text of the SQLite triggers that refuse a sum beyond 64 bits (migration 0006).
 OVERFLOW_TAG = "amount_overflow"
 
@@ -595,6 +603,36 @@ class Database:
                     # (and asking for them would raise over the disconnect error).
                     if not conn.invalidated:
                         conn.info.pop(BEGIN_PENDING, None)
+
+    def reach(self, wait: float) -> None:
+        """Connect once, waiting up to ``wait`` seconds for a PostgreSQL server that does
+        not take connections yet: one starting up or recovering (``the database system is
+        starting up``), not listening yet (a container started beside its database), or
+        whose host name is not known yet. Each new reason is logged once, as a warning; the
+        last failure is raised when the wait runs out. A SQLite file needs no server: it
+        is opened at once, and a failure is raised as it comes."""
+        deadline = time.monotonic() + wait
+        delay = 0.1
+        said = ""
+        while True:
+            try:
+                with self.engine.connect() as conn:
+                    conn.exec_driver_sql("SELECT 1")
+                return
+            except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+                left = deadline - time.monotonic()
+                if self.is_sqlite or left <= 0:
+                    raise
+                reason = first_line(exc)
+                if reason != said:
+                    said = reason
+                    log.warning(
+                        "database: not reachable (%s); trying again for up to %.0f s",
+                        reason,
+                        left,
+                    )
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 2.0)
 
     def migrate(self, revision: str = "head", *, wait: float = MIGRATION_WAIT) -> None:
         """Upgrade the schema to ``revision`` (Alembic), one process at a time (see

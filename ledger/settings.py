@@ -70,6 +70,12 @@ class Settings(BaseSettings):
     #: PostgreSQL: the longest making a connection may take (at least 2 s, libpq's rule).
     connect_timeout_seconds: int = Field(default=Timeouts.connect, ge=1, le=3600)
 
+    #: ``creditledger serve`` and ``migrate``: how long to wait at the start for a
+    #: PostgreSQL server that does not take connections yet (starting up, recovering, or
+    #: not up yet beside a container started at the same time), trying again every few
+    #: seconds. 0: fail at once. (A SQLite file is opened at once.)
+    startup_wait_seconds: float = Field(default=60.0, ge=0, le=24 * 3600)
+
     #: PostgreSQL: the server ends a session that stays idle inside a transaction this
     #: long (a client that died or hung mid-transaction), releasing its locks. 0: never.
     idle_in_transaction_timeout_seconds: float = Field(

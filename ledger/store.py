@@ -259,14 +259,6 @@ def is_unavailable(exc: BaseException) -> bool:
     return isinstance(exc, UNAVAILABLE_ERRORS) or isinstance(orig, DRIVER_UNAVAILABLE_ERRORS)
 
 
-def first_line(exc: BaseException) -> str:
-    """What the driver said, first line only (SQLAlchemy adds the statement and its
-    parameters after it): for a log line about a database that is away."""
-    cause = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
-    text = str(cause).strip()
-    return text.splitlines()[0] if text else type(cause).__name__
-
-
 class Store:
     """The unit of work's cursor, speaking its driver's dialect.
 

@@ -13,8 +13,9 @@ import threading
 from collections.abc import Callable
 from typing import NamedTuple
 
+from ledger.db import first_line
 from ledger.services import Ledger
-from ledger.store import first_line, is_unavailable
+from ledger.store import is_unavailable
 
 log = logging.getLogger("creditledger.sweeper")
 

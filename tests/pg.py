@@ -118,7 +118,15 @@ class TempPostgres:
         """Stop the server (``pg_ctl`` mode ``smart``, ``fast`` or ``immediate``: the last
         is a crash, recovered from the WAL at the start) and start it again, on the same
         port and data."""
+        self.halt(mode)
+        self.resume()
+
+    def halt(self, mode: str = "fast") -> None:
+        """Stop the server, keeping its data (``resume`` starts it again)."""
         self._run("pg_ctl", "-D", str(self.data), "-m", mode, "-w", "stop")
+
+    def resume(self) -> None:
+        """Start the halted server again, on the same port and data."""
         self._start_server()
 
     def pid(self) -> int:

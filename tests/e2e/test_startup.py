@@ -1,0 +1,91 @@
+"""``creditledger serve`` and ``migrate`` started before their PostgreSQL takes
+connections (a container started beside its database, a server still starting or
+recovering): they wait for it, up to ``CREDITLEDGER_STARTUP_WAIT_SECONDS``."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import httpx2 as httpx
+import pytest
+
+from tests.conftest import postgres_or_skip
+from tests.e2e.served import Served, Threads, free_port
+from tests.e2e.test_cli import run
+from tests.pg import TempPostgres
+
+ADMIN = "clk_startup_admin_key_0123456789abcdef"
+WAITING = "database: not reachable"
+
+
+def test_a_server_started_before_its_postgresql_waits_for_it_then_migrates_and_serves(
+    request: pytest.FixtureRequest, serve: Callable[[dict[str, str]], Served]
+) -> None:
+    server = TempPostgres(postgres_or_skip(request).bindir).start()
+    try:
+        server.halt()
+        served = serve({"CREDITLEDGER_DATABASE_URL": server.url(), "CREDITLEDGER_ADMIN_KEY": ADMIN})
+        waited: list[str] = []
+
+        def start_database_once_the_server_waits() -> None:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                log = getattr(served, "log", None)
+                text = log.read_text(errors="replace") if log is not None else ""
+                if WAITING in text:
+                    waited.append(text)
+                    time.sleep(1.0)  # a retry or two against a database still down
+                    server.resume()
+                    return
+                time.sleep(0.05)
+            raise AssertionError("serve never said it waits for the database")
+
+        threads = Threads()
+        threads.start(start_database_once_the_server_waits)
+        served.start(timeout=120)
+        threads.join(60)
+        assert waited, "the server started before the database did"
+        assert "Connection refused" in waited[0]
+        auth = {"Authorization": f"Bearer {ADMIN}"}
+        with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+            assert http.get("/healthz").status_code == 200
+            # Migrated: the ledger's tables are there.
+            made = http.post("/v1/accounts", json={"id": "wallet", "unit": "credit"})
+            assert made.status_code == 201, made.text
+            assert http.get("/v1/accounts/wallet").json()["balance"] == 0
+    finally:
+        server.stop()
+
+
+@pytest.mark.parametrize(("wait", "says"), [(0.0, False), (1.5, True)])
+def test_migrate_gives_up_on_a_database_that_stays_away_after_its_wait(
+    wait: float, says: bool
+) -> None:
+    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/ledger"  # nobody listens
+    started = time.monotonic()
+    done = run(
+        "migrate",
+        env={"CREDITLEDGER_DATABASE_URL": url, "CREDITLEDGER_STARTUP_WAIT_SECONDS": str(wait)},
+    )
+    took = time.monotonic() - started
+    assert done.returncode == 6, done.stderr  # the database cannot be used
+    assert "Connection refused" in done.stderr
+    assert (WAITING in done.stderr) is says
+    if says:
+        assert took >= wait
+        assert done.stderr.count(WAITING) == 1  # the same reason is said once
+
+
+def test_a_sqlite_file_that_cannot_be_opened_fails_at_once() -> None:
+    # A wait would outlast the command's time limit in ``run`` (60 s).
+    done = run(
+        "migrate",
+        env={
+            "CREDITLEDGER_DATABASE_URL": "sqlite:////nonexistent-folder/ledger.db",
+            "CREDITLEDGER_STARTUP_WAIT_SECONDS": "600",
+        },
+    )
+    assert done.returncode == 6, done.stderr
+    assert WAITING not in done.stderr
+    assert "unable to open database file" in done.stderr
