@@ -118,10 +118,10 @@ class Output:
             yield rest
 
 
-#: Wallets read, reconciled and rendered at a time in a CSV or JSON statement of every
-#: wallet (``Reports._batched``). Made whole, the month-end report (JSON) of 10,000
-#: wallets with daily usage of eight models took 3.7 GB at its peak, their CSV 2.1 GB;
-#: in batches of 500, 556 MB and 428 MB.
+#: Wallets read, reconciled and rendered at a time in a CSV, JSON or Parquet statement of
+#: every wallet (``Reports._batched``). Made whole, the month-end report (JSON) of 10,000
+#: wallets with daily usage of eight models took 3.7 GB at its peak, their CSV and Parquet
+#: 2.1 GB each; in batches of 500, 556 MB, 428 MB and 576 MB.
 BATCH = 500
 
 
@@ -135,13 +135,21 @@ class _Stored:
     encoding: str | None
 
 
-def _stored(fmt: str, content: bytes) -> _Stored:
-    """The file ``content`` as stored: CSV, JSON and HTML gzip-compressed."""
-    digest = hashlib.sha256(content).hexdigest()
-    if fmt in GZIPPED:
-        # mtime 0: the same file is stored as the same bytes.
-        return _Stored(gzip.compress(content, compresslevel=6, mtime=0), digest, "gzip")
-    return _Stored(content, digest, None)
+def _stored(fmt: str, pieces: Iterable[bytes]) -> _Stored:
+    """The file made of ``pieces`` as stored: CSV, JSON and HTML gzip-compressed as the
+    pieces come, so that the file is never whole in memory (Parquet compresses its own)."""
+    digest = hashlib.sha256()
+    if fmt not in GZIPPED:
+        content = b"".join(pieces)
+        digest.update(content)
+        return _Stored(content, digest.hexdigest(), None)
+    out = io.BytesIO()
+    # mtime 0: the same file is stored as the same bytes.
+    with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as file:
+        for data in pieces:
+            digest.update(data)
+            file.write(data)
+    return _Stored(out.getvalue(), digest.hexdigest(), "gzip")
 
 
 class _Lost(Exception):
@@ -424,7 +432,7 @@ class Reports:
                 step(75, f"rendering {job.format}")
                 summary, stored = (
                     made.summary(),
-                    _stored(job.format, render.render(made, job.format)),
+                    _stored(job.format, [render.render(made, job.format)]),
                 )
             step(95, "saving")
             self._finish(job, summary, stored)
@@ -444,7 +452,7 @@ class Reports:
     def _batched(
         self, job: JobView, period: Period, step: Progress
     ) -> tuple[dict[str, Any], _Stored]:
-        """The statement file of ``job`` (CSV or JSON), made ``BATCH`` wallets at a time
+        """The statement file of ``job`` (CSV, JSON or Parquet), made ``BATCH`` wallets at a time
         (read, reconciled and rendered), all in one snapshot of the ledger: a statement
         of every wallet (the month-end report, finance's CSV) takes a batch's memory, not
         the whole month's. Each batch's parts of the file are kept compressed until all
@@ -463,10 +471,13 @@ class Reports:
                 batches: list[list[int] | None] = [None]
                 held = None
             else:
-                # CSV sorts its lines by wallet id (code points), JSON keeps the database's
-                # order: the batches follow it, so that they add up to the same file.
+                # CSV and Parquet sort their lines by wallet id (code points), JSON keeps
+                # the database's order: the batches follow it, so that they add up to the
+                # same file.
                 batches = list(
-                    queries.wallet_batches(conn, period, BATCH, by_code_point=job.format == "csv")
+                    queries.wallet_batches(
+                        conn, period, BATCH, by_code_point=job.format in render.BY_CODE_POINT
+                    )
                 )
                 held = queries.open_holds(conn, period.end)
             for done, among in enumerate(batches, 1):
@@ -483,9 +494,9 @@ class Reports:
                     continue
                 wallets += len(made.accounts)
                 totals.append(made.totals())
-                for into, text in zip(parts, render.batch_parts(made, job.format), strict=True):
-                    if text:
-                        into.append(zlib.compress(text.encode(), 1))
+                for into, data in zip(parts, render.batch_parts(made, job.format), strict=True):
+                    if data:
+                        into.append(zlib.compress(data, 1))
                 if len(batches) > 1:
                     step(5 + 85 * done // len(batches), f"read and rendered {wallets} wallets")
         # As the whole statement would fail: on a sum beyond 64 bits first, naming all.
@@ -494,22 +505,9 @@ class Reports:
         if mismatches:
             raise ReconciliationError(mismatches)
         merged = statement.merge_totals(totals)
-        texts: list[Iterable[str]] = [
-            (zlib.decompress(data).decode() for data in part) for part in parts
-        ]
-        digest = hashlib.sha256()
-        out = io.BytesIO()
-        # mtime 0: the same file is stored as the same bytes.
-        with gzip.GzipFile(fileobj=out, mode="wb", compresslevel=6, mtime=0) as file:
-            for piece in render.assemble(
-                job.format, period, job.account_id, generated_at, merged, texts
-            ):
-                data = piece.encode()
-                digest.update(data)
-                file.write(data)
-        # Stored as ``_stored`` stores these formats (both are in GZIPPED).
-        stored = _Stored(out.getvalue(), digest.hexdigest(), "gzip")
-        return statement.summary(period, wallets, merged), stored
+        unpacked = [(zlib.decompress(data) for data in part) for part in parts]
+        pieces = render.assemble(job.format, period, job.account_id, generated_at, merged, unpacked)
+        return statement.summary(period, wallets, merged), _stored(job.format, pieces)
 
     def _finish(self, job: JobView, summary: dict[str, Any], stored: _Stored) -> None:
         from reports import render

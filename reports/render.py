@@ -18,6 +18,8 @@ from decimal import Decimal
 from typing import Any, TypeVar
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from ledger import kernel
 from reports.queries import QUANTITIES, Period, records
@@ -61,27 +63,46 @@ def filename(month: str, fmt: str, account_id: str | None = None) -> str:
 
 #: The formats whose file can be made a batch of wallets at a time (``batch_parts``,
 #: ``assemble``): a statement of every wallet then takes a batch's memory.
-BATCHED = ("csv", "json")
-#: The usage sections of the CSV's lines, after the statement lines of every wallet.
+BATCHED = ("csv", "json", "parquet")
+#: The formats whose batches are cut in code-point order of wallet ids (the order of
+#: their lines, :func:`lines`); the others follow the database's order.
+BY_CODE_POINT = ("csv", "parquet")
+#: The usage sections of the lines (CSV, Parquet), after the statement lines of every
+#: wallet.
 USAGE_SECTIONS = ("usage", "usage_daily")
 #: How many parts :func:`batch_parts` gives in each format.
-PARTS = {"json": 1, "csv": 1 + len(USAGE_SECTIONS)}
+PARTS = {"json": 1, "csv": 1 + len(USAGE_SECTIONS), "parquet": 1 + len(USAGE_SECTIONS)}
+
+#: The Parquet file's columns, the same every month whatever its values: video seconds
+#: are exact decimals with six places and up to 19 digits (whole microseconds in 64 bits;
+#: inferred from the values, their precision would change from month to month, and a
+#: month without video would make the column of type null, which a warehouse table
+#: loaded month after month refuses).
+_LINE_TYPES = {
+    "scale": pa.int64(),
+    **dict.fromkeys(QUANTITIES, pa.int64()),
+    "video_seconds": pa.decimal128(19, 6),
+    "amount": pa.int64(),
+}
+LINE_SCHEMA = pa.schema(
+    [(column, _LINE_TYPES.get(column, pa.large_string())) for column in LINE_COLUMNS]
+)
+#: Rows per Parquet row group (about 50 MB of lines in memory as Arrow; pyarrow's own
+#: default, a million rows, would be four times that). Row groups are cut by this count alone, so
+#: the file's bytes depend on its rows, not on the batches of wallets it was made in.
+ROW_GROUP = 1 << 18
 
 
 def render(statement: Statement, fmt: str) -> bytes:
     """The statement in ``fmt`` (one of :data:`FORMATS`)."""
     if fmt in BATCHED:
         # The whole statement as one batch: a file made in batches is the same file.
-        parts = [[text] for text in batch_parts(statement, fmt)]
+        parts = [[data] for data in batch_parts(statement, fmt)]
         totals = statement.totals()
         pieces = assemble(
             fmt, statement.period, statement.account_id, statement.generated_at, totals, parts
         )
-        return "".join(pieces).encode()
-    if fmt == "parquet":
-        buffer = io.BytesIO()
-        lines(statement).to_parquet(buffer, index=False, engine="pyarrow")
-        return buffer.getvalue()
+        return b"".join(pieces)
     if fmt == "html":
         return to_html(statement).encode()
     raise ValueError(f"unknown format {fmt!r}")
@@ -152,15 +173,7 @@ def lines(statement: Statement) -> pd.DataFrame:
                 ),
             )
         )
-    table = pd.concat([summary, *usage], ignore_index=True).reindex(columns=LINE_COLUMNS)
-    return table.astype(
-        {
-            "scale": "int64",
-            "amount": "int64",
-            **dict.fromkeys(QUANTITIES, "Int64"),
-            **dict.fromkeys(("section", "item", "day", "catalog", "operation", "model"), "string"),
-        }
-    )
+    return _typed(pd.concat([summary, *usage], ignore_index=True).reindex(columns=LINE_COLUMNS))
 
 
 def to_json(statement: Statement, *, usage: bool = True) -> dict[str, Any]:
@@ -241,18 +254,23 @@ def json_frame(
     return text[: -len("[]}")] + "[", "]}"
 
 
-def batch_parts(statement: Statement, fmt: str) -> list[str]:
+def batch_parts(statement: Statement, fmt: str) -> list[bytes]:
     """What the statement of a batch of wallets adds to each part of the file in ``fmt``
-    (one of :data:`BATCHED`): in JSON, its accounts (:func:`json_accounts`); in CSV, its
-    lines of each section in turn: the statement lines, the usage, the daily usage."""
+    (one of :data:`BATCHED`), ``b""`` for nothing: in JSON, its accounts
+    (:func:`json_accounts`); in CSV and Parquet, its lines of each section in turn: the
+    statement lines, the usage, the daily usage (Parquet's as an Arrow IPC stream)."""
     if fmt == "json":
-        return [json_accounts(statement)]
+        return [json_accounts(statement).encode()]
+    if fmt not in ("csv", "parquet"):
+        raise ValueError(f"{fmt!r} is not made in batches")
+    table = lines(statement)
     if fmt == "csv":
-        table = _inert(lines(statement))
-        kept = [~table["section"].isin(USAGE_SECTIONS)]
-        kept += [table["section"] == section for section in USAGE_SECTIONS]
-        return [str(table[rows].to_csv(index=False, header=False)) for rows in kept]
-    raise ValueError(f"{fmt!r} is not made in batches")
+        table = _inert(table)
+    kept = [~table["section"].isin(USAGE_SECTIONS)]
+    kept += [table["section"] == section for section in USAGE_SECTIONS]
+    if fmt == "csv":
+        return [str(table[rows].to_csv(index=False, header=False)).encode() for rows in kept]
+    return [_arrow_stream(table[rows]) for rows in kept]
 
 
 def assemble(
@@ -261,29 +279,89 @@ def assemble(
     account_id: str | None,
     generated_at: datetime,
     totals: list[dict[str, Any]],
-    parts: Sequence[Iterable[str]],
-) -> Iterator[str]:
-    """The file in ``fmt`` as pieces of text: each part of :func:`batch_parts`, batch
-    after batch (the batches in the statement's order of wallets), in what goes around
-    them. ``totals``: of every batch (``statement.merge_totals``)."""
+    parts: Sequence[Iterable[bytes]],
+) -> Iterator[bytes]:
+    """The file in ``fmt`` as pieces: each part of :func:`batch_parts`, batch after batch
+    (the batches in the statement's order of wallets), in what goes around them.
+    ``totals``: of every batch (``statement.merge_totals``)."""
     if fmt == "json":
         head, tail = json_frame(period, account_id, generated_at, totals)
-        yield head
+        yield head.encode()
         first = True
-        for text in parts[0]:
-            if text:
+        for data in parts[0]:
+            if data:
                 if not first:
-                    yield ", "
-                yield text
+                    yield b", "
+                yield data
                 first = False
-        yield tail
+        yield tail.encode()
         return
     if fmt == "csv":
-        yield str(pd.DataFrame(columns=LINE_COLUMNS).to_csv(index=False))
+        yield str(pd.DataFrame(columns=LINE_COLUMNS).to_csv(index=False)).encode()
         for section in parts:
             yield from section
         return
+    if fmt == "parquet":
+        yield _parquet(data for section in parts for data in section if data)
+        return
     raise ValueError(f"{fmt!r} is not made in batches")
+
+
+def _typed(table: pd.DataFrame) -> pd.DataFrame:
+    """The lines with each column of its type in :func:`lines` (which an empty table, or
+    one of no usage, would not infer)."""
+    return table.astype(
+        {
+            "account_id": "str",
+            "unit": "str",
+            "scale": "int64",
+            "amount": "int64",
+            **dict.fromkeys(QUANTITIES, "Int64"),
+            **dict.fromkeys(("section", "item", "day", "catalog", "operation", "model"), "string"),
+        }
+    )
+
+
+def _arrow(table: pd.DataFrame) -> pa.Table:
+    return pa.Table.from_pandas(table, schema=LINE_SCHEMA, preserve_index=False)
+
+
+def _arrow_stream(table: pd.DataFrame) -> bytes:
+    """Lines as an Arrow IPC stream of :data:`LINE_SCHEMA` (``b""`` for none)."""
+    if table.empty:
+        return b""
+    sink = pa.BufferOutputStream()
+    arrow = _arrow(table)
+    with pa.ipc.new_stream(sink, arrow.schema) as stream:
+        stream.write_table(arrow)
+    return bytes(sink.getvalue())
+
+
+def _parquet(streams: Iterable[bytes]) -> bytes:
+    """The Parquet file of the lines of ``streams`` (of :func:`_arrow_stream`), in order,
+    cut into row groups of :data:`ROW_GROUP` rows (the last fewer) whatever the streams'
+    lengths. Its schema carries the pandas metadata of :func:`lines`' types, so
+    ``pandas.read_parquet`` gives back the same frame."""
+    typed = _typed(pd.DataFrame(columns=LINE_COLUMNS))
+    schema = _arrow(typed).schema
+    sink = pa.BufferOutputStream()
+    with pq.ParquetWriter(sink, schema) as writer:
+        waiting: list[pa.Table] = []
+        rows = 0
+        for data in streams:
+            table = pa.ipc.open_stream(data).read_all()
+            waiting.append(table)
+            rows += table.num_rows
+            while rows >= ROW_GROUP:
+                joined = pa.concat_tables(waiting)
+                # One contiguous chunk per column: the pages are cut alike however the
+                # rows came.
+                writer.write_table(joined.slice(0, ROW_GROUP).combine_chunks(), ROW_GROUP)
+                waiting = [joined.slice(ROW_GROUP)]
+                rows -= ROW_GROUP
+        if rows:
+            writer.write_table(pa.concat_tables(waiting).combine_chunks(), ROW_GROUP)
+    return bytes(sink.getvalue())
 
 
 def json_accounts(statement: Statement) -> str:

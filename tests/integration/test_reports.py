@@ -13,12 +13,15 @@ from decimal import Decimal
 from typing import Any
 
 import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 import sqlalchemy as sa
+from pandas.testing import assert_frame_equal
 
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
-from ledger.models import daily, flows, metering, report_jobs, report_outputs
+from ledger.models import accounts, daily, flows, metering, report_jobs, report_outputs
 from ledger.services import Ledger
 from ledger.verify import verify
 from pricing.catalog import CatalogSet
@@ -201,6 +204,9 @@ def _made_in_batches(
     check its file and summary against the statement made whole; the number of wallets
     each read took, and the progress reported."""
     monkeypatch.setattr(jobs, "BATCH", batch)
+    # Parquet row groups of a few rows: groups then span batches and sections, and must
+    # be cut the same as in the whole statement's file.
+    monkeypatch.setattr(render, "ROW_GROUP", 7)
     read: list[int] = []
     load = queries.load
 
@@ -222,12 +228,15 @@ def _made_in_batches(
     output = reports.output(job.id)
     assert output.content == rendered
     assert output.sha256 == hashlib.sha256(rendered).hexdigest()
-    assert output.encoding == "gzip"
+    assert output.encoding == ("gzip" if fmt in jobs.GZIPPED else None)
+    if fmt == "parquet":
+        assert pq.ParquetFile(io.BytesIO(rendered)).metadata.num_row_groups > 1
+        assert_frame_equal(pd.read_parquet(io.BytesIO(rendered)), render.lines(whole))
     assert done.summary == json.loads(json.dumps(whole.summary()))
     return read, seen
 
 
-@pytest.mark.parametrize("fmt", ["json", "csv"])
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
 @pytest.mark.parametrize("batch", [1, 3])
 def test_a_statement_made_in_batches_of_wallets_is_the_whole_statements_file(
     db: Database,
@@ -238,10 +247,10 @@ def test_a_statement_made_in_batches_of_wallets_is_the_whole_statements_file(
     batch: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The JSON or CSV statement of every wallet (the month-end report, finance's CSV) is
-    read, reconciled and rendered a batch of wallets at a time, so that its memory is a
-    batch's: the file and the summary are byte for byte those of the statement made
-    whole."""
+    """The JSON, CSV or Parquet statement of every wallet (the month-end report,
+    finance's CSV) is read, reconciled and rendered a batch of wallets at a time, so that
+    its memory is a batch's: the file and the summary are byte for byte those of the
+    statement made whole."""
     read, seen = _made_in_batches(db, reports, clock, monkeypatch, traffic.month, fmt, batch)
     # Read a batch at a time; progress per batch, rising.
     batches = -(-len(traffic.wallets) // batch)
@@ -253,7 +262,7 @@ def test_a_statement_made_in_batches_of_wallets_is_the_whole_statements_file(
     assert rendered_stages == sorted(rendered_stages)
 
 
-@pytest.mark.parametrize("fmt", ["json", "csv"])
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
 def test_batches_follow_the_order_of_wallet_ids_each_format_keeps(
     db: Database,
     ledger: Ledger,
@@ -262,8 +271,8 @@ def test_batches_follow_the_order_of_wallet_ids_each_format_keeps(
     fmt: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The CSV sorts its lines by wallet id in code points, the JSON keeps the database's
-    order of ids: in batches of two, each is the whole statement's file."""
+    """CSV and Parquet sort their lines by wallet id in code points, the JSON keeps the
+    database's order of ids: in batches of two, each is the whole statement's file."""
     _odd_ids(ledger, clock)
     read, _ = _made_in_batches(db, reports, clock, monkeypatch, "2026-10", fmt, 2)
     assert read == [2, 2, 2, 2, 1]
@@ -291,7 +300,7 @@ def test_batches_follow_each_formats_order_under_a_collation_other_than_code_poi
 ) -> None:
     """On a PostgreSQL database whose collation is not code points (ICU English: "_x",
     "10", "9", "alpha", "Alpha", "émile", "Zed"), the JSON lists wallets in that order and
-    the CSV in code points, made whole or in batches alike."""
+    CSV and Parquet in code points, made whole or in batches alike."""
     server = postgres_or_skip(request)
     name = f"icu_{os.getpid()}"
     admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
@@ -305,13 +314,15 @@ def test_batches_follow_each_formats_order_under_a_collation_other_than_code_poi
         db.migrate()
         names = _odd_ids(Ledger(db, catalogs, clock=clock), clock)
         reports = Reports(db, clock=clock, lease=timedelta(seconds=60))
-        for fmt in ("json", "csv"):
+        for fmt in ("json", "csv", "parquet"):
             _made_in_batches(db, reports, clock, monkeypatch, "2026-10", fmt, 2)
         whole = make_statement(db, "2026-10", "UTC", generated_at=clock())
         listed = [a["account_id"] for a in json.loads(render.render(whole, "json"))["accounts"]]
         assert listed == ["_x", "10", "9", "alpha", "Alpha", "beta", "émile", "Zed", "zz"]
         lines = pd.read_csv(io.BytesIO(render.render(whole, "csv")), dtype={"account_id": str})
         assert list(dict.fromkeys(lines["account_id"])) == sorted(names)
+        table = pd.read_parquet(io.BytesIO(render.render(whole, "parquet")))
+        assert list(dict.fromkeys(table["account_id"])) == sorted(names)
     finally:
         db.dispose()
         with admin.connect() as conn:
@@ -319,7 +330,7 @@ def test_batches_follow_each_formats_order_under_a_collation_other_than_code_poi
         admin.dispose()
 
 
-@pytest.mark.parametrize("fmt", ["json", "csv"])
+@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
 def test_a_statement_of_no_wallet_is_the_whole_statements_file(
     db: Database, clock: Clock, reports: Reports, fmt: str
 ) -> None:
@@ -663,6 +674,7 @@ def test_files_are_stored_compressed_and_read_back_as_rendered(
         doc.pop("generated_at")
     assert stamped[0] == stamped[1]
     assert files["csv"] == render.render(made, "csv")
+    assert files["parquet"] == render.render(made, "parquet")
     db.downgrade("0014")
     with db.transaction(write=False) as conn:
         rendered = sa.select(report_outputs.c.job_id, report_outputs.c.content)
@@ -706,6 +718,50 @@ def test_quiet_and_empty_months_render(
         assert done.summary is not None
         assert done.summary["accounts"] == wallets
         assert reports.output(job.id).content
+
+
+def test_the_parquet_files_columns_are_the_same_every_month(
+    db: Database, ledger: Ledger, clock: Clock
+) -> None:
+    """A warehouse loads the Parquet statement month after month into one table: its
+    columns' types must not follow the month's values. Video seconds were inferred as
+    decimal(p, 6) with p the largest value's digits, and as type null in a month with no
+    usage: now decimal(19, 6) always, the exact seconds kept."""
+    clock.now = datetime(2026, 9, 5, tzinfo=UTC)
+    ledger.open_account("quiet", "credit", idempotency_key=key())
+    ledger.top_up("quiet", 100, idempotency_key=key())
+    clock.now = datetime(2026, 10, 5, tzinfo=UTC)
+    ledger.open_account("busy", "credit", idempotency_key=key())
+    ledger.top_up("busy", 100_000, idempotency_key=key())
+    ledger.charge("busy", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    # Seconds of video as a rollup holds them (the shipped catalogs meter whole seconds).
+    with db.transaction() as conn:
+        busy = conn.execute(
+            sa.select(accounts.c.id).where(accounts.c.external_id == "busy")
+        ).scalar_one()
+        row = {"account_id": busy, "unit": "credit", "catalog": "fal", "operation": "v"}
+        conn.execute(
+            daily.insert(),
+            [
+                {**row, "model": "a", "day": "2026-10-02", "seconds": Decimal("12.5")},
+                {**row, "model": "a", "day": "2026-10-03", "seconds": Decimal("0.000001")},
+            ],
+        )
+    made = {month: make(db, month, "UTC") for month in ("2026-08", "2026-09", "2026-10")}
+    files = {month: render.render(m, "parquet") for month, m in made.items()}
+    with db.transaction() as conn:  # verify() checks the rollup against the metering
+        conn.execute(daily.delete().where(daily.c.catalog == "fal"))
+    for data in files.values():
+        schema = pq.read_schema(io.BytesIO(data))
+        assert schema.equals(render.LINE_SCHEMA, check_metadata=False)
+        assert schema.field("video_seconds").type == pa.decimal128(19, 6)
+    assert pq.read_metadata(io.BytesIO(files["2026-08"])).num_rows == 0
+    october = pd.read_parquet(io.BytesIO(files["2026-10"]))
+    assert_frame_equal(october, render.lines(made["2026-10"]))
+    usage = october[october["section"] == "usage"].set_index("model")["video_seconds"]
+    assert usage.to_dict() == {"a": Decimal("12.500001"), "veo3_fast": Decimal(0)}
+    assert pd.read_parquet(io.BytesIO(files["2026-09"]))["video_seconds"].isna().all()
 
 
 def test_the_json_statement_carries_the_usage_of_wallets_whose_ids_json_escapes(
