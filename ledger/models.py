@@ -316,6 +316,16 @@ class MeteringRecord(SQLModel, table=True):
             "completed_at",
             **_where("completed_at IS NOT NULL"),
         ),
+        # A wallet's records of a gateway request id, newest first as they are listed
+        # (records without one write no key).
+        sa.Index(
+            "ix_metering_account_request",
+            "account_id",
+            "request_id",
+            "created_at",
+            "id",
+            **_where("request_id IS NOT NULL"),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=32)

@@ -623,6 +623,20 @@ def test_an_allocation_round_opens_a_write_transaction_only_for_wallets_due(
 # ----------------------------------------------------------------------- reading
 
 
+def _plan(db: Database, statement: str, parameters: Any) -> str:
+    """The plan of a statement as the ledger ran it (PostgreSQL: with sequential scans
+    priced out, as on a table too large to read whole)."""
+    with db.engine.connect() as conn:
+        raw: Any = conn.connection.driver_connection
+        if db.is_sqlite:
+            rows = raw.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
+        else:
+            raw.execute("SET enable_seqscan = off")
+            rows = raw.execute("EXPLAIN " + statement, parameters).fetchall()
+        conn.rollback()
+    return " ".join(str(row[-1]) for row in rows)
+
+
 def test_entries_of_one_kind_page_alike_and_the_few_kinds_are_read_from_their_index(
     ledger: Ledger, clock: Clock
 ) -> None:
@@ -669,15 +683,7 @@ def test_entries_of_one_kind_page_alike_and_the_few_kinds_are_read_from_their_in
     assert [k for k, _ in journal].count("topup") == 5
 
     def plan(statement: str, parameters: Any) -> str:
-        with ledger.db.engine.connect() as conn:
-            raw: Any = conn.connection.driver_connection
-            if ledger.db.is_sqlite:
-                rows = raw.execute("EXPLAIN QUERY PLAN " + statement, parameters).fetchall()
-            else:
-                raw.execute("SET enable_seqscan = off")
-                rows = raw.execute("EXPLAIN " + statement, parameters).fetchall()
-            conn.rollback()
-        return " ".join(str(row[-1]) for row in rows)
+        return _plan(ledger.db, statement, parameters)
 
     def partial(text: str) -> bool:
         """Whether a plan reads the entries of the few kinds alone: from one of the
@@ -702,6 +708,50 @@ def test_entries_of_one_kind_page_alike_and_the_few_kinds_are_read_from_their_in
     assert all(partial(text) for text in occasional), occasional
     if ledger.db.is_sqlite:
         assert all("ix_entries_occasional" in text for text in occasional), occasional
+
+
+def test_a_wallets_records_of_a_gateway_request_id_are_read_from_their_index(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A gateway looks up what one of its requests was billed by its own request id:
+    the records are read from ``ix_metering_account_request``, newest first and page by
+    page, not found by stepping over every record of the wallet (600 ms on a wallet of a
+    million records)."""
+    user, other = wallet(ledger), wallet(ledger, "user-2")
+    ledger.top_up(user, 100_000, idempotency_key=key())
+    ledger.top_up(other, 100_000, idempotency_key=key())
+    for i in range(9):
+        clock.advance(minutes=1)
+        # A request id seen three times (a gateway retrying with new keys), and records
+        # without one, and another wallet's of the same id.
+        ledger.charge(user, VEO_FAST, idempotency_key=key(), request_id=f"req-{i % 3}")
+        ledger.charge(user, VEO_FAST, idempotency_key=key())
+        ledger.charge(other, VEO_FAST, idempotency_key=key(), request_id="req-0")
+    hold = ledger.authorize(user, VEO_FAST, idempotency_key=key(), request_id="req-0")
+    everything = ledger.usage_records(user, limit=500).items
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "metering_records.request_id =" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(ledger.db.engine, "before_cursor_execute", seen)
+    try:
+        for request_id in ("req-0", "req-1", "req-9"):
+            found, cursor = [], None
+            while True:
+                page = ledger.usage_records(user, request_id=request_id, cursor=cursor, limit=2)
+                found += page.items
+                if (cursor := page.next_cursor) is None:
+                    break
+            assert found == [r for r in everything if r.request_id == request_id]
+            assert len(found) == {"req-0": 4, "req-1": 3, "req-9": 0}[request_id]
+    finally:
+        sa.event.remove(ledger.db.engine, "before_cursor_execute", seen)
+    assert everything[0].hold_id == hold.id  # an authorization's record is found alike
+    assert len(statements) == 2 + 2 + 1  # pages of two: of 4 records, of 3, of none
+    plans = [_plan(ledger.db, *s) for s in statements]
+    assert all("ix_metering_account_request" in text for text in plans), plans
 
 
 def test_a_page_of_entries_is_read_in_as_many_queries_whatever_its_length(
