@@ -118,10 +118,10 @@ class Output:
             yield rest
 
 
-#: Wallets read, reconciled and rendered at a time in a CSV, JSON or Parquet statement of
-#: every wallet (``Reports._batched``). Made whole, the month-end report (JSON) of 10,000
-#: wallets with daily usage of eight models took 3.7 GB at its peak, their CSV and Parquet
-#: 2.1 GB each; in batches of 500, 556 MB, 428 MB and 576 MB.
+#: Wallets read, reconciled and rendered at a time in a statement of every wallet
+#: (``Reports._batched``). Made whole, the month-end report (JSON) of 10,000 wallets with
+#: daily usage of eight models took 3.7 GB at its peak, their CSV, Parquet and HTML 2.1 GB
+#: each; in batches of 500, 556 MB, 428 MB, 576 MB and 356 MB.
 BATCH = 500
 
 
@@ -411,7 +411,7 @@ class Reports:
 
     def run(self, job: JobView, progress: Progress | None = None) -> JobView:
         """Make a claimed job's report and store it; the job as it ended."""
-        from reports import queries, render, statement
+        from reports import queries
 
         def step(percent: int, stage: str) -> None:
             self._progress(job, percent, stage)
@@ -421,19 +421,7 @@ class Reports:
         try:
             step(5, "reading the ledger")
             period = queries.period(job.month, job.timezone)
-            if job.format in render.BATCHED:
-                summary, stored = self._batched(job, period, step)
-            else:
-                # One snapshot for every read: the statement must add up.
-                with self.db.snapshot() as conn:
-                    frames = queries.load(conn, period, job.account_id)
-                step(50, "reconciling")
-                made = statement.build(frames, account_id=job.account_id, generated_at=self._now())
-                step(75, f"rendering {job.format}")
-                summary, stored = (
-                    made.summary(),
-                    _stored(job.format, [render.render(made, job.format)]),
-                )
+            summary, stored = self._batched(job, period, step)
             step(95, "saving")
             self._finish(job, summary, stored)
         except _Lost:
@@ -452,12 +440,11 @@ class Reports:
     def _batched(
         self, job: JobView, period: Period, step: Progress
     ) -> tuple[dict[str, Any], _Stored]:
-        """The statement file of ``job`` (CSV, JSON or Parquet), made ``BATCH`` wallets at a time
-        (read, reconciled and rendered), all in one snapshot of the ledger: a statement
-        of every wallet (the month-end report, finance's CSV) takes a batch's memory, not
-        the whole month's. Each batch's parts of the file are kept compressed until all
-        are made and the totals known; the file is then the whole statement's, byte for
-        byte."""
+        """The statement file of ``job``, made ``BATCH`` wallets at a time (read, reconciled
+        and rendered), all in one snapshot of the ledger: a statement of every wallet (the
+        month-end report, finance's CSV) takes a batch's memory, not the whole month's.
+        Each batch's parts of the file are kept compressed until all are made and the
+        totals known; the file is then the whole statement's, byte for byte."""
         from reports import queries, render, statement
 
         generated_at = self._now()

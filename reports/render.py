@@ -61,17 +61,16 @@ def filename(month: str, fmt: str, account_id: str | None = None) -> str:
     return f"statement-{month}{'-' + safe if safe else ''}.{fmt}"
 
 
-#: The formats whose file can be made a batch of wallets at a time (``batch_parts``,
-#: ``assemble``): a statement of every wallet then takes a batch's memory.
-BATCHED = ("csv", "json", "parquet")
 #: The formats whose batches are cut in code-point order of wallet ids (the order of
-#: their lines, :func:`lines`); the others follow the database's order.
-BY_CODE_POINT = ("csv", "parquet")
+#: their lines, :func:`lines`, and of HTML's tables); JSON follows the database's order.
+BY_CODE_POINT = ("csv", "parquet", "html")
 #: The usage sections of the lines (CSV, Parquet), after the statement lines of every
 #: wallet.
 USAGE_SECTIONS = ("usage", "usage_daily")
-#: How many parts :func:`batch_parts` gives in each format.
-PARTS = {"json": 1, "csv": 1 + len(USAGE_SECTIONS), "parquet": 1 + len(USAGE_SECTIONS)}
+#: How many parts :func:`batch_parts` gives in each format. A file is made of the parts
+#: of each batch of wallets (:func:`assemble`): a statement of every wallet then takes a
+#: batch's memory.
+PARTS = {"json": 1, "csv": 3, "parquet": 3, "html": 3}
 
 #: The Parquet file's columns, the same every month whatever its values: video seconds
 #: are exact decimals with six places and up to 19 digits (whole microseconds in 64 bits;
@@ -95,17 +94,13 @@ ROW_GROUP = 1 << 18
 
 def render(statement: Statement, fmt: str) -> bytes:
     """The statement in ``fmt`` (one of :data:`FORMATS`)."""
-    if fmt in BATCHED:
-        # The whole statement as one batch: a file made in batches is the same file.
-        parts = [[data] for data in batch_parts(statement, fmt)]
-        totals = statement.totals()
-        pieces = assemble(
-            fmt, statement.period, statement.account_id, statement.generated_at, totals, parts
-        )
-        return b"".join(pieces)
-    if fmt == "html":
-        return to_html(statement).encode()
-    raise ValueError(f"unknown format {fmt!r}")
+    # The whole statement as one batch: a file made in batches is the same file.
+    parts = [[data] for data in batch_parts(statement, fmt)]
+    totals = statement.totals()
+    pieces = assemble(
+        fmt, statement.period, statement.account_id, statement.generated_at, totals, parts
+    )
+    return b"".join(pieces)
 
 
 #: How a spreadsheet (Excel, LibreOffice, Google Sheets) tells a formula from text when it
@@ -256,13 +251,16 @@ def json_frame(
 
 def batch_parts(statement: Statement, fmt: str) -> list[bytes]:
     """What the statement of a batch of wallets adds to each part of the file in ``fmt``
-    (one of :data:`BATCHED`), ``b""`` for nothing: in JSON, its accounts
+    (one of :data:`FORMATS`), ``b""`` for nothing: in JSON, its accounts
     (:func:`json_accounts`); in CSV and Parquet, its lines of each section in turn: the
-    statement lines, the usage, the daily usage (Parquet's as an Arrow IPC stream)."""
+    statement lines, the usage, the daily usage (Parquet's as an Arrow IPC stream); in
+    HTML, its chart amounts and its rows of each table (:func:`html_parts`)."""
     if fmt == "json":
         return [json_accounts(statement).encode()]
+    if fmt == "html":
+        return html_parts(statement)
     if fmt not in ("csv", "parquet"):
-        raise ValueError(f"{fmt!r} is not made in batches")
+        raise ValueError(f"unknown format {fmt!r}")
     table = lines(statement)
     if fmt == "csv":
         table = _inert(table)
@@ -304,7 +302,10 @@ def assemble(
     if fmt == "parquet":
         yield _parquet(data for section in parts for data in section if data)
         return
-    raise ValueError(f"{fmt!r} is not made in batches")
+    if fmt == "html":
+        yield from _html(period, account_id, generated_at, totals, parts)
+        return
+    raise ValueError(f"unknown format {fmt!r}")
 
 
 def _typed(table: pd.DataFrame) -> pd.DataFrame:
@@ -430,56 +431,86 @@ def _major(amount: int, scale: int) -> str:
     return f"{value:,.{int(scale)}f}"
 
 
-def chart_svg(statement: Statement, unit: str, scale: int) -> str:
-    """A stacked bar chart (SVG) of daily usage by model in ``unit``, every day shown."""
+#: A chart's amounts: per unit, (model, day) -> the wallets' usage amount that day.
+ChartAmounts = dict[str, dict[tuple[str, str], int]]
+
+
+def chart_amounts(statement: Statement) -> ChartAmounts:
+    """What the charts draw of ``statement``: its daily usage per unit, model and day,
+    summed exactly (Python integers: across wallets, 64 bits could overflow), so that the
+    sums of batches of wallets add up to the whole statement's."""
+    out: ChartAmounts = {}
+    daily = statement.daily
+    if not daily.empty:
+        columns = (daily[c].tolist() for c in ("unit", "model", "day", "amount"))
+        for unit, model, day, amount in zip(*columns, strict=True):
+            _add(out, str(unit), str(model), str(day), int(amount))
+    return out
+
+
+def _add(amounts: ChartAmounts, unit: str, model: str, day: str, amount: int) -> None:
+    by_unit = amounts.setdefault(unit, {})
+    by_unit[model, day] = by_unit.get((model, day), 0) + amount
+
+
+def chart_svg(period: Period, unit: str, scale: int, amounts: dict[tuple[str, str], int]) -> str:
+    """A stacked bar chart (SVG) of daily usage by model in ``unit``, every day of
+    ``period`` shown; ``amounts``: (model, day) -> amount (:func:`chart_amounts`). The
+    models used most are drawn separately, the rest stacked as "other models"."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
 
-    days = [d.isoformat() for d in statement.period.days]
-    frame = statement.daily[statement.daily["unit"] == unit]
-    # Drawn in floats, summed in floats: across wallets, int64 could wrap.
-    frame = frame.assign(amount=frame["amount"].astype("float64"))
-    by_model = frame.pivot_table(
-        index="day", columns="model", values="amount", aggfunc="sum", fill_value=0
-    ).reindex(days, fill_value=0)
-    ranked = by_model.sum().sort_values(ascending=False).index.tolist()
+    days = [d.isoformat() for d in period.days]
+    totals: dict[str, int] = {}
+    for (model, _day), amount in amounts.items():
+        totals[model] = totals.get(model, 0) + amount
+    ranked = sorted(totals, key=lambda model: (-totals[model], model))
+    groups = {model: [model] for model in ranked}
     if len(ranked) > CHART_MODELS:
-        keep = ranked[: CHART_MODELS - 1]
-        by_model["other models"] = by_model.drop(columns=keep).sum(axis=1)
-        by_model = by_model[[*keep, "other models"]]
-    else:
-        by_model = by_model[ranked]
+        groups = {model: [model] for model in ranked[: CHART_MODELS - 1]}
+        groups["other models"] = ranked[CHART_MODELS - 1 :]
 
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax = fig.subplots()
     bottom = [0.0] * len(days)
     positions = list(range(len(days)))
-    for model in by_model.columns:
+    for label, models in groups.items():
         # Floats only to draw: the tables beside the chart carry the exact amounts.
-        heights = [float(Decimal(int(v)).scaleb(-scale)) for v in by_model[model]]
-        ax.bar(positions, heights, bottom=bottom, label=str(model), width=0.8)
+        exact = [sum(amounts.get((m, day), 0) for m in models) for day in days]
+        heights = [float(Decimal(v).scaleb(-scale)) for v in exact]
+        ax.bar(positions, heights, bottom=bottom, label=label, width=0.8)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
     ax.set_xticks(positions, [d[8:] for d in days], fontsize=8)
-    ax.set_xlabel(f"day of {statement.period.month} ({statement.period.timezone})")
+    ax.set_xlabel(f"day of {period.month} ({period.timezone})")
     ax.set_ylabel(f"usage ({unit})")
     ax.set_title(f"Daily usage by model, {unit}")
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3)
-    if len(by_model.columns):
+    if groups:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     else:
         ax.text(0.5, 0.5, "no usage this month", transform=ax.transAxes, ha="center")
     buffer = io.StringIO()
     # Text stays text, so the chart is searchable and small.
+    # No date in its metadata: the page says when it was made, and the same amounts
+    # give the same chart, byte for byte.
     with rc_context({"svg.fonttype": "none", "svg.hashsalt": "creditledger"}):
-        fig.savefig(buffer, format="svg")
+        fig.savefig(buffer, format="svg", metadata={"Date": None})
     svg = buffer.getvalue()
     return svg[svg.index("<svg") :]
 
 
-def _table(headers: list[str], rows: list[list[str]], numeric_from: int = 1) -> str:
+def _head(headers: list[str]) -> str:
+    """A table's start, to its body's first row."""
     head = "".join(f"<th>{html.escape(h)}</th>" for h in headers)
-    body = "".join(
+    return f"<table><thead><tr>{head}</tr></thead><tbody>"
+
+
+_TABLE_END = "</tbody></table>"
+
+
+def _rows(rows: Iterable[list[str]], numeric_from: int = 1) -> str:
+    return "".join(
         "<tr>"
         + "".join(
             f'<td class="{"num" if i >= numeric_from else ""}">{html.escape(str(c))}</td>'
@@ -488,30 +519,96 @@ def _table(headers: list[str], rows: list[list[str]], numeric_from: int = 1) -> 
         + "</tr>"
         for row in rows
     )
-    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
-def to_html(statement: Statement) -> str:
-    """A self-contained page: totals, a chart per unit, the statement, usage by model."""
-    p = statement.period
-    title = f"Statement {p.month} ({p.timezone})" + (
-        f" for {statement.account_id}" if statement.account_id else ""
+CREDIT_ITEMS = [c.removeprefix("credit_") for c in CREDIT_COLUMNS]
+DEBIT_ITEMS = [c.removeprefix("debit_") for c in DEBIT_COLUMNS]
+ACCOUNT_HEADERS = [
+    "account",
+    "unit",
+    "opening",
+    *(f"+ {i}" for i in CREDIT_ITEMS),
+    *(f"- {i}" for i in DEBIT_ITEMS),
+    "closing",
+    "open holds",
+]
+USAGE_HEADERS = ["account", "catalog", "operation", "model", *QUANTITIES, "video seconds", "amount"]
+
+
+def html_parts(statement: Statement) -> list[bytes]:
+    """What the statement of a batch of wallets adds to each part of the HTML page: its
+    chart amounts (JSON), its rows of the accounts' table and of the usage table. Both
+    tables list wallets by id in code points (the usage in the order of its lines)."""
+    amounts = chart_amounts(statement)
+    chart = [
+        [unit, model, day, amount]
+        for unit, a in amounts.items()
+        for (model, day), amount in a.items()
+    ]
+    ordered = sorted(records(statement.accounts), key=lambda a: str(a["account_id"]))
+    accounts = _rows(
+        (
+            [
+                a["account_id"],
+                a["unit"],
+                _major(a["opening"], a["scale"]),
+                *(_major(a[c], a["scale"]) for c in CREDIT_COLUMNS),
+                *(_major(a[c], a["scale"]) for c in DEBIT_COLUMNS),
+                _major(a["closing"], a["scale"]),
+                f"{a['open_holds']} ({_major(a['open_holds_amount'], a['scale'])})",
+            ]
+            for a in ordered
+        ),
+        numeric_from=2,
     )
-    parts = [
+    usage = _rows(
+        (
+            [
+                u["account_id"],
+                u["catalog"],
+                u["operation"],
+                u["model"],
+                *(f"{int(u[q]):,}" for q in QUANTITIES),
+                _seconds(u["seconds_us"]),
+                f"{_major(u['amount'], u['scale'])} {u['unit']}",
+            ]
+            for u in records(statement.usage)
+        ),
+        numeric_from=4,
+    )
+    return [json.dumps(chart).encode() if chart else b"", accounts.encode(), usage.encode()]
+
+
+def _html(
+    period: Period,
+    account_id: str | None,
+    generated_at: datetime,
+    totals: list[dict[str, Any]],
+    parts: Sequence[Iterable[bytes]],
+) -> Iterator[bytes]:
+    """The HTML page of :func:`html_parts` of each batch: totals and a chart per unit,
+    the accounts' table, the usage table."""
+    amounts: ChartAmounts = {}
+    for data in parts[0]:
+        for unit, model, day, amount in json.loads(data) if data else []:
+            _add(amounts, unit, model, day, amount)
+    p = period
+    title = f"Statement {p.month} ({p.timezone})" + (f" for {account_id}" if account_id else "")
+    head = [
         f"<h1>{html.escape(title)}</h1>",
         f"<p>{html.escape(p.start.isoformat())} to {html.escape(p.end.isoformat())}, "
-        f"generated {html.escape(statement.generated_at.isoformat())}. "
+        f"generated {html.escape(generated_at.isoformat())}. "
         "Every account reconciles: opening + credits - debits = closing = the ledger's "
         "balance at the month's end.</p>",
     ]
-    totals = statement.totals()
     for t in totals:
         unit, scale = t["unit"], t["scale"]
-        parts.append(f"<h2>{html.escape(unit)}</h2>")
-        parts.append(f'<figure class="chart">{chart_svg(statement, unit, scale)}</figure>')
-        parts.append(
-            _table(
-                ["accounts", "opening", "credits", "debits", "closing", "requests", "usage"],
+        head.append(f"<h2>{html.escape(unit)}</h2>")
+        chart = chart_svg(period, unit, scale, amounts.get(unit, {}))
+        head.append(f'<figure class="chart">{chart}</figure>')
+        head.append(
+            _head(["accounts", "opening", "credits", "debits", "closing", "requests", "usage"])
+            + _rows(
                 [
                     [
                         str(t["accounts"]),
@@ -525,57 +622,10 @@ def to_html(statement: Statement) -> str:
                 ],
                 numeric_from=0,
             )
+            + _TABLE_END
         )
     if not totals:
-        parts.append("<p>No accounts existed in this month.</p>")
-    parts.append("<h2>Accounts</h2>")
-    credit_items = [c.removeprefix("credit_") for c in CREDIT_COLUMNS]
-    debit_items = [c.removeprefix("debit_") for c in DEBIT_COLUMNS]
-    parts.append(
-        _table(
-            [
-                "account",
-                "unit",
-                "opening",
-                *(f"+ {i}" for i in credit_items),
-                *(f"- {i}" for i in debit_items),
-                "closing",
-                "open holds",
-            ],
-            [
-                [
-                    a["account_id"],
-                    a["unit"],
-                    _major(a["opening"], a["scale"]),
-                    *(_major(a[c], a["scale"]) for c in CREDIT_COLUMNS),
-                    *(_major(a[c], a["scale"]) for c in DEBIT_COLUMNS),
-                    _major(a["closing"], a["scale"]),
-                    f"{a['open_holds']} ({_major(a['open_holds_amount'], a['scale'])})",
-                ]
-                for a in records(statement.accounts)
-            ],
-            numeric_from=2,
-        )
-    )
-    parts.append("<h2>Usage by model</h2>")
-    parts.append(
-        _table(
-            ["account", "catalog", "operation", "model", *QUANTITIES, "video seconds", "amount"],
-            [
-                [
-                    u["account_id"],
-                    u["catalog"],
-                    u["operation"],
-                    u["model"],
-                    *(f"{int(u[q]):,}" for q in QUANTITIES),
-                    _seconds(u["seconds_us"]),
-                    f"{_major(u['amount'], u['scale'])} {u['unit']}",
-                ]
-                for u in records(statement.usage)
-            ],
-            numeric_from=4,
-        )
-    )
+        head.append("<p>No accounts existed in this month.</p>")
     style = (
         "body{font-family:system-ui,sans-serif;margin:2rem;color:#222}"
         "table{border-collapse:collapse;margin:1rem 0;font-size:.9rem}"
@@ -583,9 +633,15 @@ def to_html(statement: Statement) -> str:
         "td.num{text-align:right;font-variant-numeric:tabular-nums}"
         "figure.chart{margin:1rem 0;max-width:100%}figure.chart svg{max-width:100%;height:auto}"
     )
-    return (
+    yield (
         '<!DOCTYPE html><html lang="en"><head><meta charset="utf-8">'
-        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>"
-        + "".join(parts)
-        + "</body></html>"
-    )
+        f"<title>{html.escape(title)}</title><style>{style}</style></head><body>" + "".join(head)
+    ).encode()
+    for heading, headers, rows in (
+        ("Accounts", ACCOUNT_HEADERS, parts[1]),
+        ("Usage by model", USAGE_HEADERS, parts[2]),
+    ):
+        yield f"<h2>{heading}</h2>{_head(headers)}".encode()
+        yield from rows
+        yield _TABLE_END.encode()
+    yield b"</body></html>"

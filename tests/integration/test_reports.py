@@ -5,9 +5,11 @@ from __future__ import annotations
 import csv
 import gzip
 import hashlib
+import html
 import io
 import json
 import os
+import re
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
@@ -236,7 +238,7 @@ def _made_in_batches(
     return read, seen
 
 
-@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+@pytest.mark.parametrize("fmt", render.FORMATS)
 @pytest.mark.parametrize("batch", [1, 3])
 def test_a_statement_made_in_batches_of_wallets_is_the_whole_statements_file(
     db: Database,
@@ -247,8 +249,8 @@ def test_a_statement_made_in_batches_of_wallets_is_the_whole_statements_file(
     batch: int,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The JSON, CSV or Parquet statement of every wallet (the month-end report,
-    finance's CSV) is read, reconciled and rendered a batch of wallets at a time, so that
+    """The statement of every wallet in each format (the month-end report, finance's
+    CSV) is read, reconciled and rendered a batch of wallets at a time, so that
     its memory is a batch's: the file and the summary are byte for byte those of the
     statement made whole."""
     read, seen = _made_in_batches(db, reports, clock, monkeypatch, traffic.month, fmt, batch)
@@ -262,7 +264,7 @@ def test_a_statement_made_in_batches_of_wallets_is_the_whole_statements_file(
     assert rendered_stages == sorted(rendered_stages)
 
 
-@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+@pytest.mark.parametrize("fmt", render.FORMATS)
 def test_batches_follow_the_order_of_wallet_ids_each_format_keeps(
     db: Database,
     ledger: Ledger,
@@ -271,8 +273,9 @@ def test_batches_follow_the_order_of_wallet_ids_each_format_keeps(
     fmt: str,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """CSV and Parquet sort their lines by wallet id in code points, the JSON keeps the
-    database's order of ids: in batches of two, each is the whole statement's file."""
+    """CSV and Parquet sort their lines by wallet id in code points, as HTML its tables;
+    the JSON keeps the database's order of ids: in batches of two, each is the whole
+    statement's file."""
     _odd_ids(ledger, clock)
     read, _ = _made_in_batches(db, reports, clock, monkeypatch, "2026-10", fmt, 2)
     assert read == [2, 2, 2, 2, 1]
@@ -300,7 +303,7 @@ def test_batches_follow_each_formats_order_under_a_collation_other_than_code_poi
 ) -> None:
     """On a PostgreSQL database whose collation is not code points (ICU English: "_x",
     "10", "9", "alpha", "Alpha", "émile", "Zed"), the JSON lists wallets in that order and
-    CSV and Parquet in code points, made whole or in batches alike."""
+    CSV, Parquet and HTML in code points, made whole or in batches alike."""
     server = postgres_or_skip(request)
     name = f"icu_{os.getpid()}"
     admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT")
@@ -314,7 +317,7 @@ def test_batches_follow_each_formats_order_under_a_collation_other_than_code_poi
         db.migrate()
         names = _odd_ids(Ledger(db, catalogs, clock=clock), clock)
         reports = Reports(db, clock=clock, lease=timedelta(seconds=60))
-        for fmt in ("json", "csv", "parquet"):
+        for fmt in render.FORMATS:
             _made_in_batches(db, reports, clock, monkeypatch, "2026-10", fmt, 2)
         whole = make_statement(db, "2026-10", "UTC", generated_at=clock())
         listed = [a["account_id"] for a in json.loads(render.render(whole, "json"))["accounts"]]
@@ -323,6 +326,11 @@ def test_batches_follow_each_formats_order_under_a_collation_other_than_code_poi
         assert list(dict.fromkeys(lines["account_id"])) == sorted(names)
         table = pd.read_parquet(io.BytesIO(render.render(whole, "parquet")))
         assert list(dict.fromkeys(table["account_id"])) == sorted(names)
+        page = render.render(whole, "html").decode()
+        for heading in ("Accounts", "Usage by model"):
+            rows = page.split(f"<h2>{heading}</h2>")[1].split("</table>")[0]
+            first_cells = re.findall(r'<tr><td class="">(.*?)</td>', rows)
+            assert [html.unescape(c) for c in first_cells] == sorted(names)
     finally:
         db.dispose()
         with admin.connect() as conn:
@@ -330,7 +338,7 @@ def test_batches_follow_each_formats_order_under_a_collation_other_than_code_poi
         admin.dispose()
 
 
-@pytest.mark.parametrize("fmt", ["json", "csv", "parquet"])
+@pytest.mark.parametrize("fmt", render.FORMATS)
 def test_a_statement_of_no_wallet_is_the_whole_statements_file(
     db: Database, clock: Clock, reports: Reports, fmt: str
 ) -> None:
@@ -417,6 +425,15 @@ def test_renders_every_format(db: Database, ledger: Ledger, traffic: Traffic) ->
     assert "veo3_fast" in chart
     assert "<path" in chart
     assert page.count("<svg") == 3  # one chart per unit: credit, token, usd
+    # The charts draw the daily usage, summed exactly per unit, model and day.
+    expected: dict[str, dict[tuple[str, str], int]] = {}
+    for row in records(made.daily):
+        into = expected.setdefault(row["unit"], {})
+        into[row["model"], row["day"]] = into.get((row["model"], row["day"]), 0) + row["amount"]
+    assert render.chart_amounts(made) == expected
+    assert sum(expected["credit"].values()) == sum(
+        t["usage_amount"] for t in made.totals() if t["unit"] == "credit"
+    )
 
 
 @pytest.mark.parametrize("batch", [500, 1])

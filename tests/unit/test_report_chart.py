@@ -1,0 +1,42 @@
+"""The HTML statement's chart of daily usage by model (``reports.render.chart_svg``)."""
+
+from __future__ import annotations
+
+import re
+
+from reports import render
+from reports.queries import period
+
+OCTOBER = period("2026-10", "UTC")
+
+
+def _labels(svg: str) -> list[str]:
+    """The chart's legend, in its order (text stays text in the SVG)."""
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    return [t for t in texts if t.startswith("m") or t == "other models"]
+
+
+def test_the_models_used_most_are_drawn_apart_and_the_rest_together() -> None:
+    days = ["2026-10-01", "2026-10-15", "2026-10-31"]
+    amounts = {(f"m{i}", day): (i + 1) * 100 for i in range(10) for day in days}
+    amounts["m-idle", "2026-10-01"] = 0
+    svg = render.chart_svg(OCTOBER, "credit", 2, amounts)
+    assert svg.startswith("<svg")
+    kept = render.CHART_MODELS - 1
+    assert _labels(svg) == [f"m{i}" for i in range(9, 9 - kept, -1)] + ["other models"]
+    assert "no usage this month" not in svg
+
+
+def test_models_used_alike_are_drawn_in_the_order_of_their_names() -> None:
+    amounts = {("mb", "2026-10-02"): 5, ("ma", "2026-10-03"): 5, ("mc", "2026-10-02"): 9}
+    svg = render.chart_svg(OCTOBER, "token", 0, amounts)
+    assert _labels(svg) == ["mc", "ma", "mb"]
+    # The same amounts give the same chart, byte for byte (a file made in batches of
+    # wallets is the whole statement's).
+    assert render.chart_svg(OCTOBER, "token", 0, dict(reversed(amounts.items()))) == svg
+
+
+def test_a_unit_without_usage_says_so() -> None:
+    svg = render.chart_svg(OCTOBER, "usd", 6, {})
+    assert "no usage this month" in svg
+    assert _labels(svg) == []
