@@ -87,8 +87,9 @@ LINE_SCHEMA = pa.schema(
     [(column, _LINE_TYPES.get(column, pa.large_string())) for column in LINE_COLUMNS]
 )
 #: Rows per Parquet row group (about 50 MB of lines in memory as Arrow; pyarrow's own
-#: default, a million rows, would be four times that). Row groups are cut by this count alone, so
-#: the file's bytes depend on its rows, not on the batches of wallets it was made in.
+#: default, a million rows, would be four times that). Row groups are cut by this count
+#: alone, so the file's bytes depend on its rows, not on the batches of wallets it was
+#: made in.
 ROW_GROUP = 1 << 18
 
 
