@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -443,8 +443,11 @@ def chart_amounts(statement: Statement) -> ChartAmounts:
     out: ChartAmounts = {}
     daily = statement.daily
     if not daily.empty:
-        columns = (daily[c].tolist() for c in ("unit", "model", "day", "amount"))
-        for unit, model, day, amount in zip(*columns, strict=True):
+        # Summed as Python integers (an object column), grouped by pandas.
+        exact = daily.assign(amount=daily["amount"].astype(object))
+        summed = exact.groupby(["unit", "model", "day"], sort=False)["amount"].sum()
+        for key, amount in summed.items():
+            unit, model, day = cast(tuple[str, str, str], key)
             _add(out, str(unit), str(model), str(day), int(amount))
     return out
 

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import re
+from types import SimpleNamespace
+from typing import Any, cast
+
+import pandas as pd
 
 from reports import render
 from reports.queries import period
+from reports.statement import Statement
 
 OCTOBER = period("2026-10", "UTC")
 
@@ -40,3 +45,20 @@ def test_a_unit_without_usage_says_so() -> None:
     svg = render.chart_svg(OCTOBER, "usd", 6, {})
     assert "no usage this month" in svg
     assert _labels(svg) == []
+
+
+def test_the_amounts_drawn_are_summed_exactly_beyond_64_bits() -> None:
+    """Across wallets, a day's usage of a model can pass what 64 bits hold: the sum is a
+    Python integer, not one wrapped around to a negative."""
+    big = 2**62
+    rows: dict[str, Any] = {
+        "unit": ["credit", "credit", "credit", "token"],
+        "model": ["veo3", "veo3", "veo3_fast", "veo3"],
+        "day": ["2026-10-01", "2026-10-01", "2026-10-01", "2026-10-01"],
+        "amount": pd.array([big, big, 7, 1], dtype="int64"),
+    }
+    made = cast(Statement, SimpleNamespace(daily=pd.DataFrame(rows)))
+    assert render.chart_amounts(made) == {
+        "credit": {("veo3", "2026-10-01"): 2**63, ("veo3_fast", "2026-10-01"): 7},
+        "token": {("veo3", "2026-10-01"): 1},
+    }
