@@ -121,7 +121,7 @@ class Output:
 #: Wallets read, reconciled and rendered at a time in a statement of every wallet
 #: (``Reports._batched``). Made whole, the month-end report (JSON) of 10,000 wallets with
 #: daily usage of eight models took 3.7 GB at its peak, their CSV, Parquet and HTML 2.1 GB
-#: each; in batches of 500, 556 MB, 428 MB, 576 MB and 365 MB.
+#: each; in batches of 500, 556 MB, 418 MB, 576 MB and 365 MB.
 BATCH = 500
 
 
