@@ -4,6 +4,7 @@ recovering): they wait for it, up to ``CREDITLEDGER_STARTUP_WAIT_SECONDS``."""
 
 from __future__ import annotations
 
+import socket
 import time
 from collections.abc import Callable
 
@@ -11,7 +12,7 @@ import httpx2 as httpx
 import pytest
 
 from tests.conftest import postgres_or_skip
-from tests.e2e.served import Served, Threads, free_port
+from tests.e2e.served import Served, Threads
 from tests.e2e.test_cli import run
 from tests.pg import TempPostgres
 
@@ -62,13 +63,17 @@ def test_a_server_started_before_its_postgresql_waits_for_it_then_migrates_and_s
 def test_migrate_gives_up_on_a_database_that_stays_away_after_its_wait(
     wait: float, says: bool
 ) -> None:
-    url = f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/ledger"  # nobody listens
-    started = time.monotonic()
-    done = run(
-        "migrate",
-        env={"CREDITLEDGER_DATABASE_URL": url, "CREDITLEDGER_STARTUP_WAIT_SECONDS": str(wait)},
-    )
-    took = time.monotonic() - started
+    # A port held but not listening: connections to it are refused, and no other process
+    # can take it meanwhile.
+    with socket.socket() as held:
+        held.bind(("127.0.0.1", 0))
+        url = f"postgresql+psycopg://postgres@127.0.0.1:{held.getsockname()[1]}/ledger"
+        started = time.monotonic()
+        done = run(
+            "migrate",
+            env={"CREDITLEDGER_DATABASE_URL": url, "CREDITLEDGER_STARTUP_WAIT_SECONDS": str(wait)},
+        )
+        took = time.monotonic() - started
     assert done.returncode == 6, done.stderr  # the database cannot be used
     assert "Connection refused" in done.stderr
     assert (WAITING in done.stderr) is says
