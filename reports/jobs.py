@@ -458,8 +458,8 @@ class Reports:
                 batches: list[list[int] | None] = [None]
                 held = None
             else:
-                # CSV and Parquet sort their lines by wallet id (code points), JSON keeps
-                # the database's order: the batches follow it, so that they add up to the
+                # CSV, Parquet and HTML list wallets by id in code points, JSON in the
+                # database's order: the batches follow it, so that they add up to the
                 # same file.
                 batches = list(
                     queries.wallet_batches(
