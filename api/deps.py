@@ -57,10 +57,15 @@ _bearer = HTTPBearer(auto_error=False, description="An API key: `Authorization: 
 _Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 
 
-async def _authenticate(
-    request: Request, credentials: HTTPAuthorizationCredentials | None
-) -> Principal:
+#: Where a request's caller is kept once its key is checked (``admit``), in the ASGI scope:
+#: the route class checks it before anything else of the request, and the route's own
+#: dependency then finds it there.
+_CALLER = "creditledger.caller"
+
+
+async def _authenticate(request: Request) -> Principal:
     """The caller of the request's bearer key, or 401."""
+    credentials = await _bearer(request)
     if credentials is None or not credentials.credentials:
         raise Unauthorized
     keys = _services(request).keys
@@ -74,21 +79,46 @@ async def _authenticate(
     return principal
 
 
-async def get_caller(request: Request, credentials: _Credentials) -> Principal:
-    """The authenticated caller, or 401."""
-    return await _authenticate(request, credentials)
+async def admit(request: Request, roles: frozenset[str] | None) -> Principal:
+    """The request's caller: 401 without a valid key, 403 when its role is not one of
+    ``roles`` (None: any role). The key is checked once per request."""
+    caller: Principal | None = request.scope.get(_CALLER)
+    if caller is None:
+        caller = await _authenticate(request)
+        request.scope[_CALLER] = caller
+    if roles is not None and caller.role not in roles:
+        needs = ", ".join(sorted(roles))
+        raise Forbidden(f"a {caller.role} key may not do this (needs: {needs})")
+    return caller
+
+
+Gate = Callable[[Request], Coroutine[Any, Any, Principal]]
+
+
+def gate_of(call: Callable[..., Any]) -> Gate | None:
+    """The key check a dependency stands for (``admit`` with its roles), or None: how
+    the route class (``api/routing.py``) finds the one it runs first."""
+    gate: Gate | None = getattr(call, "gate", None)
+    return gate
 
 
 def _role(*roles: str) -> Callable[..., Coroutine[Any, Any, Principal]]:
-    async def check(request: Request, credentials: _Credentials) -> Principal:
-        caller = await _authenticate(request, credentials)
-        if caller.role not in roles:
-            raise Forbidden(f"a {caller.role} key may not do this (needs: {', '.join(roles)})")
-        return caller
+    allowed = frozenset(roles) if roles else None
 
+    # ``credentials`` is not read (``admit`` reads the header itself): it puts the bearer
+    # scheme in the route's OpenAPI security.
+    async def check(request: Request, credentials: _Credentials) -> Principal:
+        return await admit(request, allowed)
+
+    async def gate(request: Request) -> Principal:
+        return await admit(request, allowed)
+
+    check.gate = gate  # type: ignore[attr-defined]
     return check
 
 
+#: Any valid key, whatever its role.
+get_caller = _role()
 _gateway_role = _role("admin", "service")
 _admin_role = _role("admin")
 
@@ -203,14 +233,13 @@ async def read(services: Services, query: Callable[..., T], *args: Any, **kwargs
     return await asyncio.wrap_future(future)
 
 
-# The caller is a dependency of its own, solved first: a request without a valid key is
-# 401 (or 403) before its Idempotency-Key header or body is validated. Only what the route
-# class and FastAPI refuse before any dependency runs comes earlier, whoever sends it
-# (``api/routing.py``): a body that is not JSON (415) or malformed (400), NUL in any text,
-# and a key, parameter or header given twice (422). One function per role rather than a
-# factory: with postponed annotations, FastAPI resolves a parameter's
-# ``Annotated[..., Depends(role)]`` in the module's globals, where a factory's ``role`` is
-# not.
+# A request's key is checked before anything else of it (``JsonRoute``, with ``gate_of``):
+# a request without a valid key is 401, and a key of the wrong role 403, whatever is wrong
+# with its body, query or headers besides. Only a body over the size limit (413, before it
+# is read) and an Authorization header given twice (422: whose key acts is not to be
+# guessed) come earlier. One function per role rather than a factory: with postponed
+# annotations, FastAPI resolves a parameter's ``Annotated[..., Depends(role)]`` in the
+# module's globals, where a factory's ``role`` is not.
 
 
 async def _gateway_call(

@@ -5,7 +5,8 @@ price parameter) and refuse ``NaN`` and ``Infinity``, which Python's JSON parser
 otherwise accept. A body sent with a content type other than JSON gets 415. A key given
 twice in one JSON object, or a query parameter or header of one value given twice, gets
 422 naming it, rather than one of them chosen; so does a query parameter the route does
-not take, rather than ignored.
+not take, rather than ignored. All of these come after the caller's key is checked (401,
+403): a caller without a valid key learns nothing of a route's rules.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import jsonin
+from api.deps import Gate, gate_of
 from api.errors import documented
 
 
@@ -183,6 +185,22 @@ def _refuse_unknown(request: Request, known: frozenset[str]) -> None:
     )
 
 
+def _gates(dependant: Dependant) -> list[Gate]:
+    """The key checks of a route's dependencies (``api.deps.gate_of``), each once."""
+    found: list[Gate] = []
+    for sub in dependant.dependencies:
+        gate = gate_of(sub.call) if sub.call is not None else None
+        for each in [gate] if gate is not None else _gates(sub):
+            if each not in found:
+                found.append(each)
+    return found
+
+
+#: Whose key acts is not to be guessed: two Authorization headers are refused (422)
+#: before either key is checked.
+_AUTHORIZATION = {b"authorization": "Authorization"}
+
+
 def _is_json(content_type: str) -> bool:
     media = content_type.split(";", 1)[0].strip().lower()
     return media == "application/json" or (
@@ -204,10 +222,15 @@ class JsonRoute(APIRoute):
         takes_body = self.body_field is not None
         queries, headers = _single(self.dependant)
         known = _queries(self.dependant)
-        headers[b"authorization"] = "Authorization"  # whose key acts: not to be guessed either
+        gates = _gates(self.dependant)
 
         async def exact(request: Request) -> Response:
             exact_request = _ExactRequest(request.scope, request.receive)
+            # Who asks comes first: without a valid key (401) or with one of the wrong
+            # role (403), nothing else of the request is looked at.
+            _refuse_repeated(exact_request, frozenset(), _AUTHORIZATION)
+            for gate in gates:
+                await gate(exact_request)
             if takes_body and await exact_request.body():
                 content_type = exact_request.headers.get("content-type", "")
                 if not _is_json(content_type):

@@ -276,3 +276,49 @@ def test_customer_keys_need_an_existing_account_and_other_roles_none(api: Api) -
     assert (r.status_code, r.json()["field"]) == (422, "account_id")
     r = api.post("/v1/keys", {"role": "root"})
     assert (r.status_code, r.json()["field"]) == (422, "role")
+
+
+# What is wrong with a request besides its key, each refused with a 4xx of its own when the
+# key is good (tests/e2e/test_bad_input.py): (name, content type, raw body, query string).
+FLAWED: list[tuple[str, str | None, bytes | None, str]] = [
+    ("body not JSON", "text/plain", b"amount=5", ""),
+    ("malformed JSON", "application/json", b'{"amount": ', ""),
+    ("a key given twice", "application/json", b'{"amount": 5, "amount": 6}', ""),
+    ("NUL in the body", "application/json", b'{"reason": "a\\u0000b"}', ""),
+    ("an unknown query parameter", None, None, "limt=10"),
+    ("a query parameter given twice", None, None, "limit=5&limit=500"),
+    ("NUL in the query", None, None, "cursor=a%00b"),
+]
+
+
+@pytest.mark.parametrize(
+    ("flaw", "content_type", "raw", "query"), FLAWED, ids=[flaw[0] for flaw in FLAWED]
+)
+def test_a_request_without_a_valid_key_is_401_whatever_else_is_wrong_with_it(
+    api: Api, flaw: str, content_type: str | None, raw: bytes | None, query: str
+) -> None:
+    """Who is asking comes first: a caller without a valid key learns nothing of a route's
+    rules for its body or query (the 415, 400 or 422 it would get with a key), and a
+    gateway whose key was revoked is told so, not about its body. A key of the wrong
+    role is likewise 403 first."""
+    w = world(api)
+    before = api.ledger.balance("target")
+    customer = api.customer("target")
+    for method, path, body, expected in MATRIX:
+        if path == "/healthz" or (raw is not None and body is None):
+            continue
+        url = path.format(**asdict(w)) + (f"?{query}" if query else "")
+        sent = {} if content_type is None else {"Content-Type": content_type}
+        content = raw if raw is not None else None
+        for key, status in (
+            (None, 401),
+            ("Bearer nonsense", 401),
+            (f"Bearer {customer}", 403 if expected[2] == 403 else None),
+        ):
+            if status is None:
+                continue
+            headers = sent if key is None else {**sent, "Authorization": key}
+            r = api.client.request(method, url, headers=headers, content=content)
+            assert r.status_code == status, (flaw, method, url, key, r.text)
+            assert r.json()["error"] == ("unauthorized" if status == 401 else "forbidden")
+    assert api.ledger.balance("target") == before
