@@ -146,6 +146,27 @@ def connection_lost(exc: BaseException) -> bool:
     return isinstance(exc, sa.exc.DBAPIError) and bool(exc.connection_invalidated)
 
 
+#: What PostgreSQL (or libpq) says when it refuses a login for good: the credentials, the
+#: role or the database named. Waiting does not change that answer. A connection error
+#: carries no SQLSTATE (psycopg has only libpq's message), so the message is read; a
+#: server whose messages are in another language is then waited for, as before.
+_REFUSED_LOGIN = (
+    "authentication failed",  # password, SCRAM, md5, peer, ident...
+    "no password supplied",
+    "no pg_hba.conf entry",
+    "does not exist",  # role or database
+    "is not permitted to log in",
+    "permission denied for database",
+)
+
+
+def refused_login(exc: BaseException) -> bool:
+    """Whether ``exc`` is a PostgreSQL server refusing the login itself (see
+    ``_REFUSED_LOGIN``), rather than not being there to answer."""
+    text = str(getattr(exc, "orig", None) or exc)
+    return any(said in text for said in _REFUSED_LOGIN)
+
+
 def first_line(exc: BaseException) -> str:
     """What the driver said, first line only (SQLAlchemy adds the statement and its
     parameters after it): for a log line about a database that is away."""
@@ -609,8 +630,9 @@ class Database:
         not take connections yet: one starting up or recovering (``the database system is
         starting up``), not listening yet (a container started beside its database), or
         whose host name is not known yet. Each new reason is logged once, as a warning; the
-        last failure is raised when the wait runs out. A SQLite file needs no server: it
-        is opened at once, and a failure is raised as it comes."""
+        last failure is raised when the wait runs out. A server that refused the login
+        (``refused_login``) has answered: that is raised at once. A SQLite file needs no
+        server: it is opened at once, and a failure is raised as it comes."""
         deadline = time.monotonic() + wait
         delay = 0.1
         said = ""
@@ -621,7 +643,7 @@ class Database:
                 return
             except (sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
                 left = deadline - time.monotonic()
-                if self.is_sqlite or left <= 0:
+                if self.is_sqlite or left <= 0 or refused_login(exc):
                     raise
                 reason = first_line(exc)
                 if reason != said:

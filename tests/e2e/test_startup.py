@@ -4,11 +4,13 @@ recovering): they wait for it, up to ``CREDITLEDGER_STARTUP_WAIT_SECONDS``."""
 
 from __future__ import annotations
 
+import json
 import socket
 import time
 from collections.abc import Callable
 
 import httpx2 as httpx
+import psycopg
 import pytest
 
 from tests.conftest import postgres_or_skip
@@ -94,3 +96,53 @@ def test_a_sqlite_file_that_cannot_be_opened_fails_at_once() -> None:
     assert done.returncode == 6, done.stderr
     assert WAITING not in done.stderr
     assert "unable to open database file" in done.stderr
+
+
+def test_a_postgresql_that_refuses_the_credentials_or_the_database_fails_at_once(
+    request: pytest.FixtureRequest,
+) -> None:
+    """A wrong password, an unknown role or database: the server answered, and waiting
+    will not change its answer. The command fails at once, with what the server said,
+    where a wait of ten minutes would otherwise run out first."""
+    server = TempPostgres(postgres_or_skip(request).bindir).start()
+    try:
+        with psycopg.connect(server.url().replace("+psycopg", ""), autocommit=True) as conn:
+            conn.execute("CREATE ROLE startup_pw LOGIN PASSWORD 'right'")
+            conn.execute("CREATE DATABASE startup OWNER startup_pw")
+            hba = server.data / "pg_hba.conf"
+            hba.write_text(
+                "host all startup_pw 127.0.0.1/32 scram-sha-256\n"
+                "host all startup_nologin 127.0.0.1/32 trust\n" + hba.read_text()
+            )
+            conn.execute("CREATE ROLE startup_nologin NOLOGIN")
+            conn.execute("SELECT pg_reload_conf()")
+        at = f"127.0.0.1:{server.port}"
+        refused = {
+            f"postgresql+psycopg://startup_pw:wrong@{at}/postgres": "password authentication "
+            'failed for user "startup_pw"',
+            f"postgresql+psycopg://startup_pw@{at}/postgres": "no password supplied",
+            f"postgresql+psycopg://ghost@{at}/postgres": 'role "ghost" does not exist',
+            f"postgresql+psycopg://postgres@{at}/nope": 'database "nope" does not exist',
+            f"postgresql+psycopg://startup_nologin@{at}/postgres": "not permitted to log in",
+        }
+        for url, says in refused.items():
+            started = time.monotonic()
+            done = run(
+                "migrate",
+                env={
+                    "CREDITLEDGER_DATABASE_URL": url,
+                    "CREDITLEDGER_STARTUP_WAIT_SECONDS": "600",
+                    "PGPASSFILE": "/nonexistent",
+                },
+            )
+            assert done.returncode == 6, (url, done.stderr)
+            assert WAITING not in done.stderr, (url, done.stderr)
+            assert says in json.loads(done.stderr.splitlines()[-1])["message"], url
+            assert "wrong" not in done.stderr  # the password is not shown
+            assert time.monotonic() - started < 30, url
+        # The right password passes: the refusals above were the credentials'.
+        good = f"postgresql+psycopg://startup_pw:right@{at}/startup"
+        done = run("migrate", env={"CREDITLEDGER_DATABASE_URL": good})
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.stop()
