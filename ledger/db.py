@@ -225,6 +225,11 @@ def json_dumps(value: Any) -> str:
     return json.dumps(value, default=_json_default, separators=(",", ":"))
 
 
+#: SQLite: the most bytes the WAL file keeps once a checkpoint let it start over (its
+#: length while a long read holds it back is not bounded by this).
+WAL_SIZE_LIMIT = 64 * 1024 * 1024
+
+
 def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) -> Engine:
     """An engine for ``url`` configured for the ledger's locking, durability and
     ``timeouts``."""
@@ -249,6 +254,11 @@ def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) ->
             cursor.execute("PRAGMA synchronous=FULL")
             cursor.execute("PRAGMA foreign_keys=ON")
             cursor.execute(f"PRAGMA busy_timeout={busy_ms}")
+            # A reader's snapshot held long (a report job's, for a minute) keeps the WAL
+            # from starting over, so every write meanwhile lengthens it: hundreds of MB.
+            # SQLite keeps the file at its longest for reuse; past this size it is cut
+            # back once the WAL starts over, so the disk it took is given back.
+            cursor.execute(f"PRAGMA journal_size_limit={WAL_SIZE_LIMIT}")
             cursor.close()
 
         @sa.event.listens_for(engine, "begin")
