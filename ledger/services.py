@@ -1610,7 +1610,7 @@ class Ledger:
             },
             rows=1,
             failure=lambda: HoldNotPending(
-                f"authorization '{hold.id}' is already resolved", field="id"
+                f"authorization '{hold.id}' is already resolved", field="id", allowed=["pending"]
             ),
         )
 
@@ -1713,7 +1713,9 @@ class Ledger:
                 return locked.stored
             wallet, hold = locked.wallet, locked.hold
             if hold.status != "pending":
-                raise HoldNotPending(f"authorization '{hold.id}' is {hold.status}", field="id")
+                raise HoldNotPending(
+                    f"authorization '{hold.id}' is {hold.status}", field="id", allowed=["pending"]
+                )
             self._resolve(w, hold, "voided")
             self._move_pending(w.conn, wallet.id, -hold.amount)
             w.conn.execute(
@@ -1740,7 +1742,9 @@ class Ledger:
             wallet, hold = locked.wallet, locked.hold
             if hold.status != "pending" or hold.expires_at <= w.now:
                 state = hold.status if hold.status != "pending" else "expired"
-                raise HoldNotPending(f"authorization '{hold.id}' is {state}", field="id")
+                raise HoldNotPending(
+                    f"authorization '{hold.id}' is {state}", field="id", allowed=["pending"]
+                )
             created = w.conn.execute(
                 sa.select(holds.c.created_at).where(holds.c.id == hold.id)
             ).scalar_one()

@@ -163,6 +163,39 @@ def test_a_hold_left_alone_expires_and_can_no_longer_be_captured(api: Api, clock
     assert 'creditledger_holds_resolved_total{outcome="expired"} 1.0' in metrics
 
 
+def test_every_refusal_of_a_hold_no_longer_pending_names_the_state_it_needs(
+    api: Api, clock: Clock
+) -> None:
+    """Capture, void and extend of a hold already captured, voided or expired: 409
+    ``hold_not_pending`` with the hold as the field and ``pending`` as what is allowed,
+    whichever of them refused it; and nothing moved."""
+    user = api.wallet("resolved", "credit", topup=2_000)
+    captured = authorize(api, user, VEO_FAST).json()["id"]
+    api.post(f"/v1/authorizations/{captured}/capture", {"status": "COMPLETED"})
+    voided = authorize(api, user, VEO_FAST).json()["id"]
+    api.post(f"/v1/authorizations/{voided}/void")
+    expired = authorize(api, user, {**VEO_FAST, "ttl_seconds": 60}).json()["id"]
+    clock.advance(seconds=61)
+    before = api.balance(user)
+    for hold in (captured, voided, expired):
+        for action, body in (
+            ("capture", {"status": "COMPLETED"}),
+            ("void", None),
+            ("extend", {"ttl_seconds": 60}),
+        ):
+            if hold == expired and action == "void":
+                continue  # an expired hold not swept yet may still be voided: it releases
+            r = api.post(f"/v1/authorizations/{hold}/{action}", body, as_key="service")
+            assert r.status_code == 409, (hold, action, r.text)
+            refused = r.json()
+            assert refused["error"] == "hold_not_pending", (action, refused)
+            assert (refused["field"], refused["allowed"]) == ("id", ["pending"]), (
+                action,
+                refused,
+            )
+    assert api.balance(user) == before
+
+
 def test_a_hold_kept_alive_while_the_provider_works_is_captured_after_its_first_expiry(
     api: Api, clock: Clock
 ) -> None:
