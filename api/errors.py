@@ -9,6 +9,7 @@ error format.
 
 from __future__ import annotations
 
+import ast
 import logging
 from typing import Any
 
@@ -56,10 +57,28 @@ def _location(loc: tuple[Any, ...] | list[Any]) -> str:
     return ".".join(parts)
 
 
+def _choices(expected: str) -> list[Any] | str:
+    """The values pydantic lists as text for a ``Literal`` or enum field (``"'pack',
+    'allocation' or 'promo'"``), as a list, as every other ``allowed`` of choices is.
+    Kept as the text when it does not read back to exactly that text."""
+    try:
+        values = ast.literal_eval(f"[{expected.replace(' or ', ', ')}]")
+    except (SyntaxError, ValueError):
+        return expected
+    if not isinstance(values, list) or not values:
+        return expected
+    said = [repr(v) for v in values]
+    text = said[0] if len(said) == 1 else f"{', '.join(said[:-1])} or {said[-1]}"
+    return values if text == expected else expected
+
+
 def _allowed(error: dict[str, Any]) -> Any:
     ctx = error.get("ctx") or {}
     if "expected" in ctx:
-        return ctx["expected"]
+        expected = ctx["expected"]
+        if error.get("type") in ("literal_error", "enum") and isinstance(expected, str):
+            return _choices(expected)
+        return expected
     bounds = {k: ctx[k] for k in ("ge", "gt", "le", "lt", "min_length", "max_length") if k in ctx}
     return bounds or None
 

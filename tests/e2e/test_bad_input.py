@@ -751,3 +751,31 @@ def test_an_unknown_query_parameter_is_named_with_those_the_route_takes(api: Api
     assert r.status_code == 422, r.text
     assert (r.json()["field"], r.json()["allowed"]) == ("as_of", [])
     assert r.json()["message"] == "as_of: unknown query parameter (this route takes: none)"
+
+
+def test_a_value_outside_a_fields_choices_is_answered_with_the_choices_as_a_list(
+    api: Api, world: dict[str, str]
+) -> None:
+    """Every ``allowed`` of choices is a list of them, whether the ledger, the pricing or
+    the request's own schema refused the value: a client reads one shape."""
+    cases = [
+        ("POST", "/v1/accounts/w/topups", {"amount": 5, "kind": "gift"}, "kind"),
+        ("POST", "/v1/keys", {"role": "root", "name": "x"}, "role"),
+        ("GET", "/v1/accounts/w/authorizations?status=open", None, "status"),
+        ("GET", "/v1/keys?role=root", None, "role"),
+        ("POST", "/v1/accounts", {"id": "n", "unit": "euro"}, "unit"),
+    ]
+    expected = {
+        "kind": ["pack", "allocation", "promo"],
+        "role": ["admin", "service", "customer"],
+        "status": ["pending", "captured", "voided", "expired"],
+        "unit": ["credit", "token", "usd"],
+    }
+    before = _dump(api)
+    for method, path, body, field in cases:
+        r = api.call(method, path, body=body)
+        assert r.status_code == 422, (path, r.text)
+        answer = r.json()
+        assert answer["field"] == field, (path, answer)
+        assert answer["allowed"] == expected[field], (path, answer)
+    assert _dump(api) == before

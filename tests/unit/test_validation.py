@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from api.errors import _choices
 from pricing import CatalogSet, estimate
 from pricing.errors import (
     InvalidParameter,
@@ -171,3 +172,21 @@ def test_error_to_dict_is_json_ready(catalogs: CatalogSet) -> None:
         "field": "params.duration",
         "allowed": [4, 6, 8],
     }
+
+
+@pytest.mark.parametrize(
+    ("expected", "allowed"),
+    [
+        ("'pack', 'allocation' or 'promo'", ["pack", "allocation", "promo"]),
+        ("'only'", ["only"]),
+        ("1, 2 or 3", [1, 2, 3]),
+        # Choices whose text would not read back exactly are left as pydantic wrote them.
+        ("'this or that' or 'other'", "'this or that' or 'other'"),
+        ("'a, b' or 'c'", ["a, b", "c"]),
+        ("<Color.RED: 1>", "<Color.RED: 1>"),
+    ],
+)
+def test_the_choices_pydantic_writes_as_text_are_read_back_as_a_list(
+    expected: str, allowed: Any
+) -> None:
+    assert _choices(expected) == allowed
