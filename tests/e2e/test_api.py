@@ -11,6 +11,8 @@ import logging
 import socket
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -1415,6 +1417,17 @@ def test_a_bug_is_answered_without_closing_the_connection(api: Api) -> None:
         raise RuntimeError("boom")
 
     api.ledger.authorize = bug  # type: ignore[method-assign]
+    with _uvicorn(api) as address, socket.create_connection(address, timeout=10) as conn:
+        answer = exchange(conn, request)
+        assert answer.startswith(b"HTTP/1.1 500"), answer[:200]
+        assert b'"internal_error"' in answer
+        assert b"boom" not in answer
+        assert exchange(conn).startswith(b"HTTP/1.1 200")  # the same connection
+
+
+@contextmanager
+def _uvicorn(api: Api) -> Iterator[tuple[str, int]]:
+    """The app served by uvicorn on a thread: its address."""
     listener = socket.socket()
     listener.bind(("127.0.0.1", 0))
     server = uvicorn.Server(uvicorn.Config(api.app, log_level="critical", lifespan="off"))
@@ -1425,16 +1438,46 @@ def test_a_bug_is_answered_without_closing_the_connection(api: Api) -> None:
             if server.started:
                 break
             time.sleep(0.01)
-        with socket.create_connection(listener.getsockname(), timeout=10) as conn:
-            answer = exchange(conn, request)
-            assert answer.startswith(b"HTTP/1.1 500"), answer[:200]
-            assert b'"internal_error"' in answer
-            assert b"boom" not in answer
-            assert exchange(conn).startswith(b"HTTP/1.1 200")  # the same connection
+        yield listener.getsockname()
     finally:
         server.should_exit = True
         thread.join(10)
         listener.close()
+
+
+def test_a_body_refused_unread_for_its_key_is_not_taken_for_the_next_request(api: Api) -> None:
+    """A request without a valid key is refused (401) before its body is read. Its body,
+    sent whole, is passed over: the next request on the same keep-alive connection is
+    answered as itself, and the refused one did nothing."""
+    user = api.wallet("unread", "credit", topup=500)
+    # A body that reads as requests of its own, were it taken for the next one.
+    smuggled = b"GET /healthz HTTP/1.1\r\nHost: ledger\r\n\r\n" * 1000
+    body = json.dumps({"account_id": user, **VEO_FAST, "pad": smuggled.decode()}).encode()
+    for key in ("Bearer nonsense", None):
+        refused = (
+            b"POST /v1/authorizations HTTP/1.1\r\nHost: ledger\r\n"
+            + (f"Authorization: {key}\r\n".encode() if key else b"")
+            + b"Content-Type: application/json\r\n"
+            + f"Content-Length: {len(body)}\r\n\r\n".encode()
+            + body
+        )
+        with _uvicorn(api) as address, socket.create_connection(address, timeout=10) as conn:
+            answer = exchange(conn, refused)
+            assert answer.startswith(b"HTTP/1.1 401"), answer[:200]
+            following = b"GET /v1/accounts/unread HTTP/1.1\r\nHost: ledger\r\n" + (
+                f"Authorization: Bearer {api.admin}\r\n\r\n".encode()
+            )
+            answer = exchange(conn, following)
+            if answer:  # or the server closed the connection: as safe
+                assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+                assert b'"id":"unread"' in answer
+                conn.settimeout(0.5)
+                try:
+                    extra = conn.recv(65536)
+                except TimeoutError:
+                    extra = b""
+                assert extra == b""  # nothing more: no answer to a smuggled request
+    assert api.balance(user)["pending"] == 0
 
 
 def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(
