@@ -19,6 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api.requestids import request_id
 from api.schemas import ErrorPublic, InsufficientCreditsPublic
 from api.status import status_of
 from ledger.db import first_line, is_lock_timeout
@@ -40,13 +41,28 @@ class Forbidden(Exception):
         self.message = message
 
 
-def _domain(_request: Request, exc: Exception) -> JSONResponse:
+def _about(request: Request) -> str:
+    """Which request a log line is about: its id (``api.requestids``), method and path."""
+    return f"request {request_id(request)}: {request.method} {request.url.path}"
+
+
+def _bug(request: Request, what: str, exc: Exception) -> JSONResponse:
+    """500 for a bug: logged with its traceback; the body names the request's id, which
+    the log line names too, and nothing of the bug."""
+    log.error("%s (%s)", what, _about(request), exc_info=exc)
+    body = {"error": "internal_error", "message": "internal error"}
+    found = request_id(request)
+    if found is not None:
+        body["request_id"] = found
+    return JSONResponse(body, 500)
+
+
+def _domain(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DomainError)
     status = status_of(exc)
     if status == 500:
         # A domain error with no status is a bug (an unbalanced entry, a broken catalog).
-        log.error("unmapped domain error", exc_info=exc)
-        return JSONResponse({"error": "internal_error", "message": "internal error"}, 500)
+        return _bug(request, "unmapped domain error", exc)
     return JSONResponse(exc.to_dict(), status)
 
 
@@ -157,7 +173,7 @@ def _http(_request: Request, exc: Exception) -> JSONResponse:
     return JSONResponse({"error": code, "message": message}, exc.status_code, headers=exc.headers)
 
 
-def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
+def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     """503: nothing was committed; retry later with the same idempotency key.
 
     Registered for the database's errors themselves (not through ``Exception``), so the
@@ -168,7 +184,7 @@ def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
     if is_lock_timeout(exc):
         # Another transaction held a lock this one needed for longer than the lock
         # timeout (CREDITLEDGER_LOCK_TIMEOUT_SECONDS).
-        log.warning("lock wait timed out: %s", exc)
+        log.warning("lock wait timed out (%s): %s", _about(request), exc)
         body = {
             "error": "database_busy",
             "message": "a lock this request needs was held by another transaction for "
@@ -177,7 +193,7 @@ def _unavailable(_request: Request, exc: Exception) -> JSONResponse:
     else:
         # The database is unreachable, overloaded or cut off: a line per request (during
         # an outage, a traceback each would bury the log), the driver's own words.
-        log.warning("database unavailable: %s", first_line(exc))
+        log.warning("database unavailable (%s): %s", _about(request), first_line(exc))
         body = {"error": "database_unavailable", "message": "the database is unavailable; retry"}
     return JSONResponse(body, 503, headers={"Retry-After": "1"})
 
@@ -187,8 +203,7 @@ def _internal(request: Request, exc: Exception) -> JSONResponse:
     # its own that is not all unavailability (InternalError, for an ended session).
     if is_unavailable(exc):
         return _unavailable(request, exc)
-    log.error("unhandled error", exc_info=exc)
-    return JSONResponse({"error": "internal_error", "message": "internal error"}, 500)
+    return _bug(request, "unhandled error", exc)
 
 
 class Contained:

@@ -11,6 +11,7 @@ from fastapi import FastAPI
 from api import errors
 from api.deps import Services
 from api.metrics import Metrics, MetricsMiddleware
+from api.requestids import RequestIds
 from api.routes import accounts, gateway, meta
 from api.routes import keys as key_routes
 from api.routes import reports as report_routes
@@ -31,6 +32,8 @@ customer pay (`POST /v1/authorizations`: a hold, or **402** with `credits_needed
 
 Amounts are integers of the unit's minor units, with `unit` and `scale` beside them.
 Send `Authorization: Bearer <key>`; mutating requests take an `Idempotency-Key` header.
+Every answer carries `X-Request-ID` (the caller's own, when it sends one), which the
+server's log names for the request.
 """
 
 
@@ -88,6 +91,7 @@ def create_app(
         app.include_router(module.router)
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    app.add_middleware(RequestIds)  # the outermost: every answer carries the request's id
     return app
 
 

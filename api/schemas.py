@@ -402,6 +402,8 @@ class ErrorPublic(BaseModel):
     field: str | None = None
     allowed: Any = None
     errors: list[dict[str, Any]] | None = None
+    #: 500: the request's id (as in its X-Request-ID header and the server's log).
+    request_id: str | None = None
 
 
 class InsufficientCreditsPublic(ErrorPublic):

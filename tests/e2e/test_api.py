@@ -1522,13 +1522,50 @@ def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(
         assert r.json()["error"] == error
         assert "boom" not in r.text
         # The log: a line for a database that is away (an outage would bury a log in
-        # tracebacks), the traceback for a bug.
+        # tracebacks), the traceback for a bug; each names the request, by the id its
+        # answer carries.
+        made = r.headers["x-request-id"]
         [logged] = [rec for rec in caplog.records if rec.name == "creditledger.api"]
+        about = f"request {made}: POST /v1/authorizations"
         if status == 503:
             assert (logged.levelno, logged.exc_info) == (logging.WARNING, None)
-            assert logged.getMessage().startswith("database unavailable: ")
+            assert logged.getMessage().startswith(f"database unavailable ({about}): ")
             assert "\n" not in logged.getMessage()
         else:
             assert logged.levelno == logging.ERROR
             assert logged.exc_info is not None
+            assert logged.getMessage() == f"unhandled error ({about})"
+            assert r.json()["request_id"] == made
     assert api.balance(user)["pending"] == 0
+
+
+def test_every_answer_carries_the_requests_id_the_gateways_own_when_it_sends_one(
+    api: Api,
+) -> None:
+    """``X-Request-ID``: the gateway's own (one printable ASCII value of at most 200
+    characters) comes back as sent; otherwise each answer has a new one. Whatever answers:
+    a route, a refusal before any route (413, 404 of no route), or a bug."""
+    user = api.wallet("traced", "credit", topup=500)
+    ids = set()
+    sent: str | bytes | None
+    for sent in (None, "", "has space", "x" * 201, "é".encode()):
+        headers = {} if sent is None else {"X-Request-ID": sent}
+        r = api.get("/healthz", headers=headers)
+        made = r.headers["x-request-id"]
+        assert len(made) == 32
+        assert made != sent
+        ids.add(made)
+    assert len(ids) == 5  # each its own
+    own = "gw-7f3a:req/0001"
+    answers = [
+        api.get("/healthz", headers={"X-Request-ID": own}),
+        authorize(api, user, VEO_FAST, headers={"X-Request-ID": own}),
+        api.get("/v1/nowhere", headers={"X-Request-ID": own}),
+        api.call("POST", "/v1/charges", content=b"x" * 70_000, headers={"X-Request-ID": own}),
+        api.get("/v1/accounts/traced", as_key=None, headers={"X-Request-ID": own}),
+    ]
+    assert [r.status_code for r in answers] == [200, 201, 404, 413, 401]
+    assert all(r.headers.get_list("x-request-id") == [own] for r in answers)
+    # Sent twice: neither is taken for the request's.
+    r = api.client.get("/healthz", headers=[("X-Request-ID", own), ("X-Request-ID", "other")])
+    assert r.headers["x-request-id"] not in (own, "other")

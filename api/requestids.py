@@ -1,0 +1,62 @@
+"""A request id on every answer, for finding a request in the server's log.
+
+A gateway that sends its own ``X-Request-ID`` (one value: printable ASCII, no spaces, at
+most 200 characters) gets it back; otherwise the server makes one. Either way the
+response carries it in ``X-Request-ID``, and the server's log lines about the request (a
+bug's traceback, the database unavailable, a lock wait run out) name it, as does the
+body of a 500: what a caller quotes when it reports a failure.
+"""
+
+from __future__ import annotations
+
+import re
+
+from starlette.requests import HTTPConnection
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from ledger.ids import random_hex
+
+HEADER = "X-Request-ID"
+_NAME = HEADER.lower().encode("latin-1")
+#: Where the request's id is kept, in the ASGI scope.
+SCOPE_KEY = "creditledger.request_id"
+_GIVEN = re.compile(rb"[\x21-\x7e]{1,200}")
+
+
+def request_id(connection: HTTPConnection | Scope) -> str | None:
+    """The id of the request (``RequestIds``), or None outside one."""
+    scope = connection.scope if isinstance(connection, HTTPConnection) else connection
+    found: str | None = scope.get(SCOPE_KEY)
+    return found
+
+
+def _given(scope: Scope) -> bytes | None:
+    """The caller's own id: its one ``X-Request-ID`` header, if that is well formed."""
+    values: list[bytes] = [value for name, value in scope["headers"] if name == _NAME]
+    if len(values) == 1 and _GIVEN.fullmatch(values[0]):
+        return values[0]
+    return None
+
+
+class RequestIds:
+    """Gives each HTTP request its id (the caller's, or a new one) and every response
+    the ``X-Request-ID`` header. The outermost middleware: whatever answers, the answer
+    carries it."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = _given(scope)
+        raw = given if given is not None else random_hex(16).encode("ascii")
+        scope[SCOPE_KEY] = raw.decode("ascii")
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (_NAME, raw)]
+            await send(message)
+
+        await self.app(scope, receive, sending)
