@@ -23,10 +23,9 @@ SCOPE_KEY = "creditledger.request_id"
 _GIVEN = re.compile(rb"[\x21-\x7e]{1,200}")
 
 
-def request_id(connection: HTTPConnection | Scope) -> str | None:
+def request_id(connection: HTTPConnection) -> str | None:
     """The id of the request (``RequestIds``), or None outside one."""
-    scope = connection.scope if isinstance(connection, HTTPConnection) else connection
-    found: str | None = scope.get(SCOPE_KEY)
+    found: str | None = connection.scope.get(SCOPE_KEY)
     return found
 
 
