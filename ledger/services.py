@@ -2608,10 +2608,20 @@ class Ledger:
 
     def balance(self, account_id: str, *, as_of: datetime | None = None) -> BalanceView:
         """Balances now, or at ``as_of`` (answered in UTC): what was posted by then, the
-        holds open then, and the overdraft limit in force then."""
+        holds open then, and the overdraft limit in force then. A later instant than now
+        is refused: what will be posted, held or expired by then is not known yet, and
+        today's figures labelled with a future instant would pass for a forecast."""
         as_of = aware_instant(as_of, "as_of")
         if as_of is not None:
             as_of = as_of.astimezone(UTC)
+            now = self._now()
+            if as_of > now:
+                latest = now.isoformat().replace("+00:00", "Z")
+                raise InvalidInput(
+                    f"as_of must not be later than now ({latest}); omit it for the balances now",
+                    field="as_of",
+                    allowed={"max": latest},
+                )
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
             if as_of is None:

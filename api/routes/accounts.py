@@ -173,7 +173,9 @@ async def read_balance(
     services: ServicesDep,
     as_of: Annotated[
         Instant | None,
-        Query(description="An ISO 8601 instant with its timezone; omitted: now."),
+        Query(
+            description="An ISO 8601 instant with its timezone, not later than now; omitted: now."
+        ),
     ] = None,
 ) -> BalancePublic:
     """The wallet's balance, pending and available now, or at a past instant (``as_of``):

@@ -428,9 +428,13 @@ def test_the_balance_at_any_past_instant_is_what_the_wallet_showed_then(
     now = api.get(f"/v1/accounts/{user}/balance", as_key="service").json()
     assert now["as_of"] is None
     assert now["available"] == api.balance(user)["available"]
-    for bad in ("2026-11-21T12:00:00", "yesterday", "9999-12-31T23:59:59-05:00"):
+    later = (clock.now + timedelta(microseconds=1)).isoformat()
+    for bad in ("2026-11-21T12:00:00", "yesterday", "9999-12-31T23:59:59-05:00", later):
         r = api.get(f"/v1/accounts/{user}/balance", params={"as_of": bad})
         assert (r.status_code, r.json()["field"]) == (422, "as_of"), r.text
+    # Later than the server's now: refused (not yet known), naming the latest it answers.
+    assert r.json()["allowed"] == {"max": clock.now.isoformat().replace("+00:00", "Z")}
+    assert r.json()["message"].startswith("as_of must not be later than now"), r.text
 
 
 def test_a_wallets_usage_by_day_and_model_is_cut_in_its_timezone(api: Api, clock: Clock) -> None:

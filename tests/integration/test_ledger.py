@@ -828,7 +828,15 @@ def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> N
     latest = datetime.max.replace(tzinfo=UTC)
     ledger.top_up(user, 5, idempotency_key=key(), expires_at=latest)
     assert latest in [g.expires_at for g in ledger.account(user).grants]
-    assert ledger.balance(user, as_of=latest).balance == 10 + 20 + 30 + 40 + 50 + 60 + 70 + 5
+    assert ledger.balance(user, as_of=clock.now).balance == 10 + 20 + 30 + 40 + 50 + 60 + 70 + 5
+    # Later than now: not known yet (the 5 expire at the end of time, the 70 may be spent).
+    for later in (clock.now + timedelta(microseconds=1), latest):
+        with pytest.raises(InvalidInput) as info:
+            ledger.balance(user, as_of=later)
+        assert (info.value.field, info.value.allowed) == (
+            "as_of",
+            {"max": clock.now.isoformat().replace("+00:00", "Z")},
+        )
 
 
 def test_usage_reads_video_seconds_exactly(ledger: Ledger, clock: Clock) -> None:
