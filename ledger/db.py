@@ -604,12 +604,32 @@ class Database:
             group.finish(failure)
 
     @contextmanager
-    def snapshot(self) -> Iterator[Connection]:
+    def snapshot(self, *, idle: float | None = None) -> Iterator[Connection]:
         """A read-only transaction that sees one consistent state of the whole database
-        (PostgreSQL: REPEATABLE READ; SQLite: a read transaction is one snapshot)."""
+        (PostgreSQL: REPEATABLE READ; SQLite: a read transaction is one snapshot).
+
+        ``idle`` (PostgreSQL): how long the snapshot may wait between its statements when
+        that is longer than the session's idle-in-transaction limit, for a reader that
+        works between its reads (a report job reconciles and renders each batch of
+        wallets before it reads the next). That limit is there to free the locks of a
+        client that died or hung; a snapshot holds none, and ending it would throw its
+        work away. A session without a limit keeps none; the next transaction on the
+        connection has the session's limit again (``SET LOCAL``).
+        """
         with self.transaction(write=False) as conn:
             if not self.is_sqlite:
                 conn.exec_driver_sql("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+                if idle is not None:
+                    # The session's limit as in force (the URL's options or the role's
+                    # own setting may have replaced the configured one), in milliseconds.
+                    conn.execute(
+                        sa.text(
+                            "SELECT set_config(name, CAST(:ms AS text), true) FROM pg_settings "
+                            "WHERE name = 'idle_in_transaction_session_timeout' "
+                            "AND setting::bigint BETWEEN 1 AND :ms - 1"
+                        ),
+                        {"ms": max(1, round(idle * 1000))},
+                    )
             yield conn
 
     @contextmanager

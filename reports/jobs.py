@@ -453,7 +453,9 @@ class Reports:
         mismatches: list[Mismatch] = []
         beyond: list[str] = []
         wallets = 0
-        with self.db.snapshot() as conn:
+        # Its work between reads may take longer than the idle-in-transaction limit;
+        # past the lease, the job is another worker's anyway.
+        with self.db.snapshot(idle=self.lease.total_seconds()) as conn:
             if job.account_id is not None:
                 batches: list[list[int] | None] = [None]
                 held = None

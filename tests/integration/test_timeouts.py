@@ -7,6 +7,8 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from datetime import timedelta
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -16,6 +18,8 @@ from ledger.results import HoldView
 from ledger.services import Ledger
 from ledger.verify import verify
 from pricing.catalog import CatalogSet
+from reports import jobs, statement
+from reports.jobs import Reports
 from tests import factories as f
 from tests.factories import Clock, key
 from tests.waits import timed, wallet_locked
@@ -230,3 +234,59 @@ def test_a_postgresql_server_that_never_answers_fails_the_connection_in_time() -
 def test_timeouts_that_make_no_sense_are_refused(timeouts: dict[str, float]) -> None:
     with pytest.raises(ValueError, match="invalid timeouts"):
         Timeouts(**timeouts)  # type: ignore[arg-type]
+
+
+@postgresql_only
+def test_a_report_working_between_its_reads_outlasts_the_idle_in_transaction_timeout(
+    database_url: str, catalogs: CatalogSet, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A statement job holds one snapshot and reconciles and renders each batch of wallets
+    between its reads: with a short idle timeout set, that time must not end its session
+    (a snapshot holds no lock for the timeout to free), while a write transaction left
+    idle is still ended."""
+    # The connection a transaction returned is the next one handed out (LIFO).
+    limited = Timeouts(idle_in_transaction=0.5)
+    db = Database.from_url(database_url, timeouts=limited, pool_use_lifo=True)
+    try:
+        traffic = f.month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
+        monkeypatch.setattr(jobs, "BATCH", 1)
+        build = statement.build
+
+        def slow(*args: Any, **kwargs: Any) -> statement.Statement:
+            time.sleep(1)  # a batch longer to reconcile and render than the idle timeout
+            return build(*args, **kwargs)
+
+        monkeypatch.setattr(statement, "build", slow)
+        reports = Reports(db, clock=clock, lease=timedelta(seconds=60))
+        job, _ = reports.request(traffic.month, "csv")
+        claimed = reports.claim(job.id)
+        assert claimed is not None
+        done = reports.run(claimed)
+        assert (done.status, done.error) == ("succeeded", None)
+        assert reports.output(job.id).content.count(b"\n") > len(traffic.wallets)
+        show = "SELECT pg_backend_pid(), current_setting('idle_in_transaction_session_timeout')"
+        with db.snapshot(idle=60) as conn:
+            pid, idle = conn.exec_driver_sql(show).one()
+        assert idle == "1min"
+        # The longer limit was the snapshot's alone: the connection's next transaction has
+        # the session's again, and a write transaction left idle is still ended.
+        with db.transaction(write=False) as conn:
+            assert tuple(conn.exec_driver_sql(show).one()) == (pid, "500ms")
+
+        def left_idle() -> None:
+            with db.transaction() as conn:
+                conn.exec_driver_sql("SELECT id FROM accounts FOR UPDATE").all()
+                time.sleep(1.5)
+
+        with pytest.raises(sa.exc.DBAPIError, match="idle-in-transaction"):
+            left_idle()
+    finally:
+        db.dispose()
+    # A snapshot gets no limit where the session has none (0), nor a shorter one.
+    for configured, expected in ((0, "0"), (120, "2min")):
+        other = Database.from_url(database_url, timeouts=Timeouts(idle_in_transaction=configured))
+        try:
+            with other.snapshot(idle=60) as conn:
+                assert conn.exec_driver_sql(show).one()[1] == expected
+        finally:
+            other.dispose()
