@@ -27,13 +27,14 @@ from typing import TYPE_CHECKING, Any
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 from sqlalchemy.engine import Connection, Row
-from sqlalchemy.exc import IntegrityError, InterfaceError, OperationalError
+from sqlalchemy.exc import IntegrityError
 
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
 from ledger.ids import new_id
 from ledger.models import WALLET, accounts, report_jobs, report_outputs
 from ledger.services import utcnow, wallet_id
+from ledger.store import is_unavailable
 from ledger.sweeper import Periodic
 from reports.errors import Mismatch, ReconciliationError, ReportNotReady, ReportOverflow
 
@@ -426,11 +427,12 @@ class Reports:
             self._finish(job, summary, stored)
         except _Lost:
             log.warning("report %s was claimed again by another worker; dropping", job.id)
-        except (OperationalError, InterfaceError):
-            # The database went away: the job stays running, and is claimed again once
-            # its lease runs out. Not the report's fault, so not a failure.
-            raise
         except Exception as exc:
+            if is_unavailable(exc):
+                # The database went away or ended the session (one idle past even the
+                # job's lease): the job stays running, and is claimed again once its
+                # lease runs out. Not the report's fault, so not a failure.
+                raise
             log.exception("report %s failed", job.id)
             self._fail(job, f"{type(exc).__name__}: {exc}")
         if progress is not None:

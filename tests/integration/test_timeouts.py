@@ -290,3 +290,38 @@ def test_a_report_working_between_its_reads_outlasts_the_idle_in_transaction_tim
                 assert conn.exec_driver_sql(show).one()[1] == expected
         finally:
             other.dispose()
+
+
+@postgresql_only
+def test_a_report_idle_past_its_lease_too_is_ended_and_claimed_again(
+    database_url: str, catalogs: CatalogSet, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past the job's lease as well, the server ends the snapshot's session: the job is
+    left running for another worker to claim, as when the database goes away, not
+    failed for good."""
+    db = Database.from_url(database_url, timeouts=Timeouts(idle_in_transaction=0.5))
+    try:
+        traffic = f.month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
+        monkeypatch.setattr(jobs, "BATCH", 1)
+        build = statement.build
+
+        def hung(*args: Any, **kwargs: Any) -> statement.Statement:
+            time.sleep(2)  # past both the 0.5 s limit and the 1 s lease
+            return build(*args, **kwargs)
+
+        monkeypatch.setattr(statement, "build", hung)
+        reports = Reports(db, clock=clock, lease=timedelta(seconds=1))
+        job, _ = reports.request(traffic.month, "json")
+        claimed = reports.claim(job.id)
+        assert claimed is not None
+        with pytest.raises(sa.exc.DBAPIError, match="idle-in-transaction"):
+            reports.run(claimed)
+        assert (reports.get(job.id).status, reports.get(job.id).error) == ("running", None)
+        monkeypatch.setattr(statement, "build", build)
+        clock.advance(seconds=2)
+        again = reports.claim()
+        assert again is not None
+        assert (again.id, again.attempts) == (job.id, 2)
+        assert reports.run(again).status == "succeeded"
+    finally:
+        db.dispose()
