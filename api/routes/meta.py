@@ -52,6 +52,13 @@ async def health(services: ServicesDep) -> HealthPublic:
     return HealthPublic(status="ok", database=services.ledger.db.dialect)
 
 
+@router.head("/healthz", include_in_schema=False)
+async def health_head(services: ServicesDep) -> HealthPublic:
+    """The same check for monitors that ask with HEAD (the status and headers of the
+    GET, no body)."""
+    return await health(services)
+
+
 @router.get("/metrics", include_in_schema=False)
 async def metrics(services: ServicesDep) -> Response:
     """Prometheus text format (no key needed: scrape it from the private network)."""

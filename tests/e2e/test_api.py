@@ -1484,6 +1484,30 @@ def test_a_body_refused_unread_for_its_key_is_not_taken_for_the_next_request(api
     assert api.balance(user)["pending"] == 0
 
 
+def test_health_answers_head_as_monitors_ask_it(api: Api) -> None:
+    """Uptime monitors check with HEAD: the GET's status and headers, no body (the next
+    answer on the connection starts right after the headers), and GET still works."""
+    head = b"HEAD /healthz HTTP/1.1\r\nHost: ledger\r\n\r\n"
+    with _uvicorn(api) as address, socket.create_connection(address, timeout=10) as conn:
+        conn.sendall(head + b"GET /healthz HTTP/1.1\r\nHost: ledger\r\n\r\n")
+        data = b""
+        while data.count(b"\r\n\r\n") < 2 or not data.endswith(b"}"):
+            chunk = conn.recv(65536)
+            assert chunk, data
+            data += chunk
+    first, second = data.split(b"HTTP/1.1 ")[1:]
+    assert first.startswith(b"200 OK\r\n"), data
+    assert first.endswith(b"\r\n\r\n"), data  # the headers alone
+    assert second.startswith(b"200 OK\r\n"), data
+    assert second.endswith(b'{"status":"ok","database":"' + api.ledger.db.dialect.encode() + b'"}')
+    length = second.lower().split(b"content-length: ")[1].split(b"\r\n")[0]
+    assert b"content-length: " + length + b"\r\n" in first.lower()
+    assert b"content-type: application/json" in first.lower()
+    # Still not a route of the API's description, and other GET routes keep to GET.
+    assert "head" not in api.app.openapi()["paths"]["/healthz"]
+    assert api.client.head("/v1/catalogs").status_code == 405
+
+
 def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(
     api: Api, caplog: pytest.LogCaptureFixture
 ) -> None:
