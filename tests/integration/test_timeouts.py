@@ -236,6 +236,19 @@ def test_timeouts_that_make_no_sense_are_refused(timeouts: dict[str, float]) -> 
         Timeouts(**timeouts)  # type: ignore[arg-type]
 
 
+def _batches_taking(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
+    """Report jobs read one wallet per batch, and reconcile and render each for
+    ``seconds`` (sleeping) before reading the next."""
+    monkeypatch.setattr(jobs, "BATCH", 1)
+    build = statement.build
+
+    def slow(*args: Any, **kwargs: Any) -> statement.Statement:
+        time.sleep(seconds)
+        return build(*args, **kwargs)
+
+    monkeypatch.setattr(statement, "build", slow)
+
+
 @postgresql_only
 def test_a_report_working_between_its_reads_outlasts_the_idle_in_transaction_timeout(
     database_url: str, catalogs: CatalogSet, clock: Clock, monkeypatch: pytest.MonkeyPatch
@@ -249,14 +262,7 @@ def test_a_report_working_between_its_reads_outlasts_the_idle_in_transaction_tim
     db = Database.from_url(database_url, timeouts=limited, pool_use_lifo=True)
     try:
         traffic = f.month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
-        monkeypatch.setattr(jobs, "BATCH", 1)
-        build = statement.build
-
-        def slow(*args: Any, **kwargs: Any) -> statement.Statement:
-            time.sleep(1)  # a batch longer to reconcile and render than the idle timeout
-            return build(*args, **kwargs)
-
-        monkeypatch.setattr(statement, "build", slow)
+        _batches_taking(monkeypatch, 1)  # longer than the idle timeout
         reports = Reports(db, clock=clock, lease=timedelta(seconds=60))
         job, _ = reports.request(traffic.month, "csv")
         claimed = reports.claim(job.id)
@@ -302,14 +308,7 @@ def test_a_report_idle_past_its_lease_too_is_ended_and_claimed_again(
     db = Database.from_url(database_url, timeouts=Timeouts(idle_in_transaction=0.5))
     try:
         traffic = f.month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
-        monkeypatch.setattr(jobs, "BATCH", 1)
-        build = statement.build
-
-        def hung(*args: Any, **kwargs: Any) -> statement.Statement:
-            time.sleep(2)  # past both the 0.5 s limit and the 1 s lease
-            return build(*args, **kwargs)
-
-        monkeypatch.setattr(statement, "build", hung)
+        _batches_taking(monkeypatch, 2)  # past both the 0.5 s limit and the 1 s lease
         reports = Reports(db, clock=clock, lease=timedelta(seconds=1))
         job, _ = reports.request(traffic.month, "json")
         claimed = reports.claim(job.id)
@@ -317,7 +316,7 @@ def test_a_report_idle_past_its_lease_too_is_ended_and_claimed_again(
         with pytest.raises(sa.exc.DBAPIError, match="idle-in-transaction"):
             reports.run(claimed)
         assert (reports.get(job.id).status, reports.get(job.id).error) == ("running", None)
-        monkeypatch.setattr(statement, "build", build)
+        monkeypatch.undo()
         clock.advance(seconds=2)
         again = reports.claim()
         assert again is not None
