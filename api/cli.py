@@ -1160,6 +1160,21 @@ def _already_done(done: list[dict[str, Any]]) -> str:
     return f" ({again} of them done by an earlier run, not again)" if again else ""
 
 
+def _warn_unkeyed(lines: list[int]) -> None:
+    """Warn (on stderr) of usage lines without a request_id: their idempotency key is the
+    batch's (by default the file's hash), so the same usage in a grown log or another
+    file would be charged again."""
+    if not lines:
+        return
+    shown = ", ".join(map(str, lines[:10])) + (", ..." if len(lines) > 10 else "")
+    typer.echo(
+        f"warning: {len(lines)} line(s) without a request_id (line {shown}) are recognised "
+        "only as lines of this file: the same usage imported again from a log that grew or "
+        "another file would be charged again. Give every line a request_id.",
+        err=True,
+    )
+
+
 @app.command("usage-import")
 def usage_import_command(
     file: Annotated[
@@ -1181,7 +1196,9 @@ def usage_import_command(
     written (exit 2, every problem listed with its line). Then each line is charged with
     its request_id as idempotency key (without one: the batch id and its line), so a run
     cut short is finished by running the same file again, and a log that grew since is
-    imported again charging only its new lines: no line is charged twice.
+    imported again charging only its new lines: no line is charged twice. A line without
+    a request_id is recognised only in the same file (a warning names such lines): give
+    every line one.
     """
     text = _batch_text(file, batch_id)
     rows, problems = read_usage(text)
@@ -1203,6 +1220,7 @@ def usage_import_command(
             units[row.line] = (charge.unit, charge.amount)
         _refuse_problems(problems, file)
         batch = batch_id or default_batch_id(text)
+        _warn_unkeyed([row.line for row in rows if row.request_id is None])
         done: list[dict[str, Any]] = []
         for row in [] if check else rows:
             try:

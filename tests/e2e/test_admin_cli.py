@@ -561,6 +561,8 @@ def test_usage_import_charges_each_line_once_even_run_again(
     checked = run("usage-import", str(log), "--check", env=env)
     assert checked.returncode == 0, checked.stderr
     assert "would charge 3 line(s): 480 credit" in checked.stdout
+    # Told before anything is charged: lines 2 and 4 are keyed by this file alone.
+    assert "warning: 2 line(s) without a request_id (line 2, 4)" in checked.stderr
     assert _balances(env, "acme", "zeta") == [300, 0]
     first = run("usage-import", str(log), "--json", env=env)
     assert first.returncode == 0, first.stderr
@@ -607,6 +609,7 @@ def test_usage_import_charges_a_request_once_across_files_by_its_request_id(
     )
     grown = run("usage-import", str(log), "--json", env=env)
     assert grown.returncode == 0, grown.stderr
+    assert "warning" not in grown.stderr  # every line has its request_id
     assert [d["debt"] for d in json.loads(grown.stdout)["done"]] == [240, 480]
     assert _balances(env, "acme") == [-480]
     # A request reported again with another body is a conflict, not a second charge.

@@ -6,6 +6,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 
+import pytest
+
 from api.batch import Row, UsageRow, default_batch_id, read_rows, read_usage
 
 
@@ -120,3 +122,17 @@ def test_every_usage_line_problem_is_named_with_its_line_and_field() -> None:
         (8, "status"),
     ]
     assert problems[-2].message == "given 2 times: give it once"
+
+
+def test_the_warning_of_usage_lines_without_a_request_id_names_the_first_ten(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from api.cli import _warn_unkeyed
+
+    _warn_unkeyed([])
+    assert capsys.readouterr() == ("", "")
+    _warn_unkeyed(list(range(3, 15)))
+    out, err = capsys.readouterr()
+    assert out == ""
+    assert err.startswith("warning: 12 line(s) without a request_id (line 3, 4, 5, 6, 7, 8, ")
+    assert "11, 12, ...) are recognised only as lines of this file" in err
