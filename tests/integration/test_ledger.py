@@ -478,13 +478,24 @@ def test_spending_burns_priority_then_soonest_expiry_then_oldest(
 ) -> None:
     user = wallet(ledger)
     soon, later = clock.now + timedelta(days=2), clock.now + timedelta(days=20)
-    ledger.top_up(user, 100, idempotency_key=key(), reference="a")
-    ledger.top_up(user, 100, idempotency_key=key(), expires_at=later, reference="b")
-    ledger.top_up(user, 100, idempotency_key=key(), expires_at=soon, reference="c")
-    ledger.top_up(user, 100, idempotency_key=key(), priority=-1, reference="d")
+    # Each grant an hour younger than the one before: age alone would burn them in the
+    # order made, a, b, c, e, f, and priority and expiry must override it.
+    for reference, amount, terms in (
+        ("a", 100, {}),
+        ("b", 100, {"expires_at": later}),
+        ("c", 100, {"expires_at": soon}),
+        ("d", 100, {"priority": -1}),
+        ("e", 200, {"expires_at": later}),
+        ("f", 200, {"expires_at": later}),
+    ):
+        ledger.top_up(user, amount, idempotency_key=key(), reference=reference, **terms)
+        clock.advance(hours=1)
     ledger.charge(user, VEO_FAST, idempotency_key=key())  # 240: d, then c, then 40 of b
     remaining = {g.reference: g.remaining for g in ledger.grants_of(user)}
-    assert remaining == {"d": 0, "c": 0, "b": 60, "a": 100}
+    assert remaining == {"d": 0, "c": 0, "b": 60, "e": 200, "f": 200, "a": 100}
+    ledger.charge(user, VEO_FAST, idempotency_key=key())  # 240: b, then 180 of e (older)
+    remaining = {g.reference: g.remaining for g in ledger.grants_of(user)}
+    assert remaining == {"d": 0, "c": 0, "b": 0, "e": 20, "f": 200, "a": 100}
 
 
 def test_expired_credits_move_to_the_expired_account(ledger: Ledger, clock: Clock) -> None:
