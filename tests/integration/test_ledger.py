@@ -521,7 +521,7 @@ def test_expired_credits_move_to_the_expired_account(ledger: Ledger, clock: Cloc
 def test_expired_credits_cannot_be_spent_before_the_sweeper(ledger: Ledger, clock: Clock) -> None:
     user = wallet(ledger)
     ledger.top_up(user, 500, idempotency_key=key(), expires_at=clock.now + timedelta(hours=1))
-    clock.advance(hours=2)
+    clock.advance(hours=1)  # the very instant it expires: gone
     with pytest.raises(InsufficientCredits):
         ledger.authorize(user, VEO_FAST, idempotency_key=key())
     # The rejected authorization rolled back; the sweeper still finds the grant due.
@@ -538,6 +538,48 @@ def test_reversing_a_top_up_takes_back_its_credits(ledger: Ledger) -> None:
     back = ledger.reverse(top.entry.id, reason="chargeback", idempotency_key=key())
     assert back.balance.balance == 60
     assert sum(g.remaining for g in ledger.grants_of(user)) == 60
+
+
+def test_reversing_a_top_up_takes_back_its_own_grant_first(ledger: Ledger, clock: Clock) -> None:
+    user = wallet(ledger)
+    pack = ledger.top_up(user, 300, idempotency_key=key(), reference="pack")
+    ledger.top_up(
+        user, 300, idempotency_key=key(), kind="promo", expires_at=clock.now + timedelta(days=10)
+    )
+    ledger.charge(user, VEO_FAST, idempotency_key=key())  # 240 of the promo (expires first)
+    ledger.reverse(pack.entry.id, reason="chargeback", idempotency_key=key())
+    # Burn order would have taken the promo's 60 first and left 60 of the pack.
+    assert {g.kind: g.remaining for g in ledger.grants_of(user)} == {"pack": 0, "promo": 60}
+
+
+def test_a_refund_refills_the_grants_its_charge_burned_unless_they_expired_since(
+    ledger: Ledger, clock: Clock
+) -> None:
+    user = wallet(ledger)
+    week = clock.now + timedelta(days=7)
+    ledger.top_up(user, 100, idempotency_key=key(), kind="promo", expires_at=week)
+    ledger.top_up(user, 200, idempotency_key=key(), reference="pack")
+    first = ledger.charge(user, VEO_FAST, idempotency_key=key())  # promo 100, pack 140
+    assert first.entry_id is not None
+    ledger.reverse(first.entry_id, reason="provider refund", idempotency_key=key())
+    # Back where each credit came from, with its expiry: no new grant.
+    grants = ledger.grants_of(user)
+    assert sorted((g.kind, g.remaining, g.expires_at) for g in grants) == [
+        ("pack", 200, None),
+        ("promo", 100, week),
+    ]
+    second = ledger.charge(user, VEO_FAST, idempotency_key=key())  # promo 100, pack 140 again
+    assert second.entry_id is not None
+    clock.advance(days=8)  # the promo expired (with nothing left in it)
+    assert ledger.expire_grants() == 0
+    refund = ledger.reverse(second.entry_id, reason="late refund", idempotency_key=key())
+    assert refund.balance.balance == 300
+    # The pack is refilled; the promo's 100 come back in a grant of their own, not into
+    # credits that expired.
+    by_kind = {g.kind: g for g in ledger.grants_of(user)}
+    assert (by_kind["pack"].remaining, by_kind["promo"].remaining) == (200, 0)
+    assert by_kind["adjustment"].remaining == 100
+    assert by_kind["adjustment"].reference == f"reversal of {second.entry_id}"
 
 
 def test_monthly_allocation_is_granted_once_per_period_in_the_account_timezone(
