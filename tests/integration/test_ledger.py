@@ -349,7 +349,8 @@ def test_capture_above_the_hold_charges_overage_and_records_debt(ledger: Ledger)
         usage={"input_tokens": 1_500, "output_tokens": 100},
         idempotency_key=key(),
     )
-    assert (done.charged, done.overage, done.credits_remaining) == (1_600, 1_600 - 109, -400)
+    assert (done.charged, done.released, done.overage) == (1_600, 0, 1_600 - 109)
+    assert done.credits_remaining == -400
     view = ledger.balance(bucket)
     assert (view.balance, view.debt) == (-400, 400)
     with pytest.raises(InsufficientCredits):
@@ -408,6 +409,13 @@ def test_rejected_operations_change_nothing(ledger: Ledger) -> None:
             lambda: ledger.authorize(user, f.veo3_video(aspect_ratio="4:3"), idempotency_key=key()),
         ),
         (InvalidInput, lambda: ledger.authorize(user, f.text(), idempotency_key=key())),  # tokens
+        *(
+            (
+                InvalidInput,
+                lambda ttl=ttl: ledger.authorize(user, VEO_FAST, ttl=ttl, idempotency_key=key()),
+            )
+            for ttl in (timedelta(0), timedelta(milliseconds=999), timedelta(days=7, seconds=1))
+        ),
         (
             InvalidUsage,
             lambda: ledger.capture(
