@@ -616,6 +616,26 @@ def test_monthly_allocation_is_granted_once_per_period_in_the_account_timezone(
     assert made == [("allocation", "system"), ("expiry", "system"), ("allocation", "system")]
 
 
+def test_the_roll_over_takes_back_only_the_allocations_it_granted(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """An admin's top-up of kind ``allocation`` is credits on the terms it was given (its
+    own expiry, none here): the next period's roll-over expires the period's automatic
+    allocation, not it."""
+    clock.now = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
+    user = wallet(ledger, "mixed", "token", monthly_allocation=1_000)
+    assert ledger.roll_allocations() == 1
+    ledger.top_up(user, 300, kind="allocation", idempotency_key=key(), reference="by hand")
+    clock.now = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
+    assert ledger.roll_allocations() == 1
+    view = ledger.account(user)
+    assert view.balance == 1_300
+    assert sorted((g.reference or "", g.period or "", g.remaining) for g in view.grants) == [
+        ("", "2026-11", 1_000),
+        ("by hand", "", 300),
+    ]
+
+
 def test_an_actor_longer_than_its_column_is_refused_before_anything_is_written(
     ledger: Ledger,
 ) -> None:
