@@ -1428,8 +1428,9 @@ class Ledger:
             {"account_id": wallet.id, "first": first, "after": after, "start": start},
         )
         assert row is not None
-        # Never below zero: a wallet whose timezone changed this month may have a refund
-        # here whose charge the rollup put on a day of another month.
+        # A guard: it cannot go below zero, as a refund counts only where its charge does
+        # (the rollup's local days and the period's instants are of the wallet's one
+        # timezone, fixed at opening).
         return max(0, int(row[0])), end
 
     def _spend_room(self, conn: Connection, wallet: _Wallet, now: datetime) -> tuple[int, datetime]:
