@@ -77,6 +77,21 @@ def test_text_quote_is_ceil_of_estimated_input_plus_max_tokens(catalogs: Catalog
     assert quote.cost == quote.max_cost == (input_tokens + 500) * 4
 
 
+def test_a_conversation_reserves_each_messages_bytes_and_framing(catalogs: CatalogSet) -> None:
+    messages = [
+        {"role": "user", "content": "Hello"},
+        {"role": "assistant", "content": "Hi!"},
+        {"role": "user", "content": "Describe a mug \u2615"},  # the cup is 3 UTF-8 bytes
+    ]
+    quote = estimate(
+        f.request("cosmic", "text", messages=messages, model="gpt-5-nano", max_tokens=10),
+        catalogs=catalogs,
+    )
+    input_tokens = (5 + 4) + (3 + 4) + (18 + 4) + 3  # each: bytes + framing; reply primer
+    assert quote.estimated_usage == {"input_tokens": input_tokens, "output_tokens": 10}
+    assert quote.max_cost == input_tokens + 10
+
+
 @pytest.mark.parametrize(
     ("model", "size", "tokens"),
     [
