@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pricing import estimate, load_catalogs
+from pricing import estimate, load_catalogs, price_usage
 from pricing.catalog import describe
-from pricing.errors import CatalogError, NotBillable
+from pricing.errors import CatalogError, InvalidUsage, NotBillable
 from tests import factories as f
 
 MINIMAL = """
@@ -210,6 +210,24 @@ def test_agentic_video_candidates_are_full_renders(tmp_path: Path) -> None:
     catalogs = load_catalogs([tmp_path])
     req = f.fal_video(enable_agentic_generation=True, num_frames=24, fps=24)  # 2 x 2 renders of 1 s
     assert estimate(req, catalogs=catalogs).max_cost == 4 * 20_000
+
+
+def test_a_video_is_charged_for_the_frames_it_rendered_never_more_than_asked(
+    tmp_path: Path,
+) -> None:
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    catalogs = load_catalogs([tmp_path])
+    req = f.fal_video(num_frames=48, fps=24)  # 2 s at 480p, 20,000 a second
+    assert price_usage(req, {}, "COMPLETED", catalogs=catalogs).amount == 40_000
+    assert price_usage(req, {"num_frames": 12}, "COMPLETED", catalogs=catalogs).amount == 10_000
+    with pytest.raises(InvalidUsage) as refused:
+        price_usage(req, {"num_frames": 49}, "COMPLETED", catalogs=catalogs)
+    assert (refused.value.field, refused.value.allowed) == (
+        "usage.num_frames",
+        {"min": 0, "max": 48},
+    )
 
 
 def test_non_terminating_seconds_round_up_once(tmp_path: Path) -> None:
