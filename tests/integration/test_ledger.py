@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -25,6 +26,8 @@ from ledger.errors import (
 )
 from ledger.models import accounts, daily, idempotency
 from ledger.services import Ledger
+from ledger.verify import verify
+from pricing import load_catalogs
 from pricing.errors import InvalidParameter, InvalidUsage
 from tests import factories as f
 from tests.factories import Clock, key
@@ -333,6 +336,35 @@ def test_the_hold_sweeper_reads_a_listed_hold_again_under_its_lock(
 
 
 # ------------------------------------------------------------------------- holds
+
+
+def test_a_capture_is_priced_by_the_catalog_version_its_hold_was_quoted_with(
+    db: Database, clock: Clock, tmp_path: Path
+) -> None:
+    """A new price list takes effect while a request runs: its capture pays the price it
+    was authorized at, and the next request the new one."""
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    f.write_catalog(
+        tmp_path,
+        "fal-2.toml",
+        f.FAL_PRICES.format(effective_from="2026-06-01T00:00:00Z")
+        .replace('id = "operator-1"', 'id = "operator-2"')
+        .replace('"480p" = 0.02', '"480p" = 0.03'),
+    )
+    clock.now = datetime(2026, 5, 31, 23, 55, tzinfo=UTC)
+    ledger = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    user = wallet(ledger, "studio", "usd")
+    ledger.top_up(user, 1_000_000, idempotency_key=key())
+    hold = ledger.authorize(user, f.fal_video(), idempotency_key=key())
+    assert (hold.catalog_version, hold.held) == ("operator-1", 157_500)  # $0.02 x 189/24 s
+    clock.advance(minutes=10)  # operator-2 is in force now: $0.03 a second
+    done = ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    assert (done.charged, done.charge["catalog_version"]) == (157_500, "operator-1")
+    later = ledger.authorize(user, f.fal_video(), idempotency_key=key())
+    assert (later.catalog_version, later.held) == ("operator-2", 236_250)
+    assert verify(db) == []
 
 
 def test_capture_above_the_hold_charges_overage_and_records_debt(ledger: Ledger) -> None:
