@@ -15,7 +15,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger.keys import Keys
+from api.deps import scoped_key
+from ledger.keys import Keys, Principal
 from ledger.models import api_keys
 from tests import factories as f
 from tests.e2e.conftest import Api
@@ -322,3 +323,20 @@ def test_a_request_without_a_valid_key_is_401_whatever_else_is_wrong_with_it(
             assert r.status_code == status, (flaw, method, url, key, r.text)
             assert r.json()["error"] == ("unauthorized" if status == 401 else "forbidden")
     assert api.ledger.balance("target") == before
+
+
+def test_idempotency_keys_are_scoped_to_the_operator_or_to_one_customers_wallet() -> None:
+    """Admin and service keys share the operator's scope (a gateway that rotates its key
+    still deduplicates its retries); a customer key's scope is its own wallet, so no
+    customer can replay, or collide with, another tenant's answer. (No route lets a
+    customer key mutate today: this is the guard for the first that does.)"""
+    admin, service = Principal("k1", "admin"), Principal("k2", "service")
+    alice, alice_again = Principal("k3", "customer", "alice"), Principal("k4", "customer", "alice")
+    bob = Principal("k5", "customer", "bob")
+    assert scoped_key(admin, "req-1") == scoped_key(service, "req-1")
+    assert scoped_key(alice, "req-1") == scoped_key(alice_again, "req-1")
+    scopes = {scoped_key(who, "req-1") for who in (admin, alice, bob)}
+    assert len(scopes) == 3
+    assert all(scope.endswith(":req-1") for scope in scopes)
+    # Without a key every request is its own.
+    assert scoped_key(admin, None) != scoped_key(admin, None)
