@@ -227,7 +227,7 @@ def test_a_hold_kept_alive_while_the_provider_works_is_captured_after_its_first_
     week = authorize(api, user, {**VEO_FAST, "ttl_seconds": 6 * 24 * 3600 + 60}).json()
     clock.advance(days=6)
     path = f"/v1/authorizations/{week['id']}/extend"
-    r = api.post(path, {"ttl_seconds": 6 * 24 * 3600}, idempotency_key="w-1")
+    r = api.post(path, {"ttl_seconds": 24 * 3600 + 1}, idempotency_key="w-1")
     assert (r.status_code, r.json()["field"], r.json()["allowed"]["max"]) == (
         422,
         "ttl_seconds",
@@ -236,6 +236,10 @@ def test_a_hold_kept_alive_while_the_provider_works_is_captured_after_its_first_
     r = api.post(path, {"ttl_seconds": 3600}, idempotency_key="w-2")
     assert r.status_code == 200, r.text
     assert api.post(path, {"ttl_seconds": 3600}, idempotency_key="w-2").json() == r.json()
+    r = api.post(path, {"ttl_seconds": 24 * 3600}, idempotency_key="w-3")  # to the last second
+    assert r.status_code == 200, r.text
+    created = datetime.fromisoformat(week["created_at"])
+    assert datetime.fromisoformat(r.json()["expires_at"]) == created + timedelta(days=7)
 
 
 # ------------------------------------------------------------------------------ endpoints

@@ -428,7 +428,7 @@ def test_overdraft_limit_extends_available(ledger: Ledger) -> None:
     assert (view.balance, view.available, view.debt) == (-240, 60, 0)
 
 
-def test_rejected_operations_change_nothing(ledger: Ledger) -> None:
+def test_rejected_operations_change_nothing(ledger: Ledger, clock: Clock) -> None:
     user = wallet(ledger)
     ledger.top_up(user, 300, idempotency_key=key())
     hold = ledger.authorize(user, VEO_FAST, idempotency_key=key())
@@ -463,6 +463,10 @@ def test_rejected_operations_change_nothing(ledger: Ledger) -> None:
         (InvalidInput, lambda: ledger.top_up(user, 10.5, idempotency_key=key())),  # type: ignore[arg-type]
         (InvalidInput, lambda: ledger.top_up(user, True, idempotency_key=key())),
         (InvalidInput, lambda: ledger.top_up(user, 5, kind="gift", idempotency_key=key())),
+        (  # credits that expire the instant they arrive
+            InvalidInput,
+            lambda: ledger.top_up(user, 5, expires_at=clock.now, idempotency_key=key()),
+        ),
         (InvalidInput, lambda: ledger.top_up(user, 5, idempotency_key="")),
         (InvalidInput, lambda: ledger.adjust(user, 0, reason="x", idempotency_key=key())),
         (NotFound, lambda: ledger.top_up("ghost", 5, idempotency_key=key())),
