@@ -544,9 +544,14 @@ def test_spending_burns_priority_then_soonest_expiry_then_oldest(
 
 def test_expired_credits_move_to_the_expired_account(ledger: Ledger, clock: Clock) -> None:
     user = wallet(ledger)
-    ledger.top_up(
+    promo = ledger.top_up(
         user, 100, idempotency_key=key(), expires_at=clock.now + timedelta(days=1), kind="promo"
     )
+    # A promotion is funded by the promotions account, not by funding (bought credits).
+    assert {p.account_id: p.amount for p in promo.entry.postings} == {
+        "system:promotions:credit": -100,
+        user: 100,
+    }
     ledger.top_up(user, 50, idempotency_key=key())
     assert ledger.expire_grants() == 0
     clock.advance(days=1)
@@ -560,6 +565,18 @@ def test_expired_credits_move_to_the_expired_account(ledger: Ledger, clock: Cloc
     }
     with pytest.raises(NotReversible):
         ledger.reverse(expiry.id, reason="revive", idempotency_key=key())
+
+
+def test_a_top_up_expires_what_is_due_first_and_answers_with_the_balance_without_it(
+    ledger: Ledger, clock: Clock
+) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 100, idempotency_key=key(), expires_at=clock.now + timedelta(hours=1))
+    clock.advance(hours=1)  # due; the sweeper has not run
+    done = ledger.top_up(user, 50, idempotency_key=key())
+    assert (done.balance.balance, done.balance.available) == (50, 50)
+    assert [e.kind for e in ledger.entries(user).items] == ["topup", "expiry", "topup"]
+    assert ledger.expire_grants() == 0
 
 
 def test_expired_credits_cannot_be_spent_before_the_sweeper(ledger: Ledger, clock: Clock) -> None:
