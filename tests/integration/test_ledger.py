@@ -508,7 +508,7 @@ def test_immediate_charge_and_its_refund(ledger: Ledger) -> None:
     refund = ledger.reverse(charge.entry_id, reason="generation failed", idempotency_key=key())
     assert refund.balance.balance == 600
     assert [p.amount for p in refund.entry.postings] == [500, -500]
-    with pytest.raises(AlreadyReversed):
+    with pytest.raises(AlreadyReversed, match=f"reversed by '{refund.entry.id}'"):
         ledger.reverse(charge.entry_id, reason="again", idempotency_key=key())
     with pytest.raises(NotReversible):
         ledger.reverse(refund.entry.id, reason="undo", idempotency_key=key())
@@ -641,6 +641,26 @@ def test_a_refund_refills_the_grants_its_charge_burned_unless_they_expired_since
     assert (by_kind["pack"].remaining, by_kind["promo"].remaining) == (200, 0)
     assert by_kind["adjustment"].remaining == 100
     assert by_kind["adjustment"].reference == f"reversal of {second.entry_id}"
+
+
+def test_a_refund_that_first_repays_debt_refills_the_longest_lived_grants_first(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """What is left of a refund once it has repaid the wallet's debt refills the grants
+    its charge burned from the last burned back: the credits that would have lasted
+    longest come back first."""
+    user = wallet(ledger)
+    week = clock.now + timedelta(days=7)
+    ledger.top_up(user, 100, idempotency_key=key(), kind="promo", expires_at=week)
+    ledger.top_up(user, 200, idempotency_key=key())
+    charge = ledger.charge(user, VEO_FAST, idempotency_key=key())  # promo 100, pack 140
+    assert charge.entry_id is not None
+    ledger.adjust(user, -100, reason="correction", idempotency_key=key())  # 60 - 100: debt 40
+    assert ledger.balance(user).debt == 40
+    ledger.reverse(charge.entry_id, reason="refund", idempotency_key=key())
+    remaining = {g.kind: g.remaining for g in ledger.grants_of(user)}
+    assert remaining == {"pack": 140, "promo": 60}
+    assert ledger.balance(user).balance == 200
 
 
 def test_monthly_allocation_is_granted_once_per_period_in_the_account_timezone(
