@@ -343,16 +343,7 @@ def test_a_capture_is_priced_by_the_catalog_version_its_hold_was_quoted_with(
 ) -> None:
     """A new price list takes effect while a request runs: its capture pays the price it
     was authorized at, and the next request the new one."""
-    f.write_catalog(
-        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
-    )
-    f.write_catalog(
-        tmp_path,
-        "fal-2.toml",
-        f.FAL_PRICES.format(effective_from="2026-06-01T00:00:00Z")
-        .replace('id = "operator-1"', 'id = "operator-2"')
-        .replace('"480p" = 0.02', '"480p" = 0.03'),
-    )
+    f.fal_price_change(tmp_path)
     clock.now = datetime(2026, 5, 31, 23, 55, tzinfo=UTC)
     ledger = Ledger(db, load_catalogs([tmp_path]), clock=clock)
     user = wallet(ledger, "studio", "usd")

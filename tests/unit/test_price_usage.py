@@ -124,16 +124,7 @@ def test_agentic_candidates_must_be_reported_and_bounded(catalogs: CatalogSet) -
 def test_capture_uses_the_version_the_hold_was_quoted_with(tmp_path: Any) -> None:
     # A new price takes effect between authorization and capture: the capture is priced
     # by the version the quote names.
-    f.write_catalog(
-        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
-    )
-    f.write_catalog(
-        tmp_path,
-        "fal-2.toml",
-        f.FAL_PRICES.format(effective_from="2026-06-01T00:00:00Z")
-        .replace('id = "operator-1"', 'id = "operator-2"')
-        .replace('"480p" = 0.02', '"480p" = 0.03'),
-    )
+    f.fal_price_change(tmp_path)
     catalogs = load_catalogs([tmp_path])
     from datetime import UTC, datetime
 
