@@ -90,8 +90,12 @@ def test_an_entry_that_is_not_two_non_zero_legs_summing_to_zero_per_unit_is_refu
 
 def test_an_entry_balanced_in_each_of_its_units_is_accepted() -> None:
     kernel.check_balanced(
-        [Leg(1, "credit", -MAX_AMOUNT), Leg(2, "credit", MAX_AMOUNT), Leg(3, "token", -1)]
-        + [Leg(4, "token", 1)]
+        [
+            Leg(1, "credit", -MAX_AMOUNT),
+            Leg(2, "credit", MAX_AMOUNT),
+            Leg(3, "token", -1),
+            Leg(4, "token", 1),
+        ]
     )
     assert kernel.transfer(7, 8, "usd", 40_000) == [Leg(7, "usd", -40_000), Leg(8, "usd", 40_000)]
 
