@@ -514,7 +514,7 @@ def test_spending_burns_priority_then_soonest_expiry_then_oldest(
     user = wallet(ledger)
     soon, later = clock.now + timedelta(days=2), clock.now + timedelta(days=20)
     # Each grant an hour younger than the one before: age alone would burn them in the
-    # order made, a, b, c, e, f, and priority and expiry must override it.
+    # order made, a to f, and priority and expiry must override it.
     for reference, amount, terms in (
         ("a", 100, {}),
         ("b", 100, {"expires_at": later}),
