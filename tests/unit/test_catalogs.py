@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from pricing import estimate, load_catalogs, price_usage
+from pricing import CatalogSet, estimate, load_catalogs, price_usage
 from pricing.catalog import describe
-from pricing.errors import CatalogError, InvalidUsage, NotBillable
+from pricing.errors import CatalogError, InvalidParameter, InvalidRequest, InvalidUsage, NotBillable
 from tests import factories as f
 
 MINIMAL = """
@@ -40,6 +40,25 @@ prices = {{ fast = {price} }}
 def load(tmp_path: Path, text: str, name: str = "acme.toml") -> None:
     f.write_catalog(tmp_path, name, text)
     load_catalogs([tmp_path])
+
+
+def shipped(name: str, *changes: tuple[str, str]) -> str:
+    """A shipped catalog's file as an operator's catalog "acme", with ``changes`` (each
+    (old, new), the old text found exactly once) made to it."""
+    text = (Path(__file__).parents[2] / "pricing" / "catalogs" / f"{name}.toml").read_text()
+    text = text.replace(f'name = "{name}"', 'name = "acme"', 1)
+    for old, new in changes:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
+
+
+def minimal(*changes: tuple[str, str], limits: str = "", price: object = 7) -> str:
+    text = MINIMAL.format(limits=limits, price=price)
+    for old, new in changes:
+        assert text.count(old) == 1, old
+        text = text.replace(old, new)
+    return text
 
 
 def test_minimal_operator_catalog_loads_and_prices(tmp_path: Path) -> None:
@@ -114,15 +133,148 @@ def test_minimal_operator_catalog_loads_and_prices(tmp_path: Path) -> None:
             "versions[0].colour",
             "Extra inputs",
         ),
+        # A unit's scale: at 19 places, one major unit is past 64 bits of minor units.
+        (minimal(("scale = 0", "scale = 19")), "unit.scale", "less than or equal to 18"),
+        # Identifiers (a catalog's name, an operation's) are at most 32 characters.
+        (minimal(('name = "acme"', f'name = "a{"c" * 32}"')), "name", "should match pattern"),
+        (
+            minimal(limits="limits = { prompt = {} }"),
+            "versions[0].operations.video.limits.prompt",
+            "a limit needs at least one of",
+        ),
+        (
+            'name = "acme"\nunit = { code = "credit", scale = 0 }\nversions = []\n',
+            "versions",
+            "at least one [[versions]]",
+        ),
+        # A price for a model the operation does not have (a typo) is not dropped.
+        (
+            minimal(price="7, slow = 9"),
+            "versions[0].operations.video.pricing.prices.slow",
+            "unknown model; models: ['fast']",
+        ),
+        # Prices by a variant are a table per model, and a table needs the variant.
+        (
+            minimal(
+                ('video_model = "fast"', 'video_model = "fast", aspect_ratio = "16:9"'),
+                ('usage_key = "videos"', 'usage_key = "videos"\nvariant = "aspect_ratio"'),
+            ),
+            "versions[0].operations.video.pricing.prices.fast",
+            "needs a table by 'aspect_ratio'",
+        ),
+        (
+            minimal(price='{ "16:9" = 7 }'),
+            "versions[0].operations.video.pricing.prices.fast",
+            "a table needs pricing.variant",
+        ),
+        (
+            minimal(
+                ('video_model = "fast"', 'video_model = "fast", aspect_ratio = "16:9"'),
+                ('usage_key = "videos"', 'usage_key = "videos"\nvariant = "aspect_ratio"'),
+                price="{}",
+            ),
+            "versions[0].operations.video.pricing.prices.fast",
+            "empty price table",
+        ),
+        # A variant needs a default: a request that leaves it out must still have a price.
+        (
+            minimal(('usage_key = "videos"', 'usage_key = "videos"\nvariant = "aspect_ratio"')),
+            "versions[0].operations.video.pricing.variant",
+            "needs a default",
+        ),
+        # Without model_param the operation's one model is the one every request uses.
+        (
+            shipped(
+                "veo3",
+                ('image = { name = "Veo3 API image generation" }', "image = {}\nimage2 = {}"),
+            ),
+            "versions[0].operations.image.models",
+            "exactly one model",
+        ),
+        # Defaults are checked as strictly as requests are: "1" is not the number 1.
+        (
+            shipped(
+                "pixazo",
+                ("guidance_scale = 4, num_images = 1,", 'guidance_scale = 4, num_images = "1",'),
+            ),
+            "versions[0].operations.text_to_image.defaults.num_images",
+            "not allowed",
+        ),
+        # per_token: every model's tier has a multiplier, and a multiplier is positive;
+        # every model says how much output it may write (the reserve of a request
+        # without max_tokens).
+        (
+            shipped(
+                "cosmic",
+                (
+                    '"o3-pro" = { name = "o3-pro", tier = "premium"',
+                    '"o3-pro" = { name = "o3-pro", tier = "luxury"',
+                ),
+            ),
+            "versions[0].operations.text.models.o3-pro.tier",
+            "tier 'luxury' has no multiplier; tiers: ['budget', 'premium', 'standard']",
+        ),
+        (
+            shipped("cosmic", ("budget = 1.0,", "budget = 0,")),
+            "versions[0].operations.text.pricing.multipliers.budget",
+            "greater than 0",
+        ),
+        (
+            shipped(
+                "cosmic",
+                ('tier = "premium", max_output_tokens = 100_000 }\n\n', 'tier = "premium" }\n\n'),
+            ),
+            "versions[0].operations.text.models.o3-pro.max_output_tokens",
+            "required for per_token pricing",
+        ),
+        # per_unit: the count and every add-on have a default.
+        (
+            shipped("pixazo", ("guidance_scale = 4, num_images = 1,", "guidance_scale = 4,")),
+            "versions[0].operations.text_to_image.pricing.count_param",
+            "'num_images' needs a default",
+        ),
+        (
+            shipped(
+                "pixazo",
+                (
+                    '{ negative_prompt = "", enable_prompt_expansion = false,',
+                    '{ negative_prompt = "",',
+                ),
+            ),
+            "versions[0].operations.text_to_image.pricing.addons[0].param",
+            "'enable_prompt_expansion' needs a default",
+        ),
+        # per_second: every size preset a request may name has its dimensions, and
+        # prices are for the tiers there are.
+        (
+            shipped("fal", ("square = [512, 512], ", "")),
+            "versions[0].operations.image_to_video.pricing.presets",
+            "no dimensions for presets ['square']",
+        ),
+        (
+            f.FAL_PRICES.format(effective_from="2030-01-01T00:00:00Z").replace(
+                '"720p" = 0.05', '"720p" = 0.05, "1080p" = 0.1'
+            ),
+            "versions[0].operations.image_to_video.pricing.prices.1080p",
+            "unknown tier; tiers: ['256p', '480p', '720p']",
+        ),
+        # A version based on another states its own source: where its numbers come from.
+        (
+            f.FAL_PRICES.format(effective_from="2030-01-01T00:00:00Z").replace(
+                'source = "operator price list"\n', ""
+            ),
+            "versions[0].source",
+            "Field required",
+        ),
     ],
 )
 def test_broken_catalog_fails_with_file_key_and_reason(
     tmp_path: Path, text: str, key: str, reason: str
 ) -> None:
     with pytest.raises(CatalogError) as info:
-        load(tmp_path, text)
+        load(tmp_path, text, "fal.toml" if 'name = "fal"' in text else "acme.toml")
     error = info.value
-    assert error.file.endswith("acme.toml")
+    assert error.file.endswith(("acme.toml", "fal.toml"))
     assert error.key.startswith(key)
     assert reason in error.reason
     assert error.file in str(error)
@@ -152,6 +304,28 @@ def test_based_on_unknown_version_and_cycles(tmp_path: Path) -> None:
     )
     with pytest.raises(CatalogError, match="unknown version 'nope'"):
         load(tmp_path, text, "fal.toml")
+    loop = """
+name = "fal"
+unit = { code = "usd", scale = 6 }
+
+[[versions]]
+id = "operator-1"
+effective_from = 2030-01-01T00:00:00Z
+source = "operator price list"
+based_on = "operator-2"
+
+[[versions]]
+id = "operator-2"
+effective_from = 2031-01-01T00:00:00Z
+source = "operator price list"
+based_on = "operator-1"
+"""
+    with pytest.raises(CatalogError) as info:
+        load(tmp_path, loop, "fal.toml")
+    # Found where the chain from the first version comes back to it.
+    assert info.value.key == "versions[1].based_on"
+    assert info.value.reason == "cycle: operator-1 -> operator-2 -> operator-1"
+    assert "cycle: operator-1 -> operator-2 -> operator-1" in info.value.reason
 
 
 def test_two_versions_at_the_same_instant_are_ambiguous(tmp_path: Path) -> None:
@@ -255,8 +429,45 @@ def test_describe_lists_versions_operations_models_and_prices(catalogs: object) 
         "price": "576000",
         "per": "video",
     } in video["prices"]
+    veo3 = listing["veo3"]["versions"][0]["operations"][0]
+    assert veo3["models"] == [
+        {"id": "veo3_fast", "name": "veo3_fast (standard quality)"},
+        {"id": "veo3", "name": "veo3 (premium quality)"},
+    ]
     fal = listing["fal"]["versions"][0]["operations"][0]
     assert fal["billable"] is False
     assert {row["price"] for row in fal["prices"]} == {None}
     pixazo = listing["pixazo"]["versions"][0]["operations"][0]
     assert [row["price"] for row in pixazo["prices"]] == ["0.04", "0.02"]
+
+
+def test_an_operator_catalog_at_the_edges_of_its_limits(tmp_path: Path) -> None:
+    """Scale 18 and 32-character names are allowed; a model's name defaults to its id;
+    an operator's own limit applies on top of the body's."""
+    name = f"a{'c' * 31}"
+    text = minimal(
+        ("scale = 0", "scale = 18"),
+        ('name = "acme"', f'name = "{name}"\ntitle = "  Acme video  "'),
+        ('fast = { name = "Fast" }', "fast = {}"),
+        limits="limits = { prompt = { min_length = 5 } }",
+        price="0.000000000000000001",
+    )
+    f.write_catalog(tmp_path, "acme.toml", text)
+    catalogs = load_catalogs([tmp_path])
+    quote = estimate(f.request(name, "video", prompt="hello"), catalogs=catalogs)
+    assert (quote.cost, quote.scale) == (1, 18)
+    with pytest.raises(InvalidParameter) as short:
+        estimate(f.request(name, "video", prompt="hell"), catalogs=catalogs)
+    assert (short.value.field, short.value.allowed) == ("params.prompt", {"min_length": 5})
+    listing = next(c for c in describe(catalogs) if c["name"] == name)
+    assert listing["title"] == "Acme video"
+    assert listing["versions"][0]["operations"][0]["models"] == [{"id": "fast", "name": "fast"}]
+
+
+def test_an_unknown_version_names_the_versions_there_are(catalogs: CatalogSet) -> None:
+    with pytest.raises(InvalidRequest) as info:
+        catalogs.catalogs["cosmic"].version("2020-01-01")
+    assert (info.value.field, info.value.allowed) == (
+        "catalog_version",
+        ["2024-03-14", "2025-12-20"],
+    )
