@@ -457,13 +457,11 @@ def _add(amounts: ChartAmounts, unit: str, model: str, day: str, amount: int) ->
     by_unit[model, day] = by_unit.get((model, day), 0) + amount
 
 
-def chart_svg(period: Period, unit: str, scale: int, amounts: dict[tuple[str, str], int]) -> str:
-    """A stacked bar chart (SVG) of daily usage by model in ``unit``, every day of
-    ``period`` shown; ``amounts``: (model, day) -> amount (:func:`chart_amounts`). The
-    models used most are drawn separately, the rest stacked as "other models"."""
-    from matplotlib import rc_context
-    from matplotlib.figure import Figure
-
+def chart_series(period: Period, amounts: dict[tuple[str, str], int]) -> dict[str, list[int]]:
+    """The bars of the chart of ``amounts`` ((model, day) -> amount): per label, in the
+    legend's order, its exact amount on each day of ``period``. The models used most (then
+    by name) are drawn apart; past :data:`CHART_MODELS` models, the rest are stacked
+    together as "other models". Every amount is drawn once."""
     days = [d.isoformat() for d in period.days]
     totals: dict[str, int] = {}
     for (model, _day), amount in amounts.items():
@@ -473,14 +471,28 @@ def chart_svg(period: Period, unit: str, scale: int, amounts: dict[tuple[str, st
     if len(ranked) > CHART_MODELS:
         groups = {model: [model] for model in ranked[: CHART_MODELS - 1]}
         groups["other models"] = ranked[CHART_MODELS - 1 :]
+    return {
+        label: [sum(amounts.get((m, day), 0) for m in models) for day in days]
+        for label, models in groups.items()
+    }
+
+
+def chart_svg(period: Period, unit: str, scale: int, amounts: dict[tuple[str, str], int]) -> str:
+    """A stacked bar chart (SVG) of daily usage by model in ``unit``, every day of
+    ``period`` shown; ``amounts``: (model, day) -> amount (:func:`chart_amounts`), drawn
+    as :func:`chart_series` stacks them."""
+    from matplotlib import rc_context
+    from matplotlib.figure import Figure
+
+    days = [d.isoformat() for d in period.days]
+    series = chart_series(period, amounts)
 
     fig = Figure(figsize=(10, 4.2), layout="constrained")
     ax = fig.subplots()
     bottom = [0.0] * len(days)
     positions = list(range(len(days)))
-    for label, models in groups.items():
+    for label, exact in series.items():
         # Floats only to draw: the tables beside the chart carry the exact amounts.
-        exact = [sum(amounts.get((m, day), 0) for m in models) for day in days]
         heights = [float(Decimal(v).scaleb(-scale)) for v in exact]
         ax.bar(positions, heights, bottom=bottom, label=label, width=0.8)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
@@ -490,7 +502,7 @@ def chart_svg(period: Period, unit: str, scale: int, amounts: dict[tuple[str, st
     ax.set_title(f"Daily usage by model, {unit}")
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3)
-    if groups:
+    if series:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     else:
         ax.text(0.5, 0.5, "no usage this month", transform=ax.transAxes, ha="center")

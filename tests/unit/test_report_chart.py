@@ -62,3 +62,23 @@ def test_the_amounts_drawn_are_summed_exactly_beyond_64_bits() -> None:
         "credit": {("veo3", "2026-10-01"): 2**63, ("veo3_fast", "2026-10-01"): 7},
         "token": {("veo3", "2026-10-01"): 1},
     }
+
+
+def test_past_the_models_drawn_apart_every_other_amount_is_stacked_together() -> None:
+    """Nine models: the seven used most apart, the other two (the eighth among them)
+    together; each day's bars add up to that day's usage, nothing lost or drawn twice."""
+    amounts = {(f"m{i}", "2026-10-0" + str(1 + i % 3)): 10 + i for i in range(9)}
+    series = render.chart_series(OCTOBER, amounts)
+    assert list(series) == [f"m{i}" for i in range(8, 1, -1)] + ["other models"]
+    assert series["other models"][:3] == [10, 11, 0]  # m0 on the 1st, m1 on the 2nd
+    assert all(len(bars) == 31 for bars in series.values())
+    for day in range(31):
+        drawn = sum(bars[day] for bars in series.values())
+        assert drawn == sum(a for (_m, d), a in amounts.items() if d == f"2026-10-{day + 1:02d}")
+
+
+def test_as_many_models_as_are_drawn_apart_are_all_drawn_apart() -> None:
+    amounts = {(f"m{i}", "2026-10-05"): 100 - i for i in range(render.CHART_MODELS)}
+    series = render.chart_series(OCTOBER, amounts)
+    assert list(series) == [f"m{i}" for i in range(render.CHART_MODELS)]
+    assert _labels(render.chart_svg(OCTOBER, "credit", 0, amounts)) == list(series)
