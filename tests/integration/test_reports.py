@@ -32,7 +32,15 @@ from reports.errors import ReportNotReady, ReportOverflow
 from reports.jobs import Reports
 from reports.queries import records
 from tests.conftest import postgres_or_skip
-from tests.factories import Clock, Traffic, key, make_statement, month_of_traffic, veo3_video
+from tests.factories import (
+    Clock,
+    Traffic,
+    key,
+    make_statement,
+    month_of_traffic,
+    pixazo_image,
+    veo3_video,
+)
 
 
 @pytest.fixture
@@ -87,6 +95,7 @@ def test_a_refund_and_the_reversal_of_a_clawback_are_told_apart(
     extra = ledger.top_up("w", 300, idempotency_key=key())
     charged = ledger.charge("w", veo3_video(video_model="veo3_fast"), idempotency_key=key())
     clawed = ledger.adjust("w", -100, reason="clawback", idempotency_key=key())
+    ledger.adjust("w", 50, reason="goodwill", idempotency_key=key())
     clock.advance(hours=1)
     assert charged.entry_id is not None
     ledger.reverse(charged.entry_id, reason="blank video", idempotency_key=key())
@@ -94,17 +103,18 @@ def test_a_refund_and_the_reversal_of_a_clawback_are_told_apart(
     ledger.reverse(extra.entry.id, reason="paid by mistake", idempotency_key=key())
     for from_journal in (False, True):
         (row,) = records(make(db, "2026-11", "UTC", "w", from_journal=from_journal).accounts)
-        assert (row["credit_pack"], row["credit_refund"], row["credit_reversal"]) == (
-            2_300,
-            240,
-            100,
-        )
+        assert (
+            row["credit_pack"],
+            row["credit_adjustment"],
+            row["credit_refund"],
+            row["credit_reversal"],
+        ) == (2_300, 50, 240, 100)
         assert (row["debit_usage"], row["debit_adjustment"], row["debit_reversal"]) == (
             240,
             100,
             300,
         )
-        assert row["closing"] == ledger.balance("w").balance == 2_000
+        assert row["closing"] == ledger.balance("w").balance == 2_050
 
 
 def test_usage_totals_equal_the_metering_records(
@@ -402,6 +412,21 @@ def test_renders_every_format(db: Database, ledger: Ledger, traffic: Traffic) ->
     assert dict(zip(closing["account_id"], closing["amount"], strict=True)) == dict(
         zip(made.accounts["account_id"], made.accounts["closing"], strict=True)
     )
+    # The open holds' line: how many (requests) and how much.
+    holds = from_csv[from_csv["section"] == "open_holds"].set_index("account_id")
+    assert (holds.loc["tokyo", "requests"], holds.loc["tokyo", "amount"]) == (1, 500)
+    assert (holds.loc["acme", "requests"], holds.loc["acme", "amount"]) == (0, 0)
+    # Each wallet's statement lines are together, in the statement's order.
+    order = [
+        ("balance", "opening"),
+        *(("credit", c.removeprefix("credit_")) for c in statement.CREDIT_COLUMNS),
+        *(("debit", c.removeprefix("debit_")) for c in statement.DEBIT_COLUMNS),
+        ("balance", "closing"),
+        ("open_holds", "pending"),
+    ]
+    lines = from_csv[~from_csv["section"].isin(render.USAGE_SECTIONS)]
+    assert list(lines["account_id"]) == [a for a in sorted(traffic.wallets) for _ in order]
+    assert list(zip(lines["section"], lines["item"], strict=True)) == order * len(traffic.wallets)
 
     table = render.lines(made)
     back = pd.read_parquet(io.BytesIO(render.render(made, "parquet")))
@@ -417,6 +442,9 @@ def test_renders_every_format(db: Database, ledger: Ledger, traffic: Traffic) ->
     assert tokyo["open_holds"] == {"count": 1, "amount": 500}
     assert {u["model"] for u in tokyo["usage"]} == {"veo3_fast", "veo3"}
     assert len(tokyo["usage_by_day"]) >= 31
+    # Day by day, each day's models in order.
+    days = [(u["day"], u["catalog"], u["operation"], u["model"]) for u in tokyo["usage_by_day"]]
+    assert days == sorted(days)
 
     page = render.render(made, "html").decode()
     assert page.startswith("<!DOCTYPE html>")
@@ -434,6 +462,51 @@ def test_renders_every_format(db: Database, ledger: Ledger, traffic: Traffic) ->
     assert sum(expected["credit"].values()) == sum(
         t["usage_amount"] for t in made.totals() if t["unit"] == "credit"
     )
+
+
+def test_html_shows_amounts_in_major_units_of_each_scale_and_ids_as_text(
+    db: Database, ledger: Ledger
+) -> None:
+    """People read the HTML page: amounts in major units with the unit's own places
+    (credits whole, dollars to the micro-dollar), and a wallet id (the operator's text)
+    as text, never as markup."""
+    hostile = '<img src=x onerror="alert(1)">&amp;'
+    ledger.open_account(hostile, "usd", idempotency_key=key())
+    ledger.top_up(hostile, 1_500_000, idempotency_key=key())
+    ledger.charge(hostile, pixazo_image(), idempotency_key=key())
+    ledger.open_account("acme", "credit", idempotency_key=key())
+    ledger.top_up("acme", 12_345, idempotency_key=key())
+    ledger.authorize("acme", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    made = make(db, "2026-11", "UTC")
+    page = render.render(made, "html").decode()
+    # The totals of each unit: accounts, opening, credits, debits, closing, requests,
+    # usage; and the open holds of the accounts' table: how many (how much).
+    usd = ["1", "0.000000", "1.500000", "0.040000", "1.460000", "1", "0.040000"]
+    assert "".join(f'<td class="num">{c}</td>' for c in usd) in page
+    assert '<td class="num">1 (240)</td>' in page
+    assert "<img" not in page
+    escaped = html.escape(hostile)
+    assert f"<td>{escaped}</td>" in page.replace('<td class="">', "<td>")
+    cells = re.findall(r'<td class="num">([^<]*)</td>', page)
+    assert {"1.500000", "0.040000", "1.460000", "12,345"} <= set(cells)
+    assert "0.040000 usd" in page  # the usage table
+    assert "12,345.00" not in page
+    assert "1.50" not in cells
+    # The page of the one wallet names it in its title and heading, as text.
+    own = render.render(make(db, "2026-11", "UTC", hostile), "html").decode()
+    assert "<img" not in own
+    assert f"<title>Statement 2026-11 (UTC) for {escaped}</title>" in own
+    assert f"<h1>Statement 2026-11 (UTC) for {escaped}</h1>" in own
+    # The same wallets in JSON: each side's total is the sum of its items.
+    body = json.loads(render.render(made, "json"))
+    for a in body["accounts"]:
+        for side in ("credits", "debits"):
+            items = {k: v for k, v in a[side].items() if k != "total"}
+            assert a[side]["total"] == sum(items.values()), (a["account_id"], side)
+    totals = {
+        a["account_id"]: (a["credits"]["total"], a["debits"]["total"]) for a in body["accounts"]
+    }
+    assert totals == {hostile: (1_500_000, 40_000), "acme": (12_345, 0)}
 
 
 @pytest.mark.parametrize("batch", [500, 1])
@@ -871,6 +944,27 @@ def test_totals_past_64_bits_are_exact(
     assert done.summary is not None
     assert done.summary["totals"][0]["credits"] == 3 * each
     assert json.loads(reports.output(job.id).content)["totals"][0]["closing"] == 3 * each
+
+
+def test_a_wallet_whose_month_of_debits_passes_64_bits_fails_the_report_by_name(
+    db: Database, ledger: Ledger, clock: Clock
+) -> None:
+    """Debits alone can pass 64 bits: a wallet taken deep into debt, given some back,
+    and taken deeper again. Its credits and every balance fit; its debits (an int64 sum
+    would wrap to a negative number, and still reconcile modulo 2**64) do not."""
+    deep = 2**62 + 2**60
+    clock.now = datetime(2026, 10, 5, tzinfo=UTC)
+    ledger.open_account("debtor", "credit", idempotency_key=key())
+    ledger.adjust("debtor", -deep, reason="usage billed elsewhere", idempotency_key=key())
+    ledger.top_up("debtor", 2**62, idempotency_key=key())
+    # The next day: each day's rollup of adjustments fits too.
+    clock.now = datetime(2026, 10, 6, tzinfo=UTC)
+    ledger.adjust("debtor", -deep, reason="usage billed elsewhere", idempotency_key=key())
+    assert ledger.balance("debtor").balance == 2**62 - 2 * deep
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    with pytest.raises(ReportOverflow) as caught:
+        make(db, "2026-10", "UTC")
+    assert caught.value.accounts == ["debtor"]
 
 
 @pytest.mark.parametrize("big", [2**62 + 1, 2**62 + 2**61], ids=["just-past", "far-past"])
