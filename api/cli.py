@@ -125,16 +125,21 @@ def _catalogs() -> CatalogSet:
     try:
         return load_catalogs(_settings().catalog_dirs())
     except CatalogError as exc:
-        _fail(
-            {
-                "error": exc.code,
-                "message": exc.message,
-                "file": exc.file,
-                "key": exc.key,
-                "reason": exc.reason,
-            },
-            EXIT_CATALOG,
-        )
+        _catalog_failed(exc)
+
+
+def _catalog_failed(exc: CatalogError) -> NoReturn:
+    """Exit 3 naming the broken catalog file, the key and the reason."""
+    _fail(
+        {
+            "error": exc.code,
+            "message": exc.message,
+            "file": exc.file,
+            "key": exc.key,
+            "reason": exc.reason,
+        },
+        EXIT_CATALOG,
+    )
 
 
 def _reject_constant(name: str) -> NoReturn:
@@ -326,7 +331,7 @@ def _domain_errors() -> Iterator[None]:
     try:
         yield
     except CatalogError as exc:
-        _fail(exc.to_dict(), EXIT_CATALOG)
+        _catalog_failed(exc)
     except DomainError as exc:
         _fail(exc.to_dict(), _EXIT_BY_STATUS.get(status_of(exc), EXIT_INVALID))
     except sa.exc.SQLAlchemyError as exc:

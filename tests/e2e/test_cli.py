@@ -130,9 +130,16 @@ def test_broken_operator_catalog_exits_3_naming_file_and_key(tmp_path: Path) -> 
         'source = "s"\nbased_on = "seed-004"\n'
         '[versions.operations.image_to_video.pricing]\nprices = { "1080p" = 1 }\n',
     )
-    for args in (("catalogs",), ("estimate",)):
-        result = run(*args, stdin="{}", env={"CREDITLEDGER_CATALOG_DIR": str(tmp_path)})
-        assert result.returncode == 3
+    env = {
+        "CREDITLEDGER_CATALOG_DIR": str(tmp_path),
+        "CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+    }
+    # The server and the admin commands price with the same catalogs: they too stop at
+    # the broken file, and name it alike.
+    commands = [("catalogs",), ("estimate",), ("account", "show", "a"), ("topup", "a", "1")]
+    for args in [*commands, ("serve", "--port", "0")]:
+        result = run(*args, stdin="{}", env=env)
+        assert result.returncode == 3, (args, result.stderr)
         body = json.loads(result.stderr)
         assert body["file"] == str(path)
         assert body["key"] == "versions[0].operations.image_to_video.pricing.prices.1080p"
