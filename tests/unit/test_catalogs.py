@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pricing import CatalogSet, estimate, load_catalogs, price_usage
-from pricing.catalog import describe
+from pricing.catalog import describe, shipped_catalog_files
 from pricing.errors import CatalogError, InvalidParameter, InvalidRequest, InvalidUsage, NotBillable
 from tests import factories as f
 
@@ -45,7 +45,7 @@ def load(tmp_path: Path, text: str, name: str = "acme.toml") -> None:
 def shipped(name: str, *changes: tuple[str, str]) -> str:
     """A shipped catalog's file as an operator's catalog "acme", with ``changes`` (each
     (old, new), the old text found exactly once) made to it."""
-    text = (Path(__file__).parents[2] / "pricing" / "catalogs" / f"{name}.toml").read_text()
+    text = dict(shipped_catalog_files())[f"pricing/catalogs/{name}.toml"]
     text = text.replace(f'name = "{name}"', 'name = "acme"', 1)
     for old, new in changes:
         assert text.count(old) == 1, old
