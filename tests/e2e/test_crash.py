@@ -392,11 +392,12 @@ def _fill(filler: Path) -> None:
 
 
 def _grow(filler: Path, size: int | None) -> None:
-    with filler.open("ab") as out:
+    # Unbuffered: a buffered file would keep the bytes a full disk refused and raise
+    # ENOSPC again when closed, outside the try (seen once in a full run).
+    with filler.open("ab", buffering=0) as out:
         try:
             while size is None or out.tell() < size:
                 out.write(b"\0" * (1 << 16))
-                out.flush()
         except OSError:
             pass  # ENOSPC: full
 
