@@ -15,7 +15,7 @@ from api.requestids import RequestIds
 from api.routes import accounts, gateway, meta
 from api.routes import keys as key_routes
 from api.routes import reports as report_routes
-from api.routing import BodyLimit
+from api.routing import BodyLimit, HeadAsGet
 from ledger.db import Database
 from ledger.keys import Keys
 from ledger.services import Ledger, ledger_from_settings
@@ -89,6 +89,7 @@ def create_app(
     errors.install(app)
     for module in (gateway, accounts, key_routes, report_routes, meta):
         app.include_router(module.router)
+    app.add_middleware(HeadAsGet)  # the innermost: the router sees a GET
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
     app.add_middleware(RequestIds)  # the outermost: every answer carries the request's id

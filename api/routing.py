@@ -246,6 +246,32 @@ class JsonRoute(APIRoute):
         return exact
 
 
+class HeadAsGet:
+    """HEAD is answered as GET is, without the body (RFC 9110, 9.3.2: a server that
+    answers GET answers HEAD): the same status and headers, ``Content-Length`` included,
+    so a monitor checking ``/healthz`` or a client sizing a report's download need not
+    read the body. Any route, key check and error answers as it does for the GET.
+
+    The request goes on as a GET on a copy of its scope. The server reads the original's
+    method to frame its answer: it sends the headers alone (uvicorn does, as does the
+    test client). The request's metrics keep ``HEAD``; the route that answered is copied back
+    for them."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        as_get = {**scope, "method": "GET"}
+        try:
+            await self.app(as_get, receive, send)
+        finally:
+            if "route" in as_get:
+                scope["route"] = as_get["route"]
+
+
 class BodyLimit:
     """413, in the API's JSON error format, for a body over ``limit`` bytes.
 

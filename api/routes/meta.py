@@ -41,8 +41,9 @@ async def read_catalog(name: str, _caller: Caller, services: ServicesDep) -> dic
 
 @router.get("/healthz", response_model=HealthPublic, tags=["meta"])
 async def health(services: ServicesDep) -> HealthPublic:
-    """Liveness and database reachability (no key needed): a pooled connection the
-    database dropped (a restart) is not unreachability, so it is tried on a new one."""
+    """Liveness and database reachability (no key needed; monitors may ask with HEAD): a
+    pooled connection the database dropped (a restart) is not unreachability, so it is
+    tried on a new one."""
 
     def ping() -> None:
         with services.ledger.db.transaction(write=False) as conn:
@@ -50,13 +51,6 @@ async def health(services: ServicesDep) -> HealthPublic:
 
     await run_in_threadpool(services.ledger.db.reading, ping)
     return HealthPublic(status="ok", database=services.ledger.db.dialect)
-
-
-@router.head("/healthz", include_in_schema=False)
-async def health_head(services: ServicesDep) -> HealthPublic:
-    """The same check for monitors that ask with HEAD (the status and headers of the
-    GET, no body)."""
-    return await health(services)
 
 
 @router.get("/metrics", include_in_schema=False)

@@ -1507,9 +1507,42 @@ def test_health_answers_head_as_monitors_ask_it(api: Api) -> None:
     length = second.lower().split(b"content-length: ")[1].split(b"\r\n")[0]
     assert b"content-length: " + length + b"\r\n" in first.lower()
     assert b"content-type: application/json" in first.lower()
-    # Still not a route of the API's description, and other GET routes keep to GET.
-    assert "head" not in api.app.openapi()["paths"]["/healthz"]
-    assert api.client.head("/v1/catalogs").status_code == 405
+    # Not an operation of the API's description: HEAD is every GET's, by HTTP's rules.
+    assert not any("head" in path for path in api.app.openapi()["paths"].values())
+
+
+def test_every_get_route_answers_head_as_its_get_without_the_body(api: Api) -> None:
+    """HEAD is answered as GET is (RFC 9110): the same status and headers, the length of
+    the body that GET sends included, its key checks and errors alike; a route without
+    GET answers 405 naming what it takes. HEAD is counted as HEAD, under its route."""
+    user = api.wallet("headed", "credit", topup=500)
+    for path, as_key, status in [
+        ("/v1/catalogs", "service", 200),
+        (f"/v1/accounts/{user}", "admin", 200),
+        (f"/v1/accounts/{user}/entries?limit=1", api.customer(user), 200),
+        ("/v1/catalogs", None, 401),
+        ("/v1/keys", "service", 403),
+        ("/v1/accounts/nobody", "admin", 404),
+        (f"/v1/accounts/{user}/entries?limt=1", "admin", 422),
+    ]:
+        got = api.call("GET", path, as_key=as_key)
+        head = api.call("HEAD", path, as_key=as_key)
+        assert (got.status_code, head.status_code) == (status, status), (path, head.text)
+        assert got.content, path
+        assert head.content == b"", path
+        for name in ("content-length", "content-type"):
+            assert head.headers[name] == got.headers[name], (path, name)
+    only_post = api.call("HEAD", "/v1/authorizations", as_key="service")
+    assert (only_post.status_code, only_post.headers["allow"]) == (405, "POST")
+    assert api.balance(user)["balance"] == 500  # read only, as GET is
+    text = api.client.get("/metrics").text
+    assert 'creditledger_http_requests_total{method="HEAD",route="/v1/catalogs",status="200"}' in (
+        text
+    )
+    assert (
+        'creditledger_http_requests_total{method="HEAD",route="/v1/accounts/{id}",status="404"}'
+        in text
+    )
 
 
 def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(

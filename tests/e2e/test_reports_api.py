@@ -121,6 +121,12 @@ def test_a_file_is_sent_gzip_compressed_to_a_client_that_takes_it(
         assert "content-encoding" not in sent.headers, refused
         assert sent.content == plain.content
         assert sent.headers["etag"] == f'"{sha}"'
+    # HEAD sizes the download as GET would send it, streamed or stored, without the file.
+    for accepted, etag in (("identity", f'"{sha}"'), ("gzip", f'"{sha}-gzip"')):
+        got = api.get(path, headers={"Accept-Encoding": accepted})
+        head = api.call("HEAD", path, headers={"Accept-Encoding": accepted})
+        assert (head.status_code, head.content, head.headers["etag"]) == (200, b"", etag)
+        assert head.headers.get("content-length") == got.headers.get("content-length")
     parquet = api.get(f"/v1/reports/{ids['parquet']}/download", headers={"Accept-Encoding": "gzip"})
     assert parquet.status_code == 200
     assert "content-encoding" not in parquet.headers
