@@ -1,4 +1,5 @@
-"""Rendering helpers of ``reports.render`` that no statement of the ledger reaches alone."""
+"""Helpers of ``reports.render`` and ``reports.statement`` that no statement of the ledger
+reaches alone: the CSV formula guard, and totals merged across batches."""
 
 from __future__ import annotations
 
