@@ -8,6 +8,7 @@ unknown key and a revoked key all get 401.
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -16,6 +17,7 @@ import pytest
 import sqlalchemy as sa
 
 from api.deps import scoped_key
+from ledger.errors import InvalidInput
 from ledger.keys import Keys, Principal
 from ledger.models import api_keys
 from tests import factories as f
@@ -148,10 +150,12 @@ def test_no_key_bad_keys_and_revoked_keys_get_401_everywhere(api: Api) -> None:
     revoked = api.keys.create("admin", name="leaked")
     api.keys.revoke(revoked.id)
     wrong_secret = api.admin.rsplit("_", 1)[0] + "_" + "A" * 43
+    other_prefix = "xyz" + api.admin.removeprefix("clk")  # the right id and secret
     headers = [
         *UNAUTHENTICATED.values(),
         f"Bearer {revoked.key}",
         f"Bearer {wrong_secret}",
+        f"Bearer {other_prefix}",
     ]
     for method, path, body, _ in MATRIX:
         if path == "/healthz":
@@ -172,6 +176,9 @@ def test_a_revoked_key_stops_working_at_once(api: Api) -> None:
     assert r.status_code == 200
     assert r.json()["revoked_at"]
     assert api.get("/v1/catalogs", as_key=created["key"]).status_code == 401
+    # Revoked again: harmless, and it keeps the instant it was first revoked.
+    again = api.call("DELETE", f"/v1/keys/{created['id']}")
+    assert (again.status_code, again.json()["revoked_at"]) == (200, r.json()["revoked_at"])
     listed = {k["id"]: k for k in api.get("/v1/keys").json()}
     assert listed[created["id"]]["revoked_at"]
     assert all("key" not in k for k in listed.values())
@@ -245,10 +252,38 @@ def test_a_first_start_makes_an_admin_key_when_the_others_have_expired(api: Api)
     keys.create("admin", expires_at=now + timedelta(hours=1))
     assert keys.bootstrap_admin() is None  # an active admin key exists
     keys.clock = lambda: now + timedelta(hours=1)
+    # With CREDITLEDGER_ADMIN_KEY configured the operator has one: none is made.
+    configured = Keys(api.ledger.db, admin_key="the-operators-own-key", clock=keys.clock)
+    assert configured.bootstrap_admin() is None
     made = keys.bootstrap_admin()
     assert made is not None
     assert made.role == "admin"
     assert made.expires_at is None
+
+
+def test_an_expiry_must_be_after_the_instant_the_key_is_made(api: Api) -> None:
+    now = datetime.now(UTC)
+    keys = Keys(api.ledger.db, clock=lambda: now)
+    with pytest.raises(InvalidInput) as refused:
+        keys.create("service", expires_at=now)  # refused from that instant on: at once
+    assert refused.value.field == "expires_at"
+    assert keys.create("service", expires_at=now + timedelta(microseconds=1)).expires_at
+
+
+def test_a_key_revoked_by_another_process_is_refused_once_its_cache_window_ends(
+    api: Api,
+) -> None:
+    """The server remembers a key found valid for ``cache_seconds``; a revocation made
+    by another process (the CLI) is refused after that, though the server was never told."""
+    server = Keys(api.ledger.db, cache_seconds=0.2)
+    cli = Keys(api.ledger.db)
+    made = cli.create("service", name="gateway")
+    assert server.authenticate(made.key) is not None
+    assert server.cached(made.key) is not None  # remembered: no database read
+    cli.revoke(made.id)
+    time.sleep(0.3)
+    assert server.cached(made.key) is None
+    assert server.authenticate(made.key) is None
 
 
 def test_keys_are_stored_hashed_a_dump_holds_no_usable_key(api: Api) -> None:

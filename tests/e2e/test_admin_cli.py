@@ -311,6 +311,7 @@ def migrated_with_acme(migrated: Path, tmp_path_factory: pytest.TempPathFactory)
         (["account", "balance", "acme", "--as-of", "9999-12-31T23:00:00-05:00"], 2, "as_of"),
         (["account", "balance", "acme", "--as-of", "9999-12-31T00:00:00Z"], 2, "as_of"),
         (["keys", "create", "--role", "root"], 2, "role"),
+        (["keys", "create", "--role", "service", "--name", "n" * 201], 2, "name"),
         (["keys", "revoke", "ghost"], 7, "id"),
     ],
 )
