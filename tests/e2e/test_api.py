@@ -1345,6 +1345,9 @@ def test_bad_priced_requests_are_4xx_with_the_reason(
         (b"amount=5", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
         (b'{"amount": 5}', "text/plain", 415, "unsupported_media_type"),
         (b'{"amount": 5}', "", 415, "unsupported_media_type"),
+        (b'{"amount": 5}', "Application/JSON; charset=UTF-8", 201, None),
+        (b'{"amount": 5}', "application/vnd.creditledger+json", 201, None),
+        (b'{"amount": 5}', "application/jsonp", 415, "unsupported_media_type"),
         (b"[1, 2]", "application/json", 422, "invalid_request"),
         (
             '{"amount": 5, "reference": "\u00e9\u6f22\U0001f600"}'.encode(),
@@ -1368,6 +1371,16 @@ def test_malformed_bodies_get_a_clear_4xx(
 
 def test_an_oversized_body_is_413_declared_or_chunked(api: Api) -> None:
     user = api.wallet("big", "token", topup=10)
+    limit = 64 * 1024  # the fixture's
+    for size, status in ((limit, 201), (limit + 1, 413)):
+        padded = b'{"amount": 1}'.ljust(size)
+        r = api.post(
+            f"/v1/accounts/{user}/topups",
+            content=padded,
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == status, (size, r.text)
+    assert api.balance(user)["balance"] == 11
     r = authorize(api, user, f.text(prompt="x" * (70 * 1024)))
     assert r.status_code == 413
     assert r.json()["error"] == "body_too_large"
@@ -1534,6 +1547,7 @@ def test_every_get_route_answers_head_as_its_get_without_the_body(api: Api) -> N
             assert head.headers[name] == got.headers[name], (path, name)
     only_post = api.call("HEAD", "/v1/authorizations", as_key="service")
     assert (only_post.status_code, only_post.headers["allow"]) == (405, "POST")
+    assert api.call("OPTIONS", "/v1/catalogs", as_key="service").status_code == 405  # HEAD only
     assert api.balance(user)["balance"] == 500  # read only, as GET is
     text = api.client.get("/metrics").text
     assert 'creditledger_http_requests_total{method="HEAD",route="/v1/catalogs",status="200"}' in (

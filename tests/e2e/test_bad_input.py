@@ -329,6 +329,17 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         None,
         "Idempotency-Key",
     ),
+    (
+        "idempotency key over 200 characters",
+        "POST",
+        "/v1/accounts/w/topups",
+        {"amount": 5},
+        {"Idempotency-Key": "k" * 201},
+        422,
+        "invalid_request",
+        "Idempotency-Key",
+    ),
+    ("no body at all", "POST", "/v1/accounts/w/topups", None, {}, 422, "invalid_request", "body"),
     # NUL, which PostgreSQL cannot store as text: refused alike on both databases.
     (
         "NUL in an account id",
@@ -727,6 +738,30 @@ def test_a_header_of_one_value_given_twice_is_refused_and_changes_nothing(
     # Given once, the same request goes through.
     r = api.post("/v1/authorizations", {"account_id": "w", **VEO}, idempotency_key="once")
     assert r.status_code == 201, r.text
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"amount": 5, "reference": "a\u0000b"}, "reference"),
+        ({"amount": 5, "reference\u0000": "a"}, "reference\u0000"),  # in a key
+        ({"amount": 5, "reference": ["ok", "a\u0000b"]}, "reference.1"),  # in a list
+        ({"amount": 5, "reference": {"at": [{"x": "\u0000"}]}}, "reference.at.0.x"),
+    ],
+)
+def test_nul_anywhere_in_a_body_is_refused_by_name_before_its_fields_are_read(
+    api: Api, world: dict[str, str], body: dict[str, Any], field: str
+) -> None:
+    """PostgreSQL cannot store NUL in text: a body holding it anywhere, in a value, a key
+    or a list, is refused alike on both databases, naming where, before its fields are
+    checked (a wrong type, an unknown field) and with nothing changed."""
+    before = _dump(api)
+    r = api.post("/v1/accounts/w/topups", body)
+    assert r.status_code == 422, r.text
+    answer = r.json()
+    assert (answer["error"], answer["field"]) == ("invalid_request", field)
+    assert answer["message"] == f"{field}: text must not contain NUL (U+0000)"
+    assert _dump(api) == before
 
 
 def _declared_queries(api: Api, path: str) -> list[str]:
