@@ -607,16 +607,19 @@ def test_an_interrupted_job_resumes(
     crashed = reports.claim()
     assert crashed is not None
     assert crashed.status == "running"
-    # The worker dies here. Within the lease nobody takes the job...
+    # The worker dies here. Within the lease nobody takes the job (to its last instant)...
     clock.advance(seconds=30)
     assert reports.claim() is None
     assert reports.request("2026-10", "parquet")[0].id == job.id
+    clock.advance(seconds=30)
+    assert reports.claim() is None
     # ...after it, another worker does, and finishes it.
-    clock.advance(seconds=61)
+    clock.advance(microseconds=1)
     resumed = reports.claim()
     assert resumed is not None
     assert resumed.id == job.id
     assert resumed.attempts == 2
+    assert resumed.started_at == clock.now
     assert reports.run(resumed).status == "succeeded"
     # The first worker's late writes are refused: the job is no longer its.
     reports.run(crashed)
@@ -626,19 +629,103 @@ def test_an_interrupted_job_resumes(
     assert len(pd.read_parquet(io.BytesIO(reports.output(job.id).content))) > 100
 
 
+def _steal(reports: Reports, clock: Clock) -> jobs.JobView:
+    """Another worker claims the running job, its worker's lease having run out."""
+    clock.advance(seconds=61)
+    stolen = reports.claim()
+    assert stolen is not None
+    return stolen
+
+
+@pytest.mark.parametrize("at", [5, 95])
+def test_a_worker_whose_job_was_claimed_again_stops_and_writes_nothing(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports, clock: Clock, at: int
+) -> None:
+    """A worker that outlived its lease, while another runs the job under the next
+    attempt: its next write (a heartbeat, or the file itself) finds the job no longer its
+    own; it stops there, and neither its progress nor its file is kept."""
+    job, _ = reports.request("2026-10", "json")
+    slow = reports.claim()
+    assert slow is not None
+    seen: list[int] = []
+    taken: list[jobs.JobView] = []
+
+    def progress(percent: int, _stage: str) -> None:
+        seen.append(percent)
+        if percent == at:
+            taken.append(_steal(reports, clock))
+
+    reports.run(slow, progress)
+    # It stopped at its first write after the theft: the file is written last.
+    assert seen == [*(p for p in (5, 95) if p <= at), 100]
+    (stolen,) = taken
+    # The other worker's claim started the job afresh; the slow worker left nothing.
+    assert (stolen.attempts, stolen.progress, stolen.stage) == (2, 0, "claimed")
+    now = reports.get(job.id)
+    assert (now.status, now.attempts, now.progress) == ("running", 2, 0)
+    with pytest.raises(ReportNotReady):
+        reports.output(job.id)
+    assert reports.run(stolen).status == "succeeded"
+    assert json.loads(reports.output(job.id).content)["reconciled"] is True
+
+
+def test_a_worker_that_fails_after_its_job_was_claimed_again_leaves_it_be(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports, clock: Clock
+) -> None:
+    """A worker's failure is the job's only while the job is its own: one that failed
+    after another worker claimed the job again, and finished it, changes nothing."""
+    job, _ = reports.request("2026-10", "json")
+    slow = reports.claim()
+    assert slow is not None
+
+    def progress(percent: int, _stage: str) -> None:
+        if percent == 5:
+            assert reports.run(_steal(reports, clock)).status == "succeeded"
+            raise RuntimeError("the slow worker's own failure")
+
+    reports.run(slow, progress)
+    done = reports.get(job.id)
+    assert (done.status, done.attempts, done.error) == ("succeeded", 2, None)
+
+
+def test_a_failure_is_recorded_with_its_reason_cut_to_4000_characters(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports
+) -> None:
+    job, _ = reports.request("2026-10", "csv")
+    claimed = reports.claim()
+    assert claimed is not None
+
+    def progress(percent: int, _stage: str) -> None:
+        if percent == 5:
+            raise RuntimeError("x" * 5000)
+
+    failed = reports.run(claimed, progress)
+    assert failed.status == "failed"
+    assert failed.error is not None
+    assert failed.error.startswith("RuntimeError: xxx")
+    assert len(failed.error) == 4000
+
+
 def test_a_job_interrupted_too_often_fails(
     db: Database, ledger: Ledger, traffic: Traffic, clock: Clock
 ) -> None:
     reports = Reports(db, clock=clock, lease=timedelta(seconds=10), max_attempts=2)
     job, _ = reports.request("2026-10", "json")
+    claimed = []
     for _ in range(2):
-        assert reports.claim() is not None
+        last = reports.claim()
+        assert last is not None
+        claimed.append(last)
         clock.advance(seconds=11)
     assert reports.claim() is None
     failed = reports.get(job.id)
     assert failed.status == "failed"
     assert failed.error is not None
     assert "interrupted 2 times" in failed.error
+    # The last worker, alive after all, finds the job failed: it stays failed.
+    assert reports.run(claimed[-1]).status == "failed"
+    with pytest.raises(ReportNotReady):
+        reports.output(job.id)
 
 
 def test_month_end_report_is_created_once(
@@ -665,6 +752,48 @@ def test_nothing_to_schedule_before_any_wallet(db: Database, reports: Reports) -
     assert reports.schedule_month_end() is None
 
 
+def test_a_wallet_opened_as_the_month_ends_is_the_next_months(
+    ledger: Ledger, reports: Reports, clock: Clock
+) -> None:
+    clock.now = datetime(2026, 11, 1, tzinfo=UTC)  # October's end, in UTC
+    ledger.open_account("w", "credit", idempotency_key=key())
+    clock.advance(days=1)
+    assert reports.schedule_month_end() is None  # October had no wallet
+    clock.now = datetime(2026, 12, 1, tzinfo=UTC)
+    job = reports.schedule_month_end()
+    assert job is not None
+    assert job.month == "2026-11"
+
+
+def test_the_month_end_report_is_made_beside_the_reports_asked_for_that_month(
+    ledger: Ledger, traffic: Traffic, reports: Reports
+) -> None:
+    asked, _ = reports.request("2026-10", "csv")  # all wallets, UTC, as the month-end one
+    job = reports.schedule_month_end()
+    assert job is not None
+    assert (job.origin, job.format) == ("month_end", "json")
+    assert job.id != asked.id
+
+
+def test_a_month_is_reported_from_the_instant_it_ends_in_its_timezone_and_per_timezone(
+    ledger: Ledger, reports: Reports, clock: Clock
+) -> None:
+    ledger.open_account("w", "credit", idempotency_key=key())
+    tokyo_end = datetime(2026, 10, 31, 15, tzinfo=UTC)  # midnight in Asia/Tokyo
+    clock.now = tokyo_end - timedelta(microseconds=1)
+    with pytest.raises(InvalidInput) as early:
+        reports.request("2026-10", "json", timezone="Asia/Tokyo")
+    assert early.value.field == "month"
+    clock.now = tokyo_end
+    tokyo, created = reports.request("2026-10", "json", timezone="Asia/Tokyo")
+    assert created
+    clock.now = datetime(2026, 11, 1, tzinfo=UTC)
+    utc, created = reports.request("2026-10", "json")
+    assert created  # the same month in another timezone is another statement
+    assert utc.id != tokyo.id
+    assert reports.request("2026-10", "json", timezone="Asia/Tokyo")[0].id == tokyo.id
+
+
 @pytest.mark.parametrize(
     ("month", "fmt", "tz", "field"),
     [
@@ -686,6 +815,9 @@ def test_bad_requests_name_the_field(
     assert caught.value.field == field
     with pytest.raises(NotFound):
         reports.request("2026-10", "json", account_id="nobody")
+    with pytest.raises(InvalidInput) as empty:
+        reports.request("2026-10", "json", account_id="")
+    assert empty.value.field == "account_id"
     with db.transaction(write=False) as conn:
         assert conn.execute(sa.select(sa.func.count()).select_from(report_jobs)).scalar_one() == 0
 
