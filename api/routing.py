@@ -254,8 +254,8 @@ class HeadAsGet:
 
     The request goes on as a GET on a copy of its scope. The server reads the original's
     method to frame its answer: it sends the headers alone (uvicorn does, as does the
-    test client). The request's metrics keep ``HEAD``; the route that answered is copied back
-    for them."""
+    test client). The request's metrics keep ``HEAD``; the route that answered is copied
+    back for them."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
