@@ -1371,7 +1371,7 @@ def test_malformed_bodies_get_a_clear_4xx(
 
 def test_an_oversized_body_is_413_declared_or_chunked(api: Api) -> None:
     user = api.wallet("big", "token", topup=10)
-    limit = 64 * 1024  # the fixture's
+    limit = api.app.state.services.settings.max_body_bytes
     for size, status in ((limit, 201), (limit + 1, 413)):
         padded = b'{"amount": 1}'.ljust(size)
         r = api.post(
@@ -1541,8 +1541,7 @@ def test_every_get_route_answers_head_as_its_get_without_the_body(api: Api) -> N
         got = api.call("GET", path, as_key=as_key)
         head = api.call("HEAD", path, as_key=as_key)
         assert (got.status_code, head.status_code) == (status, status), (path, head.text)
-        assert got.content, path
-        assert head.content == b"", path
+        assert got.content, path  # (that HEAD sends no body on the wire: the test above)
         for name in ("content-length", "content-type"):
             assert head.headers[name] == got.headers[name], (path, name)
     only_post = api.call("HEAD", "/v1/authorizations", as_key="service")
@@ -1550,8 +1549,8 @@ def test_every_get_route_answers_head_as_its_get_without_the_body(api: Api) -> N
     assert api.call("OPTIONS", "/v1/catalogs", as_key="service").status_code == 405  # HEAD only
     assert api.balance(user)["balance"] == 500  # read only, as GET is
     text = api.client.get("/metrics").text
-    assert 'creditledger_http_requests_total{method="HEAD",route="/v1/catalogs",status="200"}' in (
-        text
+    assert (
+        'creditledger_http_requests_total{method="HEAD",route="/v1/catalogs",status="200"}' in text
     )
     assert (
         'creditledger_http_requests_total{method="HEAD",route="/v1/accounts/{id}",status="404"}'
