@@ -17,6 +17,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api.requestids import request_id
@@ -166,11 +167,33 @@ _HTTP_CODES = {
 }
 
 
-def _http(_request: Request, exc: Exception) -> JSONResponse:
+def _http(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, StarletteHTTPException)
     code = _HTTP_CODES.get(exc.status_code, "http_error")
     message = exc.detail if isinstance(exc.detail, str) else code.replace("_", " ")
-    return JSONResponse({"error": code, "message": message}, exc.status_code, headers=exc.headers)
+    headers = exc.headers
+    if exc.status_code == 405:
+        headers = {**(headers or {}), "Allow": _allowed_methods(request)}
+    return JSONResponse({"error": code, "message": message}, exc.status_code, headers=headers)
+
+
+#: The methods a 405's ``Allow`` may name, in the order it names them.
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE")
+
+
+def _allowed_methods(request: Request) -> str:
+    """What the path answers, for a 405's ``Allow`` (RFC 9110, 10.2.1): every route of the
+    path's, not only the first the router met (``/v1/accounts`` takes GET and POST), and
+    HEAD wherever GET is, as ``api.routing.HeadAsGet`` answers it. Each method is put to
+    the app's routes as the router would (their ``matches``), so routers included with a
+    prefix count as they route."""
+    routes = request.app.router.routes
+    allowed = []
+    for method in _METHODS:
+        scope = {**request.scope, "method": "GET" if method == "HEAD" else method}
+        if any(route.matches(scope)[0] == Match.FULL for route in routes):
+            allowed.append(method)
+    return ", ".join(allowed)
 
 
 def _unavailable(request: Request, exc: Exception) -> JSONResponse:

@@ -246,6 +246,17 @@ class JsonRoute(APIRoute):
         return exact
 
 
+#: Marks the scope of a HEAD passed on as a GET (see ``HeadAsGet``).
+_HEAD = "creditledger.head"
+
+
+def is_head(request: Request) -> bool:
+    """Whether ``request`` is a HEAD answered as its GET: a route whose body costs work to
+    make (a file decompressed as it is sent) can leave the body out; the headers must stay
+    the GET's."""
+    return bool(request.scope.get(_HEAD))
+
+
 class HeadAsGet:
     """HEAD is answered as GET is, without the body (RFC 9110, 9.3.2: a server that
     answers GET answers HEAD): the same status and headers, ``Content-Length`` included,
@@ -264,7 +275,7 @@ class HeadAsGet:
         if scope["type"] != "http" or scope["method"] != "HEAD":
             await self.app(scope, receive, send)
             return
-        as_get = {**scope, "method": "GET"}
+        as_get = {**scope, "method": "GET", _HEAD: True}
         try:
             await self.app(as_get, receive, send)
         finally:

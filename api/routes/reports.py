@@ -8,7 +8,7 @@ from fastapi.responses import StreamingResponse
 
 from api.deps import JournalReader, ServicesDep, ensure_own
 from api.errors import documented
-from api.routing import JsonRoute
+from api.routing import JsonRoute, is_head
 from api.schemas import ReportCreate, ReportPublic
 from ledger.keys import Principal
 from reports.jobs import JobView
@@ -91,9 +91,11 @@ async def download_report(
         headers["Vary"] = "Accept-Encoding"
         if not accepts(request.headers.get("accept-encoding", ""), out.encoding):
             # Decompressed as it is sent, a chunk at a time (no Content-Length: the size
-            # is known only once sent): never the whole file in memory.
+            # is known only once sent): never the whole file in memory. A HEAD, whose
+            # body the server drops, has none made.
             headers["ETag"] = f'"{etag}"'
-            return StreamingResponse(out.chunks(), media_type=out.content_type, headers=headers)
+            body = iter(()) if is_head(request) else out.chunks()
+            return StreamingResponse(body, media_type=out.content_type, headers=headers)
         # Sent as stored: the representation has its own strong validator.
         headers["Content-Encoding"] = out.encoding
         etag = f"{out.sha256}-{out.encoding}"

@@ -1547,6 +1547,18 @@ def test_every_get_route_answers_head_as_its_get_without_the_body(api: Api) -> N
     only_post = api.call("HEAD", "/v1/authorizations", as_key="service")
     assert (only_post.status_code, only_post.headers["allow"]) == (405, "POST")
     assert api.call("OPTIONS", "/v1/catalogs", as_key="service").status_code == 405  # HEAD only
+    # A 405 names every method of the path, of each of its routes, HEAD with GET.
+    for method, path, allow in [
+        ("POST", "/v1/catalogs", "GET, HEAD"),
+        ("DELETE", "/v1/accounts", "GET, HEAD, POST"),
+        ("POST", f"/v1/accounts/{user}", "GET, HEAD, PATCH"),
+        ("PUT", "/v1/keys", "GET, HEAD, POST"),
+        ("GET", "/v1/keys/k1", "DELETE"),
+    ]:
+        refused = api.call(method, path, as_key="admin")
+        assert refused.status_code == 405, (method, path, refused.text)
+        assert refused.headers["allow"] == allow, (method, path)
+        assert refused.json()["error"] == "method_not_allowed"
     assert api.balance(user)["balance"] == 500  # read only, as GET is
     text = api.client.get("/metrics").text
     assert (
