@@ -1,0 +1,329 @@
+"""verify() finds each invariant broken behind the ledger's back, and names what broke.
+
+The ledger itself never writes such books (the other tests check that ``verify`` finds
+nothing after every operation). Here a sound set of books is changed directly in the
+database, past the triggers and foreign keys that guard it, as a bug in a migration or a
+hand at the SQL prompt could. Each case breaks one thing and expects exactly the checks
+that thing breaks: a check that found nothing, or found it under another name, fails.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+from contextlib import closing
+from dataclasses import dataclass
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.db import Database
+from ledger.models import accounts, postings
+from ledger.services import Ledger
+from ledger.verify import verify
+from pricing.catalog import CatalogSet
+from tests import factories as f
+from tests.factories import Clock, key
+
+VEO_FAST = f.veo3_video(video_model="veo3_fast")
+
+
+@dataclass(frozen=True)
+class Books:
+    """The ids of a small, sound set of books: two credit wallets and a USD one; alice
+    with two grants, a captured hold, a voided one, a pending one, and a refunded charge."""
+
+    alice: int
+    bob: int
+    revenue: int
+    funding: int
+    pack: str
+    promo: str
+    captured: str
+    voided: str
+    pending: str
+    bob_topup: str
+    refund: str
+
+
+def tamper(db: Database, *statements: str) -> None:
+    """Run ``statements`` in one transaction with the ledger's guards off: on SQLite, its
+    own connection (foreign keys are off unless asked for) with the journal's triggers
+    dropped and made again; on PostgreSQL, as a replica applies changes (no trigger, no
+    foreign key fires)."""
+    if db.is_sqlite:
+        path = db.engine.url.database
+        assert path is not None
+        with closing(sqlite3.connect(path)) as raw, raw:
+            guards = raw.execute(
+                "SELECT name, sql FROM sqlite_master WHERE type = 'trigger' "
+                "AND tbl_name IN ('entries', 'postings')"
+            ).fetchall()
+            assert guards  # the tampering below is past them, not beside them
+            for name, _sql in guards:
+                raw.execute(f"DROP TRIGGER {name}")
+            for statement in statements:
+                raw.execute(statement)
+            for _name, sql in guards:
+                raw.execute(sql)
+    else:
+        with db.engine.begin() as conn:
+            conn.exec_driver_sql("SET LOCAL session_replication_role = replica")
+            for statement in statements:
+                conn.exec_driver_sql(statement)
+
+
+@pytest.fixture
+def books(db: Database, catalogs: CatalogSet, clock: Clock) -> Books:
+    ledger = Ledger(db, catalogs, clock=clock)
+    for name, unit in (("alice", "credit"), ("bob", "credit"), ("carol", "usd")):
+        ledger.open_account(name, unit, idempotency_key=key())
+    pack = ledger.top_up("alice", 1_000, idempotency_key=key()).grant
+    promo = ledger.top_up("alice", 50, kind="promo", idempotency_key=key()).grant
+    bob_topup = ledger.top_up("bob", 300, idempotency_key=key()).entry
+    captured = ledger.authorize("alice", VEO_FAST, idempotency_key=key()).id
+    ledger.capture(captured, status="COMPLETED", usage={"videos": 1}, idempotency_key=key())
+    voided = ledger.authorize("alice", VEO_FAST, idempotency_key=key()).id
+    ledger.void(voided, idempotency_key=key())
+    pending = ledger.authorize("alice", VEO_FAST, idempotency_key=key()).id
+    charge = ledger.charge("alice", VEO_FAST, idempotency_key=key())
+    assert charge.entry_id is not None
+    assert pack is not None
+    assert promo is not None
+    refund = ledger.reverse(charge.entry_id, reason="refund", idempotency_key=key()).entry
+    assert verify(db) == []  # sound before any case breaks it
+    with db.transaction(write=False) as conn:
+        ids = dict(conn.execute(sa.select(accounts.c.external_id, accounts.c.id)).all())
+        system = dict(
+            conn.execute(
+                sa.select(accounts.c.kind, accounts.c.id).where(
+                    accounts.c.unit == "credit", accounts.c.kind.in_(["revenue", "funding"])
+                )
+            ).all()
+        )
+    return Books(
+        alice=ids["alice"],
+        bob=ids["bob"],
+        revenue=system["revenue"],
+        funding=system["funding"],
+        pack=pack.id,
+        promo=promo.id,
+        captured=captured,
+        voided=voided,
+        pending=pending,
+        bob_topup=bob_topup.id,
+        refund=refund.id,
+    )
+
+
+def _entry_copy(b: Books) -> str:
+    columns = "kind, account_id, posted_at, memo, actor"
+    return (
+        f"INSERT INTO entries (id, {columns}) "
+        f"SELECT 'bare', {columns} FROM entries WHERE id = '{b.bob_topup}'"
+    )
+
+
+def _ghost_postings(b: Books) -> list[str]:
+    return [
+        "INSERT INTO postings (entry_id, account_id, unit, amount, posted_at) "
+        f"SELECT 'ghost', {b.funding}, 'credit', {amount}, posted_at "
+        f"FROM entries WHERE id = '{b.bob_topup}'"
+        for amount in (5, -5)
+    ]
+
+
+#: (the case, its statements, the checks it breaks, what one of their details names)
+CASES: list[tuple[str, Callable[[Books], list[str]], set[str], Callable[[Books], str]]] = [
+    (
+        "an entry that does not sum to zero",
+        lambda b: [
+            f"UPDATE postings SET amount = amount - 1 WHERE entry_id = '{b.bob_topup}' "
+            f"AND account_id = {b.funding}",
+            f"UPDATE accounts SET balance = balance - 1 WHERE id = {b.funding}",
+        ],
+        {"entry_balanced"},
+        lambda b: b.bob_topup,
+    ),
+    ("an entry without postings", lambda b: [_entry_copy(b)], {"entry_postings"}, lambda b: "bare"),
+    (
+        "an entry with one posting",
+        lambda b: [
+            f"DELETE FROM postings WHERE entry_id = '{b.bob_topup}' AND account_id = {b.funding}",
+            f"UPDATE accounts SET balance = balance + 300 WHERE id = {b.funding}",
+        ],
+        {"entry_postings", "entry_balanced"},
+        lambda b: b.bob_topup,
+    ),
+    ("postings of no entry", _ghost_postings, {"posting_entry"}, lambda b: "posting"),
+    (
+        "postings in another unit than their accounts'",
+        lambda b: [f"UPDATE postings SET unit = 'usd' WHERE entry_id = '{b.bob_topup}'"],
+        {"posting_unit"},
+        lambda b: "is in usd, its account in credit",
+    ),
+    (
+        "a balance that is not its postings",
+        lambda b: [f"UPDATE accounts SET balance = balance + 1 WHERE id = {b.revenue}"],
+        {"account_balance"},
+        lambda b: "postings sum to",
+    ),
+    (
+        "pending that is not the open holds",
+        lambda b: [f"UPDATE accounts SET pending = pending + 1 WHERE id = {b.alice}"],
+        {"account_pending"},
+        lambda b: "alice: pending 241, open holds sum to 240",
+    ),
+    (
+        "a grant whose remaining is not its movements",
+        lambda b: [
+            f"UPDATE grants SET remaining = remaining + 1 WHERE id = '{b.pack}'",
+            f"UPDATE grants SET remaining = remaining - 1 WHERE id = '{b.promo}'",
+        ],
+        {"grant_movements"},
+        lambda b: b.promo,
+    ),
+    (
+        "grants that do not hold the wallet's balance",
+        lambda b: [
+            f"UPDATE grants SET remaining = remaining - 1 WHERE id = '{b.pack}'",
+            "INSERT INTO grant_movements (entry_id, grant_id, amount) "
+            f"VALUES ('{b.bob_topup}', '{b.pack}', -1)",
+        ],
+        {"wallet_grants"},
+        lambda b: "alice: grants hold",
+    ),
+    (
+        "a pending hold that was resolved",
+        lambda b: [
+            f"UPDATE holds SET resolved_at = created_at WHERE id = '{b.pending}'",
+        ],
+        {"hold_state"},
+        lambda b: b.pending,
+    ),
+    (
+        "a voided hold never resolved",
+        lambda b: [f"UPDATE holds SET resolved_at = NULL WHERE id = '{b.voided}'"],
+        {"hold_state"},
+        lambda b: b.voided,
+    ),
+    (
+        "a voided hold that captured",
+        lambda b: [f"UPDATE holds SET captured = 5 WHERE id = '{b.voided}'"],
+        {"hold_state"},
+        lambda b: b.voided,
+    ),
+    (
+        "a captured hold without its amount",
+        lambda b: [f"UPDATE holds SET captured = NULL WHERE id = '{b.captured}'"],
+        {"hold_state", "hold_capture", "metering_charged"},
+        lambda b: b.captured,
+    ),
+    (
+        "a capture its entry did not move",
+        lambda b: [f"UPDATE holds SET captured = captured - 1 WHERE id = '{b.captured}'"],
+        {"hold_capture", "metering_charged"},
+        lambda b: "captured 239",
+    ),
+    (
+        "a pending hold metered as done",
+        lambda b: [
+            "UPDATE metering_records SET status = 'expired' WHERE id = "
+            f"(SELECT metering_id FROM holds WHERE id = '{b.pending}')"
+        ],
+        {"metering_status"},
+        lambda b: f"hold {b.pending} is pending, its metering record expired",
+    ),
+    (
+        "a capture metered at another amount",
+        lambda b: [
+            "UPDATE metering_records SET charged = charged + 1 WHERE id = "
+            f"(SELECT metering_id FROM holds WHERE id = '{b.captured}')"
+        ],
+        {"metering_charged", "daily_rollup"},
+        lambda b: "captured 240, metered 241",
+    ),
+    (
+        "a day's requests the metering does not have",
+        lambda b: [f"UPDATE daily_usage SET requests = requests + 1 WHERE account_id = {b.alice}"],
+        {"daily_rollup"},
+        lambda b: "rollup",
+    ),
+    (
+        "a day's amount the metering does not have",
+        lambda b: [f"UPDATE daily_usage SET amount = amount + 1 WHERE account_id = {b.alice}"],
+        {"daily_rollup"},
+        lambda b: "rollup",
+    ),
+    (
+        "a day's credits the journal does not have",
+        lambda b: [f"UPDATE daily_flows SET credits = credits + 1 WHERE account_id = {b.bob}"],
+        {"daily_flows"},
+        lambda b: "journal (300, 0), rollup (301, 0)",
+    ),
+    (
+        "a day's debits the journal does not have",
+        lambda b: [
+            f"UPDATE daily_flows SET debits = debits + 1 WHERE account_id = {b.alice} "
+            "AND debits > 0"
+        ],
+        {"daily_flows"},
+        lambda b: "journal",
+    ),
+    (
+        "a reversal on another wallet",
+        lambda b: [f"UPDATE entries SET account_id = {b.bob} WHERE id = '{b.refund}'"],
+        {"reversal_account"},
+        lambda b: b.refund,
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("statements", "broken", "named"),
+    [pytest.param(s, c, n, id=case) for case, s, c, n in CASES],
+)
+def test_verify_names_each_broken_invariant(
+    db: Database,
+    books: Books,
+    statements: Callable[[Books], list[str]],
+    broken: set[str],
+    named: Callable[[Books], str],
+) -> None:
+    tamper(db, *statements(books))
+    found = verify(db)
+    assert {v.check for v in found} == broken, found
+    assert any(named(books) in v.detail for v in found), found
+
+
+def test_verify_reports_every_violation_not_the_first(db: Database, books: Books) -> None:
+    """Three things broken at once in three places: three checks, each with its own
+    detail; and one check broken twice is two violations."""
+    tamper(
+        db,
+        f"UPDATE accounts SET pending = pending + 1 WHERE id = {books.alice}",
+        f"UPDATE holds SET captured = 5 WHERE id = '{books.voided}'",
+        f"UPDATE holds SET resolved_at = created_at WHERE id = '{books.pending}'",
+        f"UPDATE daily_flows SET credits = credits + 1 WHERE account_id = {books.bob}",
+    )
+    found = verify(db)
+    assert sorted(v.check for v in found) == [
+        "account_pending",
+        "daily_flows",
+        "hold_state",
+        "hold_state",
+    ], found
+    held = [v.detail for v in found if v.check == "hold_state"]
+    assert any(books.voided in d for d in held), held
+    assert any(books.pending in d for d in held), held
+
+
+def test_tampering_is_past_the_guards_and_leaves_them(db: Database, books: Books) -> None:
+    """The cases above change what the ledger's own guards refuse; after them the guards
+    stand again: the journal still refuses an UPDATE of a posting."""
+    tamper(db, f"UPDATE postings SET amount = amount WHERE entry_id = '{books.bob_topup}'")
+    with pytest.raises(sa.exc.DBAPIError), db.transaction() as conn:
+        conn.execute(
+            postings.update().where(postings.c.entry_id == books.bob_topup).values(amount=1)
+        )
+    assert verify(db) == []
