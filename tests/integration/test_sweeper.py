@@ -1,18 +1,25 @@
-"""The sweeper's rounds when they fail: a database that is away (a restart, an outage) is
-said in one line per round, a bug with its traceback; either way the next round runs."""
+"""The sweeper's rounds: a backlog is worked off a batch at a time, and a round that fails
+(a database that is away, said in one line per round; a bug, with its traceback) is
+followed by the next."""
 
 from __future__ import annotations
 
 import logging
 import time
+from datetime import timedelta
 
 import pytest
+import sqlalchemy as sa
 
+from ledger import sweeper
 from ledger.db import Database, Timeouts
+from ledger.models import holds, idempotency
 from ledger.services import Ledger
 from ledger.sweeper import Periodic, Sweeper
+from ledger.verify import verify
 from pricing.catalog import CatalogSet
-from tests.factories import Clock
+from tests import factories as f
+from tests.factories import Clock, key
 
 
 def _rounds(periodic: Periodic, caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord]:
@@ -58,3 +65,35 @@ def test_a_bug_keeps_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
         assert record.levelno == logging.ERROR
         assert record.exc_info is not None
         assert isinstance(record.exc_info[1], ValueError)
+
+
+def test_a_round_works_off_a_backlog_a_batch_at_a_time(
+    db: Database, catalogs: CatalogSet, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """More holds due than a batch holds are all expired in the one round; idempotency
+    keys past their retention are deleted at most ``PRUNE_BATCHES`` batches a round (so a
+    backlog never delays hold expiry), the rest in the rounds after."""
+    monkeypatch.setattr(sweeper, "BATCH", 2)
+    monkeypatch.setattr(sweeper, "PRUNE_BATCHES", 2)
+    clock = Clock()
+    ledger = Ledger(db, catalogs, clock=clock)
+    ledger.idempotency_retention = timedelta(hours=1)
+    ledger.open_account("busy", "credit", idempotency_key=key())
+    ledger.top_up("busy", 5_000, idempotency_key=key())
+    for _ in range(5):
+        ledger.authorize("busy", f.veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    with db.transaction(write=False) as conn:
+        stored = conn.execute(sa.select(sa.func.count()).select_from(idempotency)).scalar_one()
+    assert stored == 7  # the opening, the top-up and the five authorizations
+    clock.advance(hours=2)  # every hold past its 15 minutes, every key past its hour
+    rounds = Sweeper(ledger, 60)
+    first = rounds.run_once()
+    assert (first.holds_expired, first.keys_pruned) == (5, 4)
+    assert ledger.account("busy").pending == 0
+    with db.transaction(write=False) as conn:
+        statuses = conn.execute(sa.select(holds.c.status)).scalars().all()
+    assert statuses == ["expired"] * 5
+    second = rounds.run_once()
+    assert (second.holds_expired, second.keys_pruned) == (0, 3)
+    assert rounds.run_once().keys_pruned == 0
+    assert verify(db) == []
