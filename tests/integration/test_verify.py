@@ -9,14 +9,18 @@ that thing breaks: a check that found nothing, or found it under another name, f
 
 from __future__ import annotations
 
+import inspect
+import re
 import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
+import ledger.verify as verify_module
 from ledger.db import Database
 from ledger.models import accounts, postings
 from ledger.services import Ledger
@@ -327,3 +331,16 @@ def test_tampering_is_past_the_guards_and_leaves_them(db: Database, books: Books
             postings.update().where(postings.c.entry_id == books.bob_topup).values(amount=1)
         )
     assert verify(db) == []
+
+
+def test_the_cases_break_every_check_and_the_readme_names_each() -> None:
+    """Every check verify() makes is broken by a case above, and the README's table of
+    checks (what ``creditledger verify --json`` names) lists exactly those."""
+    made = set(re.findall(r'_v\(\s*"(\w+)"', inspect.getsource(verify_module)))
+    broken = set().union(*(checks for _case, _s, checks, _n in CASES))
+    readme = (Path(__file__).parents[2] / "README.md").read_text(encoding="utf-8")
+    table = readme.split("names each violation by its check")[1].split("\n\n")[1]
+    listed = {
+        name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split("|")[1])
+    }
+    assert made == broken == listed
