@@ -1,0 +1,95 @@
+"""The money arithmetic keeps what ``pricing.money`` promises: sums and products exact at
+any size a 64-bit amount and a catalog rate can make, one rounding (up) to whole minor
+units, and a refusal for what no column holds.
+
+A context of Python's default 28 digits, or int-and-Decimal arithmetic outside the money
+context (which uses that default and rounds half-even), would round a fraction away
+below the 28th digit: up to a minor unit undercharged once the total is rounded.
+"""
+
+from __future__ import annotations
+
+from decimal import Decimal, InvalidOperation, localcontext
+
+import pytest
+
+from pricing.errors import AmountOverflow
+from pricing.money import (
+    MAX_AMOUNT,
+    add,
+    decimal_text,
+    div_up,
+    is_whole,
+    major_to_minor,
+    minor_to_major,
+    mul,
+    to_minor_units,
+)
+
+
+def test_a_sum_keeps_a_fraction_far_below_a_large_whole_amount() -> None:
+    large, tiny = 5 * 10**18, Decimal("1E-10")  # 29 significant digits together
+    total = add(large, tiny)
+    assert total == Decimal("5000000000000000000.0000000001")
+    assert to_minor_units(total) == large + 1  # not undercharged by the fraction
+    assert add(tiny, large) == total
+    assert add(2, 3) == 5
+    assert type(add(2, 3)) is int
+
+
+def test_a_product_of_two_19_digit_quantities_and_a_rate_is_exact() -> None:
+    quantities = mul(10**18 + 1, 10**18 + 3)
+    assert quantities == 10**36 + 4 * 10**18 + 3
+    amount = mul(quantities, Decimal("1E-25"))
+    assert amount == Decimal("100000000000.0000004000000000000000003")  # 37 digits
+    assert mul(Decimal("1E-25"), quantities) == amount
+    assert to_minor_units(amount) == 100_000_000_001
+
+
+def test_a_quotient_rounds_up_to_exactly_its_ceiling() -> None:
+    assert to_minor_units(div_up(1, 3)) == 1
+    assert div_up(Decimal(6), 3) == 2
+    with localcontext() as exact:
+        exact.prec = 100
+        for dividend, divisor in [(10**18, 3), (2**62, 7), (MAX_AMOUNT, 10**18)]:
+            true = Decimal(dividend) / Decimal(divisor)
+            ceiling = int(true.to_integral_value(rounding="ROUND_CEILING"))
+            assert to_minor_units(div_up(dividend, divisor)) == ceiling, (dividend, divisor)
+    # What has no value is an error, never a NaN carried into a total.
+    with pytest.raises(InvalidOperation):
+        div_up(0, 0)
+    with pytest.raises(InvalidOperation):
+        mul(Decimal("Infinity"), 0)
+
+
+def test_whole_minor_units_are_the_ceiling_and_fit_64_bits() -> None:
+    assert to_minor_units(MAX_AMOUNT) == MAX_AMOUNT
+    assert to_minor_units(Decimal(MAX_AMOUNT) - Decimal("0.5")) == MAX_AMOUNT
+    assert to_minor_units(Decimal("0.0000001")) == 1
+    assert to_minor_units(0) == 0
+    for beyond in (MAX_AMOUNT + 1, Decimal(MAX_AMOUNT) + Decimal("1E-7")):
+        with pytest.raises(AmountOverflow) as refused:
+            to_minor_units(beyond)
+        assert refused.value.allowed == {"max": MAX_AMOUNT}
+    # A negative amount is a bug in a catalog's validation, not input: never money.
+    for negative in (-1, Decimal("-1.5")):
+        with pytest.raises(ValueError, match="negative amount"):
+            to_minor_units(negative)
+
+
+def test_major_and_minor_units_shift_the_point_without_rounding() -> None:
+    cents = major_to_minor(Decimal("0.04"), 6)
+    assert (cents, type(cents)) == (40_000, int)
+    assert major_to_minor(Decimal("0.0000001"), 6) == Decimal("0.1")
+    assert minor_to_major(40_000, 6) == Decimal("0.04")
+    assert minor_to_major(1, 6) == Decimal("0.000001")
+
+
+def test_whole_and_text() -> None:
+    assert is_whole(Decimal("40000.000"))
+    assert not is_whole(Decimal("0.5"))
+    for endless in ("Infinity", "-Infinity", "NaN"):
+        assert not is_whole(Decimal(endless)), endless
+    assert decimal_text(Decimal("0.0400")) == "0.04"
+    assert decimal_text(Decimal("4E+4")) == "40000"
+    assert decimal_text(12) == "12"
