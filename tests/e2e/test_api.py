@@ -22,6 +22,7 @@ import pytest
 import sqlalchemy as sa
 import uvicorn
 
+from ledger.errors import UnbalancedEntry
 from ledger.models import (
     ENTRY_KINDS,
     HOLD_STATUSES,
@@ -1593,12 +1594,17 @@ def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(
     def bug(*_a: Any, **_k: Any) -> Any:
         raise RuntimeError("boom")
 
+    def unmapped(*_a: Any, **_k: Any) -> Any:
+        # A domain error no status is mapped to is a bug too: not its own words in a 4xx.
+        raise UnbalancedEntry("entry boom: credit sums to 5")
+
     for broken, status, error in (
         (lost, 503, "database_unavailable"),
         (cut_off, 503, "database_unavailable"),
         (ended, 503, "database_unavailable"),
         (ended_raw, 503, "database_unavailable"),
         (bug, 500, "internal_error"),
+        (unmapped, 500, "internal_error"),
     ):
         original = api.ledger.authorize
         api.ledger.authorize = broken  # type: ignore[method-assign]
@@ -1624,8 +1630,13 @@ def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(
         else:
             assert logged.levelno == logging.ERROR
             assert logged.exc_info is not None
-            assert logged.getMessage() == f"unhandled error ({about})"
-            assert r.json()["request_id"] == made
+            what = "unhandled error" if broken is bug else "unmapped domain error"
+            assert logged.getMessage() == f"{what} ({about})"
+            assert r.json() == {
+                "error": "internal_error",
+                "message": "internal error",
+                "request_id": made,
+            }
     assert api.balance(user)["pending"] == 0
 
 
