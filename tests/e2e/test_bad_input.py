@@ -814,3 +814,30 @@ def test_a_value_outside_a_fields_choices_is_answered_with_the_choices_as_a_list
         assert answer["field"] == field, (path, answer)
         assert answer["allowed"] == expected[field], (path, answer)
     assert _dump(api) == before
+
+
+def test_a_number_out_of_a_fields_range_is_answered_with_the_bound_it_broke(
+    api: Api, world: dict[str, str]
+) -> None:
+    """A number out of range names, as ``allowed``, the bound it broke: the upper one (64
+    bits for an amount, a week for a hold's TTL) for a value above it, the lower one for a
+    value under it."""
+    week = 7 * 24 * 3600
+    cases = [
+        ("/v1/accounts/w/topups", {"amount": BIG}, "amount", {"le": BIG - 1}),
+        ("/v1/accounts/w/topups", {"amount": 0}, "amount", {"ge": 1}),
+        (
+            "/v1/authorizations/{hold}/extend",
+            {"ttl_seconds": week + 1},
+            "ttl_seconds",
+            {"le": week},
+        ),
+        ("/v1/authorizations/{hold}/extend", {"ttl_seconds": 0}, "ttl_seconds", {"ge": 1}),
+    ]
+    before = _dump(api)
+    for path, body, field, bound in cases:
+        r = api.call("POST", path.format(**world), body=body, idempotency_key=None)
+        assert r.status_code == 422, (path, r.text)
+        answer = r.json()
+        assert (answer["field"], answer["allowed"]) == (field, bound), (path, answer)
+    assert _dump(api) == before
