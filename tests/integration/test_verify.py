@@ -301,8 +301,8 @@ def test_verify_names_each_broken_invariant(
 
 
 def test_verify_reports_every_violation_not_the_first(db: Database, books: Books) -> None:
-    """Three things broken at once in three places: three checks, each with its own
-    detail; and one check broken twice is two violations."""
+    """Four things broken at once: four violations, each with its own detail, two of
+    them of the one check (two holds)."""
     tamper(
         db,
         f"UPDATE accounts SET pending = pending + 1 WHERE id = {books.alice}",
