@@ -8,8 +8,16 @@ from pathlib import Path
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
 
 from ledger.db import THREADS, Timeouts
+
+#: The database URLs the ledger takes, for the message refusing another.
+_DATABASES = (
+    "sqlite:///path/to/creditledger.db (a file) or "
+    "postgresql+psycopg://user:password@host:5432/database"
+)
 
 
 class Settings(BaseSettings):
@@ -20,6 +28,30 @@ class Settings(BaseSettings):
     #: The system of record. SQLite (a file, WAL) by default; ``postgresql+psycopg://...``
     #: for production.
     database_url: str = "sqlite:///./creditledger.db"
+
+    @field_validator("database_url")
+    @classmethod
+    def _a_ledger_database(cls, url: str) -> str:
+        """A URL of the two databases the ledger runs on: a SQLite file, or PostgreSQL
+        through psycopg 3. Said before anything connects, without the URL itself (it may
+        hold a password)."""
+        try:
+            parsed = make_url(url)
+        except ArgumentError:
+            raise ValueError(f"not a database URL: {_DATABASES}") from None
+        backend, _, driver = parsed.drivername.partition("+")
+        if backend == "sqlite" and driver in ("", "pysqlite"):
+            name = parsed.database or ""
+            if name in ("", ":memory:") or parsed.query.get("mode") == "memory":
+                # Each connection would have a database of its own, and every credit
+                # would be gone when the process ends.
+                raise ValueError(
+                    "an in-memory SQLite database cannot hold a ledger: name a file "
+                    "(sqlite:///path/to/creditledger.db)"
+                )
+        elif backend != "postgresql" or driver not in ("", "psycopg"):
+            raise ValueError(f"{parsed.drivername} is not a database of the ledger: {_DATABASES}")
+        return url
 
     #: A directory of operator catalogs (``*.toml``): new catalogs, or new versions of the
     #: shipped ones (for example prices for an operation the seeds publish none for).

@@ -231,6 +231,39 @@ def test_a_setting_out_of_range_exits_2_naming_the_variable(
     assert not db.exists()  # nothing was started or migrated
 
 
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("ledger.db", "not a database URL"),
+        ("mysql://ledger:s3cret@db/ledger", "mysql is not a database of the ledger"),
+        ("postgresql+psycopg2://ledger:s3cret@db/ledger", "postgresql+psycopg2 is not"),
+        ("sqlite://", "in-memory"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("sqlite:///file:ledger?mode=memory&uri=true", "in-memory"),
+    ],
+)
+@pytest.mark.parametrize("command", [("migrate",), ("serve", "--port", "0"), ("backup", "x.db")])
+def test_a_database_url_the_ledger_cannot_run_on_exits_2_naming_what_it_takes(
+    tmp_path: Path, url: str, said: str, command: tuple[str, ...]
+) -> None:
+    """Not a URL, another database or driver, or a SQLite database in memory (each
+    connection would have its own, and every credit would go with the process): refused
+    before anything connects, naming the variable and the URLs it takes, never echoing
+    the URL (it may hold a password)."""
+    result = run(*command, env={"CREDITLEDGER_DATABASE_URL": url}, cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr
+    error = json.loads(result.stderr)
+    assert (error["error"], error["field"]) == (
+        "invalid_configuration",
+        "CREDITLEDGER_DATABASE_URL",
+    )
+    assert said in error["message"]
+    assert "sqlite:///path/to/creditledger.db" in error["message"]
+    assert "s3cret" not in result.stderr + result.stdout
+    assert list(tmp_path.iterdir()) == []  # no file made, nothing migrated
+
+
 def _loaded(imports: str, modules: tuple[str, ...]) -> list[str]:
     """Which of ``modules`` a fresh interpreter has loaded after ``import <imports>``."""
     probe = (
