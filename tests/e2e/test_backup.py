@@ -14,7 +14,7 @@ import pytest
 
 from ledger import backup as backup_module
 from ledger.db import Database
-from ledger.errors import BackupFailed
+from ledger.errors import BackupExists, BackupFailed
 from ledger.services import Ledger
 from ledger.verify import verify
 from pricing import default_catalogs
@@ -85,8 +85,10 @@ def test_a_backup_taken_while_another_process_writes_is_one_consistent_state(
     assert view["path"] == str(copy)
     assert view["bytes"] == copy.stat().st_size
     assert view["revision"]
-    # One self-contained file: no WAL beside it, no partial file left.
+    # One self-contained file: no WAL beside it, no partial file left, and the file says
+    # so itself (its header's read and write versions: 1, a rollback journal; 2 is WAL).
     assert sorted(p.name for p in copy.parent.iterdir()) == ["ledger-copy.db"]
+    assert copy.read_bytes()[18:20] == b"\x01\x01"
 
     restored = Database.from_url(f"sqlite:///{copy}")
     try:
@@ -134,23 +136,56 @@ def test_a_backup_never_overwrites_by_accident(ledger_file: Path, tmp_path: Path
 
 
 @pytest.mark.parametrize(
-    ("url", "destination", "field"),
+    ("url", "destination", "field", "said"),
     [
-        ("postgresql+psycopg://ledger@localhost/ledger", "copy.db", "CREDITLEDGER_DATABASE_URL"),
-        (None, "missing-folder/copy.db", "destination"),
-        (None, ".", "destination"),
-        (None, "live/ledger.db", "destination"),  # the database itself
+        (
+            "postgresql+psycopg://ledger@localhost/ledger",
+            "copy.db",
+            "CREDITLEDGER_DATABASE_URL",
+            "pg_dump",
+        ),
+        ("sqlite:///{tmp}/none.db", "copy.db", "CREDITLEDGER_DATABASE_URL", "no database file"),
+        (None, "missing-folder/copy.db", "destination", "no directory"),
+        (None, ".", "destination", "is a directory"),
+        (None, "live/ledger.db", "destination", "the database itself"),
     ],
 )
 def test_a_backup_that_cannot_be_taken_is_refused_with_the_field(
-    ledger_file: Path, tmp_path: Path, url: str | None, destination: str, field: str
+    ledger_file: Path, tmp_path: Path, url: str | None, destination: str, field: str, said: str
 ) -> None:
-    env = {"CREDITLEDGER_DATABASE_URL": url} if url else _url(ledger_file)
+    env = {"CREDITLEDGER_DATABASE_URL": url.format(tmp=tmp_path)} if url else _url(ledger_file)
     before = ledger_file.read_bytes()
     r = run("backup", str(tmp_path / destination), env=env)
     assert r.returncode == 2, r.stderr
-    assert json.loads(r.stderr)["field"] == field
+    refused = json.loads(r.stderr)
+    assert refused["field"] == field
+    assert said in refused["message"]
     assert ledger_file.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]  # nothing made
+
+
+def test_a_file_that_appears_at_the_destination_meanwhile_is_not_replaced(
+    ledger_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The destination was free when the backup began; another process wrote a file
+    there while the copy was taken. Without ``replace``, that file is kept and the backup
+    refused, its partial copy removed."""
+    copy_pages = backup_module._copy
+    copy = tmp_path / "copy.db"
+
+    def raced(source: Path, target: Path, *, timeout: float) -> None:
+        copy_pages(source, target, timeout=timeout)
+        copy.write_bytes(b"someone else's file")
+
+    monkeypatch.setattr(backup_module, "_copy", raced)
+    db = Database.from_url(f"sqlite:///{ledger_file}")
+    try:
+        with pytest.raises(BackupExists):
+            backup_module.backup(db, copy)
+    finally:
+        db.dispose()
+    assert copy.read_bytes() == b"someone else's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "live"]
 
 
 def test_a_backup_of_a_ledger_that_breaks_an_invariant_is_kept_and_says_so(
