@@ -23,7 +23,10 @@ _DATABASES = (
 class Settings(BaseSettings):
     """Everything the operator configures. Each field is ``CREDITLEDGER_<NAME>``."""
 
-    model_config = SettingsConfigDict(env_prefix="CREDITLEDGER_", extra="ignore")
+    # A refused value is never repeated in the error: a database URL may hold a password.
+    model_config = SettingsConfigDict(
+        env_prefix="CREDITLEDGER_", extra="ignore", hide_input_in_errors=True
+    )
 
     #: The system of record. SQLite (a file, WAL) by default; ``postgresql+psycopg://...``
     #: for production.

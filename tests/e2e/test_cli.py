@@ -264,6 +264,19 @@ def test_a_database_url_the_ledger_cannot_run_on_exits_2_naming_what_it_takes(
     assert list(tmp_path.iterdir()) == []  # no file made, nothing migrated
 
 
+def test_a_refused_setting_is_not_repeated_in_its_error() -> None:
+    """The text of a refused setting's error (as a log of the exception prints it) never
+    holds the value: a database URL may hold a password."""
+    from pydantic import ValidationError
+
+    from ledger.settings import Settings
+
+    for url in ("mysql://ledger:s3cret@db/ledger", "postgresql+psycopg2://ledger:s3cret@db/l"):
+        with pytest.raises(ValidationError) as refused:
+            Settings(database_url=url)
+        assert "s3cret" not in str(refused.value), url
+
+
 def _loaded(imports: str, modules: tuple[str, ...]) -> list[str]:
     """Which of ``modules`` a fresh interpreter has loaded after ``import <imports>``."""
     probe = (
