@@ -765,6 +765,44 @@ def test_a_wallet_opened_as_the_month_ends_is_the_next_months(
     assert job.month == "2026-11"
 
 
+def test_december_counts_the_years_last_day_and_january_opens_with_its_closing(
+    db: Database, ledger: Ledger, reports: Reports, clock: Clock
+) -> None:
+    clock.now = datetime(2026, 12, 31, 12, tzinfo=UTC)
+    ledger.open_account("w", "credit", idempotency_key=key())
+    ledger.top_up("w", 2_000, idempotency_key=key())
+    clock.now = datetime(2027, 1, 1, tzinfo=UTC) - timedelta(microseconds=1)
+    ledger.charge("w", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    clock.now = datetime(2027, 1, 1, tzinfo=UTC)
+    ledger.charge("w", veo3_video(video_model="veo3"), idempotency_key=key())
+    for from_journal in (False, True):
+        december = make(db, "2026-12", "UTC", "w", from_journal=from_journal)
+        (row,) = records(december.accounts)
+        assert (row["opening"], row["credit_pack"], row["debit_usage"], row["closing"]) == (
+            0,
+            2_000,
+            240,
+            1_760,
+        )
+        assert row["requests"] == 1
+        assert december.daily["day"].tolist() == ["2026-12-31"]
+        (row,) = records(make(db, "2027-01", "UTC", "w", from_journal=from_journal).accounts)
+        assert (row["opening"], row["debit_usage"], row["closing"]) == (1_760, 500, 1_260)
+    # On New Year's Day the month-end job reports December.
+    clock.advance(minutes=1)
+    job = reports.schedule_month_end()
+    assert job is not None
+    assert job.month == "2026-12"
+    assert reports.run_pending() == 1
+    summary = reports.get(job.id).summary
+    assert summary is not None
+    assert (summary["start"], summary["end"]) == (
+        "2026-12-01T00:00:00+00:00",
+        "2027-01-01T00:00:00+00:00",
+    )
+    assert summary["totals"][0]["debits"] == 240
+
+
 def test_the_month_end_report_is_made_beside_the_reports_asked_for_that_month(
     ledger: Ledger, traffic: Traffic, reports: Reports
 ) -> None:
