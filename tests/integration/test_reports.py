@@ -803,6 +803,38 @@ def test_december_counts_the_years_last_day_and_january_opens_with_its_closing(
     assert summary["totals"][0]["debits"] == 240
 
 
+@pytest.mark.parametrize("tz", ["UTC", "Asia/Tokyo"])
+def test_a_wallet_opened_and_a_top_up_posted_as_the_month_ends_are_the_next_months(
+    db: Database, ledger: Ledger, clock: Clock, tz: str
+) -> None:
+    october = queries.period("2026-10", tz)
+    clock.now = datetime(2026, 10, 15, tzinfo=UTC)
+    ledger.open_account("old", "credit", idempotency_key=key())
+    ledger.top_up("old", 1_000, idempotency_key=key())
+    clock.now = october.end
+    ledger.open_account("new", "credit", idempotency_key=key())
+    ledger.top_up("new", 500, idempotency_key=key())
+    ledger.top_up("old", 300, idempotency_key=key())
+    with db.transaction(write=False) as conn:
+        batches = list(queries.wallet_batches(conn, october, 10))
+    assert batches == [[ledger_account(db, "old")]]
+    for from_journal in (False, True):
+        (row,) = records(make(db, "2026-10", tz, from_journal=from_journal).accounts)
+        assert (row["account_id"], row["opening"], row["credits"], row["closing"]) == (
+            "old",
+            0,
+            1_000,
+            1_000,
+        )
+        with pytest.raises(NotFound):
+            make(db, "2026-10", tz, "new", from_journal=from_journal)
+        november = make(db, "2026-11", tz, from_journal=from_journal).accounts
+        assert [(r["account_id"], r["opening"], r["credits"]) for r in records(november)] == [
+            ("new", 0, 500),
+            ("old", 1_000, 300),
+        ]
+
+
 def test_the_month_end_report_is_made_beside_the_reports_asked_for_that_month(
     ledger: Ledger, traffic: Traffic, reports: Reports
 ) -> None:
