@@ -811,7 +811,10 @@ def test_a_wallet_opened_and_a_top_up_posted_as_the_month_ends_are_the_next_mont
     clock.now = datetime(2026, 10, 15, tzinfo=UTC)
     ledger.open_account("old", "credit", idempotency_key=key())
     ledger.top_up("old", 1_000, idempotency_key=key())
+    clock.now = october.end - timedelta(minutes=5)
+    held = ledger.authorize("old", veo3_video(video_model="veo3_fast"), idempotency_key=key())
     clock.now = october.end
+    ledger.capture(held.id, status="COMPLETED", usage=None, idempotency_key=key())
     ledger.open_account("new", "credit", idempotency_key=key())
     ledger.top_up("new", 500, idempotency_key=key())
     ledger.top_up("old", 300, idempotency_key=key())
@@ -826,13 +829,16 @@ def test_a_wallet_opened_and_a_top_up_posted_as_the_month_ends_are_the_next_mont
             1_000,
             1_000,
         )
+        # The hold captured as the month ended was still open at its end.
+        assert (row["debits"], row["open_holds"], row["open_holds_amount"]) == (0, 1, 240)
+        assert ledger.balance("old", as_of=october.end - timedelta(microseconds=1)).pending == 240
         with pytest.raises(NotFound):
             make(db, "2026-10", tz, "new", from_journal=from_journal)
         november = make(db, "2026-11", tz, from_journal=from_journal).accounts
-        assert [(r["account_id"], r["opening"], r["credits"]) for r in records(november)] == [
-            ("new", 0, 500),
-            ("old", 1_000, 300),
-        ]
+        assert [
+            (r["account_id"], r["opening"], r["credits"], r["debit_usage"], r["open_holds"])
+            for r in records(november)
+        ] == [("new", 0, 500, 0, 0), ("old", 1_000, 300, 240, 0)]
 
 
 def test_the_month_end_report_is_made_beside_the_reports_asked_for_that_month(
