@@ -841,6 +841,32 @@ def test_a_wallet_opened_and_a_top_up_posted_as_the_month_ends_are_the_next_mont
         ] == [("new", 0, 500, 0, 0), ("old", 1_000, 300, 240, 0)]
 
 
+def test_a_voided_or_expired_hold_is_no_request_of_the_statement_an_error_is(
+    db: Database, ledger: Ledger, clock: Clock
+) -> None:
+    clock.now = datetime(2026, 10, 10, tzinfo=UTC)
+    ledger.open_account("w", "credit", idempotency_key=key())
+    ledger.top_up("w", 5_000, idempotency_key=key())
+    done = ledger.authorize("w", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    ledger.capture(done.id, status="COMPLETED", usage=None, idempotency_key=key())
+    failed = ledger.authorize("w", veo3_video(video_model="veo3"), idempotency_key=key())
+    ledger.capture(failed.id, status="ERROR", usage=None, idempotency_key=key())
+    voided = ledger.authorize("w", veo3_video(video_model="veo3"), idempotency_key=key())
+    ledger.void(voided.id, idempotency_key=key())
+    ledger.authorize("w", veo3_video(video_model="veo3"), idempotency_key=key())
+    clock.advance(hours=1)
+    assert ledger.expire_holds() == 1
+    for tz in ("UTC", "Asia/Tokyo"):
+        for from_journal in (False, True):
+            made = make(db, "2026-10", tz, "w", from_journal=from_journal)
+            (row,) = records(made.accounts)
+            assert (row["requests"], row["usage_amount"], row["debit_usage"]) == (2, 240, 240)
+            assert made.usage[["model", "requests", "amount"]].values.tolist() == [
+                ["veo3", 1, 0],
+                ["veo3_fast", 1, 240],
+            ]
+
+
 def test_the_month_end_report_is_made_beside_the_reports_asked_for_that_month(
     ledger: Ledger, traffic: Traffic, reports: Reports
 ) -> None:
