@@ -165,6 +165,17 @@ def test_rollups_and_journal_give_the_same_statement(
         pd.testing.assert_frame_equal(fast.accounts[columns], exact.accounts[columns])
         pd.testing.assert_frame_equal(fast.usage, exact.usage)
         pd.testing.assert_frame_equal(fast.daily, exact.daily)
+        # The raw material too: each wallet's flows by the report's days.
+        report = queries.period(traffic.month, tz)
+        with db.transaction(write=False) as conn:
+            rolled, journal = (
+                queries.load(conn, report, from_journal=exact).flows for exact in (False, True)
+            )
+        order = ["account", "day", "flow"]
+        pd.testing.assert_frame_equal(
+            rolled.sort_values(order, ignore_index=True),
+            journal.sort_values(order, ignore_index=True),
+        )
     sources = make(db, traffic.month, "Europe/Berlin").accounts.set_index("account_id")["source"]
     assert sources.to_dict() == {
         "acme": "journal",
