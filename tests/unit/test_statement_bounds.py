@@ -1,0 +1,90 @@
+"""A statement refuses a wallet whose month of usage it cannot sum exactly in 64 bits.
+
+Each day's rollup fits 64 bits (the ledger refuses one that would not), but a month of
+days may not: video seconds, kept in microseconds, grow a hundred times faster than a
+USD amount at $0.01 a second. int64 would wrap such a sum to a wrong number without a
+word, so ``statement.build`` names the wallet in a ``ReportOverflow`` instead.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+import pandas as pd
+import pytest
+
+from reports import queries, statement
+from reports.errors import ReportOverflow
+
+MONTH = queries.period("2026-10", "UTC")
+
+
+def frames(usage: list[dict[str, object]]) -> queries.Frames:
+    """Two USD wallets with no flows and ``usage`` (rows of wallet 1 or 2)."""
+    wallets = pd.DataFrame(
+        {
+            "account": [1, 2],
+            "account_id": ["big", "small"],
+            "unit": ["usd", "usd"],
+            "scale": [6, 6],
+            "timezone": ["UTC", "UTC"],
+            "source": ["rollup", "rollup"],
+            "opening": [0, 0],
+            "ledger_closing": [0, 0],
+            "open_holds": [0, 0],
+            "open_holds_amount": [0, 0],
+        }
+    )
+    rows = [
+        {
+            "catalog": "fal",
+            "operation": "image_to_video",
+            "model": "cosmos-3-super",
+            **dict.fromkeys(queries.QUANTITIES, 0),
+            "seconds_us": 0,
+            "amount": 0,
+            **row,
+        }
+        for row in usage
+    ]
+    return queries.Frames(
+        period=MONTH,
+        wallets=wallets,
+        flows=pd.DataFrame(columns=list(queries.FLOW_COLUMNS)).astype("int64"),
+        usage=pd.DataFrame(rows, columns=list(queries.USAGE_COLUMNS)),
+    )
+
+
+def build(made: queries.Frames) -> statement.Statement:
+    return statement.build(made, account_id=None, generated_at=datetime(2026, 11, 2, tzinfo=UTC))
+
+
+@pytest.mark.parametrize("quantity", ["seconds_us", "input_tokens", "requests"])
+def test_a_month_of_usage_past_64_bits_is_refused_by_name(quantity: str) -> None:
+    day = 2**62 + 2**61  # one day's rollup fits; two do not
+    made = frames(
+        [
+            {"account": 1, "day": "2026-10-01", quantity: day},
+            {"account": 1, "day": "2026-10-02", quantity: day},
+            {"account": 2, "day": "2026-10-01", quantity: 5},
+        ]
+    )
+    with pytest.raises(ReportOverflow) as refused:
+        build(made)
+    assert refused.value.accounts == ["big"]
+
+
+def test_a_month_of_usage_within_64_bits_is_summed_exactly() -> None:
+    day = 2**61 + 1
+    made = build(
+        frames(
+            [
+                {"account": 1, "day": "2026-10-01", "seconds_us": day, "requests": 1},
+                {"account": 1, "day": "2026-10-02", "seconds_us": day, "requests": 1},
+            ]
+        )
+    )
+    (monthly,) = queries.records(made.usage)
+    assert monthly["seconds_us"] == 2 * day
+    assert monthly["requests"] == 2
+    assert [r["seconds_us"] for r in queries.records(made.daily)] == [day, day]
