@@ -872,7 +872,7 @@ def test_a_voided_or_expired_hold_is_no_request_of_the_statement_an_error_is(
             made = make(db, "2026-10", tz, "w", from_journal=from_journal)
             (row,) = records(made.accounts)
             assert (row["requests"], row["usage_amount"], row["debit_usage"]) == (2, 240, 240)
-            assert made.usage[["model", "requests", "amount"]].values.tolist() == [
+            assert made.usage[["model", "requests", "amount"]].to_numpy().tolist() == [
                 ["veo3", 1, 0],
                 ["veo3_fast", 1, 240],
             ]
