@@ -1638,6 +1638,19 @@ def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(
                 "request_id": made,
             }
     assert api.balance(user)["pending"] == 0
+    # The metrics count each answer by the status the client got, a bug's 500 included
+    # (the exception passes the metrics on its way to the last-resort handler).
+    counted = {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
+        for line in api.client.get("/metrics").text.splitlines()
+        if line.startswith("creditledger_http_requests_total{")
+        and 'route="/v1/authorizations"' in line
+    }
+    assert counted == {
+        'creditledger_http_requests_total{method="POST",route="/v1/authorizations",'
+        f'status="{status}"}}': float(times)
+        for status, times in (("500", 2), ("503", 4))
+    }
 
 
 def test_every_answer_carries_the_requests_id_the_gateways_own_when_it_sends_one(
