@@ -136,3 +136,33 @@ def test_the_warning_of_usage_lines_without_a_request_id_names_the_first_ten(
     assert out == ""
     assert err.startswith("warning: 12 line(s) without a request_id (line 3, 4, 5, 6, 7, 8, ")
     assert "11, 12, ...) are recognised only as lines of this file" in err
+
+
+def test_a_line_of_empty_cells_is_a_blank_line() -> None:
+    """A spreadsheet saves the empty rows below its table as commas only."""
+    rows, problems = read_rows("account_id,amount\nacme,5\n,\n  ,  \nzeta,6\n")
+    assert problems == []
+    assert [(r.line, r.account_id, r.amount) for r in rows] == [(2, "acme", 5), (5, "zeta", 6)]
+
+
+def test_an_instant_without_a_timezone_is_refused() -> None:
+    """2027-01-01T00:00:00 is a different instant in every timezone: the file must say
+    which it means."""
+    rows, problems = read_rows("account_id,amount,expires_at\nacme,5,2027-01-01T00:00:00\n")
+    assert rows == []
+    assert [(p.line, p.field) for p in problems] == [(2, "expires_at")]
+    assert "with a timezone" in problems[0].message
+    good = '"account_id": "a", "catalog": "veo3", "operation": "video", "status": "COMPLETED"'
+    usage, problems = read_usage("{" + good + ', "occurred_at": "2026-11-01T00:00:00"}')
+    assert usage == []
+    assert [(p.line, p.field) for p in problems] == [(1, "occurred_at")]
+    assert "with a timezone" in problems[0].message
+
+
+def test_a_usage_line_without_a_required_field_says_which() -> None:
+    rows, problems = read_usage('{"catalog": "veo3", "operation": "video"}')
+    assert rows == []
+    assert [(p.line, p.field, p.message) for p in problems] == [
+        (1, "account_id", "the line has no 'account_id'"),
+        (1, "status", "the line has no 'status'"),
+    ]
