@@ -209,6 +209,19 @@ def test_a_writer_that_ends_the_transaction_fails_the_whole_group(db: Database) 
     assert writer(db, "after")() == "after"
 
 
+def test_a_lone_writer_that_ends_the_transaction_is_not_told_it_committed(db: Database) -> None:
+    """Its insert went with the ROLLBACK: a COMMIT now would commit nothing and succeed."""
+
+    def rollback_everything(conn: Any) -> None:
+        conn.exec_driver_sql("ROLLBACK")
+
+    with pytest.raises(CommitFailed, match="ended before its commit"):
+        writer(db, "rogue", rollback_everything)()
+    assert committed(db) == set()
+    assert writer(db, "after")() == "after"
+    assert committed(db) == {"after"}
+
+
 def test_groups_are_bounded(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ledger.db.GROUP_LIMIT", 2)
     count = commits(db)
