@@ -222,6 +222,24 @@ def test_a_lone_writer_that_ends_the_transaction_is_not_told_it_committed(db: Da
     assert committed(db) == {"after"}
 
 
+def test_a_failed_writer_whose_savepoint_is_gone_fails_the_whole_group(db: Database) -> None:
+    """A writer that released its own savepoint, then failed: its work is merged into
+    the group's transaction and cannot be taken back alone, so the group must not
+    commit it with the others'."""
+
+    def release_then_fail(conn: Any) -> None:
+        conn.exec_driver_sql("RELEASE creditledger_writer")
+        raise ValueError("failed after releasing its savepoint")
+
+    followers = [writer(db, "ok"), writer(db, "bad", release_then_fail)]
+    first, ok, bad = behind_a_slow_writer(db, followers)
+    assert isinstance(first, CommitFailed)
+    assert isinstance(bad, Exception)
+    assert (ok == "ok") == ("ok" in committed(db)), ok
+    assert committed(db) <= {"ok"}
+    assert writer(db, "after")() == "after"
+
+
 def test_groups_are_bounded(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("ledger.db.GROUP_LIMIT", 2)
     count = commits(db)

@@ -62,3 +62,33 @@ def test_the_wal_a_long_snapshot_lengthened_is_cut_back_once_it_starts_over(
     # Nothing written while the WAL was long was lost in cutting it back.
     assert ledger.balance("w").balance == len(written)
     assert verify(db) == []
+
+
+def test_every_connection_is_durable_checks_foreign_keys_and_waits_its_lock_timeout(
+    tmp_path: Path,
+) -> None:
+    """Each connection the ledger opens on SQLite, for reading or for its writes: WAL,
+    ``synchronous=FULL`` (NORMAL would lose the last commits to a power cut, though
+    each was answered), foreign keys enforced, the lock timeout as its busy timeout."""
+    database = Database.from_url(
+        f"sqlite:///{tmp_path / 'ledger.db'}", timeouts=db_module.Timeouts(lock=2.5)
+    )
+    try:
+        seen = []
+        for write in (False, True):
+            with database.transaction(write=write) as conn:
+                seen.append(
+                    tuple(
+                        conn.exec_driver_sql(f"PRAGMA {pragma}").scalar_one()
+                        for pragma in (
+                            "journal_mode",
+                            "synchronous",
+                            "foreign_keys",
+                            "busy_timeout",
+                            "journal_size_limit",
+                        )
+                    )
+                )
+    finally:
+        database.dispose()
+    assert seen == [("wal", 2, 1, 2500, db_module.WAL_SIZE_LIMIT)] * 2
