@@ -180,3 +180,43 @@ def test_only_a_postgresql_connection_counts_as_lost(tmp_path: Path) -> None:
     finally:
         sqlite.dispose()
         postgres.dispose()
+
+
+def test_only_a_lost_connection_runs_work_again_and_only_once() -> None:
+    """A read or a repeatable write runs once more after its connection was lost, and
+    is counted; any other database error (a lock wait, a constraint) is the caller's at
+    once: running it again would only wait or fail again."""
+    lost = sa.exc.OperationalError("SELECT", None, Exception("gone"), connection_invalidated=True)
+    busy = sa.exc.OperationalError("SELECT", None, Exception("lock timeout"))
+    db = Database.from_url("postgresql+psycopg://nobody@127.0.0.1:9/none")
+
+    def failing(*errors: Exception) -> tuple[Callable[[], str], list[int]]:
+        calls = [0]
+
+        def work() -> str:
+            calls[0] += 1
+            if calls[0] <= len(errors):
+                raise errors[calls[0] - 1]
+            return "done"
+
+        return work, calls
+
+    try:
+        work, calls = failing(busy)
+        with pytest.raises(sa.exc.OperationalError, match="lock timeout"):
+            db.reading(work)
+        assert calls == [1]
+        assert db.reruns() == {"read": 0, "write": 0}
+
+        work, calls = failing(lost)
+        assert db.repeatable(work) == "done"
+        assert calls == [2]
+        assert db.reruns() == {"read": 0, "write": 1}
+
+        work, calls = failing(lost, lost)
+        with pytest.raises(sa.exc.OperationalError, match="gone"):
+            db.reading(work)
+        assert calls == [2]
+        assert db.reruns() == {"read": 1, "write": 1}
+    finally:
+        db.dispose()
