@@ -194,11 +194,25 @@ def test_a_commit_interrupted_by_a_base_exception_fails_every_writer(db: Databas
     assert committed(db) == {"after"}
 
 
-def test_a_writer_that_ends_the_transaction_fails_the_whole_group(db: Database) -> None:
-    def rollback_everything(conn: Any) -> None:
-        conn.exec_driver_sql("ROLLBACK")
+def _rollback_everything(conn: Any) -> None:
+    conn.exec_driver_sql("ROLLBACK")
 
-    followers = [writer(db, "ok"), writer(db, "rogue", rollback_everything)]
+
+def _release_then_fail(conn: Any) -> None:
+    conn.exec_driver_sql("RELEASE creditledger_writer")
+    raise ValueError("failed after releasing its savepoint")
+
+
+@pytest.mark.parametrize(
+    "misbehave", [_rollback_everything, _release_then_fail], ids=["rollback", "release-then-fail"]
+)
+def test_a_writer_whose_work_cannot_be_taken_back_alone_fails_the_whole_group(
+    db: Database, misbehave: Callable[[Any], None]
+) -> None:
+    """A writer that ended the group's transaction (a stray ROLLBACK), or that released
+    its own savepoint and then failed (its work merged into the group's transaction):
+    the group must not commit, nor report as committed what it lost."""
+    followers = [writer(db, "ok"), writer(db, "rogue", misbehave)]
     first, ok, rogue = behind_a_slow_writer(db, followers)
     assert isinstance(first, CommitFailed)
     assert isinstance(rogue, Exception)
@@ -211,33 +225,11 @@ def test_a_writer_that_ends_the_transaction_fails_the_whole_group(db: Database) 
 
 def test_a_lone_writer_that_ends_the_transaction_is_not_told_it_committed(db: Database) -> None:
     """Its insert went with the ROLLBACK: a COMMIT now would commit nothing and succeed."""
-
-    def rollback_everything(conn: Any) -> None:
-        conn.exec_driver_sql("ROLLBACK")
-
     with pytest.raises(CommitFailed, match="ended before its commit"):
-        writer(db, "rogue", rollback_everything)()
+        writer(db, "rogue", _rollback_everything)()
     assert committed(db) == set()
     assert writer(db, "after")() == "after"
     assert committed(db) == {"after"}
-
-
-def test_a_failed_writer_whose_savepoint_is_gone_fails_the_whole_group(db: Database) -> None:
-    """A writer that released its own savepoint, then failed: its work is merged into
-    the group's transaction and cannot be taken back alone, so the group must not
-    commit it with the others'."""
-
-    def release_then_fail(conn: Any) -> None:
-        conn.exec_driver_sql("RELEASE creditledger_writer")
-        raise ValueError("failed after releasing its savepoint")
-
-    followers = [writer(db, "ok"), writer(db, "bad", release_then_fail)]
-    first, ok, bad = behind_a_slow_writer(db, followers)
-    assert isinstance(first, CommitFailed)
-    assert isinstance(bad, Exception)
-    assert (ok == "ok") == ("ok" in committed(db)), ok
-    assert committed(db) <= {"ok"}
-    assert writer(db, "after")() == "after"
 
 
 def test_groups_are_bounded(db: Database, monkeypatch: pytest.MonkeyPatch) -> None:
