@@ -169,7 +169,7 @@ def test_rollups_and_journal_give_the_same_statement(
         report = queries.period(traffic.month, tz)
         with db.transaction(write=False) as conn:
             rolled, journal = (
-                queries.load(conn, report, from_journal=exact).flows for exact in (False, True)
+                queries.load(conn, report, from_journal=read).flows for read in (False, True)
             )
         order = ["account", "day", "flow"]
         pd.testing.assert_frame_equal(
