@@ -1639,7 +1639,7 @@ def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(
             }
     assert api.balance(user)["pending"] == 0
     # The metrics count each answer by the status the client got, a bug's 500 included
-    # (the exception passes the metrics on its way to the last-resort handler).
+    # (``Contained`` answers it inside the metrics middleware, as an ordinary response).
     counted = {
         line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1])
         for line in api.client.get("/metrics").text.splitlines()
@@ -1648,8 +1648,8 @@ def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(
     }
     assert counted == {
         'creditledger_http_requests_total{method="POST",route="/v1/authorizations",'
-        f'status="{status}"}}': float(times)
-        for status, times in (("500", 2), ("503", 4))
+        f'status="{code}"}}': float(times)
+        for code, times in (("500", 2), ("503", 4))
     }
 
 
