@@ -22,6 +22,7 @@ import getpass
 import inspect
 import json
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -85,11 +86,24 @@ app = typer.Typer(
 )
 
 
+#: The width of standard output when it is no terminal and ``COLUMNS`` gives none: wider
+#: than any row, so a table is as wide as its widest row.
+UNFOLDED = 100_000
+
+
 def _console(*, width: int | None = None, stderr: bool = False) -> Console:
     """A console that prints text as it is: a wallet id, a key's name or a reason is the
     operator's text, and rich would read ``[bold]`` in it as markup (or fail on ``[/]``)
-    and ``:rocket:`` as an emoji, showing an id that is not the wallet's."""
-    return Console(width=width, stderr=stderr, markup=False, emoji=False)
+    and ``:rocket:`` as an emoji, showing an id that is not the wallet's.
+
+    Standard output piped to a file, ``grep`` or ``less`` has no terminal to fit: rich
+    would take 80 columns and fold each id over several lines, which no ``grep`` for the
+    id then finds. There a table keeps each row on one line, unless ``COLUMNS`` sets a
+    width (as a terminal's, or a script's own choice)."""
+    console = Console(width=width, stderr=stderr, markup=False, emoji=False)
+    if not (stderr or console.is_terminal or os.environ.get("COLUMNS")):
+        console.width = max(width or 0, UNFOLDED)
+    return console
 
 
 def _fail(body: dict[str, Any], code: int) -> NoReturn:

@@ -123,6 +123,30 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     assert "…" not in narrow.stdout, narrow.stdout
 
 
+def test_a_piped_table_keeps_each_row_on_one_line(migrated: Path, tmp_path: Path) -> None:
+    """Piped (to a file, ``grep`` or ``less``) there is no terminal to fit: rich took 80
+    columns and folded a 32-digit entry id over two lines, which no ``grep`` for the id
+    found. ``COLUMNS`` still sets a width, as a terminal's does."""
+    path = tmp_path / "ledger.db"
+    shutil.copyfile(migrated, path)
+    env = {**_url(path), "COLUMNS": ""}
+    assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
+    memo = ("--kind", "promo", "--expires-at", "2099-01-01T00:00:00Z")
+    made = run("topup", "acme", "5000", *memo, "--json", env=env)
+    entry = json.loads(made.stdout)["entry"]["id"]
+    for command in (("account", "entries", "acme"), ("journal", "--kind", "topup")):
+        piped = run(*command, env=env)
+        assert piped.returncode == 0, piped.stderr
+        row = [line for line in piped.stdout.splitlines() if entry in line]
+        assert len(row) == 1, piped.stdout
+        assert "topup" in row[0]
+        assert "5000" in row[0]
+        assert "2099" not in row[0]  # the grant's expiry is not an entry's column
+        narrow = run(*command, env={**env, "COLUMNS": "80"})
+        assert max(map(len, narrow.stdout.splitlines())) <= 80
+        assert entry not in narrow.stdout  # folded: the terminal's width is kept
+
+
 def test_account_block_unblock_and_spend_limit(env: dict[str, str]) -> None:
     assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
     capped = ("account", "create", "zeta", "--unit", "credit", "--monthly-spend-limit", "500")
