@@ -57,6 +57,30 @@ def transfer(debit: int, credit: int, unit: str, amount: int) -> list[Leg]:
     return legs
 
 
+def reversal(legs: Sequence[Leg], wallet: int, expired: int, gone: int = 0) -> list[Leg]:
+    """The legs of the entry that reverses one of ``legs``: each negated, except for the
+    ``gone`` credits it gave ``wallet`` that have left the wallet since by expiring (or
+    being revoked) to the expired-credits account ``expired``. Those come back from that
+    account, not from the wallet a second time: a top-up whose credits all expired takes
+    nothing more from its wallet when it is reversed, and one partly spent takes back
+    only what was spent."""
+    negated = [Leg(leg.account_id, leg.unit, -leg.amount) for leg in legs]
+    if gone == 0:
+        check_balanced(negated)
+        return negated
+    credited = sum(leg.amount for leg in legs if leg.account_id == wallet)
+    if not 0 < gone <= credited:
+        raise UnbalancedEntry(f"{gone} credits gone of the {credited} the entry gave its wallet")
+    unit = next(leg.unit for leg in legs if leg.account_id == wallet)
+    moved = [*negated, Leg(wallet, unit, gone), Leg(expired, unit, -gone)]
+    merged: dict[tuple[int, str], int] = {}
+    for leg in moved:
+        merged[(leg.account_id, leg.unit)] = merged.get((leg.account_id, leg.unit), 0) + leg.amount
+    out = [Leg(account, unit, amount) for (account, unit), amount in merged.items() if amount]
+    check_balanced(out)
+    return out
+
+
 #: Unicode categories an account id may not contain: controls (NUL, tab, newline...),
 #: invisible formatting (bidirectional overrides, zero-width characters) and line breaks.
 _INVISIBLE = frozenset({"Cc", "Cf", "Zl", "Zp"})

@@ -2280,8 +2280,8 @@ class Ledger:
             ).first()
             if done is not None:
                 raise AlreadyReversed(f"entry '{entry_id}' was reversed by '{done.id}'", field="id")
-            legs = [
-                Leg(p.account_id, p.unit, -p.amount)
+            original_legs = [
+                Leg(p.account_id, p.unit, p.amount)
                 for p in w.conn.execute(
                     sa.select(postings)
                     .where(postings.c.entry_id == entry_id)
@@ -2289,6 +2289,16 @@ class Ledger:
                 ).all()
             ]
             self._expire_due(w.conn, wallet, w.now)
+            # The grant the entry made, if it credited the wallet (a top-up, an adjustment).
+            created = w.conn.execute(
+                sa.select(grants.c.id).where(grants.c.entry_id == entry_id)
+            ).scalar()
+            legs = kernel.reversal(
+                original_legs,
+                wallet.id,
+                self._system_account(wallet.unit, "expired"),
+                self._expired_from(w.conn, created) if created is not None else 0,
+            )
             balance_before, _ = self._money(w.conn, wallet)
             delta = sum(leg.amount for leg in legs if leg.account_id == wallet.id)
             kernel.check_room(balance_before, wallet.overdraft_limit, delta)
@@ -2305,9 +2315,6 @@ class Ledger:
                 flow="refund" if original.kind in REFUNDABLE else None,
             )
             if delta < 0:
-                created = w.conn.execute(
-                    sa.select(grants.c.id).where(grants.c.entry_id == entry_id)
-                ).scalar()
                 self._debit_grants(w.conn, wallet, reversal, -delta, first=created)
             elif delta > 0:
                 # In burn order; refilled last-burned first.
@@ -2365,6 +2372,18 @@ class Ledger:
                     f"entry '{entry_id}' was already reversed", field="id"
                 ) from None
             raise
+
+    @staticmethod
+    def _expired_from(conn: Connection, grant_id: str) -> int:
+        """The credits of a grant that expired, or were revoked: moved by an expiry entry
+        from the wallet to the expired-credits account (once at most: a grant expired
+        holds nothing, and no refund refills it)."""
+        gone = conn.execute(
+            sa.select(sa.func.coalesce(sa.func.sum(movements.c.amount), 0))
+            .join(entries, entries.c.id == movements.c.entry_id)
+            .where(movements.c.grant_id == grant_id, entries.c.kind == "expiry")
+        ).scalar_one()
+        return -int(gone)
 
     # --------------------------------------------------------------------- revocations
 

@@ -881,6 +881,32 @@ def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
     assert (again.status_code, again.json()["error"]) == (409, "already_reversed")
 
 
+def test_reversing_a_top_up_whose_credits_expired_leaves_the_wallet_as_it_was(
+    api: Api, clock: Clock
+) -> None:
+    """The credits left the wallet when they expired; the reversal takes them back from
+    the expired-credits account. Taken from the wallet a second time, they left it 200
+    of its 500, and its next authorization (240) answered 402."""
+    user = api.wallet("lapsed", "credit", topup=500)
+    day = (clock.now + timedelta(days=1)).isoformat()
+    r = api.post(f"/v1/accounts/{user}/topups", {"amount": 300, "kind": "promo", "expires_at": day})
+    assert r.status_code == 201, r.text
+    promo = r.json()["entry"]["id"]
+    clock.advance(days=2)
+    r = api.post(f"/v1/entries/{promo}/reverse", {"reason": "campaign void"})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert (body["balance"]["balance"], body["balance"]["debt"]) == (500, 0)
+    assert {p["account_id"]: p["amount"] for p in body["entry"]["postings"]} == {
+        "system:promotions:credit": 300,
+        "system:expired:credit": -300,
+    }
+    kinds = [e["kind"] for e in api.get(f"/v1/accounts/{user}/entries").json()["items"]]
+    assert kinds == ["reversal", "expiry", "topup", "topup"]
+    hold = api.post("/v1/authorizations", {"account_id": user, **VEO_FAST}, as_key="service")
+    assert hold.status_code == 201, hold.text
+
+
 def test_entries_filter_by_kind_and_time(api: Api, clock: Clock) -> None:
     user = api.wallet("journal", "credit", topup=1000)  # 12:00
     clock.advance(hours=1)

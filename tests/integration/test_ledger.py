@@ -604,6 +604,106 @@ def test_reversing_a_top_up_takes_back_its_own_grant_first(ledger: Ledger, clock
     assert {g.kind: g.remaining for g in ledger.grants_of(user)} == {"pack": 0, "promo": 60}
 
 
+def system_balances(ledger: Ledger, unit: str = "credit") -> dict[str, int]:
+    """The balances of the unit's system accounts, by their kind."""
+    with ledger.db.transaction(write=False) as conn:
+        rows = conn.execute(
+            sa.select(accounts.c.external_id, accounts.c.balance).where(
+                accounts.c.external_id.like(f"system:%:{unit}")
+            )
+        ).all()
+    return {r.external_id.split(":")[1]: int(r.balance) for r in rows}
+
+
+def test_reversing_a_top_up_whose_credits_expired_takes_nothing_more_from_the_wallet(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """The expiry took the credits out of the wallet once: the reversal takes them back
+    from the expired-credits account, not from the wallet a second time (which left a
+    wallet that spent nothing 300 in debt, blocked until topped up)."""
+    user = wallet(ledger)
+    day = clock.now + timedelta(days=1)
+    promo = ledger.top_up(user, 300, idempotency_key=key(), kind="promo", expires_at=day)
+    before = system_balances(ledger)
+    clock.advance(days=2)
+    assert ledger.expire_grants() == 1
+    back = ledger.reverse(promo.entry.id, reason="campaign void", idempotency_key=key())
+    assert (back.balance.balance, back.balance.debt) == (0, 0)
+    assert {p.account_id: p.amount for p in back.entry.postings} == {
+        "system:promotions:credit": 300,
+        "system:expired:credit": -300,
+    }
+    after = system_balances(ledger)
+    assert (after["promotions"], after["expired"]) == (before["promotions"] + 300, 0)
+    assert [e.kind for e in ledger.entries(user).items] == ["reversal", "expiry", "topup"]
+    assert verify(ledger.db) == []
+    with pytest.raises(AlreadyReversed):
+        ledger.reverse(promo.entry.id, reason="again", idempotency_key=key())
+
+
+def test_reversing_a_top_up_partly_spent_then_expired_takes_back_only_what_was_spent(
+    ledger: Ledger, clock: Clock
+) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 300, idempotency_key=key(), reference="pack")
+    day = clock.now + timedelta(days=1)
+    promo = ledger.top_up(user, 300, idempotency_key=key(), kind="promo", expires_at=day)
+    ledger.charge(user, VEO_FAST, idempotency_key=key())  # 240 of the promo (expires first)
+    clock.advance(days=2)
+    assert ledger.expire_grants() == 1  # its last 60
+    assert ledger.balance(user).balance == 300
+    back = ledger.reverse(promo.entry.id, reason="chargeback", idempotency_key=key())
+    # The 240 spent come out of the pack; the 60 that expired come from the expired account.
+    assert {p.account_id: p.amount for p in back.entry.postings} == {
+        "system:promotions:credit": 300,
+        user: -240,
+        "system:expired:credit": -60,
+    }
+    assert back.balance.balance == 60
+    assert {g.reference or g.kind: g.remaining for g in ledger.grants_of(user)} == {
+        "pack": 60,
+        "promo": 0,
+    }
+    assert system_balances(ledger)["expired"] == 0
+    assert verify(ledger.db) == []
+
+
+def test_reversing_a_top_up_whose_grant_was_revoked_takes_back_only_what_was_spent(
+    ledger: Ledger,
+) -> None:
+    user = wallet(ledger)
+    pack = ledger.top_up(user, 500, idempotency_key=key())
+    ledger.charge(user, VEO_FAST, idempotency_key=key())  # 240 of it
+    grant = ledger.grants_of(user)[0]
+    ledger.revoke_grant(grant.id, reason="card fraud", idempotency_key=key())  # its 260
+    assert ledger.balance(user).balance == 0
+    back = ledger.reverse(pack.entry.id, reason="chargeback", idempotency_key=key())
+    # The chargeback takes back the 240 spent (the wallet owes them); not the 260 again.
+    assert (back.balance.balance, back.balance.debt) == (-240, 240)
+    assert system_balances(ledger)["expired"] == 0
+    assert verify(ledger.db) == []
+
+
+def test_reversing_a_top_up_that_repaid_debt_and_then_expired_brings_the_debt_back(
+    ledger: Ledger, clock: Clock
+) -> None:
+    user = wallet(ledger)
+    ledger.adjust(user, -100, reason="owed", idempotency_key=key())
+    day = clock.now + timedelta(days=1)
+    top = ledger.top_up(user, 300, idempotency_key=key(), kind="promo", expires_at=day)
+    assert [g.remaining for g in ledger.grants_of(user)] == [200]  # 100 repaid the debt
+    clock.advance(days=2)
+    assert ledger.expire_grants() == 1
+    back = ledger.reverse(top.entry.id, reason="void", idempotency_key=key())
+    assert (back.balance.balance, back.balance.debt) == (-100, 100)
+    assert {p.account_id: p.amount for p in back.entry.postings} == {
+        "system:promotions:credit": 300,
+        user: -100,
+        "system:expired:credit": -200,
+    }
+    assert verify(ledger.db) == []
+
+
 def test_a_refund_refills_the_grants_its_charge_burned_unless_they_expired_since(
     ledger: Ledger, clock: Clock
 ) -> None:

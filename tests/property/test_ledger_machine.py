@@ -108,6 +108,10 @@ class LedgerMachine(RuleBasedStateMachine):
         self.first_month: dict[str, str] = {}
         self.month_ends: dict[tuple[str, str], tuple[int, int, int]] = {}
         self.statements: dict[tuple[str, str], Statement] = {}  # as first reported
+        self.grant_of: dict[str, str] = {}  # each top-up entry's grant
+        # The credits of each grant that expired or were revoked: they left the wallet
+        # then, and a reversal of the grant's top-up does not take them a second time.
+        self.gone: dict[str, int] = {}
 
     def period(self, timezone: str | None = None) -> str:
         """The month it is now in ``timezone`` (default: the wallet's)."""
@@ -214,6 +218,8 @@ class LedgerMachine(RuleBasedStateMachine):
 
         result = self.remember(call, call())
         self.balance += amount
+        if result.grant is not None:
+            self.grant_of[result.entry.id] = result.grant.id
         return result.entry.id
 
     @rule(target=holds, kind=st.sampled_from(sorted(REQUESTS)), size=st.integers(1, 3000))
@@ -404,6 +410,8 @@ class LedgerMachine(RuleBasedStateMachine):
             )
             return
         self.ledger.reverse(entry, reason="model refund", idempotency_key=key)
+        # What expired of a top-up's grant is taken back from the expired-credits account.
+        delta -= self.gone.get(self.grant_of.get(entry, ""), 0)
         self.balance -= delta
         if original.kind in ("capture", "charge"):  # a refund: its charge's period gets it
             period = original.posted_at.astimezone(ZoneInfo(self.timezone)).strftime("%Y-%m")
@@ -433,6 +441,8 @@ class LedgerMachine(RuleBasedStateMachine):
         done = self.ledger.revoke_grant(grant.id, reason="model", idempotency_key=key)
         assert (done.grant.remaining, done.grant.expires_at) == (0, now)
         self.balance -= grant.remaining + sum(g.remaining for g in due)
+        for g in [grant, *due]:
+            self.gone[g.id] = self.gone.get(g.id, 0) + g.remaining
         if self.pending:  # credits held may be among those taken back
             self.excused = True
         again = self.key()
@@ -457,11 +467,14 @@ class LedgerMachine(RuleBasedStateMachine):
             if self.period(zone) != month:
                 held = self.pending.values()  # expired ones too, until the sweep below
                 self.month_ends[(zone, month)] = (self.balance, len(held), sum(held))
-        due = sum(
-            g.remaining
+        due_grants = [
+            g
             for g in self.ledger.account(W).grants
             if g.expires_at is not None and g.expires_at <= self.clock.now
-        )
+        ]
+        due = sum(g.remaining for g in due_grants)
+        for g in due_grants:
+            self.gone[g.id] = self.gone.get(g.id, 0) + g.remaining
         if due and self.pending:
             self.excused = True
         self.ledger.expire_grants()

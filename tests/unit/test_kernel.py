@@ -100,6 +100,45 @@ def test_an_entry_balanced_in_each_of_its_units_is_accepted() -> None:
     assert kernel.transfer(7, 8, "usd", 40_000) == [Leg(7, "usd", -40_000), Leg(8, "usd", 40_000)]
 
 
+# ---------------------------------------------------------------------------- reversals
+
+WALLET, FUNDING, EXPIRED, REVENUE = 10, 1, 2, 3
+TOP_UP = [Leg(FUNDING, "credit", -300), Leg(WALLET, "credit", 300)]
+
+
+def test_a_reversal_negates_each_leg_when_nothing_it_gave_has_gone() -> None:
+    charge = [Leg(WALLET, "credit", -240), Leg(REVENUE, "credit", 240)]
+    assert kernel.reversal(charge, WALLET, EXPIRED) == [
+        Leg(WALLET, "credit", 240),
+        Leg(REVENUE, "credit", -240),
+    ]
+    assert kernel.reversal(TOP_UP, WALLET, EXPIRED, 0) == [
+        Leg(FUNDING, "credit", 300),
+        Leg(WALLET, "credit", -300),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("gone", "legs"),
+    [
+        (
+            60,
+            [Leg(FUNDING, "credit", 300), Leg(WALLET, "credit", -240), Leg(EXPIRED, "credit", -60)],
+        ),
+        # All of it expired: the wallet is not touched at all.
+        (300, [Leg(FUNDING, "credit", 300), Leg(EXPIRED, "credit", -300)]),
+    ],
+)
+def test_credits_gone_since_come_back_from_the_expired_account(gone: int, legs: list[Leg]) -> None:
+    assert kernel.reversal(TOP_UP, WALLET, EXPIRED, gone) == legs
+
+
+@pytest.mark.parametrize("gone", [-1, 301])
+def test_more_credits_gone_than_the_entry_gave_or_fewer_than_none_is_refused(gone: int) -> None:
+    with pytest.raises(UnbalancedEntry, match="gone"):
+        kernel.reversal(TOP_UP, WALLET, EXPIRED, gone)
+
+
 # ------------------------------------------------------------------------------- bounds
 
 
