@@ -409,7 +409,11 @@ class LedgerMachine(RuleBasedStateMachine):
                 AlreadyReversed,
             )
             return
-        self.ledger.reverse(entry, reason="model refund", idempotency_key=key)
+
+        def call() -> Any:
+            return self.ledger.reverse(entry, reason="model refund", idempotency_key=key)
+
+        self.remember(call, call())
         # What expired of a top-up's grant is taken back from the expired-credits account.
         delta -= self.gone.get(self.grant_of.get(entry, ""), 0)
         self.balance -= delta
@@ -438,7 +442,11 @@ class LedgerMachine(RuleBasedStateMachine):
                 GrantNotOpen,
             )
             return
-        done = self.ledger.revoke_grant(grant.id, reason="model", idempotency_key=key)
+
+        def call() -> Any:
+            return self.ledger.revoke_grant(grant.id, reason="model", idempotency_key=key)
+
+        done = self.remember(call, call())
         assert (done.grant.remaining, done.grant.expires_at) == (0, now)
         self.balance -= grant.remaining + sum(g.remaining for g in due)
         for g in [grant, *due]:
@@ -453,7 +461,12 @@ class LedgerMachine(RuleBasedStateMachine):
 
     @rule(amount=st.integers(-50_000, 50_000).filter(bool))
     def adjust(self, amount: int) -> None:
-        self.ledger.adjust(W, amount, reason="model adjustment", idempotency_key=self.key())
+        key = self.key()
+
+        def call() -> Any:
+            return self.ledger.adjust(W, amount, reason="model adjustment", idempotency_key=key)
+
+        self.remember(call, call())
         self.balance += amount
         if amount < 0:
             self.excused = True
