@@ -112,6 +112,7 @@ class LedgerMachine(RuleBasedStateMachine):
         # The credits of each grant that expired or were revoked: they left the wallet
         # then, and a reversal of the grant's top-up does not take them a second time.
         self.gone: dict[str, int] = {}
+        self.returned = 0  # what reversals took back from the expired-credits account
 
     def period(self, timezone: str | None = None) -> str:
         """The month it is now in ``timezone`` (default: the wallet's)."""
@@ -415,7 +416,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
         self.remember(call, call())
         # What expired of a top-up's grant is taken back from the expired-credits account.
-        delta -= self.gone.get(self.grant_of.get(entry, ""), 0)
+        gone = self.gone.get(self.grant_of.get(entry, ""), 0)
+        self.returned += gone
+        delta -= gone
         self.balance -= delta
         if original.kind in ("capture", "charge"):  # a refund: its charge's period gets it
             period = original.posted_at.astimezone(ZoneInfo(self.timezone)).strftime("%Y-%m")
@@ -635,6 +638,16 @@ class LedgerMachine(RuleBasedStateMachine):
     @invariant()
     def books_balance(self) -> None:
         assert verify(self.db) == []
+
+    @invariant()
+    def expired_credits_are_counted_once(self) -> None:
+        """The expired-credits account holds what expired or was revoked, less what the
+        reversals of those credits' top-ups took back: each credit in it once."""
+        with self.db.transaction(write=False) as conn:
+            held = conn.execute(
+                sa.text("SELECT balance FROM accounts WHERE external_id = 'system:expired:token'")
+            ).scalar()
+        assert (held or 0) == sum(self.gone.values()) - self.returned
 
     @invariant()
     def model_agrees(self) -> None:
