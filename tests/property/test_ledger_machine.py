@@ -639,15 +639,26 @@ class LedgerMachine(RuleBasedStateMachine):
     def books_balance(self) -> None:
         assert verify(self.db) == []
 
+    def system_balance(self, kind: str) -> int:
+        with self.db.transaction(write=False) as conn:
+            held = conn.execute(
+                sa.text("SELECT balance FROM accounts WHERE external_id = :id"),
+                {"id": f"system:{kind}:token"},
+            ).scalar()
+        return int(held or 0)
+
     @invariant()
     def expired_credits_are_counted_once(self) -> None:
         """The expired-credits account holds what expired or was revoked, less what the
         reversals of those credits' top-ups took back: each credit in it once."""
-        with self.db.transaction(write=False) as conn:
-            held = conn.execute(
-                sa.text("SELECT balance FROM accounts WHERE external_id = 'system:expired:token'")
-            ).scalar()
-        assert (held or 0) == sum(self.gone.values()) - self.returned
+        assert self.system_balance("expired") == sum(self.gone.values()) - self.returned
+
+    @invariant()
+    def revenue_is_what_was_charged_less_refunds(self) -> None:
+        """Captures, charges and usage reports (their overage included, even into debt)
+        less the refunds of them: no charge is lost or counted twice."""
+        charged = sum(self.spent.values()) - sum(self.refunded.values())
+        assert self.system_balance("revenue") == charged
 
     @invariant()
     def model_agrees(self) -> None:
