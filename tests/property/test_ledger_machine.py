@@ -462,17 +462,23 @@ class LedgerMachine(RuleBasedStateMachine):
             GrantNotOpen,
         )
 
-    @rule(amount=st.integers(-50_000, 50_000).filter(bool))
-    def adjust(self, amount: int) -> None:
+    @rule(target=entries, amount=st.integers(-50_000, 50_000).filter(bool))
+    def adjust(self, amount: int) -> Any:
         key = self.key()
+        before = {g.id for g in self.ledger.grants_of(W)}
 
         def call() -> Any:
             return self.ledger.adjust(W, amount, reason="model adjustment", idempotency_key=key)
 
-        self.remember(call, call())
+        done = self.remember(call, call())
         self.balance += amount
         if amount < 0:
             self.excused = True
+        # Credits beyond the wallet's debt make a grant, which a revocation may empty.
+        made = [g.id for g in self.ledger.grants_of(W) if g.id not in before]
+        if made:
+            self.grant_of[done.entry.id] = made[0]
+        return done.entry.id
 
     @rule(minutes=st.sampled_from([1, 14, 16, 90, 60 * 24, 60 * 24 * 12]))
     def time_passes(self, minutes: int) -> None:
