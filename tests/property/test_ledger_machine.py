@@ -1,8 +1,11 @@
 """A state machine over the ledger, checked against a simple model after every step.
 
 The model knows only what a customer could know: what was topped up, charged, refunded,
-adjusted and is held. Grant expiry is the one place the model reads the ledger (which
-grants were due), because which credits remain in which grant is the ledger's business.
+adjusted and is held. Grants are the one thing the model reads from the ledger (which
+were due, which an adjustment made), because which credits remain in which grant is the
+ledger's business. From those it knows what left each grant by expiring or being revoked:
+a reversal of the grant's top-up takes that back from the expired-credits account, not
+from the wallet.
 
 The wallet lives in a timezone drawn per example: its months (allocations, spend limits,
 daily rollups) are local ones. Each month that closes is reported, in the wallet's
@@ -108,7 +111,7 @@ class LedgerMachine(RuleBasedStateMachine):
         self.first_month: dict[str, str] = {}
         self.month_ends: dict[tuple[str, str], tuple[int, int, int]] = {}
         self.statements: dict[tuple[str, str], Statement] = {}  # as first reported
-        self.grant_of: dict[str, str] = {}  # each top-up entry's grant
+        self.grant_of: dict[str, str] = {}  # the grant each top-up or adjustment made
         # The credits of each grant that expired or were revoked: they left the wallet
         # then, and a reversal of the grant's top-up does not take them a second time.
         self.gone: dict[str, int] = {}
