@@ -102,7 +102,7 @@ def _console(*, width: int | None = None, stderr: bool = False) -> Console:
     width (as a terminal's, or a script's own choice)."""
     console = Console(width=width, stderr=stderr, markup=False, emoji=False)
     if not (stderr or console.is_terminal or os.environ.get("COLUMNS")):
-        console.width = max(width or 0, UNFOLDED)
+        console.width = UNFOLDED
     return console
 
 
