@@ -304,6 +304,49 @@ def _reversals(conn: Connection) -> list[Violation]:
             out.append(
                 _v("reversal_account", f"reversal {r.id} is on another wallet than {r.reverses_id}")
             )
+    return out + _takebacks(conn)
+
+
+def _takebacks(conn: Connection) -> list[Violation]:
+    """A reversal of an entry that made a grant (a top-up, an adjustment) takes from the
+    wallet what the entry gave it, less what of the grant expired or was revoked before:
+    those credits left the wallet once already."""
+    original, expiry = entries.alias("original"), entries.alias("expiry")
+
+    def on_wallet(entry: sa.ColumnElement[Any], wallet: sa.ColumnElement[Any]) -> Any:
+        return (
+            sa.select(sa.func.coalesce(sa.func.sum(postings.c.amount), 0))
+            .where(postings.c.entry_id == entry, postings.c.account_id == wallet)
+            .scalar_subquery()
+        )
+
+    gone = (
+        sa.select(sa.func.coalesce(sa.func.sum(movements.c.amount), 0))
+        .join(expiry, expiry.c.id == movements.c.entry_id)
+        .where(movements.c.grant_id == grants.c.id, expiry.c.kind == "expiry")
+        .scalar_subquery()
+    )
+    out: list[Violation] = []
+    for r in conn.execute(
+        sa.select(
+            entries.c.id,
+            entries.c.reverses_id,
+            on_wallet(entries.c.id, entries.c.account_id).label("taken"),
+            on_wallet(original.c.id, original.c.account_id).label("given"),
+            gone.label("gone"),
+        )
+        .join(original, original.c.id == entries.c.reverses_id)
+        .join(grants, grants.c.entry_id == original.c.id)
+    ):
+        given, expired = int(r.given), -int(r.gone)
+        if int(r.taken) != -(given - expired):
+            out.append(
+                _v(
+                    "reversal_takeback",
+                    f"reversal {r.id} moved {int(r.taken)} on the wallet; {r.reverses_id} gave "
+                    f"{given}, of which {expired} expired before: {expired - given} expected",
+                )
+            )
     return out
 
 

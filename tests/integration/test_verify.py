@@ -15,6 +15,7 @@ import sqlite3
 from collections.abc import Callable
 from contextlib import closing
 from dataclasses import dataclass
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -35,7 +36,8 @@ VEO_FAST = f.veo3_video(video_model="veo3_fast")
 @dataclass(frozen=True)
 class Books:
     """The ids of a small, sound set of books: two credit wallets and a USD one; alice
-    with two grants, a captured hold, a voided one, a pending one, and a refunded charge."""
+    with two grants, a captured hold, a voided one, a pending one, and a refunded charge;
+    dave, whose promotion expired unspent and was then taken back."""
 
     alice: int
     bob: int
@@ -48,6 +50,9 @@ class Books:
     pending: str
     bob_topup: str
     refund: str
+    dave: int
+    expired: int
+    takeback: str
 
 
 def tamper(db: Database, *statements: str) -> None:
@@ -82,6 +87,12 @@ def books(db: Database, catalogs: CatalogSet, clock: Clock) -> Books:
     ledger = Ledger(db, catalogs, clock=clock)
     for name, unit in (("alice", "credit"), ("bob", "credit"), ("carol", "usd")):
         ledger.open_account(name, unit, idempotency_key=key())
+    ledger.open_account("dave", "credit", idempotency_key=key())
+    hour = clock.now + timedelta(hours=1)
+    lapsed = ledger.top_up("dave", 100, kind="promo", expires_at=hour, idempotency_key=key())
+    clock.advance(hours=2)
+    assert ledger.expire_grants() == 1
+    takeback = ledger.reverse(lapsed.entry.id, reason="void", idempotency_key=key()).entry
     pack = ledger.top_up("alice", 1_000, idempotency_key=key()).grant
     promo = ledger.top_up("alice", 50, kind="promo", idempotency_key=key()).grant
     bob_topup = ledger.top_up("bob", 300, idempotency_key=key()).entry
@@ -101,7 +112,8 @@ def books(db: Database, catalogs: CatalogSet, clock: Clock) -> Books:
         system = dict(
             conn.execute(
                 sa.select(accounts.c.kind, accounts.c.id).where(
-                    accounts.c.unit == "credit", accounts.c.kind.in_(["revenue", "funding"])
+                    accounts.c.unit == "credit",
+                    accounts.c.kind.in_(["revenue", "funding", "expired"]),
                 )
             ).all()
         )
@@ -117,6 +129,9 @@ def books(db: Database, catalogs: CatalogSet, clock: Clock) -> Books:
         pending=pending,
         bob_topup=bob_topup.id,
         refund=refund.id,
+        dave=ids["dave"],
+        expired=system["expired"],
+        takeback=takeback.id,
     )
 
 
@@ -273,6 +288,21 @@ CASES: list[tuple[str, Callable[[Books], list[str]], set[str], Callable[[Books],
         ],
         {"daily_flows"},
         lambda b: "journal",
+    ),
+    (
+        # As the ledger reversed before: the expired credits taken from the wallet again.
+        "a reversal that takes expired credits from the wallet a second time",
+        lambda b: [
+            f"UPDATE postings SET account_id = {b.dave} WHERE entry_id = '{b.takeback}' "
+            f"AND account_id = {b.expired}",
+            f"UPDATE accounts SET balance = balance - 100 WHERE id = {b.dave}",
+            f"UPDATE accounts SET balance = balance + 100 WHERE id = {b.expired}",
+            "INSERT INTO daily_flows (account_id, day, flow, credits, debits, entries) "
+            f"SELECT account_id, day, 'reversal', 0, 100, 1 FROM daily_flows "
+            f"WHERE account_id = {b.dave} AND flow = 'expiry'",
+        ],
+        {"reversal_takeback"},
+        lambda b: f"reversal {b.takeback} moved -100 on the wallet",
     ),
     (
         "a reversal on another wallet",
