@@ -565,7 +565,11 @@ def account_update(
         int | None, typer.Option(help="The new overdraft limit (minor units); at once.")
     ] = None,
     monthly_allocation: Annotated[
-        int | None, typer.Option(help="The new monthly allocation; from the next period.")
+        int | None,
+        typer.Option(
+            help="The new monthly allocation; from the next period (at once in a period "
+            "that had none)."
+        ),
     ] = None,
     no_monthly_allocation: Annotated[
         bool, typer.Option("--no-monthly-allocation", help="Stop the monthly allocation.")

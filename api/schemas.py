@@ -232,7 +232,8 @@ class AccountUpdate(_Request):
     )
     monthly_allocation: Amount | None = Field(
         default=None,
-        description="The new monthly allocation, from the next period; null stops it.",
+        description="The new monthly allocation, from the next period (at once in a "
+        "period that had none); null stops it.",
     )
     blocked: StrictBool | None = Field(
         default=None,

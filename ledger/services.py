@@ -893,7 +893,8 @@ class Ledger:
         timezone: str = "UTC",
         monthly_spend_limit: int | None = None,
     ) -> AccountView:
-        """Open a customer wallet counted in ``unit``."""
+        """Open a customer wallet counted in ``unit``; with a ``monthly_allocation``, the
+        period it opens in is granted its allocation at once."""
         external = _text(account_id, "account_id")
         assert external is not None
         problem = kernel.account_id_problem(external)
@@ -948,7 +949,10 @@ class Ledger:
                 raise AccountExists(
                     f"account '{external}' already exists", field="account_id"
                 ) from None
-            return self._account_view(w.conn, self._lock_wallet(w.conn, external))
+            wallet = self._lock_wallet(w.conn, external)
+            if monthly_allocation is not None:
+                self._allocate_now(w.conn, wallet, w.now)
+            return self._account_view(w.conn, wallet)
 
         return self._mutate("open_account", idempotency_key, payload, work, AccountView)
 
@@ -968,9 +972,10 @@ class Ledger:
         is blocked or its monthly spend limit (None: none), and keep the change. A new
         limit applies at once: one below what the wallet already owes leaves it in debt,
         which blocks new authorizations until it is topped up. A new allocation applies
-        from the next period (or from the next sweep, in a period that had none). A
-        blocked wallet is refused new authorizations and charges at once; its pending
-        holds can still be captured, voided or extended, and it can still be topped up. A
+        from the next period (at once in a period that had none). A blocked wallet is
+        refused new authorizations and charges at once; its pending holds can still be
+        captured, voided or extended, and it can still be topped up; unblocked, it is
+        granted the allocation of the period it is then in, if that had none. A
         new spend limit applies at once, to this period's spending too: one below what
         was spent refuses new authorizations and charges until the next period. The unit
         and the timezone are fixed at opening."""
@@ -1035,7 +1040,15 @@ class Ledger:
                         for name, value in changed.items()
                     ],
                 )
-            return self._account_view(w.conn, dataclasses.replace(wallet, overdraft_limit=limit))
+            wallet = dataclasses.replace(
+                wallet,
+                overdraft_limit=limit,
+                blocked=wallet.blocked if blocked is UNSET else blocked,
+            )
+            if "monthly_allocation" in changed or "blocked" in changed:
+                # Granted at once if this period has none yet; else from the next one.
+                self._allocate_now(w.conn, wallet, w.now)
+            return self._account_view(w.conn, wallet)
 
         return self._mutate(
             "update_account", idempotency_key, payload, work, AccountView, actor=actor
@@ -2522,8 +2535,10 @@ class Ledger:
         The previous allocations' remainder expires first. Returns how many were granted.
         A wallet whose allocation is refused (it would take the balance beyond 64 bits) is
         logged and skipped; the others are granted, and the next round tries it again. A
-        blocked wallet is granted nothing; once unblocked, the next round grants it the
-        period it is then in (not the periods it missed).
+        blocked wallet is granted nothing; unblocking it grants the period it is then in
+        (not the periods it missed). The change that makes a period's allocation due (an
+        opening, an allocation set, an unblocking) grants it at once; the rounds grant
+        each period as it begins, and whatever such a change left to them.
         """
         self._ensure_system()
         now = self._now()
@@ -2569,60 +2584,76 @@ class Ledger:
     def _allocate(self, account_id: int, now: datetime) -> bool:
         """Grant one wallet its allocation for the period of ``now``, unless done."""
         with self.db.transaction() as conn:
-            wallet = self._lock_wallet_by_id(conn, account_id)
-            allocation = conn.execute(
-                sa.select(accounts.c.monthly_allocation).where(accounts.c.id == wallet.id)
-            ).scalar_one()
-            period = kernel.period_of(now, wallet.timezone)
-            done = conn.execute(
-                sa.select(periods.c.period).where(
-                    periods.c.account_id == wallet.id, periods.c.period == period
-                )
-            ).first()
-            if done is not None or allocation is None or wallet.blocked:
-                return False  # blocked: read again under the lock (blocked meanwhile)
-            previous = conn.execute(
-                sa.select(grants.c.id, grants.c.remaining).where(
-                    grants.c.account_id == wallet.id,
-                    grants.c.remaining > 0,
-                    sa.or_(
-                        grants.c.expires_at <= now,
-                        sa.and_(grants.c.kind == "allocation", grants.c.period != period),
-                    ),
-                )
-            ).all()
-            self._expire(conn, wallet, now, [(g.id, int(g.remaining)) for g in previous])
-            _start, end = kernel.period_bounds(period, wallet.timezone)
-            balance_before, _ = self._money(conn, wallet)
-            kernel.check_room(balance_before, wallet.overdraft_limit, allocation)
-            funding = self._system_account(wallet.unit, "funding")
-            entry_id = self._post(
-                conn,
-                now,
-                "allocation",
-                wallet,
-                kernel.transfer(funding, wallet.id, wallet.unit, allocation),
-                f"monthly allocation {period}",
-                actor=SYSTEM_ACTOR,
+            return self._grant_allocation(conn, self._lock_wallet_by_id(conn, account_id), now)
+
+    def _allocate_now(self, conn: Connection, wallet: _Wallet, now: datetime) -> None:
+        """Grant a locked wallet its allocation for the period of ``now`` in the change
+        that made it due (a wallet opened with one, an allocation set in a period that
+        had none, a wallet unblocked), rather than at the sweeper's next round. One that
+        would take the balance beyond 64 bits is left to the sweeper, which logs it and
+        tries again each round: the change itself goes through."""
+        try:
+            with conn.begin_nested(), _refusing_overflow("allocation"):
+                self._grant_allocation(conn, wallet, now)
+        except BalanceOverflow as exc:
+            log.error("monthly allocation of account %s refused: %s", wallet.external_id, exc)
+
+    def _grant_allocation(self, conn: Connection, wallet: _Wallet, now: datetime) -> bool:
+        """Grant the locked ``wallet`` its allocation for the period of ``now``, unless
+        it was granted already, it has none, or it is blocked (as read under the lock)."""
+        allocation = conn.execute(
+            sa.select(accounts.c.monthly_allocation).where(accounts.c.id == wallet.id)
+        ).scalar_one()
+        period = kernel.period_of(now, wallet.timezone)
+        done = conn.execute(
+            sa.select(periods.c.period).where(
+                periods.c.account_id == wallet.id, periods.c.period == period
             )
-            grant_id = self._credit_grants(
-                conn,
-                wallet,
-                entry_id,
-                allocation,
-                balance_before,
-                now,
-                kind="allocation",
-                expires_at=end,
-                period=period,
-                always_grant=True,
+        ).first()
+        if done is not None or allocation is None or wallet.blocked:
+            return False  # blocked: read again under the lock (blocked meanwhile)
+        previous = conn.execute(
+            sa.select(grants.c.id, grants.c.remaining).where(
+                grants.c.account_id == wallet.id,
+                grants.c.remaining > 0,
+                sa.or_(
+                    grants.c.expires_at <= now,
+                    sa.and_(grants.c.kind == "allocation", grants.c.period != period),
+                ),
             )
-            conn.execute(
-                periods.insert().values(
-                    account_id=wallet.id, period=period, grant_id=grant_id, created_at=now
-                )
+        ).all()
+        self._expire(conn, wallet, now, [(g.id, int(g.remaining)) for g in previous])
+        _start, end = kernel.period_bounds(period, wallet.timezone)
+        balance_before, _ = self._money(conn, wallet)
+        kernel.check_room(balance_before, wallet.overdraft_limit, allocation)
+        funding = self._system_account(wallet.unit, "funding")
+        entry_id = self._post(
+            conn,
+            now,
+            "allocation",
+            wallet,
+            kernel.transfer(funding, wallet.id, wallet.unit, allocation),
+            f"monthly allocation {period}",
+            actor=SYSTEM_ACTOR,
+        )
+        grant_id = self._credit_grants(
+            conn,
+            wallet,
+            entry_id,
+            allocation,
+            balance_before,
+            now,
+            kind="allocation",
+            expires_at=end,
+            period=period,
+            always_grant=True,
+        )
+        conn.execute(
+            periods.insert().values(
+                account_id=wallet.id, period=period, grant_id=grant_id, created_at=now
             )
-            return True
+        )
+        return True
 
     # -------------------------------------------------------------------------- reading
 

@@ -81,7 +81,8 @@ def _summary(view: AccountSummary) -> AccountSummaryPublic:
 
 @router.post("/accounts", status_code=201, response_model=AccountPublic, responses=_CREATED)
 async def create_account(body: AccountCreate, call: AdminCall) -> AccountPublic:
-    """Open a wallet counted in ``unit`` (409 if the id is taken)."""
+    """Open a wallet counted in ``unit`` (409 if the id is taken); with a
+    ``monthly_allocation``, this period's is granted at once."""
     return _public(
         await call.run(
             call.services.ledger.open_account,
@@ -125,10 +126,12 @@ async def read_account(id: str, caller: Caller, services: ServicesDep) -> Accoun
 @router.patch("/accounts/{id}", response_model=AccountPublic, responses=_CHANGED)
 async def update_account(id: str, body: AccountUpdate, call: AdminCall) -> AccountPublic:
     """Change a wallet's overdraft limit (at once), monthly allocation (from the next
-    period; null stops it), monthly spend limit (at once, this month's spending counts;
-    null removes it), or block it (at once: new authorizations and charges are 403
-    ``account_blocked``; its pending holds still capture, void and extend; it can still be
-    topped up) and unblock it. Each change is kept: ``GET /v1/accounts/{id}/changes``."""
+    period, at once in a period that had none; null stops it), monthly spend limit (at
+    once, this month's spending counts; null removes it), or block it (at once: new
+    authorizations and charges are 403 ``account_blocked``; its pending holds still
+    capture, void and extend; it can still be topped up) and unblock it (a period without
+    its allocation is granted it at once). Each change is kept:
+    ``GET /v1/accounts/{id}/changes``."""
     given = body.model_fields_set
 
     def setting(name: str) -> Any:

@@ -102,7 +102,7 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     assert listed.returncode == 0, listed.stderr
     first = json.loads(listed.stdout)
     assert [a["account_id"] for a in first["items"]] == ["acme"]
-    assert first["items"][0]["balance"] == 500
+    assert first["items"][0]["balance"] == 1500  # 500, and its allocation set just above
     rest = run("account", "list", "--cursor", first["next_cursor"], "--json", env=env)
     assert [a["account_id"] for a in json.loads(rest.stdout)["items"]] == ["zeta"]
     listing = run("account", "list", env=env)

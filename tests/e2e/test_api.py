@@ -522,6 +522,26 @@ def test_a_wallets_usage_by_day_and_model_is_cut_in_its_timezone(api: Api, clock
         assert (bad.status_code, bad.json()["field"]) == (422, field), bad.text
 
 
+def test_a_wallet_opened_with_an_allocation_can_spend_it_at_once(api: Api) -> None:
+    """A gateway's sign-up opens the wallet and sends its first request at once: the
+    month's allocation is granted as the wallet opens, not at the sweeper's next round
+    (which answered that first request 402)."""
+    body = {"id": "signup", "unit": "credit", "monthly_allocation": 500}
+    r = api.call("POST", "/v1/accounts", body=body, idempotency_key="signup-1")
+    assert r.status_code == 201, r.text
+    opened = r.json()
+    assert (opened["balance"], opened["available"]) == (500, 500)
+    assert [(g["kind"], g["period"], g["remaining"]) for g in opened["grants"]] == [
+        ("allocation", "2026-11", 500)
+    ]
+    again = api.call("POST", "/v1/accounts", body=body, idempotency_key="signup-1")
+    assert again.json() == opened  # a retried opening grants nothing more
+    hold = authorize(api, "signup", VEO_FAST)
+    assert hold.status_code == 201, hold.text
+    assert api.app.state.sweeper.run_once().allocations_granted == 0
+    assert api.balance("signup")["balance"] == 500
+
+
 def test_a_wallets_overdraft_and_allocation_change_and_each_change_is_kept(
     api: Api, clock: Clock
 ) -> None:
@@ -548,11 +568,12 @@ def test_a_wallets_overdraft_and_allocation_change_and_each_change_is_kept(
     assert (r.json()["debt"], r.json()["available"]) == (100, -100)
     assert authorize(api, user, f.request("veo3", "image", prompt="x")).status_code == 402
 
-    # An allocation granted by the sweeper for the period that had none, once.
+    # An allocation set in a period that had none is granted at once, and only once.
     r = api.call("PATCH", f"/v1/accounts/{user}", body={"monthly_allocation": 1000})
     assert r.json()["monthly_allocation"] == 1000
-    assert api.app.state.sweeper.run_once().allocations_granted == 1
-    assert api.balance(user)["balance"] == 860  # the debt was repaid first
+    assert r.json()["balance"] == 860  # the debt was repaid first
+    assert api.app.state.sweeper.run_once().allocations_granted == 0
+    assert api.balance(user)["balance"] == 860
     r = api.call("PATCH", f"/v1/accounts/{user}", body={"monthly_allocation": None})
     assert r.json()["monthly_allocation"] is None
     clock.advance(days=15)  # into December: no allocation any more

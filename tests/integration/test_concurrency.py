@@ -12,7 +12,7 @@ from typing import Any
 from ledger.errors import HoldNotPending, InsufficientCredits
 from ledger.services import Ledger
 from tests import factories as f
-from tests.factories import key
+from tests.factories import Clock, key
 
 THREADS = 32
 VEO_FAST = f.veo3_video(video_model="veo3_fast")
@@ -194,12 +194,15 @@ def test_a_hold_raced_by_captures_and_voids_resolves_once(ledger: Ledger) -> Non
     assert len(ledger.entries("wallet", limit=50).items) == 1 + charged // 240
 
 
-def test_allocation_roll_on_many_workers_grants_once(ledger: Ledger) -> None:
+def test_allocation_roll_on_many_workers_grants_once(ledger: Ledger, clock: Clock) -> None:
     ledger.open_account("bucket", "token", idempotency_key=key(), monthly_allocation=1_000)
+    clock.advance(days=10)  # December begins: November's expires, December's is due
     granted = race([ledger.roll_allocations for _ in range(8)])
     assert all(not isinstance(g, Exception) for g in granted), granted
     assert sum(granted) == 1
     assert ledger.balance("bucket").balance == 1_000
+    grants = sorted((g.period, g.remaining) for g in ledger.grants_of("bucket"))
+    assert grants == [("2026-11", 0), ("2026-12", 1_000)]
 
 
 def test_identical_account_openings_create_one_account(ledger: Ledger) -> None:

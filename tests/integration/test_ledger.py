@@ -59,12 +59,15 @@ def test_open_account_validates_and_is_idempotent(ledger: Ledger) -> None:
         monthly_allocation=1000,
         timezone="Europe/Berlin",
     )
+    # The period it opens in has its allocation at once, not at the sweeper's next round.
     assert (view.balance, view.available, view.unit, view.timezone) == (
-        0,
-        10,
+        1000,
+        1010,
         "token",
         "Europe/Berlin",
     )
+    assert [(g.kind, g.remaining) for g in view.grants] == [("allocation", 1000)]
+    assert ledger.roll_allocations() == 0
     again = ledger.open_account(
         "bucket",
         "token",
@@ -759,8 +762,7 @@ def test_monthly_allocation_is_granted_once_per_period_in_the_account_timezone(
 ) -> None:
     clock.now = datetime(2026, 10, 31, 22, 30, tzinfo=UTC)  # 23:30 in Berlin (CET)
     user = wallet(ledger, "berlin", "token", monthly_allocation=1_000, timezone="Europe/Berlin")
-    assert ledger.roll_allocations() == 1
-    assert ledger.roll_allocations() == 0
+    assert ledger.roll_allocations() == 0  # October's was granted as the wallet opened
     first = ledger.grants_of(user)[0]
     assert (first.period, first.expires_at) == (
         "2026-10",
@@ -787,8 +789,7 @@ def test_the_roll_over_takes_back_only_the_allocations_it_granted(
     own expiry, none here): the next period's roll-over expires the period's automatic
     allocation, not it."""
     clock.now = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
-    user = wallet(ledger, "mixed", "token", monthly_allocation=1_000)
-    assert ledger.roll_allocations() == 1
+    user = wallet(ledger, "mixed", "token", monthly_allocation=1_000)  # October's, at once
     ledger.top_up(user, 300, kind="allocation", idempotency_key=key(), reference="by hand")
     clock.now = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
     assert ledger.roll_allocations() == 1
@@ -817,19 +818,18 @@ def test_a_blocked_wallet_is_granted_no_allocation_until_unblocked(
     ledger: Ledger, clock: Clock
 ) -> None:
     clock.now = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
-    user = wallet(ledger, "paused", "token", monthly_allocation=1_000)
-    assert ledger.roll_allocations() == 1  # October
+    user = wallet(ledger, "paused", "token", monthly_allocation=1_000)  # October's, at once
+    assert ledger.roll_allocations() == 0
     ledger.update_account(user, idempotency_key=key(), blocked=True)
     clock.now = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
     assert ledger.roll_allocations() == 0  # November: blocked, nothing granted
     assert ledger.expire_grants() == 1  # October's rest expires all the same
     assert ledger.account(user).balance == 0
     clock.now = datetime(2026, 11, 10, 9, 0, tzinfo=UTC)
-    ledger.update_account(user, idempotency_key=key(), blocked=False)
-    assert ledger.roll_allocations() == 1  # unblocked: November's, not October's again
-    assert ledger.roll_allocations() == 0
-    view = ledger.account(user)
+    # Unblocked: November's at once (not October's again), not at the sweeper's next round.
+    view = ledger.update_account(user, idempotency_key=key(), blocked=False)
     assert view.balance == 1_000
+    assert ledger.roll_allocations() == 0
     assert [(g.period, g.remaining) for g in view.grants] == [("2026-11", 1_000)]
 
 
@@ -841,9 +841,11 @@ def test_an_allocation_round_opens_a_write_transaction_only_for_wallets_due(
     for name, zone in (("utc", "UTC"), ("berlin", "Europe/Berlin"), ("kolkata", "Asia/Kolkata")):
         wallet(ledger, name, "token", monthly_allocation=100, timezone=zone)
     wallet(ledger, "no-allocation", "token")
-    paused = wallet(ledger, "paused", "token", monthly_allocation=100)
+    paused = wallet(ledger, "paused", "token")
     ledger.update_account(paused, idempotency_key=key(), blocked=True)
-    assert ledger.roll_allocations() == 3
+    # Blocked: an allocation set now is granted neither now nor by the rounds.
+    ledger.update_account(paused, idempotency_key=key(), monthly_allocation=100)
+    assert ledger.roll_allocations() == 0  # the others had theirs as they opened
     writes: list[str] = []
     opened = ledger.db.transaction
 

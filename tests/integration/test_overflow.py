@@ -151,15 +151,23 @@ def test_a_charge_that_would_overflow_revenue_is_refused_whole(ledger: Ledger) -
 
 
 def test_a_refused_allocation_does_not_hold_up_the_others(
-    ledger: Ledger, caplog: pytest.LogCaptureFixture
+    ledger: Ledger, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
-    full = wallet(ledger, "full", monthly_allocation=100)
+    full = wallet(ledger, "full")
     ledger.top_up(full, MAX - 50, kind="promo", idempotency_key=key())
-    other = wallet(ledger, "other", monthly_allocation=100)
+    with caplog.at_level(logging.ERROR, logger="creditledger.ledger"):
+        # No room for it: the setting is kept, the grant left to the sweeper's rounds.
+        view = ledger.update_account(full, idempotency_key=key(), monthly_allocation=100)
+    assert (view.monthly_allocation, view.balance) == (100, MAX - 50)
+    assert "monthly allocation of account full refused" in caplog.text
+    other = wallet(ledger, "other", monthly_allocation=100)  # granted as it opens
+    assert ledger.account(other).balance == 100
+    caplog.clear()
+    clock.advance(days=10)  # December: both are due
     with caplog.at_level(logging.ERROR, logger="creditledger.ledger"):
         assert ledger.roll_allocations() == 1
     assert "monthly allocation of account" in caplog.text
-    assert ledger.account(other).balance == 100
+    assert ledger.account(other).balance == 100  # November's expired, December's granted
     assert ledger.account(full).balance == MAX - 50
     # Once there is room, the next round grants it.
     ledger.adjust(full, -100, reason="make room", idempotency_key=key())

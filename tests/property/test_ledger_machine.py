@@ -136,6 +136,14 @@ class LedgerMachine(RuleBasedStateMachine):
         period = self.period()
         return self.spent.get(period, 0) - self.refunded.get(period, 0)
 
+    def allocate_now(self) -> None:
+        """A change that makes this period's allocation due (an allocation set, the wallet
+        unblocked) grants it at once, if the period has none yet."""
+        period = self.period()
+        if self.allocation is not None and not self.blocked and period not in self.allocated:
+            self.balance += self.allocation
+            self.allocated.add(period)
+
     def spend(self, amount: int) -> None:
         period = self.period()
         self.spent[period] = self.spent.get(period, 0) + amount
@@ -197,8 +205,8 @@ class LedgerMachine(RuleBasedStateMachine):
             timezone=timezone,
         )
         self.first_month = {zone: self.period(zone) for zone in self.report_zones()}
-        if allocation is not None:
-            assert self.ledger.roll_allocations() == 1
+        if allocation is not None:  # granted as it opens: the sweeper finds nothing due
+            assert self.ledger.roll_allocations() == 0
             self.balance += allocation
             self.allocated.add(self.period())
 
@@ -510,8 +518,8 @@ class LedgerMachine(RuleBasedStateMachine):
             self.pending.pop(h)
         granted = self.ledger.roll_allocations()
         period = self.period()
-        # Once per period: a period that began, or one that had none when it was set or
-        # when the wallet was unblocked. A blocked wallet is granted nothing.
+        # Once per period, as it begins (one whose allocation was set, or whose wallet was
+        # unblocked, had it at that change). A blocked wallet is granted nothing.
         if self.allocation is not None and period not in self.allocated and not self.blocked:
             assert granted == 1, (before_period, period)
             self.balance += self.allocation
@@ -541,7 +549,9 @@ class LedgerMachine(RuleBasedStateMachine):
 
         view = self.remember(call, call())
         self.overdraft = changes.get("overdraft_limit", self.overdraft)
-        self.allocation = changes.get("monthly_allocation", self.allocation)
+        if changes.get("monthly_allocation", self.allocation) != self.allocation:
+            self.allocation = changes["monthly_allocation"]
+            self.allocate_now()
         assert (view.overdraft_limit, view.monthly_allocation) == (self.overdraft, self.allocation)
         if view.available < 0:  # a limit lowered below what is already used
             self.excused = True
@@ -572,8 +582,11 @@ class LedgerMachine(RuleBasedStateMachine):
             return self.ledger.update_account(W, idempotency_key=key, blocked=blocked)
 
         view = self.remember(call, call())
+        unblocked = self.blocked and not blocked
         self.blocked = blocked
         assert view.blocked is blocked
+        if unblocked:
+            self.allocate_now()
 
     @rule()
     def books_agree(self) -> None:
