@@ -833,6 +833,21 @@ def test_a_blocked_wallet_is_granted_no_allocation_until_unblocked(
     assert [(g.period, g.remaining) for g in view.grants] == [("2026-11", 1_000)]
 
 
+def test_blocking_a_wallet_before_its_months_round_grants_it_nothing(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Blocked as November begins, before the sweeper's round: the block is read as the
+    change leaves it, so November's allocation waits for the unblocking."""
+    clock.now = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
+    user = wallet(ledger, "late", "token", monthly_allocation=1_000)
+    clock.now = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
+    view = ledger.update_account(user, idempotency_key=key(), blocked=True)
+    assert "2026-11" not in {g.period for g in view.grants}
+    assert ledger.roll_allocations() == 0
+    view = ledger.update_account(user, idempotency_key=key(), blocked=False)
+    assert {g.period: g.remaining for g in view.grants}["2026-11"] == 1_000
+
+
 def test_an_allocation_round_opens_a_write_transaction_only_for_wallets_due(
     ledger: Ledger, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
