@@ -38,8 +38,13 @@ class World:
 
 
 def world(api: Api) -> World:
+    clock = api.ledger.clock
+    assert isinstance(clock, f.Clock)
+    now = clock.now
+    clock.now = now - timedelta(days=30)  # opened in October: its statement can be asked for
     api.wallet("target", "credit", topup=10_000)
     api.wallet("elsewhere", "credit")
+    clock.now = now
     held = api.post("/v1/authorizations", {"account_id": "target", **VEO_FAST}).json()
     hold, record = held["id"], held["metering_id"]
     topup = api.post("/v1/accounts/target/topups", {"amount": 100}).json()
