@@ -1045,7 +1045,7 @@ class Ledger:
                 overdraft_limit=limit,
                 blocked=wallet.blocked if blocked is UNSET else blocked,
             )
-            if "monthly_allocation" in changed or "blocked" in changed:
+            if not wallet.blocked and ("monthly_allocation" in changed or "blocked" in changed):
                 # Granted at once if this period has none yet; else from the next one.
                 self._allocate_now(w.conn, wallet, w.now)
             return self._account_view(w.conn, wallet)

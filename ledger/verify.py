@@ -304,7 +304,7 @@ def _reversals(conn: Connection) -> list[Violation]:
             out.append(
                 _v("reversal_account", f"reversal {r.id} is on another wallet than {r.reverses_id}")
             )
-    return out + _takebacks(conn)
+    return out
 
 
 def _takebacks(conn: Connection) -> list[Violation]:
@@ -394,4 +394,5 @@ CHECKS: list[Any] = [
     _rollups,
     _flows,
     _reversals,
+    _takebacks,
 ]

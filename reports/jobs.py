@@ -243,9 +243,7 @@ class Reports:
         for _attempt in range(2):
             try:
                 with self.db.transaction() as conn:
-                    account = self._account(conn, account_id)
-                    if account is not None and account_id is not None:
-                        self._existed(conn, account, account_id, period)
+                    account = self._account(conn, account_id, period)
                     dedupe = _dedupe(period.month, period.timezone, account, fmt)
                     existing = conn.execute(
                         _VIEW.where(
@@ -280,24 +278,24 @@ class Reports:
         raise InvalidInput(f"the report for {period.month} is being created; ask again")
 
     @staticmethod
-    def _account(conn: Connection, account_id: str | None) -> int | None:
-        return None if account_id is None else wallet_id(conn, account_id)
-
-    @staticmethod
-    def _existed(conn: Connection, account: int, account_id: str, period: Period) -> None:
-        """Refuse, when it is asked for, a statement of a wallet opened after its month:
-        the job would only fail on it (as ``queries`` finds no such wallet then)."""
-        opened = conn.execute(
-            sa.select(accounts.c.created_at).where(
+    def _account(conn: Connection, account_id: str | None, period: Period) -> int | None:
+        """The wallet a report is asked of (None: all), refused at once when it was opened
+        after the month: the job would only fail on it (``queries`` finds no such wallet)."""
+        if account_id is None:
+            return None
+        account = wallet_id(conn, account_id)
+        existed = conn.execute(
+            sa.select(accounts.c.id).where(
                 accounts.c.id == account, accounts.c.created_at < period.end
             )
         ).first()
-        if opened is None:
+        if existed is None:
             raise NotFound(
                 f"no account '{account_id}' existed in {period.month} ({period.timezone}): "
                 "it was opened after the month ended",
                 field="account_id",
             )
+        return account
 
     def schedule_month_end(self) -> JobView | None:
         """Queue last month's report (all wallets, UTC, JSON) once; the job, if created."""
