@@ -223,6 +223,8 @@ class Call:
             result = await run_in_threadpool(use_case, *args, idempotency_key=self.key, **kwargs)
         if result.replayed:
             self.response.headers[REPLAYED_HEADER] = "true"
+        if result.holds_expired:  # released on the way, as the sweeper would have
+            self.services.metrics.holds_resolved.labels("expired").inc(result.holds_expired)
         return result
 
 

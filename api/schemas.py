@@ -316,7 +316,9 @@ class QuotePublic(BaseModel):
 class EstimatePublic(QuotePublic):
     #: With ``account_id``: whether available covers ``max_cost`` now (authorize decides).
     affordable: bool | None = None
-    #: With ``account_id``: the wallet's available credits.
+    #: With ``account_id``: the wallet's available credits (where its holds past their
+    #: expiry, not yet released, would leave ``max_cost`` short: without them, as the
+    #: authorization, which releases them, will see it).
     credits_balance: int | None = None
     #: With ``account_id``: the wallet is blocked (then nothing is affordable).
     blocked: bool | None = None

@@ -19,6 +19,8 @@ class Result(BaseModel):
 
     # Set on the answer a use case gives back for an idempotency key it already answered.
     _replayed: bool = PrivateAttr(default=False)
+    # How many holds past their expiry the use case released on the way (see below).
+    _holds_expired: int = PrivateAttr(default=0)
 
     @property
     def replayed(self) -> bool:
@@ -26,6 +28,14 @@ class Result(BaseModel):
         idempotency key, given back again: this request had no effect of its own. Not
         part of the answer: a replay equals the answer it replays."""
         return self._replayed
+
+    @property
+    def holds_expired(self) -> int:
+        """How many of the wallet's holds past their expiry, not yet released by a
+        sweeper, this use case released before it could go ahead (an authorization or a
+        charge the held credits would have refused). Not part of the answer: a replay
+        released none."""
+        return self._holds_expired
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Result):

@@ -280,6 +280,8 @@ class _Work:
         #: Who asked (``Entry.actor``): not part of the request, so a retry by another
         #: key of the same scope replays the first answer, which names the first actor.
         self.actor = actor
+        #: Holds past their expiry that this work released (``Result.holds_expired``).
+        self.holds_expired = 0
 
     def replay(self) -> dict[str, Any] | None:
         """The stored result of this key, or None. Call after locking the wallet."""
@@ -463,6 +465,7 @@ class Ledger:
                             replay._replayed = True
                             return replay
                         w.remember(out)
+                    out._holds_expired = w.holds_expired
                     return out
             except INTEGRITY_ERRORS as exc:
                 # Another transaction stored this key first (PostgreSQL): replay it.
@@ -1339,25 +1342,42 @@ class Ledger:
         """Whether the wallet covers ``quote.max_cost`` now: its available credits, whether
         it is blocked, and what its spend limit leaves this period.
 
-        Advisory (no lock, nothing held): ``authorize`` decides.
+        Advisory (no lock, nothing held): ``authorize`` decides. Answered as it would:
+        where the wallet's holds past their expiry, not yet released, would leave it short,
+        without them (``authorize`` releases them first).
         """
+        now = self._now()
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
             self._check_unit(quote, wallet)
             view = self._balance_view(conn, wallet)
-            room = None
-            if wallet.spend_limit is not None:
-                wallet = dataclasses.replace(wallet, pending=view.pending)
-                room = self._spend_room(conn, wallet, self._now())[0]
-        affordable = (
-            view.debt == 0
-            and view.available >= quote.max_cost
-            and not wallet.blocked
-            and (room is None or room >= quote.max_cost)
-        )
+
+            def look(pending: int) -> tuple[bool, int, int | None]:
+                """Affordable, available and the spend limit's room, ``pending`` held."""
+                available = view.available + view.pending - pending
+                room = None
+                if wallet.spend_limit is not None:
+                    held = dataclasses.replace(wallet, pending=pending)
+                    room = self._spend_room(conn, held, now)[0]
+                affordable = (
+                    view.debt == 0
+                    and available >= quote.max_cost
+                    and not wallet.blocked
+                    and (room is None or room >= quote.max_cost)
+                )
+                return affordable, available, room
+
+            affordable, available, room = look(view.pending)
+            if not affordable and not wallet.blocked and view.pending:
+                stale = Store.of(conn).one(
+                    sql.EXPIRED_HELD_OF_WALLET, {"account_id": wallet.id, "now": now}
+                )
+                assert stale is not None
+                if stale[0]:
+                    affordable, available, room = look(view.pending - int(stale[0]))
         return Affordability(
             affordable=affordable,
-            available=view.available,
+            available=available,
             blocked=wallet.blocked,
             spend_remaining=None if room is None else max(0, room),
         )
@@ -1410,13 +1430,31 @@ class Ledger:
             )
         live, expired = self._live_grants(w.conn, wallet, w.now, grant_rows)
         balance = wallet.balance - expired
+        refusal = self._refusal(w, wallet, balance, needed)
+        if refusal is not None and wallet.pending:
+            # Holds past their expiry hold nothing, though until a sweeper releases them
+            # they still count in pending: release them now, and look again. (Only when
+            # refused: an authorization that fits anyway reads nothing more.) Refused
+            # after all, the transaction rolls back and the sweeper releases them.
+            wallet = self._release_expired_holds(w, wallet)
+            refusal = self._refusal(w, wallet, balance, needed)
+        if refusal is not None:
+            raise refusal
+        return wallet, live, kernel.available(balance, wallet.pending, wallet.overdraft_limit)
+
+    def _refusal(
+        self, w: _Work, wallet: _Wallet, balance: int, needed: int
+    ) -> InsufficientCredits | None:
+        """Why the wallet (its ``balance`` net of grants expired now) cannot hold or spend
+        ``needed``: available is short, it is in debt, or its spend limit leaves less this
+        period. None: it can."""
         available = kernel.available(balance, wallet.pending, wallet.overdraft_limit)
         if available < needed or kernel.debt(balance, wallet.overdraft_limit) > 0:
-            raise InsufficientCredits(needed, available, wallet.unit, wallet.scale)
+            return InsufficientCredits(needed, available, wallet.unit, wallet.scale)
         if wallet.spend_limit is not None:
             room, resets_at = self._spend_room(w.conn, wallet, w.now)
             if needed > room:
-                raise SpendLimitReached(
+                return SpendLimitReached(
                     needed,
                     available,
                     wallet.unit,
@@ -1425,7 +1463,7 @@ class Ledger:
                     remaining=max(0, room),
                     resets_at=resets_at,
                 )
-        return wallet, live, available
+        return None
 
     @staticmethod
     def _spent(conn: Connection, wallet: _Wallet, now: datetime) -> tuple[int, datetime]:
@@ -1574,6 +1612,12 @@ class Ledger:
             raise NotFound(f"no authorization '{hold_id}'", field="id")
         stored = w.replayed(results[2][0] if replay and results[2] else None)
         wallet = _Wallet(*results[0][0])
+        hold = self._hold_row(w.store, wallet.id, results[1][0])
+        return _LockedHold(wallet, hold, stored, results[-1] if grants else None)
+
+    @staticmethod
+    def _hold_row(store: Store, account_id: int, row: tuple[Any, ...]) -> _HoldRow:
+        """A hold of the wallet ``account_id`` as ``sql.HOLD`` reads it."""
         (
             hid,
             amount,
@@ -1585,12 +1629,12 @@ class Ledger:
             operation,
             model,
             request,
-        ) = results[1][0]
-        expires = w.store.instant(expires_at)
+        ) = row
+        expires = store.instant(expires_at)
         assert expires is not None
-        hold = _HoldRow(
+        return _HoldRow(
             hid,
-            wallet.id,
+            account_id,
             int(amount),
             status,
             expires,
@@ -1599,9 +1643,27 @@ class Ledger:
             version,
             operation,
             model,
-            w.store.document(request),
+            store.document(request),
         )
-        return _LockedHold(wallet, hold, stored, results[-1] if grants else None)
+
+    def _expire_hold(self, w: _Work, hold: _HoldRow) -> None:
+        """Release a pending hold past its expiry, under its wallet's lock: the sweeper's
+        work, and that of an authorization or charge its wallet would otherwise refuse."""
+        self._resolve(w, hold, "expired")
+        self._move_pending(w.conn, hold.account_id, -hold.amount)
+        w.store.run(sql.EXPIRE_METERING, {"id": hold.metering_id, "now": w.now})
+        w.holds_expired += 1
+
+    def _release_expired_holds(self, w: _Work, wallet: _Wallet) -> _Wallet:
+        """Release the wallet's holds past their expiry that no sweeper has released yet
+        (they hold nothing any more), and return the wallet with its pending less them."""
+        rows = w.store.all(sql.EXPIRED_HOLDS_OF_WALLET, {"account_id": wallet.id, "now": w.now})
+        released = 0
+        for row in rows:
+            hold = self._hold_row(w.store, wallet.id, row)
+            self._expire_hold(w, hold)
+            released += hold.amount
+        return dataclasses.replace(wallet, pending=wallet.pending - released)
 
     def _resolve(
         self,
@@ -2473,18 +2535,11 @@ class Ledger:
         for hold_id in due:
             with self.db.transaction() as conn:
                 w = _Work(conn, Store.of(conn), "expire_hold", "", "", now)
-                locked = self._lock_hold(w, hold_id, replay=False)
-                wallet, hold = locked.wallet, locked.hold
+                hold = self._lock_hold(w, hold_id, replay=False).hold
                 # Read again under the lock: resolved, or extended, since it was listed.
                 if hold.status != "pending" or hold.expires_at > now:
                     continue
-                self._resolve(w, hold, "expired")
-                self._move_pending(conn, wallet.id, -hold.amount)
-                conn.execute(
-                    metering.update()
-                    .where(metering.c.id == hold.metering_id)
-                    .values(status="expired", completed_at=now)
-                )
+                self._expire_hold(w, hold)
                 expired += 1
         return expired
 

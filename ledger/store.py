@@ -90,9 +90,20 @@ LOCK_WALLET_OF_HOLD = Sql(
     _WALLET_COLUMNS + "JOIN holds h ON h.account_id = a.id WHERE h.id = :id AND a.kind = 'wallet'",
     postgresql_suffix=" FOR UPDATE OF a",
 )
-HOLD = Sql(
+_HOLD_COLUMNS = (
     "SELECT id, amount, status, expires_at, metering_id, catalog, catalog_version, operation, "
-    "model, request FROM holds WHERE id = :id"
+    "model, request FROM holds "
+)
+HOLD = Sql(_HOLD_COLUMNS + "WHERE id = :id")
+# A wallet's holds past their expiry that no sweeper has released yet (read under the
+# wallet's lock): they hold nothing any more.
+EXPIRED_HOLDS_OF_WALLET = Sql(
+    _HOLD_COLUMNS + "WHERE account_id = :account_id AND status = 'pending' "
+    "AND expires_at <= :now ORDER BY expires_at, id"
+)
+EXPIRED_HELD_OF_WALLET = Sql(
+    "SELECT COALESCE(SUM(amount), 0) FROM holds WHERE account_id = :account_id "
+    "AND status = 'pending' AND expires_at <= :now"
 )
 REPLAY = Sql("SELECT operation, request_hash, response FROM idempotency_keys WHERE key = :key")
 REMEMBER = Sql(
@@ -153,6 +164,9 @@ INSERT_METERING = Sql(
 CLOSE_METERING = Sql(
     "UPDATE metering_records SET status = :status, charged = :charged, entry_id = :entry_id, "
     f"completed_at = :now, {', '.join(f'{u} = :{u}' for u in _USAGE)} WHERE id = :id"
+)
+EXPIRE_METERING = Sql(
+    "UPDATE metering_records SET status = 'expired', completed_at = :now WHERE id = :id"
 )
 _DAILY = ("requests", "amount", *_USAGE)
 UPSERT_DAILY = Sql(

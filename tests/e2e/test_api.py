@@ -166,6 +166,28 @@ def test_a_hold_left_alone_expires_and_can_no_longer_be_captured(api: Api, clock
     assert 'creditledger_holds_resolved_total{outcome="expired"} 1.0' in metrics
 
 
+def test_a_hold_expired_before_the_sweeper_ran_does_not_cause_a_402(api: Api, clock: Clock) -> None:
+    """A gateway retries as its first hold expires, before the sweeper's round: the
+    expired hold holds nothing, so the retry is authorized, and the hold is counted as
+    released by expiry."""
+    user = api.wallet("retrying", "credit", topup=500)
+    stale = authorize(api, user, {**VEO_FAST, "ttl_seconds": 60}).json()
+    clock.advance(seconds=61)  # no sweep
+    assert api.balance(user)["pending"] == 240
+    veo = f.veo3_video(video_model="veo3")
+    estimate = api.post("/v1/estimates", {**veo, "account_id": user}, as_key="service").json()
+    assert (estimate["affordable"], estimate["credits_balance"]) == (True, 500)
+    r = authorize(api, user, veo)
+    assert r.status_code == 201, r.text
+    assert (r.json()["held"], r.json()["credits_remaining"]) == (500, 0)
+    assert api.get(f"/v1/authorizations/{stale['id']}").json()["status"] == "expired"
+    assert api.balance(user)["pending"] == 500
+    assert api.app.state.sweeper.run_once().holds_expired == 0
+    metrics = api.client.get("/metrics").text
+    assert 'creditledger_holds_resolved_total{outcome="expired"} 1.0' in metrics
+    assert "creditledger_holds_opened_total 2.0" in metrics
+
+
 def test_every_refusal_of_a_hold_no_longer_pending_names_the_state_it_needs(
     api: Api, clock: Clock
 ) -> None:

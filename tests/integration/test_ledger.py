@@ -25,7 +25,7 @@ from ledger.errors import (
     NotReversible,
 )
 from ledger.models import accounts, daily, idempotency
-from ledger.services import Ledger
+from ledger.services import Affordability, Ledger
 from ledger.verify import verify
 from pricing import load_catalogs
 from pricing.errors import InvalidParameter, InvalidUsage
@@ -339,6 +339,121 @@ def test_the_hold_sweeper_reads_a_listed_hold_again_under_its_lock(
 
 
 # ------------------------------------------------------------------------- holds
+
+
+VEO = f.veo3_video(video_model="veo3")  # 500 credits
+
+
+def test_an_expired_hold_not_yet_swept_does_not_refuse_an_authorization(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Past its expiry a hold holds nothing, though it counts in pending until a sweeper
+    releases it: an authorization it would refuse releases it first, under the lock."""
+    user = wallet(ledger)
+    ledger.top_up(user, 500, idempotency_key=key())
+    stale = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    clock.advance(minutes=15)  # expired, not swept: still in pending
+    assert ledger.balance(user).pending == 240
+    # An estimate answers as the authorization will: without the expired hold.
+    assert ledger.affordability(user, ledger.quote(VEO)) == Affordability(
+        affordable=True, available=500, blocked=False, spend_remaining=None
+    )
+    assert ledger.hold(stale.id).status == "pending"  # it only read
+    auth_key = key()
+    hold = ledger.authorize(user, VEO, idempotency_key=auth_key)
+    assert (hold.held, hold.credits_remaining, hold.holds_expired) == (500, 0, 1)
+    old = ledger.hold(stale.id)
+    assert (old.status, old.resolved_at, old.captured) == ("expired", clock.now, None)
+    assert ledger.usage_record(old.metering_id).status == "expired"
+    assert ledger.balance(user).model_dump(include={"pending", "available"}) == {
+        "pending": 500,
+        "available": 0,
+    }
+    assert ledger.expire_holds() == 0  # nothing left for the sweeper
+    again = ledger.authorize(user, VEO, idempotency_key=auth_key)
+    assert again == hold
+    assert again.replayed
+    assert again.holds_expired == 0
+    with pytest.raises(HoldNotPending, match="expired"):
+        ledger.capture(stale.id, status="COMPLETED", usage={}, idempotency_key=key())
+    assert verify(ledger.db) == []
+
+
+def test_an_authorization_that_fits_leaves_expired_holds_to_the_sweeper(
+    ledger: Ledger, clock: Clock
+) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 1_000, idempotency_key=key())
+    stale = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    clock.advance(minutes=16)
+    fits = ledger.affordability(user, ledger.quote(VEO))
+    assert (fits.affordable, fits.available) == (True, 760)  # as the authorization says
+    hold = ledger.authorize(user, VEO, idempotency_key=key())
+    assert (hold.credits_remaining, hold.holds_expired) == (260, 0)
+    assert ledger.hold(stale.id).status == "pending"
+    assert ledger.expire_holds() == 1
+
+
+def test_a_refusal_after_releasing_expired_holds_changes_nothing(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Still short once the expired holds are released: 402 naming what would be
+    available without them, and the transaction, their release included, rolls back."""
+    user = wallet(ledger)
+    ledger.top_up(user, 600, idempotency_key=key())
+    stale = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    live = ledger.authorize(user, VEO_FAST, idempotency_key=key())  # kept alive
+    clock.advance(minutes=10)
+    ledger.extend(live.id, ttl=timedelta(hours=1), idempotency_key=key())
+    clock.advance(minutes=6)
+    before = snapshot(ledger, user)
+    assert ledger.affordability(user, ledger.quote(VEO)) == Affordability(
+        affordable=False, available=360, blocked=False, spend_remaining=None
+    )
+    fast = ledger.affordability(user, ledger.quote(VEO_FAST))  # 120: fits once released
+    assert (fast.affordable, fast.available) == (True, 360)
+    for attempt in (ledger.authorize, ledger.charge):
+        with pytest.raises(InsufficientCredits) as refused:
+            attempt(user, VEO, idempotency_key=key())
+        assert (refused.value.needed, refused.value.available) == (500, 360)
+    assert snapshot(ledger, user) == before
+    assert [ledger.hold(h.id).status for h in (stale, live)] == ["pending", "pending"]
+    assert ledger.expire_holds() == 1
+    assert ledger.hold(live.id).status == "pending"
+
+
+def test_a_hold_not_yet_expired_is_not_released(ledger: Ledger, clock: Clock) -> None:
+    user = wallet(ledger)
+    ledger.top_up(user, 500, idempotency_key=key())
+    held = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    clock.advance(minutes=14, seconds=59)
+    with pytest.raises(InsufficientCredits) as refused:
+        ledger.authorize(user, VEO, idempotency_key=key())
+    assert refused.value.available == 260
+    assert ledger.hold(held.id).status == "pending"
+
+
+def test_a_charge_and_the_spend_limit_release_expired_holds_too(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """An immediate charge is refused by held credits as an authorization is, and so is
+    a spend limit, which counts open holds: both release the expired ones first."""
+    user = wallet(ledger, monthly_spend_limit=600)
+    ledger.top_up(user, 5_000, idempotency_key=key())
+    stale = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    clock.advance(minutes=15)
+    assert ledger.affordability(user, ledger.quote(VEO)) == Affordability(
+        affordable=True, available=5_000, blocked=False, spend_remaining=600
+    )
+    ledger.update_account(user, idempotency_key=key(), blocked=True)
+    blocked = ledger.affordability(user, ledger.quote(VEO))
+    assert (blocked.affordable, blocked.available) == (False, 4_760)  # as it refuses
+    ledger.update_account(user, idempotency_key=key(), blocked=False)
+    done = ledger.charge(user, VEO, idempotency_key=key())  # room 600 - 240 before
+    assert (done.credits_used, done.credits_remaining, done.holds_expired) == (500, 4_500, 1)
+    assert ledger.hold(stale.id).status == "expired"
+    assert ledger.account(user).spent_this_month == 500
+    assert verify(ledger.db) == []
 
 
 def test_a_capture_is_priced_by_the_catalog_version_its_hold_was_quoted_with(
