@@ -351,6 +351,9 @@ def test_an_expired_hold_not_yet_swept_does_not_refuse_an_authorization(
     releases it: an authorization it would refuse releases it first, under the lock."""
     user = wallet(ledger)
     ledger.top_up(user, 500, idempotency_key=key())
+    neighbour = wallet(ledger, "user-2")
+    ledger.top_up(neighbour, 1_000, idempotency_key=key())
+    theirs = [ledger.authorize(neighbour, VEO, idempotency_key=key()).id for _ in range(2)]
     stale = ledger.authorize(user, VEO_FAST, idempotency_key=key())
     clock.advance(minutes=15)  # expired, not swept: still in pending
     assert ledger.balance(user).pending == 240
@@ -359,6 +362,7 @@ def test_an_expired_hold_not_yet_swept_does_not_refuse_an_authorization(
         affordable=True, available=500, blocked=False, spend_remaining=None
     )
     assert ledger.hold(stale.id).status == "pending"  # it only read
+    assert ledger.affordability(neighbour, ledger.quote(VEO)).available == 1_000  # its own
     auth_key = key()
     hold = ledger.authorize(user, VEO, idempotency_key=auth_key)
     assert (hold.held, hold.credits_remaining, hold.holds_expired) == (500, 0, 1)
@@ -369,7 +373,9 @@ def test_an_expired_hold_not_yet_swept_does_not_refuse_an_authorization(
         "pending": 500,
         "available": 0,
     }
-    assert ledger.expire_holds() == 0  # nothing left for the sweeper
+    # Another wallet's expired holds are its own: left to the sweeper (or its requests).
+    assert [ledger.hold(h).status for h in theirs] == ["pending", "pending"]
+    assert ledger.expire_holds() == 2
     again = ledger.authorize(user, VEO, idempotency_key=auth_key)
     assert again == hold
     assert again.replayed
@@ -401,6 +407,8 @@ def test_a_refusal_after_releasing_expired_holds_changes_nothing(
     available without them, and the transaction, their release included, rolls back."""
     user = wallet(ledger)
     ledger.top_up(user, 600, idempotency_key=key())
+    voided = ledger.authorize(user, VEO_FAST, idempotency_key=key())  # resolved: not held
+    ledger.void(voided.id, idempotency_key=key())
     stale = ledger.authorize(user, VEO_FAST, idempotency_key=key())
     live = ledger.authorize(user, VEO_FAST, idempotency_key=key())  # kept alive
     clock.advance(minutes=10)
