@@ -194,6 +194,68 @@ def test_a_hold_raced_by_captures_and_voids_resolves_once(ledger: Ledger) -> Non
     assert len(ledger.entries("wallet", limit=50).items) == 1 + charged // 240
 
 
+def test_retries_racing_the_sweeper_release_each_expired_hold_once(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Ten holds take the whole wallet and expire; thirty retries and two sweepers race
+    to release them: each is released once (by a retry or a sweeper), and the retries
+    hold exactly what the wallet has."""
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    ledger.top_up("wallet", 240 * 10, idempotency_key=key())
+    stale = [ledger.authorize("wallet", VEO_FAST, idempotency_key=key()).id for _ in range(10)]
+    clock.advance(minutes=15)
+    calls: list[Callable[[], Any]] = [ledger.expire_holds, ledger.expire_holds]
+    calls += [
+        (lambda: ledger.authorize("wallet", VEO_FAST, idempotency_key=key("retry")))
+        for _ in range(THREADS - 2)
+    ]
+    outcomes = race(calls)
+    swept, answers = outcomes[:2], outcomes[2:]
+    assert all(isinstance(n, int) for n in swept), swept
+    kinds = Counter(type(o).__name__ for o in answers)
+    assert kinds == {"HoldView": 10, "InsufficientCredits": THREADS - 12}, answers
+    assert all(o.available < 240 for o in answers if isinstance(o, InsufficientCredits))
+    released = sum(o.holds_expired for o in answers if not isinstance(o, Exception))
+    assert released + sum(swept) == 10
+    assert {ledger.hold(h).status for h in stale} == {"expired"}
+    view = ledger.balance("wallet")
+    assert (view.balance, view.pending, view.available) == (2_400, 2_400, 0)
+    assert ledger.expire_holds() == 0
+
+
+def test_racing_reversals_of_one_entry_reverse_it_once(ledger: Ledger) -> None:
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    ledger.top_up("wallet", 1_000, idempotency_key=key())
+    charged = ledger.charge("wallet", VEO_FAST, idempotency_key=key())
+    assert charged.entry_id is not None
+    entry_id = charged.entry_id
+    outcomes = race(
+        [
+            (lambda: ledger.reverse(entry_id, reason="refund", idempotency_key=key("rev")))
+            for _ in range(THREADS)
+        ]
+    )
+    kinds = Counter(type(o).__name__ for o in outcomes)
+    assert kinds == {"ReversalResult": 1, "AlreadyReversed": THREADS - 1}, outcomes
+    assert ledger.balance("wallet").balance == 1_000
+
+
+def test_racing_revocations_of_one_grant_take_it_back_once(ledger: Ledger) -> None:
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    ledger.top_up("wallet", 1_000, idempotency_key=key())
+    promo = ledger.top_up("wallet", 300, kind="promo", idempotency_key=key()).grant
+    assert promo is not None
+    outcomes = race(
+        [
+            (lambda: ledger.revoke_grant(promo.id, reason="withdrawn", idempotency_key=key()))
+            for _ in range(THREADS)
+        ]
+    )
+    kinds = Counter(type(o).__name__ for o in outcomes)
+    assert kinds == {"RevocationResult": 1, "GrantNotOpen": THREADS - 1}, outcomes
+    assert ledger.balance("wallet").balance == 1_000
+
+
 def test_allocation_roll_on_many_workers_grants_once(ledger: Ledger, clock: Clock) -> None:
     ledger.open_account("bucket", "token", idempotency_key=key(), monthly_allocation=1_000)
     clock.advance(days=10)  # December begins: November's expires, December's is due
