@@ -277,7 +277,11 @@ class LedgerMachine(RuleBasedStateMachine):
         # What a refusal reports: available once the expired holds are released.
         available = self.balance - self.fresh_pending() + self.overdraft
         key = self.key()
+        # An estimate asked just before answers as the authorization then does.
+        advice = self.ledger.affordability(W, self.ledger.quote(request))
+        assert advice.blocked == self.blocked
         if self.blocked:
+            assert not advice.affordable
             self.rejected(
                 lambda: self.ledger.authorize(W, request, idempotency_key=key), AccountBlocked
             )
@@ -285,6 +289,8 @@ class LedgerMachine(RuleBasedStateMachine):
         try:
             hold = self.ledger.authorize(W, request, idempotency_key=key)
         except InsufficientCredits:
+            assert not advice.affordable
+            assert advice.available == available
             # Refused: the same request again is refused the same way and changes nothing.
             exc = self.rejected(
                 lambda: self.ledger.authorize(W, request, idempotency_key=key), InsufficientCredits
@@ -298,6 +304,8 @@ class LedgerMachine(RuleBasedStateMachine):
         assert hold.credits_remaining == (
             self.balance - sum(self.pending.values()) + self.overdraft - hold.held
         )
+        assert advice.affordable
+        assert advice.available == hold.credits_remaining + hold.held
         self.pending[hold.id] = hold.held
         self.expires[hold.id] = hold.expires_at
         if request["operation"] == "text":
