@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from decimal import Decimal
 from pathlib import Path
 
 import pytest
@@ -384,6 +385,26 @@ def test_agentic_video_candidates_are_full_renders(tmp_path: Path) -> None:
     catalogs = load_catalogs([tmp_path])
     req = f.fal_video(enable_agentic_generation=True, num_frames=24, fps=24)  # 2 x 2 renders of 1 s
     assert estimate(req, catalogs=catalogs).max_cost == 4 * 20_000
+    # Stopped early after three candidates: three renders charged, never more than asked.
+    charged = price_usage(req, {"candidates": 3}, "COMPLETED", catalogs=catalogs)
+    assert (charged.amount, charged.usage["candidates"]) == (3 * 20_000, 3)
+    with pytest.raises(InvalidUsage) as refused:
+        price_usage(req, {"candidates": 5}, "COMPLETED", catalogs=catalogs)
+    assert (refused.value.field, refused.value.allowed) == (
+        "usage.candidates",
+        {"min": 0, "max": 4},
+    )
+
+
+def test_video_seconds_are_frames_over_fps_exactly(tmp_path: Path) -> None:
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    catalogs = load_catalogs([tmp_path])
+    quote = estimate(f.fal_video(num_frames=36, fps=24), catalogs=catalogs)  # 1.5 s at 480p
+    assert quote.estimated_usage == {"seconds": Decimal("1.5"), "num_frames": 36}
+    assert quote.to_dict()["lines"][0]["quantity"] == "1.5"
+    assert quote.cost == 30_000
 
 
 def test_a_video_is_charged_for_the_frames_it_rendered_never_more_than_asked(
@@ -439,6 +460,35 @@ def test_describe_lists_versions_operations_models_and_prices(catalogs: object) 
     assert {row["price"] for row in fal["prices"]} == {None}
     pixazo = listing["pixazo"]["versions"][0]["operations"][0]
     assert [row["price"] for row in pixazo["prices"]] == ["0.04", "0.02"]
+
+
+def test_variants_are_offered_and_listed_in_numeric_order(tmp_path: Path) -> None:
+    """An operator's 10-second video sorts after 8 seconds, not before 4, in a refusal's
+    ``allowed`` and in the price listing."""
+    text = shipped(
+        "cosmic",
+        ("duration = { allowed = [4, 6, 8] }", "duration = { allowed = [4, 6, 8, 10, 12] }"),
+        ('"8" = 768_000', '"8" = 768_000\n"10" = 960_000'),
+    )
+    f.write_catalog(tmp_path, "acme.toml", text)
+    catalogs = load_catalogs([tmp_path])
+    standard = "veo-3.1-generate-preview"
+    video = f.request("acme", "video", prompt="A kitten", model=standard, duration=10)
+    assert estimate(video, catalogs=catalogs).cost == 960_000
+    with pytest.raises(InvalidParameter) as refused:
+        estimate({**video, "params": {**video["params"], "duration": 12}}, catalogs=catalogs)
+    assert (refused.value.field, refused.value.allowed) == (
+        "params.duration",
+        ["4", "6", "8", "10"],
+    )
+    listing = next(c for c in describe(catalogs) if c["name"] == "acme")
+    operation = next(o for o in listing["versions"][-1]["operations"] if o["name"] == "video")
+    assert [row["variant"] for row in operation["prices"] if row["model"] == standard] == [
+        "duration=4",
+        "duration=6",
+        "duration=8",
+        "duration=10",
+    ]
 
 
 def test_an_operator_catalog_at_the_edges_of_its_limits(tmp_path: Path) -> None:
