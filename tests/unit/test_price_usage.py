@@ -82,6 +82,16 @@ def test_bad_text_usage(catalogs: CatalogSet, usage: dict[str, Any], field: str)
     assert info.value.field == field
 
 
+@pytest.mark.parametrize("usage", [5, "input_tokens", ["input_tokens", "output_tokens"], 1.5])
+@pytest.mark.parametrize("req", [f.text(), f.veo3_video()], ids=["text", "video"])
+def test_usage_that_is_not_an_object(
+    catalogs: CatalogSet, req: dict[str, Any], usage: object
+) -> None:
+    with pytest.raises(InvalidUsage) as info:
+        price_usage(req, usage, "COMPLETED", catalogs=catalogs)  # type: ignore[arg-type]
+    assert (info.value.field, info.value.message) == ("usage", "usage must be an object")
+
+
 def test_provider_usage_object_with_total(catalogs: CatalogSet) -> None:
     usage = {"input_tokens": 10, "output_tokens": 89, "total_tokens": 99}
     charge = price_usage(f.text(model="gpt-5-nano"), usage, "COMPLETED", catalogs=catalogs)
