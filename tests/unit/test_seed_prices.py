@@ -152,6 +152,15 @@ def test_cosmic_defaults_of_the_newer_docs(catalogs: CatalogSet) -> None:
     assert (image.model, image.cost) == ("gemini-3-pro-image-preview", 32_160)
     text = estimate(f.text(max_tokens=10), catalogs=catalogs)
     assert text.model == "claude-opus-4-5-20251101"
+    assert text.defaults_applied == {"model": "claude-opus-4-5-20251101"}
+    # Without max_tokens the model may write up to its output limit: that is reserved,
+    # and the quote says it assumed it.
+    unbounded = estimate(f.text(), catalogs=catalogs)
+    assert unbounded.defaults_applied == {
+        "model": "claude-opus-4-5-20251101",
+        "max_tokens": 64_000,
+    }
+    assert unbounded.estimated_usage["output_tokens"] == 64_000
 
 
 def test_cosmic_defaults_of_the_older_docs(catalogs: CatalogSet) -> None:
