@@ -23,6 +23,7 @@ from ledger.errors import (
     InvalidInput,
     NotFound,
     NotReversible,
+    SpendLimitReached,
 )
 from ledger.models import accounts, daily, idempotency
 from ledger.services import Affordability, Ledger
@@ -922,6 +923,41 @@ def test_the_roll_over_takes_back_only_the_allocations_it_granted(
         ("", "2026-11", 1_000),
         ("by hand", "", 300),
     ]
+
+
+def test_an_allocation_that_only_repays_debt_is_still_granted_for_its_period(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """November's 1,000 all goes to repay debt: the period's allocation grant is still
+    made (1,000 given, nothing left in it), so its grant is on record and the period is
+    done."""
+    clock.now = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
+    user = wallet(ledger, "indebted", "token", monthly_allocation=1_000)  # October's
+    ledger.adjust(user, -2_500, reason="chargeback", idempotency_key=key())  # -1,500
+    clock.now = datetime(2026, 11, 1, 0, 0, tzinfo=UTC)
+    assert ledger.roll_allocations() == 1
+    assert ledger.roll_allocations() == 0
+    assert (ledger.balance(user).balance, ledger.balance(user).debt) == (-500, 500)
+    november = [g for g in ledger.grants_of(user) if g.period == "2026-11"]
+    assert [(g.kind, g.amount, g.remaining) for g in november] == [("allocation", 1_000, 0)]
+    assert ledger.account(user).grants == []
+    assert verify(ledger.db) == []
+
+
+def test_a_spend_limit_is_reached_exactly_at_its_last_credit(ledger: Ledger) -> None:
+    """Held and spent credits may add up to the limit, not one credit past it."""
+    user = wallet(ledger, monthly_spend_limit=263)
+    ledger.top_up(user, 5_000, idempotency_key=key())
+    ledger.authorize(user, VEO_FAST, idempotency_key=key())  # 240 held, 23 left
+    image = f.request("veo3", "image", prompt="x")  # 24
+    with pytest.raises(SpendLimitReached) as refused:
+        ledger.charge(user, image, idempotency_key=key())
+    assert (refused.value.needed, refused.value.remaining) == (24, 23)
+    ledger.update_account(user, idempotency_key=key(), monthly_spend_limit=264)
+    assert ledger.charge(user, image, idempotency_key=key()).credits_used == 24  # 264 of 264
+    assert ledger.account(user).spend_remaining == 0
+    with pytest.raises(SpendLimitReached):
+        ledger.charge(user, image, idempotency_key=key())
 
 
 def test_an_actor_longer_than_its_column_is_refused_before_anything_is_written(
