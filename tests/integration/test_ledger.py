@@ -944,6 +944,35 @@ def test_an_allocation_that_only_repays_debt_is_still_granted_for_its_period(
     assert verify(ledger.db) == []
 
 
+def test_a_capture_answers_credits_remaining_net_of_grants_that_expired_meanwhile(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A promotion runs out while the video renders: the capture expires it first, and
+    what it says remains is what the wallet then has."""
+    user = wallet(ledger)
+    ledger.top_up(user, 1_000, idempotency_key=key())
+    ledger.top_up(
+        user, 300, idempotency_key=key(), kind="promo", expires_at=clock.now + timedelta(minutes=5)
+    )
+    held = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    assert held.credits_remaining == 1_300 - 240
+    clock.advance(minutes=10)
+    done = ledger.capture(held.id, status="COMPLETED", usage={}, idempotency_key=key())
+    assert (done.charged, done.credits_remaining) == (240, 1_000 - 240)
+    assert ledger.balance(user).available == done.credits_remaining
+    # So does usage reported after the fact.
+    ledger.top_up(
+        user, 100, idempotency_key=key(), kind="promo", expires_at=clock.now + timedelta(minutes=5)
+    )
+    clock.advance(minutes=10)
+    reported = ledger.report_usage(
+        user, VEO_FAST, status="COMPLETED", usage={}, idempotency_key=key()
+    )
+    assert (reported.charged, reported.credits_remaining) == (240, 760 - 240)
+    assert ledger.balance(user).available == reported.credits_remaining
+    assert verify(ledger.db) == []
+
+
 def test_a_spend_limit_is_reached_exactly_at_its_last_credit(ledger: Ledger) -> None:
     """Held and spent credits may add up to the limit, not one credit past it."""
     user = wallet(ledger, monthly_spend_limit=263)
