@@ -1243,6 +1243,29 @@ def test_a_page_of_entries_is_read_in_as_many_queries_whatever_its_length(
     assert page.items[31].postings == reversed_.entry.postings
 
 
+def test_a_point_in_time_balance_counts_the_holds_open_then(ledger: Ledger, clock: Clock) -> None:
+    """A hold counts in ``pending`` from its authorization until it resolved: not before,
+    and not after, whether it was captured or voided since."""
+    user = wallet(ledger)
+    ledger.top_up(user, 1_000, idempotency_key=key())
+    clock.advance(minutes=1)
+    captured = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    voided = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    both_open = clock.now
+    clock.advance(minutes=1)
+    ledger.capture(captured.id, status="COMPLETED", usage={}, idempotency_key=key())
+    clock.advance(minutes=1)
+    ledger.void(voided.id, idempotency_key=key())
+    clock.advance(minutes=1)
+    at = ledger.balance
+    assert (at(user, as_of=both_open - timedelta(minutes=1)).pending, at(user).pending) == (0, 0)
+    then = at(user, as_of=both_open)
+    assert (then.balance, then.pending, then.available) == (1_000, 480, 520)
+    middle = at(user, as_of=both_open + timedelta(minutes=1, seconds=30))
+    assert (middle.balance, middle.pending, middle.available) == (760, 240, 520)
+    assert at(user, as_of=clock.now) == at(user).model_copy(update={"as_of": clock.now})
+
+
 def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> None:
     user = wallet(ledger)
     marks = []
