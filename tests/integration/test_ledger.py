@@ -989,6 +989,47 @@ def test_a_spend_limit_is_reached_exactly_at_its_last_credit(ledger: Ledger) -> 
         ledger.charge(user, image, idempotency_key=key())
 
 
+def test_the_roll_over_also_expires_other_grants_due_at_the_period_start(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A promotion that ends with the month goes with October's allocation, in the same
+    roll-over, before November's is granted."""
+    clock.now = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
+    user = wallet(ledger, "promo-end", "token", monthly_allocation=1_000)
+    november = datetime(2026, 11, 1, tzinfo=UTC)
+    ledger.top_up(user, 300, kind="promo", expires_at=november, idempotency_key=key())
+    clock.now = november
+    assert ledger.roll_allocations() == 1
+    view = ledger.account(user)
+    assert view.balance == 1_000
+    assert [(g.kind, g.period, g.remaining) for g in view.grants] == [
+        ("allocation", "2026-11", 1_000)
+    ]
+    expiry = next(e for e in ledger.entries(user).items if e.kind == "expiry")
+    assert [p.amount for p in expiry.postings if p.account_id == user] == [-1_300]
+    assert verify(ledger.db) == []
+
+
+def test_a_wallet_blocked_after_the_round_listed_it_is_granted_nothing(
+    ledger: Ledger, clock: Clock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The round lists the wallets due, then grants each under its lock: one blocked in
+    between is read again there and skipped, and gets its period when unblocked."""
+    clock.now = datetime(2026, 10, 20, 12, 0, tzinfo=UTC)
+    user = wallet(ledger, "late", "token", monthly_allocation=1_000)
+    clock.now = datetime(2026, 11, 1, tzinfo=UTC)
+    with ledger.db.transaction(write=False) as conn:
+        due = Ledger._allocations_due(conn, clock.now)
+    assert len(due) == 1
+    ledger.update_account(user, idempotency_key=key(), blocked=True)
+    monkeypatch.setattr(Ledger, "_allocations_due", staticmethod(lambda conn, now: due))
+    assert ledger.roll_allocations() == 0
+    assert [g for g in ledger.grants_of(user) if g.period == "2026-11"] == []
+    ledger.update_account(user, idempotency_key=key(), blocked=False)
+    assert [g.remaining for g in ledger.grants_of(user) if g.period == "2026-11"] == [1_000]
+    assert verify(ledger.db) == []
+
+
 def test_an_actor_longer_than_its_column_is_refused_before_anything_is_written(
     ledger: Ledger,
 ) -> None:
