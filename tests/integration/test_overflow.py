@@ -175,6 +175,25 @@ def test_a_refused_allocation_does_not_hold_up_the_others(
     assert ledger.account(full).balance == MAX - 50
 
 
+def test_an_allocation_the_database_refuses_leaves_the_opening_whole(
+    ledger: Ledger, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The funding account is at the edge: a new wallet's allocation fails in the
+    database itself (its sum, not the wallet's room). The opening still goes through,
+    with its setting kept, and the grant is left to the rounds."""
+    rich = wallet(ledger, "rich")
+    ledger.top_up(rich, MAX, idempotency_key=key())
+    with caplog.at_level(logging.ERROR, logger="creditledger.ledger"):
+        late = wallet(ledger, "late", monthly_allocation=2)
+    assert "monthly allocation of account late refused" in caplog.text
+    view = ledger.account(late)
+    assert (view.monthly_allocation, view.balance, view.grants) == (2, 0, [])
+    ledger.adjust(rich, -10, reason="make room", idempotency_key=key())
+    assert ledger.roll_allocations() == 1
+    assert ledger.account(late).balance == 2
+    assert verify(ledger.db) == []
+
+
 def test_verify_sums_a_history_past_64_bits_exactly(ledger: Ledger, clock: Clock) -> None:
     """Credits in and out again, a day apart: every balance and every day's rollup fits,
     the history's sums do not. SQLite's SUM refuses those ("integer overflow"); verify()
