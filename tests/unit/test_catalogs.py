@@ -201,6 +201,14 @@ def test_minimal_operator_catalog_loads_and_prices(tmp_path: Path) -> None:
             "versions[0].operations.text_to_image.defaults.num_images",
             "not allowed",
         ),
+        (
+            shipped(
+                "cosmic",
+                ("duration = { allowed = [4, 6, 8] }", 'duration = { allowed = ["4", "6", "8"] }'),
+            ),
+            "versions[1].operations.video.limits.duration.allowed",
+            "do not match the type of 'duration'",
+        ),
         # per_token: every model's tier has a multiplier, and a multiplier is positive;
         # every model says how much output it may write (the reserve of a request
         # without max_tokens).

@@ -148,6 +148,9 @@ def test_cosmic_defaults_of_the_newer_docs(catalogs: CatalogSet) -> None:
         "resolution": "720p",
     }
     assert video.cost == 288_000  # seed 000's response example: 288000 tokens for 8 s fast
+    # What the request gives is not a default it relied on.
+    short = estimate(f.cosmic_video(duration=4, resolution="1080p"), catalogs=catalogs)
+    assert short.defaults_applied == {"model": "veo-3.1-fast-generate-preview"}
     image = estimate(f.cosmic_image(), catalogs=catalogs)
     assert (image.model, image.cost) == ("gemini-3-pro-image-preview", 32_160)
     text = estimate(f.text(max_tokens=10), catalogs=catalogs)

@@ -76,6 +76,9 @@ def fails(catalogs: CatalogSet, req: Any, error: type[PricingError]) -> PricingE
         (f.pixazo_image(guidance_scale=21), "params.guidance_scale", {"min": 0, "max": 20}),
         (f.pixazo_image(output_format="gif"), "params.output_format", ["jpeg", "png"]),
         (f.text(max_tokens=0), "params.max_tokens", {"min": 1}),
+        # A parameter with a default is not nullable: null is refused, not priced.
+        (f.pixazo_image(num_images=None), "params.num_images", {"min": 1, "max": 4}),
+        (f.cosmic_video(duration=None), "params.duration", [4, 6, 8]),
         (f.text(model="gpt-4o", max_tokens=16_385), "params.max_tokens", {"min": 1, "max": 16_384}),
     ],
 )
@@ -86,6 +89,25 @@ def test_parameter_out_of_range(
     assert error.field == field
     assert error.allowed == allowed
     assert field in error.message
+
+
+SIZES = ["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
+
+
+def test_a_size_neither_preset_nor_width_and_height_is_one_error(catalogs: CatalogSet) -> None:
+    """Each branch of the union refuses 5; the answer names params.image_size once."""
+    error = fails(catalogs, f.pixazo_image(image_size=5), InvalidParameter)
+    assert [(e["field"], e.get("allowed")) for e in error.errors] == [("params.image_size", SIZES)]
+
+
+def test_a_nested_field_gets_no_allowed_values_of_its_parent(catalogs: CatalogSet) -> None:
+    error = fails(
+        catalogs, f.pixazo_image(image_size={"width": "x", "height": 480}), InvalidParameter
+    )
+    assert [(e["field"], e.get("allowed")) for e in error.errors] == [
+        ("params.image_size", SIZES),
+        ("params.image_size.width", None),
+    ]
 
 
 def test_unknown_parameter_lists_the_known_ones(catalogs: CatalogSet) -> None:
