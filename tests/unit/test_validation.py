@@ -97,6 +97,7 @@ SIZES = ["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3"
 def test_a_size_neither_preset_nor_width_and_height_is_one_error(catalogs: CatalogSet) -> None:
     """Each branch of the union refuses 5; the answer names params.image_size once."""
     error = fails(catalogs, f.pixazo_image(image_size=5), InvalidParameter)
+    assert isinstance(error, InvalidParameter)
     assert [(e["field"], e.get("allowed")) for e in error.errors] == [("params.image_size", SIZES)]
 
 
@@ -104,6 +105,7 @@ def test_a_nested_field_gets_no_allowed_values_of_its_parent(catalogs: CatalogSe
     error = fails(
         catalogs, f.pixazo_image(image_size={"width": "x", "height": 480}), InvalidParameter
     )
+    assert isinstance(error, InvalidParameter)
     assert [(e["field"], e.get("allowed")) for e in error.errors] == [
         ("params.image_size", SIZES),
         ("params.image_size.width", None),
