@@ -465,6 +465,50 @@ def test_a_charge_and_the_spend_limit_release_expired_holds_too(
     assert verify(ledger.db) == []
 
 
+ONE_CREDIT = """
+name = "acme"
+unit = { code = "credit", scale = 0 }
+
+[[versions]]
+id = "v1"
+effective_from = 2026-01-01T00:00:00Z
+source = "test: the smallest price there is"
+
+[versions.operations.video]
+body = "veo3.video"
+model_param = "video_model"
+defaults = { video_model = "tiny" }
+
+[versions.operations.video.models]
+tiny = { name = "Tiny" }
+
+[versions.operations.video.pricing]
+type = "fixed"
+per = "video"
+usage_key = "videos"
+prices = { tiny = 1 }
+"""
+
+
+def test_an_expired_hold_of_one_credit_is_released_too(
+    db: Database, clock: Clock, tmp_path: Path
+) -> None:
+    """The smallest pending there is (one credit, all of it expired) still makes the
+    refused request look for expired holds."""
+    f.write_catalog(tmp_path, "acme.toml", ONE_CREDIT)
+    ledger = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    user = wallet(ledger, "penny")
+    ledger.top_up(user, 1, idempotency_key=key())
+    tiny = f.request("acme", "video", prompt="a dot")
+    stale = ledger.authorize(user, tiny, idempotency_key=key())
+    assert ledger.balance(user).available == 0
+    clock.advance(minutes=15)
+    again = ledger.authorize(user, tiny, idempotency_key=key())
+    assert (again.held, again.holds_expired, again.credits_remaining) == (1, 1, 0)
+    assert ledger.hold(stale.id).status == "expired"
+    assert verify(ledger.db) == []
+
+
 def test_a_capture_is_priced_by_the_catalog_version_its_hold_was_quoted_with(
     db: Database, clock: Clock, tmp_path: Path
 ) -> None:
