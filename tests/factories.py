@@ -64,6 +64,33 @@ prices = {{ "256p" = 0.01, "480p" = 0.02, "720p" = 0.05 }}
 """
 
 
+#: An operator catalog "acme": one video model "fast" at a fixed price. Fill in
+#: ``limits`` (a limits line for the operation, or "") and ``price``.
+MINIMAL_CATALOG = """
+name = "acme"
+unit = {{ code = "credit", scale = 0 }}
+
+[[versions]]
+id = "v1"
+effective_from = 2026-01-01T00:00:00Z
+source = "test"
+
+[versions.operations.video]
+body = "veo3.video"
+model_param = "video_model"
+defaults = {{ video_model = "fast" }}
+{limits}
+[versions.operations.video.models]
+fast = {{ name = "Fast" }}
+
+[versions.operations.video.pricing]
+type = "fixed"
+per = "video"
+usage_key = "videos"
+prices = {{ fast = {price} }}
+"""
+
+
 def write_catalog(directory: Path, name: str, text: str) -> Path:
     """Write one operator catalog file and return its path."""
     directory.mkdir(parents=True, exist_ok=True)

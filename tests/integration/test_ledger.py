@@ -465,37 +465,12 @@ def test_a_charge_and_the_spend_limit_release_expired_holds_too(
     assert verify(ledger.db) == []
 
 
-ONE_CREDIT = """
-name = "acme"
-unit = { code = "credit", scale = 0 }
-
-[[versions]]
-id = "v1"
-effective_from = 2026-01-01T00:00:00Z
-source = "test: the smallest price there is"
-
-[versions.operations.video]
-body = "veo3.video"
-model_param = "video_model"
-defaults = { video_model = "tiny" }
-
-[versions.operations.video.models]
-tiny = { name = "Tiny" }
-
-[versions.operations.video.pricing]
-type = "fixed"
-per = "video"
-usage_key = "videos"
-prices = { tiny = 1 }
-"""
-
-
 def test_an_expired_hold_of_one_credit_is_released_too(
     db: Database, clock: Clock, tmp_path: Path
 ) -> None:
     """The smallest pending there is (one credit, all of it expired) still makes the
     refused request look for expired holds."""
-    f.write_catalog(tmp_path, "acme.toml", ONE_CREDIT)
+    f.write_catalog(tmp_path, "acme.toml", f.MINIMAL_CATALOG.format(limits="", price=1))
     ledger = Ledger(db, load_catalogs([tmp_path]), clock=clock)
     user = wallet(ledger, "penny")
     ledger.top_up(user, 1, idempotency_key=key())

@@ -13,29 +13,7 @@ from pricing.catalog import describe, shipped_catalog_files
 from pricing.errors import CatalogError, InvalidParameter, InvalidRequest, InvalidUsage, NotBillable
 from tests import factories as f
 
-MINIMAL = """
-name = "acme"
-unit = {{ code = "credit", scale = 0 }}
-
-[[versions]]
-id = "v1"
-effective_from = 2026-01-01T00:00:00Z
-source = "test"
-
-[versions.operations.video]
-body = "veo3.video"
-model_param = "video_model"
-defaults = {{ video_model = "fast" }}
-{limits}
-[versions.operations.video.models]
-fast = {{ name = "Fast" }}
-
-[versions.operations.video.pricing]
-type = "fixed"
-per = "video"
-usage_key = "videos"
-prices = {{ fast = {price} }}
-"""
+MINIMAL = f.MINIMAL_CATALOG
 
 
 def load(tmp_path: Path, text: str, name: str = "acme.toml") -> None:
