@@ -13,8 +13,6 @@ from pricing.catalog import describe, shipped_catalog_files
 from pricing.errors import CatalogError, InvalidParameter, InvalidRequest, InvalidUsage, NotBillable
 from tests import factories as f
 
-MINIMAL = f.MINIMAL_CATALOG
-
 
 def load(tmp_path: Path, text: str, name: str = "acme.toml") -> None:
     f.write_catalog(tmp_path, name, text)
@@ -33,7 +31,7 @@ def shipped(name: str, *changes: tuple[str, str]) -> str:
 
 
 def minimal(*changes: tuple[str, str], limits: str = "", price: object = 7) -> str:
-    text = MINIMAL.format(limits=limits, price=price)
+    text = f.MINIMAL_CATALOG.format(limits=limits, price=price)
     for old, new in changes:
         assert text.count(old) == 1, old
         text = text.replace(old, new)
@@ -41,7 +39,7 @@ def minimal(*changes: tuple[str, str], limits: str = "", price: object = 7) -> s
 
 
 def test_minimal_operator_catalog_loads_and_prices(tmp_path: Path) -> None:
-    f.write_catalog(tmp_path, "acme.toml", MINIMAL.format(limits="", price=7))
+    f.write_catalog(tmp_path, "acme.toml", f.MINIMAL_CATALOG.format(limits="", price=7))
     catalogs = load_catalogs([tmp_path])
     quote = estimate(f.request("acme", "video", prompt="x"), catalogs=catalogs)
     assert (quote.cost, quote.unit, quote.catalog_version) == (7, "credit", "v1")
@@ -52,61 +50,69 @@ def test_minimal_operator_catalog_loads_and_prices(tmp_path: Path) -> None:
     [
         ("name = [", "", "not valid TOML"),
         (
-            MINIMAL.format(limits="", price=-1),
+            f.MINIMAL_CATALOG.format(limits="", price=-1),
             "versions[0].operations.video.pricing.prices.fast",
             "greater than or equal to 0",
         ),
-        (MINIMAL.format(limits="", price='"seven"'), "versions[0].operations.video.pricing", ""),
         (
-            MINIMAL.format(limits="", price=7).replace(
+            f.MINIMAL_CATALOG.format(limits="", price='"seven"'),
+            "versions[0].operations.video.pricing",
+            "",
+        ),
+        (
+            f.MINIMAL_CATALOG.format(limits="", price=7).replace(
                 'fast = { name = "Fast" }', 'fast = { unsupported_params = ["video_model"] }'
             ),
             "versions[0].operations.video.models.fast.unsupported_params",
             "has a default",
         ),
         (
-            MINIMAL.format(limits="", price=7).replace('type = "fixed"', 'type = "auction"'),
+            f.MINIMAL_CATALOG.format(limits="", price=7).replace(
+                'type = "fixed"', 'type = "auction"'
+            ),
             "versions[0].operations.video.pricing",
             "auction",
         ),
         (
-            MINIMAL.format(limits="", price=7).replace(
+            f.MINIMAL_CATALOG.format(limits="", price=7).replace(
                 "2026-01-01T00:00:00Z", "2026-01-01T00:00:00"
             ),
             "versions[0].effective_from",
             "timezone",
         ),
         (
-            MINIMAL.format(limits="", price=7).replace('"veo3.video"', '"veo9.video"'),
+            f.MINIMAL_CATALOG.format(limits="", price=7).replace('"veo3.video"', '"veo9.video"'),
             "versions[0].operations.video.body",
             "unknown request body",
         ),
         (
-            MINIMAL.format(limits="", price=7).replace(
+            f.MINIMAL_CATALOG.format(limits="", price=7).replace(
                 'video_model = "fast"', 'video_model = "slow"'
             ),
             "versions[0].operations.video.defaults.video_model",
             "not one of the models",
         ),
         (
-            MINIMAL.format(limits="limits = { duration = { le = 3 } }", price=7),
+            f.MINIMAL_CATALOG.format(limits="limits = { duration = { le = 3 } }", price=7),
             "versions[0].operations.video.limits.duration",
             "not a parameter",
         ),
         (
-            MINIMAL.format(
+            f.MINIMAL_CATALOG.format(
                 limits='limits = { aspect_ratio = { allowed = ["1:1"] } }', price=7
             ).replace('video_model = "fast"', 'video_model = "fast", aspect_ratio = "16:9"'),
             "versions[0].operations.video.defaults.aspect_ratio",
             "not allowed",
         ),
         (
-            MINIMAL.format(limits="", price=7).replace('unit = { code = "credit", scale = 0 }', ""),
+            f.MINIMAL_CATALOG.format(limits="", price=7).replace(
+                'unit = { code = "credit", scale = 0 }', ""
+            ),
             "unit",
             "Field required",
         ),
         (
-            MINIMAL.format(limits="", price=7).replace(
+            f.MINIMAL_CATALOG.format(limits="", price=7).replace(
                 'source = "test"', 'source = "test"\ncolour = 1'
             ),
             "versions[0].colour",
