@@ -332,20 +332,26 @@ def test_missing_directory(tmp_path: Path) -> None:
         load_catalogs([tmp_path / "absent"])
 
 
-def test_an_operator_price_takes_over_at_its_instant(tmp_path: Path) -> None:
+@pytest.fixture
+def fal_priced(tmp_path: Path) -> CatalogSet:
+    """The shipped catalogs and an operator's fal prices per second from 2026 on
+    (``FAL_PRICES``: 256p $0.01, 480p $0.02, 720p $0.05)."""
     f.write_catalog(
         tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
     )
-    catalogs = load_catalogs([tmp_path])
+    return load_catalogs([tmp_path])
+
+
+def test_an_operator_price_takes_over_at_its_instant(fal_priced: CatalogSet) -> None:
     before = datetime(2025, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC)
     at = datetime(2026, 1, 1, tzinfo=UTC)
     with pytest.raises(NotBillable):
-        estimate(f.fal_video(), before, catalogs=catalogs)
-    quote = estimate(f.fal_video(), at, catalogs=catalogs)
+        estimate(f.fal_video(), before, catalogs=fal_priced)
+    quote = estimate(f.fal_video(), at, catalogs=fal_priced)
     # Default 832x480 snaps to 480p: $0.02/s x 189 frames / 24 fps = $0.1575.
     assert (quote.catalog_version, quote.cost) == ("operator-1", 157_500)
     # The earlier version stays, priced as it was.
-    assert [v.id for v in catalogs.catalogs["fal"].versions] == ["seed-004", "operator-1"]
+    assert [v.id for v in fal_priced.catalogs["fal"].versions] == ["seed-004", "operator-1"]
 
 
 @pytest.mark.parametrize(
@@ -360,70 +366,50 @@ def test_an_operator_price_takes_over_at_its_instant(tmp_path: Path) -> None:
     ],
 )
 def test_fal_sizes_snap_to_a_resolution_tier(
-    tmp_path: Path, image_size: object, tier_price: int
+    fal_priced: CatalogSet, image_size: object, tier_price: int
 ) -> None:
-    f.write_catalog(
-        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
-    )
-    catalogs = load_catalogs([tmp_path])
-    quote = estimate(f.fal_video(image_size=image_size, num_frames=48, fps=24), catalogs=catalogs)
+    quote = estimate(f.fal_video(image_size=image_size, num_frames=48, fps=24), catalogs=fal_priced)
     assert quote.cost == 2 * tier_price  # two seconds
 
 
-def test_agentic_video_candidates_are_full_renders(tmp_path: Path) -> None:
-    f.write_catalog(
-        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
-    )
-    catalogs = load_catalogs([tmp_path])
+def test_agentic_video_candidates_are_full_renders(fal_priced: CatalogSet) -> None:
     req = f.fal_video(enable_agentic_generation=True, num_frames=24, fps=24)  # 2 x 2 renders of 1 s
-    assert estimate(req, catalogs=catalogs).max_cost == 4 * 20_000
+    assert estimate(req, catalogs=fal_priced).max_cost == 4 * 20_000
     # Stopped early after three candidates: three renders charged, never more than asked.
-    charged = price_usage(req, {"candidates": 3}, "COMPLETED", catalogs=catalogs)
+    charged = price_usage(req, {"candidates": 3}, "COMPLETED", catalogs=fal_priced)
     assert (charged.amount, charged.usage["candidates"]) == (3 * 20_000, 3)
     with pytest.raises(InvalidUsage) as refused:
-        price_usage(req, {"candidates": 5}, "COMPLETED", catalogs=catalogs)
+        price_usage(req, {"candidates": 5}, "COMPLETED", catalogs=fal_priced)
     assert (refused.value.field, refused.value.allowed) == (
         "usage.candidates",
         {"min": 0, "max": 4},
     )
 
 
-def test_video_seconds_are_frames_over_fps_exactly(tmp_path: Path) -> None:
-    f.write_catalog(
-        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
-    )
-    catalogs = load_catalogs([tmp_path])
-    quote = estimate(f.fal_video(num_frames=36, fps=24), catalogs=catalogs)  # 1.5 s at 480p
+def test_video_seconds_are_frames_over_fps_exactly(fal_priced: CatalogSet) -> None:
+    quote = estimate(f.fal_video(num_frames=36, fps=24), catalogs=fal_priced)  # 1.5 s at 480p
     assert quote.estimated_usage == {"seconds": Decimal("1.5"), "num_frames": 36}
     assert quote.to_dict()["lines"][0]["quantity"] == "1.5"
     assert quote.cost == 30_000
 
 
 def test_a_video_is_charged_for_the_frames_it_rendered_never_more_than_asked(
-    tmp_path: Path,
+    fal_priced: CatalogSet,
 ) -> None:
-    f.write_catalog(
-        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
-    )
-    catalogs = load_catalogs([tmp_path])
     req = f.fal_video(num_frames=48, fps=24)  # 2 s at 480p, 20,000 a second
-    assert price_usage(req, {}, "COMPLETED", catalogs=catalogs).amount == 40_000
-    assert price_usage(req, {"num_frames": 12}, "COMPLETED", catalogs=catalogs).amount == 10_000
+    assert price_usage(req, {}, "COMPLETED", catalogs=fal_priced).amount == 40_000
+    assert price_usage(req, {"num_frames": 12}, "COMPLETED", catalogs=fal_priced).amount == 10_000
     with pytest.raises(InvalidUsage) as refused:
-        price_usage(req, {"num_frames": 49}, "COMPLETED", catalogs=catalogs)
+        price_usage(req, {"num_frames": 49}, "COMPLETED", catalogs=fal_priced)
     assert (refused.value.field, refused.value.allowed) == (
         "usage.num_frames",
         {"min": 0, "max": 48},
     )
 
 
-def test_non_terminating_seconds_round_up_once(tmp_path: Path) -> None:
-    f.write_catalog(
-        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
-    )
-    catalogs = load_catalogs([tmp_path])
+def test_non_terminating_seconds_round_up_once(fal_priced: CatalogSet) -> None:
     # 100 frames at 3 fps = 33.3... s x 20,000 = 666,666.66... -> 666,667 (ceil, once).
-    quote = estimate(f.fal_video(num_frames=100, fps=3), catalogs=catalogs)
+    quote = estimate(f.fal_video(num_frames=100, fps=3), catalogs=fal_priced)
     assert quote.cost == 666_667
 
 
