@@ -241,6 +241,60 @@ def test_a_count_found_wrong_raises_its_own_failure_and_commits_nothing(
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM scratch_log").scalar_one() == 0
 
 
+NOTE_LOG = Sql("UPDATE scratch_log SET note = :note WHERE id = :id")
+
+
+@pytest.mark.parametrize("wrong", ["first", "second"])
+def test_two_counted_writes_to_different_tables_are_each_checked(
+    scratch: Database, wrong: str
+) -> None:
+    """Writes to different tables may go as one statement; a second counted write must
+    not take the place of the first's check."""
+    committing_batch(scratch, (1, "open"), (2, "done"))
+    with scratch.transaction() as conn:
+        Store.of(conn).run(LOG, {"id": 1, "note": "logged"})
+
+    def resolve_then_note() -> None:
+        with scratch.transaction() as conn:
+            store = Store.of(conn)
+            with store.batch(commit=True):
+                target = 2 if wrong == "first" else 1
+                store.expect(RESOLVE, {"id": target}, rows=1, failure=RefusedFirst)
+                noted = 2 if wrong == "second" else 1  # row 2 has no log line
+                store.expect(NOTE_LOG, {"id": noted, "note": "x"}, rows=1, failure=RefusedSecond)
+
+    with pytest.raises(RefusedFirst if wrong == "first" else RefusedSecond):
+        resolve_then_note()
+    assert states(scratch) == {1: "open", 2: "done"}
+    with scratch.transaction(write=False) as conn:
+        notes = conn.exec_driver_sql("SELECT note FROM scratch_log").scalars().all()
+    assert notes == ["logged"]
+
+
+BUMP_STATE = Sql("UPDATE scratch SET hits = hits + 1 WHERE state = :state")
+
+
+@pytest.mark.parametrize(("rows", "ok"), [(2, True), (1, False), (3, False)])
+def test_an_expected_count_other_than_one_is_checked_as_given(
+    scratch: Database, rows: int, ok: bool
+) -> None:
+    committing_batch(scratch, (1, "open"), (2, "open"), (3, "done"))
+
+    def bump_open() -> None:
+        with scratch.transaction() as conn:
+            store = Store.of(conn)
+            with store.batch(commit=True):
+                store.expect(BUMP_STATE, {"state": "open"}, rows=rows, failure=Refused)
+
+    if ok:
+        bump_open()
+        assert hits(scratch) == {1: 1, 2: 1, 3: 0}
+    else:
+        with pytest.raises(Refused):
+            bump_open()
+        assert hits(scratch) == {1: 0, 2: 0, 3: 0}
+
+
 RESOLVE_RETURNING = Sql(
     "UPDATE scratch SET state = 'done' WHERE id = :id AND state = 'open' RETURNING id"
 )
