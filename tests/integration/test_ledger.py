@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from ledger import store as sql
 from ledger.db import Database
 from ledger.errors import (
     AccountExists,
@@ -27,6 +28,7 @@ from ledger.errors import (
 )
 from ledger.models import accounts, daily, idempotency
 from ledger.services import Affordability, Ledger
+from ledger.store import Store
 from ledger.verify import verify
 from pricing import load_catalogs
 from pricing.errors import InvalidParameter, InvalidUsage
@@ -545,6 +547,66 @@ def test_void_releases_and_resolves_once(ledger: Ledger) -> None:
         ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
     with pytest.raises(NotFound):
         ledger.void("no-such-hold", idempotency_key=key())
+
+
+def test_the_resolving_update_itself_refuses_a_hold_already_resolved(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Each hold resolves once: its resolvers take the wallet's lock and read the hold
+    under it, and the update that resolves it is conditional on its status besides. A
+    resolver that reached it without the lock (a bug, another program on the database)
+    changes nothing: the update finds no pending hold, and its transaction is refused."""
+    user = wallet(ledger)
+    ledger.top_up(user, 500, idempotency_key=key())
+    hold = ledger.authorize(user, VEO_FAST, idempotency_key=key())
+    done = ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    before = (ledger.hold(hold.id), snapshot(ledger, user))
+
+    def resolve(status: str) -> None:
+        with ledger.db.transaction() as conn:
+            store = Store.of(conn)
+            with store.batch(commit=True):
+                values = {"status": status, "now": clock(), "captured": 0, "entry_id": None}
+                store.expect(
+                    sql.RESOLVE_HOLD,
+                    {**values, "id": hold.id},
+                    rows=1,
+                    failure=lambda: HoldNotPending("resolved already"),
+                )
+
+    for status in ("voided", "expired", "captured"):
+        with pytest.raises(HoldNotPending):
+            resolve(status)
+    assert (ledger.hold(hold.id), snapshot(ledger, user)) == before
+    assert (before[0].status, before[0].captured, before[0].entry_id) == (
+        "captured",
+        240,
+        done.entry_id,
+    )
+    assert verify(ledger.db) == []
+
+
+def test_a_video_requests_seconds_are_metered_to_the_microsecond_rounded_up(
+    db: Database, clock: Clock, tmp_path: Path
+) -> None:
+    """100 frames at 24 fps are 4.1666... seconds: the record and the daily rollup keep
+    4.166667, never less than was rendered (the price itself is exact: $0.02 x 100/24,
+    83,334 micro-dollars rounded up once)."""
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    ledger = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    user = wallet(ledger, "studio", "usd")
+    ledger.top_up(user, 1_000_000, idempotency_key=key())
+    video = f.fal_video(num_frames=100, fps=24)
+    hold = ledger.authorize(user, video, idempotency_key=key())
+    pending = ledger.usage_record(hold.metering_id)
+    assert (hold.held, str(pending.usage.seconds)) == (83_334, "4.166667")
+    done = ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    charged = ledger.usage_record(hold.metering_id)
+    assert (done.charged, str(charged.usage.seconds)) == (83_334, "4.166667")
+    assert str(ledger.usage(user).totals.seconds) == "4.166667"
+    assert verify(db) == []
 
 
 def test_failed_outcome_is_not_charged(ledger: Ledger) -> None:
