@@ -91,6 +91,51 @@ def test_parameter_out_of_range(
     assert field in error.message
 
 
+PIXAZO_VIDEO = {"prompt": "A lighthouse", "image_url": "https://example.com/l.jpg"}
+EXTEND = {"prompt": "Keep going", "media_id": "m1"}
+
+
+@pytest.mark.parametrize(
+    ("req", "field"),
+    [
+        # Every body's required text must say something: an empty one is refused, whether
+        # or not the catalog limits its length.
+        (f.cosmic_image(prompt=""), "params.prompt"),
+        (f.cosmic_video(prompt=""), "params.prompt"),
+        (f.request("cosmic", "video_extend", **{**EXTEND, "prompt": ""}), "params.prompt"),
+        (f.request("cosmic", "video_extend", **{**EXTEND, "media_id": ""}), "params.media_id"),
+        (f.veo3_video(prompt=""), "params.prompt"),
+        (f.request("veo3", "image", prompt=""), "params.prompt"),
+        (f.fal_video(prompt=""), "params.prompt"),
+        (f.fal_video(image_url=""), "params.image_url"),
+        (
+            f.request("pixazo", "image_to_video", **{**PIXAZO_VIDEO, "image_url": ""}),
+            "params.image_url",
+        ),
+        # A size of no pixels is no size.
+        (f.pixazo_image(image_size={"width": 0, "height": 480}), "params.image_size.width"),
+        (f.fal_video(image_size={"width": 832, "height": 0}), "params.image_size.height"),
+        # Strict: text is not a number or a flag, a number is not a flag, one URL is not a
+        # list of them. Coerced, "yes" would buy prompt expansion the caller never asked for.
+        (f.pixazo_image(num_images="2"), "params.num_images"),
+        (f.text(max_tokens="100"), "params.max_tokens"),
+        (f.pixazo_image(enable_prompt_expansion="yes"), "params.enable_prompt_expansion"),
+        (f.pixazo_image(enable_prompt_expansion=1), "params.enable_prompt_expansion"),
+        (f.pixazo_image(seed="42"), "params.seed"),
+        (f.text(stream=1), "params.stream"),
+        (f.cosmic_image(reference_images="https://x/r.jpg"), "params.reference_images"),
+        (f.veo3_video(source_image_urls="https://x/s.jpg"), "params.source_image_urls"),
+        (f.cosmic_image(metadata=["a"]), "params.metadata"),
+    ],
+)
+def test_a_parameter_of_the_wrong_shape_is_refused(
+    catalogs: CatalogSet, req: dict[str, Any], field: str
+) -> None:
+    error = fails(catalogs, req, InvalidParameter)
+    assert isinstance(error, InvalidParameter)
+    assert field in [e["field"] for e in error.errors]
+
+
 SIZES = ["square_hd", "square", "portrait_4_3", "portrait_16_9", "landscape_4_3", "landscape_16_9"]
 
 
