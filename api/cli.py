@@ -23,6 +23,7 @@ import inspect
 import json
 import logging
 import os
+import re
 import sqlite3
 import sys
 import time
@@ -724,11 +725,15 @@ def account_usage(
     _console().print(table)
 
 
+_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
+
+
 def _parse_day(day: str | None, option: str) -> date | None:
     if day is None:
         return None
     try:
-        if len(day) == 10:  # fromisoformat also reads 20261101 and 2026-W47-1
+        # Only YYYY-MM-DD: fromisoformat also reads 20261101 and 2026-W47-1 (a Monday).
+        if _DAY.fullmatch(day):
             return date.fromisoformat(day)
     except ValueError:
         pass

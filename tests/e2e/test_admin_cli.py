@@ -330,6 +330,12 @@ def migrated_with_acme(migrated: Path, tmp_path_factory: pytest.TempPathFactory)
         (["account", "update", "ghost", "--overdraft-limit", "5"], 7, "account_id"),
         (["account", "changes", "ghost"], 7, "account_id"),
         (["account", "balance", "acme", "--as-of", "yesterday"], 2, "as-of"),
+        # An instant without its timezone is no instant: refused, not read as local time.
+        (["account", "balance", "acme", "--as-of", "2026-01-01T00:00:00"], 2, "as-of"),
+        (["account", "entries", "acme", "--since", "2026-01-01T00:00:00"], 2, "since"),
+        # A day is YYYY-MM-DD, not the other forms ISO 8601 (and fromisoformat) also read.
+        (["account", "usage", "acme", "--from", "20261101"], 2, "from"),
+        (["account", "usage", "acme", "--to", "2026-W47-1"], 2, "to"),
         (["account", "balance", "acme", "--as-of", "9999-12-31T23:00:00-05:00"], 2, "as_of"),
         (["account", "balance", "acme", "--as-of", "9999-12-31T00:00:00Z"], 2, "as_of"),
         (["keys", "create", "--role", "root"], 2, "role"),
