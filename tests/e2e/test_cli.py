@@ -206,8 +206,9 @@ def test_migrate_then_verify_and_a_broken_invariant_exits_5(tmp_path: Path) -> N
         conn.execute("UPDATE accounts SET balance = 1000 WHERE external_id = 'a'")
     broken = run("verify", "--json", env=env)
     assert broken.returncode == 5
-    checks = {v["check"] for v in json.loads(broken.stdout)["violations"]}
-    assert checks == {"account_balance", "wallet_grants"}
+    found = json.loads(broken.stdout)
+    assert found["ok"] is False
+    assert {v["check"] for v in found["violations"]} == {"account_balance", "wallet_grants"}
 
 
 @pytest.mark.parametrize(
