@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -196,6 +197,16 @@ def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
     assert "expiry" in table.stdout
     assert "-500" in table.stdout
     assert "topup" in table.stdout
+    # A table of one page says how to read the next; the last page says nothing more.
+    first = run("account", "entries", "acme", "--limit", "1", env=env)
+    more = re.search(r"^more: --cursor (\S+)$", first.stdout, re.MULTILINE)
+    assert more is not None, first.stdout
+    assert "expiry" in first.stdout
+    assert "topup" not in first.stdout
+    rest = run("account", "entries", "acme", "--limit", "1", "--cursor", more[1], env=env)
+    assert "topup" in rest.stdout
+    assert "expiry" not in rest.stdout
+    assert "more:" not in rest.stdout
 
 
 def test_account_usage_records(env: dict[str, str]) -> None:
@@ -522,6 +533,27 @@ def test_topup_batch_grants_each_row_once_even_run_again(
     assert _balances(env, "acme", "zeta") == [200, 250]  # replayed, not granted twice
     shown = json.loads(run("account", "show", "acme", "--json", env=env).stdout)
     assert [(g["kind"], g["reference"]) for g in shown["grants"]] == [("promo", "spring")] * 2
+
+
+def test_a_topup_batch_row_changed_under_the_same_batch_id_stops_the_run_there(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The rows before it are replayed; the changed row is a conflict (exit 8) naming its
+    line, how many rows are done, and how to finish; nothing after it runs."""
+    _open_wallets(env, "acme", "zeta")
+    batch = tmp_path / "promo.csv"
+    batch.write_text("account_id,amount\nacme,100\nzeta,50\n")
+    assert run("topup-batch", str(batch), "--batch-id", "promo-1", env=env).returncode == 0
+    batch.write_text("account_id,amount\nacme,100\nzeta,70\nacme,5\n")
+    refused = run("topup-batch", str(batch), "--batch-id", "promo-1", env=env)
+    assert refused.returncode == 8, refused.stderr
+    body = json.loads(refused.stderr)
+    assert (body["error"], body["line"], body["done"]) == ("idempotency_conflict", 3, 1)
+    assert body["hint"] == (
+        "the rows before line 3 are done; correct this one and run the file again "
+        "with --batch-id promo-1"
+    )
+    assert _balances(env, "acme", "zeta") == [100, 50]
 
 
 def test_topup_batch_with_any_bad_row_writes_nothing(env: dict[str, str], tmp_path: Path) -> None:
