@@ -470,7 +470,8 @@ def _print_page(
     console = _console()
     console.print(table)
     if page.next_cursor:
-        console.print(f"more: --cursor {page.next_cursor}")
+        # One line however narrow the terminal: the cursor is copied whole.
+        console.print(f"more: --cursor {page.next_cursor}", soft_wrap=True)
 
 
 JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
