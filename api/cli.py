@@ -23,7 +23,6 @@ import inspect
 import json
 import logging
 import os
-import re
 import sqlite3
 import sys
 import time
@@ -42,6 +41,7 @@ from rich.table import Table
 
 from api import jsonin
 from api.batch import BATCH_ID, Problem, default_batch_id, read_rows, read_usage
+from api.schemas import DAY
 from api.status import status_of
 from ledger.backup import backup
 from ledger.db import Database, is_lock_timeout
@@ -726,15 +726,12 @@ def account_usage(
     _console().print(table)
 
 
-_DAY = re.compile(r"[0-9]{4}-[0-9]{2}-[0-9]{2}")
-
-
 def _parse_day(day: str | None, option: str) -> date | None:
     if day is None:
         return None
     try:
         # Only YYYY-MM-DD: fromisoformat also reads 20261101 and 2026-W47-1 (a Monday).
-        if _DAY.fullmatch(day):
+        if DAY.fullmatch(day):
             return date.fromisoformat(day)
     except ValueError:
         pass
