@@ -214,6 +214,17 @@ class Timeouts:
         return f"-c lock_timeout={lock_ms} -c idle_in_transaction_session_timeout={idle_ms}"
 
 
+#: PostgreSQL sessions run in UTC (libpq ``options``, given last so that nothing else
+#: sets it). The server sends a ``timestamptz`` as the session's local time: in
+#: Asia/Kolkata an instant stored as 9999-12-31T23:59:59.999999Z (the latest the ledger
+#: takes, a grant that never expires in practice) comes back as year 10000, which no
+#: Python datetime holds, so every read of its row failed; and the instants the ledger's
+#: own SQL reads back kept the server's offset rather than UTC's.
+SESSION_TIMEZONE = "-c TimeZone=UTC"
+#: The names the server reports (``ParameterStatus``) for a session already in UTC.
+UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else str(value)
@@ -277,16 +288,18 @@ def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) ->
 
         return engine
     # What the URL sets itself wins: its ``options`` go after these (the server applies
-    # the last of a setting given twice), its ``connect_timeout`` is kept.
+    # the last of a setting given twice), its ``connect_timeout`` is kept. But not the
+    # time zone: the sessions read instants in UTC whatever the server's, the database's,
+    # the role's or the URL's ``TimeZone`` (``SESSION_TIMEZONE``).
     query = make_url(url).query
     given = query.get("options")
     options = timeouts.postgresql_options()
-    connect_args: dict[str, Any] = {
-        "options": f"{options} {given}" if isinstance(given, str) else options
-    }
+    if isinstance(given, str):
+        options = f"{options} {given}"
+    connect_args: dict[str, Any] = {"options": f"{options} {SESSION_TIMEZONE}"}
     if "connect_timeout" not in query:
         connect_args["connect_timeout"] = timeouts.connect
-    return sa.create_engine(
+    engine = sa.create_engine(
         url,
         connect_args=connect_args,
         pool_size=kwargs.pop("pool_size", 16),
@@ -297,6 +310,17 @@ def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) ->
         pool_recycle=3600,
         **kwargs,
     )
+
+    @sa.event.listens_for(engine, "connect")
+    def _in_utc(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        # The startup options did not set it (a pooler such as PgBouncer dropped them):
+        # set it now. PgBouncer tracks TimeZone, so it stays set on whichever server
+        # connection the session's later transactions run.
+        if dbapi_conn.info.parameter_status("TimeZone") not in UTC_NAMES:
+            dbapi_conn.execute("SET TimeZone TO 'UTC'")
+            dbapi_conn.commit()
+
+    return engine
 
 
 def _before_statement(conn: Connection, *_: Any) -> None:

@@ -2,7 +2,8 @@
 
 Started with initdb/pg_ctl into a temporary directory, listening on 127.0.0.1 only, with
 trust authentication. As root (CI), the server runs as the ``postgres`` user, since
-PostgreSQL refuses to run as root.
+PostgreSQL refuses to run as root. Its default time zone is Asia/Kolkata, not UTC, as a
+server set up in its local time would have.
 """
 
 from __future__ import annotations
@@ -96,6 +97,10 @@ class TempPostgres:
             f"-k {self.root}",
             "-c listen_addresses=127.0.0.1",
             "-c max_connections=200",
+            # Not UTC, and not a whole hour from it: the ledger's sessions must set their
+            # own time zone (``ledger.db.SESSION_TIMEZONE``), as on a server whose
+            # default is the local time of where it runs.
+            "-c timezone=Asia/Kolkata",
         ]
         if not self.durable:
             # Test data is thrown away: skip the fsyncs that make commits durable.

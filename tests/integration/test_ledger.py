@@ -1434,6 +1434,60 @@ def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> N
         )
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("how", ["startup options", "a pooler dropped them"])
+def test_postgresql_sessions_read_instants_in_utc_whatever_the_server_says(
+    database_url: str,
+    catalogs: Any,
+    clock: Clock,
+    how: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The server sends a ``timestamptz`` in the session's time zone. The test server's
+    default is Asia/Kolkata (UTC+05:30, ``tests/pg.py``); here the database's default is
+    further east still and the URL asks for Kolkata too: the ledger's sessions are in UTC
+    all the same, by their startup options or, where a pooler such as PgBouncer dropped
+    those, by a ``SET`` on connecting. Otherwise the latest instant the ledger takes came
+    back as year 10000, which no datetime holds: the wallet's grants could not be read."""
+    name = sa.engine.make_url(database_url).database
+    admin = sa.create_engine(database_url, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.exec_driver_sql(f"ALTER DATABASE {name} SET TimeZone = 'Pacific/Kiritimati'")
+    admin.dispose()
+    if how == "a pooler dropped them":
+        monkeypatch.setattr("ledger.db.SESSION_TIMEZONE", "")
+    url = database_url + "?options=-c%20TimeZone%3DAsia/Kolkata"
+    db = Database.from_url(url)
+    try:
+        # The first transaction of the connection fails, and is rolled back: its session
+        # stays in UTC all the same.
+        with pytest.raises(sa.exc.ProgrammingError), db.transaction(write=False) as conn:
+            conn.exec_driver_sql("SELECT no_such_column FROM accounts")
+        with db.transaction(write=False) as conn:
+            assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
+        ledger = Ledger(db, catalogs, clock=clock)
+        user = wallet(ledger)
+        latest = datetime.max.replace(tzinfo=UTC)
+        topup = ledger.top_up(user, 500, idempotency_key=key(), expires_at=latest)
+        assert topup.grant is not None
+        assert topup.grant.expires_at == latest
+        hold = ledger.authorize(user, f.veo3_video(video_model="veo3_fast"), idempotency_key=key())
+        for instant in (
+            *(g.expires_at for g in ledger.account(user).grants),
+            ledger.holds_of(user).items[0].expires_at,
+            hold.expires_at,
+        ):
+            assert instant is not None
+            assert instant.utcoffset() == timedelta(0), instant
+        assert [g.expires_at for g in ledger.account(user).grants] == [latest]
+        # Each connection of the pool, not only the first one.
+        with db.transaction(write=False) as a, db.transaction(write=False) as b:
+            zones = {c.exec_driver_sql("SHOW TimeZone").scalar() for c in (a, b)}
+        assert zones == {"UTC"}
+    finally:
+        db.dispose()
+
+
 def test_usage_reads_video_seconds_exactly(ledger: Ledger, clock: Clock) -> None:
     """Seconds are NUMERIC, which SQLite sums as floats: they are read as microseconds."""
     user = wallet(ledger, timezone="Asia/Tokyo")
