@@ -84,6 +84,27 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         "amount",
     ),
     ("topup -5", "POST", "/v1/accounts/w/topups", {"amount": -5}, {}, 422, None, "amount"),
+    # An instant is ISO 8601 with its timezone, never Unix seconds (read as 2023-11-14).
+    (
+        "usage occurred_at as Unix seconds in text",
+        "POST",
+        "/v1/usage-records",
+        {"account_id": "w", **VEO, "status": "COMPLETED", "occurred_at": "1700000000"},
+        {},
+        422,
+        "invalid_request",
+        "occurred_at",
+    ),
+    (
+        "usage occurred_at as Unix seconds",
+        "POST",
+        "/v1/usage-records",
+        {"account_id": "w", **VEO, "status": "COMPLETED", "occurred_at": 1700000000},
+        {},
+        422,
+        "invalid_request",
+        "occurred_at",
+    ),
     ("topup 0", "POST", "/v1/accounts/w/topups", {"amount": 0}, {}, 422, None, "amount"),
     ("topup 5.5", "POST", "/v1/accounts/w/topups", {"amount": 5.5}, {}, 422, None, "amount"),
     ("topup '5'", "POST", "/v1/accounts/w/topups", {"amount": "5"}, {}, 422, None, "amount"),
@@ -840,4 +861,145 @@ def test_a_number_out_of_a_fields_range_is_answered_with_the_bound_it_broke(
         assert r.status_code == 422, (path, r.text)
         answer = r.json()
         assert (answer["field"], answer["allowed"]) == (field, bound), (path, answer)
+    assert _dump(api) == before
+
+
+def test_every_bound_of_a_request_body_is_answered_with_the_bound_it_broke(
+    api: Api, world: dict[str, str]
+) -> None:
+    """Each bound the request bodies' schemas set (lengths, ranges, choices), named as
+    ``allowed`` when broken, with nothing changed: refused at the edge, not left to the
+    ledger (whose own checks of some answer otherwise) nor taken (a 65-character catalog
+    name, a priority past a million, a provider status the ledger does not know)."""
+    week = 7 * 24 * 3600
+    veo = {"account_id": "w", **VEO}
+    cases = [
+        # Amounts: 64 bits, signed where a change may debit.
+        (
+            "POST",
+            "/v1/accounts/w/adjustments",
+            {"amount": -BIG, "reason": "x"},
+            "amount",
+            {"ge": -(BIG - 1)},
+        ),
+        (
+            "POST",
+            "/v1/accounts",
+            {"id": "n", "unit": "credit", "overdraft_limit": BIG},
+            "overdraft_limit",
+            {"le": BIG - 1},
+        ),
+        (
+            "POST",
+            "/v1/accounts",
+            {"id": "n", "unit": "credit", "overdraft_limit": -1},
+            "overdraft_limit",
+            {"ge": 0},
+        ),
+        (
+            "POST",
+            "/v1/accounts",
+            {"id": "n", "unit": "credit", "monthly_spend_limit": BIG},
+            "monthly_spend_limit",
+            {"le": BIG - 1},
+        ),
+        ("PATCH", "/v1/accounts/w", {"overdraft_limit": BIG}, "overdraft_limit", {"le": BIG - 1}),
+        ("PATCH", "/v1/accounts/w", {"monthly_spend_limit": -1}, "monthly_spend_limit", {"ge": 0}),
+        # A hold's TTL at authorization, as at its extension: a second to a week.
+        (
+            "POST",
+            "/v1/authorizations",
+            {**veo, "ttl_seconds": week + 1},
+            "ttl_seconds",
+            {"le": week},
+        ),
+        ("POST", "/v1/authorizations", {**veo, "ttl_seconds": 0}, "ttl_seconds", {"ge": 1}),
+        (
+            "POST",
+            "/v1/accounts/w/topups",
+            {"amount": 5, "priority": 10**6 + 1},
+            "priority",
+            {"le": 10**6},
+        ),
+        (
+            "POST",
+            "/v1/accounts/w/topups",
+            {"amount": 5, "priority": -(10**6) - 1},
+            "priority",
+            {"ge": -(10**6)},
+        ),
+        # Names and texts.
+        ("POST", "/v1/estimates", {**VEO, "catalog": "c" * 65}, "catalog", {"max_length": 64}),
+        ("POST", "/v1/estimates", {**VEO, "operation": ""}, "operation", {"min_length": 1}),
+        ("POST", "/v1/accounts", {"id": "n" * 201, "unit": "credit"}, "id", {"max_length": 200}),
+        ("POST", "/v1/accounts", {"id": "n", "unit": "c" * 17}, "unit", {"max_length": 16}),
+        (
+            "POST",
+            "/v1/accounts",
+            {"id": "n", "unit": "credit", "timezone": "z" * 65},
+            "timezone",
+            {"max_length": 64},
+        ),
+        (
+            "POST",
+            "/v1/charges",
+            {**veo, "request_id": "r" * 201},
+            "request_id",
+            {"max_length": 200},
+        ),
+        (
+            "POST",
+            "/v1/accounts/w/topups",
+            {"amount": 5, "reference": ""},
+            "reference",
+            {"min_length": 1},
+        ),
+        (
+            "POST",
+            "/v1/accounts/w/adjustments",
+            {"amount": 5, "reason": ""},
+            "reason",
+            {"min_length": 1},
+        ),
+        (
+            "POST",
+            "/v1/accounts/w/adjustments",
+            {"amount": 5, "reason": "r" * 501},
+            "reason",
+            {"max_length": 500},
+        ),
+        ("POST", "/v1/keys", {"role": "service", "name": "n" * 201}, "name", {"max_length": 200}),
+        ("POST", "/v1/reports", {"month": "2026-100"}, "month", {"max_length": 7}),
+        (
+            "POST",
+            "/v1/reports",
+            {"month": "2026-10", "timezone": ""},
+            "timezone",
+            {"min_length": 1},
+        ),
+    ]
+    # Choices: a provider status the ledger does not know, a format reports do not make.
+    choices = [
+        (
+            "POST",
+            "/v1/authorizations/{hold}/capture",
+            {"status": "CANCELLED"},
+            "status",
+            ["COMPLETED", "FAILED", "ERROR"],
+        ),
+        (
+            "POST",
+            "/v1/reports",
+            {"month": "2026-10", "format": "xlsx"},
+            "format",
+            ["csv", "json", "parquet", "html"],
+        ),
+    ]
+    before = _dump(api)
+    for method, path, body, field, bound in [*cases, *choices]:
+        r = api.call(method, path.format(**world), body=body)
+        assert r.status_code == 422, (path, r.text)
+        answer = r.json()
+        assert (answer["error"], answer["field"]) == ("invalid_request", field), (path, answer)
+        assert answer["allowed"] == bound, (path, answer)
     assert _dump(api) == before
