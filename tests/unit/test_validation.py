@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from typing import Any
+import enum
+from typing import Annotated, Any, Literal
 
 import pytest
+from pydantic import BaseModel, Field, ValidationError
 
-from api.errors import _choices
+from api.errors import _allowed, _choices
 from pricing import CatalogSet, estimate
 from pricing.errors import (
     InvalidParameter,
@@ -253,9 +255,52 @@ def test_error_to_dict_is_json_ready(catalogs: CatalogSet) -> None:
         ("'this or that' or 'other'", "'this or that' or 'other'"),
         ("'a, b' or 'c'", ["a, b", "c"]),
         ("<Color.RED: 1>", "<Color.RED: 1>"),
+        ("", ""),  # no choices: nothing to list
     ],
 )
 def test_the_choices_pydantic_writes_as_text_are_read_back_as_a_list(
     expected: str, allowed: Any
 ) -> None:
     assert _choices(expected) == allowed
+
+
+class _Color(enum.Enum):
+    RED = "red"
+    BLUE = "blue"
+
+
+class _Bounded(BaseModel):
+    color: _Color = _Color.RED
+    size: Literal["s", "m"] = "s"
+    over: Annotated[int, Field(gt=0)] = 1
+    under: Annotated[int, Field(lt=10)] = 1
+    at_least: Annotated[int, Field(ge=1)] = 1
+    at_most: Annotated[int, Field(le=9)] = 1
+    short: Annotated[str, Field(max_length=3)] = ""
+    long: Annotated[str, Field(min_length=2)] = "ab"
+    number: int = 0
+
+
+@pytest.mark.parametrize(
+    ("field", "value", "allowed"),
+    [
+        ("color", "green", ["red", "blue"]),
+        ("size", "xl", ["s", "m"]),
+        ("over", 0, {"gt": 0}),
+        ("under", 10, {"lt": 10}),
+        ("at_least", 0, {"ge": 1}),
+        ("at_most", 10, {"le": 9}),
+        ("short", "abcd", {"max_length": 3}),
+        ("long", "a", {"min_length": 2}),
+        ("number", "many", None),  # a wrong type has no bound to name
+    ],
+)
+def test_what_a_field_allows_is_read_from_pydantics_own_error(
+    field: str, value: Any, allowed: Any
+) -> None:
+    """``allowed`` of a 422, from the error pydantic itself raises: an enum's and a
+    literal's choices as a list, each kind of bound as the bound, nothing for a type."""
+    with pytest.raises(ValidationError) as info:
+        _Bounded.model_validate({field: value})
+    (error,) = info.value.errors()
+    assert _allowed(dict(error)) == allowed
