@@ -234,10 +234,8 @@ class JsonRoute(APIRoute):
             if takes_body and await exact_request.body():
                 content_type = exact_request.headers.get("content-type", "")
                 if not _is_json(content_type):
-                    raise HTTPException(
-                        415,
-                        f"send the body as application/json (got {content_type or 'no type'!r})",
-                    )
+                    got = repr(content_type) if content_type else "no Content-Type"
+                    raise HTTPException(415, f"send the body as application/json (got {got})")
             _refuse_unknown(exact_request, known)
             _refuse_repeated(exact_request, queries, headers)
             await _refuse_nul(exact_request, takes_body)

@@ -1181,7 +1181,8 @@ def test_catalogs_health_and_metrics(api: Api) -> None:
 
 
 def test_openapi_documents_every_endpoint(api: Api) -> None:
-    paths = api.client.get("/openapi.json").json()["paths"]
+    document = api.client.get("/openapi.json").json()
+    paths = document["paths"]
     assert set(paths) >= {
         "/v1/estimates",
         "/v1/authorizations",
@@ -1210,7 +1211,11 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
         "/v1/catalogs/{name}",
         "/healthz",
     }
-    assert "402" in paths["/v1/authorizations"]["post"]["responses"]
+    # A 402 documents what a gateway needs to answer its client: what is needed and had.
+    refused = paths["/v1/authorizations"]["post"]["responses"]["402"]
+    reference = refused["content"]["application/json"]["schema"]["$ref"]
+    fields = document["components"]["schemas"][reference.rsplit("/", 1)[-1]]["properties"]
+    assert {"error", "credits_needed", "credits_balance", "unit", "scale"} <= set(fields)
     # Each operation that takes an Idempotency-Key documents the header of a replay.
     keyed = [
         (method, path, operation["responses"])
@@ -1437,6 +1442,9 @@ def test_malformed_bodies_get_a_clear_4xx(
     if error is not None:
         assert r.json()["error"] == error
         assert api.balance(user)["balance"] == 10
+    if status == 415:  # says what to send, and what was sent
+        given = repr(content_type) if content_type else "no Content-Type"
+        assert r.json()["message"] == f"send the body as application/json (got {given})"
 
 
 def test_an_oversized_body_is_413_declared_or_chunked(api: Api) -> None:
@@ -1468,7 +1476,7 @@ def test_an_oversized_body_is_413_declared_or_chunked(api: Api) -> None:
         headers={"Content-Type": "application/json"},
     )
     assert r.status_code == 413
-    assert r.json()["error"] == "body_too_large"
+    assert r.json() == {"error": "body_too_large", "message": f"the body exceeds {limit} bytes"}
     assert api.balance(user)["pending"] == 0
 
 

@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import enum
+import json
+from decimal import Decimal
 from typing import Annotated, Any, Literal
 
 import pytest
+from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, Field, ValidationError
+from starlette.requests import Request
 
-from api.errors import _allowed, _choices
+from api.errors import _allowed, _choices, _validation
 from pricing import CatalogSet, estimate
 from pricing.errors import (
     InvalidParameter,
@@ -304,3 +308,20 @@ def test_what_a_field_allows_is_read_from_pydantics_own_error(
         _Bounded.model_validate({field: value})
     (error,) = info.value.errors()
     assert _allowed(dict(error)) == allowed
+
+
+def test_a_bound_that_is_no_json_number_is_answered_as_text() -> None:
+    """A bound pydantic keeps as a Decimal (of a Decimal field) is written as its text in
+    the 422, which could not be written at all otherwise."""
+
+    class Priced(BaseModel):
+        rate: Annotated[Decimal, Field(ge=Decimal("0.5"))]
+
+    with pytest.raises(ValidationError) as info:
+        Priced.model_validate({"rate": "0.25"})
+    errors = [{**e, "loc": ("body", *e["loc"])} for e in info.value.errors()]
+    request = Request({"type": "http", "method": "POST", "path": "/", "headers": []})
+    response = _validation(request, RequestValidationError(errors))
+    assert response.status_code == 422
+    body = json.loads(bytes(response.body))
+    assert (body["field"], body["allowed"]) == ("rate", {"ge": "0.5"})
