@@ -36,7 +36,8 @@ VEO_FAST = f.veo3_video(video_model="veo3_fast")
 @dataclass(frozen=True)
 class Books:
     """The ids of a small, sound set of books: two credit wallets and a USD one; alice
-    with two grants, a captured hold, a voided one, a pending one, and a refunded charge;
+    with two grants, a captured hold, a voided one, an expired one, a pending one, and a
+    refunded charge;
     dave, whose promotion expired unspent and was then taken back."""
 
     alice: int
@@ -47,6 +48,7 @@ class Books:
     promo: str
     captured: str
     voided: str
+    lapsed_hold: str
     pending: str
     bob_topup: str
     refund: str
@@ -100,6 +102,11 @@ def books(db: Database, catalogs: CatalogSet, clock: Clock) -> Books:
     ledger.capture(captured, status="COMPLETED", usage={"videos": 1}, idempotency_key=key())
     voided = ledger.authorize("alice", VEO_FAST, idempotency_key=key()).id
     ledger.void(voided, idempotency_key=key())
+    lapsed_hold = ledger.authorize(
+        "alice", VEO_FAST, idempotency_key=key(), ttl=timedelta(seconds=1)
+    ).id
+    clock.advance(seconds=2)
+    assert ledger.expire_holds() == 1
     pending = ledger.authorize("alice", VEO_FAST, idempotency_key=key()).id
     charge = ledger.charge("alice", VEO_FAST, idempotency_key=key())
     assert charge.entry_id is not None
@@ -126,6 +133,7 @@ def books(db: Database, catalogs: CatalogSet, clock: Clock) -> Books:
         promo=promo.id,
         captured=captured,
         voided=voided,
+        lapsed_hold=lapsed_hold,
         pending=pending,
         bob_topup=bob_topup.id,
         refund=refund.id,
@@ -194,6 +202,12 @@ CASES: list[tuple[str, Callable[[Books], list[str]], set[str], Callable[[Books],
         lambda b: "alice: pending 241, open holds sum to 240",
     ),
     (
+        "pending on a wallet without an open hold",
+        lambda b: [f"UPDATE accounts SET pending = 7 WHERE id = {b.bob}"],
+        {"account_pending"},
+        lambda b: "bob: pending 7, open holds sum to 0",
+    ),
+    (
         "a grant whose remaining is not its movements",
         lambda b: [
             f"UPDATE grants SET remaining = remaining + 1 WHERE id = '{b.pack}'",
@@ -254,6 +268,15 @@ CASES: list[tuple[str, Callable[[Books], list[str]], set[str], Callable[[Books],
         lambda b: f"hold {b.pending} is pending, its metering record expired",
     ),
     (
+        "an expired hold metered as voided",
+        lambda b: [
+            "UPDATE metering_records SET status = 'voided' WHERE id = "
+            f"(SELECT metering_id FROM holds WHERE id = '{b.lapsed_hold}')"
+        ],
+        {"metering_status"},
+        lambda b: f"hold {b.lapsed_hold} is expired, its metering record voided",
+    ),
+    (
         "a capture metered at another amount",
         lambda b: [
             "UPDATE metering_records SET charged = charged + 1 WHERE id = "
@@ -269,6 +292,20 @@ CASES: list[tuple[str, Callable[[Books], list[str]], set[str], Callable[[Books],
         lambda b: "rollup",
     ),
     (
+        "a wallet's usage metered but missing from the rollup",
+        lambda b: [f"DELETE FROM daily_usage WHERE account_id = {b.alice}"],
+        {"daily_rollup"},
+        lambda b: "rollup None",
+    ),
+    (
+        "a rollup of a model the metering never saw",
+        lambda b: [
+            f"UPDATE daily_usage SET model = 'ghost-model' WHERE account_id = {b.alice}",
+        ],
+        {"daily_rollup"},
+        lambda b: "'ghost-model'): metering None",
+    ),
+    (
         "a day's amount the metering does not have",
         lambda b: [f"UPDATE daily_usage SET amount = amount + 1 WHERE account_id = {b.alice}"],
         {"daily_rollup"},
@@ -279,6 +316,12 @@ CASES: list[tuple[str, Callable[[Books], list[str]], set[str], Callable[[Books],
         lambda b: [f"UPDATE daily_flows SET credits = credits + 1 WHERE account_id = {b.bob}"],
         {"daily_flows"},
         lambda b: "journal (300, 0), rollup (301, 0)",
+    ),
+    (
+        "a wallet's flows in the journal but missing from the rollup",
+        lambda b: [f"DELETE FROM daily_flows WHERE account_id = {b.bob}"],
+        {"daily_flows"},
+        lambda b: "journal (300, 0), rollup None",
     ),
     (
         "a day's debits the journal does not have",
