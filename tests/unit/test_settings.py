@@ -1,0 +1,114 @@
+"""The settings' own rules, each at its edges: the value at a bound is taken, one step
+past it refused naming the setting; what the settings hand on is what was configured.
+(The CLI's and the server's refusal of a bad setting, by its variable's name, is tested
+through them: ``tests/e2e/test_cli.py``.)"""
+
+from __future__ import annotations
+
+import os
+from datetime import timedelta
+from typing import Any
+
+import pytest
+from pydantic import ValidationError
+
+from ledger.db import Timeouts
+from ledger.services import HOLD_LIFETIME
+from ledger.settings import Settings
+
+WEEK = int(HOLD_LIFETIME.total_seconds())
+
+
+@pytest.fixture(autouse=True)
+def _no_configured_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The defaults are the settings' own, not what this shell configured."""
+    for name in list(os.environ):
+        if name.startswith("CREDITLEDGER_"):
+            monkeypatch.delenv(name)
+
+
+def _refused(**values: Any) -> ValidationError:
+    with pytest.raises(ValidationError) as info:
+        Settings(**values)
+    return info.value
+
+
+@pytest.mark.parametrize(
+    ("name", "taken", "refused"),
+    [
+        # A hold lives a week at most (the ledger's HOLD_LIFETIME).
+        ("hold_ttl_seconds", [1, WEEK], [0, WEEK + 1]),
+        ("idempotency_retention_hours", [0, 1, 10 * 365 * 24], [0.5, -1, 10 * 365 * 24 + 1]),
+        ("sweep_interval_seconds", [0.001, 3600], [0, 3601]),
+        ("max_body_bytes", [1024, 64 << 20], [1023, (64 << 20) + 1]),
+        ("report_poll_seconds", [0.001, 3600], [0, 3601]),
+        ("report_lease_seconds", [1, 24 * 3600], [0.5, 24 * 3600 + 1]),
+        ("gc_threshold", [0, 10_000_000], [-1, 10_000_001]),
+        ("lock_timeout_seconds", [0.001, 3600], [0, 3601]),
+        ("connect_timeout_seconds", [1, 3600], [0, 3601]),
+        ("startup_wait_seconds", [0, 24 * 3600], [-1, 24 * 3600 + 1]),
+        ("idle_in_transaction_timeout_seconds", [0, 24 * 3600], [-1, 24 * 3600 + 1]),
+        ("keep_alive_seconds", [1, 3600], [0, 3601]),
+        ("database_threads", [1, 256], [0, 257]),
+    ],
+)
+def test_each_bound_takes_its_edge_and_refuses_one_step_past_it(
+    name: str, taken: list[Any], refused: list[Any]
+) -> None:
+    for value in taken:
+        assert getattr(Settings(**{name: value}), name) == value
+    for value in refused:
+        errors = _refused(**{name: value}).errors()
+        assert [e["loc"] for e in errors] == [(name,)], value
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "sqlite:///ledger.db",
+        "sqlite+pysqlite:////var/lib/creditledger/ledger.db",
+        "postgresql://ledger@db/ledger",
+        "postgresql+psycopg://ledger:s3cret@db:5432/ledger",
+    ],
+)
+def test_a_url_of_the_ledgers_databases_is_taken(url: str) -> None:
+    assert Settings(database_url=url).database_url == url
+
+
+@pytest.mark.parametrize(
+    ("url", "said"),
+    [
+        ("ledger.db", "not a database URL"),
+        ("sqlite+aiosqlite:///ledger.db", "sqlite+aiosqlite is not a database of the ledger"),
+        ("postgresql+asyncpg://ledger:s3cret@db/ledger", "postgresql+asyncpg is not"),
+        ("mysql://ledger:s3cret@db/ledger", "mysql is not"),
+        ("sqlite://", "in-memory"),
+        ("sqlite:///:memory:", "in-memory"),
+        ("sqlite:///file:ledger?mode=memory&uri=true", "in-memory"),
+    ],
+)
+def test_another_database_or_driver_or_sqlite_in_memory_is_refused_unsaid(
+    url: str, said: str
+) -> None:
+    """Refused before anything connects, and the error as written never holds the URL
+    (nor its password)."""
+    error = _refused(database_url=url)
+    assert said in str(error)
+    assert "s3cret" not in str(error)
+    assert "input_value" not in str(error)  # pydantic's echo of what was given
+
+
+def test_what_the_settings_hand_on_is_what_was_configured() -> None:
+    configured = Settings(
+        lock_timeout_seconds=2.5,
+        connect_timeout_seconds=7,
+        idle_in_transaction_timeout_seconds=30,
+        idempotency_retention_hours=48,
+    )
+    assert configured.timeouts() == Timeouts(lock=2.5, connect=7, idle_in_transaction=30)
+    assert configured.idempotency_retention() == timedelta(hours=48)
+    assert Settings(idempotency_retention_hours=0).idempotency_retention() is None
+    defaults = Settings()
+    assert defaults.timeouts() == Timeouts()
+    assert defaults.idempotency_retention() == timedelta(days=30)
+    assert defaults.hold_ttl_seconds == 900
