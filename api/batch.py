@@ -93,8 +93,9 @@ def read_rows(text: str) -> tuple[list[Row], list[Problem]]:
             if not any(v.strip() for v in values):
                 continue  # a blank line
             if len(values) != len(names):
+                given = f"{len(values)} value" + ("" if len(values) == 1 else "s")
                 problems.append(
-                    Problem(line, "file", f"{len(values)} values for {len(names)} columns")
+                    Problem(line, "file", f"the row has {given}; the header has {len(names)}")
                 )
                 continue
             row, found = _row(line, dict(zip(names, values, strict=True)))

@@ -590,7 +590,17 @@ def test_topup_batch_with_any_bad_row_writes_nothing(env: dict[str, str], tmp_pa
         (6, "expires_at"),
         (7, "file"),
     ]
+    # A batch id goes into every row's idempotency key: a space, or 101 characters, is
+    # refused before the file is read against the ledger.
+    good = tmp_path / "good.csv"
+    good.write_text("account_id,amount\nacme,5\n")
+    for batch_id in ("spring promo", "x" * 101, ""):
+        r = run("topup-batch", str(good), "--batch-id", batch_id, env=env)
+        assert r.returncode == 2, (batch_id, r.stderr)
+        assert json.loads(r.stderr)["field"] == "batch-id"
     assert _balances(env, "acme") == [0]
+    assert run("topup-batch", str(good), "--batch-id", "x" * 100, env=env).returncode == 0
+    assert _balances(env, "acme") == [5]
 
 
 def _usage_line(account: str, model: str = "veo3_fast", **fields: object) -> str:

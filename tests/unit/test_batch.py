@@ -16,7 +16,7 @@ def test_rows_read_from_a_spreadsheet_export() -> None:
         "account_id, amount ,kind,expires_at,priority,reference\r\n"
         'acme,100,promo,2027-01-01T00:00:00+00:00,-5,"order 7, spring"\r\n'
         "\r\n"
-        "zeta,7,,,,\r\n"
+        " zeta ,7,,,,\r\n"  # cells padded with spaces, as hand-edited files are
     )
     rows, problems = read_rows(text)
     assert problems == []
@@ -39,15 +39,21 @@ def test_every_problem_is_named_with_its_line_and_field() -> None:
         "acme,1_000,\n"
         "acme,٣,\n"  # digits Python's int() reads, a file should not hold
         "acme,5,high\n"
+        "acme,,\n"  # no amount: a problem, never a row left out unseen
+        "acme,5,1,extra\n"  # a value more than the header has columns
+        "acme\n"  # one fewer
         'acme,"5\n'
     )
     assert rows == []
-    assert [(p.line, p.field) for p in problems] == [
-        (2, "account_id"),
-        (3, "amount"),
-        (4, "amount"),
-        (5, "priority"),
-        (6, "file"),  # a quote never closed
+    assert [(p.line, p.field, p.message) for p in problems] == [
+        (2, "account_id", "account_id is empty"),
+        (3, "amount", "amount must be a whole number, not '1_000'"),
+        (4, "amount", "amount must be a whole number, not '٣'"),
+        (5, "priority", "priority must be a whole number, not 'high'"),
+        (6, "amount", "amount must be a whole number, not ''"),
+        (7, "file", "the row has 4 values; the header has 3"),
+        (8, "file", "the row has 1 value; the header has 3"),
+        (9, "file", "not CSV: unexpected end of data"),  # a quote never closed
     ]
 
 
@@ -105,6 +111,7 @@ def test_every_usage_line_problem_is_named_with_its_line_and_field() -> None:
                 "{" + good + ', "params": [], "usage": "all", "occurred_at": "yesterday"}',
                 "{" + good + ', "usage": {"seconds": 5, "seconds": 500}}',
                 "{" + good + ', "status": "ERROR"}',
+                '{"account_id": null, "catalog": "veo3", "operation": "video", "status": null}',
             ]
         )
     )
@@ -120,8 +127,11 @@ def test_every_usage_line_problem_is_named_with_its_line_and_field() -> None:
         (6, "occurred_at"),
         (7, "usage.seconds"),
         (8, "status"),
+        (9, "account_id"),  # a required field given as null is not given
+        (9, "status"),
     ]
-    assert problems[-2].message == "given 2 times: give it once"
+    assert problems[-4].message == "given 2 times: give it once"
+    assert problems[-2].message == "account_id must be a wallet's id (text)"
 
 
 def test_the_warning_of_usage_lines_without_a_request_id_names_the_first_ten(
@@ -165,4 +175,17 @@ def test_a_usage_line_without_a_required_field_says_which() -> None:
     assert [(p.line, p.field, p.message) for p in problems] == [
         (1, "account_id", "the line has no 'account_id'"),
         (1, "status", "the line has no 'status'"),
+    ]
+
+
+def test_a_request_id_on_two_lines_is_a_problem_and_only_its_first_line_a_row() -> None:
+    good = '"account_id": "a", "catalog": "veo3", "operation": "video", "status": "COMPLETED"'
+    rows, problems = read_usage(
+        "{" + good + ', "request_id": "r-1"}\n'
+        "{" + good + ', "request_id": "r-2"}\n'
+        "{" + good + ', "request_id": "r-1"}\n'
+    )
+    assert [(r.line, r.request_id) for r in rows] == [(1, "r-1"), (2, "r-2")]
+    assert [(p.line, p.field, p.message) for p in problems] == [
+        (3, "request_id", "request_id 'r-1' is on line 1 too: a request is reported once")
     ]
