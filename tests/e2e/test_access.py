@@ -138,6 +138,11 @@ def test_every_endpoint_for_every_role(
     assert r.status_code == status, r.text
     if status >= 400:
         assert r.json()["error"] in ("forbidden", "not_found", "report_not_ready")
+    if status == 403:  # naming the caller's role and the roles the route takes
+        takes = {"admin": expected[0], "service": expected[1], "customer": expected[2]}
+        needs = ", ".join(sorted(name for name, answer in takes.items() if answer != 403))
+        kind = role.split("_")[0]
+        assert r.json()["message"] == f"a {kind} key may not do this (needs: {needs})"
         # A refused request changed nothing.
         assert api.ledger.balance("target") == before
 

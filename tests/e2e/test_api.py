@@ -1216,6 +1216,15 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
     reference = refused["content"]["application/json"]["schema"]["$ref"]
     fields = document["components"]["schemas"][reference.rsplit("/", 1)[-1]]["properties"]
     assert {"error", "credits_needed", "credits_balance", "unit", "scale"} <= set(fields)
+    # Every operation documents 500 and 503; one that takes a body documents 400, 413
+    # and 415 for a body that is malformed, too large or not JSON, and only such a one.
+    for path, operations in paths.items():
+        for method, operation in operations.items():
+            statuses = set(operation["responses"])
+            assert {"500", "503"} <= statuses, (method, path)
+            body_errors = {"400", "413", "415"} & statuses
+            expected = {"400", "413", "415"} if "requestBody" in operation else set()
+            assert body_errors == expected, (method, path)
     # Each operation that takes an Idempotency-Key documents the header of a replay.
     keyed = [
         (method, path, operation["responses"])
@@ -1423,6 +1432,8 @@ def test_bad_priced_requests_are_4xx_with_the_reason(
         (b'{"amount": 5}', "Application/JSON; charset=UTF-8", 201, None),
         (b'{"amount": 5}', "application/vnd.creditledger+json", 201, None),
         (b'{"amount": 5}', "application/jsonp", 415, "unsupported_media_type"),
+        # A +json suffix under application/ only, as FastAPI itself reads bodies.
+        (b'{"amount": 5}', "text/vnd.creditledger+json", 415, "unsupported_media_type"),
         (b"[1, 2]", "application/json", 422, "invalid_request"),
         (
             '{"amount": 5, "reference": "\u00e9\u6f22\U0001f600"}'.encode(),
@@ -1478,6 +1489,22 @@ def test_an_oversized_body_is_413_declared_or_chunked(api: Api) -> None:
     assert r.status_code == 413
     assert r.json() == {"error": "body_too_large", "message": f"the body exceeds {limit} bytes"}
     assert api.balance(user)["pending"] == 0
+
+    # Sent chunked (no Content-Length), counted as it comes: at the limit taken, a byte
+    # over it refused.
+    def pieces(size: int) -> Any:
+        padded = b'{"amount": 1}'.ljust(size)
+        for at in range(0, size, 1000):
+            yield padded[at : at + 1000]
+
+    for size, status in ((limit, 201), (limit + 1, 413)):
+        r = api.post(
+            f"/v1/accounts/{user}/topups",
+            content=pieces(size),
+            headers={"Content-Type": "application/json"},
+        )
+        assert r.status_code == status, (size, r.text)
+    assert api.balance(user)["balance"] == 12
 
 
 def test_unknown_ids_are_404(api: Api) -> None:

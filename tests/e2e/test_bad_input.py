@@ -360,6 +360,16 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         "invalid_request",
         "Idempotency-Key",
     ),
+    (
+        "idempotency key with a space (printable ASCII without spaces)",
+        "POST",
+        "/v1/accounts/w/topups",
+        {"amount": 5},
+        {"Idempotency-Key": "top up 1"},
+        422,
+        "invalid_request",
+        "Idempotency-Key",
+    ),
     ("no body at all", "POST", "/v1/accounts/w/topups", None, {}, 422, "invalid_request", "body"),
     # NUL, which PostgreSQL cannot store as text: refused alike on both databases.
     (

@@ -4,20 +4,28 @@ its own, through the real HTTP stack, so that a route added later keeps them."""
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import Iterator
 from typing import Annotated, Any
 
 import pytest
 from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.testclient import TestClient
+from pydantic import Field
+from starlette.types import Message, Receive, Scope, Send
 
 from api import errors
-from api.routing import HeadAsGet, JsonRoute
+from api.routing import BodyLimit, HeadAsGet, JsonRoute
 
 
 def _paging(cursor: Annotated[str | None, Query(max_length=20)] = None) -> str | None:
     return cursor
 
+
+#: A list type with its own constraint, as a type alias: given as ``Models | None``, the
+#: route's parameter is a union holding an ``Annotated`` list.
+Models = Annotated[list[str], Field(max_length=3)]
 
 router = APIRouter(route_class=JsonRoute)
 
@@ -27,9 +35,10 @@ async def things(
     cursor: Annotated[str | None, Depends(_paging)],
     tags: Annotated[list[str] | None, Query()] = None,
     ids: Annotated[list[int], Query()] = [],  # noqa: B006 (FastAPI copies the default)
+    models: Annotated[Models | None, Query()] = None,
     limit: int = 10,
 ) -> dict[str, Any]:
-    return {"tags": tags, "ids": ids, "limit": limit, "cursor": cursor}
+    return {"tags": tags, "ids": ids, "models": models, "limit": limit, "cursor": cursor}
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +52,15 @@ def client() -> Iterator[TestClient]:
 
 
 def test_a_parameter_of_several_values_may_be_given_again(client: TestClient) -> None:
-    r = client.get("/things?tags=a&tags=b&ids=1&ids=2&limit=3")
+    r = client.get("/things?tags=a&tags=b&ids=1&ids=2&models=x&models=y&limit=3")
     assert r.status_code == 200, r.text
-    assert r.json() == {"tags": ["a", "b"], "ids": [1, 2], "limit": 3, "cursor": None}
+    assert r.json() == {
+        "tags": ["a", "b"],
+        "ids": [1, 2],
+        "models": ["x", "y"],
+        "limit": 3,
+        "cursor": None,
+    }
 
 
 @pytest.mark.parametrize("query", ["limit=1&limit=2", "cursor=a&cursor=b"])
@@ -65,5 +80,48 @@ def test_a_parameter_read_by_a_dependency_is_the_routes_own(client: TestClient) 
     assert r.json()["cursor"] == "next"
     r = client.get("/things?cursr=next")
     assert r.status_code == 422, r.text
-    assert (r.json()["field"], r.json()["allowed"]) == ("cursr", ["cursor", "ids", "limit", "tags"])
+    assert (r.json()["field"], r.json()["allowed"]) == (
+        "cursr",
+        ["cursor", "ids", "limit", "models", "tags"],
+    )
     assert client.head("/things?tags=a&tags=b").status_code == 200
+
+
+@pytest.mark.parametrize("declared", [b"1e3", b"-1", b"+5", b" 5", b"11"])
+def test_a_content_length_not_a_count_or_over_the_limit_is_refused_unread(
+    declared: bytes,
+) -> None:
+    """``BodyLimit`` answers 413 before the app sees the request, for a declared length
+    over the limit and for one that is not a plain count (which no limit can be read
+    against); the servers in front refuse most of these themselves, the limit must not
+    rely on it."""
+    called: list[Scope] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        called.append(scope)
+
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"{}", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    scope: Scope = {
+        "type": "http",
+        "method": "POST",
+        "path": "/v1/charges",
+        "headers": [(b"content-type", b"application/json"), (b"content-length", declared)],
+    }
+    asyncio.run(BodyLimit(app, 10)(scope, receive, send))
+    assert called == []
+    assert sent[0]["status"] == 413
+    assert json.loads(sent[1]["body"]) == {
+        "error": "body_too_large",
+        "message": "the body exceeds 10 bytes",
+    }
+    asyncio.run(
+        BodyLimit(app, 11)(scope | {"headers": [(b"content-length", b"11")]}, receive, send)
+    )
+    assert len(called) == 1  # at the limit: passed on
