@@ -39,7 +39,8 @@ def test_ask_follow_and_download_every_format(api: Api, traffic: Traffic) -> Non
         r = api.post("/v1/reports", {"month": "2026-10", "format": fmt})
         assert r.status_code == 202, r.text
         body = r.json()
-        assert body["status"] == "queued"
+        assert (body["status"], body["stage"], body["progress"]) == ("queued", "queued", 0)
+        assert (body["attempts"], body["origin"], body["error"]) == (0, "request", None)
         assert body["download_url"] is None
         ids[fmt] = body["id"]
         # The same report while it is queued: the same job.
@@ -89,6 +90,26 @@ def test_ask_follow_and_download_every_format(api: Api, traffic: Traffic) -> Non
     assert page.headers["content-type"].startswith("text/html")
     assert "<svg" in page.text
     assert "Daily usage by model" in page.text
+
+
+def test_the_worker_makes_last_months_report_unasked_and_once(api: Api, traffic: Traffic) -> None:
+    """Once a month has closed, the report worker queues and makes its month-end report
+    (every wallet, UTC, JSON) with nobody asking; its next rounds make nothing more."""
+    assert jobs(api) == 0
+    assert run_worker(api) == 1
+    with api.ledger.db.transaction(write=False) as conn:
+        (made,) = conn.execute(sa.select(report_jobs)).all()
+    assert (made.origin, made.month, made.timezone, made.format, made.account_id) == (
+        "month_end",
+        "2026-10",
+        "UTC",
+        "json",
+        None,
+    )
+    job = api.get(f"/v1/reports/{made.id}").json()
+    assert (job["status"], job["summary"]["accounts"]) == ("succeeded", len(traffic.wallets))
+    assert api.get(f"/v1/reports/{made.id}/download").status_code == 200
+    assert (run_worker(api), run_worker(api), jobs(api)) == (0, 0, 1)
 
 
 def test_a_file_is_sent_gzip_compressed_to_a_client_that_takes_it(

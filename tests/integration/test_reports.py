@@ -640,6 +640,26 @@ def test_an_interrupted_job_resumes(
     assert len(pd.read_parquet(io.BytesIO(reports.output(job.id).content))) > 100
 
 
+def test_jobs_are_claimed_in_the_order_they_were_asked_for(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports, clock: Clock
+) -> None:
+    """The oldest runnable job first, a job whose worker died among them by when it was
+    asked for: a report asked for early is not left waiting behind later ones."""
+    asked = []
+    for fmt in ("html", "csv", "json"):
+        asked.append(reports.request("2026-10", fmt)[0].id)
+        clock.advance(seconds=1)
+    first = reports.claim()
+    assert first is not None
+    assert first.id == asked[0]
+    # Its worker dies; past the lease it is again the first to be claimed.
+    clock.advance(seconds=61)
+    claimed = [reports.claim() for _ in asked]
+    assert [job.id for job in claimed if job is not None] == asked
+    assert [job.attempts for job in claimed if job is not None] == [2, 1, 1]
+    assert reports.claim() is None
+
+
 def _steal(reports: Reports, clock: Clock) -> jobs.JobView:
     """Another worker claims the running job, its worker's lease having run out."""
     clock.advance(seconds=61)

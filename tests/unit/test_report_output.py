@@ -45,3 +45,23 @@ def test_a_truncated_gzip_file_is_an_error_not_a_short_file() -> None:
     out = Output("f.json", "application/json", "x", stored[: len(stored) // 2], "gzip")
     with pytest.raises(ValueError, match="ends before"):
         b"".join(out.chunks())
+
+
+@pytest.mark.parametrize("fmt", ["csv", "json", "html", "parquet"])
+def test_a_file_is_stored_as_the_same_bytes_whenever_it_is_made(fmt: str) -> None:
+    """The same rendered file, stored now and stored later, is the same bytes (a gzip
+    header carries no time), so a report made again or a backup of it compares equal;
+    its digest is of the file as rendered, whatever the pieces it came in."""
+    from reports.jobs import _stored
+
+    rendered = _rendered(40_000)
+    first = _stored(fmt, [rendered[:1000], b"", rendered[1000:]])
+    later = _stored(fmt, [rendered])
+    assert first == later
+    assert first.sha256 == hashlib.sha256(rendered).hexdigest()
+    if fmt == "parquet":  # compressed by its own format
+        assert (first.encoding, first.data) == (None, rendered)
+    else:
+        assert first.encoding == "gzip"
+        assert first.data[4:8] == bytes(4)  # the header's modification time: none
+        assert gzip.decompress(first.data) == rendered
