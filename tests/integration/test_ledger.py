@@ -31,6 +31,7 @@ from ledger.services import Affordability, Ledger
 from ledger.store import Store
 from ledger.verify import verify
 from pricing import load_catalogs
+from pricing.catalog import CatalogSet
 from pricing.errors import InvalidParameter, InvalidUsage
 from tests import factories as f
 from tests.factories import Clock, key
@@ -1438,7 +1439,7 @@ def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> N
 @pytest.mark.parametrize("how", ["startup options", "a pooler dropped them"])
 def test_postgresql_sessions_read_instants_in_utc_whatever_the_server_says(
     database_url: str,
-    catalogs: Any,
+    catalogs: CatalogSet,
     clock: Clock,
     how: str,
     monkeypatch: pytest.MonkeyPatch,

@@ -121,7 +121,6 @@ def test_a_content_length_not_a_count_or_over_the_limit_is_refused_unread(
         "error": "body_too_large",
         "message": "the body exceeds 10 bytes",
     }
-    asyncio.run(
-        BodyLimit(app, 11)(scope | {"headers": [(b"content-length", b"11")]}, receive, send)
-    )
+    at_limit: Scope = {**scope, "headers": [(b"content-length", b"11")]}
+    asyncio.run(BodyLimit(app, 11)(at_limit, receive, send))
     assert len(called) == 1  # at the limit: passed on
