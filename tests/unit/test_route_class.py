@@ -1,6 +1,7 @@
 """The route class (``api.routing.JsonRoute``) on rules no route of the API uses yet: a
 query parameter that takes several values, and one read by a dependency. A small app of
-its own, through the real HTTP stack, so that a route added later keeps them."""
+its own, through the real HTTP stack, so that a route added later keeps them. And the body
+limit (``BodyLimit``) on declared lengths no HTTP client sends."""
 
 from __future__ import annotations
 
