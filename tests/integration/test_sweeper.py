@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 import pytest
@@ -65,6 +66,41 @@ def test_a_bug_keeps_its_traceback(caplog: pytest.LogCaptureFixture) -> None:
         assert record.levelno == logging.ERROR
         assert record.exc_info is not None
         assert isinstance(record.exc_info[1], ValueError)
+
+
+class _Counted(Periodic):
+    name = "counted"
+
+    def __init__(self, interval: float) -> None:
+        super().__init__(interval)
+        self.rounds = 0
+
+    def run_once(self) -> object:
+        self.rounds += 1
+        return self.rounds
+
+
+def _until(done: Callable[[], bool]) -> None:
+    deadline = time.monotonic() + 30
+    while not done():
+        assert time.monotonic() < deadline, "the rounds did not run"
+        time.sleep(0.01)
+
+
+def test_a_job_stopped_and_started_again_runs_its_rounds_again() -> None:
+    """A stop ends the thread (stopping twice is harmless); a start after it runs the
+    rounds again rather than a thread that sees the old stop and ends at once."""
+    periodic = _Counted(0.01)
+    periodic.start()
+    _until(lambda: periodic.rounds >= 2)
+    periodic.stop()
+    periodic.stop()
+    stopped_at = periodic.rounds
+    time.sleep(0.05)
+    assert periodic.rounds == stopped_at
+    periodic.start()
+    _until(lambda: periodic.rounds >= stopped_at + 2)
+    periodic.stop()
 
 
 def test_a_round_works_off_a_backlog_a_batch_at_a_time(
