@@ -98,6 +98,49 @@ def test_partial_indexes_agree(empty: Database) -> None:
     assert partial == 9  # holds (2), metering_records (2), report_jobs (2), entries (3)
 
 
+Checks = dict[tuple[str, str], str]
+
+
+def _checks(conn: sa.Connection, schema: str | None = None) -> Checks:
+    """Each CHECK constraint of the models' tables, by table and name, as the database
+    reports it."""
+    inspector = sa.inspect(conn)
+    return {
+        (table.name, str(check["name"])): " ".join(check["sqltext"].split())
+        for table in metadata.sorted_tables
+        for check in inspector.get_check_constraints(table.name, schema=schema)
+    }
+
+
+def test_check_constraints_agree(empty: Database, tmp_path: Path) -> None:
+    """Autogenerate does not compare CHECK constraints either: the models' and the
+    migrations' are the same, by name and by condition, in the database's own spelling
+    (PostgreSQL rewrites each; so the models' are created there too, in a schema of
+    their own inside a transaction rolled back). A migration that changed a check and a
+    model that did not (the statuses a hold may take, the flows of the rollup) would
+    otherwise go unseen until a write the model allows fails in production."""
+    empty.migrate()
+    with empty.engine.connect() as conn:
+        migrated = _checks(conn)
+        if empty.is_sqlite:
+            modelled_db = sa.create_engine(f"sqlite:///{tmp_path / 'modelled.db'}")
+            metadata.create_all(modelled_db)
+            with modelled_db.connect() as other:
+                modelled = _checks(other)
+            modelled_db.dispose()
+        else:
+            conn.exec_driver_sql("CREATE SCHEMA modelled")
+            copy = sa.MetaData()
+            for table in metadata.sorted_tables:
+                table.to_metadata(copy, schema="modelled")
+            copy.create_all(conn)
+            modelled = _checks(conn, "modelled")
+            conn.rollback()
+    assert migrated == modelled
+    assert len(migrated) == 21  # units 1, accounts 5, grants 3, holds 2, postings 1,
+    # api_keys 2, daily_flows 2, account_changes 1, report_jobs 4
+
+
 def test_a_periods_refunds_are_read_from_the_reversals_index(empty: Database) -> None:
     """The spend a wallet's refunds gave back is read under its spend limit on every
     authorization and charge: by ``ix_entries_account_reversals``, which holds its
