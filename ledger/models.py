@@ -1,8 +1,9 @@
 """The ledger's tables (SQLModel). Every money column is a BIGINT of the unit's minor units.
 
 The journal (``entries`` and ``postings``) is append-only: database triggers refuse any
-UPDATE or DELETE, and refuse an entry whose postings do not sum to zero per unit (see the
-initial migration). Accounts carry materialized ``balance`` and ``pending`` columns,
+UPDATE or DELETE, a posting added to an entry already written, a posting in another unit
+than its account's, and an entry whose postings do not sum to zero per unit (see the
+initial migration and 0018). Accounts carry materialized ``balance`` and ``pending`` columns,
 updated in the same transaction as the postings and holds they summarize; ``verify()``
 recomputes both from the journal.
 """

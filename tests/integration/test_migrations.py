@@ -351,6 +351,70 @@ def test_the_refund_flow_migrates_up_and_down_keeping_the_guards(empty: Database
         ]
 
 
+_POSTING = (
+    "INSERT INTO postings (entry_id, account_id, unit, amount, posted_at) "
+    "VALUES (:entry, :account, :unit, :amount, '2026-12-04 10:00:00')"
+)
+
+
+def _add(db: Database, entry: str, *legs: tuple[int, str, int], write_entry: bool = False) -> None:
+    with db.engine.begin() as conn:
+        for account, unit, amount in legs:
+            values = {"entry": entry, "account": account, "unit": unit, "amount": amount}
+            conn.execute(sa.text(_POSTING), values)
+        if write_entry:
+            conn.execute(
+                sa.text(
+                    "INSERT INTO entries (id, kind, account_id, posted_at, memo) "
+                    "VALUES (:entry, 'adjustment', 1, '2026-12-04 10:00:00', '')"
+                ),
+                {"entry": entry},
+            )
+
+
+def test_entries_are_sealed_on_postgresql_from_0018_and_down_again_not(empty: Database) -> None:
+    """Before 0018 PostgreSQL let a later transaction add postings that kept a written
+    entry balanced (SQLite never did); from 0018 it refuses them, in the check of the
+    entry's sum at the commit. Down again, that check is 0001's once more, and the unit
+    of a posting is checked throughout."""
+    empty.migrate("0017")
+    _an_old_wallet_with_a_change(empty)
+    with empty.engine.begin() as conn:
+        conn.execute(
+            sa.text(
+                "INSERT INTO accounts (id, external_id, kind, unit, overdraft_limit, timezone, "
+                "balance, pending, created_at) VALUES (2, 'system:funding:credit', 'funding', "
+                "'credit', 0, 'UTC', 0, 0, '2026-12-04 10:00:00')"
+            )
+        )
+    _add(empty, "e1", (1, "credit", 5), (2, "credit", -5), write_entry=True)
+    kept = _triggers(empty)
+
+    def adding() -> str:
+        """What becomes of a balanced pair of postings added to the written entry."""
+        try:
+            _add(empty, "e1", (1, "credit", 1), (2, "credit", -1))
+        except sa.exc.DBAPIError as refused:
+            return "sealed" if "sealed" in str(refused) else str(refused)
+        return "added"
+
+    before = "sealed" if empty.is_sqlite else "added"
+
+    def unit_checked() -> None:
+        with pytest.raises(sa.exc.DBAPIError, match="unit differs from its account unit"):
+            _add(empty, "e2", (1, "usd", 5), (2, "credit", -5), write_entry=True)
+
+    unit_checked()
+    assert adding() == before
+    empty.migrate("0018")
+    unit_checked()
+    assert adding() == "sealed"
+    empty.downgrade("0017")
+    assert _triggers(empty) == kept
+    unit_checked()
+    assert adding() == before
+
+
 def _url(database: Database) -> str:
     return database.engine.url.render_as_string(hide_password=False)
 
@@ -360,7 +424,7 @@ def _revision(database: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-HEAD = "0017"
+HEAD = "0018"
 
 #: A process that migrates ``sys.argv[1]`` at the instant ``sys.argv[2]`` (so that all
 #: start together, whatever their start-up took).
