@@ -156,6 +156,17 @@ def test_an_entry_must_balance_in_each_unit_not_only_overall(
     )
 
 
+def test_postings_of_no_entry_are_refused(ids: dict[str, int], db: Database) -> None:
+    """Balanced, but their entry is never written: the deferred foreign key refuses them
+    at the commit (on PostgreSQL the sum is the entry's check, which never runs here; on
+    SQLite the failed commit is the write group's, ``CommitFailed``)."""
+    c, funding = ids["c"], ids["system:funding:credit"]
+    before = _journal(db)
+    with pytest.raises(sa.exc.DBAPIError, match="(?i)foreign key"), db.transaction() as conn:
+        _post(conn, "no-entry", [(c, "credit", 5), (funding, "credit", -5)], _NOW)
+    assert _journal(db) == before
+
+
 def test_a_posting_must_be_in_its_accounts_unit(ids: dict[str, int], db: Database) -> None:
     """Balanced in micro-dollars, but ``c`` is a credit wallet."""
     c, usd_funding = ids["c"], ids["system:funding:usd"]
