@@ -85,6 +85,47 @@ def test_statement_reconciles_to_the_ledger(db: Database, ledger: Ledger, traffi
     assert rows["acme"]["open_holds"] == 0
 
 
+@pytest.mark.parametrize("from_journal", [False, True])
+def test_one_wallets_statement_reads_that_wallets_rows_alone(
+    db: Database,
+    ledger: Ledger,
+    clock: Clock,
+    traffic: Traffic,
+    monkeypatch: pytest.MonkeyPatch,
+    from_journal: bool,
+) -> None:
+    """A customer's statement of its own wallet reads its rows, not every wallet's with
+    the others dropped afterwards: of a month long past, the holds open at its end would
+    be every hold resolved since, whoever's."""
+    owner = ledger.hold(traffic.open_at_end[0]).account_id
+    # Another wallet's hold open at the month's end, resolved since.
+    asks = {"credit": veo3_video(video_model="veo3_fast"), "usd": pixazo_image()}
+    other = next(w for w, unit in traffic.wallets.items() if w != owner and unit in asks)
+    after = clock.now
+    clock.now = queries.period(traffic.month, "UTC").end - timedelta(minutes=1)
+    held = ledger.authorize(other, asks[traffic.wallets[other]], idempotency_key=key())
+    clock.now = after
+    ledger.void(held.id, idempotency_key=key())
+    with db.transaction(write=False) as conn:
+        row_id = conn.execute(
+            sa.select(accounts.c.id).where(accounts.c.external_id == owner)
+        ).scalar_one()
+    read: list[pd.DataFrame] = []
+    run_query = queries._frame
+
+    def recorded(conn: sa.Connection, stmt: sa.Select[tuple[object, ...]]) -> pd.DataFrame:
+        frame = run_query(conn, stmt)
+        read.append(frame)
+        return frame
+
+    monkeypatch.setattr(queries, "_frame", recorded)
+    (row,) = records(make(db, traffic.month, "UTC", owner, from_journal=from_journal).accounts)
+    assert row["open_holds"] >= 1
+    wallets_read = {int(a) for frame in read if "account" in frame for a in frame["account"]}
+    assert wallets_read == {row_id}
+    assert sum(len(frame) for frame in read) >= 4  # wallet, flows, opening, open holds
+
+
 def test_a_refund_and_the_reversal_of_a_clawback_are_told_apart(
     db: Database, ledger: Ledger, clock: Clock
 ) -> None:
@@ -849,6 +890,11 @@ def test_a_wallet_opened_and_a_top_up_posted_as_the_month_ends_are_the_next_mont
     ledger.open_account("new", "credit", idempotency_key=key())
     ledger.top_up("new", 500, idempotency_key=key())
     ledger.top_up("old", 300, idempotency_key=key())
+    # Holds made as the month ends are November's: one left pending, one voided later.
+    ledger.authorize("old", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    later = ledger.authorize("old", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    clock.advance(minutes=1)
+    ledger.void(later.id, idempotency_key=key())
     with db.transaction(write=False) as conn:
         batches = list(queries.wallet_batches(conn, october, 10))
     assert batches == [[ledger_account(db, "old")]]
@@ -869,7 +915,7 @@ def test_a_wallet_opened_and_a_top_up_posted_as_the_month_ends_are_the_next_mont
         assert [
             (r["account_id"], r["opening"], r["credits"], r["debit_usage"], r["open_holds"])
             for r in records(november)
-        ] == [("new", 0, 500, 0, 0), ("old", 1_000, 300, 240, 0)]
+        ] == [("new", 0, 500, 0, 0), ("old", 1_000, 300, 240, 1)]
 
 
 def test_a_voided_or_expired_hold_is_no_request_of_the_statement_an_error_is(
