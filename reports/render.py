@@ -52,13 +52,20 @@ LINE_COLUMNS = [
 CHART_MODELS = 8
 
 
+#: The longest file name a report keeps (``report_outputs.filename``).
+FILENAME_MAX = 200
+
+
 def filename(month: str, fmt: str, account_id: str | None = None) -> str:
-    """``statement-2026-10.csv``, or ``statement-2026-10-<account>.csv`` for one wallet."""
+    """``statement-2026-10.csv``, or ``statement-2026-10-<account>.csv`` for one wallet,
+    the account cut to fit the name in :data:`FILENAME_MAX` (an id may be 200 long)."""
     # ASCII only: the name goes into a Content-Disposition header.
     safe = "".join(
         c if (c.isascii() and c.isalnum()) or c in "-_." else "_" for c in account_id or ""
     )
-    return f"statement-{month}{'-' + safe if safe else ''}.{fmt}"
+    stem, suffix = f"statement-{month}", f".{fmt}"
+    room = FILENAME_MAX - len(stem) - len(suffix) - 1
+    return f"{stem}{'-' + safe[:room] if safe else ''}{suffix}"
 
 
 #: The formats whose batches are cut in code-point order of wallet ids (the order of

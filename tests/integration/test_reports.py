@@ -652,6 +652,25 @@ def test_jobs_dedupe_run_and_download(
     assert reports.get(first.id, owner="acme").id == first.id
 
 
+@pytest.mark.parametrize("fmt", ["json", "parquet"])
+def test_a_wallet_of_the_longest_id_gets_its_statement(
+    ledger: Ledger, reports: Reports, clock: Clock, fmt: str
+) -> None:
+    """An account id may be 200 characters: its statement's file is named after it, cut
+    so that the name fits where it is stored (PostgreSQL refuses a longer one)."""
+    longest = "w" * 199 + "é"
+    clock.now = datetime(2026, 10, 10, tzinfo=UTC)
+    ledger.open_account(longest, "credit", idempotency_key=key())
+    ledger.top_up(longest, 100, idempotency_key=key())
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    job, _ = reports.request("2026-10", fmt, account_id=longest)
+    assert reports.run_pending() == 1
+    assert reports.get(job.id).status == "succeeded", reports.get(job.id).error
+    name = reports.output(job.id).filename
+    assert len(name) == 200
+    assert name == f"statement-2026-10-{'w' * (200 - 19 - len(fmt))}.{fmt}"
+
+
 def test_an_interrupted_job_resumes(
     db: Database, ledger: Ledger, traffic: Traffic, reports: Reports, clock: Clock
 ) -> None:
@@ -1194,6 +1213,7 @@ def test_the_json_statement_carries_the_usage_of_wallets_whose_ids_json_escapes(
 
 def test_file_names_are_plain_ascii() -> None:
     assert render.filename("2026-10", "csv") == "statement-2026-10.csv"
+    assert render.FILENAME_MAX == getattr(report_outputs.c.filename.type, "length", None)
     assert render.filename("2026-10", "html", "用户/../a b") == "statement-2026-10-___.._a_b.html"
 
 
