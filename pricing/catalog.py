@@ -73,6 +73,14 @@ from pricing.rules import (
 
 Price = Annotated[Decimal, Field(ge=0, allow_inf_nan=False)]
 Identifier = Annotated[str, Field(pattern=r"^[a-z][a-z0-9_]{0,31}$")]
+#: A unit's code: a catalog's amounts are counted in it, and the ledger keeps it with
+#: every account and posting (columns of this length).
+UNIT_CODE_MAX = 16
+UnitCode = Annotated[str, Field(pattern=rf"^[a-z][a-z0-9_]{{0,{UNIT_CODE_MAX - 1}}}$")]
+#: The most characters of a model's id: requests name it, and the ledger keeps it with
+#: each hold, metering record and daily rollup (columns of this length).
+MODEL_ID_MAX = 200
+ModelId = Annotated[str, Field(min_length=1, max_length=MODEL_ID_MAX)]
 
 
 class _Spec(BaseModel):
@@ -82,7 +90,7 @@ class _Spec(BaseModel):
 class UnitSpec(_Spec):
     """The unit every amount of the catalog is counted in, and its minor-unit scale."""
 
-    code: Identifier
+    code: UnitCode
     scale: int = Field(ge=0, le=18)
 
 
@@ -197,7 +205,7 @@ class OperationSpec(_Spec):
     model_param: str | None = None
     defaults: dict[str, Any] = Field(default_factory=dict)
     limits: dict[str, LimitSpec] = Field(default_factory=dict)
-    models: dict[str, ModelSpec] = Field(min_length=1)
+    models: dict[ModelId, ModelSpec] = Field(min_length=1)
     pricing: PricingSpec
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from pricing import CatalogSet, estimate, load_catalogs, price_usage
-from pricing.catalog import describe, shipped_catalog_files
+from pricing.catalog import MODEL_ID_MAX, UNIT_CODE_MAX, describe, shipped_catalog_files
 from pricing.errors import CatalogError, InvalidParameter, InvalidRequest, InvalidUsage, NotBillable
 from tests import factories as f
 
@@ -250,6 +250,20 @@ def test_minimal_operator_catalog_loads_and_prices(tmp_path: Path) -> None:
             ),
             "versions[0].operations.image_to_video.pricing.prices.1080p",
             "unknown tier; tiers: ['256p', '480p', '720p']",
+        ),
+        # A unit's code and a model's id fit where the ledger keeps them.
+        (
+            shipped("veo3", ('code = "credit"', 'code = "credit_of_veo3_xy"')),
+            "unit.code",
+            "should match pattern",
+        ),
+        (
+            shipped(
+                "pixazo",
+                ('"cosmos-3-super-text-to-image" = {', f'"{"m" * 201}" = {{'),
+            ),
+            "versions[0].operations.text_to_image.models",
+            "at most 200 characters",
         ),
         # A version based on another states its own source: where its numbers come from.
         (
@@ -499,3 +513,12 @@ def test_an_unknown_version_names_the_versions_there_are(catalogs: CatalogSet) -
         "catalog_version",
         ["2024-03-14", "2025-12-20"],
     )
+
+
+def test_a_unit_code_and_a_model_id_fit_every_column_the_ledger_keeps_them_in() -> None:
+    from ledger.models import accounts, daily, holds, metering, postings, units
+
+    for table in (holds, metering, daily):
+        assert getattr(table.c.model.type, "length", None) == MODEL_ID_MAX, table.name
+    for column in (units.c.code, accounts.c.unit, postings.c.unit, metering.c.unit, daily.c.unit):
+        assert getattr(column.type, "length", None) == UNIT_CODE_MAX, column
