@@ -281,10 +281,19 @@ class HeadAsGet:
                 scope["route"] = as_get["route"]
 
 
+#: A ``Content-Length`` that is not a count of bytes.
+NOT_A_LENGTH = {
+    "error": "invalid_request",
+    "message": "Content-Length: not a whole number of bytes",
+    "field": "Content-Length",
+}
+
+
 class BodyLimit:
     """413, in the API's JSON error format, for a body over ``limit`` bytes.
 
-    A declared ``Content-Length`` over the limit is refused before the body is read; a
+    A declared ``Content-Length`` over the limit is refused before the body is read (and
+    one that is not a count of bytes, against which no limit can be read, with a 400); a
     body sent without one (chunked) is counted as it is read and refused when it passes.
     """
 
@@ -298,7 +307,10 @@ class BodyLimit:
             return
         for name, value in scope["headers"]:
             if name == b"content-length":
-                if not value.isdigit() or int(value) > self.limit:
+                if not value.isdigit():
+                    await JSONResponse(NOT_A_LENGTH, 400)(scope, receive, send)
+                    return
+                if int(value) > self.limit:
                     await JSONResponse(self._body(), 413)(scope, receive, send)
                     return
                 break
