@@ -213,3 +213,58 @@ def test_verify_sums_a_history_past_64_bits_exactly(ledger: Ledger, clock: Clock
     assert any(v.check == "account_balance" and user in v.detail for v in found), found
     with ledger.db.transaction() as conn:
         conn.execute(accounts.update().where(accounts.c.external_id == user).values(balance=0))
+
+
+#: Every running sum the ledger keeps (SQLite: migration 0006's triggers, and 0013's for
+#: the flows, which it made again with the table it copied).
+SUMS = [
+    ("accounts", "balance"),
+    ("accounts", "pending"),
+    ("grants", "remaining"),
+    *(
+        ("daily_usage", column)
+        for column in (
+            "requests",
+            "amount",
+            "input_tokens",
+            "output_tokens",
+            "images",
+            "videos",
+            "candidates",
+        )
+    ),
+    *(("daily_flows", column) for column in ("credits", "debits", "entries")),
+]
+
+
+@pytest.mark.parametrize(("table", "column"), SUMS)
+def test_every_running_sum_refuses_to_leave_64_bits_whatever_writes_it(
+    ledger: Ledger, table: str, column: str
+) -> None:
+    """Not only the ledger's own writes: a script's UPDATE that takes a sum past 2^63 - 1
+    fails, on SQLite with ``amount_overflow`` as on PostgreSQL with ``bigint out of
+    range``, and the row is as it was. (A grant's remainder is kept within its amount by
+    a CHECK, which on SQLite refuses it first.)"""
+    user = wallet(ledger, "w")
+    ledger.top_up(user, 1_000, idempotency_key=key())
+    ledger.authorize(user, VEO_FAST, idempotency_key=key())  # pending
+    ledger.charge(user, VEO_FAST, idempotency_key=key())  # the day's usage
+    db = ledger.db
+    with db.transaction(write=False) as conn:
+        before = conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1, 2").all()
+    assert before
+    top = f"amount = {MAX}, remaining = {MAX}" if table == "grants" else f"{column} = {MAX}"
+    if db.is_sqlite:
+        reason = "CHECK constraint failed" if table == "grants" else "amount_overflow"
+    else:
+        reason = "out of range"
+
+    def past_the_top() -> None:
+        with db.transaction() as conn:
+            conn.exec_driver_sql(f"UPDATE {table} SET {top}")  # at the top: it fits
+            conn.exec_driver_sql(f"UPDATE {table} SET {column} = {column} + 1")
+
+    with pytest.raises(sa.exc.DBAPIError, match=reason):
+        past_the_top()
+    with db.transaction(write=False) as conn:
+        assert conn.exec_driver_sql(f"SELECT * FROM {table} ORDER BY 1, 2").all() == before
