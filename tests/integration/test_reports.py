@@ -83,6 +83,14 @@ def test_statement_reconciles_to_the_ledger(db: Database, ledger: Ledger, traffi
     assert rows["tokyo"]["open_holds"] == 1
     assert rows["tokyo"]["open_holds_amount"] == 500
     assert rows["acme"]["open_holds"] == 0
+    # The totals per unit are the wallets' sums, the holds open at the end included.
+    for line in made.totals():
+        of_unit = [r for r in rows.values() if r["unit"] == line["unit"]]
+        assert line["accounts"] == len(of_unit)
+        for column in ("opening", "credits", "debits", "closing", "requests", "usage_amount"):
+            assert line[column] == sum(r[column] for r in of_unit), column
+        assert line["open_holds_amount"] == sum(r["open_holds_amount"] for r in of_unit)
+    assert {line["unit"] for line in made.totals()} == {"token", "credit", "usd"}
 
 
 @pytest.mark.parametrize("from_journal", [False, True])
@@ -600,6 +608,34 @@ def test_reconciliation_failure_names_the_accounts(
     assert "berlin" not in done.error
     with pytest.raises(ReportNotReady):
         reports.output(job.id)
+
+
+def test_credits_in_entries_that_cannot_have_them_fail_the_report_alone(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports
+) -> None:
+    """A rollup of capture entries that credits a wallet has no line on the statement:
+    the report fails and says so, even when every balance and the usage reconcile
+    (here the rollup was edited, not the journal the balances come from)."""
+    with db.transaction() as conn:
+        conn.execute(
+            flows.update()
+            .where(flows.c.account_id == ledger_account(db, "acme"), flows.c.flow == "capture")
+            .values(credits=3)
+        )
+    job, _ = reports.request("2026-10", "json")
+    assert reports.run_pending() == 1
+    done = reports.get(job.id)
+    assert done.status == "failed"
+    assert done.error is not None
+    assert "acme (flow): 93 credits in capture entries" in done.error
+    assert "closing_balance" not in done.error
+    assert "(usage)" not in done.error
+    with db.transaction() as conn:  # as it was, for the check of the books after the test
+        conn.execute(
+            flows.update()
+            .where(flows.c.account_id == ledger_account(db, "acme"), flows.c.flow == "capture")
+            .values(credits=0)
+        )
 
 
 def ledger_account(db: Database, external_id: str) -> int:

@@ -88,3 +88,25 @@ def test_a_month_of_usage_within_64_bits_is_summed_exactly() -> None:
     assert monthly["seconds_us"] == 2 * day
     assert monthly["requests"] == 2
     assert [r["seconds_us"] for r in queries.records(made.daily)] == [day, day]
+
+
+def test_the_bound_is_inclusive_with_its_margin_below_two_to_the_63() -> None:
+    """Sums are bounded in float64, so the bound keeps a margin below 2^63 (wider than
+    float64's rounding of a month's rows): a month of magnitudes adding up to the bound
+    itself is refused, and one a margin below it is summed exactly."""
+    bound = 2**63 - 2**44
+
+    def month(day: int) -> queries.Frames:
+        return frames(
+            [
+                {"account": 1, "day": "2026-10-01", "seconds_us": day, "requests": 1},
+                {"account": 1, "day": "2026-10-02", "seconds_us": day, "requests": 1},
+            ]
+        )
+
+    with pytest.raises(ReportOverflow) as refused:
+        build(month(bound // 2))
+    assert refused.value.accounts == ["big"]
+    below = (bound - 2**44) // 2
+    (monthly,) = queries.records(build(month(below)).usage)
+    assert monthly["seconds_us"] == 2 * below
