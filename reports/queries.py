@@ -357,9 +357,9 @@ def open_holds(conn: Connection, end: datetime, among: list[int] | None = None) 
 
     A hold not yet resolved is a pending one (``verify()`` checks it): the partial index
     ``ix_holds_pending_expires`` finds those, ``ix_holds_resolved`` the others. Of every
-    wallet, those are all the holds resolved since ``end``, whichever wallet's: for a
-    month long past, most of the table. Of a few wallets (one wallet's statement), its
-    own holds are read by ``ix_holds_account_id`` instead.
+    wallet, the others are all the holds resolved since ``end``: for a month long past,
+    most of the table. Of the wallets ``among`` (one wallet's statement), only their own
+    holds are read, by ``ix_holds_account_id``.
     """
     unresolved = sa.select(holds.c.account_id, holds.c.amount).where(
         PENDING_HOLD, holds.c.created_at < end
