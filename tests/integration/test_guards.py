@@ -89,11 +89,7 @@ def _rows(db: Database, table: str) -> Rows:
 
 
 def _journal(db: Database) -> tuple[Rows, Rows]:
-    with db.transaction(write=False) as conn:
-        return (
-            [tuple(row) for row in conn.exec_driver_sql("SELECT * FROM entries ORDER BY id")],
-            [tuple(row) for row in conn.exec_driver_sql("SELECT * FROM postings ORDER BY id")],
-        )
+    return _rows(db, "entries"), _rows(db, "postings")
 
 
 def _refused(db: Database, legs: list[Leg], wallet: int, match: str) -> None:
@@ -178,11 +174,10 @@ def test_nothing_can_be_added_to_a_written_entry(ids: dict[str, int], db: Databa
     c, funding = ids["c"], ids["system:funding:credit"]
     written = _entry(db, [(c, "credit", 5), (funding, "credit", -5)], c)
     before = _journal(db)
-    now = datetime.now(UTC)
     more: list[Leg] = [(c, "credit", 1), (funding, "credit", -1)]
     for legs in (more, more[:1]):
         with pytest.raises(sa.exc.DBAPIError, match="sealed"), db.transaction() as conn:
-            _post(conn, written, legs, now)
+            _post(conn, written, legs, _NOW)
         assert _journal(db) == before
 
 
@@ -247,7 +242,8 @@ def test_a_postgresql_ledger_restores_whole_from_pg_dump(
         assert _journal(restored) == _journal(db)
         for table in ("accounts", "grants", "holds", "metering_records", "alembic_version"):
             assert _rows(restored, table) == _rows(db, table), table
-        c, funding = _ids(restored)["c"], _ids(restored)["system:funding:credit"]
+        found = _ids(restored)
+        c, funding = found["c"], found["system:funding:credit"]
         _refused(restored, [(c, "credit", 5), (funding, "credit", -4)], c, "unbalanced entry")
         with pytest.raises(sa.exc.DBAPIError, match="sealed"), restored.transaction() as conn:
             _post(conn, topup.entry.id, [(c, "credit", 1), (funding, "credit", -1)], _NOW)
