@@ -57,7 +57,15 @@ from pricing.errors import (
     NoVersionInForce,
     UnknownModel,
 )
-from pricing.money import Amount, decimal_text, is_whole, major_to_minor
+from pricing.money import (
+    EXACT,
+    MAX_AMOUNT,
+    Amount,
+    decimal_text,
+    is_whole,
+    major_to_minor,
+    minor_to_major,
+)
 from pricing.requests import SCHEMAS, RequestBody
 from pricing.rules import (
     Agentic,
@@ -80,6 +88,10 @@ UnitCode = Annotated[str, Field(pattern=rf"^[a-z][a-z0-9_]{{0,{UNIT_CODE_MAX - 1
 #: The most characters of a model's id: requests name it, and the ledger keeps it with
 #: each hold, metering record and daily rollup (columns of this length).
 MODEL_ID_MAX = 200
+#: The most decimal places of a minor unit a price or multiplier may have (beyond its
+#: unit's scale): 0.000001 usd at scale 6 is one minor unit, and a price may go on to
+#: 0.000001000000000000000001 usd.
+PRICE_PLACES_MAX = 18
 ModelId = Annotated[str, Field(min_length=1, max_length=MODEL_ID_MAX)]
 
 
@@ -750,7 +762,29 @@ def _body_field(body: type[RequestBody], param: str, file: str, key: str) -> Non
         )
 
 
-def _minor(price: Decimal, scale: int) -> Amount:
+def _minor(price: Decimal, scale: int, file: str, key: str) -> Amount:
+    """A catalog's price (or multiplier) in minor units, refused unless it is a rate the
+    money arithmetic keeps exact: at most :data:`MAX_AMOUNT` minor units (a dearer price
+    could charge nothing, however little was used) and at most
+    :data:`PRICE_PLACES_MAX` decimal places of a minor unit. Then a rate has at most 37
+    significant digits and its product with a 64-bit quantity at most 56, which the
+    money context holds exactly (a longer rate would be rounded where it is read)."""
+    most = minor_to_major(MAX_AMOUNT, scale)
+    if price > most:
+        raise CatalogError(
+            file,
+            key,
+            f"{price} is more than any amount can be: at most {decimal_text(most)}"
+            + (f" ({MAX_AMOUNT} minor units)" if scale else ""),
+        )
+    places = scale + PRICE_PLACES_MAX
+    if EXACT.quantize(price, Decimal(1).scaleb(-places)) != price:
+        raise CatalogError(
+            file,
+            key,
+            f"{price} has more decimal places than a price can: at most {places} "
+            f"({PRICE_PLACES_MAX} places of a minor unit at scale {scale})",
+        )
     return major_to_minor(price, scale)
 
 
@@ -795,7 +829,12 @@ def _compile_rule(
                     "required for per_token pricing",
                 )
         # A multiplier multiplies tokens (minor units): it is a rate, scaled like a price.
-        return PerTokenRule({t: _minor(m, scale) for t, m in spec.multipliers.items()})
+        return PerTokenRule(
+            {
+                t: _minor(m, scale, file, f"{key}.multipliers.{t}")
+                for t, m in spec.multipliers.items()
+            }
+        )
     if isinstance(spec, FixedSpec):
         if spec.variant is not None:
             _body_field(body, spec.variant, file, f"{key}.variant")
@@ -813,7 +852,7 @@ def _compile_rule(
                         raise CatalogError(
                             file, f"{key}.prices.{mid}", f"needs a table by '{spec.variant}'"
                         )
-                    prices[mid] = _minor(entry, scale)
+                    prices[mid] = _minor(entry, scale, file, f"{key}.prices.{mid}")
                 else:
                     if spec.variant is None:
                         raise CatalogError(
@@ -821,7 +860,10 @@ def _compile_rule(
                         )
                     if not entry:
                         raise CatalogError(file, f"{key}.prices.{mid}", "empty price table")
-                    prices[mid] = {k: _minor(v, scale) for k, v in entry.items()}
+                    prices[mid] = {
+                        k: _minor(v, scale, file, f"{key}.prices.{mid}.{k}")
+                        for k, v in entry.items()
+                    }
         return FixedRule(
             variant=spec.variant, prices=prices, usage_key=spec.usage_key, per=spec.per
         )
@@ -838,8 +880,13 @@ def _compile_rule(
         return PerUnitRule(
             count_param=spec.count_param,
             usage_key=spec.usage_key,
-            unit_price=None if spec.unit_price is None else _minor(spec.unit_price, scale),
-            addons=tuple((a.param, _minor(a.price, scale), a.description) for a in spec.addons),
+            unit_price=None
+            if spec.unit_price is None
+            else _minor(spec.unit_price, scale, file, f"{key}.unit_price"),
+            addons=tuple(
+                (a.param, _minor(a.price, scale, file, f"{key}.addons[{i}].price"), a.description)
+                for i, a in enumerate(spec.addons)
+            ),
             agentic=agentic,
             per=spec.per,
         )
@@ -872,7 +919,7 @@ def _compile_rule(
         presets=spec.presets,
         prices=None
         if spec.prices is None
-        else {t: _minor(p, scale) for t, p in spec.prices.items()},
+        else {t: _minor(p, scale, file, f"{key}.prices.{t}") for t, p in spec.prices.items()},
         agentic=agentic,
     )
 

@@ -22,11 +22,13 @@ from pricing.errors import AmountOverflow
 #: The largest amount a signed 64-bit ``BIGINT`` column holds.
 MAX_AMOUNT = 2**63 - 1
 
-#: Sixty significant digits hold any product of a 19-digit quantity, a 19-digit quantity
-#: and a catalog rate, so multiplication is exact. A quotient that does not terminate is
-#: rounded *up* at the sixtieth digit; rounding that result up to a whole minor unit then
-#: gives exactly the ceiling of the true quotient (a whole number is representable, so the
-#: first rounding can never step past it).
+#: Sixty significant digits hold any product of a 19-digit quantity and a catalog rate (at
+#: most 37 digits: catalogs refuse a rate of more than 19 whole digits or 18 decimal places
+#: of a minor unit), and any sum of such products up to 10**42 minor units: those are
+#: exact. What a further factor makes larger is rounded up, and stays beyond any amount a
+#: column holds. A quotient that does not terminate is rounded *up* at the sixtieth digit;
+#: rounding that result up to a whole minor unit then gives exactly the ceiling of the true
+#: quotient (a whole number is representable, so the first rounding can never step past it).
 EXACT = Context(prec=60, rounding=ROUND_CEILING, traps=[InvalidOperation, Overflow])
 
 
@@ -58,7 +60,8 @@ def to_minor_units(amount: Amount) -> int:
 def major_to_minor(amount: Decimal, scale: int) -> Amount:
     """A rate in major units (as a catalog writes it: ``0.04`` usd) in minor units.
 
-    Exact: a shift of the decimal point, never a rounding. Whole results become ``int``.
+    Exact for any price a catalog accepts (at most 37 digits): a shift of the decimal point,
+    never a rounding. Whole results become ``int``.
     """
     minor = EXACT.scaleb(amount, scale)
     return int(minor) if is_whole(minor) else minor

@@ -522,3 +522,91 @@ def test_a_unit_code_and_a_model_id_fit_every_column_the_ledger_keeps_them_in() 
         assert getattr(table.c.model.type, "length", None) == MODEL_ID_MAX, table.name
     for column in (units.c.code, accounts.c.unit, postings.c.unit, metering.c.unit, daily.c.unit):
         assert getattr(column.type, "length", None) == UNIT_CODE_MAX, column
+
+
+def test_a_price_is_at_most_an_amount_and_exact_to_18_places_of_a_minor_unit(
+    tmp_path: Path,
+) -> None:
+    """The dearest price is the largest amount, to the minor unit; the finest has 18
+    decimal places of a minor unit. Beyond either it is refused at load, naming the key,
+    however far beyond (an exponent past what a Decimal context holds included)."""
+    usd = ("scale = 0", "scale = 6")
+    key = "versions[0].operations.video.pricing.prices.fast"
+
+    def cost(price: str) -> int:
+        f.write_catalog(tmp_path, "acme.toml", minimal(usd, price=price))
+        quote = estimate(f.request("acme", "video", prompt="x"), catalogs=load_catalogs([tmp_path]))
+        return quote.cost
+
+    assert cost("9223372036854.775807") == 2**63 - 1
+    assert cost("0.000001000000000000000001") == 2  # 1.000000000000000001 minor units, up
+    assert cost("0.040000000000000000000000000000") == 40_000  # zeros are no places
+    for price, reason in [
+        ("9223372036854.775808", "at most 9223372036854.775807 (9223372036854775807 minor"),
+        ("1e999999", "1E+999999 is more than any amount can be"),
+        ("0.0000010000000000000000001", "at most 24 (18 places of a minor unit at scale 6)"),
+        ("1e-999999", "1E-999999 has more decimal places than a price can"),
+        ("0." + "3" * 70, "has more decimal places than a price can"),
+    ]:
+        with pytest.raises(CatalogError) as refused:
+            load(tmp_path, minimal(usd, price=price))
+        assert refused.value.key == key, price
+        assert reason in refused.value.reason, (price, refused.value.reason)
+    # At scale 0 the largest amount is the largest price; 18 places are its finest.
+    assert f.MINIMAL_CATALOG.count("scale = 0") == 1
+    with pytest.raises(CatalogError, match=r"at most 9223372036854775807$"):
+        load(tmp_path, minimal(price="9223372036854775808"))
+    with pytest.raises(CatalogError, match=r"at most 18 \(18 places of a minor unit at scale 0"):
+        load(tmp_path, minimal(price="0.0000000000000000001"))
+    f.write_catalog(tmp_path, "acme.toml", minimal(price="0.000000000000000001"))
+    assert (
+        estimate(f.request("acme", "video", prompt="x"), catalogs=load_catalogs([tmp_path])).cost
+        == 1
+    )
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "key"),
+    [
+        (
+            "cosmic",
+            ("budget = 1.0,", "budget = 1e-19,"),
+            "versions[0].operations.text.pricing.multipliers.budget",
+        ),
+        (
+            "cosmic",
+            ('"4096x4096" = 57_600', '"4096x4096" = 1e19'),
+            "versions[0].operations.image.pricing.prices.gemini-3-pro-image-preview.4096x4096",
+        ),
+        (
+            "veo3",
+            ("veo3_fast = 240,", "veo3_fast = 240.0000000000000000001,"),
+            "versions[0].operations.video.pricing.prices.veo3_fast",
+        ),
+        (
+            "pixazo",
+            ("unit_price = 0.04", "unit_price = 9223372036854.775808"),
+            "versions[0].operations.text_to_image.pricing.unit_price",
+        ),
+        (
+            "pixazo",
+            ("price = 0.02", "price = 0.0000000000000000000000001"),
+            "versions[0].operations.text_to_image.pricing.addons[0].price",
+        ),
+    ],
+)
+def test_every_kind_of_price_is_held_to_those_bounds(
+    tmp_path: Path, name: str, change: tuple[str, str], key: str
+) -> None:
+    with pytest.raises(CatalogError) as refused:
+        load(tmp_path, shipped(name, change))
+    assert refused.value.key == key
+    assert "at most" in refused.value.reason
+
+
+def test_a_price_per_second_is_held_to_those_bounds(tmp_path: Path) -> None:
+    text = f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    for price in ("9223372036854.775808", "0.0000000000000000000000001"):
+        with pytest.raises(CatalogError) as refused:
+            load(tmp_path, text.replace('"480p" = 0.02', f'"480p" = {price}'), name="fal.toml")
+        assert refused.value.key == "versions[0].operations.image_to_video.pricing.prices.480p"

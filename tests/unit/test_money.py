@@ -9,7 +9,7 @@ below the 28th digit: up to a minor unit undercharged once the total is rounded.
 
 from __future__ import annotations
 
-from decimal import Decimal, InvalidOperation, localcontext
+from decimal import Decimal, InvalidOperation, Overflow
 
 import pytest
 
@@ -49,12 +49,16 @@ def test_a_product_of_two_19_digit_quantities_and_a_rate_is_exact() -> None:
 def test_a_quotient_rounds_up_to_exactly_its_ceiling() -> None:
     assert to_minor_units(div_up(1, 3)) == 1
     assert div_up(Decimal(6), 3) == 2
-    with localcontext() as exact:
-        exact.prec = 100
-        for dividend, divisor in [(10**18, 3), (2**62, 7), (MAX_AMOUNT, 10**18)]:
-            true = Decimal(dividend) / Decimal(divisor)
-            ceiling = int(true.to_integral_value(rounding="ROUND_CEILING"))
-            assert to_minor_units(div_up(dividend, divisor)) == ceiling, (dividend, divisor)
+    # In whatever context the caller runs (Python's default of 28 digits here).
+    for dividend, divisor in [
+        (10**18, 3),
+        (2**62, 7),
+        (MAX_AMOUNT, 10**18),
+        # A fraction 31 digits below a 19-digit whole: 28 digits would round it away.
+        (2**62 * 10**12 + 1, 10**12),
+    ]:
+        ceiling = -(-dividend // divisor)
+        assert to_minor_units(div_up(dividend, divisor)) == ceiling, (dividend, divisor)
     # What has no value is an error, never a NaN carried into a total.
     with pytest.raises(InvalidOperation):
         div_up(0, 0)
@@ -63,6 +67,7 @@ def test_a_quotient_rounds_up_to_exactly_its_ceiling() -> None:
 
 
 def test_whole_minor_units_are_the_ceiling_and_fit_64_bits() -> None:
+    assert MAX_AMOUNT == 9_223_372_036_854_775_807  # a signed 64-bit BIGINT's largest
     assert to_minor_units(MAX_AMOUNT) == MAX_AMOUNT
     assert to_minor_units(Decimal(MAX_AMOUNT) - Decimal("0.5")) == MAX_AMOUNT
     assert to_minor_units(Decimal("0.0000001")) == 1
@@ -83,6 +88,21 @@ def test_major_and_minor_units_shift_the_point_without_rounding() -> None:
     assert major_to_minor(Decimal("0.0000001"), 6) == Decimal("0.1")
     assert minor_to_major(40_000, 6) == Decimal("0.04")
     assert minor_to_major(1, 6) == Decimal("0.000001")
+    # The longest rate a catalog accepts: 19 whole digits and 18 places of a minor unit.
+    longest = Decimal("9223372036854775807.123456789012345678")
+    assert major_to_minor(Decimal("9223372036854.775807123456789012345678"), 6) == longest
+    assert minor_to_major(longest, 6) == Decimal("9223372036854.775807123456789012345678")
+
+
+def test_a_product_of_the_longest_rate_and_a_64_bit_quantity_is_exact() -> None:
+    rate = Decimal("9223372036854775807.123456789012345678")  # 37 digits
+    quantity = MAX_AMOUNT  # 19 digits
+    exact = Decimal(f"{9223372036854775807123456789012345678 * quantity}E-18")
+    assert mul(rate, quantity) == mul(quantity, rate)
+    assert mul(rate, quantity) == exact  # 56 digits, none rounded away
+    # Products with no place to hold them are an error, never an infinity.
+    with pytest.raises(Overflow):
+        mul(Decimal("1E+999999"), 10)
 
 
 def test_whole_and_text() -> None:
