@@ -66,7 +66,7 @@ from pricing.money import (
     major_to_minor,
     minor_to_major,
 )
-from pricing.requests import SCHEMAS, RequestBody
+from pricing.requests import MAX_INT, SCHEMAS, RequestBody
 from pricing.rules import (
     Agentic,
     FixedRule,
@@ -112,16 +112,20 @@ class ModelSpec(_Spec):
     tier: str | None = None
     #: The most output tokens the model writes; the output reserved when a text request
     #: gives no max_tokens, and the upper limit of max_tokens.
-    max_output_tokens: int | None = Field(default=None, gt=0)
+    max_output_tokens: int | None = Field(default=None, gt=0, le=MAX_INT)
     #: Parameters this model does not accept (e.g. reference_images on DALL-E 3).
     unsupported_params: list[str] = Field(default_factory=list)
+
+
+#: A limit's bound: within what a request's whole numbers can be (signed 64 bits).
+Bound = Annotated[Decimal, Field(ge=-MAX_INT - 1, le=MAX_INT, allow_inf_nan=False)]
 
 
 class LimitSpec(_Spec):
     """Bounds of one request parameter. Lengths count characters or list items."""
 
-    ge: Decimal | None = None
-    le: Decimal | None = None
+    ge: Bound | None = None
+    le: Bound | None = None
     min_length: int | None = Field(default=None, ge=0)
     max_length: int | None = Field(default=None, ge=0)
     allowed: list[str | int] | None = Field(default=None, min_length=1)
@@ -246,6 +250,11 @@ class CatalogHeader(_Spec):
 # ------------------------------------------------------------------------ compiled form
 
 
+#: Pydantic's errors of a numeric bound: the key an answer's ``allowed`` names it by, and
+#: the bound's name in the error's context.
+_BOUNDS = {"less_than_equal": ("max", "le"), "greater_than_equal": ("min", "ge")}
+
+
 class Operation:
     """One operation of one catalog version, ready to validate and price requests."""
 
@@ -329,7 +338,7 @@ class Operation:
 
     def _parameter_error(self, exc: ValidationError) -> InvalidParameter:
         errors: list[dict[str, Any]] = []
-        for err in exc.errors(include_url=False, include_context=False, include_input=False):
+        for err in exc.errors(include_url=False, include_input=False):
             # Drop the union-branch labels pydantic adds ("str", "ImageSize", literal[...]).
             loc = [p for p in err["loc"] if not (isinstance(p, str) and _is_branch_label(p))]
             name = str(loc[0]) if loc else ""
@@ -341,8 +350,13 @@ class Operation:
                 entry["allowed"] = self._fields
             elif err["type"] == "missing":
                 entry["message"] = f"{field}: is required"
-            elif name in self._allowed and len(loc) == 1:
-                entry["allowed"] = self._allowed[name]
+            elif len(loc) == 1 and (name in self._allowed or err["type"] in _BOUNDS):
+                allowed = self._allowed.get(name)
+                bound = _BOUNDS.get(err["type"])
+                if bound is not None and (allowed is None or isinstance(allowed, dict)):
+                    # A bound of the body itself (64 bits), which the catalog's leave open.
+                    allowed = {bound[0]: err["ctx"][bound[1]], **(allowed or {})}
+                entry["allowed"] = allowed
             if not any(e["field"] == field for e in errors):
                 errors.append(entry)
         first = errors[0]
@@ -924,6 +938,55 @@ def _compile_rule(
     )
 
 
+def _floors(spec: PricingSpec, body: type[RequestBody]) -> dict[str, int]:
+    """The parameters of ``body`` a rule counts what it bills by, and the least each can
+    be: a count is never negative, and frames are divided by at least one per second."""
+    floors: dict[str, int] = {}
+    if isinstance(spec, PerTokenSpec):
+        floors["max_tokens"] = 0
+    elif isinstance(spec, PerUnitSpec):
+        floors[spec.count_param] = 0
+    elif isinstance(spec, PerSecondSpec):
+        floors[spec.frames_param] = 0
+        floors[spec.fps_param] = 1
+    agentic = getattr(spec, "agentic", None)
+    if agentic is not None:
+        floors[agentic.iterations_param] = floors[agentic.samples_param] = 0
+    # A parameter the body lacks is the rule's error to name, when it is compiled.
+    return {param: floor for param, floor in floors.items() if param in body.model_fields}
+
+
+def _floored(
+    limits: Mapping[str, LimitSpec], floors: Mapping[str, int], file: str, prefix: str
+) -> dict[str, LimitSpec]:
+    """``limits`` with each counted parameter's floor: its own ``ge`` where it has one
+    (never below the floor), else the floor, so a negative count is refused by name."""
+    out = dict(limits)
+    for param, floor in floors.items():
+        limit = out.get(param)
+        if limit is None:
+            out[param] = LimitSpec(ge=Decimal(floor))
+            continue
+        key = f"{prefix}.limits.{param}"
+        if limit.allowed is not None:
+            low = [v for v in limit.allowed if isinstance(v, int) and v < floor]
+            if low:
+                raise CatalogError(
+                    file,
+                    f"{key}.allowed",
+                    f"{low[0]} is less than {floor}: '{param}' counts what is billed",
+                )
+        elif limit.ge is None:
+            out[param] = limit.model_copy(update={"ge": Decimal(floor)})
+        elif limit.ge < floor:
+            raise CatalogError(
+                file,
+                f"{key}.ge",
+                f"{limit.ge} is less than {floor}: '{param}' counts what is billed",
+            )
+    return out
+
+
 def _compile_operation(
     header: CatalogHeader,
     version: VersionSpec,
@@ -961,8 +1024,9 @@ def _compile_operation(
                     f"{prefix}.models.{mid}.unsupported_params",
                     f"'{param}' has a default, so every request to {mid} would be refused",
                 )
+    limits = _floored(spec.limits, _floors(spec.pricing, base), file, prefix)
     request_model = _narrow(
-        base, f"{header.name}.{version.id}.{name}", spec.defaults, spec.limits, file, prefix
+        base, f"{header.name}.{version.id}.{name}", spec.defaults, limits, file, prefix
     )
     rule = _compile_rule(spec.pricing, spec, request_model, header.unit.scale, file, prefix)
     models = {
@@ -988,7 +1052,7 @@ def _compile_operation(
         model_param=spec.model_param,
         models=models,
         defaults={k: _jsonable(request_model.model_fields[k].default) for k in spec.defaults},
-        limits=dict(spec.limits),
+        limits=limits,
         rule=rule,
     )
 

@@ -20,17 +20,24 @@ from typing import Any, NamedTuple
 
 from pricing.catalog import CatalogSet, Operation, load_catalogs
 from pricing.errors import (
+    AmountOverflow,
+    InvalidParameter,
     InvalidRequest,
     InvalidUsage,
     NotBillable,
     UnknownCatalog,
     UnknownOperation,
 )
-from pricing.money import decimal_text, to_minor_units
+from pricing.money import Amount, decimal_text, to_minor_units
+from pricing.requests import MAX_INT
 from pricing.rules import Line
 
 #: The outcome statuses of a generation (seed 002: COMPLETED, FAILED, ERROR).
 STATUSES = ("COMPLETED", "FAILED", "ERROR")
+
+#: The most video seconds one request may meter: what the ledger's seconds columns hold
+#: (NUMERIC(24, 6): 18 whole digits and the microseconds).
+MAX_SECONDS = Decimal("999999999999999999.999999")
 
 _ENVELOPE = ("catalog", "operation", "params")
 
@@ -171,6 +178,7 @@ def estimate(
     defaults = op.defaults_applied(p)
     if priced.defaults is not None:
         defaults.update(priced.defaults)
+    _meterable(priced.quantities, "params")
     return Quote(
         catalog=op.catalog,
         catalog_version=op.version,
@@ -178,8 +186,8 @@ def estimate(
         model=model.id,
         unit=op.unit,
         scale=op.scale,
-        cost=to_minor_units(priced.expected),
-        max_cost=to_minor_units(priced.maximum),
+        cost=_whole(priced.expected, "params"),
+        max_cost=_whole(priced.maximum, "params"),
         lines=priced.lines,
         defaults_applied=defaults,
         estimated_usage=priced.quantities,
@@ -241,7 +249,8 @@ def price_usage(
         priced = op.rule.charge(p, model, usage)
     except NotBillable as exc:
         raise _not_billable(op, exc.message) from None
-    amount = to_minor_units(priced.expected)
+    _meterable(priced.quantities, "usage")
+    amount = _whole(priced.expected, "usage")
     return Charge(
         op.catalog,
         op.version,
@@ -256,3 +265,29 @@ def price_usage(
         priced.quantities,
         f"{status}: priced from reported usage",
     )
+
+
+def _whole(amount: Amount, field: str) -> int:
+    """``amount`` in whole minor units; one beyond 64 bits names what asked for it."""
+    try:
+        return to_minor_units(amount)
+    except AmountOverflow as exc:
+        exc.field = field
+        raise
+
+
+def _meterable(quantities: Mapping[str, int | Decimal], field: str) -> None:
+    """Refuse what the ledger could not meter: a count beyond 64 bits (the agentic
+    candidates of a request multiply its counts) or more video seconds than its columns
+    hold. ``field``: ``params`` for a quote, ``usage`` for reported usage (whose counts
+    are bounded where they are read, but whose frames over fps can still be too long)."""
+    for name, quantity in quantities.items():
+        most: int | Decimal = MAX_SECONDS if name == "seconds" else MAX_INT
+        if quantity > most:
+            error = InvalidParameter if field == "params" else InvalidUsage
+            raise error(
+                f"{field}: this would meter {quantity} {name.replace('_', ' ')}, more than "
+                f"the ledger can keep (at most {most})",
+                field=field,
+                allowed={"max": most},
+            )

@@ -16,6 +16,16 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: The largest whole number a request or its usage may give: the ledger keeps counts in
+#: signed 64-bit columns, and a provider takes none larger.
+MAX_INT = 2**63 - 1
+
+
+def _int() -> Any:
+    """An optional whole number of a request body: signed 64 bits (a catalog's limits
+    narrow it further)."""
+    return Field(default=None, ge=-MAX_INT - 1, le=MAX_INT)
+
 
 class RequestBody(BaseModel):
     """Base of every provider request body: strict, closed, immutable."""
@@ -33,8 +43,8 @@ class Message(RequestBody):
 class ImageSize(RequestBody):
     """A custom image or video size (seeds 002/004: ``{"width": int, "height": int}``)."""
 
-    width: int = Field(gt=0)
-    height: int = Field(gt=0)
+    width: int = Field(gt=0, le=MAX_INT)
+    height: int = Field(gt=0, le=MAX_INT)
 
 
 # Guidance scales are documented as floats; they never touch money, and a Decimal keeps
@@ -48,7 +58,7 @@ class CosmicText(RequestBody):
     prompt: str | None = None
     messages: list[Message] | None = Field(default=None, min_length=1)
     model: str | None = None
-    max_tokens: int | None = None
+    max_tokens: int | None = _int()
     media_url: str | None = None
     stream: bool | None = None
 
@@ -78,7 +88,7 @@ class CosmicVideo(RequestBody):
 
     prompt: str = Field(min_length=1)
     model: str | None = None
-    duration: int | None = None
+    duration: int | None = _int()
     resolution: str | None = None
     reference_images: list[str] | None = None
     folder: str | None = None
@@ -118,21 +128,21 @@ class _CosmosCommon(RequestBody):
     negative_prompt: str | None = None
     enable_prompt_expansion: bool | None = None
     enable_agentic_generation: bool | None = None
-    agentic_max_iterations: int | None = None
-    agentic_samples_per_iteration: int | None = None
+    agentic_max_iterations: int | None = _int()
+    agentic_samples_per_iteration: int | None = _int()
     agentic_early_stop: bool | None = None
     image_size: str | ImageSize | None = None
-    num_inference_steps: int | None = None
+    num_inference_steps: int | None = _int()
     guidance_scale: Scale | None = Field(default=None, strict=False)
     enable_safety_checker: bool | None = None
-    seed: int | None = None
+    seed: int | None = _int()
     sync_mode: bool | None = None
 
 
 class PixazoTextToImage(_CosmosCommon):
     """``cosmos-3-super-text-to-image-request`` (seed 002)."""
 
-    num_images: int | None = None
+    num_images: int | None = _int()
     output_format: str | None = None
 
 
@@ -140,16 +150,16 @@ class PixazoImageToVideo(_CosmosCommon):
     """``cosmos-3-super-image-to-video-request`` (seed 002)."""
 
     image_url: str = Field(min_length=1)
-    num_frames: int | None = None
-    frames_per_second: int | None = None
+    num_frames: int | None = _int()
+    frames_per_second: int | None = _int()
 
 
 class FalImageToVideo(_CosmosCommon):
     """``nvidia/cosmos-3-super/image-to-video`` (seed 004)."""
 
     image_url: str = Field(min_length=1)
-    num_frames: int | None = None
-    fps: int | None = None
+    num_frames: int | None = _int()
+    fps: int | None = _int()
 
 
 #: The schema names a catalog operation may name, and their models.

@@ -24,6 +24,7 @@ from typing import Any, NamedTuple
 
 from pricing.errors import InvalidParameter, InvalidUsage, NotBillable
 from pricing.money import Amount, add, decimal_text, div_up, minor_to_major, mul
+from pricing.requests import MAX_INT
 
 Params = Any  # a validated pydantic request body; fields are read by name
 
@@ -92,19 +93,18 @@ class PriceRow:
 def usage_count(
     usage: Mapping[str, Any], key: str, *, maximum: int | None, default: int | None
 ) -> int:
-    """Read a whole, non-negative count from reported usage, within ``maximum``."""
+    """Read a whole, non-negative count from reported usage, within ``maximum`` (what the
+    request asked for; None: no more than 64 bits hold)."""
     value = usage.get(key, default)
     if value is None:
         raise InvalidUsage(f"usage.{key} is required", field=f"usage.{key}")
-    if type(value) is not int or value < 0 or (maximum is not None and value > maximum):
-        bounds: dict[str, int] = {"min": 0}
-        if maximum is not None:
-            bounds["max"] = maximum
+    most = MAX_INT if maximum is None else min(maximum, MAX_INT)
+    if type(value) is not int or not 0 <= value <= most:
         raise InvalidUsage(
-            f"usage.{key} must be a whole number from 0"
-            + (f" to {maximum} (what the request asked for)" if maximum is not None else ""),
+            f"usage.{key} must be a whole number from 0 to {most}"
+            + (" (what the request asked for)" if most == maximum else ""),
             field=f"usage.{key}",
-            allowed=bounds,
+            allowed={"min": 0, "max": most},
         )
     return value
 

@@ -12,15 +12,20 @@ from __future__ import annotations
 
 import base64
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
 import sqlalchemy as sa
 
+from ledger.keys import Keys
 from ledger.models import metadata
+from ledger.services import Ledger
+from ledger.settings import Settings
 from ledger.verify import verify
+from pricing import load_catalogs
 from tests import factories as f
-from tests.e2e.conftest import Api
+from tests.e2e.conftest import Api, api_over
 
 BIG = 2**63  # one past the largest amount
 VEO = f.veo3_video(video_model="veo3_fast")
@@ -1013,3 +1018,91 @@ def test_every_bound_of_a_request_body_is_answered_with_the_bound_it_broke(
         assert (answer["error"], answer["field"]) == ("invalid_request", field), (path, answer)
         assert answer["allowed"] == bound, (path, answer)
     assert _dump(api) == before
+
+
+#: An operator's text catalog at the finest rate a catalog may give (10^-18 credit a
+#: token), so that counts past 64 bits still price within an amount.
+CHEAP_TEXT = """
+name = "cheap"
+unit = { code = "credit", scale = 0 }
+[[versions]]
+id = "v1"
+effective_from = 2026-01-01T00:00:00Z
+source = "test"
+[versions.operations.text]
+body = "cosmic.text"
+model_param = "model"
+defaults = { model = "m" }
+[versions.operations.text.models]
+m = { tier = "t", max_output_tokens = 100 }
+[versions.operations.text.pricing]
+type = "per_token"
+multipliers = { t = 0.000000000000000001 }
+"""
+
+
+def test_counts_past_64_bits_are_a_4xx_naming_the_field_on_either_database(
+    ledger: Ledger, tmp_path: Path
+) -> None:
+    """A count the ledger would keep in a 64-bit column, past it but priced within an
+    amount: SQLite's driver failed to bind it (a 500) and PostgreSQL refused it as a
+    balance overflow of ``params``. Now pricing refuses it by name on both, and nothing
+    changes. fal's candidates are at the README's example prices."""
+    f.write_catalog(tmp_path, "cheap.toml", CHEAP_TEXT)
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    priced = Ledger(ledger.db, load_catalogs([tmp_path]), clock=ledger.clock)
+    with api_over(priced, Keys(priced.db), Settings()) as api:
+        api.wallet("w", "credit", topup=1_000)
+        api.wallet("u", "usd", topup=10**12)
+        text = f.request("cheap", "text", prompt="x", max_tokens=5)
+        hold = api.post("/v1/authorizations", {"account_id": "w", **text})
+        assert hold.status_code == 201, hold.text
+        agentic = f.request(
+            "fal",
+            "image_to_video",
+            prompt="x",
+            image_url="https://x/a.png",
+            num_frames=1,
+            fps=2**63 - 1,
+            enable_agentic_generation=True,
+            agentic_max_iterations=2**32,
+            agentic_samples_per_iteration=2**31,
+        )
+        before = _dump(api)
+        over = {"input_tokens": 2**63, "output_tokens": 1}
+        for path, body, field in [
+            (
+                "/v1/usage-records",
+                {"account_id": "w", **text, "status": "COMPLETED", "usage": over},
+                "usage.input_tokens",
+            ),
+            (
+                f"/v1/authorizations/{hold.json()['id']}/capture",
+                {"status": "COMPLETED", "usage": over},
+                "usage.input_tokens",
+            ),
+            (
+                "/v1/authorizations",
+                {"account_id": "w", **f.request("cheap", "text", prompt="x", max_tokens=2**63)},
+                "params.max_tokens",
+            ),
+            ("/v1/authorizations", {"account_id": "u", **agentic}, "params"),
+            ("/v1/charges", {"account_id": "u", **agentic}, "params"),
+            ("/v1/estimates", agentic, "params"),
+        ]:
+            r = api.post(path, body)
+            assert r.status_code == 422, (path, r.text)
+            assert r.json()["field"] == field, r.json()
+            assert r.json()["allowed"]["max"] == 2**63 - 1, r.json()
+        assert _dump(api) == before
+        # Within 64 bits, the same requests go through.
+        fits = {"input_tokens": 2**63 - 2, "output_tokens": 1}
+        r = api.post(
+            f"/v1/authorizations/{hold.json()['id']}/capture",
+            {"status": "COMPLETED", "usage": fits},
+        )
+        assert r.status_code == 200, r.text
+        assert r.json()["charged"] == 10
+    assert verify(ledger.db) == []

@@ -5,12 +5,20 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from decimal import Decimal
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from pricing import CatalogSet, estimate, load_catalogs, price_usage
 from pricing.catalog import MODEL_ID_MAX, UNIT_CODE_MAX, describe, shipped_catalog_files
-from pricing.errors import CatalogError, InvalidParameter, InvalidRequest, InvalidUsage, NotBillable
+from pricing.errors import (
+    AmountOverflow,
+    CatalogError,
+    InvalidParameter,
+    InvalidRequest,
+    InvalidUsage,
+    NotBillable,
+)
 from tests import factories as f
 
 
@@ -610,3 +618,202 @@ def test_a_price_per_second_is_held_to_those_bounds(tmp_path: Path) -> None:
         with pytest.raises(CatalogError) as refused:
             load(tmp_path, text.replace('"480p" = 0.02', f'"480p" = {price}'), name="fal.toml")
         assert refused.value.key == "versions[0].operations.image_to_video.pricing.prices.480p"
+
+
+MOST = 2**63 - 1
+
+
+def test_every_whole_number_of_a_request_fits_64_bits(catalogs: CatalogSet) -> None:
+    """Whatever a catalog's limits leave open, a request's whole numbers are 64-bit ones:
+    beyond, the parameter is named with the bound it broke (and the catalog's own)."""
+    with pytest.raises(InvalidParameter) as refused:
+        estimate(f.text(max_tokens=MOST + 1), catalogs=catalogs)
+    assert (refused.value.field, refused.value.allowed) == (
+        "params.max_tokens",
+        {"max": MOST, "min": 1},  # cosmic's own ge = 1, and the 64-bit top
+    )
+    for params in ({"seed": -(2**63) - 1}, {"num_inference_steps": 10**30}):
+        with pytest.raises(InvalidParameter) as refused:
+            estimate(f.pixazo_image(**params), catalogs=catalogs)
+        assert refused.value.field == f"params.{next(iter(params))}"
+    with pytest.raises(InvalidParameter) as seed:
+        estimate(f.pixazo_image(seed=-(2**63) - 1), catalogs=catalogs)
+    assert seed.value.allowed == {"min": -(2**63)}
+    assert estimate(f.pixazo_image(seed=-(2**63)), catalogs=catalogs).cost == 40_000
+    assert estimate(f.pixazo_image(seed=MOST), catalogs=catalogs).cost == 40_000
+    with pytest.raises(InvalidParameter) as wide:
+        estimate(
+            f.request(
+                "fal",
+                "image_to_video",
+                prompt="x",
+                image_url="https://x/a.png",
+                image_size={"width": MOST + 1, "height": 480},
+            ),
+            catalogs=catalogs,
+        )
+    width = [e for e in wide.value.errors if e["field"] == "params.image_size.width"]
+    assert len(width) == 1
+    assert "less than or equal to 9223372036854775807" in width[0]["message"]
+
+
+def test_a_counted_parameter_is_never_negative_whatever_the_catalog_leaves_open(
+    tmp_path: Path,
+) -> None:
+    """A count the price is made of (images, frames, candidates, max_tokens) has a floor
+    of 0 and fps one of 1, added where a catalog gives no lower bound: a negative count
+    or a rate of 0 is refused by name, never priced. A lower ``ge`` is a catalog error."""
+    text = shipped(
+        "pixazo",
+        ("num_images = { ge = 1, le = 4 }", "num_images = { le = 4 }"),
+        ("agentic_max_iterations = { ge = 1, le = 3 }", ""),
+    )
+    f.write_catalog(tmp_path, "acme.toml", text)
+    catalogs = load_catalogs([tmp_path])
+    for params, field, allowed in [
+        ({"num_images": -1}, "params.num_images", {"min": 0, "max": 4}),
+        (
+            {"enable_agentic_generation": True, "agentic_max_iterations": -2},
+            "params.agentic_max_iterations",
+            {"min": 0},
+        ),
+    ]:
+        with pytest.raises(InvalidParameter) as refused:
+            estimate(f.request("acme", "text_to_image", prompt="x", **params), catalogs=catalogs)
+        assert (refused.value.field, refused.value.allowed) == (field, allowed)
+    assert (
+        estimate(
+            f.request("acme", "text_to_image", prompt="x", num_images=0), catalogs=catalogs
+        ).cost
+        == 0
+    )
+    listing = next(c for c in describe(catalogs) if c["name"] == "acme")
+    operation = listing["versions"][0]["operations"][0]
+    assert operation["limits"]["num_images"] == {"min": 0, "max": 4}
+    # fps divides: at least 1 (fal's own ge = 1 taken away).
+    f.write_catalog(tmp_path, "acme.toml", shipped("fal", ("fps = { ge = 1 }", "")))
+    catalogs = load_catalogs([tmp_path])
+    with pytest.raises(InvalidParameter) as still:
+        estimate(
+            f.request("acme", "image_to_video", prompt="x", image_url="https://x/a.png", fps=0),
+            catalogs=catalogs,
+        )
+    assert (still.value.field, still.value.allowed) == ("params.fps", {"min": 1})
+    for catalog_text, key in [
+        (
+            shipped("pixazo", ("num_images = { ge = 1, le = 4 }", "num_images = { ge = -1 }")),
+            "num_images.ge",
+        ),
+        (shipped("fal", ("fps = { ge = 1 }", "fps = { ge = 0 }")), "fps.ge"),
+        (
+            shipped("fal", ("num_frames = { ge = 1 }", "num_frames = { allowed = [24, -24] }")),
+            "num_frames.allowed",
+        ),
+    ]:
+        with pytest.raises(CatalogError) as broken:
+            load(tmp_path, catalog_text)
+        assert broken.value.key.endswith(f".limits.{key}"), broken.value.key
+        assert "counts what is billed" in broken.value.reason
+
+
+def test_a_catalogs_bounds_are_64_bit_numbers_too(tmp_path: Path) -> None:
+    """A limit or an output limit past 64 bits is refused at load: it would lift the
+    bound of the body (a later bound replaces an earlier one) or promise a count no
+    column holds. (A bound of 1e999999 also took a quarter of a minute to print.)"""
+    for change, key in [
+        (("num_images = { ge = 1, le = 4 }", "num_images = { ge = 1, le = 1e30 }"), "le"),
+        (("num_images = { ge = 1, le = 4 }", "num_images = { ge = -1e999999 }"), "ge"),
+    ]:
+        with pytest.raises(CatalogError) as broken:
+            load(tmp_path, shipped("pixazo", change))
+        assert broken.value.key.endswith(f".limits.num_images.{key}"), broken.value.key
+    with pytest.raises(CatalogError) as output:
+        load(
+            tmp_path,
+            shipped(
+                "cosmic",
+                (
+                    'GPT-5 Nano", tier = "budget", max_output_tokens = 128_000',
+                    'GPT-5 Nano", tier = "budget", max_output_tokens = 9223372036854775808',
+                ),
+            ),
+        )
+    assert output.value.key.endswith(".models.gpt-5-nano.max_output_tokens"), output.value.key
+    text = shipped(
+        "cosmic",
+        (
+            'GPT-5 Nano", tier = "budget", max_output_tokens = 128_000',
+            'GPT-5 Nano", tier = "budget", max_output_tokens = 9223372036854775807',
+        ),
+    )
+    f.write_catalog(tmp_path, "acme.toml", text)
+    catalogs = load_catalogs([tmp_path])
+    quote = estimate(
+        f.request("acme", "text", prompt="x", model="gpt-5-nano", max_tokens=MOST - 99),
+        catalogs=catalogs,
+    )
+    assert quote.estimated_usage["output_tokens"] == MOST - 99
+    with pytest.raises(AmountOverflow) as dear:  # its whole output limit, and the input
+        estimate(f.request("acme", "text", prompt="x", model="gpt-5-nano"), catalogs=catalogs)
+    assert dear.value.field == "params"
+
+
+def test_what_a_request_would_meter_fits_the_columns_that_keep_it(tmp_path: Path) -> None:
+    """Counts within 64 bits can multiply past them (agentic candidates are iterations x
+    samples per output), and frames over fps can be more video seconds than the ledger's
+    NUMERIC(24, 6) holds, at a price low enough to fit: refused, quote and charge."""
+    f.write_catalog(
+        tmp_path,
+        "fal.toml",
+        f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z").replace(
+            '"480p" = 0.02',
+            '"480p" = 0.000000000000000000000001',  # 1e-18 minor units
+        ),
+    )
+    catalogs = load_catalogs([tmp_path])
+
+    def video(**params: Any) -> dict[str, Any]:
+        return f.request("fal", "image_to_video", prompt="x", image_url="https://x/a.png", **params)
+
+    agentic = {"enable_agentic_generation": True, "num_frames": 1, "fps": MOST}
+    fits = estimate(
+        video(**agentic, agentic_max_iterations=2**31, agentic_samples_per_iteration=2**32 - 1),
+        catalogs=catalogs,
+    )
+    assert fits.estimated_usage["candidates"] == 2**63 - 2**31
+    many = video(**agentic, agentic_max_iterations=2**32, agentic_samples_per_iteration=2**31)
+    with pytest.raises(InvalidParameter) as refused:
+        estimate(many, catalogs=catalogs)
+    assert (refused.value.field, refused.value.allowed) == ("params", {"max": MOST})
+    assert refused.value.message == (
+        f"params: this would meter {2**63} candidates, more than the ledger can keep "
+        f"(at most {MOST})"
+    )
+    with pytest.raises(InvalidUsage) as reported:
+        price_usage(many, {"candidates": 2**63}, "COMPLETED", catalogs=catalogs)
+    assert (reported.value.field, reported.value.allowed) == (
+        "usage.candidates",
+        {"min": 0, "max": MOST},
+    )
+    # 10^18 seconds exactly: one microsecond more than the columns hold.
+    long = video(num_frames=10**18, fps=1)
+    with pytest.raises(InvalidParameter) as seconds:
+        estimate(long, catalogs=catalogs)
+    assert (seconds.value.field, seconds.value.allowed) == (
+        "params",
+        {"max": Decimal("999999999999999999.999999")},
+    )
+    with pytest.raises(InvalidUsage) as charged:
+        price_usage(long, {"num_frames": 10**18}, "COMPLETED", catalogs=catalogs)
+    assert (charged.value.field, charged.value.allowed) == (
+        "usage",
+        {"max": Decimal("999999999999999999.999999")},
+    )
+    with pytest.raises(InvalidUsage) as defaulted:  # frames default to what was asked
+        price_usage(long, {}, "COMPLETED", catalogs=catalogs)
+    assert defaulted.value.field == "usage"
+    most = estimate(video(num_frames=10**18 - 1, fps=1), catalogs=catalogs)
+    assert most.estimated_usage["seconds"] == 10**18 - 1
+    with pytest.raises(AmountOverflow) as dear:  # 2 x (2^63 - 1 + 1) tokens at 2.0
+        price_usage(f.text(), {"input_tokens": MOST, "output_tokens": 1}, "COMPLETED")
+    assert dear.value.field == "usage"

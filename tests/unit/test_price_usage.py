@@ -146,3 +146,43 @@ def test_capture_uses_the_version_the_hold_was_quoted_with(tmp_path: Any) -> Non
     assert pinned.amount == quote.cost == 157_500  # $0.02 x 189/24 s
     current = price_usage(f.fal_video(), {}, "COMPLETED", catalogs=catalogs)
     assert (current.catalog_version, current.amount) == ("operator-2", 236_250)
+
+
+def test_reported_counts_are_held_to_64_bits_and_to_what_was_asked(
+    catalogs: CatalogSet,
+) -> None:
+    """Text input has no limit of its own (it may run past its estimate), but what the
+    ledger keeps is a 64-bit count: beyond that a count is refused by name, whatever the
+    database."""
+    most = 2**63 - 1
+    charge = price_usage(
+        f.text(model="gpt-5-nano", max_tokens=1),
+        {"input_tokens": most - 1, "output_tokens": 1},
+        "COMPLETED",
+        catalogs=catalogs,
+    )
+    assert charge.usage == {"input_tokens": most - 1, "output_tokens": 1}
+    for beyond in (most + 1, 10**30):
+        with pytest.raises(InvalidUsage) as info:
+            price_usage(
+                f.text(max_tokens=1),
+                {"input_tokens": beyond, "output_tokens": 1},
+                "COMPLETED",
+                catalogs=catalogs,
+            )
+        assert (info.value.field, info.value.allowed) == (
+            "usage.input_tokens",
+            {"min": 0, "max": most},
+        )
+        assert info.value.message == f"usage.input_tokens must be a whole number from 0 to {most}"
+    # Within what the request asked for, the message says so.
+    with pytest.raises(InvalidUsage) as asked:
+        price_usage(
+            f.text(max_tokens=5),
+            {"input_tokens": 1, "output_tokens": 6},
+            "COMPLETED",
+            catalogs=catalogs,
+        )
+    assert asked.value.message == (
+        "usage.output_tokens must be a whole number from 0 to 5 (what the request asked for)"
+    )
