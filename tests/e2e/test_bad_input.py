@@ -876,6 +876,19 @@ def test_a_number_out_of_a_fields_range_is_answered_with_the_bound_it_broke(
         assert r.status_code == 422, (path, r.text)
         answer = r.json()
         assert (answer["field"], answer["allowed"]) == (field, bound), (path, answer)
+    # A request parameter's: the catalog's limits (as numbers), and the 64 bits of a body's
+    # whole number where the catalog leaves the top open.
+    for params, field, allowed in [
+        (f.pixazo_image(num_images=0), "params.num_images", {"min": 1, "max": 4}),
+        (f.pixazo_image(num_images=BIG), "params.num_images", {"min": 1, "max": 4}),
+        (f.text(max_tokens=BIG), "params.max_tokens", {"min": 1, "max": BIG - 1}),
+        (f.pixazo_image(seed=-BIG - 1), "params.seed", {"min": -BIG}),
+    ]:
+        r = api.post("/v1/authorizations", {"account_id": "w", **params})
+        assert r.status_code == 422, r.text
+        answer = r.json()
+        assert (answer["field"], answer["allowed"]) == (field, allowed), answer
+        assert all(type(v) is int for v in answer["allowed"].values()), answer
     assert _dump(api) == before
 
 

@@ -228,6 +228,12 @@ def test_minimal_operator_catalog_loads_and_prices(tmp_path: Path) -> None:
             "versions[0].operations.text.models.o3-pro.max_output_tokens",
             "required for per_token pricing",
         ),
+        # A parameter a price counts by is one of the body's (named where the rule says it).
+        (
+            shipped("pixazo", ('count_param = "num_images"', 'count_param = "num_pictures"')),
+            "versions[0].operations.text_to_image.pricing.count_param",
+            "'num_pictures' is not a parameter of this body",
+        ),
         # per_unit: the count and every add-on have a default.
         (
             shipped("pixazo", ("guidance_scale = 4, num_images = 1,", "guidance_scale = 4,")),
@@ -699,6 +705,27 @@ def test_a_counted_parameter_is_never_negative_whatever_the_catalog_leaves_open(
             catalogs=catalogs,
         )
     assert (still.value.field, still.value.allowed) == ("params.fps", {"min": 1})
+    # A per_token operation's max_tokens, where the catalog gives it no lower bound.
+    text = shipped("cosmic", ("limits = { max_tokens = { ge = 1 } }", ""))
+    f.write_catalog(tmp_path, "acme.toml", text)
+    with pytest.raises(InvalidParameter) as tokens:
+        estimate(
+            f.request("acme", "text", prompt="x", max_tokens=-5), catalogs=load_catalogs([tmp_path])
+        )
+    assert (tokens.value.field, tokens.value.allowed) == ("params.max_tokens", {"min": 0})
+    # A floor itself may be listed among the values allowed.
+    f.write_catalog(
+        tmp_path,
+        "acme.toml",
+        shipped("pixazo", ("num_images = { ge = 1, le = 4 }", "num_images = { allowed = [0, 1] }")),
+    )
+    assert (
+        estimate(
+            f.request("acme", "text_to_image", prompt="x", num_images=0),
+            catalogs=load_catalogs([tmp_path]),
+        ).cost
+        == 0
+    )
     for catalog_text, key in [
         (
             shipped("pixazo", ("num_images = { ge = 1, le = 4 }", "num_images = { ge = -1 }")),
@@ -720,13 +747,38 @@ def test_a_catalogs_bounds_are_64_bit_numbers_too(tmp_path: Path) -> None:
     """A limit or an output limit past 64 bits is refused at load: it would lift the
     bound of the body (a later bound replaces an earlier one) or promise a count no
     column holds. (A bound of 1e999999 also took a quarter of a minute to print.)"""
-    for change, key in [
-        (("num_images = { ge = 1, le = 4 }", "num_images = { ge = 1, le = 1e30 }"), "le"),
-        (("num_images = { ge = 1, le = 4 }", "num_images = { ge = -1e999999 }"), "ge"),
+    for name, change, key in [
+        (
+            "pixazo",
+            ("num_images = { ge = 1, le = 4 }", "num_images = { ge = 1, le = 1e30 }"),
+            ".limits.num_images.le",
+        ),
+        (
+            "fal",
+            ("num_inference_steps = { ge = 1 }", "num_inference_steps = { ge = -1e999999 }"),
+            ".limits.num_inference_steps.ge",
+        ),
     ]:
         with pytest.raises(CatalogError) as broken:
-            load(tmp_path, shipped("pixazo", change))
-        assert broken.value.key.endswith(f".limits.num_images.{key}"), broken.value.key
+            load(tmp_path, shipped(name, change))
+        assert broken.value.key.endswith(key), broken.value.key
+    # A fractional bound is answered as the catalog writes it.
+    steps = "num_inference_steps = { ge = 1 }"
+    f.write_catalog(
+        tmp_path, "acme.toml", shipped("fal", (steps, f"{steps}\nguidance_scale = {{ ge = 0.5 }}"))
+    )
+    with pytest.raises(InvalidParameter) as low:
+        estimate(
+            f.request(
+                "acme",
+                "image_to_video",
+                prompt="x",
+                image_url="https://x/a.png",
+                guidance_scale=0.25,
+            ),
+            catalogs=load_catalogs([tmp_path]),
+        )
+    assert (low.value.field, low.value.allowed) == ("params.guidance_scale", {"min": "0.5"})
     with pytest.raises(CatalogError) as output:
         load(
             tmp_path,
@@ -791,6 +843,7 @@ def test_what_a_request_would_meter_fits_the_columns_that_keep_it(tmp_path: Path
     )
     with pytest.raises(InvalidUsage) as reported:
         price_usage(many, {"candidates": 2**63}, "COMPLETED", catalogs=catalogs)
+    assert reported.value.message == f"usage.candidates must be a whole number from 0 to {MOST}"
     assert (reported.value.field, reported.value.allowed) == (
         "usage.candidates",
         {"min": 0, "max": MOST},
