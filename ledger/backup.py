@@ -55,7 +55,8 @@ def source_path(db: Database) -> Path:
             field="CREDITLEDGER_DATABASE_URL",
         )
     name = db.engine.url.database
-    if not name or name == ":memory:" or name.startswith("file:"):
+    # (No database in memory gets here: the settings refuse one, Database cannot pool one.)
+    if not name or name.startswith("file:"):
         raise InvalidInput(
             "backup needs the database as a file path (sqlite:///path/to/ledger.db)",
             field="CREDITLEDGER_DATABASE_URL",

@@ -148,6 +148,12 @@ def test_a_backup_never_overwrites_by_accident(ledger_file: Path, tmp_path: Path
         (None, "missing-folder/copy.db", "destination", "no directory"),
         (None, ".", "destination", "is a directory"),
         (None, "live/ledger.db", "destination", "the database itself"),
+        (
+            "sqlite:///file:{tmp}/live/ledger.db?mode=ro&uri=true",
+            "copy.db",
+            "CREDITLEDGER_DATABASE_URL",
+            "as a file path",
+        ),
     ],
 )
 def test_a_backup_that_cannot_be_taken_is_refused_with_the_field(
@@ -162,6 +168,46 @@ def test_a_backup_that_cannot_be_taken_is_refused_with_the_field(
     assert said in refused["message"]
     assert ledger_file.read_bytes() == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]  # nothing made
+
+
+def test_a_destination_under_home_is_the_home_directorys(ledger_file: Path, tmp_path: Path) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    r = run("backup", "~/copy.db", env={**_url(ledger_file), "HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert sorted(p.name for p in home.iterdir()) == ["copy.db"]
+
+
+@pytest.mark.parametrize("sidecar", ["-wal", "-shm", "-journal"])
+def test_a_destination_with_a_sidecar_file_is_refused(
+    ledger_file: Path, tmp_path: Path, sidecar: str
+) -> None:
+    """SQLite would replay a -wal, or roll back a -journal, onto the new copy."""
+    left = tmp_path / f"copy.db{sidecar}"
+    left.write_bytes(b"")
+    r = run("backup", str(tmp_path / "copy.db"), env=_url(ledger_file))
+    assert (r.returncode, json.loads(r.stderr)["field"]) == (2, "destination"), r.stderr
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["live", left.name])
+
+
+def test_a_taken_destination_is_refused_before_anything_is_copied(
+    ledger_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Not after a whole copy of the live database (its pages read for nothing)."""
+
+    def never(source: Path, target: Path, *, timeout: float) -> None:
+        raise AssertionError("copied")
+
+    monkeypatch.setattr(backup_module, "_copy", never)
+    copy = tmp_path / "copy.db"
+    copy.write_bytes(b"an earlier backup")
+    db = Database.from_url(f"sqlite:///{ledger_file}")
+    try:
+        with pytest.raises(BackupExists):
+            backup_module.backup(db, copy)
+    finally:
+        db.dispose()
+    assert copy.read_bytes() == b"an earlier backup"
 
 
 def test_a_file_that_appears_at_the_destination_meanwhile_is_not_replaced(
@@ -216,6 +262,34 @@ def test_a_copy_that_fails_the_integrity_check_is_deleted(
     db = Database.from_url(f"sqlite:///{ledger_file}")
     try:
         with pytest.raises(BackupFailed, match="integrity"):
+            backup_module.backup(db, tmp_path / "copy.db")
+    finally:
+        db.dispose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
+
+
+def test_a_copy_whose_index_disagrees_with_its_table_is_deleted(
+    ledger_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every page reads, but SQLite's integrity check lists rows an index lacks: that too
+    fails the backup, with what the check found."""
+    copy_pages = backup_module._copy
+
+    def skewed(source: Path, target: Path, *, timeout: float) -> None:
+        copy_pages(source, target, timeout=timeout)
+        conn = sqlite3.connect(target)
+        conn.execute("PRAGMA writable_schema = ON")
+        conn.execute(
+            "UPDATE sqlite_master SET sql = replace(sql, 'posted_at', 'memo') "
+            "WHERE name = 'ix_entries_account_posted'"
+        )
+        conn.commit()
+        conn.close()
+
+    monkeypatch.setattr(backup_module, "_copy", skewed)
+    db = Database.from_url(f"sqlite:///{ledger_file}")
+    try:
+        with pytest.raises(BackupFailed, match="missing from index ix_entries_account_posted"):
             backup_module.backup(db, tmp_path / "copy.db")
     finally:
         db.dispose()
