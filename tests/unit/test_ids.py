@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import re
 import subprocess
@@ -13,6 +14,7 @@ from datetime import UTC, datetime, timedelta, timezone
 import pytest
 import sqlalchemy as sa
 
+from ledger import ids
 from ledger.ids import Entropy, new_id
 from ledger.models import UTCDateTime
 from ledger.store import sqlite_instant
@@ -29,6 +31,18 @@ def test_entropy_hands_out_each_byte_once_and_reads_a_new_block_when_one_runs_ou
     for bad in (0, -1, 17):
         with pytest.raises(ValueError, match="between 1 and 16"):
             entropy.take(bad)
+
+
+def test_entropy_uses_a_block_to_its_last_byte_and_never_hands_out_a_short_draw() -> None:
+    entropy = Entropy(block=16)
+    entropy.take(10)
+    block = entropy._bytes
+    assert entropy.take(6) == block[10:]  # exactly the rest, not a new block
+    assert entropy._bytes is block
+    entropy = Entropy(block=16)
+    entropy.take(10)
+    drawn = entropy.take(7)  # one more than is left: a new block, all 7 of it
+    assert drawn == entropy._bytes[:7]
 
 
 def test_entropy_never_gives_two_threads_the_same_bytes() -> None:
@@ -71,6 +85,25 @@ def test_a_forked_child_does_not_hand_out_its_parents_bytes() -> None:
     assert set(taken) == {"parent", "child"}
     assert all(re.fullmatch(r"[0-9a-f]{32}", value) for value in taken.values())
     assert taken["parent"] != taken["child"]
+
+
+def test_ids_sort_by_time_across_restarts_and_differ_at_the_same_instant(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The time comes first (a process started later makes later ids, though its counter
+    starts again), the counter next (ids of one instant in creation order), and random
+    bits last (two processes at the same instant and count still differ)."""
+    clock = iter([2_000, 2_000, 2_000, 1_000_000, 1_000_000])
+    monkeypatch.setattr(ids.time, "time_ns", lambda: next(clock))
+    monkeypatch.setattr(ids, "_sequence", itertools.count())
+    same = [new_id(), new_id(), new_id()]
+    assert same == sorted(same)
+    assert len(set(same)) == 3
+    monkeypatch.setattr(ids, "_sequence", itertools.count())  # a restart
+    later = new_id()
+    assert later > max(same)
+    monkeypatch.setattr(ids, "_sequence", itertools.count())  # another process, same instant
+    assert new_id() != later
 
 
 def test_new_ids_are_32_hex_digits_unique_and_sorted_by_creation() -> None:
