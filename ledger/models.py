@@ -624,6 +624,11 @@ def entry_flow() -> sa.ColumnElement[str]:
     )
 
 
+#: The whole-number quantities a metering record and a daily rollup keep (video seconds
+#: are their NUMERIC ``seconds``).
+QUANTITY_COLUMNS = ("input_tokens", "output_tokens", "images", "videos", "candidates")
+
+
 def seconds_micros(column: sa.ColumnElement[Decimal]) -> sa.Label[int]:
     """Video seconds (NUMERIC, six decimals) as whole microseconds (``seconds_us``): exact
     integers on both databases, where SQLite would sum the NUMERIC column as floats."""

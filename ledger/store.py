@@ -23,6 +23,7 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
 from ledger.db import BEFORE_STATEMENT, BEGIN_PENDING, json_dumps
+from ledger.models import QUANTITY_COLUMNS
 
 _PARAM = re.compile(r"(?<![:\w]):([a-z_][a-z0-9_]*)")
 _WRITE = re.compile(r"(INSERT INTO|UPDATE|DELETE FROM) (\w+)")
@@ -153,7 +154,7 @@ RESOLVE_HOLD = Sql(
     "UPDATE holds SET status = :status, resolved_at = :now, captured = :captured, "
     "entry_id = :entry_id WHERE id = :id AND status = 'pending'"
 )
-_USAGE = ("input_tokens", "output_tokens", "images", "videos", "candidates", "seconds")
+_USAGE = (*QUANTITY_COLUMNS, "seconds")
 INSERT_METERING = Sql(
     "INSERT INTO metering_records (id, account_id, kind, hold_id, entry_id, catalog, "
     "catalog_version, operation, model, unit, status, held, charged, request_id, created_at, "
@@ -174,7 +175,12 @@ UPSERT_DAILY = Sql(
     f"{', '.join(_DAILY)}) VALUES (:account_id, :unit, :catalog, :operation, :model, :day, "
     f"{', '.join(':' + d for d in _DAILY)}) "
     "ON CONFLICT (account_id, unit, catalog, operation, model, day) DO UPDATE SET "
-    + ", ".join(f"{d} = daily_usage.{d} + excluded.{d}" for d in _DAILY)
+    + ", ".join(f"{d} = daily_usage.{d} + excluded.{d}" for d in _DAILY[:-1])
+    # SQLite keeps NUMERIC seconds as a binary float, whose sums drift from the exact
+    # microseconds (3 us in 100 clips of a third of a second, past 10^9 s): rounded
+    # back to the microsecond each time, the sum is the float nearest the exact one (a
+    # no-op on PostgreSQL's exact NUMERIC).
+    + ", seconds = round(daily_usage.seconds + excluded.seconds, 6)"
 )
 
 UPSERT_FLOW = Sql(

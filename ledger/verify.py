@@ -13,6 +13,7 @@ from sqlalchemy.engine import Connection
 
 from ledger.db import Database
 from ledger.models import (
+    QUANTITY_COLUMNS,
     WALLET,
     accounts,
     daily,
@@ -24,6 +25,7 @@ from ledger.models import (
     metering,
     movements,
     postings,
+    seconds_micros,
 )
 from ledger.results import Violation
 
@@ -250,16 +252,32 @@ def _holds(conn: Connection) -> list[Violation]:
     return out
 
 
+#: What a daily rollup sums of its metering records besides their number: the amount
+#: charged and every quantity (video seconds as whole microseconds).
+_ROLLED = ("amount", *QUANTITY_COLUMNS, "seconds_us")
+
+
+def _rolled_sums(table: sa.Table, amount: str) -> list[sa.Label[Any]]:
+    columns: list[sa.ColumnElement[Any]] = [
+        table.c[amount],
+        *(table.c[q] for q in QUANTITY_COLUMNS),
+        seconds_micros(table.c.seconds).element,
+    ]
+    return [
+        part
+        for name, column in zip(_ROLLED, columns, strict=True)
+        for part in _wide_sum(column, name)
+    ]
+
+
 def _rollups(conn: Connection) -> list[Violation]:
+    """Each rollup, over its days, is the sum of its completed metering records: their
+    number, the amount charged and every quantity (what the reports read)."""
     keys = [metering.c.account_id, metering.c.catalog, metering.c.operation, metering.c.model]
     metered = {
-        tuple(r[:4]): (int(r.requests), _wide(r, "amount"))
+        tuple(r[:4]): (int(r.requests), *(_wide(r, name) for name in _ROLLED))
         for r in conn.execute(
-            sa.select(
-                *keys,
-                sa.func.count().label("requests"),
-                *_wide_sum(metering.c.charged, "amount"),
-            )
+            sa.select(*keys, sa.func.count().label("requests"), *_rolled_sums(metering, "charged"))
             .where(
                 metering.c.completed_at.is_not(None),
                 metering.c.status.not_in(["voided", "expired"]),
@@ -268,7 +286,7 @@ def _rollups(conn: Connection) -> list[Violation]:
         )
     }
     rolled = {
-        tuple(r[:4]): (_wide(r, "requests"), _wide(r, "amount"))
+        tuple(r[:4]): (_wide(r, "requests"), *(_wide(r, name) for name in _ROLLED))
         for r in conn.execute(
             sa.select(
                 daily.c.account_id,
@@ -276,13 +294,14 @@ def _rollups(conn: Connection) -> list[Violation]:
                 daily.c.operation,
                 daily.c.model,
                 *_wide_sum(daily.c.requests, "requests"),
-                *_wide_sum(daily.c.amount, "amount"),
+                *_rolled_sums(daily, "amount"),
             ).group_by(daily.c.account_id, daily.c.catalog, daily.c.operation, daily.c.model)
         )
     }
+    nothing = (0,) * (1 + len(_ROLLED))
     out: list[Violation] = []
     for key in sorted(set(metered) | set(rolled), key=str):
-        if metered.get(key, (0, 0)) != rolled.get(key, (0, 0)):
+        if metered.get(key, nothing) != rolled.get(key, nothing):
             out.append(
                 _v("daily_rollup", f"{key}: metering {metered.get(key)}, rollup {rolled.get(key)}")
             )

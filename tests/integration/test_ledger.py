@@ -610,6 +610,36 @@ def test_a_video_requests_seconds_are_metered_to_the_microsecond_rounded_up(
     assert verify(db) == []
 
 
+def test_a_days_video_seconds_sum_exactly_however_large_the_day(
+    db: Database, clock: Clock, tmp_path: Path
+) -> None:
+    """SQLite keeps NUMERIC seconds as binary floats: past 10^9 seconds in a day, 100
+    clips of a third of a second each drifted 3 microseconds from their records' sum
+    (PostgreSQL's NUMERIC is exact). The rollup is the records' exact sum on both, as the
+    usage read and ``verify()`` see it."""
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    ledger = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    user = wallet(ledger, "studio", "usd")
+
+    def report(frames: int) -> None:
+        video = f.fal_video(num_frames=frames, fps=24)
+        ledger.report_usage(user, video, status="COMPLETED", usage={}, idempotency_key=key())
+
+    report(24 * 10**9)  # 10^9 seconds
+    for _ in range(100):
+        report(8)  # a third of a second: 0.333334 metered
+    exact = Decimal(10**9) + 100 * Decimal("0.333334")
+    assert ledger.usage(user).totals.seconds == exact
+    with db.transaction(write=False) as conn:
+        rolled = conn.exec_driver_sql(
+            "SELECT CAST(round(seconds * 1000000) AS BIGINT) FROM daily_usage"
+        ).scalar_one()
+    assert rolled == 10**15 + 100 * 333_334
+    assert verify(db) == []
+
+
 def test_failed_outcome_is_not_charged(ledger: Ledger) -> None:
     user = wallet(ledger)
     ledger.top_up(user, 500, idempotency_key=key())

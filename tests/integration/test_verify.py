@@ -306,6 +306,29 @@ CASES: list[tuple[str, Callable[[Books], list[str]], set[str], Callable[[Books],
         lambda b: "'ghost-model'): metering None",
     ),
     (
+        "a day's videos the metering does not have",
+        lambda b: [f"UPDATE daily_usage SET videos = videos + 1 WHERE account_id = {b.alice}"],
+        {"daily_rollup"},
+        lambda b: "rollup",
+    ),
+    (
+        "a day's video seconds, a microsecond the metering does not have",
+        lambda b: [
+            f"UPDATE daily_usage SET seconds = seconds + 0.000001 WHERE account_id = {b.alice}"
+        ],
+        {"daily_rollup"},
+        lambda b: "rollup",
+    ),
+    (
+        "a capture's usage metered as more than its rollup counts",
+        lambda b: [
+            "UPDATE metering_records SET videos = videos + 1 WHERE id = "
+            f"(SELECT metering_id FROM holds WHERE id = '{b.captured}')"
+        ],
+        {"daily_rollup"},
+        lambda b: "metering",
+    ),
+    (
         "a day's amount the metering does not have",
         lambda b: [f"UPDATE daily_usage SET amount = amount + 1 WHERE account_id = {b.alice}"],
         {"daily_rollup"},

@@ -9,6 +9,7 @@ import re
 import subprocess
 import sys
 import threading
+import time
 from datetime import UTC, datetime, timedelta, timezone
 
 import pytest
@@ -94,7 +95,7 @@ def test_ids_sort_by_time_across_restarts_and_differ_at_the_same_instant(
     starts again), the counter next (ids of one instant in creation order), and random
     bits last (two processes at the same instant and count still differ)."""
     clock = iter([2_000, 2_000, 2_000, 1_000_000, 1_000_000])
-    monkeypatch.setattr(ids.time, "time_ns", lambda: next(clock))
+    monkeypatch.setattr(time, "time_ns", lambda: next(clock))
     monkeypatch.setattr(ids, "_sequence", itertools.count())
     same = [new_id(), new_id(), new_id()]
     assert same == sorted(same)
