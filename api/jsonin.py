@@ -44,7 +44,11 @@ def loads(text: str, *, constant: Callable[[str], NoReturn]) -> Any:
         return obj
 
     document = json.loads(
-        text, parse_float=Decimal, parse_constant=constant, object_pairs_hook=pairs
+        text,
+        parse_float=Decimal,
+        parse_int=_whole,
+        parse_constant=constant,
+        object_pairs_hook=pairs,
     )
     if repeated:
         # An object of the document holds the first of them: a value is only ever
@@ -54,6 +58,16 @@ def loads(text: str, *, constant: Callable[[str], NoReturn]) -> Any:
         loc, (key, times) = found
         raise RepeatedKey((*loc, key), times)
     return document
+
+
+def _whole(text: str) -> int | Decimal:
+    """A whole number of the document: an ``int``, or past the digits Python reads into
+    one (``sys.get_int_max_str_digits``, 4300: longer takes quadratic time) the exact
+    Decimal, which every whole-number field then refuses by name, as it does ``1e400``."""
+    try:
+        return int(text)
+    except ValueError:
+        return Decimal(text)
 
 
 def _first(

@@ -124,6 +124,40 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         None,
         "amount",
     ),
+    # Valid JSON, past the 4,300 digits Python reads into an int: refused by field.
+    (
+        "topup of 5000 digits",
+        "POST",
+        "/v1/accounts/w/topups",
+        b'{"amount": ' + b"9" * 5000 + b"}",
+        JSON,
+        422,
+        None,
+        "amount",
+    ),
+    (
+        "images of 5000 digits",
+        "POST",
+        "/v1/estimates",
+        b'{"catalog": "pixazo", "operation": "text_to_image", "params": {"prompt": "x", '
+        b'"num_images": ' + b"9" * 5000 + b"}}",
+        JSON,
+        422,
+        "invalid_parameter",
+        "params.num_images",
+    ),
+    (
+        "usage of 5000 digits",
+        "POST",
+        "/v1/usage-records",
+        b'{"account_id": "t", "catalog": "cosmic", "operation": "text", "params": '
+        b'{"prompt": "x", "max_tokens": 5}, "status": "COMPLETED", '
+        b'"usage": {"input_tokens": -' + b"9" * 5000 + b', "output_tokens": 1}}',
+        JSON,
+        422,
+        "invalid_usage",
+        "usage.input_tokens",
+    ),
     (
         "adjust -2^63",
         "POST",

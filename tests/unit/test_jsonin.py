@@ -62,3 +62,17 @@ def test_the_same_key_in_two_objects_is_no_repetition() -> None:
         {"a": 2},
         {"b": {"a": 3}},
     ]
+
+
+def test_a_whole_number_past_pythons_digits_is_read_exactly_as_a_decimal() -> None:
+    """Python reads at most 4,300 digits into an int (more takes quadratic time) and
+    raises otherwise: a 500 for a body that is valid JSON. Such a number is kept exact,
+    as a Decimal, which every whole-number field refuses by name."""
+    digits = "9" * 5000
+    document = loads(f'{{"amount": {digits}, "small": -12, "list": [-{digits}]}}', constant=_refuse)
+    assert document["amount"] == Decimal(digits)
+    assert type(document["amount"]) is Decimal
+    assert document["list"] == [Decimal(f"-{digits}")]
+    assert (document["small"], type(document["small"])) == (-12, int)
+    edge = "9" * 4300
+    assert type(loads(edge, constant=_refuse)) is int
