@@ -35,9 +35,10 @@ from pricing.rules import Line
 #: The outcome statuses of a generation (seed 002: COMPLETED, FAILED, ERROR).
 STATUSES = ("COMPLETED", "FAILED", "ERROR")
 
-#: The most video seconds one request may meter: what the ledger's seconds columns hold
-#: (NUMERIC(24, 6): 18 whole digits and the microseconds).
-MAX_SECONDS = Decimal("999999999999999999.999999")
+#: The most video seconds one request may meter (nearly 32 years), to the microsecond:
+#: what both databases keep exactly. PostgreSQL's NUMERIC(24, 6) holds 10^18 seconds, but
+#: SQLite keeps them as a binary float, exact to the microsecond below 2^51 of them.
+MAX_SECONDS = Decimal("999999999.999999")
 
 _ENVELOPE = ("catalog", "operation", "params")
 

@@ -613,7 +613,7 @@ def test_a_video_requests_seconds_are_metered_to_the_microsecond_rounded_up(
 def test_a_days_video_seconds_sum_exactly_however_large_the_day(
     db: Database, clock: Clock, tmp_path: Path
 ) -> None:
-    """SQLite keeps NUMERIC seconds as binary floats: past 10^9 seconds in a day, 100
+    """SQLite keeps NUMERIC seconds as binary floats: near 10^9 seconds in a day, 100
     clips of a third of a second each drifted 3 microseconds from their records' sum
     (PostgreSQL's NUMERIC is exact). The rollup is the records' exact sum on both, as the
     usage read and ``verify()`` see it."""
@@ -623,21 +623,57 @@ def test_a_days_video_seconds_sum_exactly_however_large_the_day(
     ledger = Ledger(db, load_catalogs([tmp_path]), clock=clock)
     user = wallet(ledger, "studio", "usd")
 
-    def report(frames: int) -> None:
-        video = f.fal_video(num_frames=frames, fps=24)
+    def report(frames: int, fps: int) -> None:
+        video = f.fal_video(num_frames=frames, fps=fps)
         ledger.report_usage(user, video, status="COMPLETED", usage={}, idempotency_key=key())
 
-    report(24 * 10**9)  # 10^9 seconds
+    report(10**15 - 1, 10**6)  # 999,999,999.999999 seconds, the most one request meters
     for _ in range(100):
-        report(8)  # a third of a second: 0.333334 metered
-    exact = Decimal(10**9) + 100 * Decimal("0.333334")
+        report(8, 24)  # a third of a second: 0.333334 metered
+    exact = Decimal("999999999.999999") + 100 * Decimal("0.333334")
     assert ledger.usage(user).totals.seconds == exact
     with db.transaction(write=False) as conn:
         rolled = conn.exec_driver_sql(
             "SELECT CAST(round(seconds * 1000000) AS BIGINT) FROM daily_usage"
         ).scalar_one()
-    assert rolled == 10**15 + 100 * 333_334
+    assert rolled == 10**15 - 1 + 100 * 333_334
     assert verify(db) == []
+
+
+def test_the_longest_video_a_request_may_meter_keeps_its_last_microsecond(
+    db: Database, clock: Clock, tmp_path: Path
+) -> None:
+    """999,999,999.999999 seconds, the most one request may meter: its record, its
+    rollup and the usage read keep every microsecond on both databases (SQLite's float
+    would lose some past 2^51 of them, which is why no request may meter more)."""
+    f.write_catalog(
+        tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    ledger = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    user = wallet(ledger, "studio", "usd")
+    video = f.fal_video(num_frames=10**15 - 1, fps=10**6)
+    done = ledger.report_usage(user, video, status="COMPLETED", usage={}, idempotency_key=key())
+    longest = Decimal("999999999.999999")
+    assert ledger.usage_record(done.id).usage.seconds == longest
+    assert ledger.usage(user).totals.seconds == longest
+    with db.transaction(write=False) as conn:
+        kept = (
+            conn.exec_driver_sql(
+                "SELECT CAST(round(seconds * 1000000) AS BIGINT) FROM metering_records "
+                "UNION ALL SELECT CAST(round(seconds * 1000000) AS BIGINT) FROM daily_usage"
+            )
+            .scalars()
+            .all()
+        )
+    assert kept == [10**15 - 1] * 2
+    with pytest.raises(InvalidUsage):  # a microsecond more (the usage it reports)
+        ledger.report_usage(
+            user,
+            f.fal_video(num_frames=10**15, fps=10**6),
+            status="COMPLETED",
+            usage={},
+            idempotency_key=key(),
+        )
 
 
 def test_failed_outcome_is_not_charged(ledger: Ledger) -> None:

@@ -848,25 +848,25 @@ def test_what_a_request_would_meter_fits_the_columns_that_keep_it(tmp_path: Path
         "usage.candidates",
         {"min": 0, "max": MOST},
     )
-    # 10^18 seconds exactly: one microsecond more than the columns hold.
-    long = video(num_frames=10**18, fps=1)
+    # 10^9 seconds exactly: one microsecond more than both databases keep exactly.
+    long = video(num_frames=10**15, fps=10**6)
     with pytest.raises(InvalidParameter) as seconds:
         estimate(long, catalogs=catalogs)
     assert (seconds.value.field, seconds.value.allowed) == (
         "params",
-        {"max": Decimal("999999999999999999.999999")},
+        {"max": Decimal("999999999.999999")},
     )
     with pytest.raises(InvalidUsage) as charged:
-        price_usage(long, {"num_frames": 10**18}, "COMPLETED", catalogs=catalogs)
+        price_usage(long, {"num_frames": 10**15}, "COMPLETED", catalogs=catalogs)
     assert (charged.value.field, charged.value.allowed) == (
         "usage",
-        {"max": Decimal("999999999999999999.999999")},
+        {"max": Decimal("999999999.999999")},
     )
     with pytest.raises(InvalidUsage) as defaulted:  # frames default to what was asked
         price_usage(long, {}, "COMPLETED", catalogs=catalogs)
     assert defaulted.value.field == "usage"
-    most = estimate(video(num_frames=10**18 - 1, fps=1), catalogs=catalogs)
-    assert most.estimated_usage["seconds"] == 10**18 - 1
+    most = estimate(video(num_frames=10**15 - 1, fps=10**6), catalogs=catalogs)
+    assert most.estimated_usage["seconds"] == Decimal("999999999.999999")
     with pytest.raises(AmountOverflow) as dear:  # 2 x (2^63 - 1 + 1) tokens at 2.0
         price_usage(f.text(), {"input_tokens": MOST, "output_tokens": 1}, "COMPLETED")
     assert dear.value.field == "usage"
