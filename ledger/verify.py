@@ -298,10 +298,9 @@ def _rollups(conn: Connection) -> list[Violation]:
             ).group_by(daily.c.account_id, daily.c.catalog, daily.c.operation, daily.c.model)
         )
     }
-    nothing = (0,) * (1 + len(_ROLLED))
     out: list[Violation] = []
     for key in sorted(set(metered) | set(rolled), key=str):
-        if metered.get(key, nothing) != rolled.get(key, nothing):
+        if metered.get(key) != rolled.get(key):
             out.append(
                 _v("daily_rollup", f"{key}: metering {metered.get(key)}, rollup {rolled.get(key)}")
             )
