@@ -344,6 +344,10 @@ class Operation:
             name = str(loc[0]) if loc else ""
             field = "params" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in loc)
             msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "int_parsing_size":
+                # Pydantic's words for a whole number past 64 bits where it expected one
+                # of a few (a Literal), as though it had been given text.
+                msg = "a whole number past 64 bits, not one of the values allowed"
             entry: dict[str, Any] = {"field": field, "message": f"{field}: {msg}"}
             if err["type"] == "extra_forbidden":
                 entry["message"] = f"{field}: unknown parameter of {self.catalog} {self.name}"

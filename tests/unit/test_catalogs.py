@@ -645,6 +645,13 @@ def test_every_whole_number_of_a_request_fits_64_bits(catalogs: CatalogSet) -> N
     with pytest.raises(InvalidParameter) as seed:
         estimate(f.pixazo_image(seed=-(2**63) - 1), catalogs=catalogs)
     assert seed.value.allowed == {"min": -(2**63)}
+    # One of a few values: pydantic would say it could not parse "input string".
+    with pytest.raises(InvalidParameter) as duration:
+        estimate(f.cosmic_video(duration=2**64), catalogs=catalogs)
+    assert (duration.value.field, duration.value.allowed) == ("params.duration", [4, 6, 8])
+    assert duration.value.message == (
+        "params.duration: a whole number past 64 bits, not one of the values allowed"
+    )
     assert estimate(f.pixazo_image(seed=-(2**63)), catalogs=catalogs).cost == 40_000
     assert estimate(f.pixazo_image(seed=MOST), catalogs=catalogs).cost == 40_000
     with pytest.raises(InvalidParameter) as wide:
