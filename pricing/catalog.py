@@ -743,6 +743,13 @@ def _narrow(
                         f"allowed values {limit.allowed} do not match the type of '{fname}'",
                     )
                 annotation = narrowed
+                # Listed values need no range of the body's (and a literal checked for
+                # one takes pydantic a slower validator).
+                metadata = [
+                    m
+                    for m in metadata
+                    if not isinstance(m, annotated_types.Ge | annotated_types.Le)
+                ]
             if limit.ge is not None:
                 metadata.append(annotated_types.Ge(limit.ge))
             if limit.le is not None:

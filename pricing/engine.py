@@ -21,24 +21,18 @@ from typing import Any, NamedTuple
 from pricing.catalog import CatalogSet, Operation, load_catalogs
 from pricing.errors import (
     AmountOverflow,
-    InvalidParameter,
     InvalidRequest,
     InvalidUsage,
     NotBillable,
     UnknownCatalog,
     UnknownOperation,
 )
-from pricing.money import Amount, decimal_text, to_minor_units
-from pricing.requests import MAX_INT
+from pricing.money import decimal_text, to_minor_units
 from pricing.rules import Line
 
 #: The outcome statuses of a generation (seed 002: COMPLETED, FAILED, ERROR).
 STATUSES = ("COMPLETED", "FAILED", "ERROR")
 
-#: The most video seconds one request may meter (nearly 32 years), to the microsecond:
-#: what both databases keep exactly. PostgreSQL's NUMERIC(24, 6) holds 10^18 seconds, but
-#: SQLite keeps them as a binary float, exact to the microsecond below 2^51 of them.
-MAX_SECONDS = Decimal("999999999.999999")
 
 _ENVELOPE = ("catalog", "operation", "params")
 
@@ -179,7 +173,11 @@ def estimate(
     defaults = op.defaults_applied(p)
     if priced.defaults is not None:
         defaults.update(priced.defaults)
-    _meterable(priced.quantities, "params")
+    try:
+        cost, max_cost = to_minor_units(priced.expected), to_minor_units(priced.maximum)
+    except AmountOverflow as exc:
+        exc.field = "params"  # what asked for it
+        raise
     return Quote(
         catalog=op.catalog,
         catalog_version=op.version,
@@ -187,8 +185,8 @@ def estimate(
         model=model.id,
         unit=op.unit,
         scale=op.scale,
-        cost=_whole(priced.expected, "params"),
-        max_cost=_whole(priced.maximum, "params"),
+        cost=cost,
+        max_cost=max_cost,
         lines=priced.lines,
         defaults_applied=defaults,
         estimated_usage=priced.quantities,
@@ -250,8 +248,11 @@ def price_usage(
         priced = op.rule.charge(p, model, usage)
     except NotBillable as exc:
         raise _not_billable(op, exc.message) from None
-    _meterable(priced.quantities, "usage")
-    amount = _whole(priced.expected, "usage")
+    try:
+        amount = to_minor_units(priced.expected)
+    except AmountOverflow as exc:
+        exc.field = "usage"  # what asked for it
+        raise
     return Charge(
         op.catalog,
         op.version,
@@ -266,29 +267,3 @@ def price_usage(
         priced.quantities,
         f"{status}: priced from reported usage",
     )
-
-
-def _whole(amount: Amount, field: str) -> int:
-    """``amount`` in whole minor units; one beyond 64 bits names what asked for it."""
-    try:
-        return to_minor_units(amount)
-    except AmountOverflow as exc:
-        exc.field = field
-        raise
-
-
-def _meterable(quantities: Mapping[str, int | Decimal], field: str) -> None:
-    """Refuse what the ledger could not meter: a count beyond 64 bits (the agentic
-    candidates of a request multiply its counts) or more video seconds than its columns
-    hold. ``field``: ``params`` for a quote, ``usage`` for reported usage (whose counts
-    are bounded where they are read, but whose frames over fps can still be too long)."""
-    for name, quantity in quantities.items():
-        most: int | Decimal = MAX_SECONDS if name == "seconds" else MAX_INT
-        if quantity > most:
-            error = InvalidParameter if field == "params" else InvalidUsage
-            raise error(
-                f"{field}: this would meter {quantity} {name.replace('_', ' ')}, more than "
-                f"the ledger can keep (at most {most})",
-                field=field,
-                allowed={"max": most},
-            )

@@ -90,6 +90,27 @@ class PriceRow:
         }
 
 
+#: The most video seconds one request may meter (nearly 32 years), to the microsecond:
+#: what both databases keep exactly. PostgreSQL's NUMERIC(24, 6) holds 10^18 seconds, but
+#: SQLite keeps them as a binary float, exact to the microsecond below 2^51 of them.
+MAX_SECONDS = Decimal("999999999.999999")
+
+
+def meterable(name: str, quantity: int | Decimal, most: int | Decimal, *, quote: bool) -> None:
+    """Refuse a quantity past what the ledger's columns keep, made by multiplying counts
+    within bounds (agentic candidates) or dividing frames by fps (video seconds): as a
+    parameter of the request for a quote, of the usage for a charge."""
+    if quantity > most:
+        field = "params" if quote else "usage"
+        error = InvalidParameter if quote else InvalidUsage
+        raise error(
+            f"{field}: this would meter {quantity} {name.replace('_', ' ')}, more than the "
+            f"ledger can keep (at most {most})",
+            field=field,
+            allowed={"max": most},
+        )
+
+
 def usage_count(
     usage: Mapping[str, Any], key: str, *, maximum: int | None, default: int | None
 ) -> int:
@@ -492,6 +513,7 @@ class PerUnitRule(Rule):
         quantities: dict[str, int | Decimal] = {self.usage_key: outputs}
         units = outputs * _renders(self.agentic, p)
         if self.agentic is not None and self.agentic.enabled(p):
+            meterable(self.agentic.usage_key, units, MAX_INT, quote=True)
             quantities[self.agentic.usage_key] = units
         lines = (self._units_line(p, units, price, quote=True), *_addon_lines(p, self.addons))
         total = _total(lines)
@@ -584,9 +606,12 @@ class PerSecondRule(Rule):
             raise NotBillable(f"model '{model.id}' at the {tier} tier", field="model")
         return tier, price
 
-    def _priced(self, p: Params, tier: str, price: Amount, frames: int, renders: int) -> Priced:
+    def _priced(
+        self, p: Params, tier: str, price: Amount, frames: int, renders: int, *, quote: bool
+    ) -> Priced:
         fps = int(getattr(p, self.fps_param))
         seconds = div_up(frames, fps)
+        meterable("seconds", seconds, MAX_SECONDS, quote=quote)
         what = f"{tier} video seconds ({frames} frames at {fps} fps)"
         if renders != 1:
             what += f" x {renders} candidate renders"
@@ -594,13 +619,14 @@ class PerSecondRule(Rule):
         line = Line(what, mul(seconds, renders), price, amount)
         quantities: dict[str, int | Decimal] = {"seconds": seconds, self.usage_key: frames}
         if self.agentic is not None and self.agentic.enabled(p):
+            meterable(self.agentic.usage_key, renders, MAX_INT, quote=quote)
             quantities[self.agentic.usage_key] = renders
         return Priced(amount, amount, (line,), quantities)
 
     def quote(self, p: Params, model: ModelInfo) -> Priced:
         tier, price = self._price(p, model)
         frames = int(getattr(p, self.frames_param))
-        return self._priced(p, tier, price, frames, _renders(self.agentic, p))
+        return self._priced(p, tier, price, frames, _renders(self.agentic, p), quote=True)
 
     def charge(self, p: Params, model: ModelInfo, usage: Mapping[str, Any]) -> Priced:
         self.check_usage_keys(usage)
@@ -608,7 +634,8 @@ class PerSecondRule(Rule):
         requested = int(getattr(p, self.frames_param))
         frames = usage_count(usage, self.usage_key, maximum=requested, default=requested)
         candidates = _reported(self.agentic, p, usage, _renders(self.agentic, p))
-        return self._priced(p, tier, price, frames, 1 if candidates is None else candidates)
+        renders = 1 if candidates is None else candidates
+        return self._priced(p, tier, price, frames, renders, quote=False)
 
     def price_rows(self, models: Mapping[str, ModelInfo], scale: int) -> list[PriceRow]:
         rows: list[PriceRow] = []

@@ -855,6 +855,36 @@ def test_what_a_request_would_meter_fits_the_columns_that_keep_it(tmp_path: Path
         "usage.candidates",
         {"min": 0, "max": MOST},
     )
+    # Candidate images as well: outputs x iterations x samples.
+    f.write_catalog(
+        tmp_path,
+        "acme.toml",
+        shipped(
+            "pixazo",
+            ("num_images = { ge = 1, le = 4 }", ""),
+            ("agentic_max_iterations = { ge = 1, le = 3 }", ""),
+            ("unit_price = 0.04", "unit_price = 0.000000000000000000000001"),
+        ),
+    )
+    images = load_catalogs([tmp_path])
+
+    def candidates(outputs: int) -> dict[str, Any]:
+        return f.request(
+            "acme",
+            "text_to_image",
+            prompt="x",
+            num_images=outputs,
+            enable_agentic_generation=True,
+            agentic_max_iterations=2**31,
+            agentic_samples_per_iteration=1,
+        )
+
+    assert estimate(candidates(2**32 - 1), catalogs=images).estimated_usage["candidates"] == (
+        2**63 - 2**31
+    )
+    with pytest.raises(InvalidParameter) as rendered:
+        estimate(candidates(2**32), catalogs=images)
+    assert (rendered.value.field, rendered.value.allowed) == ("params", {"max": MOST})
     # 10^9 seconds exactly: one microsecond more than both databases keep exactly.
     long = video(num_frames=10**15, fps=10**6)
     with pytest.raises(InvalidParameter) as seconds:
