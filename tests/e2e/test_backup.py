@@ -8,6 +8,7 @@ import json
 import shutil
 import sqlite3
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -249,23 +250,37 @@ def test_a_backup_of_a_ledger_that_breaks_an_invariant_is_kept_and_says_so(
     assert copy.exists()
 
 
-def test_a_copy_that_fails_the_integrity_check_is_deleted(
-    ledger_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+def _fails_after_spoiling_the_copy(
+    ledger_file: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    spoil: Callable[[Path], None],
+    match: str,
 ) -> None:
+    """The backup, with ``spoil`` done to its copy once the pages are copied, fails with
+    ``match`` and leaves nothing behind."""
     copy_pages = backup_module._copy
 
-    def torn(source: Path, target: Path, *, timeout: float) -> None:
+    def spoiled(source: Path, target: Path, *, timeout: float) -> None:
         copy_pages(source, target, timeout=timeout)
-        _zero_an_index_root(target)
+        spoil(target)
 
-    monkeypatch.setattr(backup_module, "_copy", torn)
+    monkeypatch.setattr(backup_module, "_copy", spoiled)
     db = Database.from_url(f"sqlite:///{ledger_file}")
     try:
-        with pytest.raises(BackupFailed, match="integrity"):
+        with pytest.raises(BackupFailed, match=match):
             backup_module.backup(db, tmp_path / "copy.db")
     finally:
         db.dispose()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
+
+
+def test_a_copy_that_fails_the_integrity_check_is_deleted(
+    ledger_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _fails_after_spoiling_the_copy(
+        ledger_file, tmp_path, monkeypatch, _zero_an_index_root, "integrity"
+    )
 
 
 def test_a_copy_whose_index_disagrees_with_its_table_is_deleted(
@@ -273,10 +288,8 @@ def test_a_copy_whose_index_disagrees_with_its_table_is_deleted(
 ) -> None:
     """Every page reads, but SQLite's integrity check lists rows an index lacks: that too
     fails the backup, with what the check found."""
-    copy_pages = backup_module._copy
 
-    def skewed(source: Path, target: Path, *, timeout: float) -> None:
-        copy_pages(source, target, timeout=timeout)
+    def skew(target: Path) -> None:
         conn = sqlite3.connect(target)
         conn.execute("PRAGMA writable_schema = ON")
         conn.execute(
@@ -286,14 +299,9 @@ def test_a_copy_whose_index_disagrees_with_its_table_is_deleted(
         conn.commit()
         conn.close()
 
-    monkeypatch.setattr(backup_module, "_copy", skewed)
-    db = Database.from_url(f"sqlite:///{ledger_file}")
-    try:
-        with pytest.raises(BackupFailed, match="missing from index ix_entries_account_posted"):
-            backup_module.backup(db, tmp_path / "copy.db")
-    finally:
-        db.dispose()
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
+    _fails_after_spoiling_the_copy(
+        ledger_file, tmp_path, monkeypatch, skew, "missing from index ix_entries_account_posted"
+    )
 
 
 def _zero_an_index_root(path: Path) -> None:

@@ -38,6 +38,12 @@ def shipped(name: str, *changes: tuple[str, str]) -> str:
     return text
 
 
+def operator(tmp_path: Path, name: str, *changes: tuple[str, str]) -> CatalogSet:
+    """The shipped catalogs and ``shipped(name, *changes)`` as the operator's "acme"."""
+    f.write_catalog(tmp_path, "acme.toml", shipped(name, *changes))
+    return load_catalogs([tmp_path])
+
+
 def minimal(*changes: tuple[str, str], limits: str = "", price: object = 7) -> str:
     text = f.MINIMAL_CATALOG.format(limits=limits, price=price)
     for old, new in changes:
@@ -676,13 +682,12 @@ def test_a_counted_parameter_is_never_negative_whatever_the_catalog_leaves_open(
     """A count the price is made of (images, frames, candidates, max_tokens) has a floor
     of 0 and fps one of 1, added where a catalog gives no lower bound: a negative count
     or a rate of 0 is refused by name, never priced. A lower ``ge`` is a catalog error."""
-    text = shipped(
+    catalogs = operator(
+        tmp_path,
         "pixazo",
         ("num_images = { ge = 1, le = 4 }", "num_images = { le = 4 }"),
         ("agentic_max_iterations = { ge = 1, le = 3 }", ""),
     )
-    f.write_catalog(tmp_path, "acme.toml", text)
-    catalogs = load_catalogs([tmp_path])
     for params, field, allowed in [
         ({"num_images": -1}, "params.num_images", {"min": 0, "max": 4}),
         (
@@ -704,8 +709,7 @@ def test_a_counted_parameter_is_never_negative_whatever_the_catalog_leaves_open(
     operation = listing["versions"][0]["operations"][0]
     assert operation["limits"]["num_images"] == {"min": 0, "max": 4}
     # fps divides: at least 1 (fal's own ge = 1 taken away).
-    f.write_catalog(tmp_path, "acme.toml", shipped("fal", ("fps = { ge = 1 }", "")))
-    catalogs = load_catalogs([tmp_path])
+    catalogs = operator(tmp_path, "fal", ("fps = { ge = 1 }", ""))
     with pytest.raises(InvalidParameter) as still:
         estimate(
             f.request("acme", "image_to_video", prompt="x", image_url="https://x/a.png", fps=0),
@@ -713,26 +717,16 @@ def test_a_counted_parameter_is_never_negative_whatever_the_catalog_leaves_open(
         )
     assert (still.value.field, still.value.allowed) == ("params.fps", {"min": 1})
     # A per_token operation's max_tokens, where the catalog gives it no lower bound.
-    text = shipped("cosmic", ("limits = { max_tokens = { ge = 1 } }", ""))
-    f.write_catalog(tmp_path, "acme.toml", text)
+    catalogs = operator(tmp_path, "cosmic", ("limits = { max_tokens = { ge = 1 } }", ""))
     with pytest.raises(InvalidParameter) as tokens:
-        estimate(
-            f.request("acme", "text", prompt="x", max_tokens=-5), catalogs=load_catalogs([tmp_path])
-        )
+        estimate(f.request("acme", "text", prompt="x", max_tokens=-5), catalogs=catalogs)
     assert (tokens.value.field, tokens.value.allowed) == ("params.max_tokens", {"min": 0})
     # A floor itself may be listed among the values allowed.
-    f.write_catalog(
-        tmp_path,
-        "acme.toml",
-        shipped("pixazo", ("num_images = { ge = 1, le = 4 }", "num_images = { allowed = [0, 1] }")),
+    catalogs = operator(
+        tmp_path, "pixazo", ("num_images = { ge = 1, le = 4 }", "num_images = { allowed = [0, 1] }")
     )
-    assert (
-        estimate(
-            f.request("acme", "text_to_image", prompt="x", num_images=0),
-            catalogs=load_catalogs([tmp_path]),
-        ).cost
-        == 0
-    )
+    zero = f.request("acme", "text_to_image", prompt="x", num_images=0)
+    assert estimate(zero, catalogs=catalogs).cost == 0
     for catalog_text, key in [
         (
             shipped("pixazo", ("num_images = { ge = 1, le = 4 }", "num_images = { ge = -1 }")),
@@ -771,20 +765,12 @@ def test_a_catalogs_bounds_are_64_bit_numbers_too(tmp_path: Path) -> None:
         assert broken.value.key.endswith(key), broken.value.key
     # A fractional bound is answered as the catalog writes it.
     steps = "num_inference_steps = { ge = 1 }"
-    f.write_catalog(
-        tmp_path, "acme.toml", shipped("fal", (steps, f"{steps}\nguidance_scale = {{ ge = 0.5 }}"))
+    catalogs = operator(tmp_path, "fal", (steps, f"{steps}\nguidance_scale = {{ ge = 0.5 }}"))
+    low_scale = f.request(
+        "acme", "image_to_video", prompt="x", image_url="https://x/a.png", guidance_scale=0.25
     )
     with pytest.raises(InvalidParameter) as low:
-        estimate(
-            f.request(
-                "acme",
-                "image_to_video",
-                prompt="x",
-                image_url="https://x/a.png",
-                guidance_scale=0.25,
-            ),
-            catalogs=load_catalogs([tmp_path]),
-        )
+        estimate(low_scale, catalogs=catalogs)
     assert (low.value.field, low.value.allowed) == ("params.guidance_scale", {"min": "0.5"})
     with pytest.raises(CatalogError) as output:
         load(
@@ -798,15 +784,14 @@ def test_a_catalogs_bounds_are_64_bit_numbers_too(tmp_path: Path) -> None:
             ),
         )
     assert output.value.key.endswith(".models.gpt-5-nano.max_output_tokens"), output.value.key
-    text = shipped(
+    catalogs = operator(
+        tmp_path,
         "cosmic",
         (
             'GPT-5 Nano", tier = "budget", max_output_tokens = 128_000',
             'GPT-5 Nano", tier = "budget", max_output_tokens = 9223372036854775807',
         ),
     )
-    f.write_catalog(tmp_path, "acme.toml", text)
-    catalogs = load_catalogs([tmp_path])
     quote = estimate(
         f.request("acme", "text", prompt="x", model="gpt-5-nano", max_tokens=MOST - 99),
         catalogs=catalogs,
@@ -856,17 +841,13 @@ def test_what_a_request_would_meter_fits_the_columns_that_keep_it(tmp_path: Path
         {"min": 0, "max": MOST},
     )
     # Candidate images as well: outputs x iterations x samples.
-    f.write_catalog(
+    images = operator(
         tmp_path,
-        "acme.toml",
-        shipped(
-            "pixazo",
-            ("num_images = { ge = 1, le = 4 }", ""),
-            ("agentic_max_iterations = { ge = 1, le = 3 }", ""),
-            ("unit_price = 0.04", "unit_price = 0.000000000000000000000001"),
-        ),
+        "pixazo",
+        ("num_images = { ge = 1, le = 4 }", ""),
+        ("agentic_max_iterations = { ge = 1, le = 3 }", ""),
+        ("unit_price = 0.04", "unit_price = 0.000000000000000000000001"),
     )
-    images = load_catalogs([tmp_path])
 
     def candidates(outputs: int) -> dict[str, Any]:
         return f.request(
