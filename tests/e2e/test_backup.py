@@ -191,6 +191,18 @@ def test_a_destination_with_a_sidecar_file_is_refused(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(["live", left.name])
 
 
+def _backup_refused(
+    ledger_file: Path, destination: Path, error: type[Exception], match: str | None = None
+) -> None:
+    """``backup`` of ``ledger_file`` to ``destination``, in this process, raises ``error``."""
+    db = Database.from_url(f"sqlite:///{ledger_file}")
+    try:
+        with pytest.raises(error, match=match):
+            backup_module.backup(db, destination)
+    finally:
+        db.dispose()
+
+
 def test_a_taken_destination_is_refused_before_anything_is_copied(
     ledger_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -202,12 +214,7 @@ def test_a_taken_destination_is_refused_before_anything_is_copied(
     monkeypatch.setattr(backup_module, "_copy", never)
     copy = tmp_path / "copy.db"
     copy.write_bytes(b"an earlier backup")
-    db = Database.from_url(f"sqlite:///{ledger_file}")
-    try:
-        with pytest.raises(BackupExists):
-            backup_module.backup(db, copy)
-    finally:
-        db.dispose()
+    _backup_refused(ledger_file, copy, BackupExists)
     assert copy.read_bytes() == b"an earlier backup"
 
 
@@ -225,12 +232,7 @@ def test_a_file_that_appears_at_the_destination_meanwhile_is_not_replaced(
         copy.write_bytes(b"someone else's file")
 
     monkeypatch.setattr(backup_module, "_copy", raced)
-    db = Database.from_url(f"sqlite:///{ledger_file}")
-    try:
-        with pytest.raises(BackupExists):
-            backup_module.backup(db, copy)
-    finally:
-        db.dispose()
+    _backup_refused(ledger_file, copy, BackupExists)
     assert copy.read_bytes() == b"someone else's file"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "live"]
 
@@ -266,12 +268,7 @@ def _fails_after_spoiling_the_copy(
         spoil(target)
 
     monkeypatch.setattr(backup_module, "_copy", spoiled)
-    db = Database.from_url(f"sqlite:///{ledger_file}")
-    try:
-        with pytest.raises(BackupFailed, match=match):
-            backup_module.backup(db, tmp_path / "copy.db")
-    finally:
-        db.dispose()
+    _backup_refused(ledger_file, tmp_path / "copy.db", BackupFailed, match)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
 
 
