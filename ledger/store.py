@@ -175,7 +175,7 @@ UPSERT_DAILY = Sql(
     f"{', '.join(_DAILY)}) VALUES (:account_id, :unit, :catalog, :operation, :model, :day, "
     f"{', '.join(':' + d for d in _DAILY)}) "
     "ON CONFLICT (account_id, unit, catalog, operation, model, day) DO UPDATE SET "
-    + ", ".join(f"{d} = daily_usage.{d} + excluded.{d}" for d in _DAILY[:-1])
+    + ", ".join(f"{d} = daily_usage.{d} + excluded.{d}" for d in _DAILY if d != "seconds")
     # SQLite keeps NUMERIC seconds as a binary float, whose sums drift from the exact
     # microseconds (3 us in 100 clips of a third of a second, past 10^9 s): rounded
     # back to the microsecond each time, the sum is the float nearest the exact one (a

@@ -789,8 +789,8 @@ def _body_field(body: type[RequestBody], param: str, file: str, key: str) -> Non
 
 def _minor(price: Decimal, scale: int, file: str, key: str) -> Amount:
     """A catalog's price (or multiplier) in minor units, refused unless it is a rate the
-    money arithmetic keeps exact: at most :data:`MAX_AMOUNT` minor units (a dearer price
-    could charge nothing, however little was used) and at most
+    money arithmetic keeps exact: at most :data:`MAX_AMOUNT` minor units (no request
+    could ever be charged a dearer one, however little it used) and at most
     :data:`PRICE_PLACES_MAX` decimal places of a minor unit. Then a rate has at most 37
     significant digits and its product with a 64-bit quantity at most 56, which the
     money context holds exactly (a longer rate would be rounded where it is read)."""
