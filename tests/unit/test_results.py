@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from unittest import mock
 
 import pytest
+from pydantic import ValidationError
 
 from ledger.results import AccountChangePage, AccountPage, BalanceView
 
@@ -71,3 +72,11 @@ def test_an_answer_compared_with_anything_else_leaves_it_to_the_other() -> None:
     assert view == mock.ANY
     assert view != view.model_dump()
     assert view.__eq__(view.model_dump()) is NotImplemented
+
+
+def test_an_answer_cannot_be_changed_once_made() -> None:
+    """A stored answer is given back as it was: no caller may change one in place."""
+    view = balance()
+    with pytest.raises(ValidationError, match="frozen"):
+        view.balance = 0  # type: ignore[misc]
+    assert view == balance()
