@@ -147,13 +147,16 @@ def connection_lost(exc: BaseException) -> bool:
 
 
 #: What PostgreSQL (or libpq) says when it refuses a login for good: the credentials, the
-#: role or the database named. Waiting does not change that answer. A connection error
-#: carries no SQLSTATE (psycopg has only libpq's message), so the message is read; a
-#: server whose messages are in another language is then waited for, as before.
+#: role or the database named, a line of ``pg_hba.conf``, or encryption the server does
+#: not offer. Waiting does not change that answer. A connection error carries no SQLSTATE
+#: (psycopg has only libpq's message), so the message is read; a server whose messages
+#: are in another language is then waited for, as before.
 _REFUSED_LOGIN = (
     "authentication failed",  # password, SCRAM, md5, peer, ident...
     "no password supplied",
     "no pg_hba.conf entry",
+    "pg_hba.conf rejects connection",  # a ``reject`` line
+    "but SSL was required",  # sslmode=require (or stricter) and a server without SSL
     "does not exist",  # role or database
     "is not permitted to log in",
     "permission denied for database",

@@ -101,7 +101,8 @@ def test_a_sqlite_file_that_cannot_be_opened_fails_at_once() -> None:
 def test_a_postgresql_that_refuses_the_credentials_or_the_database_fails_at_once(
     request: pytest.FixtureRequest,
 ) -> None:
-    """A wrong password, an unknown role or database: the server answered, and waiting
+    """A wrong password, an unknown role or database, a role that pg_hba.conf rejects or
+    does not name, SSL required of a server without it: the server answered, and waiting
     will not change its answer. The command fails at once, with what the server said,
     where a wait of ten minutes would otherwise run out first."""
     server = TempPostgres(postgres_or_skip(request).bindir).start()
@@ -109,10 +110,13 @@ def test_a_postgresql_that_refuses_the_credentials_or_the_database_fails_at_once
         with psycopg.connect(server.url().replace("+psycopg", ""), autocommit=True) as conn:
             conn.execute("CREATE ROLE startup_pw LOGIN PASSWORD 'right'")
             conn.execute("CREATE DATABASE startup OWNER startup_pw")
-            hba = server.data / "pg_hba.conf"
-            hba.write_text(
+            # Only the roles named here may connect over TCP: any other finds no line
+            # of pg_hba.conf, and startup_reject a line that rejects it.
+            (server.data / "pg_hba.conf").write_text(
+                "local all all trust\n"
                 "host all startup_pw 127.0.0.1/32 scram-sha-256\n"
-                "host all startup_nologin 127.0.0.1/32 trust\n" + hba.read_text()
+                "host all startup_reject 127.0.0.1/32 reject\n"
+                "host all startup_nologin,postgres,ghost 127.0.0.1/32 trust\n"
             )
             conn.execute("CREATE ROLE startup_nologin NOLOGIN")
             conn.execute("SELECT pg_reload_conf()")
@@ -124,6 +128,9 @@ def test_a_postgresql_that_refuses_the_credentials_or_the_database_fails_at_once
             f"postgresql+psycopg://ghost@{at}/postgres": 'role "ghost" does not exist',
             f"postgresql+psycopg://postgres@{at}/nope": 'database "nope" does not exist',
             f"postgresql+psycopg://startup_nologin@{at}/postgres": "not permitted to log in",
+            f"postgresql+psycopg://startup_reject@{at}/postgres": "pg_hba.conf rejects connection",
+            f"postgresql+psycopg://stranger@{at}/postgres": "no pg_hba.conf entry",
+            f"postgresql+psycopg://postgres@{at}/postgres?sslmode=require": "SSL was required",
         }
         for url, says in refused.items():
             started = time.monotonic()
