@@ -228,6 +228,28 @@ SESSION_TIMEZONE = "-c TimeZone=UTC"
 UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
 
 
+#: The database URL's query parameter (psycopg's own name) for how many runs of a statement
+#: on a connection make psycopg prepare it on the server (5 by default); ``none``: never.
+PREPARE_THRESHOLD = "prepare_threshold"
+
+
+def prepare_threshold(value: str) -> int | None:
+    """A ``prepare_threshold`` of a database URL: a whole number of runs, or ``none`` for
+    no prepared statement at all, as a pooler that shares server sessions between
+    transactions needs (PgBouncer's transaction pooling before 1.21, or without
+    ``max_prepared_statements``): there a statement prepared by one client is missing
+    from the session another transaction runs on, or there under another's name."""
+    text = value.strip()
+    if text.lower() == "none":
+        return None
+    if not (text.isascii() and text.isdigit()) or len(text) > 9:
+        raise ValueError(
+            f"{PREPARE_THRESHOLD} must be a whole number of runs (0 to 999999999) or "
+            "none (never prepare: behind a pooler such as PgBouncer in transaction mode)"
+        )
+    return int(text)
+
+
 def _json_default(value: Any) -> Any:
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else str(value)
@@ -294,7 +316,8 @@ def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) ->
     # the last of a setting given twice), its ``connect_timeout`` is kept. But not the
     # time zone: the sessions read instants in UTC whatever the server's, the database's,
     # the role's or the URL's ``TimeZone`` (``SESSION_TIMEZONE``).
-    query = make_url(url).query
+    parsed = make_url(url)
+    query = parsed.query
     given = query.get("options")
     options = timeouts.postgresql_options()
     if isinstance(given, str):
@@ -302,8 +325,15 @@ def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) ->
     connect_args: dict[str, Any] = {"options": f"{options} {SESSION_TIMEZONE}"}
     if "connect_timeout" not in query:
         connect_args["connect_timeout"] = timeouts.connect
+    threshold = query.get(PREPARE_THRESHOLD)
+    if threshold is not None:
+        # psycopg's, not libpq's: a keyword of the connection, not of its conninfo.
+        if not isinstance(threshold, str):
+            raise ValueError(f"{PREPARE_THRESHOLD} is given more than once")
+        connect_args[PREPARE_THRESHOLD] = prepare_threshold(threshold)
+        parsed = parsed.difference_update_query([PREPARE_THRESHOLD])
     engine = sa.create_engine(
-        url,
+        parsed,
         connect_args=connect_args,
         pool_size=kwargs.pop("pool_size", 16),
         max_overflow=kwargs.pop("max_overflow", 48),

@@ -11,7 +11,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ledger.db import THREADS, Timeouts
+from ledger.db import PREPARE_THRESHOLD, THREADS, Timeouts, prepare_threshold
 
 #: The database URLs the ledger takes, for the message refusing another.
 _DATABASES = (
@@ -54,6 +54,12 @@ class Settings(BaseSettings):
                 )
         elif backend != "postgresql" or driver not in ("", "psycopg"):
             raise ValueError(f"{parsed.drivername} is not a database of the ledger: {_DATABASES}")
+        else:
+            threshold = parsed.query.get(PREPARE_THRESHOLD)
+            if isinstance(threshold, tuple):
+                raise ValueError(f"{PREPARE_THRESHOLD} is given more than once")
+            if threshold is not None:
+                prepare_threshold(threshold)  # ValueError: what it may be
         return url
 
     #: A directory of operator catalogs (``*.toml``): new catalogs, or new versions of the

@@ -12,9 +12,11 @@ import glob
 import os
 import pwd
 import shutil
+import signal
 import socket
 import subprocess
 import tempfile
+import time
 from pathlib import Path
 
 import psycopg
@@ -147,6 +149,74 @@ class TempPostgres:
             self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
         finally:
             shutil.rmtree(self.root, ignore_errors=True)
+
+
+def find_pgbouncer() -> Path | None:
+    """The PgBouncer binary (Debian's ``pgbouncer`` package), or None."""
+    found = shutil.which("pgbouncer") or "/usr/sbin/pgbouncer"
+    return Path(found) if Path(found).exists() else None
+
+
+class TempPgBouncer:
+    """PgBouncer in transaction pooling mode in front of one database of a TempPostgres,
+    sharing ``pool_size`` server sessions between its clients' transactions. Like a
+    pooler deployed with its defaults, it drops the startup ``options`` the ledger sends
+    (``ignore_startup_parameters``), time zone and all; ``url()`` gives a psycopg URL."""
+
+    def __init__(self, binary: Path, server: TempPostgres, database: str, *, pool_size: int = 1):
+        self.binary = binary
+        self.server = server
+        self.database = database
+        self.root = Path(tempfile.mkdtemp(prefix="creditledger-pgbouncer-"))
+        self.port = _free_port()
+        self.user = server.user
+        if self.user is not None:
+            shutil.chown(self.root, self.user)
+        (self.root / "users.txt").write_text('"postgres" ""\n')
+        (self.root / "pgbouncer.ini").write_text(
+            f"[databases]\n{database} = host=127.0.0.1 port={server.port} dbname={database}\n"
+            "[pgbouncer]\n"
+            f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
+            f"auth_type = trust\nauth_file = {self.root / 'users.txt'}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\n"
+            "ignore_startup_parameters = options\n"
+            f"logfile = {self.root / 'log'}\npidfile = {self.root / 'pid'}\n"
+        )
+
+    def start(self) -> TempPgBouncer:
+        command = [str(self.binary), "-d", str(self.root / "pgbouncer.ini")]
+        if self.user is not None:  # PgBouncer, like PostgreSQL, refuses to run as root
+            command = ["runuser", "-u", self.user, "--", *command]
+        subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
+        # Daemonized: taking connections once its pid file is written.
+        deadline = time.monotonic() + 30
+        while not (self.root / "pid").exists():
+            assert time.monotonic() < deadline, (self.root / "log").read_text(errors="replace")
+            time.sleep(0.05)
+        return self
+
+    def url(self) -> str:
+        return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{self.database}"
+
+    def stop(self) -> None:
+        try:
+            pid = int((self.root / "pid").read_text().strip())
+            os.kill(pid, signal.SIGINT)  # PgBouncer's immediate shutdown
+            deadline = time.monotonic() + 10
+            while _alive(pid) and time.monotonic() < deadline:
+                time.sleep(0.05)
+        except (FileNotFoundError, ValueError, ProcessLookupError):
+            pass  # never started, or gone already
+        finally:
+            shutil.rmtree(self.root, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def end_sessions(url: str) -> int:

@@ -69,6 +69,11 @@ def test_each_bound_takes_its_edge_and_refuses_one_step_past_it(
         "sqlite+pysqlite:////var/lib/creditledger/ledger.db",
         "postgresql://ledger@db/ledger",
         "postgresql+psycopg://ledger:s3cret@db:5432/ledger",
+        # Behind a pooler that shares server sessions: no prepared statement.
+        "postgresql+psycopg://ledger@pgbouncer:6432/ledger?prepare_threshold=none",
+        "postgresql+psycopg://ledger@db/ledger?prepare_threshold=NONE",
+        "postgresql+psycopg://ledger@db/ledger?prepare_threshold=0",
+        "postgresql+psycopg://ledger@db/ledger?prepare_threshold=999999999",
     ],
 )
 def test_a_url_of_the_ledgers_databases_is_taken(url: str) -> None:
@@ -85,6 +90,15 @@ def test_a_url_of_the_ledgers_databases_is_taken(url: str) -> None:
         ("sqlite://", "in-memory"),
         ("sqlite:///:memory:", "in-memory"),
         ("sqlite:///file:ledger?mode=memory&uri=true", "in-memory"),
+        ("postgresql://ledger:s3cret@db/ledger?prepare_threshold=-1", "prepare_threshold must"),
+        ("postgresql://ledger:s3cret@db/ledger?prepare_threshold=off", "or none"),
+        ("postgresql://ledger:s3cret@db/ledger?prepare_threshold=1e3", "whole number"),
+        ("postgresql://ledger:s3cret@db/ledger?prepare_threshold=\uff15", "whole number"),
+        ("postgresql://ledger:s3cret@db/ledger?prepare_threshold=1000000000", "0 to 999999999"),
+        (
+            "postgresql://ledger:s3cret@db/ledger?prepare_threshold=none&prepare_threshold=5",
+            "prepare_threshold is given more than once",
+        ),
     ],
 )
 def test_another_database_or_driver_or_sqlite_in_memory_is_refused_unsaid(
