@@ -1,6 +1,6 @@
 """Behind PgBouncer in transaction pooling mode, as PostgreSQL is often deployed: each
 transaction runs on whichever server session is free, and the session options the ledger
-sends at the start are dropped.
+sends at the start are dropped. The ledger in process, and ``creditledger serve`` over HTTP.
 
 The database URL's ``prepare_threshold=none`` keeps psycopg from preparing statements on
 the server (after five runs of a statement, by default): there a statement one client
@@ -15,10 +15,11 @@ from __future__ import annotations
 
 import os
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from typing import Any
 
+import httpx2 as httpx
 import pytest
 from sqlalchemy.engine import make_url
 
@@ -28,6 +29,7 @@ from ledger.verify import verify
 from pricing.catalog import CatalogSet
 from tests import factories as f
 from tests.conftest import postgres_or_skip
+from tests.e2e.served import Served
 from tests.pg import TempPgBouncer, find_pgbouncer
 
 postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
@@ -106,3 +108,44 @@ def test_behind_pgbouncer_in_transaction_mode_every_request_succeeds(
         assert verify(db) == []
     finally:
         db.dispose()
+
+
+@postgresql_only
+def test_the_server_behind_pgbouncer_serves_concurrent_gateways(
+    bouncer: TempPgBouncer, serve: Callable[[dict[str, str]], Served]
+) -> None:
+    """``creditledger serve`` on the pooler's URL: it migrates through it, and concurrent
+    authorize+capture calls over HTTP all succeed, the wallet charged exactly."""
+    url = f"{bouncer.url()}?prepare_threshold=none"
+    served = serve({"CREDITLEDGER_DATABASE_URL": url}).start()
+    auth = {"Authorization": f"Bearer {served.admin}"}
+    statuses: list[int] = []
+    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+        assert http.post("/v1/accounts", json={"id": "gw", "unit": "credit"}).status_code == 201
+        assert http.post("/v1/accounts/gw/topups", json={"amount": 100_000}).status_code == 201
+
+        def drive(n: int) -> None:
+            for i in range(PAIRS):
+                key = {"Idempotency-Key": f"a-{n}-{i}"}
+                held = http.post(
+                    "/v1/authorizations", json={"account_id": "gw", **VEO_FAST}, headers=key
+                )
+                statuses.append(held.status_code)
+                if held.status_code != 201:
+                    continue
+                captured = http.post(
+                    f"/v1/authorizations/{held.json()['id']}/capture",
+                    json={"status": "COMPLETED", "usage": {"videos": 1}},
+                    headers={"Idempotency-Key": f"c-{n}-{i}"},
+                )
+                statuses.append(captured.status_code)
+
+        threads = [threading.Thread(target=drive, args=(n,)) for n in range(WALLETS)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        assert sorted(set(statuses)) == [200, 201], statuses
+        assert len(statuses) == 2 * WALLETS * PAIRS
+        wallet = http.get("/v1/accounts/gw").json()
+    assert (wallet["balance"], wallet["pending"]) == (100_000 - 240 * WALLETS * PAIRS, 0)
