@@ -344,14 +344,33 @@ def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) ->
         **kwargs,
     )
 
+    unbounded: list[bool] = []  # said once per engine
+
     @sa.event.listens_for(engine, "connect")
     def _in_utc(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
+        if dbapi_conn.info.parameter_status("TimeZone") in UTC_NAMES:
+            return  # as the startup options set it
         # The startup options did not set it (a pooler such as PgBouncer dropped them):
         # set it now. PgBouncer tracks TimeZone, so it stays set on whichever server
         # connection the session's later transactions run.
-        if dbapi_conn.info.parameter_status("TimeZone") not in UTC_NAMES:
-            dbapi_conn.execute("SET TimeZone TO 'UTC'")
-            dbapi_conn.commit()
+        dbapi_conn.execute("SET TimeZone TO 'UTC'")
+        # The options set a lock timeout of a millisecond at least. Dropped, and with
+        # neither the role nor the database setting one, a transaction waiting for a
+        # wallet another holds would wait without end: said once, with the cure. (Read
+        # only here, where a dropped time zone shows the options were dropped: a server
+        # whose own zone is UTC shows nothing, and is not asked.)
+        lock = dbapi_conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
+        dbapi_conn.commit()
+        if lock == "0" and not unbounded:
+            unbounded.append(True)
+            log.warning(
+                "database: the sessions have no lock timeout (lock_timeout is 0): their "
+                "startup options were dropped, as a pooler such as PgBouncer does. Set the "
+                "timeouts on the database role instead: ALTER ROLE %s SET lock_timeout = "
+                "'%gs' (and idle_in_transaction_session_timeout)",
+                dbapi_conn.info.user,
+                timeouts.lock,
+            )
 
     return engine
 

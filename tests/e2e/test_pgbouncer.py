@@ -13,6 +13,7 @@ server whose time zone is not (``ledger.db.SESSION_TIMEZONE``): the pooler keeps
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
 from collections.abc import Callable, Iterator
@@ -63,10 +64,12 @@ def bouncer(request: pytest.FixtureRequest, database_url: str) -> Iterator[TempP
 
 @postgresql_only
 def test_behind_pgbouncer_in_transaction_mode_every_request_succeeds(
-    bouncer: TempPgBouncer, catalogs: CatalogSet
+    bouncer: TempPgBouncer, catalogs: CatalogSet, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Concurrent clients, more than the pooler's server sessions, authorize and capture
-    on wallets of their own: every call succeeds, and the money adds up."""
+    on wallets of their own: every call succeeds, and the money adds up. The lock timeout
+    the pooler dropped with the startup options is missed, once, with the cure."""
+    caplog.set_level(logging.WARNING, logger="creditledger.db")
     db = Database.from_url(f"{bouncer.url()}?prepare_threshold=none")
     try:
         db.migrate()  # at its head already: Alembic's reads, behind the pooler
@@ -108,6 +111,31 @@ def test_behind_pgbouncer_in_transaction_mode_every_request_succeeds(
         assert verify(db) == []
     finally:
         db.dispose()
+    said = [r.getMessage() for r in caplog.records if "lock timeout" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "ALTER ROLE postgres SET lock_timeout = '10s'" in said[0]
+
+
+@postgresql_only
+def test_a_lock_timeout_the_database_sets_is_not_missed(
+    bouncer: TempPgBouncer, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Neither behind the pooler once the database sets its own lock timeout, nor on a
+    connection whose options the server got, is a lock timeout said to be missing."""
+    caplog.set_level(logging.WARNING, logger="creditledger.db")
+    direct = Database.from_url(database_url)
+    pooled = Database.from_url(f"{bouncer.url()}?prepare_threshold=none")
+    try:
+        with direct.transaction(write=False) as conn:
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "10s"
+            database = make_url(database_url).database
+            conn.exec_driver_sql(f"ALTER DATABASE {database} SET lock_timeout = '3s'")
+        with pooled.transaction(write=False) as conn:
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "3s"
+    finally:
+        direct.dispose()
+        pooled.dispose()
+    assert [r for r in caplog.records if "lock timeout" in r.getMessage()] == []
 
 
 @postgresql_only
