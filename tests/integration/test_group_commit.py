@@ -285,6 +285,22 @@ def test_a_failed_commit_replaces_the_write_connection(db: Database) -> None:
     assert committed(db) == {"after", "again"}
 
 
+def test_a_failed_begin_replaces_the_write_connection(db: Database) -> None:
+    """A BEGIN that fails leaves the kept connection in a state no one knows: discarded,
+    so that the next group does not fail on it too, and every group after."""
+    count, opened = checkouts(db), connections(db)
+    assert writer(db, "before")() == "before"
+    assert db._writer_conn is not None
+    # Left inside a transaction behind SQLAlchemy's back: its next BEGIN fails.
+    raw: Any = db._writer_conn.connection.driver_connection
+    raw.execute("BEGIN")
+    with pytest.raises(sa.exc.OperationalError, match="within a transaction"):
+        writer(db, "refused")()
+    assert writer(db, "after")() == "after"
+    assert (count[0], len(opened)) == (2, 2)
+    assert committed(db) == {"before", "after"}
+
+
 def test_dispose_closes_the_kept_write_connection(db: Database) -> None:
     opened = connections(db)
     assert writer(db, "w")() == "w"

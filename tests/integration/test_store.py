@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from ledger.db import Database
+from ledger.db import BEGIN_PENDING, Database
 from ledger.store import Sql, Store
 
 INSERT = Sql("INSERT INTO scratch (id, state) VALUES (:id, :state)")
@@ -482,6 +482,37 @@ def test_a_read_after_a_write_on_the_same_connection_is_a_transaction(
             assert conn.connection.driver_connection is raw
             isolation = conn.exec_driver_sql("SHOW transaction_isolation").scalar_one()
             assert isolation == "repeatable read"
+    finally:
+        db.dispose()
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_write_that_sent_nothing_leaves_no_begin_to_the_next_transaction(
+    database_url: str,
+) -> None:
+    """A write transaction's BEGIN goes with its first statement; one that ran none (a use
+    case that refused before reading anything) takes it along when it ends: the next
+    transaction on the connection, a read, does not send a BEGIN inside its own."""
+    db = Database.from_url(database_url, pool_size=1, max_overflow=0)
+    notices: list[str] = []
+    used: list[Any] = []
+
+    def refuse() -> None:
+        with db.transaction() as conn:
+            used.append(conn.connection.driver_connection)
+            used[0].add_notice_handler(lambda diag: notices.append(diag.message_primary))
+            assert conn.info[BEGIN_PENDING]
+            raise LookupError("refused before any statement")
+
+    try:
+        with pytest.raises(LookupError, match="refused before any statement"):
+            refuse()
+        (raw,) = used
+        with db.transaction(write=False) as conn:
+            assert conn.connection.driver_connection is raw
+            assert BEGIN_PENDING not in conn.info
+            assert conn.exec_driver_sql("SELECT 1").scalar_one() == 1
+        assert notices == []  # "there is already a transaction in progress"
     finally:
         db.dispose()
 
