@@ -388,6 +388,67 @@ def test_a_failed_commit_fails_every_use_case_of_the_write_threads_group(db: Dat
     assert committed(db) == {"after"}
 
 
+def test_a_commit_interrupted_on_the_write_thread_fails_every_use_case_waiting_on_it(
+    db: Database,
+) -> None:
+    """The group's commit, made once the queue ran dry (after a use case that wrote
+    nothing), interrupted by a BaseException: every use case waiting on it is told it
+    failed, none is left unanswered, and the thread goes on."""
+    fail_first_commit(db, Interrupted("interrupted during COMMIT"))
+    futures = queued_behind(db, [inserting(db, "q0"), inserting(db, "q1"), lambda: "no write"])
+    outcomes = outcomes_of(futures)
+    assert all(isinstance(o, CommitFailed) for o in outcomes), outcomes
+    assert committed(db) == set()
+    assert db.submit(inserting(db, "after")).result(30) == "after"
+    assert committed(db) == {"after"}
+
+
+def test_a_use_case_of_several_transactions_is_answered_once_the_last_is_durable(
+    db: Database,
+) -> None:
+    """A use case whose first transaction committed at once (nothing else queued) and
+    whose second joined a group left open (another use case queued meanwhile): answered
+    once that group commits, not when the first did."""
+    between, resume = threading.Event(), threading.Event()
+    seen_at_answer: list[set[str]] = []
+
+    def use_case() -> str:
+        with db.transaction() as conn:
+            conn.exec_driver_sql("INSERT INTO scratch (who) VALUES ('alone')")
+        between.set()
+        assert resume.wait(30)
+        with db.transaction() as conn:
+            conn.exec_driver_sql("INSERT INTO scratch (who) VALUES ('grouped')")
+        return "both"
+
+    future = db.submit(use_case)
+    future.add_done_callback(lambda _f: seen_at_answer.append(committed(db)))
+    assert between.wait(30)
+    assert committed(db) == {"alone"}
+    after = db.submit(inserting(db, "after"))
+    resume.set()
+    assert [future.result(30), after.result(30)] == ["both", "after"]
+    deadline = time.monotonic() + 30
+    while not seen_at_answer and time.monotonic() < deadline:
+        time.sleep(0.001)
+    assert seen_at_answer == [{"alone", "grouped", "after"}]
+
+
+def test_a_use_case_its_caller_gave_up_on_before_it_started_is_not_run(db: Database) -> None:
+    """Cancelled while queued (a client that went away): nothing of it is written, and
+    the thread goes on with the rest."""
+    release = threading.Event()
+    first = db.submit(inserting(db, "first", lambda _conn: release.wait(30)))
+    given_up = db.submit(inserting(db, "given up"))
+    rest = db.submit(inserting(db, "rest"))
+    assert given_up.cancel()
+    release.set()
+    assert [first.result(30), rest.result(30)] == ["first", "rest"]
+    assert given_up.cancelled()
+    assert committed(db) == {"first", "rest"}
+    assert db.submit(inserting(db, "after")).result(30) == "after"
+
+
 def test_a_settled_transaction_commits_before_it_returns_on_the_write_thread(
     db: Database,
 ) -> None:
