@@ -172,28 +172,44 @@ class TempPgBouncer:
         self.user = server.user
         if self.user is not None:
             shutil.chown(self.root, self.user)
+        self.pool_size = pool_size
         (self.root / "users.txt").write_text('"postgres" ""\n')
+
+    def _configure(self) -> None:
+        database, server = self.database, self.server
         (self.root / "pgbouncer.ini").write_text(
             f"[databases]\n{database} = host=127.0.0.1 port={server.port} dbname={database}\n"
             "[pgbouncer]\n"
             f"listen_addr = 127.0.0.1\nlisten_port = {self.port}\nunix_socket_dir =\n"
             f"auth_type = trust\nauth_file = {self.root / 'users.txt'}\n"
-            f"pool_mode = transaction\ndefault_pool_size = {pool_size}\n"
+            f"pool_mode = transaction\ndefault_pool_size = {self.pool_size}\n"
             "ignore_startup_parameters = options\n"
             f"logfile = {self.root / 'log'}\npidfile = {self.root / 'pid'}\n"
         )
 
     def start(self) -> TempPgBouncer:
-        command = [str(self.binary), "-d", str(self.root / "pgbouncer.ini")]
-        if self.user is not None:  # PgBouncer, like PostgreSQL, refuses to run as root
-            command = ["runuser", "-u", self.user, "--", *command]
-        subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
-        # Daemonized: taking connections once its pid file is written.
-        deadline = time.monotonic() + 30
-        while not (self.root / "pid").exists():
-            assert time.monotonic() < deadline, (self.root / "log").read_text(errors="replace")
-            time.sleep(0.05)
-        return self
+        # The port was free when picked, but another process (a parallel test worker's
+        # server) may bind it first: then PgBouncer exits, and starts again on another.
+        for attempt in range(3):
+            self._configure()
+            (self.root / "log").unlink(missing_ok=True)
+            command = [str(self.binary), "-d", str(self.root / "pgbouncer.ini")]
+            if self.user is not None:  # PgBouncer, like PostgreSQL, refuses to run as root
+                command = ["runuser", "-u", self.user, "--", *command]
+            subprocess.run(command, check=True, capture_output=True, text=True, timeout=60)
+            # Daemonized: taking connections once its pid file is written.
+            deadline = time.monotonic() + 30
+            while not (self.root / "pid").exists():
+                log = self.root / "log"
+                said = log.read_text(errors="replace") if log.exists() else ""
+                if "nowhere to listen" in said and attempt < 2:
+                    break
+                assert time.monotonic() < deadline, said
+                time.sleep(0.05)
+            else:
+                return self
+            self.port = _free_port()
+        raise AssertionError("unreachable")
 
     def url(self) -> str:
         return f"postgresql+psycopg://postgres@127.0.0.1:{self.port}/{self.database}"
