@@ -233,12 +233,15 @@ UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
 PREPARE_THRESHOLD = "prepare_threshold"
 
 
-def prepare_threshold(value: str) -> int | None:
-    """A ``prepare_threshold`` of a database URL: a whole number of runs, or ``none`` for
-    no prepared statement at all, as a pooler that shares server sessions between
-    transactions needs (PgBouncer's transaction pooling before 1.21, or without
-    ``max_prepared_statements``): there a statement prepared by one client is missing
-    from the session another transaction runs on, or there under another's name."""
+def prepare_threshold(value: str | tuple[str, ...]) -> int | None:
+    """A ``prepare_threshold`` of a database URL's query (a tuple where it is given more
+    than once): a whole number of runs, or ``none`` for no prepared statement at all, as
+    a pooler that shares server sessions between transactions needs (PgBouncer's
+    transaction pooling before 1.21, or without ``max_prepared_statements``): there a
+    statement prepared by one client is missing from the session another transaction
+    runs on, or there under another's name."""
+    if not isinstance(value, str):
+        raise ValueError(f"{PREPARE_THRESHOLD} is given more than once")
     text = value.strip()
     if text.lower() == "none":
         return None
@@ -328,8 +331,6 @@ def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) ->
     threshold = query.get(PREPARE_THRESHOLD)
     if threshold is not None:
         # psycopg's, not libpq's: a keyword of the connection, not of its conninfo.
-        if not isinstance(threshold, str):
-            raise ValueError(f"{PREPARE_THRESHOLD} is given more than once")
         connect_args[PREPARE_THRESHOLD] = prepare_threshold(threshold)
         parsed = parsed.difference_update_query([PREPARE_THRESHOLD])
     engine = sa.create_engine(

@@ -56,8 +56,6 @@ class Settings(BaseSettings):
             raise ValueError(f"{parsed.drivername} is not a database of the ledger: {_DATABASES}")
         else:
             threshold = parsed.query.get(PREPARE_THRESHOLD)
-            if isinstance(threshold, tuple):
-                raise ValueError(f"{PREPARE_THRESHOLD} is given more than once")
             if threshold is not None:
                 prepare_threshold(threshold)  # ValueError: what it may be
         return url
