@@ -349,19 +349,23 @@ def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) ->
 
     @sa.event.listens_for(engine, "connect")
     def _in_utc(dbapi_conn: Any, _record: ConnectionPoolEntry) -> None:
-        if dbapi_conn.info.parameter_status("TimeZone") in UTC_NAMES:
-            return  # as the startup options set it
-        # The startup options did not set it (a pooler such as PgBouncer dropped them):
-        # set it now. PgBouncer tracks TimeZone, so it stays set on whichever server
-        # connection the session's later transactions run.
-        dbapi_conn.execute("SET TimeZone TO 'UTC'")
+        zoned = dbapi_conn.info.parameter_status("TimeZone") not in UTC_NAMES
+        if zoned:
+            # The startup options did not set it (a pooler such as PgBouncer dropped
+            # them): set it now. PgBouncer tracks TimeZone, so it stays set on whichever
+            # server connection the session's later transactions run.
+            dbapi_conn.execute("SET TimeZone TO 'UTC'")
         # The options set a lock timeout of a millisecond at least. Dropped, and with
         # neither the role nor the database setting one, a transaction waiting for a
-        # wallet another holds would wait without end: said once, with the cure. (Read
-        # only here, where a dropped time zone shows the options were dropped: a server
-        # whose own zone is UTC shows nothing, and is not asked.)
+        # wallet another holds would wait without end: said once, with the cure. Asked of
+        # every new connection (a round trip each, on a pool's connections that live for
+        # an hour): behind a pooler, a server whose own zone is UTC shows nothing else of
+        # the options dropped.
         lock = dbapi_conn.execute("SELECT current_setting('lock_timeout')").fetchone()[0]
-        dbapi_conn.commit()
+        if zoned:
+            dbapi_conn.commit()  # a SET lasts once committed
+        else:
+            dbapi_conn.rollback()  # only read: nothing to commit
         if lock == "0" and not unbounded:
             unbounded.append(True)
             log.warning(

@@ -139,6 +139,34 @@ def test_a_lock_timeout_the_database_sets_is_not_missed(
 
 
 @postgresql_only
+def test_a_lock_timeout_dropped_in_front_of_a_utc_server_is_missed(
+    bouncer: TempPgBouncer, database_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Behind the pooler, on a database whose own time zone is UTC, the sessions come in
+    UTC though their options were dropped: the lock timeout they lost is missed all the
+    same, once, with the cure."""
+    caplog.set_level(logging.WARNING, logger="creditledger.db")
+    direct = Database.from_url(database_url)
+    try:
+        with direct.transaction(write=False) as conn:
+            database = make_url(database_url).database
+            conn.exec_driver_sql(f"ALTER DATABASE {database} SET TimeZone = 'UTC'")
+    finally:
+        direct.dispose()
+    pooled = Database.from_url(f"{bouncer.url()}?prepare_threshold=none")
+    try:
+        with pooled.transaction(write=False) as conn:
+            raw: Any = conn.connection.driver_connection
+            assert raw.info.parameter_status("TimeZone") == "UTC"  # nothing else to see
+            assert conn.exec_driver_sql("SHOW lock_timeout").scalar() == "0"
+    finally:
+        pooled.dispose()
+    said = [r.getMessage() for r in caplog.records if "lock timeout" in r.getMessage()]
+    assert len(said) == 1, said
+    assert "ALTER ROLE postgres SET lock_timeout = '10s'" in said[0]
+
+
+@postgresql_only
 def test_the_server_behind_pgbouncer_serves_concurrent_gateways(
     bouncer: TempPgBouncer, serve: Callable[[dict[str, str]], Served]
 ) -> None:
