@@ -377,10 +377,28 @@ class Store:
             # read, or when the pipeline ended): the failure of that write.
             failure = self._failure_of(exc)
             if failure is None:
+                self._close_if_stuck()
                 raise
             raise failure() from exc
         finally:
             self._failures = []
+
+    def _close_if_stuck(self) -> None:
+        """Close the driver's connection if a failed batch left it in pipeline mode.
+
+        The server ended the session while the pipeline's results came in (a restart, a
+        failover, ``pg_terminate_backend``): psycopg raised its error before the driver
+        read the end of the connection, and could not leave pipeline mode with commands
+        still unanswered. Nothing can run on the connection any more, not even the
+        ROLLBACK that follows, whose error ("PQsendQuery not allowed in pipeline mode")
+        SQLAlchemy would not take for a lost connection: the use case would fail, where
+        run again on a new connection it succeeds (``Database.lost``). Closed, the
+        connection is one SQLAlchemy finds gone, and with it every connection its pool
+        had handed out by then (the server ended those too, most likely).
+        """
+        raw = self.raw
+        if not raw.closed and raw.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF:
+            raw.close()
 
     def _failure_of(self, exc: BaseException) -> Callable[[], Exception] | None:
         """The failure of the checked write whose count ``exc`` reports, if it does."""

@@ -20,7 +20,7 @@ from ledger.verify import verify
 from pricing import CatalogSet, default_catalogs
 from tests.factories import Clock
 from tests.netcut import CuttingProxy
-from tests.pg import TempPostgres, find_bin
+from tests.pg import TempPostgres, end_session_at, find_bin
 
 
 def _scale() -> int:
@@ -151,7 +151,8 @@ def postgres_or_skip(request: pytest.FixtureRequest) -> TempPostgres:
 def proxy(database_url: str) -> Iterator[CuttingProxy]:
     """A proxy in front of the PostgreSQL server of ``database_url`` that cuts a
     connection when told (``tests/netcut.py``)."""
-    cutter = CuttingProxy(sa.engine.make_url(database_url).port or 5432)
+    port = sa.engine.make_url(database_url).port or 5432
+    cutter = CuttingProxy(port, end_session=lambda at: end_session_at(database_url, at))
     try:
         yield cutter
     finally:

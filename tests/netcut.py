@@ -1,6 +1,9 @@
 """A TCP proxy in front of a PostgreSQL server that can cut a connection at the moment
 no client can see through: the COMMIT. Either after the server committed, before the
-client hears it; or as the client sends it, before the server gets it.
+client hears it; or as the client sends it, before the server gets it; or, a COMMIT sent
+in a pipeline done, the server ends the session (``pg_terminate_backend``) before the
+pipeline's Sync and says so, while the end of the connection has yet to reach the client
+(as on a loaded machine).
 
 Nothing is faked: the client is the real driver, the server a real PostgreSQL, and the
 cut is a closed socket, as a network failure or a crash of a middlebox leaves it. The
@@ -15,17 +18,21 @@ from __future__ import annotations
 import socket
 import struct
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 
 from sqlalchemy.engine import make_url
 
+#: How long the client's end of a session the server ended is left open at most.
+HELD = 1.0
 #: A statement's completion (CommandComplete) and the tag of a transaction committed.
 _COMPLETE = b"C"
 _COMMITTED = b"COMMIT\x00"
 #: A statement sent as a simple query, or parsed (extended protocol, as in a pipeline).
 _QUERY = b"Q"
 _PARSE = b"P"
+#: The end of a pipeline's (or any extended-protocol) messages: the server answers them.
+_SYNC = b"S"
 
 
 class CuttingProxy:
@@ -33,14 +40,20 @@ class CuttingProxy:
     connection on which the server reports a COMMIT done end there: the report is not
     passed on, both sockets are closed (``cuts`` counts them). ``arm(before=True)`` ends
     the next connection on which the client sends a COMMIT instead, before the server
-    gets it: the server rolls the transaction back."""
+    gets it: the server rolls the transaction back. ``arm(ended=True)`` passes on the
+    next COMMIT the client sends in a pipeline, holds back the Sync that follows it and
+    has the server end the session instead (``end_session``, given the port the proxy
+    connected to the server from): what the server says as it goes (the COMMIT done, and
+    why the session ends) is passed on, and the client's socket is left open until the
+    client closes it (``HELD`` seconds at most)."""
 
-    def __init__(self, target: int) -> None:
+    def __init__(self, target: int, end_session: Callable[[int], object] | None = None) -> None:
         self.target = target
+        self._end_session = end_session
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.port: int = self._listener.getsockname()[1]
         self._lock = threading.Lock()
-        self._armed = {True: 0, False: 0}  # by ``before``
+        self._armed = {"after": 0, "before": 0, "ended": 0}
         self.cuts = 0
         self._sockets: list[socket.socket] = []
         self._closed = False
@@ -52,11 +65,13 @@ class CuttingProxy:
         plain = {"sslmode": "disable", "gssencmode": "disable"}
         return proxied.update_query_dict(plain).render_as_string(hide_password=False)
 
-    def arm(self, times: int = 1, *, before: bool = False) -> None:
+    def arm(self, times: int = 1, *, before: bool = False, ended: bool = False) -> None:
         """Cut the next ``times`` COMMITs, one connection each: after the server reports
-        them done, or ``before`` it gets them."""
+        them done, ``before`` it gets them, or with the session the server ``ended`` after
+        a pipelined COMMIT."""
+        assert not ended or self._end_session is not None, "no way to end a session"
         with self._lock:
-            self._armed[before] += times
+            self._armed["ended" if ended else "before" if before else "after"] += times
 
     def close(self) -> None:
         with self._lock:
@@ -88,10 +103,15 @@ class CuttingProxy:
                     _close(server)
                     return
                 self._sockets += [client, server]
-            threading.Thread(target=self._requests, args=(client, server), daemon=True).start()
-            threading.Thread(target=self._answers, args=(server, client), daemon=True).start()
+            held = threading.Event()  # the client's end left open
+            threading.Thread(
+                target=self._requests, args=(client, server, held), daemon=True
+            ).start()
+            threading.Thread(target=self._answers, args=(server, client, held), daemon=True).start()
 
-    def _requests(self, client: socket.socket, server: socket.socket) -> None:
+    def _requests(
+        self, client: socket.socket, server: socket.socket, held: threading.Event
+    ) -> None:
         """The client's messages to the server, one by one, until a cut."""
         with _ending(client, server):
             head = _exactly(client, 4)  # the startup message: its length, no type
@@ -99,34 +119,56 @@ class CuttingProxy:
             if head is None or body is None:
                 return
             server.sendall(head + body)
+            committing = False
             while True:
                 head = _exactly(client, 5)
                 body = None if head is None else _exactly(client, _length(head[1:]) - 4)
                 if head is None or body is None:
                     return
-                if _commits(head[:1], body) and self._take(before=True):
+                if _commits(head[:1], body) and self._take("before"):
                     return  # the server never gets the COMMIT
+                if head[:1] == _SYNC and committing and self._take("ended"):
+                    held.set()
+                    assert self._end_session is not None
+                    self._end_session(server.getsockname()[1])
+                    # The server never gets the Sync, nor anything after it: read and
+                    # dropped until the client closes its end, or for ``HELD`` seconds at
+                    # most (a client waiting for the end of the connection waits no
+                    # longer: the end reaches it late, not never).
+                    client.settimeout(HELD)
+                    while _exactly(client, 1 << 16, partial=True):
+                        pass
+                    return
+                if head[:1] in (_SYNC, _QUERY):
+                    committing = False  # the next message begins anew
+                if _commits(head[:1], body) and head[:1] == _PARSE:
+                    committing = True  # a COMMIT in a pipeline: its Sync follows
                 server.sendall(head + body)
 
-    def _answers(self, server: socket.socket, client: socket.socket) -> None:
-        """The server's messages to the client, one by one, until a cut."""
-        with _ending(server, client):
-            while True:
-                head = _exactly(server, 5)
-                if head is None:
-                    return
-                body = _exactly(server, _length(head[1:]) - 4)
-                if body is None:
-                    return
-                if head[:1] == _COMPLETE and body == _COMMITTED and self._take(before=False):
-                    return  # the commit is done on the server; the client never hears
-                client.sendall(head + body)
+    def _answers(self, server: socket.socket, client: socket.socket, held: threading.Event) -> None:
+        """The server's messages to the client, one by one, until a cut (or, the session
+        ended, until the server closes: the client's end is then left open)."""
+        try:
+            with _ending(server):
+                while True:
+                    head = _exactly(server, 5)
+                    if head is None:
+                        return
+                    body = _exactly(server, _length(head[1:]) - 4)
+                    if body is None:
+                        return
+                    if head[:1] == _COMPLETE and body == _COMMITTED and self._take("after"):
+                        return  # the commit is done on the server; the client never hears
+                    client.sendall(head + body)
+        finally:
+            if not held.is_set():
+                _close(client)
 
-    def _take(self, *, before: bool) -> bool:
+    def _take(self, moment: str) -> bool:
         with self._lock:
-            if self._armed[before] == 0:
+            if self._armed[moment] == 0:
                 return False
-            self._armed[before] -= 1
+            self._armed[moment] -= 1
             self.cuts += 1
             return True
 
@@ -148,12 +190,16 @@ def _commits(kind: bytes, body: bytes) -> bool:
     return text.rstrip(b"\x00; \n").strip().upper() == b"COMMIT"
 
 
-def _exactly(sock: socket.socket, size: int) -> bytes | None:
+def _exactly(sock: socket.socket, size: int, *, partial: bool = False) -> bytes | None:
+    """``size`` bytes from ``sock`` (``partial``: what comes first, up to ``size``); None
+    when it closed first."""
     chunks, left = [], size
     while left:
         chunk = sock.recv(left)
         if not chunk:
             return None
+        if partial:
+            return chunk
         chunks.append(chunk)
         left -= len(chunk)
     return b"".join(chunks)

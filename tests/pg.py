@@ -248,3 +248,30 @@ def end_sessions(url: str) -> int:
         ).fetchone()
     assert ended is not None
     return int(ended[0])
+
+
+def end_session_at(url: str, port: int) -> int:
+    """End the session on the server of ``url`` whose client connected from local
+    ``port`` (``pg_terminate_backend``), once its transaction is over (a COMMIT sent
+    before has run: up to 5 s); how many were told to end (0 or 1). Their end is not
+    waited for: the session's client may be done with it, and the test over, before the
+    server's wait for its end is."""
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline:
+            busy = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity "
+                "WHERE client_port = %s AND xact_start IS NOT NULL",
+                [port],
+            ).fetchone()
+            if busy is None or busy[0] == 0:
+                break
+            time.sleep(0.01)
+        ended = conn.execute(
+            "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid)) "
+            "FROM pg_stat_activity WHERE client_port = %s AND pid <> pg_backend_pid()",
+            [port],
+        ).fetchone()
+    assert ended is not None
+    return int(ended[0])
