@@ -106,12 +106,14 @@ def test_one_wallets_statement_reads_that_wallets_rows_alone(
     the others dropped afterwards: of a month long past, the holds open at its end would
     be every hold resolved since, whoever's."""
     owner = ledger.hold(traffic.open_at_end[0]).account_id
-    # Another wallet's hold open at the month's end, resolved since.
+    # Two holds of another wallet open at the month's end: one resolved since, one open
+    # still.
     asks = {"credit": veo3_video(video_model="veo3_fast"), "usd": pixazo_image()}
     other = next(w for w, unit in traffic.wallets.items() if w != owner and unit in asks)
     after = clock.now
     clock.now = queries.period(traffic.month, "UTC").end - timedelta(minutes=1)
     held = ledger.authorize(other, asks[traffic.wallets[other]], idempotency_key=key())
+    ledger.authorize(other, asks[traffic.wallets[other]], idempotency_key=key())
     clock.now = after
     ledger.void(held.id, idempotency_key=key())
     with db.transaction(write=False) as conn:
