@@ -110,3 +110,40 @@ def test_the_bound_is_inclusive_with_its_margin_below_two_to_the_63() -> None:
     below = (bound - 2**44) // 2
     (monthly,) = queries.records(build(month(below)).usage)
     assert monthly["seconds_us"] == 2 * below
+
+
+def test_the_opening_balance_counts_in_the_bound() -> None:
+    """The closing is the opening plus the month's credits, less its debits, in int64: a
+    wallet whose opening is near 2^63 is refused though its month moved little, where
+    the credits, added before the debits come off, could pass 64 bits."""
+    opening = 2**63 - 2**43
+    made = frames([])
+    wallets = made.wallets.assign(opening=[opening, 0], ledger_closing=[opening, 0])
+    flows = pd.DataFrame(
+        [
+            {"account": 1, "day": "2026-10-01", "flow": "pack", "credits": 2**44, "debits": 0},
+            {
+                "account": 1,
+                "day": "2026-10-02",
+                "flow": "adjustment",
+                "credits": 0,
+                "debits": 2**44,
+            },
+        ],
+        columns=list(queries.FLOW_COLUMNS),
+    ).assign(entries=1)
+    with pytest.raises(ReportOverflow) as refused:
+        build(queries.Frames(period=MONTH, wallets=wallets, flows=flows, usage=made.usage))
+    assert refused.value.accounts == ["big"]
+    # The same month from an opening of zero is summed.
+    (big, _) = queries.records(
+        build(
+            queries.Frames(
+                period=MONTH,
+                wallets=made.wallets,
+                flows=flows,
+                usage=made.usage,
+            )
+        ).accounts
+    )
+    assert (big["credits"], big["debits"], big["closing"]) == (2**44, 2**44, 0)
