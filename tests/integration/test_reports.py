@@ -355,13 +355,19 @@ def test_batches_follow_the_order_of_wallet_ids_each_format_keeps(
 
 def _odd_ids(ledger: Ledger, clock: Clock) -> list[str]:
     """Wallets with a charge in October 2026 whose ids a collation and code points order
-    differently; the clock then in November."""
+    differently, in credits and in USD (a unit of another scale, in more than one batch:
+    its totals add up their amounts, not their scales); the clock then in November."""
     names = ["Zed", "alpha", "émile", "_x", "Alpha", "beta", "10", "9", "zz"]
     clock.now = datetime(2026, 10, 5, tzinfo=UTC)
-    for name in names:
-        ledger.open_account(name, "credit", idempotency_key=key())
-        ledger.top_up(name, 1_000, idempotency_key=key())
-        ledger.charge(name, veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    for n, name in enumerate(names):
+        if n % 2:
+            ledger.open_account(name, "usd", idempotency_key=key())
+            ledger.top_up(name, 1_000_000, idempotency_key=key())
+            ledger.charge(name, pixazo_image(), idempotency_key=key())
+        else:
+            ledger.open_account(name, "credit", idempotency_key=key())
+            ledger.top_up(name, 1_000, idempotency_key=key())
+            ledger.charge(name, veo3_video(video_model="veo3_fast"), idempotency_key=key())
         clock.advance(hours=1)
     clock.now = datetime(2026, 11, 2, tzinfo=UTC)
     return names
