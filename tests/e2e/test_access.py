@@ -20,8 +20,10 @@ from api.deps import scoped_key
 from ledger.errors import InvalidInput
 from ledger.keys import Keys, Principal
 from ledger.models import api_keys
+from ledger.services import Ledger
+from ledger.settings import Settings
 from tests import factories as f
-from tests.e2e.conftest import Api
+from tests.e2e.conftest import Api, api_over
 
 VEO_FAST = f.veo3_video(video_model="veo3_fast")
 ROLES = ("admin", "service", "customer_own", "customer_other")
@@ -385,3 +387,25 @@ def test_idempotency_keys_are_scoped_to_the_operator_or_to_one_customers_wallet(
     assert all(scope.endswith(":req-1") for scope in scopes)
     # Without a key every request is its own.
     assert scoped_key(admin, None) != scoped_key(admin, None)
+
+
+def test_the_operators_configured_admin_key_is_admin_and_no_other_token_is(
+    ledger: Ledger,
+) -> None:
+    """With ``CREDITLEDGER_ADMIN_KEY`` configured, that key is an admin's, checked from the
+    first request (no row: nothing to cache) and again from the cache; any other token is
+    what it is: unknown ones 401, a service key a service's (403 where an admin is
+    needed), however many times it is sent."""
+    configured = "the-operators-own-key"
+    keys = Keys(ledger.db, admin_key=configured)
+    with api_over(ledger, keys, Settings(max_body_bytes=64 * 1024)) as api:
+        for _ in range(2):  # the second time from the keys' cache
+            assert api.post("/v1/keys", {"role": "service"}, as_key=configured).status_code == 201
+            for token in ("nonsense", configured + "x", configured[:-1], api.admin[:-1]):
+                r = api.get("/v1/keys", as_key=token)
+                assert r.status_code == 401, (token, r.text)
+            assert api.get("/v1/keys", as_key="service").status_code == 403
+            assert api.get("/v1/keys", as_key="admin").status_code == 200
+        assert keys.authenticate(configured) == Principal("environment", "admin")
+        assert keys.cached("nonsense") is None
+        assert keys.authenticate("nonsense") is None
