@@ -8,6 +8,8 @@ unknown key and a revoked key all get 401.
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -409,3 +411,24 @@ def test_the_operators_configured_admin_key_is_admin_and_no_other_token_is(
         assert keys.authenticate(configured) == Principal("environment", "admin")
         assert keys.cached("nonsense") is None
         assert keys.authenticate("nonsense") is None
+
+
+def test_a_key_carries_256_random_bits_and_only_their_digest_is_stored(api: Api) -> None:
+    """``clk_<id>_<secret>``: the id (16 hex digits) finds the row; the secret is 256
+    random bits (43 characters of URL-safe base64), of which the database keeps only the
+    SHA-256 digest."""
+    made = [api.post("/v1/keys", {"role": "service"}).json() for _ in range(3)]
+    for created in made:
+        prefix, key_id, secret = created["key"].split("_", 2)
+        assert (prefix, key_id) == ("clk", created["id"])
+        assert len(key_id) == 16
+        assert int(key_id, 16) >= 0  # hex digits
+        assert len(secret) == 43
+        assert len(base64.urlsafe_b64decode(secret + "=")) == 32
+        with api.ledger.db.transaction(write=False) as conn:
+            stored = conn.execute(
+                sa.select(api_keys.c.secret_sha256).where(api_keys.c.id == key_id)
+            ).scalar_one()
+        assert stored == hashlib.sha256(secret.encode()).hexdigest()
+        assert secret not in stored
+    assert len({created["key"].split("_", 2)[2] for created in made}) == 3
