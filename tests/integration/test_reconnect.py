@@ -83,6 +83,25 @@ CASES: dict[str, tuple[Callable[[Ledger], UseCase], tuple[int, int]]] = {
 }
 
 
+def _cut_once(
+    cut: Ledger, proxy: CuttingProxy, case: str, *, replayed: bool, **moment: bool
+) -> None:
+    """Run the use case ``case`` with the proxy armed to cut its COMMIT at ``moment``
+    (``CuttingProxy.arm``): it is answered, by a second run on a new connection that
+    found the first run's commit (``replayed``) or did the work anew; asked again with
+    its key, it answers the same, and the wallet holds what one run leaves."""
+    ready, after = CASES[case]
+    use_case = ready(cut)
+    request_key = key(case)
+    proxy.arm(**moment)
+    answer = use_case(request_key)
+    assert proxy.cuts == 1
+    assert cut.db.reruns() == {"read": 0, "write": 1}
+    assert answer.replayed is replayed
+    assert use_case(request_key).model_dump() == answer.model_dump()
+    assert _money(cut) == after
+
+
 @postgresql_only
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_a_commit_whose_answer_was_lost_is_answered_by_running_again(
@@ -91,15 +110,7 @@ def test_a_commit_whose_answer_was_lost_is_answered_by_running_again(
     """The server commits; the connection is cut before the client hears it (where a
     client of any database cannot tell whether it committed). The use case runs again on
     a new connection and finds its own commit: the caller gets that answer, once."""
-    ready, after = CASES[case]
-    use_case = ready(cut)
-    request_key = key(case)
-    proxy.arm()
-    answer = use_case(request_key)
-    assert proxy.cuts == 1
-    assert answer.replayed  # the second run found the first one's commit
-    assert use_case(request_key).model_dump() == answer.model_dump()
-    assert _money(cut) == after
+    _cut_once(cut, proxy, case, replayed=True)  # the second run found the first's commit
 
 
 @postgresql_only
@@ -110,15 +121,7 @@ def test_a_commit_the_server_never_got_runs_again_afresh(
     """The other side of the same uncertainty: the connection is cut as the COMMIT is
     sent, the server never gets it and rolls back. The second run does the work anew,
     once."""
-    ready, after = CASES[case]
-    use_case = ready(cut)
-    request_key = key(case)
-    proxy.arm(before=True)
-    answer = use_case(request_key)
-    assert proxy.cuts == 1
-    assert not answer.replayed  # nothing had committed: this run did the work
-    assert use_case(request_key).model_dump() == answer.model_dump()
-    assert _money(cut) == after
+    _cut_once(cut, proxy, case, replayed=False, before=True)  # nothing had committed
 
 
 @postgresql_only
@@ -135,16 +138,7 @@ def test_a_session_the_server_ended_after_a_pipelined_commit_is_answered_by_runn
     commit. It used to fail instead (503 over HTTP), SQLAlchemy's ROLLBACK refused with
     "PQsendQuery not allowed in pipeline mode", which it does not take for a lost
     connection."""
-    ready, after = CASES[case]
-    use_case = ready(cut)
-    request_key = key(case)
-    proxy.arm(ended=True)
-    answer = use_case(request_key)
-    assert proxy.cuts == 1
-    assert answer.replayed  # the second run found the first one's commit
-    assert use_case(request_key).model_dump() == answer.model_dump()
-    assert _money(cut) == after
-    assert cut.db.reruns() == {"read": 0, "write": 1}
+    _cut_once(cut, proxy, case, replayed=True, ended=True)
 
 
 @postgresql_only
