@@ -77,6 +77,8 @@ def test_every_instant_lies_in_its_period_and_periods_tile_time(
         ([Leg(1, "credit", 0), Leg(2, "credit", 0)], "zero"),
         ([Leg(1, "credit", -5), Leg(2, "credit", 5), Leg(3, "credit", 0)], "zero"),
         ([Leg(1, "credit", -(2**63)), Leg(2, "credit", 2**63)], "64 bits"),
+        # A debit beyond 64 bits is refused even where the credits balancing it each fit.
+        ([Leg(1, "credit", -(2**63)), Leg(2, "credit", 2**62), Leg(3, "credit", 2**62)], "64 bits"),
         ([Leg(1, "credit", -5), Leg(2, "credit", 4)], "sum to zero"),
         ([Leg(1, "credit", -5), Leg(2, "token", 5)], "sum to zero"),
     ],
@@ -195,16 +197,17 @@ def grant(
 def test_debits_burn_priority_then_soonest_expiry_then_oldest_and_never_more_than_held() -> None:
     grants = [
         grant("never", 100, age=9),
-        grant("late", 100, expires=20, age=8),
-        grant("late-younger", 100, expires=20, age=1),
+        # Same priority and expiry: the older first, though its id sorts after the other's.
+        grant("late-old", 100, expires=20, age=8),
+        grant("late-new", 100, expires=20, age=1),
         grant("soon", 100, expires=2),
         grant("first", 100, priority=-1, expires=40),
     ]
     assert kernel.plan_debit(grants, 350) == [
         ("first", 100),
         ("soon", 100),
-        ("late", 100),
-        ("late-younger", 50),
+        ("late-old", 100),
+        ("late-new", 50),
     ]
     # More than all of them hold: each gives what it has, the rest is not covered.
     assert sum(take for _, take in kernel.plan_debit(grants, 10_000)) == 500
@@ -244,3 +247,7 @@ def test_credits_repay_debt_then_refill_burned_grants_in_order_then_make_a_new_g
     )
     assert kernel.plan_credit(-50, 30, restorable) == kernel.CreditPlan(30, [], 0)
     assert kernel.plan_credit(20, 30) == kernel.CreditPlan(0, [], 30)
+    # A grant with nothing to take back is passed over, not restored by zero.
+    assert kernel.plan_credit(0, 30, [("spent-nothing", 0), ("burned", 10)]) == kernel.CreditPlan(
+        0, [("burned", 10)], 20
+    )
