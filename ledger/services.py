@@ -2405,7 +2405,11 @@ class Ledger:
                         grants.c.id,
                     )
                 ).all()
-                # Refill what this entry spent, from grants that have not expired since.
+                # Refill what this entry spent, from grants that have not expired since
+                # and whose own top-up (or adjustment) was not taken back since: credits
+                # put back into a reversed grant would live on to its expiry, which
+                # would then count them among those its reversal did not take back.
+                taken_back = entries.alias("taken_back")
                 open_ids = (
                     {
                         r.id
@@ -2413,6 +2417,7 @@ class Ledger:
                             sa.select(grants.c.id).where(
                                 grants.c.id.in_([b.grant_id for b in burned]),
                                 sa.or_(grants.c.expires_at.is_(None), grants.c.expires_at > w.now),
+                                ~sa.exists().where(taken_back.c.reverses_id == grants.c.entry_id),
                             )
                         ).all()
                     }

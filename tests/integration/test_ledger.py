@@ -1009,6 +1009,34 @@ def test_a_refund_refills_the_grants_its_charge_burned_unless_they_expired_since
     assert by_kind["adjustment"].reference == f"reversal of {second.entry_id}"
 
 
+def test_a_refund_refills_no_grant_whose_top_up_was_reversed_since(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A charge spent a pack that was then taken back (a chargeback): its refund gives
+    the credits back in a grant of their own. Put back into the reversed pack, they
+    expired with it, and the books then held the reversal to have taken back too much
+    (the ledger's state machine found this: verify's ``reversal_takeback``)."""
+    user = wallet(ledger)
+    day = clock.now + timedelta(days=1)
+    pack = ledger.top_up(user, 300, idempotency_key=key(), expires_at=day, reference="pack")
+    charge = ledger.charge(user, VEO_FAST, idempotency_key=key())  # 240 of the pack
+    assert charge.entry_id is not None
+    ledger.reverse(pack.entry.id, reason="chargeback", idempotency_key=key())
+    assert ledger.balance(user).debt == 240
+    ledger.top_up(user, 500, idempotency_key=key(), reference="second")  # repays the 240
+    refund = ledger.reverse(charge.entry_id, reason="provider refund", idempotency_key=key())
+    assert refund.balance.balance == 500
+    assert {g.reference: (g.remaining, g.expires_at) for g in ledger.grants_of(user)} == {
+        "pack": (0, day),
+        "second": (260, None),
+        f"reversal of {charge.entry_id}": (240, None),
+    }
+    clock.advance(days=2)
+    assert ledger.expire_grants() == 0  # nothing was left in the reversed pack
+    assert ledger.balance(user).balance == 500
+    assert verify(ledger.db) == []
+
+
 def test_a_refund_that_first_repays_debt_refills_the_longest_lived_grants_first(
     ledger: Ledger, clock: Clock
 ) -> None:
