@@ -660,20 +660,24 @@ def test_every_whole_number_of_a_request_fits_64_bits(catalogs: CatalogSet) -> N
     )
     assert estimate(f.pixazo_image(seed=-(2**63)), catalogs=catalogs).cost == 40_000
     assert estimate(f.pixazo_image(seed=MOST), catalogs=catalogs).cost == 40_000
-    with pytest.raises(InvalidParameter) as wide:
-        estimate(
-            f.request(
-                "fal",
-                "image_to_video",
-                prompt="x",
-                image_url="https://x/a.png",
-                image_size={"width": MOST + 1, "height": 480},
-            ),
-            catalogs=catalogs,
-        )
-    width = [e for e in wide.value.errors if e["field"] == "params.image_size.width"]
-    assert len(width) == 1
-    assert "less than or equal to 9223372036854775807" in width[0]["message"]
+    for side, size in (
+        ("width", {"width": MOST + 1, "height": 480}),
+        ("height", {"width": 640, "height": MOST + 1}),
+    ):
+        with pytest.raises(InvalidParameter) as wide:
+            estimate(
+                f.request(
+                    "fal",
+                    "image_to_video",
+                    prompt="x",
+                    image_url="https://x/a.png",
+                    image_size=size,
+                ),
+                catalogs=catalogs,
+            )
+        named = [e for e in wide.value.errors if e["field"] == f"params.image_size.{side}"]
+        assert len(named) == 1
+        assert "less than or equal to 9223372036854775807" in named[0]["message"]
 
 
 def test_a_counted_parameter_is_never_negative_whatever_the_catalog_leaves_open(
