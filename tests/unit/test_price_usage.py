@@ -44,8 +44,10 @@ failed_policy = "charged"
     catalogs = load_catalogs([tmp_path])
     charge = price_usage(f.veo3_video(), {}, "FAILED", catalogs=catalogs, at=f.NOW)
     assert (charge.amount, charge.charged) == (240, True)
+    assert charge.reason == "FAILED: priced from reported usage"
     # ERROR stays free whatever the policy.
-    assert price_usage(f.veo3_video(), {}, "ERROR", catalogs=catalogs, at=f.NOW).amount == 0
+    error = price_usage(f.veo3_video(), {}, "ERROR", catalogs=catalogs, at=f.NOW)
+    assert (error.amount, error.reason) == (0, "ERROR is a provider system error: never charged")
 
 
 def test_unknown_status(catalogs: CatalogSet) -> None:

@@ -211,6 +211,9 @@ def test_unknown_catalog_operation_and_model(catalogs: CatalogSet) -> None:
         ({"catalog": "cosmic", "operation": "text"}, "params"),
         ({"catalog": 1, "operation": "text", "params": {}}, "catalog"),
         ({"catalog": "cosmic", "operation": None, "params": {}}, "operation"),
+        # Not a name at all (unhashable): refused by name, not a TypeError from a lookup.
+        ({"catalog": ["cosmic"], "operation": "text", "params": {}}, "catalog"),
+        ({"catalog": "cosmic", "operation": {"text": 1}, "params": {}}, "operation"),
         ({"catalog": "cosmic", "operation": "text", "params": "prompt"}, "params"),
         ({"catalog": "cosmic", "operation": "text", "params": {}, "extra": 1}, "extra"),
     ],
