@@ -368,6 +368,30 @@ def _takebacks(conn: Connection) -> list[Violation]:
     return out
 
 
+def _reversed_grants(conn: Connection) -> list[Violation]:
+    """A grant whose top-up or adjustment was reversed gave up its credits then, and holds
+    none after: a refund of what it paid for comes back in a grant of its own (put back
+    into the reversed grant, it would expire with it)."""
+    reversal = entries.alias("reversal")
+    return [
+        _v(
+            "reversed_grant",
+            f"grant {r.id} holds {r.remaining}, although {r.reversal} reversed its "
+            f"entry {r.entry_id}",
+        )
+        for r in conn.execute(
+            sa.select(
+                grants.c.id,
+                grants.c.remaining,
+                grants.c.entry_id,
+                reversal.c.id.label("reversal"),
+            )
+            .join(reversal, reversal.c.reverses_id == grants.c.entry_id)
+            .where(grants.c.remaining != 0)
+        )
+    ]
+
+
 def _flows(conn: Connection) -> list[Violation]:
     """The journal rollup holds each wallet's credits and debits per flow."""
     flow = entry_flow()
@@ -413,4 +437,5 @@ CHECKS: list[Any] = [
     _flows,
     _reversals,
     _takebacks,
+    _reversed_grants,
 ]

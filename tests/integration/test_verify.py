@@ -38,7 +38,9 @@ class Books:
     """The ids of a small, sound set of books: two credit wallets and a USD one; alice
     with two grants, a captured hold, a voided one, an expired one, a pending one, and a
     refunded charge;
-    dave, whose promotion expired unspent and was then taken back."""
+    dave, whose promotion expired unspent and was then taken back;
+    erin, whose pack paid for a charge and was then taken back, and the charge refunded
+    (into a grant of its own)."""
 
     alice: int
     bob: int
@@ -55,6 +57,9 @@ class Books:
     dave: int
     expired: int
     takeback: str
+    erin_pack: str
+    erin_refund: str
+    erin_refund_grant: str
 
 
 def tamper(db: Database, *statements: str) -> None:
@@ -113,6 +118,17 @@ def books(db: Database, catalogs: CatalogSet, clock: Clock) -> Books:
     assert pack is not None
     assert promo is not None
     refund = ledger.reverse(charge.entry_id, reason="refund", idempotency_key=key()).entry
+    ledger.open_account("erin", "credit", idempotency_key=key())
+    erin_pack = ledger.top_up("erin", 300, idempotency_key=key())
+    erin_charge = ledger.charge("erin", VEO_FAST, idempotency_key=key()).entry_id
+    assert erin_charge is not None
+    ledger.reverse(erin_pack.entry.id, reason="chargeback", idempotency_key=key())
+    ledger.top_up("erin", 500, idempotency_key=key())
+    erin_refund = ledger.reverse(erin_charge, reason="refund", idempotency_key=key()).entry
+    (erin_refund_grant,) = [
+        g.id for g in ledger.grants_of("erin") if g.reference == f"reversal of {erin_charge}"
+    ]
+    assert erin_pack.grant is not None
     assert verify(db) == []  # sound before any case breaks it
     with db.transaction(write=False) as conn:
         ids = dict(conn.execute(sa.select(accounts.c.external_id, accounts.c.id)).all())
@@ -140,6 +156,9 @@ def books(db: Database, catalogs: CatalogSet, clock: Clock) -> Books:
         dave=ids["dave"],
         expired=system["expired"],
         takeback=takeback.id,
+        erin_pack=erin_pack.grant.id,
+        erin_refund=erin_refund.id,
+        erin_refund_grant=erin_refund_grant,
     )
 
 
@@ -369,6 +388,18 @@ CASES: list[tuple[str, Callable[[Books], list[str]], set[str], Callable[[Books],
         ],
         {"reversal_takeback"},
         lambda b: f"reversal {b.takeback} moved -100 on the wallet",
+    ),
+    (
+        # As the ledger refunded before: into the grant of a pack taken back since.
+        "a refund's credits in a grant whose top-up was reversed",
+        lambda b: [
+            f"UPDATE grant_movements SET grant_id = '{b.erin_pack}' "
+            f"WHERE entry_id = '{b.erin_refund}' AND grant_id = '{b.erin_refund_grant}'",
+            f"UPDATE grants SET remaining = 240 WHERE id = '{b.erin_pack}'",
+            f"UPDATE grants SET remaining = 0 WHERE id = '{b.erin_refund_grant}'",
+        ],
+        {"reversed_grant"},
+        lambda b: f"grant {b.erin_pack} holds 240",
     ),
     (
         "a reversal on another wallet",
