@@ -577,6 +577,7 @@ def test_topup_batch_with_any_bad_row_writes_nothing(env: dict[str, str], tmp_pa
         "acme,5,promo,2027-01-01\n"
         "acme,5\n"
         "acme,5,pack,\n"
+        f"acme,{'9' * 5000},,\n"  # past the digits Python reads into an int
     )
     r = run("topup-batch", str(rows), env=env)
     assert r.returncode == 2
@@ -589,7 +590,11 @@ def test_topup_batch_with_any_bad_row_writes_nothing(env: dict[str, str], tmp_pa
         (5, "expires_at"),
         (6, "expires_at"),
         (7, "file"),
+        (9, "amount"),
     ]
+    assert body["problems"][-1]["message"] == (
+        "amount must be a whole number of minor units from 1 to 9223372036854775807"
+    )
     # A batch id goes into every row's idempotency key: a space, or 101 characters, is
     # refused before the file is read against the ledger.
     good = tmp_path / "good.csv"

@@ -57,6 +57,23 @@ def test_every_problem_is_named_with_its_line_and_field() -> None:
     ]
 
 
+def test_a_number_past_pythons_digits_is_read_as_far_past_64_bits() -> None:
+    """Python reads at most 4,300 digits into an int and raises past them: the command
+    died with a traceback. Such a number (and any past 40 digits) is read as 10**40,
+    with its sign, which the ledger refuses by name as it does any number past 64 bits."""
+    many = "9" * 5000
+    rows, problems = read_rows(
+        "account_id,amount,priority\n"
+        f"acme,{many},-{many}\n"
+        f"acme,{'0' * 60}{'9' * 40},{'2' + '0' * 40}\n"  # 40 digits, and 41
+    )
+    assert problems == []
+    assert [(r.amount, r.priority) for r in rows] == [
+        (10**40, -(10**40)),
+        (10**40 - 1, 10**40),
+    ]
+
+
 def test_usage_lines_keep_fractions_exact_and_skip_blank_lines() -> None:
     text = (
         '{"account_id": "acme", "catalog": "fal", "operation": "image_to_video", '
