@@ -384,8 +384,20 @@ class FixedRule(Rule):
 
 
 def _natural(table: Mapping[str, Any]) -> list[str]:
-    """Keys in natural order: "4" < "6" < "8" < "10", then text."""
-    return sorted(table, key=lambda k: (0, int(k), "") if k.isdigit() else (1, 0, k))
+    """Keys in natural order: "4" < "6" < "8" < "10", then text.
+
+    A key of ASCII digits is ordered by its value without ``int()``, which raises for
+    other digits ``isdigit`` accepts ("²") and past 4,300 digits: an operator's catalog
+    with such a key could not be listed.
+    """
+
+    def order(key: str) -> tuple[int, int, str, str]:
+        if key.isascii() and key.isdigit():
+            value = key.lstrip("0")
+            return (0, len(value), value, key)
+        return (1, 0, key, key)
+
+    return sorted(table, key=order)
 
 
 # ------------------------------------------------------------------------------- agentic

@@ -503,6 +503,31 @@ def test_variants_are_offered_and_listed_in_numeric_order(tmp_path: Path) -> Non
     ]
 
 
+def test_variants_no_number_can_name_are_listed_after_the_numbers(tmp_path: Path) -> None:
+    """Keys ``int()`` cannot read although ``isdigit`` says digits (a superscript two,
+    5,000 digits) made the listing of an operator's catalog raise; they sort as text,
+    after the numbers, and a number with leading zeros next to its value."""
+    many = "9" * 5000
+    text = shipped(
+        "cosmic",
+        ('"8" = 768_000', f'"8" = 768_000\n"²" = 1\n"{many}" = 2\n"٣" = 3\n"06" = 4\n"10" = 5'),
+    )
+    f.write_catalog(tmp_path, "acme.toml", text)
+    listing = next(c for c in describe(load_catalogs([tmp_path])) if c["name"] == "acme")
+    operation = next(o for o in listing["versions"][-1]["operations"] if o["name"] == "video")
+    standard = "veo-3.1-generate-preview"
+    assert [row["variant"] for row in operation["prices"] if row["model"] == standard] == [
+        "duration=4",
+        "duration=06",
+        "duration=6",
+        "duration=8",
+        "duration=10",
+        f"duration={many}",
+        "duration=²",
+        "duration=٣",
+    ]
+
+
 def test_an_operator_catalog_at_the_edges_of_its_limits(tmp_path: Path) -> None:
     """Scale 18 and 32-character names are allowed; a model's name defaults to its id;
     an operator's own limit applies on top of the body's."""
