@@ -218,6 +218,9 @@ def read_usage(text: str) -> tuple[list[UsageRow], list[Problem]]:
         except jsonin.RepeatedKey as exc:
             problems.append(Problem(line, exc.field, exc.reason))
             continue
+        except jsonin.TooDeep as exc:
+            problems.append(Problem(line, "line", exc.msg))
+            continue
         except ValueError as exc:  # JSONDecodeError too
             problems.append(Problem(line, "line", f"not JSON: {exc}"))
             continue

@@ -20,6 +20,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from api import jsonin
 from api.requestids import request_id
 from api.schemas import ErrorPublic, InsufficientCreditsPublic
 from api.status import status_of
@@ -106,9 +107,9 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
     if any(e.get("type") == "json_invalid" for e in errors):
         first = errors[0]
         detail = (first.get("ctx") or {}).get("error", "malformed JSON")
-        return JSONResponse(
-            {"error": "invalid_json", "message": f"the body is not valid JSON: {detail}"}, 400
-        )
+        # Nested too deep, the body may be valid JSON; the ledger does not read it.
+        said = "the body's" if detail == jsonin.TOO_DEEP else "the body is not valid JSON:"
+        return JSONResponse({"error": "invalid_json", "message": f"{said} {detail}"}, 400)
     shaped = []
     for e in errors:
         # A body of the wrong shape (a list, a number) is at fault as a whole: "body".

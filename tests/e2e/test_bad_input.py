@@ -555,6 +555,43 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         "invalid_json",
         None,
     ),
+    # Nested past what Python's parser, and every walk of a document, can recurse: a 500
+    # (RecursionError) before the depth was bounded; just past the bound; and where it is
+    # found only after parsing.
+    (
+        "nested 30,000 deep",
+        "POST",
+        "/v1/charges",
+        b"[" * 30_000 + b"]" * 30_000,
+        JSON,
+        400,
+        "invalid_json",
+        None,
+    ),
+    (
+        "params nested 65 deep",
+        "POST",
+        "/v1/authorizations",
+        b'{"account_id": "w", "catalog": "veo3", "operation": "video", "params": '
+        + b'{"a": ' * 64
+        + b"1"
+        + b"}" * 64
+        + b"}",
+        JSON,
+        400,
+        "invalid_json",
+        None,
+    ),
+    (
+        "usage nested 900 deep",
+        "POST",
+        "/v1/authorizations/{text}/capture",
+        b'{"status": "COMPLETED", "usage": ' + b"[" * 899 + b"]" * 899 + b"}",
+        JSON,
+        400,
+        "invalid_json",
+        None,
+    ),
     ("JSON array", "POST", "/v1/accounts/w/topups", b"[5]", JSON, 422, "invalid_request", "body"),
     (
         "text/plain",
@@ -831,6 +868,37 @@ def test_nul_anywhere_in_a_body_is_refused_by_name_before_its_fields_are_read(
     answer = r.json()
     assert (answer["error"], answer["field"]) == ("invalid_request", field)
     assert answer["message"] == f"{field}: text must not contain NUL (U+0000)"
+    assert _dump(api) == before
+
+
+def _nested(depth: int) -> Any:
+    """A value of arrays and objects ``depth`` deep (0: a number)."""
+    value: Any = 1
+    for level in range(depth):
+        value = [value] if level % 2 else {"a": value}
+    return value
+
+
+def test_a_body_nested_past_64_deep_is_refused_and_one_64_deep_is_read(
+    api: Api, world: dict[str, str]
+) -> None:
+    """A body nested more than 64 deep gets 400 saying so (Python's parser, and every walk
+    of the document after it, recurse once a level: thousands deep, a 500), with nothing
+    changed; 64 deep, the body is read, and its unknown parameter named."""
+    before = _dump(api)
+    envelope = {"account_id": "w", **VEO}
+    # The body, params, and 63 levels below: 65 deep.
+    deep = {**envelope, "params": {**VEO["params"], "a": _nested(63)}}
+    r = api.post("/v1/authorizations", deep, as_key="service")
+    assert r.status_code == 400, r.text
+    assert r.json() == {
+        "error": "invalid_json",
+        "message": "the body's arrays and objects nest more than 64 deep",
+    }
+    assert _dump(api) == before
+    r = api.post("/v1/authorizations", {**deep, "params": {**deep["params"], "a": _nested(62)}})
+    assert r.status_code == 422, r.text
+    assert r.json()["field"] == "params.a"
     assert _dump(api) == before
 
 

@@ -88,6 +88,7 @@ def test_decimal_parameters_are_read_as_decimals() -> None:
             "invalid_request",
             "params.video_model",
         ),
+        ("[" * 100_000 + "]" * 100_000, "invalid_json", None),  # a traceback once
         (json.dumps(f.request("nope", "x", prompt="y")), "unknown_catalog", "catalog"),
         (json.dumps(f.pixazo_image(num_images=10**30)), "invalid_parameter", "params.num_images"),
     ],

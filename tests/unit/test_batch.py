@@ -206,3 +206,13 @@ def test_a_request_id_on_two_lines_is_a_problem_and_only_its_first_line_a_row() 
     assert [(p.line, p.field, p.message) for p in problems] == [
         (3, "request_id", "request_id 'r-1' is on line 1 too: a request is reported once")
     ]
+
+
+def test_a_usage_line_nested_past_64_deep_is_a_problem_of_its_line() -> None:
+    good = '"account_id": "a", "catalog": "veo3", "operation": "video", "status": "COMPLETED"'
+    deep = "[" * 100_000 + "]" * 100_000
+    rows, problems = read_usage(f'{{{good}}}\n{{{good}, "usage": {deep}}}\n')
+    assert [r.line for r in rows] == [1]
+    assert [(p.line, p.field, p.message) for p in problems] == [
+        (2, "line", "arrays and objects nest more than 64 deep"),
+    ]

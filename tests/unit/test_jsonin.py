@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from decimal import Decimal
 from typing import Any, NoReturn
 
 import pytest
 
-from api.jsonin import RepeatedKey, loads
+from api.jsonin import RepeatedKey, TooDeep, loads
 
 
 def _refuse(name: str) -> NoReturn:
@@ -76,3 +77,37 @@ def test_a_whole_number_past_pythons_digits_is_read_exactly_as_a_decimal() -> No
     assert (document["small"], type(document["small"])) == (-12, int)
     edge = "9" * 4300
     assert type(loads(edge, constant=_refuse)) is int
+
+
+@pytest.mark.parametrize(
+    ("text", "at"),
+    [
+        ("[" * 65 + "]" * 65, 64),
+        ('{"a": ' * 65 + "1" + "}" * 65, 6 * 64),
+        # Deep enough that Python's parser runs out of stack (RecursionError) first.
+        ("[" * 100_000 + "]" * 100_000, 64),
+        ("[" * 100_000, 64),  # and never closed
+        # Brackets inside strings are text; an escaped quote does not end a string.
+        ('["[[[[", "\\"]]]", ' + "[" * 64 + "]" * 64 + "]", 18 + 63),
+    ],
+)
+def test_arrays_and_objects_nested_past_64_deep_are_refused_where_they_pass_it(
+    text: str, at: int
+) -> None:
+    with pytest.raises(TooDeep) as raised:
+        loads(text, constant=_refuse)
+    assert raised.value.msg == "arrays and objects nest more than 64 deep"
+    assert raised.value.pos == at
+    assert text[at] in "[{"
+    assert isinstance(raised.value, json.JSONDecodeError)
+
+
+def test_64_deep_and_brackets_in_strings_are_read() -> None:
+    deep = loads("[" * 64 + "]" * 64, constant=_refuse)
+    for _ in range(63):
+        (deep,) = deep
+    assert deep == []
+    brackets = '"' + "[{" * 1000 + '"'
+    assert loads(f"[{brackets}, {{}}]", constant=_refuse) == ["[{" * 1000, {}]
+    wide = loads("[" + ", ".join(["[[1]]"] * 500) + "]", constant=_refuse)
+    assert wide == [[[1]]] * 500  # many brackets, three deep
