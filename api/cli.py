@@ -43,6 +43,7 @@ from api import jsonin
 from api.batch import BATCH_ID, Problem, default_batch_id, read_rows, read_usage
 from api.schemas import DAY
 from api.status import status_of
+from ledger import kernel
 from ledger.backup import backup
 from ledger.db import Database, is_lock_timeout
 from ledger.errors import BackupFailed, IdempotencyConflict
@@ -1652,7 +1653,23 @@ _flowing_help(app, account_app, keys_app, report_app)
 
 def main() -> None:
     """Console-script entry point."""
+    _refuse_undecodable(sys.argv[1:])
     app()
+
+
+def _refuse_undecodable(args: list[str]) -> None:
+    """Exit 2 for an argument that is not UTF-8 text: Python reads its bytes as lone
+    surrogates, which no database can store or compare (a traceback, before)."""
+    for place, arg in enumerate(args, start=1):
+        if kernel.text_problem(arg) is not None:  # no NUL: an argument cannot hold one
+            try:  # the bytes given (Python keeps each as a surrogate), as \xe9
+                given = arg.encode("utf-8", "surrogateescape")
+            except UnicodeEncodeError:
+                given = arg.encode("utf-8", "backslashreplace")
+            shown = given.decode("utf-8", "backslashreplace")
+            message = f"argument {place} ('{shown}') is not UTF-8 text: give it in UTF-8"
+            typer.echo(json.dumps({"error": "invalid_request", "message": message}), err=True)
+            sys.exit(EXIT_INVALID)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ error format.
 from __future__ import annotations
 
 import ast
+import json
 import logging
 from typing import Any
 
@@ -43,6 +44,16 @@ class Forbidden(Exception):
         self.message = message
 
 
+class _Answer(JSONResponse):
+    """An error's JSON, which may echo the request: a lone surrogate in it (a key of a
+    JSON body, ``"\\ud800"``: no UTF-8 encodes it) is sent escaped, as JSON writes it,
+    rather than failing the answer with a 500."""
+
+    def render(self, content: Any) -> bytes:
+        text = json.dumps(content, ensure_ascii=False, allow_nan=False, separators=(",", ":"))
+        return text.encode("utf-8", "backslashreplace")
+
+
 def _about(request: Request) -> str:
     """Which request a log line is about: its id (``api.requestids``), method and path."""
     return f"request {request_id(request)}: {request.method} {request.url.path}"
@@ -56,7 +67,7 @@ def _bug(request: Request, what: str, exc: Exception) -> JSONResponse:
     found = request_id(request)
     if found is not None:
         body["request_id"] = found
-    return JSONResponse(body, 500)
+    return _Answer(body, 500)
 
 
 def _domain(request: Request, exc: Exception) -> JSONResponse:
@@ -65,7 +76,7 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
     if status == 500:
         # A domain error with no status is a bug (an unbalanced entry, a broken catalog).
         return _bug(request, "unmapped domain error", exc)
-    return JSONResponse(exc.to_dict(), status)
+    return _Answer(exc.to_dict(), status)
 
 
 def _location(loc: tuple[Any, ...] | list[Any]) -> str:
@@ -109,7 +120,7 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
         detail = (first.get("ctx") or {}).get("error", "malformed JSON")
         # Nested too deep, the body may be valid JSON; the ledger does not read it.
         said = "the body's" if detail == jsonin.TOO_DEEP else "the body is not valid JSON:"
-        return JSONResponse({"error": "invalid_json", "message": f"{said} {detail}"}, 400)
+        return _Answer({"error": "invalid_json", "message": f"{said} {detail}"}, 400)
     shaped = []
     for e in errors:
         # A body of the wrong shape (a list, a number) is at fault as a whole: "body".
@@ -129,7 +140,7 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
         body["allowed"] = first["allowed"]
     if len(shaped) > 1:
         body["errors"] = shaped
-    return JSONResponse(_json_safe(body), 422)
+    return _Answer(_json_safe(body), 422)
 
 
 def _json_safe(value: Any) -> Any:
@@ -144,7 +155,7 @@ def _json_safe(value: Any) -> Any:
 
 
 def _unauthorized(_request: Request, _exc: Exception) -> JSONResponse:
-    return JSONResponse(
+    return _Answer(
         {
             "error": "unauthorized",
             "message": "send a valid API key as 'Authorization: Bearer <key>'",
@@ -156,7 +167,7 @@ def _unauthorized(_request: Request, _exc: Exception) -> JSONResponse:
 
 def _forbidden(_request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, Forbidden)
-    return JSONResponse({"error": "forbidden", "message": exc.message}, 403)
+    return _Answer({"error": "forbidden", "message": exc.message}, 403)
 
 
 _HTTP_CODES = {
@@ -175,7 +186,7 @@ def _http(request: Request, exc: Exception) -> JSONResponse:
     headers = exc.headers
     if exc.status_code == 405:
         headers = {**(headers or {}), "Allow": _allowed_methods(request)}
-    return JSONResponse({"error": code, "message": message}, exc.status_code, headers=headers)
+    return _Answer({"error": code, "message": message}, exc.status_code, headers=headers)
 
 
 #: The methods a 405's ``Allow`` may name, in the order it names them.
@@ -219,7 +230,7 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         # an outage, a traceback each would bury the log), the driver's own words.
         log.warning("database unavailable (%s): %s", _about(request), first_line(exc))
         body = {"error": "database_unavailable", "message": "the database is unavailable; retry"}
-    return JSONResponse(body, 503, headers={"Retry-After": "1"})
+    return _Answer(body, 503, headers={"Retry-After": "1"})
 
 
 def _internal(request: Request, exc: Exception) -> JSONResponse:

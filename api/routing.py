@@ -29,6 +29,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from api import jsonin
 from api.deps import Gate, gate_of
 from api.errors import documented
+from ledger import kernel
 
 
 def _constant(name: str) -> Any:
@@ -52,32 +53,45 @@ class _ExactRequest(Request):
         return self._json
 
 
-def _nul(value: Any, loc: tuple[str | int, ...]) -> tuple[str | int, ...] | None:
-    """Where in ``value`` a text holds NUL (U+0000), or None. PostgreSQL cannot store NUL
-    in text, so both databases are refused it alike, at the edge."""
+def _unstorable(value: Any, loc: tuple[str | int, ...]) -> tuple[tuple[str | int, ...], str] | None:
+    """Where in ``value`` a text holds what no database can store (NUL, U+0000, which
+    PostgreSQL refuses, so both databases are refused it alike; a lone surrogate), and
+    what; None when nothing does. Checked at the edge, before any field is read."""
     if isinstance(value, str):
-        return loc if "\x00" in value else None
+        problem = kernel.text_problem(value)
+        return None if problem is None else (loc, problem)
     if isinstance(value, dict):
         for key, item in value.items():
-            found = _nul(key, (*loc, key)) or _nul(item, (*loc, key))
+            found = _unstorable(key, (*loc, key)) or _unstorable(item, (*loc, key))
             if found:
                 return found
     if isinstance(value, list):
         for index, item in enumerate(value):
-            found = _nul(item, (*loc, index))
+            found = _unstorable(item, (*loc, index))
             if found:
                 return found
     return None
 
 
+def _shown(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
+    """``loc`` as an answer can give it: a lone surrogate in a key, escaped (``\\ud800``),
+    as no UTF-8 encodes it."""
+    return tuple(
+        part.encode("utf-8", "backslashreplace").decode() if isinstance(part, str) else part
+        for part in loc
+    )
+
+
 async def _refuse_nul(request: _ExactRequest, takes_body: bool) -> None:
-    """422 for NUL in the path, the query or the body. The body is parsed here, so a key
-    it gives twice in one object (``jsonin.RepeatedKey``) is refused here too: 422 naming
-    it. Malformed JSON is left to the route's handler (400)."""
-    found = _nul(request.path_params, ("path",)) or _nul(dict(request.query_params), ("query",))
+    """422 for NUL, or a lone surrogate, in the path, the query or the body. The body is
+    parsed here, so a key it gives twice in one object (``jsonin.RepeatedKey``) is refused
+    here too: 422 naming it. Malformed JSON is left to the route's handler (400)."""
+    found = _unstorable(request.path_params, ("path",)) or _unstorable(
+        dict(request.query_params), ("query",)
+    )
     if found is None and takes_body and await request.body():
         try:
-            found = _nul(await request.json(), ("body",))
+            found = _unstorable(await request.json(), ("body",))
         except json.JSONDecodeError:
             return  # the route's handler answers 400 for it
         except jsonin.RepeatedKey as exc:
@@ -85,19 +99,20 @@ async def _refuse_nul(request: _ExactRequest, takes_body: bool) -> None:
                 [
                     {
                         "type": "repeated_key",
-                        "loc": ("body", *exc.loc),
+                        "loc": ("body", *_shown(exc.loc)),
                         "msg": exc.reason,
                         "input": None,
                     }
                 ]
             ) from None
     if found is not None:
+        where, problem = found
         raise RequestValidationError(
             [
                 {
                     "type": "string_pattern_mismatch",
-                    "loc": found,
-                    "msg": "text must not contain NUL (U+0000)",
+                    "loc": _shown(where),
+                    "msg": f"text {problem}",
                     "input": None,
                 }
             ]

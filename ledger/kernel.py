@@ -11,6 +11,7 @@ Invariants the use cases keep, and ``verify()`` checks:
 
 from __future__ import annotations
 
+import re
 import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
@@ -79,6 +80,22 @@ def reversal(legs: Sequence[Leg], wallet: int, expired: int, gone: int = 0) -> l
     out = [Leg(account, unit, amount) for (account, unit), amount in merged.items() if amount]
     check_balanced(out)
     return out
+
+
+#: A lone surrogate: half of a UTF-16 pair, no character. JSON can give one (``"\ud800"``)
+#: and Python reads one from bytes that are not UTF-8 (a command's arguments); no UTF-8
+#: encodes it, so neither database can take it.
+_SURROGATE = re.compile("[\ud800-\udfff]")
+
+
+def text_problem(text: str) -> str | None:
+    """Why no database can store or compare ``text``, or None: NUL (PostgreSQL refuses
+    it, so SQLite is refused it alike) or a lone surrogate."""
+    if "\x00" in text:
+        return "must not contain NUL (U+0000)"
+    if not text.isascii() and _SURROGATE.search(text):
+        return "must be Unicode: a lone surrogate (U+D800 to U+DFFF) is no character"
+    return None
 
 
 #: Unicode categories an account id may not contain: controls (NUL, tab, newline...),

@@ -23,6 +23,7 @@ from typing import Any
 import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
+from ledger import kernel
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
 from ledger.models import KEY_ROLES, accounts, api_keys
@@ -180,8 +181,10 @@ class Keys:
         if role is not None:
             stmt = stmt.where(api_keys.c.role == role)
         if account_id is not None:
-            if not isinstance(account_id, str) or "\x00" in account_id:
-                raise InvalidInput("account_id must be text without NUL", field="account_id")
+            if not isinstance(account_id, str) or kernel.text_problem(account_id) is not None:
+                raise InvalidInput(
+                    "account_id must be text without NUL or a lone surrogate", field="account_id"
+                )
             stmt = stmt.where(accounts.c.external_id == account_id)
         if active is not None:
             accepted = sa.and_(

@@ -139,9 +139,9 @@ def _setting_read(setting: str, value: int | None) -> int | bool | None:
 
 
 def _refuse_nul_id(account_id: str) -> None:
-    """NotFound for an account id with NUL: never stored (see _text), and PostgreSQL
-    cannot even compare it."""
-    if "\x00" in account_id:
+    """NotFound for an account id with NUL or a lone surrogate: never stored (see _text),
+    and the database cannot even compare it."""
+    if kernel.text_problem(account_id) is not None:
         raise NotFound(f"no account {account_id!r}", field="account_id")
 
 
@@ -178,8 +178,9 @@ def _text(value: Any, field: str, *, required: bool = True, most: int = 200) -> 
             field=field,
             allowed={"max_length": most},
         )
-    if "\x00" in value:  # PostgreSQL cannot store it; refused on SQLite alike
-        raise InvalidInput(f"{field} must not contain NUL (U+0000)", field=field)
+    problem = kernel.text_problem(value)
+    if problem is not None:  # no database can store it (NUL: PostgreSQL; alike on SQLite)
+        raise InvalidInput(f"{field} {problem}", field=field)
     return value
 
 
@@ -446,6 +447,9 @@ class Ledger:
                 f"an idempotency key (1 to {MAX_KEY} characters) is required",
                 field="idempotency_key",
             )
+        problem = kernel.text_problem(key)
+        if problem is not None:
+            raise InvalidInput(f"idempotency_key {problem}", field="idempotency_key")
         if actor is not None:
             _text(actor, "actor", most=80)
         request_hash = _hash(operation, payload)
@@ -1971,7 +1975,7 @@ class Ledger:
     def usage_record(self, record_id: str, *, owner: str | None = None) -> UsageRecordView:
         """One metering record (a charge's id, or an authorization's ``metering_id``);
         with ``owner``, only if it is that wallet's (else not found)."""
-        if not isinstance(record_id, str) or "\x00" in record_id:
+        if not isinstance(record_id, str) or kernel.text_problem(record_id) is not None:
             raise NotFound(f"no usage record {record_id!r}", field="id")
         with self.db.transaction(write=False) as conn:
             external = conn.execute(
@@ -2479,7 +2483,7 @@ class Ledger:
         payload = {"grant_id": grant_id, "reason": reason}
 
         def work(w: _Work) -> RevocationResult | dict[str, Any]:
-            if not isinstance(grant_id, str) or "\x00" in grant_id:
+            if not isinstance(grant_id, str) or kernel.text_problem(grant_id) is not None:
                 raise NotFound(f"no grant {grant_id!r}", field="id")
             owner = w.conn.execute(
                 sa.select(grants.c.account_id).where(grants.c.id == grant_id)

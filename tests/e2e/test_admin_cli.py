@@ -21,6 +21,7 @@ from ledger.services import Ledger
 from pricing import default_catalogs
 from tests import factories as f
 from tests.conftest import _postgres_database, postgres_or_skip
+from tests.e2e import forked
 from tests.e2e.forked import run
 from tests.e2e.served import Served
 
@@ -500,6 +501,37 @@ def _open_wallets(env: dict[str, str], *ids: str) -> None:
 def _balances(env: dict[str, str], *ids: str) -> list[int]:
     with _ledger_at(env) as ledger:
         return [ledger.account(i).balance for i in ids]
+
+
+def test_an_argument_that_is_not_utf8_exits_2_naming_it_and_writes_nothing(
+    env: dict[str, str],
+) -> None:
+    """Python reads an argument's bytes that are not UTF-8 (a Latin-1 shell, a file name)
+    as lone surrogates, which no database can store or compare: the commands died with a
+    traceback from the driver. Run as a real process, whose arguments are bytes."""
+    _open_wallets(env, "acme")
+    for args in (
+        [b"account", b"create", b"caf\xe9", b"--unit", b"credit"],
+        [b"topup", b"acme", b"5", b"--reference", b"caf\xe9"],
+        [b"account", b"show", b"acm\xff"],
+    ):
+        done = subprocess.run(
+            [forked.PROGRAM.encode(), *args],
+            capture_output=True,
+            env=forked.environment(env),
+            timeout=60,
+            check=False,
+        )
+        assert done.returncode == 2, done.stderr
+        bad = next(i for i, a in enumerate(args, start=1) if not a.isascii())
+        assert json.loads(done.stderr) == {
+            "error": "invalid_request",
+            "message": f"argument {bad} ('{args[bad - 1].decode('utf-8', 'backslashreplace')}')"
+            " is not UTF-8 text: give it in UTF-8",
+        }
+    assert _balances(env, "acme") == [0]
+    with _ledger_at(env) as ledger:
+        assert [a.account_id for a in ledger.accounts().items] == ["acme"]
 
 
 def test_topup_batch_grants_each_row_once_even_run_again(

@@ -871,6 +871,48 @@ def test_nul_anywhere_in_a_body_is_refused_by_name_before_its_fields_are_read(
     assert _dump(api) == before
 
 
+LONE = "must be Unicode: a lone surrogate (U+D800 to U+DFFF) is no character"
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "field"),
+    [
+        ("/v1/accounts/w/topups", b'{"amount": 5, "reference": "a\\udfffb"}', "reference"),
+        # In a key of a free-form object: the refusal echoed it, and its answer, which no
+        # UTF-8 encodes, was a 500.
+        ("/v1/authorizations/{text}/capture", b'{"usage": {"\\ud800": 1}}', "usage.\\ud800"),
+        ("/v1/charges", b'{"params": {"prompt": ["\\udc80"]}}', "params.prompt.0"),
+    ],
+)
+def test_a_lone_surrogate_anywhere_in_a_body_is_refused_by_name_and_changes_nothing(
+    api: Api, world: dict[str, str], path: str, body: bytes, field: str
+) -> None:
+    """JSON can escape half of a UTF-16 pair (``"\\ud800"``), which is no character: no
+    UTF-8 encodes it, so neither database can store it. Refused at the edge as NUL is,
+    naming where (the surrogate escaped), on both databases, with nothing changed; a
+    whole pair (an emoji) is text like any other."""
+    before = _dump(api)
+    r = api.call("POST", path.format(**world), content=body, headers=JSON)
+    assert r.status_code == 422, r.text
+    assert r.json() == {
+        "error": "invalid_request",
+        "message": f"{field}: text {LONE}",
+        "field": field,
+    }
+    assert _dump(api) == before
+    twice = b'{"usage": {"\\ud800": 1, "\\ud800": 2}}'
+    r = api.call("POST", f"/v1/authorizations/{world['text']}/capture", content=twice, headers=JSON)
+    assert (r.status_code, r.json()["field"]) == (422, "usage.\\ud800")
+    pair = api.call(
+        "POST",
+        "/v1/accounts/w/topups",
+        headers=JSON,
+        content=b'{"amount": 5, "reference": "\\ud83d\\ude00"}',
+    )
+    assert pair.status_code == 201, pair.text
+    assert pair.json()["grant"]["reference"] == "\U0001f600"
+
+
 def _nested(depth: int) -> Any:
     """A value of arrays and objects ``depth`` deep (0: a number)."""
     value: Any = 1

@@ -111,6 +111,39 @@ def test_open_account_validates_and_is_idempotent(ledger: Ledger) -> None:
         ledger.account("nobody")
 
 
+def test_a_lone_surrogate_is_refused_wherever_text_is_stored_or_looked_up(
+    ledger: Ledger,
+) -> None:
+    """Half of a UTF-16 pair (what Python reads from bytes that are not UTF-8, or JSON's
+    ``"\\ud800"``) is no character: no UTF-8 encodes it, so neither database can store or
+    compare it (a UnicodeEncodeError from the driver, before). Refused by name as NUL is,
+    with nothing written; a whole pair is text."""
+    ledger.open_account("bucket", "token", idempotency_key=key())
+    with pytest.raises(InvalidInput) as info:
+        ledger.open_account("lone\udcff", "token", idempotency_key=key())
+    assert info.value.field == "account_id"
+    assert "lone surrogate" in str(info.value)
+    with pytest.raises(InvalidInput) as info:
+        ledger.top_up("bucket", 5, idempotency_key=key(), reference="r\ud800")
+    assert info.value.field == "reference"
+    with pytest.raises(InvalidInput) as info:
+        ledger.top_up("bucket", 5, idempotency_key="k\udfff")
+    assert info.value.field == "idempotency_key"
+    with pytest.raises(InvalidInput) as info:
+        ledger.top_up("bucket", 5, idempotency_key="k\x00")
+    assert info.value.field == "idempotency_key"
+    with pytest.raises(NotFound):
+        ledger.balance("bucket\udcff")
+    with pytest.raises(NotFound):  # the locking lookup
+        ledger.top_up("bucket\udcff", 5, idempotency_key=key())
+    assert ledger.balance("bucket").balance == 0
+    assert ledger.entries("bucket").items == []
+    done = ledger.top_up("bucket", 5, idempotency_key="k\U0001f600", reference="\U0001f600")
+    assert done.grant is not None
+    assert done.grant.reference == "\U0001f600"
+    assert verify(ledger.db) == []
+
+
 @pytest.mark.parametrize(
     "bad",
     [

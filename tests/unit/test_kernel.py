@@ -251,3 +251,19 @@ def test_credits_repay_debt_then_refill_burned_grants_in_order_then_make_a_new_g
     assert kernel.plan_credit(0, 30, [("spent-nothing", 0), ("burned", 10)]) == kernel.CreditPlan(
         0, [("burned", 10)], 20
     )
+
+
+@pytest.mark.parametrize(
+    ("text", "problem"),
+    [
+        ("plain", None),
+        ("caf\u00e9 \U0001f600", None),  # a whole surrogate pair, as JSON gives it, is one
+        ("a\x00b", "must not contain NUL (U+0000)"),
+        ("a\ud800", "must be Unicode: a lone surrogate (U+D800 to U+DFFF) is no character"),
+        ("z\udfff", "must be Unicode: a lone surrogate (U+D800 to U+DFFF) is no character"),
+        ("\udcffy", "must be Unicode: a lone surrogate (U+D800 to U+DFFF) is no character"),
+        ("\ud7ff\ue000", None),  # the characters on either side
+    ],
+)
+def test_text_no_database_can_store_is_named(text: str, problem: str | None) -> None:
+    assert kernel.text_problem(text) == problem
