@@ -89,6 +89,8 @@ def test_a_whole_number_past_pythons_digits_is_read_exactly_as_a_decimal() -> No
         ("[" * 100_000, 64),  # and never closed
         # Brackets inside strings are text; an escaped quote does not end a string.
         ('["[[[[", "\\"]]]", ' + "[" * 64 + "]" * 64 + "]", 18 + 63),
+        # Levels closed before are left: the deep array is inside the top object only.
+        ('{"a": {}, "b": [[]], "c": ' + "[" * 64 + "]" * 64 + "}", 26 + 63),
     ],
 )
 def test_arrays_and_objects_nested_past_64_deep_are_refused_where_they_pass_it(
