@@ -7,6 +7,8 @@ from decimal import Decimal
 from typing import Any, NoReturn
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from api.jsonin import RepeatedKey, TooDeep, loads
 
@@ -113,3 +115,55 @@ def test_64_deep_and_brackets_in_strings_are_read() -> None:
     assert loads(f"[{brackets}, {{}}]", constant=_refuse) == ["[{" * 1000, {}]
     wide = loads("[" + ", ".join(["[[1]]"] * 500) + "]", constant=_refuse)
     assert wide == [[[1]]] * 500  # many brackets, three deep
+
+
+def _depth(value: Any) -> int:
+    """How deep ``value`` nests arrays and objects (0 for a scalar)."""
+    if isinstance(value, dict):
+        return 1 + max((_depth(v) for v in value.values()), default=0)
+    if isinstance(value, list):
+        return 1 + max((_depth(v) for v in value), default=0)
+    return 0
+
+
+_KEYS = st.text(alphabet='ab"\\[]{}', max_size=3)
+_DOCUMENTS = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(alphabet='x"\\[]{}', max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(_KEYS, inner, max_size=3),
+    max_leaves=200,
+)
+
+
+@given(document=_DOCUMENTS, wrap=st.integers(min_value=0, max_value=80))
+def test_a_document_is_read_as_json_reads_it_unless_nested_past_64_deep(
+    document: Any, wrap: int
+) -> None:
+    """Whatever the brackets and quotes in its strings and keys, a document is read as
+    Python's parser reads it, up to 64 deep; past that, refused at the bracket that opens
+    the 65th level."""
+    for _ in range(wrap):
+        document = [document]
+    text = json.dumps(document)
+    if _depth(document) <= 64:
+        assert loads(text, constant=_refuse) == json.loads(text)
+        return
+    with pytest.raises(TooDeep) as raised:
+        loads(text, constant=_refuse)
+    assert raised.value.pos == _first_past_64(text)
+
+
+def _first_past_64(text: str) -> int:
+    """Where ``text`` (JSON) opens its 65th level, read a character at a time."""
+    depth, quoted, escaped = 0, False, False
+    for at, char in enumerate(text):
+        if quoted:
+            escaped, quoted = (False, True) if escaped else (char == "\\", char != '"')
+        elif char == '"':
+            quoted = True
+        elif char in "[{":
+            depth += 1
+            if depth > 64:
+                return at
+        elif char in "]}":
+            depth -= 1
+    raise AssertionError("not nested past 64")
