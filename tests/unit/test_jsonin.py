@@ -111,6 +111,13 @@ def test_64_deep_and_brackets_in_strings_are_read() -> None:
     for _ in range(63):
         (deep,) = deep
     assert deep == []
+    # 64 deep with more brackets than levels (here one more): read level by level.
+    deep = loads("[{}, " + "[" * 63 + "]" * 63 + "]", constant=_refuse)
+    assert deep[0] == {}
+    deep = deep[1]
+    for _ in range(62):
+        (deep,) = deep
+    assert deep == []
     brackets = '"' + "[{" * 1000 + '"'
     assert loads(f"[{brackets}, {{}}]", constant=_refuse) == ["[{" * 1000, {}]
     wide = loads("[" + ", ".join(["[[1]]"] * 500) + "]", constant=_refuse)
