@@ -778,6 +778,16 @@ def _narrow(
     return create_model(name, __base__=base, **fields)
 
 
+def _values(body: type[RequestBody], param: str) -> list[str] | None:
+    """The values a parameter may take, as a price table's keys write them, when the body
+    lists them (a Literal of its own, or narrowed to a limit's ``allowed``); None when it
+    takes any value of its type."""
+    annotation = _strip_none(body.model_fields[param].annotation)
+    if typing.get_origin(annotation) is Literal:
+        return [str(v) for v in typing.get_args(annotation)]
+    return None
+
+
 def _body_field(body: type[RequestBody], param: str, file: str, key: str) -> None:
     if param not in body.model_fields:
         raise CatalogError(
@@ -885,6 +895,15 @@ def _compile_rule(
                         )
                     if not entry:
                         raise CatalogError(file, f"{key}.prices.{mid}", "empty price table")
+                    takes = _values(body, spec.variant)
+                    for k in entry:
+                        if takes is not None and k not in takes:
+                            raise CatalogError(
+                                file,
+                                f"{key}.prices.{mid}.{k}",
+                                f"'{spec.variant}' never takes {k!r}, so no request could be "
+                                f"charged this price; it takes: {takes}",
+                            )
                     prices[mid] = {
                         k: _minor(v, scale, file, f"{key}.prices.{mid}.{k}")
                         for k, v in entry.items()

@@ -506,26 +506,45 @@ def test_variants_are_offered_and_listed_in_numeric_order(tmp_path: Path) -> Non
 def test_variants_no_number_can_name_are_listed_after_the_numbers(tmp_path: Path) -> None:
     """Keys ``int()`` cannot read although ``isdigit`` says digits (a superscript two,
     5,000 digits) made the listing of an operator's catalog raise; they sort as text,
-    after the numbers, and a number with leading zeros next to its value."""
+    after the numbers, and a number with leading zeros next to its value. (An image's
+    size takes any text, so any key may name one.)"""
     many = "9" * 5000
     text = shipped(
         "cosmic",
-        ('"8" = 768_000', f'"8" = 768_000\n"²" = 1\n"{many}" = 2\n"٣" = 3\n"06" = 4\n"10" = 5'),
+        (
+            '"1024x1792" = 4_800',
+            f'"1024x1792" = 4_800\n"²" = 1\n"{many}" = 2\n"٣" = 3\n"06" = 4\n"10" = 5\n"6" = 6',
+        ),
     )
     f.write_catalog(tmp_path, "acme.toml", text)
     listing = next(c for c in describe(load_catalogs([tmp_path])) if c["name"] == "acme")
-    operation = next(o for o in listing["versions"][-1]["operations"] if o["name"] == "video")
-    standard = "veo-3.1-generate-preview"
-    assert [row["variant"] for row in operation["prices"] if row["model"] == standard] == [
-        "duration=4",
-        "duration=06",
-        "duration=6",
-        "duration=8",
-        "duration=10",
-        f"duration={many}",
-        "duration=²",
-        "duration=٣",
+    operation = next(o for o in listing["versions"][-1]["operations"] if o["name"] == "image")
+    assert [row["variant"] for row in operation["prices"] if row["model"] == "dall-e-3"] == [
+        "size=06",
+        "size=6",
+        "size=10",
+        f"size={many}",
+        "size=1024x1024",
+        "size=1024x1792",
+        "size=1792x1024",
+        "size=²",
+        "size=٣",
     ]
+
+
+@pytest.mark.parametrize("price", ['"5" = 1', '"8s" = 1', '"²" = 1', '"08" = 1'])
+def test_a_price_for_a_value_the_variant_never_takes_is_refused(tmp_path: Path, price: str) -> None:
+    """Durations are 4, 6 or 8: a price for 5 seconds, or "8s", could never be charged (a
+    typo's price left dead, and its requests refused as not offered). Refused at load,
+    naming the key and the values the parameter takes."""
+    text = shipped("cosmic", ('"8" = 768_000', f'"8" = 768_000\n{price}'))
+    f.write_catalog(tmp_path, "acme.toml", text)
+    k = price.split('"')[1]
+    with pytest.raises(CatalogError) as refused:
+        load_catalogs([tmp_path])
+    assert refused.value.key.endswith(f".pricing.prices.veo-3.1-generate-preview.{k}")
+    assert f"'duration' never takes '{k}'" in str(refused.value)
+    assert "it takes: ['4', '6', '8']" in str(refused.value)
 
 
 def test_an_operator_catalog_at_the_edges_of_its_limits(tmp_path: Path) -> None:
