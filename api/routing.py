@@ -82,7 +82,7 @@ def _shown(loc: tuple[str | int, ...]) -> tuple[str | int, ...]:
     )
 
 
-async def _refuse_nul(request: _ExactRequest, takes_body: bool) -> None:
+async def _refuse_unstorable(request: _ExactRequest, takes_body: bool) -> None:
     """422 for NUL, or a lone surrogate, in the path, the query or the body. The body is
     parsed here, so a key it gives twice in one object (``jsonin.RepeatedKey``) is refused
     here too: 422 naming it. Malformed JSON is left to the route's handler (400)."""
@@ -253,7 +253,7 @@ class JsonRoute(APIRoute):
                     raise HTTPException(415, f"send the body as application/json (got {got})")
             _refuse_unknown(exact_request, known)
             _refuse_repeated(exact_request, queries, headers)
-            await _refuse_nul(exact_request, takes_body)
+            await _refuse_unstorable(exact_request, takes_body)
             return await handler(exact_request)
 
         return exact
