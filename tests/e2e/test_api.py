@@ -1175,6 +1175,17 @@ def test_catalogs_health_and_metrics(api: Api) -> None:
         in text
     )
     assert 'creditledger_insufficient_credits_total{route="/v1/authorizations"} 1.0' in text
+    # The 404 above is a request of its route template, and no 402.
+    assert (
+        'creditledger_http_requests_total{method="GET",route="/v1/catalogs/{name}",status="404"}'
+        in text
+    )
+    counted = [
+        line
+        for line in text.splitlines()
+        if line.startswith("creditledger_insufficient_credits_total")
+    ]
+    assert counted == ['creditledger_insufficient_credits_total{route="/v1/authorizations"} 1.0']
     # Nothing lost a connection (tests/e2e/test_reconnect.py counts some that did).
     assert 'creditledger_database_reruns_total{work="read"} 0.0' in text
     assert 'creditledger_database_reruns_total{work="write"} 0.0' in text
