@@ -149,9 +149,10 @@ def test_pixazo_agentic_request_stopping_early_pays_only_rendered_candidates(api
 def test_a_hold_left_alone_expires_and_can_no_longer_be_captured(api: Api, clock: Clock) -> None:
     user = api.wallet("idle", "credit", topup=500)
     hold = authorize(api, user, {**VEO_FAST, "ttl_seconds": 60}).json()
+    authorize(api, user, {**VEO_FAST, "ttl_seconds": 60})  # a second, left alone too
     clock.advance(seconds=61)
     swept = api.app.state.sweeper.run_once()
-    assert swept.holds_expired == 1
+    assert swept.holds_expired == 2  # in one round: each is counted
     got = api.get(f"/v1/authorizations/{hold['id']}").json()
     assert got["status"] == "expired"
     r = api.post(
@@ -163,7 +164,7 @@ def test_a_hold_left_alone_expires_and_can_no_longer_be_captured(api: Api, clock
     assert r.json()["error"] == "hold_not_pending"
     assert api.balance(user)["available"] == 500
     metrics = api.client.get("/metrics").text
-    assert 'creditledger_holds_resolved_total{outcome="expired"} 1.0' in metrics
+    assert 'creditledger_holds_resolved_total{outcome="expired"} 2.0' in metrics
 
 
 def test_a_hold_expired_before_the_sweeper_ran_does_not_cause_a_402(api: Api, clock: Clock) -> None:
