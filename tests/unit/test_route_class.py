@@ -90,7 +90,16 @@ def test_a_parameter_read_by_a_dependency_is_the_routes_own(client: TestClient) 
 
 @pytest.mark.parametrize(
     ("declared", "status"),
-    [(b"1e3", 400), (b"-1", 400), (b"+5", 400), (b" 5", 400), (b"", 400), (b"11", 413)],
+    [
+        (b"1e3", 400),
+        (b"-1", 400),
+        (b"+5", 400),
+        (b" 5", 400),
+        (b"", 400),
+        (b"11", 413),
+        # Past the digits Python reads into an int (it raised: a 500).
+        (b"9" * 5000, 413),
+    ],
 )
 def test_a_content_length_not_a_count_or_over_the_limit_is_refused_unread(
     declared: bytes, status: int
@@ -133,3 +142,6 @@ def test_a_content_length_not_a_count_or_over_the_limit_is_refused_unread(
     at_limit: Scope = {**scope, "headers": [(b"content-length", b"11")]}
     asyncio.run(BodyLimit(app, 11)(at_limit, receive, send))
     assert len(called) == 1  # at the limit: passed on
+    padded: Scope = {**scope, "headers": [(b"content-length", b"0" * 5000 + b"11")]}
+    asyncio.run(BodyLimit(app, 11)(padded, receive, send))
+    assert len(called) == 2  # leading zeros are no more bytes
