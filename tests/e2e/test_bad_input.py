@@ -708,6 +708,17 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         "role",
     ),
     (
+        # Only the one given twice is named (kind, given once, is not at fault).
+        "one of two parameters twice",
+        "GET",
+        "/v1/accounts/w/entries?kind=topup&limit=5&limit=500",
+        None,
+        {},
+        422,
+        "invalid_request",
+        "limit",
+    ),
+    (
         "page size twice",
         "GET",
         "/v1/accounts/w/entries?limit=5&limit=500",
