@@ -14,6 +14,7 @@ import pytest
 from fastapi import APIRouter, Depends, FastAPI, Query
 from fastapi.testclient import TestClient
 from pydantic import Field
+from starlette.exceptions import HTTPException
 from starlette.types import Message, Receive, Scope, Send
 
 from api import errors
@@ -145,3 +146,37 @@ def test_a_content_length_not_a_count_or_over_the_limit_is_refused_unread(
     padded: Scope = {**scope, "headers": [(b"content-length", b"0" * 5000 + b"11")]}
     asyncio.run(BodyLimit(app, 11)(padded, receive, send))
     assert len(called) == 2  # leading zeros are no more bytes
+
+
+@pytest.mark.parametrize(("pieces", "refused"), [([4, 4, 2], False), ([4, 4, 3], True)])
+def test_a_body_sent_in_pieces_is_counted_whole(pieces: list[int], refused: bool) -> None:
+    """Without a Content-Length (chunked), ``BodyLimit`` counts the body as it is read:
+    pieces each under the limit, together over it, are refused (413) once they pass it."""
+    messages = [
+        {"type": "http.request", "body": b"x" * n, "more_body": i < len(pieces) - 1}
+        for i, n in enumerate(pieces)
+    ]
+    read: list[bytes] = []
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        while True:
+            message = await receive()
+            read.append(message["body"])
+            if not message["more_body"]:
+                return
+
+    async def receive() -> Message:
+        return messages.pop(0)
+
+    async def send(message: Message) -> None:
+        raise AssertionError("the app answers nothing")
+
+    scope: Scope = {"type": "http", "method": "POST", "path": "/", "headers": []}
+    if refused:
+        with pytest.raises(HTTPException) as raised:
+            asyncio.run(BodyLimit(app, 10)(scope, receive, send))
+        assert raised.value.status_code == 413
+        assert sum(map(len, read)) == 8  # the piece that passed the limit was not handed on
+    else:
+        asyncio.run(BodyLimit(app, 10)(scope, receive, send))
+        assert sum(map(len, read)) == 10
