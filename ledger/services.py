@@ -138,7 +138,7 @@ def _setting_read(setting: str, value: int | None) -> int | bool | None:
     return bool(value) if setting == "blocked" and value is not None else value
 
 
-def _refuse_nul_id(account_id: str) -> None:
+def _refuse_unstorable_id(account_id: str) -> None:
     """NotFound for an account id with NUL or a lone surrogate: never stored (see _text),
     and the database cannot even compare it."""
     if kernel.text_problem(account_id) is not None:
@@ -147,7 +147,7 @@ def _refuse_nul_id(account_id: str) -> None:
 
 def wallet_id(conn: Connection, account_id: str) -> int:
     """The internal id of the wallet the operator calls ``account_id``, or NotFound."""
-    _refuse_nul_id(account_id)
+    _refuse_unstorable_id(account_id)
     found = conn.execute(
         sa.select(accounts.c.id).where(
             accounts.c.external_id == account_id, accounts.c.kind == WALLET
@@ -548,7 +548,7 @@ class Ledger:
         PostgreSQL); the wallet and their rows."""
         if not isinstance(external_id, str):
             raise InvalidInput("account_id must be a string", field="account_id")
-        _refuse_nul_id(external_id)
+        _refuse_unstorable_id(external_id)
         locked, *rows = store.reads((sql.LOCK_WALLET, {"external_id": external_id}), *also)
         if not locked:
             raise NotFound(f"no account '{external_id}'", field="account_id")
@@ -1163,7 +1163,7 @@ class Ledger:
         """A wallet read without a lock (read-only use cases)."""
         if not isinstance(account_id, str):
             raise InvalidInput("account_id must be a string", field="account_id")
-        _refuse_nul_id(account_id)
+        _refuse_unstorable_id(account_id)
         row = conn.execute(
             sa.select(
                 accounts.c.id,

@@ -875,6 +875,7 @@ def _compile_rule(
             _body_field(body, spec.variant, file, f"{key}.variant")
             _needs_default(op.defaults, spec.variant, file, f"{key}.variant")
         prices: dict[str, Amount | dict[str, Amount]] | None = None
+        takes = _values(body, spec.variant) if spec.variant is not None else None
         if spec.prices is not None:
             prices = {}
             for mid, entry in spec.prices.items():
@@ -895,7 +896,6 @@ def _compile_rule(
                         )
                     if not entry:
                         raise CatalogError(file, f"{key}.prices.{mid}", "empty price table")
-                    takes = _values(body, spec.variant)
                     for k in entry:
                         if takes is not None and k not in takes:
                             raise CatalogError(
