@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from ledger.db import BEGIN_PENDING, Database
-from ledger.store import Sql, Store
+from ledger.store import UPSERT_DAILY, Sql, Store
 
 INSERT = Sql("INSERT INTO scratch (id, state) VALUES (:id, :state)")
 RESOLVE = Sql("UPDATE scratch SET state = 'done' WHERE id = :id AND state = 'open'")
@@ -395,6 +395,26 @@ def test_more_rows_than_a_multirow_insert_holds_go_one_by_one(
     with scratch.transaction(write=False) as conn:
         notes = conn.exec_driver_sql("SELECT note FROM scratch_free ORDER BY seq").scalars()
         assert list(notes) == ["a", "b", "c", "d", "e"]
+
+
+COUNT = Sql(
+    "INSERT INTO scratch (id, state, hits) VALUES (:id, 'open', :hits) "
+    # Ends with a parenthesis, as the daily rollup's upsert does (its ``round(...)``).
+    "ON CONFLICT (id) DO UPDATE SET hits = (scratch.hits + excluded.hits)"
+)
+
+
+def test_rows_of_an_upsert_go_one_by_one_so_rows_of_one_key_add_up(scratch: Database) -> None:
+    # One multi-row INSERT ... ON CONFLICT DO UPDATE could not update a row twice
+    # (PostgreSQL refuses it), and would repeat its ON CONFLICT clause after each row.
+    assert INSERT.multirow
+    assert not COUNT.multirow
+    assert not UPSERT_DAILY.multirow
+    with scratch.transaction() as conn:
+        store = Store(conn, sqlite=scratch.is_sqlite)
+        with store.batch(commit=True):
+            store.many(COUNT, [{"id": 1, "hits": 2}, {"id": 1, "hits": 3}, {"id": 2, "hits": 4}])
+    assert hits(scratch) == {1: 5, 2: 4}
 
 
 # PostgreSQL write transactions send their own BEGIN with their first statement (the
