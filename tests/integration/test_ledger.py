@@ -866,6 +866,21 @@ def test_expired_credits_move_to_the_expired_account(ledger: Ledger, clock: Cloc
         ledger.reverse(expiry.id, reason="revive", idempotency_key=key())
 
 
+def test_a_grant_spent_to_nothing_is_not_expired(ledger: Ledger, clock: Clock) -> None:
+    user = wallet(ledger)
+    due = clock.now + timedelta(days=1)
+    ledger.top_up(user, 240, idempotency_key=key(), expires_at=due, reference="spent")
+    ledger.top_up(user, 100, idempotency_key=key(), expires_at=due, reference="left")
+    ledger.charge(user, VEO_FAST, idempotency_key=key())  # burns the older one whole
+    clock.advance(days=1)
+    # Only the grant that still held credits expires: one grant, one movement.
+    assert ledger.expire_grants() == 1
+    expiry = ledger.entries(user, limit=1).items[0]
+    assert (expiry.kind, expiry.memo) == ("expiry", "1 grant(s) expired")
+    assert ledger.expire_grants() == 0
+    assert {g.reference: g.remaining for g in ledger.grants_of(user)} == {"spent": 0, "left": 0}
+
+
 def test_a_top_up_expires_what_is_due_first_and_answers_with_the_balance_without_it(
     ledger: Ledger, clock: Clock
 ) -> None:
