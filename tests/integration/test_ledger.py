@@ -881,6 +881,31 @@ def test_a_grant_spent_to_nothing_is_not_expired(ledger: Ledger, clock: Clock) -
     assert {g.reference: g.remaining for g in ledger.grants_of(user)} == {"spent": 0, "left": 0}
 
 
+@pytest.mark.parametrize("spend", ["capture", "charge"])
+def test_spending_expires_only_the_grants_that_still_hold_credits(
+    ledger: Ledger, clock: Clock, spend: str
+) -> None:
+    user = wallet(ledger)
+    due = clock.now + timedelta(hours=1)
+    ledger.top_up(user, 240, idempotency_key=key(), expires_at=due, reference="spent")
+    ledger.top_up(user, 100, idempotency_key=key(), expires_at=due, reference="left")
+    ledger.top_up(user, 500, idempotency_key=key(), reference="kept")
+    ledger.charge(user, VEO_FAST, idempotency_key=key())  # burns the oldest whole
+    hold = ledger.authorize(user, VEO_FAST, ttl=timedelta(hours=2), idempotency_key=key())
+    clock.advance(hours=1)  # both short grants are due; the sweeper has not run
+    if spend == "capture":
+        ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    else:
+        ledger.charge(user, VEO_FAST, idempotency_key=key())
+    spent, expiry = ledger.entries(user, limit=2).items
+    assert (spent.kind, expiry.kind, expiry.memo) == (spend, "expiry", "1 grant(s) expired")
+    assert {g.reference: g.remaining for g in ledger.grants_of(user)} == {
+        "spent": 0,
+        "left": 0,
+        "kept": 260,
+    }
+
+
 def test_a_top_up_expires_what_is_due_first_and_answers_with_the_balance_without_it(
     ledger: Ledger, clock: Clock
 ) -> None:
