@@ -1799,3 +1799,19 @@ def test_a_refund_counts_in_the_month_of_its_charge_in_the_wallets_timezone(
     assert (view.spent_this_month, view.spend_remaining, view.balance) == (24, 476, 10_000 - 24)
     ledger.reverse(december.entry_id, reason="blurry", idempotency_key=key())
     assert (ledger.account(user).spent_this_month, ledger.account(user).spend_remaining) == (0, 500)
+
+
+def test_a_charge_dated_in_the_next_month_does_not_count_in_this_one(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Servers whose clocks differ: one charged at 00:30 on the 1st (Tokyo) while
+    another still reads 23:30 on the 30th. Its spend limit counts this month's days."""
+    user = wallet(ledger, "tokyo", timezone="Asia/Tokyo", monthly_spend_limit=500)
+    ledger.top_up(user, 10_000, idempotency_key=key())
+    clock.now = datetime(2026, 11, 30, 15, 30, tzinfo=UTC)  # 00:30 on 1 December in Tokyo
+    ledger.charge(user, f.veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    assert ledger.account(user).spent_this_month == 240
+    clock.advance(hours=-1)  # the slower clock: still 30 November in Tokyo
+    view = ledger.account(user)
+    assert (view.spent_this_month, view.spend_remaining) == (0, 500)
+    ledger.charge(user, f.veo3_video(video_model="veo3"), idempotency_key=key())  # all 500
