@@ -241,6 +241,24 @@ def test_a_count_found_wrong_raises_its_own_failure_and_commits_nothing(
         assert conn.exec_driver_sql("SELECT COUNT(*) FROM scratch_log").scalar_one() == 0
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_failed_count_check_not_of_the_batch_is_raised_as_it_is(scratch: Database) -> None:
+    # The function's error with a tag no check of this batch gave (a statement of its
+    # own, say): the database's error, not a failure picked by an index out of range.
+    def check_of_its_own() -> None:
+        with scratch.transaction() as conn:
+            store = Store.of(conn)
+            with store.batch(commit=True):
+                store.run(INSERT, {"id": 1, "state": "open"})
+                store.one(Sql("SELECT ledger_expect_rows(0, 1, 7)"), {})
+
+    with pytest.raises(psycopg.Error) as raised:
+        check_of_its_own()
+    assert raised.value.sqlstate == "CL001"
+    assert raised.value.diag.message_detail == "7"
+    assert states(scratch) == {}
+
+
 NOTE_LOG = Sql("UPDATE scratch_log SET note = :note WHERE id = :id")
 
 
@@ -478,11 +496,16 @@ def test_a_failed_write_transaction_leaves_nothing_whoever_sent_first(
     assert states(scratch) == {}
 
 
-def test_a_write_transaction_that_sent_nothing_commits_nothing(scratch: Database) -> None:
+def test_a_write_transaction_that_sent_nothing_commits_nothing(
+    scratch: Database, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with scratch.transaction() as conn:
         store = Store.of(conn)
+        sent = sending(monkeypatch)
         with store.batch(commit=True):
             pass
+        monkeypatch.undo()
+    assert sent == []  # PostgreSQL: no COMMIT without its BEGIN (nor a round trip)
     committing_batch(scratch, (1, "open"))
     assert states(scratch) == {1: "open"}
 
