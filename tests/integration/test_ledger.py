@@ -520,6 +520,27 @@ def test_an_expired_hold_of_one_credit_is_released_too(
     assert verify(ledger.db) == []
 
 
+def test_a_wallet_in_debt_is_refused_even_a_request_priced_at_nothing(
+    db: Database, clock: Clock, tmp_path: Path
+) -> None:
+    """Debt blocks new authorizations and charges until a top-up repays it: a request
+    its catalog prices at nothing too (available is below zero: short even of 0)."""
+    f.write_catalog(tmp_path, "acme.toml", f.MINIMAL_CATALOG.format(limits="", price=0))
+    ledger = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    user = wallet(ledger, "owing")
+    ledger.adjust(user, -100, reason="a chargeback", idempotency_key=key())
+    assert ledger.balance(user).debt == 100
+    free = f.request("acme", "video", prompt="a dot")
+    with pytest.raises(InsufficientCredits):
+        ledger.authorize(user, free, idempotency_key=key())
+    with pytest.raises(InsufficientCredits):
+        ledger.charge(user, free, idempotency_key=key())
+    ledger.top_up(user, 100, idempotency_key=key())
+    assert ledger.authorize(user, free, idempotency_key=key()).held == 0
+    assert ledger.charge(user, free, idempotency_key=key()).credits_used == 0
+    assert verify(db) == []
+
+
 def test_a_capture_is_priced_by_the_catalog_version_its_hold_was_quoted_with(
     db: Database, clock: Clock, tmp_path: Path
 ) -> None:
