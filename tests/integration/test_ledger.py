@@ -323,6 +323,9 @@ def test_a_hold_left_alone_expires_and_cannot_be_captured(ledger: Ledger, clock:
     clock.advance(minutes=15)
     with pytest.raises(HoldNotPending, match="expired"):
         ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    # Not revived either, though no sweeper has released it yet.
+    with pytest.raises(HoldNotPending, match="is expired"):
+        ledger.extend(hold.id, ttl=timedelta(hours=1), idempotency_key=key())
     assert ledger.expire_holds() == 1
     assert ledger.expire_holds() == 0
     assert ledger.hold(hold.id).status == "expired"
