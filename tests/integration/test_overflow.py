@@ -91,6 +91,24 @@ def test_available_stays_within_64_bits_with_an_overdraft(ledger: Ledger) -> Non
     assert books(ledger, user) == before
 
 
+def test_a_refund_takes_available_no_further_than_64_bits_with_an_overdraft(
+    ledger: Ledger,
+) -> None:
+    # The balance itself would fit (the database's own limit): available, with the
+    # overdraft on top, would not.
+    user = wallet(ledger, "borrower", overdraft_limit=1000)
+    ledger.top_up(user, MAX - 1000, idempotency_key=key())
+    spent = ledger.charge(user, VEO_FAST, idempotency_key=key())
+    ledger.top_up(user, 200, kind="promo", idempotency_key=key())
+    assert ledger.balance(user).available == MAX - 40
+    before = books(ledger, user)
+    assert spent.entry_id is not None
+    entry_id = spent.entry_id
+    error = refused(lambda: ledger.reverse(entry_id, reason="refund", idempotency_key=key()), "id")
+    assert error.allowed == {"max": 40}
+    assert books(ledger, user) == before
+
+
 def test_the_funding_account_beyond_64_bits_is_refused(ledger: Ledger) -> None:
     # Each wallet fits; the funding account, the sum of every top-up, would not.
     a, b = wallet(ledger, "a"), wallet(ledger, "b")
