@@ -109,6 +109,21 @@ def test_a_refund_takes_available_no_further_than_64_bits_with_an_overdraft(
     assert books(ledger, user) == before
 
 
+def test_an_overdraft_limit_raised_past_64_bits_of_available_is_refused(
+    ledger: Ledger,
+) -> None:
+    user = wallet(ledger, "saver")
+    ledger.top_up(user, MAX - 50, idempotency_key=key())
+    before = books(ledger, user)
+    with pytest.raises(BalanceOverflow) as caught:
+        ledger.update_account(user, overdraft_limit=51, idempotency_key=key())
+    assert (caught.value.field, caught.value.allowed) == ("overdraft_limit", {"max": 50})
+    assert books(ledger, user) == before
+    assert ledger.account_changes(user).items == []
+    raised = ledger.update_account(user, overdraft_limit=50, idempotency_key=key())
+    assert raised.available == MAX
+
+
 def test_the_funding_account_beyond_64_bits_is_refused(ledger: Ledger) -> None:
     # Each wallet fits; the funding account, the sum of every top-up, would not.
     a, b = wallet(ledger, "a"), wallet(ledger, "b")
