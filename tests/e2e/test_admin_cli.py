@@ -284,6 +284,7 @@ def test_adjust_and_reverse_correct_a_wallet_from_the_cli(env: dict[str, str]) -
         (("account", "adjust", "ghost", "5", "--reason", "x"), 7, "not_found"),
         (("account", "adjust", "acme", "0", "--reason", "x"), 2, "amount"),
         (("account", "adjust", "acme", str(2**63), "--reason", "x"), 2, "amount"),
+        (("account", "adjust", "acme", str(-(2**63)), "--reason", "x"), 2, "amount"),
         (("account", "adjust", "acme", "5", "--reason", ""), 2, "reason"),
         (
             ("account", "adjust", "acme", "-99", "--reason", "x", "--idempotency-key", "fix-1"),

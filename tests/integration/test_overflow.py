@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from ledger.errors import BalanceOverflow
+from ledger.errors import BalanceOverflow, InvalidInput
 from ledger.models import accounts
 from ledger.services import Ledger
 from ledger.verify import verify
@@ -79,6 +79,25 @@ def test_a_wallet_balance_never_leaves_64_bits(ledger: Ledger) -> None:
     entry_id = spent.entry_id
     refused(lambda: ledger.reverse(entry_id, reason="refund", idempotency_key=key()), "id")
     assert books(ledger, user) == before
+
+
+def test_an_adjustment_beyond_64_bits_either_way_is_refused_as_bad_input(
+    ledger: Ledger,
+) -> None:
+    """The CLI passes any integer through: a debit past 64 bits is refused naming the
+    amount and its bounds, not left to fail as a posting the ledger cannot keep. Down to
+    -MAX is an amount like any other (here it puts the wallet in debt)."""
+    user = wallet(ledger, "corrected")
+    ledger.top_up(user, 1000, idempotency_key=key())
+    before = books(ledger, user)
+    for amount in (-(2**63), -(10**30), 2**63, 10**30):
+        with pytest.raises(InvalidInput) as caught:
+            ledger.adjust(user, amount, reason="x", idempotency_key=key())
+        assert caught.value.field == "amount"
+        assert caught.value.allowed == {"min": -MAX, "max": MAX}
+        assert books(ledger, user) == before
+    debt = ledger.adjust(user, -MAX, reason="taken back", idempotency_key=key())
+    assert debt.balance.balance == 1000 - MAX
 
 
 def test_available_stays_within_64_bits_with_an_overdraft(ledger: Ledger) -> None:
