@@ -1480,7 +1480,14 @@ class Ledger:
         start, end = kernel.period_bounds(period, wallet.timezone)
         row = Store.of(conn).one(
             sql.SPENT,
-            {"account_id": wallet.id, "first": first, "after": after, "start": start},
+            {
+                "account_id": wallet.id,
+                "first": first,
+                "after": after,
+                "start": start,
+                "end": end,
+                "since": start - sql.REFUND_SKEW,
+            },
         )
         assert row is not None
         # A guard: it cannot go below zero, as a refund counts only where its charge does

@@ -14,7 +14,7 @@ import re
 import sqlite3
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_CEILING, Decimal
 from typing import Any
 
@@ -194,9 +194,12 @@ UPSERT_FLOW = Sql(
 
 #: What a wallet spent in a period: what captures and charges debited it on the period's
 #: days (``first <= day < after``, local dates as the rollup names them), less what refunds
-#: of the period's own captures and charges (entries posted from ``start`` on) gave back.
-#: A refund counts in the period of the charge it undoes: refunding an earlier period's
-#: charge makes no room in this one, so the period's usage never passes its limit.
+#: of the period's own captures and charges (entries posted from ``start`` to ``end``, the
+#: same days as instants) gave back. A refund counts in the period of the charge it undoes:
+#: refunding an earlier period's charge makes no room in this one, so the period's usage
+#: never passes its limit, and refunding a later one's (dated there by a server whose clock
+#: runs ahead) takes nothing off this one. The refunds are read from ``since`` on: a day
+#: before the period, as a refund may be dated before its charge by a slower clock.
 #: The reversals come from their own index (``ix_entries_account_reversals``); each one's
 #: postings by their entry: the unary ``+`` keeps SQLite, which has no statistics to tell,
 #: from reading them by the wallet's index, through every posting the wallet ever had.
@@ -206,9 +209,12 @@ SPENT = Sql(
     "(SELECT COALESCE(SUM(p.amount), 0) FROM entries r "
     "JOIN entries o ON o.id = r.reverses_id "
     "JOIN postings p ON p.entry_id = r.id AND +p.account_id = :account_id "
-    "WHERE r.account_id = :account_id AND r.kind = 'reversal' AND r.posted_at >= :start "
-    "AND o.kind IN ('capture', 'charge') AND o.posted_at >= :start)"
+    "WHERE r.account_id = :account_id AND r.kind = 'reversal' AND r.posted_at >= :since "
+    "AND o.kind IN ('capture', 'charge') AND o.posted_at >= :start AND o.posted_at < :end)"
 )
+#: How far before its period ``SPENT`` reads refunds (``since``): more than any two servers'
+#: clocks may differ.
+REFUND_SKEW = timedelta(days=1)
 
 
 def usage_values(usage: Mapping[str, Any]) -> dict[str, Any]:

@@ -1839,3 +1839,26 @@ def test_a_charge_dated_in_the_next_month_does_not_count_in_this_one(
     view = ledger.account(user)
     assert (view.spent_this_month, view.spend_remaining) == (0, 500)
     ledger.charge(user, f.veo3_video(video_model="veo3"), idempotency_key=key())  # all 500
+
+
+def test_a_refund_across_servers_clocks_counts_in_its_charges_month(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A charge dated on 1 December (Tokyo) by a clock an hour ahead, refunded by one
+    still on 30 November: the refund gives back December's spend, though dated before
+    December, and takes nothing off November's."""
+    user = wallet(ledger, "tokyo", timezone="Asia/Tokyo", monthly_spend_limit=500)
+    ledger.top_up(user, 10_000, idempotency_key=key())
+    clock.now = datetime(2026, 11, 30, 15, 30, tzinfo=UTC)  # 00:30 on 1 December in Tokyo
+    december = ledger.charge(user, f.veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    assert december.entry_id is not None
+    clock.advance(hours=-1)  # the slower clock: 23:30 on 30 November in Tokyo
+    ledger.charge(user, f.veo3_video(video_model="veo3"), idempotency_key=key())  # all 500
+    ledger.reverse(december.entry_id, reason="blank video", idempotency_key=key())
+    view = ledger.account(user)
+    assert (view.spent_this_month, view.spend_remaining) == (500, 0)
+    with pytest.raises(SpendLimitReached):
+        ledger.charge(user, f.veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    clock.advance(hours=2)  # December on every clock: its one charge was refunded
+    view = ledger.account(user)
+    assert (view.spent_this_month, view.spend_remaining) == (0, 500)

@@ -151,17 +151,22 @@ def test_a_periods_refunds_are_read_from_the_reversals_index(empty: Database) ->
             rows = conn.exec_driver_sql(
                 "EXPLAIN QUERY PLAN " + SPENT.sqlite,
                 {"account_id": 1, "first": "2026-11-01", "after": "2026-12-01",
-                 "start": "2026-11-01 00:00:00.000000"},
+                 "start": "2026-11-01 00:00:00.000000", "end": "2026-12-01 00:00:00.000000",
+                 "since": "2026-10-31 00:00:00.000000"},
             )  # fmt: skip
         else:
             conn.exec_driver_sql("SET plan_cache_mode = force_generic_plan")
             conn.exec_driver_sql("SET enable_seqscan = off")
             text = SPENT.sqlite
-            for number, name in enumerate(("account_id", "first", "after", "start"), 1):
+            names = ("account_id", "first", "after", "start", "end", "since")
+            for number, name in enumerate(names, 1):
                 text = text.replace(f":{name}", f"${number}")
-            conn.exec_driver_sql(f"PREPARE spent (bigint, varchar, varchar, timestamptz) AS {text}")
+            conn.exec_driver_sql(
+                "PREPARE spent (bigint, varchar, varchar, timestamptz, timestamptz, timestamptz) "
+                f"AS {text}"
+            )
             rows = conn.exec_driver_sql(
-                "EXPLAIN EXECUTE spent (1, '2026-11-01', '2026-12-01', now())"
+                "EXPLAIN EXECUTE spent (1, '2026-11-01', '2026-12-01', now(), now(), now())"
             )
         plan = " ".join(str(row[-1]) for row in rows)
         conn.rollback()
