@@ -1321,6 +1321,24 @@ def test_totals_past_64_bits_are_exact(
     assert json.loads(reports.output(job.id).content)["totals"][0]["closing"] == 3 * each
 
 
+def test_amounts_past_float_precision_stay_exact_beside_a_wallet_that_moved_nothing(
+    db: Database, ledger: Ledger, clock: Clock
+) -> None:
+    """A wallet with no credits or debits in the month has no row in the month's flows:
+    filled in as missing values, it would make every amount of its column a float, and
+    2**53 + 1 credits a float cannot hold."""
+    odd = 2**53 + 1
+    _funded(ledger, clock, {"big": (odd, "pack")})
+    clock.now = datetime(2026, 10, 6, tzinfo=UTC)
+    ledger.open_account("idle", "credit", idempotency_key=key())
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    made = make(db, "2026-10", "UTC")
+    rows = {r["account_id"]: r for r in records(made.accounts)}
+    assert (rows["big"]["credit_pack"], rows["big"]["closing"]) == (odd, odd)
+    assert (rows["idle"]["credit_pack"], rows["idle"]["closing"]) == (0, 0)
+    assert made.totals()[0]["credits"] == odd
+
+
 def test_a_wallet_whose_month_of_debits_passes_64_bits_fails_the_report_by_name(
     db: Database, ledger: Ledger, clock: Clock
 ) -> None:
