@@ -1233,9 +1233,10 @@ def test_the_json_statement_carries_the_usage_of_wallets_whose_ids_json_escapes(
 ) -> None:
     """A wallet id is the operator's text: a quote or a backslash in it is escaped in
     JSON, and the wallet's usage arrays are still its own (they were left a placeholder
-    string for an id with a quote)."""
+    string for an id with a quote). An id shaped like the placeholders the arrays are
+    spliced in for stays an id: theirs carry a random nonce."""
     clock.now = datetime(2026, 10, 5, tzinfo=UTC)
-    names = ['say "cheese"', "back\\slash", "ünïcødé 🎬", "plain"]
+    names = ['say "cheese"', "back\\slash", "ünïcødé 🎬", "plain", "@@0:usage:0@@"]
     for n, name in enumerate(names):
         ledger.open_account(name, "credit", idempotency_key=key())
         ledger.top_up(name, 10_000, idempotency_key=key())
