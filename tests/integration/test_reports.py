@@ -1226,6 +1226,17 @@ def test_the_parquet_files_columns_are_the_same_every_month(
     usage = october[october["section"] == "usage"].set_index("model")["video_seconds"]
     assert usage.to_dict() == {"a": Decimal("12.500001"), "veo3_fast": Decimal(0)}
     assert pd.read_parquet(io.BytesIO(files["2026-09"]))["video_seconds"].isna().all()
+    # The CSV writes the same decimals with their six places, never in exponent form.
+    text = pd.read_csv(io.BytesIO(render.render(made["2026-10"], "csv")), dtype=str)
+    cells = text[text["section"].isin(render.USAGE_SECTIONS)]
+    rows = zip(cells["section"], cells["model"], cells["video_seconds"], strict=True)
+    assert sorted(rows) == [
+        ("usage", "a", "12.500001"),
+        ("usage", "veo3_fast", "0.000000"),
+        ("usage_daily", "a", "0.000001"),
+        ("usage_daily", "a", "12.500000"),
+        ("usage_daily", "veo3_fast", "0.000000"),
+    ]
 
 
 def test_the_json_statement_carries_the_usage_of_wallets_whose_ids_json_escapes(
@@ -1242,12 +1253,14 @@ def test_the_json_statement_carries_the_usage_of_wallets_whose_ids_json_escapes(
         ledger.top_up(name, 10_000, idempotency_key=key())
         for _ in range(n + 1):
             ledger.charge(name, veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    ledger.open_account("idle", "credit", idempotency_key=key())  # no usage: empty arrays
     clock.now = datetime(2026, 11, 2, tzinfo=UTC)
     made = make(db, "2026-10", "UTC")
     body = json.loads(render.render(made, "json"))
     assert body == json.loads(json.dumps(render.to_json(made)))
     usage = {a["account_id"]: a["usage"] for a in body["accounts"]}
     daily = {a["account_id"]: a["usage_by_day"] for a in body["accounts"]}
+    assert (usage.pop("idle"), daily.pop("idle")) == ([], [])
     assert sorted(usage) == sorted(names)
     for n, name in enumerate(names):
         assert [(u["model"], u["requests"], u["amount"]) for u in usage[name]] == [

@@ -82,3 +82,23 @@ def test_as_many_models_as_are_drawn_apart_are_all_drawn_apart() -> None:
     series = render.chart_series(OCTOBER, amounts)
     assert list(series) == [f"m{i}" for i in range(render.CHART_MODELS)]
     assert _labels(render.chart_svg(OCTOBER, "credit", 0, amounts)) == list(series)
+
+
+def _y_ticks(svg: str) -> list[float]:
+    """The values written along the chart's y axis."""
+    return [
+        float(t) for t in re.findall(r'<g id="ytick_\d+">.*?<text[^>]*>([^<]*)</text>', svg, re.S)
+    ]
+
+
+def test_bars_are_drawn_in_major_units_of_the_units_scale() -> None:
+    """$0.04 and $1.25 a day of a unit of six decimal places: the axis reads dollars, as
+    the page's tables do, not millionths of one."""
+    amounts = {("m1", "2026-10-01"): 40_000, ("m1", "2026-10-02"): 1_250_000}
+    svg = render.chart_svg(OCTOBER, "usd", 6, amounts)
+    ticks = _y_ticks(svg)
+    assert ticks[0] == 0
+    assert 1 <= ticks[-1] < 2
+    # Read as they are: no multiplier (such as "1e6") written beside the axis.
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert not [t for t in texts if re.fullmatch(r"[0-9.]*e[+-]?[0-9]+", t)], texts
