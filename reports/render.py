@@ -509,6 +509,8 @@ def chart_svg(period: Period, unit: str, scale: int, amounts: dict[tuple[str, st
     ax.set_title(f"Daily usage by model, {unit}")
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3)
+    # Amounts as they are (1200000), never scaled by a multiplier beside the axis ("1e6").
+    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
     if series:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     else:

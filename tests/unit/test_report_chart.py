@@ -102,3 +102,15 @@ def test_bars_are_drawn_in_major_units_of_the_units_scale() -> None:
     # Read as they are: no multiplier (such as "1e6") written beside the axis.
     texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
     assert not [t for t in texts if re.fullmatch(r"[0-9.]*e[+-]?[0-9]+", t)], texts
+
+
+def test_large_amounts_are_written_along_the_axis_as_they_are() -> None:
+    """A busy day of tokens: the axis reads millions, not 0 to 1.2 times a "1e6" written
+    apart from it."""
+    amounts = {("m1", "2026-10-01"): 250_000, ("m1", "2026-10-02"): 1_250_000}
+    svg = render.chart_svg(OCTOBER, "token", 0, amounts)
+    ticks = _y_ticks(svg)
+    assert ticks[0] == 0
+    assert 1_000_000 <= ticks[-1] <= 1_250_000
+    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
+    assert not [t for t in texts if re.fullmatch(r"[0-9.]*e[+-]?[0-9]+", t)], texts
