@@ -7,6 +7,7 @@ from types import SimpleNamespace
 from typing import Any, cast
 
 import pandas as pd
+import pytest
 
 from reports import render
 from reports.queries import period
@@ -91,26 +92,25 @@ def _y_ticks(svg: str) -> list[float]:
     ]
 
 
-def test_bars_are_drawn_in_major_units_of_the_units_scale() -> None:
-    """$0.04 and $1.25 a day of a unit of six decimal places: the axis reads dollars, as
-    the page's tables do, not millionths of one."""
-    amounts = {("m1", "2026-10-01"): 40_000, ("m1", "2026-10-02"): 1_250_000}
-    svg = render.chart_svg(OCTOBER, "usd", 6, amounts)
+@pytest.mark.parametrize(
+    ("unit", "scale", "amounts", "top"),
+    [
+        # $0.04 and $1.25 a day of a unit of six places: dollars, as the page's tables
+        # show them, not millionths of one.
+        ("usd", 6, {("m1", "2026-10-01"): 40_000, ("m1", "2026-10-02"): 1_250_000}, (1, 1.25)),
+        # A busy day of tokens: millions, not 0 to 1.2.
+        ("token", 0, {("m1", "2026-10-01"): 250_000, ("m1", "2026-10-02"): 1_250_000},
+         (1_000_000, 1_250_000)),
+    ],
+)  # fmt: skip
+def test_the_axis_reads_major_units_as_they_are(
+    unit: str, scale: int, amounts: dict[tuple[str, str], int], top: tuple[float, float]
+) -> None:
+    """Amounts along the axis in the unit's major units, never scaled by a multiplier
+    (such as "1e6") written apart from it."""
+    svg = render.chart_svg(OCTOBER, unit, scale, amounts)
     ticks = _y_ticks(svg)
     assert ticks[0] == 0
-    assert 1 <= ticks[-1] < 2
-    # Read as they are: no multiplier (such as "1e6") written beside the axis.
-    texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
-    assert not [t for t in texts if re.fullmatch(r"[0-9.]*e[+-]?[0-9]+", t)], texts
-
-
-def test_large_amounts_are_written_along_the_axis_as_they_are() -> None:
-    """A busy day of tokens: the axis reads millions, not 0 to 1.2 times a "1e6" written
-    apart from it."""
-    amounts = {("m1", "2026-10-01"): 250_000, ("m1", "2026-10-02"): 1_250_000}
-    svg = render.chart_svg(OCTOBER, "token", 0, amounts)
-    ticks = _y_ticks(svg)
-    assert ticks[0] == 0
-    assert 1_000_000 <= ticks[-1] <= 1_250_000
+    assert top[0] <= ticks[-1] <= top[1]
     texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
     assert not [t for t in texts if re.fullmatch(r"[0-9.]*e[+-]?[0-9]+", t)], texts
