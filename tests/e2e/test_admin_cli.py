@@ -76,6 +76,7 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     table = run("account", "show", "acme", env=env)
     assert table.returncode == 0
     assert "available" in table.stdout
+    assert "None" not in table.stdout  # a setting not set (a monthly allocation) is blank
     now = json.loads(run("account", "balance", "acme", "--json", env=env).stdout)
     assert (now["balance"], now["available"], now["as_of"]) == (500, 500, None)
     past = ("account", "balance", "acme", "--as-of", "2000-01-01T00:00:00+01:00")

@@ -161,6 +161,20 @@ def test_catalogs_table_and_json() -> None:
         assert text in table.stdout
     listing = json.loads(run("catalogs", "--json").stdout)["catalogs"]
     assert [c["name"] for c in listing] == ["cosmic", "fal", "pixazo", "veo3"]
+    # The "in force" column: the newer Cosmic docs now; the older ones at an earlier --at.
+    assert _in_force(table.stdout) == {"2024-03-14": {""}, "2025-12-20": {"yes"}}
+    earlier = run("catalogs", "--at", "2025-01-01T00:00:00Z")
+    assert _in_force(earlier.stdout) == {"2024-03-14": {"yes"}, "2025-12-20": {""}}
+
+
+def _in_force(table: str) -> dict[str, set[str]]:
+    """What the catalogs table's "in force" cells say for each Cosmic version."""
+    seen: dict[str, set[str]] = {}
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.split("\u2502")[1:-1]]
+        if cells and cells[0] == "cosmic":
+            seen.setdefault(cells[1], set()).add(cells[3])
+    return seen
 
 
 def test_help_lists_the_commands() -> None:
