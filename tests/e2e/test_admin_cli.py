@@ -100,7 +100,13 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     ]
     assert "trusted" in run("account", "changes", "acme", env=env).stdout
 
-    assert run("account", "create", "zeta", "--unit", "token", env=env).returncode == 0
+    settings = {"overdraft_limit": 25, "monthly_allocation": 300, "timezone": "Asia/Tokyo"}
+    options = [f"--{name.replace('_', '-')}={value}" for name, value in settings.items()]
+    zeta = run("account", "create", "zeta", "--unit", "token", *options, "--json", env=env)
+    assert zeta.returncode == 0, zeta.stderr
+    opened = json.loads(zeta.stdout)
+    assert {name: opened[name] for name in settings} == settings
+    assert (opened["balance"], opened["available"]) == (300, 325)  # this month's allocation
     listed = run("account", "list", "--limit", "1", "--json", env=env)
     assert listed.returncode == 0, listed.stderr
     first = json.loads(listed.stdout)
