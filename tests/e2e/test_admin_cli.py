@@ -127,7 +127,9 @@ def test_account_create_show_and_topup_in_json_and_tables(env: dict[str, str]) -
     assert "promo" in table.stdout
     # On an 80-column terminal a long id, amount or instant folds; it is never cut short.
     big = ("topup", "acme", str(10**17), "--expires-at", "2099-01-01T00:00:00Z")
-    assert run(*big, "--idempotency-key", "t-big", env=env).returncode == 0
+    topped = run(*big, "--idempotency-key", "t-big", "--json", env=env)
+    assert topped.returncode == 0, topped.stderr
+    assert json.loads(topped.stdout)["grant"]["expires_at"] == "2099-01-01T00:00:00Z"
     narrow = run("account", "show", "acme", env={**env, "COLUMNS": "80"})
     assert "…" not in narrow.stdout, narrow.stdout
 
@@ -201,6 +203,10 @@ def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
     mine = run("journal", "--actor", me, "--kind", "topup", "--json", env=env)
     assert [e["id"] for e in json.loads(mine.stdout)["items"]] == [journal[1]["id"]]
     assert "acme" in run("journal", "--actor", me, env=env).stdout
+    by_me = run("account", "entries", "acme", "--actor", me, "--json", env=env)
+    assert [e["id"] for e in json.loads(by_me.stdout)["items"]] == [e["id"] for e in journal]
+    by_other = run("account", "entries", "acme", "--actor", "cli:someone-else", "--json", env=env)
+    assert json.loads(by_other.stdout)["items"] == []
     table = run("account", "entries", "acme", "--since", "2000-01-01T00:00:00Z", env=env)
     assert "expiry" in table.stdout
     assert "-500" in table.stdout
@@ -240,6 +246,11 @@ def test_account_usage_records(env: dict[str, str]) -> None:
     assert "req-1" in table.stdout
     assert "req-2" not in table.stdout
     assert "240" in table.stdout
+    with _ledger_at(env) as ledger:  # one more, left pending
+        waiting = ledger.authorize("acme", veo, idempotency_key="a2", request_id="req-3")
+    for status, ids in (("pending", [waiting.id]), ("captured", [hold.id]), ("voided", [])):
+        held = run("account", "holds", "acme", "--status", status, "--json", env=env)
+        assert [h["id"] for h in json.loads(held.stdout)["items"]] == ids, status
 
 
 def test_adjust_and_reverse_correct_a_wallet_from_the_cli(env: dict[str, str]) -> None:
