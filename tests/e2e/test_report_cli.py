@@ -15,7 +15,7 @@ import pytest
 import sqlalchemy as sa
 
 from ledger.db import Database
-from ledger.models import accounts, flows
+from ledger.models import accounts, flows, report_jobs
 from ledger.services import Ledger
 from pricing.catalog import CatalogSet
 from reports.jobs import Reports
@@ -175,6 +175,22 @@ def test_report_run_resumes_an_interrupted_job(env: dict[str, str]) -> None:
     shown = json.loads(run("report", "show", job.id, "--json", env=env).stdout)
     assert shown["status"] == "succeeded"
     assert shown["attempts"] == 2
+
+
+def test_report_run_makes_last_months_statement_once(env: dict[str, str]) -> None:
+    """With nothing queued, 'report run' makes the month-end statement of the last closed
+    month (by the real clock) of every wallet; run again, it makes nothing more."""
+    first = run("report", "run", env=env)
+    assert first.returncode == 0, first.stderr
+    assert "1 report job(s) run" in first.stdout
+    assert "0 report job(s) run" in run("report", "run", env=env).stdout
+    db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
+    try:
+        with db.engine.connect() as conn:
+            made = conn.execute(sa.select(report_jobs.c.origin, report_jobs.c.status)).all()
+    finally:
+        db.dispose()
+    assert [tuple(row) for row in made] == [("month_end", "succeeded")]
 
 
 def test_serve_runs_reports_asked_for_over_http(
