@@ -68,6 +68,7 @@ from ledger.verify import verify
 from pricing import CatalogSet, estimate, load_catalogs
 from pricing.catalog import describe
 from pricing.errors import CatalogError, DomainError, NotBillable, PricingError
+from pricing.money import major_text
 from reports.jobs import JobView, Reports
 
 EXIT_INVALID = 2
@@ -1565,14 +1566,15 @@ def report_monthly(
     if as_json:
         typer.echo(json.dumps({**job.model_dump(mode="json"), "path": str(target)}, indent=2))
         return
+    # Amounts in major units, as the statement's files and pages give them: 20.000000 usd,
+    # not 20,000,000 (micro-dollars) under "usd".
     table = Table(title=f"statement {job.month} ({job.timezone}) -> {target}")
     for column in ("unit", "accounts", "opening", "credits", "debits", "closing", "usage"):
         table.add_column(column, justify="left" if column == "unit" else "right", overflow="fold")
     for t in (job.summary or {}).get("totals", []):
+        amounts = ("opening", "credits", "debits", "closing", "usage_amount")
         table.add_row(
-            t["unit"],
-            str(t["accounts"]),
-            *(f"{t[k]:,}" for k in ("opening", "credits", "debits", "closing", "usage_amount")),
+            t["unit"], str(t["accounts"]), *(major_text(t[k], t["scale"]) for k in amounts)
         )
     _console().print(table)
     typer.echo("reconciled: opening + credits - debits = closing = the ledger, for every account")

@@ -72,6 +72,12 @@ def minor_to_major(amount: Amount, scale: int) -> Decimal:
     return EXACT.scaleb(Decimal(amount), -scale)
 
 
+def major_text(amount: int, scale: int) -> str:
+    """Minor units as exact major-unit text with thousands separators, for people:
+    123456 at scale 2 -> "1,234.56"; 20000000 at scale 6 -> "20.000000"."""
+    return f"{minor_to_major(int(amount), int(scale)):,.{int(scale)}f}"
+
+
 def is_whole(amount: Decimal) -> bool:
     """True when ``amount`` is finite and has no fractional part."""
     return amount.is_finite() and amount == amount.to_integral_value()

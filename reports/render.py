@@ -22,6 +22,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from ledger import kernel
+from pricing.money import major_text
 from reports.queries import QUANTITIES, Period, records
 from reports.statement import CREDIT_COLUMNS, DEBIT_COLUMNS, Statement
 
@@ -433,12 +434,6 @@ def _records_by_account(frame: pd.DataFrame) -> dict[str, list[dict[str, Any]]]:
 # ---------------------------------------------------------------------------------- HTML
 
 
-def _major(amount: int, scale: int) -> str:
-    """Minor units as exact major-unit text: 123456 at scale 2 -> "1,234.56"."""
-    value = Decimal(int(amount)).scaleb(-int(scale))
-    return f"{value:,.{int(scale)}f}"
-
-
 #: A chart's amounts: per unit, (model, day) -> the wallets' usage amount that day.
 ChartAmounts = dict[str, dict[tuple[str, str], int]]
 
@@ -576,11 +571,11 @@ def html_parts(statement: Statement) -> list[bytes]:
             [
                 a["account_id"],
                 a["unit"],
-                _major(a["opening"], a["scale"]),
-                *(_major(a[c], a["scale"]) for c in CREDIT_COLUMNS),
-                *(_major(a[c], a["scale"]) for c in DEBIT_COLUMNS),
-                _major(a["closing"], a["scale"]),
-                f"{a['open_holds']} ({_major(a['open_holds_amount'], a['scale'])})",
+                major_text(a["opening"], a["scale"]),
+                *(major_text(a[c], a["scale"]) for c in CREDIT_COLUMNS),
+                *(major_text(a[c], a["scale"]) for c in DEBIT_COLUMNS),
+                major_text(a["closing"], a["scale"]),
+                f"{a['open_holds']} ({major_text(a['open_holds_amount'], a['scale'])})",
             ]
             for a in ordered
         ),
@@ -595,7 +590,7 @@ def html_parts(statement: Statement) -> list[bytes]:
                 u["model"],
                 *(f"{int(u[q]):,}" for q in QUANTITIES),
                 _seconds(u["seconds_us"]),
-                f"{_major(u['amount'], u['scale'])} {u['unit']}",
+                f"{major_text(u['amount'], u['scale'])} {u['unit']}",
             ]
             for u in records(statement.usage)
         ),
@@ -637,12 +632,12 @@ def _html(
                 [
                     [
                         str(t["accounts"]),
-                        _major(t["opening"], scale),
-                        _major(t["credits"], scale),
-                        _major(t["debits"], scale),
-                        _major(t["closing"], scale),
+                        major_text(t["opening"], scale),
+                        major_text(t["credits"], scale),
+                        major_text(t["debits"], scale),
+                        major_text(t["closing"], scale),
                         f"{t['requests']:,}",
-                        _major(t["usage_amount"], scale),
+                        major_text(t["usage_amount"], scale),
                     ]
                 ],
                 numeric_from=0,

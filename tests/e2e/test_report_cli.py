@@ -18,6 +18,7 @@ from ledger.db import Database
 from ledger.models import accounts, flows, report_jobs
 from ledger.services import Ledger
 from pricing.catalog import CatalogSet
+from pricing.money import major_text
 from reports.jobs import Reports
 from tests.e2e.forked import run
 from tests.e2e.test_admin_cli import server  # noqa: F401 (a fixture)
@@ -40,6 +41,21 @@ def test_monthly_report_in_every_format(env: dict[str, str], tmp_path: Path) -> 
     assert made.returncode == 0, made.stderr
     assert "reconciled" in made.stdout
     assert "<svg" in page.read_text()
+    # The table's totals are the job's, in major units (the job's are minor units).
+    again = run(
+        "report", "monthly", "2026-10", "--format", "html", "--out", str(page), "--json", env=env
+    )
+    totals = json.loads(again.stdout)["summary"]["totals"]
+    amounts = ("opening", "credits", "debits", "closing", "usage_amount")
+    rows = [
+        [cell.strip() for cell in line.split("\u2502")[1:-1]] for line in made.stdout.splitlines()
+    ]
+    assert [row for row in rows if row] == [
+        [t["unit"], str(t["accounts"]), *(major_text(t[k], t["scale"]) for k in amounts)]
+        for t in totals
+    ]
+    usd = next(row for row in rows if row and row[0] == "usd")
+    assert usd[2] == "20.000000"  # $20 opening, not 20,000,000 (micro-dollars)
 
     one = run(
         "report",

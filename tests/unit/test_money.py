@@ -20,6 +20,7 @@ from pricing.money import (
     decimal_text,
     div_up,
     is_whole,
+    major_text,
     major_to_minor,
     minor_to_major,
     mul,
@@ -92,6 +93,15 @@ def test_major_and_minor_units_shift_the_point_without_rounding() -> None:
     longest = Decimal("9223372036854775807.123456789012345678")
     assert major_to_minor(Decimal("9223372036854.775807123456789012345678"), 6) == longest
     assert minor_to_major(longest, 6) == Decimal("9223372036854.775807123456789012345678")
+
+
+def test_major_text_is_exact_with_every_place_of_the_scale() -> None:
+    assert major_text(123_456, 2) == "1,234.56"
+    assert major_text(20_000_000, 6) == "20.000000"
+    assert major_text(-1, 6) == "-0.000001"
+    assert major_text(200_000, 0) == "200,000"
+    # A 64-bit amount, digit for digit (no float on the way).
+    assert major_text(MAX_AMOUNT, 6) == "9,223,372,036,854.775807"
 
 
 def test_a_product_of_the_longest_rate_and_a_64_bit_quantity_is_exact() -> None:
