@@ -1147,6 +1147,9 @@ def test_each_entry_and_change_names_the_key_that_made_it(api: Api, clock: Clock
     expired = api.get("/v1/entries", params={"actor": "system", "kind": "expiry"}).json()
     assert [(e["account_id"], e["kind"]) for e in expired["items"]] == [(user, "expiry")]
     assert api.get("/v1/entries", params={"since": "2026-11-22T00:00:00Z"}).json()["items"] == []
+    # Before the clock moved on: this wallet's entries but the expiry, none of the other's.
+    before = api.get("/v1/entries", params={"until": "2026-11-21T13:00:00Z"}).json()["items"]
+    assert [e["id"] for e in before] == [e["id"] for e in journal if e["kind"] != "expiry"]
     for as_key, path in ((customer, f"/v1/accounts/{user}/entries"), ("service", "/v1/entries")):
         r = api.get(path, params={"actor": service}, as_key=as_key)
         assert r.status_code == 403, r.text
