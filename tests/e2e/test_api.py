@@ -1053,6 +1053,8 @@ def test_usage_records_show_each_request_as_metered(api: Api, clock: Clock) -> N
     assert [r["request_id"] for r in listed(request_id="req-video")] == ["req-video"]
     assert [r["operation"] for r in listed(catalog="cosmic", operation="image")] == ["image"]
     assert listed(model=done["model"], status="COMPLETED") == [done]
+    same_model = ["req-pending", "req-void", "req-text"]  # the text requests, not the media
+    assert [r["request_id"] for r in listed(model=done["model"])] == same_model
     assert listed(catalog="veo3") == []
     window = {"since": "2026-11-21T21:01:00+09:00", "until": "2026-11-21T12:03:00Z"}
     assert [r["request_id"] for r in listed(**window)] == ["req-void", "req-video"]
