@@ -898,6 +898,9 @@ def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
     assert r.status_code == 201, r.text
     topup = r.json()
     assert (topup["grant"]["kind"], topup["grant"]["remaining"]) == ("promo", 1000)
+    given = ("expires_at", "priority", "reference")
+    assert [topup["grant"][name] for name in given] == ["2027-01-01T00:00:00Z", -1, "order-7"]
+    assert topup["entry"]["memo"] == "promo top-up (order-7)"
     r = api.post("/v1/accounts/acme/adjustments", {"amount": -100, "reason": "goodwill back"})
     assert r.status_code == 201, r.text
     assert r.json()["balance"]["balance"] == 900
