@@ -147,7 +147,7 @@ def test_broken_operator_catalog_exits_3_naming_file_and_key(tmp_path: Path) -> 
 
 
 def test_catalogs_table_and_json() -> None:
-    table = run("catalogs")
+    table = run("catalogs", env={"COLUMNS": ""})  # piped: each row on one line
     assert table.returncode == 0, table.stderr
     for text in (
         "cosmic",
@@ -163,7 +163,7 @@ def test_catalogs_table_and_json() -> None:
     assert [c["name"] for c in listing] == ["cosmic", "fal", "pixazo", "veo3"]
     # The "in force" column: the newer Cosmic docs now; the older ones at an earlier --at.
     assert _in_force(table.stdout) == {"2024-03-14": {""}, "2025-12-20": {"yes"}}
-    earlier = run("catalogs", "--at", "2025-01-01T00:00:00Z")
+    earlier = run("catalogs", "--at", "2025-01-01T00:00:00Z", env={"COLUMNS": ""})
     assert _in_force(earlier.stdout) == {"2024-03-14": {"yes"}, "2025-12-20": {""}}
 
 
