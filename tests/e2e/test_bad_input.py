@@ -218,6 +218,17 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
         None,
         None,
     ),
+    # Each count fits 64 bits; their price does not.
+    (
+        "capture text whose price passes 64 bits",
+        "POST",
+        "/v1/authorizations/{text}/capture",
+        {"status": "COMPLETED", "usage": {"input_tokens": BIG - 1, "output_tokens": 1}},
+        {},
+        422,
+        "amount_overflow",
+        "usage",
+    ),
     # Unicode where names are expected.
     (
         "unicode catalog",
