@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import os
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from pydantic import ValidationError
 
 from ledger.db import Timeouts
-from ledger.services import HOLD_LIFETIME
+from ledger.services import HOLD_LIFETIME, ledger_from_settings
 from ledger.settings import Settings
 
 WEEK = int(HOLD_LIFETIME.total_seconds())
@@ -126,3 +127,18 @@ def test_what_the_settings_hand_on_is_what_was_configured() -> None:
     assert defaults.timeouts() == Timeouts()
     assert defaults.idempotency_retention() == timedelta(days=30)
     assert defaults.hold_ttl_seconds == 900
+
+
+def test_the_report_jobs_take_the_configured_lease(tmp_path: Path) -> None:
+    """CREDITLEDGER_REPORT_LEASE_SECONDS reaches the report jobs of the server and CLI."""
+    from api.main import reports_from_settings
+
+    settings = Settings(
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", report_lease_seconds=300
+    )
+    ledger = ledger_from_settings(settings)
+    try:
+        assert reports_from_settings(ledger, settings).lease == timedelta(seconds=300)
+        assert reports_from_settings(ledger, Settings()).lease == timedelta(seconds=120)
+    finally:
+        ledger.db.dispose()
