@@ -7,7 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
+import psycopg
 import pytest
+from sqlalchemy.engine import make_url
 
 from api.deps import REPLAYED_HEADER
 from ledger.db import Database
@@ -153,3 +155,26 @@ def _reruns(api: Api) -> dict[str, int]:
         if name.startswith("creditledger_database_reruns_total{"):
             found[name.split('"')[1]] = int(float(value))
     return found
+
+
+@postgresql_only
+def test_health_is_503_while_the_database_takes_no_connections(api: Api, database_url: str) -> None:
+    """/healthz asks the database: refusing every connection (as during a failover), it
+    is a 503 for the monitor, and 200 again once the database is back."""
+    assert api.client.get("/healthz").status_code == 200
+    url = make_url(database_url)
+    admin = url.set(drivername="postgresql", database="postgres")
+    statement = 'ALTER DATABASE "{}" ALLOW_CONNECTIONS {}'
+    with psycopg.connect(admin.render_as_string(hide_password=False), autocommit=True) as conn:
+        conn.execute(statement.format(url.database, "false"))
+        try:
+            conn.execute(  # the pooled connections too
+                "SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity "
+                "WHERE datname = %s AND backend_type = 'client backend'",
+                (url.database,),
+            )
+            down = api.client.get("/healthz")
+        finally:
+            conn.execute(statement.format(url.database, "true"))
+    assert (down.status_code, down.json()["error"]) == (503, "database_unavailable"), down.text
+    assert api.client.get("/healthz").status_code == 200
