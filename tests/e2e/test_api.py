@@ -926,6 +926,8 @@ def test_account_topups_adjustments_entries_and_reversal(api: Api) -> None:
     assert r.json()["balance"]["balance"] == -100
     again = api.post(f"/v1/entries/{topup['entry']['id']}/reverse", {"reason": "chargeback"})
     assert (again.status_code, again.json()["error"]) == (409, "already_reversed")
+    undo = api.post(f"/v1/entries/{r.json()['entry']['id']}/reverse", {"reason": "undo"})
+    assert (undo.status_code, undo.json()["error"]) == (409, "not_reversible")  # a reversal
 
 
 def test_reversing_a_top_up_whose_credits_expired_leaves_the_wallet_as_it_was(

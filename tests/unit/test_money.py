@@ -102,6 +102,8 @@ def test_major_text_is_exact_with_every_place_of_the_scale() -> None:
     assert major_text(200_000, 0) == "200,000"
     # A 64-bit amount, digit for digit (no float on the way).
     assert major_text(MAX_AMOUNT, 6) == "9,223,372,036,854.775807"
+    # A statement's total past 64 bits too: Decimal's default 28 digits would round it.
+    assert major_text(10**40 + 7, 6).endswith(",000.000007")
 
 
 def test_a_product_of_the_longest_rate_and_a_64_bit_quantity_is_exact() -> None:
