@@ -1119,6 +1119,7 @@ def topup_batch_command(
     text = _batch_text(file, batch_id)
     rows, problems = read_rows(text)
     with _open_ledger() as ledger:
+        scales = dict(ledger.units)
         units: dict[int, str] = {}
         for row in rows:
             try:
@@ -1170,7 +1171,7 @@ def topup_batch_command(
         typer.echo(json.dumps({**summary, "done": done}, indent=2))
         return
     if done:
-        table = Table(title=f"batch {batch}")
+        table = Table(title=f"batch {batch} (amounts in minor units)")
         for column in ("line", "account", "amount", "kind", "entry", "balance"):
             table.add_column(column, overflow="fold")
         fields = ("line", "account_id", "amount", "kind", "entry_id", "balance")
@@ -1178,8 +1179,23 @@ def topup_batch_command(
             table.add_row(*(str(d[name]) for name in fields))
         _console().print(table)
     verb = "would top up" if check else "topped up"
-    amounts = ", ".join(f"{amount} {unit}" for unit, amount in sorted(totals.items()))
+    amounts = _totals_text(totals, scales)
     typer.echo(f"{verb} {len(rows)} row(s): {amounts}{_already_done(done)}")
+
+
+def _totals_text(totals: dict[str, int], scales: dict[str, int]) -> str:
+    """A batch's totals for people. The files and the tables give minor units; a unit with
+    decimals also shows its major amount, so 157500 at scale 6 is not read as $157,500:
+    "500 credit, 157500 usd minor units (0.157500 usd)"."""
+    parts = []
+    for unit, amount in sorted(totals.items()):
+        scale = scales.get(unit, 0)
+        parts.append(
+            f"{amount} {unit} minor units ({major_text(amount, scale)} {unit})"
+            if scale
+            else f"{amount} {unit}"
+        )
+    return ", ".join(parts)
 
 
 def _already_done(done: list[dict[str, Any]]) -> str:
@@ -1231,6 +1247,7 @@ def usage_import_command(
     text = _batch_text(file, batch_id)
     rows, problems = read_usage(text)
     with _open_ledger() as ledger:
+        scales = dict(ledger.units)
         units: dict[int, tuple[str, int]] = {}
         for row in rows:
             try:
@@ -1292,7 +1309,7 @@ def usage_import_command(
         typer.echo(json.dumps({**summary, "done": done}, indent=2))
         return
     if done:
-        table = Table(title=f"batch {batch}")
+        table = Table(title=f"batch {batch} (amounts in minor units)")
         fields = ("line", "account_id", "status", "model", "charged", "debt", "id")
         for column in ("line", "account", "status", "model", "charged", "debt", "usage record"):
             table.add_column(column, overflow="fold")
@@ -1300,7 +1317,7 @@ def usage_import_command(
             table.add_row(*(str(d[name]) for name in fields))
         _console().print(table)
     verb = "would charge" if check else "charged"
-    total = ", ".join(f"{amount} {unit}" for unit, amount in sorted(totals.items())) or "nothing"
+    total = _totals_text(totals, scales) or "nothing"
     typer.echo(f"{verb} {len(rows)} line(s): {total}{_already_done(done)}")
 
 

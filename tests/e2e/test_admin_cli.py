@@ -658,6 +658,55 @@ def test_topup_batch_with_any_bad_row_writes_nothing(env: dict[str, str], tmp_pa
     assert _balances(env, "acme") == [5]
 
 
+def test_batch_summaries_give_a_unit_with_decimals_in_major_units_too(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The files and tables are in minor units; the summary line also gives a unit with
+    decimals in major units, so 20000000 usd (scale 6) reads as $20, not twenty million."""
+    _open_wallets(env, "acme")
+    with _ledger_at(env) as ledger:
+        ledger.open_account("studio", "usd", idempotency_key="open-studio")
+    batch = tmp_path / "grants.csv"
+    batch.write_text("account_id,amount\nacme,450\nstudio,20000000\nstudio,1234567\n")
+    checked = run("topup-batch", str(batch), "--check", env={**env, "COLUMNS": ""})
+    assert checked.returncode == 0, checked.stderr
+    assert checked.stdout.splitlines()[-1] == (
+        "would top up 3 row(s): 450 credit, 21234567 usd minor units (21.234567 usd)"
+    )
+    done = run("topup-batch", str(batch), env={**env, "COLUMNS": ""})
+    assert done.returncode == 0, done.stderr
+    assert "(amounts in minor units)" in done.stdout
+    assert done.stdout.splitlines()[-1] == (
+        "topped up 3 row(s): 450 credit, 21234567 usd minor units (21.234567 usd)"
+    )
+    assert _balances(env, "acme", "studio") == [450, 21234567]
+    log = tmp_path / "pixazo.jsonl"
+    log.write_text(
+        "\n".join(
+            json.dumps({"account_id": "studio", **body, "status": "COMPLETED", "request_id": r})
+            for r, body in (
+                ("p-1", f.pixazo_image()),  # $0.04
+                ("p-2", f.pixazo_image(enable_prompt_expansion=True)),  # $0.04 + $0.02
+            )
+        )
+    )
+    charged = run("usage-import", str(log), env={**env, "COLUMNS": ""})
+    assert charged.returncode == 0, charged.stderr
+    assert charged.stdout.splitlines()[-1] == (
+        "charged 2 line(s): 100000 usd minor units (0.100000 usd)"
+    )
+    assert _balances(env, "studio") == [21234567 - 100000]
+    nothing = tmp_path / "errors.jsonl"
+    nothing.write_text(
+        json.dumps({"account_id": "studio", **f.pixazo_image(), "status": "ERROR"}) + "\n"
+    )
+    refused = run("usage-import", str(nothing), "--check", env=env)
+    assert (
+        refused.stdout.splitlines()[-1]
+        == "would charge 1 line(s): 0 usd minor units (0.000000 usd)"
+    )
+
+
 def _usage_line(account: str, model: str = "veo3_fast", **fields: object) -> str:
     return json.dumps(
         {
