@@ -471,6 +471,30 @@ def test_a_settled_transaction_commits_before_it_returns_on_the_write_thread(
     assert {"deferred", "settled"} <= settled  # ...which the settled one committed
 
 
+def test_a_settled_transaction_whose_commit_fails_raises_there_on_the_write_thread(
+    db: Database,
+) -> None:
+    """What follows a settled transaction relies on its commit (the ledger remembers the
+    ids of the system accounts it made, which a rolled-back insert would hand to the next
+    rows). So a failed commit is raised where the transaction ends: nothing after it runs."""
+    fail_first_commit(db, sa.exc.OperationalError("COMMIT", None, Exception("disk I/O error")))
+    reached: list[set[str]] = []
+
+    def use_case() -> str:
+        with db.transaction(settle=True) as conn:
+            conn.exec_driver_sql("INSERT INTO scratch (who) VALUES ('settled')")
+        reached.append(committed(db))
+        return "went on"
+
+    failed = db.submit(use_case).exception(30)
+    assert isinstance(failed, CommitFailed), failed
+    assert "disk I/O error" in str(failed)
+    assert reached == []
+    assert committed(db) == set()
+    assert db.submit(use_case).result(30) == "went on"
+    assert reached == [{"settled"}]
+
+
 def test_a_use_case_queued_past_the_lock_timeout_is_not_run(tmp_path: Path) -> None:
     db = Database.from_url(f"sqlite:///{tmp_path / 'slow.db'}", timeouts=Timeouts(lock=1.0))
     with db.engine.begin() as conn:
