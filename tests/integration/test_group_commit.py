@@ -434,6 +434,25 @@ def test_a_use_case_of_several_transactions_is_answered_once_the_last_is_durable
     assert seen_at_answer == [{"alone", "grouped", "after"}]
 
 
+def test_a_use_case_whose_later_transaction_fails_to_commit_is_told_so(db: Database) -> None:
+    """Its first transaction committed at once (nothing else queued), its second's
+    commit failed: the use case is answered with that failure, not with its result, though
+    its first group did commit."""
+
+    def use_case() -> str:
+        with db.transaction() as conn:
+            conn.exec_driver_sql("INSERT INTO scratch (who) VALUES ('one')")
+        fail_first_commit(db, sa.exc.OperationalError("COMMIT", None, Exception("disk full")))
+        with db.transaction() as conn:
+            conn.exec_driver_sql("INSERT INTO scratch (who) VALUES ('two')")
+        return "both"
+
+    failed = db.submit(use_case).exception(30)
+    assert isinstance(failed, CommitFailed), failed
+    assert "disk full" in str(failed)
+    assert committed(db) == {"one"}
+
+
 def test_a_use_case_its_caller_gave_up_on_before_it_started_is_not_run(db: Database) -> None:
     """Cancelled while queued (a client that went away): nothing of it is written, and
     the thread goes on with the rest."""
