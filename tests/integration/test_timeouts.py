@@ -140,6 +140,24 @@ def test_postgresql_sessions_start_with_the_timeouts_unless_the_url_sets_them(
 
 
 @postgresql_only
+def test_a_postgresql_connection_is_made_within_the_connect_timeout_unless_the_url_sets_it(
+    database_url: str,
+) -> None:
+    def connect_timeout(db: Database) -> str | None:
+        with db.transaction(write=False) as conn:
+            raw: Any = conn.connection.driver_connection
+            value = raw.info.get_parameters().get("connect_timeout")
+        db.dispose()
+        return value
+
+    assert connect_timeout(Database.from_url(database_url)) == "10"
+    assert connect_timeout(Database.from_url(database_url, timeouts=Timeouts(connect=3))) == "3"
+    # The URL's own wins over the setting.
+    own = database_url + "?connect_timeout=7"
+    assert connect_timeout(Database.from_url(own, timeouts=Timeouts(connect=3))) == "7"
+
+
+@postgresql_only
 def test_a_transaction_left_idle_is_ended_by_the_server_and_its_locks_freed(
     funded: Ledger, database_url: str
 ) -> None:
