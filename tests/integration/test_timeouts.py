@@ -146,7 +146,7 @@ def test_a_postgresql_connection_is_made_within_the_connect_timeout_unless_the_u
     def connect_timeout(db: Database) -> str | None:
         with db.transaction(write=False) as conn:
             raw: Any = conn.connection.driver_connection
-            value = raw.info.get_parameters().get("connect_timeout")
+            value: str | None = raw.info.get_parameters().get("connect_timeout")
         db.dispose()
         return value
 
