@@ -301,6 +301,21 @@ def test_a_failed_begin_replaces_the_write_connection(db: Database) -> None:
     assert committed(db) == {"before", "after"}
 
 
+@pytest.mark.parametrize("end", ["close", "invalidate"])
+def test_a_write_connection_a_writer_closed_is_replaced(db: Database, end: str) -> None:
+    """A writer that closed or invalidated the group's connection (a bug, or a driver
+    error SQLAlchemy takes for a disconnect) fails alone: the next group opens on a new
+    connection rather than failing on that one, and every group after."""
+
+    def end_it(conn: Any) -> None:
+        getattr(conn, end)()
+
+    with pytest.raises(sa.exc.SQLAlchemyError):
+        writer(db, "ended", end_it)()
+    assert writer(db, "after")() == "after"
+    assert committed(db) == {"after"}
+
+
 def test_dispose_closes_the_kept_write_connection(db: Database) -> None:
     opened = connections(db)
     assert writer(db, "w")() == "w"
