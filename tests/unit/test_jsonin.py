@@ -34,6 +34,8 @@ def test_nan_and_infinity_are_refused(text: str) -> None:
     [
         ('{"amount": 1, "amount": 1000}', ("amount",), 2),
         ('{"a": 1, "b": 2, "a": 3, "a": 4}', ("a",), 3),
+        # Of two keys an object gives twice, the one it gives first.
+        ('{"b": 1, "a": 1, "a": 2, "a": 3, "b": 2}', ("b",), 2),
         ('{"params": {"x": [1, {"k": 1, "k": 2}]}}', ("params", "x", 1, "k"), 2),
         ('[{"z": 1}, {"b": 1, "b": 1}]', (1, "b"), 2),
         # The first object in document order, however deep; an object before those
