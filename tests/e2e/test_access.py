@@ -389,6 +389,16 @@ def test_idempotency_keys_are_scoped_to_the_operator_or_to_one_customers_wallet(
     assert all(scope.endswith(":req-1") for scope in scopes)
     # Without a key every request is its own.
     assert scoped_key(admin, None) != scoped_key(admin, None)
+    # A wallet's scope is not a short digest two tenants would share: two wallets whose
+    # ids' SHA-256 begin alike (four hex digits, found in some 65,000 tries) differ.
+    digest = hashlib.sha256(b"w0").hexdigest()
+    twin = next(
+        f"w{i}"
+        for i in range(1, 10**7)
+        if hashlib.sha256(f"w{i}".encode()).hexdigest()[:4] == digest[:4]
+    )
+    first, second = Principal("k6", "customer", "w0"), Principal("k7", "customer", twin)
+    assert scoped_key(first, "req-1") != scoped_key(second, "req-1")
 
 
 def test_the_operators_configured_admin_key_is_admin_and_no_other_token_is(
