@@ -55,6 +55,15 @@ settings.register_profile(
 settings.load_profile("ci" if os.environ.get("CI") else "dev")
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    """A test's time limit (pytest-timeout; ``timeout`` in pyproject.toml) grows with
+    ``CREDITLEDGER_TEST_SCALE``, as its examples do, unless given on the command line or
+    in ``PYTEST_TIMEOUT``."""
+    if SCALE > 1 and config.getvalue("timeout") is None and "PYTEST_TIMEOUT" not in os.environ:
+        config.option.timeout = float(config.getini("timeout")) * SCALE
+
+
 @pytest.fixture(scope="session")
 def catalogs() -> CatalogSet:
     """The shipped catalogs."""
