@@ -146,6 +146,8 @@ def test_a_backup_never_overwrites_by_accident(ledger_file: Path, tmp_path: Path
             "pg_dump",
         ),
         ("sqlite:///{tmp}/none.db", "copy.db", "CREDITLEDGER_DATABASE_URL", "no database file"),
+        # A folder where the file should be.
+        ("sqlite:///{tmp}/live", "copy.db", "CREDITLEDGER_DATABASE_URL", "no database file"),
         (None, "missing-folder/copy.db", "destination", "no directory"),
         (None, ".", "destination", "is a directory"),
         (None, "live/ledger.db", "destination", "the database itself"),
