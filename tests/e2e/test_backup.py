@@ -173,6 +173,24 @@ def test_a_backup_that_cannot_be_taken_is_refused_with_the_field(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]  # nothing made
 
 
+@pytest.mark.parametrize("name", ["live/../live/ledger.db", "alias.db"])
+def test_the_database_itself_is_never_the_destination_even_replacing(
+    ledger_file: Path, tmp_path: Path, name: str
+) -> None:
+    """Named another way (a path through ``..``, a symbolic link to it), the database is
+    still itself: ``--replace`` would put a copy over the live file, losing what is
+    written after the copy. Refused, and the file is left as it was."""
+    (tmp_path / "alias.db").symlink_to(ledger_file)
+    before = ledger_file.read_bytes()
+    r = run("backup", str(tmp_path / name), "--replace", env=_url(ledger_file))
+    assert r.returncode == 2, r.stderr
+    refused = json.loads(r.stderr)
+    assert refused["field"] == "destination"
+    assert "the database itself" in refused["message"]
+    assert ledger_file.read_bytes() == before
+    assert (tmp_path / "alias.db").is_symlink()
+
+
 def test_a_destination_under_home_is_the_home_directorys(ledger_file: Path, tmp_path: Path) -> None:
     home = tmp_path / "home"
     home.mkdir()
