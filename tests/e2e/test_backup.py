@@ -257,6 +257,39 @@ def test_a_file_that_appears_at_the_destination_meanwhile_is_not_replaced(
     assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "live"]
 
 
+def test_on_a_file_system_without_hard_links_the_backup_still_keeps_a_file_that_appeared(
+    ledger_file: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Where a hard link cannot be made (FAT, some network and FUSE file systems), the
+    copy is renamed into place: a file that appeared at the destination meanwhile is still
+    kept and the backup refused; with the name free, the backup is taken."""
+
+    def no_links(_source: object, _target: object) -> None:
+        raise PermissionError(1, "Operation not permitted")
+
+    monkeypatch.setattr(backup_module.os, "link", no_links)
+    copy_pages = backup_module._copy
+    copy = tmp_path / "copy.db"
+
+    def raced(source: Path, target: Path, *, timeout: float) -> None:
+        copy_pages(source, target, timeout=timeout)
+        copy.write_bytes(b"someone else's file")
+
+    with monkeypatch.context() as racing:
+        racing.setattr(backup_module, "_copy", raced)
+        _backup_refused(ledger_file, copy, BackupExists)
+    assert copy.read_bytes() == b"someone else's file"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "live"]
+    copy.unlink()
+    db = Database.from_url(f"sqlite:///{ledger_file}")
+    try:
+        taken = backup_module.backup(db, copy)
+    finally:
+        db.dispose()
+    assert (taken.integrity, taken.violations) == ("ok", [])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["copy.db", "live"]
+
+
 def test_a_backup_of_a_ledger_that_breaks_an_invariant_is_kept_and_says_so(
     ledger_file: Path, tmp_path: Path
 ) -> None:
@@ -316,8 +349,13 @@ def test_a_copy_whose_index_disagrees_with_its_table_is_deleted(
         conn.commit()
         conn.close()
 
+    # Every finding, not only the first.
     _fails_after_spoiling_the_copy(
-        ledger_file, tmp_path, monkeypatch, skew, "missing from index ix_entries_account_posted"
+        ledger_file,
+        tmp_path,
+        monkeypatch,
+        skew,
+        "row 1 missing from index ix_entries_account_posted; row 2 missing from index",
     )
 
 
