@@ -5,6 +5,7 @@ the database it copies."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import sqlite3
 import threading
@@ -267,7 +268,7 @@ def test_on_a_file_system_without_hard_links_the_backup_still_keeps_a_file_that_
     def no_links(_source: object, _target: object) -> None:
         raise PermissionError(1, "Operation not permitted")
 
-    monkeypatch.setattr(backup_module.os, "link", no_links)
+    monkeypatch.setattr(os, "link", no_links)
     copy_pages = backup_module._copy
     copy = tmp_path / "copy.db"
 
