@@ -5,6 +5,7 @@ followed by the next."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from datetime import timedelta
@@ -101,6 +102,54 @@ def test_a_job_stopped_and_started_again_runs_its_rounds_again() -> None:
     periodic.start()
     _until(lambda: periodic.rounds >= stopped_at + 2)
     periodic.stop()
+
+
+def test_rounds_are_an_interval_apart_and_a_stop_ends_the_wait() -> None:
+    """After a round the job waits its interval before the next one (not a busy loop over
+    the database), and a stop during that wait ends it at once rather than at its end."""
+    periodic = _Counted(3600)
+    periodic.start()
+    _until(lambda: periodic.rounds >= 1)
+    time.sleep(0.2)
+    assert periodic.rounds == 1
+    started = time.monotonic()
+    periodic.stop(timeout=60)
+    assert time.monotonic() - started < 30  # not the hour's wait
+    assert periodic._thread is None
+    assert periodic.rounds == 1
+
+
+class _Slow(Periodic):
+    """A round that takes a while: it ends only once told to, and says so."""
+
+    name = "slow"
+
+    def __init__(self) -> None:
+        super().__init__(3600)
+        self.started = threading.Event()
+        self.may_end = threading.Event()
+        self.ended = False
+
+    def run_once(self) -> object:
+        self.started.set()
+        self.may_end.wait(30)
+        time.sleep(0.2)
+        self.ended = True
+        return None
+
+
+def test_a_stop_waits_for_the_round_in_flight() -> None:
+    """A stop returns once the round under way has ended, so that a server shutting down
+    has no round still writing to the database when its process exits."""
+    periodic = _Slow()
+    periodic.start()
+    assert periodic.started.wait(30)
+    thread = periodic._thread
+    assert thread is not None
+    periodic.may_end.set()
+    periodic.stop()
+    assert periodic.ended
+    assert not thread.is_alive()
 
 
 def test_a_round_works_off_a_backlog_a_batch_at_a_time(
