@@ -1168,6 +1168,41 @@ def test_identical_requests_racing_make_one_job(
     assert sorted(ran) == [0, 1]
 
 
+def test_a_report_another_process_queued_meanwhile_is_the_one_returned(
+    database_url: str,
+    db: Database,
+    ledger: Ledger,
+    traffic: Traffic,
+    reports: Reports,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Two processes ask for the same report at once on PostgreSQL: both find none queued,
+    the other inserts its job first, and this one's insert meets the unique index. This
+    one then answers with the other's job (not created now), not an error."""
+    if db.is_sqlite:
+        pytest.skip("SQLite runs one write transaction at a time: two requests never interleave")
+    other_db = Database.from_url(database_url)
+    other = Reports(other_db, clock=reports.clock)
+    theirs: list[str] = []
+    new_id = jobs.new_id
+
+    def meanwhile() -> str:
+        # Between this request's look for an identical job and its insert.
+        if not theirs:
+            theirs.append("")  # so that the other's own call here takes a plain id
+            theirs[0] = other.request(traffic.month, "csv")[0].id
+        return new_id()
+
+    monkeypatch.setattr(jobs, "new_id", meanwhile)
+    try:
+        job, created = reports.request(traffic.month, "csv")
+    finally:
+        other_db.dispose()
+    assert (job.id, created) == (theirs[0], False)
+    with db.transaction(write=False) as conn:
+        assert conn.execute(sa.select(report_jobs.c.id)).scalars().all() == [job.id]
+
+
 @pytest.mark.parametrize("fmt", ["csv", "json", "parquet", "html"])
 def test_quiet_and_empty_months_render(
     db: Database, ledger: Ledger, clock: Clock, reports: Reports, fmt: str
