@@ -23,6 +23,7 @@ from pandas.testing import assert_frame_equal
 
 from ledger.db import Database
 from ledger.errors import InvalidInput, NotFound
+from ledger.ids import new_id
 from ledger.models import accounts, daily, flows, metering, report_jobs, report_outputs
 from ledger.services import Ledger
 from ledger.verify import verify
@@ -1184,7 +1185,6 @@ def test_a_report_another_process_queued_meanwhile_is_the_one_returned(
     other_db = Database.from_url(database_url)
     other = Reports(other_db, clock=reports.clock)
     theirs: list[str] = []
-    new_id = jobs.new_id
 
     def meanwhile() -> str:
         # Between this request's look for an identical job and its insert.
@@ -1193,7 +1193,7 @@ def test_a_report_another_process_queued_meanwhile_is_the_one_returned(
             theirs[0] = other.request(traffic.month, "csv")[0].id
         return new_id()
 
-    monkeypatch.setattr(jobs, "new_id", meanwhile)
+    monkeypatch.setattr("reports.jobs.new_id", meanwhile)
     try:
         job, created = reports.request(traffic.month, "csv")
     finally:
