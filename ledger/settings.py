@@ -42,6 +42,13 @@ class Settings(BaseSettings):
             parsed = make_url(url)
         except ArgumentError:
             raise ValueError(f"not a database URL: {_DATABASES}") from None
+        except ValueError:
+            # A port that is no number, as where a password holds an unencoded "@": the
+            # parser's own message would quote the text after it, a piece of the password.
+            raise ValueError(
+                "not a database URL: its port is no whole number (in a password, write "
+                f"@ as %40 and : as %3A): {_DATABASES}"
+            ) from None
         backend, _, driver = parsed.drivername.partition("+")
         if backend == "sqlite" and driver in ("", "pysqlite"):
             name = parsed.database or ""

@@ -85,6 +85,10 @@ def test_a_url_of_the_ledgers_databases_is_taken(url: str) -> None:
     ("url", "said"),
     [
         ("ledger.db", "not a database URL"),
+        ("ledger:s3cret@db/ledger", "not a database URL"),
+        # An unencoded "@" in the password: the rest of it is read as the port.
+        ("postgresql+psycopg://ledger:s3cret@db:s3cret@db/ledger", "port is no whole number"),
+        ("postgresql://ledger:pw@db:s3cret/ledger", "write @ as %40"),
         ("sqlite+aiosqlite:///ledger.db", "sqlite+aiosqlite is not a database of the ledger"),
         ("postgresql+asyncpg://ledger:s3cret@db/ledger", "postgresql+asyncpg is not"),
         ("mysql://ledger:s3cret@db/ledger", "mysql is not"),
