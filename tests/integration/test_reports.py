@@ -1022,6 +1022,26 @@ def test_the_month_end_report_is_made_beside_the_reports_asked_for_that_month(
     assert job.id != asked.id
 
 
+def test_the_month_end_report_waits_for_an_identical_one_asked_for_first(
+    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports
+) -> None:
+    """Finance asked for the very report the month end makes (all wallets, UTC, JSON): while
+    that one is queued, no month-end job is created (nothing is returned for one); once it
+    has run, the month-end report is made, once."""
+    asked, _ = reports.request(traffic.month, "json")
+    assert reports.schedule_month_end() is None
+    with db.transaction(write=False) as conn:
+        origins = conn.execute(sa.select(report_jobs.c.origin)).scalars().all()
+    assert origins == ["request"]
+    assert reports.run_pending() == 1
+    job = reports.schedule_month_end()
+    assert job is not None
+    assert (job.origin, job.format, job.status) == ("month_end", "json", "queued")
+    assert job.id != asked.id
+    assert reports.schedule_month_end() is None
+    assert reports.run_pending() == 1
+
+
 def test_a_month_is_reported_from_the_instant_it_ends_in_its_timezone_and_per_timezone(
     ledger: Ledger, reports: Reports, clock: Clock
 ) -> None:
