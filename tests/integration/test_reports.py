@@ -672,6 +672,7 @@ def test_jobs_dedupe_run_and_download(
     with pytest.raises(ReportNotReady):
         reports.output(first.id)
 
+    assert reports.claim("0" * 32) is None  # no such job: none other is taken instead
     seen: list[tuple[int, str]] = []
     claimed = reports.claim(first.id)
     assert claimed is not None
