@@ -1023,6 +1023,28 @@ def test_the_month_end_report_is_made_beside_the_reports_asked_for_that_month(
     assert job.id != asked.id
 
 
+def test_a_job_that_reports_progress_is_not_claimed_again(
+    ledger: Ledger, traffic: Traffic, reports: Reports, clock: Clock
+) -> None:
+    """Each step of a running job renews its lease: a job still at work longer than the
+    lease, since it was claimed, is not taken by another worker while its last step is
+    recent."""
+    job, _ = reports.request(traffic.month, "csv")
+    claimed = reports.claim(job.id)
+    assert claimed is not None
+    taken: list[object] = []
+
+    def step(percent: int, stage: str) -> None:
+        if percent in (5, 95):
+            clock.advance(seconds=50)  # the lease is 60 s: 100 s since the claim at 95%
+        if percent == 95:
+            taken.append(reports.claim())
+
+    done = reports.run(claimed, progress=step)
+    assert taken == [None]
+    assert (done.status, done.attempts) == ("succeeded", 1)
+
+
 def test_the_month_end_report_waits_for_an_identical_one_asked_for_first(
     db: Database, ledger: Ledger, traffic: Traffic, reports: Reports
 ) -> None:
