@@ -1212,6 +1212,8 @@ def test_identical_requests_racing_make_one_job(
     assert sorted(ran) == [0, 1]
 
 
+# SQLite runs one write transaction at a time: two requests there never interleave.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_report_another_process_queued_meanwhile_is_the_one_returned(
     database_url: str,
     db: Database,
@@ -1223,8 +1225,6 @@ def test_a_report_another_process_queued_meanwhile_is_the_one_returned(
     """Two processes ask for the same report at once on PostgreSQL: both find none queued,
     the other inserts its job first, and this one's insert meets the unique index. This
     one then answers with the other's job (not created now), not an error."""
-    if db.is_sqlite:
-        pytest.skip("SQLite runs one write transaction at a time: two requests never interleave")
     other_db = Database.from_url(database_url)
     other = Reports(other_db, clock=reports.clock)
     theirs: list[str] = []
