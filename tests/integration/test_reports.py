@@ -1490,3 +1490,40 @@ def test_a_wallet_whose_month_passes_64_bits_fails_the_report_by_name(
         assert done.error is not None
         assert "ReportOverflow" in done.error
         assert "[whale]" in done.error
+
+
+@pytest.mark.parametrize("batch", [500, 1])
+def test_every_wallet_past_64_bits_is_named_whichever_batch_it_is_in(
+    db: Database,
+    ledger: Ledger,
+    clock: Clock,
+    reports: Reports,
+    monkeypatch: pytest.MonkeyPatch,
+    batch: int,
+) -> None:
+    """Two wallets whose months pass 64 bits, with a sound one between them: the failed
+    report names both, in order, whether they are read together or in batches of one
+    wallet each (the statement of all wallets is made a batch at a time)."""
+    monkeypatch.setattr(jobs, "BATCH", batch)
+    big, deep = 2**62 + 1, 2**62 + 2**60
+    # The whale's pack credits pass 64 bits; the debtor's debits do. (The two together
+    # keep the funding account within 64 bits: the whale's packs come from it, the
+    # debtor's adjustments go to it.)
+    _funded(ledger, clock, {"whale": (big, "pack"), "minnow": (10, "pack")})
+    clock.now = datetime(2026, 10, 6, tzinfo=UTC)
+    ledger.adjust("whale", -big, reason="clawback", idempotency_key="claw")
+    ledger.top_up("whale", big, idempotency_key="again")
+    ledger.open_account("debtor", "credit", idempotency_key=key())
+    ledger.adjust("debtor", -deep, reason="usage billed elsewhere", idempotency_key=key())
+    ledger.top_up("debtor", 2**62, idempotency_key=key())
+    clock.now = datetime(2026, 10, 7, tzinfo=UTC)
+    ledger.adjust("debtor", -deep, reason="usage billed elsewhere", idempotency_key=key())
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    for fmt in ("csv", "json"):
+        job, _ = reports.request("2026-10", fmt)
+        claimed = reports.claim(job.id)
+        assert claimed is not None
+        done = reports.run(claimed)
+        assert done.status == "failed"
+        assert done.error is not None
+        assert "2 account(s) [debtor, whale]" in done.error, done.error
