@@ -15,7 +15,7 @@ import secrets
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import datetime
 from decimal import Decimal
-from typing import Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 import pandas as pd
 import pyarrow as pa
@@ -25,6 +25,9 @@ from ledger import kernel
 from pricing.money import major_text
 from reports.queries import QUANTITIES, Period, records
 from reports.statement import CREDIT_COLUMNS, DEBIT_COLUMNS, Statement
+
+if TYPE_CHECKING:
+    from matplotlib.ticker import Formatter
 
 T = TypeVar("T")
 
@@ -479,6 +482,45 @@ def chart_series(period: Period, amounts: dict[tuple[str, str], int]) -> dict[st
     }
 
 
+def tick_decimals(ticks: Sequence[float]) -> int:
+    """The fewest decimals (at most 12) that write every one of ``ticks`` (amounts in
+    major units, as the axis's locator placed them: 0.30000000000000004 is 0.3)."""
+    ordered = sorted(set(ticks))
+    # A float's error (0.30000000000000004) is tiny next to the ticks' spacing.
+    spacing = min(
+        (b - a for a, b in zip(ordered, ordered[1:], strict=False)),
+        default=max((abs(t) for t in ordered), default=0.0),
+    )
+    tolerance = (spacing or 1.0) * 1e-6
+    for decimals in range(13):
+        if all(abs(round(t, decimals) - t) <= tolerance for t in ordered):
+            return decimals
+    return 12
+
+
+def tick_text(value: float, decimals: int) -> str:
+    """An amount along the axis: thousands apart as in the tables, never "-0"."""
+    return f"{round(value, decimals) + 0.0:,.{decimals}f}"
+
+
+def _axis_amounts() -> Formatter:
+    """A matplotlib formatter of the y axis: :func:`tick_text` with the decimals all of
+    the axis's ticks need (the locator's spacing is known only as the chart is drawn)."""
+    from matplotlib.ticker import Formatter
+
+    class AxisAmounts(Formatter):
+        decimals = 0
+
+        def set_locs(self, locs: list[float]) -> None:
+            super().set_locs(locs)
+            self.decimals = tick_decimals(locs)
+
+        def __call__(self, x: float, pos: int | None = None) -> str:
+            return tick_text(x, self.decimals)
+
+    return AxisAmounts()
+
+
 def chart_svg(period: Period, unit: str, scale: int, amounts: dict[tuple[str, str], int]) -> str:
     """A stacked bar chart (SVG) of daily usage by model in ``unit``, every day of
     ``period`` shown; ``amounts``: (model, day) -> amount (:func:`chart_amounts`), drawn
@@ -504,8 +546,9 @@ def chart_svg(period: Period, unit: str, scale: int, amounts: dict[tuple[str, st
     ax.set_title(f"Daily usage by model, {unit}")
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3)
-    # Amounts as they are (1200000), never scaled by a multiplier beside the axis ("1e6").
-    ax.ticklabel_format(axis="y", style="plain", useOffset=False)
+    # Amounts as they are (1,200,000), as the tables write them: never scaled by a
+    # multiplier beside the axis ("1e6").
+    ax.yaxis.set_major_formatter(_axis_amounts())
     if series:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     else:

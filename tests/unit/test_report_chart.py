@@ -85,11 +85,14 @@ def test_as_many_models_as_are_drawn_apart_are_all_drawn_apart() -> None:
     assert _labels(render.chart_svg(OCTOBER, "credit", 0, amounts)) == list(series)
 
 
+def _y_texts(svg: str) -> list[str]:
+    """The amounts written along the chart's y axis, as written."""
+    return re.findall(r'<g id="ytick_\d+">.*?<text[^>]*>([^<]*)</text>', svg, re.S)
+
+
 def _y_ticks(svg: str) -> list[float]:
     """The values written along the chart's y axis."""
-    return [
-        float(t) for t in re.findall(r'<g id="ytick_\d+">.*?<text[^>]*>([^<]*)</text>', svg, re.S)
-    ]
+    return [float(t.replace(",", "")) for t in _y_texts(svg)]
 
 
 @pytest.mark.parametrize(
@@ -114,3 +117,54 @@ def test_the_axis_reads_major_units_as_they_are(
     assert top[0] <= ticks[-1] <= top[1]
     texts = re.findall(r"<text[^>]*>([^<]*)</text>", svg)
     assert not [t for t in texts if re.fullmatch(r"[0-9.]*e[+-]?[0-9]+", t)], texts
+
+
+def test_the_axis_writes_thousands_apart_as_the_tables_do() -> None:
+    amounts = {("m1", "2026-10-01"): 250_000, ("m1", "2026-10-02"): 1_250_000}
+    texts = _y_texts(render.chart_svg(OCTOBER, "token", 0, amounts))
+    assert texts[0] == "0"
+    assert "1,000,000" in texts, texts
+    # Every tick with the same decimals, none more than its spacing needs.
+    assert _y_texts(render.chart_svg(OCTOBER, "usd", 6, {("m1", "2026-10-02"): 1_250_000}))[:3] == [
+        "0.0",
+        "0.2",
+        "0.4",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("ticks", "decimals"),
+    [
+        ([0.0, 200_000.0, 400_000.0], 0),
+        ([0.0, 0.1, 0.2, 0.30000000000000004], 1),
+        ([0.0, 0.25, 0.5], 2),
+        ([0.0, 0.0000005, 0.000001], 7),
+        ([-2.0, 0.0, 2.0], 0),
+        ([1e15, 2e15], 0),
+        ([0.0, 1e-13], 12),  # finer than an axis is ever drawn: cut at 12
+        ([1.5], 1),
+        ([0.0], 0),
+        ([], 0),
+    ],
+)
+def test_ticks_are_written_with_the_fewest_decimals_that_hold_them_all(
+    ticks: list[float], decimals: int
+) -> None:
+    assert render.tick_decimals(ticks) == decimals
+
+
+@pytest.mark.parametrize(
+    ("value", "decimals", "text"),
+    [
+        (1_250_000.0, 0, "1,250,000"),
+        (0.30000000000000004, 1, "0.3"),
+        (-0.0, 0, "0"),
+        (-0.0000001, 2, "0.00"),
+        (-1500.5, 1, "-1,500.5"),
+        (1e15, 0, "1,000,000,000,000,000"),
+    ],
+)
+def test_a_tick_is_written_with_thousands_apart_and_never_as_minus_zero(
+    value: float, decimals: int, text: str
+) -> None:
+    assert render.tick_text(value, decimals) == text
