@@ -25,7 +25,7 @@ from api import jsonin
 from api.requestids import request_id
 from api.schemas import ErrorPublic, InsufficientCreditsPublic
 from api.status import status_of
-from ledger.db import first_line, is_lock_timeout
+from ledger.db import first_line, is_file_replaced, is_lock_timeout
 from ledger.store import UNAVAILABLE_ERRORS, is_unavailable
 from pricing.errors import DomainError
 
@@ -224,6 +224,14 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
             "error": "database_busy",
             "message": "a lock this request needs was held by another transaction for "
             "longer than the lock timeout; nothing was committed; retry",
+        }
+    elif is_file_replaced(exc):
+        # Retrying does not help: the server must be restarted (said in the log, each time).
+        log.error("%s (%s)", first_line(exc), _about(request))
+        body = {
+            "error": "database_unavailable",
+            "message": "the database file was deleted or replaced while the server ran; "
+            "nothing was committed; the server must be restarted",
         }
     else:
         # The database is unreachable, overloaded or cut off: a line per request (during

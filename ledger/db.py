@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import queue
 import sqlite3
 import threading
@@ -88,6 +89,8 @@ GROUP_LIMIT = 64
 THREADS = 2
 T = TypeVar("T")
 _SAVEPOINT = "creditledger_writer"
+#: In a SQLite connection's pool record: (path, device, inode) of the file it opened.
+_OPENED = "creditledger_opened"
 #: Times a PostgreSQL use case or read runs again after its connection was lost
 #: (``Database.lost``).
 RECONNECTS = 1
@@ -121,6 +124,36 @@ class LockTimeout(sa.exc.OperationalError):
         super().__init__(
             "BEGIN", None, TimeoutError(f"{waited_for} was not free within {seconds:g} s")
         )
+
+
+class ReplacedFile(Exception):
+    """The SQLite file at the database's path is not the one this process opened."""
+
+
+class FileReplaced(sa.exc.OperationalError):
+    """The SQLite database file was deleted, moved or replaced (a backup put in its
+    place) while this process had it open. Its connections still reach the file they
+    opened, gone from the path: what they wrote would be lost when the process restarts,
+    and a new connection would find another file. Every transaction is refused, nothing
+    of it written, until the process is restarted (HTTP 503, CLI exit 6)."""
+
+    def __init__(self, path: str, reason: str) -> None:
+        super().__init__(
+            "BEGIN",
+            None,
+            ReplacedFile(
+                f"the SQLite database file {path} {reason} since this process opened it: "
+                "nothing was written; restart the process (the server) to open the file "
+                "now at that path"
+            ),
+        )
+
+
+def is_file_replaced(exc: BaseException) -> bool:
+    """Whether ``exc`` (as raised, or as a failed group's ``CommitFailed``) is
+    ``FileReplaced``."""
+    orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
+    return isinstance(orig, ReplacedFile)
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
@@ -431,6 +464,9 @@ class Database:
         self._reruns_lock = threading.Lock()
         self._local = threading.local()  # the write thread's groups (``_grouped``)
         self._thread: _WriteThread | None = None  # started by the first ``submit``
+        # SQLite: (path, device, inode) of the file the first transaction found, which
+        # every later one must find at that path too (``_same_file``).
+        self._file: tuple[str, int, int] | None = None
         self._workers: ThreadPoolExecutor | None = None  # started by the first use
         self._write_engine = (
             make_engine(
@@ -635,11 +671,47 @@ class Database:
             conn.execution_options(**{_WRITE: True})
         try:
             conn.begin()
+            self._same_file(conn)
         except BaseException:
             self._drop_writer()
             raise
         self._group = _Group(conn)
         return self._group
+
+    def _same_file(self, conn: Connection) -> None:
+        """SQLite: raise ``FileReplaced`` unless ``conn`` has the database file open that
+        this process's first transaction found, and that file is still at its path.
+
+        A file deleted or replaced under a running process goes on living for the
+        connections that have it open: writes to it would report success and be lost at
+        the next start, and a new connection would open (or create) another file. A stat
+        per transaction, against an fsync per commit."""
+        info = conn.connection.info  # as long as the driver's connection lives
+        opened: tuple[str, int, int] | None = info.get(_OPENED)
+        if opened is None:
+            raw: Any = conn.connection.driver_connection
+            path = next(row[2] for row in raw.execute("PRAGMA database_list") if row[1] == "main")
+            try:
+                found = os.stat(path)
+            except OSError as exc:
+                raise FileReplaced(path, f"cannot be read ({exc.strerror})") from exc
+            opened = (path, found.st_dev, found.st_ino)
+            info[_OPENED] = opened
+            with self._queue:
+                if self._file is None:
+                    self._file = opened
+        path = opened[0]
+        gone = "was deleted, moved or replaced"
+        if opened != self._file:
+            raise FileReplaced(path, gone)
+        try:
+            found = os.stat(path)
+        except FileNotFoundError as exc:
+            raise FileReplaced(path, gone) from exc
+        except OSError as exc:
+            raise FileReplaced(path, f"cannot be read ({exc.strerror})") from exc
+        if (found.st_dev, found.st_ino) != opened[1:]:
+            raise FileReplaced(path, gone)
 
     def _drop_writer(self) -> None:
         """Discard the write connection. Not back to the pool: it may still hold the
@@ -665,11 +737,18 @@ class Database:
             # A writer ended the transaction behind the group's back (a bare ROLLBACK):
             # committing now would commit nothing and report success.
             failure = RuntimeError("the write transaction ended before its commit")
+        if failure is None:
+            try:
+                self._same_file(conn)
+            except FileReplaced as exc:
+                failure = exc
         try:
             if failure is None:
                 conn.commit()
             else:
                 conn.rollback()
+                if isinstance(failure, FileReplaced):
+                    self._drop_writer()  # it holds the file gone from the path
         except Exception as exc:
             failure = failure or exc
             try:
@@ -723,6 +802,8 @@ class Database:
             elif write:
                 conn.execution_options(**{_WRITE: True})
             with conn.begin():
+                if self.is_sqlite:
+                    self._same_file(conn)
                 if not lazy:
                     yield conn
                     return

@@ -1,0 +1,186 @@
+"""A SQLite ledger file deleted, moved or replaced while a process has it open.
+
+The process's connections keep the file they opened, gone from its path: a write to it
+would be answered as done and lost when the process restarts, and a new connection would
+open (or create) whatever file is at the path now. Every transaction is refused instead
+(``FileReplaced``, a database error: HTTP 503), nothing written, until the process
+restarts; a retry with the same idempotency key then has its one effect.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from collections.abc import Callable, Iterator
+from contextlib import closing
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from ledger.db import CommitFailed, Database, FileReplaced, is_file_replaced
+from ledger.services import Ledger
+from ledger.verify import verify
+from pricing import default_catalogs
+
+
+@pytest.fixture
+def path(sqlite_template: Path, tmp_path: Path) -> Path:
+    path = tmp_path / "ledger.db"
+    shutil.copyfile(sqlite_template, path)
+    return path
+
+
+@pytest.fixture
+def db(path: Path) -> Iterator[Database]:
+    database = Database.from_url(f"sqlite:///{path}")
+    try:
+        yield database
+    finally:
+        database.dispose()
+
+
+@pytest.fixture
+def ledger(db: Database) -> Ledger:
+    ledger = Ledger(db, default_catalogs())
+    ledger.open_account("acme", "credit", idempotency_key="open")
+    ledger.top_up("acme", 100, idempotency_key="first")
+    return ledger
+
+
+def _keep(path: Path) -> Path:
+    """A second name of ``path``'s file, holding all of it (its WAL checkpointed and
+    emptied first): the file to put back, as an operator would a backup."""
+    with closing(sqlite3.connect(path)) as conn:
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    kept = path.with_name("kept.db")
+    os.link(path, kept)
+    return kept
+
+
+def _put_back(kept: Path, path: Path) -> None:
+    """``kept`` at ``path`` again, as a stopped server's file is restored: with no WAL or
+    shared-memory file of another beside it."""
+    for name in (f"{path.name}-wal", f"{path.name}-shm"):
+        path.with_name(name).unlink(missing_ok=True)
+    os.replace(kept, path)
+
+
+def _refused(exc: pytest.ExceptionInfo[sa.exc.OperationalError]) -> None:
+    assert is_file_replaced(exc.value), exc.value
+    said = str(exc.value.orig)
+    assert "was deleted, moved or replaced since this process opened it" in said, said
+    assert "nothing was written; restart the process" in said, said
+
+
+def test_a_deleted_file_refuses_writes_and_reads_and_loses_nothing(
+    path: Path, db: Database, ledger: Ledger
+) -> None:
+    kept = _keep(path)
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        path.with_name(name).unlink(missing_ok=True)
+    with pytest.raises(sa.exc.OperationalError) as caught:
+        ledger.top_up("acme", 50, idempotency_key="second")
+    _refused(caught)
+    with pytest.raises(sa.exc.OperationalError) as caught:
+        ledger.balance("acme")
+    _refused(caught)
+    # Asked again, and by a connection opened since (which found no file, so SQLite
+    # made an empty one): still refused, not an empty ledger.
+    with pytest.raises(sa.exc.OperationalError) as caught:
+        ledger.top_up("acme", 50, idempotency_key="second")
+    _refused(caught)
+    db.dispose()
+    with closing(sqlite3.connect(path)) as made:  # by SQLite, for the new connection
+        assert made.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+    # The original put back and the process restarted: the top-up refused was never
+    # written, and its retry has its one effect.
+    _put_back(kept, path)
+    again = Database.from_url(f"sqlite:///{path}")
+    try:
+        restarted = Ledger(again, default_catalogs())
+        assert restarted.balance("acme").balance == 100
+        restarted.top_up("acme", 50, idempotency_key="second")
+        restarted.top_up("acme", 50, idempotency_key="second")
+        assert restarted.balance("acme").balance == 150
+        assert verify(again) == []
+    finally:
+        again.dispose()
+
+
+def test_a_file_put_in_its_place_is_refused_and_neither_file_written(
+    path: Path, db: Database, ledger: Ledger, sqlite_template: Path
+) -> None:
+    """A backup (here an empty ledger) moved into the path of a running server's file:
+    neither the file the server has open nor the one now at its path is written."""
+    kept = _keep(path)
+    other = path.with_name("other.db")
+    shutil.copyfile(sqlite_template, other)
+    os.replace(other, path)
+    with pytest.raises(sa.exc.OperationalError) as caught:
+        ledger.top_up("acme", 50, idempotency_key="second")
+    _refused(caught)
+    with pytest.raises(sa.exc.OperationalError) as caught:
+        ledger.balance("acme")
+    _refused(caught)
+    with pytest.raises(sa.exc.OperationalError) as caught:
+        ledger.open_account("other", "credit", idempotency_key="open-other")
+    _refused(caught)
+    db.dispose()
+    # The file put in place is as it was: no wallet was opened in it.
+    moved = Database.from_url(f"sqlite:///{path}")
+    try:
+        with moved.transaction(write=False) as conn:
+            wallets = "SELECT count(*) FROM accounts WHERE external_id IN ('acme', 'other')"
+            assert conn.exec_driver_sql(wallets).scalar() == 0
+    finally:
+        moved.dispose()
+    # The file opened first, back at its path after a restart: the top-up refused was
+    # never written.
+    _put_back(kept, path)
+    again = Database.from_url(f"sqlite:///{path}")
+    try:
+        restarted = Ledger(again, default_catalogs())
+        assert restarted.balance("acme").balance == 100
+        restarted.top_up("acme", 50, idempotency_key="second")
+        assert restarted.balance("acme").balance == 150
+        assert verify(again) == []
+    finally:
+        again.dispose()
+
+
+def _insert_ghost(db: Database, then: Callable[[], None]) -> None:
+    with db.transaction() as conn:
+        conn.exec_driver_sql("INSERT INTO units (code, scale) VALUES ('ghost', 0)")
+        then()
+
+
+def _ghosts(db: Database) -> int:
+    with db.transaction(write=False) as conn:
+        return int(
+            conn.exec_driver_sql("SELECT count(*) FROM units WHERE code = 'ghost'").scalar_one()
+        )
+
+
+def test_a_file_replaced_during_a_write_is_not_committed(
+    path: Path, db: Database, ledger: Ledger
+) -> None:
+    """Found at the commit: the write transaction began on the right file, which was
+    replaced before it committed. Nothing of it is committed."""
+    kept = _keep(path)
+    other = path.with_name("other.db")
+    shutil.copyfile(kept, other)
+    with pytest.raises(CommitFailed) as caught:
+        _insert_ghost(db, lambda: os.replace(other, path))
+    assert isinstance(caught.value.__cause__, FileReplaced)
+    _refused(caught)
+    db.dispose()
+    _put_back(kept, path)
+    again = Database.from_url(f"sqlite:///{path}")
+    try:
+        assert _ghosts(again) == 0
+        _insert_ghost(again, lambda: None)
+        assert _ghosts(again) == 1
+    finally:
+        again.dispose()
