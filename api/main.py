@@ -44,9 +44,11 @@ def create_app(
     settings: Settings | None = None,
     sweep: bool = False,
     reports: Reports | None = None,
+    owns_database: bool = False,
 ) -> FastAPI:
     """The API over ``ledger``; ``sweep`` runs the background jobs (sweepers and the
-    report worker) while the app is up."""
+    report worker) while the app is up; ``owns_database``: the app closes the ledger's
+    database as it shuts down."""
     settings = settings or Settings()
     metrics = Metrics()
     metrics.watch(ledger.db)
@@ -74,6 +76,11 @@ def create_app(
             if sweep:
                 worker.stop()
                 sweeper.stop()
+            if owns_database:
+                # Its connections closed, not dropped at exit (uvicorn ends the process
+                # by the signal it stopped for): SQLite's last one moves the WAL into
+                # the database file and deletes it, leaving one self-contained file.
+                ledger.db.dispose()
 
     app = FastAPI(
         title="creditledger",
@@ -100,7 +107,7 @@ def app_from_settings(settings: Settings, *, sweep: bool = True) -> FastAPI:
     """The app as ``creditledger serve`` runs it: database and catalogs from ``settings``."""
     ledger = ledger_from_settings(settings)
     keys = keys_from_settings(ledger.db, settings)
-    return create_app(ledger, keys, settings=settings, sweep=sweep)
+    return create_app(ledger, keys, settings=settings, sweep=sweep, owns_database=True)
 
 
 def keys_from_settings(db: Database, settings: Settings) -> Keys:

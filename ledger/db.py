@@ -467,6 +467,7 @@ class Database:
         # SQLite: (path, device, inode) of the file the first transaction found, which
         # every later one must find at that path too (``_same_file``).
         self._file: tuple[str, int, int] | None = None
+        self._emptied = False  # its WAL moved into it, that file gone (``_gone``)
         self._workers: ThreadPoolExecutor | None = None  # started by the first use
         self._write_engine = (
             make_engine(
@@ -703,15 +704,50 @@ class Database:
         path = opened[0]
         gone = "was deleted, moved or replaced"
         if opened != self._file:
+            # Opened on the file now at the path: of no use, and closed at once rather
+            # than pooled (the last connection to close would move the WAL beside the
+            # path, the first file's, into this one).
+            conn.invalidate()
             raise FileReplaced(path, gone)
         try:
             found = os.stat(path)
         except FileNotFoundError as exc:
-            raise FileReplaced(path, gone) from exc
+            raise self._gone(conn, path, gone) from exc
         except OSError as exc:
             raise FileReplaced(path, f"cannot be read ({exc.strerror})") from exc
         if (found.st_dev, found.st_ino) != opened[1:]:
-            raise FileReplaced(path, gone)
+            raise self._gone(conn, path, gone)
+
+    def _gone(self, conn: Connection, path: str, reason: str) -> FileReplaced:
+        """The refusal of ``conn``'s transaction on the first file, gone from ``path``;
+        the first time, that file's WAL is moved into it first.
+
+        The WAL is named after the path, so it would be read as part of whatever file is
+        at the path next (a backup put there: the restarted server would see pages of
+        the other file in it), and SQLite does not move it on closing a file that was
+        moved. Moved now (a checkpoint, the WAL emptied), it leaves the first file whole
+        wherever it went (a file moved aside holds everything committed) and the file at
+        the path as it is."""
+        with self._queue:
+            first, self._emptied = not self._emptied, True
+        if first:
+            raw: Any = conn.connection.driver_connection
+            try:
+                raw.rollback()  # refused anyway: a checkpoint runs outside a transaction
+                busy, frames, moved = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            except sqlite3.Error as exc:
+                log.error("database: the WAL of %s could not be moved into it: %s", path, exc)
+            else:
+                if busy:
+                    log.error(
+                        "database: the WAL of %s was moved into it only in part (%d of %d "
+                        "pages): before the server starts again, delete %s-wal",
+                        path,
+                        moved,
+                        frames,
+                        path,
+                    )
+        return FileReplaced(path, reason)
 
     def _drop_writer(self) -> None:
         """Discard the write connection. Not back to the pool: it may still hold the

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx2 as httpx
 import pytest
 
 from ledger import backup as backup_module
@@ -21,6 +22,7 @@ from ledger.services import Ledger
 from ledger.verify import verify
 from pricing import default_catalogs
 from tests.e2e.forked import run
+from tests.e2e.served import Served
 
 TOPUP = 7
 
@@ -113,6 +115,51 @@ def test_a_backup_taken_while_another_process_writes_is_one_consistent_state(
     assert run("verify", env=_url(place)).returncode == 0
     shown = run("account", "show", "acme", "--json", env=_url(place))
     assert json.loads(shown.stdout)["balance"] == balance
+
+
+def test_a_backup_moved_into_place_under_a_running_server_is_refused_until_a_restart(
+    ledger_file: Path, tmp_path: Path, serve: Callable[[dict[str, str]], Served]
+) -> None:
+    """The restore done wrong: a backup moved over the file of a server still running.
+    The server's connections keep the file they opened, now gone from its path: a top-up
+    written there would be answered 201 and be lost at the restart. The server refuses
+    every request instead (503, healthz too), until it is restarted; then it serves the
+    backup, with nothing of the refused requests in it."""
+    copy = tmp_path / "backup.db"
+    assert run("backup", str(copy), env=_url(ledger_file)).returncode == 0
+    admin = "clk_" + "ab" * 8 + "_restore-test-admin-key"
+    served = serve({**_url(ledger_file), "CREDITLEDGER_ADMIN_KEY": admin}).start()
+    auth = {"Authorization": f"Bearer {admin}"}
+    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+        before = http.get("/v1/accounts/acme").json()["balance"]
+        made = http.post("/v1/accounts/acme/topups", json={"amount": TOPUP})
+        assert made.status_code == 201, made.text
+        os.replace(copy, ledger_file)
+        refused = http.post(
+            "/v1/accounts/acme/topups", json={"amount": TOPUP}, headers={"Idempotency-Key": "k"}
+        )
+        assert refused.status_code == 503, refused.text
+        body = refused.json()
+        assert body["error"] == "database_unavailable"
+        assert "restarted" in body["message"]
+        for path in ("/healthz", "/v1/accounts/acme"):
+            assert http.get(path).status_code == 503
+    assert "was deleted, moved or replaced" in served.log.read_text()
+    served.stop()
+    # The WAL beside the path, the old file's, was moved into that file: none of its
+    # pages is read as the backup's after the restart.
+    wal = ledger_file.with_name("ledger.db-wal")
+    assert not wal.exists() or wal.stat().st_size == 0
+    served.start()
+    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+        assert http.get("/healthz").status_code == 200
+        assert http.get("/v1/accounts/acme").json()["balance"] == before
+        again = http.post(
+            "/v1/accounts/acme/topups", json={"amount": TOPUP}, headers={"Idempotency-Key": "k"}
+        )
+        assert again.status_code == 201, again.text
+        assert http.get("/v1/accounts/acme").json()["balance"] == before + TOPUP
+    assert run("verify", env=_url(ledger_file)).returncode == 0
 
 
 def test_a_backup_never_overwrites_by_accident(ledger_file: Path, tmp_path: Path) -> None:

@@ -184,3 +184,26 @@ def test_a_file_replaced_during_a_write_is_not_committed(
         assert _ghosts(again) == 1
     finally:
         again.dispose()
+
+
+def test_a_file_moved_aside_keeps_everything_committed_to_it(
+    path: Path, db: Database, ledger: Ledger
+) -> None:
+    """Its WAL is named after the path, so the file moved aside would lack whatever of
+    it was not yet checkpointed (the wallet, here), and a file put at the path would be
+    read with it. Found moved, the file is checkpointed and the WAL emptied."""
+    wal = path.with_name(f"{path.name}-wal")
+    assert wal.stat().st_size > 0  # the wallet and its top-up, not yet in the file
+    aside = path.with_name("aside.db")
+    os.replace(path, aside)
+    with pytest.raises(sa.exc.OperationalError) as caught:
+        ledger.top_up("acme", 50, idempotency_key="second")
+    _refused(caught)
+    assert wal.stat().st_size == 0
+    db.dispose()
+    moved = Database.from_url(f"sqlite:///{aside}")
+    try:
+        assert Ledger(moved, default_catalogs()).balance("acme").balance == 100
+        assert verify(moved) == []
+    finally:
+        moved.dispose()
