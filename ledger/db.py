@@ -703,11 +703,7 @@ class Database:
                     self._file = opened
         path = opened[0]
         gone = "was deleted, moved or replaced"
-        if opened != self._file:
-            # Opened on the file now at the path: of no use, and closed at once rather
-            # than pooled (the last connection to close would move the WAL beside the
-            # path, the first file's, into this one).
-            conn.invalidate()
+        if opened != self._file:  # opened since, on the file now at the path
             raise FileReplaced(path, gone)
         try:
             found = os.stat(path)

@@ -162,6 +162,27 @@ def test_a_backup_moved_into_place_under_a_running_server_is_refused_until_a_res
     assert run("verify", env=_url(ledger_file)).returncode == 0
 
 
+def test_a_stopped_server_leaves_one_self_contained_file(
+    ledger_file: Path, tmp_path: Path, serve: Callable[[dict[str, str]], Served]
+) -> None:
+    """Stopped, the server closes its database: SQLite moves the WAL into the file and
+    deletes it, so the file alone (copied, say) holds everything the server committed."""
+    admin = "clk_" + "cd" * 8 + "_stopped-server-admin-key"
+    served = serve({**_url(ledger_file), "CREDITLEDGER_ADMIN_KEY": admin}).start()
+    auth = {"Authorization": f"Bearer {admin}"}
+    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+        made = http.post("/v1/accounts/acme/topups", json={"amount": TOPUP})
+        assert made.status_code == 201, made.text
+        balance = made.json()["balance"]["balance"]
+    served.stop()
+    assert sorted(p.name for p in ledger_file.parent.iterdir()) == ["ledger.db"]
+    alone = tmp_path / "alone" / "ledger.db"
+    alone.parent.mkdir()
+    shutil.copyfile(ledger_file, alone)
+    shown = run("account", "show", "acme", "--json", env=_url(alone))
+    assert json.loads(shown.stdout)["balance"] == balance
+
+
 def test_a_backup_never_overwrites_by_accident(ledger_file: Path, tmp_path: Path) -> None:
     copy = tmp_path / "copy.db"
     assert run("backup", str(copy), env=_url(ledger_file)).returncode == 0
