@@ -17,6 +17,7 @@ from contextlib import closing
 from dataclasses import dataclass
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 import sqlalchemy as sa
@@ -471,3 +472,31 @@ def test_the_cases_break_every_check_and_the_readme_names_each() -> None:
         name for row in table.splitlines()[2:] for name in re.findall(r"`(\w+)`", row.split("|")[1])
     }
     assert made == broken == listed
+
+
+# SQLite's read transaction is one snapshot already; PostgreSQL's READ COMMITTED would
+# give each statement a snapshot of its own.
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_charge_committed_while_verify_reads_is_seen_by_every_check_or_none(
+    db: Database, ledger: Ledger
+) -> None:
+    """verify() reads the metering records, then the daily rollups: a charge committed
+    between the two reads (the server runs while ``creditledger verify`` does) would be in
+    the rollups and not in the records, a violation of sound books. It reads one
+    snapshot."""
+    ledger.open_account("w", "credit", idempotency_key=key())
+    ledger.top_up("w", 1_000, idempotency_key=key())
+    fired: list[bool] = []
+
+    def between(_conn: Any, _cursor: Any, statement: str, *_: Any) -> None:
+        if "FROM daily_usage" in statement and not fired:
+            fired.append(True)  # first: the charge's own statements come here too
+            ledger.charge("w", VEO_FAST, idempotency_key=key())
+
+    sa.event.listen(db.engine, "before_cursor_execute", between)
+    try:
+        assert verify(db) == []
+    finally:
+        sa.event.remove(db.engine, "before_cursor_execute", between)
+    assert fired
+    assert ledger.balance("w").balance == 1_000 - 240
