@@ -467,7 +467,7 @@ class Database:
         # SQLite: (path, device, inode) of the file the first transaction found, which
         # every later one must find at that path too (``_same_file``).
         self._file: tuple[str, int, int] | None = None
-        self._emptied = False  # its WAL moved into it, that file gone (``_gone``)
+        self._emptied = False  # that file gone, saved and its WAL moved in (``_gone``)
         self._workers: ThreadPoolExecutor | None = None  # started by the first use
         self._write_engine = (
             make_engine(
@@ -716,7 +716,11 @@ class Database:
 
     def _gone(self, conn: Connection, path: str, reason: str) -> FileReplaced:
         """The refusal of ``conn``'s transaction on the first file, gone from ``path``;
-        the first time, that file's WAL is moved into it first.
+        the first time, that file is saved and its WAL moved into it first.
+
+        Saved: a copy of it as this process sees it (``VACUUM INTO``) beside the path,
+        named ``<path>.gone-<UTC time>-<pid>``, so that a file deleted by mistake loses
+        nothing committed to it (the process holds its last link).
 
         The WAL is named after the path, so it would be read as part of whatever file is
         at the path next (a backup put there: the restarted server would see pages of
@@ -726,23 +730,38 @@ class Database:
         the path as it is."""
         with self._queue:
             first, self._emptied = not self._emptied, True
-        if first:
-            raw: Any = conn.connection.driver_connection
-            try:
-                raw.rollback()  # refused anyway: a checkpoint runs outside a transaction
-                busy, frames, moved = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
-            except sqlite3.Error as exc:
-                log.error("database: the WAL of %s could not be moved into it: %s", path, exc)
-            else:
-                if busy:
-                    log.error(
-                        "database: the WAL of %s was moved into it only in part (%d of %d "
-                        "pages): before the server starts again, delete %s-wal",
-                        path,
-                        moved,
-                        frames,
-                        path,
-                    )
+        if not first:
+            return FileReplaced(path, reason)
+        raw: Any = conn.connection.driver_connection
+        saved = f"{path}.gone-{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{os.getpid()}"
+        try:
+            raw.rollback()  # refused anyway: both run outside a transaction
+            raw.execute("VACUUM INTO ?", (saved,))
+        except sqlite3.Error as exc:
+            log.error(
+                "database: the SQLite file %s %s; it could not be saved: %s", path, reason, exc
+            )
+        else:
+            log.error(
+                "database: the SQLite file %s %s; everything committed to it is saved in %s",
+                path,
+                reason,
+                saved,
+            )
+        try:
+            busy, frames, moved = raw.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.error("database: the WAL of %s could not be moved into it: %s", path, exc)
+        else:
+            if busy:
+                log.error(
+                    "database: the WAL of %s was moved into it only in part (%d of %d "
+                    "pages): before the server starts again, delete %s-wal",
+                    path,
+                    moved,
+                    frames,
+                    path,
+                )
         return FileReplaced(path, reason)
 
     def _drop_writer(self) -> None:

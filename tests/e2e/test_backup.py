@@ -144,7 +144,11 @@ def test_a_backup_moved_into_place_under_a_running_server_is_refused_until_a_res
         assert "restarted" in body["message"]
         for path in ("/healthz", "/v1/accounts/acme"):
             assert http.get(path).status_code == 503
-    assert "was deleted, moved or replaced" in served.log.read_text()
+    logged = served.log.read_text()
+    assert "was deleted, moved or replaced" in logged
+    # What the server had, saved beside the path (here the file the backup replaced).
+    (saved,) = ledger_file.parent.glob("ledger.db.gone-*")
+    assert f"everything committed to it is saved in {saved}" in logged
     served.stop()
     # The WAL beside the path, the old file's, was moved into that file: none of its
     # pages is read as the backup's after the restart.
@@ -160,6 +164,8 @@ def test_a_backup_moved_into_place_under_a_running_server_is_refused_until_a_res
         assert again.status_code == 201, again.text
         assert http.get("/v1/accounts/acme").json()["balance"] == before + TOPUP
     assert run("verify", env=_url(ledger_file)).returncode == 0
+    shown = run("account", "show", "acme", "--json", env=_url(saved))
+    assert json.loads(shown.stdout)["balance"] == before + TOPUP
 
 
 def test_a_stopped_server_leaves_one_self_contained_file(

@@ -10,6 +10,7 @@ restarts; a retry with the same idempotency key then has its one effect.
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -74,12 +75,21 @@ def _refused(exc: pytest.ExceptionInfo[sa.exc.OperationalError]) -> None:
     assert "nothing was written; restart the process" in said, said
 
 
-def test_a_deleted_file_refuses_writes_and_reads_and_loses_nothing(
+def _saved(path: Path) -> list[Path]:
+    """The copies the process saved of its file, found gone from ``path``."""
+    return sorted(path.parent.glob(f"{path.name}.gone-*"))
+
+
+def test_a_deleted_file_refuses_writes_and_reads_and_is_saved_whole(
     path: Path, db: Database, ledger: Ledger
 ) -> None:
-    kept = _keep(path)
+    """``rm ledger.db*`` under a running process: it holds the last link of the file
+    (the wallet and its top-up are in the WAL, deleted too). Found gone, a copy of it is
+    saved beside the path, once; everything is refused, and the copy, put back, is the
+    ledger as it was."""
+    assert path.with_name(f"{path.name}-wal").stat().st_size > 0
     for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
-        path.with_name(name).unlink(missing_ok=True)
+        path.with_name(name).unlink()
     with pytest.raises(sa.exc.OperationalError) as caught:
         ledger.top_up("acme", 50, idempotency_key="second")
     _refused(caught)
@@ -91,20 +101,23 @@ def test_a_deleted_file_refuses_writes_and_reads_and_loses_nothing(
     with pytest.raises(sa.exc.OperationalError) as caught:
         ledger.top_up("acme", 50, idempotency_key="second")
     _refused(caught)
+    saved = _saved(path)
+    assert len(saved) == 1, saved
+    assert re.fullmatch(rf"{path.name}\.gone-\d{{8}}T\d{{6}}Z-{os.getpid()}", saved[0].name)
     db.dispose()
     with closing(sqlite3.connect(path)) as made:  # by SQLite, for the new connection
         assert made.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
-    # The original put back and the process restarted: the top-up refused was never
-    # written, and its retry has its one effect.
-    _put_back(kept, path)
+    # The copy put at the path and the process restarted: the ledger as it was, the
+    # top-up refused never written, and its retry has its one effect.
+    _put_back(saved[0], path)
     again = Database.from_url(f"sqlite:///{path}")
     try:
         restarted = Ledger(again, default_catalogs())
         assert restarted.balance("acme").balance == 100
+        assert verify(again) == []
         restarted.top_up("acme", 50, idempotency_key="second")
         restarted.top_up("acme", 50, idempotency_key="second")
         assert restarted.balance("acme").balance == 150
-        assert verify(again) == []
     finally:
         again.dispose()
 
@@ -127,6 +140,7 @@ def test_a_file_put_in_its_place_is_refused_and_neither_file_written(
     with pytest.raises(sa.exc.OperationalError) as caught:
         ledger.open_account("other", "credit", idempotency_key="open-other")
     _refused(caught)
+    assert len(_saved(path)) == 1  # the file the process had, kept as well
     db.dispose()
     # The file put in place is as it was: no wallet was opened in it.
     moved = Database.from_url(f"sqlite:///{path}")
@@ -201,6 +215,7 @@ def test_a_file_moved_aside_keeps_everything_committed_to_it(
     _refused(caught)
     assert wal.stat().st_size == 0
     db.dispose()
+    assert len(_saved(path)) == 1
     moved = Database.from_url(f"sqlite:///{aside}")
     try:
         assert Ledger(moved, default_catalogs()).balance("acme").balance == 100
