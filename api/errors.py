@@ -295,7 +295,8 @@ _DESCRIBED = {
     500: "An unexpected bug; the transaction it interrupted was rolled back.",
     503: "The database is unavailable (database_unavailable) or a lock the request needs "
     "stayed taken past the lock timeout (database_busy); nothing was committed. Retry after "
-    "Retry-After seconds with the same Idempotency-Key.",
+    "Retry-After seconds with the same Idempotency-Key. (A SQLite file deleted or replaced "
+    "under the server: database_unavailable until the server is restarted.)",
 }
 
 
