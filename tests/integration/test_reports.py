@@ -1527,3 +1527,23 @@ def test_every_wallet_past_64_bits_is_named_whichever_batch_it_is_in(
         assert done.status == "failed"
         assert done.error is not None
         assert "2 account(s) [debtor, whale]" in done.error, done.error
+
+
+def test_a_wallet_deep_in_debt_whose_month_of_credits_passes_64_bits_fails_by_name(
+    db: Database, ledger: Ledger, clock: Clock
+) -> None:
+    """The month opens as deep in debt as 64 bits go, and its credits (two top-ups on two
+    days, each day's rollup within 64 bits) add up to 2**63: as int64, they would wrap to
+    the most negative number, and the closing balance would still reconcile, modulo
+    2**64. The debt makes the wallet's sums no smaller: they are bounded by magnitude."""
+    clock.now = datetime(2026, 9, 5, tzinfo=UTC)
+    ledger.open_account("debtor", "credit", idempotency_key=key())
+    ledger.adjust("debtor", -(2**63 - 1), reason="usage billed elsewhere", idempotency_key=key())
+    for day in (5, 6):
+        clock.now = datetime(2026, 10, day, tzinfo=UTC)
+        ledger.top_up("debtor", 2**62, idempotency_key=key())
+    assert ledger.balance("debtor").balance == 1
+    clock.now = datetime(2026, 11, 2, tzinfo=UTC)
+    with pytest.raises(ReportOverflow) as caught:
+        make(db, "2026-10", "UTC")
+    assert caught.value.accounts == ["debtor"]
