@@ -429,7 +429,9 @@ def test_a_statement_of_no_wallet_is_the_whole_statements_file(
     whole = make_statement(db, "2026-10", "UTC", generated_at=clock())
     assert reports.output(job.id).content == render.render(whole, fmt)
     assert done.summary is not None
-    assert done.summary["accounts"] == 0
+    # Nothing to reconcile is reconciled: no wallet, and no amount, left out.
+    assert (done.summary["accounts"], done.summary["reconciled"]) == (0, True)
+    assert done.summary["totals"] == []
 
 
 def test_csv_cells_a_spreadsheet_would_run_as_formulas_are_written_as_text(
