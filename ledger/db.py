@@ -467,6 +467,7 @@ class Database:
         # SQLite: (path, device, inode) of the file the first transaction found, which
         # every later one must find at that path too (``_same_file``).
         self._file: tuple[str, int, int] | None = None
+        self._lost = False  # that file found gone from its path: every transaction refused
         self._emptied = False  # that file gone, saved and its WAL moved in (``_gone``)
         self._workers: ThreadPoolExecutor | None = None  # started by the first use
         self._write_engine = (
@@ -704,15 +705,22 @@ class Database:
         path = opened[0]
         gone = "was deleted, moved or replaced"
         if opened != self._file:  # opened since, on the file now at the path
+            self._lost = True
             raise FileReplaced(path, gone)
-        try:
-            found = os.stat(path)
-        except FileNotFoundError as exc:
-            raise self._gone(conn, path, gone) from exc
-        except OSError as exc:
-            raise FileReplaced(path, f"cannot be read ({exc.strerror})") from exc
-        if (found.st_dev, found.st_ino) != opened[1:]:
-            raise self._gone(conn, path, gone)
+        if not self._lost:
+            try:
+                found = os.stat(path)
+            except FileNotFoundError:
+                pass
+            except OSError as exc:
+                raise FileReplaced(path, f"cannot be read ({exc.strerror})") from exc
+            else:
+                if (found.st_dev, found.st_ino) == opened[1:]:
+                    return
+        # Found gone once, the file is gone for good: a file made at the path since may
+        # even have its device and inode numbers, freed when its last connection closed.
+        self._lost = True
+        raise self._gone(conn, path, gone)
 
     def _gone(self, conn: Connection, path: str, reason: str) -> FileReplaced:
         """The refusal of ``conn``'s transaction on the first file, gone from ``path``;
