@@ -1392,6 +1392,17 @@ def _funded(ledger: Ledger, clock: Clock, amounts: dict[str, tuple[int, str]]) -
     clock.now = datetime(2026, 11, 2, tzinfo=UTC)
 
 
+def _failed(reports: Reports, month: str, fmt: str) -> str:
+    """Why the report of ``month`` in ``fmt``, run to its end, failed (it must)."""
+    job, _ = reports.request(month, fmt)
+    claimed = reports.claim(job.id)
+    assert claimed is not None
+    done = reports.run(claimed)
+    assert done.status == "failed"
+    assert done.error is not None
+    return done.error
+
+
 @pytest.mark.parametrize("batch", [500, 1])
 def test_totals_past_64_bits_are_exact(
     db: Database,
@@ -1484,14 +1495,9 @@ def test_a_wallet_whose_month_passes_64_bits_fails_the_report_by_name(
     assert make(db, "2026-10", "UTC", "minnow").totals()[0]["credits"] == 10
     for fmt, batch in (("csv", jobs.BATCH), ("json", jobs.BATCH), ("json", 1)):
         monkeypatch.setattr(jobs, "BATCH", batch)
-        job, _ = reports.request("2026-10", fmt)
-        claimed = reports.claim(job.id)
-        assert claimed is not None
-        done = reports.run(claimed)
-        assert done.status == "failed"
-        assert done.error is not None
-        assert "ReportOverflow" in done.error
-        assert "[whale]" in done.error
+        error = _failed(reports, "2026-10", fmt)
+        assert "ReportOverflow" in error
+        assert "[whale]" in error
 
 
 @pytest.mark.parametrize("batch", [500, 1])
@@ -1522,13 +1528,8 @@ def test_every_wallet_past_64_bits_is_named_whichever_batch_it_is_in(
     ledger.adjust("debtor", -deep, reason="usage billed elsewhere", idempotency_key=key())
     clock.now = datetime(2026, 11, 2, tzinfo=UTC)
     for fmt in ("csv", "json"):
-        job, _ = reports.request("2026-10", fmt)
-        claimed = reports.claim(job.id)
-        assert claimed is not None
-        done = reports.run(claimed)
-        assert done.status == "failed"
-        assert done.error is not None
-        assert "2 account(s) [debtor, whale]" in done.error, done.error
+        error = _failed(reports, "2026-10", fmt)
+        assert "2 account(s) [debtor, whale]" in error, error
 
 
 def test_a_wallet_deep_in_debt_whose_month_of_credits_passes_64_bits_fails_by_name(
