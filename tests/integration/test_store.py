@@ -289,6 +289,27 @@ def test_two_counted_writes_to_different_tables_are_each_checked(
     assert notes == ["logged"]
 
 
+def test_a_counted_write_held_after_another_tables_write_is_the_one_checked(
+    scratch: Database,
+) -> None:
+    """In PostgreSQL the two go as one statement: the count checked is the counted
+    write's, not that of the write before it (whose one row would pass)."""
+    committing_batch(scratch, (1, "open"), (2, "done"))
+
+    def log_then_resolve() -> None:
+        with scratch.transaction() as conn:
+            store = Store.of(conn)
+            with store.batch(commit=True):
+                store.run(LOG, {"id": 1, "note": "logged"})
+                store.expect(RESOLVE, {"id": 2}, rows=1, failure=Refused)  # row 2 is done
+
+    with pytest.raises(Refused):
+        log_then_resolve()
+    assert states(scratch) == {1: "open", 2: "done"}
+    with scratch.transaction(write=False) as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM scratch_log").scalar_one() == 0
+
+
 BUMP_STATE = Sql("UPDATE scratch SET hits = hits + 1 WHERE state = :state")
 
 
