@@ -436,6 +436,17 @@ def test_more_rows_than_a_multirow_insert_holds_go_one_by_one(
         assert list(notes) == ["a", "b", "c", "d", "e"]
 
 
+def test_no_rows_of_a_multirow_insert_send_nothing(scratch: Database) -> None:
+    with scratch.transaction() as conn:
+        store = Store(conn, sqlite=scratch.is_sqlite)
+        with store.batch(commit=True):
+            store.many(LOG_FREE, [])
+            store.run(INSERT, {"id": 1, "state": "open"})
+    assert states(scratch) == {1: "open"}
+    with scratch.transaction(write=False) as conn:
+        assert conn.exec_driver_sql("SELECT COUNT(*) FROM scratch_free").scalar_one() == 0
+
+
 COUNT = Sql(
     "INSERT INTO scratch (id, state, hits) VALUES (:id, 'open', :hits) "
     # Ends with a parenthesis, as the daily rollup's upsert does (its ``round(...)``).
