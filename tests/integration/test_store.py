@@ -242,6 +242,22 @@ def test_a_count_found_wrong_raises_its_own_failure_and_commits_nothing(
 
 
 @pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+def test_a_connections_store_keeps_nothing_of_its_batches(scratch: Database) -> None:
+    """A store lives as long as its connection: the failures of a batch's count checks
+    go with the batch, else a server's every authorization would add one for good."""
+    committing_batch(scratch, (1, "open"))
+    for _ in range(3):
+        with scratch.transaction() as conn:
+            store = Store.of(conn)
+            with store.batch(commit=True):
+                store.run(LOG_FREE, {"note": "x"})
+                store.expect(BUMP, {"id": 1}, rows=1, failure=Refused)
+            assert store._failures == []
+            assert store._held == []
+    assert hits(scratch) == {1: 3}
+
+
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 def test_a_failed_count_check_not_of_the_batch_is_raised_as_it_is(scratch: Database) -> None:
     # The function's error with a tag no check of this batch gave (a statement of its
     # own, say): the database's error, not a failure picked by an index out of range.
