@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Annotated, Any
 
 import pytest
@@ -38,9 +38,19 @@ async def things(
     tags: Annotated[list[str] | None, Query()] = None,
     ids: Annotated[list[int], Query()] = [],  # noqa: B006 (FastAPI copies the default)
     models: Annotated[Models | None, Query()] = None,
+    kinds: Annotated[set[str] | None, Query()] = None,
+    ranks: Annotated[Sequence[int] | None, Query()] = None,
     limit: int = 10,
 ) -> dict[str, Any]:
-    return {"tags": tags, "ids": ids, "models": models, "limit": limit, "cursor": cursor}
+    return {
+        "tags": tags,
+        "ids": ids,
+        "models": models,
+        "kinds": sorted(kinds) if kinds is not None else None,
+        "ranks": ranks,
+        "limit": limit,
+        "cursor": cursor,
+    }
 
 
 @pytest.fixture(scope="module")
@@ -54,12 +64,17 @@ def client() -> Iterator[TestClient]:
 
 
 def test_a_parameter_of_several_values_may_be_given_again(client: TestClient) -> None:
-    r = client.get("/things?tags=a&tags=b&ids=1&ids=2&models=x&models=y&limit=3")
+    r = client.get(
+        "/things?tags=a&tags=b&ids=1&ids=2&models=x&models=y&kinds=k&kinds=j&ranks=2&ranks=1"
+        "&limit=3"
+    )
     assert r.status_code == 200, r.text
     assert r.json() == {
         "tags": ["a", "b"],
         "ids": [1, 2],
         "models": ["x", "y"],
+        "kinds": ["j", "k"],
+        "ranks": [2, 1],
         "limit": 3,
         "cursor": None,
     }
@@ -84,7 +99,7 @@ def test_a_parameter_read_by_a_dependency_is_the_routes_own(client: TestClient) 
     assert r.status_code == 422, r.text
     assert (r.json()["field"], r.json()["allowed"]) == (
         "cursr",
-        ["cursor", "ids", "limit", "models", "tags"],
+        ["cursor", "ids", "kinds", "limit", "models", "ranks", "tags"],
     )
     assert client.head("/things?tags=a&tags=b").status_code == 200
 
