@@ -50,6 +50,7 @@ seconds (a client that died or hung mid-transaction), releasing its locks.
 
 from __future__ import annotations
 
+import glob
 import json
 import logging
 import os
@@ -126,7 +127,12 @@ class LockTimeout(sa.exc.OperationalError):
         )
 
 
-class ReplacedFile(Exception):
+class FileRefused(Exception):
+    """The SQLite file at the database's path is refused; the message says what the
+    operator must do (no hint to add)."""
+
+
+class ReplacedFile(FileRefused):
     """The SQLite file at the database's path is not the one this process opened."""
 
 
@@ -149,11 +155,55 @@ class FileReplaced(sa.exc.OperationalError):
         )
 
 
+class SavedBeside(FileRefused):
+    """A SQLite file that holds no ledger, beside copies saved of one found gone."""
+
+
+class LedgerSavedBeside(sa.exc.OperationalError):
+    """``migrate`` on a SQLite file that holds no ledger yet, beside copies saved of the
+    ledger a process found gone from the same path (``Database._gone``): most likely the
+    empty file SQLite made at the path after the ledger was deleted under a running
+    server. A new, empty ledger made there would be served in its place, every wallet
+    missing. Refused, nothing created, until the operator puts the right copy back at the
+    path, or moves the copies away to start a new ledger (CLI exit 6)."""
+
+    def __init__(self, path: str, saved: list[str]) -> None:
+        if len(saved) == 1:
+            found = (
+                "a copy of the ledger once at that path lies beside it: put it back "
+                f"(mv {saved[0]} {path})"
+            )
+        else:
+            found = (
+                f"{len(saved)} copies of ledgers once at that path lie beside it (the newest: "
+                f"{saved[-1]}): put the right one back (mv it to {path})"
+            )
+        super().__init__(
+            "migrate",
+            None,
+            SavedBeside(
+                f"the SQLite database file {path} holds no ledger, and {found}, or move the "
+                f"{path}.gone-* files away to start a new, empty ledger; nothing was created"
+            ),
+        )
+
+
 def is_file_replaced(exc: BaseException) -> bool:
     """Whether ``exc`` (as raised, or as a failed group's ``CommitFailed``) is
     ``FileReplaced``."""
     orig = exc.orig if isinstance(exc, sa.exc.DBAPIError) else exc
     return isinstance(orig, ReplacedFile)
+
+
+def _refuse_new_beside_saved(conn: Connection) -> None:
+    """``LedgerSavedBeside``: the SQLite file ``conn`` has is empty (no table at all),
+    and copies saved of a ledger found gone from its path lie beside it."""
+    path = next(row[2] for row in conn.exec_driver_sql("PRAGMA database_list") if row[1] == "main")
+    if not path:
+        return  # in memory: no path, nothing saved
+    saved = sorted(glob.glob(f"{glob.escape(path)}.gone-*"))
+    if saved and not conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar_one():
+        raise LedgerSavedBeside(path, saved)
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
@@ -772,6 +822,18 @@ class Database:
                 )
         return FileReplaced(path, reason)
 
+    def _save_if_lost(self) -> None:
+        """The file found gone by a connection opened since (on the file now at the
+        path), which could not save it: saved now, as the process ends, through the write
+        connection if that still has it (``_gone``). Else what was committed to it since
+        it was last saved would go with the process."""
+        conn, file = self._writer_conn, self._file
+        if not self._lost or self._emptied or conn is None or file is None:
+            return
+        if conn.closed or conn.invalidated or conn.connection.info.get(_OPENED) != file:
+            return
+        self._gone(conn, file[0], "was deleted, moved or replaced")
+
     def _drop_writer(self) -> None:
         """Discard the write connection. Not back to the pool: it may still hold the
         transaction whose commit failed (SQLAlchemy's reset-on-return skips the rollback
@@ -912,7 +974,12 @@ class Database:
         ``_migrating``)."""
         from alembic import command  # only here: most processes never migrate
 
-        self._migrating(lambda conn: command.upgrade(alembic_config(conn), revision), wait)
+        def upgrade(conn: Connection) -> None:
+            if self.is_sqlite:
+                _refuse_new_beside_saved(conn)
+            command.upgrade(alembic_config(conn), revision)
+
+        self._migrating(upgrade, wait)
 
     def downgrade(self, revision: str = "base", *, wait: float = MIGRATION_WAIT) -> None:
         from alembic import command
@@ -965,6 +1032,7 @@ class Database:
             workers.shutdown(wait=True)
         if self._writer is not None:
             with self._writer:
+                self._save_if_lost()
                 self._drop_writer()
         self.engine.dispose()
         if self._write_engine is not self.engine:

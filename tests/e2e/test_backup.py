@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import threading
 from collections.abc import Callable
+from contextlib import closing
 from pathlib import Path
 
 import httpx2 as httpx
@@ -166,6 +167,46 @@ def test_a_backup_moved_into_place_under_a_running_server_is_refused_until_a_res
     assert run("verify", env=_url(ledger_file)).returncode == 0
     shown = run("account", "show", "acme", "--json", env=_url(saved))
     assert json.loads(shown.stdout)["balance"] == before + TOPUP
+
+
+def test_a_ledger_deleted_under_a_running_server_is_not_made_anew_at_the_restart(
+    ledger_file: Path, serve: Callable[[dict[str, str]], Served]
+) -> None:
+    """``rm ledger.db*`` under a running server: the server refuses (503) and saves the
+    file it had beside the path; SQLite makes an empty file at the path. Restarted, the
+    server would migrate that file into a new, empty ledger and serve it, every wallet
+    missing: it refuses to start instead, naming the saved copy, and starts once the copy
+    is put back, the ledger as it was."""
+    admin = "clk_" + "ef" * 8 + "_deleted-ledger-admin-key"
+    served = serve({**_url(ledger_file), "CREDITLEDGER_ADMIN_KEY": admin}).start()
+    auth = {"Authorization": f"Bearer {admin}"}
+    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+        made = http.post("/v1/accounts/acme/topups", json={"amount": TOPUP})
+        assert made.status_code == 201, made.text
+        before = http.get("/v1/accounts/acme").json()["balance"]
+        for name in ("ledger.db", "ledger.db-wal", "ledger.db-shm"):
+            ledger_file.with_name(name).unlink(missing_ok=True)
+        assert http.get("/v1/accounts/acme").status_code == 503
+    served.stop()
+    (saved,) = ledger_file.parent.glob("ledger.db.gone-*")
+    told = (
+        "holds no ledger, and a copy of the ledger once at that path lies beside it: "
+        f"put it back (mv {saved} {ledger_file})"
+    )
+    with pytest.raises(AssertionError, match="serve did not start") as refused:
+        served.start(timeout=30)
+    assert told in str(refused.value), refused.value
+    migrated = run("migrate", env=_url(ledger_file))
+    assert (migrated.returncode, told in migrated.stderr) == (6, True), migrated.stderr
+    assert "hint" not in json.loads(migrated.stderr)  # the message says what to do
+    with closing(sqlite3.connect(ledger_file)) as empty:  # nothing was created
+        assert empty.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+    os.replace(saved, ledger_file)
+    served.start()
+    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+        assert http.get("/v1/accounts/acme").json()["balance"] == before
+    served.stop()
+    assert run("verify", env=_url(ledger_file)).returncode == 0
 
 
 def test_a_stopped_server_leaves_one_self_contained_file(

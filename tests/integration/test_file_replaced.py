@@ -20,7 +20,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from ledger.db import CommitFailed, Database, FileReplaced, is_file_replaced
+from ledger.db import CommitFailed, Database, FileReplaced, LedgerSavedBeside, is_file_replaced
 from ledger.services import Ledger
 from ledger.verify import verify
 from pricing import default_catalogs
@@ -223,3 +223,58 @@ def test_a_file_moved_aside_keeps_everything_committed_to_it(
         assert verify(moved) == []
     finally:
         moved.dispose()
+
+
+def test_no_new_ledger_is_made_at_the_path_beside_copies_saved_of_the_one_found_gone(
+    path: Path, db: Database, ledger: Ledger
+) -> None:
+    """After ``rm ledger.db*`` under a process, SQLite has made an empty file at the path:
+    ``migrate`` (run by ``serve`` as it starts) would make a new, empty ledger of it and
+    the restarted server would serve that, every wallet missing. It refuses while the
+    copies saved of the ledger lie beside it, naming them; a ledger put back at the path
+    migrates (an older copy beside it or not), and with the copies moved away the path
+    may hold a new ledger."""
+    assert path.with_name(f"{path.name}-wal").stat().st_size > 0  # the top-up
+    for name in (path.name, f"{path.name}-wal", f"{path.name}-shm"):
+        path.with_name(name).unlink()
+    # Read on a connection opened since, which has the empty file: it cannot save the
+    # ledger; the process does as it ends, through its write connection.
+    _refuses(lambda: ledger.balance("acme"))
+    assert _saved(path) == []
+    db.dispose()
+    (saved,) = _saved(path)
+    older = path.with_name(f"{path.name}.gone-20260101T000000Z-1")
+    shutil.copyfile(saved, older)
+    again = Database.from_url(f"sqlite:///{path}")
+    try:
+        with pytest.raises(LedgerSavedBeside) as refused:
+            again.migrate()
+        said = str(refused.value.orig)
+        assert f"2 copies of ledgers once at that path lie beside it (the newest: {saved})" in said
+        assert f"put the right one back (mv it to {path})" in said, said
+        older.unlink()
+        with pytest.raises(LedgerSavedBeside) as refused:
+            again.migrate()
+        said = str(refused.value.orig)
+        assert f"lies beside it: put it back (mv {saved} {path})" in said, said
+        with closing(sqlite3.connect(path)) as empty:  # nothing was created
+            assert empty.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
+        shutil.copyfile(saved, older)
+    finally:
+        again.dispose()
+    _put_back(saved, path)
+    restored = Database.from_url(f"sqlite:///{path}")
+    try:
+        restored.migrate()  # a ledger at the path: the older copy beside it is no matter
+        assert Ledger(restored, default_catalogs()).balance("acme").balance == 100
+    finally:
+        restored.dispose()
+    # The copies moved away, the path may hold a new ledger.
+    older.unlink()
+    path.unlink()
+    fresh = Database.from_url(f"sqlite:///{path}")
+    try:
+        fresh.migrate()
+        assert Ledger(fresh, default_catalogs()).accounts().items == []
+    finally:
+        fresh.dispose()
