@@ -32,6 +32,20 @@ def _url(path: Path) -> dict[str, str]:
     return {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{path}"}
 
 
+ADMIN = "clk_" + "ab" * 8 + "_backup-tests-admin-key"
+
+
+def _serve(serve: Callable[[dict[str, str]], Served], ledger_file: Path) -> Served:
+    """``creditledger serve`` on ``ledger_file``, started, with the admin key ``ADMIN``."""
+    return serve({**_url(ledger_file), "CREDITLEDGER_ADMIN_KEY": ADMIN}).start()
+
+
+def _admin(served: Served) -> httpx.Client:
+    """A client of ``served`` with the admin key."""
+    auth = {"Authorization": f"Bearer {ADMIN}"}
+    return httpx.Client(base_url=served.url, headers=auth, timeout=30)
+
+
 @pytest.fixture(scope="module")
 def seeded(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A migrated ledger file with the wallet ``acme`` and 300 top-ups of 7 credits, made
@@ -128,10 +142,8 @@ def test_a_backup_moved_into_place_under_a_running_server_is_refused_until_a_res
     backup, with nothing of the refused requests in it."""
     copy = tmp_path / "backup.db"
     assert run("backup", str(copy), env=_url(ledger_file)).returncode == 0
-    admin = "clk_" + "ab" * 8 + "_restore-test-admin-key"
-    served = serve({**_url(ledger_file), "CREDITLEDGER_ADMIN_KEY": admin}).start()
-    auth = {"Authorization": f"Bearer {admin}"}
-    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+    served = _serve(serve, ledger_file)
+    with _admin(served) as http:
         before = http.get("/v1/accounts/acme").json()["balance"]
         made = http.post("/v1/accounts/acme/topups", json={"amount": TOPUP})
         assert made.status_code == 201, made.text
@@ -156,7 +168,7 @@ def test_a_backup_moved_into_place_under_a_running_server_is_refused_until_a_res
     wal = ledger_file.with_name("ledger.db-wal")
     assert not wal.exists() or wal.stat().st_size == 0
     served.start()
-    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+    with _admin(served) as http:
         assert http.get("/healthz").status_code == 200
         assert http.get("/v1/accounts/acme").json()["balance"] == before
         again = http.post(
@@ -177,10 +189,8 @@ def test_a_ledger_deleted_under_a_running_server_is_not_made_anew_at_the_restart
     server would migrate that file into a new, empty ledger and serve it, every wallet
     missing: it refuses to start instead, naming the saved copy, and starts once the copy
     is put back, the ledger as it was."""
-    admin = "clk_" + "ef" * 8 + "_deleted-ledger-admin-key"
-    served = serve({**_url(ledger_file), "CREDITLEDGER_ADMIN_KEY": admin}).start()
-    auth = {"Authorization": f"Bearer {admin}"}
-    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+    served = _serve(serve, ledger_file)
+    with _admin(served) as http:
         made = http.post("/v1/accounts/acme/topups", json={"amount": TOPUP})
         assert made.status_code == 201, made.text
         before = http.get("/v1/accounts/acme").json()["balance"]
@@ -203,7 +213,7 @@ def test_a_ledger_deleted_under_a_running_server_is_not_made_anew_at_the_restart
         assert empty.execute("SELECT count(*) FROM sqlite_master").fetchone() == (0,)
     os.replace(saved, ledger_file)
     served.start()
-    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+    with _admin(served) as http:
         assert http.get("/v1/accounts/acme").json()["balance"] == before
     served.stop()
     assert run("verify", env=_url(ledger_file)).returncode == 0
@@ -214,10 +224,8 @@ def test_a_stopped_server_leaves_one_self_contained_file(
 ) -> None:
     """Stopped, the server closes its database: SQLite moves the WAL into the file and
     deletes it, so the file alone (copied, say) holds everything the server committed."""
-    admin = "clk_" + "cd" * 8 + "_stopped-server-admin-key"
-    served = serve({**_url(ledger_file), "CREDITLEDGER_ADMIN_KEY": admin}).start()
-    auth = {"Authorization": f"Bearer {admin}"}
-    with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
+    served = _serve(serve, ledger_file)
+    with _admin(served) as http:
         made = http.post("/v1/accounts/acme/topups", json={"amount": TOPUP})
         assert made.status_code == 201, made.text
         balance = made.json()["balance"]["balance"]
