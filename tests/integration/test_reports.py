@@ -946,6 +946,25 @@ def test_december_counts_the_years_last_day_and_january_opens_with_its_closing(
     assert summary["totals"][0]["debits"] == 240
 
 
+def test_a_wallet_whose_next_month_begins_at_another_instant_is_read_from_its_journal(
+    db: Database, ledger: Ledger, clock: Clock
+) -> None:
+    """Every London day of March 2024 began at a UTC midnight (summer time began on its
+    last day, at 01:00 UTC), but London's April began at 23:00 UTC on March 31: its
+    rollup's last day of March ends an hour before the UTC month does. Read from its
+    journal, a charge in that hour is the UTC report's March."""
+    clock.now = datetime(2024, 3, 15, tzinfo=UTC)
+    ledger.open_account("w", "credit", timezone="Europe/London", idempotency_key=key())
+    ledger.top_up("w", 2_000, idempotency_key=key())
+    clock.now = datetime(2024, 3, 31, 23, 30, tzinfo=UTC)
+    ledger.charge("w", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    march = make(db, "2024-03", "UTC", "w")
+    (row,) = records(march.accounts)
+    assert row["source"] == "journal"
+    assert (row["debit_usage"], row["requests"], row["closing"]) == (240, 1, 1_760)
+    assert march.daily["day"].tolist() == ["2024-03-31"]
+
+
 @pytest.mark.parametrize("tz", ["UTC", "Asia/Tokyo"])
 def test_a_wallet_opened_and_a_top_up_posted_as_the_month_ends_are_the_next_months(
     db: Database, ledger: Ledger, clock: Clock, tz: str
