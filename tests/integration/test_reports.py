@@ -1008,6 +1008,32 @@ def test_a_wallet_opened_and_a_top_up_posted_as_the_month_ends_are_the_next_mont
         ] == [("new", 0, 500, 0, 0), ("old", 1_000, 300, 240, 1)]
 
 
+def test_holds_of_one_wallet_open_at_the_end_for_the_same_amount_each_count(
+    db: Database, ledger: Ledger, clock: Clock
+) -> None:
+    """Three holds of 240 open as October ends, on one wallet: one pending still, one
+    captured and one voided in November. Alike in wallet and amount, each is a hold of
+    its own: three, 720 in all (not one 240, as a set of (wallet, amount) would make)."""
+    october = queries.period("2026-10", "UTC")
+    clock.now = datetime(2026, 10, 15, tzinfo=UTC)
+    ledger.open_account("w", "credit", idempotency_key=key())
+    ledger.top_up("w", 1_000, idempotency_key=key())
+    clock.now = october.end - timedelta(minutes=5)
+    made = [
+        ledger.authorize("w", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+        for _ in range(3)
+    ]
+    clock.now = october.end + timedelta(minutes=1)
+    ledger.capture(made[1].id, status="COMPLETED", usage=None, idempotency_key=key())
+    ledger.void(made[2].id, idempotency_key=key())
+    assert ledger.balance("w", as_of=october.end - timedelta(microseconds=1)).pending == 720
+    for from_journal in (False, True):
+        (row,) = records(make(db, "2026-10", "UTC", from_journal=from_journal).accounts)
+        assert (row["open_holds"], row["open_holds_amount"]) == (3, 720)
+        (line,) = make(db, "2026-10", "UTC", from_journal=from_journal).totals()
+        assert line["open_holds_amount"] == 720
+
+
 def test_a_voided_or_expired_hold_is_no_request_of_the_statement_an_error_is(
     db: Database, ledger: Ledger, clock: Clock
 ) -> None:
