@@ -2671,17 +2671,21 @@ class Ledger:
 
     def _grant_allocation(self, conn: Connection, wallet: _Wallet, now: datetime) -> bool:
         """Grant the locked ``wallet`` its allocation for the period of ``now``, unless
-        it was granted already, it has none, or it is blocked (as read under the lock)."""
+        it was granted already, it has none, or it is blocked (as read under the lock).
+
+        Nor when a later period was granted already: ``now`` is then a clock behind
+        another process's at a month's turn. Granting the earlier period would expire
+        the later one's allocation, which is on record as granted and never granted
+        again: the wallet would go that month without it."""
         allocation = conn.execute(
             sa.select(accounts.c.monthly_allocation).where(accounts.c.id == wallet.id)
         ).scalar_one()
         period = kernel.period_of(now, wallet.timezone)
-        done = conn.execute(
-            sa.select(periods.c.period).where(
-                periods.c.account_id == wallet.id, periods.c.period == period
-            )
-        ).first()
-        if done is not None or allocation is None or wallet.blocked:
+        # Periods ("2026-11") order as text; a wallet's are all of its one timezone.
+        latest = conn.execute(
+            sa.select(sa.func.max(periods.c.period)).where(periods.c.account_id == wallet.id)
+        ).scalar()
+        if (latest is not None and latest >= period) or allocation is None or wallet.blocked:
             return False  # blocked: read again under the lock (blocked meanwhile)
         previous = conn.execute(
             sa.select(grants.c.id, grants.c.remaining).where(

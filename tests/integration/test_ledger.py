@@ -1179,6 +1179,34 @@ def test_monthly_allocation_is_granted_once_per_period_in_the_account_timezone(
     assert made == [("allocation", "system"), ("expiry", "system"), ("allocation", "system")]
 
 
+def test_a_process_whose_clock_is_behind_grants_no_period_before_one_granted(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Two processes whose clocks differ by 20 ms as November begins. One opens a wallet
+    at 00:00:00.010 by its clock, which grants November's allocation at once; the other,
+    at 23:59:59.990 of October by its own, then runs a round. It grants nothing: granting
+    October would expire November's allocation (an allocation of another period) and
+    grant October's, gone 10 ms later; November, on record as granted, would never be
+    granted again, and the wallet would go the month without its allocation."""
+    clock.now = datetime(2026, 11, 1, 0, 0, 0, 10_000, tzinfo=UTC)
+    user = wallet(ledger, "skewed", "token", monthly_allocation=1_000)
+    clock.now = datetime(2026, 10, 31, 23, 59, 59, 990_000, tzinfo=UTC)
+    assert ledger.roll_allocations() == 0
+    # Nor does a change that makes an allocation due there (here: one set again).
+    ledger.update_account(user, monthly_allocation=2_000, idempotency_key=key())
+    clock.now = datetime(2026, 11, 1, 0, 0, 1, tzinfo=UTC)
+    assert ledger.roll_allocations() == 0
+    view = ledger.account(user)
+    assert view.balance == 1_000
+    assert [(g.period, g.remaining) for g in view.grants] == [("2026-11", 1_000)]
+    assert [e.kind for e in ledger.entries(user).items] == ["allocation"]
+    # December is granted as ever, the new amount.
+    clock.now = datetime(2026, 12, 1, tzinfo=UTC)
+    assert ledger.roll_allocations() == 1
+    assert [(g.period, g.remaining) for g in ledger.account(user).grants] == [("2026-12", 2_000)]
+    assert verify(ledger.db) == []
+
+
 def test_the_roll_over_takes_back_only_the_allocations_it_granted(
     ledger: Ledger, clock: Clock
 ) -> None:
