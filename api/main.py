@@ -116,7 +116,11 @@ def keys_from_settings(db: Database, settings: Settings) -> Keys:
 
 
 def reports_from_settings(ledger: Ledger, settings: Settings) -> Reports:
-    """Report jobs on the ledger's database, with the lease the operator configured."""
+    """Report jobs on the ledger's database, with the lease and the month's close delay
+    the operator configured."""
     return Reports(
-        ledger.db, clock=ledger.clock, lease=timedelta(seconds=settings.report_lease_seconds)
+        ledger.db,
+        clock=ledger.clock,
+        lease=timedelta(seconds=settings.report_lease_seconds),
+        close_delay=timedelta(seconds=settings.report_close_delay_seconds),
     )

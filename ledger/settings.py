@@ -103,6 +103,12 @@ class Settings(BaseSettings):
     #: to be interrupted (a crash) and is run again.
     report_lease_seconds: float = Field(default=120.0, ge=1, le=24 * 3600)
 
+    #: A month's statement is made from this long after the month's end, not at once: a
+    #: write stamped with the month's last instants may still be committing (waiting for
+    #: a lock, on a server whose clock is a little behind), and a statement made before it
+    #: commits would not count it, nor reconcile with the next month's opening.
+    report_close_delay_seconds: float = Field(default=300.0, ge=0, le=24 * 3600)
+
     #: ``creditledger serve``: net allocations between two young-generation passes of
     #: Python's garbage collector (Python's default is 700; 0 keeps it). The start-up heap
     #: is frozen either way. See ``api/runtime.py``.

@@ -197,11 +197,19 @@ class Reports:
         clock: Clock = utcnow,
         lease: timedelta = timedelta(seconds=120),
         max_attempts: int = 3,
+        close_delay: timedelta = timedelta(minutes=5),
     ) -> None:
         self.db = db
         self.clock = clock
         self.lease = lease
         self.max_attempts = max_attempts
+        #: How long after its end a month's statement may be made (see
+        #: ``Settings.report_close_delay_seconds``).
+        self.close_delay = close_delay
+
+    def closes_at(self, period: Period) -> datetime:
+        """When ``period``'s statement may be made: its end and the close delay after."""
+        return period.end + self.close_delay
 
     def _now(self) -> datetime:
         return self.clock().astimezone(UTC)
@@ -236,6 +244,14 @@ class Reports:
             raise InvalidInput(
                 f"{period.month} has not ended in {period.timezone} "
                 f"(it ends {period.end.isoformat()}): a statement covers a closed month",
+                field="month",
+            )
+        closes = self.closes_at(period)
+        if closes > now:
+            raise InvalidInput(
+                f"{period.month} ended in {period.timezone} at {period.end.isoformat()}; its "
+                f"statement can be made from {closes.isoformat()}, once the writes stamped "
+                "with its last instants have committed (CREDITLEDGER_REPORT_CLOSE_DELAY_SECONDS)",
                 field="month",
             )
         if account_id is not None and (not isinstance(account_id, str) or not account_id):
@@ -303,7 +319,10 @@ class Reports:
 
         now = self._now()
         last = (now.replace(day=1) - timedelta(days=1)).strftime("%Y-%m")
-        end = queries.period(last, "UTC").end
+        month = queries.period(last, "UTC")
+        if self.closes_at(month) > now:
+            return None  # a later round queues it, once it may be made
+        end = month.end
         with self.db.transaction(write=False) as conn:
             done = conn.execute(
                 sa.select(report_jobs.c.id).where(

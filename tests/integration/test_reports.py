@@ -902,8 +902,51 @@ def test_a_wallet_opened_as_the_month_ends_is_the_next_months(
         reports.request("2026-10", "json", account_id="w")
     assert refused.value.field == "account_id"
     assert reports.request("2026-10", "json", account_id=None)[1]  # the month itself may be
-    clock.now = datetime(2026, 12, 1, tzinfo=UTC)
+    clock.now = datetime(2026, 12, 1, tzinfo=UTC) + reports.close_delay
     job = reports.schedule_month_end()
+    assert job is not None
+    assert job.month == "2026-11"
+
+
+def test_a_months_statement_is_made_once_the_writes_stamped_with_its_last_instants_commit(
+    db: Database, ledger: Ledger, reports: Reports, clock: Clock
+) -> None:
+    """A write stamped 23:59:59.9 may commit a few seconds into the next month (it waited
+    for a wallet's lock; its server's clock is a little behind). A statement made before
+    it commits would leave it out, and its closing would not be the next month's opening:
+    for the close delay after the month's end, none is made, on request or at month end."""
+    clock.now = datetime(2026, 10, 20, tzinfo=UTC)
+    ledger.open_account("w", "credit", idempotency_key=key())
+    ledger.top_up("w", 1_000, idempotency_key=key())
+    end = queries.period("2026-10", "UTC").end
+    assert reports.close_delay == timedelta(minutes=5)
+    for clock.now in (end, end + timedelta(minutes=5) - timedelta(microseconds=1)):
+        assert reports.schedule_month_end() is None
+        with pytest.raises(InvalidInput) as early:
+            reports.request("2026-10", "csv", account_id="w")
+        assert early.value.field == "month"
+        assert early.value.message == (
+            "2026-10 ended in UTC at 2026-11-01T00:00:00+00:00; its statement can be made "
+            "from 2026-11-01T00:05:00+00:00, once the writes stamped with its last instants "
+            "have committed (CREDITLEDGER_REPORT_CLOSE_DELAY_SECONDS)"
+        )
+    # A charge stamped 100 ms before the end is the month's.
+    clock.now = end - timedelta(milliseconds=100)
+    ledger.charge("w", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    clock.now = end + timedelta(minutes=5)
+    job = reports.schedule_month_end()
+    assert job is not None
+    assert job.month == "2026-10"
+    assert reports.request("2026-10", "csv", account_id="w")[1]
+    assert reports.run_pending() == 2
+    summary = reports.get(job.id).summary
+    assert summary is not None
+    (line,) = summary["totals"]
+    assert (line["debits"], line["closing"]) == (240, 760)
+    # A delay of none: made as the month ends, as the operator chose.
+    at_once = Reports(db, clock=clock, close_delay=timedelta(0))
+    clock.now = datetime(2026, 12, 1, tzinfo=UTC)
+    job = at_once.schedule_month_end()
     assert job is not None
     assert job.month == "2026-11"
 
@@ -931,8 +974,8 @@ def test_december_counts_the_years_last_day_and_january_opens_with_its_closing(
         assert december.daily["day"].tolist() == ["2026-12-31"]
         (row,) = records(make(db, "2027-01", "UTC", "w", from_journal=from_journal).accounts)
         assert (row["opening"], row["debit_usage"], row["closing"]) == (1_760, 500, 1_260)
-    # On New Year's Day the month-end job reports December.
-    clock.advance(minutes=1)
+    # On New Year's Day, once December has closed, the month-end job reports it.
+    clock.advance(minutes=5)
     job = reports.schedule_month_end()
     assert job is not None
     assert job.month == "2026-12"
@@ -1112,19 +1155,19 @@ def test_the_month_end_report_waits_for_an_identical_one_asked_for_first(
     assert reports.run_pending() == 1
 
 
-def test_a_month_is_reported_from_the_instant_it_ends_in_its_timezone_and_per_timezone(
+def test_a_month_is_reported_from_the_instant_it_closes_in_its_timezone_and_per_timezone(
     ledger: Ledger, reports: Reports, clock: Clock
 ) -> None:
     ledger.open_account("w", "credit", idempotency_key=key())
     tokyo_end = datetime(2026, 10, 31, 15, tzinfo=UTC)  # midnight in Asia/Tokyo
-    clock.now = tokyo_end - timedelta(microseconds=1)
-    with pytest.raises(InvalidInput) as early:
-        reports.request("2026-10", "json", timezone="Asia/Tokyo")
-    assert early.value.field == "month"
-    clock.now = tokyo_end
+    for clock.now in (tokyo_end - timedelta(microseconds=1), tokyo_end):
+        with pytest.raises(InvalidInput) as early:
+            reports.request("2026-10", "json", timezone="Asia/Tokyo")
+        assert early.value.field == "month"
+    clock.now = tokyo_end + reports.close_delay
     tokyo, created = reports.request("2026-10", "json", timezone="Asia/Tokyo")
     assert created
-    clock.now = datetime(2026, 11, 1, tzinfo=UTC)
+    clock.now = datetime(2026, 11, 1, tzinfo=UTC) + reports.close_delay
     utc, created = reports.request("2026-10", "json")
     assert created  # the same month in another timezone is another statement
     assert utc.id != tokyo.id

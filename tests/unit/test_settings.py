@@ -44,6 +44,7 @@ def _refused(**values: Any) -> ValidationError:
         ("max_body_bytes", [1024, 64 << 20], [1023, (64 << 20) + 1]),
         ("report_poll_seconds", [0.001, 3600], [0, 3601]),
         ("report_lease_seconds", [1, 24 * 3600], [0.5, 24 * 3600 + 1]),
+        ("report_close_delay_seconds", [0, 24 * 3600], [-1, 24 * 3600 + 1]),
         ("gc_threshold", [0, 10_000_000], [-1, 10_000_001]),
         ("lock_timeout_seconds", [0.001, 3600], [0, 3601]),
         ("connect_timeout_seconds", [1, 3600], [0, 3601]),
@@ -133,16 +134,21 @@ def test_what_the_settings_hand_on_is_what_was_configured() -> None:
     assert defaults.hold_ttl_seconds == 900
 
 
-def test_the_report_jobs_take_the_configured_lease(tmp_path: Path) -> None:
-    """CREDITLEDGER_REPORT_LEASE_SECONDS reaches the report jobs of the server and CLI."""
+def test_the_report_jobs_take_the_configured_lease_and_close_delay(tmp_path: Path) -> None:
+    """CREDITLEDGER_REPORT_LEASE_SECONDS and CREDITLEDGER_REPORT_CLOSE_DELAY_SECONDS reach
+    the report jobs of the server and CLI."""
     from api.main import reports_from_settings
 
     settings = Settings(
-        database_url=f"sqlite:///{tmp_path / 'ledger.db'}", report_lease_seconds=300
+        database_url=f"sqlite:///{tmp_path / 'ledger.db'}",
+        report_lease_seconds=300,
+        report_close_delay_seconds=90,
     )
     ledger = ledger_from_settings(settings)
     try:
         assert reports_from_settings(ledger, settings).lease == timedelta(seconds=300)
+        assert reports_from_settings(ledger, settings).close_delay == timedelta(seconds=90)
         assert reports_from_settings(ledger, Settings()).lease == timedelta(seconds=120)
+        assert reports_from_settings(ledger, Settings()).close_delay == timedelta(minutes=5)
     finally:
         ledger.db.dispose()
