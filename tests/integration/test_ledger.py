@@ -1733,9 +1733,22 @@ def test_usage_reads_video_seconds_exactly(ledger: Ledger, clock: Clock) -> None
             "2026-11-21",  # 21:00 on the 21st in Tokyo
         )
         assert ledger.usage(user, from_day=date(2026, 11, 3)).totals.seconds == Decimal("0.1")
+        # From a day after today, with no last day: that day alone, nothing used yet.
+        ahead = ledger.usage(user, from_day=date(2026, 11, 25))
+        assert (ahead.first_day, ahead.last_day, ahead.items) == (
+            date(2026, 11, 25),
+            date(2026, 11, 25),
+            [],
+        )
+        # At most 366 days, both ends included.
+        year = ledger.usage(user, from_day=date(2025, 11, 3), to_day=date(2026, 11, 3))
+        assert (year.last_day - year.first_day).days + 1 == 366
+        assert [str(i.seconds) for i in year.items] == ["12.5", "0.000001", "0.1"]
         for bad, field in (
             ({"from_day": "2026-11-01"}, "from"),
             ({"to_day": datetime(2026, 11, 1, tzinfo=UTC)}, "to"),
+            ({"from_day": date(2025, 11, 2), "to_day": date(2026, 11, 3)}, "to"),  # 367 days
+            ({"from_day": date(2026, 11, 4), "to_day": date(2026, 11, 3)}, "from"),
         ):
             with pytest.raises(InvalidInput) as info:
                 ledger.usage(user, **bad)
