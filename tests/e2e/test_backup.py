@@ -486,6 +486,40 @@ def test_a_copy_whose_index_disagrees_with_its_table_is_deleted(
     )
 
 
+def test_a_torn_ledger_fails_its_backup_with_exit_6_and_leaves_no_copy(
+    ledger_file: Path, tmp_path: Path
+) -> None:
+    """A page of the live file itself is torn: the copy carries it, fails SQLite's
+    integrity check and is deleted. The command says so and exits 6 (the database), not 2
+    (bad input): no other destination would do better."""
+    _zero_an_index_root(ledger_file)
+    before = ledger_file.read_bytes()
+    r = run("backup", str(tmp_path / "copy.db"), env=_url(ledger_file))
+    assert r.returncode == 6, r.stderr
+    failed = json.loads(r.stderr)
+    assert (failed["error"], failed["field"]) == ("backup_failed", "destination")
+    assert "integrity check" in failed["message"]
+    assert r.stdout == ""
+    assert ledger_file.read_bytes() == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
+
+
+def test_a_file_that_is_no_database_fails_its_backup_with_exit_6(tmp_path: Path) -> None:
+    """SQLite cannot read the source at all: its own error, as a database error."""
+    (tmp_path / "live").mkdir()
+    garbage = tmp_path / "live" / "ledger.db"
+    garbage.write_bytes(b"not a ledger " * 700)
+    r = run("backup", str(tmp_path / "copy.db"), env=_url(garbage))
+    assert r.returncode == 6, r.stderr
+    assert json.loads(r.stderr) == {
+        "error": "database_error",
+        "message": "file is not a database",
+    }
+    assert garbage.read_bytes() == b"not a ledger " * 700
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live"]
+    assert sorted(p.name for p in garbage.parent.iterdir()) == ["ledger.db"]
+
+
 def _zero_an_index_root(path: Path) -> None:
     """Zero the root page of one of the journal's indexes, as a torn write would."""
     conn = sqlite3.connect(path)
