@@ -81,6 +81,7 @@ class Keys:
         admin_key: str | None = None,
         clock: Callable[[], datetime] = _now,
         cache_seconds: float = 1.0,
+        cache_size: int = 10_000,
     ) -> None:
         self.db = db
         self.clock = clock
@@ -91,6 +92,9 @@ class Keys:
         # process takes effect at once; one made by another process (the CLI) within
         # ``cache_seconds``. An expiry takes effect at its instant.
         self.cache_seconds = cache_seconds
+        # At most this many keys are remembered; the one found valid longest ago makes
+        # room for a new one (it is read from the database again when it comes back).
+        self.cache_size = cache_size
         self._valid: dict[str, tuple[Principal, float, datetime | None]] = {}
 
     def create(
@@ -241,9 +245,10 @@ class Keys:
         if row.expires_at is not None and row.expires_at <= self.clock():
             return None
         principal = Principal(key_id, row.role, row.external_id)
-        if self.cache_seconds > 0:
-            if len(self._valid) > 10_000:
-                self._valid.clear()
+        if self.cache_seconds > 0 and self.cache_size > 0:
+            self._valid.pop(digest, None)  # found valid again: now the newest
+            while len(self._valid) >= self.cache_size:
+                del self._valid[next(iter(self._valid))]  # dicts keep insertion order
             expiry = time.monotonic() + self.cache_seconds
             self._valid[digest] = (principal, expiry, row.expires_at)
         return principal

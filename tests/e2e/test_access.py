@@ -300,6 +300,28 @@ def test_a_key_revoked_by_another_process_is_refused_once_its_cache_window_ends(
     assert server.authenticate(made.key) is None
 
 
+def test_the_cache_remembers_at_most_its_size_dropping_the_key_found_valid_longest_ago(
+    api: Api,
+) -> None:
+    """Every valid key a server sees would otherwise stay in memory for good. Past
+    ``cache_size``, the key found valid longest ago is forgotten (read from the database
+    again when it comes back), not all of them."""
+    server = Keys(api.ledger.db, cache_seconds=600, cache_size=3)
+    made = [server.create("service", name=f"gateway {n}").key for n in range(5)]
+    for key in made[:3]:
+        assert server.authenticate(key) is not None
+    assert server.authenticate(made[0]) is not None  # found valid again: the newest
+    assert server.authenticate(made[3]) is not None  # makes room: made[1] is forgotten
+    assert [server.cached(key) is not None for key in made] == [True, False, True, True, False]
+    assert server.authenticate(made[4]) is not None  # made[2] goes
+    assert [server.cached(key) is not None for key in made] == [True, False, False, True, True]
+    assert server.authenticate(made[1]) is not None  # forgotten is not refused
+    assert len(server._valid) == 3
+    none = Keys(api.ledger.db, cache_seconds=600, cache_size=0)
+    assert none.authenticate(made[0]) is not None
+    assert none.cached(made[0]) is None
+
+
 def test_keys_are_stored_hashed_a_dump_holds_no_usable_key(api: Api) -> None:
     created = api.post("/v1/keys", {"role": "customer", "name": "c", "account_id": "target"})
     api.wallet("target", "credit")
