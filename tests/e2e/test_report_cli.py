@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import subprocess
+import threading
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -181,6 +182,42 @@ def test_a_statement_that_does_not_reconcile_fails_naming_the_account(
     assert "[acme]" in failure["message"]
     assert "closing_balance" in failure["message"]
     assert result.stdout == ""
+
+
+def test_report_monthly_waits_for_the_identical_report_another_worker_is_making(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The same statement, already running in another worker, is not made twice: the
+    command follows it until it is done, then writes its file."""
+    db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
+    try:
+        worker = Reports(db)
+        job, _ = worker.request("2026-10", "csv")
+        claimed = worker.claim(job.id)
+        assert claimed is not None
+        out = tmp_path / "october.csv"
+        waited: list[subprocess.CompletedProcess[str]] = []
+        command = threading.Thread(
+            target=lambda: waited.append(
+                run("report", "monthly", "2026-10", "--out", str(out), "--json", env=env)
+            )
+        )
+        command.start()
+        try:
+            time.sleep(2)  # the command has found the job running (its own takes < 1 s)
+            assert command.is_alive(), waited[0].stderr if waited else ""
+            assert not out.exists()
+        finally:
+            finished = worker.run(claimed)
+            command.join(timeout=60)
+        assert finished.status == "succeeded"
+        (made,) = waited
+        assert made.returncode == 0, made.stderr
+        shown = json.loads(made.stdout)
+        assert (shown["id"], shown["attempts"], shown["status"]) == (job.id, 1, "succeeded")
+        assert out.read_bytes() == b"".join(worker.output(job.id).chunks())
+    finally:
+        db.dispose()
 
 
 def test_report_run_resumes_an_interrupted_job(env: dict[str, str]) -> None:
