@@ -845,6 +845,30 @@ def test_usage_import_charges_a_request_once_across_files_by_its_request_id(
     assert _balances(env, "acme") == [-240]
 
 
+def test_a_usage_line_without_request_id_changed_under_its_batch_id_is_a_conflict_of_the_file(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Keyed by the batch and its line, not by a request: the hint is to correct the line
+    and run the file again, not to look up a request that has no id."""
+    _open_wallets(env, "acme")
+    log = tmp_path / "gateway.jsonl"
+    log.write_text(_usage_line("acme") + "\n" + _usage_line("acme") + "\n")
+    done = run("usage-import", str(log), "--batch-id", "nov-1", env=env)
+    assert done.returncode == 0, done.stderr
+    log.write_text(_usage_line("acme") + "\n" + _usage_line("acme", "veo3") + "\n")
+    refused = run("usage-import", str(log), "--batch-id", "nov-1", env=env)
+    assert refused.returncode == 8, refused.stderr
+    warning, error = refused.stderr.splitlines()  # the unkeyed lines' warning first
+    assert warning.startswith("warning: 2 line(s) without a request_id (line 1, 2)")
+    body = json.loads(error)
+    assert (body["error"], body["line"], body["done"]) == ("idempotency_conflict", 2, 1)
+    assert body["hint"] == (
+        "the rows before line 2 are done; correct this one and run the file again "
+        "with --batch-id nov-1"
+    )
+    assert _balances(env, "acme") == [-480]
+
+
 def test_usage_import_with_any_bad_line_writes_nothing(env: dict[str, str], tmp_path: Path) -> None:
     _open_wallets(env, "acme")
     with _ledger_at(env) as ledger:
