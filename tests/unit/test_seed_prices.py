@@ -7,7 +7,7 @@ from datetime import UTC, datetime
 import pytest
 
 from pricing import CatalogSet, estimate, price_usage
-from pricing.errors import NotBillable
+from pricing.errors import InvalidParameter, NotBillable
 from tests import factories as f
 
 # seed 000, "Text Generation Pricing": every model of the tier table and its multiplier.
@@ -164,6 +164,17 @@ def test_cosmic_defaults_of_the_newer_docs(catalogs: CatalogSet) -> None:
         "max_tokens": 64_000,
     }
     assert unbounded.estimated_usage["output_tokens"] == 64_000
+    # Asked for in full, the limit is what it is: quoted as the default was; one more
+    # token than the model can write is refused, naming the limit.
+    full = estimate(f.text(max_tokens=64_000), catalogs=catalogs)
+    assert full.defaults_applied == {"model": "claude-opus-4-5-20251101"}
+    assert (full.cost, full.max_cost) == (unbounded.cost, unbounded.max_cost)
+    with pytest.raises(InvalidParameter) as beyond:
+        estimate(f.text(max_tokens=64_001), catalogs=catalogs)
+    assert (beyond.value.field, beyond.value.allowed) == (
+        "params.max_tokens",
+        {"min": 1, "max": 64_000},
+    )
 
 
 def test_cosmic_defaults_of_the_older_docs(catalogs: CatalogSet) -> None:
