@@ -383,6 +383,17 @@ def test_admin_errors_exit_with_meaningful_codes(
     assert json.loads(result.stderr)["field"] == field
 
 
+def test_a_key_name_of_200_characters_is_kept_whole(env: dict[str, str]) -> None:
+    """The bound is 200 characters, not bytes: a name of 200 two-byte characters is made
+    and listed as it was given (201 is refused, above)."""
+    name = "\u00e9" * 200
+    made = run("keys", "create", "--role", "service", "--name", name, "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    assert json.loads(made.stdout)["name"] == name
+    listed = run("keys", "list", "--json", env=env)
+    assert [k["name"] for k in json.loads(listed.stdout)] == [name]
+
+
 def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     made = run("keys", "create", "--role", "service", "--name", "gateway", "--json", env=env)
     assert made.returncode == 0, made.stderr
