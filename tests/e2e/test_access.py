@@ -310,12 +310,13 @@ def test_the_cache_remembers_at_most_its_size_dropping_the_key_found_valid_longe
     made = [server.create("service", name=f"gateway {n}").key for n in range(5)]
     for key in made[:3]:
         assert server.authenticate(key) is not None
-    assert server.authenticate(made[0]) is not None  # found valid again: the newest
-    assert server.authenticate(made[3]) is not None  # makes room: made[1] is forgotten
-    assert [server.cached(key) is not None for key in made] == [True, False, True, True, False]
-    assert server.authenticate(made[4]) is not None  # made[2] goes
+    assert server.authenticate(made[1]) is not None  # found valid again: the newest
+    assert server.authenticate(made[3]) is not None  # makes room: made[0] is forgotten
+    assert [server.cached(key) is not None for key in made] == [False, True, True, True, False]
+    assert server.authenticate(made[4]) is not None  # made[2] goes, not made[1]
+    assert [server.cached(key) is not None for key in made] == [False, True, False, True, True]
+    assert server.authenticate(made[0]) is not None  # forgotten is not refused
     assert [server.cached(key) is not None for key in made] == [True, False, False, True, True]
-    assert server.authenticate(made[1]) is not None  # forgotten is not refused
     assert len(server._valid) == 3
     none = Keys(api.ledger.db, cache_seconds=600, cache_size=0)
     assert none.authenticate(made[0]) is not None
