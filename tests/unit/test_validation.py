@@ -315,16 +315,26 @@ def test_what_a_field_allows_is_read_from_pydantics_own_error(
 
 def test_a_bound_that_is_no_json_number_is_answered_as_text() -> None:
     """A bound pydantic keeps as a Decimal (of a Decimal field) is written as its text in
-    the 422, which could not be written at all otherwise."""
+    the 422, which could not be written at all otherwise: the first error's, and each of
+    the list of them."""
 
     class Priced(BaseModel):
         rate: Annotated[Decimal, Field(ge=Decimal("0.5"))]
+        floor: Annotated[Decimal, Field(le=Decimal("1.5"))] = Decimal(0)
 
-    with pytest.raises(ValidationError) as info:
-        Priced.model_validate({"rate": "0.25"})
-    errors = [{**e, "loc": ("body", *e["loc"])} for e in info.value.errors()]
-    request = Request({"type": "http", "method": "POST", "path": "/", "headers": []})
-    response = _validation(request, RequestValidationError(errors))
-    assert response.status_code == 422
-    body = json.loads(bytes(response.body))
-    assert (body["field"], body["allowed"]) == ("rate", {"ge": "0.5"})
+    def answer(given: dict[str, str]) -> Any:
+        with pytest.raises(ValidationError) as info:
+            Priced.model_validate(given)
+        errors = [{**e, "loc": ("body", *e["loc"])} for e in info.value.errors()]
+        request = Request({"type": "http", "method": "POST", "path": "/", "headers": []})
+        response = _validation(request, RequestValidationError(errors))
+        assert response.status_code == 422
+        return json.loads(bytes(response.body))
+
+    one = answer({"rate": "0.25"})
+    assert (one["field"], one["allowed"]) == ("rate", {"ge": "0.5"})
+    assert "errors" not in one
+    two = answer({"rate": "0.25", "floor": "2"})
+    assert (two["field"], two["allowed"]) == ("rate", {"ge": "0.5"})
+    listed = [(e["field"], e["allowed"]) for e in two["errors"]]
+    assert listed == [("rate", {"ge": "0.5"}), ("floor", {"le": "1.5"})]
