@@ -14,6 +14,7 @@ from __future__ import annotations
 import hashlib
 import hmac
 import secrets
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -96,6 +97,9 @@ class Keys:
         # room for a new one (it is read from the database again when it comes back).
         self.cache_size = cache_size
         self._valid: dict[str, tuple[Principal, float, datetime | None]] = {}
+        # ``authenticate`` runs on the server's worker threads: what changes the cache in
+        # more than one step (a refresh, an eviction, a revocation's purge) holds this.
+        self._changing = threading.Lock()
 
     def create(
         self,
@@ -148,9 +152,10 @@ class Keys:
 
     def revoke(self, key_id: str) -> KeyView:
         """Revoke a key (at once, for every later request). Revoking twice is harmless."""
-        for digest, (principal, _, _) in list(self._valid.items()):
-            if principal.key_id == key_id:
-                self._valid.pop(digest, None)
+        with self._changing:
+            for digest, (principal, _, _) in list(self._valid.items()):
+                if principal.key_id == key_id:
+                    del self._valid[digest]
         with self.db.transaction() as conn:
             conn.execute(
                 api_keys.update()
@@ -246,11 +251,12 @@ class Keys:
             return None
         principal = Principal(key_id, row.role, row.external_id)
         if self.cache_seconds > 0 and self.cache_size > 0:
-            self._valid.pop(digest, None)  # found valid again: now the newest
-            while len(self._valid) >= self.cache_size:
-                del self._valid[next(iter(self._valid))]  # dicts keep insertion order
             expiry = time.monotonic() + self.cache_seconds
-            self._valid[digest] = (principal, expiry, row.expires_at)
+            with self._changing:
+                self._valid.pop(digest, None)  # found valid again: now the newest
+                while len(self._valid) >= self.cache_size:
+                    del self._valid[next(iter(self._valid))]  # dicts keep insertion order
+                self._valid[digest] = (principal, expiry, row.expires_at)
         return principal
 
     def bootstrap_admin(self) -> CreatedKey | None:

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import sys
+import threading
 import time
 from dataclasses import asdict, dataclass
 from datetime import UTC, datetime, timedelta
@@ -321,6 +323,41 @@ def test_the_cache_remembers_at_most_its_size_dropping_the_key_found_valid_longe
     none = Keys(api.ledger.db, cache_seconds=600, cache_size=0)
     assert none.authenticate(made[0]) is not None
     assert none.cached(made[0]) is None
+
+
+def test_the_cache_stays_whole_under_the_servers_threads(api: Api) -> None:
+    """The server authenticates on its worker threads: keys found valid, evicted and
+    revoked on many at once never break the cache (an eviction reading a key another
+    thread has just removed) nor take it past its size."""
+    server = Keys(api.ledger.db, cache_seconds=600, cache_size=4)
+    made = [server.create("service", name=f"gateway {n}") for n in range(12)]
+    failures: list[BaseException] = []
+    switching = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # threads switch as often as the interpreter lets them
+
+    def hammer(offset: int) -> None:
+        try:
+            for n in range(150):
+                key = made[1 + (offset + n * 5) % (len(made) - 1)]  # not made[0]
+                assert server.authenticate(key.key) is not None
+                assert len(server._valid) <= 4
+        except BaseException as exc:  # noqa: BLE001 (reported below, with its thread's)
+            failures.append(exc)
+
+    assert server.authenticate(made[0].key) is not None  # remembered, then revoked below
+    try:
+        threads = [threading.Thread(target=hammer, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        server.revoke(made[0].id)
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(switching)
+    assert failures == []
+    assert server.authenticate(made[0].key) is None
+    assert server.cached(made[0].key) is None
+    assert len(server._valid) <= 4
 
 
 def test_keys_are_stored_hashed_a_dump_holds_no_usable_key(api: Api) -> None:
