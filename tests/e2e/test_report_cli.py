@@ -21,7 +21,7 @@ from ledger.services import Ledger
 from pricing.catalog import CatalogSet
 from pricing.money import major_text
 from reports.jobs import Reports
-from tests.e2e.forked import run
+from tests.e2e.forked import PROGRAM, environment, run
 from tests.e2e.test_admin_cli import server  # noqa: F401 (a fixture)
 from tests.factories import Clock, month_of_traffic
 
@@ -188,7 +188,9 @@ def test_report_monthly_waits_for_the_identical_report_another_worker_is_making(
     env: dict[str, str], tmp_path: Path
 ) -> None:
     """The same statement, already running in another worker, is not made twice: the
-    command follows it until it is done, then writes its file."""
+    command follows it until it is done, then writes its file. The worker finishes only
+    once the command shows it is following the job (its progress bar, drawn as on a
+    terminal, names the job's stage), however slowly the command starts."""
     db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
     try:
         worker = Reports(db)
@@ -196,25 +198,46 @@ def test_report_monthly_waits_for_the_identical_report_another_worker_is_making(
         claimed = worker.claim(job.id)
         assert claimed is not None
         out = tmp_path / "october.csv"
-        waited: list[subprocess.CompletedProcess[str]] = []
-        command = threading.Thread(
-            target=lambda: waited.append(
-                run("report", "monthly", "2026-10", "--out", str(out), "--json", env=env)
-            )
-        )
-        command.start()
-        try:
-            time.sleep(2)  # the command has found the job running (its own takes < 1 s)
-            assert command.is_alive(), waited[0].stderr if waited else ""
-            assert not out.exists()
-        finally:
-            finished = worker.run(claimed)
-            command.join(timeout=60)
-        assert finished.status == "succeeded"
-        (made,) = waited
-        assert made.returncode == 0, made.stderr
-        shown = json.loads(made.stdout)
-        assert (shown["id"], shown["attempts"], shown["status"]) == (job.id, 1, "succeeded")
+        terminal = {"TTY_COMPATIBLE": "1", "TTY_INTERACTIVE": "1", "COLUMNS": "200"}
+        with subprocess.Popen(
+            [PROGRAM, "report", "monthly", "2026-10", "--out", str(out), "--json"],
+            env=environment({**env, **terminal}),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        ) as command:
+            shown = bytearray()
+            marker = b"statement 2026-10: claimed"  # the job's stage, as the command follows it
+            seen = threading.Event()  # the marker, or the command's end
+
+            def watch() -> None:
+                assert command.stderr is not None
+                while chunk := command.stderr.read1(4096):
+                    shown.extend(chunk)
+                    if marker in shown:
+                        seen.set()
+                seen.set()
+
+            watcher = threading.Thread(target=watch)
+            watcher.start()
+            try:
+                assert seen.wait(timeout=120)
+                assert marker in shown, shown.decode(errors="replace")
+                assert command.poll() is None
+                assert not out.exists()
+            finally:
+                finished = worker.run(claimed)
+                try:
+                    command.wait(timeout=120)
+                finally:
+                    if command.poll() is None:
+                        command.kill()
+                        command.wait()
+                    watcher.join(timeout=60)
+            assert finished.status == "succeeded"
+            assert command.returncode == 0, shown.decode(errors="replace")
+            assert command.stdout is not None
+            made = json.loads(command.stdout.read())
+        assert (made["id"], made["attempts"], made["status"]) == (job.id, 1, "succeeded")
         assert out.read_bytes() == b"".join(worker.output(job.id).chunks())
     finally:
         db.dispose()
