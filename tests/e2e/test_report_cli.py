@@ -204,6 +204,7 @@ def test_report_monthly_waits_for_the_identical_report_another_worker_is_making(
             env=environment({**env, **terminal}),
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
+            bufsize=0,  # unbuffered: a read gives what the command has written so far
         ) as command:
             shown = bytearray()
             marker = b"statement 2026-10: claimed"  # the job's stage, as the command follows it
@@ -211,7 +212,7 @@ def test_report_monthly_waits_for_the_identical_report_another_worker_is_making(
 
             def watch() -> None:
                 assert command.stderr is not None
-                while chunk := command.stderr.read1(4096):
+                while chunk := command.stderr.read(4096):
                     shown.extend(chunk)
                     if marker in shown:
                         seen.set()
