@@ -100,6 +100,10 @@ class Keys:
         # ``authenticate`` runs on the server's worker threads: what changes the cache in
         # more than one step (a refresh, an eviction, a revocation's purge) holds this.
         self._changing = threading.Lock()
+        # Revocations made through this process: an authentication that read its key
+        # before one committed does not cache what it read (the key may be the one
+        # revoked).
+        self._revocations = 0
 
     def create(
         self,
@@ -152,10 +156,6 @@ class Keys:
 
     def revoke(self, key_id: str) -> KeyView:
         """Revoke a key (at once, for every later request). Revoking twice is harmless."""
-        with self._changing:
-            for digest, (principal, _, _) in list(self._valid.items()):
-                if principal.key_id == key_id:
-                    del self._valid[digest]
         with self.db.transaction() as conn:
             conn.execute(
                 api_keys.update()
@@ -163,6 +163,13 @@ class Keys:
                 .values(revoked_at=self.clock())
             )
             view = self._view(conn, key_id)
+        # Committed: every later read finds the key revoked. What was read before is
+        # forgotten, and what is still being read is not cached.
+        with self._changing:
+            self._revocations += 1
+            for digest, (principal, _, _) in list(self._valid.items()):
+                if principal.key_id == key_id:
+                    del self._valid[digest]
         if view is None:
             raise NotFound(f"no key {key_id!r}", field="id")
         return view
@@ -227,6 +234,7 @@ class Keys:
         digest = _digest(token)
         if self._admin_digest is not None and hmac.compare_digest(digest, self._admin_digest):
             return Principal(ENVIRONMENT_KEY_ID, "admin")
+        revocations = self._revocations
         prefix, _, rest = token.partition("_")
         key_id, _, secret = rest.partition("_")
         if prefix != PREFIX or len(key_id) != 16 or not secret:
@@ -253,6 +261,8 @@ class Keys:
         if self.cache_seconds > 0 and self.cache_size > 0:
             expiry = time.monotonic() + self.cache_seconds
             with self._changing:
+                if self._revocations != revocations:
+                    return principal  # valid when read; a revocation committed since
                 self._valid.pop(digest, None)  # found valid again: now the newest
                 while len(self._valid) >= self.cache_size:
                     del self._valid[next(iter(self._valid))]  # dicts keep insertion order

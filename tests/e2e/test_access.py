@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 
 from api.deps import scoped_key
+from ledger import keys as keys_module
 from ledger.errors import InvalidInput
 from ledger.keys import Keys, Principal
 from ledger.models import api_keys
@@ -358,6 +359,27 @@ def test_the_cache_stays_whole_under_the_servers_threads(api: Api) -> None:
     assert server.authenticate(made[0].key) is None
     assert server.cached(made[0].key) is None
     assert len(server._valid) <= 4
+
+
+def test_a_key_revoked_while_it_is_being_authenticated_is_not_cached(
+    api: Api, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request reads its key as valid; before it caches it, another thread revokes the
+    key. That request may go ahead (the key was valid when it was read), but the key is
+    not remembered: every later request is refused at once, not for ``cache_seconds``."""
+    server = Keys(api.ledger.db, cache_seconds=600)
+    made = server.create("service", name="gateway")
+    made_principal = keys_module.Principal
+
+    def read_then_revoked(*args: Any) -> Principal:
+        monkeypatch.setattr(keys_module, "Principal", made_principal)
+        server.revoke(made.id)  # between the read and the caching
+        return made_principal(*args)
+
+    monkeypatch.setattr(keys_module, "Principal", read_then_revoked)
+    assert server.authenticate(made.key) is not None  # read before the revocation
+    assert server.cached(made.key) is None
+    assert server.authenticate(made.key) is None
 
 
 def test_keys_are_stored_hashed_a_dump_holds_no_usable_key(api: Api) -> None:
