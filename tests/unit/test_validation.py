@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 import json
 from decimal import Decimal
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 import pytest
 from fastapi.exceptions import RequestValidationError
@@ -23,6 +23,7 @@ from pricing.errors import (
     UnknownModel,
     UnknownOperation,
 )
+from pricing.requests import SCHEMAS
 from tests import factories as f
 
 
@@ -168,6 +169,50 @@ def test_unknown_parameter_lists_the_known_ones(catalogs: CatalogSet) -> None:
     assert error.field == "params.colour"
     assert "prompt" in error.allowed
     assert "size" in error.allowed
+
+
+@pytest.mark.parametrize("field", ["video_model", "source_image_urls"])
+def test_each_operation_takes_only_its_own_providers_fields(
+    catalogs: CatalogSet, field: str
+) -> None:
+    """Seed 003's image request has a prompt and an aspect ratio; a video model and
+    source images belong to its video request, and are unknown to the image's."""
+    req = f.request("veo3", "image", prompt="c", **{field: ["veo3"]})
+    error = fails(catalogs, req, InvalidParameter)
+    assert (error.field, error.allowed) == (f"params.{field}", ["aspect_ratio", "prompt"])
+
+
+MOST = 2**63 - 1
+
+
+@pytest.mark.parametrize("schema", sorted(SCHEMAS))
+def test_every_whole_number_of_each_body_fits_64_bits_whatever_its_catalog(schema: str) -> None:
+    """The bodies themselves bound each whole number to signed 64 bits (the ledger's
+    columns), so that a catalog that leaves one open (no values, no range) cannot let a
+    larger one through."""
+    model = SCHEMAS[schema]
+    base = {
+        "prompt": "x",
+        **{name: "x" for name, spec in model.model_fields.items() if spec.is_required()},
+    }
+    wholes = [name for name, spec in model.model_fields.items() if int in get_args(spec.annotation)]
+    assert bool(wholes) == (
+        schema not in ("cosmic.image", "cosmic.video_extend", "veo3.image", "veo3.video")
+    )
+    for name in wholes:
+        for fits in (MOST, -MOST - 1):
+            assert getattr(model.model_validate({**base, name: fits}), name) == fits
+        for past in (MOST + 1, -MOST - 2):
+            with pytest.raises(ValidationError) as refused:
+                model.model_validate({**base, name: past})
+            assert [error["loc"] for error in refused.value.errors()] == [(name,)], name
+
+
+def test_a_parsed_body_cannot_be_changed_after_it_was_priced() -> None:
+    body = SCHEMAS["cosmic.text"].model_validate({"prompt": "x", "max_tokens": 10})
+    with pytest.raises(ValidationError, match="frozen"):
+        body.max_tokens = 10**6  # type: ignore[attr-defined]
+    assert body.max_tokens == 10  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
