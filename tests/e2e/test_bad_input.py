@@ -378,6 +378,22 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
             ("since 0", "GET", "/v1/accounts/w/entries?since=0", None, "since"),
             ("until 1e9", "GET", "/v1/accounts/w/usage-records?until=1e9", None, "until"),
             ("since a day", "GET", "/v1/accounts/w/usage-records?since=2026-11-01", None, "since"),
+            # An instant needs its timezone: the server's own is not the caller's.
+            (
+                "expiry without a timezone",
+                "POST",
+                "/v1/accounts/w/topups",
+                {"amount": 5, "expires_at": "2099-12-01T00:00:00"},
+                "expires_at",
+            ),
+            # pydantic reads "_" between the date and the time; ISO 8601 has no such form.
+            (
+                "expiry 2099-12-01_00:00:00Z",
+                "POST",
+                "/v1/accounts/w/topups",
+                {"amount": 5, "expires_at": "2099-12-01_00:00:00Z"},
+                "expires_at",
+            ),
         )
     ),
     (
@@ -1078,6 +1094,13 @@ def test_every_bound_of_a_request_body_is_answered_with_the_bound_it_broke(
         ),
         (
             "POST",
+            "/v1/accounts/w/adjustments",
+            {"amount": BIG, "reason": "x"},
+            "amount",
+            {"le": BIG - 1},
+        ),
+        (
+            "POST",
             "/v1/accounts",
             {"id": "n", "unit": "credit", "overdraft_limit": BIG},
             "overdraft_limit",
@@ -1089,6 +1112,13 @@ def test_every_bound_of_a_request_body_is_answered_with_the_bound_it_broke(
             {"id": "n", "unit": "credit", "overdraft_limit": -1},
             "overdraft_limit",
             {"ge": 0},
+        ),
+        (
+            "POST",
+            "/v1/accounts",
+            {"id": "n", "unit": "credit", "monthly_allocation": 0},
+            "monthly_allocation",
+            {"ge": 1},
         ),
         (
             "POST",
@@ -1126,6 +1156,13 @@ def test_every_bound_of_a_request_body_is_answered_with_the_bound_it_broke(
         ("POST", "/v1/estimates", {**VEO, "catalog": "c" * 65}, "catalog", {"max_length": 64}),
         ("POST", "/v1/estimates", {**VEO, "operation": ""}, "operation", {"min_length": 1}),
         ("POST", "/v1/accounts", {"id": "n" * 201, "unit": "credit"}, "id", {"max_length": 200}),
+        (
+            "POST",
+            "/v1/authorizations",
+            {**veo, "account_id": ""},
+            "account_id",
+            {"min_length": 1},
+        ),
         ("POST", "/v1/accounts", {"id": "n", "unit": "c" * 17}, "unit", {"max_length": 16}),
         (
             "POST",
@@ -1134,12 +1171,19 @@ def test_every_bound_of_a_request_body_is_answered_with_the_bound_it_broke(
             "timezone",
             {"max_length": 64},
         ),
-        (
-            "POST",
-            "/v1/charges",
-            {**veo, "request_id": "r" * 201},
-            "request_id",
-            {"max_length": 200},
+        *(
+            (
+                "POST",
+                path,
+                {**veo, **extra, "request_id": "r" * 201},
+                "request_id",
+                {"max_length": 200},
+            )
+            for path, extra in (
+                ("/v1/authorizations", {}),
+                ("/v1/charges", {}),
+                ("/v1/usage-records", {"status": "COMPLETED"}),
+            )
         ),
         (
             "POST",
@@ -1147,6 +1191,13 @@ def test_every_bound_of_a_request_body_is_answered_with_the_bound_it_broke(
             {"amount": 5, "reference": ""},
             "reference",
             {"min_length": 1},
+        ),
+        (
+            "POST",
+            "/v1/accounts/w/topups",
+            {"amount": 5, "reference": "r" * 201},
+            "reference",
+            {"max_length": 200},
         ),
         (
             "POST",
@@ -1171,6 +1222,13 @@ def test_every_bound_of_a_request_body_is_answered_with_the_bound_it_broke(
             "timezone",
             {"min_length": 1},
         ),
+        (
+            "POST",
+            "/v1/reports",
+            {"month": "2026-10", "timezone": "z" * 65},
+            "timezone",
+            {"max_length": 64},
+        ),
     ]
     # Choices: a provider status the ledger does not know, a format reports do not make.
     choices = [
@@ -1183,11 +1241,19 @@ def test_every_bound_of_a_request_body_is_answered_with_the_bound_it_broke(
         ),
         (
             "POST",
+            "/v1/usage-records",
+            {**veo, "status": "PENDING"},
+            "status",
+            ["COMPLETED", "FAILED", "ERROR"],
+        ),
+        (
+            "POST",
             "/v1/reports",
             {"month": "2026-10", "format": "xlsx"},
             "format",
             ["csv", "json", "parquet", "html"],
         ),
+        ("POST", "/v1/keys", {"role": "root"}, "role", ["admin", "service", "customer"]),
     ]
     before = _dump(api)
     for method, path, body, field, bound in [*cases, *choices]:
