@@ -555,6 +555,8 @@ def test_html_shows_amounts_in_major_units_of_each_scale_and_ids_as_text(
     usd = ["1", "0.000000", "1.500000", "0.040000", "1.460000", "1", "0.040000"]
     assert "".join(f'<td class="num">{c}</td>' for c in usd) in page
     assert '<td class="num">1 (240)</td>' in page
+    # The accounts' table: the id and the unit are text, the amounts from there on numbers.
+    assert '<td class="">credit</td><td class="num">0</td>' in page
     assert "<img" not in page
     escaped = html.escape(hostile)
     assert f"<td>{escaped}</td>" in page.replace('<td class="">', "<td>")
