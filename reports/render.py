@@ -503,20 +503,23 @@ def tick_text(value: float, decimals: int) -> str:
     return f"{round(value, decimals) + 0.0:,.{decimals}f}"
 
 
-def _axis_amounts() -> Formatter:
-    """A matplotlib formatter of the y axis: :func:`tick_text` with the decimals all of
-    the axis's ticks need (the locator's spacing is known only as the chart is drawn)."""
+def _axis_amounts(scale: int) -> Formatter:
+    """A matplotlib formatter of a y axis drawn in minor units of ``scale``: each tick in
+    major units, as :func:`tick_text` writes it, with the decimals all of the axis's
+    ticks need (the locator's spacing is known only as the chart is drawn)."""
     from matplotlib.ticker import Formatter
+
+    unit = 10**scale
 
     class AxisAmounts(Formatter):
         decimals = 0
 
         def set_locs(self, locs: list[float]) -> None:
             super().set_locs(locs)
-            self.decimals = tick_decimals(locs)
+            self.decimals = tick_decimals([loc / unit for loc in locs])
 
         def __call__(self, x: float, pos: int | None = None) -> str:
-            return tick_text(x, self.decimals)
+            return tick_text(x / unit, self.decimals)
 
     return AxisAmounts()
 
@@ -527,6 +530,7 @@ def chart_svg(period: Period, unit: str, scale: int, amounts: dict[tuple[str, st
     as :func:`chart_series` stacks them."""
     from matplotlib import rc_context
     from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
 
     days = [d.isoformat() for d in period.days]
     series = chart_series(period, amounts)
@@ -536,19 +540,26 @@ def chart_svg(period: Period, unit: str, scale: int, amounts: dict[tuple[str, st
     bottom = [0.0] * len(days)
     positions = list(range(len(days)))
     for label, exact in series.items():
-        # Floats only to draw: the tables beside the chart carry the exact amounts.
-        heights = [float(Decimal(v).scaleb(-scale)) for v in exact]
+        # In minor units, as floats only to draw: the tables beside the chart carry the
+        # exact amounts.
+        heights = [float(v) for v in exact]
         ax.bar(positions, heights, bottom=bottom, label=label, width=0.8)
         bottom = [b + h for b, h in zip(bottom, heights, strict=True)]
+    if not any(bottom):
+        # Nothing to draw: an axis of one major unit, not of a millionth of one.
+        ax.set_ylim(0, 10**scale)
     ax.set_xticks(positions, [d[8:] for d in days], fontsize=8)
     ax.set_xlabel(f"day of {period.month} ({period.timezone})")
     ax.set_ylabel(f"usage ({unit})")
     ax.set_title(f"Daily usage by model, {unit}")
     ax.spines[["top", "right"]].set_visible(False)
     ax.grid(axis="y", alpha=0.3)
-    # Amounts as they are (1,200,000), as the tables write them: never scaled by a
-    # multiplier beside the axis ("1e6").
-    ax.yaxis.set_major_formatter(_axis_amounts())
+    # Ticks only at whole minor units (no axis of tokens marked 0.2 token), placed as
+    # matplotlib's default locator places them otherwise.
+    ax.yaxis.set_major_locator(MaxNLocator(nbins="auto", steps=[1, 2, 2.5, 5, 10], integer=True))
+    # Amounts in major units as they are (1,200,000), as the tables write them: never
+    # scaled by a multiplier beside the axis ("1e6").
+    ax.yaxis.set_major_formatter(_axis_amounts(scale))
     if series:
         ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=8, frameon=False)
     else:

@@ -133,11 +133,44 @@ def test_the_axis_writes_thousands_apart_as_the_tables_do() -> None:
 
 
 @pytest.mark.parametrize(
+    ("unit", "scale", "amounts", "texts"),
+    [
+        # One token: nothing between none and one.
+        ("token", 0, {("m1", "2026-10-01"): 1}, ["0", "1"]),
+        ("credit", 0, {("m1", "2026-10-01"): 3}, ["0", "1", "2", "3"]),
+        # Cents: in steps of a cent, not of a tenth of one.
+        ("credit", 2, {("m1", "2026-10-01"): 3}, ["0.00", "0.01", "0.02", "0.03"]),
+        # Nothing used (or nothing but zero): an axis of one major unit.
+        ("token", 0, {}, ["0", "1"]),
+        ("token", 0, {("m1", "2026-10-01"): 0}, ["0", "1"]),
+        ("usd", 6, {}, ["0.0", "0.2", "0.4", "0.6", "0.8", "1.0"]),
+    ],
+)  # fmt: skip
+def test_the_axis_marks_only_whole_minor_units(
+    unit: str, scale: int, amounts: dict[tuple[str, str], int], texts: list[str]
+) -> None:
+    """A minor unit is not divided: no tick of a fraction of a token or of a cent."""
+    assert _y_texts(render.chart_svg(OCTOBER, unit, scale, amounts)) == texts
+
+
+@pytest.mark.parametrize("month", ["2026-02", "2026-10"])
+def test_each_day_of_the_month_is_marked_along_the_x_axis(month: str) -> None:
+    shown = period(month, "UTC")
+    svg = render.chart_svg(shown, "token", 0, {("m1", f"{month}-01"): 5})
+    marks = re.findall(r'<g id="xtick_\d+">.*?<text[^>]*>([^<]*)</text>', svg, re.S)
+    assert marks == [f"{day:02d}" for day in range(1, len(shown.days) + 1)]
+    assert f"day of {month} (UTC)" in svg
+
+
+@pytest.mark.parametrize(
     ("ticks", "decimals"),
     [
         ([0.0, 200_000.0, 400_000.0], 0),
         ([0.0, 0.1, 0.2, 0.30000000000000004], 1),
         ([0.0, 0.25, 0.5], 2),
+        # A tick off the others' step keeps its decimal (a float's error is a millionth
+        # of the spacing, not a hundredth).
+        ([0.0, 100.0, 200.0, 300.5], 1),
         ([0.0, 0.0000005, 0.000001], 7),
         ([-2.0, 0.0, 2.0], 0),
         ([1e15, 2e15], 0),
