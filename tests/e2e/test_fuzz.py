@@ -15,6 +15,7 @@ from __future__ import annotations
 import copy
 from collections import Counter
 from typing import Any
+from urllib.parse import parse_qs, urlsplit
 
 import schemathesis
 from hypothesis import given, settings
@@ -133,17 +134,29 @@ def _one_item(case: Any, name: str) -> bool:
     )
 
 
-def _checks(case: Any) -> list[Any]:
-    """The checks for ``case``, which is sent with a valid key of its own.
+def _sent_as_nothing(case: Any, sent_url: str | None, name: str) -> bool:
+    """Whether the optional query parameter ``name`` of ``case`` was not sent at all,
+    though the case gave it a value: a list of nothing (``[]``, ``[[]]``) is written as
+    no ``name=`` in the query, the very request without it."""
+    if sent_url is None:  # not known: not taken for undone
+        return False
+    optional = any(p.name == name and not p.is_required for p in case.operation.query)
+    sent = parse_qs(urlsplit(sent_url).query, keep_blank_values=True)
+    return optional and name in (case.query or {}) and name not in sent
+
+
+def _checks(case: Any, sent_url: str | None) -> list[Any]:
+    """The checks for ``case``, which was sent to ``sent_url`` with a valid key of its
+    own.
 
     A negative case whose named mutations are only undone on the way is no longer negative
-    where it counts: its Authorization header (replaced by that valid key), and a query
+    where it counts: its Authorization header (replaced by that valid key), a query
     parameter made a list of one value (``?actor=false`` whether ``"false"`` or
-    ``["false"]`` was meant: the server cannot tell, and refuses two values or more). Nor
-    are extra query parameters besides them: an API ignores unknown query parameters,
-    and schemathesis itself accepts a 2xx when they are a case's only mutation. For such
-    a case the "negative data is rejected" check is left out; every other check still
-    runs.
+    ``["false"]`` was meant: the server cannot tell, and refuses two values or more), and
+    an optional query parameter made a list of nothing (not sent at all). Nor are extra
+    query parameters besides them: an API ignores unknown query parameters, and
+    schemathesis itself accepts a 2xx when they are a case's only mutation. For such a
+    case the "negative data is rejected" check is left out; every other check still runs.
     """
     meta = case._meta
     if meta is None or not meta.generation.mode.is_negative:
@@ -152,7 +165,10 @@ def _checks(case: Any) -> list[Any]:
     negative = {where for where, info in meta.components.items() if info.mode.is_negative}
     undone = bool(named) and all(
         (name, where) == ("Authorization", ParameterLocation.HEADER)
-        or (where == ParameterLocation.QUERY and _one_item(case, name))
+        or (
+            where == ParameterLocation.QUERY
+            and (_one_item(case, name) or _sent_as_nothing(case, sent_url, name))
+        )
         for name, where in named
     )
     if undone and negative <= {ParameterLocation.HEADER, ParameterLocation.QUERY}:
@@ -181,7 +197,7 @@ def test_schemathesis_finds_no_5xx_and_no_schema_violation(api: Api) -> None:
         role = data.draw(st.sampled_from(sorted(tokens)), label="role")
         response = case.call(headers={"Authorization": f"Bearer {tokens[role]}"})
         seen[(case.operation.label, response.status_code)] += 1
-        case.validate_response(response, checks=_checks(case))
+        case.validate_response(response, checks=_checks(case, response.request.url))
 
     fuzz()
 
