@@ -45,7 +45,7 @@ from api.schemas import DAY
 from api.status import status_of
 from ledger import kernel
 from ledger.backup import backup
-from ledger.db import Database, FileRefused, is_lock_timeout
+from ledger.db import Database, Refused, is_lock_timeout
 from ledger.errors import BackupFailed, IdempotencyConflict
 from ledger.keys import Keys
 from ledger.results import (
@@ -117,7 +117,7 @@ def _fail(body: dict[str, Any], code: int) -> NoReturn:
 def _database_failed(exc: sa.exc.SQLAlchemyError, hint: str | None = None) -> NoReturn:
     """Exit 6 with the driver's first line (and what to try, unless it says)."""
     body = {"error": "database_error", "message": str(exc).splitlines()[0]}
-    if isinstance(getattr(exc, "orig", None), FileRefused):
+    if isinstance(getattr(exc, "orig", None), Refused):
         hint = None
     _fail({**body, "hint": hint} if hint else body, EXIT_DATABASE)
 

@@ -59,7 +59,7 @@ import sqlite3
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -127,9 +127,13 @@ class LockTimeout(sa.exc.OperationalError):
         )
 
 
-class FileRefused(Exception):
-    """The SQLite file at the database's path is refused; the message says what the
-    operator must do (no hint to add)."""
+class Refused(Exception):
+    """The database is refused as it is; the message says what the operator must do (no
+    hint to add)."""
+
+
+class FileRefused(Refused):
+    """The SQLite file at the database's path is refused."""
 
 
 class ReplacedFile(FileRefused):
@@ -186,6 +190,46 @@ class LedgerSavedBeside(sa.exc.OperationalError):
                 f"{path}.gone-* files away to start a new, empty ledger; nothing was created"
             ),
         )
+
+
+class UnknownRevision(Refused):
+    """A schema revision none of this version's migrations made."""
+
+
+class SchemaFromNewer(sa.exc.OperationalError):
+    """``migrate`` on a database whose schema a newer creditledger upgraded (a deployment
+    rolled back after its migration ran): its Alembic revision is none of this version's.
+    There is no way up from it, and running on it is unsafe (this version knows neither
+    the tables nor the rules the newer one keeps), so it is refused, nothing changed
+    (``serve`` does not start; CLI exit 6), where Alembic's own error was a traceback."""
+
+    def __init__(self, found: Sequence[str], newest: str) -> None:
+        revisions = ", ".join(found)
+        super().__init__(
+            "migrate",
+            None,
+            UnknownRevision(
+                f"the database's schema is at revision {revisions}, which this creditledger "
+                f"does not know (its newest is {newest}): a newer creditledger upgraded it. "
+                "Run that version (or a later one) on it; nothing was changed"
+            ),
+        )
+
+
+def _refuse_unknown_revision(conn: Connection, config: Config) -> None:
+    """``SchemaFromNewer``: the revision ``conn``'s database is at is none of this
+    version's migrations. Asked only once Alembic has failed: checking first would load
+    every migration twice on each start."""
+    from alembic.runtime.migration import MigrationContext
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(config)
+    known = {s.revision for s in script.walk_revisions()}
+    unknown = sorted(set(MigrationContext.configure(conn).get_current_heads()) - known)
+    if unknown:
+        head = script.get_current_head()
+        assert head is not None
+        raise SchemaFromNewer(unknown, head)
 
 
 def is_file_replaced(exc: BaseException) -> bool:
@@ -973,11 +1017,17 @@ class Database:
         """Upgrade the schema to ``revision`` (Alembic), one process at a time (see
         ``_migrating``)."""
         from alembic import command  # only here: most processes never migrate
+        from alembic.util import CommandError
 
         def upgrade(conn: Connection) -> None:
             if self.is_sqlite:
                 _refuse_new_beside_saved(conn)
-            command.upgrade(alembic_config(conn), revision)
+            config = alembic_config(conn)
+            try:
+                command.upgrade(config, revision)
+            except CommandError:
+                _refuse_unknown_revision(conn, config)
+                raise
 
         self._migrating(upgrade, wait)
 

@@ -230,6 +230,36 @@ def test_migrate_then_verify_and_a_broken_invariant_exits_5(tmp_path: Path) -> N
     assert {v["check"] for v in found["violations"]} == {"account_balance", "wallet_grants"}
 
 
+def test_a_schema_a_newer_version_upgraded_is_refused_by_migrate_and_serve(
+    tmp_path: Path,
+) -> None:
+    """A deployment rolled back after its newer creditledger migrated the ledger: neither
+    ``migrate`` nor ``serve`` runs on it (exit 6, the revision named and what to do, no
+    traceback), and the database is left as it was."""
+    import sqlite3
+    from contextlib import closing
+
+    path = tmp_path / "ledger.db"
+    env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{path}"}
+    assert run("migrate", env=env).returncode == 0
+    with closing(sqlite3.connect(path)) as conn, conn:
+        conn.execute("UPDATE alembic_version SET version_num = '0042_later'")
+    told = "the database's schema is at revision 0042_later, which this creditledger does not"
+    for command in (("migrate",), ("serve", "--port", "0")):
+        result = run(*command, env=env)
+        assert result.returncode == 6, result.stderr
+        assert "Traceback" not in result.stderr
+        error = json.loads(result.stderr)
+        assert error["error"] == "database_error"
+        assert told in error["message"]
+        assert "a newer creditledger upgraded it. Run that version" in error["message"]
+        assert "hint" not in error  # the message says what to do
+    with closing(sqlite3.connect(path)) as conn:
+        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
+            ("0042_later",)
+        ]
+
+
 @pytest.mark.parametrize(
     ("variable", "value", "command"),
     [

@@ -18,8 +18,16 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.util import CommandError
 
-from ledger.db import MIGRATION_LOCK, Database, Timeouts, is_lock_timeout
+from ledger.db import (
+    MIGRATION_LOCK,
+    Database,
+    Refused,
+    SchemaFromNewer,
+    Timeouts,
+    is_lock_timeout,
+)
 from ledger.models import PENDING_HOLD, metadata
 from ledger.store import SPENT
 from tests.pg import TempPostgres
@@ -512,3 +520,36 @@ def test_a_migration_waits_for_one_in_progress_and_gives_up_after_its_wait(
         assert _revision(empty) == HEAD
     finally:
         quick.dispose()
+
+
+def test_a_schema_a_newer_version_upgraded_is_refused_and_left_as_it_is(
+    empty: Database,
+) -> None:
+    """A deployment rolled back after its newer creditledger migrated the database: the
+    revision it left is none of this version's. ``migrate`` (and so ``serve``) refuses
+    it, naming the revision and what to do, and changes nothing; Alembic's own error was
+    a traceback. Any other failure of Alembic is raised as it was."""
+    empty.migrate()
+    with empty.engine.begin() as conn:
+        conn.execute(sa.text("INSERT INTO units (code, scale) VALUES ('credit', 0)"))
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0019'")
+    before = tables(empty)
+    with pytest.raises(SchemaFromNewer) as refused:
+        empty.migrate()
+    assert isinstance(refused.value.orig, Refused)  # the CLI adds no hint to it
+    assert str(refused.value.orig) == (
+        "the database's schema is at revision 0019, which this creditledger does not know "
+        f"(its newest is {HEAD}): a newer creditledger upgraded it. Run that version (or a "
+        "later one) on it; nothing was changed"
+    )
+    assert not is_lock_timeout(refused.value)  # refused at once, not waited on
+    assert _revision(empty) == "0019"
+    assert tables(empty) == before
+    with empty.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT code FROM units")).scalars().all() == ["credit"]
+    with empty.engine.begin() as conn:
+        conn.exec_driver_sql(f"UPDATE alembic_version SET version_num = '{HEAD}'")
+    with pytest.raises(CommandError, match="no-such-revision"):
+        empty.migrate("no-such-revision")  # a known schema: Alembic's error stands
+    empty.migrate()
+    assert _revision(empty) == HEAD
