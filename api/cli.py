@@ -315,6 +315,7 @@ def verify_command(
     """Check every ledger invariant over the whole database; exit 5 if any is broken."""
     db = _database()
     try:
+        db.refuse_newer_schema()
         violations = verify(db)
     except sa.exc.SQLAlchemyError as exc:
         _database_failed(exc, "run `creditledger migrate` first")
@@ -373,6 +374,7 @@ def _open_ledger() -> Iterator[Ledger]:
         ledger = ledger_from_settings(_settings())
     try:
         with _domain_errors():
+            ledger.db.refuse_newer_schema()
             yield ledger
     finally:
         ledger.db.dispose()
@@ -383,6 +385,7 @@ def _open_keys() -> Iterator[Keys]:
     keys = Keys(Database.from_settings(_settings()))
     try:
         with _domain_errors():
+            keys.db.refuse_newer_schema()
             yield keys
     finally:
         keys.db.dispose()

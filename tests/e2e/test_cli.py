@@ -230,34 +230,56 @@ def test_migrate_then_verify_and_a_broken_invariant_exits_5(tmp_path: Path) -> N
     assert {v["check"] for v in found["violations"]} == {"account_balance", "wallet_grants"}
 
 
-def test_a_schema_a_newer_version_upgraded_is_refused_by_migrate_and_serve(
+def test_a_schema_a_newer_version_upgraded_is_refused_by_every_command_but_backup(
     tmp_path: Path,
 ) -> None:
     """A deployment rolled back after its newer creditledger migrated the ledger: neither
-    ``migrate`` nor ``serve`` runs on it (exit 6, the revision named and what to do, no
-    traceback), and the database is left as it was."""
+    ``migrate`` nor ``serve`` runs on it, nor any command that reads or writes the ledger
+    (exit 6, the revision named and what to do, no traceback), and nothing is changed. A
+    backup is still taken: it copies the file as it is."""
     import sqlite3
     from contextlib import closing
 
     path = tmp_path / "ledger.db"
     env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{path}"}
     assert run("migrate", env=env).returncode == 0
+    assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE alembic_version SET version_num = '0042_later'")
+
+    def state() -> list[Any]:
+        with closing(sqlite3.connect(path)) as conn:
+            return [
+                conn.execute(f"SELECT * FROM {table} ORDER BY 1").fetchall()
+                for table in ("alembic_version", "accounts", "entries", "api_keys", "report_jobs")
+            ]
+
+    before = state()
     told = "the database's schema is at revision 0042_later, which this creditledger does not"
-    for command in (("migrate",), ("serve", "--port", "0")):
+    for command in (
+        ("migrate",),
+        ("serve", "--port", "0"),
+        ("topup", "acme", "100"),
+        ("account", "show", "acme"),
+        ("account", "list"),
+        ("keys", "create", "--role", "service"),
+        ("keys", "list"),
+        ("report", "run"),
+        ("verify",),
+    ):
         result = run(*command, env=env)
-        assert result.returncode == 6, result.stderr
+        assert result.returncode == 6, (command, result.stderr)
         assert "Traceback" not in result.stderr
         error = json.loads(result.stderr)
         assert error["error"] == "database_error"
         assert told in error["message"]
         assert "a newer creditledger upgraded it. Run that version" in error["message"]
         assert "hint" not in error  # the message says what to do
-    with closing(sqlite3.connect(path)) as conn:
-        assert conn.execute("SELECT version_num FROM alembic_version").fetchall() == [
-            ("0042_later",)
-        ]
+        assert result.stdout == ""
+    assert state() == before
+    backup = run("backup", str(tmp_path / "copy.db"), env=env)
+    assert backup.returncode == 0, backup.stderr
+    assert "schema 0042_later" in backup.stdout
 
 
 @pytest.mark.parametrize(

@@ -18,6 +18,7 @@ import pytest
 import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
+from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 
 from ledger.db import (
@@ -26,7 +27,9 @@ from ledger.db import (
     Refused,
     SchemaFromNewer,
     Timeouts,
+    alembic_config,
     is_lock_timeout,
+    known_revisions,
 )
 from ledger.models import PENDING_HOLD, metadata
 from ledger.store import SPENT
@@ -528,7 +531,8 @@ def test_a_schema_a_newer_version_upgraded_is_refused_and_left_as_it_is(
     """A deployment rolled back after its newer creditledger migrated the database: the
     revision it left is none of this version's. ``migrate`` (and so ``serve``) refuses
     it, naming the revision and what to do, and changes nothing; Alembic's own error was
-    a traceback. Any other failure of Alembic is raised as it was."""
+    a traceback. The CLI's commands ask the same first. Any other failure of Alembic is
+    raised as it was."""
     empty.migrate()
     with empty.engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO units (code, scale) VALUES ('credit', 0)"))
@@ -543,6 +547,8 @@ def test_a_schema_a_newer_version_upgraded_is_refused_and_left_as_it_is(
         "later one) on it; nothing was changed"
     )
     assert not is_lock_timeout(refused.value)  # refused at once, not waited on
+    with pytest.raises(SchemaFromNewer, match="revision 0019, which"):
+        empty.refuse_newer_schema()  # what each CLI command asks first
     assert _revision(empty) == "0019"
     assert tables(empty) == before
     with empty.engine.connect() as conn:
@@ -553,3 +559,21 @@ def test_a_schema_a_newer_version_upgraded_is_refused_and_left_as_it_is(
         empty.migrate("no-such-revision")  # a known schema: Alembic's error stands
     empty.migrate()
     assert _revision(empty) == HEAD
+    empty.refuse_newer_schema()  # at this version's head: passes
+
+
+def test_a_database_with_no_schema_yet_or_an_older_one_is_not_refused_as_newer(
+    empty: Database,
+) -> None:
+    empty.refuse_newer_schema()
+    empty.migrate("0009")
+    empty.refuse_newer_schema()  # older: 'migrate' takes it up
+
+
+def test_the_known_revisions_are_alembics_own() -> None:
+    """``known_revisions`` reads the migrations' file names, not the migrations: each
+    file's number is its revision, and the newest is Alembic's head."""
+    script = ScriptDirectory.from_config(alembic_config())
+    alembics = sorted(s.revision for s in script.walk_revisions())
+    assert known_revisions() == tuple(alembics)
+    assert known_revisions()[-1] == script.get_current_head() == HEAD
