@@ -93,6 +93,16 @@ class _Reruns(Collector):
         yield family
 
 
+def _plain_route(scope: Scope) -> str | None:
+    """The path of a route Starlette matched that FastAPI names no route for (its own
+    ``/openapi.json`` and ``/docs``), when it takes no path parameters: then its path is
+    its template, so the label stays one of a few (a path no route matched is the
+    caller's text, never a label)."""
+    if "endpoint" in scope and scope.get("path_params") == {}:
+        return str(scope["path"])
+    return None
+
+
 class MetricsMiddleware:
     """Counts and times every HTTP request by its route template (not its raw path)."""
 
@@ -116,7 +126,7 @@ class MetricsMiddleware:
             await self.app(scope, receive, sending)
         finally:
             route: Any = scope.get("route")
-            template = getattr(route, "path", None) or "unmatched"
+            template = getattr(route, "path", None) or _plain_route(scope) or "unmatched"
             method = scope["method"]
             self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)
             self.metrics.requests.labels(method, template, str(status[0])).inc()

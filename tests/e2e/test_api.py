@@ -1179,7 +1179,16 @@ def test_catalogs_health_and_metrics(api: Api) -> None:
     assert health.json()["status"] == "ok"
     user = api.wallet("metered", "credit", topup=100)
     authorize(api, user, VEO_FAST)  # 402
+    assert api.client.get("/openapi.json").status_code == 200
+    assert api.client.get("/no/such/path").status_code == 404
     text = api.client.get("/metrics").text
+    # FastAPI's own document is counted by its path; a path no route has, as unmatched.
+    assert (
+        'creditledger_http_requests_total{method="GET",route="/openapi.json",status="200"} 1.0'
+        in text
+    )
+    assert 'creditledger_http_requests_total{method="GET",route="unmatched",status="404"}' in text
+    assert "/no/such/path" not in text
     assert "creditledger_http_request_duration_seconds_bucket" in text
     assert (
         'creditledger_http_requests_total{method="POST",route="/v1/authorizations",status="402"}'

@@ -72,6 +72,34 @@ def test_a_path_no_route_matched_is_counted_as_unmatched_not_by_its_text() -> No
     ]
 
 
+@pytest.mark.parametrize(
+    ("routed", "label"),
+    [
+        ({"endpoint": object(), "path_params": {}}, "/openapi.json"),
+        ({"endpoint": object(), "path_params": {"name": "x"}}, "unmatched"),
+        ({"path_params": {}}, "unmatched"),
+    ],
+)
+def test_a_plain_route_without_parameters_is_counted_by_its_path(
+    routed: dict[str, Any], label: str
+) -> None:
+    """FastAPI's own ``/openapi.json`` and ``/docs`` are Starlette routes, which name no
+    route in the scope: matched (an endpoint) with no path parameters, the path is the
+    route's template. With parameters, or with nothing matched, the path is the caller's
+    text, never a label."""
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        scope.update(routed)
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    metrics = Metrics()
+    _run(app, metrics, path="/openapi.json")
+    assert _counted(metrics) == [
+        f'creditledger_http_requests_total{{method="GET",route="{label}",status="200"}} 1.0'
+    ]
+
+
 def test_each_request_is_timed_from_its_start_to_its_answer() -> None:
     """The latency histogram holds the time the request took, in seconds, in the bucket of
     that time (an answer after 30 ms is not in the 25 ms bucket)."""
