@@ -79,6 +79,7 @@ EXIT_DATABASE = 6
 EXIT_NOT_FOUND = 7
 EXIT_CONFLICT = 8
 EXIT_REPORT_FAILED = 9
+EXIT_NOT_SERVING = 10
 
 app = typer.Typer(
     name="creditledger",
@@ -1651,14 +1652,35 @@ def serve_command(
             err=True,
         )
     tune_gc(settings.gc_threshold)  # after the app is built: its heap is what is frozen
-    uvicorn.run(
-        web,
-        host=host,
-        port=port,
-        access_log=access_log,
-        log_level="info",
-        timeout_keep_alive=settings.keep_alive_seconds,
+    server = uvicorn.Server(
+        uvicorn.Config(
+            web,
+            host=host,
+            port=port,
+            access_log=access_log,
+            log_level="info",
+            timeout_keep_alive=settings.keep_alive_seconds,
+        )
     )
+    try:
+        server.run()
+    except SystemExit:
+        if server.started:
+            raise
+    except KeyboardInterrupt:
+        pass
+    if not server.started:
+        # Uvicorn's own exit code (3) is this CLI's "broken catalog": a script reading it
+        # would look for the fault in the wrong place.
+        _fail(
+            {
+                "error": "not_serving",
+                "message": f"the server did not start listening on {host}:{port}; the "
+                "error above says why (the port in use by another process, or an address "
+                "this machine does not have)",
+            },
+            EXIT_NOT_SERVING,
+        )
 
 
 def _flowing_help(*apps: typer.Typer) -> None:

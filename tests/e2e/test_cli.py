@@ -146,6 +146,25 @@ def test_broken_operator_catalog_exits_3_naming_file_and_key(tmp_path: Path) -> 
         assert "unknown tier" in body["reason"]
 
 
+def test_serve_on_a_port_another_process_listens_on_exits_10_not_3(tmp_path: Path) -> None:
+    """The server cannot listen: exit 10 with what happened, after uvicorn's own line
+    saying why. Uvicorn's exit code, 3, is this CLI's broken catalog."""
+    import socket
+
+    env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run("serve", "--port", str(port), env=env)
+    assert result.returncode == 10, result.stderr
+    assert "Traceback" not in result.stderr
+    assert "address already in use" in result.stderr  # uvicorn's line: why
+    error = json.loads(result.stderr.strip().splitlines()[-1])
+    assert error["error"] == "not_serving"
+    assert f"did not start listening on 127.0.0.1:{port}" in error["message"]
+
+
 def test_catalogs_table_and_json() -> None:
     table = run("catalogs", env={"COLUMNS": ""})  # piped: each row on one line
     assert table.returncode == 0, table.stderr
