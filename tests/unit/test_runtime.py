@@ -69,11 +69,14 @@ def test_serve_tunes_the_collector_with_the_configured_threshold(
     monkeypatch.setenv("CREDITLEDGER_GC_THRESHOLD", "12345")
     seen: dict[str, Any] = {}
 
-    def started(app: Any, **options: Any) -> None:
+    def started(server: uvicorn.Server, sockets: Any = None) -> None:
         # The moment the server would start serving: the collector is tuned by then.
-        seen.update(threshold=gc.get_threshold()[0], frozen=gc.get_freeze_count(), **options)
+        seen.update(
+            threshold=gc.get_threshold()[0], frozen=gc.get_freeze_count(), port=server.config.port
+        )
+        server.started = True
 
-    monkeypatch.setattr(uvicorn, "run", started)
+    monkeypatch.setattr(uvicorn.Server, "run", started)
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(cli.app, ["serve", "--port", "8123"])
