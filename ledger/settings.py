@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
@@ -12,6 +13,12 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
 from ledger.db import PREPARE_THRESHOLD, THREADS, Timeouts, prepare_threshold
+
+#: The fewest characters ``CREDITLEDGER_ADMIN_KEY`` may have: the key the server makes has
+#: 64 (its secret 256 random bits), and this many random ones are past guessing.
+ADMIN_KEY_MIN_LENGTH = 32
+#: What an HTTP header's token may hold: printable ASCII, no space.
+_HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
 
 #: The database URLs the ledger takes, for the message refusing another.
 _DATABASES = (
@@ -88,6 +95,27 @@ class Settings(BaseSettings):
 
     #: The admin API key. Unset: the server's first start creates one and prints it once.
     admin_key: SecretStr | None = None
+
+    @field_validator("admin_key")
+    @classmethod
+    def _a_key_no_one_guesses(cls, key: SecretStr | None) -> SecretStr | None:
+        """Whoever sends it may do anything (mint credits, make keys), so a short one is
+        refused, as one no HTTP header can carry. Empty is unset, as it always was."""
+        if key is None or not key.get_secret_value():
+            return None
+        text = key.get_secret_value()
+        if not _HEADER_TOKEN.fullmatch(text):
+            raise ValueError(
+                "use printable ASCII without spaces: the key is sent in the Authorization header"
+            )
+        if len(text) < ADMIN_KEY_MIN_LENGTH:
+            raise ValueError(
+                f"an admin key needs at least {ADMIN_KEY_MIN_LENGTH} characters (this one has "
+                f"{len(text)}): make one with python3 -c 'import secrets; "
+                "print(secrets.token_urlsafe(32))', or leave it unset to have the server make "
+                "one at its first start"
+            )
+        return key
 
     #: Seconds between two runs of the sweepers in ``creditledger serve`` (hold expiry,
     #: grant expiry, monthly allocations).

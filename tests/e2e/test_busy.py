@@ -118,7 +118,7 @@ def test_a_lock_timeout_that_makes_no_sense_is_refused_by_name(
 def test_serve_takes_the_lock_timeout_from_the_environment(
     sqlite_env: dict[str, str], serve: Callable[[dict[str, str]], Served]
 ) -> None:
-    admin = "admin-key-for-the-busy-test"
+    admin = "admin-key-for-the-busy-test-0123456789"
     served = serve({**sqlite_env, "CREDITLEDGER_ADMIN_KEY": admin}).start()
     auth = {"Authorization": f"Bearer {admin}"}
     charge = {"account_id": "veo", **VEO_FAST}

@@ -306,6 +306,7 @@ def test_a_schema_a_newer_version_upgraded_is_refused_by_every_command_but_backu
     [
         ("CREDITLEDGER_GC_THRESHOLD", "-1", ("serve", "--port", "0")),
         ("CREDITLEDGER_HOLD_TTL_SECONDS", "soon", ("account", "show", "acme")),
+        ("CREDITLEDGER_ADMIN_KEY", "admin", ("serve", "--port", "0")),
     ],
 )
 def test_a_setting_out_of_range_exits_2_naming_the_variable(

@@ -65,7 +65,7 @@ def test_serve_tunes_the_collector_with_the_configured_threshold(
     from ledger.settings import get_settings
 
     monkeypatch.setenv("CREDITLEDGER_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
-    monkeypatch.setenv("CREDITLEDGER_ADMIN_KEY", "unit-test-admin-key")
+    monkeypatch.setenv("CREDITLEDGER_ADMIN_KEY", "unit-test-admin-key-0123456789abcdef")
     monkeypatch.setenv("CREDITLEDGER_GC_THRESHOLD", "12345")
     seen: dict[str, Any] = {}
 

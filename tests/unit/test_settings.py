@@ -118,6 +118,34 @@ def test_another_database_or_driver_or_sqlite_in_memory_is_refused_unsaid(
     assert "input_value" not in str(error)  # pydantic's echo of what was given
 
 
+@pytest.mark.parametrize(
+    ("key", "said"),
+    [
+        ("s3cret", "at least 32 characters (this one has 6)"),
+        ("s3cret" + "x" * 25, "at least 32 characters (this one has 31)"),
+        ("s3cret with a space " + "x" * 20, "printable ASCII without spaces"),
+        ("s3cret\u00e9" + "x" * 40, "printable ASCII without spaces"),
+    ],
+)
+def test_an_admin_key_someone_could_guess_or_no_header_carries_is_refused_unsaid(
+    key: str, said: str
+) -> None:
+    """The admin key may do anything: a short one is refused, naming the length it needs
+    and how to make one, and the error never holds the key."""
+    error = _refused(admin_key=key)
+    assert said in str(error)
+    assert "s3cret" not in str(error)
+    assert "input_value" not in str(error)
+
+
+def test_an_admin_key_of_32_printable_characters_is_taken_and_an_empty_one_is_unset() -> None:
+    key = "!" + "k" * 30 + "~"
+    configured = Settings(admin_key=key).admin_key
+    assert configured is not None
+    assert configured.get_secret_value() == key
+    assert Settings(admin_key="").admin_key is None  # as before: the server makes one
+
+
 def test_what_the_settings_hand_on_is_what_was_configured() -> None:
     configured = Settings(
         lock_timeout_seconds=2.5,
