@@ -275,15 +275,14 @@ def test_a_schema_a_newer_version_upgraded_is_refused_by_every_command_but_backu
 
     before = state()
     told = "the database's schema is at revision 0042_later, which this creditledger does not"
+    # One command of each way the CLI opens the ledger: migrating, serving, the use cases
+    # (a write and a read; the report commands open it the same way), the keys, verify.
     for command in (
         ("migrate",),
         ("serve", "--port", "0"),
         ("topup", "acme", "100"),
         ("account", "show", "acme"),
-        ("account", "list"),
         ("keys", "create", "--role", "service"),
-        ("keys", "list"),
-        ("report", "run"),
         ("verify",),
     ):
         result = run(*command, env=env)
