@@ -8,7 +8,7 @@ from datetime import timedelta
 
 from fastapi import FastAPI
 
-from api import errors
+from api import errors, openapi
 from api.deps import Services
 from api.metrics import Metrics, MetricsMiddleware
 from api.requestids import RequestIds
@@ -16,6 +16,7 @@ from api.routes import accounts, gateway, meta
 from api.routes import keys as key_routes
 from api.routes import reports as report_routes
 from api.routing import BodyLimit, HeadAsGet
+from api.schemas import MAX_AMOUNT
 from ledger.db import Database
 from ledger.keys import Keys
 from ledger.services import Ledger, ledger_from_settings
@@ -94,6 +95,7 @@ def create_app(
     app.state.sweeper = sweeper
     app.state.report_worker = worker
     errors.install(app)
+    openapi.install(app, exact=(MAX_AMOUNT, -MAX_AMOUNT))
     for module in (gateway, accounts, key_routes, report_routes, meta):
         app.include_router(module.router)
     app.add_middleware(HeadAsGet)  # the innermost: the router sees a GET

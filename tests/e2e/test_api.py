@@ -21,7 +21,9 @@ import psycopg
 import pytest
 import sqlalchemy as sa
 import uvicorn
+from pydantic import BaseModel
 
+from api import schemas
 from ledger.errors import UnbalancedEntry
 from ledger.models import (
     ENTRY_KINDS,
@@ -1281,6 +1283,46 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
     assert choices("/v1/accounts/{id}/authorizations", "status") == list(HOLD_STATUSES)
     assert choices("/v1/accounts/{id}/usage-records", "status") == list(METERING_STATUSES)
     assert choices("/v1/accounts/{id}/usage-records", "kind") == list(METERING_KINDS)
+
+
+def _integer_bounds(node: Any, where: str = "") -> dict[str, Any]:
+    """Every bound of an integer schema under ``node``, by where it stands."""
+    found: dict[str, Any] = {}
+    if isinstance(node, dict):
+        if node.get("type") == "integer":
+            for name in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
+                if name in node:
+                    found[f"{where}/{name}"] = node[name]
+        for key, child in node.items():
+            found |= _integer_bounds(child, f"{where}/{key}")
+    elif isinstance(node, list):
+        for index, child in enumerate(node):
+            found |= _integer_bounds(child, f"{where}/{index}")
+    return found
+
+
+def test_openapi_gives_each_integer_bound_exactly_as_the_api_enforces_it(api: Api) -> None:
+    """FastAPI's OpenAPI model turns bounds into floats: 2**63 - 1 came out as 2**63."""
+    document = json.loads(api.client.get("/openapi.json").content)
+    components = document["components"]["schemas"]
+    compared = 0
+    for name, model in vars(schemas).items():
+        if isinstance(model, type) and issubclass(model, BaseModel) and name in components:
+            enforced = _integer_bounds(model.model_json_schema(mode="validation"))
+            published = _integer_bounds(components[name])
+            assert published == enforced, name
+            assert all(type(bound) is int for bound in published.values()), name
+            compared += len(enforced)
+    assert compared >= 20  # the amounts, the top-up priority, the hold's time to live
+    amount = components["TopUpCreate"]["properties"]["amount"]
+    assert (amount["minimum"], amount["maximum"]) == (1, 2**63 - 1)
+    # The published bound is the one kept: one more is refused, naming the field.
+    api.wallet("acct-bounds")
+    over = api.post("/v1/accounts/acct-bounds/topups", {"amount": amount["maximum"] + 1})
+    assert over.status_code == 422
+    assert over.json()["field"] == "amount"
+    assert api.balance("acct-bounds")["balance"] == 0
+    assert all(type(b) is int for b in _integer_bounds(document["paths"]).values())
 
 
 # ---------------------------------------------------------------------------- idempotency
