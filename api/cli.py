@@ -62,7 +62,7 @@ from ledger.results import (
     UsageLine,
     UsageRecordPage,
 )
-from ledger.services import UNSET, Ledger, Unset, ledger_from_settings
+from ledger.services import UNSET, Affordability, Ledger, Unset, ledger_from_settings
 from ledger.settings import Settings, get_settings
 from ledger.verify import verify
 from pricing import CatalogSet, estimate, load_catalogs
@@ -209,6 +209,9 @@ AtOption = Annotated[
 ]
 
 
+JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
+
+
 @app.command("estimate")
 def estimate_command(
     file: Annotated[
@@ -216,8 +219,27 @@ def estimate_command(
         typer.Argument(help="A JSON file with {catalog, operation, params}; '-' reads stdin."),
     ] = "-",
     at: AtOption = None,
+    account: Annotated[
+        str | None,
+        typer.Option(
+            "--account",
+            help="Also say whether this wallet can pay the most the request can cost, now "
+            "(as POST /v1/estimates with account_id).",
+        ),
+    ] = None,
+    as_json: JsonOption = False,
 ) -> None:
     """Quote one request: its cost, the most it can cost, and how."""
+    if at is not None and account is not None:
+        _fail(
+            {
+                "error": "invalid_request",
+                "field": "at",
+                "message": "--at prices a request as it was then; --account asks whether it "
+                "is affordable now: give one of them",
+            },
+            EXIT_INVALID,
+        )
     if file == "-":
         text, source = sys.stdin.read(), "stdin"
     else:
@@ -227,14 +249,94 @@ def estimate_command(
             _fail({"error": "invalid_request", "message": f"{file}: {exc}"}, EXIT_INVALID)
     request = _parse_json(text, source)
     when = _parse_at(at)
-    catalogs = _catalogs()
     try:
-        quote = estimate(request, when, catalogs=catalogs)
+        quote = estimate(request, when, catalogs=_catalogs())
     except NotBillable as exc:
         _fail(exc.to_dict(), EXIT_NOT_BILLABLE)
     except PricingError as exc:
         _fail(exc.to_dict(), EXIT_INVALID)
-    typer.echo(json.dumps(quote.to_dict(), indent=2, ensure_ascii=False))
+    wallet: Affordability | None = None
+    if account is not None:
+        with _open_ledger() as ledger:
+            wallet = ledger.affordability(account, quote)
+    body = quote.to_dict()
+    if wallet is not None:
+        # The fields and names of POST /v1/estimates with account_id.
+        body |= {
+            "affordable": wallet.affordable,
+            "credits_balance": wallet.available,
+            "blocked": wallet.blocked,
+            "spend_remaining": wallet.spend_remaining,
+        }
+    if as_json:
+        typer.echo(json.dumps(body, indent=2, ensure_ascii=False))
+        return
+    _print_quote(body, account)
+
+
+def _print_quote(body: dict[str, Any], account: str | None) -> None:
+    """A quote for people: its lines, then what it comes to (and, for a wallet, whether
+    the wallet can pay it)."""
+    unit, scale = body["unit"], body["scale"]
+
+    def amount(value: int) -> str:
+        # Minor units, as every amount of this CLI; a unit with decimals shows its major
+        # amount too, so 40000 usd minor units is not read as $40,000.
+        return f"{value} ({major_text(value, scale)} {unit})" if scale else f"{value} {unit}"
+
+    console = _console()
+    lines = Table(
+        title=f"{body['catalog']} {body['operation']}, {body['model']} "
+        f"(catalog version {body['catalog_version']}; "
+        f"amounts in {unit}{' minor units' if scale else ''})"
+    )
+    for column in ("line", "quantity", "unit price", "amount"):
+        lines.add_column(column, overflow="fold", justify="left" if column == "line" else "right")
+    for line in body["lines"]:
+        lines.add_row(
+            line["description"], str(line["quantity"]), line["unit_price"], line["amount"]
+        )
+    console.print(lines)
+
+    def literal(value: Any) -> str:
+        # As the request's JSON writes it: true, "square_hd", "" (a number as it is).
+        if isinstance(value, bool | str) or value is None:
+            return json.dumps(value, ensure_ascii=False)
+        return str(value)
+
+    def listed(values: dict[str, Any]) -> str:
+        return ", ".join(f"{name}={literal(value)}" for name, value in values.items()) or "none"
+
+    rows: list[tuple[str, str]] = [
+        ("cost", amount(body["cost"])),
+        ("max cost", f"{amount(body['max_cost'])}: what an authorization holds"),
+        ("estimated usage", listed(body["estimated_usage"])),
+        ("defaults applied", listed(body["defaults_applied"])),
+    ]
+    if account is not None:
+        room = body["spend_remaining"]
+        if body["affordable"]:
+            verdict = "yes"
+        elif body["blocked"]:
+            verdict = "no: the wallet is blocked"
+        elif body["credits_balance"] < body["max_cost"]:
+            verdict = "no: it has less available than the max cost"
+        elif room is not None and room < body["max_cost"]:
+            verdict = "no: its monthly spend limit leaves less than the max cost"
+        else:
+            verdict = "no: it owes a debt; a top-up pays it first"
+        rows += [
+            (f"{account} can pay", verdict),
+            ("available", amount(body["credits_balance"])),
+        ]
+        if room is not None:
+            rows.append(("spend remaining", amount(room)))
+    summary = Table(show_header=False)
+    summary.add_column("field", style="bold")
+    summary.add_column("value", overflow="fold")
+    for name, value in rows:
+        summary.add_row(name, value)
+    console.print(summary)
 
 
 @app.command("catalogs")
@@ -482,7 +584,6 @@ def _print_page(
         console.print(f"more: --cursor {page.next_cursor}", soft_wrap=True)
 
 
-JsonOption = Annotated[bool, typer.Option("--json", help="Print JSON for machines.")]
 KeyOption = Annotated[
     str | None,
     typer.Option(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import httpx2 as httpx
 import pytest
@@ -179,6 +180,56 @@ def test_account_block_unblock_and_spend_limit(env: dict[str, str]) -> None:
         ["blocked", "yes", "no"],
         ["blocked", "no", "yes"],
     ]
+
+
+def test_estimate_for_a_wallet_says_whether_it_can_pay(env: dict[str, str]) -> None:
+    """``estimate --account``: POST /v1/estimates with account_id, from the CLI."""
+    veo = json.dumps(f.veo3_video(video_model="veo3_fast"))
+    assert run("account", "create", "veo-user", "--unit", "credit", env=env).returncode == 0
+    assert run("topup", "veo-user", "100", env=env).returncode == 0
+
+    def quote(*options: str) -> dict[str, Any]:
+        result = run("estimate", "--account", "veo-user", *options, "--json", stdin=veo, env=env)
+        assert result.returncode == 0, result.stderr
+        body: dict[str, Any] = json.loads(result.stdout)
+        return body
+
+    short = quote()
+    assert (short["max_cost"], short["affordable"], short["credits_balance"]) == (240, False, 100)
+    assert (short["blocked"], short["spend_remaining"]) == (False, None)
+    table = run("estimate", "--account", "veo-user", stdin=veo, env=env).stdout
+    assert "no: it has less available than the max cost" in table
+    assert "100 credit" in table
+    assert run("topup", "veo-user", "200", env=env).returncode == 0
+    assert (quote()["affordable"], quote()["credits_balance"]) == (True, 300)
+    assert "yes" in run("estimate", "--account", "veo-user", stdin=veo, env=env).stdout
+    capped = ("account", "update", "veo-user", "--monthly-spend-limit", "100")
+    assert run(*capped, env=env).returncode == 0
+    limited = quote()
+    assert (limited["affordable"], limited["spend_remaining"]) == (False, 100)
+    table = run("estimate", "--account", "veo-user", stdin=veo, env=env).stdout
+    assert "no: its monthly spend limit leaves less than the max cost" in table
+    assert run("account", "update", "veo-user", "--block", env=env).returncode == 0
+    assert quote()["blocked"] is True
+    assert (
+        "no: the wallet is blocked"
+        in run("estimate", "--account", "veo-user", stdin=veo, env=env).stdout
+    )
+    # Asking changed nothing: no hold, no entry beyond the two top-ups.
+    shown = json.loads(run("account", "show", "veo-user", "--json", env=env).stdout)
+    assert (shown["balance"], shown["pending"]) == (300, 0)
+
+    def refused(*args: str, stdin: str = veo) -> tuple[int, str | None]:
+        result = run("estimate", *args, stdin=stdin, env=env)
+        assert result.stdout == ""
+        return result.returncode, json.loads(result.stderr).get("field")
+
+    assert refused("--account", "nobody") == (7, "account_id")
+    assert refused("--account", "veo-user", "--at", "2026-01-01T00:00:00Z") == (2, "at")
+    token = json.dumps(f.cosmic_image())
+    assert refused("--account", "veo-user", stdin=token) == (2, "catalog")  # bills in token
+    unpriced = json.dumps(f.fal_video())
+    assert refused("--account", "veo-user", stdin=unpriced) == (4, "operation")
 
 
 def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:

@@ -34,7 +34,7 @@ def run(
 
 
 def test_estimate_from_stdin_prints_the_quote() -> None:
-    result = run("estimate", stdin=json.dumps(f.veo3_video(video_model="veo3_fast")))
+    result = run("estimate", "--json", stdin=json.dumps(f.veo3_video(video_model="veo3_fast")))
     assert result.returncode == 0, result.stderr
     quote = json.loads(result.stdout)
     assert (quote["cost"], quote["max_cost"], quote["unit"], quote["model"]) == (
@@ -46,10 +46,44 @@ def test_estimate_from_stdin_prints_the_quote() -> None:
     assert quote["catalog_version"] == "seed-003"
 
 
+def test_estimate_prints_a_table_by_default() -> None:
+    """For people: the lines, then what they come to; a unit with decimals shows its
+    major amount beside the minor units, so 40000 is not read as $40,000."""
+    veo = run("estimate", stdin=json.dumps(f.veo3_video()), env={"COLUMNS": ""})
+    assert veo.returncode == 0, veo.stderr
+    assert "veo3 video, veo3_fast (catalog version seed-003; amounts in credit)" in veo.stdout
+    assert _cells(veo.stdout, "video, veo3_fast (standard quality)") == ["1", "240", "240"]
+    assert _cells(veo.stdout, "cost") == ["240 credit"]
+    assert _cells(veo.stdout, "max cost") == ["240 credit: what an authorization holds"]
+    assert _cells(veo.stdout, "defaults applied") == [
+        'video_model="veo3_fast", aspect_ratio="16:9"'
+    ]
+    assert _cells(veo.stdout, "estimated usage") == ["videos=1"]
+    pixazo = run(
+        "estimate",
+        stdin=json.dumps(f.pixazo_image(num_images=2, enable_prompt_expansion=True)),
+        env={"COLUMNS": ""},
+    )
+    assert pixazo.returncode == 0, pixazo.stderr
+    assert "amounts in usd minor units" in pixazo.stdout
+    assert _cells(pixazo.stdout, "cost") == ["100000 (0.100000 usd)"]
+    assert _cells(pixazo.stdout, "prompt expansion (per request)") == ["1", "20000", "20000"]
+    assert "enable_safety_checker=true" in _cells(pixazo.stdout, "defaults applied")[0]
+
+
+def _cells(table: str, first: str) -> list[str]:
+    """The other cells of the table row whose first cell is ``first``."""
+    for line in table.splitlines():
+        cells = [cell.strip() for cell in line.split("\u2502")[1:-1]]
+        if cells and cells[0] == first:
+            return cells[1:]
+    raise AssertionError(f"no row {first!r} in:\n{table}")
+
+
 def test_estimate_from_a_file_with_at(tmp_path: Path) -> None:
     path = tmp_path / "req.json"
     path.write_text(json.dumps(f.cosmic_image()), encoding="utf-8")
-    result = run("estimate", str(path), "--at", "2025-06-01T00:00:00Z")
+    result = run("estimate", str(path), "--at", "2025-06-01T00:00:00Z", "--json")
     assert result.returncode == 0, result.stderr
     quote = json.loads(result.stdout)
     assert (quote["catalog_version"], quote["model"], quote["cost"]) == (
@@ -60,7 +94,9 @@ def test_estimate_from_a_file_with_at(tmp_path: Path) -> None:
 
 
 def test_decimal_parameters_are_read_as_decimals() -> None:
-    result = run("estimate", stdin=json.dumps(f.pixazo_image(guidance_scale=4.5, num_images=2)))
+    result = run(
+        "estimate", "--json", stdin=json.dumps(f.pixazo_image(guidance_scale=4.5, num_images=2))
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["cost"] == 80_000
 
@@ -117,7 +153,7 @@ def test_unpriced_operation_exits_4_until_an_operator_prices_it(tmp_path: Path) 
     f.write_catalog(
         tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
     )
-    result = run("estimate", stdin=req, env={"CREDITLEDGER_CATALOG_DIR": str(tmp_path)})
+    result = run("estimate", "--json", stdin=req, env={"CREDITLEDGER_CATALOG_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["cost"] == 157_500
 
