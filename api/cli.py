@@ -1705,12 +1705,37 @@ def report_monthly(
 
 
 @report_app.command("run")
-def report_run() -> None:
-    """Run the queued report jobs (and interrupted ones past their lease), then exit."""
+def report_run(as_json: JsonOption = False) -> None:
+    """Run the queued report jobs (and interrupted ones past their lease), then exit.
+
+    Each job run is listed with how it ended; exit 9 when one of them failed, naming it.
+    """
     with _open_reports() as reports:
         reports.schedule_month_end()
-        ran = reports.run_pending()
-    typer.echo(f"{ran} report job(s) run")
+        ran = reports.run_each()
+    if as_json:
+        typer.echo(json.dumps({"jobs": [job.model_dump(mode="json") for job in ran]}, indent=2))
+    else:
+        if ran:
+            table = Table(title="report jobs run")
+            columns = ("id", "status", "month", "account", "format", "attempts", "error")
+            for column in columns:
+                table.add_column(column, overflow="fold")
+            for job in ran:
+                cells = dict(_job_rows(job))
+                table.add_row(*(str(cells[column]) for column in columns))
+            _console().print(table)
+        typer.echo(f"{len(ran)} report job(s) run")
+    failed = [job for job in ran if job.status == "failed"]
+    if failed:
+        _fail(
+            {
+                "error": "report_failed",
+                "ids": [job.id for job in failed],
+                "message": "; ".join(f"{job.id}: {job.error or job.status}" for job in failed),
+            },
+            EXIT_REPORT_FAILED,
+        )
 
 
 @report_app.command("show")

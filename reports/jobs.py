@@ -573,10 +573,13 @@ class Reports:
 
     def run_pending(self) -> int:
         """Run every runnable job, one after the other; how many ran."""
-        ran = 0
+        return len(self.run_each())
+
+    def run_each(self) -> list[JobView]:
+        """Run every runnable job, one after the other; each job as it ended."""
+        ran = []
         while (job := self.claim()) is not None:
-            self.run(job)
-            ran += 1
+            ran.append(self.run(job))
         return ran
 
 

@@ -159,9 +159,8 @@ def test_report_errors_exit_with_meaningful_codes(
     assert json.loads(result.stderr)["field"] == field
 
 
-def test_a_statement_that_does_not_reconcile_fails_naming_the_account(
-    env: dict[str, str],
-) -> None:
+def _break_acmes_october(env: dict[str, str]) -> None:
+    """Count 5 more debits in acme's daily flows than its journal holds."""
     db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
     with db.transaction() as conn:
         acme = conn.execute(
@@ -175,6 +174,12 @@ def test_a_statement_that_does_not_reconcile_fails_naming_the_account(
             .values(debits=flows.c.debits + 5)
         )
     db.dispose()
+
+
+def test_a_statement_that_does_not_reconcile_fails_naming_the_account(
+    env: dict[str, str],
+) -> None:
+    _break_acmes_october(env)
     result = run("report", "monthly", "2026-10", "--out", "-", env=env)
     assert result.returncode == 9, result.stderr
     failure = json.loads(result.stderr)
@@ -182,6 +187,44 @@ def test_a_statement_that_does_not_reconcile_fails_naming_the_account(
     assert "[acme]" in failure["message"]
     assert "closing_balance" in failure["message"]
     assert result.stdout == ""
+
+
+def test_report_run_lists_the_jobs_it_ran_and_exits_9_when_one_failed(
+    env: dict[str, str],
+) -> None:
+    """A cron job runs 'report run': a statement that failed must not pass as done."""
+    db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
+    try:
+        good, _ = Reports(db).request("2026-10", "csv", account_id="tokyo")
+        bad, _ = Reports(db).request("2026-10", "json", account_id="acme")
+    finally:
+        db.dispose()
+    _break_acmes_october(env)
+    listed = run("report", "run", "--json", env=env)
+    assert listed.returncode == 9, listed.stderr
+    jobs = {job["id"]: job for job in json.loads(listed.stdout)["jobs"]}
+    assert (jobs[good.id]["status"], jobs[bad.id]["status"]) == ("succeeded", "failed")
+    failure = json.loads(listed.stderr)
+    assert failure["error"] == "report_failed"
+    assert bad.id in failure["ids"]
+    assert good.id not in failure["ids"]
+    assert "[acme]" in failure["message"]
+    # Nothing left to run: nothing failed this time.
+    again = run("report", "run", env={**env, "COLUMNS": ""})
+    assert again.returncode == 0, again.stderr
+    assert "0 report job(s) run" in again.stdout
+    # The table names each job and how it ended.
+    db = Database.from_url(env["CREDITLEDGER_DATABASE_URL"])
+    try:
+        retry, _ = Reports(db).request("2026-10", "html", account_id="acme")
+    finally:
+        db.dispose()
+    shown = run("report", "run", env={**env, "COLUMNS": ""})
+    assert shown.returncode == 9
+    (row,) = (line for line in shown.stdout.splitlines() if retry.id in line)
+    assert "failed" in row
+    assert "2026-10 (UTC)" in row
+    assert "1 report job(s) run" in shown.stdout
 
 
 def test_report_monthly_waits_for_the_identical_report_another_worker_is_making(
