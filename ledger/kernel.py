@@ -26,6 +26,11 @@ from ledger.errors import BalanceOverflow, UnbalancedEntry
 MAX_AMOUNT = 2**63 - 1
 
 
+def utc_text(value: datetime) -> str:
+    """An aware instant as the API writes instants: ISO 8601 in UTC, ``Z``."""
+    return value.astimezone(UTC).isoformat().replace("+00:00", "Z")
+
+
 @dataclass(frozen=True, slots=True)
 class Leg:
     """One posting to be written: a signed amount of minor units on an account."""

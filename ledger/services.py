@@ -1709,7 +1709,7 @@ class Ledger:
             )
         if hold.expires_at <= now:
             raise HoldNotPending(
-                f"authorization '{hold.id}' expired at {hold.expires_at.isoformat()}",
+                f"authorization '{hold.id}' expired at {kernel.utc_text(hold.expires_at)}",
                 field="id",
                 allowed=["pending"],
             )
@@ -2198,10 +2198,10 @@ class Ledger:
         at = aware_instant(occurred_at, "occurred_at")
         if at is not None and at > now:
             raise InvalidInput(
-                f"occurred_at {at.isoformat()} is in the future: report usage once the "
+                f"occurred_at {kernel.utc_text(at)} is in the future: report usage once the "
                 "request has run",
                 field="occurred_at",
-                allowed={"max": now.isoformat()},
+                allowed={"max": kernel.utc_text(now)},
             )
         try:
             return price_usage(request, usage, status, at=at or now, catalogs=self.catalogs), at
@@ -2742,7 +2742,7 @@ class Ledger:
             as_of = as_of.astimezone(UTC)
             now = self._now()
             if as_of > now:
-                latest = now.isoformat().replace("+00:00", "Z")
+                latest = kernel.utc_text(now)
                 raise InvalidInput(
                     f"as_of must not be later than now ({latest}); omit it for the balances now",
                     field="as_of",

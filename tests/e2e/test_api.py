@@ -248,6 +248,11 @@ def test_a_hold_kept_alive_while_the_provider_works_is_captured_after_its_first_
     clock.advance(seconds=61)  # not swept yet, but expired
     r = api.post(f"/v1/authorizations/{late['id']}/extend", {"ttl_seconds": 60})
     assert (r.status_code, r.json()["error"]) == (409, "hold_not_pending")
+    r = api.post(f"/v1/authorizations/{late['id']}/capture", {"status": "COMPLETED"})
+    assert (r.status_code, r.json()["error"]) == (409, "hold_not_pending")
+    # When, written as every instant of the API is: in UTC, with Z.
+    assert r.json()["message"].endswith(f"expired at {late['expires_at']}")
+    assert late["expires_at"].endswith("Z")
     assert api.app.state.sweeper.run_once().holds_expired == 1
     # At most seven days from the authorization, however it is extended.
     week = authorize(api, user, {**VEO_FAST, "ttl_seconds": 6 * 24 * 3600 + 60}).json()

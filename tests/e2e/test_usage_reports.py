@@ -222,6 +222,8 @@ def test_usage_is_priced_by_the_catalog_version_in_force_when_it_ran(
     ):
         r = report(api, user, f.cosmic_image(), status="COMPLETED", occurred_at=occurred_at)
         assert (r.status_code, r.json()["field"]) == (422, "occurred_at"), (occurred_at, r.text)
+        if occurred_at == later:  # the latest allowed, as the API writes an instant
+            assert r.json()["allowed"] == {"max": at_now.replace("+00:00", "Z")}
     assert _dump(api) == before
 
 
