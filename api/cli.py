@@ -445,7 +445,7 @@ def verify_command(
 
 # ------------------------------------------------------------------ the admin commands
 
-_EXIT_BY_STATUS = {404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT}
+_EXIT_BY_STATUS = {404: EXIT_NOT_FOUND, 409: EXIT_CONFLICT, 503: EXIT_CATALOG}
 
 
 @contextmanager
@@ -1771,6 +1771,18 @@ def serve_command(
             db.dispose()
         web = app_from_settings(settings)
         created = web.state.services.keys.bootstrap_admin()
+        unpriceable = web.state.services.ledger.unpriceable_holds()
+    for group in unpriceable:
+        # Not a refusal to start: every other request is served; these holds release as
+        # they expire. But their captures are refused until the version is back.
+        typer.echo(
+            f"warning: {group.holds} pending hold(s) of {group.catalog} {group.operation} were "
+            f"quoted with catalog version '{group.catalog_version}', which the catalogs no "
+            f"longer price ({group.reason}): their captures are refused (503 catalog_changed) "
+            "until that version is restored under CREDITLEDGER_CATALOG_DIR; the last of "
+            f"them expires at {kernel.utc_text(group.until)}",
+            err=True,
+        )
     if created is not None:
         typer.echo(
             "No admin key was configured (CREDITLEDGER_ADMIN_KEY), so one was created.\n"

@@ -76,6 +76,10 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
     if status == 500:
         # A domain error with no status is a bug (an unbalanced entry, a broken catalog).
         return _bug(request, "unmapped domain error", exc)
+    if status == 503:
+        # The server's configuration (catalog_changed): retried, it succeeds once the
+        # operator has put it right; not at once.
+        return _Answer(exc.to_dict(), status, headers={"Retry-After": "30"})
     return _Answer(exc.to_dict(), status)
 
 
@@ -296,7 +300,9 @@ _DESCRIBED = {
     503: "The database is unavailable (database_unavailable) or a lock the request needs "
     "stayed taken past the lock timeout (database_busy); nothing was committed. Retry after "
     "Retry-After seconds with the same Idempotency-Key. (A SQLite file deleted or replaced "
-    "under the server: database_unavailable until the server is restarted.)",
+    "under the server: database_unavailable until the server is restarted. A capture of a "
+    "hold whose catalog version the server's catalogs no longer hold: catalog_changed, "
+    "until the operator restores it.)",
 }
 
 

@@ -9,6 +9,7 @@ from ledger.errors import (
     AccountExists,
     AlreadyReversed,
     BackupExists,
+    CatalogChanged,
     GrantNotOpen,
     HoldNotPending,
     IdempotencyConflict,
@@ -37,6 +38,7 @@ STATUS: tuple[tuple[type[DomainError], int], ...] = (
     (InvalidRequest, 422),
     (NotBillable, 422),
     (AmountOverflow, 422),
+    (CatalogChanged, 503),
 )
 
 

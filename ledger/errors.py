@@ -107,6 +107,27 @@ class HoldNotPending(LedgerError):
     code = "hold_not_pending"
 
 
+class CatalogChanged(LedgerError):
+    """A pending hold can no longer be priced: the catalog version it was quoted with
+    (its catalog, version, operation or the request's model or parameters under it) is not
+    in this server's catalogs any more. The server's configuration, not the caller's
+    request: nothing was changed, and the capture can be retried once the version is back."""
+
+    code = "catalog_changed"
+
+    def __init__(self, message: str, *, catalog: str, catalog_version: str) -> None:
+        super().__init__(message)
+        self.catalog = catalog
+        self.catalog_version = catalog_version
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            **super().to_dict(),
+            "catalog": self.catalog,
+            "catalog_version": self.catalog_version,
+        }
+
+
 class GrantNotOpen(LedgerError):
     """The grant has nothing left to revoke: spent, expired or revoked already."""
 

@@ -34,6 +34,7 @@ from ledger.errors import (
     AccountExists,
     AlreadyReversed,
     BalanceOverflow,
+    CatalogChanged,
     GrantNotOpen,
     HoldNotPending,
     IdempotencyConflict,
@@ -102,8 +103,8 @@ from ledger.results import (
 from ledger.settings import Settings
 from ledger.store import Json, JsonText, Sql, Store
 from pricing import CatalogSet, estimate, load_catalogs, price_usage
-from pricing.engine import Charge, Quote
-from pricing.errors import NoVersionInForce
+from pricing.engine import Charge, Quote, resolve_operation
+from pricing.errors import InvalidUsage, NoVersionInForce, PricingError
 
 Clock = Callable[[], datetime]
 R = TypeVar("R", bound=Result)
@@ -351,6 +352,20 @@ class _Priced(Protocol):
     def model(self) -> str: ...
     @property
     def unit(self) -> str: ...
+
+
+@dataclass(frozen=True)
+class Unpriceable:
+    """Pending holds quoted with a catalog version the loaded catalogs no longer price
+    (their captures are refused, ``CatalogChanged``): ``holds`` of them, the last
+    expiring at ``until``, and why."""
+
+    catalog: str
+    catalog_version: str
+    operation: str
+    holds: int
+    until: datetime
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -1732,13 +1747,7 @@ class Ledger:
                 return locked.stored
             wallet, hold = locked.wallet, locked.hold
             self._check_pending(hold, w.now)
-            charge = price_usage(
-                hold.request,
-                usage,
-                status,
-                catalog_version=hold.catalog_version,
-                catalogs=self.catalogs,
-            )
+            charge = self._price_capture(hold, usage, status)
             amount = charge.amount
             live, expired = self._live_grants(w.conn, wallet, w.now, locked.grant_rows)
             entry_id = None
@@ -1789,6 +1798,69 @@ class Ledger:
         return self._mutate(
             "capture", idempotency_key, payload, work, CaptureResult, batch=True, actor=actor
         )
+
+    def unpriceable_holds(self) -> list[Unpriceable]:
+        """The pending holds, by catalog, version and operation, whose catalog version
+        this ledger's catalogs no longer hold (a file under CREDITLEDGER_CATALOG_DIR
+        removed, or its version renamed): what ``serve`` warns of as it starts."""
+        now = self._now()
+        with self.db.transaction(write=False) as conn:
+            groups = conn.execute(
+                sa.select(
+                    holds.c.catalog,
+                    holds.c.catalog_version,
+                    holds.c.operation,
+                    sa.func.count(),
+                    sa.func.max(holds.c.expires_at),
+                )
+                .where(PENDING_HOLD, holds.c.expires_at > now)
+                .group_by(holds.c.catalog, holds.c.catalog_version, holds.c.operation)
+                .order_by(holds.c.catalog, holds.c.catalog_version, holds.c.operation)
+            ).all()
+        found = []
+        for catalog, version, operation, count, until in groups:
+            try:
+                resolve_operation(self.catalogs, catalog, operation, catalog_version=version)
+            except PricingError as exc:
+                found.append(
+                    Unpriceable(catalog, version, operation, int(count), until, exc.message)
+                )
+        return found
+
+    def _price_capture(
+        self, hold: _HoldRow, usage: Mapping[str, Any] | None, status: str
+    ) -> Charge:
+        """What ``usage`` costs under the catalog version ``hold`` was quoted with. Its
+        request was priced by that version when authorized: an error other than one of
+        the reported usage (or status) means the catalogs changed under the hold."""
+        try:
+            return price_usage(
+                hold.request,
+                usage,
+                status,
+                catalog_version=hold.catalog_version,
+                catalogs=self.catalogs,
+            )
+        except PricingError as exc:
+            if isinstance(exc, InvalidUsage) or exc.field == "usage":
+                raise
+            log.error(
+                "authorization %s cannot be captured: catalog %s version %s no longer prices "
+                "it (%s); restore that version under CREDITLEDGER_CATALOG_DIR",
+                hold.id,
+                hold.catalog,
+                hold.catalog_version,
+                exc.message,
+            )
+            raise CatalogChanged(
+                f"authorization '{hold.id}' was quoted with catalog '{hold.catalog}' version "
+                f"'{hold.catalog_version}', by which this server's catalogs can no longer "
+                f"price it ({exc.message}): nothing was charged, and the hold stays pending until "
+                f"{kernel.utc_text(hold.expires_at)}. The operator must restore that version "
+                "(earlier versions stay under CREDITLEDGER_CATALOG_DIR); then retry",
+                catalog=hold.catalog,
+                catalog_version=hold.catalog_version,
+            ) from exc
 
     def void(self, hold_id: str, *, idempotency_key: str) -> HoldView:
         """Release a pending hold entirely."""

@@ -551,6 +551,68 @@ def test_serve_runs_the_veo3_flow_over_real_http_and_sweeps_holds(
     assert verified.returncode == 0, verified.stdout
 
 
+def test_a_capture_whose_catalog_version_was_removed_waits_for_it_to_be_restored(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """An operator replaced the catalog a pending hold was quoted with. Its capture is
+    not the gateway's error (a 422 it would drop, losing the charge) but the server's:
+    503 catalog_changed, nothing charged, until the version is back; serve warns of such
+    holds as it starts."""
+    catalogs = tmp_path / "catalogs"
+    f.write_catalog(
+        catalogs, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    )
+    served = Served({**env, "CREDITLEDGER_CATALOG_DIR": str(catalogs)}, tmp_path).start()
+    try:
+        auth = {"Authorization": f"Bearer {served.admin}"}
+        with httpx.Client(base_url=served.url, headers=auth, timeout=10) as http:
+            assert http.post("/v1/accounts", json={"id": "u", "unit": "usd"}).status_code == 201
+            assert http.post("/v1/accounts/u/topups", json={"amount": 10**6}).status_code == 201
+            made = http.post("/v1/authorizations", json={"account_id": "u", **f.fal_video()})
+            hold = made.json()
+            assert (hold["held"], hold["catalog_version"]) == (157_500, "operator-1"), made.text
+        served.stop()
+        assert "pending hold" not in served.log.read_text()
+
+        del served.env["CREDITLEDGER_CATALOG_DIR"]  # the operator's catalogs are gone
+        served.start()
+        warned = served.log.read_text()
+        assert "warning: 1 pending hold(s) of fal image_to_video were quoted with catalog " in (
+            warned
+        )
+        assert "version 'operator-1', which the catalogs no longer price" in warned
+        capture = f"/v1/authorizations/{hold['id']}/capture"
+        body = {"status": "COMPLETED"}  # what was asked for: fal's default frames
+        once = {**auth, "Idempotency-Key": "capture-1"}
+        with httpx.Client(base_url=served.url, headers=auth, timeout=10) as http:
+            refused = http.post(capture, json=body, headers=once)
+            assert refused.status_code == 503, refused.text
+            assert refused.headers["Retry-After"] == "30"
+            error = refused.json()
+            assert (error["error"], error["catalog"], error["catalog_version"]) == (
+                "catalog_changed",
+                "fal",
+                "operator-1",
+            )
+            assert "nothing was charged" in error["message"]
+            account = http.get("/v1/accounts/u").json()
+            assert (account["balance"], account["pending"]) == (10**6, 157_500)
+            assert http.get(f"/v1/authorizations/{hold['id']}").json()["status"] == "pending"
+        served.stop()
+
+        served.env["CREDITLEDGER_CATALOG_DIR"] = str(catalogs)  # ... and restored
+        served.start()
+        assert "pending hold" not in served.log.read_text()
+        with httpx.Client(base_url=served.url, headers=auth, timeout=10) as http:
+            done = http.post(capture, json=body, headers=once)  # the gateway's retry
+            assert done.status_code == 200, done.text
+            assert (done.json()["charged"], done.json()["released"]) == (157_500, 0)
+            assert http.get("/v1/accounts/u").json()["balance"] == 10**6 - 157_500
+    finally:
+        served.stop()
+    assert run("verify", env=env).returncode == 0
+
+
 def test_serve_prints_a_generated_admin_key_only_on_the_first_start(
     server: tuple[str, str, subprocess.Popen[bytes]], env: dict[str, str], tmp_path: Path
 ) -> None:

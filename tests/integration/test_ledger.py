@@ -18,6 +18,7 @@ from ledger.db import Database
 from ledger.errors import (
     AccountExists,
     AlreadyReversed,
+    CatalogChanged,
     HoldNotPending,
     IdempotencyConflict,
     InsufficientCredits,
@@ -561,6 +562,50 @@ def test_a_capture_is_priced_by_the_catalog_version_its_hold_was_quoted_with(
     assert (done.charged, done.charge["catalog_version"]) == (157_500, "operator-1")
     later = ledger.authorize(user, f.fal_video(), idempotency_key=key())
     assert (later.catalog_version, later.held) == ("operator-2", 236_250)
+    assert verify(db) == []
+
+
+def test_a_hold_whose_catalog_version_is_gone_is_not_captured_and_its_usage_errors_stay_422(
+    db: Database, clock: Clock, tmp_path: Path
+) -> None:
+    """Captures of holds quoted with a version the catalogs lost are CatalogChanged,
+    the server's to fix, with nothing written; a usage the gateway got wrong is still its
+    InvalidUsage. ``unpriceable_holds`` names them, by version and operation."""
+    f.fal_price_change(tmp_path)
+    clock.now = datetime(2026, 6, 2, tzinfo=UTC)
+    old = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    user = wallet(old, "studio", "usd")
+    old.top_up(user, 10_000_000, idempotency_key=key())
+    fal = old.authorize(user, f.fal_video(), idempotency_key=key(), ttl=timedelta(minutes=5))
+    veo_user = wallet(old, "veo", "credit")
+    old.top_up(veo_user, 500, idempotency_key=key())
+    veo = old.authorize(veo_user, VEO_FAST, idempotency_key=key())
+    assert old.unpriceable_holds() == []
+    assert fal.catalog_version == "operator-2"
+    (tmp_path / "fal-2.toml").unlink()  # the price list the fal hold was quoted with
+    new = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    (gone,) = new.unpriceable_holds()
+    assert (gone.catalog, gone.catalog_version, gone.operation, gone.holds) == (
+        "fal",
+        "operator-2",
+        "image_to_video",
+        1,
+    )
+    assert gone.until == fal.expires_at
+    assert "no version 'operator-2'" in gone.reason
+    before = verify(db), new.balance(user)
+    with pytest.raises(InvalidUsage):  # the gateway's own error, while the version is there
+        old.capture(fal.id, status="DONE", usage={}, idempotency_key=key())
+    with pytest.raises(CatalogChanged, match="nothing was charged") as refused:
+        new.capture(fal.id, status="COMPLETED", usage={}, idempotency_key="c-1")
+    assert (refused.value.catalog, refused.value.catalog_version) == ("fal", "operator-2")
+    assert (verify(db), new.balance(user)) == before
+    # The other catalogs' holds are captured as ever.
+    assert new.capture(veo.id, status="COMPLETED", usage={}, idempotency_key=key()).charged == 240
+    # Back as it was: the same capture goes through.
+    done = old.capture(fal.id, status="COMPLETED", usage={}, idempotency_key="c-1")
+    assert (done.charged, done.charge["catalog_version"]) == (236_250, "operator-2")
+    assert new.unpriceable_holds() == []
     assert verify(db) == []
 
 
