@@ -124,9 +124,12 @@ def _steer(case: Any, world: dict[str, list[str]], data: st.DataObject) -> None:
 
 
 def _one_item(case: Any, name: str) -> bool:
-    """Whether the query parameter ``name`` of ``case`` is a list of one plain value: sent
-    as ``name=value``, the very request its value alone makes."""
+    """Whether the query parameter ``name`` of ``case`` is a list of one plain value, or
+    an object of one key (a query sends an object's keys): sent as ``name=value``, the
+    very request that value alone makes."""
     value = (case.query or {}).get(name)
+    if isinstance(value, dict):
+        return len(value) == 1
     return (
         isinstance(value, list | tuple)
         and len(value) == 1
@@ -152,8 +155,9 @@ def _checks(case: Any, sent_url: str | None) -> list[Any]:
     A negative case whose named mutations are only undone on the way is no longer negative
     where it counts: its Authorization header (replaced by that valid key), a query
     parameter made a list of one value (``?actor=false`` whether ``"false"`` or
-    ``["false"]`` was meant: the server cannot tell, and refuses two values or more), and
-    an optional query parameter made a list of nothing (not sent at all). Nor are extra
+    ``["false"]`` was meant: the server cannot tell, and refuses two values or more) or an
+    object of one key (``{"false": {...}}`` is sent as that key alone), and an optional
+    query parameter made a list of nothing (not sent at all). Nor are extra
     query parameters besides them: an API ignores unknown query parameters, and
     schemathesis itself accepts a 2xx when they are a case's only mutation. For such a
     case the "negative data is rejected" check is left out; every other check still runs.
