@@ -7,7 +7,8 @@ Exit codes (stable, for scripts):
   out of range, a ``CREDITLEDGER_*`` setting out of range); the error is printed as JSON
   on stderr;
 * 3 -- the catalogs failed to load (a broken file under ``CREDITLEDGER_CATALOG_DIR``):
-  the file, key and reason are printed;
+  the file, key and reason are printed; or a catalog version in force was changed in
+  place since the ledger kept it (``catalog_changed``);
 * 4 -- the request is valid but its operation has no configured price;
 * 5 -- ``verify`` found broken ledger invariants (each is printed);
 * 6 -- the database cannot be used (unreachable, or not migrated: run ``migrate``);
@@ -62,7 +63,14 @@ from ledger.results import (
     UsageLine,
     UsageRecordPage,
 )
-from ledger.services import UNSET, Affordability, Ledger, Unset, ledger_from_settings
+from ledger.services import (
+    UNSET,
+    Affordability,
+    Ledger,
+    Unset,
+    changed_text,
+    ledger_from_settings,
+)
 from ledger.settings import Settings, get_settings
 from ledger.verify import verify
 from pricing import CatalogSet, estimate, load_catalogs
@@ -1770,6 +1778,22 @@ def serve_command(
         finally:
             db.dispose()
         web = app_from_settings(settings)
+        changed = web.state.services.ledger.pin_catalogs()
+        if changed:
+            web.state.services.ledger.db.dispose()
+            _fail(
+                {
+                    "error": "catalog_changed",
+                    "message": f"{changed_text(changed)}. A version in force is history: "
+                    "quotes, holds and statements name it. Restore it as it was, and put "
+                    "new prices in a new version with a later effective_from",
+                    "versions": [
+                        {"catalog": c.catalog, "version": c.version, "file": c.file}
+                        for c in changed
+                    ],
+                },
+                EXIT_CATALOG,
+            )
         created = web.state.services.keys.bootstrap_admin()
         unpriceable = web.state.services.ledger.unpriceable_holds()
     for group in unpriceable:

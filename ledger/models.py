@@ -467,6 +467,23 @@ class AccountChange(SQLModel, table=True):
     actor: str | None = Field(default=None, max_length=80)
 
 
+class PriceVersion(SQLModel, table=True):
+    """A catalog version as it was when it took effect: the digest of what it charges
+    (``pricing.catalog.digest``). Once in force a version is history (quotes, holds,
+    metering records and statements name it), so catalogs whose version differs from
+    the one kept are refused. Written once per version, never updated."""
+
+    __tablename__ = "price_versions"
+
+    catalog: str = Field(primary_key=True, max_length=64)
+    version: str = Field(primary_key=True, max_length=64)
+    #: SHA-256, hex.
+    digest: str = Field(max_length=64)
+    effective_from: datetime = instant()
+    #: When a process first found it in force.
+    recorded_at: datetime = instant()
+
+
 class ApiKey(SQLModel, table=True):
     """An API key: its role, and for a customer key the one wallet it may see.
 
@@ -589,6 +606,7 @@ idempotency = table_of(IdempotencyKey)
 periods = table_of(AllocationPeriod)
 changes = table_of(AccountChange)
 api_keys = table_of(ApiKey)
+price_versions = table_of(PriceVersion)
 
 
 #: The pending holds, written as ``ix_holds_pending_expires`` is: the value in the SQL

@@ -69,6 +69,7 @@ from ledger.models import (
     movements,
     periods,
     postings,
+    price_versions,
     seconds_micros,
     units,
 )
@@ -355,6 +356,25 @@ class _Priced(Protocol):
 
 
 @dataclass(frozen=True)
+class ChangedVersion:
+    """A catalog version whose content differs from the one the ledger kept when it took
+    effect (at ``recorded_at``): ``file`` changed it in place."""
+
+    catalog: str
+    version: str
+    file: str
+    recorded_at: datetime
+
+
+def changed_text(changed: Sequence[ChangedVersion]) -> str:
+    return "; ".join(
+        f"catalog '{c.catalog}' version '{c.version}' ({c.file}) is not the one in force "
+        f"since {kernel.utc_text(c.recorded_at)}: its prices were changed in place"
+        for c in changed
+    )
+
+
+@dataclass(frozen=True)
 class Unpriceable:
     """Pending holds quoted with a catalog version the loaded catalogs no longer price
     (their captures are refused, ``CatalogChanged``): ``holds`` of them, the last
@@ -426,6 +446,14 @@ class Ledger:
         self.idempotency_retention = idempotency_retention
         self.units = self._catalog_units(catalogs)
         self._system: dict[tuple[str, str], int] = {}
+        #: Versions in force whose digest the ledger keeps and matches (``pin_catalogs``),
+        #: those whose kept digest differs, and when the next one takes effect.
+        self._pinned: set[tuple[str, str]] = set()
+        self._changed: list[ChangedVersion] = []
+        self._pin_due = min(
+            (v.effective_from for c in catalogs for v in c.versions),
+            default=datetime.max.replace(tzinfo=UTC),
+        )
 
     @staticmethod
     def _catalog_units(catalogs: CatalogSet) -> dict[str, int]:
@@ -469,6 +497,7 @@ class Ledger:
             _text(actor, "actor", most=80)
         request_hash = _hash(operation, payload)
         self._ensure_system()
+        self._ensure_versions()
         conflicts = reconnects = 0
         while True:
             try:
@@ -506,6 +535,82 @@ class Ledger:
     ) -> None:
         dialect_insert = postgresql.insert if not self.db.is_sqlite else sqlite.insert
         conn.execute(dialect_insert(table).values(rows).on_conflict_do_nothing(index_elements=keys))
+
+    def _ensure_versions(self) -> None:
+        """Before a write: each catalog version in force is kept (``pin_catalogs``), and
+        none differs from the one kept. A comparison of instants, but when a version has
+        taken effect since the last write."""
+        if self._now() >= self._pin_due:
+            self.pin_catalogs()
+        if self._changed:
+            raise CatalogChanged(
+                f"{changed_text(self._changed)}; nothing was written. Restore it, and put "
+                "new prices in a new version with a later effective_from",
+                catalog=self._changed[0].catalog,
+                catalog_version=self._changed[0].version,
+            )
+
+    def pin_catalogs(self) -> list[ChangedVersion]:
+        """Keep each catalog version now in force that is not kept yet, with its digest
+        (``pricing.catalog.digest``), and return those whose kept digest differs from
+        this ledger's: a version changed in place since it took effect. Idempotent, and
+        safe from processes at once (the first to keep a version keeps it)."""
+        now = self._now()
+        due = [
+            (catalog, version)
+            for catalog in self.catalogs
+            for version in catalog.versions
+            if version.effective_from <= now and (catalog.name, version.id) not in self._pinned
+        ]
+        if due:
+            with self.db.transaction(settle=True) as conn:
+                self._insert_ignore(
+                    conn,
+                    price_versions,
+                    [
+                        {
+                            "catalog": catalog.name,
+                            "version": version.id,
+                            "digest": version.digest,
+                            "effective_from": version.effective_from,
+                            "recorded_at": now,
+                        }
+                        for catalog, version in due
+                    ],
+                    ["catalog", "version"],
+                )
+                kept = {
+                    (row.catalog, row.version): row
+                    for row in conn.execute(
+                        sa.select(
+                            price_versions.c.catalog,
+                            price_versions.c.version,
+                            price_versions.c.digest,
+                            price_versions.c.recorded_at,
+                        ).where(price_versions.c.catalog.in_({c.name for c, _ in due}))
+                    )
+                }
+            changed = list(self._changed)
+            for catalog, version in due:
+                row = kept[(catalog.name, version.id)]
+                if row.digest == version.digest:
+                    self._pinned.add((catalog.name, version.id))
+                elif not any((c.catalog, c.version) == (catalog.name, version.id) for c in changed):
+                    changed.append(
+                        ChangedVersion(catalog.name, version.id, version.file, row.recorded_at)
+                    )
+            self._changed = changed
+        known = {(c.catalog, c.version) for c in self._changed} | self._pinned
+        self._pin_due = min(
+            (
+                version.effective_from
+                for catalog in self.catalogs
+                for version in catalog.versions
+                if (catalog.name, version.id) not in known
+            ),
+            default=datetime.max.replace(tzinfo=UTC),
+        )
+        return list(self._changed)
 
     def _ensure_system(self) -> None:
         """Create every catalog unit and its system accounts, in a committed transaction.

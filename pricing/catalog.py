@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import bisect
 import copy
+import hashlib
+import json
 import time
 import tomllib
 import types
@@ -424,6 +426,55 @@ class CatalogVersion:
     failed_policy: str
     file: str
     operations: dict[str, Operation]
+    #: What the version charges, as a SHA-256 of its resolved content (``digest``): the
+    #: ledger keeps it for each version in force, so that a version changed in place,
+    #: once it has priced requests, is refused.
+    digest: str = ""
+
+
+#: What a version may change without changing what it charges: words for people.
+_WORDS_ONLY = ("source", "based_on")
+
+
+def digest(unit: str, scale: int, data: Mapping[str, Any]) -> str:
+    """The SHA-256 (hex) of a resolved version's content in one canonical spelling: its
+    unit and scale, effective date, policies, operations, defaults, limits, models and
+    prices, with numbers by value (``0.020`` is ``0.02``); not its ``source``, its
+    ``based_on`` (what it is made of, not what it is), an operation's ``description`` or
+    a model's display ``name``, which only say it in words."""
+    content = {k: v for k, v in data.items() if k not in _WORDS_ONLY}
+    operations = content.get("operations")
+    if isinstance(operations, Mapping):
+        ops = {}
+        for name, op in operations.items():
+            if isinstance(op, Mapping):
+                op = {k: v for k, v in op.items() if k != "description"}
+                models = op.get("models")
+                if isinstance(models, Mapping):
+                    op["models"] = {
+                        m: {k: v for k, v in spec.items() if k != "name"}
+                        if isinstance(spec, Mapping)
+                        else spec
+                        for m, spec in models.items()
+                    }
+            ops[name] = op
+        content["operations"] = ops
+    canonical = json.dumps(
+        {"unit": unit, "scale": scale, "version": content},
+        sort_keys=True,
+        separators=(",", ":"),
+        ensure_ascii=False,
+        default=_canonical,
+    )
+    return hashlib.sha256(canonical.encode("utf-8")).hexdigest()
+
+
+def _canonical(value: Any) -> Any:
+    if isinstance(value, Decimal):  # 4.0 is 4; 0.020 is 0.02
+        return int(value) if is_whole(value) else {"decimal": decimal_text(value)}
+    if isinstance(value, datetime):
+        return {"instant": value.astimezone(UTC).isoformat()}
+    raise TypeError(f"{type(value).__name__} has no canonical spelling")
 
 
 class Catalog:
@@ -673,7 +724,13 @@ def _compile_catalog(raw: _RawCatalog) -> Catalog:
         }
         versions.append(
             CatalogVersion(
-                spec.id, spec.effective_from, spec.source, spec.failed_policy, rv.file, operations
+                spec.id,
+                spec.effective_from,
+                spec.source,
+                spec.failed_policy,
+                rv.file,
+                operations,
+                digest(header.unit.code, header.unit.scale, data),
             )
         )
     starts: dict[datetime, str] = {}

@@ -613,6 +613,36 @@ def test_a_capture_whose_catalog_version_was_removed_waits_for_it_to_be_restored
     assert run("verify", env=env).returncode == 0
 
 
+def test_serve_refuses_a_catalog_version_changed_in_place_after_it_took_effect(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """The operator edits the prices of the version in force rather than adding one: the
+    next start stops (exit 3, naming the file and the version), as does any CLI write
+    with those catalogs; put back as it was, it starts."""
+    catalogs = tmp_path / "catalogs"
+    prices = f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
+    f.write_catalog(catalogs, "fal.toml", prices)
+    priced = {**env, "CREDITLEDGER_CATALOG_DIR": str(catalogs)}
+    served = Served(priced, tmp_path).start()  # operator-1 is kept as it takes effect
+    served.stop()
+    f.write_catalog(catalogs, "fal.toml", prices.replace('"480p" = 0.02', '"480p" = 0.03'))
+    refused = run("serve", "--port", "0", env=priced)
+    assert refused.returncode == 3, refused.stderr
+    error = json.loads(refused.stderr.strip().splitlines()[-1])
+    assert error["error"] == "catalog_changed"
+    assert error["versions"] == [
+        {"catalog": "fal", "version": "operator-1", "file": str(catalogs / "fal.toml")}
+    ]
+    assert "its prices were changed in place" in error["message"]
+    assert "new version with a later effective_from" in error["message"]
+    top = run("topup", "nobody", "5", env=priced)  # refused before the wallet is looked up
+    assert top.returncode == 3, top.stderr
+    assert json.loads(top.stderr)["error"] == "catalog_changed"
+    f.write_catalog(catalogs, "fal.toml", prices)
+    served.start()
+    served.stop()
+
+
 def test_serve_prints_a_generated_admin_key_only_on_the_first_start(
     server: tuple[str, str, subprocess.Popen[bytes]], env: dict[str, str], tmp_path: Path
 ) -> None:

@@ -27,7 +27,7 @@ from ledger.errors import (
     NotReversible,
     SpendLimitReached,
 )
-from ledger.models import accounts, daily, idempotency
+from ledger.models import accounts, daily, idempotency, price_versions
 from ledger.services import Affordability, Ledger
 from ledger.store import Store
 from ledger.verify import verify
@@ -606,6 +606,66 @@ def test_a_hold_whose_catalog_version_is_gone_is_not_captured_and_its_usage_erro
     done = old.capture(fal.id, status="COMPLETED", usage={}, idempotency_key="c-1")
     assert (done.charged, done.charge["catalog_version"]) == (236_250, "operator-2")
     assert new.unpriceable_holds() == []
+    assert verify(db) == []
+
+
+def test_a_catalog_version_in_force_is_kept_and_one_changed_in_place_is_refused(
+    db: Database, clock: Clock, tmp_path: Path
+) -> None:
+    """A version that has taken effect is history (holds are captured by it, records and
+    statements name it): the ledger keeps its digest before its first write in force, and
+    a ledger whose version differs writes nothing. A version not yet in force may still
+    be corrected."""
+    f.fal_price_change(tmp_path)  # operator-1 from 2026-01-01, operator-2 from 2026-06-01
+    clock.now = datetime(2026, 5, 31, 23, 0, tzinfo=UTC)
+    first = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    user = wallet(first, "studio", "usd")  # the first write keeps the versions in force
+    with db.engine.connect() as conn:
+        rows = conn.execute(sa.select(price_versions.c.version, price_versions.c.digest))
+        kept = {version: digest for version, digest in rows}
+    assert kept["operator-1"] == first.catalogs.catalogs["fal"].version("operator-1").digest
+    assert "operator-2" not in kept  # not in force yet
+    assert {"seed-003", "seed-004", "2025-12-20", "2026-03-31"} <= set(kept)
+
+    def edited(folder: str, old: str, new: str) -> Ledger:
+        other = tmp_path / folder
+        other.mkdir()
+        for file in tmp_path.glob("*.toml"):
+            (other / file.name).write_text(file.read_text().replace(old, new))
+        return Ledger(db, load_catalogs([other]), clock=clock)
+
+    # operator-2 corrected before it takes effect: nothing priced by it yet.
+    corrected = edited("corrected", '"480p" = 0.03', '"480p" = 0.025')
+    assert corrected.pin_catalogs() == []
+    # operator-1 changed in place: refused, and no write goes through.
+    changed = edited("changed", '"480p" = 0.02', '"480p" = 0.021')
+    (refused,) = changed.pin_catalogs()
+    assert (refused.catalog, refused.version, refused.recorded_at) == (
+        "fal",
+        "operator-1",
+        clock.now,
+    )
+    assert refused.file.endswith("fal.toml")
+    before = verify(db), first.balance(user)
+    for write in (
+        lambda: changed.top_up(user, 100, idempotency_key=key()),
+        lambda: changed.authorize(user, f.fal_video(), idempotency_key=key()),
+    ):
+        with pytest.raises(CatalogChanged, match="'operator-1' .* changed in place"):
+            write()
+    assert (verify(db), first.balance(user)) == before
+    # At 2026-06-01 the corrected operator-2 takes effect with the first write after it,
+    # and is kept as it was then: the first ledger's operator-2 is now the changed one.
+    clock.now = datetime(2026, 6, 1, 0, 1, tzinfo=UTC)
+    corrected.top_up(user, 10**6, idempotency_key=key())
+    hold = corrected.authorize(user, f.fal_video(), idempotency_key=key())
+    assert (hold.catalog_version, hold.held) == ("operator-2", 196_875)  # $0.025 a second
+    (stale,) = first.pin_catalogs()
+    assert (stale.version, stale.recorded_at) == ("operator-2", clock.now)
+    with pytest.raises(CatalogChanged):
+        first.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    done = corrected.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
+    assert done.charged == 196_875
     assert verify(db) == []
 
 

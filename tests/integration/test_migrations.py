@@ -440,7 +440,7 @@ def _revision(database: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-HEAD = "0018"
+HEAD = "0019"
 
 #: A process that migrates ``sys.argv[1]`` at the instant ``sys.argv[2]`` (so that all
 #: start together, whatever their start-up took).
@@ -536,20 +536,20 @@ def test_a_schema_a_newer_version_upgraded_is_refused_and_left_as_it_is(
     empty.migrate()
     with empty.engine.begin() as conn:
         conn.execute(sa.text("INSERT INTO units (code, scale) VALUES ('credit', 0)"))
-        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '0019'")
+        conn.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
     before = tables(empty)
     with pytest.raises(SchemaFromNewer) as refused:
         empty.migrate()
     assert isinstance(refused.value.orig, Refused)  # the CLI adds no hint to it
     assert str(refused.value.orig) == (
-        "the database's schema is at revision 0019, which this creditledger does not know "
+        "the database's schema is at revision 9999, which this creditledger does not know "
         f"(its newest is {HEAD}): a newer creditledger upgraded it. Run that version (or a "
         "later one) on it; nothing was changed"
     )
     assert not is_lock_timeout(refused.value)  # refused at once, not waited on
-    with pytest.raises(SchemaFromNewer, match="revision 0019, which"):
+    with pytest.raises(SchemaFromNewer, match="revision 9999, which"):
         empty.refuse_newer_schema()  # what each CLI command asks first
-    assert _revision(empty) == "0019"
+    assert _revision(empty) == "9999"
     assert tables(empty) == before
     with empty.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT code FROM units")).scalars().all() == ["credit"]

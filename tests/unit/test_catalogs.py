@@ -936,3 +936,73 @@ def test_what_a_request_would_meter_fits_the_columns_that_keep_it(tmp_path: Path
     with pytest.raises(AmountOverflow) as dear:  # 2 x (2^63 - 1 + 1) tokens at 2.0
         price_usage(f.text(), {"input_tokens": MOST, "output_tokens": 1}, "COMPLETED")
     assert dear.value.field == "usage"
+
+
+def _veo3_digest(tmp_path: Path, *changes: tuple[str, str]) -> str:
+    (acme,) = (c for c in operator(tmp_path, "veo3", *changes) if c.name == "acme")
+    (version,) = acme.versions
+    return version.digest
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ('source = "seed 003"', 'source = "seed 003, as read again"'),
+        ('description = "Generate an image; 24 credits regardless of size"', 'description = "x"'),
+        ('veo3 = { name = "veo3 (premium quality)" }', 'veo3 = { name = "Veo 3" }'),
+        ("veo3_fast = 240, veo3 = 500", "veo3_fast = 240.0, veo3 = 500.000"),  # by value
+        ("# The seed names no image model", "# (a comment)"),
+    ],
+)
+def test_a_versions_digest_is_what_it_charges_not_its_words(
+    tmp_path: Path, change: tuple[str, str]
+) -> None:
+    """The ledger keeps each version's digest once in force, and refuses catalogs whose
+    version differs: words for people may be corrected in place, prices may not."""
+    assert _veo3_digest(tmp_path / "a") == _veo3_digest(tmp_path / "b", change)
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        ("veo3_fast = 240, veo3 = 500", "veo3_fast = 241, veo3 = 500"),
+        ("prices = { image = 24 }", "prices = { image = 24.5 }"),
+        ("effective_from = 1970-01-01T00:00:00Z", "effective_from = 1970-01-01T00:00:01Z"),
+        ('video_model = "veo3_fast", aspect_ratio', 'video_model = "veo3", aspect_ratio'),
+        (
+            'prompt = { max_length = 1000 }, aspect_ratio = { allowed = ["16:9"',
+            'prompt = { max_length = 999 }, aspect_ratio = { allowed = ["16:9"',
+        ),
+        ('per = "image"', 'per = "picture"'),
+    ],
+)
+def test_a_versions_digest_changes_with_what_it_charges(
+    tmp_path: Path, change: tuple[str, str]
+) -> None:
+    assert _veo3_digest(tmp_path / "a") != _veo3_digest(tmp_path / "b", change)
+
+
+def test_a_version_made_of_another_has_the_digest_of_what_it_resolves_to(tmp_path: Path) -> None:
+    """``based_on`` is how a version is written, not what it is."""
+    shipped_fal = {c.name: c for c in load_catalogs()}["fal"].versions[0]
+    f.write_catalog(
+        tmp_path,
+        "fal.toml",
+        'name = "fal"\nunit = { code = "usd", scale = 6 }\n[[versions]]\nid = "copy"\n'
+        'effective_from = 1970-01-01T00:00:00Z\nsource = "s"\nbased_on = "seed-004"\n',
+    )
+    with pytest.raises(CatalogError, match="same instant"):
+        load_catalogs([tmp_path])  # (the same instant as seed-004: made a second later)
+    text = (tmp_path / "fal.toml").read_text().replace("00:00:00Z", "00:00:01Z")
+    f.write_catalog(tmp_path, "fal.toml", text)
+    copy = {c.name: c for c in load_catalogs([tmp_path])}["fal"].versions[1]
+    assert copy.id == "copy"
+    assert copy.digest != shipped_fal.digest  # it takes effect at another instant...
+    moved = dict(shipped_catalog_files())["pricing/catalogs/fal.toml"].replace(
+        "1970-01-01T00:00:00Z", "1970-01-01T00:00:01Z"
+    )
+    moved = moved.replace('id = "seed-004"', 'id = "copy"')
+    other = tmp_path / "other"
+    f.write_catalog(other, "fal.toml", moved.replace('name = "fal"', 'name = "fal2"'))
+    same = {c.name: c for c in load_catalogs([other])}["fal2"].versions[0]
+    assert same.digest == copy.digest  # ...and is otherwise seed-004 whole
