@@ -366,10 +366,13 @@ class ChangedVersion:
     recorded_at: datetime
 
 
-def changed_text(changed: Sequence[ChangedVersion]) -> str:
+def changed_text(changed: Sequence[ChangedVersion], *, files: bool = True) -> str:
+    """What is wrong, for the operator (``files``: naming each file, which an API's
+    caller is not shown)."""
     return "; ".join(
-        f"catalog '{c.catalog}' version '{c.version}' ({c.file}) is not the one in force "
-        f"since {kernel.utc_text(c.recorded_at)}: its prices were changed in place"
+        f"catalog '{c.catalog}' version '{c.version}'{f' ({c.file})' if files else ''} is "
+        f"not the one in force since {kernel.utc_text(c.recorded_at)}: its prices were "
+        "changed in place"
         for c in changed
     )
 
@@ -543,9 +546,11 @@ class Ledger:
         if self._now() >= self._pin_due:
             self.pin_catalogs()
         if self._changed:
+            log.error("writes refused: %s", changed_text(self._changed))
             raise CatalogChanged(
-                f"{changed_text(self._changed)}; nothing was written. Restore it, and put "
-                "new prices in a new version with a later effective_from",
+                f"{changed_text(self._changed, files=False)}; nothing was written. The "
+                "operator must restore it, and put new prices in a new version with a later "
+                "effective_from",
                 catalog=self._changed[0].catalog,
                 catalog_version=self._changed[0].version,
             )

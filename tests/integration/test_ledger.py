@@ -622,7 +622,7 @@ def test_a_catalog_version_in_force_is_kept_and_one_changed_in_place_is_refused(
     user = wallet(first, "studio", "usd")  # the first write keeps the versions in force
     with db.engine.connect() as conn:
         rows = conn.execute(sa.select(price_versions.c.version, price_versions.c.digest))
-        kept = {version: digest for version, digest in rows}
+        kept = dict(rows.all())
     assert kept["operator-1"] == first.catalogs.catalogs["fal"].version("operator-1").digest
     assert "operator-2" not in kept  # not in force yet
     assert {"seed-003", "seed-004", "2025-12-20", "2026-03-31"} <= set(kept)
@@ -651,8 +651,9 @@ def test_a_catalog_version_in_force_is_kept_and_one_changed_in_place_is_refused(
         lambda: changed.top_up(user, 100, idempotency_key=key()),
         lambda: changed.authorize(user, f.fal_video(), idempotency_key=key()),
     ):
-        with pytest.raises(CatalogChanged, match="'operator-1' .* changed in place"):
+        with pytest.raises(CatalogChanged, match="'operator-1' .* changed in place") as told:
             write()
+        assert str(tmp_path) not in told.value.message  # a caller is not shown the files
     assert (verify(db), first.balance(user)) == before
     # At 2026-06-01 the corrected operator-2 takes effect with the first write after it,
     # and is kept as it was then: the first ledger's operator-2 is now the changed one.
