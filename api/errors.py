@@ -78,7 +78,8 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
         return _bug(request, "unmapped domain error", exc)
     if status == 503:
         # The server's configuration (catalog_changed): retried, it succeeds once the
-        # operator has put it right; not at once.
+        # operator has put it right; not at once. Said in the log, for the operator.
+        log.error("%s (%s)", exc.message, _about(request))
         return _Answer(exc.to_dict(), status, headers={"Retry-After": "30"})
     return _Answer(exc.to_dict(), status)
 

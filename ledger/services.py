@@ -546,7 +546,6 @@ class Ledger:
         if self._now() >= self._pin_due:
             self.pin_catalogs()
         if self._changed:
-            log.error("writes refused: %s", changed_text(self._changed))
             raise CatalogChanged(
                 f"{changed_text(self._changed, files=False)}; nothing was written. The "
                 "operator must restore it, and put new prices in a new version with a later "
@@ -1954,14 +1953,6 @@ class Ledger:
         except PricingError as exc:
             if isinstance(exc, InvalidUsage) or exc.field == "usage":
                 raise
-            log.error(
-                "authorization %s cannot be captured: catalog %s version %s no longer prices "
-                "it (%s); restore that version under CREDITLEDGER_CATALOG_DIR",
-                hold.id,
-                hold.catalog,
-                hold.catalog_version,
-                exc.message,
-            )
             raise CatalogChanged(
                 f"authorization '{hold.id}' was quoted with catalog '{hold.catalog}' version "
                 f"'{hold.catalog_version}', by which this server's catalogs can no longer "

@@ -599,6 +599,10 @@ def test_a_capture_whose_catalog_version_was_removed_waits_for_it_to_be_restored
             assert (account["balance"], account["pending"]) == (10**6, 157_500)
             assert http.get(f"/v1/authorizations/{hold['id']}").json()["status"] == "pending"
         served.stop()
+        # ... and the server's log says it, for the operator.
+        assert f"authorization '{hold['id']}' was quoted with catalog 'fal'" in (
+            served.log.read_text()
+        )
 
         served.env["CREDITLEDGER_CATALOG_DIR"] = str(catalogs)  # ... and restored
         served.start()
