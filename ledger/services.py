@@ -591,7 +591,7 @@ class Ledger:
                             price_versions.c.version,
                             price_versions.c.digest,
                             price_versions.c.recorded_at,
-                        ).where(price_versions.c.catalog.in_({c.name for c, _ in due}))
+                        ).where(price_versions.c.catalog.in_(sorted({c.name for c, _ in due})))
                     )
                 }
             changed = list(self._changed)

@@ -32,7 +32,8 @@ import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, date, datetime, timedelta
+from datetime import time as dt_time
 from decimal import Decimal
 from importlib import resources
 from pathlib import Path
@@ -472,8 +473,10 @@ def digest(unit: str, scale: int, data: Mapping[str, Any]) -> str:
 def _canonical(value: Any) -> Any:
     if isinstance(value, Decimal):  # 4.0 is 4; 0.020 is 0.02
         return int(value) if is_whole(value) else {"decimal": decimal_text(value)}
-    if isinstance(value, datetime):
+    if isinstance(value, datetime) and value.tzinfo is not None:
         return {"instant": value.astimezone(UTC).isoformat()}
+    if isinstance(value, datetime | date | dt_time):  # TOML's local date-times, dates, times
+        return {"instant": value.isoformat()}
     raise TypeError(f"{type(value).__name__} has no canonical spelling")
 
 

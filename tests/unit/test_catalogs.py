@@ -1006,3 +1006,17 @@ def test_a_version_made_of_another_has_the_digest_of_what_it_resolves_to(tmp_pat
     f.write_catalog(other, "fal.toml", moved.replace('name = "fal"', 'name = "fal2"'))
     same = {c.name: c for c in load_catalogs([other])}["fal2"].versions[0]
     assert same.digest == copy.digest  # ...and is otherwise seed-004 whole
+
+
+def test_a_digest_spells_every_value_toml_has() -> None:
+    """TOML's local date-times, dates and times too: a digest never fails a load."""
+    from datetime import date, time
+
+    from pricing.catalog import digest
+
+    local = {"id": "v", "x": [date(2026, 1, 1), time(1, 2), datetime(2026, 1, 1, 3)]}
+    assert digest("credit", 0, local) == digest("credit", 0, dict(local))
+    moved = {**local, "x": [date(2026, 1, 2), time(1, 2), datetime(2026, 1, 1, 3)]}
+    assert digest("credit", 0, moved) != digest("credit", 0, local)
+    aware = {"id": "v", "at": datetime(2026, 1, 1, 1, tzinfo=UTC)}
+    assert digest("credit", 0, aware) != digest("credit", 1, aware)  # the scale counts
