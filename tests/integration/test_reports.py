@@ -40,6 +40,7 @@ from tests.factories import (
     make_statement,
     month_of_traffic,
     pixazo_image,
+    text,
     veo3_video,
 )
 
@@ -548,6 +549,11 @@ def test_html_shows_amounts_in_major_units_of_each_scale_and_ids_as_text(
     ledger.open_account("acme", "credit", idempotency_key=key())
     ledger.top_up("acme", 12_345, idempotency_key=key())
     ledger.authorize("acme", veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    ledger.open_account("bucket", "token", idempotency_key=key())
+    ledger.top_up("bucket", 10_000_000, idempotency_key=key())
+    hold = ledger.authorize("bucket", text(max_tokens=60_000), idempotency_key=key())
+    usage = {"input_tokens": 1_234, "output_tokens": 56_789}
+    ledger.capture(hold.id, status="COMPLETED", usage=usage, idempotency_key=key())
     made = make(db, "2026-11", "UTC")
     page = render.render(made, "html").decode()
     # The totals of each unit: accounts, opening, credits, debits, closing, requests,
@@ -564,6 +570,10 @@ def test_html_shows_amounts_in_major_units_of_each_scale_and_ids_as_text(
     assert {"1.500000", "0.040000", "1.460000", "12,345"} <= set(cells)
     assert "0.040000 usd" in page  # the usage table
     assert "12,345.00" not in page
+    # Its usage table: the quantities of a request, thousands apart like the amounts.
+    text_row = page[page.index('<td class="">bucket</td><td class="">cosmic</td>') :]
+    text_row = text_row.split("</tr>")[0]
+    assert "".join(f'<td class="num">{q}</td>' for q in ("1", "1,234", "56,789")) in text_row
     assert "1.50" not in cells
     # The page of the one wallet names it in its title and heading, as text.
     own = render.render(make(db, "2026-11", "UTC", hostile), "html").decode()
@@ -579,7 +589,11 @@ def test_html_shows_amounts_in_major_units_of_each_scale_and_ids_as_text(
     totals = {
         a["account_id"]: (a["credits"]["total"], a["debits"]["total"]) for a in body["accounts"]
     }
-    assert totals == {hostile: (1_500_000, 40_000), "acme": (12_345, 0)}
+    assert totals == {
+        hostile: (1_500_000, 40_000),
+        "acme": (12_345, 0),
+        "bucket": (10_000_000, (1_234 + 56_789) * 2),  # a standard model: tokens x 2
+    }
 
 
 @pytest.mark.parametrize("batch", [500, 1])
