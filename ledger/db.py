@@ -1128,6 +1128,13 @@ class _Group:
         try:
             yield
         except BaseException:
+            if not self.in_transaction():
+                # SQLite rolled the whole transaction back itself (a full disk, an I/O
+                # error): no savepoint is left to roll back to, and the group is lost.
+                # The writer's own error says why, to it and to the group's writers; a
+                # ROLLBACK TO would only fail with "no such savepoint" in its place.
+                self.broken = True
+                raise
             self._end_savepoint(raw, f"ROLLBACK TO {_SAVEPOINT}", f"RELEASE {_SAVEPOINT}")
             raise
         self._end_savepoint(raw, f"RELEASE {_SAVEPOINT}")

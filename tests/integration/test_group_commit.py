@@ -60,12 +60,18 @@ def writer(db: Database, who: str, then: Callable[[Any], None] = lambda conn: No
     return run
 
 
-def behind_a_slow_writer(db: Database, followers: list[Callable[[], Any]]) -> list[Any]:
-    """Start a first writer; once it is inside its transaction start the followers, and
-    let it finish only when every follower queues behind it. The outcomes, first's first."""
+def behind_a_slow_writer(
+    db: Database,
+    followers: list[Callable[[], Any]],
+    then: Callable[[Any], None] = lambda conn: None,
+) -> list[Any]:
+    """Start a first writer (doing ``then`` after its insert); once it is inside its
+    transaction start the followers, and let it finish only when every follower queues
+    behind it. The outcomes, first's first."""
     inside = threading.Event()
 
-    def wait_for_followers(_conn: Any) -> None:
+    def wait_for_followers(conn: Any) -> None:
+        then(conn)
         inside.set()
         deadline = time.monotonic() + 30
         while db._queued < len(followers):
@@ -221,6 +227,40 @@ def test_a_writer_whose_work_cannot_be_taken_back_alone_fails_the_whole_group(
     assert (ok == "ok") == ("ok" in committed(db)), ok
     assert committed(db) <= {"ok"}
     assert writer(db, "after")() == "after"
+
+
+def _cap_pages(conn: Any, more: int) -> None:
+    """Hold the file to ``more`` pages beyond its size now, as a full disk would."""
+    raw = conn.connection.driver_connection
+    (pages,) = raw.execute("PRAGMA page_count").fetchone()
+    raw.execute(f"PRAGMA max_page_count = {pages + more}")
+
+
+def test_a_writer_that_fills_the_disk_fails_alone_or_with_its_whole_group(
+    db: Database,
+) -> None:
+    """SQLite's own "database or disk is full" (not a simulated error) in a writer that
+    shares a group: SQLite undoes that statement or the whole transaction, as it sees
+    fit. Either way no writer is told its work committed unless it did, the full one's
+    work is gone, and once there is room the write connection commits again."""
+
+    def fill(conn: Any) -> None:
+        conn.exec_driver_sql("INSERT INTO scratch (who) VALUES (?)", ("x" * 1_000_000,))
+
+    followers = [writer(db, "ok-1"), writer(db, "full", fill), writer(db, "ok-2")]
+    outcomes = behind_a_slow_writer(db, followers, then=lambda conn: _cap_pages(conn, 2))
+    full = outcomes[2]
+    assert isinstance(full, sa.exc.OperationalError), outcomes
+    # Each writer that failed is told why: the disk, not a savepoint SQLite took back
+    # with the transaction.
+    for failed in (o for o in outcomes if isinstance(o, Exception)):
+        assert "database or disk is full" in str(failed), outcomes
+    kept = committed(db)
+    for who, result in zip(["first", "ok-1", "ok-2"], outcomes[:2] + outcomes[3:], strict=True):
+        assert (result == who) == (who in kept), (who, result, kept)
+    assert "x" * 1_000_000 not in kept
+    assert writer(db, "after", lambda conn: _cap_pages(conn, 100_000))() == "after"
+    assert "after" in committed(db)
 
 
 def test_a_lone_writer_that_ends_the_transaction_is_not_told_it_committed(db: Database) -> None:
