@@ -88,6 +88,8 @@ EXIT_NOT_FOUND = 7
 EXIT_CONFLICT = 8
 EXIT_REPORT_FAILED = 9
 EXIT_NOT_SERVING = 10
+#: Stopped by Ctrl-C (SIGINT) before it served: the shell's 128 + 2, as when Python dies of it.
+EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="creditledger",
@@ -1824,14 +1826,21 @@ def serve_command(
             timeout_keep_alive=settings.keep_alive_seconds,
         )
     )
+    interrupted = False
     try:
         server.run()
     except SystemExit:
         if server.started:
             raise
     except KeyboardInterrupt:
-        pass
+        # Ctrl-C: once serving, uvicorn stops gracefully and raises the SIGINT again on
+        # its way out (exit 0, as ever); before it took the signal over, here.
+        interrupted = True
     if not server.started:
+        if interrupted:
+            # The operator stopped it: not "could not listen", which would send them
+            # looking for another process on the port.
+            raise typer.Exit(EXIT_INTERRUPTED)
         # Uvicorn's own exit code (3) is this CLI's "broken catalog": a script reading it
         # would look for the fault in the wrong place.
         _fail(

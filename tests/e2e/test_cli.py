@@ -201,6 +201,43 @@ def test_serve_on_a_port_another_process_listens_on_exits_10_not_3(tmp_path: Pat
     assert f"did not start listening on 127.0.0.1:{port}" in error["message"]
 
 
+# ``creditledger serve`` with a Ctrl-C (a real SIGINT) at the one moment uvicorn has not
+# taken the signal over yet: its event loop runs, its handlers are not installed.
+_CTRL_C_AS_THE_LOOP_STARTS = """
+import signal, sys
+import uvicorn
+from api import cli
+
+serve = uvicorn.Server.serve
+
+async def interrupted(self, sockets=None):
+    signal.raise_signal(signal.SIGINT)
+    await serve(self, sockets)
+
+uvicorn.Server.serve = interrupted
+sys.argv = ["creditledger", "serve", "--port", "0"]
+cli.main()
+"""
+
+
+def test_serve_stopped_by_ctrl_c_before_it_listens_exits_130_not_10(tmp_path: Path) -> None:
+    """Stopped by its operator, it exits as an interrupted command does (130), without
+    the error of exit 10, whose "the port in use" would send them looking for a process.
+    (Uvicorn still logs its startup's cancellation, as it does whenever that is cut.)"""
+    env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    result = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_AS_THE_LOOP_STARTS],
+        capture_output=True,
+        text=True,
+        env=forked.environment(env),
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 130, result.stderr
+    assert "not_serving" not in result.stderr
+    assert "did not start listening" not in result.stderr
+
+
 def test_catalogs_table_and_json() -> None:
     table = run("catalogs", env={"COLUMNS": ""})  # piped: each row on one line
     assert table.returncode == 0, table.stderr
