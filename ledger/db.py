@@ -92,6 +92,9 @@ GROUP_LIMIT = 64
 #: on PostgreSQL ``submit`` too): the ``database_threads`` setting.
 THREADS = 2
 T = TypeVar("T")
+#: PostgreSQL's URL schemes, as libpq takes them (``postgres://`` is what many hosts
+#: hand out); without a driver they mean psycopg 3, whatever SQLAlchemy's default.
+POSTGRESQL_SCHEMES = ("postgresql", "postgres")
 _SAVEPOINT = "creditledger_writer"
 #: In a SQLite connection's pool record: (path, device, inode) of the file it opened.
 _OPENED = "creditledger_opened"
@@ -463,6 +466,11 @@ def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) ->
     # time zone: the sessions read instants in UTC whatever the server's, the database's,
     # the role's or the URL's ``TimeZone`` (``SESSION_TIMEZONE``).
     parsed = make_url(url)
+    backend, _, driver = parsed.drivername.partition("+")
+    if backend in POSTGRESQL_SCHEMES and driver in ("", "psycopg"):
+        # psycopg 3, the one driver installed: SQLAlchemy before 2.1 would take psycopg2
+        # for a URL that names none, and knows no "postgres" scheme at all.
+        parsed = parsed.set(drivername="postgresql+psycopg")
     query = parsed.query
     given = query.get("options")
     options = timeouts.postgresql_options()

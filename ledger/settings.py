@@ -12,7 +12,13 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError
 
-from ledger.db import PREPARE_THRESHOLD, THREADS, Timeouts, prepare_threshold
+from ledger.db import (
+    POSTGRESQL_SCHEMES,
+    PREPARE_THRESHOLD,
+    THREADS,
+    Timeouts,
+    prepare_threshold,
+)
 
 #: The fewest characters ``CREDITLEDGER_ADMIN_KEY`` may have: the key the server makes has
 #: 64 (its secret 256 random bits), and this many random ones are past guessing.
@@ -66,7 +72,7 @@ class Settings(BaseSettings):
                     "an in-memory SQLite database cannot hold a ledger: name a file "
                     "(sqlite:///path/to/creditledger.db)"
                 )
-        elif backend != "postgresql" or driver not in ("", "psycopg"):
+        elif backend not in POSTGRESQL_SCHEMES or driver not in ("", "psycopg"):
             raise ValueError(f"{parsed.drivername} is not a database of the ledger: {_DATABASES}")
         else:
             threshold = parsed.query.get(PREPARE_THRESHOLD)

@@ -428,6 +428,27 @@ def test_a_database_url_the_ledger_cannot_run_on_exits_2_naming_what_it_takes(
     assert list(tmp_path.iterdir()) == []  # no file made, nothing migrated
 
 
+@pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
+@pytest.mark.parametrize("scheme", ["postgres", "postgresql"])
+def test_a_postgresql_url_without_a_driver_runs_the_ledger_on_psycopg_3(
+    database_url: str, scheme: str
+) -> None:
+    """``postgres://`` (as libpq takes it and many hosts hand it out) and ``postgresql://``
+    name no driver: the ledger's, psycopg 3, whatever SQLAlchemy's own default."""
+    url = f"{scheme}://{database_url.split('://', 1)[1]}"
+    env = {"CREDITLEDGER_DATABASE_URL": url}
+    migrated = forked.run("migrate", env=env)
+    assert migrated.returncode == 0, migrated.stderr
+    made = forked.run("account", "create", "w", "--unit", "credit", "--json", env=env)
+    assert made.returncode == 0, made.stderr
+    topped = forked.run("topup", "w", "100", "--json", env=env)
+    assert topped.returncode == 0, topped.stderr
+    shown = forked.run("account", "show", "w", "--json", env=env)
+    assert json.loads(shown.stdout)["balance"] == 100
+    checked = forked.run("verify", env=env)
+    assert checked.returncode == 0, checked.stderr
+
+
 def test_a_refused_setting_is_not_repeated_in_its_error() -> None:
     """The text of a refused setting's error (as a log of the exception prints it) never
     holds the value: a database URL may hold a password."""

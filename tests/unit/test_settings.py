@@ -70,6 +70,8 @@ def test_each_bound_takes_its_edge_and_refuses_one_step_past_it(
         "sqlite:///ledger.db",
         "sqlite+pysqlite:////var/lib/creditledger/ledger.db",
         "postgresql://ledger@db/ledger",
+        "postgres://ledger:s3cret@db:5432/ledger",  # as libpq and many hosts write it
+        "postgres+psycopg://ledger@db/ledger",
         "postgresql+psycopg://ledger:s3cret@db:5432/ledger",
         # Behind a pooler that shares server sessions: no prepared statement.
         "postgresql+psycopg://ledger@pgbouncer:6432/ledger?prepare_threshold=none",
@@ -92,6 +94,7 @@ def test_a_url_of_the_ledgers_databases_is_taken(url: str) -> None:
         ("postgresql://ledger:pw@db:s3cret/ledger", "write @ as %40"),
         ("sqlite+aiosqlite:///ledger.db", "sqlite+aiosqlite is not a database of the ledger"),
         ("postgresql+asyncpg://ledger:s3cret@db/ledger", "postgresql+asyncpg is not"),
+        ("postgres+psycopg2://ledger:s3cret@db/ledger", "postgres+psycopg2 is not"),
         ("mysql://ledger:s3cret@db/ledger", "mysql is not"),
         ("sqlite://", "in-memory"),
         ("sqlite:///:memory:", "in-memory"),
