@@ -14,6 +14,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api.errors import Forbidden, Unauthorized
 from api.metrics import Metrics
+from api.schemas import HEADER_TOKEN
 from ledger.errors import NotFound
 from ledger.ids import random_hex
 from ledger.keys import Keys, Principal
@@ -144,11 +145,11 @@ IdempotencyHeader = Annotated[
         alias="Idempotency-Key",
         min_length=1,
         max_length=200,
-        pattern=r"^[\x21-\x7e]+$",
-        description="Retry-safe key (printable ASCII, at most 200 characters): the same key "
-        "and body return the original response, marked with the header "
-        "'Idempotent-Replayed: true' (nothing was done again); the same key with another "
-        "body is 409.",
+        pattern=HEADER_TOKEN,
+        description="Retry-safe key (printable ASCII without spaces, at most 200 "
+        "characters): the same key and body return the original response, marked with the "
+        "header 'Idempotent-Replayed: true' (nothing was done again); the same key with "
+        "another body is 409.",
     ),
 ]
 

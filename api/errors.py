@@ -23,7 +23,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import jsonin
 from api.requestids import request_id
-from api.schemas import ErrorPublic, InsufficientCreditsPublic
+from api.schemas import PATTERN_TEXTS, ErrorPublic, InsufficientCreditsPublic
 from api.status import status_of
 from ledger.db import first_line, is_file_replaced, is_lock_timeout
 from ledger.store import UNAVAILABLE_ERRORS, is_unavailable
@@ -114,7 +114,17 @@ def _allowed(error: dict[str, Any]) -> Any:
             return _choices(expected)
         return expected
     bounds = {k: ctx[k] for k in ("ge", "gt", "le", "lt", "min_length", "max_length") if k in ctx}
+    if "pattern" in ctx:
+        bounds["pattern"] = ctx["pattern"]
     return bounds or None
+
+
+def _message(error: dict[str, Any]) -> str:
+    """Pydantic's words, but for a pattern: what it allows in words, not as a regex."""
+    pattern = (error.get("ctx") or {}).get("pattern")
+    if error.get("type") == "string_pattern_mismatch" and pattern in PATTERN_TEXTS:
+        return f"must be {PATTERN_TEXTS[pattern]}"
+    return str(error.get("msg", ""))
 
 
 def _validation(_request: Request, exc: Exception) -> JSONResponse:
@@ -130,7 +140,7 @@ def _validation(_request: Request, exc: Exception) -> JSONResponse:
     for e in errors:
         # A body of the wrong shape (a list, a number) is at fault as a whole: "body".
         field = _location(e.get("loc", ())) or "body"
-        item: dict[str, Any] = {"field": field, "message": e.get("msg", "")}
+        item: dict[str, Any] = {"field": field, "message": _message(e)}
         allowed = _allowed(e)
         if allowed is not None:
             item["allowed"] = allowed

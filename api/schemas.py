@@ -62,6 +62,12 @@ SignedAmount = Annotated[
 ]
 
 
+#: A header value of one token: printable ASCII without spaces (the Idempotency-Key).
+HEADER_TOKEN = r"^[\x21-\x7e]+$"
+#: Each pattern of a request field, as a refusal says what it allows.
+PATTERN_TEXTS = {HEADER_TOKEN: "printable ASCII without spaces or control characters (! to ~)"}
+
+
 DAY = re.compile(r"\d{4}-\d{2}-\d{2}")
 
 

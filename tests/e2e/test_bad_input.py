@@ -1006,6 +1006,26 @@ def test_an_unknown_query_parameter_is_named_with_those_the_route_takes(api: Api
     assert r.json()["message"] == "as_of: unknown query parameter (this route takes: none)"
 
 
+def test_an_idempotency_key_of_other_characters_is_told_what_it_may_hold_in_words(
+    api: Api, world: dict[str, str]
+) -> None:
+    """Not a regular expression for the message (a person reads it), but the pattern
+    as ``allowed`` (for a program)."""
+    before = _dump(api)
+    for key in ("top up 1", "tab\there"):
+        r = api.call(
+            "POST", "/v1/accounts/w/topups", body={"amount": 5}, headers={"Idempotency-Key": key}
+        )
+        assert r.status_code == 422, r.text
+        answer = r.json()
+        assert answer["field"] == "Idempotency-Key"
+        assert answer["message"] == (
+            "Idempotency-Key: must be printable ASCII without spaces or control characters (! to ~)"
+        )
+        assert answer["allowed"] == {"pattern": r"^[\x21-\x7e]+$"}
+    assert _dump(api) == before
+
+
 def test_a_value_outside_a_fields_choices_is_answered_with_the_choices_as_a_list(
     api: Api, world: dict[str, str]
 ) -> None:
