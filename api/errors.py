@@ -298,13 +298,14 @@ class Contained:
 
 
 _DESCRIBED = {
-    400: "Malformed JSON (NaN and Infinity included) or a body that is not UTF-8.",
+    400: "Malformed JSON (NaN and Infinity included), a body that is not UTF-8, or a "
+    "Content-Length that is not a whole number of bytes (on any route).",
     401: "No valid API key.",
     402: "Insufficient credits: credits_needed and credits_balance.",
     403: "The key's role may not do this (forbidden), or the wallet is blocked (account_blocked).",
     404: "No such resource (or not the customer key's own).",
     409: "A conflict: exists, already resolved, reversed or revoked, idempotency key reused.",
-    413: "The body is larger than the server reads (CREDITLEDGER_MAX_BODY_BYTES).",
+    413: "The body is larger than the server reads (CREDITLEDGER_MAX_BODY_BYTES), on any route.",
     415: "The body is not application/json.",
     422: "Invalid request: the field and what is allowed.",
     500: "An unexpected bug; the transaction it interrupted was rolled back.",

@@ -225,11 +225,13 @@ def _is_json(content_type: str) -> bool:
 
 class JsonRoute(APIRoute):
     """A JSON endpoint; its OpenAPI lists the errors any route can answer besides its own:
-    400, 413 and 415 for a route that takes a body, and 503 and 500 for every route."""
+    for every route 400 and 413 (``BodyLimit`` refuses a ``Content-Length`` that is no
+    count of bytes, or over the limit, whatever the route), 500 and 503; and 415 for a
+    route that takes a body."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        statuses = [400, 413, 415] if self.body_field is not None else []
+        statuses = [400, 413, 415] if self.body_field is not None else [400, 413]
         self.responses = {**documented(*statuses, 500, 503), **self.responses}
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
