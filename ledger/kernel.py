@@ -144,16 +144,28 @@ def _zone_names() -> frozenset[str]:
     return frozenset(available_timezones() - {"localtime"})
 
 
+@cache
+def _zones_by_folded_name() -> dict[str, str]:
+    """Each zone under its name case-folded, for a name given in the wrong case."""
+    return {name.casefold(): name for name in _zone_names()}
+
+
 def timezone_problem(timezone: object) -> str | None:
     """What is wrong with ``timezone`` as the zone of a wallet's or a report's days, or None.
 
     It must be an IANA name (``Europe/Berlin``, ``UTC``) from the timezone database: names
     the loader would also open but that mean different things on different machines
-    (``localtime``) or that are no zone (a path) are refused.
+    (``localtime``) or that are no zone (a path) are refused. A name in the wrong case
+    (``utc``) is refused too, naming the zone it differs from only by case.
     """
-    if not isinstance(timezone, str) or timezone not in _zone_names():
-        return f"unknown timezone {timezone!r}: use an IANA name such as Europe/Berlin"
-    return None
+    if isinstance(timezone, str) and timezone in _zone_names():
+        return None
+    meant = _zones_by_folded_name().get(timezone.casefold()) if isinstance(timezone, str) else None
+    if meant is not None:
+        return (
+            f"unknown timezone {timezone!r}: IANA names are case-sensitive; did you mean {meant!r}?"
+        )
+    return f"unknown timezone {timezone!r}: use an IANA name such as Europe/Berlin"
 
 
 def available(balance: int, pending: int, overdraft_limit: int) -> int:

@@ -1006,6 +1006,25 @@ def test_an_unknown_query_parameter_is_named_with_those_the_route_takes(api: Api
     assert r.json()["message"] == "as_of: unknown query parameter (this route takes: none)"
 
 
+def test_a_timezone_in_the_wrong_case_is_told_the_zone_it_meant(
+    api: Api, world: dict[str, str]
+) -> None:
+    """``utc`` for a wallet or a report: a 422 naming the zone ``UTC``; nothing made."""
+    before = _dump(api)
+    cases = [
+        ("/v1/accounts", {"id": "zoned", "unit": "credit", "timezone": "europe/paris"}),
+        ("/v1/reports", {"month": "2026-10", "format": "csv", "timezone": "utc"}),
+    ]
+    for path, body in cases:
+        r = api.call("POST", path, body=body)
+        assert r.status_code == 422, r.text
+        answer = r.json()
+        assert answer["field"] == "timezone", answer
+        meant = "Europe/Paris" if path == "/v1/accounts" else "UTC"
+        assert answer["message"].endswith(f"did you mean '{meant}'?"), answer
+    assert _dump(api) == before
+
+
 def test_an_idempotency_key_of_other_characters_is_told_what_it_may_hold_in_words(
     api: Api, world: dict[str, str]
 ) -> None:

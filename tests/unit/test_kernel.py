@@ -267,3 +267,17 @@ def test_credits_repay_debt_then_refill_burned_grants_in_order_then_make_a_new_g
 )
 def test_text_no_database_can_store_is_named(text: str, problem: str | None) -> None:
     assert kernel.text_problem(text) == problem
+
+
+def test_a_timezone_in_the_wrong_case_is_refused_naming_the_zone_it_meant() -> None:
+    """IANA names are case-sensitive (``utc`` is no zone), but a name that differs from
+    one only by case is told which it is; another is told what a name looks like."""
+    assert kernel.timezone_problem("UTC") is None
+    assert kernel.timezone_problem("Europe/Paris") is None
+    for name, meant in (("utc", "UTC"), ("europe/paris", "Europe/Paris"), ("Etc/Utc", "Etc/UTC")):
+        problem = kernel.timezone_problem(name)
+        assert problem is not None
+        assert problem.endswith(f"case-sensitive; did you mean {meant!r}?"), problem
+    for wrong in ("Mars/Olympus", "localtime", "LOCALTIME", "+02:00", "", 5, None):
+        problem = kernel.timezone_problem(wrong)
+        assert problem == f"unknown timezone {wrong!r}: use an IANA name such as Europe/Berlin"
