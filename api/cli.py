@@ -1614,7 +1614,10 @@ def keys_list(
     _console().print(table)
 
 
-report_app = typer.Typer(help="Monthly statements: make, run, show.", no_args_is_help=True)
+report_app = typer.Typer(
+    help="Monthly statements: monthly (make one now), run (the queued jobs), show (a job).",
+    no_args_is_help=True,
+)
 app.add_typer(report_app, name="report")
 
 
