@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import copy
 import itertools
 import os
 import shutil
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -18,7 +21,7 @@ from ledger.db import Database
 from ledger.services import Ledger
 from ledger.verify import verify
 from pricing import CatalogSet, default_catalogs
-from tests.factories import Clock
+from tests.factories import Clock, Traffic, month_of_traffic
 from tests.netcut import CuttingProxy
 from tests.pg import TempPostgres, end_session_at, find_bin
 
@@ -104,13 +107,14 @@ def postgres() -> Iterator[TempPostgres | None]:
 
 
 @contextmanager
-def _postgres_database(server: TempPostgres) -> Iterator[str]:
-    """The URL of a new, migrated database on ``server``, dropped afterwards (the
-    connections a test left open closed with it), so that the cluster stays small."""
+def _postgres_database(server: TempPostgres, template: str = _TEMPLATE) -> Iterator[str]:
+    """The URL of a new, migrated database on ``server`` (a copy of ``template``), dropped
+    afterwards (the connections a test left open closed with it), so that the cluster
+    stays small."""
     name = f"test_{os.getpid()}_{next(_counter)}"
     admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT", poolclass=NullPool)
     with admin.connect() as conn:
-        conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {_TEMPLATE}")
+        conn.exec_driver_sql(f"CREATE DATABASE {name} TEMPLATE {template}")
     try:
         yield server.url(name)
     finally:
@@ -134,14 +138,23 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """The URL of a migrated, empty ledger database: a SQLite file, then a real PostgreSQL
-    database."""
+    """The URL of a migrated ledger database: a SQLite file, then a real PostgreSQL
+    database. It is empty, unless the test takes the fixture ``traffic``: then it holds
+    October 2026's traffic already (a copy of ``traffic_templates``)."""
+    seeded = _TRAFFIC in request.fixturenames
     if request.param == "sqlite":
         path = tmp_path / "ledger.db"
-        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        source = (
+            Path(_traffic_template(request, "sqlite").source)
+            if seeded
+            else request.getfixturevalue("sqlite_template")
+        )
+        shutil.copyfile(source, path)
         yield f"sqlite:///{path}"
         return
-    with _postgres_database(postgres_or_skip(request)) as url:
+    server = postgres_or_skip(request)
+    template = _traffic_template(request, "postgresql").source if seeded else _TEMPLATE
+    with _postgres_database(server, template) as url:
         yield url
 
 
@@ -154,6 +167,72 @@ def postgres_or_skip(request: pytest.FixtureRequest) -> TempPostgres:
             "set CREDITLEDGER_REQUIRE_POSTGRES=1 to make this a failure"
         )
     return server
+
+
+# ---------------------------------------------------------------- a month of traffic, made once
+
+_TRAFFIC = "traffic"
+
+
+@dataclass(frozen=True)
+class TrafficTemplate:
+    """A ledger database holding :func:`tests.factories.month_of_traffic`, for tests to
+    start from a copy of: a SQLite file's path, or a PostgreSQL template database's name."""
+
+    source: str
+    traffic: Traffic
+    now: datetime  # where month_of_traffic left its clock
+
+
+@pytest.fixture(scope="session")
+def traffic_templates() -> dict[str, TrafficTemplate]:
+    """The traffic template of each database this test process made so far (made when a
+    test first needs one: making the month takes 1 to 4 s, copying it a few ms)."""
+    return {}
+
+
+def _traffic_template(request: pytest.FixtureRequest, backend: str) -> TrafficTemplate:
+    made: dict[str, TrafficTemplate] = request.getfixturevalue("traffic_templates")
+    if backend in made:
+        return made[backend]
+    if backend == "sqlite":
+        factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
+        path = factory.mktemp("traffic-template") / "ledger.db"
+        shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
+        source, url = str(path), f"sqlite:///{path}"
+    else:
+        server = postgres_or_skip(request)
+        source = "creditledger_traffic_template"
+        admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT", poolclass=NullPool)
+        with admin.connect() as conn:
+            conn.exec_driver_sql(f"CREATE DATABASE {source} TEMPLATE {_TEMPLATE}")
+        admin.dispose()
+        url = server.url(source)
+    db = Database.from_url(url)
+    try:
+        clock = Clock()
+        catalogs: CatalogSet = request.getfixturevalue("catalogs")
+        traffic = month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
+        assert verify(db) == []
+    finally:
+        # No connection left open: PostgreSQL copies a template no one is connected to,
+        # and SQLite checkpoints its WAL into the file as the last one closes.
+        db.dispose()
+    if backend == "sqlite":
+        assert not Path(f"{source}-wal").exists()
+    made[backend] = TrafficTemplate(source, traffic, clock.now)
+    return made[backend]
+
+
+@pytest.fixture
+def traffic(database_url: str, clock: Clock, request: pytest.FixtureRequest) -> Traffic:
+    """October 2026 of a small gateway (:func:`tests.factories.month_of_traffic`), which
+    this test's ledger database already holds (``database_url`` copied it); ``clock``
+    stands where the month's making left it."""
+    backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+    template = _traffic_template(request, backend)
+    clock.now = template.now
+    return copy.deepcopy(template.traffic)
 
 
 @pytest.fixture

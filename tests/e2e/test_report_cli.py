@@ -17,22 +17,16 @@ import sqlalchemy as sa
 
 from ledger.db import Database
 from ledger.models import accounts, flows, report_jobs
-from ledger.services import Ledger
-from pricing.catalog import CatalogSet
 from pricing.money import major_text
 from reports.jobs import Reports
 from tests.e2e.forked import PROGRAM, environment, run
 from tests.e2e.test_admin_cli import server  # noqa: F401 (a fixture)
-from tests.factories import Clock, month_of_traffic
+from tests.factories import Traffic
 
 
 @pytest.fixture
-def env(database_url: str, catalogs: CatalogSet) -> dict[str, str]:
+def env(database_url: str, traffic: Traffic) -> dict[str, str]:
     """A ledger holding October 2026's traffic (a SQLite file, then PostgreSQL)."""
-    db = Database.from_url(database_url)
-    clock = Clock()
-    month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
-    db.dispose()
     # The commands run by the real clock, which may be within the close delay of a
     # month's turn: last month is then not closed yet (that delay is tested with a test
     # clock, in tests/integration/test_reports.py).

@@ -14,12 +14,7 @@ import sqlalchemy as sa
 from ledger.models import report_jobs
 from reports.jobs import Output
 from tests.e2e.conftest import Api
-from tests.factories import Clock, Traffic, month_of_traffic
-
-
-@pytest.fixture
-def traffic(api: Api, clock: Clock) -> Traffic:
-    return month_of_traffic(api.ledger, clock)
+from tests.factories import Traffic
 
 
 def run_worker(api: Api) -> int:

@@ -46,11 +46,6 @@ from tests.factories import (
 
 
 @pytest.fixture
-def traffic(ledger: Ledger, clock: Clock) -> Traffic:
-    return month_of_traffic(ledger, clock)
-
-
-@pytest.fixture
 def reports(db: Database, clock: Clock) -> Reports:
     return Reports(db, clock=clock, lease=timedelta(seconds=60))
 
