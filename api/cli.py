@@ -46,7 +46,14 @@ from api.schemas import DAY
 from api.status import status_of
 from ledger import kernel
 from ledger.backup import backup
-from ledger.db import Database, Refused, is_lock_timeout
+from ledger.db import (
+    Database,
+    DowngradeNotConfirmed,
+    Refused,
+    is_lock_timeout,
+    known_revisions,
+    revision_titles,
+)
 from ledger.errors import BackupFailed, IdempotencyConflict
 from ledger.keys import Keys
 from ledger.results import (
@@ -405,20 +412,88 @@ def _database() -> Database:
 
 
 @app.command("migrate")
-def migrate_command() -> None:
-    """Create or upgrade the database schema (CREDITLEDGER_DATABASE_URL)."""
+def migrate_command(
+    to: Annotated[
+        str,
+        typer.Option(
+            "--to",
+            metavar="REVISION",
+            help="The schema revision to take the database to (default: head, the newest). "
+            "Below the one it is at, the revisions after REVISION are undone, with what they "
+            "keep: a rollback to the creditledger whose newest revision that is.",
+        ),
+    ] = "head",
+    yes: Annotated[
+        bool,
+        typer.Option("--yes", help="Go down when --to is below the database's revision."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON for machines.")] = False,
+) -> None:
+    """Create or upgrade the database schema (CREDITLEDGER_DATABASE_URL), or take it back
+    to an older revision (--to, --yes)."""
+    known = known_revisions()
+    if to != "head" and to not in known:
+        _fail(
+            {
+                "error": "invalid_request",
+                "field": "to",
+                "message": f"--to {to!r}: give one of this version's schema revisions "
+                f"({known[0]} to {known[-1]}) or head",
+                "allowed": [*known, "head"],
+            },
+            EXIT_INVALID,
+        )
     settings = _settings()
     db = Database.from_settings(settings)
     try:
         db.reach(settings.startup_wait_seconds)
-        db.migrate()
+        done = db.migrate_to(to, down=yes)
+    except DowngradeNotConfirmed as exc:
+        titles = revision_titles()
+        _fail(
+            {
+                "error": "confirmation_required",
+                "field": "yes",
+                "message": f"{exc}. Undoing a revision drops what it keeps (see 'undo'): "
+                "back the ledger up first (creditledger backup, or pg_dump), stop every "
+                "server on it, then run this again with --yes. Nothing was changed",
+                "revision": exc.current,
+                "target": exc.target,
+                "undo": [{"revision": r, "title": titles[r]} for r in exc.undone],
+            },
+            EXIT_INVALID,
+        )
     except sa.exc.SQLAlchemyError as exc:
         _database_failed(exc)
     finally:
         db.dispose()
-    typer.echo(
-        f"database at the latest schema: {db.engine.url.render_as_string(hide_password=True)}"
+    url = db.engine.url.render_as_string(hide_password=True)
+    titles = revision_titles() if done.applied or done.undone else {}
+    if as_json:
+        typer.echo(
+            json.dumps(
+                {
+                    "database": url,
+                    "revision": done.after,
+                    "latest": done.after == known[-1],
+                    "before": done.before,
+                    "applied": [{"revision": r, "title": titles[r]} for r in done.applied],
+                    "undone": [{"revision": r, "title": titles[r]} for r in done.undone],
+                },
+                indent=2,
+            )
+        )
+        return
+    where = (
+        f"the latest schema (revision {done.after})"
+        if done.after == known[-1]
+        else f"schema revision {done.after} (this version's latest is {known[-1]})"
     )
+    typer.echo(f"database at {where}: {url}")
+    for revision in done.applied:
+        typer.echo(f"  applied {revision}  {titles[revision]}")
+    for revision in done.undone:
+        typer.echo(f"  undid   {revision}  {titles[revision]}")
 
 
 @app.command("verify")

@@ -17,7 +17,7 @@ from typing import Any
 import httpx2 as httpx
 import pytest
 
-from ledger.db import Database
+from ledger.db import Database, known_revisions
 from ledger.services import Ledger
 from pricing import default_catalogs
 from tests import factories as f
@@ -1095,3 +1095,65 @@ def test_a_batch_cut_short_is_finished_by_running_it_again(
     finished = run("topup-batch", str(batch), "--batch-id", batch_id, "--json", env=env)
     assert finished.returncode == 0, finished.stderr
     assert _balances(env, "zeta", "acme") == [10, 2**63 - 1 - 10]  # line 2 not again
+
+
+def test_migrate_takes_the_schema_back_for_a_rollback_and_up_again(
+    database_url: str, traffic: f.Traffic
+) -> None:
+    """A deployment rolled back: the newer creditledger takes its schema down to the older
+    one's newest revision (asking first, as it undoes what those revisions keep), and a
+    later upgrade takes it up again, every wallet as it was."""
+    env = {"CREDITLEDGER_DATABASE_URL": database_url}
+    newest = known_revisions()[-1]
+
+    def wallets() -> dict[str, Any]:
+        shown = {w: run("account", "show", w, "--json", env=env) for w in traffic.wallets}
+        assert all(s.returncode == 0 for s in shown.values()), shown
+        return {w: json.loads(s.stdout) for w, s in shown.items()}
+
+    before = wallets()
+    unknown = run("migrate", "--to", "0000", env=env)
+    assert unknown.returncode == 2, unknown.stderr
+    error = json.loads(unknown.stderr)
+    assert (error["field"], error["allowed"][0], error["allowed"][-2:]) == (
+        "to",
+        "0001",
+        [newest, "head"],
+    )
+
+    asked = run("migrate", "--to", "0011", env=env)
+    assert (asked.returncode, asked.stdout) == (2, ""), asked.stderr
+    error = json.loads(asked.stderr)
+    assert (error["error"], error["field"], error["revision"], error["target"]) == (
+        "confirmation_required",
+        "yes",
+        newest,
+        "0011",
+    )
+    undo = [r for r in reversed(known_revisions()) if r > "0011"]
+    assert [u["revision"] for u in error["undo"]] == undo
+    assert error["undo"][-1]["title"].startswith("Who did it: ``entries.actor`` and ")
+    assert "--yes" in error["message"]
+    assert "Nothing was changed" in error["message"]
+    unchanged = run("migrate", "--json", env=env)
+    assert json.loads(unchanged.stdout)["before"] == newest
+
+    down = run("migrate", "--to", "0011", "--yes", "--json", env=env)
+    assert down.returncode == 0, down.stderr
+    said = json.loads(down.stdout)
+    assert (said["revision"], said["before"], said["latest"], said["applied"]) == (
+        "0011",
+        newest,
+        False,
+        [],
+    )
+    assert [u["revision"] for u in said["undone"]] == undo
+
+    up = run("migrate", env=env)
+    assert up.returncode == 0, up.stderr
+    lines = up.stdout.splitlines()
+    assert lines[0].startswith(f"database at the latest schema (revision {newest}): ")
+    assert [line.split()[:2] for line in lines[1:]] == [["applied", r] for r in reversed(undo)]
+    checked = run("verify", "--json", env=env)
+    assert checked.returncode == 0, checked.stdout
+    assert wallets() == before

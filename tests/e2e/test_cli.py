@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from ledger.db import known_revisions
 from tests import factories as f
 from tests.e2e import forked
 
@@ -365,6 +366,8 @@ def test_a_schema_a_newer_version_upgraded_is_refused_by_every_command_but_backu
         assert error["error"] == "database_error"
         assert told in error["message"]
         assert "a newer creditledger upgraded it. Run that version" in error["message"]
+        rollback = f"`creditledger migrate --to {known_revisions()[-1]} --yes`"
+        assert rollback in error["message"]
         assert "hint" not in error  # the message says what to do
         assert result.stdout == ""
     assert state() == before

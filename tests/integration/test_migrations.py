@@ -24,6 +24,8 @@ from alembic.util import CommandError
 from ledger.db import (
     MIGRATION_LOCK,
     Database,
+    DowngradeNotConfirmed,
+    Migration,
     Refused,
     SchemaFromNewer,
     Timeouts,
@@ -33,6 +35,8 @@ from ledger.db import (
 )
 from ledger.models import PENDING_HOLD, metadata
 from ledger.store import SPENT
+from ledger.verify import verify
+from tests.factories import Traffic, make_statement
 from tests.pg import TempPostgres
 
 _names = count()
@@ -441,6 +445,7 @@ def _revision(database: Database) -> str | None:
 
 
 HEAD = "0019"
+REVISIONS = known_revisions()
 
 #: A process that migrates ``sys.argv[1]`` at the instant ``sys.argv[2]`` (so that all
 #: start together, whatever their start-up took).
@@ -544,8 +549,11 @@ def test_a_schema_a_newer_version_upgraded_is_refused_and_left_as_it_is(
     assert str(refused.value.orig) == (
         "the database's schema is at revision 9999, which this creditledger does not know "
         f"(its newest is {HEAD}): a newer creditledger upgraded it. Run that version (or a "
-        "later one) on it; nothing was changed"
+        f"later one) on it, or take the schema back to {HEAD} with it first (`creditledger "
+        f"migrate --to {HEAD} --yes`); nothing was changed"
     )
+    with pytest.raises(SchemaFromNewer):
+        empty.migrate_to(HEAD, down=True)  # nor down: this version knows no way from 9999
     assert not is_lock_timeout(refused.value)  # refused at once, not waited on
     with pytest.raises(SchemaFromNewer, match="revision 9999, which"):
         empty.refuse_newer_schema()  # what each CLI command asks first
@@ -577,3 +585,102 @@ def test_the_known_revisions_are_alembics_own() -> None:
     alembics = sorted(s.revision for s in script.walk_revisions())
     assert known_revisions() == tuple(alembics)
     assert known_revisions()[-1] == script.get_current_head() == HEAD
+
+
+#: The tables that keep the ledger's money and what it was for, each in its primary key's
+#: order: a round trip down and up again must give back every row of them.
+_BOOKS = (
+    "accounts",
+    "entries",
+    "postings",
+    "grants",
+    "grant_movements",
+    "holds",
+    "metering_records",
+    "daily_usage",
+    "daily_flows",
+    "allocation_periods",
+    "idempotency_keys",
+)
+
+#: What the revisions undone keep, and so lose on the way down: who made each entry
+#: (0012), whether a wallet is blocked (0010) and its spend limit (0011), given back as
+#: they are for a row made before them (none, not blocked, no limit).
+_KEPT_BY_REVISIONS = {
+    "0010": {("accounts", "blocked")},
+    "0011": {("accounts", "monthly_spend_limit")},
+    "0012": {("entries", "actor")},
+}
+
+
+def _books(db: Database, dropped: set[tuple[str, str]]) -> dict[str, list[tuple[Any, ...]]]:
+    """Every row of the ``_BOOKS`` tables, without the ``dropped`` columns."""
+    meta = sa.MetaData()
+    with db.engine.connect() as conn:
+        read = {}
+        for name in _BOOKS:
+            table = sa.Table(name, meta, autoload_with=conn)
+            kept = [c for c in table.c if (name, c.name) not in dropped]
+            order = list(table.primary_key.columns)
+            read[name] = [tuple(r) for r in conn.execute(sa.select(*kept).order_by(*order))]
+    return read
+
+
+_POSTED = "SELECT account_id, SUM(amount) FROM postings GROUP BY account_id"
+_ROLLED_UP = "SELECT account_id, SUM(credits) - SUM(debits) FROM daily_flows GROUP BY account_id"
+
+
+def _sums(db: Database, query: str, *, wallets_only: bool = False) -> dict[int, int]:
+    """``query``'s (account, amount) rows, of wallets only if asked, without zeros."""
+    with db.engine.connect() as conn:
+        wallets = set(
+            conn.execute(sa.text("SELECT id FROM accounts WHERE kind = 'wallet'")).scalars().all()
+        )
+        rows = conn.execute(sa.text(query)).all()
+    return {int(a): int(n) for a, n in rows if n and (not wallets_only or a in wallets)}
+
+
+@pytest.mark.parametrize("target", [REVISIONS[0], "0012", REVISIONS[-2]])
+def test_a_ledger_taken_back_to_an_older_schema_and_up_again_keeps_every_credit(
+    db: Database, traffic: Traffic, target: str
+) -> None:
+    """A rollback: the schema is taken down to an older creditledger's newest revision
+    (``creditledger migrate --to``), then up again by a later upgrade. Each revision
+    undone gives back what it changed (October's journal, holds, grants, rollups and
+    idempotency keys are all there again, row for row, and the month's statement is the
+    same), and loses only what it alone kept. Going down is refused unless asked for."""
+    undone = tuple(r for r in reversed(REVISIONS) if r > target)
+    dropped = set().union(*(_KEPT_BY_REVISIONS.get(r, set()) for r in undone))
+    books = _books(db, dropped)
+    statement = make_statement(db, traffic.month, "Asia/Tokyo").accounts
+
+    with pytest.raises(DowngradeNotConfirmed) as refused:
+        db.migrate_to(target)
+    assert (refused.value.current, refused.value.target) == (HEAD, target)
+    assert refused.value.undone == undone
+    assert _revision(db) == HEAD  # nothing changed
+
+    assert db.migrate_to(target, down=True) == Migration(HEAD, target, undone=undone)
+    assert _revision(db) == target
+    # As the older version finds it: balances that are the sums of their postings, and
+    # (from 0003 on) a journal rollup that adds up to them, wallet by wallet.
+    assert _sums(db, "SELECT id, balance FROM accounts") == _sums(db, _POSTED)
+    if target >= "0003":
+        assert _sums(db, _ROLLED_UP) == _sums(db, _POSTED, wallets_only=True)
+    assert db.migrate_to(target) == Migration(target, target)  # there already
+    up = db.migrate_to("head")
+    assert up == Migration(target, HEAD, applied=tuple(reversed(undone)))
+
+    assert verify(db) == []
+    assert _books(db, dropped) == books
+    assert make_statement(db, traffic.month, "Asia/Tokyo").accounts.equals(statement)
+    if ("entries", "actor") in dropped:  # lost, as for an entry made before 0012
+        with db.engine.connect() as conn:
+            assert conn.execute(sa.text("SELECT DISTINCT actor FROM entries")).all() == [(None,)]
+
+
+def test_a_revision_this_version_does_not_have_is_refused_before_anything_connects() -> None:
+    db = Database.from_url("postgresql+psycopg://nobody@127.0.0.1:1/none")
+    with pytest.raises(ValueError, match="no revision 'base'"):
+        db.migrate_to("base")
+    db.dispose()
