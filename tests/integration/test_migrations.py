@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import UTC, datetime, timedelta
 from itertools import count
 from pathlib import Path
 from typing import Any
@@ -33,6 +34,7 @@ from ledger.db import (
     is_lock_timeout,
     known_revisions,
 )
+from ledger.keys import Keys
 from ledger.models import PENDING_HOLD, metadata
 from ledger.store import SPENT
 from ledger.verify import verify
@@ -684,3 +686,41 @@ def test_a_revision_this_version_does_not_have_is_refused_before_anything_connec
     with pytest.raises(ValueError, match="no revision 'base'"):
         db.migrate_to("base")
     db.dispose()
+
+
+def test_a_key_that_expired_stays_refused_below_0009_as_revoked_when_it_expired(
+    empty: Database,
+) -> None:
+    """Below 0009 a key has no expiry: one that expired (refused since) is revoked as it
+    expired rather than accepted again; one yet to expire, or never, stays as it is, and
+    so does one revoked before."""
+    empty.migrate()
+    made = datetime.now(UTC) - timedelta(days=2)
+    keys = Keys(empty, clock=lambda: made)
+    expired = keys.create("service", expires_at=made + timedelta(days=1))
+    later = keys.create("service", expires_at=made + timedelta(days=30))
+    never = keys.create("service")
+    revoked = keys.create("service", expires_at=made + timedelta(hours=1))
+    keys.revoke(revoked.id)
+    revoked_at = keys.get(revoked.id).revoked_at
+
+    empty.migrate_to("0008", down=True)
+    with empty.engine.connect() as conn:
+        rows = conn.execute(sa.text("SELECT id, revoked_at FROM api_keys")).all()
+    at = {
+        k: v if v is None or isinstance(v, datetime) else datetime.fromisoformat(v) for k, v in rows
+    }
+    on_utc = {k: None if v is None else v.replace(tzinfo=v.tzinfo or UTC) for k, v in at.items()}
+    assert on_utc == {
+        expired.id: made + timedelta(days=1),
+        later.id: None,
+        never.id: None,
+        revoked.id: revoked_at,
+    }
+    empty.migrate()
+    now = Keys(empty)
+    assert now.authenticate(expired.key) is None
+    assert now.authenticate(revoked.key) is None
+    assert now.authenticate(later.key) is not None  # its expiry is lost: noted in README
+    assert now.get(later.id).expires_at is None
+    assert now.authenticate(never.key) is not None

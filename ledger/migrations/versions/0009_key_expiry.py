@@ -8,6 +8,7 @@ Create Date: 2026-11-22 12:00:00.000000
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
 import sqlalchemy as sa
 from alembic import op
@@ -23,5 +24,27 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # A key refused since it expired stays refused: revoked as it expired. (One that has
+    # yet to expire no longer will: the older version keeps no expiry.)
+    keys = sa.table(
+        "api_keys",
+        sa.column("id", sa.String),
+        sa.column("revoked_at", sa.DateTime(timezone=True)),
+        sa.column("expires_at", sa.DateTime(timezone=True)),
+    )
+    conn = op.get_bind()
+    now = datetime.now(UTC)
+    rows = conn.execute(
+        sa.select(keys.c.id, keys.c.expires_at).where(
+            keys.c.revoked_at.is_(None), keys.c.expires_at.is_not(None)
+        )
+    ).all()
+    for key_id, expires_at in rows:
+        if expires_at.tzinfo is None:  # SQLite gives back the UTC wall time
+            expires_at = expires_at.replace(tzinfo=UTC)
+        if expires_at <= now:
+            conn.execute(
+                keys.update().where(keys.c.id == key_id).values(revoked_at=keys.c.expires_at)
+            )
     with op.batch_alter_table("api_keys") as batch:
         batch.drop_column("expires_at")
