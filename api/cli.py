@@ -42,6 +42,7 @@ from rich.table import Table
 
 from api import jsonin
 from api.batch import BATCH_ID, Problem, default_batch_id, read_rows, read_usage
+from api.entry import EXIT_INTERRUPTED
 from api.schemas import DAY
 from api.status import status_of
 from ledger import kernel
@@ -95,8 +96,6 @@ EXIT_NOT_FOUND = 7
 EXIT_CONFLICT = 8
 EXIT_REPORT_FAILED = 9
 EXIT_NOT_SERVING = 10
-#: Stopped by Ctrl-C (SIGINT) before it served: the shell's 128 + 2, as when Python dies of it.
-EXIT_INTERRUPTED = 130
 
 app = typer.Typer(
     name="creditledger",

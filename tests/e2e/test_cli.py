@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import re
 import shutil
@@ -16,6 +17,7 @@ from ledger.db import known_revisions
 from tests import factories as f
 from tests.e2e import forked
 
+EXE_NAME = "creditledger"
 EXE = shutil.which("creditledger", path=str(Path(sys.executable).parent)) or "creditledger"
 
 
@@ -237,6 +239,44 @@ def test_serve_stopped_by_ctrl_c_before_it_listens_exits_130_not_10(tmp_path: Pa
     assert result.returncode == 130, result.stderr
     assert "not_serving" not in result.stderr
     assert "did not start listening" not in result.stderr
+
+
+# A Ctrl-C (a real SIGINT, to a process that takes it as a terminal's would) while the
+# console script is still loading the CLI: as its first heavy import begins.
+_CTRL_C_WHILE_LOADING = """
+import importlib.abc, signal, sys
+
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "sqlalchemy":
+            sys.meta_path.remove(self)
+            signal.raise_signal(signal.SIGINT)
+        return None
+
+signal.signal(signal.SIGINT, signal.default_int_handler)
+sys.meta_path.insert(0, CtrlC())
+sys.argv = ["creditledger", "verify"]
+from api.entry import main
+main()
+"""
+
+
+def test_a_ctrl_c_while_the_cli_loads_exits_130_without_a_traceback() -> None:
+    """The script a user types loads the CLI (a second of imports) behind a guard: a
+    Ctrl-C then ends it as one while a command runs does, quietly, with 130."""
+    (script,) = (
+        e for e in importlib.metadata.entry_points(group="console_scripts") if e.name == EXE_NAME
+    )
+    assert script.value == "api.entry:main"
+    result = subprocess.run(
+        [sys.executable, "-c", _CTRL_C_WHILE_LOADING],
+        capture_output=True,
+        text=True,
+        env=forked.environment({}),
+        timeout=60,
+        check=False,
+    )
+    assert (result.returncode, result.stdout, result.stderr) == (130, "", "")
 
 
 def test_catalogs_table_and_json() -> None:
