@@ -104,7 +104,7 @@ from ledger.results import (
 from ledger.settings import Settings
 from ledger.store import Json, JsonText, Sql, Store
 from pricing import CatalogSet, estimate, load_catalogs, price_usage
-from pricing.engine import Charge, Quote, resolve_operation
+from pricing.engine import STATUSES, Charge, Quote, error_charge, resolve_operation
 from pricing.errors import InvalidUsage, NoVersionInForce, PricingError
 
 Clock = Callable[[], datetime]
@@ -1856,7 +1856,7 @@ class Ledger:
                 return locked.stored
             wallet, hold = locked.wallet, locked.hold
             self._check_pending(hold, w.now)
-            charge = self._price_capture(hold, usage, status)
+            charge = self._price_capture(hold, wallet, usage, status)
             amount = charge.amount
             live, expired = self._live_grants(w.conn, wallet, w.now, locked.grant_rows)
             entry_id = None
@@ -1937,11 +1937,13 @@ class Ledger:
         return found
 
     def _price_capture(
-        self, hold: _HoldRow, usage: Mapping[str, Any] | None, status: str
+        self, hold: _HoldRow, wallet: _Wallet, usage: Mapping[str, Any] | None, status: str
     ) -> Charge:
         """What ``usage`` costs under the catalog version ``hold`` was quoted with. Its
         request was priced by that version when authorized: an error other than one of
-        the reported usage (or status) means the catalogs changed under the hold."""
+        the reported usage (or status) means the catalogs changed under the hold. A
+        request that ended in ERROR costs nothing by any version, so its hold is
+        released even then: the provider's error is never charged, nor held on to."""
         try:
             return price_usage(
                 hold.request,
@@ -1953,6 +1955,21 @@ class Ledger:
         except PricingError as exc:
             if isinstance(exc, InvalidUsage) or exc.field == "usage":
                 raise
+            if status not in STATUSES:  # the caller's error, whatever the catalogs hold
+                raise InvalidUsage(
+                    f"unknown status {status!r}", field="status", allowed=list(STATUSES)
+                ) from None
+            if status == "ERROR":
+                if usage is not None and not isinstance(usage, Mapping):
+                    raise InvalidUsage("usage must be an object", field="usage") from None
+                return error_charge(
+                    hold.catalog,
+                    hold.catalog_version,
+                    hold.operation,
+                    hold.model,
+                    wallet.unit,
+                    wallet.scale,
+                )
             raise CatalogChanged(
                 f"authorization '{hold.id}' was quoted with catalog '{hold.catalog}' version "
                 f"'{hold.catalog_version}', by which this server's catalogs can no longer "

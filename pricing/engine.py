@@ -193,6 +193,18 @@ def estimate(
     )
 
 
+def error_charge(
+    catalog: str, catalog_version: str, operation: str, model: str, unit: str, scale: int
+) -> Charge:
+    """What a request that ended in ERROR costs: nothing, under any catalog, whatever
+    it used. (A capture of one needs no price list: the ledger releases its hold so even
+    when the catalogs no longer hold the version it was quoted with.)"""
+    reason = "ERROR is a provider system error: never charged"
+    return Charge(
+        catalog, catalog_version, operation, model, unit, scale, "ERROR", False, 0, (), {}, reason
+    )
+
+
 def price_usage(
     request: Mapping[str, Any],
     usage: Mapping[str, Any] | None,
@@ -241,7 +253,7 @@ def price_usage(
         )
 
     if status == "ERROR":
-        return free("ERROR is a provider system error: never charged")
+        return error_charge(op.catalog, op.version, op.name, model.id, op.unit, op.scale)
     if status == "FAILED" and op.failed_policy == "not_charged":
         return free("FAILED is not charged under this catalog version's policy")
     try:

@@ -557,7 +557,8 @@ def test_a_capture_whose_catalog_version_was_removed_waits_for_it_to_be_restored
     """An operator replaced the catalog a pending hold was quoted with. Its capture is
     not the gateway's error (a 422 it would drop, losing the charge) but the server's:
     503 catalog_changed, nothing charged, until the version is back; serve warns of such
-    holds as it starts."""
+    holds as it starts. A request that ended in ERROR costs nothing by any version: its
+    hold is released meanwhile."""
     catalogs = tmp_path / "catalogs"
     f.write_catalog(
         catalogs, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
@@ -571,13 +572,15 @@ def test_a_capture_whose_catalog_version_was_removed_waits_for_it_to_be_restored
             made = http.post("/v1/authorizations", json={"account_id": "u", **f.fal_video()})
             hold = made.json()
             assert (hold["held"], hold["catalog_version"]) == (157_500, "operator-1"), made.text
+            failing = http.post("/v1/authorizations", json={"account_id": "u", **f.fal_video()})
+            assert failing.status_code == 201, failing.text
         served.stop()
         assert "pending hold" not in served.log.read_text()
 
         del served.env["CREDITLEDGER_CATALOG_DIR"]  # the operator's catalogs are gone
         served.start()
         warned = served.log.read_text()
-        assert "warning: 1 pending hold(s) of fal image_to_video were quoted with catalog " in (
+        assert "warning: 2 pending hold(s) of fal image_to_video were quoted with catalog " in (
             warned
         )
         assert "version 'operator-1', which the catalogs no longer price" in warned
@@ -595,6 +598,11 @@ def test_a_capture_whose_catalog_version_was_removed_waits_for_it_to_be_restored
                 "operator-1",
             )
             assert "nothing was charged" in error["message"]
+            errored = http.post(
+                f"/v1/authorizations/{failing.json()['id']}/capture", json={"status": "ERROR"}
+            )
+            assert errored.status_code == 200, errored.text
+            assert (errored.json()["charged"], errored.json()["released"]) == (0, 157_500)
             account = http.get("/v1/accounts/u").json()
             assert (account["balance"], account["pending"]) == (10**6, 157_500)
             assert http.get(f"/v1/authorizations/{hold['id']}").json()["status"] == "pending"

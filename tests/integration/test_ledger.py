@@ -609,6 +609,51 @@ def test_a_hold_whose_catalog_version_is_gone_is_not_captured_and_its_usage_erro
     assert verify(db) == []
 
 
+def test_a_hold_whose_catalog_version_is_gone_is_released_by_an_error_capture(
+    db: Database, clock: Clock, tmp_path: Path
+) -> None:
+    """A provider ERROR is never charged, by any version: its capture needs no price list,
+    so it releases the hold even while the catalogs lack the version it was quoted with
+    (it would otherwise stay held until it expired). Bad input is still the caller's."""
+    f.fal_price_change(tmp_path)
+    clock.now = datetime(2026, 6, 2, tzinfo=UTC)
+    old = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    user = wallet(old, "studio", "usd")
+    old.top_up(user, 10_000_000, idempotency_key=key())
+    fal = old.authorize(user, f.fal_video(), idempotency_key=key())
+    (tmp_path / "fal-2.toml").unlink()
+    new = Ledger(db, load_catalogs([tmp_path]), clock=clock)
+    assert new.balance(user).pending == fal.held
+    for status, usage, field in (("DONE", {}, "status"), ("ERROR", 5, "usage")):
+        with pytest.raises(InvalidUsage) as refused:
+            new.capture(fal.id, status=status, usage=usage, idempotency_key=key())  # type: ignore[arg-type]
+        assert refused.value.field == field
+    with pytest.raises(CatalogChanged):  # what it cost needs the version
+        new.capture(fal.id, status="COMPLETED", usage={}, idempotency_key=key())
+
+    done = new.capture(fal.id, status="ERROR", usage={"videos": 1}, idempotency_key="e-1")
+    assert (done.outcome, done.charged, done.released, done.entry_id) == (
+        "ERROR",
+        0,
+        fal.held,
+        None,
+    )
+    assert (done.charge["catalog_version"], done.charge["charged"], done.charge["reason"]) == (
+        "operator-2",
+        False,
+        "ERROR is a provider system error: never charged",
+    )
+    after = new.balance(user)
+    assert (after.balance, after.pending) == (10_000_000, 0)
+    assert new.hold(fal.id).status == "captured"
+    (record,) = new.usage_records("studio").items
+    assert (record.status, record.charged) == ("ERROR", 0)
+    assert new.unpriceable_holds() == []
+    # Replayed, with the version back or not: the same answer, nothing more.
+    assert old.capture(fal.id, status="ERROR", usage={"videos": 1}, idempotency_key="e-1") == done
+    assert verify(db) == []
+
+
 def test_a_catalog_version_in_force_is_kept_and_one_changed_in_place_is_refused(
     db: Database, clock: Clock, tmp_path: Path
 ) -> None:
