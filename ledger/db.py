@@ -1089,12 +1089,18 @@ class Database:
         from alembic import command  # only here: most processes never migrate
 
         def upgrade(conn: Connection) -> None:
-            if self.is_sqlite:
-                _refuse_new_beside_saved(conn)
-            _refuse_unknown_revision(conn)
+            self._refuse_to_migrate(conn)
             command.upgrade(alembic_config(conn), revision)
 
         self._migrating(upgrade, wait)
+
+    def _refuse_to_migrate(self, conn: Connection) -> None:
+        """What no migration runs on: a schema a newer version made (``SchemaFromNewer``),
+        or an empty SQLite file beside the saved copies of a ledger found gone
+        (``LedgerSavedBeside``)."""
+        if self.is_sqlite:
+            _refuse_new_beside_saved(conn)
+        _refuse_unknown_revision(conn)
 
     def refuse_newer_schema(self) -> None:
         """``SchemaFromNewer`` if a newer creditledger has migrated this database: the CLI's
@@ -1124,9 +1130,7 @@ class Database:
         done: list[Migration] = []
 
         def run(conn: Connection) -> None:
-            if self.is_sqlite:
-                _refuse_new_beside_saved(conn)
-            _refuse_unknown_revision(conn)
+            self._refuse_to_migrate(conn)
             before = _current_revision(conn)
             if before is not None and goal < before:
                 undone = tuple(r for r in reversed(known) if goal < r <= before)
