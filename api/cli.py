@@ -66,6 +66,7 @@ from ledger.results import (
     EntryPage,
     GrantView,
     HoldPage,
+    HoldView,
     Result,
     ReversalResult,
     UsageLine,
@@ -1004,6 +1005,50 @@ def account_holds(
             for h in page.items
         ),
     )
+
+
+def _show_hold(hold: HoldView, as_json: bool, title: str) -> None:
+    _emit(
+        hold,
+        as_json,
+        title,
+        [
+            ("account", hold.account_id),
+            ("status", hold.status),
+            ("held", hold.held),
+            ("captured", hold.captured),
+            ("request", f"{hold.catalog} {hold.operation} {hold.model}"),
+            ("created", hold.created_at.isoformat(timespec="seconds")),
+            ("expires", hold.expires_at.isoformat(timespec="seconds")),
+            ("resolved", hold.resolved_at and hold.resolved_at.isoformat(timespec="seconds")),
+            ("entry", hold.entry_id),
+            ("available", hold.credits_remaining),
+        ],
+    )
+
+
+@account_app.command("hold")
+def account_hold(
+    hold_id: Annotated[str, typer.Argument(help="The authorization's id.")],
+    as_json: JsonOption = False,
+) -> None:
+    """One authorization (hold): what it holds, for what request, until when."""
+    with _open_ledger() as ledger:
+        hold = ledger.hold(hold_id)
+    _show_hold(hold, as_json, f"authorization {hold_id}")
+
+
+@account_app.command("void-hold")
+def account_void_hold(
+    hold_id: Annotated[str, typer.Argument(help="The authorization's id ('account holds').")],
+    idempotency_key: KeyOption = None,
+    as_json: JsonOption = False,
+) -> None:
+    """Release a pending hold entirely, charging nothing: one its gateway will never
+    capture or void (it crashed, or lost the id), rather than wait for its expiry."""
+    with _open_ledger() as ledger:
+        hold = ledger.void(hold_id, idempotency_key=_key(idempotency_key))
+    _show_hold(hold, as_json, f"authorization {hold_id} voided")
 
 
 @account_app.command("entries")

@@ -273,6 +273,48 @@ def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
     assert "more:" not in rest.stdout
 
 
+def test_account_hold_and_void_hold_release_a_hold_its_gateway_lost(env: dict[str, str]) -> None:
+    """A gateway crashed holding 240 of a Veo3 user's credits: an admin finds the hold,
+    reads it, and releases it from the CLI, once (a retry with its key is the same
+    answer; a second void is a conflict), charging nothing."""
+    assert run("account", "create", "veo", "--unit", "credit", env=env).returncode == 0
+    assert run("topup", "veo", "1000", env=env).returncode == 0
+    with _ledger_at(env) as ledger:
+        held = ledger.authorize("veo", f.veo3_video(video_model="veo3_fast"), idempotency_key="a")
+    pending = json.loads(
+        run("account", "holds", "veo", "--status", "pending", "--json", env=env).stdout
+    )
+    assert [h["id"] for h in pending["items"]] == [held.id]
+
+    shown = run("account", "hold", held.id, env=env)
+    assert shown.returncode == 0, shown.stderr
+    assert re.search(r"status\s*\u2502\s*pending\s*\u2502", shown.stdout), shown.stdout
+    assert re.search(r"available\s*\u2502\s*760\s*\u2502", shown.stdout), shown.stdout
+    assert "veo3 video veo3_fast" in shown.stdout
+
+    voided = run("account", "void-hold", held.id, "--idempotency-key", "v1", "--json", env=env)
+    assert voided.returncode == 0, voided.stderr
+    body = json.loads(voided.stdout)
+    assert (body["status"], body["held"], body["captured"], body["credits_remaining"]) == (
+        "voided",
+        240,
+        None,
+        1000,
+    )
+    again = run("account", "void-hold", held.id, "--idempotency-key", "v1", "--json", env=env)
+    assert (again.returncode, json.loads(again.stdout)) == (0, body)
+    assert again.stderr.startswith("already done")
+    twice = run("account", "void-hold", held.id, env=env)
+    assert (twice.returncode, json.loads(twice.stderr)["error"]) == (8, "hold_not_pending")
+    assert run("account", "void-hold", "ghost", env=env).returncode == 7
+    assert run("account", "hold", "ghost", env=env).returncode == 7
+    with _ledger_at(env) as ledger:
+        money = ledger.balance("veo")
+        assert (money.balance, money.pending, money.available) == (1000, 0, 1000)
+        (record,) = ledger.usage_records("veo").items
+        assert (record.status, record.charged) == ("voided", 0)
+
+
 def test_account_usage_records(env: dict[str, str]) -> None:
     assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
     assert run("topup", "acme", "1000", env=env).returncode == 0
