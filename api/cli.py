@@ -459,7 +459,7 @@ def migrate_command(
                 "server on it, then run this again with --yes. Nothing was changed",
                 "revision": exc.current,
                 "target": exc.target,
-                "undo": [{"revision": r, "title": titles[r]} for r in exc.undone],
+                "undo": [_undone(r, titles, exc.losses) for r in exc.undone],
             },
             EXIT_INVALID,
         )
@@ -478,7 +478,7 @@ def migrate_command(
                     "latest": done.after == known[-1],
                     "before": done.before,
                     "applied": [{"revision": r, "title": titles[r]} for r in done.applied],
-                    "undone": [{"revision": r, "title": titles[r]} for r in done.undone],
+                    "undone": [_undone(r, titles, done.losses) for r in done.undone],
                 },
                 indent=2,
             )
@@ -494,6 +494,14 @@ def migrate_command(
         typer.echo(f"  applied {revision}  {titles[revision]}")
     for revision in done.undone:
         typer.echo(f"  undid   {revision}  {titles[revision]}")
+        if revision in done.losses:
+            typer.echo(f"          {done.losses[revision]}")
+
+
+def _undone(revision: str, titles: dict[str, str], losses: dict[str, str]) -> dict[str, Any]:
+    """A revision undone, or to undo, and what that takes from this database (None:
+    nothing only it keeps)."""
+    return {"revision": revision, "title": titles[revision], "loses": losses.get(revision)}
 
 
 @app.command("verify")

@@ -65,7 +65,7 @@ from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -229,7 +229,9 @@ class DowngradeNotConfirmed(Exception):
     """``Database.migrate_to`` would take the schema down, undoing revisions (and what
     they keep), and was not told to (``down``): nothing was changed."""
 
-    def __init__(self, current: str, target: str, undone: Sequence[str]) -> None:
+    def __init__(
+        self, current: str, target: str, undone: Sequence[str], losses: dict[str, str]
+    ) -> None:
         super().__init__(
             f"the schema is at revision {current}: going to {target} undoes "
             f"{', '.join(undone)}, newest first"
@@ -237,6 +239,8 @@ class DowngradeNotConfirmed(Exception):
         self.current = current
         self.target = target
         self.undone = tuple(undone)
+        #: What undoing each revision would take from this database (``downgrade_losses``).
+        self.losses = losses
 
 
 @dataclass(frozen=True)
@@ -249,6 +253,8 @@ class Migration:
     after: str
     applied: tuple[str, ...] = ()
     undone: tuple[str, ...] = ()
+    #: What undoing each revision took from the database, by revision (none: nothing).
+    losses: dict[str, str] = field(default_factory=dict)
 
 
 #: Where Alembic keeps the revision a database is at (its default name).
@@ -274,6 +280,22 @@ def revision_titles() -> dict[str, str]:
 
     script = ScriptDirectory.from_config(alembic_config())
     return {r: " ".join(script.get_revision(r).doc.split()) for r in known_revisions()}
+
+
+def downgrade_losses(conn: Connection, revisions: Sequence[str]) -> dict[str, str]:
+    """What undoing each of ``revisions`` would take from ``conn``'s database (a schema at
+    or above them): each migration that drops what only it keeps says so, counted, in
+    its ``dropped_by_downgrade``; one that takes nothing, or nothing here, is left out."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config())
+    losses = {}
+    for revision in revisions:
+        count = getattr(script.get_revision(revision).module, "dropped_by_downgrade", None)
+        said = count(conn) if count is not None else None
+        if said:
+            losses[revision] = said
+    return losses
 
 
 def _current_revision(conn: Connection) -> str | None:
@@ -1134,10 +1156,11 @@ class Database:
             before = _current_revision(conn)
             if before is not None and goal < before:
                 undone = tuple(r for r in reversed(known) if goal < r <= before)
+                losses = downgrade_losses(conn, undone)
                 if not down:
-                    raise DowngradeNotConfirmed(before, goal, undone)
+                    raise DowngradeNotConfirmed(before, goal, undone, losses)
                 command.downgrade(alembic_config(conn), goal)
-                done.append(Migration(before, goal, undone=undone))
+                done.append(Migration(before, goal, undone=undone, losses=losses))
                 return
             applied = tuple(r for r in known if (before is None or before < r) and r <= goal)
             command.upgrade(alembic_config(conn), goal)

@@ -1183,6 +1183,13 @@ def test_migrate_takes_the_schema_back_for_a_rollback_and_up_again(
     undo = [r for r in reversed(known_revisions()) if r > "0011"]
     assert [u["revision"] for u in error["undo"]] == undo
     assert error["undo"][-1]["title"].startswith("Who did it: ``entries.actor`` and ")
+    # What this ledger loses by it, counted: October's prices were kept as they took effect.
+    assert error["undo"][0]["loses"].startswith("the digests of ")
+    assert error["undo"][1] == {
+        "revision": undo[1],
+        "title": error["undo"][1]["title"],
+        "loses": None,
+    }
     assert "--yes" in error["message"]
     assert "Nothing was changed" in error["message"]
     unchanged = run("migrate", "--json", env=env)
@@ -1197,7 +1204,7 @@ def test_migrate_takes_the_schema_back_for_a_rollback_and_up_again(
         False,
         [],
     )
-    assert [u["revision"] for u in said["undone"]] == undo
+    assert said["undone"] == error["undo"]  # what it said it would undo, and lose
 
     up = run("migrate", env=env)
     assert up.returncode == 0, up.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -36,8 +37,10 @@ from ledger.db import (
 )
 from ledger.keys import Keys
 from ledger.models import PENDING_HOLD, metadata
+from ledger.services import Ledger
 from ledger.store import SPENT
 from ledger.verify import verify
+from pricing import default_catalogs
 from tests.factories import Traffic, make_statement
 from tests.pg import TempPostgres
 
@@ -662,7 +665,10 @@ def test_a_ledger_taken_back_to_an_older_schema_and_up_again_keeps_every_credit(
     assert refused.value.undone == undone
     assert _revision(db) == HEAD  # nothing changed
 
-    assert db.migrate_to(target, down=True) == Migration(HEAD, target, undone=undone)
+    down = db.migrate_to(target, down=True)
+    assert down == Migration(HEAD, target, undone=undone, losses=refused.value.losses)
+    # October's prices were kept as they took effect: their digests go with 0019.
+    assert down.losses["0019"].startswith("the digests of ")
     assert _revision(db) == target
     # As the older version finds it: balances that are the sums of their postings, and
     # (from 0003 on) a journal rollup that adds up to them, wallet by wallet.
@@ -724,3 +730,49 @@ def test_a_key_that_expired_stays_refused_below_0009_as_revoked_when_it_expired(
     assert now.authenticate(later.key) is not None  # its expiry is lost: noted in README
     assert now.get(later.id).expires_at is None
     assert now.authenticate(never.key) is not None
+
+
+def test_going_down_says_what_it_takes_from_this_database_counted(empty: Database) -> None:
+    """Before it undoes anything, a downgrade counts what each revision undone drops
+    that only it keeps (a blocked wallet opened again, a key's expiry, who did what),
+    and says it when asked to confirm and when done; what drops nothing says nothing."""
+    empty.migrate()
+    made = datetime.now(UTC) - timedelta(days=2)
+    ledger = Ledger(empty, default_catalogs(), clock=lambda: made)
+    ledger.open_account("acme", "credit", monthly_spend_limit=100, idempotency_key="o1")
+    ledger.open_account("beta", "credit", idempotency_key="o2")
+    ledger.update_account(
+        "acme", blocked=True, reason="abuse", actor="cli:ops", idempotency_key="u1"
+    )
+    ledger.update_account(
+        "beta", overdraft_limit=10, reason="trusted", actor="cli:ops", idempotency_key="u2"
+    )
+    ledger.top_up("beta", 50, idempotency_key="t1", actor="key:gateway")
+    keys = Keys(empty, clock=lambda: made)
+    keys.create("service", expires_at=made + timedelta(days=1))  # expired by now
+    keys.create("service", expires_at=made + timedelta(days=30))
+    keys.create("customer", account_id="beta")
+
+    with pytest.raises(DowngradeNotConfirmed) as refused:
+        empty.migrate_to("0001")
+    expected = {
+        "0019": refused.value.losses["0019"],  # as many digests as versions in force
+        "0012": "who made 3 journal entries and settings changes is forgotten",
+        "0011": "1 wallet(s) lose their monthly spend limit",
+        "0010": "1 blocked wallet(s) are open again: nothing refuses their requests; the "
+        "history of 1 block(s) and unblock(s) is deleted",
+        "0009": "1 API key(s) that have yet to expire never will; 1 that expired are revoked "
+        "as they expired",
+        "0008": "the history of 1 change(s) of overdraft limits and allocations is deleted",
+        "0002": "all 3 API key(s) are deleted, the gateway's too",
+    }
+    assert refused.value.losses == expected
+    assert re.fullmatch(
+        r"the digests of \d+ catalog version\(s\) in force are dropped: .*", expected["0019"]
+    )
+    assert _revision(empty) == HEAD
+    assert empty.migrate_to("0009", down=True).losses == {
+        r: expected[r] for r in ("0019", "0012", "0011", "0010")
+    }
+    assert empty.migrate_to("0008", down=True).losses == {"0009": expected["0009"]}
+    assert empty.migrate_to("0003", down=True).losses == {"0008": expected["0008"]}

@@ -38,5 +38,11 @@ def upgrade() -> None:
     )
 
 
+def dropped_by_downgrade(conn: sa.Connection) -> str | None:
+    """What undoing this revision takes away (``creditledger migrate --to``), or None."""
+    n = int(conn.execute(sa.text("SELECT count(*) FROM api_keys")).scalar_one())
+    return f"all {n} API key(s) are deleted, the gateway's too" if n else None
+
+
 def downgrade() -> None:
     op.drop_table("api_keys")

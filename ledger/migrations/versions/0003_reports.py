@@ -144,6 +144,13 @@ def _backfill_flows() -> None:
         )
 
 
+def dropped_by_downgrade(conn: sa.Connection) -> str | None:
+    """What undoing this revision takes away (``creditledger migrate --to``), or None.
+    (The journal rollup is made again from the journal when it is upgraded again.)"""
+    n = int(conn.execute(sa.text("SELECT count(*) FROM report_jobs")).scalar_one())
+    return f"{n} report job(s) and their files are deleted" if n else None
+
+
 def downgrade() -> None:
     op.drop_index("ix_metering_account_completed", table_name="metering_records")
     op.drop_index("ix_holds_resolved", table_name="holds")

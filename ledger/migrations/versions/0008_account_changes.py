@@ -45,6 +45,24 @@ def upgrade() -> None:
     )
 
 
+def dropped_by_downgrade(conn: sa.Connection) -> str | None:
+    """What undoing this revision takes away (``creditledger migrate --to``), or None."""
+    # Changes of the settings later revisions added go with those (0010, 0011).
+    n = int(
+        conn.execute(
+            sa.text(
+                "SELECT count(*) FROM account_changes "
+                "WHERE setting IN ('overdraft_limit', 'monthly_allocation')"
+            )
+        ).scalar_one()
+    )
+    return (
+        f"the history of {n} change(s) of overdraft limits and allocations is deleted"
+        if n
+        else None
+    )
+
+
 def downgrade() -> None:
     op.drop_index("ix_account_changes_account", table_name="account_changes")
     op.drop_table("account_changes")

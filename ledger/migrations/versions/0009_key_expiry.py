@@ -23,6 +23,24 @@ def upgrade() -> None:
     op.add_column("api_keys", sa.Column("expires_at", sa.DateTime(timezone=True), nullable=True))
 
 
+def dropped_by_downgrade(conn: sa.Connection) -> str | None:
+    """What undoing this revision takes away (``creditledger migrate --to``), or None."""
+    now = datetime.now(UTC)
+    expiring = conn.execute(
+        sa.text(
+            "SELECT expires_at FROM api_keys WHERE revoked_at IS NULL AND expires_at IS NOT NULL"
+        ).columns(expires_at=sa.DateTime(timezone=True))
+    ).scalars()
+    ends = [e if e.tzinfo else e.replace(tzinfo=UTC) for e in expiring]
+    expired = sum(1 for e in ends if e <= now)
+    said = []
+    if len(ends) > expired:
+        said.append(f"{len(ends) - expired} API key(s) that have yet to expire never will")
+    if expired:
+        said.append(f"{expired} that expired are revoked as they expired")
+    return "; ".join(said) or None
+
+
 def downgrade() -> None:
     # A key refused since it expired stays refused: revoked as it expired. (One that has
     # yet to expire no longer will: the older version keeps no expiry.)

@@ -43,6 +43,22 @@ def upgrade() -> None:
     _setting_check(_AFTER)
 
 
+def dropped_by_downgrade(conn: sa.Connection) -> str | None:
+    """What undoing this revision takes away (``creditledger migrate --to``), or None."""
+    n = int(conn.execute(sa.text("SELECT count(*) FROM accounts WHERE blocked")).scalar_one())
+    changes = int(
+        conn.execute(
+            sa.text("SELECT count(*) FROM account_changes WHERE setting = 'blocked'")
+        ).scalar_one()
+    )
+    said = []
+    if n:
+        said.append(f"{n} blocked wallet(s) are open again: nothing refuses their requests")
+    if changes:
+        said.append(f"the history of {changes} block(s) and unblock(s) is deleted")
+    return "; ".join(said) or None
+
+
 def downgrade() -> None:
     op.execute("DELETE FROM account_changes WHERE setting = 'blocked'")
     _setting_check(_BEFORE)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import sqlalchemy as sa
 from alembic import op
 
 revision: str = "0011"
@@ -42,6 +43,26 @@ def upgrade() -> None:
         "CHECK (monthly_spend_limit IS NULL OR monthly_spend_limit >= 0)"
     )
     _setting_check(_AFTER)
+
+
+def dropped_by_downgrade(conn: sa.Connection) -> str | None:
+    """What undoing this revision takes away (``creditledger migrate --to``), or None."""
+    n = int(
+        conn.execute(
+            sa.text("SELECT count(*) FROM accounts WHERE monthly_spend_limit IS NOT NULL")
+        ).scalar_one()
+    )
+    changes = int(
+        conn.execute(
+            sa.text("SELECT count(*) FROM account_changes WHERE setting = 'monthly_spend_limit'")
+        ).scalar_one()
+    )
+    said = []
+    if n:
+        said.append(f"{n} wallet(s) lose their monthly spend limit")
+    if changes:
+        said.append(f"the history of {changes} change(s) of spend limits is deleted")
+    return "; ".join(said) or None
 
 
 def downgrade() -> None:

@@ -32,6 +32,20 @@ def upgrade() -> None:
         op.add_column(table, sa.Column("actor", sa.String(length=80), nullable=True))
 
 
+def dropped_by_downgrade(conn: sa.Connection) -> str | None:
+    """What undoing this revision takes away (``creditledger migrate --to``), or None."""
+    counts = [
+        int(
+            conn.execute(
+                sa.text(f"SELECT count(*) FROM {table} WHERE actor IS NOT NULL")
+            ).scalar_one()
+        )
+        for table in _TABLES
+    ]
+    n = sum(counts)
+    return f"who made {n} journal entries and settings changes is forgotten" if n else None
+
+
 def downgrade() -> None:
     for table in _TABLES:
         op.execute(f"ALTER TABLE {table} DROP COLUMN actor")

@@ -36,5 +36,16 @@ def upgrade() -> None:
     )
 
 
+def dropped_by_downgrade(conn: sa.Connection) -> str | None:
+    """What undoing this revision takes away (``creditledger migrate --to``), or None."""
+    n = int(conn.execute(sa.text("SELECT count(*) FROM price_versions")).scalar_one())
+    return (
+        f"the digests of {n} catalog version(s) in force are dropped: this version keeps "
+        "them again as it next writes, from the catalogs it then has"
+        if n
+        else None
+    )
+
+
 def downgrade() -> None:
     op.drop_table("price_versions")
