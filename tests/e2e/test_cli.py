@@ -205,9 +205,12 @@ def test_serve_on_a_port_another_process_listens_on_exits_10_not_3(tmp_path: Pat
 
 
 # ``creditledger serve`` with a Ctrl-C (a real SIGINT) at the one moment uvicorn has not
-# taken the signal over yet: its event loop runs, its handlers are not installed.
+# taken the signal over yet: its event loop runs, its handlers are not installed. SIGINT
+# is taken as a terminal's process takes it, whatever this test run inherited (a run
+# started in the background, as ``nohup ... &``, ignores it, and so would the child).
 _CTRL_C_AS_THE_LOOP_STARTS = """
 import signal, sys
+signal.signal(signal.SIGINT, signal.default_int_handler)
 import uvicorn
 from api import cli
 
