@@ -14,7 +14,8 @@ first use); a test in ``tests/e2e/test_cli.py`` checks that commands run this wa
 exactly as the installed script does. Commands of one test process run one at a time: a
 test that races CLI processes against each other starts the script itself.
 
-``tests/e2e/test_cli.py`` runs the installed console script itself (``EXE``), so the
+``tests/e2e/test_cli.py`` runs the installed console script itself (``EXE``) where the
+process is what is under test (its entry point, signals, serving, its imports), so the
 entry point a user types stays under test as it is.
 
 The zygote (``zygote()``) reads one JSON request per line on stdin, answers ``{"pid":

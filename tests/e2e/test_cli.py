@@ -1,4 +1,10 @@
-"""The ``creditledger`` console script, run as a user runs it (a real subprocess)."""
+"""The ``creditledger`` console script.
+
+What is about the process itself runs the installed script as a user runs it (``run``, a
+real subprocess): its entry point, a Ctrl-C, serving on a port, what it imports to start,
+and that the forked runner answers exactly as it does. The other commands run through
+``tests.e2e.forked`` (a fresh process each, as the script's, without paying its second of
+imports every time)."""
 
 from __future__ import annotations
 
@@ -52,7 +58,7 @@ def test_estimate_from_stdin_prints_the_quote() -> None:
 def test_estimate_prints_a_table_by_default() -> None:
     """For people: the lines, then what they come to; a unit with decimals shows its
     major amount beside the minor units, so 40000 is not read as $40,000."""
-    veo = run("estimate", stdin=json.dumps(f.veo3_video()), env={"COLUMNS": ""})
+    veo = forked.run("estimate", stdin=json.dumps(f.veo3_video()), env={"COLUMNS": ""})
     assert veo.returncode == 0, veo.stderr
     assert "veo3 video, veo3_fast (catalog version seed-003; amounts in credit)" in veo.stdout
     assert _cells(veo.stdout, "video, veo3_fast (standard quality)") == ["1", "240", "240"]
@@ -62,7 +68,7 @@ def test_estimate_prints_a_table_by_default() -> None:
         'video_model="veo3_fast", aspect_ratio="16:9"'
     ]
     assert _cells(veo.stdout, "estimated usage") == ["videos=1"]
-    pixazo = run(
+    pixazo = forked.run(
         "estimate",
         stdin=json.dumps(f.pixazo_image(num_images=2, enable_prompt_expansion=True)),
         env={"COLUMNS": ""},
@@ -86,7 +92,7 @@ def _cells(table: str, first: str) -> list[str]:
 def test_estimate_from_a_file_with_at(tmp_path: Path) -> None:
     path = tmp_path / "req.json"
     path.write_text(json.dumps(f.cosmic_image()), encoding="utf-8")
-    result = run("estimate", str(path), "--at", "2025-06-01T00:00:00Z", "--json")
+    result = forked.run("estimate", str(path), "--at", "2025-06-01T00:00:00Z", "--json")
     assert result.returncode == 0, result.stderr
     quote = json.loads(result.stdout)
     assert (quote["catalog_version"], quote["model"], quote["cost"]) == (
@@ -97,7 +103,7 @@ def test_estimate_from_a_file_with_at(tmp_path: Path) -> None:
 
 
 def test_decimal_parameters_are_read_as_decimals() -> None:
-    result = run(
+    result = forked.run(
         "estimate", "--json", stdin=json.dumps(f.pixazo_image(guidance_scale=4.5, num_images=2))
     )
     assert result.returncode == 0, result.stderr
@@ -133,7 +139,7 @@ def test_decimal_parameters_are_read_as_decimals() -> None:
     ],
 )
 def test_bad_input_prints_the_error_and_exits_2(stdin: str, error: str, field: str | None) -> None:
-    result = run("estimate", stdin=stdin)
+    result = forked.run("estimate", stdin=stdin)
     assert result.returncode == 2
     assert result.stdout == ""
     body: dict[str, Any] = json.loads(result.stderr)
@@ -142,21 +148,23 @@ def test_bad_input_prints_the_error_and_exits_2(stdin: str, error: str, field: s
 
 
 def test_naive_at_is_rejected() -> None:
-    result = run("estimate", "--at", "2026-01-01T00:00:00", stdin=json.dumps(f.veo3_video()))
+    result = forked.run("estimate", "--at", "2026-01-01T00:00:00", stdin=json.dumps(f.veo3_video()))
     assert result.returncode == 2
     assert json.loads(result.stderr)["field"] == "at"
 
 
 def test_unpriced_operation_exits_4_until_an_operator_prices_it(tmp_path: Path) -> None:
     req = json.dumps(f.fal_video())
-    result = run("estimate", stdin=req)
+    result = forked.run("estimate", stdin=req)
     assert result.returncode == 4
     assert "no price is configured for fal image_to_video" in json.loads(result.stderr)["message"]
 
     f.write_catalog(
         tmp_path, "fal.toml", f.FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z")
     )
-    result = run("estimate", "--json", stdin=req, env={"CREDITLEDGER_CATALOG_DIR": str(tmp_path)})
+    result = forked.run(
+        "estimate", "--json", stdin=req, env={"CREDITLEDGER_CATALOG_DIR": str(tmp_path)}
+    )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout)["cost"] == 157_500
 
@@ -177,7 +185,7 @@ def test_broken_operator_catalog_exits_3_naming_file_and_key(tmp_path: Path) -> 
     # The server and the admin commands price with the same catalogs: they too stop at
     # the broken file, and name it alike.
     for args in (("catalogs",), ("estimate",), ("account", "show", "a"), ("serve", "--port", "0")):
-        result = run(*args, stdin="{}", env=env)
+        result = forked.run(*args, stdin="{}", env=env)
         assert result.returncode == 3, (args, result.stderr)
         body = json.loads(result.stderr)
         assert body["file"] == str(path)
@@ -283,7 +291,7 @@ def test_a_ctrl_c_while_the_cli_loads_exits_130_without_a_traceback() -> None:
 
 
 def test_catalogs_table_and_json() -> None:
-    table = run("catalogs", env={"COLUMNS": ""})  # piped: each row on one line
+    table = forked.run("catalogs", env={"COLUMNS": ""})  # piped: each row on one line
     assert table.returncode == 0, table.stderr
     for text in (
         "cosmic",
@@ -295,11 +303,11 @@ def test_catalogs_table_and_json() -> None:
         "2025-12-20",
     ):
         assert text in table.stdout
-    listing = json.loads(run("catalogs", "--json").stdout)["catalogs"]
+    listing = json.loads(forked.run("catalogs", "--json").stdout)["catalogs"]
     assert [c["name"] for c in listing] == ["cosmic", "fal", "pixazo", "veo3"]
     # The "in force" column: the newer Cosmic docs now; the older ones at an earlier --at.
     assert _in_force(table.stdout) == {"2024-03-14": {""}, "2025-12-20": {"yes"}}
-    earlier = run("catalogs", "--at", "2025-01-01T00:00:00Z", env={"COLUMNS": ""})
+    earlier = forked.run("catalogs", "--at", "2025-01-01T00:00:00Z", env={"COLUMNS": ""})
     assert _in_force(earlier.stdout) == {"2024-03-14": {"yes"}, "2025-12-20": {""}}
 
 
@@ -324,25 +332,25 @@ def test_help_text_flows_as_the_terminal_wraps_it() -> None:
     """A docstring's line breaks (the source's width) are not the terminal's: a help
     page joins them, and a command list shows each summary as one paragraph."""
     wide = {"COLUMNS": "200"}
-    page = run("topup-batch", "--help", env=wide).stdout
+    page = forked.run("topup-batch", "--help", env=wide).stdout
     assert "its expiry): one bad row and nothing is written (exit 2, every problem" in page
-    listing = run("account", "--help", env=wide).stdout
+    listing = forked.run("account", "--help", env=wide).stdout
     line = next(x for x in listing.splitlines() if "usage-records" in x)
     assert "A wallet's requests as metered, newest first, with their refunds." in line
 
 
 def test_migrate_then_verify_and_a_broken_invariant_exits_5(tmp_path: Path) -> None:
     env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
-    unmigrated = run("verify", env=env)
+    unmigrated = forked.run("verify", env=env)
     assert unmigrated.returncode == 6
     said = json.loads(unmigrated.stderr)
     assert "migrate" in said["hint"]
     # The driver's own line, without the statement and the link SQLAlchemy adds below it.
     assert said["message"].startswith("(sqlite3.OperationalError) no such table: ")
     assert "\n" not in said["message"]
-    assert run("migrate", env=env).returncode == 0
-    assert run("migrate", env=env).returncode == 0  # idempotent
-    ok = run("verify", "--json", env=env)
+    assert forked.run("migrate", env=env).returncode == 0
+    assert forked.run("migrate", env=env).returncode == 0  # idempotent
+    ok = forked.run("verify", "--json", env=env)
     assert ok.returncode == 0, ok.stderr
     assert json.loads(ok.stdout) == {"ok": True, "violations": []}
 
@@ -359,7 +367,7 @@ def test_migrate_then_verify_and_a_broken_invariant_exits_5(tmp_path: Path) -> N
     db.dispose()
     with sqlite3.connect(tmp_path / "ledger.db") as conn:  # tamper behind the ledger's back
         conn.execute("UPDATE accounts SET balance = 1000 WHERE external_id = 'a'")
-    broken = run("verify", "--json", env=env)
+    broken = forked.run("verify", "--json", env=env)
     assert broken.returncode == 5
     found = json.loads(broken.stdout)
     assert found["ok"] is False
@@ -378,8 +386,8 @@ def test_a_schema_a_newer_version_upgraded_is_refused_by_every_command_but_backu
 
     path = tmp_path / "ledger.db"
     env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{path}"}
-    assert run("migrate", env=env).returncode == 0
-    assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
+    assert forked.run("migrate", env=env).returncode == 0
+    assert forked.run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
     with closing(sqlite3.connect(path)) as conn, conn:
         conn.execute("UPDATE alembic_version SET version_num = '0042_later'")
 
@@ -402,7 +410,7 @@ def test_a_schema_a_newer_version_upgraded_is_refused_by_every_command_but_backu
         ("keys", "create", "--role", "service"),
         ("verify",),
     ):
-        result = run(*command, env=env)
+        result = forked.run(*command, env=env)
         assert result.returncode == 6, (command, result.stderr)
         assert "Traceback" not in result.stderr
         error = json.loads(result.stderr)
@@ -414,7 +422,7 @@ def test_a_schema_a_newer_version_upgraded_is_refused_by_every_command_but_backu
         assert "hint" not in error  # the message says what to do
         assert result.stdout == ""
     assert state() == before
-    backup = run("backup", str(tmp_path / "copy.db"), env=env)
+    backup = forked.run("backup", str(tmp_path / "copy.db"), env=env)
     assert backup.returncode == 0, backup.stderr
     assert "schema 0042_later" in backup.stdout
 
@@ -431,7 +439,9 @@ def test_a_setting_out_of_range_exits_2_naming_the_variable(
     tmp_path: Path, variable: str, value: str, command: tuple[str, ...]
 ) -> None:
     db = tmp_path / "never.db"
-    result = run(*command, env={variable: value, "CREDITLEDGER_DATABASE_URL": f"sqlite:///{db}"})
+    result = forked.run(
+        *command, env={variable: value, "CREDITLEDGER_DATABASE_URL": f"sqlite:///{db}"}
+    )
     assert result.returncode == 2, result.stderr
     error = json.loads(result.stderr)
     assert error["error"] == "invalid_configuration"
@@ -460,7 +470,7 @@ def test_a_database_url_the_ledger_cannot_run_on_exits_2_naming_what_it_takes(
     connection would have its own, and every credit would go with the process): refused
     before anything connects, naming the variable and the URLs it takes, never echoing
     the URL (it may hold a password)."""
-    result = run(*command, env={"CREDITLEDGER_DATABASE_URL": url}, cwd=tmp_path)
+    result = forked.run(*command, env={"CREDITLEDGER_DATABASE_URL": url}, cwd=tmp_path)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr
     error = json.loads(result.stderr)
@@ -508,36 +518,43 @@ def test_a_refused_setting_is_not_repeated_in_its_error() -> None:
         assert "s3cret" not in str(refused.value), url
 
 
-def _loaded(imports: str, modules: tuple[str, ...]) -> list[str]:
-    """Which of ``modules`` a fresh interpreter has loaded after ``import <imports>``."""
+@pytest.fixture(scope="module")
+def loaded() -> dict[str, list[str]]:
+    """Which of the heavy modules a fresh interpreter has loaded once it imported the CLI
+    (``api.cli``), and once it imported the app's module too (``api.main``)."""
+    heavy = ("pandas", "pyarrow", "numpy", "fastapi", "starlette", "uvicorn", "alembic")
     probe = (
-        f"import json, sys, {imports}; "
-        f"print(json.dumps(sorted(m for m in {modules!r} if m in sys.modules)))"
-    )
+        "import json, sys\n"
+        "def seen(): return sorted(m for m in HEAVY if m in sys.modules)\n"
+        "import api.cli\n"
+        "cli = seen()\n"
+        "import api.main\n"
+        "print(json.dumps({'api.cli': cli, 'api.main': seen()}))\n"
+    ).replace("HEAVY", repr(heavy))
     found = subprocess.run(
         [sys.executable, "-c", probe], capture_output=True, text=True, check=True, timeout=60
     )
-    loaded: list[str] = json.loads(found.stdout)
-    return loaded
+    answer: dict[str, list[str]] = json.loads(found.stdout)
+    return answer
 
 
-def test_the_cli_starts_without_the_report_stack() -> None:
+def test_the_cli_starts_without_the_report_stack(loaded: dict[str, list[str]]) -> None:
     """Every command imports the CLI module; only a report needs pandas and pyarrow (a
     third of the start-up of every other command). They load when a report is made."""
-    assert _loaded("api.cli, api.main", ("pandas", "pyarrow", "numpy")) == []
+    assert not {"pandas", "pyarrow", "numpy"} & set(loaded["api.main"])
 
 
-def test_the_cli_starts_without_the_web_framework() -> None:
+def test_the_cli_starts_without_the_web_framework(loaded: dict[str, list[str]]) -> None:
     """The CLI maps domain errors to exit codes by their HTTP status (``api.status``),
     not through the app's error handlers: FastAPI is a fifth of its start-up. ``serve``
     loads it when it starts the app."""
-    assert _loaded("api.cli", ("fastapi", "starlette", "uvicorn")) == []
+    assert not {"fastapi", "starlette", "uvicorn"} & set(loaded["api.cli"])
 
 
-def test_the_cli_starts_without_the_migration_tool() -> None:
+def test_the_cli_starts_without_the_migration_tool(loaded: dict[str, list[str]]) -> None:
     """Alembic is a seventh of the CLI's start-up and only ``migrate`` and ``serve`` (which
     migrates) use it: it loads when a database is migrated."""
-    assert _loaded("api.cli, api.main", ("alembic",)) == []
+    assert "alembic" not in loaded["api.main"]
 
 
 def test_the_forked_runner_answers_as_the_console_script(tmp_path: Path) -> None:
