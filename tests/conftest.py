@@ -6,11 +6,12 @@ import copy
 import itertools
 import os
 import shutil
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any, TypeVar
 
 import pytest
 import sqlalchemy as sa
@@ -21,7 +22,7 @@ from ledger.db import Database
 from ledger.services import Ledger
 from ledger.verify import verify
 from pricing import CatalogSet, default_catalogs
-from tests.factories import Clock, Traffic, month_of_traffic
+from tests.factories import Clock, month_of_traffic
 from tests.netcut import CuttingProxy
 from tests.pg import TempPostgres, end_session_at, find_bin
 
@@ -139,21 +140,21 @@ def sqlite_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(params=["sqlite", "postgresql"])
 def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     """The URL of a migrated ledger database: a SQLite file, then a real PostgreSQL
-    database. It is empty, unless the test takes the fixture ``traffic``: then it holds
-    October 2026's traffic already (a copy of ``traffic_templates``)."""
-    seeded = _TRAFFIC in request.fixturenames
+    database. It is empty, unless the test takes a seeded fixture (:func:`seeded`, as
+    ``traffic``): then it holds that fixture's data already (a copy of its template)."""
+    seed = _seed_of(request)
     if request.param == "sqlite":
         path = tmp_path / "ledger.db"
         source = (
-            Path(_traffic_template(request, "sqlite").source)
-            if seeded
+            Path(_seeded_template(request, seed, "sqlite").source)
+            if seed
             else request.getfixturevalue("sqlite_template")
         )
         shutil.copyfile(source, path)
         yield f"sqlite:///{path}"
         return
     server = postgres_or_skip(request)
-    template = _traffic_template(request, "postgresql").source if seeded else _TEMPLATE
+    template = _seeded_template(request, seed, "postgresql").source if seed else _TEMPLATE
     with _postgres_database(server, template) as url:
         yield url
 
@@ -169,40 +170,72 @@ def postgres_or_skip(request: pytest.FixtureRequest) -> TempPostgres:
     return server
 
 
-# ---------------------------------------------------------------- a month of traffic, made once
+# ------------------------------------------------------- seeded databases, each made once
 
-_TRAFFIC = "traffic"
+T = TypeVar("T")
+
+#: What each seeded fixture's data is made by, by the fixture's name (see ``seeded``).
+_SEEDS: dict[str, Callable[[Ledger, Clock], Any]] = {}
 
 
 @dataclass(frozen=True)
-class TrafficTemplate:
-    """A ledger database holding :func:`tests.factories.month_of_traffic`, for tests to
-    start from a copy of: a SQLite file's path, or a PostgreSQL template database's name."""
+class SeededTemplate:
+    """A ledger database holding a seeded fixture's data, for tests to start from a copy
+    of: a SQLite file's path, or a PostgreSQL template database's name."""
 
     source: str
-    traffic: Traffic
-    now: datetime  # where month_of_traffic left its clock
+    value: Any  # what the seed's maker returned
+    now: datetime  # where the maker left its clock
 
 
 @pytest.fixture(scope="session")
-def traffic_templates() -> dict[str, TrafficTemplate]:
-    """The traffic template of each database this test process made so far (made when a
-    test first needs one: making the month takes 1 to 4 s, copying it a few ms)."""
+def seeded_templates() -> dict[tuple[str, str], SeededTemplate]:
+    """The template of each seed and database this test process made so far (made when a
+    test first needs one, then copied: a copy takes a few ms on SQLite and about 0.1 s
+    on PostgreSQL, where making the data over and over took up to seconds a test)."""
     return {}
 
 
-def _traffic_template(request: pytest.FixtureRequest, backend: str) -> TrafficTemplate:
-    made: dict[str, TrafficTemplate] = request.getfixturevalue("traffic_templates")
-    if backend in made:
-        return made[backend]
+def seeded(name: str, make: Callable[[Ledger, Clock], T]) -> Any:
+    """A fixture ``name`` whose test's ledger database (``database_url``) already holds
+    what ``make(ledger, clock)`` writes, with what it returned as its value (a copy) and
+    the test's ``clock`` where ``make`` left it. ``make`` runs once per test process and
+    database, on a template every such test copies: it must write only through the ledger
+    it is given (or an app over that ledger's database) and leave no connection open."""
+    if name in _SEEDS:
+        raise ValueError(f"a seeded fixture named {name!r} exists already")
+    _SEEDS[name] = make
+
+    @pytest.fixture(name=name)
+    def fixture(database_url: str, clock: Clock, request: pytest.FixtureRequest) -> T:
+        backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
+        template = _seeded_template(request, name, backend)
+        clock.now = template.now
+        made: T = copy.deepcopy(template.value)
+        return made
+
+    return fixture
+
+
+def _seed_of(request: pytest.FixtureRequest) -> str | None:
+    """The seeded fixture the test takes, if any (one at most: each fills the database)."""
+    seeds = [name for name in request.fixturenames if name in _SEEDS]
+    assert len(seeds) <= 1, f"a test takes one seeded fixture at most, not {seeds}"
+    return seeds[0] if seeds else None
+
+
+def _seeded_template(request: pytest.FixtureRequest, seed: str, backend: str) -> SeededTemplate:
+    made: dict[tuple[str, str], SeededTemplate] = request.getfixturevalue("seeded_templates")
+    if (seed, backend) in made:
+        return made[seed, backend]
     if backend == "sqlite":
         factory: pytest.TempPathFactory = request.getfixturevalue("tmp_path_factory")
-        path = factory.mktemp("traffic-template") / "ledger.db"
+        path = factory.mktemp(f"seed-{seed}") / "ledger.db"
         shutil.copyfile(request.getfixturevalue("sqlite_template"), path)
         source, url = str(path), f"sqlite:///{path}"
     else:
         server = postgres_or_skip(request)
-        source = "creditledger_traffic_template"
+        source = f"creditledger_seed_{seed}"
         admin = sa.create_engine(server.url(), isolation_level="AUTOCOMMIT", poolclass=NullPool)
         with admin.connect() as conn:
             conn.exec_driver_sql(f"CREATE DATABASE {source} TEMPLATE {_TEMPLATE}")
@@ -212,7 +245,7 @@ def _traffic_template(request: pytest.FixtureRequest, backend: str) -> TrafficTe
     try:
         clock = Clock()
         catalogs: CatalogSet = request.getfixturevalue("catalogs")
-        traffic = month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
+        value = _SEEDS[seed](Ledger(db, catalogs, clock=clock), clock)
         assert verify(db) == []
     finally:
         # No connection left open: PostgreSQL copies a template no one is connected to,
@@ -220,19 +253,13 @@ def _traffic_template(request: pytest.FixtureRequest, backend: str) -> TrafficTe
         db.dispose()
     if backend == "sqlite":
         assert not Path(f"{source}-wal").exists()
-    made[backend] = TrafficTemplate(source, traffic, clock.now)
-    return made[backend]
+    made[seed, backend] = SeededTemplate(source, value, clock.now)
+    return made[seed, backend]
 
 
-@pytest.fixture
-def traffic(database_url: str, clock: Clock, request: pytest.FixtureRequest) -> Traffic:
-    """October 2026 of a small gateway (:func:`tests.factories.month_of_traffic`), which
-    this test's ledger database already holds (``database_url`` copied it); ``clock``
-    stands where the month's making left it."""
-    backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
-    template = _traffic_template(request, backend)
-    clock.now = template.now
-    return copy.deepcopy(template.traffic)
+#: October 2026 of a small gateway (:func:`tests.factories.month_of_traffic`), which the
+#: test's ledger database already holds; ``clock`` stands where the month's making left it.
+traffic = seeded("traffic", month_of_traffic)
 
 
 @pytest.fixture

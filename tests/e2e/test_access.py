@@ -28,6 +28,7 @@ from ledger.models import api_keys
 from ledger.services import Ledger
 from ledger.settings import Settings
 from tests import factories as f
+from tests.conftest import seeded
 from tests.e2e.conftest import Api, api_over
 
 VEO_FAST = f.veo3_video(video_model="veo3_fast")
@@ -44,21 +45,29 @@ class World:
     report: str
 
 
-def world(api: Api) -> World:
-    clock = api.ledger.clock
-    assert isinstance(clock, f.Clock)
-    now = clock.now
-    clock.now = now - timedelta(days=30)  # opened in October: its statement can be asked for
-    api.wallet("target", "credit", topup=10_000)
-    api.wallet("elsewhere", "credit")
-    clock.now = now
-    held = api.post("/v1/authorizations", {"account_id": "target", **VEO_FAST}).json()
-    hold, record = held["id"], held["metering_id"]
-    topup = api.post("/v1/accounts/target/topups", {"amount": 100}).json()
-    entry, grant = topup["entry"]["id"], topup["grant"]["id"]
-    key_id = api.keys.create("service", name="to revoke").id
-    report = api.app.state.services.reports.request("2026-10", account_id="target")[0].id
-    return World(hold, record, entry, grant, key_id, report)
+def _world(ledger: Ledger, clock: f.Clock) -> World:
+    """Two wallets (the target opened a month ago, so its October statement can be asked
+    for), a hold, a top-up's entry and grant, a key to revoke and a report not run yet:
+    something for each path of ``MATRIX`` to name. Made once, through the app, on the
+    template each test's database copies (``tests.conftest.seeded``)."""
+    settings = Settings(max_body_bytes=64 * 1024)
+    with api_over(ledger, Keys(ledger.db), settings) as api:
+        now = clock.now
+        clock.now = now - timedelta(days=30)
+        api.wallet("target", "credit", topup=10_000)
+        api.wallet("elsewhere", "credit")
+        clock.now = now
+        held = api.post("/v1/authorizations", {"account_id": "target", **VEO_FAST}).json()
+        hold, record = held["id"], held["metering_id"]
+        topup = api.post("/v1/accounts/target/topups", {"amount": 100}).json()
+        entry, grant = topup["entry"]["id"], topup["grant"]["id"]
+        key_id = api.keys.create("service", name="to revoke").id
+        report = api.app.state.services.reports.request("2026-10", account_id="target")[0].id
+        return World(hold, record, entry, grant, key_id, report)
+
+
+#: The test's database holds ``_world`` already; the fixture is what it made.
+access_world = seeded("access_world", _world)
 
 
 # (method, path, body, expected status for admin, service, customer_own, customer_other)
@@ -131,13 +140,14 @@ def _key(api: Api, role: str) -> str:
 )
 def test_every_endpoint_for_every_role(
     api: Api,
+    access_world: World,
     role: str,
     method: str,
     path: str,
     body: Any,
     expected: tuple[int, int, int, int],
 ) -> None:
-    w = world(api)
+    w = access_world
     status = expected[ROLES.index(role)]
     url = path.format(**asdict(w))
     before = api.ledger.balance("target")
@@ -162,8 +172,8 @@ UNAUTHENTICATED = {
 }
 
 
-def test_no_key_bad_keys_and_revoked_keys_get_401_everywhere(api: Api) -> None:
-    w = world(api)
+def test_no_key_bad_keys_and_revoked_keys_get_401_everywhere(api: Api, access_world: World) -> None:
+    w = access_world
     revoked = api.keys.create("admin", name="leaked")
     api.keys.revoke(revoked.id)
     wrong_secret = api.admin.rsplit("_", 1)[0] + "_" + "A" * 43
@@ -427,13 +437,18 @@ FLAWED: list[tuple[str, str | None, bytes | None, str]] = [
     ("flaw", "content_type", "raw", "query"), FLAWED, ids=[flaw[0] for flaw in FLAWED]
 )
 def test_a_request_without_a_valid_key_is_401_whatever_else_is_wrong_with_it(
-    api: Api, flaw: str, content_type: str | None, raw: bytes | None, query: str
+    api: Api,
+    access_world: World,
+    flaw: str,
+    content_type: str | None,
+    raw: bytes | None,
+    query: str,
 ) -> None:
     """Who is asking comes first: a caller without a valid key learns nothing of a route's
     rules for its body or query (the 415, 400 or 422 it would get with a key), and a
     gateway whose key was revoked is told so, not about its body. A key of the wrong
     role is likewise 403 first."""
-    w = world(api)
+    w = access_world
     before = api.ledger.balance("target")
     customer = api.customer("target")
     for method, path, body, expected in MATRIX:
