@@ -226,13 +226,18 @@ def _is_json(content_type: str) -> bool:
 class JsonRoute(APIRoute):
     """A JSON endpoint; its OpenAPI lists the errors any route can answer besides its own:
     for every route 400 and 413 (``BodyLimit`` refuses a ``Content-Length`` that is no
-    count of bytes, or over the limit, whatever the route), 500 and 503; and 415 for a
-    route that takes a body."""
+    count of bytes, or over the limit, whatever the route), 422 (a query parameter the
+    route does not take), 500 and 503; and 415 for a route that takes a body."""
 
     def __init__(self, path: str, endpoint: Callable[..., Any], **kwargs: Any) -> None:
         super().__init__(path, endpoint, **kwargs)
-        statuses = [400, 413, 415] if self.body_field is not None else [400, 413]
-        self.responses = {**documented(*statuses, 500, 503), **self.responses}
+        statuses = [400, 413, 415, 422] if self.body_field is not None else [400, 413, 422]
+        own = kwargs.pop("responses", None) or {}
+        # Built again with them: FastAPI makes a response's schema as it builds the route
+        # (whether the route takes a body, and so may answer 415, is known once it is built).
+        super().__init__(
+            path, endpoint, responses={**documented(*statuses, 500, 503), **own}, **kwargs
+        )
 
     def get_route_handler(self) -> Callable[[Request], Coroutine[Any, Any, Response]]:
         handler = super().get_route_handler()

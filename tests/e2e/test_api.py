@@ -1254,14 +1254,23 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
     reference = refused["content"]["application/json"]["schema"]["$ref"]
     fields = document["components"]["schemas"][reference.rsplit("/", 1)[-1]]["properties"]
     assert {"error", "credits_needed", "credits_balance", "unit", "scale"} <= set(fields)
-    # Every operation documents 500 and 503, and 400 and 413: any request may declare a
-    # Content-Length that is no count of bytes or over the limit. One that takes a body
-    # documents 415 for a body that is not JSON, and only such a one.
+    # Every operation documents 500 and 503, 400 and 413 (any request may declare a
+    # Content-Length that is no count of bytes or over the limit), and 422 (any may name
+    # a query parameter the route does not take). One that takes a body documents 415
+    # for a body that is not JSON, and only such a one.
     for path, operations in paths.items():
         for method, operation in operations.items():
             statuses = set(operation["responses"])
-            assert {"400", "413", "500", "503"} <= statuses, (method, path)
+            assert {"400", "413", "422", "500", "503"} <= statuses, (method, path)
             assert ("415" in statuses) == ("requestBody" in operation), (method, path)
+            # Each error with the body it comes with: the API's error format.
+            for status, response in operation["responses"].items():
+                if status.startswith(("4", "5")):
+                    body = response["content"]["application/json"]["schema"]["$ref"]
+                    assert body.rsplit("/", 1)[-1] in (
+                        "ErrorPublic",
+                        "InsufficientCreditsPublic",
+                    ), (method, path, status)
     # Each operation that takes an Idempotency-Key documents the header of a replay.
     keyed = [
         (method, path, operation["responses"])
