@@ -24,6 +24,7 @@ import uvicorn
 from pydantic import BaseModel
 
 from api import schemas
+from api.main import ROUTES, create_app
 from ledger.errors import UnbalancedEntry
 from ledger.models import (
     ENTRY_KINDS,
@@ -1296,6 +1297,16 @@ def test_openapi_documents_every_endpoint(api: Api) -> None:
     assert choices("/v1/accounts/{id}/authorizations", "status") == list(HOLD_STATUSES)
     assert choices("/v1/accounts/{id}/usage-records", "status") == list(METERING_STATUSES)
     assert choices("/v1/accounts/{id}/usage-records", "kind") == list(METERING_KINDS)
+
+
+def test_every_app_serves_the_routes_built_once_per_process(api: Api) -> None:
+    """The routes are built as their modules are imported, and each app serves those
+    same objects: FastAPI does not build them again for the app (``include_router`` did,
+    on the app's first request, which waited for it)."""
+    for app in (api.app, create_app(api.ledger, api.keys)):
+        served = [route for route in app.routes if route in ROUTES]
+        assert len(served) == len(ROUTES)
+        assert all(any(route is mine for mine in ROUTES) for route in served)
 
 
 def _integer_bounds(node: Any, where: str = "") -> dict[str, Any]:
