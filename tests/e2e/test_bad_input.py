@@ -25,7 +25,9 @@ from ledger.settings import Settings
 from ledger.verify import verify
 from pricing import load_catalogs
 from tests import factories as f
+from tests.conftest import seeded
 from tests.e2e.conftest import Api, api_over
+from tests.factories import Clock
 
 BIG = 2**63  # one past the largest amount
 VEO = f.veo3_video(video_model="veo3_fast")
@@ -43,23 +45,31 @@ def _dump(api: Api) -> dict[str, list[tuple[Any, ...]]]:
         }
 
 
-@pytest.fixture
-def world(api: Api) -> dict[str, str]:
-    api.wallet("w", "credit", topup=1_000)
-    api.wallet("t", "token", topup=1_000_000)
-    hold = api.post("/v1/authorizations", {"account_id": "w", **VEO}, as_key="service")
-    assert hold.status_code == 201, hold.text
-    done = api.post("/v1/authorizations", {"account_id": "w", **VEO}, as_key="service").json()
-    r = api.post(f"/v1/authorizations/{done['id']}/capture", {"status": "COMPLETED"})
-    assert r.status_code == 200, r.text
-    text = api.post("/v1/authorizations", {"account_id": "t", **f.text(max_tokens=100)})
-    assert text.status_code == 201, text.text
-    return {
-        "hold": hold.json()["id"],
-        "captured": done["id"],
-        "entry": r.json()["entry_id"],
-        "text": text.json()["id"],
-    }
+def _world(ledger: Ledger, clock: Clock) -> dict[str, str]:
+    """A funded credit wallet with an open hold and a captured one, and a token wallet
+    with an open hold: made once, through the app, on the template each test's database
+    copies (``tests.conftest.seeded``)."""
+    with api_over(ledger, Keys(ledger.db), Settings(max_body_bytes=64 * 1024)) as api:
+        api.wallet("w", "credit", topup=1_000)
+        api.wallet("t", "token", topup=1_000_000)
+        hold = api.post("/v1/authorizations", {"account_id": "w", **VEO}, as_key="service")
+        assert hold.status_code == 201, hold.text
+        done = api.post("/v1/authorizations", {"account_id": "w", **VEO}, as_key="service")
+        assert done.status_code == 201, done.text
+        r = api.post(f"/v1/authorizations/{done.json()['id']}/capture", {"status": "COMPLETED"})
+        assert r.status_code == 200, r.text
+        text = api.post("/v1/authorizations", {"account_id": "t", **f.text(max_tokens=100)})
+        assert text.status_code == 201, text.text
+        return {
+            "hold": hold.json()["id"],
+            "captured": done.json()["id"],
+            "entry": r.json()["entry_id"],
+            "text": text.json()["id"],
+        }
+
+
+#: The test's database holds ``_world`` already; the fixture is what it made.
+world = seeded("world", _world)
 
 
 # (name, method, path, JSON body or raw bytes, headers, status, error, field)
