@@ -208,6 +208,7 @@ def seeded(name: str, make: Callable[[Ledger, Clock], T]) -> Any:
 
     @pytest.fixture(name=name)
     def fixture(database_url: str, clock: Clock, request: pytest.FixtureRequest) -> T:
+        """What the seed's maker returned; the test's database holds what it wrote."""
         backend = "sqlite" if database_url.startswith("sqlite") else "postgresql"
         template = _seeded_template(request, name, backend)
         clock.now = template.now
