@@ -68,6 +68,13 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.timeout = float(config.getini("timeout")) * SCALE
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """The tests marked ``long`` first, in their order, then the others in theirs: the
+    workers (``pytest -n``, ``--dist worksteal``) share out the short ones as they free
+    up, instead of one of them starting a minute-long test as the others run out."""
+    items.sort(key=lambda item: item.get_closest_marker("long") is None)
+
+
 @pytest.fixture(scope="session")
 def catalogs() -> CatalogSet:
     """The shipped catalogs."""

@@ -557,6 +557,7 @@ def test_the_cli_starts_without_the_migration_tool(loaded: dict[str, list[str]])
     assert "alembic" not in loaded["api.main"]
 
 
+@pytest.mark.long
 def test_the_forked_runner_answers_as_the_console_script(tmp_path: Path) -> None:
     """The other CLI tests run commands forked from a process that has imported the CLI
     (``tests.e2e.forked``). Whatever a command prints and exits with must be what the

@@ -130,6 +130,7 @@ def _post(http: httpx.Client, call: Call) -> tuple[int, Any]:
     return r.status_code, r.json()
 
 
+@pytest.mark.long
 def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
     database_url: str, serve: Callable[[dict[str, str]], Served]
 ) -> None:
@@ -263,6 +264,7 @@ def _entry_ids(http: httpx.Client) -> set[str]:
             return ids
 
 
+@pytest.mark.long
 def test_postgresql_going_away_under_traffic_loses_nothing_and_doubles_nothing(
     request: pytest.FixtureRequest, serve: Callable[[dict[str, str]], Served]
 ) -> None:

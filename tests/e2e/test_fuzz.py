@@ -17,6 +17,7 @@ from collections import Counter
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
+import pytest
 import schemathesis
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -180,6 +181,7 @@ def _checks(case: Any, sent_url: str | None) -> list[Any]:
     return CHECKS
 
 
+@pytest.mark.long
 def test_schemathesis_finds_no_5xx_and_no_schema_violation(api: Api) -> None:
     world = _world(api)
     tokens = {

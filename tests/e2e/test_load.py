@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import httpx2 as httpx
+import pytest
 
 from tests import factories as f
 from tests.conftest import examples
@@ -134,6 +135,7 @@ def _running_balances(http: httpx.Client) -> list[int]:
     return running
 
 
+@pytest.mark.long
 def test_64_clients_on_one_wallet_never_overspend_and_add_up(
     database_url: str, serve: Callable[[dict[str, str]], Served]
 ) -> None:

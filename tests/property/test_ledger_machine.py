@@ -811,6 +811,7 @@ MACHINE_SETTINGS = settings(
 )
 
 
+@pytest.mark.long
 def test_ledger_state_machine_sqlite(sqlite_template: Path) -> None:
     class OnSQLite(LedgerMachine):
         def make_db(self) -> Database:
@@ -824,6 +825,7 @@ def test_ledger_state_machine_sqlite(sqlite_template: Path) -> None:
     run_state_machine_as_test(OnSQLite, settings=MACHINE_SETTINGS)
 
 
+@pytest.mark.long
 def test_ledger_state_machine_postgresql(postgres: TempPostgres | None) -> None:
     if postgres is None:
         pytest.skip("PostgreSQL binaries not installed")
