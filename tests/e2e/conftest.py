@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -98,10 +98,15 @@ def api_over(ledger: Ledger, keys: Keys, settings: Settings) -> Iterator[Api]:
         )
 
 
+def app_for_tests(ledger: Ledger) -> AbstractContextManager[Api]:
+    """The app over ``ledger`` as the tests run it: its own keys, a 64 KiB body limit."""
+    return api_over(ledger, Keys(ledger.db), Settings(max_body_bytes=64 * 1024))
+
+
 @pytest.fixture
 def api(ledger: Ledger) -> Iterator[Api]:
     """The app over the ``ledger`` fixture (each database; invariants verified after)."""
-    with api_over(ledger, Keys(ledger.db), Settings(max_body_bytes=64 * 1024)) as made:
+    with app_for_tests(ledger) as made:
         yield made
 
 

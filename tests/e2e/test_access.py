@@ -29,7 +29,7 @@ from ledger.services import Ledger
 from ledger.settings import Settings
 from tests import factories as f
 from tests.conftest import seeded
-from tests.e2e.conftest import Api, api_over
+from tests.e2e.conftest import Api, api_over, app_for_tests
 
 VEO_FAST = f.veo3_video(video_model="veo3_fast")
 ROLES = ("admin", "service", "customer_own", "customer_other")
@@ -50,8 +50,7 @@ def _world(ledger: Ledger, clock: f.Clock) -> World:
     for), a hold, a top-up's entry and grant, a key to revoke and a report not run yet:
     something for each path of ``MATRIX`` to name. Made once, through the app, on the
     template each test's database copies (``tests.conftest.seeded``)."""
-    settings = Settings(max_body_bytes=64 * 1024)
-    with api_over(ledger, Keys(ledger.db), settings) as api:
+    with app_for_tests(ledger) as api:
         now = clock.now
         clock.now = now - timedelta(days=30)
         api.wallet("target", "credit", topup=10_000)

@@ -26,7 +26,7 @@ from ledger.verify import verify
 from pricing import load_catalogs
 from tests import factories as f
 from tests.conftest import seeded
-from tests.e2e.conftest import Api, api_over
+from tests.e2e.conftest import Api, api_over, app_for_tests
 from tests.factories import Clock
 
 BIG = 2**63  # one past the largest amount
@@ -49,7 +49,7 @@ def _world(ledger: Ledger, clock: Clock) -> dict[str, str]:
     """A funded credit wallet with an open hold and a captured one, and a token wallet
     with an open hold: made once, through the app, on the template each test's database
     copies (``tests.conftest.seeded``)."""
-    with api_over(ledger, Keys(ledger.db), Settings(max_body_bytes=64 * 1024)) as api:
+    with app_for_tests(ledger) as api:
         api.wallet("w", "credit", topup=1_000)
         api.wallet("t", "token", topup=1_000_000)
         hold = api.post("/v1/authorizations", {"account_id": "w", **VEO}, as_key="service")
