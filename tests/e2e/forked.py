@@ -3,7 +3,8 @@
 A user's ``creditledger`` process spends about a second importing the CLI (SQLAlchemy,
 the models, the catalogs) before it does anything; the admin and report tests run it
 hundreds of times. So each test worker starts one *zygote*: a single-threaded Python
-process that imports ``api.cli`` and then waits. ``run`` asks it to fork a child per
+process that imports ``api.cli``, and what its commands import only as they run
+(``LAZY_IMPORTS``), and then waits. ``run`` asks it to fork a child per
 command; the child takes the command's arguments, environment, working directory and
 standard streams (files, as pipes to a real subprocess would be), runs the console
 script's entry point, and exits with its exit code. Every command thus runs in a fresh
@@ -26,6 +27,7 @@ killed by that signal, as ``subprocess`` says).
 from __future__ import annotations
 
 import atexit
+import gc
 import json
 import os
 import select
@@ -93,14 +95,54 @@ def _write(obj: dict[str, Any]) -> None:
     os.write(1, (json.dumps(obj) + "\n").encode())
 
 
+#: What a command imports only when it runs (the CLI's import leaves them out, so that a
+#: command pays only for what it uses): typer's rich output (help, usage errors), the
+#: migrations, the PostgreSQL driver, and the reports (FastAPI's app, pandas, pyarrow,
+#: matplotlib). Imported in the zygote, every child shares them as it shares the CLI.
+LAZY_IMPORTS = (
+    "typer.rich_utils",
+    "rich.progress",
+    "alembic.command",
+    "alembic.config",
+    "alembic.script",
+    "sqlalchemy.dialects.postgresql.psycopg",
+    "api.main",
+    "reports.queries",
+    "reports.render",
+    "reports.statement",
+    "matplotlib.figure",
+    "matplotlib.ticker",
+)
+#: The zygote's own environment on top of the tests': the native libraries it imports
+#: start no threads of their own (OpenBLAS's pool, jemalloc's background thread in
+#: pyarrow), so that it forks with one thread. A child's environment is the command's.
+SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:false"}
+
+
+def _threads() -> int:
+    """The process's threads, native ones included (Linux), else Python's."""
+    try:
+        return len(os.listdir("/proc/self/task"))
+    except OSError:
+        return threading.active_count()
+
+
 def zygote() -> None:
     """Import the CLI once, then fork one child per request read on stdin."""
+    import importlib
+
     import api.cli  # noqa: F401  (the import every child shares)
 
+    for name in LAZY_IMPORTS:
+        importlib.import_module(name)
     # Forking copies only the calling thread: with another one running, a child could
-    # inherit a lock it holds, held forever. The import starts none; keep it so.
-    if threading.active_count() != 1:
-        raise RuntimeError(f"the CLI's import started threads: {threading.enumerate()}")
+    # inherit a lock it holds, held forever. The imports start none; keep it so.
+    if _threads() != 1:
+        raise RuntimeError(f"the CLI's imports started threads: {threading.enumerate()}")
+    # What the children share is never collected: a collection in a child would write to
+    # every object it scans, copying the pages fork shared (about 0.1 s a command).
+    gc.collect()
+    gc.freeze()
 
     pending = b""
     while True:
@@ -143,6 +185,7 @@ class _Zygote:
                 stdin=subprocess.PIPE,
                 stdout=subprocess.PIPE,
                 cwd=ROOT,
+                env={**os.environ, **SINGLE_THREADED},
             )
             self.buffer = b""
             atexit.register(self._stop, self.proc)
