@@ -27,8 +27,8 @@ from ledger.db import Database
 from ledger.models import accounts, postings
 from ledger.services import Ledger
 from ledger.verify import verify
-from pricing.catalog import CatalogSet
 from tests import factories as f
+from tests.conftest import seeded
 from tests.factories import Clock, key
 
 VEO_FAST = f.veo3_video(video_model="veo3_fast")
@@ -90,9 +90,8 @@ def tamper(db: Database, *statements: str) -> None:
                 conn.exec_driver_sql(statement)
 
 
-@pytest.fixture
-def books(db: Database, catalogs: CatalogSet, clock: Clock) -> Books:
-    ledger = Ledger(db, catalogs, clock=clock)
+def _books(ledger: Ledger, clock: Clock) -> Books:
+    db = ledger.db
     for name, unit in (("alice", "credit"), ("bob", "credit"), ("carol", "usd")):
         ledger.open_account(name, unit, idempotency_key=key())
     ledger.open_account("dave", "credit", idempotency_key=key())
@@ -161,6 +160,10 @@ def books(db: Database, catalogs: CatalogSet, clock: Clock) -> Books:
         erin_refund=erin_refund.id,
         erin_refund_grant=erin_refund_grant,
     )
+
+
+#: The books (made once per test process and database, then copied for each test).
+books = seeded("books", _books)
 
 
 def _entry_copy(b: Books) -> str:
