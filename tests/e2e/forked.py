@@ -99,6 +99,9 @@ def _write(obj: dict[str, Any]) -> None:
 #: command pays only for what it uses): typer's rich output (help, usage errors), the
 #: migrations, the PostgreSQL driver, and the reports (FastAPI's app, pandas, pyarrow,
 #: matplotlib). Imported in the zygote, every child shares them as it shares the CLI.
+#: Some read the environment as they are imported (typer's rich output ``TERMINAL_WIDTH``
+#: and ``FORCE_COLOR``, matplotlib its ``MPL*`` settings): the zygote's, which is the test
+#: process's, as a command's is but for what the test gives it; no test gives those.
 LAZY_IMPORTS = (
     "typer.rich_utils",
     "rich.progress",
