@@ -14,8 +14,8 @@ import psycopg
 import pytest
 
 from tests.conftest import postgres_or_skip
+from tests.e2e.forked import run
 from tests.e2e.served import Served, Threads
-from tests.e2e.test_cli import run
 from tests.pg import TempPostgres
 
 ADMIN = "clk_startup_admin_key_0123456789abcdef"
