@@ -98,7 +98,6 @@ def test_a_sqlite_file_that_cannot_be_opened_fails_at_once() -> None:
     assert "unable to open database file" in done.stderr
 
 
-@pytest.mark.long
 def test_a_postgresql_that_refuses_the_credentials_or_the_database_fails_at_once(
     request: pytest.FixtureRequest,
 ) -> None:
