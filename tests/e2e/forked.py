@@ -122,12 +122,13 @@ LAZY_IMPORTS = (
 SINGLE_THREADED = {"OPENBLAS_NUM_THREADS": "1", "JE_ARROW_MALLOC_CONF": "background_thread:false"}
 
 
-def _threads() -> int:
-    """The process's threads, native ones included (Linux), else Python's."""
+def _threads() -> list[str]:
+    """The names of the process's threads, native ones included (Linux), else Python's."""
     try:
-        return len(os.listdir("/proc/self/task"))
+        tasks = os.listdir("/proc/self/task")
+        return [Path(f"/proc/self/task/{t}/comm").read_text().strip() for t in tasks]
     except OSError:
-        return threading.active_count()
+        return [thread.name for thread in threading.enumerate()]
 
 
 def zygote() -> None:
@@ -140,8 +141,9 @@ def zygote() -> None:
         importlib.import_module(name)
     # Forking copies only the calling thread: with another one running, a child could
     # inherit a lock it holds, held forever. The imports start none; keep it so.
-    if _threads() != 1:
-        raise RuntimeError(f"the CLI's imports started threads: {threading.enumerate()}")
+    threads = _threads()
+    if len(threads) != 1:
+        raise RuntimeError(f"the CLI's imports started threads: {threads}")
     # What the children share is never collected: a collection in a child would write to
     # every object it scans, copying the pages fork shared (about 0.1 s a command).
     gc.collect()
