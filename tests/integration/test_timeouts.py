@@ -21,7 +21,7 @@ from pricing.catalog import CatalogSet
 from reports import jobs, statement
 from reports.jobs import Reports
 from tests import factories as f
-from tests.factories import Clock, key
+from tests.factories import Clock, Traffic, key
 from tests.waits import timed, wallet_locked
 
 VEO_FAST = f.veo3_video(video_model="veo3_fast")
@@ -254,6 +254,13 @@ def test_timeouts_that_make_no_sense_are_refused(timeouts: dict[str, float]) -> 
         Timeouts(**timeouts)  # type: ignore[arg-type]
 
 
+#: The idle-in-transaction limit the report tests set: short, but long enough that no
+#: other transaction of theirs (requesting, claiming, storing) outlasts it on a busy
+#: host (0.5 s did, once, in CI). Their data is the ``traffic`` fixture's, written
+#: before the limit is set.
+IDLE_LIMIT = 2.0
+
+
 def _batches_taking(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
     """Report jobs read one wallet per batch, and reconcile and render each for
     ``seconds`` (sleeping) before reading the next."""
@@ -269,18 +276,17 @@ def _batches_taking(monkeypatch: pytest.MonkeyPatch, seconds: float) -> None:
 
 @postgresql_only
 def test_a_report_working_between_its_reads_outlasts_the_idle_in_transaction_timeout(
-    database_url: str, catalogs: CatalogSet, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    database_url: str, traffic: Traffic, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A statement job holds one snapshot and reconciles and renders each batch of wallets
     between its reads: with a short idle timeout set, that time must not end its session
     (a snapshot holds no lock for the timeout to free), while a write transaction left
     idle is still ended."""
     # The connection a transaction returned is the next one handed out (LIFO).
-    limited = Timeouts(idle_in_transaction=0.5)
+    limited = Timeouts(idle_in_transaction=IDLE_LIMIT)
     db = Database.from_url(database_url, timeouts=limited, pool_use_lifo=True)
     try:
-        traffic = f.month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
-        _batches_taking(monkeypatch, 1)  # longer than the idle timeout
+        _batches_taking(monkeypatch, IDLE_LIMIT + 0.5)  # longer than the idle timeout
         reports = Reports(db, clock=clock, lease=timedelta(seconds=60))
         job, _ = reports.request(traffic.month, "csv")
         claimed = reports.claim(job.id)
@@ -295,12 +301,12 @@ def test_a_report_working_between_its_reads_outlasts_the_idle_in_transaction_tim
         # The longer limit was the snapshot's alone: the connection's next transaction has
         # the session's again, and a write transaction left idle is still ended.
         with db.transaction(write=False) as conn:
-            assert tuple(conn.exec_driver_sql(show).one()) == (pid, "500ms")
+            assert tuple(conn.exec_driver_sql(show).one()) == (pid, "2s")
 
         def left_idle() -> None:
             with db.transaction() as conn:
                 conn.exec_driver_sql("SELECT id FROM accounts FOR UPDATE").all()
-                time.sleep(1.5)
+                time.sleep(IDLE_LIMIT + 1)
 
         with pytest.raises(sa.exc.DBAPIError, match="idle-in-transaction"):
             left_idle()
@@ -318,15 +324,14 @@ def test_a_report_working_between_its_reads_outlasts_the_idle_in_transaction_tim
 
 @postgresql_only
 def test_a_report_idle_past_its_lease_too_is_ended_and_claimed_again(
-    database_url: str, catalogs: CatalogSet, clock: Clock, monkeypatch: pytest.MonkeyPatch
+    database_url: str, traffic: Traffic, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Past the job's lease as well, the server ends the snapshot's session: the job is
     left running for another worker to claim, as when the database goes away, not
     failed for good."""
-    db = Database.from_url(database_url, timeouts=Timeouts(idle_in_transaction=0.5))
+    db = Database.from_url(database_url, timeouts=Timeouts(idle_in_transaction=IDLE_LIMIT))
     try:
-        traffic = f.month_of_traffic(Ledger(db, catalogs, clock=clock), clock)
-        _batches_taking(monkeypatch, 2)  # past both the 0.5 s limit and the 1 s lease
+        _batches_taking(monkeypatch, IDLE_LIMIT + 1)  # past both the limit and the 1 s lease
         reports = Reports(db, clock=clock, lease=timedelta(seconds=1))
         job, _ = reports.request(traffic.month, "json")
         claimed = reports.claim(job.id)
