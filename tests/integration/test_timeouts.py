@@ -330,9 +330,11 @@ def test_a_report_idle_past_its_lease_too_is_ended_and_claimed_again(
     left running for another worker to claim, as when the database goes away, not
     failed for good."""
     db = Database.from_url(database_url, timeouts=Timeouts(idle_in_transaction=IDLE_LIMIT))
+    # A lease longer than the session's limit: the snapshot waits that long, no longer.
+    lease = IDLE_LIMIT + 1
     try:
-        _batches_taking(monkeypatch, IDLE_LIMIT + 1)  # past both the limit and the 1 s lease
-        reports = Reports(db, clock=clock, lease=timedelta(seconds=1))
+        _batches_taking(monkeypatch, lease + 1)  # past both the limit and the lease
+        reports = Reports(db, clock=clock, lease=timedelta(seconds=lease))
         job, _ = reports.request(traffic.month, "json")
         claimed = reports.claim(job.id)
         assert claimed is not None
@@ -340,7 +342,7 @@ def test_a_report_idle_past_its_lease_too_is_ended_and_claimed_again(
             reports.run(claimed)
         assert (reports.get(job.id).status, reports.get(job.id).error) == ("running", None)
         monkeypatch.undo()
-        clock.advance(seconds=2)
+        clock.advance(seconds=lease + 1)
         again = reports.claim()
         assert again is not None
         assert (again.id, again.attempts) == (job.id, 2)
