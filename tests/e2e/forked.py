@@ -101,7 +101,8 @@ def _write(obj: dict[str, Any]) -> None:
 #: matplotlib). Imported in the zygote, every child shares them as it shares the CLI.
 #: Some read the environment as they are imported (typer's rich output ``TERMINAL_WIDTH``
 #: and ``FORCE_COLOR``, matplotlib its ``MPL*`` settings): the zygote's, which is the test
-#: process's, as a command's is but for what the test gives it; no test gives those.
+#: process's, as a command's is but for what the test gives it, and ``run`` refuses to
+#: give those (``READ_AS_COMMANDS_RUN``).
 LAZY_IMPORTS = (
     "typer.rich_utils",
     "rich.progress",
@@ -241,6 +242,30 @@ class _Zygote:
 _ZYGOTE = _Zygote()
 
 
+#: What a test may give a forked command's environment: variables read only as a command
+#: runs, never at import. Anything else (``TERMINAL_WIDTH``, ``FORCE_COLOR``, ``MPL*``,
+#: ``TZ``, which the zygote read once for every child) is refused, naming it: run the
+#: installed script (``tests.e2e.test_cli.run``) instead, or add the variable here once it
+#: is known to be read only at run time. ``HOME`` is read at both: by ``~`` in a command's
+#: paths as it runs, and by matplotlib's import for its configuration folder, whose
+#: ``matplotlibrc`` (none in the tests' homes) would then be the test process's.
+READ_AS_COMMANDS_RUN = ("COLUMNS", "LINES", "NO_COLOR", "PGPASSFILE", "PGPASSWORD", "HOME")
+READ_AS_COMMANDS_RUN_PREFIXES = ("CREDITLEDGER_",)
+
+
+def _check_run_time_only(env: dict[str, str]) -> None:
+    read_at_import = sorted(
+        name
+        for name in env
+        if name not in READ_AS_COMMANDS_RUN and not name.startswith(READ_AS_COMMANDS_RUN_PREFIXES)
+    )
+    if read_at_import:
+        raise ValueError(
+            f"forked.run cannot give a command {read_at_import}: the zygote's imports may "
+            "have read them already (see READ_AS_COMMANDS_RUN)"
+        )
+
+
 def environment(env: dict[str, str] | None) -> dict[str, str]:
     """A command's environment: the test's without its ``CREDITLEDGER_*`` variables (the
     command gets only the settings the test gives it), plus ``env``."""
@@ -258,6 +283,7 @@ def run(
 ) -> subprocess.CompletedProcess[str]:
     """``creditledger *args`` in a process of its own, as ``tests.e2e.test_cli.run``
     runs the installed script, in the environment ``environment(env)``."""
+    _check_run_time_only(env or {})
     with tempfile.TemporaryDirectory(prefix="creditledger-cli-") as tmp:
         streams = {name: Path(tmp) / name for name in ("stdin", "stdout", "stderr")}
         streams["stdin"].write_text(stdin)

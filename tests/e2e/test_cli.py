@@ -592,6 +592,24 @@ def test_the_forked_runner_answers_as_the_console_script(tmp_path: Path) -> None
     assert codes == [0, 0, 0, 0, 0, 0, 0, 7, 2, 0]
 
 
+@pytest.mark.parametrize("name", ["TZ", "TERMINAL_WIDTH", "FORCE_COLOR", "MPLBACKEND"])
+def test_the_forked_runner_refuses_a_variable_the_zygote_may_have_read_at_import(
+    tmp_path: Path, name: str
+) -> None:
+    """A forked command shares the zygote's imports, and with them whatever they read from
+    the environment as they ran (libc's time zone, typer's terminal width and colours,
+    matplotlib's backend). So ``forked.run`` takes only variables read as a command runs,
+    and refuses any other, naming it, before anything runs."""
+    ledger = tmp_path / "ledger.db"
+    env = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{ledger}", "COLUMNS": "80", name: "1"}
+    with pytest.raises(ValueError, match=rf"\['{name}'\]"):
+        forked.run("migrate", env=env, cwd=tmp_path)
+    assert not ledger.exists()
+    del env[name]
+    assert forked.run("migrate", env=env, cwd=tmp_path).returncode == 0
+    assert ledger.exists()
+
+
 def _unstamped(text: str) -> str:
     """``text`` without what differs between two runs: instants and generated ids."""
     text = re.sub(r"\d{4}-\d\d-\d\dT[\d:.]+(\+00:00|Z)?", "<instant>", text)
