@@ -7,6 +7,7 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import timedelta
 from typing import Any
 
@@ -28,10 +29,10 @@ VEO_FAST = f.veo3_video(video_model="veo3_fast")
 postgresql_only = pytest.mark.parametrize("database_url", ["postgresql"], indirect=True)
 
 
-@pytest.fixture
-def funded(database_url: str, catalogs: CatalogSet, clock: Clock) -> Iterator[Ledger]:
-    """A ledger whose lock waits last at most half a second, with a wallet of 1,000."""
-    db = Database.from_url(database_url, timeouts=Timeouts(lock=0.5))
+@contextmanager
+def _funded(database_url: str, catalogs: CatalogSet, clock: Clock, lock: float) -> Iterator[Ledger]:
+    """A ledger whose lock waits last at most ``lock`` seconds, with a wallet of 1,000."""
+    db = Database.from_url(database_url, timeouts=Timeouts(lock=lock))
     ledger = Ledger(db, catalogs, clock=clock)
     ledger.open_account("wallet", "credit", idempotency_key=key())
     ledger.top_up("wallet", 1_000, idempotency_key=key())
@@ -39,6 +40,22 @@ def funded(database_url: str, catalogs: CatalogSet, clock: Clock) -> Iterator[Le
         yield ledger
     finally:
         db.dispose()
+
+
+@pytest.fixture
+def funded(database_url: str, catalogs: CatalogSet, clock: Clock) -> Iterator[Ledger]:
+    """A funded ledger whose lock waits last at most half a second."""
+    with _funded(database_url, catalogs, clock, lock=0.5) as ledger:
+        yield ledger
+
+
+@pytest.fixture
+def patient(database_url: str, catalogs: CatalogSet, clock: Clock) -> Iterator[Ledger]:
+    """A funded ledger whose lock waits last up to 10 s: far more than a test holds a
+    lock, however slow the machine, so a wait it sees end is one the lock's release
+    ended, never its timeout."""
+    with _funded(database_url, catalogs, clock, lock=10) as ledger:
+        yield ledger
 
 
 def test_a_lock_held_past_the_timeout_fails_the_request_and_changes_nothing(
@@ -64,21 +81,26 @@ def test_a_lock_held_past_the_timeout_fails_the_request_and_changes_nothing(
     assert verify(funded.db) == []
 
 
-def test_a_lock_freed_within_the_timeout_is_waited_for(funded: Ledger, database_url: str) -> None:
+def test_a_lock_freed_within_the_timeout_is_waited_for(patient: Ledger, database_url: str) -> None:
     def free_soon() -> None:
         with wallet_locked(database_url, "wallet"):
             locked.set()
-            time.sleep(0.15)
+            time.sleep(0.3)
 
     locked = threading.Event()
     holder = threading.Thread(target=free_soon)
     holder.start()
     try:
         assert locked.wait(10)
-        hold = funded.authorize("wallet", VEO_FAST, idempotency_key=key())
+        hold, waited = timed(
+            lambda: patient.authorize("wallet", VEO_FAST, idempotency_key=key()), limit=15
+        )
     finally:
         holder.join(10)
+    assert isinstance(hold, HoldView), repr(hold)
     assert hold.held == 240
+    # It waited for the lock's release (0.3 s after it was taken), not past a timeout.
+    assert waited >= 0.2, waited
 
 
 @pytest.mark.parametrize("database_url", ["sqlite"], indirect=True)
