@@ -571,7 +571,9 @@ def test_serve_runs_the_veo3_flow_over_real_http_and_sweeps_holds(
         assert short.status_code == 402
         assert short.json()["message"] == "Insufficient credits. Need 240, have 100"
         assert http.post("/v1/accounts/u/topups", json={"amount": 400}).status_code == 201
-        hold = http.post("/v1/authorizations", json=request).json()
+        # Held for a minute rather than the server's 1 s default, so a busy machine's
+        # pause between this authorization and its capture cannot expire it.
+        hold = http.post("/v1/authorizations", json={**request, "ttl_seconds": 60}).json()
         done = http.post(
             f"/v1/authorizations/{hold['id']}/capture",
             json={"status": "COMPLETED", "usage": {"videos": 1}},
