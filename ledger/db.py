@@ -440,6 +440,9 @@ class Timeouts:
 SESSION_TIMEZONE = "-c TimeZone=UTC"
 #: The names the server reports (``ParameterStatus``) for a session already in UTC.
 UTC_NAMES = frozenset({"UTC", "Etc/UTC"})
+#: What a PostgreSQL session of the ledger's is named (its ``application_name``), unless
+#: the database URL or ``PGAPPNAME`` names it.
+APPLICATION_NAME = "creditledger"
 
 
 #: The database URL's query parameter (psycopg's own name) for how many runs of a statement
@@ -544,7 +547,13 @@ def make_engine(url: str, *, timeouts: Timeouts | None = None, **kwargs: Any) ->
     options = timeouts.postgresql_options()
     if isinstance(given, str):
         options = f"{options} {given}"
-    connect_args: dict[str, Any] = {"options": f"{options} {SESSION_TIMEZONE}"}
+    connect_args: dict[str, Any] = {
+        "options": f"{options} {SESSION_TIMEZONE}",
+        # Named in pg_stat_activity for the operator who asks whose sessions these are.
+        # libpq's fallback: an application_name in the URL or PGAPPNAME in the
+        # environment names them instead.
+        "fallback_application_name": APPLICATION_NAME,
+    }
     if "connect_timeout" not in query:
         connect_args["connect_timeout"] = timeouts.connect
     threshold = query.get(PREPARE_THRESHOLD)

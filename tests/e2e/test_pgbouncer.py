@@ -77,6 +77,8 @@ def test_behind_pgbouncer_in_transaction_mode_every_request_succeeds(
             raw: Any = conn.connection.driver_connection
             assert raw.prepare_threshold is None
             assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
+            # The pooler gives the server session the client's name.
+            assert conn.exec_driver_sql("SHOW application_name").scalar() == "creditledger"
         ledger = Ledger(db, catalogs)
         for n in range(WALLETS):
             ledger.open_account(f"w{n}", "credit", idempotency_key=f"open-{n}")
