@@ -50,6 +50,7 @@ from ledger.backup import backup
 from ledger.db import (
     Database,
     DowngradeNotConfirmed,
+    LedgerInUse,
     Refused,
     is_lock_timeout,
     known_revisions,
@@ -447,7 +448,7 @@ def migrate_command(
     db = Database.from_settings(settings)
     try:
         db.reach(settings.startup_wait_seconds)
-        done = db.migrate_to(to, down=yes)
+        done = db.migrate_to(to, down=yes, alone=True)
     except DowngradeNotConfirmed as exc:
         titles = revision_titles()
         _fail(
@@ -456,12 +457,25 @@ def migrate_command(
                 "field": "yes",
                 "message": f"{exc}. Undoing a revision drops what it keeps (see 'undo'): "
                 "back the ledger up first (creditledger backup, or pg_dump), stop every "
-                "server on it, then run this again with --yes. Nothing was changed",
+                "server on it (see 'in_use'), then run this again with --yes. Nothing was "
+                "changed",
                 "revision": exc.current,
                 "target": exc.target,
                 "undo": [_undone(r, titles, exc.losses) for r in exc.undone],
+                "in_use": list(exc.in_use),
             },
             EXIT_INVALID,
+        )
+    except LedgerInUse as exc:
+        _fail(
+            {
+                "error": "ledger_in_use",
+                "message": str(exc),
+                "target": exc.target,
+                "in_use": list(exc.in_use),
+                **({"hint": exc.hint} if exc.hint else {}),
+            },
+            EXIT_DATABASE,
         )
     except sa.exc.SQLAlchemyError as exc:
         _database_failed(exc)

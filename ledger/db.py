@@ -74,6 +74,8 @@ import sqlalchemy as sa
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.pool import ConnectionPoolEntry
 
+from ledger import inuse
+
 if TYPE_CHECKING:
     from alembic.config import Config
 
@@ -230,7 +232,12 @@ class DowngradeNotConfirmed(Exception):
     they keep), and was not told to (``down``): nothing was changed."""
 
     def __init__(
-        self, current: str, target: str, undone: Sequence[str], losses: dict[str, str]
+        self,
+        current: str,
+        target: str,
+        undone: Sequence[str],
+        losses: dict[str, str],
+        in_use: Sequence[str] = (),
     ) -> None:
         super().__init__(
             f"the schema is at revision {current}: going to {target} undoes "
@@ -241,6 +248,34 @@ class DowngradeNotConfirmed(Exception):
         self.undone = tuple(undone)
         #: What undoing each revision would take from this database (``downgrade_losses``).
         self.losses = losses
+        #: The other processes or sessions on the ledger, to stop first (``LedgerInUse``).
+        self.in_use = tuple(in_use)
+
+
+class LedgerInUse(Exception):
+    """``Database.migrate_to`` was to take the schema down while other processes have the
+    ledger open (``ledger.inuse``): they would go on running the newer version's
+    statements on the older tables. Nothing was changed."""
+
+    def __init__(self, target: str, in_use: Sequence[str], *, sessions: bool) -> None:
+        found = (
+            f"{len(in_use)} other session(s) are on the ledger"
+            if sessions
+            else f"{len(in_use)} other process(es) have the ledger open"
+        )
+        super().__init__(
+            f"not taking the schema down to {target}: {found} ({'; '.join(in_use)}). Stop "
+            "them (every server on it), then run this again; nothing was changed"
+        )
+        self.target = target
+        self.in_use = tuple(in_use)
+        #: What else may hold a PostgreSQL session of that name.
+        self.hint = (
+            "a pooler such as PgBouncer keeps its idle server connections under the name "
+            "of the last client that used them: run this on PostgreSQL directly"
+            if sessions
+            else None
+        )
 
 
 @dataclass(frozen=True)
@@ -335,6 +370,12 @@ def _refuse_new_beside_saved(conn: Connection) -> None:
     saved = sorted(glob.glob(f"{glob.escape(path)}.gone-*"))
     if saved and not conn.exec_driver_sql("SELECT count(*) FROM sqlite_master").scalar_one():
         raise LedgerSavedBeside(path, saved)
+
+
+def _sqlite_file(conn: Connection) -> str:
+    """The path of the file of ``conn``'s SQLite database, as SQLite opened it."""
+    raw: Any = conn.connection.driver_connection
+    return str(next(row[2] for row in raw.execute("PRAGMA database_list") if row[1] == "main"))
 
 
 def is_lock_timeout(exc: BaseException) -> bool:
@@ -886,8 +927,7 @@ class Database:
         info = conn.connection.info  # as long as the driver's connection lives
         opened: tuple[str, int, int] | None = info.get(_OPENED)
         if opened is None:
-            raw: Any = conn.connection.driver_connection
-            path = next(row[2] for row in raw.execute("PRAGMA database_list") if row[1] == "main")
+            path = _sqlite_file(conn)
             try:
                 found = os.stat(path)
             except OSError as exc:
@@ -1142,7 +1182,12 @@ class Database:
             _refuse_unknown_revision(conn)
 
     def migrate_to(
-        self, target: str = "head", *, down: bool = False, wait: float = MIGRATION_WAIT
+        self,
+        target: str = "head",
+        *,
+        down: bool = False,
+        alone: bool = False,
+        wait: float = MIGRATION_WAIT,
     ) -> Migration:
         """Take the schema to ``target``, one of ``known_revisions()`` or ``head`` (the
         newest): up, applying the revisions after the one it is at, or, only with
@@ -1151,13 +1196,19 @@ class Database:
         In one transaction under the migration lock (``_migrating``), as ``migrate``:
         whatever fails, nothing changed. ``DowngradeNotConfirmed`` when it would go down
         without ``down``; ``SchemaFromNewer`` when the schema is at a revision this version
-        does not know."""
+        does not know. With ``alone`` (the CLI: this process uses the ledger for nothing
+        else), ``LedgerInUse`` when it would go down while other processes have the ledger
+        open; the refusal without ``down`` names them too."""
         from alembic import command
 
         known = known_revisions()
         goal = known[-1] if target == "head" else target
         if goal not in known:
             raise ValueError(f"no revision {target!r}: this version's are {', '.join(known)}")
+        if alone:
+            # PostgreSQL: close this process's pooled sessions (``reach``'s), so that the
+            # migration's is its only one and none is taken for another process's.
+            self.engine.dispose()
         done: list[Migration] = []
 
         def run(conn: Connection) -> None:
@@ -1166,8 +1217,11 @@ class Database:
             if before is not None and goal < before:
                 undone = tuple(r for r in reversed(known) if goal < r <= before)
                 losses = downgrade_losses(conn, undone)
+                in_use = self._others(conn) if alone else []
                 if not down:
-                    raise DowngradeNotConfirmed(before, goal, undone, losses)
+                    raise DowngradeNotConfirmed(before, goal, undone, losses, in_use)
+                if in_use:
+                    raise LedgerInUse(goal, in_use, sessions=not self.is_sqlite)
                 command.downgrade(alembic_config(conn), goal)
                 done.append(Migration(before, goal, undone=undone, losses=losses))
                 return
@@ -1177,6 +1231,13 @@ class Database:
 
         self._migrating(run, wait)
         return done[-1]
+
+    def _others(self, conn: Connection) -> list[str]:
+        """The other processes (SQLite) or sessions (PostgreSQL) that have the ledger
+        open, described (``ledger.inuse``); none found where the system cannot tell."""
+        if not self.is_sqlite:
+            return inuse.postgresql_users(conn)
+        return inuse.sqlite_users(_sqlite_file(conn)) or []
 
     def downgrade(self, revision: str = "base", *, wait: float = MIGRATION_WAIT) -> None:
         from alembic import command

@@ -9,7 +9,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -1216,3 +1216,47 @@ def test_migrate_takes_the_schema_back_for_a_rollback_and_up_again(
     checked = run("verify", "--json", env=env)
     assert checked.returncode == 0, checked.stdout
     assert wallets() == before
+
+
+def test_migrate_does_not_take_the_schema_down_under_a_running_server(
+    env: dict[str, str], serve: Callable[[dict[str, str]], Served]
+) -> None:
+    """A server left running on a ledger whose schema went back runs the newer version's
+    statements on the older tables. The rollback names every process (SQLite) or session
+    (PostgreSQL) that has the ledger open, refuses to start while there is one, changing
+    nothing, and goes ahead once the server is stopped."""
+    newest = known_revisions()[-1]
+    served = serve(env).start()
+    assert served.proc is not None
+
+    asked = run("migrate", "--to", "0011", env=env)
+    assert asked.returncode == 2, asked.stderr
+    in_use = json.loads(asked.stderr)["in_use"]
+    assert in_use, asked.stderr
+    if "sqlite" in env["CREDITLEDGER_DATABASE_URL"]:
+        # Its own process only: not the CLI's, nor this test's (which holds none open).
+        (server,) = in_use
+        assert server.startswith(f"process {served.proc.pid} ("), server
+        assert " serve" in server, server
+    else:
+        assert all(re.fullmatch(r"session \d+ from .+, connected .+Z", s) for s in in_use), in_use
+
+    refused = run("migrate", "--to", "0011", "--yes", env=env)
+    assert refused.returncode == 6, refused.stderr
+    error = json.loads(refused.stderr)
+    assert (error["error"], error["target"]) == ("ledger_in_use", "0011")
+    assert error["in_use"], error
+    assert "nothing was changed" in error["message"]
+    assert ("hint" in error) is ("postgresql" in env["CREDITLEDGER_DATABASE_URL"]), error
+    assert json.loads(run("migrate", "--json", env=env).stdout)["before"] == newest
+    # The server is untouched by it: it still serves.
+    assert httpx.get(f"{served.url}/healthz", timeout=10).status_code == 200
+
+    served.stop()
+    # A PostgreSQL backend ends a moment after its client has gone.
+    deadline = time.monotonic() + 20
+    while (down := run("migrate", "--to", "0011", "--yes", "--json", env=env)).returncode == 6:
+        assert time.monotonic() < deadline, down.stderr
+        time.sleep(0.2)
+    assert down.returncode == 0, down.stderr
+    assert json.loads(down.stdout)["revision"] == "0011"
