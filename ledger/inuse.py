@@ -8,7 +8,8 @@ rollback refuses to start while one is there, naming it.
 SQLite: a connection to a database in WAL mode, once it has read from it, holds a shared
 lock on its file and one on its ``-shm`` file for as long as it is open, idle or not (a
 server's pooled connections: its sweepers read every few seconds). Linux lists the locks
-of every process in ``/proc/locks``; elsewhere nobody can be found this way (``None``).
+of every process of this PID namespace in ``/proc/locks``; elsewhere nobody can be found
+this way (``None``).
 
 PostgreSQL: the other sessions on the database that bear this session's
 ``application_name`` (``creditledger``, or what the database URL or ``PGAPPNAME`` names
