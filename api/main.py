@@ -126,7 +126,7 @@ def app_from_settings(settings: Settings, *, sweep: bool = True) -> FastAPI:
 
 def keys_from_settings(db: Database, settings: Settings) -> Keys:
     admin = settings.admin_key.get_secret_value() if settings.admin_key else None
-    return Keys(db, admin_key=admin)
+    return Keys(db, admin_key=admin, cache_seconds=settings.key_cache_seconds)
 
 
 def reports_from_settings(ledger: Ledger, settings: Settings) -> Reports:

@@ -91,7 +91,8 @@ class Keys:
         # Keys recently found valid, by digest of the whole token, with their expiry: a
         # request need not read the database to authenticate. A revocation through this
         # process takes effect at once; one made by another process (the CLI) within
-        # ``cache_seconds``. An expiry takes effect at its instant.
+        # ``cache_seconds`` (the key_cache_seconds setting). An expiry takes effect at its
+        # instant.
         self.cache_seconds = cache_seconds
         # At most this many keys are remembered; the one found valid longest ago makes
         # room for a new one (it is read from the database again when it comes back).

@@ -174,6 +174,12 @@ class Settings(BaseSettings):
     #: request on that connection, which then fails unanswered.
     keep_alive_seconds: int = Field(default=75, ge=1, le=3600)
 
+    #: ``creditledger serve``: how long a key found valid is remembered, so that the
+    #: requests made with it meanwhile do not read the database to authenticate. A key
+    #: revoked through this server is refused at once; one revoked by another process (the
+    #: CLI, another replica) within this long. 0: every request reads its key.
+    key_cache_seconds: float = Field(default=1.0, ge=0, le=3600)
+
     #: ``creditledger serve``: the threads that run the ledger work of the HTTP API's
     #: gateway calls and reads. On PostgreSQL, the most transactions the server runs at
     #: once; more help where the database is far (each waits longer on the network), few

@@ -512,6 +512,22 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     assert json.loads(run("keys", "list", "--account", "acme", "--json", env=env).stdout) == []
 
 
+@pytest.mark.parametrize(("setting", "refused"), [("0", True), ("3600", False)])
+def test_a_key_revoked_with_the_cli_is_refused_by_a_server_as_its_key_cache_says(
+    env: dict[str, str], serve: Callable[[dict[str, str]], Served], setting: str, refused: bool
+) -> None:
+    """CREDITLEDGER_KEY_CACHE_SECONDS: how long a server remembers a key it found valid.
+    With 0 it reads the key at every request, so a revocation made by another process (the
+    CLI) applies at once; with an hour, the key it just accepted is still taken after it."""
+    made = json.loads(run("keys", "create", "--role", "service", "--json", env=env).stdout)
+    served = serve({**env, "CREDITLEDGER_KEY_CACHE_SECONDS": setting}).start()
+    auth = {"Authorization": f"Bearer {made['key']}"}
+    with httpx.Client(base_url=served.url, headers=auth, timeout=10) as http:
+        assert http.get("/v1/catalogs").status_code == 200
+        assert run("keys", "revoke", made["id"], env=env).returncode == 0
+        assert http.get("/v1/catalogs").status_code == (401 if refused else 200)
+
+
 def test_tables_show_the_operators_text_as_it_is(migrated: Path, tmp_path: Path) -> None:
     """Rich reads ``[bold]`` in printed text as markup, fails on ``[/]``, and turns
     ``:rocket:`` into an emoji: a table showed ``[bold red]loud`` as ``loud``, a wallet

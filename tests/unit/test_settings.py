@@ -52,6 +52,7 @@ def _refused(**values: Any) -> ValidationError:
         ("idle_in_transaction_timeout_seconds", [0, 24 * 3600], [-1, 24 * 3600 + 1]),
         ("keep_alive_seconds", [1, 3600], [0, 3601]),
         ("database_threads", [1, 256], [0, 257]),
+        ("key_cache_seconds", [0, 0.5, 3600], [-0.001, 3601]),
     ],
 )
 def test_each_bound_takes_its_edge_and_refuses_one_step_past_it(
