@@ -1237,7 +1237,7 @@ class Database:
         open, described (``ledger.inuse``); none found where the system cannot tell."""
         if not self.is_sqlite:
             return inuse.postgresql_users(conn)
-        return inuse.sqlite_users(_sqlite_file(conn)) or []
+        return inuse.sqlite_users(_sqlite_file(conn))
 
     def downgrade(self, revision: str = "base", *, wait: float = MIGRATION_WAIT) -> None:
         from alembic import command

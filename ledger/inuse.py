@@ -9,7 +9,7 @@ SQLite: a connection to a database in WAL mode, once it has read from it, holds 
 lock on its file and one on its ``-shm`` file for as long as it is open, idle or not (a
 server's pooled connections: its sweepers read every few seconds). Linux lists the locks
 of every process of this PID namespace in ``/proc/locks``; elsewhere nobody can be found
-this way (``None``).
+this way.
 
 PostgreSQL: the other sessions on the database that bear this session's
 ``application_name`` (``creditledger``, or what the database URL or ``PGAPPNAME`` names
@@ -69,13 +69,13 @@ def describe_process(pid: int) -> str:
     return f"process {pid} ({command})" if command else f"process {pid}"
 
 
-def sqlite_users(path: str) -> list[str] | None:
+def sqlite_users(path: str) -> list[str]:
     """The other processes that have the SQLite database at ``path`` open, described;
-    None where the system does not say (no ``/proc/locks``)."""
+    none where the system does not say (no ``/proc/locks``)."""
     try:
         table = PROC_LOCKS.read_text()
     except OSError:
-        return None
+        return []
     files = []
     for name in (path, f"{path}-shm"):
         try:

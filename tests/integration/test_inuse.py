@@ -87,9 +87,7 @@ def test_a_sqlite_ledger_open_in_another_process_is_found(tmp_path: Path) -> Non
     try:
         assert child.stdout is not None
         assert child.stdout.readline() == b"open\n"
-        users = inuse.sqlite_users(path)
-        assert users is not None
-        (found,) = users
+        (found,) = inuse.sqlite_users(path)
         assert found.startswith(f"process {child.pid} (")
         assert "sqlite3.connect" in found  # its command line
     finally:
