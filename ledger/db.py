@@ -683,9 +683,9 @@ class Database:
         # SQLite has one writer at a time. Threads of this process queue here for it
         # instead of polling SQLite's busy handler, whose back-off sleeps (up to 100 ms
         # each) would make the tail latency of concurrent writers; other processes (the
-        # CLI) still meet the busy timeout. The writers share one connection: its page
-        # cache stays warm, where a connection that did not write last must re-read every
-        # page another connection changed.
+        # CLI, another serve) still meet the busy timeout. The writers share one
+        # connection: its page cache stays warm, where a connection that did not write
+        # last must re-read every page another connection changed.
         self._writer = threading.Lock() if self.is_sqlite else None
         self._queue = threading.Lock()
         self._queued = 0  # writers waiting for ``_writer``
