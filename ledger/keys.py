@@ -31,6 +31,9 @@ from ledger.models import KEY_ROLES, accounts, api_keys
 from ledger.services import aware_instant, wallet_id
 
 PREFIX = "clk"
+#: The PostgreSQL advisory lock under which a first admin key is made
+#: (``Keys.bootstrap_admin``): a constant no other advisory lock uses ("clkeyadm").
+BOOTSTRAP_LOCK = int.from_bytes(b"clkeyadm", "big")
 #: The id of the key given in ``CREDITLEDGER_ADMIN_KEY`` (it has no row).
 ENVIRONMENT_KEY_ID = "environment"
 
@@ -125,25 +128,41 @@ class Keys:
                 "a customer key names exactly one account_id; other roles name none",
                 field="account_id",
             )
-        key_id = secrets.token_hex(8)
-        secret = secrets.token_urlsafe(32)
         now = self.clock()
         expires_at = aware_instant(expires_at, "expires_at")
         if expires_at is not None and expires_at <= now:
             raise InvalidInput("expires_at must be in the future", field="expires_at")
         with self.db.transaction() as conn:
-            internal = None if account_id is None else wallet_id(conn, account_id)
-            conn.execute(
-                api_keys.insert().values(
-                    id=key_id,
-                    name=name,
-                    role=role,
-                    account_id=internal,
-                    secret_sha256=_digest(secret),
-                    created_at=now,
-                    expires_at=expires_at,
-                )
+            return self._insert(
+                conn, role, now, name=name, account_id=account_id, expires=expires_at
             )
+
+    def _insert(
+        self,
+        conn: sa.Connection,
+        role: str,
+        now: datetime,
+        *,
+        name: str,
+        account_id: str | None,
+        expires: datetime | None,
+    ) -> CreatedKey:
+        """A new key made at ``now``, inserted on ``conn``; its secret is in the result and
+        nowhere else."""
+        key_id = secrets.token_hex(8)
+        secret = secrets.token_urlsafe(32)
+        internal = None if account_id is None else wallet_id(conn, account_id)
+        conn.execute(
+            api_keys.insert().values(
+                id=key_id,
+                name=name,
+                role=role,
+                account_id=internal,
+                secret_sha256=_digest(secret),
+                created_at=now,
+                expires_at=expires,
+            )
+        )
         return CreatedKey(
             id=key_id,
             name=name,
@@ -151,7 +170,7 @@ class Keys:
             account_id=account_id,
             created_at=now,
             revoked_at=None,
-            expires_at=expires_at,
+            expires_at=expires,
             key=f"{PREFIX}_{key_id}_{secret}",
         )
 
@@ -272,22 +291,35 @@ class Keys:
 
     def bootstrap_admin(self) -> CreatedKey | None:
         """A first admin key when none is configured or active (not revoked, not expired);
-        None when one exists."""
+        None when one exists. Replicas started together on a new ledger make one: the
+        look and the insert are one transaction, one replica at a time (SQLite: the write
+        lock; PostgreSQL: an advisory lock), and the others then find it."""
         if self._admin_digest is not None:
             return None
         with self.db.transaction(write=False) as conn:
-            active = conn.execute(
-                sa.select(sa.func.count())
-                .select_from(api_keys)
-                .where(
-                    api_keys.c.role == "admin",
-                    api_keys.c.revoked_at.is_(None),
-                    sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > self.clock()),
-                )
-            ).scalar_one()
-        if active:
-            return None
-        return self.create("admin", name="bootstrap admin (first start)")
+            if self._admin_active(conn):  # the usual start: no lock taken
+                return None
+        name = "bootstrap admin (first start)"
+        with self.db.transaction() as conn:
+            if not self.db.is_sqlite:
+                conn.execute(sa.select(sa.func.pg_advisory_xact_lock(BOOTSTRAP_LOCK)))
+            if self._admin_active(conn):
+                return None
+            return self._insert(
+                conn, "admin", self.clock(), name=name, account_id=None, expires=None
+            )
+
+    def _admin_active(self, conn: sa.Connection) -> bool:
+        active = conn.execute(
+            sa.select(sa.func.count())
+            .select_from(api_keys)
+            .where(
+                api_keys.c.role == "admin",
+                api_keys.c.revoked_at.is_(None),
+                sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > self.clock()),
+            )
+        ).scalar_one()
+        return bool(active)
 
     @staticmethod
     def _select() -> sa.Select[Any]:

@@ -138,7 +138,7 @@ class Threads:
         self.threads: list[threading.Thread] = []
         self.errors: list[BaseException] = []
 
-    def start(self, target: Callable[..., None], *args: Any) -> None:
+    def start(self, target: Callable[..., object], *args: Any) -> None:
         def guarded() -> None:
             try:
                 target(*args)

@@ -24,7 +24,7 @@ from tests import factories as f
 from tests.conftest import _postgres_database, postgres_or_skip
 from tests.e2e import forked
 from tests.e2e.forked import run
-from tests.e2e.served import Served
+from tests.e2e.served import Served, Threads
 
 
 def _url(path: Path) -> dict[str, str]:
@@ -724,6 +724,31 @@ def test_serve_prints_a_generated_admin_key_only_on_the_first_start(
     listed = json.loads(run("keys", "list", "--json", env=env).stdout)
     assert [k["role"] for k in listed] == ["admin"]
     assert admin not in json.dumps(listed)
+
+
+def test_replicas_started_together_on_a_new_ledger_print_one_admin_key(
+    env: dict[str, str], tmp_path: Path
+) -> None:
+    """Three ``serve`` processes started at once on a ledger without an admin key: one
+    makes the key and prints it, the others print none, and the key works on all three."""
+    replicas = [Served(env, tmp_path / f"replica-{n}") for n in range(3)]
+    for replica in replicas:
+        replica.folder.mkdir()
+    starting = Threads()
+    try:
+        for replica in replicas:
+            starting.start(replica.start)
+        starting.join(timeout=120)
+        printed = [r.admin for r in replicas if r.admin is not None]
+        assert len(printed) == 1, [r.log.read_text() for r in replicas]
+        for replica in replicas:
+            auth = {"Authorization": f"Bearer {printed[0]}"}
+            assert httpx.get(f"{replica.url}/v1/keys", headers=auth).status_code == 200
+    finally:
+        for replica in replicas:
+            replica.stop()
+    listed = json.loads(run("keys", "list", "--json", env=env).stdout)
+    assert [k["role"] for k in listed] == ["admin"]
 
 
 @contextmanager

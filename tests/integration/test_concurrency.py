@@ -10,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 from ledger.errors import HoldNotPending, InsufficientCredits
+from ledger.keys import Keys
 from ledger.services import Ledger
 from tests import factories as f
 from tests.factories import Clock, key
@@ -284,3 +285,15 @@ def test_identical_account_openings_create_one_account(ledger: Ledger) -> None:
     different = race([opening(i) for i in range(8)])
     kinds = Counter(type(o).__name__ for o in different)
     assert kinds == {"AccountView": 1, "AccountExists": 7}, different
+
+
+def test_replicas_started_together_make_one_admin_key(ledger: Ledger) -> None:
+    """Replicas of ``serve`` started together on a new ledger each look for an admin key:
+    one makes it and prints it, the others find it (there is no second admin key that
+    only some replica's log shows)."""
+    replicas = [Keys(ledger.db) for _ in range(8)]
+    made = race([keys.bootstrap_admin for keys in replicas])
+    assert not [m for m in made if isinstance(m, Exception)], made
+    assert len([m for m in made if m is not None]) == 1, made
+    admins = [k for k in replicas[0].list() if k.role == "admin"]
+    assert len(admins) == 1, admins
