@@ -7,11 +7,13 @@ import threading
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from typing import Any
 
 from ledger.errors import HoldNotPending, InsufficientCredits
 from ledger.keys import Keys
 from ledger.services import Ledger
+from ledger.verify import verify
 from tests import factories as f
 from tests.factories import Clock, key
 
@@ -266,6 +268,36 @@ def test_allocation_roll_on_many_workers_grants_once(ledger: Ledger, clock: Cloc
     assert ledger.balance("bucket").balance == 1_000
     grants = sorted((g.period, g.remaining) for g in ledger.grants_of("bucket"))
     assert grants == [("2026-11", 0), ("2026-12", 1_000)]
+
+
+def test_grant_expiry_on_many_workers_expires_each_grant_once(ledger: Ledger, clock: Clock) -> None:
+    """The sweepers of several servers come for the same expired grants at once: each
+    remainder moves to expired credits once."""
+    ledger.open_account("wallet", "credit", idempotency_key=key())
+    for wallet in ("wallet", "other"):
+        if wallet == "other":
+            ledger.open_account(wallet, "credit", idempotency_key=key())
+        for amount in (100, 200, 300):
+            ledger.top_up(
+                wallet,
+                amount,
+                kind="promo",
+                expires_at=clock.now + timedelta(days=1),
+                idempotency_key=key(),
+            )
+        ledger.top_up(wallet, 50, idempotency_key=key())  # never expires
+    clock.advance(days=1)
+    expired = race([ledger.expire_grants for _ in range(8)])
+    assert all(not isinstance(e, Exception) for e in expired), expired
+    assert sum(expired) == 6
+    for wallet in ("wallet", "other"):
+        assert ledger.balance(wallet).balance == 50
+        expiries = [e for e in ledger.entries(wallet).items if e.kind == "expiry"]
+        moved: Counter[str] = Counter()
+        for posting in (p for e in expiries for p in e.postings):
+            moved[posting.account_id] += posting.amount
+        assert moved == {wallet: -600, "system:expired:credit": 600}
+    assert verify(ledger.db) == []
 
 
 def test_identical_account_openings_create_one_account(ledger: Ledger) -> None:
