@@ -4,7 +4,9 @@ then against two servers on the one database.
 6,400 operations (times ``CREDITLEDGER_TEST_SCALE`` in a soak) mix authorizations,
 captures (completed and provider ERRORs), voids, immediate charges, top-ups and holds of
 a second left to lapse, with the wallet kept short so that many requests are refused with
-402. While it runs, a watcher reads the wallet over and over; afterwards:
+402. First, on another wallet, one authorization and then its capture are each sent 16
+times at once with one idempotency key (spread over the servers): one effect, one answer.
+While the load runs, a watcher reads the wallet over and over; afterwards:
 
 - the wallet was never overspent: available never went below zero, and the journal's
   running balance never did either;
@@ -166,6 +168,45 @@ def _metric(url: str, sample: str) -> float:
     return 0.0
 
 
+def _replays_racing(urls: list[str], service: str, admin: str) -> None:
+    """One authorization, then its capture, each sent 16 times at once with one
+    idempotency key, spread over ``urls``: one effect, and every answer the same."""
+    auth = {"Authorization": f"Bearer {admin}"}
+    with httpx.Client(base_url=urls[0], headers=auth, timeout=PATIENCE) as http:
+        assert (
+            http.post("/v1/accounts", json={"id": "replays", "unit": "credit"}).status_code == 201
+        )
+        assert http.post("/v1/accounts/replays/topups", json={"amount": 1_000}).status_code == 201
+
+    def sent_at_once(path: str, body: dict[str, Any], key: str) -> list[httpx.Response]:
+        answers: list[httpx.Response] = []
+        go = threading.Barrier(16)
+
+        def send(url: str) -> None:
+            headers = {"Authorization": f"Bearer {service}", "Idempotency-Key": key}
+            with httpx.Client(base_url=url, headers=headers, timeout=PATIENCE) as http:
+                go.wait()
+                answers.append(http.post(path, json=body))
+
+        senders = Threads()
+        for n in range(16):
+            senders.start(send, urls[n % len(urls)])
+        senders.join(timeout=120)
+        return answers
+
+    request = {"account_id": "replays", **f.veo3_video(video_model="veo3_fast")}
+    held = sent_at_once("/v1/authorizations", request, "replayed-authorization")
+    assert {(r.status_code, r.json()["id"]) for r in held} == {(201, held[0].json()["id"])}
+    hold = held[0].json()["id"]
+    capture = {"status": "COMPLETED", "usage": {"videos": 1}}
+    done = sent_at_once(f"/v1/authorizations/{hold}/capture", capture, "replayed-capture")
+    assert {(r.status_code, r.json()["charged"]) for r in done} == {(200, 240)}, done
+    with httpx.Client(base_url=urls[-1], headers=auth, timeout=PATIENCE) as http:
+        wallet = http.get("/v1/accounts/replays").json()
+        assert (wallet["balance"], wallet["pending"]) == (760, 0), wallet
+        assert len(http.get("/v1/accounts/replays/entries").json()["items"]) == 2  # top-up, capture
+
+
 def _load(servers: list[Served], database_url: str) -> None:
     """64 clients spread their operations over ``servers`` (all on one database), then
     the checks of this module's docstring, and the holds left to lapse expired once each."""
@@ -179,6 +220,7 @@ def _load(servers: list[Served], database_url: str) -> None:
         assert r.status_code == 201
         made = http.post("/v1/keys", json={"role": "service", "name": "load"})
         service = made.json()["key"]
+        _replays_racing(urls, service, admin)
 
         tallies = [Tally() for _ in range(CLIENTS)]
         go, stop = threading.Event(), threading.Event()
