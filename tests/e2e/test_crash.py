@@ -14,6 +14,9 @@ server:
 - ``creditledger verify`` finds every invariant intact (no half-written entry);
 - the sweeper expires the holds left open, and the wallet's balance is exactly the
   arithmetic of the answers: top-ups in, captured and reported charges out.
+
+Then again with a second server on the same database beside it, never killed, serving
+half the clients: it answers every call they send, none with an error.
 """
 
 from __future__ import annotations
@@ -131,28 +134,48 @@ def _post(http: httpx.Client, call: Call) -> tuple[int, Any]:
 
 
 @pytest.mark.long
+@pytest.mark.parametrize("beside", [False, True], ids=["alone", "beside-another-server"])
 def test_sigkill_at_random_moments_loses_nothing_and_doubles_nothing(
-    database_url: str, serve: Callable[[dict[str, str]], Served]
+    database_url: str, serve: Callable[[dict[str, str]], Served], tmp_path: Path, beside: bool
 ) -> None:
+    """``beside``: a second server on the same database serves half the clients all along,
+    and is never killed. Every call sent to it is answered, none with an error, while the
+    other dies (on SQLite, holding the file's write lock) and starts again."""
     rng = random.Random(20261121)
     served = serve(_env(database_url)).start()
     auth = {"Authorization": f"Bearer {served.admin}"}
     with httpx.Client(base_url=served.url, headers=auth) as http:
         _fund(http)
     clients = [Client(n, random.Random(rng.random())) for n in range(CLIENTS)]
+    survivor = Served(_env(database_url), tmp_path / "survivor") if beside else None
+    if survivor is not None:
+        survivor.folder.mkdir()
+        survivor.start()
+    its = clients[1::2] if survivor is not None else []
 
-    for _ in range(KILLS):
-        if served.proc is None or served.proc.poll() is not None:
-            served.start()
-        stop = threading.Event()
-        with httpx.Client(base_url=served.url, headers=auth, timeout=30) as http:
-            threads = Threads()
-            for client in clients:
-                threads.start(client.drive, http, stop)
-            time.sleep(rng.uniform(0.3, 1.5))
-            served.kill()
-            stop.set()
-            threads.join(timeout=60)
+    try:
+        for _ in range(KILLS):
+            if served.proc is None or served.proc.poll() is not None:
+                served.start()
+            stop = threading.Event()
+            with (
+                httpx.Client(base_url=served.url, headers=auth, timeout=30) as http,
+                httpx.Client(base_url=(survivor or served).url, headers=auth, timeout=30) as other,
+            ):
+                threads = Threads()
+                for client in clients:
+                    threads.start(client.drive, other if client in its else http, stop)
+                time.sleep(rng.uniform(0.3, 1.5))
+                served.kill()
+                stop.set()
+                threads.join(timeout=60)
+        sent = [call for client in its for call in client.calls]
+        assert all(call.status in (200, 201, 402, 409) for call in sent), Counter(
+            call.status for call in sent
+        )
+    finally:
+        if survivor is not None:
+            survivor.stop()
     served.start()
     _settle(served, clients, database_url)
 
