@@ -726,11 +726,23 @@ def test_serve_prints_a_generated_admin_key_only_on_the_first_start(
     assert admin not in json.dumps(listed)
 
 
+@pytest.fixture(params=["sqlite", "postgresql"])
+def new_ledger(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[dict[str, str]]:
+    """The environment of a database with nothing in it yet: no schema, no key."""
+    if request.param == "sqlite":
+        yield _url(tmp_path / "new.db")
+        return
+    with _postgres_database(postgres_or_skip(request), "template0") as url:
+        yield {"CREDITLEDGER_DATABASE_URL": url}
+
+
 def test_replicas_started_together_on_a_new_ledger_print_one_admin_key(
-    env: dict[str, str], tmp_path: Path
+    new_ledger: dict[str, str], tmp_path: Path
 ) -> None:
-    """Three ``serve`` processes started at once on a ledger without an admin key: one
-    makes the key and prints it, the others print none, and the key works on all three."""
+    """Three ``serve`` processes started at once on a new ledger: they migrate it one
+    after another, then one makes the admin key and prints it, the others print none, and
+    the key works on all three."""
+    env = new_ledger
     replicas = [Served(env, tmp_path / f"replica-{n}") for n in range(3)]
     for replica in replicas:
         replica.folder.mkdir()
