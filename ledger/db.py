@@ -107,6 +107,9 @@ RECONNECTS = 1
 #: The PostgreSQL advisory lock a migration holds (``Database.migrate``): any constant
 #: no other advisory lock of the database uses ("clmigrat").
 MIGRATION_LOCK = 0x636C6D6967726174
+#: The PostgreSQL advisory lock under which a first admin key is made
+#: (``Keys.bootstrap_admin``; "clkeyadm"). Each advisory lock the ledger takes is here.
+BOOTSTRAP_LOCK = 0x636C6B657961646D
 #: How long a migration waits for another process's migration, or for locks, in seconds.
 MIGRATION_WAIT = 600.0
 

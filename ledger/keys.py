@@ -25,15 +25,12 @@ import sqlalchemy as sa
 from pydantic import BaseModel, ConfigDict
 
 from ledger import kernel
-from ledger.db import Database
+from ledger.db import BOOTSTRAP_LOCK, Database
 from ledger.errors import InvalidInput, NotFound
 from ledger.models import KEY_ROLES, accounts, api_keys
 from ledger.services import aware_instant, wallet_id
 
 PREFIX = "clk"
-#: The PostgreSQL advisory lock under which a first admin key is made
-#: (``Keys.bootstrap_admin``): a constant no other advisory lock uses ("clkeyadm").
-BOOTSTRAP_LOCK = int.from_bytes(b"clkeyadm", "big")
 #: The id of the key given in ``CREDITLEDGER_ADMIN_KEY`` (it has no row).
 ENVIRONMENT_KEY_ID = "environment"
 
@@ -310,6 +307,7 @@ class Keys:
             )
 
     def _admin_active(self, conn: sa.Connection) -> bool:
+        """Whether an admin key is stored that is accepted now (not revoked or expired)."""
         active = conn.execute(
             sa.select(sa.func.count())
             .select_from(api_keys)
