@@ -1907,15 +1907,26 @@ def report_show(
 def serve_command(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="TCP port.")] = 8000,
-    access_log: Annotated[bool, typer.Option(help="Log every request.")] = False,
+    access_log: Annotated[
+        bool,
+        typer.Option(
+            help="Log every request once answered: its request id, status, duration, key "
+            "and client (CREDITLEDGER_ACCESS_LOG)."
+        ),
+    ] = False,
 ) -> None:
     """Migrate the database, then serve the HTTP API and run the sweepers."""
     import uvicorn
 
+    from api.logs import NOTICES, configure
     from api.main import app_from_settings
     from api.runtime import tune_gc
 
     settings = _settings()
+    if access_log:
+        settings = settings.model_copy(update={"access_log": True})
+    configure(settings.log_format, settings.log_level)
+    notices = logging.getLogger(NOTICES)
     with _domain_errors():
         db = Database.from_settings(settings)
         try:
@@ -1945,19 +1956,24 @@ def serve_command(
     for group in unpriceable:
         # Not a refusal to start: every other request is served; these holds release as
         # they expire. But their captures are refused until the version is back.
-        typer.echo(
-            f"warning: {group.holds} pending hold(s) of {group.catalog} {group.operation} were "
-            f"quoted with catalog version '{group.catalog_version}', which the catalogs no "
-            f"longer price ({group.reason}): their captures are refused (503 catalog_changed) "
+        notices.warning(
+            "%s pending hold(s) of %s %s were quoted with catalog version '%s', which the "
+            "catalogs no longer price (%s): their captures are refused (503 catalog_changed) "
             "until that version is restored under CREDITLEDGER_CATALOG_DIR; the last of "
-            f"them expires at {kernel.utc_text(group.until)}",
-            err=True,
+            "them expires at %s",
+            group.holds,
+            group.catalog,
+            group.operation,
+            group.catalog_version,
+            group.reason,
+            kernel.utc_text(group.until),
         )
     if created is not None:
-        typer.echo(
-            "No admin key was configured (CREDITLEDGER_ADMIN_KEY), so one was created.\n"
-            f"Admin key (shown this once, store it now): {created.key}",
-            err=True,
+        notices.warning(
+            "No admin key was configured (CREDITLEDGER_ADMIN_KEY), so one was created. "
+            "Admin key (shown this once, store it now): %s",
+            created.key,
+            extra={"admin_key": created.key},
         )
     tune_gc(settings.gc_threshold)  # after the app is built: its heap is what is frozen
     server = uvicorn.Server(
@@ -1965,8 +1981,11 @@ def serve_command(
             web,
             host=host,
             port=port,
-            access_log=access_log,
-            log_level="info",
+            # Logging is configured above (api.logs); uvicorn's access log is replaced by
+            # the API's own (api.logs.AccessLog), which names the request id and the key.
+            log_config=None,
+            access_log=False,
+            log_level=settings.log_level,
             timeout_keep_alive=settings.keep_alive_seconds,
         )
     )

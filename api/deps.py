@@ -61,7 +61,7 @@ _Credentials = Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)]
 #: Where a request's caller is kept once its key is checked (``admit``), in the ASGI scope:
 #: the route class checks it before anything else of the request, and the route's own
 #: dependency then finds it there.
-_CALLER = "creditledger.caller"
+CALLER = "creditledger.caller"
 
 
 async def _authenticate(request: Request) -> Principal:
@@ -83,10 +83,10 @@ async def _authenticate(request: Request) -> Principal:
 async def admit(request: Request, roles: frozenset[str] | None) -> Principal:
     """The request's caller: 401 without a valid key, 403 when its role is not one of
     ``roles`` (None: any role). The key is checked once per request."""
-    caller: Principal | None = request.scope.get(_CALLER)
+    caller: Principal | None = request.scope.get(CALLER)
     if caller is None:
         caller = await _authenticate(request)
-        request.scope[_CALLER] = caller
+        request.scope[CALLER] = caller
     if roles is not None and caller.role not in roles:
         needs = ", ".join(sorted(roles))
         raise Forbidden(f"a {caller.role} key may not do this (needs: {needs})")

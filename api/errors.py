@@ -22,7 +22,7 @@ from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import jsonin
-from api.requestids import request_id
+from api.requestids import log_fields, request_id
 from api.schemas import PATTERN_TEXTS, ErrorPublic, InsufficientCreditsPublic
 from api.status import status_of
 from ledger.db import first_line, is_file_replaced, is_lock_timeout
@@ -56,13 +56,14 @@ class _Answer(JSONResponse):
 
 def _about(request: Request) -> str:
     """Which request a log line is about: its id (``api.requestids``), method and path."""
-    return f"request {request_id(request)}: {request.method} {request.url.path}"
+    fields = log_fields(request.scope)
+    return f"request {fields['request_id']}: {fields['method']} {fields['path']}"
 
 
 def _bug(request: Request, what: str, exc: Exception) -> JSONResponse:
     """500 for a bug: logged with its traceback; the body names the request's id, which
     the log line names too, and nothing of the bug."""
-    log.error("%s (%s)", what, _about(request), exc_info=exc)
+    log.error("%s (%s)", what, _about(request), exc_info=exc, extra=log_fields(request.scope))
     body = {"error": "internal_error", "message": "internal error"}
     found = request_id(request)
     if found is not None:
@@ -79,7 +80,7 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
     if status == 503:
         # The server's configuration (catalog_changed): retried, it succeeds once the
         # operator has put it right; not at once. Said in the log, for the operator.
-        log.error("%s (%s)", exc.message, _about(request))
+        log.error("%s (%s)", exc.message, _about(request), extra=log_fields(request.scope))
         return _Answer(exc.to_dict(), status, headers={"Retry-After": "30"})
     return _Answer(exc.to_dict(), status)
 
@@ -234,7 +235,9 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     if is_lock_timeout(exc):
         # Another transaction held a lock this one needed for longer than the lock
         # timeout (CREDITLEDGER_LOCK_TIMEOUT_SECONDS).
-        log.warning("lock wait timed out (%s): %s", _about(request), exc)
+        log.warning(
+            "lock wait timed out (%s): %s", _about(request), exc, extra=log_fields(request.scope)
+        )
         body = {
             "error": "database_busy",
             "message": "a lock this request needs was held by another transaction for "
@@ -242,7 +245,7 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         }
     elif is_file_replaced(exc):
         # Retrying does not help: the server must be restarted (said in the log, each time).
-        log.error("%s (%s)", first_line(exc), _about(request))
+        log.error("%s (%s)", first_line(exc), _about(request), extra=log_fields(request.scope))
         body = {
             "error": "database_unavailable",
             "message": "the database file was deleted or replaced while the server ran; "
@@ -251,7 +254,12 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     else:
         # The database is unreachable, overloaded or cut off: a line per request (during
         # an outage, a traceback each would bury the log), the driver's own words.
-        log.warning("database unavailable (%s): %s", _about(request), first_line(exc))
+        log.warning(
+            "database unavailable (%s): %s",
+            _about(request),
+            first_line(exc),
+            extra=log_fields(request.scope),
+        )
         body = {"error": "database_unavailable", "message": "the database is unavailable; retry"}
     return _Answer(body, 503, headers={"Retry-After": "1"})
 

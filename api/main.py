@@ -10,6 +10,7 @@ from fastapi import FastAPI
 
 from api import errors, openapi
 from api.deps import Services
+from api.logs import AccessLog
 from api.metrics import Metrics, MetricsMiddleware
 from api.requestids import RequestIds
 from api.routes import accounts, gateway, meta
@@ -113,6 +114,8 @@ def create_app(
     app.add_middleware(HeadAsGet)  # the innermost: the router sees a GET
     app.add_middleware(BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(MetricsMiddleware, metrics=metrics)
+    if settings.access_log:
+        app.add_middleware(AccessLog)  # inside RequestIds: it logs the answer's id
     app.add_middleware(RequestIds)  # the outermost: every answer carries the request's id
     return app
 

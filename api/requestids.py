@@ -29,6 +29,19 @@ def request_id(connection: HTTPConnection) -> str | None:
     return found
 
 
+def log_fields(scope: Scope) -> dict[str, str | None]:
+    """What the server's log lines about a request name (``api.logs``): its id, method,
+    path as sent (percent-encoded) and query, if any."""
+    raw: bytes = scope.get("raw_path") or scope["path"].encode("utf-8")
+    query: bytes = scope.get("query_string") or b""
+    return {
+        "request_id": scope.get(SCOPE_KEY),
+        "method": scope["method"],
+        "path": raw.decode("ascii", "backslashreplace"),
+        "query": query.decode("ascii", "backslashreplace") or None,
+    }
+
+
 def _given(scope: Scope) -> bytes | None:
     """The caller's own id: its one ``X-Request-ID`` header, if that is well formed."""
     values: list[bytes] = [value for name, value in scope["headers"] if name == _NAME]

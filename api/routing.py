@@ -27,7 +27,7 @@ from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from api import jsonin
-from api.deps import Gate, gate_of
+from api.deps import CALLER, Gate, gate_of
 from api.errors import documented
 from ledger import kernel
 
@@ -285,8 +285,8 @@ class HeadAsGet:
 
     The request goes on as a GET on a copy of its scope. The server reads the original's
     method to frame its answer: it sends the headers alone (uvicorn does, as does the
-    test client). The request's metrics keep ``HEAD``; the route that answered is copied
-    back for them."""
+    test client). The request's metrics and access log keep ``HEAD``; the route that
+    answered and the caller its key names are copied back for them."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -299,8 +299,9 @@ class HeadAsGet:
         try:
             await self.app(as_get, receive, send)
         finally:
-            if "route" in as_get:
-                scope["route"] = as_get["route"]
+            for found in ("route", CALLER):
+                if found in as_get:
+                    scope[found] = as_get[found]
 
 
 #: A ``Content-Length`` that is not a count of bytes.

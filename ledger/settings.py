@@ -6,6 +6,7 @@ import re
 from datetime import timedelta
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -25,6 +26,11 @@ from ledger.db import (
 ADMIN_KEY_MIN_LENGTH = 32
 #: What an HTTP header's token may hold: printable ASCII, no space.
 _HEADER_TOKEN = re.compile(r"[\x21-\x7e]+")
+
+#: How ``creditledger serve`` writes its log (``api/logs.py``): text lines or JSON objects.
+LogFormat = Literal["text", "json"]
+#: The least severe log lines ``creditledger serve`` writes.
+LogLevel = Literal["debug", "info", "warning", "error"]
 
 #: The database URLs the ledger takes, for the message refusing another.
 _DATABASES = (
@@ -186,6 +192,18 @@ class Settings(BaseSettings):
     #: spare the hand-offs of Python's interpreter lock. On SQLite, the read threads (its
     #: writes have one thread of their own).
     database_threads: int = Field(default=THREADS, ge=1, le=256)
+
+    #: ``creditledger serve``: its log on stderr, one line per event with its UTC time,
+    #: level and logger: ``text``, or ``json`` (an object per line, for a log pipeline).
+    log_format: LogFormat = "text"
+
+    #: ``creditledger serve``: the least severe lines it logs. Its start-up notices (the
+    #: admin key it made) are shown at every level.
+    log_level: LogLevel = "info"
+
+    #: ``creditledger serve``: a line per request once it is answered (its request id,
+    #: method, target, status, duration, key and client); ``serve --access-log`` too.
+    access_log: bool = False
 
     def timeouts(self) -> Timeouts:
         """The database's waits, as configured."""

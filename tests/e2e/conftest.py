@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,13 +111,13 @@ def api(ledger: Ledger) -> Iterator[Api]:
 
 
 @pytest.fixture
-def serve(tmp_path: Path) -> Iterator[Callable[[dict[str, str]], Served]]:
-    """Makes ``creditledger serve`` processes (not started) in ``tmp_path``; any still
-    running after the test are stopped."""
+def serve(tmp_path: Path) -> Iterator[Callable[..., Served]]:
+    """Makes ``creditledger serve`` processes (not started) in ``tmp_path``, with an
+    environment and options; any still running after the test are stopped."""
     made: list[Served] = []
 
-    def make(env: dict[str, str]) -> Served:
-        made.append(Served(env, tmp_path))
+    def make(env: dict[str, str], args: Sequence[str] = ()) -> Served:
+        made.append(Served(env, tmp_path, args))
         return made[-1]
 
     yield make

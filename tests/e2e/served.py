@@ -13,13 +13,13 @@ import socket
 import subprocess
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from tests.e2e.test_cli import EXE
 
-_KEY = re.compile(r"(clk_[0-9a-f]{16}_\S+)")
+_KEY = re.compile(r"(clk_[0-9a-f]{16}_[A-Za-z0-9_-]+)")
 
 
 def free_port() -> int:
@@ -60,10 +60,12 @@ def exchange(conn: socket.socket, request: bytes = HEALTHZ) -> bytes:
 class Served:
     """One ``creditledger serve`` at a time over the same database and folder."""
 
-    def __init__(self, env: dict[str, str], folder: Path) -> None:
+    def __init__(self, env: dict[str, str], folder: Path, args: Sequence[str] = ()) -> None:
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")}
         self.env.update(env)
         self.folder = folder
+        #: Options of ``serve`` besides its port.
+        self.args = tuple(args)
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
         #: The admin key the server printed at its first start (None when it came from the
@@ -97,7 +99,7 @@ class Served:
         self.log = self.folder / f"serve-{self.starts}.log"
         with self.log.open("wb") as log:
             self.proc = subprocess.Popen(
-                [EXE, "serve", "--port", str(port)],
+                [EXE, "serve", "--port", str(port), *self.args],
                 env=self.env,
                 cwd=self.folder,
                 stdout=subprocess.DEVNULL,

@@ -640,9 +640,8 @@ def test_a_capture_whose_catalog_version_was_removed_waits_for_it_to_be_restored
         del served.env["CREDITLEDGER_CATALOG_DIR"]  # the operator's catalogs are gone
         served.start()
         warned = served.log.read_text()
-        assert "warning: 2 pending hold(s) of fal image_to_video were quoted with catalog " in (
-            warned
-        )
+        notice = " WARNING creditledger.serve: 2 pending hold(s) of fal image_to_video were "
+        assert notice + "quoted with catalog " in warned
         assert "version 'operator-1', which the catalogs no longer price" in warned
         capture = f"/v1/authorizations/{hold['id']}/capture"
         body = {"status": "COMPLETED"}  # what was asked for: fal's default frames

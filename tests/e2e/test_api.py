@@ -1844,6 +1844,13 @@ def test_a_lost_database_is_a_json_503_and_a_bug_a_json_500(
         made = r.headers["x-request-id"]
         [logged] = [rec for rec in caplog.records if rec.name == "creditledger.api"]
         about = f"request {made}: POST /v1/authorizations"
+        # The same as fields, for a JSON log (CREDITLEDGER_LOG_FORMAT=json).
+        fields = {name: getattr(logged, name, "absent") for name in ("request_id", "method")}
+        assert fields == {"request_id": made, "method": "POST"}
+        assert (getattr(logged, "path", None), getattr(logged, "query", "absent")) == (
+            "/v1/authorizations",
+            None,
+        )
         if status == 503:
             assert (logged.levelno, logged.exc_info) == (logging.WARNING, None)
             assert logged.getMessage().startswith(f"database unavailable ({about}): ")

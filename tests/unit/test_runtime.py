@@ -62,6 +62,7 @@ def test_serve_tunes_the_collector_with_the_configured_threshold(
     import uvicorn
 
     from api import cli
+    from api import logs as api_logs
     from ledger.settings import get_settings
 
     monkeypatch.setenv("CREDITLEDGER_DATABASE_URL", f"sqlite:///{tmp_path / 'serve.db'}")
@@ -77,6 +78,9 @@ def test_serve_tunes_the_collector_with_the_configured_threshold(
         server.started = True
 
     monkeypatch.setattr(uvicorn.Server, "run", started)
+    # Not this test process's logging (tests/e2e/test_logs.py runs the real one).
+    logs: list[tuple[str, str]] = []
+    monkeypatch.setattr(api_logs, "configure", lambda *how: logs.append(how))
     get_settings.cache_clear()
     try:
         result = CliRunner().invoke(cli.app, ["serve", "--port", "8123"])
@@ -86,6 +90,7 @@ def test_serve_tunes_the_collector_with_the_configured_threshold(
     assert seen["threshold"] == 12345
     assert seen["frozen"] > 0
     assert seen["port"] == 8123
+    assert logs == [("text", "info")]
 
 
 def test_an_app_that_runs_the_background_jobs_has_imported_the_report_workers_modules(

@@ -1,0 +1,214 @@
+"""The log of a real ``creditledger serve`` (``api/logs.py``): every line with its UTC
+time, level and logger, as text or as JSON; with the access log, a line per request that
+names it by the id its answer carries, with its outcome, duration and key."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx2 as httpx
+
+from tests.e2e.served import Served, free_port
+from tests.e2e.test_cli import EXE
+
+VEO_FAST = {
+    "account_id": "veo-user",
+    "catalog": "veo3",
+    "operation": "video",
+    "params": {"prompt": "A cat", "video_model": "veo3_fast"},
+}
+_TIME = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z")
+_TEXT_LINE = re.compile(rf"({_TIME.pattern}) (DEBUG|INFO|WARNING|ERROR|CRITICAL) (\S+): (.*)")
+
+
+def _key_id(key: str) -> str:
+    """The id of a key ``clk_<id>_<secret>``: what the ledger and the log name it by."""
+    return key.split("_")[1]
+
+
+def _requests(http: httpx.Client) -> dict[str, httpx.Response]:
+    """The requests whose lines the tests look for, by what they show."""
+    made = {
+        "created": http.post("/v1/accounts", json={"id": "veo-user", "unit": "credit"}),
+        "refused": http.post(
+            "/v1/authorizations", json=VEO_FAST, headers={"X-Request-ID": "gw-trace-402"}
+        ),
+        "no key": http.get("/v1/accounts/veo-user", headers={"Authorization": "Bearer nope"}),
+        # A path whose decoded form holds a line break, and a query.
+        "queried": http.get("/v1/accounts/a%0Ab/entries", params={"limit": "5"}),
+        # Answered as a GET (api.routing.HeadAsGet), logged as the HEAD it is.
+        "headed": http.head("/v1/accounts/veo-user"),
+    }
+    assert [r.status_code for r in made.values()] == [201, 402, 401, 404, 200]
+    return made
+
+
+def test_json_log_has_an_object_per_line_and_names_each_request_by_its_id(
+    database_url: str, serve: Callable[..., Served]
+) -> None:
+    server = serve(
+        {"CREDITLEDGER_DATABASE_URL": database_url, "CREDITLEDGER_LOG_FORMAT": "json"},
+        ["--access-log"],
+    ).start()
+    assert server.admin is not None
+    with httpx.Client(
+        base_url=server.url, headers={"Authorization": f"Bearer {server.admin}"}, timeout=30
+    ) as http:
+        made = _requests(http)
+    server.stop()
+    lines = [json.loads(line) for line in server.log.read_text().splitlines()]
+    for line in lines:
+        assert _TIME.fullmatch(line["time"]), line
+        assert line["level"] in ("INFO", "WARNING"), line
+        assert "color_message" not in line
+    # The admin key it made: a notice, its key a field of its own too.
+    [notice] = [line for line in lines if line["logger"] == "creditledger.serve"]
+    assert (notice["level"], notice["admin_key"]) == ("WARNING", server.admin)
+    assert any(line["message"].startswith("Uvicorn running on") for line in lines)
+
+    access = {line["request_id"]: line for line in lines if line["logger"] == "creditledger.access"}
+    admin = f"key:{_key_id(server.admin)}"
+    seen = {what: access[r.headers["x-request-id"]] for what, r in made.items()}
+    refused = seen["refused"]
+    assert refused["request_id"] == "gw-trace-402"  # the gateway's own id
+    assert {k: refused[k] for k in ("method", "path", "query", "status", "actor")} == {
+        "method": "POST",
+        "path": "/v1/authorizations",
+        "query": None,
+        "status": 402,
+        "actor": admin,
+    }
+    assert refused["message"].startswith("request gw-trace-402: POST /v1/authorizations -> 402 in ")
+    assert isinstance(refused["duration_ms"], float)
+    assert refused["duration_ms"] > 0
+    assert refused["client"].startswith("127.0.0.1:")
+    assert (seen["created"]["status"], seen["created"]["actor"]) == (201, admin)
+    assert (seen["no key"]["status"], seen["no key"]["actor"]) == (401, None)
+    queried = seen["queried"]
+    assert (queried["path"], queried["query"], queried["status"]) == (
+        "/v1/accounts/a%0Ab/entries",
+        "limit=5",
+        404,
+    )
+    headed = seen["headed"]
+    assert (headed["method"], headed["status"], headed["actor"]) == ("HEAD", 200, admin)
+    assert len(access) == len(made)
+
+
+def test_text_log_by_default_one_line_per_event_without_requests(
+    tmp_path: Path, serve: Callable[..., Served]
+) -> None:
+    """By default: text lines, each with its time, level and logger; no line per request.
+    With ``--access-log``, a request's line, its path's decoded line break not breaking
+    it (no forged line)."""
+    database = {"CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}"}
+    quiet = serve(database).start()
+    assert quiet.admin is not None
+    with httpx.Client(
+        base_url=quiet.url, headers={"Authorization": f"Bearer {quiet.admin}"}, timeout=30
+    ) as http:
+        _requests(http)
+    quiet.stop()
+    text = quiet.log.read_text()
+    parsed = [_TEXT_LINE.fullmatch(line) for line in text.splitlines()]
+    assert all(parsed), text
+    assert {found.group(3) for found in parsed if found} == {"creditledger.serve", "uvicorn.error"}
+    assert f"Admin key (shown this once, store it now): {quiet.admin}" in text
+
+    logged = serve(database, ["--access-log"]).start()
+    with httpx.Client(
+        base_url=logged.url, headers={"Authorization": f"Bearer {quiet.admin}"}, timeout=30
+    ) as http:
+        r = http.get("/v1/accounts/a%0Ab/entries", params={"limit": "5"})
+    assert r.status_code == 404
+    logged.stop()
+    lines = logged.log.read_text().splitlines()
+    assert all(_TEXT_LINE.fullmatch(line) for line in lines), lines
+    [line] = [line for line in lines if " creditledger.access: " in line]
+    admin = f"key:{_key_id(quiet.admin)}"
+    made = r.headers["x-request-id"]
+    assert f"request {made}: GET /v1/accounts/a%0Ab/entries?limit=5 -> 404 in " in line
+    assert f" ms ({admin}, client 127.0.0.1:" in line
+
+
+def _serve_quietly(env: dict[str, str], folder: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+    """``serve`` at a level that does not log uvicorn's "running" line: started once
+    ``/healthz`` answers."""
+    port = free_port()
+    log = folder / "serve.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [EXE, "serve", "--port", str(port), "--access-log"],
+            env={
+                **{k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")},
+                **env,
+            },
+            cwd=folder,
+            stdout=subprocess.DEVNULL,
+            stderr=out,
+        )
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + 60
+    while True:
+        assert proc.poll() is None, log.read_text()
+        try:
+            if httpx.get(f"{url}/healthz", timeout=5).status_code == 200:
+                return proc, url, log
+        except httpx.TransportError:
+            pass
+        assert time.monotonic() < deadline, log.read_text()
+        time.sleep(0.05)
+
+
+def test_a_quieter_level_still_shows_the_admin_key_it_made(tmp_path: Path) -> None:
+    """``CREDITLEDGER_LOG_LEVEL=error`` leaves out uvicorn's lines, but not the notice of
+    the admin key made at the first start (it is shown once), nor the request lines asked
+    for with ``--access-log``."""
+    env = {
+        "CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "CREDITLEDGER_LOG_LEVEL": "error",
+    }
+    proc, url, log = _serve_quietly(env, tmp_path)
+    try:
+        text = log.read_text()
+        key = re.search(r"store it now\): (\S+)", text)
+        assert key is not None, text
+        headers = {"Authorization": f"Bearer {key.group(1)}"}
+        assert httpx.get(f"{url}/v1/accounts", headers=headers, timeout=30).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    notice, *requests = log.read_text().splitlines()
+    assert " WARNING creditledger.serve: No admin key was configured" in notice
+    assert requests, "no request line"
+    assert all(" INFO creditledger.access: request " in line for line in requests), requests
+    assert " GET /v1/accounts -> 200 in " in requests[-1]
+
+
+def test_a_log_setting_not_known_is_refused_naming_it(tmp_path: Path) -> None:
+    for name, value in (("CREDITLEDGER_LOG_FORMAT", "xml"), ("CREDITLEDGER_LOG_LEVEL", "loud")):
+        done = subprocess.run(
+            [EXE, "serve", "--port", str(free_port())],
+            env={
+                **os.environ,
+                "CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+                name: value,
+            },
+            cwd=tmp_path,
+            capture_output=True,
+            timeout=60,
+        )
+        assert done.returncode == 2, done.stderr
+        error: dict[str, Any] = json.loads(done.stderr)
+        assert (error["error"], error["field"]) == ("invalid_configuration", name)
+        allowed = ("'text' or 'json'", "'debug', 'info', 'warning' or 'error'")
+        assert any(a in error["message"] for a in allowed), error
+    assert not (tmp_path / "ledger.db").exists()  # refused before it touched anything

@@ -1,0 +1,152 @@
+"""The server's log formats and its request log (``api/logs.py``)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+from starlette.types import Message, Receive, Scope, Send
+
+from api.deps import CALLER
+from api.logs import ACCESS, NOTICES, AccessLog, JsonLines, TextFormatter, config
+from api.requestids import SCOPE_KEY
+from ledger.keys import Principal
+
+AT = datetime(2026, 12, 7, 12, 0, 0, 123_456, tzinfo=UTC).timestamp()
+
+
+def _record(message: str, *args: Any, exc: bool = False, **extra: Any) -> logging.LogRecord:
+    record = logging.getLogger("creditledger.api").makeRecord(
+        "creditledger.api", logging.WARNING, __file__, 1, message, args, None, extra=extra
+    )
+    record.created = AT
+    if exc:
+        try:
+            raise RuntimeError("boom")
+        except RuntimeError:
+            record.exc_info = sys.exc_info()
+    return record
+
+
+def test_a_text_line_has_the_utc_time_to_the_millisecond_the_level_and_the_logger() -> None:
+    line = TextFormatter().format(_record("database unavailable (%s)", "request r1"))
+    assert line == (
+        "2026-12-07T12:00:00.123Z WARNING creditledger.api: database unavailable (request r1)"
+    )
+
+
+def test_a_text_line_escapes_the_messages_line_breaks_but_keeps_a_tracebacks() -> None:
+    """One event, one line: a message cannot forge a second one (a path's decoded %0A)."""
+    line = TextFormatter().format(_record("bad path %s", "/a\nb\r\x1b[31m\x85\u2028é"))
+    assert line.endswith("bad path /a\\x0ab\\x0d\\x1b[31m\\x85\\u2028é")
+    assert "\n" not in line
+    lines = TextFormatter().format(_record("failed\nhere", exc=True)).splitlines()
+    assert lines[0].endswith("creditledger.api: failed\\x0ahere")
+    assert lines[1] == "Traceback (most recent call last):"
+    assert lines[-1] == "RuntimeError: boom"
+
+
+def test_a_json_line_is_one_object_with_the_records_fields() -> None:
+    text = JsonLines().format(
+        _record(
+            "request %s: done\u2028",
+            "r1",
+            exc=True,
+            request_id="r1",
+            status=402,
+            color_message="\x1b[1mdone\x1b[0m",  # uvicorn's, with terminal colours
+        )
+    )
+    assert text.isascii()
+    assert len(text.splitlines()) == 1
+    line = json.loads(text)
+    assert list(line)[:4] == ["time", "level", "logger", "message"]
+    assert line["time"] == "2026-12-07T12:00:00.123Z"
+    assert (line["level"], line["logger"], line["message"]) == (
+        "WARNING",
+        "creditledger.api",
+        "request r1: done\u2028",
+    )
+    assert (line["request_id"], line["status"]) == ("r1", 402)
+    assert "color_message" not in line
+    assert line["exc_info"].splitlines()[-1] == "RuntimeError: boom"
+
+
+def test_the_config_logs_from_the_level_but_the_notices_and_requests_always() -> None:
+    made = config("json", "error")
+    assert made["formatters"]["line"]["()"] is JsonLines
+    assert made["root"]["level"] == "ERROR"
+    assert made["loggers"]["uvicorn.error"]["level"] == "ERROR"
+    assert made["loggers"][NOTICES]["level"] == "INFO"
+    assert made["loggers"][ACCESS]["level"] == "INFO"
+    # uvicorn's own access log is replaced by ACCESS.
+    assert made["loggers"]["uvicorn.access"] == {"handlers": [], "propagate": False}
+    assert config("text", "info")["formatters"]["line"]["()"] is TextFormatter
+
+
+def _scope(path: bytes, query: bytes = b"") -> Scope:
+    return {
+        "type": "http",
+        "method": "GET",
+        "path": path.decode(),
+        "raw_path": path,
+        "query_string": query,
+        "headers": [],
+        "client": ("10.0.0.7", 5123),
+        SCOPE_KEY: "r-42",
+    }
+
+
+def _through(app: Any, scope: Scope) -> None:
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        pass
+
+    asyncio.run(AccessLog(app)(scope, receive, send))
+
+
+def test_a_request_line_names_its_id_outcome_key_and_client(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        scope[CALLER] = Principal("k1", "service")  # as api.deps.admit keeps it
+        await send({"type": "http.response.start", "status": 402, "headers": []})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    with caplog.at_level(logging.INFO, logger=ACCESS):
+        _through(app, _scope(b"/v1/accounts/a%2Fb", b"limit=5"))
+    [record] = caplog.records
+    message = record.getMessage()
+    assert message.startswith("request r-42: GET /v1/accounts/a%2Fb?limit=5 -> 402 in ")
+    assert message.endswith(" ms (key:k1, client 10.0.0.7:5123)")
+    fields = {k: getattr(record, k) for k in ("request_id", "path", "query", "status", "actor")}
+    assert fields == {
+        "request_id": "r-42",
+        "path": "/v1/accounts/a%2Fb",
+        "query": "limit=5",
+        "status": 402,
+        "actor": "key:k1",
+    }
+    assert getattr(record, "duration_ms", -1) >= 0
+
+
+def test_a_request_that_failed_unanswered_is_logged_and_the_error_goes_on(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        raise RuntimeError("dropped")
+
+    with caplog.at_level(logging.INFO, logger=ACCESS), pytest.raises(RuntimeError):
+        _through(app, _scope(b"/healthz"))
+    [record] = caplog.records
+    assert getattr(record, "status", "absent") is None
+    assert getattr(record, "actor", "absent") is None
+    assert "/healthz -> no answer in " in record.getMessage()
+    assert "(anonymous, client 10.0.0.7:5123)" in record.getMessage()
