@@ -123,11 +123,13 @@ def _port() -> int:
 
 
 @contextmanager
-def _serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Iterator[int]:
-    """The server ``command`` running, answering ``url``; yields its process id."""
-    proc = subprocess.Popen(
-        command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-    )
+def _serve(
+    command: list[str], env: dict[str, str], url: str, cwd: Path, log: Path
+) -> Iterator[int]:
+    """The server ``command`` running, answering ``url``; yields its process id. Its log
+    (stderr) is appended to ``log``, as a server's log is kept."""
+    with log.open("ab") as out:
+        proc = subprocess.Popen(command, env=env, cwd=cwd, stdout=subprocess.DEVNULL, stderr=out)
     try:
         deadline = time.monotonic() + 30
         while True:
@@ -136,7 +138,7 @@ def _serve(command: list[str], env: dict[str, str], url: str, cwd: Path) -> Iter
                 break
             except httpx.TransportError:
                 if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError(f"{command} did not start") from None
+                    raise RuntimeError(f"{command} did not start:\n{log.read_text()}") from None
                 time.sleep(0.2)
         yield proc.pid
     finally:
@@ -223,6 +225,11 @@ def main(argv: list[str] | None = None) -> int:
         default=None,
         help="the server's CREDITLEDGER_DATABASE_THREADS (default: its own default)",
     )
+    parser.add_argument(
+        "--access-log",
+        action="store_true",
+        help="serve with its access log (a line per request, to a file): what it costs",
+    )
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args(argv)
     if args.accounts < 1:
@@ -262,6 +269,8 @@ def _run(args: argparse.Namespace, database_url: str | None) -> int:
         lport, nport = _port(), _port()
         lurl, nurl = f"http://127.0.0.1:{lport}", f"http://127.0.0.1:{nport}"
         ledger_cmd = [str(EXE), "serve", "--port", str(lport)]
+        if args.access_log:
+            ledger_cmd.append("--access-log")
         noop_cmd = [sys.executable, "-m", "tests.benchmarks.noop_app", "--port", str(nport)]
         auth = {"Authorization": f"Bearer {admin}"}
         headers = (
@@ -275,7 +284,7 @@ def _run(args: argparse.Namespace, database_url: str | None) -> int:
         # The authorization's body around its wallet's number (ACCOUNT's ``{}``).
         head, tail = json.dumps({**REQUEST, "account_id": ACCOUNT}).split("{}")
         for round_no in range(args.rounds):
-            with _serve(ledger_cmd, env, f"{lurl}/healthz", work) as pid:
+            with _serve(ledger_cmd, env, f"{lurl}/healthz", work, work / "serve.log") as pid:
                 if round_no == 0:
                     with httpx.Client(base_url=lurl, headers=auth) as http:
                         for n in range(args.accounts):
@@ -292,7 +301,8 @@ def _run(args: argparse.Namespace, database_url: str | None) -> int:
                 )
                 ledger_results.append(_wrk(lurl, script, args.connections, args.duration, pid))
             cwd = HERE.parent.parent
-            with _serve(noop_cmd, {**base, "PYTHONPATH": str(cwd)}, f"{nurl}/docs", cwd) as pid:
+            noop_env = {**base, "PYTHONPATH": str(cwd)}
+            with _serve(noop_cmd, noop_env, f"{nurl}/docs", cwd, work / "noop.log") as pid:
                 script = f"BODY = {_lua_string(json.dumps(REQUEST))}\n" + NOOP_LUA
                 noop_results.append(
                     _wrk(f"{nurl}/noop", script, args.connections, args.duration, pid)
