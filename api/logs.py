@@ -17,16 +17,15 @@ from __future__ import annotations
 import logging
 import logging.config
 import re
-import time
 from datetime import UTC, datetime
 from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
 from api.deps import CALLER
-from api.requestids import log_fields
+from api.requestids import Observed, log_fields
 from ledger.settings import LogFormat, LogLevel
 
 #: The request log's logger.
@@ -130,34 +129,16 @@ def _client(scope: Scope) -> str | None:
     return f"{client[0]}:{client[1]}" if client else None
 
 
-class AccessLog:
+class AccessLog(Observed):
     """A line per HTTP request on ``ACCESS`` once it is answered (or failed): ``request
     <id>: POST /v1/authorizations -> 402 in 3.1 ms (key:<id>, client 127.0.0.1:40458)``.
     Inside ``RequestIds``, so the id is the one the answer carries."""
 
     def __init__(self, app: ASGIApp) -> None:
-        self.app = app
+        super().__init__(app)
         self.log = logging.getLogger(ACCESS)
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        # No answer started: the connection was dropped, or the error went on to uvicorn.
-        status: list[int | None] = [None]
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            self._line(scope, status[0], time.perf_counter() - start)
-
-    def _line(self, scope: Scope, status: int | None, seconds: float) -> None:
+    def answered(self, scope: Scope, status: int | None, seconds: float) -> None:
         caller = scope.get(CALLER)
         actor = f"key:{caller.key_id}" if caller is not None else None
         fields = {

@@ -6,15 +6,15 @@ Each app has its own registry (several apps may live in one process, as in the t
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.types import ASGIApp, Scope
 
+from api.requestids import Observed
 from ledger.db import Database
 
 #: Latency buckets in seconds: fine below 25 ms, where the ledger's target lies.
@@ -103,32 +103,20 @@ def _plain_route(scope: Scope) -> str | None:
     return None
 
 
-class MetricsMiddleware:
+class MetricsMiddleware(Observed):
     """Counts and times every HTTP request by its route template (not its raw path)."""
 
     def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
+        super().__init__(app)
         self.metrics = metrics
 
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        start = time.perf_counter()
-        status = [500]
-
-        async def sending(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                status[0] = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, sending)
-        finally:
-            route: Any = scope.get("route")
-            template = getattr(route, "path", None) or _plain_route(scope) or "unmatched"
-            method = scope["method"]
-            self.metrics.latency.labels(method, template).observe(time.perf_counter() - start)
-            self.metrics.requests.labels(method, template, str(status[0])).inc()
-            if status[0] == 402:
-                self.metrics.insufficient.labels(template).inc()
+    def answered(self, scope: Scope, status: int | None, seconds: float) -> None:
+        route: Any = scope.get("route")
+        template = getattr(route, "path", None) or _plain_route(scope) or "unmatched"
+        method = scope["method"]
+        # No answer started: the error went on to the server, which answers 500.
+        code = 500 if status is None else status
+        self.metrics.latency.labels(method, template).observe(seconds)
+        self.metrics.requests.labels(method, template, str(code)).inc()
+        if code == 402:
+            self.metrics.insufficient.labels(template).inc()

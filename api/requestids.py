@@ -10,6 +10,7 @@ body of a 500: what a caller quotes when it reports a failure.
 from __future__ import annotations
 
 import re
+import time
 
 from starlette.requests import HTTPConnection
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -72,3 +73,33 @@ class RequestIds:
             await send(message)
 
         await self.app(scope, receive, sending)
+
+
+class Observed:
+    """A middleware that sees each HTTP request's answer: ``answered`` is called once the
+    request is done (answered, or failed), with its status (None when no answer was
+    started: the connection was dropped, or the error went on to the server) and the
+    seconds it took. The base of the request metrics and the access log."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    def answered(self, scope: Scope, status: int | None, seconds: float) -> None:
+        raise NotImplementedError
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        status: list[int | None] = [None]
+
+        async def sending(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, sending)
+        finally:
+            self.answered(scope, status[0], time.perf_counter() - start)
