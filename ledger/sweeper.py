@@ -111,6 +111,14 @@ class Sweeper(Periodic):
             if batch < BATCH:
                 break
         swept = Swept(holds, self.ledger.expire_grants(), self.ledger.roll_allocations(), pruned)
+        if any(swept):
+            # What the round did, for the operator (a quiet round says nothing).
+            log.info(
+                "swept: %s lapsed hold(s) released, %s grant(s) expired, %s monthly "
+                "allocation(s) granted, %s idempotency key(s) deleted",
+                *swept,
+                extra=swept._asdict(),
+            )
         if self.on_swept is not None:
             self.on_swept(swept)
         return swept

@@ -460,6 +460,15 @@ class Reports:
             summary, stored = self._batched(job, period, step)
             step(95, "saving")
             self._finish(job, summary, stored)
+            log.info(
+                "report %s made: %s, %s, %s, %s",
+                job.id,
+                job.month,
+                job.timezone,
+                job.account_id or "every wallet",
+                job.format,
+                extra={"report_id": job.id, "month": job.month, "format": job.format},
+            )
         except _Lost:
             log.warning("report %s was claimed again by another worker; dropping", job.id)
         except Exception as exc:

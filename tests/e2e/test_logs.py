@@ -54,17 +54,32 @@ def _requests(http: httpx.Client) -> dict[str, httpx.Response]:
 def test_json_log_has_an_object_per_line_and_names_each_request_by_its_id(
     database_url: str, serve: Callable[..., Served]
 ) -> None:
-    server = serve(
-        {"CREDITLEDGER_DATABASE_URL": database_url, "CREDITLEDGER_LOG_FORMAT": "json"},
-        ["--access-log"],
-    ).start()
+    env = {
+        "CREDITLEDGER_DATABASE_URL": database_url,
+        "CREDITLEDGER_LOG_FORMAT": "json",
+        "CREDITLEDGER_SWEEP_INTERVAL_SECONDS": "0.2",
+    }
+    server = serve(env, ["--access-log"]).start()
     assert server.admin is not None
     with httpx.Client(
         base_url=server.url, headers={"Authorization": f"Bearer {server.admin}"}, timeout=30
     ) as http:
         made = _requests(http)
+        # A hold left to lapse: the sweeper's round that releases it says so.
+        lapsing = [
+            http.post("/v1/accounts/veo-user/topups", json={"amount": 240}),
+            http.post("/v1/authorizations", json={**VEO_FAST, "ttl_seconds": 1}),
+        ]
+    assert [r.status_code for r in lapsing] == [201, 201]
+    deadline = time.monotonic() + 30
+    while '"logger": "creditledger.sweeper"' not in server.log.read_text():
+        assert time.monotonic() < deadline, server.log.read_text()
+        time.sleep(0.1)
     server.stop()
     lines = [json.loads(line) for line in server.log.read_text().splitlines()]
+    [swept] = [line for line in lines if line["logger"] == "creditledger.sweeper"]
+    assert (swept["level"], swept["holds_expired"]) == ("INFO", 1)
+    assert swept["message"].startswith("swept: 1 lapsed hold(s) released, ")
     for line in lines:
         assert _TIME.fullmatch(line["time"]), line
         assert line["level"] in ("INFO", "WARNING"), line
@@ -100,7 +115,7 @@ def test_json_log_has_an_object_per_line_and_names_each_request_by_its_id(
     )
     headed = seen["headed"]
     assert (headed["method"], headed["status"], headed["actor"]) == ("HEAD", 200, admin)
-    assert len(access) == len(made)
+    assert len(access) == len(made) + len(lapsing)
 
 
 def test_text_log_by_default_one_line_per_event_without_requests(

@@ -8,6 +8,7 @@ import hashlib
 import html
 import io
 import json
+import logging
 import os
 import re
 from datetime import UTC, datetime, timedelta
@@ -672,7 +673,11 @@ def ledger_account(db: Database, external_id: str) -> int:
 
 
 def test_jobs_dedupe_run_and_download(
-    db: Database, ledger: Ledger, traffic: Traffic, reports: Reports
+    db: Database,
+    ledger: Ledger,
+    traffic: Traffic,
+    reports: Reports,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     first, created = reports.request("2026-10", "csv", account_id="acme")
     again, created_again = reports.request("2026-10", "csv", account_id="acme")
@@ -690,9 +695,14 @@ def test_jobs_dedupe_run_and_download(
     claimed = reports.claim(first.id)
     assert claimed is not None
     assert claimed.attempts == 1
-    done = reports.run(claimed, lambda pct, stage: seen.append((pct, stage)))
+    with caplog.at_level(logging.INFO, logger="creditledger.reports"):
+        done = reports.run(claimed, lambda pct, stage: seen.append((pct, stage)))
     assert done.status == "succeeded"
     assert done.progress == 100
+    # The server's log says it was made (the report worker's work is seen there too).
+    [made] = caplog.records
+    assert made.getMessage() == f"report {first.id} made: 2026-10, UTC, acme, csv"
+    assert getattr(made, "report_id", None) == first.id
     assert [p for p, _ in seen] == sorted(p for p, _ in seen)
     assert seen[-1][0] == 100
     assert done.summary is not None

@@ -182,3 +182,29 @@ def test_a_round_works_off_a_backlog_a_batch_at_a_time(
     assert (second.holds_expired, second.keys_pruned) == (0, 3)
     assert rounds.run_once().keys_pruned == 0
     assert verify(db) == []
+
+
+def test_a_round_that_did_something_says_what_in_one_line(
+    db: Database, catalogs: CatalogSet, caplog: pytest.LogCaptureFixture
+) -> None:
+    """For the operator's log: what a round released, expired, granted and deleted, as
+    text and as fields (a JSON log); a round with nothing to do says nothing."""
+    clock = Clock()
+    ledger = Ledger(db, catalogs, clock=clock)
+    ledger.open_account("quiet", "credit", idempotency_key=key())
+    ledger.top_up("quiet", 1_000, idempotency_key=key())
+    ledger.authorize("quiet", f.veo3_video(video_model="veo3_fast"), idempotency_key=key())
+    rounds = Sweeper(ledger, 60)
+    with caplog.at_level(logging.INFO, logger="creditledger.sweeper"):
+        rounds.run_once()  # nothing due yet
+        assert caplog.records == []
+        clock.advance(hours=1)
+        rounds.run_once()
+    [line] = caplog.records
+    assert line.levelno == logging.INFO
+    assert line.getMessage() == (
+        "swept: 1 lapsed hold(s) released, 0 grant(s) expired, 0 monthly allocation(s) "
+        "granted, 0 idempotency key(s) deleted"
+    )
+    counts = ("holds_expired", "grants_expired", "allocations_granted", "keys_pruned")
+    assert [getattr(line, name, None) for name in counts] == [1, 0, 0, 0]
