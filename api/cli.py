@@ -1903,6 +1903,26 @@ def report_show(
     _emit(job, as_json, f"report {job.id}", _job_rows(job))
 
 
+def _log_start(ledger: Ledger) -> None:
+    """The server's first line: which ledger it serves (a SQLite file by its whole path:
+    the default is relative to where it was started) and the catalog versions in force."""
+    url = ledger.db.engine.url
+    if ledger.db.is_sqlite:
+        where = f"SQLite file {Path(url.database or '').resolve()}"
+    else:
+        where = f"PostgreSQL {url.render_as_string(hide_password=True)}"
+    now = ledger.clock()
+    catalogs = ", ".join(
+        f"{c.name} {c.version_at(now).id}"
+        if c.versions[0].effective_from <= now
+        else f"{c.name} (none yet: the first from {kernel.utc_text(c.versions[0].effective_from)})"
+        for c in ledger.catalogs
+    )
+    logging.getLogger("creditledger.server").info(
+        "serving the ledger in %s; catalog versions in force: %s", where, catalogs
+    )
+
+
 @app.command("serve")
 def serve_command(
     host: Annotated[str, typer.Option(help="Interface to listen on.")] = "127.0.0.1",
@@ -1975,6 +1995,7 @@ def serve_command(
             created.key,
             extra={"admin_key": created.key},
         )
+    _log_start(web.state.services.ledger)
     tune_gc(settings.gc_threshold)  # after the app is built: its heap is what is frozen
     server = uvicorn.Server(
         uvicorn.Config(

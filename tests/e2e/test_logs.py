@@ -88,6 +88,10 @@ def test_json_log_has_an_object_per_line_and_names_each_request_by_its_id(
     [notice] = [line for line in lines if line["logger"] == "creditledger.serve"]
     assert (notice["level"], notice["admin_key"]) == ("WARNING", server.admin)
     assert any(line["message"].startswith("Uvicorn running on") for line in lines)
+    [start] = [line for line in lines if line["logger"] == "creditledger.server"]
+    kind = "SQLite file" if database_url.startswith("sqlite") else "PostgreSQL postgresql+psycopg"
+    assert start["message"].startswith(f"serving the ledger in {kind}")
+    assert "veo3 seed-003" in start["message"]
 
     access = {line["request_id"]: line for line in lines if line["logger"] == "creditledger.access"}
     admin = f"key:{_key_id(server.admin)}"
@@ -135,7 +139,13 @@ def test_text_log_by_default_one_line_per_event_without_requests(
     text = quiet.log.read_text()
     parsed = [_TEXT_LINE.fullmatch(line) for line in text.splitlines()]
     assert all(parsed), text
-    assert {found.group(3) for found in parsed if found} == {"creditledger.serve", "uvicorn.error"}
+    loggers = {found.group(3) for found in parsed if found}
+    assert loggers == {"creditledger.serve", "creditledger.server", "uvicorn.error"}
+    # Which file it serves, by its whole path (the default is relative to where it started).
+    where = (
+        f"INFO creditledger.server: serving the ledger in SQLite file {tmp_path / 'ledger.db'}; "
+    )
+    assert where + "catalog versions in force: cosmic " in text
     assert f"Admin key (shown this once, store it now): {quiet.admin}" in text
 
     logged = serve(database, ["--access-log"]).start()

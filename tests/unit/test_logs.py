@@ -150,3 +150,30 @@ def test_a_request_that_failed_unanswered_is_logged_and_the_error_goes_on(
     assert getattr(record, "actor", "absent") is None
     assert "/healthz -> no answer in " in record.getMessage()
     assert "(anonymous, client 10.0.0.7:5123)" in record.getMessage()
+
+
+def test_the_start_line_names_a_postgresql_ledger_without_its_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from types import SimpleNamespace
+
+    import sqlalchemy as sa
+
+    from api.cli import _log_start
+    from pricing.catalog import load_catalogs
+
+    url = sa.make_url("postgresql+psycopg://ledger:s3cr%40t@db.internal:5432/billing")
+    ledger: Any = SimpleNamespace(
+        db=SimpleNamespace(engine=SimpleNamespace(url=url), is_sqlite=False),
+        clock=lambda: datetime(2026, 12, 7, tzinfo=UTC),
+        catalogs=load_catalogs(),
+    )
+    with caplog.at_level(logging.INFO, logger="creditledger.server"):
+        _log_start(ledger)
+    [line] = caplog.records
+    message = line.getMessage()
+    assert message.startswith(
+        "serving the ledger in PostgreSQL postgresql+psycopg://ledger:***@db.internal:5432/billing;"
+    )
+    assert "s3cr" not in message
+    assert message.endswith("veo3 seed-003")
