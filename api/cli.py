@@ -1904,7 +1904,7 @@ def report_show(
 
 
 def _log_start(ledger: Ledger) -> None:
-    """The server's first line: which ledger it serves (a SQLite file by its whole path:
+    """The server's line at its start: which ledger it serves (a SQLite file by its whole path:
     the default is relative to where it was started) and the catalog versions in force."""
     url = ledger.db.engine.url
     if ledger.db.is_sqlite:
