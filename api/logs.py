@@ -8,8 +8,8 @@ format. ``AccessLog`` is the request log (``serve --access-log``, or
 id (``api.requestids``), method, path and query, status, duration, the key that made it
 and the client, so that a request a gateway reports by its id is found with its outcome.
 As JSON these are fields of the line (``request_id``, ``method``, ``path``, ``query``,
-``status``, ``duration_ms``, ``actor``, ``client``), as the first four are on the error
-lines of ``api.errors`` about a request.
+``status``, ``replayed``, ``duration_ms``, ``actor``, ``client``), as the first four are
+on the error lines of ``api.errors`` about a request.
 """
 
 from __future__ import annotations
@@ -22,11 +22,13 @@ from typing import Any
 
 from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp, Message, Scope
 
-from api.deps import CALLER
+from api.deps import CALLER, REPLAYED_HEADER
 from api.requestids import Observed, log_fields
 from ledger.settings import LogFormat, LogLevel
+
+_REPLAYED = REPLAYED_HEADER.lower().encode("latin-1")
 
 #: The request log's logger.
 ACCESS = "creditledger.access"
@@ -138,24 +140,29 @@ class AccessLog(Observed):
         super().__init__(app)
         self.log = logging.getLogger(ACCESS)
 
-    def answered(self, scope: Scope, status: int | None, seconds: float) -> None:
+    def answered(self, scope: Scope, answer: Message | None, seconds: float) -> None:
         caller = scope.get(CALLER)
         actor = f"key:{caller.key_id}" if caller is not None else None
+        status = None if answer is None else answer["status"]
+        # An answer given back for an Idempotency-Key already answered: nothing was done.
+        replayed = answer is not None and (_REPLAYED, b"true") in answer.get("headers", ())
         fields = {
             **log_fields(scope),
             "status": status,
+            "replayed": replayed,
             "duration_ms": round(seconds * 1000, 1),
             "actor": actor,
             "client": _client(scope),
         }
         query = fields["query"]
         self.log.info(
-            "request %s: %s %s%s -> %s in %.1f ms (%s, client %s)",
+            "request %s: %s %s%s -> %s%s in %.1f ms (%s, client %s)",
             fields["request_id"],
             fields["method"],
             fields["path"],
             f"?{query}" if query else "",
             "no answer" if status is None else status,
+            " replayed" if replayed else "",
             fields["duration_ms"],
             actor or "anonymous",
             fields["client"] or "unknown",

@@ -12,7 +12,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, Metric
 from prometheus_client.registry import Collector
-from starlette.types import ASGIApp, Scope
+from starlette.types import ASGIApp, Message, Scope
 
 from api.requestids import Observed
 from ledger.db import Database
@@ -110,12 +110,12 @@ class MetricsMiddleware(Observed):
         super().__init__(app)
         self.metrics = metrics
 
-    def answered(self, scope: Scope, status: int | None, seconds: float) -> None:
+    def answered(self, scope: Scope, answer: Message | None, seconds: float) -> None:
         route: Any = scope.get("route")
         template = getattr(route, "path", None) or _plain_route(scope) or "unmatched"
         method = scope["method"]
         # No answer started: the error went on to the server, which answers 500.
-        code = 500 if status is None else status
+        code: int = 500 if answer is None else answer["status"]
         self.metrics.latency.labels(method, template).observe(seconds)
         self.metrics.requests.labels(method, template, str(code)).inc()
         if code == 402:

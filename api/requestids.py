@@ -77,14 +77,15 @@ class RequestIds:
 
 class Observed:
     """A middleware that sees each HTTP request's answer: ``answered`` is called once the
-    request is done (answered, or failed), with its status (None when no answer was
-    started: the connection was dropped, or the error went on to the server) and the
-    seconds it took. The base of the request metrics and the access log."""
+    request is done (answered, or failed), with the start of its answer (its status and
+    headers; None when no answer was started: the connection was dropped, or the error
+    went on to the server) and the seconds it took. The base of the request metrics and
+    the access log."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
 
-    def answered(self, scope: Scope, status: int | None, seconds: float) -> None:
+    def answered(self, scope: Scope, answer: Message | None, seconds: float) -> None:
         raise NotImplementedError
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
@@ -92,14 +93,14 @@ class Observed:
             await self.app(scope, receive, send)
             return
         start = time.perf_counter()
-        status: list[int | None] = [None]
+        answer: list[Message | None] = [None]
 
         async def sending(message: Message) -> None:
             if message["type"] == "http.response.start":
-                status[0] = message["status"]
+                answer[0] = message
             await send(message)
 
         try:
             await self.app(scope, receive, sending)
         finally:
-            self.answered(scope, status[0], time.perf_counter() - start)
+            self.answered(scope, answer[0], time.perf_counter() - start)

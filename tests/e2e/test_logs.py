@@ -65,12 +65,16 @@ def test_json_log_has_an_object_per_line_and_names_each_request_by_its_id(
         base_url=server.url, headers={"Authorization": f"Bearer {server.admin}"}, timeout=30
     ) as http:
         made = _requests(http)
-        # A hold left to lapse: the sweeper's round that releases it says so.
+        # A hold left to lapse (its authorization sent twice with one idempotency key: the
+        # second is a replay): the sweeper's round that releases it says so.
+        once = {"Idempotency-Key": "lapse-1"}
         lapsing = [
             http.post("/v1/accounts/veo-user/topups", json={"amount": 240}),
-            http.post("/v1/authorizations", json={**VEO_FAST, "ttl_seconds": 1}),
+            http.post("/v1/authorizations", json={**VEO_FAST, "ttl_seconds": 1}, headers=once),
+            http.post("/v1/authorizations", json={**VEO_FAST, "ttl_seconds": 1}, headers=once),
         ]
-    assert [r.status_code for r in lapsing] == [201, 201]
+    assert [r.status_code for r in lapsing] == [201, 201, 201]
+    assert lapsing[2].headers["idempotent-replayed"] == "true"
     deadline = time.monotonic() + 30
     while '"logger": "creditledger.sweeper"' not in server.log.read_text():
         assert time.monotonic() < deadline, server.log.read_text()
@@ -117,6 +121,9 @@ def test_json_log_has_an_object_per_line_and_names_each_request_by_its_id(
         "limit=5",
         404,
     )
+    first, again = (access[r.headers["x-request-id"]] for r in lapsing[1:])
+    assert (first["replayed"], again["replayed"]) == (False, True)
+    assert " -> 201 replayed in " in again["message"]
     headed = seen["headed"]
     assert (headed["method"], headed["status"], headed["actor"]) == ("HEAD", 200, admin)
     assert len(access) == len(made) + len(lapsing)

@@ -135,6 +135,23 @@ def test_a_request_line_names_its_id_outcome_key_and_client(
         "actor": "key:k1",
     }
     assert getattr(record, "duration_ms", -1) >= 0
+    assert getattr(record, "replayed", None) is False
+
+
+def test_a_replayed_answer_says_so(caplog: pytest.LogCaptureFixture) -> None:
+    """An answer given back for an idempotency key already answered (nothing was done
+    again): its line says ``replayed``, so a gateway's retries are told from new requests."""
+
+    async def app(scope: Scope, receive: Receive, send: Send) -> None:
+        headers = [(b"idempotent-replayed", b"true")]
+        await send({"type": "http.response.start", "status": 201, "headers": headers})
+        await send({"type": "http.response.body", "body": b"{}"})
+
+    with caplog.at_level(logging.INFO, logger=ACCESS):
+        _through(app, _scope(b"/v1/authorizations"))
+    [record] = caplog.records
+    assert "/v1/authorizations -> 201 replayed in " in record.getMessage()
+    assert getattr(record, "replayed", None) is True
 
 
 def test_a_request_that_failed_unanswered_is_logged_and_the_error_goes_on(
