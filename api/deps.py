@@ -154,6 +154,12 @@ IdempotencyHeader = Annotated[
 ]
 
 
+def actor_of(caller: Principal) -> str:
+    """What the ledger records as having made a change: the caller's API key,
+    ``key:<id>`` (``key:environment`` for CREDITLEDGER_ADMIN_KEY)."""
+    return f"key:{caller.key_id}"
+
+
 def scoped_key(caller: Principal, idempotency_key: str | None) -> str:
     """The ledger's idempotency key: the header, scoped to the caller's tenant.
 
@@ -210,7 +216,7 @@ class Call:
     @property
     def actor(self) -> str:
         """What the ledger records as having made the change: the caller's API key."""
-        return f"key:{self.caller.key_id}"
+        return actor_of(self.caller)
 
     async def run(self, use_case: Callable[..., R], *args: Any, **kwargs: Any) -> R:
         """Run a ledger use case with this call's idempotency key: handed to the

@@ -24,7 +24,7 @@ from pythonjsonlogger.core import RESERVED_ATTRS
 from pythonjsonlogger.json import JsonFormatter
 from starlette.types import ASGIApp, Message, Scope
 
-from api.deps import CALLER, REPLAYED_HEADER
+from api.deps import CALLER, REPLAYED_HEADER, actor_of
 from api.requestids import Observed, log_fields
 from ledger.settings import LogFormat, LogLevel
 
@@ -142,7 +142,7 @@ class AccessLog(Observed):
 
     def answered(self, scope: Scope, answer: Message | None, seconds: float) -> None:
         caller = scope.get(CALLER)
-        actor = f"key:{caller.key_id}" if caller is not None else None
+        actor = actor_of(caller) if caller is not None else None
         status = None if answer is None else answer["status"]
         # An answer given back for an Idempotency-Key already answered: nothing was done.
         replayed = answer is not None and (_REPLAYED, b"true") in answer.get("headers", ())

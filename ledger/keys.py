@@ -28,7 +28,7 @@ from ledger import kernel
 from ledger.db import BOOTSTRAP_LOCK, Database
 from ledger.errors import InvalidInput, NotFound
 from ledger.models import KEY_ROLES, accounts, api_keys
-from ledger.services import aware_instant, wallet_id
+from ledger.services import SYSTEM_ACTOR, aware_instant, wallet_id
 
 PREFIX = "clk"
 #: The id of the key given in ``CREDITLEDGER_ADMIN_KEY`` (it has no row).
@@ -65,6 +65,11 @@ class KeyView(BaseModel):
     revoked_at: datetime | None
     #: From then on the key is refused (null: never).
     expires_at: datetime | None = None
+    #: Who made it and who revoked it, as a journal entry's ``actor``: ``key:<id>`` (the
+    #: admin key of the request), ``cli:<user>`` or ``system`` (the first start's admin
+    #: key); null for keys made or revoked before revision 0020.
+    created_by: str | None = None
+    revoked_by: str | None = None
 
 
 class CreatedKey(KeyView):
@@ -113,9 +118,10 @@ class Keys:
         name: str = "",
         account_id: str | None = None,
         expires_at: datetime | None = None,
+        actor: str | None = None,
     ) -> CreatedKey:
-        """A new key (refused from ``expires_at`` on, if given); its secret is in the
-        result and nowhere else."""
+        """A new key (refused from ``expires_at`` on, if given), made by ``actor``; its
+        secret is in the result and nowhere else."""
         if role not in KEY_ROLES:
             raise InvalidInput(f"unknown role {role!r}", field="role", allowed=list(KEY_ROLES))
         if not isinstance(name, str) or len(name) > 200:
@@ -131,7 +137,7 @@ class Keys:
             raise InvalidInput("expires_at must be in the future", field="expires_at")
         with self.db.transaction() as conn:
             return self._insert(
-                conn, role, now, name=name, account_id=account_id, expires=expires_at
+                conn, role, now, name=name, account_id=account_id, expires=expires_at, actor=actor
             )
 
     def _insert(
@@ -143,6 +149,7 @@ class Keys:
         name: str,
         account_id: str | None,
         expires: datetime | None,
+        actor: str | None,
     ) -> CreatedKey:
         """A new key made at ``now``, inserted on ``conn``; its secret is in the result and
         nowhere else."""
@@ -158,6 +165,7 @@ class Keys:
                 secret_sha256=_digest(secret),
                 created_at=now,
                 expires_at=expires,
+                created_by=actor,
             )
         )
         return CreatedKey(
@@ -168,16 +176,18 @@ class Keys:
             created_at=now,
             revoked_at=None,
             expires_at=expires,
+            created_by=actor,
             key=f"{PREFIX}_{key_id}_{secret}",
         )
 
-    def revoke(self, key_id: str) -> KeyView:
-        """Revoke a key (at once, for every later request). Revoking twice is harmless."""
+    def revoke(self, key_id: str, *, actor: str | None = None) -> KeyView:
+        """Revoke a key (at once, for every later request), by ``actor``. Revoking twice
+        is harmless: the first revocation's instant and actor are kept."""
         with self.db.transaction() as conn:
             conn.execute(
                 api_keys.update()
                 .where(api_keys.c.id == key_id, api_keys.c.revoked_at.is_(None))
-                .values(revoked_at=self.clock())
+                .values(revoked_at=self.clock(), revoked_by=actor)
             )
             view = self._view(conn, key_id)
         # Committed: every later read finds the key revoked. What was read before is
@@ -204,10 +214,12 @@ class Keys:
         role: str | None = None,
         account_id: str | None = None,
         active: bool | None = None,
+        created_by: str | None = None,
     ) -> list[KeyView]:
         """The keys in the order they were made: of one ``role``, of one wallet's
-        customers (``account_id``), and only those accepted now (``active``: not revoked
-        and not expired) or only those refused, if given."""
+        customers (``account_id``), only those accepted now (``active``: not revoked and
+        not expired) or only those refused, and only those ``created_by`` one actor (the
+        keys a leaked key made), if given."""
         if role is not None and role not in KEY_ROLES:
             raise InvalidInput(f"unknown role {role!r}", field="role", allowed=list(KEY_ROLES))
         stmt = self._select()
@@ -225,6 +237,12 @@ class Keys:
                 sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > self.clock()),
             )
             stmt = stmt.where(accepted if active else sa.not_(accepted))
+        if created_by is not None:
+            if not isinstance(created_by, str) or kernel.text_problem(created_by) is not None:
+                raise InvalidInput(
+                    "created_by must be text without NUL or a lone surrogate", field="created_by"
+                )
+            stmt = stmt.where(api_keys.c.created_by == created_by)
         with self.db.transaction(write=False) as conn:
             rows = conn.execute(stmt.order_by(api_keys.c.created_at, api_keys.c.id))
             return [self._to_view(r) for r in rows]
@@ -303,7 +321,13 @@ class Keys:
             if self._admin_active(conn):
                 return None
             return self._insert(
-                conn, "admin", self.clock(), name=name, account_id=None, expires=None
+                conn,
+                "admin",
+                self.clock(),
+                name=name,
+                account_id=None,
+                expires=None,
+                actor=SYSTEM_ACTOR,
             )
 
     def _admin_active(self, conn: sa.Connection) -> bool:
@@ -329,6 +353,8 @@ class Keys:
             api_keys.c.created_at,
             api_keys.c.revoked_at,
             api_keys.c.expires_at,
+            api_keys.c.created_by,
+            api_keys.c.revoked_by,
         ).select_from(api_keys.outerjoin(accounts, accounts.c.id == api_keys.c.account_id))
 
     def _view(self, conn: sa.Connection, key_id: str) -> KeyView | None:
@@ -337,7 +363,7 @@ class Keys:
 
     @staticmethod
     def _to_view(row: Any) -> KeyView:
-        key_id, name, role, account, created_at, revoked_at, expires_at = row
+        key_id, name, role, account, created_at, revoked_at, expires_at, made_by, revoked_by = row
         return KeyView(
             id=key_id,
             name=name,
@@ -346,4 +372,6 @@ class Keys:
             created_at=created_at,
             revoked_at=revoked_at,
             expires_at=expires_at,
+            created_by=made_by,
+            revoked_by=revoked_by,
         )

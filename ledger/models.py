@@ -510,6 +510,10 @@ class ApiKey(SQLModel, table=True):
     revoked_at: datetime | None = instant(nullable=True)
     #: From this instant the key is refused, as if revoked; null: it does not expire.
     expires_at: datetime | None = instant(nullable=True)
+    #: Who made it and who revoked it, as ``Entry.actor`` names who made an entry
+    #: (``key:<id>``, ``cli:<user>``, ``system``); null for keys older than revision 0020.
+    created_by: str | None = Field(default=None, max_length=80)
+    revoked_by: str | None = Field(default=None, max_length=80)
 
 
 class ReportJob(SQLModel, table=True):

@@ -210,6 +210,29 @@ def test_a_revoked_key_stops_working_at_once(api: Api) -> None:
     assert all("key" not in k for k in listed.values())
 
 
+def test_each_key_names_the_key_that_made_it_and_the_one_that_revoked_it(api: Api) -> None:
+    """After a key leaked: the keys it made (a way back in) are found by it, and revoked;
+    who revoked each is kept (the first revocation's, as its instant is)."""
+    leaked = api.post("/v1/keys", {"role": "admin", "name": "ops laptop"}).json()
+    assert leaked["created_by"] == api.actor("admin")
+    backdoor = api.post("/v1/keys", {"role": "admin", "name": "x"}, as_key=leaked["key"]).json()
+    by_leaked = f"key:{leaked['id']}"
+    assert (backdoor["created_by"], backdoor["revoked_by"]) == (by_leaked, None)
+    made = api.get("/v1/keys", params={"created_by": by_leaked})
+    assert [k["id"] for k in made.json()] == [backdoor["id"]]
+    for key_id in (backdoor["id"], leaked["id"]):
+        gone = api.call("DELETE", f"/v1/keys/{key_id}")
+        assert gone.json()["revoked_by"] == api.actor("admin"), gone.text
+    # Revoked again, by another admin: harmless, and the first revocation's actor stays.
+    other = api.post("/v1/keys", {"role": "admin", "name": "second admin"}).json()
+    again = api.call("DELETE", f"/v1/keys/{leaked['id']}", as_key=other["key"])
+    assert (again.status_code, again.json()["revoked_by"]) == (200, api.actor("admin"))
+    assert api.get("/v1/keys", params={"created_by": "key:nobody"}).json() == []
+    for bad in ("", "x" * 81):
+        r = api.get("/v1/keys", params={"created_by": bad})
+        assert (r.status_code, r.json()["field"]) == (422, "created_by"), r.text
+
+
 def test_keys_are_listed_by_role_wallet_and_whether_they_are_accepted_now(api: Api) -> None:
     api.wallet("target", "credit")
     api.wallet("other", "credit")

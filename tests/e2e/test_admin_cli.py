@@ -499,12 +499,23 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     lasting = ("keys", "create", "--role", "service", "--expires-at", "2099-01-01T00:00:00Z")
     until = json.loads(run(*lasting, "--json", env=env).stdout)
     assert until["expires_at"] == "2099-01-01T00:00:00Z"
-    assert "2099-01-01" in run("keys", "list", env=env).stdout
+    piped = {**env, "COLUMNS": ""}  # as to a file or grep: each row on one line
+    table = run("keys", "list", env=piped).stdout
+    assert "2099-01-01T00:00:00+00:00" in table
+    # Who made each key: this CLI's user (the journal's actor for the CLI).
+    [row] = [line for line in table.splitlines() if until["id"] in line]
+    assert f"│ cli:{getpass.getuser()} " in row
     past = run("keys", "create", "--role", "service", "--expires-at", "2001-01-01T00:00Z", env=env)
     assert (past.returncode, json.loads(past.stderr)["field"]) == (2, "expires_at")
     revoked = run("keys", "revoke", created["id"], "--json", env=env)
     assert revoked.returncode == 0
+    me = f"cli:{getpass.getuser()}"
     assert json.loads(revoked.stdout)["revoked_at"]
+    assert (created["created_by"], json.loads(revoked.stdout)["revoked_by"]) == (me, me)
+    mine = run("keys", "list", "--created-by", me, "--json", env=env)
+    assert [k["id"] for k in json.loads(mine.stdout)] == [created["id"], until["id"]]
+    others = run("keys", "list", "--created-by", "key:0123456789abcdef", "--json", env=env)
+    assert json.loads(others.stdout) == []
     live = run("keys", "list", "--role", "service", "--active", "--json", env=env)
     assert [k["id"] for k in json.loads(live.stdout)] == [until["id"]]
     gone = run("keys", "list", "--inactive", "--json", env=env)
@@ -1238,12 +1249,11 @@ def test_migrate_takes_the_schema_back_for_a_rollback_and_up_again(
     assert [u["revision"] for u in error["undo"]] == undo
     assert error["undo"][-1]["title"].startswith("Who did it: ``entries.actor`` and ")
     # What this ledger loses by it, counted: October's prices were kept as they took effect.
-    assert error["undo"][0]["loses"].startswith("the digests of ")
-    assert error["undo"][1] == {
-        "revision": undo[1],
-        "title": error["undo"][1]["title"],
-        "loses": None,
-    }
+    losing = {u["revision"]: u["loses"] for u in error["undo"]}
+    assert losing["0019"].startswith("the digests of ")
+    # What keeps nothing this ledger has says so: no key here was made with 0020's actors.
+    assert losing["0020"] is None
+    assert losing["0018"] is None
     assert "--yes" in error["message"]
     assert "Nothing was changed" in error["message"]
     unchanged = run("migrate", "--json", env=env)

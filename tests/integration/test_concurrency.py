@@ -329,3 +329,4 @@ def test_replicas_started_together_make_one_admin_key(ledger: Ledger) -> None:
     assert len([m for m in made if m is not None]) == 1, made
     admins = [k for k in replicas[0].list() if k.role == "admin"]
     assert len(admins) == 1, admins
+    assert admins[0].created_by == "system"  # the ledger made it, at a first start
