@@ -54,16 +54,18 @@ class _Answer(JSONResponse):
         return text.encode("utf-8", "backslashreplace")
 
 
-def _about(request: Request) -> str:
-    """Which request a log line is about: its id (``api.requestids``), method and path."""
+def _about(request: Request) -> tuple[str, dict[str, str | None]]:
+    """Which request a log line is about: its id (``api.requestids``), method and path as
+    text, and as the line's fields (``api.logs``: a JSON log's ``request_id``, ...)."""
     fields = log_fields(request.scope)
-    return f"request {fields['request_id']}: {fields['method']} {fields['path']}"
+    return f"request {fields['request_id']}: {fields['method']} {fields['path']}", fields
 
 
 def _bug(request: Request, what: str, exc: Exception) -> JSONResponse:
     """500 for a bug: logged with its traceback; the body names the request's id, which
     the log line names too, and nothing of the bug."""
-    log.error("%s (%s)", what, _about(request), exc_info=exc, extra=log_fields(request.scope))
+    about, fields = _about(request)
+    log.error("%s (%s)", what, about, exc_info=exc, extra=fields)
     body = {"error": "internal_error", "message": "internal error"}
     found = request_id(request)
     if found is not None:
@@ -80,7 +82,8 @@ def _domain(request: Request, exc: Exception) -> JSONResponse:
     if status == 503:
         # The server's configuration (catalog_changed): retried, it succeeds once the
         # operator has put it right; not at once. Said in the log, for the operator.
-        log.error("%s (%s)", exc.message, _about(request), extra=log_fields(request.scope))
+        about, fields = _about(request)
+        log.error("%s (%s)", exc.message, about, extra=fields)
         return _Answer(exc.to_dict(), status, headers={"Retry-After": "30"})
     return _Answer(exc.to_dict(), status)
 
@@ -232,12 +235,11 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     answers, and uvicorn then drops the connection, which a client's next request on it
     would meet as a reset.
     """
+    about, fields = _about(request)
     if is_lock_timeout(exc):
         # Another transaction held a lock this one needed for longer than the lock
         # timeout (CREDITLEDGER_LOCK_TIMEOUT_SECONDS).
-        log.warning(
-            "lock wait timed out (%s): %s", _about(request), exc, extra=log_fields(request.scope)
-        )
+        log.warning("lock wait timed out (%s): %s", about, exc, extra=fields)
         body = {
             "error": "database_busy",
             "message": "a lock this request needs was held by another transaction for "
@@ -245,7 +247,7 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
         }
     elif is_file_replaced(exc):
         # Retrying does not help: the server must be restarted (said in the log, each time).
-        log.error("%s (%s)", first_line(exc), _about(request), extra=log_fields(request.scope))
+        log.error("%s (%s)", first_line(exc), about, extra=fields)
         body = {
             "error": "database_unavailable",
             "message": "the database file was deleted or replaced while the server ran; "
@@ -254,12 +256,7 @@ def _unavailable(request: Request, exc: Exception) -> JSONResponse:
     else:
         # The database is unreachable, overloaded or cut off: a line per request (during
         # an outage, a traceback each would bury the log), the driver's own words.
-        log.warning(
-            "database unavailable (%s): %s",
-            _about(request),
-            first_line(exc),
-            extra=log_fields(request.scope),
-        )
+        log.warning("database unavailable (%s): %s", about, first_line(exc), extra=fields)
         body = {"error": "database_unavailable", "message": "the database is unavailable; retry"}
     return _Answer(body, 503, headers={"Retry-After": "1"})
 
