@@ -39,6 +39,14 @@ def _now() -> datetime:
     return datetime.now(UTC)
 
 
+def _searchable(value: Any, field: str) -> str:
+    """A text to filter by, or an error: one no database can hold (NUL, a lone
+    surrogate) is refused, not sent."""
+    if not isinstance(value, str) or kernel.text_problem(value) is not None:
+        raise InvalidInput(f"{field} must be text without NUL or a lone surrogate", field=field)
+    return value
+
+
 def _digest(secret: str) -> str:
     return hashlib.sha256(secret.encode("utf-8")).hexdigest()
 
@@ -226,11 +234,7 @@ class Keys:
         if role is not None:
             stmt = stmt.where(api_keys.c.role == role)
         if account_id is not None:
-            if not isinstance(account_id, str) or kernel.text_problem(account_id) is not None:
-                raise InvalidInput(
-                    "account_id must be text without NUL or a lone surrogate", field="account_id"
-                )
-            stmt = stmt.where(accounts.c.external_id == account_id)
+            stmt = stmt.where(accounts.c.external_id == _searchable(account_id, "account_id"))
         if active is not None:
             accepted = sa.and_(
                 api_keys.c.revoked_at.is_(None),
@@ -238,11 +242,7 @@ class Keys:
             )
             stmt = stmt.where(accepted if active else sa.not_(accepted))
         if created_by is not None:
-            if not isinstance(created_by, str) or kernel.text_problem(created_by) is not None:
-                raise InvalidInput(
-                    "created_by must be text without NUL or a lone surrogate", field="created_by"
-                )
-            stmt = stmt.where(api_keys.c.created_by == created_by)
+            stmt = stmt.where(api_keys.c.created_by == _searchable(created_by, "created_by"))
         with self.db.transaction(write=False) as conn:
             rows = conn.execute(stmt.order_by(api_keys.c.created_at, api_keys.c.id))
             return [self._to_view(r) for r in rows]
