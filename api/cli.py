@@ -968,13 +968,32 @@ def account_list(
         bool | None,
         typer.Option("--blocked/--unblocked", help="Only the blocked, or the unblocked, ones."),
     ] = None,
+    available_below: Annotated[
+        int | None,
+        typer.Option(
+            help="Only wallets with less available than this, in minor units of --unit "
+            "(which it needs): those that could not pay a request of that price."
+        ),
+    ] = None,
+    in_debt: Annotated[
+        bool | None,
+        typer.Option("--in-debt/--not-in-debt", help="Only wallets in debt, or only those not."),
+    ] = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
-    """Wallets in the order they were opened, with their balances, a page at a time."""
+    """Wallets in the order they were opened, with their balances, a page at a time (with
+    --cursor, give the same filters)."""
     with _open_ledger() as ledger:
-        page = ledger.accounts(cursor=cursor, limit=limit, unit=unit, blocked=blocked)
+        page = ledger.accounts(
+            cursor=cursor,
+            limit=limit,
+            unit=unit,
+            blocked=blocked,
+            available_below=available_below,
+            in_debt=in_debt,
+        )
     _print_page(
         page,
         as_json,

@@ -1236,12 +1236,31 @@ class Ledger:
         limit: int = 50,
         unit: str | None = None,
         blocked: bool | None = None,
+        available_below: int | None = None,
+        in_debt: bool | None = None,
     ) -> AccountPage:
-        """The wallets in the order they were opened (of one ``unit``, only the blocked
-        or the unblocked ones, if given), ``limit`` at a time: balances, without grants."""
+        """The wallets in the order they were opened, ``limit`` at a time: balances,
+        without grants. Given filters narrow them: of one ``unit``; only the blocked or
+        the unblocked ones; only those whose available balance is below
+        ``available_below`` minor units of ``unit`` (which it needs: those that could not
+        pay a request of that price); only those in debt, or only those not.
+
+        The filters other than ``unit`` are read from each wallet's row, not an index:
+        on many wallets, a filter few match scans them all (an audit, not a request
+        path)."""
         _page_limit(limit)
         if unit is not None and unit not in self.units:
             raise InvalidInput(f"unknown unit {unit!r}", field="unit", allowed=sorted(self.units))
+        if available_below is not None:
+            _amount(available_below, "available_below", minimum=-kernel.MAX_AMOUNT)
+            if unit is None:
+                raise InvalidInput(
+                    "available_below needs unit: it is a number of that unit's minor units",
+                    field="unit",
+                    allowed=sorted(self.units),
+                )
+        if in_debt is not None and not isinstance(in_debt, bool):
+            raise InvalidInput("in_debt must be true or false", field="in_debt")
         stmt = (
             sa.select(accounts, units.c.scale)
             .join(units, units.c.code == accounts.c.unit)
@@ -1253,6 +1272,12 @@ class Ledger:
             if not isinstance(blocked, bool):
                 raise InvalidInput("blocked must be true or false", field="blocked")
             stmt = stmt.where(accounts.c.blocked == blocked)
+        if available_below is not None:
+            stmt = stmt.where(_available_below(available_below))
+        if in_debt is not None:
+            # Debt is what was posted beyond the overdraft limit (kernel.debt).
+            room = accounts.c.balance + accounts.c.overdraft_limit
+            stmt = stmt.where(room < 0 if in_debt else room >= 0)
         if cursor is not None:
             stmt = stmt.where(accounts.c.id > _decode_account_cursor(cursor))
         with self.db.transaction(write=False) as conn:
@@ -3261,6 +3286,25 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
 
 def _encode_account_cursor(row_id: int) -> str:
     return _wrap_cursor("account", str(row_id))
+
+
+def _available_below(threshold: int) -> sa.ColumnElement[bool]:
+    """Wallets whose available balance (``balance - pending + overdraft_limit``, as
+    :func:`kernel.available` has it) is below ``threshold``, in SQL that stays within
+    64 bits: ``balance - pending`` alone could pass below the smallest BIGINT (a wallet
+    in debt holding near the most), an error on PostgreSQL and a float on SQLite.
+
+    ``balance + overdraft_limit`` is at most ``MAX_AMOUNT`` (:func:`kernel.check_room`)
+    and never below the smallest BIGINT (the limit is not negative); so it is compared
+    with ``pending + threshold`` instead, which for a threshold above zero could pass
+    the largest BIGINT: where it would, the wallet is below the threshold anyway, and
+    CASE (unlike OR) tests that first."""
+    room = accounts.c.balance + accounts.c.overdraft_limit
+    below = room < accounts.c.pending + threshold
+    if threshold <= 0:
+        return below  # pending + threshold: from -MAX_AMOUNT to MAX_AMOUNT
+    beyond = accounts.c.pending > kernel.MAX_AMOUNT - threshold
+    return sa.case((beyond, sa.true()), else_=below)
 
 
 def _decode_account_cursor(cursor: str) -> int:

@@ -20,6 +20,7 @@ from api.deps import (
 from api.errors import Forbidden, documented
 from api.routing import JsonRoute
 from api.schemas import (
+    MAX_AMOUNT,
     AccountChangesPublic,
     AccountCreate,
     AccountPagePublic,
@@ -104,12 +105,34 @@ async def list_accounts(
     limit: LimitQuery = 50,
     unit: Annotated[str | None, Query(max_length=16)] = None,
     blocked: bool | None = None,
+    available_below: Annotated[
+        int | None,
+        Query(
+            ge=-MAX_AMOUNT,
+            le=MAX_AMOUNT,
+            description="Only wallets whose available balance is below this many minor "
+            "units of `unit` (which it needs): those that could not pay a request of "
+            "that price.",
+        ),
+    ] = None,
+    in_debt: Annotated[
+        bool | None,
+        Query(description="Only the wallets in debt (`true`), or only those not (`false`)."),
+    ] = None,
 ) -> AccountPagePublic:
-    """Every wallet (of one ``unit``, only the blocked or the unblocked ones, if given) in
-    the order they were opened, with its balances: pass ``next_cursor`` for the next page.
-    Admin and service keys."""
+    """Every wallet in the order they were opened, with its balances: pass
+    ``next_cursor``, with the same filters, for the next page. Filters: of one ``unit``;
+    only the blocked or the unblocked ones; only those with less available than
+    ``available_below``; only those in debt or not. Admin and service keys."""
     page = await read(
-        services, services.ledger.accounts, cursor=cursor, limit=limit, unit=unit, blocked=blocked
+        services,
+        services.ledger.accounts,
+        cursor=cursor,
+        limit=limit,
+        unit=unit,
+        blocked=blocked,
+        available_below=available_below,
+        in_debt=in_debt,
     )
     return AccountPagePublic(
         items=[_summary(item) for item in page.items], next_cursor=page.next_cursor

@@ -157,6 +157,42 @@ def test_a_piped_table_keeps_each_row_on_one_line(migrated: Path, tmp_path: Path
         assert entry not in narrow.stdout  # folded: the terminal's width is kept
 
 
+def test_account_list_finds_the_wallets_short_of_a_price_or_in_debt(env: dict[str, str]) -> None:
+    opened = (
+        ("rich", "--unit", "credit"),
+        ("held", "--unit", "credit"),
+        ("debtor", "--unit", "credit", "--overdraft-limit", "300"),
+        ("tokens", "--unit", "token"),
+    )
+    for args in opened:
+        assert run("account", "create", *args, env=env).returncode == 0
+    assert run("topup", "rich", "1000", env=env).returncode == 0
+    assert run("topup", "held", "100", env=env).returncode == 0
+    spent = run("account", "adjust", "debtor", "-240", "--reason", "usage", env=env)
+    assert spent.returncode == 0, spent.stderr
+    lowered = run("account", "update", "debtor", "--overdraft-limit", "100", "--json", env=env)
+    assert json.loads(lowered.stdout)["debt"] == 140
+
+    def listed(*options: str) -> dict[str, int]:
+        done = run("account", "list", *options, "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        return {a["account_id"]: a["available"] for a in json.loads(done.stdout)["items"]}
+
+    assert listed("--unit", "credit", "--available-below", "240") == {"held": 100, "debtor": -140}
+    assert listed("--unit", "credit", "--available-below=-140") == {}
+    assert listed("--in-debt") == {"debtor": -140}
+    assert set(listed("--not-in-debt")) == {"rich", "held", "tokens"}
+    table = run("account", "list", "--in-debt", env=env)
+    assert "debtor" in table.stdout
+    assert "rich" not in table.stdout
+    needs_unit = run("account", "list", "--available-below", "240", env=env)
+    assert needs_unit.returncode == 2
+    assert json.loads(needs_unit.stderr)["field"] == "unit"
+    beyond = run("account", "list", "--unit", "credit", "--available-below", str(2**63), env=env)
+    assert beyond.returncode == 2
+    assert json.loads(beyond.stderr)["field"] == "available_below"
+
+
 def test_account_block_unblock_and_spend_limit(env: dict[str, str]) -> None:
     assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
     capped = ("account", "create", "zeta", "--unit", "credit", "--monthly-spend-limit", "500")

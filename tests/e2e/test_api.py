@@ -399,6 +399,57 @@ def test_wallets_are_listed_a_page_at_a_time(api: Api) -> None:
         assert r.json()["field"] == field
 
 
+def test_wallets_short_of_a_price_or_in_debt_are_listed(api: Api) -> None:
+    api.wallet("rich", "credit", topup=1000)
+    held = api.wallet("held", "credit", topup=300)
+    assert authorize(api, held, VEO_FAST).status_code == 201  # 60 left
+    api.wallet("empty", "credit")
+    r = api.post("/v1/accounts", {"id": "debtor", "unit": "credit", "overdraft_limit": 300})
+    assert r.status_code == 201, r.text
+    r = api.post("/v1/charges", {"account_id": "debtor", **VEO_FAST}, as_key="service")
+    assert r.status_code == 201, r.text
+    r = api.call("PATCH", "/v1/accounts/debtor", body={"overdraft_limit": 100, "reason": "risk"})
+    assert (r.status_code, r.json()["debt"]) == (200, 140), r.text
+    api.wallet("tokens", "token")
+
+    def listed(**params: Any) -> dict[str, int]:
+        r = api.get("/v1/accounts", params=params, as_key="service")
+        assert r.status_code == 200, r.text
+        return {a["id"]: a["available"] for a in r.json()["items"]}
+
+    # Who could not pay a 240-credit video, to tell them before they try.
+    short = listed(unit="credit", available_below=240)
+    assert short == {"held": 60, "empty": 0, "debtor": -140}
+    assert listed(unit="credit", available_below=0) == {"debtor": -140}
+    assert listed(unit="credit", available_below=-140) == {}
+    assert listed(in_debt="true") == {"debtor": -140}
+    assert set(listed(in_debt="false")) == {"rich", "held", "empty", "tokens"}
+    assert listed(unit="credit", available_below=240, in_debt="false") == {"held": 60, "empty": 0}
+    page = api.get("/v1/accounts", params={"unit": "credit", "available_below": 240, "limit": 2})
+    assert [a["id"] for a in page.json()["items"]] == ["held", "empty"]
+    rest = {"unit": "credit", "available_below": 240, "cursor": page.json()["next_cursor"]}
+    assert [a["id"] for a in api.get("/v1/accounts", params=rest).json()["items"]] == ["debtor"]
+
+    before = api.balance("debtor")
+    for params, field in (
+        ({"available_below": 240}, "unit"),  # minor units of which unit?
+        ({"unit": "credit", "available_below": 2**63}, "available_below"),
+        ({"unit": "credit", "available_below": -(2**63)}, "available_below"),
+        ({"unit": "credit", "available_below": "1e3"}, "available_below"),
+        ({"in_debt": "maybe"}, "in_debt"),
+    ):
+        r = api.get("/v1/accounts", params=params)
+        assert (r.status_code, r.json()["field"]) == (422, field), r.text
+    r = api.get("/v1/accounts", params={"available_below": 240})
+    assert "credit" in r.json()["allowed"], r.text
+    r = api.get("/v1/accounts", params={"unit": "credit", "available_below": 2**63})
+    assert r.json()["allowed"] == {"le": 2**63 - 1}, r.text
+    customer = api.customer("debtor")
+    r = api.get("/v1/accounts", params={"in_debt": "true"}, as_key=customer)
+    assert r.status_code == 403, r.text
+    assert api.balance("debtor") == before
+
+
 def test_a_wallets_authorizations_are_listed_for_it_and_its_customer(api: Api) -> None:
     user = api.wallet("lister", "credit", topup=1000)
     ids = [authorize(api, user, VEO_FAST).json()["id"] for _ in range(3)]

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
+from ledger import kernel
 from ledger import store as sql
 from ledger.db import Database
 from ledger.errors import (
@@ -199,6 +200,110 @@ def test_wallets_are_listed_in_the_order_opened_a_page_at_a_time(ledger: Ledger)
         with pytest.raises(InvalidInput) as info:
             ledger.accounts(**bad)
         assert info.value.field == field
+
+
+def _low_and_indebted(ledger: Ledger) -> None:
+    """Credit wallets whose available balances are 1000, 60, 100, 0 and -140, and a
+    token wallet with nothing."""
+    wallet(ledger, "rich")
+    ledger.top_up("rich", 1000, idempotency_key=key())
+    wallet(ledger, "held")
+    ledger.top_up("held", 300, idempotency_key=key())
+    ledger.authorize("held", VEO_FAST, idempotency_key=key())  # holds 240
+    wallet(ledger, "lent", overdraft_limit=100)
+    wallet(ledger, "empty")
+    wallet(ledger, "debtor", overdraft_limit=300)
+    ledger.charge("debtor", VEO_FAST, idempotency_key=key())  # balance -240
+    ledger.update_account("debtor", idempotency_key=key(), overdraft_limit=100)  # owes 140
+    wallet(ledger, "tokens", "token")
+
+
+def _listed(ledger: Ledger, **filters: Any) -> dict[str, int]:
+    return {a.account_id: a.available for a in ledger.accounts(limit=500, **filters).items}
+
+
+def test_wallets_are_listed_by_what_they_could_pay_and_by_debt(ledger: Ledger) -> None:
+    _low_and_indebted(ledger)
+    debtor = ledger.account("debtor")
+    assert (debtor.available, debtor.debt) == (-140, 140)
+    # The wallets that could not pay a 240-credit video: strictly below 240.
+    assert _listed(ledger, unit="credit", available_below=240) == {
+        "held": 60,
+        "lent": 100,
+        "empty": 0,
+        "debtor": -140,
+    }
+    assert _listed(ledger, unit="credit", available_below=60) == {"empty": 0, "debtor": -140}
+    assert _listed(ledger, unit="credit", available_below=0) == {"debtor": -140}
+    assert _listed(ledger, unit="credit", available_below=-139) == {"debtor": -140}
+    assert _listed(ledger, unit="credit", available_below=-140) == {}
+    assert len(_listed(ledger, unit="credit", available_below=kernel.MAX_AMOUNT)) == 5
+    assert _listed(ledger, unit="token", available_below=1) == {"tokens": 0}
+    assert _listed(ledger, in_debt=True) == {"debtor": -140}
+    assert set(_listed(ledger, in_debt=False)) == {"rich", "held", "lent", "empty", "tokens"}
+    # Filters combine, and a page's cursor goes on with them.
+    assert _listed(ledger, unit="credit", available_below=240, in_debt=False) == {
+        "held": 60,
+        "lent": 100,
+        "empty": 0,
+    }
+    first = ledger.accounts(unit="credit", available_below=240, limit=2)
+    assert [a.account_id for a in first.items] == ["held", "lent"]
+    rest = ledger.accounts(unit="credit", available_below=240, limit=2, cursor=first.next_cursor)
+    assert ([a.account_id for a in rest.items], rest.next_cursor) == (["empty", "debtor"], None)
+
+
+def test_a_bad_wallet_filter_is_refused_naming_it(ledger: Ledger) -> None:
+    wallet(ledger, "someone")
+    for bad, field in (
+        ({"unit": "credit", "available_below": kernel.MAX_AMOUNT + 1}, "available_below"),
+        ({"unit": "credit", "available_below": -kernel.MAX_AMOUNT - 1}, "available_below"),
+        ({"unit": "credit", "available_below": 1.5}, "available_below"),
+        ({"unit": "credit", "available_below": True}, "available_below"),
+        ({"unit": "credit", "available_below": "240"}, "available_below"),
+        ({"available_below": 240}, "unit"),  # minor units of which unit?
+        ({"in_debt": "yes"}, "in_debt"),
+        ({"in_debt": 1}, "in_debt"),
+    ):
+        with pytest.raises(InvalidInput) as info:
+            ledger.accounts(**bad)
+        assert info.value.field == field, bad
+    refused = pytest.raises(InvalidInput, ledger.accounts, available_below=240).value
+    assert refused.allowed == sorted(ledger.units)
+
+
+@pytest.mark.parametrize("threshold", [-kernel.MAX_AMOUNT, -1, 0, 1, 2**62, kernel.MAX_AMOUNT])
+def test_available_below_stays_exact_at_the_ends_of_64_bits(ledger: Ledger, threshold: int) -> None:
+    """Balances no request reaches in a test's time (a wallet in debt holding near the
+    most), written straight into the rows: the filter must neither overflow nor round,
+    on either database, and agree with the kernel's own arithmetic."""
+    top, low = kernel.MAX_AMOUNT, -kernel.MAX_AMOUNT - 1
+    states = [
+        (balance, overdraft, pending)
+        for balance in (low, -top, -1, 0, 1, top - 1, top)
+        for overdraft in (0, 1, top)
+        for pending in (0, 1, top - 1, top)
+        if balance + overdraft <= top
+    ]
+    edges = {wallet(ledger, f"edge-{i}"): state for i, state in enumerate(states)}
+    write = sa.update(accounts).where(accounts.c.external_id == sa.bindparam("name"))
+    set_to = write.values(
+        balance=sa.bindparam("b"), overdraft_limit=sa.bindparam("o"), pending=sa.bindparam("p")
+    )
+    with ledger.db.transaction() as conn:
+        conn.execute(
+            set_to, [{"name": n, "b": b, "o": o, "p": p} for n, (b, o, p) in edges.items()]
+        )
+    try:
+        expected = {n for n, (b, o, p) in edges.items() if kernel.available(b, p, o) < threshold}
+        assert 0 < len(expected) < len(edges)  # each threshold tells the wallets apart
+        found = ledger.accounts(unit="credit", available_below=threshold, limit=500).items
+        assert {a.account_id for a in found} == expected
+        in_debt = {n for n, (b, o, _) in edges.items() if kernel.debt(b, o) > 0}
+        assert {a.account_id for a in ledger.accounts(in_debt=True, limit=500).items} == in_debt
+    finally:  # back to the empty wallets the journal says they are
+        with ledger.db.transaction() as conn:
+            conn.execute(set_to, [{"name": n, "b": 0, "o": 0, "p": 0} for n in edges])
 
 
 def test_a_wallets_authorizations_are_listed_newest_first(ledger: Ledger, clock: Clock) -> None:
