@@ -141,13 +141,20 @@ def _database_failed(exc: sa.exc.SQLAlchemyError, hint: str | None = None) -> No
     _fail({**body, "hint": hint} if hint else body, EXIT_DATABASE)
 
 
-def _settings() -> Settings:
-    """The environment's settings, or exit 2 naming the variable at fault."""
+def _settings(**options: Any) -> Settings:
+    """The environment's settings, or exit 2 naming the variable at fault; ``options``
+    (settings given as command-line options, not None) override the environment's, and
+    a bad one is named as its option is."""
+    given = {name: value for name, value in options.items() if value is not None}
     try:
-        return get_settings()
+        return Settings(**given) if given else get_settings()
     except ValidationError as exc:
         first = exc.errors()[0]
-        name = "CREDITLEDGER_" + "_".join(str(part) for part in first["loc"]).upper()
+        field = "_".join(str(part) for part in first["loc"])
+        if field in given:
+            name = "--" + field.replace("_", "-")
+        else:
+            name = "CREDITLEDGER_" + field.upper()
         _fail(
             {
                 "error": "invalid_configuration",
@@ -1972,6 +1979,19 @@ def serve_command(
             "and client (CREDITLEDGER_ACCESS_LOG)."
         ),
     ] = False,
+    log_format: Annotated[
+        str | None,
+        typer.Option(
+            help="The log's lines: text or json (default: CREDITLEDGER_LOG_FORMAT, or text)."
+        ),
+    ] = None,
+    log_level: Annotated[
+        str | None,
+        typer.Option(
+            help="The least severe lines logged: debug, info, warning or error (default: "
+            "CREDITLEDGER_LOG_LEVEL, or info)."
+        ),
+    ] = None,
 ) -> None:
     """Migrate the database, then serve the HTTP API and run the sweepers."""
     import uvicorn
@@ -1980,9 +2000,9 @@ def serve_command(
     from api.main import app_from_settings
     from api.runtime import tune_gc
 
-    settings = _settings()
-    if access_log:
-        settings = settings.model_copy(update={"access_log": True})
+    settings = _settings(
+        access_log=True if access_log else None, log_format=log_format, log_level=log_level
+    )
     configure(settings.log_format, settings.log_level)
     notices = logging.getLogger(NOTICES)
     with _domain_errors():

@@ -171,14 +171,16 @@ def test_text_log_by_default_one_line_per_event_without_requests(
     assert f" ms ({admin}, client 127.0.0.1:" in line
 
 
-def _serve_quietly(env: dict[str, str], folder: Path) -> tuple[subprocess.Popen[bytes], str, Path]:
+def _serve_quietly(
+    env: dict[str, str], folder: Path, *options: str
+) -> tuple[subprocess.Popen[bytes], str, Path]:
     """``serve`` at a level that does not log uvicorn's "running" line: started once
     ``/healthz`` answers."""
     port = free_port()
     log = folder / "serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
-            [EXE, "serve", "--port", str(port), "--access-log"],
+            [EXE, "serve", "--port", str(port), "--access-log", *options],
             env={
                 **{k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")},
                 **env,
@@ -225,18 +227,44 @@ def test_a_quieter_level_still_shows_the_admin_key_it_made(tmp_path: Path) -> No
     assert " GET /v1/accounts -> 200 in " in requests[-1]
 
 
+def test_log_options_override_the_environment(tmp_path: Path) -> None:
+    """``--log-format`` and ``--log-level`` win over the environment's settings."""
+    env = {
+        "CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+        "CREDITLEDGER_LOG_FORMAT": "text",
+        "CREDITLEDGER_LOG_LEVEL": "info",
+    }
+    proc, url, log = _serve_quietly(env, tmp_path, "--log-format", "json", "--log-level", "error")
+    try:
+        made = json.loads(log.read_text().splitlines()[0])
+        headers = {"Authorization": f"Bearer {made['admin_key']}"}
+        assert httpx.get(f"{url}/v1/accounts", headers=headers, timeout=30).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+    lines = [json.loads(line) for line in log.read_text().splitlines()]
+    assert [(line["level"], line["logger"]) for line in lines[:1]] == [
+        ("WARNING", "creditledger.serve")
+    ]
+    assert {line["logger"] for line in lines[1:]} == {"creditledger.access"}  # no INFO else
+    assert (lines[-1]["path"], lines[-1]["status"]) == ("/v1/accounts", 200)
+
+
 def test_a_log_setting_not_known_is_refused_naming_it(tmp_path: Path) -> None:
     refused = (
         ("CREDITLEDGER_LOG_FORMAT", "xml", "'text' or 'json'"),
         ("CREDITLEDGER_LOG_LEVEL", "loud", "'debug', 'info', 'warning' or 'error'"),
+        ("--log-format", "xml", "'text' or 'json'"),
+        ("--log-level", "loud", "'debug', 'info', 'warning' or 'error'"),
     )
     for name, value, allowed in refused:
+        option = [name, value] if name.startswith("--") else []
         done = subprocess.run(
-            [EXE, "serve", "--port", str(free_port())],
+            [EXE, "serve", "--port", str(free_port()), *option],
             env={
                 **os.environ,
                 "CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
-                name: value,
+                **({} if option else {name: value}),
             },
             cwd=tmp_path,
             capture_output=True,
