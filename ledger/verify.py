@@ -11,6 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.engine import Connection
 
+from ledger import kernel
 from ledger.db import Database
 from ledger.models import (
     QUANTITY_COLUMNS,
@@ -125,6 +126,7 @@ def _balances(conn: Connection) -> list[Violation]:
             accounts.c.external_id,
             accounts.c.balance,
             accounts.c.pending,
+            accounts.c.overdraft_limit,
             sums.c.posted_hi,
             sums.c.posted_lo,
             open_holds.c.total.label("held"),
@@ -146,6 +148,15 @@ def _balances(conn: Connection) -> list[Violation]:
                 _v(
                     "account_pending",
                     f"{r.external_id}: pending {r.pending}, open holds sum to {r.held or 0}",
+                )
+            )
+        if r.balance + r.overdraft_limit > kernel.MAX_AMOUNT:  # Python's ints: exact
+            out.append(
+                _v(
+                    "account_room",
+                    f"{r.external_id}: balance {r.balance} plus overdraft limit "
+                    f"{r.overdraft_limit} passes {kernel.MAX_AMOUNT}, the most it may report "
+                    "as available",
                 )
             )
     return out

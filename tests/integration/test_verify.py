@@ -231,6 +231,12 @@ CASES: list[tuple[str, Callable[[Books], list[str]], set[str], Callable[[Books],
         lambda b: "bob: pending 7, open holds sum to 0",
     ),
     (
+        "a balance and an overdraft limit that together pass 64 bits",
+        lambda b: [f"UPDATE accounts SET overdraft_limit = {2**63 - 1} WHERE id = {b.alice}"],
+        {"account_room"},
+        lambda b: f"alice: balance 810 plus overdraft limit {2**63 - 1} passes",
+    ),
+    (
         "a grant whose remaining is not its movements",
         lambda b: [
             f"UPDATE grants SET remaining = remaining + 1 WHERE id = '{b.pack}'",
