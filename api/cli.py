@@ -734,6 +734,13 @@ ActorOption = Annotated[
     str | None,
     typer.Option(help="Only what this actor made: key:<id>, cli:<user> or system."),
 ]
+ReferenceOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Only one payment's: the top-ups given this reference and the reversals that "
+        "took them back."
+    ),
+]
 CursorOption = Annotated[
     str | None, typer.Option(help="Where the previous page ended (its 'more: --cursor').")
 ]
@@ -1106,6 +1113,7 @@ def account_entries(
     since: SinceOption = None,
     until: UntilOption = None,
     actor: ActorOption = None,
+    reference: ReferenceOption = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
     as_json: JsonOption = False,
@@ -1121,6 +1129,7 @@ def account_entries(
             since=first,
             until=last,
             actor=actor,
+            reference=reference,
         )
     _print_entries(page, as_json, f"entries of {account_id}")
 
@@ -1131,18 +1140,25 @@ def journal_command(
     since: SinceOption = None,
     until: UntilOption = None,
     actor: ActorOption = None,
+    reference: ReferenceOption = None,
     limit: LimitOption = 50,
     cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """Every wallet's journal entries, newest first, across the whole journal.
 
-    What one key or user did (--actor, such as after a key leaked), or what was posted in
-    a window."""
+    What one key or user did (--actor, such as after a key leaked), what one payment
+    credited and took back (--reference), or what was posted in a window."""
     first, last = _parse_instant(since, "since"), _parse_instant(until, "until")
     with _open_ledger() as ledger:
         page = ledger.journal(
-            cursor=cursor, limit=limit, kind=kind, since=first, until=last, actor=actor
+            cursor=cursor,
+            limit=limit,
+            kind=kind,
+            since=first,
+            until=last,
+            actor=actor,
+            reference=reference,
         )
     _print_entries(page, as_json, "journal")
 

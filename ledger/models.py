@@ -239,6 +239,10 @@ class Grant(SQLModel, table=True):
         sa.CheckConstraint("amount > 0", name="ck_grants_amount"),
         sa.CheckConstraint("remaining >= 0 AND remaining <= amount", name="ck_grants_remaining"),
         sa.Index("ix_grants_account_remaining", "account_id", "remaining"),
+        # The top-ups of one payment (``reference``: an invoice, a payment's id), found
+        # from it; partial: the grants without one (allocations, most adjustments) write
+        # no key.
+        sa.Index("ix_grants_reference", "reference", **_where("reference IS NOT NULL")),
     )
 
     id: str = Field(primary_key=True, max_length=32)

@@ -3017,16 +3017,21 @@ class Ledger:
         since: datetime | None = None,
         until: datetime | None = None,
         actor: str | None = None,
+        reference: str | None = None,
     ) -> EntryPage:
         """The wallet's entries, newest first, ``limit`` at a time: of one ``kind``, made
-        by one ``actor``, and posted at or after ``since`` and before ``until``, if given
+        by one ``actor``, of one payment (``reference``: the top-ups that carry it and
+        their reversals), and posted at or after ``since`` and before ``until``, if given
         (pass the same with the next page's cursor)."""
         wanted = _entry_filters(limit, kind, since, until, actor)
+        paid = _text(reference, "reference", required=False)
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
-            return self._entry_page(
-                conn, [entries.c.account_id == wallet.id, *wanted], cursor, limit
-            )
+            if paid is None:
+                mine = entries.c.account_id == wallet.id
+            else:  # the wallet's within the list, not the list within the wallet's
+                mine = entries.c.id.in_(_of_reference(paid, wallet.id))
+            return self._entry_page(conn, [mine, *wanted], cursor, limit)
 
     def journal(
         self,
@@ -3037,12 +3042,18 @@ class Ledger:
         since: datetime | None = None,
         until: datetime | None = None,
         actor: str | None = None,
+        reference: str | None = None,
     ) -> EntryPage:
         """Every wallet's entries, newest first, filtered as ``entries``: what one key or
-        user did (``actor``), or what was posted in a window. Of one of the few kinds (the
-        month's top-ups) it reads those alone (``ix_entries_occasional``); otherwise it
-        reads the whole journal (no index serves it): an audit, not a request path."""
+        user did (``actor``), what one payment credited and took back (``reference``), or
+        what was posted in a window. Of one of the few kinds (the month's top-ups) it
+        reads those alone (``ix_entries_occasional``), of one reference from
+        ``ix_grants_reference``; otherwise it reads the whole journal (no index serves
+        it): an audit, not a request path."""
         wanted = _entry_filters(limit, kind, since, until, actor)
+        paid = _text(reference, "reference", required=False)
+        if paid is not None:
+            wanted.append(entries.c.id.in_(_of_reference(paid)))
         with self.db.transaction(write=False) as conn:
             return self._entry_page(conn, wanted, cursor, limit)
 
@@ -3211,6 +3222,20 @@ def _entry_filters(
     if actor is not None:
         wanted.append(entries.c.actor == _text(actor, "actor", most=80))
     return wanted
+
+
+def _of_reference(reference: str, account: int | None = None) -> sa.CompoundSelect[Any]:
+    """The ids of the entries of one payment (of one wallet, if given): the top-ups whose
+    grant carries ``reference`` (from ``ix_grants_reference``), and the reversals that
+    took them back (by the unique index of ``reverses_id``; a reversal is on its entry's
+    wallet). One list of ids, looked up by the entries' key: with the wallet as a
+    condition of its own beside it, both databases stepped over the wallet's entries in
+    their order instead, testing each against the list."""
+    paid = sa.select(grants.c.entry_id).where(grants.c.reference == reference)
+    if account is not None:
+        paid = paid.where(grants.c.account_id == account)
+    undone = entries.alias("undone")
+    return sa.union(paid, sa.select(undone.c.id).where(undone.c.reverses_id.in_(paid)))
 
 
 def _window(

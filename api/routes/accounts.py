@@ -60,6 +60,15 @@ EntryKindQuery = Annotated[
     Literal["topup", "adjustment", "capture", "charge", "expiry", "reversal", "allocation"] | None,
     Query(),
 ]
+ReferenceQuery = Annotated[
+    str | None,
+    Query(
+        min_length=1,
+        max_length=200,
+        description="Of one payment: the top-ups given this reference (an invoice, a "
+        "payment's id) and the reversals that took them back.",
+    ),
+]
 ActorQuery = Annotated[
     str | None,
     Query(
@@ -252,10 +261,11 @@ async def list_entries(
     since: Annotated[Instant | None, Query(description="Posted at or after this instant.")] = None,
     until: Annotated[Instant | None, Query(description="Posted before this instant.")] = None,
     actor: ActorQuery = None,
+    reference: ReferenceQuery = None,
 ) -> EntryPage:
     """The wallet's journal entries, newest first, of one ``kind``, made by one ``actor``
-    (admin keys) and posted from ``since`` to before ``until`` if given; pass
-    ``next_cursor`` (with the same filters) for the next page."""
+    (admin keys), of one payment (``reference``) and posted from ``since`` to before
+    ``until`` if given; pass ``next_cursor`` (with the same filters) for the next page."""
     ensure_own(caller, id)
     if actor is not None and caller.role != "admin":
         raise Forbidden("only admin keys see, and filter by, who made an entry")
@@ -269,6 +279,7 @@ async def list_entries(
         since=since,
         until=until,
         actor=actor,
+        reference=reference,
     )
     if caller.role == "customer":
         # Who made each entry (the operator's keys and users) is the operator's to see.
@@ -287,10 +298,13 @@ async def list_journal(
     since: Annotated[Instant | None, Query(description="Posted at or after this instant.")] = None,
     until: Annotated[Instant | None, Query(description="Posted before this instant.")] = None,
     actor: ActorQuery = None,
+    reference: ReferenceQuery = None,
 ) -> EntryPage:
     """Every wallet's journal entries, newest first, filtered as a wallet's are: what one
-    API key or user did (``actor``, such as after a key leaked), or what was posted in a
-    window. It reads the whole journal: an audit, not a request path."""
+    API key or user did (``actor``, such as after a key leaked), what one payment
+    credited and took back (``reference``), or what was posted in a window. Without
+    ``kind`` of a top-up's sort or ``reference`` it reads the whole journal: an audit,
+    not a request path."""
     return await read(
         services,
         services.ledger.journal,
@@ -300,6 +314,7 @@ async def list_journal(
         since=since,
         until=until,
         actor=actor,
+        reference=reference,
     )
 
 

@@ -193,6 +193,34 @@ def test_account_list_finds_the_wallets_short_of_a_price_or_in_debt(env: dict[st
     assert json.loads(beyond.stderr)["field"] == "available_below"
 
 
+def test_journal_and_entries_find_one_payment_by_its_reference(env: dict[str, str]) -> None:
+    for wallet in ("acme", "zeta"):
+        assert run("account", "create", wallet, "--unit", "credit", env=env).returncode == 0
+    made = {}
+    for wallet in ("acme", "zeta", "acme"):
+        topped = run("topup", wallet, "100", "--reference", f"inv-{wallet}", "--json", env=env)
+        assert topped.returncode == 0, topped.stderr
+        made.setdefault(wallet, []).append(json.loads(topped.stdout)["entry"]["id"])
+    taken = run("reverse", made["acme"][0], "--reason", "chargeback", "--json", env=env)
+    assert taken.returncode == 0, taken.stderr
+    undone = json.loads(taken.stdout)["entry"]["id"]
+
+    def found(*command: str) -> list[str]:
+        done = run(*command, "--json", env=env)
+        assert done.returncode == 0, done.stderr
+        return sorted(e["id"] for e in json.loads(done.stdout)["items"])
+
+    assert found("journal", "--reference", "inv-acme") == sorted([*made["acme"], undone])
+    assert found("account", "entries", "zeta", "--reference", "inv-acme") == []
+    assert found("account", "entries", "zeta", "--reference", "inv-zeta") == made["zeta"]
+    table = run("journal", "--reference", "inv-zeta", env=env).stdout
+    assert "pack top-up (inv-zeta)" in table
+    assert "inv-acme" not in table
+    refused = run("journal", "--reference", "", env=env)
+    assert refused.returncode == 2
+    assert json.loads(refused.stderr)["field"] == "reference"
+
+
 def test_account_block_unblock_and_spend_limit(env: dict[str, str]) -> None:
     assert run("account", "create", "acme", "--unit", "credit", env=env).returncode == 0
     capped = ("account", "create", "zeta", "--unit", "credit", "--monthly-spend-limit", "500")

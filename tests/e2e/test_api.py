@@ -1224,6 +1224,43 @@ def test_each_entry_and_change_names_the_key_that_made_it(api: Api, clock: Clock
         assert (r.status_code, r.json()["field"]) == (422, next(iter(params))), r.text
 
 
+def test_a_payment_is_matched_to_its_top_ups_and_chargeback_by_its_reference(
+    api: Api, clock: Clock
+) -> None:
+    user = api.wallet("payer", "credit")
+    other = api.wallet("sibling", "credit")
+    ids = []
+    for wallet, amount, reference in ((user, 500, "pi_3Nq"), (other, 200, "pi_3Nq")):
+        r = api.post(f"/v1/accounts/{wallet}/topups", {"amount": amount, "reference": reference})
+        assert (r.status_code, r.json()["grant"]["reference"]) == (201, reference), r.text
+        ids.append(r.json()["entry"]["id"])
+        clock.advance(minutes=1)
+    assert api.post(f"/v1/accounts/{user}/topups", {"amount": 70}).status_code == 201
+    clock.advance(minutes=1)
+    r = api.post(f"/v1/entries/{ids[0]}/reverse", {"reason": "chargeback"})
+    assert r.status_code == 201, r.text
+    taken = r.json()["entry"]["id"]
+
+    payment = api.get("/v1/entries", params={"reference": "pi_3Nq"}).json()
+    assert [(e["kind"], e["account_id"]) for e in payment["items"]] == [
+        ("reversal", user),
+        ("topup", other),
+        ("topup", user),
+    ]
+    assert [e["id"] for e in payment["items"]] == [taken, ids[1], ids[0]]
+    # A customer finds its own part of a payment (the reference is on its receipt).
+    customer = api.customer(user)
+    r = api.get(f"/v1/accounts/{user}/entries", params={"reference": "pi_3Nq"}, as_key=customer)
+    assert [e["id"] for e in r.json()["items"]] == [taken, ids[0]], r.text
+    assert api.get("/v1/entries", params={"reference": "pi_none"}).json()["items"] == []
+    for params in ({"reference": ""}, {"reference": "r" * 201}):
+        for path in ("/v1/entries", f"/v1/accounts/{user}/entries"):
+            r = api.get(path, params=params)
+            assert (r.status_code, r.json()["field"]) == (422, "reference"), r.text
+    r = api.get("/v1/entries", params={"reference": "pi_3Nq"}, as_key="service")
+    assert r.status_code == 403, r.text
+
+
 def test_catalogs_health_and_metrics(api: Api) -> None:
     listing = api.get("/v1/catalogs", as_key="service").json()["catalogs"]
     assert {c["name"] for c in listing} >= {"cosmic", "veo3", "pixazo", "fal"}

@@ -1802,6 +1802,76 @@ def test_a_wallets_records_of_a_gateway_request_id_are_read_from_their_index(
     assert all("ix_metering_account_request" in text for text in plans), plans
 
 
+def test_the_entries_of_one_payment_are_found_by_its_reference_from_their_index(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Finance matches a payment (an invoice, a provider's payment id) to the ledger: the
+    top-ups given its reference and the reversals that took them back (a chargeback),
+    newest first, page by page; not another payment's, nor the wallet's requests, nor the
+    refund of a charge. Read from ``ix_grants_reference`` and the entries' keys, never by
+    stepping over the journal or the wallet's entries."""
+    user, other = wallet(ledger), wallet(ledger, "user-2")
+    paid = ledger.top_up(user, 1_000, idempotency_key=key(), reference="inv-7")
+    clock.advance(minutes=1)
+    ledger.top_up(user, 500, idempotency_key=key(), reference="inv-8")
+    charged = ledger.charge(user, VEO_FAST, idempotency_key=key())
+    clock.advance(minutes=1)
+    # One invoice paying for two wallets, in two top-ups.
+    shared = ledger.top_up(other, 300, idempotency_key=key(), reference="inv-7", kind="promo")
+    clock.advance(minutes=1)
+    ledger.reverse(charged.entry_id, reason="blank video", idempotency_key=key())
+    taken = ledger.reverse(paid.entry.id, reason="chargeback", idempotency_key=key())
+    ledger.top_up(user, 100, idempotency_key=key())  # no reference
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "grants.reference =" in statement:
+            statements.append((statement, parameters))
+
+    def every(read: Callable[..., Any], **filters: Any) -> list[str]:
+        found, cursor = [], None
+        while True:
+            page = read(cursor=cursor, limit=1, **filters)
+            found += [e.id for e in page.items]
+            if (cursor := page.next_cursor) is None:
+                return found
+
+    sa.event.listen(ledger.db.engine, "before_cursor_execute", seen)
+    try:
+        journal = every(ledger.journal, reference="inv-7")
+        mine = every(lambda **kw: ledger.entries(user, **kw), reference="inv-7")
+        theirs = every(lambda **kw: ledger.entries(other, **kw), reference="inv-7")
+        topups = every(ledger.journal, reference="inv-7", kind="topup")
+        nothing = every(ledger.journal, reference="inv-9")
+    finally:
+        sa.event.remove(ledger.db.engine, "before_cursor_execute", seen)
+    assert journal == [taken.entry.id, shared.entry.id, paid.entry.id]
+    assert mine == [taken.entry.id, paid.entry.id]
+    assert theirs == [shared.entry.id]
+    assert topups == [shared.entry.id, paid.entry.id]
+    assert nothing == []
+    assert [e.memo for e in ledger.journal(reference="inv-8").items] == ["pack top-up (inv-8)"]
+    for bad in ("", "x" * 201, 7):
+        for read in (ledger.journal, lambda **kw: ledger.entries(user, **kw)):
+            with pytest.raises(InvalidInput) as info:
+                read(reference=bad)
+            assert info.value.field == "reference"
+    plans = [_plan(ledger.db, *s) for s in statements]
+    assert len(plans) == 3 + 2 + 1 + 2 + 1  # pages of one, and the last page's look
+    key_index = "entries_pkey" if not ledger.db.is_sqlite else "sqlite_autoindex_entries_1"
+    for text in plans:
+        assert key_index in text, text
+        assert "ix_entries_account_posted" not in text, text
+        assert "ix_entries_occasional" not in text, text
+        if ledger.db.is_sqlite:
+            assert "SCAN entries" not in text, text
+        else:
+            assert "Seq Scan" not in text, text
+    journal_plans = [p for p, s in zip(plans, statements, strict=True) if "account_id" not in s[0]]
+    assert len(journal_plans) == 3 + 2 + 1
+    assert all("ix_grants_reference" in text for text in journal_plans), journal_plans
+
+
 def test_a_page_of_entries_is_read_in_as_many_queries_whatever_its_length(
     ledger: Ledger,
 ) -> None:

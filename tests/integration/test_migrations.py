@@ -116,7 +116,7 @@ def test_partial_indexes_agree(empty: Database) -> None:
                 conn.rollback()
                 assert migrated == modelled, index.name
                 partial += migrated is not None
-    assert partial == 9  # holds (2), metering_records (2), report_jobs (2), entries (3)
+    assert partial == 10  # holds (2), metering_records (2), report_jobs (2), entries (3), grants
 
 
 Checks = dict[tuple[str, str], str]
@@ -489,7 +489,7 @@ def _revision(database: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-HEAD = "0020"
+HEAD = "0021"
 REVISIONS = known_revisions()
 
 #: A process that migrates ``sys.argv[1]`` at the instant ``sys.argv[2]`` (so that all
@@ -771,6 +771,29 @@ def test_a_key_that_expired_stays_refused_below_0009_as_revoked_when_it_expired(
     assert now.authenticate(later.key) is not None  # its expiry is lost: noted in README
     assert now.get(later.id).expires_at is None
     assert now.authenticate(never.key) is not None
+
+
+def test_the_grants_reference_index_comes_and_goes_with_0021(empty: Database) -> None:
+    """0021 indexes grants by reference (only those with one); down again, it is gone
+    and the references stay."""
+
+    def indexes() -> dict[str, list[str | None]]:
+        with empty.engine.connect() as conn:
+            found = sa.inspect(conn).get_indexes("grants")
+        return {i["name"]: i["column_names"] for i in found if i["name"]}
+
+    empty.migrate("0020")
+    ledger = Ledger(empty, default_catalogs())
+    ledger.open_account("acme", "credit", idempotency_key="o1")
+    ledger.top_up("acme", 50, idempotency_key="t1", reference="inv-7")
+    assert "ix_grants_reference" not in indexes()
+    empty.migrate("0021")
+    assert indexes()["ix_grants_reference"] == ["reference"]
+    assert [e.memo for e in ledger.journal(reference="inv-7").items] == ["pack top-up (inv-7)"]
+    empty.downgrade("0020")
+    assert "ix_grants_reference" not in indexes()
+    with empty.engine.connect() as conn:
+        assert conn.execute(sa.text("SELECT reference FROM grants")).scalar_one() == "inv-7"
 
 
 def test_going_down_says_what_it_takes_from_this_database_counted(empty: Database) -> None:
