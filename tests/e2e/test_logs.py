@@ -275,3 +275,47 @@ def test_a_log_setting_not_known_is_refused_naming_it(tmp_path: Path) -> None:
         assert (error["error"], error["field"]) == ("invalid_configuration", name)
         assert allowed in error["message"], error
     assert not (tmp_path / "ledger.db").exists()  # refused before it touched anything
+
+
+def test_a_log_reader_that_stalls_does_not_stall_the_requests(tmp_path: Path) -> None:
+    """stderr a pipe nobody reads for a while (a log shipper that stalled, a full disk
+    behind it): the server answers on, its lines waiting; read again, they are all
+    there, in order. Written on the request's own thread, the 400th line or so filled
+    the pipe and every request after it waited for a reader."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = subprocess.Popen(
+        [EXE, "serve", "--port", str(port), "--access-log"],
+        env={
+            **{k: v for k, v in os.environ.items() if not k.startswith("CREDITLEDGER_")},
+            "CREDITLEDGER_DATABASE_URL": f"sqlite:///{tmp_path / 'ledger.db'}",
+            "CREDITLEDGER_ADMIN_KEY": "k" * 40,
+        },
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stderr is not None
+    try:
+        deadline = time.monotonic() + 60
+        with httpx.Client(base_url=url, timeout=30) as http:
+            while True:
+                assert proc.poll() is None
+                try:
+                    if http.get("/healthz").status_code == 200:
+                        break
+                except httpx.TransportError:
+                    assert time.monotonic() < deadline
+                    time.sleep(0.05)
+            # Each line about 130 bytes: some 260 KB, four times what a pipe holds.
+            headers = {"Authorization": f"Bearer {'k' * 40}"}
+            for n in range(2000):
+                assert http.get(f"/v1/accounts/w{n}", headers=headers).status_code == 404
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        with proc.stderr:
+            written = proc.stderr.read().decode()
+        proc.wait(timeout=30)
+    asked = re.findall(r"GET /v1/accounts/w(\d+) -> 404 in ", written)
+    assert asked == [str(n) for n in range(2000)], written[-2000:]
+    assert "dropped" not in written

@@ -3,17 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 import sys
+import threading
+import time
 from datetime import UTC, datetime
 from typing import Any
 
 import pytest
 from starlette.types import Message, Receive, Scope, Send
 
+from api import logs
 from api.deps import CALLER
-from api.logs import ACCESS, NOTICES, AccessLog, JsonLines, TextFormatter, config
+from api.logs import ACCESS, NOTICES, AccessLog, JsonLines, Stderr, TextFormatter, config
 from api.requestids import SCOPE_KEY
 from ledger.keys import Principal
 
@@ -194,3 +198,97 @@ def test_the_start_line_names_a_postgresql_ledger_without_its_password(
     )
     assert "s3cr" not in message
     assert message.endswith("veo3 seed-003")
+
+
+class _Gate(io.StringIO):
+    """A stderr whose writes wait until it is opened: a pipe nobody reads."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.opened = threading.Event()
+
+    def write(self, text: str) -> int:
+        assert self.opened.wait(30), "never opened"
+        return super().write(text)
+
+
+def _gated(capacity: int) -> tuple[logging.Logger, Stderr, _Gate]:
+    gate = _Gate()
+    handler = Stderr(capacity, stream=gate)
+    handler.setFormatter(logging.Formatter("%(name)s %(levelname)s %(message)s"))
+    log = logging.Logger("gw")
+    log.addHandler(handler)
+    return log, handler, gate
+
+
+def _taken(handler: Stderr) -> None:
+    """Until the writer took every line handed over (and waits on the stream)."""
+    deadline = time.monotonic() + 10
+    while handler._lines.qsize():
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+
+
+def test_lines_wait_for_a_stalled_stderr_in_order_and_past_the_held_ones_are_counted() -> None:
+    log, handler, gate = _gated(3)
+    log.warning("first")  # the writer takes it and waits on the stream
+    _taken(handler)
+    for n in range(10):  # none of these waits: three are held, seven dropped
+        log.warning("line %d", n)
+    gate.opened.set()
+    handler.flush()
+    log.warning("after")  # the count goes where the lines were lost
+    handler.close()
+    assert gate.getvalue().splitlines() == [
+        "gw WARNING first",
+        "gw WARNING line 0",
+        "gw WARNING line 1",
+        "gw WARNING line 2",
+        "creditledger.log WARNING 7 log line(s) dropped here: stderr did not keep up",
+        "gw WARNING after",
+    ]
+    assert not handler._writer.is_alive()
+
+
+def test_a_json_log_counts_its_dropped_lines_as_a_field() -> None:
+    log, handler, gate = _gated(1)
+    handler.setFormatter(JsonLines())
+    log.warning("first")
+    _taken(handler)
+    for _ in range(3):
+        log.warning("more")  # one held, two dropped
+    gate.opened.set()
+    handler.flush()
+    log.warning("last")
+    handler.close()
+    lines = [json.loads(line) for line in gate.getvalue().splitlines()]
+    assert [(line["logger"], line["message"]) for line in lines] == [
+        ("gw", "first"),
+        ("gw", "more"),
+        ("creditledger.log", "2 log line(s) dropped here: stderr did not keep up"),
+        ("gw", "last"),
+    ]
+    assert (lines[2]["level"], lines[2]["lines_dropped"]) == ("WARNING", 2)
+
+
+def test_exiting_writes_what_waits_but_does_not_wait_for_ever_on_a_stalled_stderr(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    log, handler, gate = _gated(5)
+    for n in range(3):
+        log.warning("line %d", n)
+    threading.Timer(0.2, gate.opened.set).start()
+    handler.close()  # waits for the stream to take them: all three are written
+    assert gate.getvalue().splitlines() == [
+        "gw WARNING line 0",
+        "gw WARNING line 1",
+        "gw WARNING line 2",
+    ]
+
+    monkeypatch.setattr(logs, "DRAIN_SECONDS", 0.2)
+    log, handler, gate = _gated(5)
+    log.warning("stuck")
+    started = time.monotonic()
+    handler.close()  # the stream never takes it: exit goes on after DRAIN_SECONDS
+    assert time.monotonic() - started < 10
+    gate.opened.set()
