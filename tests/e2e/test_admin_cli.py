@@ -196,7 +196,7 @@ def test_account_list_finds_the_wallets_short_of_a_price_or_in_debt(env: dict[st
 def test_journal_and_entries_find_one_payment_by_its_reference(env: dict[str, str]) -> None:
     for wallet in ("acme", "zeta"):
         assert run("account", "create", wallet, "--unit", "credit", env=env).returncode == 0
-    made = {}
+    made: dict[str, list[str]] = {}
     for wallet in ("acme", "zeta", "acme"):
         topped = run("topup", wallet, "100", "--reference", f"inv-{wallet}", "--json", env=env)
         assert topped.returncode == 0, topped.stderr

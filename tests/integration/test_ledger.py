@@ -1819,6 +1819,7 @@ def test_the_entries_of_one_payment_are_found_by_its_reference_from_their_index(
     # One invoice paying for two wallets, in two top-ups.
     shared = ledger.top_up(other, 300, idempotency_key=key(), reference="inv-7", kind="promo")
     clock.advance(minutes=1)
+    assert charged.entry_id is not None
     ledger.reverse(charged.entry_id, reason="blank video", idempotency_key=key())
     taken = ledger.reverse(paid.entry.id, reason="chargeback", idempotency_key=key())
     ledger.top_up(user, 100, idempotency_key=key())  # no reference
@@ -1851,7 +1852,8 @@ def test_the_entries_of_one_payment_are_found_by_its_reference_from_their_index(
     assert topups == [shared.entry.id, paid.entry.id]
     assert nothing == []
     assert [e.memo for e in ledger.journal(reference="inv-8").items] == ["pack top-up (inv-8)"]
-    for bad in ("", "x" * 201, 7):
+    bads: list[Any] = ["", "x" * 201, 7]
+    for bad in bads:
         for read in (ledger.journal, lambda **kw: ledger.entries(user, **kw)):
             with pytest.raises(InvalidInput) as info:
                 read(reference=bad)
