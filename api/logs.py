@@ -180,27 +180,27 @@ class Stderr(logging.Handler):
             self.stream.write(self.format(notice) + "\n")
         self.stream.write(line + "\n")
 
-    def flush(self, timeout: float | None = None) -> None:
-        """Wait, up to ``timeout`` seconds (``DRAIN_SECONDS``), until the lines handed
-        over are written."""
-        deadline = time.monotonic() + (DRAIN_SECONDS if timeout is None else timeout)
+    def flush(self) -> None:
+        """Wait, up to ``DRAIN_SECONDS``, until the lines handed over are written."""
+        self._drained(DRAIN_SECONDS)
+
+    def _drained(self, timeout: float) -> bool:
+        """Whether the lines handed over were written within ``timeout`` seconds."""
+        deadline = time.monotonic() + timeout
         with self._lines.all_tasks_done:
             while self._lines.unfinished_tasks and self._writer.is_alive():
                 left = deadline - time.monotonic()
                 if left <= 0:
-                    return
+                    return False
                 self._lines.all_tasks_done.wait(left)
+        return True
 
     def close(self) -> None:
-        """Write what waits (for up to ``DRAIN_SECONDS``), then stop the writer."""
-        if self._writer.is_alive():
-            self.flush()
-            try:
-                self._lines.put_nowait(None)
-            except queue.Full:
-                pass  # stderr blocked all along: the daemon thread ends with the process
-            else:
-                self._writer.join(DRAIN_SECONDS)
+        """Write what waits (for up to ``DRAIN_SECONDS``), then stop the writer; where
+        stderr does not take it, the writer (a daemon thread) ends with the process."""
+        if self._writer.is_alive() and self._drained(DRAIN_SECONDS):
+            self._lines.put(None)  # drained: there is room
+            self._writer.join(DRAIN_SECONDS)
         super().close()
 
 
