@@ -129,7 +129,7 @@ def _console(*, width: int | None = None, stderr: bool = False) -> Console:
 
 
 def _fail(body: dict[str, Any], code: int) -> NoReturn:
-    from api.logs import flush
+    from api.logwriter import flush
 
     flush()  # serve's log lines before it, in their order
     typer.echo(json.dumps(body, ensure_ascii=False), err=True)

@@ -6,14 +6,16 @@ Each app has its own registry (several apps may live in one process, as in the t
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram
-from prometheus_client.metrics_core import CounterMetricFamily, Metric
+from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Scope
 
+from api.logwriter import Stderr
 from api.requestids import Observed
 from ledger.db import Database
 
@@ -67,6 +69,7 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.registry.register(_LogLines())
 
     def watch(self, db: Database) -> None:
         """Expose what ``db`` counts itself: the reads and writes run again after their
@@ -91,6 +94,25 @@ class _Reruns(Collector):
         for work, count in self.db.reruns().items():
             family.add_metric([work], count)
         yield family
+
+
+class _LogLines(Collector):
+    """The log's lines waiting for stderr and dropped (``api.logs.Stderr``), read at each
+    scrape: where the log's reader stalled, the log itself cannot say so in time."""
+
+    def collect(self) -> Iterator[Metric]:
+        handlers = [h for h in logging.getLogger().handlers if isinstance(h, Stderr)]
+        yield GaugeMetricFamily(
+            "creditledger_log_lines_waiting",
+            "Log lines handed over and not yet written to stderr (it does not keep up "
+            "while this grows).",
+            value=sum(h.waiting() for h in handlers),
+        )
+        yield CounterMetricFamily(
+            "creditledger_log_lines_dropped",
+            "Log lines dropped, more than could wait for a stderr that did not keep up.",
+            value=sum(h.dropped for h in handlers),
+        )
 
 
 def _plain_route(scope: Scope) -> str | None:

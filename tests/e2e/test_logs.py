@@ -311,6 +311,12 @@ def test_a_log_reader_that_stalls_does_not_stall_the_requests(tmp_path: Path) ->
             headers = {"Authorization": f"Bearer {'k' * 40}"}
             for n in range(2000):
                 assert http.get(f"/v1/accounts/w{n}", headers=headers).status_code == 404
+            # A pipe holds some 500 of them: the rest wait, and /metrics says so.
+            scraped = http.get("/metrics").text
+            waiting = re.search(r"^creditledger_log_lines_waiting (\S+)$", scraped, re.M)
+            assert waiting is not None, scraped
+            assert float(waiting.group(1)) > 1000, scraped
+            assert "\ncreditledger_log_lines_dropped_total 0.0\n" in scraped
     finally:
         proc.send_signal(signal.SIGTERM)
         with proc.stderr:

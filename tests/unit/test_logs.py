@@ -13,11 +13,14 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pytest
+from prometheus_client import generate_latest
 from starlette.types import Message, Receive, Scope, Send
 
-from api import logs
+from api import logwriter
 from api.deps import CALLER
-from api.logs import ACCESS, NOTICES, AccessLog, JsonLines, Stderr, TextFormatter, config
+from api.logs import ACCESS, NOTICES, AccessLog, JsonLines, TextFormatter, config
+from api.logwriter import Stderr
+from api.metrics import Metrics
 from api.requestids import SCOPE_KEY
 from ledger.keys import Principal
 
@@ -285,10 +288,31 @@ def test_exiting_writes_what_waits_but_does_not_wait_for_ever_on_a_stalled_stder
         "gw WARNING line 2",
     ]
 
-    monkeypatch.setattr(logs, "DRAIN_SECONDS", 0.2)
+    monkeypatch.setattr(logwriter, "DRAIN_SECONDS", 0.2)
     log, handler, gate = _gated(5)
     log.warning("stuck")
     started = time.monotonic()
     handler.close()  # the stream never takes it: exit goes on after DRAIN_SECONDS
     assert time.monotonic() - started < 10
     gate.opened.set()
+
+
+def test_the_metrics_count_the_lines_waiting_and_dropped() -> None:
+    """Where the log's reader stalled the log cannot say so in time: ``/metrics`` does."""
+    log, handler, gate = _gated(2)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        log.warning("first")
+        _taken(handler)
+        for _ in range(5):
+            log.warning("more")  # two wait, three are dropped
+        scraped = generate_latest(Metrics().registry).decode()
+        assert "\ncreditledger_log_lines_waiting 3.0\n" in scraped, scraped  # and "first"
+        assert "\ncreditledger_log_lines_dropped_total 3.0\n" in scraped, scraped
+    finally:
+        root.removeHandler(handler)
+        gate.opened.set()
+        handler.close()
+    scraped = generate_latest(Metrics().registry).decode()
+    assert "\ncreditledger_log_lines_waiting 0.0\n" in scraped, scraped  # no such handler
