@@ -213,8 +213,8 @@ def test_journal_and_entries_find_one_payment_by_its_reference(env: dict[str, st
     assert found("journal", "--reference", "inv-acme") == sorted([*made["acme"], undone])
     assert found("account", "entries", "zeta", "--reference", "inv-acme") == []
     assert found("account", "entries", "zeta", "--reference", "inv-zeta") == made["zeta"]
-    table = run("journal", "--reference", "inv-zeta", env=env).stdout
-    assert "pack top-up (inv-zeta)" in table
+    table = run("journal", "--reference", "inv-zeta", env={**env, "COLUMNS": ""}).stdout
+    assert "pack top-up (inv-zeta)" in table  # piped, unfolded
     assert "inv-acme" not in table
     refused = run("journal", "--reference", "", env=env)
     assert refused.returncode == 2
