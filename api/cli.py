@@ -24,6 +24,7 @@ import inspect
 import json
 import logging
 import os
+import signal
 import sqlite3
 import sys
 import time
@@ -2087,6 +2088,10 @@ def serve_command(
             timeout_keep_alive=settings.keep_alive_seconds,
         )
     )
+    # uvicorn takes SIGTERM over while it serves, then restores this handler and raises
+    # the signal again on its way out: the process ends by it, and so skips the exit's
+    # writing of the log lines waiting (its last ones, "Finished server process").
+    signal.signal(signal.SIGTERM, _write_log_then_end)
     interrupted = False
     try:
         server.run()
@@ -2113,6 +2118,16 @@ def serve_command(
             },
             EXIT_NOT_SERVING,
         )
+
+
+def _write_log_then_end(signum: int, _frame: object) -> None:
+    """End the process by ``signum``, as its default does, once the log's waiting lines
+    are written."""
+    from api.logwriter import flush
+
+    flush()
+    signal.signal(signum, signal.SIG_DFL)
+    signal.raise_signal(signum)
 
 
 def _flowing_help(*apps: typer.Typer) -> None:
