@@ -97,7 +97,7 @@ class _Reruns(Collector):
 
 
 class _LogLines(Collector):
-    """The log's lines waiting for stderr and dropped (``api.logs.Stderr``), read at each
+    """The log's lines waiting for stderr and dropped (``api.logwriter.Stderr``), read at each
     scrape: where the log's reader stalled, the log itself cannot say so in time."""
 
     def collect(self) -> Iterator[Metric]:

@@ -302,9 +302,9 @@ async def list_journal(
 ) -> EntryPage:
     """Every wallet's journal entries, newest first, filtered as a wallet's are: what one
     API key or user did (``actor``, such as after a key leaked), what one payment
-    credited and took back (``reference``), or what was posted in a window. Without
-    ``kind`` of a top-up's sort or ``reference`` it reads the whole journal: an audit,
-    not a request path."""
+    credited and took back (``reference``), or what was posted in a window. Unless
+    narrowed by a ``kind`` other than capture and charge, or by ``reference``, it reads
+    the whole journal: an audit, not a request path."""
     return await read(
         services,
         services.ledger.journal,
