@@ -2590,15 +2590,18 @@ class Ledger:
                 ).all()
             ]
             self._expire_due(w.conn, wallet, w.now)
-            # The grant the entry made, if it credited the wallet (a top-up, an adjustment).
+            # The grant the entry made, if it credited the wallet (a top-up, an adjustment),
+            # found among the wallet's grants (no index of every grant by its entry).
             created = w.conn.execute(
-                sa.select(grants.c.id).where(grants.c.entry_id == entry_id)
+                sa.select(grants.c.id).where(
+                    grants.c.account_id == wallet.id, grants.c.entry_id == entry_id
+                )
             ).scalar()
             legs = kernel.reversal(
                 original_legs,
                 wallet.id,
                 self._system_account(wallet.unit, "expired"),
-                self._expired_from(w.conn, created) if created is not None else 0,
+                self._expired_from(w.conn, wallet.id, created) if created is not None else 0,
             )
             balance_before, _ = self._money(w.conn, wallet)
             delta = sum(leg.amount for leg in legs if leg.account_id == wallet.id)
@@ -2680,14 +2683,16 @@ class Ledger:
             raise
 
     @staticmethod
-    def _expired_from(conn: Connection, grant_id: str) -> int:
-        """The credits of a grant that expired, or were revoked: moved by an expiry entry
-        from the wallet to the expired-credits account (once at most: a grant expired
-        holds nothing, and no refund refills it)."""
+    def _expired_from(conn: Connection, account: int, grant_id: str) -> int:
+        """The credits of a grant of wallet ``account`` that expired, or were revoked:
+        moved by an expiry entry from the wallet to the expired-credits account (once at
+        most: a grant expired holds nothing, and no refund refills it). Read from the
+        wallet's few expiry entries (``_expiries_of``), not from every grant's movements,
+        which have no index by grant: every capture writes some."""
         gone = conn.execute(
             sa.select(sa.func.coalesce(sa.func.sum(movements.c.amount), 0))
-            .join(entries, entries.c.id == movements.c.entry_id)
-            .where(movements.c.grant_id == grant_id, entries.c.kind == "expiry")
+            .select_from(_expiries_of())
+            .where(grants.c.account_id == account, grants.c.id == grant_id)
         ).scalar_one()
         return -int(gone)
 
@@ -3222,6 +3227,26 @@ def _entry_filters(
     if actor is not None:
         wanted.append(entries.c.actor == _text(actor, "actor", most=80))
     return wanted
+
+
+def _expiries_of() -> sa.Join:
+    """Grants joined to the expiry entries (an expiry, a revocation) that took their
+    credits back, and to those entries' movements of them. Each grant's expiries are
+    found among its wallet's entries of the few kinds (``ix_entries_account_occasional``;
+    not narrowed to those posted since the grant was made, which a clock set back would
+    miss), each entry's movement of the grant by the movements' key: never by stepping
+    over every grant's movements, of which every capture writes some."""
+    return grants.join(
+        entries,
+        sa.and_(
+            entries.c.account_id == grants.c.account_id,
+            entries.c.kind == "expiry",
+            OCCASIONAL,
+        ),
+    ).join(
+        movements,
+        sa.and_(movements.c.entry_id == entries.c.id, movements.c.grant_id == grants.c.id),
+    )
 
 
 def _of_reference(reference: str, account: int | None = None) -> sa.CompoundSelect[Any]:
