@@ -741,8 +741,9 @@ ActorOption = Annotated[
 ReferenceOption = Annotated[
     str | None,
     typer.Option(
-        help="Only one payment's: the top-ups given this reference and the reversals that "
-        "took them back."
+        help="Only one payment's: the top-ups given this reference, the reversals that "
+        "took them back, and the expiries and revocations that took back what was left "
+        "of them."
     ),
 ]
 CursorOption = Annotated[

@@ -3025,9 +3025,9 @@ class Ledger:
         reference: str | None = None,
     ) -> EntryPage:
         """The wallet's entries, newest first, ``limit`` at a time: of one ``kind``, made
-        by one ``actor``, of one payment (``reference``: the top-ups that carry it and
-        their reversals), and posted at or after ``since`` and before ``until``, if given
-        (pass the same with the next page's cursor)."""
+        by one ``actor``, of one payment (``reference``: the top-ups that carry it, their
+        reversals and the expiries of their grants), and posted at or after ``since`` and
+        before ``until``, if given (pass the same with the next page's cursor)."""
         wanted = _entry_filters(limit, kind, since, until, actor)
         paid = _text(reference, "reference", required=False)
         with self.db.transaction(write=False) as conn:
@@ -3251,16 +3251,22 @@ def _expiries_of() -> sa.Join:
 
 def _of_reference(reference: str, account: int | None = None) -> sa.CompoundSelect[Any]:
     """The ids of the entries of one payment (of one wallet, if given): the top-ups whose
-    grant carries ``reference`` (from ``ix_grants_reference``), and the reversals that
-    took them back (by the unique index of ``reverses_id``; a reversal is on its entry's
-    wallet). One list of ids, looked up by the entries' key: with the wallet as a
-    condition of its own beside it, both databases stepped over the wallet's entries in
-    their order instead, testing each against the list."""
-    paid = sa.select(grants.c.entry_id).where(grants.c.reference == reference)
+    grant carries ``reference`` (from ``ix_grants_reference``), the reversals that took
+    them back (by the unique index of ``reverses_id``; a reversal is on its entry's
+    wallet), and the expiry entries that took back what was left of their grants (an
+    expiry, a revocation: ``_expiries_of``). One list of ids, looked up by the entries'
+    key: with the wallet as a condition of its own beside it, both databases stepped over
+    the wallet's entries in their order instead, testing each against the list."""
+    which = [grants.c.reference == reference]
     if account is not None:
-        paid = paid.where(grants.c.account_id == account)
+        which.append(grants.c.account_id == account)
+    paid = sa.select(grants.c.entry_id).where(*which)
     undone = entries.alias("undone")
-    return sa.union(paid, sa.select(undone.c.id).where(undone.c.reverses_id.in_(paid)))
+    return sa.union(
+        paid,
+        sa.select(undone.c.id).where(undone.c.reverses_id.in_(paid)),
+        sa.select(entries.c.id).select_from(_expiries_of()).where(*which),
+    )
 
 
 def _window(

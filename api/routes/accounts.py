@@ -66,7 +66,8 @@ ReferenceQuery = Annotated[
         min_length=1,
         max_length=200,
         description="Of one payment: the top-ups given this reference (an invoice, a "
-        "payment's id) and the reversals that took them back.",
+        "payment's id), the reversals that took them back (a chargeback), and the expiries "
+        "and revocations that took back what was left of them.",
     ),
 ]
 ActorQuery = Annotated[

@@ -1229,25 +1229,36 @@ def test_a_payment_is_matched_to_its_top_ups_and_chargeback_by_its_reference(
 ) -> None:
     user = api.wallet("payer", "credit")
     other = api.wallet("sibling", "credit")
-    ids = []
+    ids, grants = [], []
     for wallet, amount, reference in ((user, 500, "pi_3Nq"), (other, 200, "pi_3Nq")):
         r = api.post(f"/v1/accounts/{wallet}/topups", {"amount": amount, "reference": reference})
         assert (r.status_code, r.json()["grant"]["reference"]) == (201, reference), r.text
         ids.append(r.json()["entry"]["id"])
+        grants.append(r.json()["grant"]["id"])
         clock.advance(minutes=1)
     assert api.post(f"/v1/accounts/{user}/topups", {"amount": 70}).status_code == 201
     clock.advance(minutes=1)
     r = api.post(f"/v1/entries/{ids[0]}/reverse", {"reason": "chargeback"})
     assert r.status_code == 201, r.text
     taken = r.json()["entry"]["id"]
+    clock.advance(minutes=1)
+    # The sibling's part withdrawn: what was left of it goes by an expiry entry.
+    r = api.post(f"/v1/grants/{grants[1]}/revoke", {"reason": "refunded"})
+    assert r.status_code == 201, r.text
+    revoked = r.json()["entry"]["id"]
 
     payment = api.get("/v1/entries", params={"reference": "pi_3Nq"}).json()
     assert [(e["kind"], e["account_id"]) for e in payment["items"]] == [
+        ("expiry", other),
         ("reversal", user),
         ("topup", other),
         ("topup", user),
     ]
-    assert [e["id"] for e in payment["items"]] == [taken, ids[1], ids[0]]
+    assert [e["id"] for e in payment["items"]] == [revoked, taken, ids[1], ids[0]]
+    assert {p["account_id"]: p["amount"] for p in payment["items"][0]["postings"]} == {
+        other: -200,
+        "system:expired:credit": 200,
+    }
     # A customer finds its own part of a payment (the reference is on its receipt).
     customer = api.customer(user)
     r = api.get(f"/v1/accounts/{user}/entries", params={"reference": "pi_3Nq"}, as_key=customer)

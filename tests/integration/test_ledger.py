@@ -1888,10 +1888,12 @@ def test_the_entries_of_one_payment_are_found_by_its_reference_from_their_index(
     ledger: Ledger, clock: Clock
 ) -> None:
     """Finance matches a payment (an invoice, a provider's payment id) to the ledger: the
-    top-ups given its reference and the reversals that took them back (a chargeback),
-    newest first, page by page; not another payment's, nor the wallet's requests, nor the
-    refund of a charge. Read from ``ix_grants_reference`` and the entries' keys, never by
-    stepping over the journal or the wallet's entries."""
+    top-ups given its reference, the reversals that took them back (a chargeback) and the
+    expiries and revocations that took back what was left of them, newest first, page by
+    page; not another payment's, nor its wallet's other expiries, nor the wallet's
+    requests, nor the refund of a charge. Read from ``ix_grants_reference``, the wallets'
+    entries of the few kinds and the entries' keys, never by stepping over the journal,
+    the wallet's entries or the grants' movements."""
     user, other = wallet(ledger), wallet(ledger, "user-2")
     paid = ledger.top_up(user, 1_000, idempotency_key=key(), reference="inv-7")
     clock.advance(minutes=1)
@@ -1901,10 +1903,27 @@ def test_the_entries_of_one_payment_are_found_by_its_reference_from_their_index(
     # One invoice paying for two wallets, in two top-ups.
     shared = ledger.top_up(other, 300, idempotency_key=key(), reference="inv-7", kind="promo")
     clock.advance(minutes=1)
+    # And for a pack that expires, on its own; the wallet's unpaid promotion a day later.
+    due = clock.now + timedelta(hours=1)
+    pack = ledger.top_up(user, 50, idempotency_key=key(), reference="inv-7", expires_at=due)
+    ledger.top_up(user, 20, idempotency_key=key(), kind="promo", expires_at=due + timedelta(days=1))
+    clock.advance(minutes=1)
     assert charged.entry_id is not None
     ledger.reverse(charged.entry_id, reason="blank video", idempotency_key=key())
     taken = ledger.reverse(paid.entry.id, reason="chargeback", idempotency_key=key())
     ledger.top_up(user, 100, idempotency_key=key())  # no reference
+    clock.now = due
+    assert ledger.expire_grants() == 1
+    clock.advance(minutes=1)
+    assert shared.grant is not None
+    withdrawn = ledger.revoke_grant(
+        shared.grant.id, reason="promotion withdrawn", idempotency_key=key()
+    )
+    clock.advance(days=1)
+    assert ledger.expire_grants() == 1  # the unpaid promotion: of no payment
+    expired = ledger.entries(user, kind="expiry").items
+    assert [e.memo for e in expired] == ["1 grant(s) expired"] * 2
+    lapsed = expired[1]
     statements: list[tuple[str, Any]] = []
 
     def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
@@ -1928,10 +1947,18 @@ def test_the_entries_of_one_payment_are_found_by_its_reference_from_their_index(
         nothing = every(ledger.journal, reference="inv-9")
     finally:
         sa.event.remove(ledger.db.engine, "before_cursor_execute", seen)
-    assert journal == [taken.entry.id, shared.entry.id, paid.entry.id]
-    assert mine == [taken.entry.id, paid.entry.id]
-    assert theirs == [shared.entry.id]
-    assert topups == [shared.entry.id, paid.entry.id]
+    revoked = withdrawn.entry.id
+    assert journal == [
+        revoked,
+        lapsed.id,
+        taken.entry.id,
+        pack.entry.id,
+        shared.entry.id,
+        paid.entry.id,
+    ]
+    assert mine == [lapsed.id, taken.entry.id, pack.entry.id, paid.entry.id]
+    assert theirs == [revoked, shared.entry.id]
+    assert topups == [pack.entry.id, shared.entry.id, paid.entry.id]
     assert nothing == []
     assert [e.memo for e in ledger.journal(reference="inv-8").items] == ["pack top-up (inv-8)"]
     bads: list[Any] = ["", "x" * 201, 7]
@@ -1941,7 +1968,7 @@ def test_the_entries_of_one_payment_are_found_by_its_reference_from_their_index(
                 read(reference=bad)
             assert info.value.field == "reference"
     plans = _plans(ledger.db, statements)
-    assert len(plans) == 3 + 2 + 1 + 2 + 1  # pages of one, and the last page's look
+    assert len(plans) == 6 + 4 + 2 + 3 + 1  # pages of one, and the last page's look
     key_index = "entries_pkey" if not ledger.db.is_sqlite else "sqlite_autoindex_entries_1"
     for text in plans:
         assert key_index in text, text
@@ -1951,9 +1978,16 @@ def test_the_entries_of_one_payment_are_found_by_its_reference_from_their_index(
             assert "SCAN entries" not in text, text
         else:
             assert "Seq Scan" not in text, text
-    journal_plans = [p for p, s in zip(plans, statements, strict=True) if "account_id" not in s[0]]
-    assert len(journal_plans) == 3 + 2 + 1
+    journal_plans = [
+        p for p, s in zip(plans, statements, strict=True) if "grants.account_id =" not in s[0]
+    ]
+    assert len(journal_plans) == 6 + 3 + 1
     assert all("ix_grants_reference" in text for text in journal_plans), journal_plans
+    for text in plans:
+        if ledger.db.is_sqlite:
+            assert "SCAN grant" not in text, text
+        assert "ix_entries_account_occasional" in text, text
+        assert ("grant_movements_pkey" if not ledger.db.is_sqlite else "movements_1") in text
 
 
 def test_a_page_of_entries_is_read_in_as_many_queries_whatever_its_length(
