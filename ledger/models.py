@@ -75,6 +75,8 @@ REQUEST_ENTRY_KINDS = ("capture", "charge")
 #: What ``ix_entries_account_occasional`` and ``ix_entries_occasional`` hold: the entries
 #: of the few kinds.
 OCCASIONAL_ENTRY = "kind NOT IN ({})".format(", ".join(f"'{k}'" for k in REQUEST_ENTRY_KINDS))
+#: What ``ix_grants_expiring`` holds: the grants with credits left that expire.
+EXPIRING_GRANT = "remaining > 0 AND expires_at IS NOT NULL"
 #: A metering record's status: its hold's outcome (the capture's provider status), the
 #: provider status of usage reported after the fact, or CHARGED for an immediate charge.
 METERING_STATUSES = ("pending", "COMPLETED", "FAILED", "ERROR", "CHARGED", "voided", "expired")
@@ -243,6 +245,10 @@ class Grant(SQLModel, table=True):
         # from it; partial: the grants without one (allocations, most adjustments) write
         # no key.
         sa.Index("ix_grants_reference", "reference", **_where("reference IS NOT NULL")),
+        # The grants the sweeper has yet to expire, found by their expiry: only those that
+        # hold credits and expire at all, a few per wallet, rather than every grant ever
+        # made (a scan of 230 ms a round with a million); written as ``EXPIRING`` is.
+        sa.Index("ix_grants_expiring", "expires_at", **_where(EXPIRING_GRANT)),
     )
 
     id: str = Field(primary_key=True, max_length=32)
@@ -621,6 +627,10 @@ price_versions = table_of(PriceVersion)
 #: text, never a bound parameter, so that every plan can use that partial index (a plan
 #: PostgreSQL caches for any parameter value could not).
 PENDING_HOLD: sa.ColumnElement[bool] = holds.c.status == sa.literal_column("'pending'")
+#: The grants ``ix_grants_expiring`` holds, written as it is (values in the SQL text).
+EXPIRING: sa.ColumnElement[bool] = sa.and_(
+    grants.c.remaining > sa.literal_column("0"), grants.c.expires_at.is_not(None)
+)
 #: The entries of the few kinds, written as ``ix_entries_account_occasional`` and
 #: ``ix_entries_occasional`` are (values in the SQL text), so that every plan can use them.
 OCCASIONAL: sa.ColumnElement[bool] = entries.c.kind.not_in(

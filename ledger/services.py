@@ -49,6 +49,7 @@ from ledger.kernel import Leg
 from ledger.models import (
     ACCOUNT_SETTINGS,
     ENTRY_KINDS,
+    EXPIRING,
     HOLD_STATUSES,
     METERING_KINDS,
     METERING_STATUSES,
@@ -2808,7 +2809,7 @@ class Ledger:
             wallets = (
                 conn.execute(
                     sa.select(grants.c.account_id)
-                    .where(grants.c.remaining > 0, grants.c.expires_at <= now)
+                    .where(EXPIRING, grants.c.expires_at <= now)
                     .distinct()
                 )
                 .scalars()

@@ -1312,6 +1312,41 @@ def test_reversing_a_top_up_whose_grant_was_revoked_takes_back_only_what_was_spe
     assert verify(ledger.db) == []
 
 
+def test_the_grant_sweeper_reads_only_the_grants_yet_to_expire(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """Each round looks for the wallets holding a grant due with credits left in
+    ``ix_grants_expiring`` (those that hold credits and expire), not in every grant ever
+    made; and expires those, not the spent ones, nor those that never expire."""
+    user, other = wallet(ledger), wallet(ledger, "user-2")
+    soon, later = clock.now + timedelta(hours=1), clock.now + timedelta(days=30)
+    ledger.top_up(user, 240, idempotency_key=key(), expires_at=soon)  # spent below
+    ledger.top_up(user, 100, idempotency_key=key(), expires_at=soon)
+    ledger.top_up(user, 500, idempotency_key=key())
+    ledger.top_up(other, 70, idempotency_key=key(), expires_at=later)
+    ledger.charge(user, VEO_FAST, idempotency_key=key())
+    statements: list[tuple[str, Any]] = []
+
+    def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if "DISTINCT grants.account_id" in statement:
+            statements.append((statement, parameters))
+
+    sa.event.listen(ledger.db.engine, "before_cursor_execute", seen)
+    try:
+        assert ledger.expire_grants() == 0
+        clock.now = soon
+        assert ledger.expire_grants() == 1
+        assert ledger.expire_grants() == 0
+    finally:
+        sa.event.remove(ledger.db.engine, "before_cursor_execute", seen)
+    assert [g.remaining for g in ledger.grants_of(user)] == [0, 0, 500]
+    assert [g.remaining for g in ledger.grants_of(other)] == [70]
+    assert len(statements) == 3
+    for text in _plans(ledger.db, statements):
+        assert "ix_grants_expiring" in text, text
+        assert "ix_grants_account_remaining" not in text, text
+
+
 def test_a_top_ups_reversal_finds_what_of_it_expired_among_its_wallets_few_entries(
     ledger: Ledger, clock: Clock
 ) -> None:
@@ -1730,11 +1765,11 @@ def test_an_allocation_round_opens_a_write_transaction_only_for_wallets_due(
 
 #: A journal of a production's shape for PostgreSQL's planner, written and analyzed for
 #: one plan and rolled back (foreign keys and the ledger's triggers off, as for a
-#: restore): 2,000
-#: wallets' 40,000 entries, one in twenty a top-up (a grant of its own reference) and
-#: the rest charges spending from it. A test's own tables are a few pages, which the
-#: planner would rather read whole than look a few rows up in; the plans the tests
-#: forbid are those that would read a production's whole.
+#: restore): 2,000 wallets' 40,000 entries, one in twenty a top-up (a grant of its own
+#: reference, half of them spent, a third of them expiring) and the rest charges
+#: spending from it. A test's own tables are a few pages, which the planner would rather
+#: read whole than look a few rows up in; the plans the tests forbid are those that
+#: would read a production's whole.
 _PRODUCTION = (
     "SET LOCAL session_replication_role = replica",
     "INSERT INTO entries (id, kind, account_id, posted_at, memo) "
@@ -1742,8 +1777,10 @@ _PRODUCTION = (
     "1000000 + n % 2000, TIMESTAMPTZ '2026-01-01' + n * INTERVAL '1 minute', '' "
     "FROM generate_series(1, 40000) n",
     "INSERT INTO grants (id, account_id, kind, amount, remaining, priority, effective_at, "
-    "reference, entry_id) SELECT 'bg-' || n, 1000000 + n % 2000, 'pack', 1000, 1000, 0, "
-    "TIMESTAMPTZ '2026-01-01', 'bg-ref-' || n, 'bg-' || n FROM generate_series(20, 40000, 20) n",
+    "expires_at, reference, entry_id) SELECT 'bg-' || n, 1000000 + n % 2000, 'pack', 1000, "
+    "CASE WHEN n % 40 = 0 THEN 0 ELSE 1000 END, 0, TIMESTAMPTZ '2026-01-01', "
+    "CASE WHEN n % 60 = 0 THEN TIMESTAMPTZ '2027-06-01' END, 'bg-ref-' || n, 'bg-' || n "
+    "FROM generate_series(20, 40000, 20) n",
     "INSERT INTO grant_movements (entry_id, grant_id, amount) "
     "SELECT 'bg-' || n, 'bg-' || (n - n % 20 + 20), -1 FROM generate_series(1, 40000) n",
     "ANALYZE entries, grants, grant_movements",

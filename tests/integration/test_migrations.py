@@ -42,7 +42,7 @@ from ledger.services import Ledger
 from ledger.store import SPENT
 from ledger.verify import verify
 from pricing import default_catalogs
-from tests.factories import Traffic, make_statement
+from tests.factories import Clock, Traffic, make_statement
 from tests.pg import TempPostgres
 
 _names = count()
@@ -116,7 +116,7 @@ def test_partial_indexes_agree(empty: Database) -> None:
                 conn.rollback()
                 assert migrated == modelled, index.name
                 partial += migrated is not None
-    assert partial == 10  # holds (2), metering_records (2), report_jobs (2), entries (3), grants
+    assert partial == 11  # holds, metering_records, report_jobs, grants (2 each), entries (3)
 
 
 Checks = dict[tuple[str, str], str]
@@ -489,7 +489,7 @@ def _revision(database: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-HEAD = "0021"
+HEAD = "0022"
 REVISIONS = known_revisions()
 
 #: A process that migrates ``sys.argv[1]`` at the instant ``sys.argv[2]`` (so that all
@@ -794,6 +794,35 @@ def test_the_grants_reference_index_comes_and_goes_with_0021(empty: Database) ->
     assert "ix_grants_reference" not in indexes()
     with empty.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT reference FROM grants")).scalar_one() == "inv-7"
+
+
+def test_the_expiring_grants_index_comes_and_goes_with_0022(empty: Database) -> None:
+    """0022 indexes the grants with credits left that expire, by expiry; the sweeper
+    expires the same grants with it or without it; down again, it is gone."""
+
+    def indexes() -> dict[str, list[str | None]]:
+        with empty.engine.connect() as conn:
+            found = sa.inspect(conn).get_indexes("grants")
+        return {i["name"]: i["column_names"] for i in found if i["name"]}
+
+    clock = Clock()
+    empty.migrate("0021")
+    ledger = Ledger(empty, default_catalogs(), clock=clock)
+    ledger.open_account("acme", "credit", idempotency_key="o1")
+    for n, hours in enumerate((1, 2, None)):
+        due = None if hours is None else clock.now + timedelta(hours=hours)
+        ledger.top_up("acme", 50, idempotency_key=f"t{n}", expires_at=due)
+    assert "ix_grants_expiring" not in indexes()
+    clock.advance(hours=1)
+    assert ledger.expire_grants() == 1
+    empty.migrate("0022")
+    assert indexes()["ix_grants_expiring"] == ["expires_at"]
+    clock.advance(hours=1)
+    assert ledger.expire_grants() == 1
+    assert ledger.expire_grants() == 0
+    empty.downgrade("0021")
+    assert "ix_grants_expiring" not in indexes()
+    assert sorted(g.remaining for g in ledger.grants_of("acme")) == [0, 0, 50]
 
 
 def test_going_down_says_what_it_takes_from_this_database_counted(empty: Database) -> None:
