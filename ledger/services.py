@@ -995,7 +995,10 @@ class Ledger:
         stmt = sa.select(grants).where(grants.c.account_id == wallet_id)
         if only_open:
             stmt = stmt.where(grants.c.remaining > 0)
-        rows = conn.execute(stmt.order_by(grants.c.priority, grants.c.effective_at)).all()
+        # The id (time-ordered) breaks ties: grants made at one instant list in the order
+        # they were made, the same on every read and both databases.
+        order = (grants.c.priority, grants.c.effective_at, grants.c.id)
+        rows = conn.execute(stmt.order_by(*order)).all()
         return [self._grant_view(r) for r in rows]
 
     @staticmethod
