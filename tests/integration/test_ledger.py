@@ -1325,20 +1325,11 @@ def test_the_grant_sweeper_reads_only_the_grants_yet_to_expire(
     ledger.top_up(user, 500, idempotency_key=key())
     ledger.top_up(other, 70, idempotency_key=key(), expires_at=later)
     ledger.charge(user, VEO_FAST, idempotency_key=key())
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "DISTINCT grants.account_id" in statement:
-            statements.append((statement, parameters))
-
-    sa.event.listen(ledger.db.engine, "before_cursor_execute", seen)
-    try:
+    with _statements(ledger.db.engine, "DISTINCT grants.account_id") as statements:
         assert ledger.expire_grants() == 0
         clock.now = soon
         assert ledger.expire_grants() == 1
         assert ledger.expire_grants() == 0
-    finally:
-        sa.event.remove(ledger.db.engine, "before_cursor_execute", seen)
     assert [g.remaining for g in ledger.grants_of(user)] == [0, 0, 500]
     assert [g.remaining for g in ledger.grants_of(other)] == [70]
     assert len(statements) == 3
@@ -1370,18 +1361,9 @@ def test_a_top_ups_reversal_finds_what_of_it_expired_among_its_wallets_few_entri
         "system:expired:credit": 130,
     }
     ledger.top_up(user, 400, idempotency_key=key())
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "grant_movements" in statement or "grants.entry_id =" in statement:
-            statements.append((statement, parameters))
-
-    writer = getattr(ledger.db, "_write_engine", None) or ledger.db.engine
-    sa.event.listen(writer, "before_cursor_execute", seen)
-    try:
+    writer = getattr(ledger.db, "_write_engine", None) or ledger.db.engine  # SQLite's
+    with _statements(writer, "grant_movements", "grants.entry_id =") as statements:
         back = ledger.reverse(promo.entry.id, reason="chargeback", idempotency_key=key())
-    finally:
-        sa.event.remove(writer, "before_cursor_execute", seen)
     # The promo's 60 that expired come back from the expired account, not the 130.
     assert {p.account_id: p.amount for p in back.entry.postings} == {
         "system:promotions:credit": 300,
@@ -1805,6 +1787,23 @@ def _plans(db: Database, statements: Sequence[tuple[str, Any]]) -> list[str]:
     return plans
 
 
+@contextmanager
+def _statements(engine: sa.Engine, *markers: str) -> Iterator[list[tuple[str, Any]]]:
+    """The statements (with their parameters) run on ``engine`` meanwhile that contain
+    one of ``markers``."""
+    seen: list[tuple[str, Any]] = []
+
+    def note(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
+        if any(marker in statement for marker in markers):
+            seen.append((statement, parameters))
+
+    sa.event.listen(engine, "before_cursor_execute", note)
+    try:
+        yield seen
+    finally:
+        sa.event.remove(engine, "before_cursor_execute", note)
+
+
 def test_entries_of_one_kind_page_alike_and_the_few_kinds_are_read_from_their_index(
     ledger: Ledger, clock: Clock
 ) -> None:
@@ -1825,11 +1824,6 @@ def test_entries_of_one_kind_page_alike_and_the_few_kinds_are_read_from_their_in
             ledger.adjust(user, -3, reason="clawback", idempotency_key=key())
     everything = [(e.kind, e.id) for e in ledger.entries(user, limit=500).items]
     journal = [(e.kind, e.id) for e in ledger.journal(limit=500).items]
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "ORDER BY entries.posted_at DESC" in statement:
-            statements.append((statement, parameters))
 
     def listed(read: Callable[..., Any], kind: str) -> list[tuple[str, str]]:
         found, cursor = [], None
@@ -1839,14 +1833,11 @@ def test_entries_of_one_kind_page_alike_and_the_few_kinds_are_read_from_their_in
             if (cursor := page.next_cursor) is None:
                 return found
 
-    sa.event.listen(ledger.db.engine, "before_cursor_execute", seen)
-    try:
+    with _statements(ledger.db.engine, "ORDER BY entries.posted_at DESC") as statements:
         for kind in ("topup", "charge", "adjustment", "reversal"):
             mine = listed(lambda **kw: ledger.entries(user, **kw), kind)
             assert mine == [(k, i) for k, i in everything if k == kind]
             assert listed(ledger.journal, kind) == [(k, i) for k, i in journal if k == kind]
-    finally:
-        sa.event.remove(ledger.db.engine, "before_cursor_execute", seen)
     assert [k for k, _ in everything].count("topup") == 4
     assert [k for k, _ in journal].count("topup") == 5
 
@@ -1896,14 +1887,7 @@ def test_a_wallets_records_of_a_gateway_request_id_are_read_from_their_index(
         ledger.charge(other, VEO_FAST, idempotency_key=key(), request_id="req-0")
     hold = ledger.authorize(user, VEO_FAST, idempotency_key=key(), request_id="req-0")
     everything = ledger.usage_records(user, limit=500).items
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "metering_records.request_id =" in statement:
-            statements.append((statement, parameters))
-
-    sa.event.listen(ledger.db.engine, "before_cursor_execute", seen)
-    try:
+    with _statements(ledger.db.engine, "metering_records.request_id =") as statements:
         for request_id in ("req-0", "req-1", "req-9"):
             found, cursor = [], None
             while True:
@@ -1913,8 +1897,6 @@ def test_a_wallets_records_of_a_gateway_request_id_are_read_from_their_index(
                     break
             assert found == [r for r in everything if r.request_id == request_id]
             assert len(found) == {"req-0": 4, "req-1": 3, "req-9": 0}[request_id]
-    finally:
-        sa.event.remove(ledger.db.engine, "before_cursor_execute", seen)
     assert everything[0].hold_id == hold.id  # an authorization's record is found alike
     assert len(statements) == 2 + 2 + 1  # pages of two: of 4 records, of 3, of none
     plans = _plans(ledger.db, statements)
@@ -1961,11 +1943,6 @@ def test_the_entries_of_one_payment_are_found_by_its_reference_from_their_index(
     expired = ledger.entries(user, kind="expiry").items
     assert [e.memo for e in expired] == ["1 grant(s) expired"] * 2
     lapsed = expired[1]
-    statements: list[tuple[str, Any]] = []
-
-    def seen(_c: Any, _cur: Any, statement: str, parameters: Any, *_: Any) -> None:
-        if "grants.reference =" in statement:
-            statements.append((statement, parameters))
 
     def every(read: Callable[..., Any], **filters: Any) -> list[str]:
         found, cursor = [], None
@@ -1975,15 +1952,12 @@ def test_the_entries_of_one_payment_are_found_by_its_reference_from_their_index(
             if (cursor := page.next_cursor) is None:
                 return found
 
-    sa.event.listen(ledger.db.engine, "before_cursor_execute", seen)
-    try:
+    with _statements(ledger.db.engine, "grants.reference =") as statements:
         journal = every(ledger.journal, reference="inv-7")
         mine = every(lambda **kw: ledger.entries(user, **kw), reference="inv-7")
         theirs = every(lambda **kw: ledger.entries(other, **kw), reference="inv-7")
         topups = every(ledger.journal, reference="inv-7", kind="topup")
         nothing = every(ledger.journal, reference="inv-9")
-    finally:
-        sa.event.remove(ledger.db.engine, "before_cursor_execute", seen)
     revoked = withdrawn.entry.id
     assert journal == [
         revoked,
