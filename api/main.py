@@ -77,8 +77,15 @@ def create_app(
             metrics.holds_resolved.labels("expired").inc(result.holds_expired)
         if result.keys_pruned:
             metrics.keys_pruned.inc(result.keys_pruned)
+        if result.grants_expired:
+            metrics.grants_expired.inc(result.grants_expired)
+        if result.allocations_granted:
+            metrics.allocations_granted.inc(result.allocations_granted)
 
     sweeper = Sweeper(ledger, settings.sweep_interval_seconds, on_swept=swept)
+    if sweep:
+        metrics.runs(sweeper)
+        metrics.runs(worker)
 
     @asynccontextmanager
     async def lifespan(_app: FastAPI) -> AsyncIterator[None]:

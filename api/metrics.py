@@ -1,5 +1,5 @@
 """Prometheus metrics of the HTTP API: requests, latencies, holds, reported usage, 402s,
-and the database's work run again after a lost connection.
+the database's work run again after a lost connection, and the background jobs' rounds.
 
 Each app has its own registry (several apps may live in one process, as in the tests).
 """
@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterator
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.metrics_core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 from starlette.types import ASGIApp, Message, Scope
@@ -18,9 +18,13 @@ from starlette.types import ASGIApp, Message, Scope
 from api.logwriter import Stderr
 from api.requestids import Observed
 from ledger.db import Database
+from ledger.sweeper import Periodic
 
 #: Latency buckets in seconds: fine below 25 ms, where the ledger's target lies.
 BUCKETS = (0.001, 0.0025, 0.005, 0.0075, 0.01, 0.015, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: Buckets of a background job's round, in seconds: a quiet sweep takes milliseconds, a
+#: report a minute.
+ROUND_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 
 
 class Metrics:
@@ -69,7 +73,59 @@ class Metrics:
             ["route"],
             registry=self.registry,
         )
+        self.grants_expired = Counter(
+            "creditledger_grants_expired_total",
+            "Grants the sweeper expired (their remainder moved to the expired credits).",
+            registry=self.registry,
+        )
+        self.allocations_granted = Counter(
+            "creditledger_allocations_granted_total",
+            "Monthly allocations the sweeper granted as their period began.",
+            registry=self.registry,
+        )
+        self.rounds = Counter(
+            "creditledger_background_rounds_total",
+            "Rounds of the background jobs (task: sweeper, reports), by outcome (ok; "
+            "failed: logged, and run again after the interval).",
+            ["task", "outcome"],
+            registry=self.registry,
+        )
+        self.round_seconds = Histogram(
+            "creditledger_background_round_duration_seconds",
+            "How long a background job's round took, in seconds, by task.",
+            ["task"],
+            buckets=ROUND_BUCKETS,
+            registry=self.registry,
+        )
+        self.last_success = Gauge(
+            "creditledger_background_last_success_timestamp_seconds",
+            "Unix time at which the task's last round ended without error (a task that "
+            "fails or hangs falls behind: alert on time() minus this).",
+            ["task"],
+            registry=self.registry,
+        )
+        self.interval = Gauge(
+            "creditledger_background_interval_seconds",
+            "The seconds a task waits between its rounds.",
+            ["task"],
+            registry=self.registry,
+        )
         self.registry.register(_LogLines())
+
+    def runs(self, job: Periodic) -> None:
+        """Count and time ``job``'s rounds (its series present, at zero, from now)."""
+        for outcome in ("ok", "failed"):
+            self.rounds.labels(job.task, outcome)
+        self.round_seconds.labels(job.task)
+        self.interval.labels(job.task).set(job.interval)
+        job.on_round = self.round
+
+    def round(self, task: str, seconds: float, ok: bool) -> None:
+        """A background job's round ended (``Periodic.on_round``)."""
+        self.rounds.labels(task, "ok" if ok else "failed").inc()
+        self.round_seconds.labels(task).observe(seconds)
+        if ok:
+            self.last_success.labels(task).set_to_current_time()
 
     def watch(self, db: Database) -> None:
         """Expose what ``db`` counts itself: the reads and writes run again after their

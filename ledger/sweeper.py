@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from typing import NamedTuple
 
@@ -34,39 +35,60 @@ class Swept(NamedTuple):
     keys_pruned: int = 0
 
 
+#: What a job's rounds are told to (``Periodic.on_round``): the job's ``task``, how long
+#: the round took in seconds, and whether it ended without error.
+RoundObserver = Callable[[str, float, bool], None]
+
+
 class Periodic:
     """A job run every ``interval`` seconds on a daemon thread until stopped.
 
     A round that raises is logged and the next round runs as usual: every job given to
-    this is safe to run again.
+    this is safe to run again. Each round of the loop is timed and its outcome handed to
+    ``on_round`` (the server's metrics: a job whose rounds fail, or stop, is seen there).
     """
 
     name = "creditledger-periodic"
+    #: The job's short name, as the metrics label it.
+    task = "periodic"
 
     def __init__(self, interval: float) -> None:
         self.interval = interval
+        #: Told of each round the loop runs (the server's metrics set it).
+        self.on_round: RoundObserver | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
     def run_once(self) -> object:
         raise NotImplementedError
 
+    def run_round(self) -> bool:
+        """One round as the loop runs it: a failure logged, not raised; timed and told
+        to ``on_round``. Whether it ended without error."""
+        started = time.perf_counter()
+        ok = False
+        try:
+            self.run_once()
+            ok = True
+        except Exception as exc:
+            if is_unavailable(exc):
+                # The database is away (a restart, an outage): a line per round, not a
+                # traceback; requests meanwhile are answered 503.
+                log.warning(
+                    "%s: round failed, the database is unavailable (%s); retrying in %s s",
+                    self.name,
+                    first_line(exc),
+                    self.interval,
+                )
+            else:
+                log.exception("%s: round failed; retrying in %s s", self.name, self.interval)
+        if self.on_round is not None:
+            self.on_round(self.task, time.perf_counter() - started, ok)
+        return ok
+
     def _loop(self) -> None:
         while not self._stop.is_set():
-            try:
-                self.run_once()
-            except Exception as exc:
-                if is_unavailable(exc):
-                    # The database is away (a restart, an outage): a line per round, not
-                    # a traceback; requests meanwhile are answered 503.
-                    log.warning(
-                        "%s: round failed, the database is unavailable (%s); retrying in %s s",
-                        self.name,
-                        first_line(exc),
-                        self.interval,
-                    )
-                else:
-                    log.exception("%s: round failed; retrying in %s s", self.name, self.interval)
+            self.run_round()
             self._stop.wait(self.interval)
 
     def start(self) -> None:
@@ -83,6 +105,7 @@ class Periodic:
 
 class Sweeper(Periodic):
     name = "creditledger-sweeper"
+    task = "sweeper"
 
     def __init__(
         self,

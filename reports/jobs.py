@@ -610,6 +610,7 @@ class ReportWorker(Periodic):
     """The report worker of ``creditledger serve``: month-end scheduling, then the queue."""
 
     name = "creditledger-reports"
+    task = "reports"
 
     def __init__(self, reports: Reports, interval: float) -> None:
         super().__init__(interval)

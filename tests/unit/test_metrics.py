@@ -4,6 +4,8 @@ whatever became of it."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from typing import Any
 
 import pytest
@@ -11,6 +13,7 @@ from prometheus_client import generate_latest
 from starlette.types import Message
 
 from api.metrics import BUCKETS, Metrics, MetricsMiddleware
+from ledger.sweeper import Periodic
 
 
 def _run(app: Any, metrics: Metrics, path: str = "/v1/accounts/acme") -> list[Message]:
@@ -149,3 +152,54 @@ def test_what_is_not_an_http_request_passes_through_uncounted() -> None:
         asyncio.run(MetricsMiddleware(app, metrics)(scope, None, None))  # type: ignore[arg-type]
     assert seen == ["websocket", "lifespan"]
     assert _counted(metrics) == []
+
+
+class _Job(Periodic):
+    """A background job whose rounds fail while told to."""
+
+    name = "creditledger-test-job"
+    task = "job"
+
+    def __init__(self) -> None:
+        super().__init__(7.5)
+        self.failing = False
+
+    def run_once(self) -> object:
+        if self.failing:
+            raise RuntimeError("a bug")
+        return None
+
+
+def _sample(metrics: Metrics, name: str, **labels: str) -> float | None:
+    return metrics.registry.get_sample_value(name, labels)
+
+
+def test_a_jobs_rounds_are_counted_timed_and_its_last_success_kept(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Its series are there from the start at zero (an alert on a rate has something to
+    read); each round counts by outcome and is timed; a failed one leaves the last
+    success where it was, so that ``time() - last_success`` grows while it fails."""
+    metrics, job = Metrics(), _Job()
+    metrics.runs(job)
+    rounds = "creditledger_background_rounds_total"
+    last = "creditledger_background_last_success_timestamp_seconds"
+    assert _sample(metrics, rounds, task="job", outcome="ok") == 0
+    assert _sample(metrics, rounds, task="job", outcome="failed") == 0
+    assert _sample(metrics, "creditledger_background_interval_seconds", task="job") == 7.5
+    assert _sample(metrics, last, task="job") is None  # no success yet
+    before = time.time()
+    assert job.run_round() is True
+    succeeded = _sample(metrics, last, task="job")
+    assert succeeded is not None
+    assert before <= succeeded <= time.time()
+    job.failing = True
+    with caplog.at_level(logging.ERROR, logger="creditledger.sweeper"):
+        assert job.run_round() is False  # logged, not raised
+        assert job.run_round() is False
+    assert [r.exc_info is not None for r in caplog.records] == [True, True]
+    assert _sample(metrics, rounds, task="job", outcome="ok") == 1
+    assert _sample(metrics, rounds, task="job", outcome="failed") == 2
+    assert _sample(metrics, last, task="job") == succeeded
+    timed = "creditledger_background_round_duration_seconds_count"
+    assert _sample(metrics, timed, task="job") == 3
