@@ -651,9 +651,12 @@ class Ledger:
                 ],
                 ["external_id"],
             )
+            # By their names (the unique index), not their kind: no index has that, and
+            # the wallets are many.
+            names = [f"system:{kind}:{unit}" for unit in self.units for kind in SYSTEM_KINDS]
             rows = conn.execute(
                 sa.select(accounts.c.id, accounts.c.kind, accounts.c.unit).where(
-                    accounts.c.kind.in_(SYSTEM_KINDS)
+                    accounts.c.external_id.in_(names), accounts.c.kind.in_(SYSTEM_KINDS)
                 )
             ).all()
         self._system = {(row.unit, row.kind): row.id for row in rows}
