@@ -631,11 +631,17 @@ PENDING_HOLD: sa.ColumnElement[bool] = holds.c.status == sa.literal_column("'pen
 EXPIRING: sa.ColumnElement[bool] = sa.and_(
     grants.c.remaining > sa.literal_column("0"), grants.c.expires_at.is_not(None)
 )
-#: The entries of the few kinds, written as ``ix_entries_account_occasional`` and
-#: ``ix_entries_occasional`` are (values in the SQL text), so that every plan can use them.
-OCCASIONAL: sa.ColumnElement[bool] = entries.c.kind.not_in(
-    [sa.literal_column(f"'{k}'") for k in REQUEST_ENTRY_KINDS]
-)
+
+
+def occasional(kind: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
+    """Whether an entry (of ``entries`` or an alias of it, by its ``kind``) is of the few
+    kinds, written as ``ix_entries_account_occasional`` and ``ix_entries_occasional``
+    are (values in the SQL text), so that every plan can use them."""
+    return kind.not_in([sa.literal_column(f"'{k}'") for k in REQUEST_ENTRY_KINDS])
+
+
+#: The entries of the few kinds (``occasional``).
+OCCASIONAL: sa.ColumnElement[bool] = occasional(entries.c.kind)
 
 
 def entry_flow() -> sa.ColumnElement[str]:

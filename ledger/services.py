@@ -68,6 +68,7 @@ from ledger.models import (
     idempotency,
     metering,
     movements,
+    occasional,
     periods,
     postings,
     price_versions,
@@ -3236,23 +3237,29 @@ def _entry_filters(
     return wanted
 
 
+#: The expiry entries of ``_expiries_of``, named apart from the journal that a query of
+#: them may be part of.
+_expiry = entries.alias("expiry")
+
+
 def _expiries_of() -> sa.Join:
-    """Grants joined to the expiry entries (an expiry, a revocation) that took their
-    credits back, and to those entries' movements of them. Each grant's expiries are
-    found among its wallet's entries of the few kinds (``ix_entries_account_occasional``;
-    not narrowed to those posted since the grant was made, which a clock set back would
-    miss), each entry's movement of the grant by the movements' key: never by stepping
-    over every grant's movements, of which every capture writes some."""
+    """Grants joined to the expiry entries (``_expiry``: an expiry, a revocation) that
+    took their credits back, and to those entries' movements of them. Each grant's
+    expiries are found among its wallet's entries of the few kinds
+    (``ix_entries_account_occasional``; not narrowed to those posted since the grant was
+    made, which a clock set back would miss), each entry's movement of the grant by the
+    movements' key: never by stepping over every grant's movements, of which every
+    capture writes some."""
     return grants.join(
-        entries,
+        _expiry,
         sa.and_(
-            entries.c.account_id == grants.c.account_id,
-            entries.c.kind == "expiry",
-            OCCASIONAL,
+            _expiry.c.account_id == grants.c.account_id,
+            _expiry.c.kind == "expiry",
+            occasional(_expiry.c.kind),
         ),
     ).join(
         movements,
-        sa.and_(movements.c.entry_id == entries.c.id, movements.c.grant_id == grants.c.id),
+        sa.and_(movements.c.entry_id == _expiry.c.id, movements.c.grant_id == grants.c.id),
     )
 
 
@@ -3272,7 +3279,7 @@ def _of_reference(reference: str, account: int | None = None) -> sa.CompoundSele
     return sa.union(
         paid,
         sa.select(undone.c.id).where(undone.c.reverses_id.in_(paid)),
-        sa.select(entries.c.id).select_from(_expiries_of()).where(*which),
+        sa.select(_expiry.c.id).select_from(_expiries_of()).where(*which),
     )
 
 
