@@ -121,8 +121,14 @@ class Stderr(logging.Handler):
         """Write what waits (for up to ``DRAIN_SECONDS``), then stop the writer; where
         stderr does not take it, the writer (a daemon thread) ends with the process."""
         if self._writer.is_alive() and self._drained(DRAIN_SECONDS):
-            self._lines.put(None)  # drained: there is room
-            self._writer.join(DRAIN_SECONDS)
+            try:
+                # Drained, so there is room, unless other threads filled it since: then
+                # the writer is left to end with the process, not waited for.
+                self._lines.put(None, timeout=DRAIN_SECONDS)
+            except queue.Full:
+                pass
+            else:
+                self._writer.join(DRAIN_SECONDS)
         super().close()
 
 

@@ -297,6 +297,28 @@ def test_exiting_writes_what_waits_but_does_not_wait_for_ever_on_a_stalled_stder
     gate.opened.set()
 
 
+def test_exiting_does_not_wait_for_ever_on_lines_logged_while_it_drained(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Another thread's lines fill the queue between the drain and the stop: the stop
+    finds no room, and exit goes on rather than waiting for room that never comes."""
+    monkeypatch.setattr(logwriter, "DRAIN_SECONDS", 0.2)
+    log, handler, gate = _gated(2)
+    log.warning("first")
+    _taken(handler)  # the writer waits on the stream
+
+    def drained_then_filled(_timeout: float) -> bool:
+        log.warning("late 1")
+        log.warning("late 2")
+        return True
+
+    monkeypatch.setattr(handler, "_drained", drained_then_filled)
+    started = time.monotonic()
+    handler.close()
+    assert time.monotonic() - started < 10
+    gate.opened.set()
+
+
 def test_the_metrics_count_the_lines_waiting_and_dropped() -> None:
     """Where the log's reader stalled the log cannot say so in time: ``/metrics`` does."""
     log, handler, gate = _gated(2)
