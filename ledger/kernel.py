@@ -16,9 +16,9 @@ import unicodedata
 from collections import defaultdict
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, date, datetime, time, timedelta
 from decimal import Decimal
-from functools import cache
+from functools import cache, lru_cache
 from zoneinfo import ZoneInfo, available_timezones
 
 from ledger.errors import BalanceOverflow, UnbalancedEntry
@@ -313,3 +313,40 @@ def period_days(period: str) -> tuple[str, str]:
 def day_of(instant: datetime, timezone: str) -> str:
     """The local date ("2026-11-21") of an instant, for daily rollups."""
     return instant.astimezone(ZoneInfo(timezone)).date().isoformat()
+
+
+def day_cut(instant: datetime, timezone: str) -> tuple[str, datetime] | None:
+    """A local date no later than the instant's and the instant it begins at, such that
+    every instant before that one falls on an earlier date and every instant from it on
+    on that date or a later one: the daily rollups of the dates before it hold exactly
+    what was posted before it. The instant's own date, unless the zone's offset changes
+    near its start (where a date may begin twice, or not at midnight): then an earlier
+    one. None when none of the week before will do (or the calendar begins).
+    """
+    try:
+        local = instant.astimezone(ZoneInfo(timezone)).date()
+        for back in range(8):
+            day = local - timedelta(days=back)
+            start = _clean_start(day, timezone)
+            if start is not None and start <= instant:
+                return day.isoformat(), start
+    except OverflowError:  # the first days of the calendar: no date before to sum
+        pass
+    return None
+
+
+#: How far around a date's start the zone's offset must stay the same for the start to
+#: divide the instants cleanly: beyond it, no two offsets of a zone (-12 h to +14 h
+#: today) differ enough for an instant to fall on the wrong side.
+_STEADY = timedelta(hours=27)
+
+
+@lru_cache(maxsize=4096)
+def _clean_start(day: date, timezone: str) -> datetime | None:
+    """The instant local ``day`` begins at, if the zone's offset is the same for 27 hours
+    either side (probed every half hour; none of its changes is shorter); else None."""
+    zone = ZoneInfo(timezone)
+    start = datetime.combine(day, time(), tzinfo=zone).astimezone(UTC)
+    probes = range(-_STEADY // timedelta(minutes=30), _STEADY // timedelta(minutes=30) + 1)
+    offsets = {(start + k * timedelta(minutes=30)).astimezone(zone).utcoffset() for k in probes}
+    return start if len(offsets) == 1 else None

@@ -16,6 +16,9 @@ from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.engine import Dialect
+from sqlalchemy.ext.compiler import compiles
+from sqlalchemy.sql.compiler import SQLCompiler
+from sqlalchemy.sql.functions import FunctionElement
 from sqlalchemy.types import TypeDecorator
 from sqlmodel import Field, SQLModel
 
@@ -286,15 +289,26 @@ class Hold(SQLModel, table=True):
     __table_args__ = (
         sa.CheckConstraint(_in("status", HOLD_STATUSES), name="ck_holds_status"),
         sa.CheckConstraint("amount >= 0", name="ck_holds_amount"),
+        # By wallet, so that one wallet's holds are read without all it ever had
+        # (migration 0023). A wallet's authorizations, newest first:
+        sa.Index("ix_holds_account_created", "account_id", "created_at", "id"),
         # Partial indexes: a key only for the rows their queries read (migration 0004).
-        # The hold sweeper: pending holds by expiry.
-        sa.Index("ix_holds_pending_expires", "expires_at", **_where("status = 'pending'")),
-        # Holds open at an instant (reports): pending, or resolved after it.
-        sa.Index("ix_holds_resolved", "resolved_at", **_where("resolved_at IS NOT NULL")),
+        # A wallet's pending holds by expiry; the hold sweeper walks it whole (the holds
+        # open now).
+        sa.Index(
+            "ix_holds_account_pending", "account_id", "expires_at", **_where("status = 'pending'")
+        ),
+        # Holds open at an instant (balances then, reports): pending, or resolved after it.
+        sa.Index(
+            "ix_holds_account_resolved",
+            "account_id",
+            "resolved_at",
+            **_where("resolved_at IS NOT NULL"),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=32)
-    account_id: int = Field(foreign_key="accounts.id", index=True)
+    account_id: int = Field(foreign_key="accounts.id")
     #: Minor units reserved (the quote's max_cost).
     amount: int = money(default=None)
     status: str = Field(default="pending", max_length=16)
@@ -623,7 +637,7 @@ api_keys = table_of(ApiKey)
 price_versions = table_of(PriceVersion)
 
 
-#: The pending holds, written as ``ix_holds_pending_expires`` is: the value in the SQL
+#: The pending holds, written as ``ix_holds_account_pending`` is: the value in the SQL
 #: text, never a bound parameter, so that every plan can use that partial index (a plan
 #: PostgreSQL caches for any parameter value could not).
 PENDING_HOLD: sa.ColumnElement[bool] = holds.c.status == sa.literal_column("'pending'")
@@ -638,6 +652,50 @@ def occasional(kind: sa.ColumnElement[str]) -> sa.ColumnElement[bool]:
     kinds, written as ``ix_entries_account_occasional`` and ``ix_entries_occasional``
     are (values in the SQL text), so that every plan can use them."""
     return kind.not_in([sa.literal_column(f"'{k}'") for k in REQUEST_ENTRY_KINDS])
+
+
+def wide_sum(value: sa.ColumnElement[Any], label: str) -> list[sa.Label[Any]]:
+    """SUM(value) as the sums of its high and low 32-bit halves (read back by ``wide``).
+
+    A sum over a wallet's whole history (its postings, its flows, its metering) may pass
+    64 bits on the way although each row and the true total fit: credits moved in and out
+    again. SQLite's SUM then fails ("integer overflow"), in whatever order it meets the
+    rows; each half's sum fits for any table of fewer than 2**31 rows, on both databases.
+    """
+    # Literals in the SQL text: PostgreSQL shifts a bigint by an integer, not a bigint.
+    return [
+        sa.func.sum(value.op(">>")(sa.literal_column("32"))).label(f"{label}_hi"),
+        sa.func.sum(value.op("&")(sa.literal_column("4294967295"))).label(f"{label}_lo"),
+    ]
+
+
+def wide(row: Any, label: str) -> int:
+    """The exact sum ``wide_sum`` selected as ``label`` (0 for no rows)."""
+    hi, lo = row._mapping[f"{label}_hi"], row._mapping[f"{label}_lo"]
+    return 0 if hi is None else (int(hi) << 32) + int(lo)
+
+
+class unindexed(FunctionElement[Any]):  # noqa: N801 (a SQL construct, named as one)
+    """A column's value, written so that SQLite's planner will not look it up by an index
+    (a unary ``+``, a no-op on any value): for a condition that one index would serve
+    worse than another the statement has. SQLite keeps no statistics to tell; PostgreSQL
+    plans by its own and is given the plain column."""
+
+    inherit_cache = True
+
+    def __init__(self, column: sa.ColumnElement[Any]) -> None:
+        super().__init__(column)
+        self.type = column.type
+
+
+@compiles(unindexed)
+def _unindexed(element: unindexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return str(compiler.process(element.clauses, **kw))
+
+
+@compiles(unindexed, "sqlite")
+def _unindexed_sqlite(element: unindexed, compiler: SQLCompiler, **kw: Any) -> str:
+    return "+" + str(compiler.process(element.clauses, **kw))
 
 
 #: The entries of the few kinds (``occasional``).

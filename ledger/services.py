@@ -63,6 +63,7 @@ from ledger.models import (
     changes,
     daily,
     entries,
+    flows,
     grants,
     holds,
     idempotency,
@@ -73,7 +74,10 @@ from ledger.models import (
     postings,
     price_versions,
     seconds_micros,
+    unindexed,
     units,
+    wide,
+    wide_sum,
 )
 from ledger.results import (
     AccountChangePage,
@@ -2120,10 +2124,20 @@ class Ledger:
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
             stmt = sa.select(holds).where(holds.c.account_id == wallet.id)
-            if status is not None:
+            # The pending ones (the few open now) by their own index, then sorted; the
+            # others by the index of the wallet's holds in their order.
+            if status == "pending":
+                stmt = stmt.where(PENDING_HOLD)
+            elif status is not None:
                 stmt = stmt.where(holds.c.status == status)
             page, next_cursor = _newest_first(
-                conn, stmt, holds.c.created_at, holds.c.id, cursor, limit
+                conn,
+                stmt,
+                holds.c.created_at,
+                holds.c.id,
+                cursor,
+                limit,
+                by_index=status != "pending",
             )
             money = self._money(conn, wallet)
         return HoldPage(
@@ -2980,22 +2994,47 @@ class Ledger:
             wallet = self._wallet(conn, account_id)
             if as_of is None:
                 return self._balance_view(conn, wallet)
-            posted = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(postings.c.amount), 0)).where(
-                    postings.c.account_id == wallet.id, postings.c.posted_at <= as_of
-                )
-            ).scalar_one()
+            posted = self._posted_by(conn, wallet, as_of)
+            # Open then: pending now, or resolved since; made by then. Each part from its
+            # own index of the wallet's holds (not by when they were made: all before).
+            made = unindexed(holds.c.created_at) <= as_of
+            of_wallet = holds.c.account_id == wallet.id
+            held = sa.union_all(
+                sa.select(holds.c.amount).where(of_wallet, PENDING_HOLD, made),
+                sa.select(holds.c.amount).where(of_wallet, holds.c.resolved_at > as_of, made),
+            ).subquery()
             pending = conn.execute(
-                sa.select(sa.func.coalesce(sa.func.sum(holds.c.amount), 0)).where(
-                    holds.c.account_id == wallet.id,
-                    holds.c.created_at <= as_of,
-                    sa.or_(holds.c.resolved_at.is_(None), holds.c.resolved_at > as_of),
-                )
+                sa.select(sa.func.coalesce(sa.func.sum(held.c.amount), 0))
             ).scalar_one()
             then = dataclasses.replace(
                 wallet, overdraft_limit=self._overdraft_at(conn, wallet, as_of)
             )
-            return _balances(then, int(posted), int(pending), as_of=as_of)
+            return _balances(then, posted, int(pending), as_of=as_of)
+
+    @staticmethod
+    def _posted_by(conn: Connection, wallet: _Wallet, instant: datetime) -> int:
+        """What was posted to the wallet by ``instant``: its daily flows of the dates
+        before the instant's (a few rows a date), and its postings since that date began;
+        all its postings, where no date near it begins cleanly (``kernel.day_cut``).
+        Summed by halves: the flows' running total, credits first, may pass 64 bits."""
+        since: sa.ColumnElement[bool] = sa.true()
+        rolled = 0
+        cut = kernel.day_cut(instant, wallet.timezone)
+        if cut is not None:
+            day, start = cut
+            row = conn.execute(
+                sa.select(*wide_sum(flows.c.credits - flows.c.debits, "net")).where(
+                    flows.c.account_id == wallet.id, flows.c.day < day
+                )
+            ).one()
+            rolled = wide(row, "net")
+            since = postings.c.posted_at >= start
+        recent = conn.execute(
+            sa.select(*wide_sum(postings.c.amount, "posted")).where(
+                postings.c.account_id == wallet.id, since, postings.c.posted_at <= instant
+            )
+        ).one()
+        return rolled + wide(recent, "posted")
 
     @staticmethod
     def _overdraft_at(conn: Connection, wallet: _Wallet, instant: datetime) -> int:
@@ -3307,13 +3346,18 @@ def _newest_first(
     row_id: sa.ColumnElement[str],
     cursor: str | None,
     limit: int,
+    *,
+    by_index: bool = True,
 ) -> tuple[list[Row[Any]], str | None]:
     """The page of ``stmt``'s rows, newest first by (``instant``, ``row_id``), after
-    ``cursor``; and the cursor of the next page (None: no more)."""
+    ``cursor``; and the cursor of the next page (None: no more). Not ``by_index``: the
+    rows are not read in that order from an index but sorted (``stmt`` selects few, by
+    an index of its own that SQLite would otherwise pass over for the order)."""
+    at_, id_ = (instant, row_id) if by_index else (unindexed(instant), unindexed(row_id))
     if cursor is not None:
         at, last_id = _decode_cursor(cursor)
-        stmt = stmt.where(sa.or_(instant < at, sa.and_(instant == at, row_id < last_id)))
-    rows = conn.execute(stmt.order_by(instant.desc(), row_id.desc()).limit(limit + 1)).all()
+        stmt = stmt.where(sa.or_(at_ < at, sa.and_(at_ == at, id_ < last_id)))
+    rows = conn.execute(stmt.order_by(at_.desc(), id_.desc()).limit(limit + 1)).all()
     page = list(rows[:limit])
     if len(rows) <= limit:
         return page, None

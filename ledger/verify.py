@@ -27,6 +27,8 @@ from ledger.models import (
     movements,
     postings,
     seconds_micros,
+    wide,
+    wide_sum,
 )
 from ledger.results import Violation
 
@@ -42,27 +44,6 @@ def verify(db: Database) -> list[Violation]:
 
 def _v(check: str, detail: str) -> Violation:
     return Violation(check=check, detail=detail)
-
-
-def _wide_sum(value: sa.ColumnElement[Any], label: str) -> list[sa.Label[Any]]:
-    """SUM(value) as the sums of its high and low 32-bit halves (read back by ``_wide``).
-
-    A sum over a wallet's whole history (its postings, its flows, its metering) may pass
-    64 bits on the way although each row and the true total fit: credits moved in and out
-    again. SQLite's SUM then fails ("integer overflow"), in whatever order it meets the
-    rows; each half's sum fits for any table of fewer than 2**31 rows, on both databases.
-    """
-    # Literals in the SQL text: PostgreSQL shifts a bigint by an integer, not a bigint.
-    return [
-        sa.func.sum(value.op(">>")(sa.literal_column("32"))).label(f"{label}_hi"),
-        sa.func.sum(value.op("&")(sa.literal_column("4294967295"))).label(f"{label}_lo"),
-    ]
-
-
-def _wide(row: Any, label: str) -> int:
-    """The exact sum ``_wide_sum`` selected as ``label`` (0 for no rows)."""
-    hi, lo = row._mapping[f"{label}_hi"], row._mapping[f"{label}_lo"]
-    return 0 if hi is None else (int(hi) << 32) + int(lo)
 
 
 def _entries_balanced(conn: Connection) -> list[Violation]:
@@ -110,7 +91,7 @@ def _entries_balanced(conn: Connection) -> list[Violation]:
 
 def _balances(conn: Connection) -> list[Violation]:
     sums = (
-        sa.select(postings.c.account_id, *_wide_sum(postings.c.amount, "posted"))
+        sa.select(postings.c.account_id, *wide_sum(postings.c.amount, "posted"))
         .group_by(postings.c.account_id)
         .subquery()
     )
@@ -135,7 +116,7 @@ def _balances(conn: Connection) -> list[Violation]:
         .outerjoin(open_holds, open_holds.c.account_id == accounts.c.id)
     )
     for r in rows:
-        posted = _wide(r, "posted")
+        posted = wide(r, "posted")
         if r.balance != posted:
             out.append(
                 _v(
@@ -165,7 +146,7 @@ def _balances(conn: Connection) -> list[Violation]:
 def _grants(conn: Connection) -> list[Violation]:
     out: list[Violation] = []
     moved = (
-        sa.select(movements.c.grant_id, *_wide_sum(movements.c.amount, "total"))
+        sa.select(movements.c.grant_id, *wide_sum(movements.c.amount, "total"))
         .group_by(movements.c.grant_id)
         .subquery()
     )
@@ -174,7 +155,7 @@ def _grants(conn: Connection) -> list[Violation]:
             moved, moved.c.grant_id == grants.c.id
         )
     ):
-        total = _wide(r, "total")
+        total = wide(r, "total")
         if r.remaining != total:
             out.append(
                 _v(
@@ -183,7 +164,7 @@ def _grants(conn: Connection) -> list[Violation]:
                 )
             )
     remaining = (
-        sa.select(grants.c.account_id, *_wide_sum(grants.c.remaining, "held"))
+        sa.select(grants.c.account_id, *wide_sum(grants.c.remaining, "held"))
         .group_by(grants.c.account_id)
         .subquery()
     )
@@ -194,7 +175,7 @@ def _grants(conn: Connection) -> list[Violation]:
         .outerjoin(remaining, remaining.c.account_id == accounts.c.id)
         .where(accounts.c.kind == WALLET)
     ):
-        expected, held = max(int(w.balance), 0), _wide(w, "held")
+        expected, held = max(int(w.balance), 0), wide(w, "held")
         if held != expected:
             out.append(
                 _v(
@@ -277,7 +258,7 @@ def _rolled_sums(table: sa.Table, amount: str) -> list[sa.Label[Any]]:
     return [
         part
         for name, column in zip(_ROLLED, columns, strict=True)
-        for part in _wide_sum(column, name)
+        for part in wide_sum(column, name)
     ]
 
 
@@ -286,7 +267,7 @@ def _rollups(conn: Connection) -> list[Violation]:
     number, the amount charged and every quantity (what the reports read)."""
     keys = [metering.c.account_id, metering.c.catalog, metering.c.operation, metering.c.model]
     metered = {
-        tuple(r[:4]): (int(r.requests), *(_wide(r, name) for name in _ROLLED))
+        tuple(r[:4]): (int(r.requests), *(wide(r, name) for name in _ROLLED))
         for r in conn.execute(
             sa.select(*keys, sa.func.count().label("requests"), *_rolled_sums(metering, "charged"))
             .where(
@@ -297,14 +278,14 @@ def _rollups(conn: Connection) -> list[Violation]:
         )
     }
     rolled = {
-        tuple(r[:4]): (_wide(r, "requests"), *(_wide(r, name) for name in _ROLLED))
+        tuple(r[:4]): (wide(r, "requests"), *(wide(r, name) for name in _ROLLED))
         for r in conn.execute(
             sa.select(
                 daily.c.account_id,
                 daily.c.catalog,
                 daily.c.operation,
                 daily.c.model,
-                *_wide_sum(daily.c.requests, "requests"),
+                *wide_sum(daily.c.requests, "requests"),
                 *_rolled_sums(daily, "amount"),
             ).group_by(daily.c.account_id, daily.c.catalog, daily.c.operation, daily.c.model)
         )
@@ -407,13 +388,13 @@ def _flows(conn: Connection) -> list[Violation]:
     """The journal rollup holds each wallet's credits and debits per flow."""
     flow = entry_flow()
     journal = {
-        (r.account_id, r.flow): (_wide(r, "credits"), _wide(r, "debits"))
+        (r.account_id, r.flow): (wide(r, "credits"), wide(r, "debits"))
         for r in conn.execute(
             sa.select(
                 postings.c.account_id,
                 flow.label("flow"),
-                *_wide_sum(sa.case((postings.c.amount > 0, postings.c.amount), else_=0), "credits"),
-                *_wide_sum(sa.case((postings.c.amount < 0, -postings.c.amount), else_=0), "debits"),
+                *wide_sum(sa.case((postings.c.amount > 0, postings.c.amount), else_=0), "credits"),
+                *wide_sum(sa.case((postings.c.amount < 0, -postings.c.amount), else_=0), "debits"),
             )
             .join(entries, entries.c.id == postings.c.entry_id)
             .join(accounts, accounts.c.id == postings.c.account_id)
@@ -422,13 +403,13 @@ def _flows(conn: Connection) -> list[Violation]:
         )
     }
     rolled = {
-        (r.account_id, r.flow): (_wide(r, "credits"), _wide(r, "debits"))
+        (r.account_id, r.flow): (wide(r, "credits"), wide(r, "debits"))
         for r in conn.execute(
             sa.select(
                 flows.c.account_id,
                 flows.c.flow,
-                *_wide_sum(flows.c.credits, "credits"),
-                *_wide_sum(flows.c.debits, "debits"),
+                *wide_sum(flows.c.credits, "credits"),
+                *wide_sum(flows.c.debits, "debits"),
             ).group_by(flows.c.account_id, flows.c.flow)
         )
     }

@@ -38,6 +38,7 @@ from ledger.models import (
     metering,
     postings,
     seconds_micros,
+    unindexed,
     units,
 )
 
@@ -356,20 +357,27 @@ def open_holds(conn: Connection, end: datetime, among: list[int] | None = None) 
     the wallets ``among`` (row ids), or of all.
 
     A hold not yet resolved is a pending one (``verify()`` checks it): the partial index
-    ``ix_holds_pending_expires`` finds those, ``ix_holds_resolved`` the others. Of every
-    wallet, the others are all the holds resolved since ``end``: for a month long past,
-    most of the table. Of the wallets ``among`` (one wallet's statement), only their own
-    holds are read, by ``ix_holds_account_id``.
+    ``ix_holds_account_pending`` holds those (the holds open now), and
+    ``ix_holds_account_resolved`` the others, by wallet and resolution. The others are
+    read wallet by wallet, each from ``end`` on: for a month long past, most of the
+    wallet's holds.
     """
+    # Pending holds by their own index, not by every hold of the wallet made before.
     unresolved = sa.select(holds.c.account_id, holds.c.amount).where(
-        PENDING_HOLD, holds.c.created_at < end
+        PENDING_HOLD, unindexed(holds.c.created_at) < end
     )
-    resolved_later = sa.select(holds.c.account_id, holds.c.amount).where(
-        holds.c.resolved_at >= end, holds.c.created_at < end
-    )
+    wallets = sa.select(accounts.c.id).where(accounts.c.kind == WALLET)
     if among is not None:
         unresolved = unresolved.where(holds.c.account_id.in_(among))
-        resolved_later = resolved_later.where(holds.c.account_id.in_(among))
+        wallets = wallets.where(accounts.c.id.in_(among))
+    # Each wallet's holds resolved since: the wallets first, each one's from its index.
+    listed = wallets.cte("listed")
+    resolved_later = (
+        sa.select(holds.c.account_id, holds.c.amount)
+        .select_from(listed)
+        .join(holds, holds.c.account_id == listed.c.id)
+        .where(holds.c.resolved_at >= end, holds.c.created_at < end)
+    )
     both = sa.union_all(unresolved, resolved_later).subquery()
     frame = _frame(
         conn,

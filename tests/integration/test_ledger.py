@@ -2063,6 +2063,53 @@ def test_a_point_in_time_balance_counts_the_holds_open_then(ledger: Ledger, cloc
     assert at(user, as_of=clock.now) == at(user).model_copy(update={"as_of": clock.now})
 
 
+def test_a_point_in_time_balance_is_its_postings_and_holds_then_at_any_instant(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """The balance at an instant is read from the wallet's daily rollups of the dates
+    before it and its postings since: at every instant, around its local midnights and a
+    change of its offset (Santiago's clocks go back an hour at midnight on 4 April
+    2027), it is what summing each posting and hold of the wallet then gives."""
+    user = wallet(ledger, timezone="America/Santiago")
+    ledger.top_up(user, 100_000, idempotency_key=key())
+    clock.advance(days=(datetime(2027, 4, 1, tzinfo=UTC) - clock.now).days)
+    first = clock.now
+    open_holds = []
+    for n in range(70):  # six days, every 2 h 7 min
+        if n % 3 == 0:
+            ledger.top_up(user, 1_000 + n, idempotency_key=key())
+        elif n % 3 == 1:
+            ledger.charge(user, VEO_FAST, idempotency_key=key())
+        else:
+            hold = ledger.authorize(user, VEO_FAST, ttl=timedelta(hours=24), idempotency_key=key())
+            open_holds.append(hold.id)
+        if len(open_holds) > 2:
+            resolved = open_holds.pop(0)
+            if n % 2:
+                ledger.capture(resolved, status="COMPLETED", usage={}, idempotency_key=key())
+            else:
+                ledger.void(resolved, idempotency_key=key())
+        clock.advance(hours=2, minutes=7)
+    postings = [
+        (e.posted_at, p.amount)
+        for e in ledger.entries(user, limit=500).items
+        for p in e.postings
+        if p.account_id == user
+    ]
+    holds = ledger.holds_of(user, limit=500).items
+    instant = first - timedelta(days=1)
+    while instant <= clock.now:
+        then = ledger.balance(user, as_of=instant)
+        assert then.balance == sum(amount for at, amount in postings if at <= instant), instant
+        assert then.pending == sum(
+            h.held
+            for h in holds
+            if h.created_at <= instant and (h.resolved_at is None or h.resolved_at > instant)
+        ), instant
+        instant += timedelta(minutes=43)
+    assert ledger.balance(user, as_of=clock.now).balance == ledger.balance(user).balance
+
+
 def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> None:
     user = wallet(ledger)
     marks = []

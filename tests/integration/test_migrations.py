@@ -38,10 +38,13 @@ from ledger.db import (
 )
 from ledger.keys import Keys
 from ledger.models import PENDING_HOLD, metadata
+from ledger.results import BalanceView
 from ledger.services import Ledger
 from ledger.store import SPENT
 from ledger.verify import verify
 from pricing import default_catalogs
+from reports.queries import open_holds
+from tests import factories as f
 from tests.factories import Clock, Traffic, make_statement
 from tests.pg import TempPostgres
 
@@ -200,7 +203,7 @@ def test_a_periods_refunds_are_read_from_the_reversals_index(empty: Database) ->
 def test_pending_holds_can_use_their_partial_index_in_any_plan(empty: Database) -> None:
     """The sweeper and the reports select pending holds with ``PENDING_HOLD``: the value
     in the SQL text, so that even a plan made for any parameter value (PostgreSQL's
-    generic plans of prepared statements) can use ``ix_holds_pending_expires``; with
+    generic plans of prepared statements) can use ``ix_holds_account_pending``; with
     ``status = $1`` such a plan scans the whole table."""
     empty.migrate()
     compiled = PENDING_HOLD.compile(empty.engine)
@@ -221,7 +224,7 @@ def test_pending_holds_can_use_their_partial_index_in_any_plan(empty: Database) 
             rows = conn.exec_driver_sql("EXPLAIN EXECUTE due (now())")
         plan = " ".join(str(row[-1]) for row in rows)
         conn.rollback()
-    assert "ix_holds_pending_expires" in plan, plan
+    assert "ix_holds_account_pending" in plan, plan
 
 
 _CHANGE = (
@@ -489,7 +492,7 @@ def _revision(database: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-HEAD = "0022"
+HEAD = "0023"
 REVISIONS = known_revisions()
 
 #: A process that migrates ``sys.argv[1]`` at the instant ``sys.argv[2]`` (so that all
@@ -823,6 +826,57 @@ def test_the_expiring_grants_index_comes_and_goes_with_0022(empty: Database) -> 
     empty.downgrade("0021")
     assert "ix_grants_expiring" not in indexes()
     assert [g.remaining for g in ledger.grants_of("acme")] == [0, 0, 50]
+
+
+def test_the_holds_by_wallet_come_and_go_with_0023(empty: Database) -> None:
+    """0023 indexes the holds by wallet (made, pending, resolved) in place of the three
+    indexes before; a wallet's authorizations, its balance at an instant and the holds a
+    report finds open read the same with either, and the old ones come back down."""
+
+    def indexes() -> dict[str, list[str | None]]:
+        with empty.engine.connect() as conn:
+            found = sa.inspect(conn).get_indexes("holds")
+        return {i["name"]: i["column_names"] for i in found if i["name"]}
+
+    clock = Clock()
+    empty.migrate("0022")
+    ledger = Ledger(empty, default_catalogs(), clock=clock)
+    ledger.open_account("acme", "credit", idempotency_key="o1")
+    ledger.top_up("acme", 5_000, idempotency_key="t1")
+    veo = f.veo3_video(video_model="veo3_fast")
+    held = [ledger.authorize("acme", veo, idempotency_key=f"a{n}").id for n in range(4)]
+    clock.advance(minutes=1)
+    then = clock.now
+    clock.advance(minutes=1)
+    ledger.capture(held[0], status="COMPLETED", usage=None, idempotency_key="c0")
+    ledger.void(held[1], idempotency_key="v1")
+    ledger.authorize("acme", veo, idempotency_key="a4")
+
+    def read() -> tuple[list[str], list[str], BalanceView, list[dict[Any, Any]]]:
+        with empty.engine.connect() as conn:
+            report = open_holds(conn, then).to_dict("records")
+        return (
+            [h.id for h in ledger.holds_of("acme").items],
+            [h.id for h in ledger.holds_of("acme", status="pending").items],
+            ledger.balance("acme", as_of=then),
+            report,
+        )
+
+    before = read()
+    assert before[2].pending == 4 * 240
+    assert before[3][0]["open_holds"] == 4
+    old = {"ix_holds_account_id", "ix_holds_pending_expires", "ix_holds_resolved"}
+    assert old <= set(indexes())
+    empty.migrate("0023")
+    assert not old & set(indexes())
+    assert indexes()["ix_holds_account_created"] == ["account_id", "created_at", "id"]
+    assert indexes()["ix_holds_account_pending"] == ["account_id", "expires_at"]
+    assert indexes()["ix_holds_account_resolved"] == ["account_id", "resolved_at"]
+    assert read() == before
+    empty.downgrade("0022")
+    assert old <= set(indexes())
+    assert "ix_holds_account_created" not in indexes()
+    assert read() == before
 
 
 def test_going_down_says_what_it_takes_from_this_database_counted(empty: Database) -> None:

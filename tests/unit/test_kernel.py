@@ -66,6 +66,60 @@ def test_every_instant_lies_in_its_period_and_periods_tile_time(
     assert first <= kernel.day_of(instant, zone) < after
 
 
+@given(
+    instant=st.datetimes(
+        min_value=datetime(1971, 1, 1), max_value=datetime(2100, 12, 31), timezones=st.just(UTC)
+    ),
+    zone=st.sampled_from(
+        [
+            *ZONES,
+            "America/Santiago",
+            "America/Havana",
+            "America/Goose_Bay",
+            "Asia/Beirut",
+            "Australia/Lord_Howe",
+        ]
+    ),
+)
+def test_a_day_cut_divides_the_instants_before_it_from_those_after(
+    instant: datetime, zone: str
+) -> None:
+    """The rollups of the dates before the cut hold what was posted before its instant:
+    every instant before it falls on an earlier date, every one from it on, on its date
+    or later, however the zone's offset changes near it (midnights that come twice or
+    not at all, half-hour changes)."""
+    cut = kernel.day_cut(instant, zone)
+    assert cut is not None
+    day, start = cut
+    assert start <= instant
+    assert day <= kernel.day_of(instant, zone)
+    assert instant - start < timedelta(days=8)
+    for minutes in range(-31 * 60, 31 * 60 + 1, 10):
+        moment = start + timedelta(minutes=minutes)
+        assert (kernel.day_of(moment, zone) < day) == (moment < start), moment
+    assert (
+        kernel.day_of(start - timedelta(microseconds=1), zone) < day == kernel.day_of(start, zone)
+    )
+
+
+def test_a_day_cut_steps_back_from_a_change_of_offset() -> None:
+    """A date whose start lies near a change of the zone's offset is passed over for an
+    earlier one; a steady date is the instant's own; the calendar's first has none."""
+    # New York moves to summer time at 2:00 on 8 March 2026.
+    noon = datetime(2026, 3, 9, 17, 0, tzinfo=UTC)
+    assert kernel.day_cut(noon, "America/New_York") == (
+        "2026-03-06",
+        datetime(2026, 3, 6, 5, 0, tzinfo=UTC),
+    )
+    assert kernel.day_cut(noon, "UTC") == ("2026-03-09", datetime(2026, 3, 9, tzinfo=UTC))
+    # Goose Bay's clocks went back at 00:01 on 7 November 2010, to 23:01 on the 6th: the
+    # 7th began a first time at 3:00 UTC, then the 6th came back for an hour. Its
+    # midnight does not divide the instants, nor does the 6th's (within a day of it).
+    cut = kernel.day_cut(datetime(2010, 11, 7, 12, 0, tzinfo=UTC), "America/Goose_Bay")
+    assert cut == ("2010-11-05", datetime(2010, 11, 5, 3, 0, tzinfo=UTC))
+    assert kernel.day_cut(datetime(1, 1, 1, 5, tzinfo=UTC), "UTC") is None
+
+
 # ------------------------------------------------------------------------------ entries
 
 
