@@ -333,6 +333,18 @@ def test_a_wallets_authorizations_are_listed_newest_first(ledger: Ledger, clock:
     assert [h.status for h in ledger.holds_of(user, status="captured").items] == ["captured"]
     assert ledger.holds_of(user, status="expired").items == []
     assert ledger.holds_of(user, limit=1).items[0] == ledger.hold(made[-1])
+    # The pending ones are sorted, not read in order: paged alike, two of one instant
+    # by their ids.
+    same_instant = [ledger.authorize(user, VEO_FAST, idempotency_key=key()).id for _ in "ab"]
+    paged: list[str] = []
+    cursor = None
+    while True:
+        page = ledger.holds_of(user, status="pending", cursor=cursor, limit=1)
+        paged += [h.id for h in page.items]
+        cursor = page.next_cursor
+        if cursor is None:
+            break
+    assert paged == sorted(same_instant, reverse=True) + made[:1:-1]
     nul = base64.urlsafe_b64encode(b"2026-11-21T12:00:00+00:00|a\x00b").decode()
     for bad, field in (
         ({"status": "done"}, "status"),
