@@ -3016,7 +3016,8 @@ class Ledger:
         """What was posted to the wallet by ``instant``: its daily flows of the dates
         before the instant's (a few rows a date), and its postings since that date began;
         all its postings, where no date near it begins cleanly (``kernel.day_cut``).
-        Summed by halves: the flows' running total, credits first, may pass 64 bits."""
+        Summed by halves: the flows of a date, by flow and not in the order they were
+        posted, may take a running total beyond 64 bits on the way."""
         since: sa.ColumnElement[bool] = sa.true()
         rolled = 0
         cut = kernel.day_cut(instant, wallet.timezone)

@@ -376,7 +376,7 @@ def open_holds(conn: Connection, end: datetime, among: list[int] | None = None) 
         sa.select(holds.c.account_id, holds.c.amount)
         .select_from(listed)
         .join(holds, holds.c.account_id == listed.c.id)
-        .where(holds.c.resolved_at >= end, holds.c.created_at < end)
+        .where(holds.c.resolved_at >= end, unindexed(holds.c.created_at) < end)
     )
     both = sa.union_all(unresolved, resolved_later).subquery()
     frame = _frame(
