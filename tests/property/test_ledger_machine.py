@@ -117,6 +117,8 @@ class LedgerMachine(RuleBasedStateMachine):
         # then, and a reversal of the grant's top-up does not take them a second time.
         self.gone: dict[str, int] = {}
         self.returned = 0  # what reversals took back from the expired-credits account
+        # The balance and pending at each instant steps ran at, as the last of them left it.
+        self.history: dict[datetime, tuple[int, int]] = {}
 
     def period(self, timezone: str | None = None) -> str:
         """The month it is now in ``timezone`` (default: the wallet's)."""
@@ -596,6 +598,7 @@ class LedgerMachine(RuleBasedStateMachine):
         between its rounds): an authorization or charge then meets expired holds."""
         before = {zone: self.period(zone) for zone in self.report_zones()}
         before_period = before[self.timezone]
+        self.record()
         self.clock.advance(minutes=minutes)
         for zone, month in before.items():  # nothing was posted between: a month's end
             if self.period(zone) != month:
@@ -749,6 +752,20 @@ class LedgerMachine(RuleBasedStateMachine):
         assert self.snapshot() == before, "a replayed request changed the ledger"
 
     @rule()
+    def balances_then(self) -> None:
+        """The balance at each instant steps ran at is what the last of them left, and
+        just before it what the instant before left: read from the wallet's rollups and
+        its holds then, in its timezone, whatever days and months passed."""
+        before: tuple[int, int] | None = None
+        for instant, (balance, pending) in sorted(self.history.items()):
+            view = self.ledger.balance(W, as_of=instant)
+            assert (view.balance, view.pending) == (balance, pending), instant
+            if before is not None:
+                view = self.ledger.balance(W, as_of=instant - timedelta(microseconds=1))
+                assert (view.balance, view.pending) == before, instant
+            before = (balance, pending)
+
+    @rule()
     def bad_input_is_refused(self) -> None:
         self.rejected(lambda: self.ledger.top_up(W, -5, idempotency_key=self.key()), LedgerError)
         self.rejected(
@@ -794,6 +811,12 @@ class LedgerMachine(RuleBasedStateMachine):
         if view.available >= 0:
             self.excused = False
         assert view.available >= 0 or self.excused, view
+        self.record()
+
+    def record(self) -> None:
+        """The model's balance and pending now, as the last step at this instant left
+        them (after each step, and before time passes within one)."""
+        self.history[self.clock.now] = (self.balance, sum(self.pending.values()))
 
 
 def _sqlite(template: Path) -> Database:
