@@ -738,6 +738,13 @@ def test_a_revision_this_version_does_not_have_is_refused_before_anything_connec
     db.dispose()
 
 
+def _indexes(db: Database, table: str) -> dict[str, list[str | None]]:
+    """The named indexes of ``table``: their columns."""
+    with db.engine.connect() as conn:
+        found = sa.inspect(conn).get_indexes(table)
+    return {i["name"]: i["column_names"] for i in found if i["name"]}
+
+
 def test_a_key_that_expired_stays_refused_below_0009_as_revoked_when_it_expired(
     empty: Database,
 ) -> None:
@@ -780,21 +787,16 @@ def test_the_grants_reference_index_comes_and_goes_with_0021(empty: Database) ->
     """0021 indexes grants by reference (only those with one); down again, it is gone
     and the references stay."""
 
-    def indexes() -> dict[str, list[str | None]]:
-        with empty.engine.connect() as conn:
-            found = sa.inspect(conn).get_indexes("grants")
-        return {i["name"]: i["column_names"] for i in found if i["name"]}
-
     empty.migrate("0020")
     ledger = Ledger(empty, default_catalogs())
     ledger.open_account("acme", "credit", idempotency_key="o1")
     ledger.top_up("acme", 50, idempotency_key="t1", reference="inv-7")
-    assert "ix_grants_reference" not in indexes()
+    assert "ix_grants_reference" not in _indexes(empty, "grants")
     empty.migrate("0021")
-    assert indexes()["ix_grants_reference"] == ["reference"]
+    assert _indexes(empty, "grants")["ix_grants_reference"] == ["reference"]
     assert [e.memo for e in ledger.journal(reference="inv-7").items] == ["pack top-up (inv-7)"]
     empty.downgrade("0020")
-    assert "ix_grants_reference" not in indexes()
+    assert "ix_grants_reference" not in _indexes(empty, "grants")
     with empty.engine.connect() as conn:
         assert conn.execute(sa.text("SELECT reference FROM grants")).scalar_one() == "inv-7"
 
@@ -803,11 +805,6 @@ def test_the_expiring_grants_index_comes_and_goes_with_0022(empty: Database) -> 
     """0022 indexes the grants with credits left that expire, by expiry; the sweeper
     expires the same grants with it or without it; down again, it is gone."""
 
-    def indexes() -> dict[str, list[str | None]]:
-        with empty.engine.connect() as conn:
-            found = sa.inspect(conn).get_indexes("grants")
-        return {i["name"]: i["column_names"] for i in found if i["name"]}
-
     clock = Clock()
     empty.migrate("0021")
     ledger = Ledger(empty, default_catalogs(), clock=clock)
@@ -815,16 +812,16 @@ def test_the_expiring_grants_index_comes_and_goes_with_0022(empty: Database) -> 
     for n, hours in enumerate((1, 2, None)):
         due = None if hours is None else clock.now + timedelta(hours=hours)
         ledger.top_up("acme", 50, idempotency_key=f"t{n}", expires_at=due)
-    assert "ix_grants_expiring" not in indexes()
+    assert "ix_grants_expiring" not in _indexes(empty, "grants")
     clock.advance(hours=1)
     assert ledger.expire_grants() == 1
     empty.migrate("0022")
-    assert indexes()["ix_grants_expiring"] == ["expires_at"]
+    assert _indexes(empty, "grants")["ix_grants_expiring"] == ["expires_at"]
     clock.advance(hours=1)
     assert ledger.expire_grants() == 1
     assert ledger.expire_grants() == 0
     empty.downgrade("0021")
-    assert "ix_grants_expiring" not in indexes()
+    assert "ix_grants_expiring" not in _indexes(empty, "grants")
     assert [g.remaining for g in ledger.grants_of("acme")] == [0, 0, 50]
 
 
@@ -832,11 +829,6 @@ def test_the_holds_by_wallet_come_and_go_with_0023(empty: Database) -> None:
     """0023 indexes the holds by wallet (made, pending, resolved) in place of the three
     indexes before; a wallet's authorizations, its balance at an instant and the holds a
     report finds open read the same with either, and the old ones come back down."""
-
-    def indexes() -> dict[str, list[str | None]]:
-        with empty.engine.connect() as conn:
-            found = sa.inspect(conn).get_indexes("holds")
-        return {i["name"]: i["column_names"] for i in found if i["name"]}
 
     clock = Clock()
     empty.migrate("0022")
@@ -866,16 +858,20 @@ def test_the_holds_by_wallet_come_and_go_with_0023(empty: Database) -> None:
     assert before[2].pending == 4 * 240
     assert before[3][0]["open_holds"] == 4
     old = {"ix_holds_account_id", "ix_holds_pending_expires", "ix_holds_resolved"}
-    assert old <= set(indexes())
+    assert old <= set(_indexes(empty, "holds"))
     empty.migrate("0023")
-    assert not old & set(indexes())
-    assert indexes()["ix_holds_account_created"] == ["account_id", "created_at", "id"]
-    assert indexes()["ix_holds_account_pending"] == ["account_id", "expires_at"]
-    assert indexes()["ix_holds_account_resolved"] == ["account_id", "resolved_at"]
+    assert not old & set(_indexes(empty, "holds"))
+    assert _indexes(empty, "holds")["ix_holds_account_created"] == [
+        "account_id",
+        "created_at",
+        "id",
+    ]
+    assert _indexes(empty, "holds")["ix_holds_account_pending"] == ["account_id", "expires_at"]
+    assert _indexes(empty, "holds")["ix_holds_account_resolved"] == ["account_id", "resolved_at"]
     assert read() == before
     empty.downgrade("0022")
-    assert old <= set(indexes())
-    assert "ix_holds_account_created" not in indexes()
+    assert old <= set(_indexes(empty, "holds"))
+    assert "ix_holds_account_created" not in _indexes(empty, "holds")
     assert read() == before
 
 
