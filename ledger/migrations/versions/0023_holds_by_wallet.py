@@ -11,7 +11,8 @@ request it makes):
 * its balance at an instant (``as_of``) summed the holds open then from all of them.
 
 The replacements index the same rows, so that an authorization and its capture write no
-more keys than before:
+more keys than before, if wider ones (measured per authorize+capture pair: SQLite's WAL
+pages 39.9 before, 39.8 after; PostgreSQL's WAL bytes 7,047 before, 7,183 after):
 
 * ``ix_holds_account_created`` (``account_id, created_at, id``) for ``ix_holds_account_id``:
   the pages of a wallet's authorizations, in their order;
