@@ -2990,7 +2990,10 @@ class Ledger:
                     field="as_of",
                     allowed={"max": latest},
                 )
-        with self.db.transaction(write=False) as conn:
+        # At an instant: its postings, holds and limit read from one state of the ledger
+        # (on PostgreSQL each statement of a plain transaction sees the commits since).
+        reading = self.db.transaction(write=False) if as_of is None else self.db.snapshot()
+        with reading as conn:
             wallet = self._wallet(conn, account_id)
             if as_of is None:
                 return self._balance_view(conn, wallet)
