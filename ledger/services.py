@@ -1315,8 +1315,9 @@ class Ledger:
         )
 
     def account(self, account_id: str) -> AccountView:
-        """A wallet: balances and open grants."""
-        with self.db.transaction(write=False) as conn:
+        """A wallet: balances and open grants, as they were at one moment (on PostgreSQL
+        each statement of a plain transaction sees the commits since the one before)."""
+        with self.db.snapshot() as conn:
             wallet = self._wallet(conn, account_id)
             return self._account_view(conn, wallet)
 
