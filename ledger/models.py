@@ -706,9 +706,11 @@ def entry_flow() -> sa.ColumnElement[str]:
     """The flow of an ``entries`` row as ``daily_flows`` counts it: a top-up's grant kind,
     ``refund`` for a reversal of a capture or charge, otherwise the entry's kind (SQL, for
     reading the journal the way it was rolled up)."""
+    # Among the grants of the entry's wallet (``ix_grants_account_remaining``): no index
+    # has every grant by its entry.
     grant_kind = (
         sa.select(sa.func.min(grants.c.kind))
-        .where(grants.c.entry_id == entries.c.id)
+        .where(grants.c.account_id == entries.c.account_id, grants.c.entry_id == entries.c.id)
         .scalar_subquery()
     )
     original = entries.alias("reversed")
