@@ -32,9 +32,11 @@ from urllib.parse import quote
 import sqlalchemy as sa
 
 from ledger.db import Database
+from ledger.keys import Keys
 from ledger.services import Ledger
 from ledger.verify import verify
 from pricing.catalog import CatalogSet
+from reports.jobs import Reports
 from tests import factories as f
 from tests.factories import Clock, key
 
@@ -49,8 +51,17 @@ EXPLAINED = (
 #: round reads every wallet that has one (``Ledger._allocations_due``: 50 ms a round for
 #: 100,000 wallets, on a reader, never under the write lock). A page of wallets is read
 #: in the order they were opened, until it is full (of a unit few wallets count in, that
-#: may be all of them: an admin's listing, not a request path).
-WHOLE_BY_DESIGN = ("accounts.monthly_allocation IS NOT NULL", "ORDER BY accounts.id LIMIT")
+#: may be all of them: an admin's listing, not a request path). A statement of every
+#: wallet lists them all, in batches, and the holds open at its end of each (once a job,
+#: wallet by wallet). The admin's list of API keys is every key (not a page: a few per
+#: customer, and the list's shape is the API's).
+WHOLE_BY_DESIGN = (
+    "accounts.monthly_allocation IS NOT NULL",
+    "ORDER BY accounts.id LIMIT",
+    "ORDER BY accounts.external_id",
+    "WITH listed AS (SELECT accounts.id AS id FROM accounts WHERE accounts.kind = 'wallet')",
+    "FROM api_keys LEFT OUTER JOIN accounts ON accounts.id = api_keys.account_id ORDER BY",
+)
 #: Tables of a few rows whatever the traffic (the catalog's units, the schema's version).
 SMALL = {"units", "alembic_version", "price_versions"}
 #: Indexes of a few rows of a wallet whatever its traffic, which may be read whole: the
@@ -120,6 +131,21 @@ def _day(ledger: Ledger, clock: Clock) -> None:
     month = clock.now.strftime("%Y-%m")
     f.make_statement(ledger.db, month, "UTC", "acme")
     f.make_statement(ledger.db, month, "Asia/Tokyo", "acme")
+    # The API keys: made, checked, listed, revoked.
+    keys = Keys(ledger.db, clock=clock)
+    made = keys.create("customer", account_id="acme", name="dashboard")
+    assert keys.authenticate(made.key) is not None
+    keys.list()
+    keys.revoke(made.id)
+    # Into the next month: its allocations, and last month's statements as report jobs
+    # (every wallet's, a batch at a time, and one wallet's).
+    clock.advance(days=12)
+    ledger.roll_allocations()
+    ledger.expire_grants()
+    reports = Reports(ledger.db, clock=clock)
+    reports.request(month, "csv")
+    reports.request(month, "json", account_id="acme", timezone="Asia/Tokyo")
+    assert reports.run_pending() == 2
     ledger.usage("acme")
     ledger.account_changes("beta")
 
