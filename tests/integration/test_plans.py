@@ -97,10 +97,19 @@ def _day(ledger: Ledger, clock: Clock) -> None:
     promo = next(g for g in ledger.account("acme").grants if g.kind == "promo")
     ledger.revoke_grant(promo.id, reason="withdrawn", idempotency_key=key())
     ledger.update_account("beta", idempotency_key=key(), overdraft_limit=200, reason="trusted")
+    # A spend limit (each request then sums the month's spending), a block and its end.
+    ledger.update_account("acme", idempotency_key=key(), monthly_spend_limit=100_000)
+    ledger.authorize("acme", VEO_FAST, idempotency_key=key())
+    ledger.charge("acme", VEO_FAST, idempotency_key=key())
+    ledger.update_account("beta", idempotency_key=key(), blocked=True, reason="abuse")
+    ledger.update_account("beta", idempotency_key=key(), blocked=False)
+    ledger.check_top_up("acme", 10, kind="promo")
+    ledger.check_usage_report("acme", VEO_FAST, status="COMPLETED", usage=None)
     clock.advance(hours=1)
     # Short without the holds past their expiry, which no sweeper has released yet.
     ledger.affordability("beta", ledger.quote(VEO_FAST))
     ledger.authorize("beta", VEO_FAST, idempotency_key=key())
+    assert ledger.hold(lapsing.id).status == "expired"  # released by that authorization
     ledger.expire_holds()
     ledger.expire_grants()
     ledger.roll_allocations()
