@@ -189,35 +189,44 @@ def _sqlite_reads_whole(path: str, statements: list[str]) -> dict[str, str]:
     wallet's rows of a table that grows with its requests: their plans."""
     found = {}
     with closing(sqlite3.connect(path)) as conn:
-        tables = {name for (name,) in conn.execute("SELECT name FROM sqlite_master")}
+        # Each index's table: a plan names a table by its alias in the statement, if any.
+        tables = dict(conn.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'"))
         for text in dict.fromkeys(statements):
             if not re.match(r"\s*(SELECT|UPDATE|DELETE|INSERT|WITH)\b", text, re.IGNORECASE):
                 continue  # BEGIN, PRAGMA, a trigger's marker
             plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + text)]
-            if any(_reads_whole(step, tables) for step in plan) or _reads_a_history(text, plan):
+            # The rows of a subquery or a WITH, made by the statement: not a table.
+            derived = {
+                m[1] for p in plan if (m := re.match(r"(?:CO-ROUTINE|MATERIALIZE) (\w+)", p))
+            }
+            if any(_reads_whole(step, derived) for step in plan) or _reads_a_history(
+                text, plan, tables
+            ):
                 found[text] = " | ".join(plan)
     return found
 
 
-def _reads_whole(step: str, tables: set[str]) -> bool:
-    """Whether a step of a SQLite plan reads a table whole (not a subquery's rows, nor an
-    index of a few rows whatever the traffic)."""
+def _reads_whole(step: str, derived: set[str]) -> bool:
+    """Whether a step of a SQLite plan reads a table whole (not the rows of a subquery,
+    nor an index of a few rows whatever the traffic)."""
     if "AUTOMATIC" in step:  # an index built for the statement, from the whole table
         return True
     scan = re.match(r"(?:SCAN (\w+)(?: USING (?:COVERING )?INDEX (\w+))?|SEARCH (\w+)$)", step)
-    table = scan and (scan[1] or scan[3])  # SEARCH without an index: each time, all of it
-    return bool(scan and table in tables - SMALL and scan[2] not in FEW)
+    if scan is None or re.match(r"SCAN (\d+ )?CONSTANT ROW", step):  # VALUES
+        return False
+    name = scan[1] or scan[3]  # a SEARCH without an index reads all of it, each time
+    return name not in SMALL | derived and scan[2] not in FEW
 
 
-def _reads_a_history(text: str, plan: list[str]) -> bool:
+def _reads_a_history(text: str, plan: list[str], tables: dict[str, str]) -> bool:
     """Whether a plan reads all of one wallet's rows of a table that grows with its
     requests: by the wallet alone, other than a page of them in the index's order."""
     by_wallet = [
         step
         for step in plan
-        if (found := re.match(r"SEARCH (\w+) (?:AS \w+ )?USING (?:COVERING )?INDEX (\w+) ", step))
-        and found[1] in PER_REQUEST
-        and found[2] not in FEW
+        if (found := re.match(r"SEARCH \w+ (?:AS \w+ )?USING (?:COVERING )?INDEX (\w+) ", step))
+        and tables.get(found[1]) in PER_REQUEST
+        and found[1] not in FEW
         and step.endswith("(account_id=?)")
     ]
     # In the index's order: sorted only among rows of one instant ("RIGHT PART"), if at all.
