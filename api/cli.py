@@ -58,7 +58,7 @@ from ledger.db import (
     revision_titles,
 )
 from ledger.errors import BackupFailed, IdempotencyConflict
-from ledger.keys import Keys
+from ledger.keys import KeyPage, Keys
 from ledger.results import (
     AccountChangePage,
     AccountPage,
@@ -679,7 +679,7 @@ def _show_account(view: AccountView, as_json: bool, title: str) -> None:
 
 
 def _print_page(
-    page: AccountPage | AccountChangePage | EntryPage | HoldPage | UsageRecordPage,
+    page: AccountPage | AccountChangePage | EntryPage | HoldPage | KeyPage | UsageRecordPage,
     as_json: bool,
     title: str,
     columns: tuple[str, ...],
@@ -1792,33 +1792,42 @@ def keys_list(
             "leaked key made, to revoke them too."
         ),
     ] = None,
+    limit: LimitOption = 50,
+    cursor: CursorOption = None,
     as_json: JsonOption = False,
 ) -> None:
     """The keys (never a secret), in the order they were made, with who made and who
-    revoked each."""
+    revoked each, a page at a time (with --cursor, give the same filters)."""
     with _open_keys() as keys:
-        views = keys.list(role=role, account_id=account, active=active, created_by=created_by)
-    if as_json:
-        typer.echo(json.dumps([v.model_dump(mode="json") for v in views], indent=2))
-        return
-    table = Table(title="API keys")
+        page = keys.page(
+            cursor=cursor,
+            limit=limit,
+            role=role,
+            account_id=account,
+            active=active,
+            created_by=created_by,
+        )
     # Who revoked each is in --json (and `keys revoke`'s answer): a ninth column would fold
     # the instants of an 80-column terminal.
-    columns = ("id", "name", "role", "account", "created", "created by", "revoked", "expires")
-    for column in columns:
-        table.add_column(column, overflow="fold")  # every digit shows, never an ellipsis
-    for v in views:
-        table.add_row(
-            v.id,
-            v.name,
-            v.role,
-            v.account_id or "",
-            v.created_at.isoformat(timespec="seconds"),
-            v.created_by or "",
-            v.revoked_at.isoformat(timespec="seconds") if v.revoked_at else "",
-            v.expires_at.isoformat(timespec="seconds") if v.expires_at else "",
-        )
-    _console().print(table)
+    _print_page(
+        page,
+        as_json,
+        "API keys",
+        ("id", "name", "role", "account", "created", "created by", "revoked", "expires"),
+        (
+            (
+                v.id,
+                v.name,
+                v.role,
+                v.account_id,
+                v.created_at.isoformat(timespec="seconds"),
+                v.created_by,
+                v.revoked_at.isoformat(timespec="seconds") if v.revoked_at else None,
+                v.expires_at.isoformat(timespec="seconds") if v.expires_at else None,
+            )
+            for v in page.items
+        ),
+    )
 
 
 report_app = typer.Typer(

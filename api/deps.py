@@ -8,7 +8,7 @@ from collections.abc import Callable, Coroutine
 from dataclasses import dataclass
 from typing import Annotated, Any, TypeVar
 
-from fastapi import Depends, Header, Request, Response
+from fastapi import Depends, Header, Query, Request, Response
 from fastapi.concurrency import run_in_threadpool
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
@@ -233,6 +233,11 @@ class Call:
         if result.holds_expired:  # released on the way, as the sweeper would have
             self.services.metrics.holds_resolved.labels("expired").inc(result.holds_expired)
         return result
+
+
+#: Where the previous page of a listing ended (its ``next_cursor``), and the rows per page.
+CursorQuery = Annotated[str | None, Query(max_length=200)]
+LimitQuery = Annotated[int, Query(ge=1, le=500)]
 
 
 async def read(services: Services, query: Callable[..., T], *args: Any, **kwargs: Any) -> T:

@@ -23,7 +23,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from ledger.kernel import account_id_problem
-from ledger.keys import CreatedKey, KeyView
+from ledger.keys import CreatedKey, KeyPage, KeyView
 from ledger.results import (
     AccountChangeView,
     AdjustmentResult,
@@ -452,6 +452,7 @@ __all__ = [
     "HoldView",
     "InsufficientCreditsPublic",
     "KeyCreate",
+    "KeyPage",
     "KeyView",
     "ReversalCreate",
     "ReversalResult",

@@ -28,7 +28,7 @@ from ledger import kernel
 from ledger.db import BOOTSTRAP_LOCK, Database
 from ledger.errors import InvalidInput, NotFound
 from ledger.models import KEY_ROLES, accounts, api_keys
-from ledger.services import SYSTEM_ACTOR, aware_instant, wallet_id
+from ledger.services import SYSTEM_ACTOR, aware_instant, oldest_first, page_limit, wallet_id
 
 PREFIX = "clk"
 #: The id of the key given in ``CREDITLEDGER_ADMIN_KEY`` (it has no row).
@@ -78,6 +78,15 @@ class KeyView(BaseModel):
     #: key); null for keys made or revoked before revision 0020.
     created_by: str | None = None
     revoked_by: str | None = None
+
+
+class KeyPage(BaseModel):
+    """Keys in the order they were made; ``next_cursor`` reads on (None: no more)."""
+
+    model_config = ConfigDict(frozen=True)
+
+    items: list[KeyView]
+    next_cursor: str | None
 
 
 class CreatedKey(KeyView):
@@ -216,26 +225,38 @@ class Keys:
             raise NotFound(f"no key {key_id!r}", field="id")
         return view
 
-    def list(
+    def page(
         self,
         *,
+        cursor: str | None = None,
+        limit: int = 50,
         role: str | None = None,
         account_id: str | None = None,
         active: bool | None = None,
         created_by: str | None = None,
-    ) -> list[KeyView]:
-        """The keys in the order they were made: of one ``role``, of one wallet's
-        customers (``account_id``), only those accepted now (``active``: not revoked and
-        not expired) or only those refused, and only those ``created_by`` one actor (the
-        keys a leaked key made), if given."""
+    ) -> KeyPage:
+        """The keys in the order they were made, ``limit`` at a time: of one ``role``, of
+        one wallet's customers (``account_id``), only those accepted now (``active``: not
+        revoked and not expired) or only those refused, and only those ``created_by`` one
+        actor (the keys a leaked key made), if given.
+
+        The pages are read by an index in their order (one wallet's by one of its own);
+        the filters other than ``account_id`` are read from each key's row, so a page of
+        a filter few keys match may read many to fill."""
+        page_limit(limit)
         if role is not None and role not in KEY_ROLES:
             raise InvalidInput(f"unknown role {role!r}", field="role", allowed=list(KEY_ROLES))
         stmt = self._select()
         if role is not None:
             stmt = stmt.where(api_keys.c.role == role)
         if account_id is not None:
-            stmt = stmt.where(accounts.c.external_id == _searchable(account_id, "account_id"))
+            wallet = sa.select(accounts.c.id).where(
+                accounts.c.external_id == _searchable(account_id, "account_id")
+            )
+            stmt = stmt.where(api_keys.c.account_id == wallet.scalar_subquery())
         if active is not None:
+            if not isinstance(active, bool):
+                raise InvalidInput("active must be true or false", field="active")
             accepted = sa.and_(
                 api_keys.c.revoked_at.is_(None),
                 sa.or_(api_keys.c.expires_at.is_(None), api_keys.c.expires_at > self.clock()),
@@ -244,8 +265,10 @@ class Keys:
         if created_by is not None:
             stmt = stmt.where(api_keys.c.created_by == _searchable(created_by, "created_by"))
         with self.db.transaction(write=False) as conn:
-            rows = conn.execute(stmt.order_by(api_keys.c.created_at, api_keys.c.id))
-            return [self._to_view(r) for r in rows]
+            rows, next_cursor = oldest_first(
+                conn, stmt, api_keys.c.created_at, api_keys.c.id, cursor, limit
+            )
+        return KeyPage(items=[self._to_view(r) for r in rows], next_cursor=next_cursor)
 
     def cached(self, token: str) -> Principal | None:
         """The caller of a token found valid within ``cache_seconds``; None otherwise.

@@ -522,6 +522,15 @@ class ApiKey(SQLModel, table=True):
         sa.CheckConstraint(
             "(role = 'customer') = (account_id IS NOT NULL)", name="ck_api_keys_customer_account"
         ),
+        # The pages of the keys, in the order they were made; and of one wallet's.
+        sa.Index("ix_api_keys_created", "created_at", "id"),
+        sa.Index(
+            "ix_api_keys_account",
+            "account_id",
+            "created_at",
+            "id",
+            **_where("account_id IS NOT NULL"),
+        ),
     )
 
     id: str = Field(primary_key=True, max_length=32)

@@ -1201,7 +1201,7 @@ class Ledger:
         self, account_id: str, *, cursor: str | None = None, limit: int = 50
     ) -> AccountChangePage:
         """The changes of a wallet's settings, newest first, ``limit`` at a time."""
-        _page_limit(limit)
+        page_limit(limit)
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
             stmt = sa.select(changes).where(changes.c.account_id == wallet.id)
@@ -1260,7 +1260,7 @@ class Ledger:
         The filters other than ``unit`` are read from each wallet's row, not an index:
         on many wallets, a filter few match scans them all (an audit, not a request
         path)."""
-        _page_limit(limit)
+        page_limit(limit)
         if unit is not None and unit not in self.units:
             raise InvalidInput(f"unknown unit {unit!r}", field="unit", allowed=sorted(self.units))
         if available_below is not None:
@@ -2117,7 +2117,7 @@ class Ledger:
         """A wallet's authorizations (of one ``status``, if given), newest first, ``limit``
         at a time. A pending one past its ``expires_at`` can no longer be captured, swept
         or not."""
-        _page_limit(limit)
+        page_limit(limit)
         if status is not None and status not in HOLD_STATUSES:
             raise InvalidInput(
                 f"unknown status {status!r}", field="status", allowed=list(HOLD_STATUSES)
@@ -2184,7 +2184,7 @@ class Ledger:
         ``kind``, catalog, operation, model or gateway ``request_id``, and made at or after
         ``since`` and before ``until``, if given (pass the same with the next page's
         cursor)."""
-        _page_limit(limit)
+        page_limit(limit)
         if status is not None and status not in METERING_STATUSES:
             raise InvalidInput(
                 f"unknown status {status!r}", field="status", allowed=list(METERING_STATUSES)
@@ -3260,7 +3260,7 @@ def _entry_filters(
     actor: str | None,
 ) -> list[sa.ColumnElement[bool]]:
     """The conditions of an entry listing, or InvalidInput naming the wrong argument."""
-    _page_limit(limit)
+    page_limit(limit)
     if kind is not None and kind not in ENTRY_KINDS:
         raise InvalidInput(f"unknown kind {kind!r}", field="kind", allowed=list(ENTRY_KINDS))
     since, until = _window(since, until)
@@ -3337,7 +3337,7 @@ def _window(
     return since, until
 
 
-def _page_limit(limit: Any) -> None:
+def page_limit(limit: Any) -> None:
     if type(limit) is not int or not 1 <= limit <= 500:
         raise InvalidInput(
             "limit must be from 1 to 500", field="limit", allowed={"min": 1, "max": 500}
@@ -3358,11 +3358,42 @@ def _newest_first(
     ``cursor``; and the cursor of the next page (None: no more). Not ``by_index``: the
     rows are not read in that order from an index but sorted (``stmt`` selects few, by
     an index of its own that SQLite would otherwise pass over for the order)."""
+    return _in_order(conn, stmt, instant, row_id, cursor, limit, newest=True, by_index=by_index)
+
+
+def oldest_first(
+    conn: Connection,
+    stmt: sa.Select[Any],
+    instant: sa.ColumnElement[datetime],
+    row_id: sa.ColumnElement[str],
+    cursor: str | None,
+    limit: int,
+) -> tuple[list[Row[Any]], str | None]:
+    """The page of ``stmt``'s rows, oldest first by (``instant``, ``row_id``), after
+    ``cursor``; and the cursor of the next page (None: no more)."""
+    return _in_order(conn, stmt, instant, row_id, cursor, limit, newest=False, by_index=True)
+
+
+def _in_order(
+    conn: Connection,
+    stmt: sa.Select[Any],
+    instant: sa.ColumnElement[datetime],
+    row_id: sa.ColumnElement[str],
+    cursor: str | None,
+    limit: int,
+    *,
+    newest: bool,
+    by_index: bool,
+) -> tuple[list[Row[Any]], str | None]:
     at_, id_ = (instant, row_id) if by_index else (unindexed(instant), unindexed(row_id))
     if cursor is not None:
         at, last_id = _decode_cursor(cursor)
-        stmt = stmt.where(sa.or_(at_ < at, sa.and_(at_ == at, id_ < last_id)))
-    rows = conn.execute(stmt.order_by(at_.desc(), id_.desc()).limit(limit + 1)).all()
+        if newest:
+            stmt = stmt.where(sa.or_(at_ < at, sa.and_(at_ == at, id_ < last_id)))
+        else:
+            stmt = stmt.where(sa.or_(at_ > at, sa.and_(at_ == at, id_ > last_id)))
+    order = (at_.desc(), id_.desc()) if newest else (at_, id_)
+    rows = conn.execute(stmt.order_by(*order).limit(limit + 1)).all()
     page = list(rows[:limit])
     if len(rows) <= limit:
         return page, None

@@ -10,8 +10,10 @@ from api.deps import (
     Admin,
     AdminCall,
     Caller,
+    CursorQuery,
     Gateway,
     JournalReader,
+    LimitQuery,
     ServicesDep,
     ensure_own,
     read,
@@ -53,9 +55,6 @@ _ERRORS = documented(401, 403, 404, 409, 422)
 #: A change's responses, with the header of a replayed answer on its 201 or 200.
 _CREATED = replayable(201, _ERRORS)
 _CHANGED = replayable(200, _ERRORS)
-#: Where the previous page ended (its ``next_cursor``), and the rows per page.
-CursorQuery = Annotated[str | None, Query(max_length=200)]
-LimitQuery = Annotated[int, Query(ge=1, le=500)]
 EntryKindQuery = Annotated[
     Literal["topup", "adjustment", "capture", "charge", "expiry", "reversal", "allocation"] | None,
     Query(),

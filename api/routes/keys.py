@@ -7,10 +7,10 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Query
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import Admin, ServicesDep, actor_of
+from api.deps import Admin, CursorQuery, LimitQuery, ServicesDep, actor_of, read
 from api.errors import documented
 from api.routing import JsonRoute
-from api.schemas import CreatedKey, KeyCreate, KeyView
+from api.schemas import CreatedKey, KeyCreate, KeyPage, KeyView
 
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["keys"])
 
@@ -31,10 +31,12 @@ async def create_key(body: KeyCreate, caller: Admin, services: ServicesDep) -> C
     )
 
 
-@router.get("/keys", response_model=list[KeyView], responses=_ERRORS)
+@router.get("/keys", response_model=KeyPage, responses=_ERRORS)
 async def list_keys(
     _caller: Admin,
     services: ServicesDep,
+    cursor: CursorQuery = None,
+    limit: LimitQuery = 50,
     role: Annotated[Literal["admin", "service", "customer"] | None, Query()] = None,
     account_id: Annotated[
         str | None, Query(min_length=1, max_length=200, description="One wallet's customer keys.")
@@ -52,13 +54,16 @@ async def list_keys(
             "those a leaked key made, to revoke them too.",
         ),
     ] = None,
-) -> list[KeyView]:
-    """The keys (never a secret), in the order they were made; filtered by role, wallet,
+) -> KeyPage:
+    """The keys (never a secret), in the order they were made, a page at a time: pass
+    ``next_cursor``, with the same filters, for the next page. Filtered by role, wallet,
     whether they are accepted now (such as a customer's live keys, to revoke) and who
     made them."""
-    return await run_in_threadpool(
-        services.keys.db.reading,
-        services.keys.list,
+    return await read(
+        services,
+        services.keys.page,
+        cursor=cursor,
+        limit=limit,
         role=role,
         account_id=account_id,
         active=active,

@@ -205,7 +205,7 @@ def test_a_revoked_key_stops_working_at_once(api: Api) -> None:
     # Revoked again: harmless, and it keeps the instant it was first revoked.
     again = api.call("DELETE", f"/v1/keys/{created['id']}")
     assert (again.status_code, again.json()["revoked_at"]) == (200, r.json()["revoked_at"])
-    listed = {k["id"]: k for k in api.get("/v1/keys").json()}
+    listed = {k["id"]: k for k in api.get("/v1/keys").json()["items"]}
     assert listed[created["id"]]["revoked_at"]
     assert all("key" not in k for k in listed.values())
 
@@ -219,7 +219,7 @@ def test_each_key_names_the_key_that_made_it_and_the_one_that_revoked_it(api: Ap
     by_leaked = f"key:{leaked['id']}"
     assert (backdoor["created_by"], backdoor["revoked_by"]) == (by_leaked, None)
     made = api.get("/v1/keys", params={"created_by": by_leaked})
-    assert [k["id"] for k in made.json()] == [backdoor["id"]]
+    assert [k["id"] for k in made.json()["items"]] == [backdoor["id"]]
     for key_id in (backdoor["id"], leaked["id"]):
         gone = api.call("DELETE", f"/v1/keys/{key_id}")
         assert gone.json()["revoked_by"] == api.actor("admin"), gone.text
@@ -227,7 +227,10 @@ def test_each_key_names_the_key_that_made_it_and_the_one_that_revoked_it(api: Ap
     other = api.post("/v1/keys", {"role": "admin", "name": "second admin"}).json()
     again = api.call("DELETE", f"/v1/keys/{leaked['id']}", as_key=other["key"])
     assert (again.status_code, again.json()["revoked_by"]) == (200, api.actor("admin"))
-    assert api.get("/v1/keys", params={"created_by": "key:nobody"}).json() == []
+    assert api.get("/v1/keys", params={"created_by": "key:nobody"}).json() == {
+        "items": [],
+        "next_cursor": None,
+    }
     for bad in ("", "x" * 81):
         r = api.get("/v1/keys", params={"created_by": bad})
         assert (r.status_code, r.json()["field"]) == (422, "created_by"), r.text
@@ -259,7 +262,7 @@ def test_keys_are_listed_by_role_wallet_and_whether_they_are_accepted_now(api: A
     def listed(**params: str) -> list[str]:
         r = api.get("/v1/keys", params=params)
         assert r.status_code == 200, r.text
-        return [k["id"] for k in r.json()]
+        return [k["id"] for k in r.json()["items"]]
 
     assert listed(account_id="target") == [live, revoked, expiring]
     assert listed(account_id="target", active="true") == [live, expiring]
@@ -271,6 +274,52 @@ def test_keys_are_listed_by_role_wallet_and_whether_they_are_accepted_now(api: A
     assert api.actor("service").removeprefix("key:") in services
     assert live not in services
     for params, field in (({"role": "root"}, "role"), ({"active": "maybe"}, "active")):
+        r = api.get("/v1/keys", params=params)
+        assert (r.status_code, r.json()["field"]) == (422, field), r.text
+
+
+def test_keys_are_listed_a_page_at_a_time(api: Api) -> None:
+    """Every key once, in the order they were made, however the pages fall; a filter
+    holds on every page; a cursor or a limit the API never gives is refused."""
+    api.wallet("target", "credit")
+    made = [
+        api.post("/v1/keys", {"role": "service", "name": f"gw{n}"}).json()["id"] for n in range(5)
+    ]
+    theirs = [
+        api.post("/v1/keys", {"role": "customer", "account_id": "target"}).json()["id"]
+        for _ in range(3)
+    ]
+    whole = api.get("/v1/keys", params={"limit": "500"}).json()
+    assert whole["next_cursor"] is None
+    assert [k["id"] for k in whole["items"]][-8:] == made + theirs
+
+    def paged(limit: int, **params: str) -> list[list[str]]:
+        pages, cursor = [], None
+        while True:
+            query = {**params, "limit": str(limit), **({"cursor": cursor} if cursor else {})}
+            r = api.get("/v1/keys", params=query)
+            assert r.status_code == 200, r.text
+            pages.append([k["id"] for k in r.json()["items"]])
+            if (cursor := r.json()["next_cursor"]) is None:
+                return pages
+
+    for limit in (1, 2, 3, 7):
+        pages = paged(limit)
+        assert [key_id for page in pages for key_id in page] == [k["id"] for k in whole["items"]]
+        assert all(len(page) == limit for page in pages[:-1])
+    assert paged(2, account_id="target") == [theirs[:2], theirs[2:]]
+    services = [key_id for page in paged(2, role="service") for key_id in page]
+    assert services[-5:] == made
+    for n in range(50):
+        api.keys.create("service", name=f"more{n}")
+    default = api.get("/v1/keys").json()
+    assert default["items"][: len(whole["items"])] == whole["items"]
+    assert (len(default["items"]), default["next_cursor"] is not None) == (50, True)
+    for params, field in (
+        ({"cursor": "not-a-cursor"}, "cursor"),
+        ({"limit": "0"}, "limit"),
+        ({"limit": "501"}, "limit"),
+    ):
         r = api.get("/v1/keys", params=params)
         assert (r.status_code, r.json()["field"]) == (422, field), r.text
 
@@ -287,7 +336,7 @@ def test_a_key_that_expires_is_refused_from_its_expiry_on(api: Api) -> None:
     assert api.get("/v1/catalogs", as_key=created["key"]).status_code == 401
     api.keys._valid.clear()  # and when it is not remembered either
     assert api.get("/v1/catalogs", as_key=created["key"]).status_code == 401
-    listed = {k["id"]: k for k in api.get("/v1/keys").json()}
+    listed = {k["id"]: k for k in api.get("/v1/keys").json()["items"]}
     assert listed[created["id"]]["expires_at"] == created["expires_at"]
     for bad in ((now - timedelta(seconds=1)).isoformat(), "2030-01-01T00:00:00", "soon"):
         r = api.post("/v1/keys", {"role": "service", "expires_at": bad})

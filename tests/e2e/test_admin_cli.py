@@ -548,7 +548,7 @@ def test_a_key_name_of_200_characters_is_kept_whole(env: dict[str, str]) -> None
     assert made.returncode == 0, made.stderr
     assert json.loads(made.stdout)["name"] == name
     listed = run("keys", "list", "--json", env=env)
-    assert [k["name"] for k in json.loads(listed.stdout)] == [name]
+    assert [k["name"] for k in json.loads(listed.stdout)["items"]] == [name]
 
 
 def test_keys_create_list_revoke(env: dict[str, str]) -> None:
@@ -557,8 +557,8 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     created = json.loads(made.stdout)
     assert created["key"].startswith(f"clk_{created['id']}_")
     listed = run("keys", "list", "--json", env=env)
-    assert [k["id"] for k in json.loads(listed.stdout)] == [created["id"]]
-    assert json.loads(listed.stdout)[0]["expires_at"] is None
+    assert [k["id"] for k in json.loads(listed.stdout)["items"]] == [created["id"]]
+    assert json.loads(listed.stdout)["items"][0]["expires_at"] is None
     assert created["key"] not in listed.stdout
     lasting = ("keys", "create", "--role", "service", "--expires-at", "2099-01-01T00:00:00Z")
     until = json.loads(run(*lasting, "--json", env=env).stdout)
@@ -577,14 +577,29 @@ def test_keys_create_list_revoke(env: dict[str, str]) -> None:
     assert json.loads(revoked.stdout)["revoked_at"]
     assert (created["created_by"], json.loads(revoked.stdout)["revoked_by"]) == (me, me)
     mine = run("keys", "list", "--created-by", me, "--json", env=env)
-    assert [k["id"] for k in json.loads(mine.stdout)] == [created["id"], until["id"]]
+    assert [k["id"] for k in json.loads(mine.stdout)["items"]] == [created["id"], until["id"]]
     others = run("keys", "list", "--created-by", "key:0123456789abcdef", "--json", env=env)
-    assert json.loads(others.stdout) == []
+    assert json.loads(others.stdout) == {"items": [], "next_cursor": None}
     live = run("keys", "list", "--role", "service", "--active", "--json", env=env)
-    assert [k["id"] for k in json.loads(live.stdout)] == [until["id"]]
+    assert [k["id"] for k in json.loads(live.stdout)["items"]] == [until["id"]]
     gone = run("keys", "list", "--inactive", "--json", env=env)
-    assert [k["id"] for k in json.loads(gone.stdout)] == [created["id"]]
-    assert json.loads(run("keys", "list", "--account", "acme", "--json", env=env).stdout) == []
+    assert [k["id"] for k in json.loads(gone.stdout)["items"]] == [created["id"]]
+    acme = run("keys", "list", "--account", "acme", "--json", env=env).stdout
+    assert json.loads(acme)["items"] == []
+    # A page at a time: the table says how to read on, and the next page carries on.
+    first = run("keys", "list", "--limit", "1", env=piped)
+    cursor = json.loads(run("keys", "list", "--limit", "1", "--json", env=env).stdout)[
+        "next_cursor"
+    ]
+    assert f"more: --cursor {cursor}" in first.stdout
+    rest = run("keys", "list", "--limit", "1", "--cursor", cursor, "--json", env=env)
+    assert json.loads(rest.stdout) == {
+        "items": [json.loads(mine.stdout)["items"][1]],
+        "next_cursor": None,
+    }
+    for option, value in (("--limit", "0"), ("--cursor", "nonsense")):
+        refused = run("keys", "list", option, value, env=env)
+        assert (refused.returncode, json.loads(refused.stderr)["field"]) == (2, option[2:])
 
 
 @pytest.mark.parametrize(("setting", "refused"), [("0", True), ("3600", False)])
@@ -795,7 +810,7 @@ def test_serve_prints_a_generated_admin_key_only_on_the_first_start(
     _, admin, proc = server
     proc.send_signal(signal.SIGTERM)
     proc.wait(timeout=30)
-    listed = json.loads(run("keys", "list", "--json", env=env).stdout)
+    listed = json.loads(run("keys", "list", "--json", env=env).stdout)["items"]
     assert [k["role"] for k in listed] == ["admin"]
     assert admin not in json.dumps(listed)
 
@@ -833,7 +848,7 @@ def test_replicas_started_together_on_a_new_ledger_print_one_admin_key(
     finally:
         for replica in replicas:
             replica.stop()
-    listed = json.loads(run("keys", "list", "--json", env=env).stdout)
+    listed = json.loads(run("keys", "list", "--json", env=env).stdout)["items"]
     assert [k["role"] for k in listed] == ["admin"]
 
 

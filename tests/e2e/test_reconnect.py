@@ -133,7 +133,7 @@ def test_a_key_revocation_and_a_report_request_do_not_fail_on_a_lost_connection(
     revoked = cut_api.call("DELETE", f"/v1/keys/{leaked_id}")
     assert revoked.status_code == 200, revoked.text
     assert revoked.json()["revoked_at"] is not None
-    listed = cut_api.get("/v1/keys", params={"active": "false"}).json()
+    listed = cut_api.get("/v1/keys", params={"active": "false"}).json()["items"]
     assert [(k["id"], k["revoked_at"]) for k in listed] == [
         (leaked_id, revoked.json()["revoked_at"])
     ]

@@ -327,6 +327,6 @@ def test_replicas_started_together_make_one_admin_key(ledger: Ledger) -> None:
     made = race([keys.bootstrap_admin for keys in replicas])
     assert not [m for m in made if isinstance(m, Exception)], made
     assert len([m for m in made if m is not None]) == 1, made
-    admins = [k for k in replicas[0].list() if k.role == "admin"]
+    admins = replicas[0].page(role="admin").items
     assert len(admins) == 1, admins
     assert admins[0].created_by == "system"  # the ledger made it, at a first start

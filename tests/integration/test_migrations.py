@@ -119,7 +119,8 @@ def test_partial_indexes_agree(empty: Database) -> None:
                 conn.rollback()
                 assert migrated == modelled, index.name
                 partial += migrated is not None
-    assert partial == 11  # holds, metering_records, report_jobs, grants (2 each), entries (3)
+    # holds, metering_records, report_jobs, grants (2 each), entries (3), api_keys (1)
+    assert partial == 12
 
 
 Checks = dict[tuple[str, str], str]
@@ -362,17 +363,17 @@ def test_key_actors_migrate_up_and_down_keeping_the_keys(empty: Database) -> Non
         )
     empty.migrate("0020")
     keys = Keys(empty, cache_seconds=0)
-    [before] = keys.list()
+    [before] = keys.page().items
     assert (before.id, before.created_by, before.revoked_by) == (old_id, None, None)
     assert keys.authenticate(f"clk_{old_id}_{secret}") is not None
     made = keys.create("service", name="second", actor="cli:ops")
     keys.revoke(old_id, actor="key:0123456789abcdef")
     keys.revoke(old_id, actor="cli:someone-else")  # the first revocation is kept
-    assert [(k.created_by, k.revoked_by) for k in keys.list()] == [
+    assert [(k.created_by, k.revoked_by) for k in keys.page().items] == [
         (None, "key:0123456789abcdef"),
         ("cli:ops", None),
     ]
-    assert [k.id for k in keys.list(created_by="cli:ops")] == [made.id]
+    assert [k.id for k in keys.page(created_by="cli:ops").items] == [made.id]
     empty.downgrade("0019")
     with empty.engine.connect() as conn:
         columns = {c["name"] for c in sa.inspect(conn).get_columns("api_keys")}
@@ -492,7 +493,7 @@ def _revision(database: Database) -> str | None:
         return MigrationContext.configure(conn).get_current_revision()
 
 
-HEAD = "0023"
+HEAD = "0024"
 REVISIONS = known_revisions()
 
 #: A process that migrates ``sys.argv[1]`` at the instant ``sys.argv[2]`` (so that all
@@ -872,6 +873,52 @@ def test_the_holds_by_wallet_come_and_go_with_0023(empty: Database) -> None:
     empty.downgrade("0022")
     assert old <= set(_indexes(empty, "holds"))
     assert "ix_holds_account_created" not in _indexes(empty, "holds")
+    assert read() == before
+
+
+def test_the_keys_in_order_come_and_go_with_0024(empty: Database) -> None:
+    """0024 indexes the API keys in the order they are listed, and one wallet's customer
+    keys; the pages read the same with the indexes or without them, and they go again
+    with 0024."""
+
+    made = datetime(2026, 12, 1, tzinfo=UTC)
+    empty.migrate("0023")
+    ledger = Ledger(empty, default_catalogs(), clock=lambda: made)
+    for wallet in ("acme", "beta"):
+        ledger.open_account(wallet, "credit", idempotency_key=f"o-{wallet}")
+    keys = Keys(empty, clock=lambda: made)  # made at one instant: ordered by their ids
+    for n in range(7):
+        keys.create("customer", account_id=("acme", "beta")[n % 2], name=f"k{n}")
+    keys.create("service", name="gateway")
+
+    def pages(**filters: Any) -> list[list[str]]:
+        read, cursor = [], None
+        while True:
+            page = keys.page(limit=2, cursor=cursor, **filters)
+            read.append([k.id for k in page.items])
+            if (cursor := page.next_cursor) is None:
+                return read
+
+    def read() -> tuple[list[list[str]], ...]:
+        return pages(), pages(account_id="acme"), pages(account_id="beta", role="customer")
+
+    before = read()
+    everything = [key_id for page in before[0] for key_id in page]
+    assert len(everything) == 8
+    assert everything == sorted(everything)  # made at one instant: by id
+    assert [len(page) for page in before[1]] == [2, 2]
+    assert [len(page) for page in before[2]] == [2, 1]
+    assert not {"ix_api_keys_created", "ix_api_keys_account"} & set(_indexes(empty, "api_keys"))
+    empty.migrate("0024")
+    assert _indexes(empty, "api_keys")["ix_api_keys_created"] == ["created_at", "id"]
+    assert _indexes(empty, "api_keys")["ix_api_keys_account"] == [
+        "account_id",
+        "created_at",
+        "id",
+    ]
+    assert read() == before
+    empty.downgrade("0023")
+    assert not {"ix_api_keys_created", "ix_api_keys_account"} & set(_indexes(empty, "api_keys"))
     assert read() == before
 
 

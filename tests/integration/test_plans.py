@@ -53,14 +53,14 @@ EXPLAINED = (
 #: in the order they were opened, until it is full (of a unit few wallets count in, that
 #: may be all of them: an admin's listing, not a request path). A statement of every
 #: wallet lists them all, in batches, and the holds open at its end of each (once a job,
-#: wallet by wallet). The admin's list of API keys is every key (not a page: a few per
-#: customer, and the list's shape is the API's).
+#: wallet by wallet). A page of API keys is read in the order they were made, until it
+#: is full, as a page of wallets is (one wallet's keys by an index of their own).
 WHOLE_BY_DESIGN = (
     "accounts.monthly_allocation IS NOT NULL",
     "ORDER BY accounts.id LIMIT",
     "ORDER BY accounts.external_id",
     "WITH listed AS (SELECT accounts.id AS id FROM accounts WHERE accounts.kind = 'wallet')",
-    "FROM api_keys LEFT OUTER JOIN accounts ON accounts.id = api_keys.account_id ORDER BY",
+    "ON accounts.id = api_keys.account_id ORDER BY api_keys.created_at, api_keys.id LIMIT",
 )
 #: Tables of a few rows whatever the traffic (the catalog's units, the schema's version).
 SMALL = {"units", "alembic_version", "price_versions"}
@@ -144,7 +144,9 @@ def _day(ledger: Ledger, clock: Clock) -> None:
     keys = Keys(ledger.db, clock=clock)
     made = keys.create("customer", account_id="acme", name="dashboard")
     assert keys.authenticate(made.key) is not None
-    keys.list()
+    first = keys.page(limit=1)
+    keys.page(limit=1, cursor=first.next_cursor)
+    keys.page(account_id="acme", active=True)
     keys.revoke(made.id)
     # Into the next month: its allocations, and last month's statements as report jobs
     # (every wallet's, a batch at a time, and one wallet's).
