@@ -3388,10 +3388,13 @@ def _in_order(
     at_, id_ = (instant, row_id) if by_index else (unindexed(instant), unindexed(row_id))
     if cursor is not None:
         at, last_id = _decode_cursor(cursor)
+        # The instant's bound alone as well (the OR implies it): PostgreSQL starts the
+        # index scan at the cursor with it, where without it each page walked the rows
+        # of all the pages before (SQLite finds the bound in the OR itself).
         if newest:
-            stmt = stmt.where(sa.or_(at_ < at, sa.and_(at_ == at, id_ < last_id)))
+            stmt = stmt.where(at_ <= at, sa.or_(at_ < at, sa.and_(at_ == at, id_ < last_id)))
         else:
-            stmt = stmt.where(sa.or_(at_ > at, sa.and_(at_ == at, id_ > last_id)))
+            stmt = stmt.where(at_ >= at, sa.or_(at_ > at, sa.and_(at_ == at, id_ > last_id)))
     order = (at_.desc(), id_.desc()) if newest else (at_, id_)
     rows = conn.execute(stmt.order_by(*order).limit(limit + 1)).all()
     page = list(rows[:limit])

@@ -7,12 +7,13 @@ SQLite's write lock (2 million movements: 100 ms for every writer). Each stateme
 day's use cases (of the gateway, the admin, finance and the sweepers) is planned as the
 database ran it:
 
-- SQLite, from the statements as they ran (with their values): its planner keeps no
-  statistics here, so its plan says what the indexes allow. No ``SCAN`` of a table, nor
-  of a whole index; and no search of a table that grows with every request by the
-  wallet alone (a wallet's holds, postings, entries), but for a page of them in order:
-  that too grows with every request, of a customer at a time (a refused authorization
-  once looked for lapsed holds among all of its wallet's, under the write lock).
+- SQLite, from the statements as they ran (with their parameters): its planner keeps
+  no statistics here, so its plan says what the indexes allow. No ``SCAN`` of a table,
+  nor of a whole index; and no search of a table that grows with every request by the
+  wallet alone (a wallet's holds, postings, entries), but for the first page of them in
+  order: that too grows with every request, of a customer at a time (a refused
+  authorization once looked for lapsed holds among all of its wallet's, under the write
+  lock; each next page of a listing walked past the rows of all the pages before).
 - PostgreSQL, by the server itself as it runs them (``auto_explain``, its trigger
   functions' statements included), with sequential scans priced out: one is chosen only
   where no index serves the statement at all. (On a test's few rows it rightly prefers
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import threading
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from datetime import timedelta
@@ -59,7 +61,7 @@ WHOLE_BY_DESIGN = (
     "accounts.monthly_allocation IS NOT NULL",
     "ORDER BY accounts.id LIMIT",
     "ORDER BY accounts.external_id",
-    "WITH listed AS (SELECT accounts.id AS id FROM accounts WHERE accounts.kind = 'wallet')",
+    "WITH listed AS (SELECT accounts.id AS id FROM accounts WHERE accounts.kind = ?)",
     "ON accounts.id = api_keys.account_id ORDER BY api_keys.created_at, api_keys.id LIMIT",
 )
 #: Tables of a few rows whatever the traffic (the catalog's units, the schema's version).
@@ -133,6 +135,11 @@ def _day(ledger: Ledger, clock: Clock) -> None:
     ledger.entries("acme", since=clock.now - timedelta(hours=2), until=clock.now)
     ledger.usage_records("acme")
     ledger.usage_records("acme", status="COMPLETED", since=clock.now - timedelta(hours=2))
+    # The next page of each: read on from the cursor.
+    ledger.entries("acme", cursor=ledger.entries("acme", limit=1).next_cursor)
+    ledger.usage_records("acme", cursor=ledger.usage_records("acme", limit=1).next_cursor)
+    ledger.holds_of("acme", cursor=ledger.holds_of("acme", limit=1).next_cursor)
+    ledger.account_changes("beta", cursor=ledger.account_changes("beta", limit=1).next_cursor)
     ledger.grants_of("acme")
     ledger.unpriceable_holds()
     # A wallet's statement of the month: from its rollups, and (in another timezone than
@@ -162,41 +169,61 @@ def _day(ledger: Ledger, clock: Clock) -> None:
 
 
 @contextmanager
-def _sqlite_statements(db: Database) -> Iterator[list[str]]:
-    """The statements SQLite ran meanwhile, on every connection, with their values."""
-    ran: list[str] = []
+def _sqlite_statements(db: Database) -> Iterator[dict[str, Any]]:
+    """The statements SQLite ran meanwhile, on every connection, each with the values it
+    was given. Those SQLAlchemy sent keep their parameters apart, as SQLite planned them
+    (a value written in is planned otherwise than a parameter: given a page's cursor, an
+    instant twice, SQLite finds the range in its literals that it cannot in parameters);
+    the write path's own statements (``ledger.store``) come with their values written in."""
+    ran: dict[str, Any] = {}
+    sending = threading.local()
     recording = True
 
     def note(statement: str) -> None:
-        if recording:  # the connections stay traced after, back in their pools
-            ran.append(statement)
+        # The trace of a statement SQLAlchemy sends is left to ``sent``; the connections
+        # stay traced after, back in their pools.
+        if recording and not getattr(sending, "now", False):
+            ran.setdefault(statement, ())
 
     def trace(dbapi: Any, _record: Any) -> None:
         dbapi.set_trace_callback(note)
 
+    def sent(*args: Any) -> None:
+        statement, parameters, many = args[2], args[3], args[5]
+        sending.now = True
+        if recording:
+            ran.setdefault(statement, parameters[0] if many else parameters)
+
+    def done(*_args: Any) -> None:
+        sending.now = False
+
     engines = {db.engine, db._write_engine}
+    events = (("connect", trace), ("before_cursor_execute", sent))
+    ends = (("after_cursor_execute", done), ("handle_error", done))
     for engine in engines:
-        sa.event.listen(engine, "connect", trace)
+        for name, listener in (*events, *ends):
+            sa.event.listen(engine, name, listener)
         engine.dispose()  # none connected before the trace
     try:
         yield ran
     finally:
         recording = False
         for engine in engines:
-            sa.event.remove(engine, "connect", trace)
+            for name, listener in (*events, *ends):
+                sa.event.remove(engine, name, listener)
 
 
-def _sqlite_reads_whole(path: str, statements: list[str]) -> dict[str, str]:
+def _sqlite_reads_whole(path: str, statements: dict[str, Any]) -> dict[str, str]:
     """The statements whose plan reads a table (or an index) whole, or all of one
     wallet's rows of a table that grows with its requests: their plans."""
     found = {}
     with closing(sqlite3.connect(path)) as conn:
         # Each index's table: a plan names a table by its alias in the statement, if any.
         tables = dict(conn.execute("SELECT name, tbl_name FROM sqlite_master WHERE type = 'index'"))
-        for text in dict.fromkeys(statements):
+        for text, parameters in statements.items():
             if not re.match(r"\s*(SELECT|UPDATE|DELETE|INSERT|WITH)\b", text, re.IGNORECASE):
                 continue  # BEGIN, PRAGMA, a trigger's marker
-            plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + text)]
+            plan = [row[-1] for row in conn.execute("EXPLAIN QUERY PLAN " + text, parameters)]
             # The rows of a subquery or a WITH, made by the statement: not a table.
             derived = {
                 m[1] for p in plan if (m := re.match(r"(?:CO-ROUTINE|MATERIALIZE) (\w+)", p))
@@ -222,7 +249,8 @@ def _reads_whole(step: str, derived: set[str]) -> bool:
 
 def _reads_a_history(text: str, plan: list[str], tables: dict[str, str]) -> bool:
     """Whether a plan reads all of one wallet's rows of a table that grows with its
-    requests: by the wallet alone, other than a page of them in the index's order."""
+    requests: by the wallet alone, other than the first page of them in the index's
+    order."""
     by_wallet = [
         step
         for step in plan
@@ -233,7 +261,10 @@ def _reads_a_history(text: str, plan: list[str], tables: dict[str, str]) -> bool
     ]
     # In the index's order: sorted only among rows of one instant ("RIGHT PART"), if at all.
     a_page = re.search(r"\bLIMIT\b", text) and "USE TEMP B-TREE FOR ORDER BY" not in plan
-    return bool(by_wallet) and not a_page
+    # A page after a cursor (its instant and id) that the index finds by the wallet alone
+    # walks from the newest row past those of every page before it.
+    resumed = re.search(r"(\w+\.\w+) [<>] \? OR \1 = \? AND", text)
+    return bool(by_wallet) and not (a_page and not resumed)
 
 
 def _postgresql_reads_whole(url: str, catalogs: CatalogSet) -> dict[str, str]:
