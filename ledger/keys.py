@@ -28,7 +28,7 @@ from ledger import kernel
 from ledger.db import BOOTSTRAP_LOCK, Database
 from ledger.errors import InvalidInput, NotFound
 from ledger.models import KEY_ROLES, accounts, api_keys
-from ledger.services import SYSTEM_ACTOR, aware_instant, oldest_first, page_limit, wallet_id
+from ledger.services import SYSTEM_ACTOR, aware_instant, page_in_order, page_limit, wallet_id
 
 PREFIX = "clk"
 #: The id of the key given in ``CREDITLEDGER_ADMIN_KEY`` (it has no row).
@@ -265,8 +265,8 @@ class Keys:
         if created_by is not None:
             stmt = stmt.where(api_keys.c.created_by == _searchable(created_by, "created_by"))
         with self.db.transaction(write=False) as conn:
-            rows, next_cursor = oldest_first(
-                conn, stmt, api_keys.c.created_at, api_keys.c.id, cursor, limit
+            rows, next_cursor = page_in_order(
+                conn, stmt, api_keys.c.created_at, api_keys.c.id, cursor, limit, newest=False
             )
         return KeyPage(items=[self._to_view(r) for r in rows], next_cursor=next_cursor)
 

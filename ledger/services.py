@@ -1205,8 +1205,8 @@ class Ledger:
         with self.db.transaction(write=False) as conn:
             wallet = self._wallet(conn, account_id)
             stmt = sa.select(changes).where(changes.c.account_id == wallet.id)
-            page, next_cursor = _newest_first(
-                conn, stmt, changes.c.changed_at, changes.c.id, cursor, limit
+            page, next_cursor = page_in_order(
+                conn, stmt, changes.c.changed_at, changes.c.id, cursor, limit, newest=True
             )
         return AccountChangePage(
             items=[
@@ -2131,13 +2131,14 @@ class Ledger:
                 stmt = stmt.where(PENDING_HOLD)
             elif status is not None:
                 stmt = stmt.where(holds.c.status == status)
-            page, next_cursor = _newest_first(
+            page, next_cursor = page_in_order(
                 conn,
                 stmt,
                 holds.c.created_at,
                 holds.c.id,
                 cursor,
                 limit,
+                newest=True,
                 by_index=status != "pending",
             )
             money = self._money(conn, wallet)
@@ -2210,8 +2211,8 @@ class Ledger:
                 stmt = stmt.where(metering.c.created_at >= since)
             if until is not None:
                 stmt = stmt.where(metering.c.created_at < until)
-            page, next_cursor = _newest_first(
-                conn, stmt, metering.c.created_at, metering.c.id, cursor, limit
+            page, next_cursor = page_in_order(
+                conn, stmt, metering.c.created_at, metering.c.id, cursor, limit, newest=True
             )
         return UsageRecordPage(
             items=[self._usage_record_view(wallet, r) for r in page], next_cursor=next_cursor
@@ -3122,8 +3123,8 @@ class Ledger:
         limit: int,
     ) -> EntryPage:
         stmt = sa.select(entries.c.id, entries.c.posted_at).where(sa.true(), *conditions)
-        page, next_cursor = _newest_first(
-            conn, stmt, entries.c.posted_at, entries.c.id, cursor, limit
+        page, next_cursor = page_in_order(
+            conn, stmt, entries.c.posted_at, entries.c.id, cursor, limit, newest=True
         )
         items = self._entry_views(conn, [r.id for r in page])
         return EntryPage(items=items, next_cursor=next_cursor)
@@ -3344,37 +3345,7 @@ def page_limit(limit: Any) -> None:
         )
 
 
-def _newest_first(
-    conn: Connection,
-    stmt: sa.Select[Any],
-    instant: sa.ColumnElement[datetime],
-    row_id: sa.ColumnElement[str],
-    cursor: str | None,
-    limit: int,
-    *,
-    by_index: bool = True,
-) -> tuple[list[Row[Any]], str | None]:
-    """The page of ``stmt``'s rows, newest first by (``instant``, ``row_id``), after
-    ``cursor``; and the cursor of the next page (None: no more). Not ``by_index``: the
-    rows are not read in that order from an index but sorted (``stmt`` selects few, by
-    an index of its own that SQLite would otherwise pass over for the order)."""
-    return _in_order(conn, stmt, instant, row_id, cursor, limit, newest=True, by_index=by_index)
-
-
-def oldest_first(
-    conn: Connection,
-    stmt: sa.Select[Any],
-    instant: sa.ColumnElement[datetime],
-    row_id: sa.ColumnElement[str],
-    cursor: str | None,
-    limit: int,
-) -> tuple[list[Row[Any]], str | None]:
-    """The page of ``stmt``'s rows, oldest first by (``instant``, ``row_id``), after
-    ``cursor``; and the cursor of the next page (None: no more)."""
-    return _in_order(conn, stmt, instant, row_id, cursor, limit, newest=False, by_index=True)
-
-
-def _in_order(
+def page_in_order(
     conn: Connection,
     stmt: sa.Select[Any],
     instant: sa.ColumnElement[datetime],
@@ -3383,14 +3354,19 @@ def _in_order(
     limit: int,
     *,
     newest: bool,
-    by_index: bool,
+    by_index: bool = True,
 ) -> tuple[list[Row[Any]], str | None]:
+    """The page of ``stmt``'s rows after ``cursor``, newest first by (``instant``,
+    ``row_id``) or oldest first; and the cursor of the next page (None: no more). Not
+    ``by_index``: the rows are not read in that order from an index but sorted
+    (``stmt`` selects few, by an index of its own that SQLite would otherwise pass over
+    for the order)."""
     at_, id_ = (instant, row_id) if by_index else (unindexed(instant), unindexed(row_id))
     if cursor is not None:
         at, last_id = _decode_cursor(cursor)
-        # The instant's bound alone as well (the OR implies it): PostgreSQL starts the
-        # index scan at the cursor with it, where without it each page walked the rows
-        # of all the pages before (SQLite finds the bound in the OR itself).
+        # The instant's bound alone as well (the OR implies it): with it the index is read
+        # from the cursor on; without it, neither database found that bound in the OR of
+        # parameters, and each page walked the rows of all the pages before.
         if newest:
             stmt = stmt.where(at_ <= at, sa.or_(at_ < at, sa.and_(at_ == at, id_ < last_id)))
         else:
@@ -3420,7 +3396,7 @@ _BAD_CURSOR = "cursor is not one this API returned"
 
 
 def _encode_cursor(instant: datetime, row_id: str) -> str:
-    """Where a newest-first page ended (entries, authorizations): an instant and an id."""
+    """Where a page in order ended (entries, authorizations, keys): an instant and an id."""
     return _wrap_cursor(instant.isoformat(), row_id)
 
 
