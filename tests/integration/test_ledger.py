@@ -2417,3 +2417,42 @@ def test_a_refund_across_servers_clocks_counts_in_its_charges_month(
     clock.advance(hours=2)  # December on every clock: its one charge was refunded
     view = ledger.account(user)
     assert (view.spent_this_month, view.spend_remaining) == (0, 500)
+
+
+def test_a_reason_of_the_most_characters_is_kept_and_one_more_is_refused(ledger: Ledger) -> None:
+    """A reason may be 500 characters (not bytes: these take two each): an adjustment's
+    and a reversal's entry keep it whole as their memo, a settings change keeps it, and
+    a revocation's memo, which names the grant before it, is cut to the 500 a memo
+    holds. One character more is refused, and changes nothing."""
+    acme = wallet(ledger, "acme")
+    most, beyond = "\u00e9" * 500, "\u00e9" * 501
+    ledger.top_up(acme, 100, kind="promo", idempotency_key=key())
+    before = snapshot(ledger, acme)
+    grant = ledger.account(acme).grants[0].id
+    refused: list[Callable[[str], object]] = [
+        lambda why: ledger.adjust(acme, 5, reason=why, idempotency_key=key()),
+        lambda why: ledger.update_account(
+            acme, overdraft_limit=10, reason=why, idempotency_key=key()
+        ),
+        lambda why: ledger.revoke_grant(grant, reason=why, idempotency_key=key()),
+    ]
+    for use_case in refused:
+        with pytest.raises(InvalidInput) as info:
+            use_case(beyond)
+        assert info.value.field == "reason"
+    assert snapshot(ledger, acme) == before
+    adjusted = ledger.adjust(acme, 5, reason=most, idempotency_key=key())
+    assert adjusted.entry.memo == most
+    ledger.update_account(acme, overdraft_limit=10, reason=most, idempotency_key=key())
+    assert ledger.account_changes(acme).items[0].reason == most
+    with pytest.raises(InvalidInput):
+        ledger.reverse(adjusted.entry.id, reason=beyond, idempotency_key=key())
+    assert ledger.reverse(adjusted.entry.id, reason=most, idempotency_key=key()).entry.memo == most
+    revoked = ledger.revoke_grant(grant, reason=most, idempotency_key=key())
+    assert revoked.entry.memo == f"grant {grant} revoked: {most}"[:500]
+    assert len(revoked.entry.memo) == 500
+    assert [e.memo for e in ledger.entries(acme, limit=3).items] == [
+        revoked.entry.memo,
+        most,
+        most,
+    ]
