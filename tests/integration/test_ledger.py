@@ -1448,6 +1448,24 @@ def test_a_refund_refills_the_grants_its_charge_burned_unless_they_expired_since
     assert by_kind["adjustment"].reference == f"reversal of {second.entry_id}"
 
 
+
+def test_a_refund_at_the_instant_its_grant_expires_comes_back_in_a_grant_of_its_own(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A grant expires at its ``expires_at`` (from then on it is due), so a refund at
+    that very instant does not refill it: its credits would leave again at the next
+    sweep. They come back in a grant of their own, and stay."""
+    user = wallet(ledger)
+    week = clock.now + timedelta(days=7)
+    ledger.top_up(user, 300, idempotency_key=key(), kind="promo", expires_at=week)
+    charged = ledger.charge(user, VEO_FAST, idempotency_key=key())  # 240 of the promo
+    assert charged.entry_id is not None
+    clock.now = week
+    refund = ledger.reverse(charged.entry_id, reason="provider refund", idempotency_key=key())
+    ledger.expire_grants()
+    by_kind = {g.kind: g for g in ledger.grants_of(user)}
+    assert (by_kind["promo"].remaining, by_kind["adjustment"].remaining) == (0, 240)
+    assert ledger.balance(user).balance == refund.balance.balance == 240
 def test_a_refund_refills_no_grant_whose_top_up_was_reversed_since(
     ledger: Ledger, clock: Clock
 ) -> None:
