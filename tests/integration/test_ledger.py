@@ -1448,7 +1448,6 @@ def test_a_refund_refills_the_grants_its_charge_burned_unless_they_expired_since
     assert by_kind["adjustment"].reference == f"reversal of {second.entry_id}"
 
 
-
 def test_a_refund_at_the_instant_its_grant_expires_comes_back_in_a_grant_of_its_own(
     ledger: Ledger, clock: Clock
 ) -> None:
@@ -1466,6 +1465,8 @@ def test_a_refund_at_the_instant_its_grant_expires_comes_back_in_a_grant_of_its_
     by_kind = {g.kind: g for g in ledger.grants_of(user)}
     assert (by_kind["promo"].remaining, by_kind["adjustment"].remaining) == (0, 240)
     assert ledger.balance(user).balance == refund.balance.balance == 240
+
+
 def test_a_refund_refills_no_grant_whose_top_up_was_reversed_since(
     ledger: Ledger, clock: Clock
 ) -> None:
