@@ -455,6 +455,17 @@ def test_a_hold_left_alone_expires_and_cannot_be_captured(ledger: Ledger, clock:
         ledger.capture(hold.id, status="COMPLETED", usage={}, idempotency_key=key())
 
 
+def test_a_hold_may_be_kept_from_one_second_to_seven_days(ledger: Ledger, clock: Clock) -> None:
+    """The bounds of an authorization's ``ttl`` are allowed themselves (those beyond are
+    refused: ``test_rejected_operations_change_nothing``)."""
+    user = wallet(ledger)
+    ledger.top_up(user, 500, idempotency_key=key())
+    for ttl in (timedelta(seconds=1), timedelta(days=7)):
+        hold = ledger.authorize(user, VEO_FAST, ttl=ttl, idempotency_key=key())
+        assert hold.expires_at == clock.now + ttl
+        ledger.void(hold.id, idempotency_key=key())
+
+
 def test_the_hold_sweeper_reads_a_listed_hold_again_under_its_lock(
     ledger: Ledger, database_url: str, clock: Clock, monkeypatch: pytest.MonkeyPatch
 ) -> None:
