@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+from decimal import Decimal
 from typing import Any
 
 import pytest
@@ -138,8 +140,6 @@ def test_capture_uses_the_version_the_hold_was_quoted_with(tmp_path: Any) -> Non
     # by the version the quote names.
     f.fal_price_change(tmp_path)
     catalogs = load_catalogs([tmp_path])
-    from datetime import UTC, datetime
-
     quote = estimate(f.fal_video(), datetime(2026, 3, 1, tzinfo=UTC), catalogs=catalogs)
     assert quote.catalog_version == "operator-1"
     pinned = price_usage(
@@ -188,3 +188,58 @@ def test_reported_counts_are_held_to_64_bits_and_to_what_was_asked(
     assert asked.value.message == (
         "usage.output_tokens must be a whole number from 0 to 5 (what the request asked for)"
     )
+
+
+def test_a_quote_and_a_charge_itemize_what_they_price(catalogs: CatalogSet, tmp_path: Any) -> None:
+    """The lines (what, how many, at what price, for how much) and the usage a quote
+    assumes are what a gateway shows its customer and what a pending authorization's
+    usage record says; each is pinned, not only the totals."""
+
+    def itemized(quote: Any) -> tuple[list[tuple[Any, ...]], dict[str, Any]]:
+        return [tuple(line) for line in quote.lines], dict(quote.estimated_usage)
+
+    assert itemized(estimate(f.veo3_video(), catalogs=catalogs)) == (
+        [("video, veo3_fast (standard quality)", 1, 240, 240)],
+        {"videos": 1},
+    )
+    image = f.pixazo_image(num_images=2, enable_prompt_expansion=True)
+    assert itemized(estimate(image, catalogs=catalogs)) == (
+        [("images", 2, 40_000, 80_000), ("prompt expansion (per request)", 1, 20_000, 20_000)],
+        {"images": 2},
+    )
+    # An operator's price of fal's video seconds: each candidate is a full render.
+    f.fal_price_change(tmp_path)
+    operator = load_catalogs([tmp_path])
+    at = datetime(2026, 3, 1, tzinfo=UTC)
+    video = f.fal_video(
+        enable_agentic_generation=True, agentic_max_iterations=3, agentic_samples_per_iteration=1
+    )
+    quote = estimate(video, at, catalogs=operator)
+    seconds = Decimal("7.875")  # 189 frames at 24 fps
+    assert itemized(quote) == (
+        [
+            (
+                "480p video seconds (189 frames at 24 fps) x 3 candidate renders",
+                3 * seconds,
+                20_000,
+                3 * seconds * 20_000,
+            )
+        ],
+        {"seconds": seconds, "num_frames": 189, "candidates": 3},
+    )
+    one = price_usage(
+        video,
+        {"candidates": 1},
+        "COMPLETED",
+        catalog_version=quote.catalog_version,
+        catalogs=operator,
+    )
+    assert [tuple(line) for line in one.lines] == [
+        ("480p video seconds (189 frames at 24 fps)", seconds, 20_000, seconds * 20_000)
+    ]
+    assert one.amount == 157_500
+    # A usage whose total disagrees names the total it should have been.
+    usage = {"input_tokens": 10, "output_tokens": 89, "total_tokens": 100}
+    with pytest.raises(InvalidUsage) as info:
+        price_usage(f.text(), usage, "COMPLETED", catalogs=catalogs)
+    assert (info.value.field, info.value.allowed) == ("usage.total_tokens", [99])
