@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from typing import Any
 
@@ -243,3 +243,25 @@ def test_a_quote_and_a_charge_itemize_what_they_price(catalogs: CatalogSet, tmp_
     with pytest.raises(InvalidUsage) as info:
         price_usage(f.text(), usage, "COMPLETED", catalogs=catalogs)
     assert (info.value.field, info.value.allowed) == ("usage.total_tokens", [99])
+
+
+def test_without_an_instant_the_version_in_force_now_prices(tmp_path: Any) -> None:
+    """``at`` left out means now, by the real clock: a version that took effect a
+    minute ago prices the request, one that takes effect in an hour does not yet."""
+    now = datetime.now(UTC).replace(microsecond=0)
+
+    def version(version_id: str, effective: datetime, price: str) -> str:
+        return (
+            f.FAL_PRICES.format(effective_from=effective.isoformat().replace("+00:00", "Z"))
+            .replace('id = "operator-1"', f'id = "{version_id}"')
+            .replace('"480p" = 0.02', f'"480p" = {price}')
+        )
+
+    f.write_catalog(tmp_path, "fal.toml", version("old", now - timedelta(days=30), "0.01"))
+    f.write_catalog(tmp_path, "fal-2.toml", version("current", now - timedelta(minutes=1), "0.02"))
+    f.write_catalog(tmp_path, "fal-3.toml", version("next", now + timedelta(hours=1), "0.03"))
+    catalogs = load_catalogs([tmp_path])
+    quote = estimate(f.fal_video(), catalogs=catalogs)
+    assert (quote.catalog_version, quote.cost) == ("current", 157_500)
+    later = estimate(f.fal_video(), now + timedelta(hours=1), catalogs=catalogs)
+    assert (later.catalog_version, later.cost) == ("next", 236_250)
