@@ -9,6 +9,7 @@ from datetime import UTC, date, datetime, timedelta, timezone
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from zoneinfo import ZoneInfo
 
 import pytest
 import sqlalchemy as sa
@@ -2150,6 +2151,30 @@ def test_a_point_in_time_balance_is_its_postings_and_holds_then_at_any_instant(
         ), instant
         instant += timedelta(minutes=43)
     assert ledger.balance(user, as_of=clock.now).balance == ledger.balance(user).balance
+
+
+def test_a_posting_at_the_very_start_of_a_local_day_counts_in_that_day(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """A balance at an instant of a day sums the rollups of the days before and the
+    postings since that day began: one posted at its first microsecond (midnight in the
+    wallet's timezone) is among the latter, counted once, neither left out nor twice."""
+    user = wallet(ledger, timezone="Asia/Tokyo")
+    ledger.top_up(user, 1_000, idempotency_key=key())
+    midnight = datetime(2026, 12, 1, tzinfo=ZoneInfo("Asia/Tokyo")).astimezone(UTC)
+    clock.now = midnight
+    ledger.top_up(user, 70, idempotency_key=key())
+    clock.now = midnight + timedelta(days=1, hours=3)
+    ledger.top_up(user, 5, idempotency_key=key())
+    clock.now = midnight + timedelta(days=2)
+    for instant, balance in (
+        (midnight - timedelta(microseconds=1), 1_000),
+        (midnight, 1_070),
+        (midnight + timedelta(hours=5), 1_070),
+        (midnight + timedelta(days=1), 1_070),
+        (midnight + timedelta(days=1, hours=4), 1_075),
+    ):
+        assert ledger.balance(user, as_of=instant).balance == balance, instant
 
 
 def test_point_in_time_balance_and_pagination(ledger: Ledger, clock: Clock) -> None:
