@@ -2153,6 +2153,38 @@ def test_a_point_in_time_balance_is_its_postings_and_holds_then_at_any_instant(
     assert ledger.balance(user, as_of=clock.now).balance == ledger.balance(user).balance
 
 
+def test_a_balance_at_an_instant_has_the_overdraft_limit_of_that_wallet_then(
+    ledger: Ledger, clock: Clock
+) -> None:
+    """The limit in force at an instant is the wallet's own last overdraft limit set by
+    then (before any was set: the one the first change replaced), whatever other wallets'
+    limits and this wallet's other settings did meanwhile."""
+    user = wallet(ledger, "mine")
+    other = wallet(ledger, "other", overdraft_limit=7)
+    opened = clock.now
+    steps: list[tuple[str, dict[str, Any]]] = [
+        (user, {"overdraft_limit": 100}),
+        (other, {"overdraft_limit": 999}),
+        (user, {"monthly_spend_limit": 5_000}),
+        (user, {"overdraft_limit": 300}),
+        (other, {"overdraft_limit": 1}),
+        (user, {"monthly_allocation": 50}),
+    ]
+    then = []
+    for account, change in steps:
+        clock.advance(minutes=1)
+        ledger.update_account(account, idempotency_key=key(), **change)
+        then.append(clock.now)
+    clock.advance(minutes=1)
+
+    def limit(instant: datetime) -> int:
+        return ledger.balance(user, as_of=instant).overdraft_limit
+
+    assert limit(opened) == 0
+    assert [limit(instant) for instant in then] == [100, 100, 100, 300, 300, 300]
+    assert ledger.balance(other, as_of=then[0]).overdraft_limit == 7
+
+
 def test_a_posting_at_the_very_start_of_a_local_day_counts_in_that_day(
     ledger: Ledger, clock: Clock
 ) -> None:
