@@ -1656,7 +1656,11 @@ def test_a_spend_limit_is_reached_exactly_at_its_last_credit(ledger: Ledger) -> 
     with pytest.raises(SpendLimitReached) as refused:
         ledger.charge(user, image, idempotency_key=key())
     assert (refused.value.needed, refused.value.remaining) == (24, 23)
+    # The estimate's advisory answer agrees, at the same last credit.
+    assert not ledger.affordability(user, ledger.quote(image)).affordable
     ledger.update_account(user, idempotency_key=key(), monthly_spend_limit=264)
+    fits = ledger.affordability(user, ledger.quote(image))
+    assert (fits.affordable, fits.spend_remaining) == (True, 24)
     assert ledger.charge(user, image, idempotency_key=key()).credits_used == 24  # 264 of 264
     assert ledger.account(user).spend_remaining == 0
     with pytest.raises(SpendLimitReached):
