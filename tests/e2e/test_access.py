@@ -276,6 +276,14 @@ def test_keys_are_listed_by_role_wallet_and_whether_they_are_accepted_now(api: A
     for params, field in (({"role": "root"}, "role"), ({"active": "maybe"}, "active")):
         r = api.get("/v1/keys", params=params)
         assert (r.status_code, r.json()["field"]) == (422, field), r.text
+    # A filter no database can hold (from the CLI or the library: a lone surrogate is
+    # what Python makes of an argument's undecodable byte) is refused, not sent.
+    unstorable: list[Any] = ["tar\x00get", "tar\udcffget", 7]
+    for field in ("account_id", "created_by"):
+        for text in unstorable:
+            with pytest.raises(InvalidInput) as refused:
+                api.keys.page(**{field: text})
+            assert refused.value.field == field
 
 
 def test_keys_are_listed_a_page_at_a_time(api: Api) -> None:
