@@ -24,7 +24,7 @@ from api.deps import scoped_key
 from ledger import keys as keys_module
 from ledger.errors import InvalidInput
 from ledger.keys import Keys, Principal
-from ledger.models import api_keys
+from ledger.models import api_keys, idempotency
 from ledger.services import Ledger
 from ledger.settings import Settings
 from tests import factories as f
@@ -565,6 +565,11 @@ def test_idempotency_keys_are_scoped_to_the_operator_or_to_one_customers_wallet(
     scopes = {scoped_key(who, "req-1") for who in (admin, alice, bob)}
     assert len(scopes) == 3
     assert all(scope.endswith(":req-1") for scope in scopes)
+    # The longest header, in the longest scope, fits the column that keeps it.
+    longest = scoped_key(Principal("k6", "customer", "w" * 200), "k" * 200)
+    length = getattr(idempotency.c.key.type, "length", None)
+    assert isinstance(length, int)
+    assert len(longest) <= length
     # Without a key every request is its own.
     assert scoped_key(admin, None) != scoped_key(admin, None)
     # A wallet's scope is not a short digest two tenants would share: two wallets whose

@@ -1469,6 +1469,17 @@ def test_same_idempotency_key_and_body_replays_the_original_response(api: Api) -
     t2 = api.post(f"/v1/accounts/{user}/topups", {"amount": 5}, idempotency_key="top-1")
     assert t1.json() == t2.json()
     assert api.balance(user)["balance"] == 765
+    # The shortest and the longest keys allowed (1 and 200 characters; the latter is
+    # stored with its scope in front of it) work like any other.
+    for key in ("t", "t" * 200):
+        made = [
+            api.post(f"/v1/accounts/{user}/topups", {"amount": 7}, idempotency_key=key)
+            for _ in range(2)
+        ]
+        assert [r.status_code for r in made] == [201, 201], made[0].text
+        assert made[0].json() == made[1].json()
+        assert made[1].headers["idempotent-replayed"] == "true"
+    assert api.balance(user)["balance"] == 765 + 7 + 7
 
 
 def test_a_replayed_answer_says_so_and_the_metrics_count_each_effect_once(api: Api) -> None:
