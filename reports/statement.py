@@ -189,11 +189,7 @@ def build(frames: Frames, *, account_id: str | None, generated_at: datetime) -> 
 
     names = wallets[["account_id", "unit", "scale"]]
     daily = _named(usage, names, ["day", "catalog", "operation", "model"])
-    monthly = _named(
-        daily.drop(columns=["day"]) if not daily.empty else daily,
-        names=None,
-        keys=["catalog", "operation", "model"],
-    )
+    monthly = _named(daily, names=None, keys=["catalog", "operation", "model"])
     return Statement(
         period=frames.period,
         account_id=account_id,
