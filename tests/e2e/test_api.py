@@ -1856,6 +1856,14 @@ def test_health_answers_head_as_monitors_ask_it(api: Api) -> None:
     assert not any("head" in path for path in api.app.openapi()["paths"].values())
 
 
+def test_a_path_no_route_has_is_404_in_the_one_error_format(api: Api) -> None:
+    """With a key or without: a client parses one error format, ``error`` included."""
+    for path, as_key in (("/v1/nope", "admin"), ("/v2/accounts", "service"), ("/", None)):
+        missing = api.call("GET", path, as_key=as_key)
+        assert missing.status_code == 404, (path, missing.text)
+        assert missing.json() == {"error": "not_found", "message": "Not Found"}, path
+
+
 def test_every_get_route_answers_head_as_its_get_without_the_body(api: Api) -> None:
     """HEAD is answered as GET is (RFC 9110): the same status and headers, the length of
     the body that GET sends included, its key checks and errors alike; a route without
