@@ -470,6 +470,16 @@ CASES: list[tuple[str, str, str, Any, dict[str, Any], int, str | None, str | Non
     ),
     ("NUL in a path", "GET", "/v1/accounts/w%00", None, {}, 422, "invalid_request", "id"),
     (
+        "NUL in the path of a request with a good body",
+        "POST",
+        "/v1/accounts/w%00/topups",
+        {"amount": 5},
+        {},
+        422,
+        "invalid_request",
+        "id",
+    ),
+    (
         "NUL in a query",
         "GET",
         "/v1/accounts/w/entries?cursor=%00",
