@@ -929,6 +929,34 @@ def test_a_wallet_opened_as_the_month_ends_is_the_next_months(
     assert job.month == "2026-11"
 
 
+def test_a_wallet_opened_as_the_month_ends_is_refused_beside_one_opened_in_it(
+    ledger: Ledger, reports: Reports, clock: Clock
+) -> None:
+    clock.now = datetime(2026, 10, 20, tzinfo=UTC)
+    ledger.open_account("early", "credit", idempotency_key=key())
+    clock.now = datetime(2026, 11, 1, tzinfo=UTC)
+    ledger.open_account("w", "credit", idempotency_key=key())
+    clock.advance(days=1)
+    with pytest.raises(NotFound) as refused:
+        reports.request("2026-10", "json", account_id="w")
+    assert refused.value.field == "account_id"
+    job, created = reports.request("2026-10", "json", account_id="early")
+    assert (created, job.account_id) == (True, "early")
+
+
+def test_a_month_of_the_ledgers_own_accounts_alone_has_no_month_end_report(
+    ledger: Ledger, reports: Reports, clock: Clock
+) -> None:
+    """The server ran in October (a sweeper's round made the ledger's own accounts), but
+    its first wallet was opened as October ended: October has nothing to report."""
+    clock.now = datetime(2026, 10, 20, tzinfo=UTC)
+    ledger.expire_grants()
+    clock.now = datetime(2026, 11, 1, tzinfo=UTC)
+    ledger.open_account("w", "credit", idempotency_key=key())
+    clock.advance(days=1)
+    assert reports.schedule_month_end() is None
+
+
 def test_a_months_statement_is_made_once_the_writes_stamped_with_its_last_instants_commit(
     db: Database, ledger: Ledger, reports: Reports, clock: Clock
 ) -> None:
