@@ -33,6 +33,10 @@ def test_every_problem_is_named_with_its_line_and_field() -> None:
     assert [(p.line, p.field) for p in read_rows("account_id,amount\n")[1]] == [(None, "file")]
     twice = read_rows("account_id,amount,amount\n")[1]
     assert [(p.line, p.field) for p in twice] == [(1, "file")]
+    # What is wrong with the header is of line 1, each column by its name.
+    header = read_rows("account_id,amont\nacme,5\n")[1]
+    assert [(p.line, p.field) for p in header] == [(1, "amont"), (1, "amount")]
+    assert [(p.line, p.field) for p in read_rows('"account_id\n')[1]] == [(1, "file")]
     rows, problems = read_rows(
         "account_id,amount,priority\n"
         ",5,\n"
