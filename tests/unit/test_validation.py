@@ -237,6 +237,23 @@ def test_text_needs_prompt_or_user_assistant_messages(
     assert error.field.startswith("params")
 
 
+@pytest.mark.parametrize(
+    "req",
+    [
+        f.request("cosmic", "text", messages=[{"role": "user", "content": "x"}]),
+        f.request("cosmic", "text", prompt="x"),
+        f.request("cosmic", "image", prompt="x"),
+        f.request("cosmic", "video", prompt="x"),
+        f.request("cosmic", "video_extend", prompt="x", media_id="m"),
+    ],
+    ids=["one message", "text", "image", "video", "extend"],
+)
+def test_the_least_a_body_may_hold_is_priced(catalogs: CatalogSet, req: dict[str, Any]) -> None:
+    """One message; a prompt, a media id of one character: where an empty one is refused
+    (above), the shortest is a request like any other."""
+    assert estimate(req, catalogs=catalogs).max_cost > 0
+
+
 def test_message_role_error_names_the_allowed_roles(catalogs: CatalogSet) -> None:
     req = f.request("cosmic", "text", messages=[{"role": "system", "content": "x"}])
     error = fails(catalogs, req, InvalidParameter)
