@@ -188,7 +188,7 @@ def test_a_jobs_rounds_are_counted_timed_and_its_last_success_kept(
     assert _sample(metrics, rounds, task="job", outcome="failed") == 0
     assert _sample(metrics, "creditledger_background_interval_seconds", task="job") == 7.5
     assert _sample(metrics, last, task="job") is None  # no success yet
-    before = time.time()
+    before, began = time.time(), time.perf_counter()
     assert job.run_round() is True
     succeeded = _sample(metrics, last, task="job")
     assert succeeded is not None
@@ -203,3 +203,7 @@ def test_a_jobs_rounds_are_counted_timed_and_its_last_success_kept(
     assert _sample(metrics, last, task="job") == succeeded
     timed = "creditledger_background_round_duration_seconds_count"
     assert _sample(metrics, timed, task="job") == 3
+    # Timed as the rounds took: together, no longer than the three of them did.
+    took = _sample(metrics, "creditledger_background_round_duration_seconds_sum", task="job")
+    assert took is not None
+    assert 0 <= took <= time.perf_counter() - began
