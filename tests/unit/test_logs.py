@@ -11,6 +11,7 @@ import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
 from prometheus_client import generate_latest
@@ -45,6 +46,13 @@ def test_a_text_line_has_the_utc_time_to_the_millisecond_the_level_and_the_logge
     assert line == (
         "2026-12-07T12:00:00.123Z WARNING creditledger.api: database unavailable (request r1)"
     )
+
+
+def test_the_millisecond_is_the_instants_own_from_the_first_to_the_last() -> None:
+    for micro, said in ((0, ".000Z"), (500_000, ".500Z"), (999_999, ".999Z")):
+        record = _record("x")
+        record.created = datetime(2026, 12, 7, 12, 0, 0, micro, tzinfo=UTC).timestamp()
+        assert TextFormatter().format(record).startswith(f"2026-12-07T12:00:00{said} "), micro
 
 
 def test_a_text_line_escapes_the_messages_line_breaks_but_keeps_a_tracebacks() -> None:
@@ -100,7 +108,7 @@ def _scope(path: bytes, query: bytes = b"") -> Scope:
     return {
         "type": "http",
         "method": "GET",
-        "path": path.decode(),
+        "path": unquote(path.decode()),  # as the server decodes it
         "raw_path": path,
         "query_string": query,
         "headers": [],
@@ -124,11 +132,14 @@ def test_a_request_line_names_its_id_outcome_key_and_client(
 ) -> None:
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         scope[CALLER] = Principal("k1", "service")  # as api.deps.admit keeps it
+        await asyncio.sleep(0.02)  # the request takes 20 ms at least
         await send({"type": "http.response.start", "status": 402, "headers": []})
         await send({"type": "http.response.body", "body": b"{}"})
 
     with caplog.at_level(logging.INFO, logger=ACCESS):
+        began = time.perf_counter()
         _through(app, _scope(b"/v1/accounts/a%2Fb", b"limit=5"))
+        took_ms = (time.perf_counter() - began) * 1000
     [record] = caplog.records
     message = record.getMessage()
     assert message.startswith("request r-42: GET /v1/accounts/a%2Fb?limit=5 -> 402 in ")
@@ -141,7 +152,7 @@ def test_a_request_line_names_its_id_outcome_key_and_client(
         "status": 402,
         "actor": "key:k1",
     }
-    assert getattr(record, "duration_ms", -1) >= 0
+    assert 19 <= getattr(record, "duration_ms", -1) <= round(took_ms, 1)
     assert getattr(record, "replayed", None) is False
 
 
