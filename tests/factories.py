@@ -99,16 +99,22 @@ def write_catalog(directory: Path, name: str, text: str) -> Path:
     return path
 
 
+def fal_version(version_id: str, effective_from: str, price_480p: str) -> str:
+    """``FAL_PRICES`` as version ``version_id``, from ``effective_from`` (ISO 8601), at
+    ``price_480p`` dollars a second at 480p."""
+    return (
+        FAL_PRICES.format(effective_from=effective_from)
+        .replace('id = "operator-1"', f'id = "{version_id}"')
+        .replace('"480p" = 0.02', f'"480p" = {price_480p}')
+    )
+
+
 def fal_price_change(directory: Path) -> Path:
     """Two operator versions of fal's price list in ``directory``: ``operator-1`` ($0.02 a
     second at 480p) from 2026-01-01, and ``operator-2`` ($0.03) from 2026-06-01."""
     write_catalog(directory, "fal.toml", FAL_PRICES.format(effective_from="2026-01-01T00:00:00Z"))
     write_catalog(
-        directory,
-        "fal-2.toml",
-        FAL_PRICES.format(effective_from="2026-06-01T00:00:00Z")
-        .replace('id = "operator-1"', 'id = "operator-2"')
-        .replace('"480p" = 0.02', '"480p" = 0.03'),
+        directory, "fal-2.toml", fal_version("operator-2", "2026-06-01T00:00:00Z", "0.03")
     )
     return directory
 

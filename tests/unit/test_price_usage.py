@@ -249,17 +249,13 @@ def test_without_an_instant_the_version_in_force_now_prices(tmp_path: Any) -> No
     """``at`` left out means now, by the real clock: a version that took effect a
     minute ago prices the request, one that takes effect in an hour does not yet."""
     now = datetime.now(UTC).replace(microsecond=0)
-
-    def version(version_id: str, effective: datetime, price: str) -> str:
-        return (
-            f.FAL_PRICES.format(effective_from=effective.isoformat().replace("+00:00", "Z"))
-            .replace('id = "operator-1"', f'id = "{version_id}"')
-            .replace('"480p" = 0.02', f'"480p" = {price}')
-        )
-
-    f.write_catalog(tmp_path, "fal.toml", version("old", now - timedelta(days=30), "0.01"))
-    f.write_catalog(tmp_path, "fal-2.toml", version("current", now - timedelta(minutes=1), "0.02"))
-    f.write_catalog(tmp_path, "fal-3.toml", version("next", now + timedelta(hours=1), "0.03"))
+    for name, version_id, effective, price in (
+        ("fal.toml", "old", now - timedelta(days=30), "0.01"),
+        ("fal-2.toml", "current", now - timedelta(minutes=1), "0.02"),
+        ("fal-3.toml", "next", now + timedelta(hours=1), "0.03"),
+    ):
+        text = f.fal_version(version_id, effective.isoformat().replace("+00:00", "Z"), price)
+        f.write_catalog(tmp_path, name, text)
     catalogs = load_catalogs([tmp_path])
     quote = estimate(f.fal_video(), catalogs=catalogs)
     assert (quote.catalog_version, quote.cost) == ("current", 157_500)
