@@ -162,6 +162,17 @@ def test_each_day_of_the_month_is_marked_along_the_x_axis(month: str) -> None:
     assert f"day of {month} (UTC)" in svg
 
 
+def test_the_models_of_a_day_are_stacked_one_on_another() -> None:
+    """1.00, 2.00 and 4.00 credits on one day: each bar on top of those before it, so the
+    axis runs from 0 up to the day's 7.00 (bars drawn over each other would reach 4.00,
+    one on the last bar alone 6.00; one drawn down from the others would take the axis
+    below 0)."""
+    amounts = {("m1", "2026-10-01"): 100, ("m2", "2026-10-01"): 200, ("m3", "2026-10-01"): 400}
+    ticks = _y_ticks(render.chart_svg(OCTOBER, "credit", 2, amounts))
+    assert ticks[0] == 0
+    assert 7 <= ticks[-1] < 8, ticks
+
+
 @pytest.mark.parametrize(
     ("ticks", "decimals"),
     [
