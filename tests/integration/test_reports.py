@@ -506,6 +506,15 @@ def test_renders_every_format(db: Database, ledger: Ledger, traffic: Traffic) ->
     assert body == json.loads(json.dumps(render.to_json(made)))
     assert body["month"] == "2026-10"
     assert body["reconciled"] is True
+    # Each account reconciles and says so: its closing balance is the ledger's.
+    closings = dict(zip(made.accounts["account_id"], made.accounts["closing"], strict=True))
+    for account in body["accounts"]:
+        assert account["reconciled"] is True, account["account_id"]
+        assert (
+            account["closing_balance"]
+            == account["ledger_balance_at_end"]
+            == closings[account["account_id"]]
+        )
     tokyo = next(a for a in body["accounts"] if a["account_id"] == "tokyo")
     assert tokyo["open_holds"] == {"count": 1, "amount": 500}
     assert {u["model"] for u in tokyo["usage"]} == {"veo3_fast", "veo3"}
