@@ -25,6 +25,7 @@ from tests.conftest import _postgres_database, postgres_or_skip
 from tests.e2e import forked
 from tests.e2e.forked import run
 from tests.e2e.served import Served, Threads
+from tests.e2e.test_cli import run as run_process
 
 
 def _url(path: Path) -> dict[str, str]:
@@ -335,6 +336,20 @@ def test_account_revoke_grant_and_entries(env: dict[str, str]) -> None:
     assert "topup" in rest.stdout
     assert "expiry" not in rest.stdout
     assert "more:" not in rest.stdout
+
+
+def test_a_login_name_longer_than_the_record_holds_is_cut_to_fit(env: dict[str, str]) -> None:
+    """An entry's actor holds 80 characters: the CLI run by a login name of 100 records
+    ``cli:`` and the name's first 76, rather than failing the top-up (PostgreSQL refuses
+    a longer value) or storing more than the column holds (SQLite would)."""
+    # A process of its own: the forked commands' environment cannot name the login.
+    long_login = {**env, "LOGNAME": "x" * 100}
+    made = run_process("account", "create", "acme", "--unit", "credit", env=long_login)
+    assert made.returncode == 0, made.stderr
+    top = run_process("topup", "acme", "5", env=long_login)
+    assert top.returncode == 0, top.stderr
+    journal = json.loads(run("account", "entries", "acme", "--json", env=env).stdout)["items"]
+    assert [e["actor"] for e in journal] == ["cli:" + "x" * 76]
 
 
 def test_account_hold_and_void_hold_release_a_hold_its_gateway_lost(env: dict[str, str]) -> None:
