@@ -167,6 +167,9 @@ def test_the_warning_of_usage_lines_without_a_request_id_names_the_first_ten(
     assert out == ""
     assert err.startswith("warning: 12 line(s) without a request_id (line 3, 4, 5, 6, 7, 8, ")
     assert "11, 12, ...) are recognised only as lines of this file" in err
+    # Ten lines are all named, with nothing more to say.
+    _warn_unkeyed(list(range(1, 11)))
+    assert "(line 1, 2, 3, 4, 5, 6, 7, 8, 9, 10) are recognised" in capsys.readouterr().err
 
 
 def test_a_line_of_empty_cells_is_a_blank_line() -> None:
