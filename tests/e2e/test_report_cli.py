@@ -21,6 +21,7 @@ from pricing.money import major_text
 from reports.jobs import Reports
 from tests.e2e.forked import PROGRAM, environment, run
 from tests.e2e.test_admin_cli import server  # noqa: F401 (a fixture)
+from tests.e2e.test_cli import _cells
 from tests.factories import Traffic
 
 
@@ -215,10 +216,9 @@ def test_report_run_lists_the_jobs_it_ran_and_exits_9_when_one_failed(
         db.dispose()
     shown = run("report", "run", env={**env, "COLUMNS": ""})
     assert shown.returncode == 9
-    (row,) = (line for line in shown.stdout.splitlines() if retry.id in line)
-    cells = [cell.strip() for cell in row.split("\u2502")[1:-1]]
-    assert cells[:6] == [retry.id, "failed", "2026-10 (UTC)", "acme", "html", "1"], row
-    assert "[acme]" in cells[6]  # why it failed
+    cells = _cells(shown.stdout, retry.id)
+    assert cells[:5] == ["failed", "2026-10 (UTC)", "acme", "html", "1"], shown.stdout
+    assert "[acme]" in cells[5]  # why it failed
     assert "1 report job(s) run" in shown.stdout
 
 
@@ -302,19 +302,8 @@ def test_report_run_resumes_an_interrupted_job(env: dict[str, str]) -> None:
     assert shown["attempts"] == 2
     # For people: a report of every wallet, which ended without an error.
     table = run("report", "show", job.id, env={**env, "COLUMNS": ""}).stdout
-    rows = {
-        cells[0]: cells[1:]
-        for cells in (
-            [c.strip() for c in line.split("\u2502")[1:-1]] for line in table.splitlines()
-        )
-        if cells
-    }
-    assert (rows["status"], rows["account"], rows["attempts"], rows["error"]) == (
-        ["succeeded"],
-        ["all"],
-        ["2"],
-        [""],
-    ), table
+    shown_rows = [_cells(table, row) for row in ("status", "account", "attempts", "error")]
+    assert shown_rows == [["succeeded"], ["all"], ["2"], [""]], table
 
 
 def test_report_run_makes_last_months_statement_once(env: dict[str, str]) -> None:
