@@ -265,8 +265,9 @@ def test_estimate_for_a_wallet_says_whether_it_can_pay(env: dict[str, str]) -> N
     table = run("estimate", "--account", "veo-user", stdin=veo, env=env).stdout
     assert "no: it has less available than the max cost" in table
     assert "100 credit" in table
-    assert run("topup", "veo-user", "200", env=env).returncode == 0
-    assert (quote()["affordable"], quote()["credits_balance"]) == (True, 300)
+    # Exactly the max cost is enough; with a spend limit short of it, the limit is the reason.
+    assert run("topup", "veo-user", "140", env=env).returncode == 0
+    assert (quote()["affordable"], quote()["credits_balance"]) == (True, 240)
     assert "yes" in run("estimate", "--account", "veo-user", stdin=veo, env=env).stdout
     capped = ("account", "update", "veo-user", "--monthly-spend-limit", "100")
     assert run(*capped, env=env).returncode == 0
@@ -282,7 +283,7 @@ def test_estimate_for_a_wallet_says_whether_it_can_pay(env: dict[str, str]) -> N
     )
     # Asking changed nothing: no hold, no entry beyond the two top-ups.
     shown = json.loads(run("account", "show", "veo-user", "--json", env=env).stdout)
-    assert (shown["balance"], shown["pending"]) == (300, 0)
+    assert (shown["balance"], shown["pending"]) == (240, 0)
 
     def refused(*args: str, stdin: str = veo) -> tuple[int, str | None]:
         result = run("estimate", *args, stdin=stdin, env=env)
