@@ -10,10 +10,12 @@ import sys
 import threading
 import time
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
 
 import pytest
+import sqlalchemy as sa
 from prometheus_client import generate_latest
 from starlette.types import Message, Receive, Scope, Send
 
@@ -192,8 +194,6 @@ def test_the_start_line_names_a_postgresql_ledger_without_its_password(
 ) -> None:
     from types import SimpleNamespace
 
-    import sqlalchemy as sa
-
     from api.cli import _log_start
     from pricing.catalog import load_catalogs
 
@@ -212,6 +212,43 @@ def test_the_start_line_names_a_postgresql_ledger_without_its_password(
     )
     assert "s3cr" not in message
     assert message.endswith("veo3 seed-003")
+
+
+@pytest.mark.parametrize(
+    ("now", "named"),
+    [
+        (
+            datetime(2025, 12, 31, 23, 59, 59, 999_999, tzinfo=UTC),
+            "acme (none yet: the first from 2026-01-01T00:00:00Z)",
+        ),
+        (datetime(2026, 1, 1, tzinfo=UTC), "acme v1"),  # in force from its very instant
+    ],
+)
+def test_the_start_line_says_when_a_catalog_has_no_version_in_force_yet(
+    caplog: pytest.LogCaptureFixture, tmp_path: Path, now: datetime, named: str
+) -> None:
+    """An operator's catalog whose first version starts later is named with that start,
+    not a version; from that instant on, by its version."""
+    from types import SimpleNamespace
+
+    from api.cli import _log_start
+    from pricing.catalog import load_catalogs
+    from tests import factories as f
+
+    f.write_catalog(tmp_path, "acme.toml", f.MINIMAL_CATALOG.format(limits="", price=5))
+    ledger: Any = SimpleNamespace(
+        db=SimpleNamespace(
+            engine=SimpleNamespace(url=sa.make_url(f"sqlite:///{tmp_path}/l.db")), is_sqlite=True
+        ),
+        clock=lambda: now,
+        catalogs=load_catalogs([tmp_path]),
+    )
+    with caplog.at_level(logging.INFO, logger="creditledger.server"):
+        _log_start(ledger)
+    [line] = caplog.records
+    listed = line.getMessage().split("catalog versions in force: ")[1].split(", ")
+    assert named in listed
+    assert "veo3 seed-003" in listed  # the seeds' catalogs are in force either way
 
 
 class _Gate(io.StringIO):
