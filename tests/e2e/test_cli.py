@@ -80,11 +80,16 @@ def test_estimate_prints_a_table_by_default() -> None:
     assert "enable_safety_checker=true" in _cells(pixazo.stdout, "defaults applied")[0]
 
 
+def _rows(table: str) -> list[list[str]]:
+    """The cells of each row of a rich table, stripped."""
+    rows = ([cell.strip() for cell in line.split("\u2502")[1:-1]] for line in table.splitlines())
+    return [cells for cells in rows if cells]
+
+
 def _cells(table: str, first: str) -> list[str]:
     """The other cells of the table row whose first cell is ``first``."""
-    for line in table.splitlines():
-        cells = [cell.strip() for cell in line.split("\u2502")[1:-1]]
-        if cells and cells[0] == first:
+    for cells in _rows(table):
+        if cells[0] == first:
             return cells[1:]
     raise AssertionError(f"no row {first!r} in:\n{table}")
 
@@ -303,6 +308,10 @@ def test_catalogs_table_and_json() -> None:
         "2025-12-20",
     ):
         assert text in table.stdout
+    # A price by its variant: Gemini's 4K image (seed 000's media token costs).
+    cosmic = [cells[4:] for cells in _rows(table.stdout) if cells[:2] == ["cosmic", "2025-12-20"]]
+    image = ["image", "gemini-3-pro-image-preview", "size=4096x4096", "57600 token", "image"]
+    assert image in cosmic
     listing = json.loads(forked.run("catalogs", "--json").stdout)["catalogs"]
     assert [c["name"] for c in listing] == ["cosmic", "fal", "pixazo", "veo3"]
     # The "in force" column: the newer Cosmic docs now; the older ones at an earlier --at.
@@ -314,9 +323,8 @@ def test_catalogs_table_and_json() -> None:
 def _in_force(table: str) -> dict[str, set[str]]:
     """What the catalogs table's "in force" cells say for each Cosmic version."""
     seen: dict[str, set[str]] = {}
-    for line in table.splitlines():
-        cells = [cell.strip() for cell in line.split("\u2502")[1:-1]]
-        if cells and cells[0] == "cosmic":
+    for cells in _rows(table):
+        if cells[0] == "cosmic":
             seen.setdefault(cells[1], set()).add(cells[3])
     return seen
 
