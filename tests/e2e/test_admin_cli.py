@@ -1351,8 +1351,12 @@ def test_migrate_takes_the_schema_back_for_a_rollback_and_up_again(
     assert losing["0018"] is None
     assert "--yes" in error["message"]
     assert "Nothing was changed" in error["message"]
-    unchanged = run("migrate", "--json", env=env)
-    assert json.loads(unchanged.stdout)["before"] == newest
+    unchanged = json.loads(run("migrate", "--json", env=env).stdout)
+    assert (unchanged["before"], unchanged["revision"], unchanged["latest"]) == (
+        newest,
+        newest,
+        True,
+    )
 
     down = run("migrate", "--to", "0011", "--yes", "--json", env=env)
     assert down.returncode == 0, down.stderr

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import logging
 import os
 import re
 import subprocess
@@ -549,18 +550,25 @@ def _migration_lock(database: Database) -> Iterator[None]:
 
 
 def test_a_migration_waits_for_one_in_progress_and_gives_up_after_its_wait(
-    empty: Database,
+    empty: Database, caplog: pytest.LogCaptureFixture
 ) -> None:
     """Lock waits shorter than another process's migration are waited out, up to the
     migration's ``wait``; past it, the migration fails as a lock timeout, having done
-    nothing."""
+    nothing. The wait is said once per migration, however many lock timeouts it spans."""
     quick = Database.from_url(_url(empty), timeouts=Timeouts(lock=0.2))
+    waiting = "migration: waiting for a lock another process holds"
+
+    def said() -> int:
+        return sum(r.getMessage() == waiting for r in caplog.records)
+
+    caplog.set_level(logging.WARNING, logger="creditledger.db")
     try:
         with _migration_lock(empty):
             with pytest.raises(sa.exc.OperationalError) as refused:
                 quick.migrate(wait=0.5)
             assert is_lock_timeout(refused.value)
             assert _revision(empty) is None
+            assert said() == 1
             done = threading.Event()
 
             def migrate() -> None:
@@ -575,6 +583,7 @@ def test_a_migration_waits_for_one_in_progress_and_gives_up_after_its_wait(
         waiter.join(timeout=60)
         assert done.is_set()
         assert _revision(empty) == HEAD
+        assert said() == 2
     finally:
         quick.dispose()
 
