@@ -27,6 +27,8 @@ from ledger.errors import InvalidInput
 
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["gateway"])
 
+#: A read (an estimate, a hold): any key may ask; a customer's of its own wallet only (404).
+_READ = documented(401, 404, 422)
 _ERRORS = documented(401, 403, 404, 409, 422)
 _PAYING = documented(401, 402, 403, 404, 409, 422)
 #: A change's responses, with the header of a replayed answer on its 201 or 200.
@@ -35,7 +37,7 @@ _CHANGED = replayable(200, _ERRORS)
 _CREATED = replayable(201, _ERRORS)
 
 
-@router.post("/estimates", response_model=EstimatePublic, responses=_ERRORS)
+@router.post("/estimates", response_model=EstimatePublic, responses=_READ)
 async def create_estimate(
     body: EstimateCreate, caller: Caller, services: ServicesDep
 ) -> EstimatePublic:
@@ -79,7 +81,7 @@ async def create_authorization(body: AuthorizationCreate, call: GatewayCall) -> 
     return hold
 
 
-@router.get("/authorizations/{id}", response_model=HoldView, responses=_ERRORS)
+@router.get("/authorizations/{id}", response_model=HoldView, responses=_READ)
 async def read_authorization(id: str, caller: Caller, services: ServicesDep) -> HoldView:
     # A customer sees its own wallet's authorizations; others do not exist for it.
     owner = caller.account if caller.role == "customer" else None

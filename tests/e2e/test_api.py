@@ -1513,11 +1513,24 @@ def test_a_replayed_answer_says_so_and_the_metrics_count_each_effect_once(api: A
     assert "idempotent-replayed" not in plain.headers
     assert api.balance(user)["balance"] == 1000 - 240 - 24 + 5 + 5
 
-    metrics = api.get("/metrics").text
-    assert "creditledger_holds_opened_total 2.0" in metrics
-    assert 'creditledger_holds_resolved_total{outcome="captured"} 1.0' in metrics
-    assert 'creditledger_holds_resolved_total{outcome="voided"} 1.0' in metrics
-    assert 'creditledger_usage_reported_total{outcome="ERROR"} 1.0' in metrics
+    def counted() -> None:
+        """Each change counted once, however often it was replayed."""
+        metrics = api.get("/metrics").text
+        assert "creditledger_holds_opened_total 2.0" in metrics
+        assert 'creditledger_holds_resolved_total{outcome="captured"} 1.0' in metrics
+        assert 'creditledger_holds_resolved_total{outcome="voided"} 1.0' in metrics
+        assert 'creditledger_usage_reported_total{outcome="ERROR"} 1.0' in metrics
+
+    counted()
+    for path, body, key in (
+        ("/v1/authorizations", {"account_id": user, **VEO_FAST}, "a1"),
+        (f"/v1/authorizations/{held['id']}/capture", {"status": "COMPLETED"}, "c1"),
+        (f"/v1/authorizations/{voided['id']}/void", None, "v1"),
+        ("/v1/usage-records", reported, "u1"),
+    ):
+        replayed = api.post(path, body, as_key="service", idempotency_key=key)
+        assert replayed.headers["idempotent-replayed"] == "true"
+    counted()
 
 
 def test_idempotency_keys_past_their_retention_are_deleted_oldest_first(
@@ -1663,6 +1676,69 @@ def test_malformed_bodies_get_a_clear_4xx(
     if status == 415:  # says what to send, and what was sent
         given = repr(content_type) if content_type else "no Content-Type"
         assert r.json()["message"] == f"send the body as application/json (got {given})"
+
+
+def test_each_refusal_of_a_gateway_route_is_documented_on_it_and_no_other(api: Api) -> None:
+    """A gateway codes against the OpenAPI document: the refusals each gateway route
+    answers (no key 401, a short wallet 402, a customer's key 403, a wallet or hold not
+    found 404, a key reused or a hold already resolved 409) are the ones documented on
+    it, none missing and none it never answers. (400, 413, 422, 500 and 503 are on
+    every route: ``test_openapi_documents_every_endpoint``.)"""
+    paths = api.get("/openapi.json").json()["paths"]
+    poor = api.wallet("poor", topup=100)
+    rich = api.wallet("rich", topup=10_000)
+    customer = api.customer(rich)
+    done = authorize(api, rich, VEO_FAST).json()["id"]
+    captured = api.post(f"/v1/authorizations/{done}/capture", {"status": "COMPLETED"})
+    assert captured.status_code == 200, captured.text
+    image = f.request("veo3", "image", prompt="x")
+    hold = "/v1/authorizations/{id}"
+    # What each route takes besides the request: usage reported says how it ended (and is
+    # never refused for want of credits: it ran).
+    paying: dict[str, dict[str, str]] = {
+        "/v1/authorizations": {},
+        "/v1/charges": {},
+        "/v1/usage-records": {"status": "COMPLETED"},
+    }
+    answered: dict[tuple[str, str], set[int]] = {}
+
+    def ask(route: str, path: str, body: Any, as_key: str | None, key: str | None = None) -> None:
+        method = "GET" if body is None and route == hold else "POST"
+        r = api.call(method, path, body=body, as_key=as_key, idempotency_key=key)
+        answered.setdefault((method.lower(), route), set()).add(r.status_code)
+
+    for as_key in (None, customer, "service"):
+        ask("/v1/estimates", "/v1/estimates", {"account_id": "nobody", **VEO_FAST}, as_key)
+        for route in paying:
+            ask(route, route, {"account_id": poor, **VEO_FAST, **paying[route]}, as_key)  # short
+            ask(route, route, {"account_id": "nobody", **image, **paying[route]}, as_key)
+        for id in (done, "nothing"):
+            ask(hold, f"/v1/authorizations/{id}", None, as_key)
+            for action, body in (
+                ("capture", {"status": "COMPLETED"}),
+                ("void", {}),
+                ("extend", {"ttl_seconds": 60}),
+            ):
+                ask(f"{hold}/{action}", f"/v1/authorizations/{id}/{action}", body, as_key)
+    for route in paying:  # one key, two bodies
+        for prompt in ("x", "y"):
+            body = {"account_id": rich, **f.request("veo3", "image", prompt=prompt)}
+            ask(route, route, {**body, **paying[route]}, "service", f"one-key-{route}")
+    specific = {401, 402, 403, 404, 409}
+    expected = {
+        ("post", "/v1/estimates"): {401, 404},
+        ("get", hold): {401, 404},
+        ("post", "/v1/authorizations"): {401, 402, 403, 404, 409},
+        ("post", "/v1/charges"): {401, 402, 403, 404, 409},
+        ("post", "/v1/usage-records"): {401, 403, 404, 409},
+        ("post", f"{hold}/capture"): {401, 403, 404, 409},
+        ("post", f"{hold}/void"): {401, 403, 404, 409},
+        ("post", f"{hold}/extend"): {401, 403, 404, 409},
+    }
+    assert {route: statuses & specific for route, statuses in answered.items()} == expected
+    for (method, route), statuses in expected.items():
+        documented = set(map(int, paths[route][method]["responses"])) & specific
+        assert documented == statuses, (method, route)
 
 
 def test_a_content_length_refused_on_a_route_without_a_body_is_a_documented_answer(
