@@ -52,6 +52,10 @@ from ledger.services import UNSET
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["accounts"])
 
 _ERRORS = documented(401, 403, 404, 409, 422)
+#: A read of a wallet any key may ask for (a customer's of its own wallet only: 404).
+_READ = documented(401, 404, 422)
+#: A read of a wallet's journal: admin and customer keys (a service key's is 403).
+_JOURNAL = documented(401, 403, 404, 422)
 #: A change's responses, with the header of a replayed answer on its 201 or 200.
 _CREATED = replayable(201, _ERRORS)
 _CHANGED = replayable(200, _ERRORS)
@@ -148,7 +152,7 @@ async def list_accounts(
     )
 
 
-@router.get("/accounts/{id}", response_model=AccountPublic, responses=_ERRORS)
+@router.get("/accounts/{id}", response_model=AccountPublic, responses=_READ)
 async def read_account(id: str, caller: Caller, services: ServicesDep) -> AccountPublic:
     """Balances (posted, pending holds, available) and credit grants."""
     ensure_own(caller, id)
@@ -183,7 +187,7 @@ async def update_account(id: str, body: AccountUpdate, call: AdminCall) -> Accou
     )
 
 
-@router.get("/accounts/{id}/changes", response_model=AccountChangesPublic, responses=_ERRORS)
+@router.get("/accounts/{id}/changes", response_model=AccountChangesPublic, responses=_JOURNAL)
 async def list_account_changes(
     id: str,
     caller: JournalReader,
@@ -201,7 +205,7 @@ async def list_account_changes(
     return AccountChangesPublic(items=items, next_cursor=page.next_cursor)
 
 
-@router.get("/accounts/{id}/balance", response_model=BalancePublic, responses=_ERRORS)
+@router.get("/accounts/{id}/balance", response_model=BalancePublic, responses=_READ)
 async def read_balance(
     id: str,
     caller: Caller,
@@ -220,7 +224,7 @@ async def read_balance(
     return BalancePublic(id=view.account_id, **view.model_dump(exclude={"account_id"}))
 
 
-@router.get("/accounts/{id}/usage", response_model=UsagePublic, responses=_ERRORS)
+@router.get("/accounts/{id}/usage", response_model=UsagePublic, responses=_READ)
 async def read_usage(
     id: str,
     caller: Caller,
@@ -250,7 +254,7 @@ async def read_usage(
     )
 
 
-@router.get("/accounts/{id}/entries", response_model=EntryPage, responses=_ERRORS)
+@router.get("/accounts/{id}/entries", response_model=EntryPage, responses=_JOURNAL)
 async def list_entries(
     id: str,
     caller: JournalReader,
@@ -318,7 +322,7 @@ async def list_journal(
     )
 
 
-@router.get("/accounts/{id}/authorizations", response_model=HoldPage, responses=_ERRORS)
+@router.get("/accounts/{id}/authorizations", response_model=HoldPage, responses=_READ)
 async def list_authorizations(
     id: str,
     caller: Caller,
@@ -335,7 +339,7 @@ async def list_authorizations(
     )
 
 
-@router.get("/accounts/{id}/usage-records", response_model=UsageRecordPage, responses=_ERRORS)
+@router.get("/accounts/{id}/usage-records", response_model=UsageRecordPage, responses=_READ)
 async def list_usage_records(
     id: str,
     caller: Caller,
@@ -382,7 +386,7 @@ async def list_usage_records(
     )
 
 
-@router.get("/usage-records/{id}", response_model=UsageRecordView, responses=_ERRORS)
+@router.get("/usage-records/{id}", response_model=UsageRecordView, responses=_READ)
 async def read_usage_record(id: str, caller: Caller, services: ServicesDep) -> UsageRecordView:
     """One request as metered: a charge's or a usage report's ``id``, or an
     authorization's ``metering_id``."""

@@ -1741,6 +1741,42 @@ def test_each_refusal_of_a_gateway_route_is_documented_on_it_and_no_other(api: A
         assert documented == statuses, (method, route)
 
 
+def test_each_refusal_of_a_wallet_read_is_documented_on_it_and_no_other(api: Api) -> None:
+    """As for the gateway's routes: what reads a wallet documents the refusals it answers
+    (401 without a key, 403 for a role that may not read it, 404 for a wallet or record
+    not found or not the customer key's own) and no conflict (409): a read has none."""
+    paths = api.get("/openapi.json").json()["paths"]
+    rich = api.wallet("rich", topup=10_000)
+    api.wallet("other")
+    own = api.customer(rich)
+    record = authorize(api, rich, VEO_FAST).json()["metering_id"]
+    reads = {
+        "/v1/accounts/{id}": "/v1/accounts/{}",
+        "/v1/accounts/{id}/changes": "/v1/accounts/{}/changes",
+        "/v1/accounts/{id}/balance": "/v1/accounts/{}/balance",
+        "/v1/accounts/{id}/usage": "/v1/accounts/{}/usage",
+        "/v1/accounts/{id}/entries": "/v1/accounts/{}/entries",
+        "/v1/accounts/{id}/authorizations": "/v1/accounts/{}/authorizations",
+        "/v1/accounts/{id}/usage-records": "/v1/accounts/{}/usage-records",
+    }
+    specific = {401, 402, 403, 404, 409}
+    for route, path in reads.items():
+        answered = {
+            api.get(path.format(account), as_key=as_key).status_code
+            for account in (rich, "other", "nobody")
+            for as_key in (None, own, "service", "admin")
+        }
+        documented = set(map(int, paths[route]["get"]["responses"]))
+        assert answered & specific == documented & specific, route
+    answered = {
+        api.get(f"/v1/usage-records/{id}", as_key=as_key).status_code
+        for id in (record, "nothing")
+        for as_key in (None, own, api.customer("other"), "service")
+    }
+    documented = set(map(int, paths["/v1/usage-records/{id}"]["get"]["responses"]))
+    assert answered & specific == documented & specific
+
+
 def test_a_content_length_refused_on_a_route_without_a_body_is_a_documented_answer(
     api: Api,
 ) -> None:
