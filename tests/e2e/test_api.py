@@ -1272,6 +1272,30 @@ def test_a_payment_is_matched_to_its_top_ups_and_chargeback_by_its_reference(
     assert r.status_code == 403, r.text
 
 
+@pytest.mark.parametrize(
+    ("path", "name", "longest"),
+    [
+        ("/v1/entries", "reference", 200),
+        ("/v1/accounts/acme/entries", "reference", 200),
+        ("/v1/entries", "actor", 80),
+        ("/v1/accounts/acme/entries", "actor", 80),
+    ],
+)
+def test_a_filter_takes_one_character_up_to_what_its_column_holds(
+    api: Api, path: str, name: str, longest: int
+) -> None:
+    """A filter's bounds are those of what it matches (a grant's reference, an entry's
+    actor): a value at either bound is asked for, and finds nothing here;
+    one past them is refused, naming the filter."""
+    api.wallet("acme")
+    for size in (1, longest):
+        r = api.get(path, params={name: "x" * size})
+        assert (r.status_code, r.json()["items"]) == (200, []), r.text
+    for value in ("", "x" * (longest + 1)):
+        r = api.get(path, params={name: value})
+        assert (r.status_code, r.json()["field"]) == (422, name), r.text
+
+
 def test_catalogs_health_and_metrics(api: Api) -> None:
     listing = api.get("/v1/catalogs", as_key="service").json()["catalogs"]
     assert {c["name"] for c in listing} >= {"cosmic", "veo3", "pixazo", "fal"}
