@@ -1797,6 +1797,10 @@ def test_each_refusal_of_a_wallet_read_is_documented_on_it_and_no_other(api: Api
         }
         documented = set(map(int, paths[route]["get"]["responses"]))
         assert answered & specific == documented & specific, route
+    for route in ("/v1/accounts", "/v1/entries"):  # lists: not a customer's (403)
+        answered = {api.get(route, as_key=as_key).status_code for as_key in (None, own, "admin")}
+        documented = set(map(int, paths[route]["get"]["responses"]))
+        assert answered & specific == documented & specific == {401, 403}, route
     answered = {
         api.get(f"/v1/usage-records/{id}", as_key=as_key).status_code
         for id in (record, "nothing")
