@@ -15,6 +15,8 @@ from api.schemas import CreatedKey, KeyCreate, KeyPage, KeyView
 router = APIRouter(prefix="/v1", route_class=JsonRoute, tags=["keys"])
 
 _ERRORS = documented(401, 403, 404, 422)
+#: A list: a filter naming no wallet or key finds nothing (no 404).
+_LISTED = documented(401, 403, 422)
 
 
 @router.post("/keys", status_code=201, response_model=CreatedKey, responses=_ERRORS)
@@ -31,7 +33,7 @@ async def create_key(body: KeyCreate, caller: Admin, services: ServicesDep) -> C
     )
 
 
-@router.get("/keys", response_model=KeyPage, responses=_ERRORS)
+@router.get("/keys", response_model=KeyPage, responses=_LISTED)
 async def list_keys(
     _caller: Admin,
     services: ServicesDep,

@@ -1810,6 +1810,28 @@ def test_each_refusal_of_a_wallet_read_is_documented_on_it_and_no_other(api: Api
     assert answered & specific == documented & specific
 
 
+def test_each_refusal_of_the_key_routes_is_documented_on_them(api: Api) -> None:
+    """Keys are an admin's: a service or customer key asking is 403, no key 401, a
+    customer key for a wallet not found or a key not found 404; each route documents
+    the refusals it answers and no other."""
+    paths = api.get("/openapi.json").json()["paths"]
+    api.wallet("acme")
+    own = api.customer("acme")
+    asked: dict[tuple[str, str], set[int]] = {}
+    for as_key in (None, own, "service", "admin"):
+        for method, route, path, body, params in (
+            ("post", "/v1/keys", "/v1/keys", {"role": "customer", "account_id": "nobody"}, None),
+            ("get", "/v1/keys", "/v1/keys", None, {"account_id": "nobody"}),
+            ("delete", "/v1/keys/{id}", "/v1/keys/nothing", None, None),
+        ):
+            r = api.call(method.upper(), path, as_key=as_key, body=body, params=params)
+            asked.setdefault((method, route), set()).add(r.status_code)
+    specific = {401, 402, 403, 404, 409}
+    for (method, route), statuses in asked.items():
+        documented = set(map(int, paths[route][method]["responses"]))
+        assert statuses & specific == documented & specific, (method, route, statuses)
+
+
 def test_a_content_length_refused_on_a_route_without_a_body_is_a_documented_answer(
     api: Api,
 ) -> None:
