@@ -1283,15 +1283,16 @@ def test_a_payment_is_matched_to_its_top_ups_and_chargeback_by_its_reference(
         ("/v1/accounts/acme/usage-records", "operation", 64),
         ("/v1/accounts/acme/usage-records", "model", 200),
         ("/v1/accounts/acme/usage-records", "request_id", 200),
+        ("/v1/keys", "account_id", 200),
     ],
 )
 def test_a_filter_takes_one_character_up_to_what_its_column_holds(
     api: Api, path: str, name: str, longest: int
 ) -> None:
     """A filter's bounds are those of what it matches (a grant's reference, an entry's
-    actor, a usage record's catalog, operation, model and request id): a value at either
-    bound is asked for, and finds nothing here; one past them is refused, naming the
-    filter."""
+    actor, a usage record's catalog, operation, model and request id, a customer key's
+    wallet): a value at either bound is asked for, and finds nothing here; one past them
+    is refused, naming the filter."""
     api.wallet("acme")
     for size in (1, longest):
         r = api.get(path, params={name: "x" * size})
