@@ -26,6 +26,8 @@ from api.logwriter import Stderr
 from api.metrics import Metrics
 from api.requestids import SCOPE_KEY
 from ledger.keys import Principal
+from pricing.catalog import CatalogSet, load_catalogs
+from tests import factories as f
 
 AT = datetime(2026, 12, 7, 12, 0, 0, 123_456, tzinfo=UTC).timestamp()
 
@@ -189,24 +191,32 @@ def test_a_request_that_failed_unanswered_is_logged_and_the_error_goes_on(
     assert "(anonymous, client 10.0.0.7:5123)" in record.getMessage()
 
 
-def test_the_start_line_names_a_postgresql_ledger_without_its_password(
-    caplog: pytest.LogCaptureFixture,
-) -> None:
+def _start_line(
+    caplog: pytest.LogCaptureFixture, url: str, now: datetime, catalogs: CatalogSet
+) -> str:
+    """The line ``serve`` logs as it starts, for a ledger at ``url`` whose clock reads
+    ``now`` (only what the line reads of a ledger is there)."""
     from types import SimpleNamespace
 
     from api.cli import _log_start
-    from pricing.catalog import load_catalogs
 
-    url = sa.make_url("postgresql+psycopg://ledger:s3cr%40t@db.internal:5432/billing")
+    parsed = sa.make_url(url)
     ledger: Any = SimpleNamespace(
-        db=SimpleNamespace(engine=SimpleNamespace(url=url), is_sqlite=False),
-        clock=lambda: datetime(2026, 12, 7, tzinfo=UTC),
-        catalogs=load_catalogs(),
+        db=SimpleNamespace(engine=SimpleNamespace(url=parsed), is_sqlite=url.startswith("sqlite")),
+        clock=lambda: now,
+        catalogs=catalogs,
     )
     with caplog.at_level(logging.INFO, logger="creditledger.server"):
         _log_start(ledger)
     [line] = caplog.records
-    message = line.getMessage()
+    return line.getMessage()
+
+
+def test_the_start_line_names_a_postgresql_ledger_without_its_password(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url = "postgresql+psycopg://ledger:s3cr%40t@db.internal:5432/billing"
+    message = _start_line(caplog, url, datetime(2026, 12, 7, tzinfo=UTC), load_catalogs())
     assert message.startswith(
         "serving the ledger in PostgreSQL postgresql+psycopg://ledger:***@db.internal:5432/billing;"
     )
@@ -229,24 +239,9 @@ def test_the_start_line_says_when_a_catalog_has_no_version_in_force_yet(
 ) -> None:
     """An operator's catalog whose first version starts later is named with that start,
     not a version; from that instant on, by its version."""
-    from types import SimpleNamespace
-
-    from api.cli import _log_start
-    from pricing.catalog import load_catalogs
-    from tests import factories as f
-
     f.write_catalog(tmp_path, "acme.toml", f.MINIMAL_CATALOG.format(limits="", price=5))
-    ledger: Any = SimpleNamespace(
-        db=SimpleNamespace(
-            engine=SimpleNamespace(url=sa.make_url(f"sqlite:///{tmp_path}/l.db")), is_sqlite=True
-        ),
-        clock=lambda: now,
-        catalogs=load_catalogs([tmp_path]),
-    )
-    with caplog.at_level(logging.INFO, logger="creditledger.server"):
-        _log_start(ledger)
-    [line] = caplog.records
-    listed = line.getMessage().split("catalog versions in force: ")[1].split(", ")
+    message = _start_line(caplog, f"sqlite:///{tmp_path}/l.db", now, load_catalogs([tmp_path]))
+    listed = message.split("catalog versions in force: ")[1].split(", ")
     assert named in listed
     assert "veo3 seed-003" in listed  # the seeds' catalogs are in force either way
 
